@@ -1,0 +1,93 @@
+"""The task a slime sample carries: written by prepare_tasks.py into `metadata`, read by the bridge.
+
+One JSONL row is `{"prompt": [...messages], "label": ..., "metadata": TaskMeta, "tools": [...]}`;
+slime copies the row's `tools` into `metadata["tools"]` when run with `--tool-key tools`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bridge.config import EnvConfig, RewardSettings, is_hosted
+
+
+class TaskMeta(BaseModel):
+    """Everything the generate function needs to run one episode."""
+
+    model_config = ConfigDict(extra="allow")  # slime and users may add keys; we keep them
+
+    env: str  # local env name ("whodunit") or hosted "Owner/Name"
+    # Local env server(s) to use for this task; empty: take env_server from TRAIN_CONFIG.
+    env_server: list[str] = Field(default_factory=list)
+    split: str | None = None
+    index: int | None = None
+    task_spec: dict[str, Any] | None = None
+    reward: RewardSettings = Field(default_factory=RewardSettings)
+    max_turns: int = 20
+    on_no_tool_call: str = "end"
+    # OpenAI-style function schemas, as passed to the chat template's `tools=`.
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    # Hosted envs: secret name -> value or None (read the upper-cased name from the environment).
+    secrets: dict[str, str | None] = Field(default_factory=dict)
+
+    @property
+    def hosted(self) -> bool:
+        return is_hosted(self.env)
+
+    @model_validator(mode="after")
+    def _task_source(self) -> "TaskMeta":
+        if (self.split is None) != (self.index is None):
+            raise ValueError("split and index go together")
+        if self.task_spec is None and self.index is None:
+            raise ValueError("a task needs split and index, or task_spec")
+        return self
+
+    def create_args(self) -> dict[str, Any]:
+        """The ORS `/create` task source: split+index when known (the env resolves it), else task_spec."""
+        if self.index is not None:
+            return {"split": self.split, "index": self.index}
+        return {"task_spec": self.task_spec}
+
+    @classmethod
+    def from_env_config(cls, env: str, cfg: EnvConfig, **fields: Any) -> "TaskMeta":
+        """Build task metadata from an `environments:` entry plus the task's own fields."""
+        return cls(
+            env=env,
+            reward=RewardSettings(
+                reward_reduction=cfg.reward_reduction,
+                nonterminal_reward=cfg.nonterminal_reward,
+                min_reward=cfg.min_reward,
+                max_reward=cfg.max_reward,
+            ),
+            max_turns=cfg.max_turns,
+            on_no_tool_call=cfg.on_no_tool_call,
+            secrets=dict(cfg.secrets),
+            **fields,
+        )
+
+
+def ors_tool_to_openai(spec: dict[str, Any]) -> dict[str, Any]:
+    """An ORS ToolSpec (`name`, `description`, `input_schema`) as an OpenAI function schema."""
+    params = spec.get("input_schema") or {"type": "object", "properties": {}}
+    return {
+        "type": "function",
+        "function": {
+            "name": spec["name"],
+            "description": spec.get("description") or "",
+            "parameters": params,
+        },
+    }
+
+
+def blocks_to_text(blocks: list[Any]) -> str:
+    """Join the text blocks of an ORS prompt or tool output (dicts or SDK models)."""
+    out = []
+    for b in blocks:
+        kind = b.get("type") if isinstance(b, dict) else getattr(b, "type", None)
+        if kind == "text":
+            out.append(b["text"] if isinstance(b, dict) else b.text)
+        elif kind == "image":
+            out.append("[image]")
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""Environments served over the OpenReward (ORS) protocol, and the server that serves them."""

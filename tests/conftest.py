@@ -1,0 +1,110 @@
+"""Shared fixtures: real servers on 127.0.0.1 free ports, the real Qwen3 tokenizer, GSM8K data."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+GSM8K_DIR = SHARED / "data" / "gsm8k"
+
+os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if GSM8K_DIR.is_dir():
+    os.environ.setdefault("GSM8K_DATA_DIR", str(GSM8K_DIR))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` dies."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered:\n{out}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError as e:
+            last = e
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
+
+
+@contextlib.contextmanager
+def run_process(args: list[str], health_url: str, env: dict[str, str] | None = None,
+                timeout: float = 60.0) -> Iterator[subprocess.Popen]:
+    """Start a server subprocess, wait for its health URL, and always stop it."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http(health_url, timeout=timeout, proc=proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def env_server(*extra: str, port: int | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`python -m envs.server` on 127.0.0.1:<free port>; yields its base URL."""
+    port = port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "envs.server", "--host", "127.0.0.1", "--port", str(port), *extra]
+    with run_process(args, f"{base}/health", env=env):
+        yield base
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    if not (GSM8K_DIR / "train.jsonl").is_file():
+        pytest.fail(f"GSM8K test data missing at {GSM8K_DIR}")
+    return GSM8K_DIR
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir() -> Path:
+    d = Path(os.environ.get("QWEN3_TOKENIZER_DIR", REPO / ".cache" / "qwen3-tokenizer"))
+    if not (d / "tokenizer.json").is_file():
+        pytest.fail(f"Qwen3 tokenizer missing at {d}: run `bash setup.sh --test`")
+    return d
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer(qwen3_tokenizer_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir))
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One env server with all three environments and a fresh trajectory DB, per test module."""
+    db = tmp_path_factory.mktemp("store") / "trajectories.db"
+    with env_server("--envs", "gsm8k,whodunit,haiku", "--db", str(db)) as url:
+        yield url
