@@ -1,0 +1,405 @@
+"""GSM8K: grade-school math word problems with a calculator tool and a single answer submission.
+
+Data comes from, in order: the `data_dir` option, the GSM8K_DATA_DIR environment variable
+(a directory with train.jsonl/test.jsonl or parquet files), or `datasets.load_dataset("openai/gsm8k",
+"main")` when the optional `datasets` package is installed and the Hub is reachable. Rows are
+`{question, answer}` with the answer ending in `#### N`; loaded once per split and cached.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import operator
+import os
+import threading
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from openreward.environments import Environment, TextBlock, ToolOutput, tool
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SPLITS = ("train", "test")
+DATA_DIR_ENV = "GSM8K_DATA_DIR"
+HUB_DATASET = "openai/gsm8k"
+
+MAX_EXPRESSION_CHARS = 200
+MAX_EXPONENT = 64
+MAX_MAGNITUDE = 10**30
+
+
+# --------------------------------------------------------------------------- options
+
+
+class GSM8KOptions(BaseModel):
+    """`environments.gsm8k.options` in train_config.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Directory holding train.jsonl/test.jsonl (or train*.parquet/test*.parquet).
+    data_dir: str | None = None
+    # Try `datasets.load_dataset("openai/gsm8k", "main")` when no directory is given.
+    use_hub: bool = True
+
+
+def _options_error(env: str, err: ValidationError) -> ValueError:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        parts.append(f"unknown option '{loc}'" if e["type"] == "extra_forbidden" else f"option '{loc}': {e['msg']}")
+    return ValueError(f"{env} options: " + "; ".join(parts))
+
+
+# --------------------------------------------------------------------------- data
+
+
+class GSM8KDataMissing(RuntimeError):
+    """No GSM8K data could be found; the message names every way to provide it."""
+
+
+def parse_final_answer(answer: str) -> str:
+    """The number after `####` in a GSM8K solution, e.g. '1,200' from '... #### 1,200'."""
+    if "####" not in answer:
+        raise ValueError(f"GSM8K answer has no '#### N' line: {answer[-60:]!r}")
+    return answer.rsplit("####", 1)[1].strip()
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise GSM8KDataMissing(f"{path}:{n}: invalid JSON: {e.msg}") from None
+    return rows
+
+
+def _read_parquet(paths: list[Path]) -> list[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        try:
+            import pandas as pd
+        except ImportError:
+            raise GSM8KDataMissing(
+                f"reading {paths[0]} needs pyarrow or pandas (pip install pyarrow), or use train.jsonl/test.jsonl"
+            ) from None
+        return [row for p in paths for row in pd.read_parquet(p).to_dict("records")]
+    return [row for p in paths for row in pq.read_table(p).to_pylist()]
+
+
+def _split_files(data_dir: Path, split: str) -> tuple[str, list[Path]] | None:
+    for base in (data_dir, data_dir / "main"):
+        jsonl = base / f"{split}.jsonl"
+        if jsonl.is_file():
+            return "jsonl", [jsonl]
+        parquet = sorted(base.glob(f"{split}*.parquet"))
+        if parquet:
+            return "parquet", parquet
+    return None
+
+
+def load_rows_from_dir(data_dir: Path, split: str) -> list[dict[str, Any]]:
+    """GSM8K rows of `split` from a local directory (jsonl or parquet)."""
+    if not data_dir.is_dir():
+        raise GSM8KDataMissing(f"GSM8K data directory {data_dir} (options.data_dir or ${DATA_DIR_ENV}) does not exist")
+    found = _split_files(data_dir, split)
+    if found is None:
+        raise GSM8KDataMissing(f"GSM8K data directory {data_dir} has no {split}.jsonl or {split}*.parquet")
+    kind, paths = found
+    return _read_jsonl(paths[0]) if kind == "jsonl" else _read_parquet(paths)
+
+
+def load_rows_from_hub(split: str) -> list[dict[str, Any]]:
+    """GSM8K rows of `split` through `datasets` (optional dependency)."""
+    try:
+        import datasets  # noqa: PLC0415  (optional, imported on demand)
+    except ImportError:
+        raise GSM8KDataMissing("the `datasets` package is not installed") from None
+    try:
+        ds = datasets.load_dataset(HUB_DATASET, "main", split=split)
+    except Exception as e:  # network, auth, offline mode: all mean "not available"
+        raise GSM8KDataMissing(f"datasets.load_dataset({HUB_DATASET!r}) failed: {type(e).__name__}: {e}") from None
+    return [dict(r) for r in ds]
+
+
+def _to_tasks(rows: list[dict[str, Any]], split: str, source: str) -> list[dict[str, Any]]:
+    tasks = []
+    for i, row in enumerate(rows):
+        try:
+            question = str(row["question"]).strip()
+            label = parse_final_answer(str(row["answer"]))
+        except (KeyError, ValueError) as e:
+            raise GSM8KDataMissing(f"{source}: {split} row {i} is not a GSM8K row ({e})") from None
+        tasks.append({"split": split, "index": i, "question": question, "label": label})
+    return tasks
+
+
+# --------------------------------------------------------------------------- safe calculator
+
+
+class CalculatorError(ValueError):
+    """An expression the calculator refuses; the message is shown to the model."""
+
+
+Number = int | Fraction | float
+
+_BINARY: dict[type[ast.operator], tuple[str, Callable[[Any, Any], Any]]] = {
+    ast.Add: ("+", operator.add),
+    ast.Sub: ("-", operator.sub),
+    ast.Mult: ("*", operator.mul),
+    ast.Div: ("/", operator.truediv),
+    ast.FloorDiv: ("//", operator.floordiv),
+    ast.Mod: ("%", operator.mod),
+    ast.Pow: ("**", operator.pow),
+}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_ALLOWED = "numbers, + - * / // % **, unary minus and parentheses"
+
+
+def _check_magnitude(x: Number) -> Number:
+    if isinstance(x, float) and not math.isfinite(x):
+        raise CalculatorError("result is not a finite number")
+    if abs(x) > MAX_MAGNITUDE:
+        raise CalculatorError(f"result is too large (limit is 1e{len(str(MAX_MAGNITUDE)) - 1})")
+    return x
+
+
+def _power(base: Number, exp: Number) -> Number:
+    if isinstance(exp, Fraction) and exp.denominator == 1:
+        exp = exp.numerator
+    if abs(exp) > MAX_EXPONENT:
+        raise CalculatorError(f"exponent {exp} is too large (limit is {MAX_EXPONENT})")
+    if base == 0 and exp < 0:
+        raise CalculatorError("division by zero")
+    if isinstance(exp, int):
+        return base**exp if exp >= 0 else Fraction(1) / Fraction(base) ** -exp
+    if base < 0:
+        raise CalculatorError("a negative number to a fractional power is not a real number")
+    return float(base) ** float(exp)
+
+
+def _eval(node: ast.AST) -> Number:
+    if isinstance(node, ast.Expression):
+        return _eval(node.body)
+    if isinstance(node, ast.Constant):
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise CalculatorError(f"{v!r} is not a number; allowed: {_ALLOWED}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise CalculatorError(f"number {v} is too large")
+        return _check_magnitude(Fraction(repr(v)) if isinstance(v, float) else v)
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _check_magnitude(_UNARY[type(node.op)](_eval(node.operand)))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        symbol, fn = _BINARY[type(node.op)]
+        left, right = _eval(node.left), _eval(node.right)
+        if symbol == "**":
+            return _check_magnitude(_power(left, right))
+        if symbol in ("/", "//", "%") and right == 0:
+            raise CalculatorError("division by zero")
+        if symbol == "/":
+            if isinstance(left, float) or isinstance(right, float):
+                return _check_magnitude(left / right)
+            return _check_magnitude(Fraction(left) / Fraction(right))
+        return _check_magnitude(fn(left, right))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitXor):
+        raise CalculatorError("'^' is not a power operator here; use ** (e.g. 2**3)")
+    if isinstance(node, ast.Name):
+        raise CalculatorError(f"unknown name {node.id!r}; allowed: {_ALLOWED}")
+    if isinstance(node, ast.Call):
+        raise CalculatorError(f"function calls are not allowed; allowed: {_ALLOWED}")
+    if isinstance(node, ast.Tuple):
+        raise CalculatorError("commas are not allowed (write 1200, not 1,200)")
+    raise CalculatorError(f"unsupported syntax ({type(node).__name__}); allowed: {_ALLOWED}")
+
+
+def format_number(x: Number) -> str:
+    """A calculator result as text: exact integers as integers, other values to 12 significant digits."""
+    if isinstance(x, Fraction):
+        if x.denominator == 1:
+            return str(x.numerator)
+        x = float(x)
+    if isinstance(x, float):
+        if x.is_integer() and abs(x) < 1e15:
+            return str(int(x))
+        return f"{x:.12g}"
+    return str(x)
+
+
+def calculate(expression: str) -> str:
+    """Evaluate an arithmetic expression safely (AST walk, no eval); raises CalculatorError."""
+    expr = expression.strip().replace("\u00d7", "*").replace("\u00f7", "/").replace("\u2212", "-")
+    if not expr:
+        raise CalculatorError("empty expression")
+    if len(expr) > MAX_EXPRESSION_CHARS:
+        raise CalculatorError(f"expression is longer than {MAX_EXPRESSION_CHARS} characters")
+    if "$" in expr:
+        expr = expr.replace("$", "")
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        raise CalculatorError(f"cannot parse {expr!r}; allowed: {_ALLOWED}") from None
+    except (ValueError, MemoryError, RecursionError):
+        raise CalculatorError("expression is too complex") from None
+    try:
+        return format_number(_eval(tree))
+    except RecursionError:
+        raise CalculatorError("expression is too deeply nested") from None
+    except (OverflowError, ZeroDivisionError) as e:
+        raise CalculatorError(str(e) or type(e).__name__) from None
+
+
+# --------------------------------------------------------------------------- answer checking
+
+
+def parse_number(text: str) -> Fraction | None:
+    """A submitted answer as an exact number, ignoring $, commas, whitespace and a trailing '.'."""
+    s = "".join(str(text).split()).replace("$", "").replace(",", "").rstrip(".")
+    if not s:
+        return None
+    try:
+        return Fraction(s)  # accepts 18, 18.0, -3.25, 1/2, 1e3
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def answers_match(submitted: str, label: str) -> bool:
+    """True when the submitted answer is numerically equal to the label."""
+    got, want = parse_number(submitted), parse_number(label)
+    return got is not None and want is not None and got == want
+
+
+# --------------------------------------------------------------------------- environment
+
+
+class CalculatorInput(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+    expression: str = Field(description="Arithmetic expression, e.g. '(16 - 3 - 4) * 2'.")
+
+
+class AnswerInput(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+    answer: str = Field(description="The final numeric answer only, e.g. '18'.")
+
+
+PROMPT = """Solve this grade-school math word problem.
+
+{question}
+
+You have two tools and must use them:
+- calculator(expression): evaluates arithmetic with + - * / // % ** and parentheses. Use it for every non-trivial computation.
+- submit_answer(answer): submits your final answer as a plain number (no units, no words). You can submit only once; it ends the episode.
+
+Work step by step, check your arithmetic with the calculator, then call submit_answer."""
+
+
+class GSM8K(Environment):
+    """GSM8K math word problems: a calculator tool and one answer submission."""
+
+    _options: ClassVar[GSM8KOptions] = GSM8KOptions()
+    _rows: ClassVar[dict[tuple[str | None, str], list[dict[str, Any]]]] = {}
+    _rows_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def configure(cls, options: dict[str, Any]) -> None:
+        """Validate and apply `environments.gsm8k.options`; raises ValueError naming a bad key."""
+        try:
+            cls._options = GSM8KOptions.model_validate(options or {})
+        except ValidationError as e:
+            raise _options_error("gsm8k", e) from None
+        for attr in ("_tasks_cache", "_tasks_cache_locks"):  # the SDK's per-class task cache
+            if attr in cls.__dict__:
+                delattr(cls, attr)
+
+    @classmethod
+    def _data_dir(cls) -> str | None:
+        return cls._options.data_dir or os.environ.get(DATA_DIR_ENV) or None
+
+    @classmethod
+    def load_split(cls, split: str) -> list[dict[str, Any]]:
+        """All tasks of `split` ({split, index, question, label}), loaded once and cached."""
+        if split not in SPLITS:
+            raise ValueError(f"gsm8k has no split {split!r}; splits are {', '.join(SPLITS)}")
+        data_dir = cls._data_dir()
+        key = (data_dir, split)
+        cached = cls._rows.get(key)
+        if cached is not None:
+            return cached
+        with cls._rows_lock:
+            if key in cls._rows:
+                return cls._rows[key]
+            if data_dir:
+                tasks = _to_tasks(load_rows_from_dir(Path(data_dir), split), split, data_dir)
+            elif cls._options.use_hub:
+                try:
+                    tasks = _to_tasks(load_rows_from_hub(split), split, HUB_DATASET)
+                except GSM8KDataMissing as e:
+                    raise GSM8KDataMissing(
+                        f"no GSM8K data: set environments.gsm8k.options.data_dir or ${DATA_DIR_ENV} "
+                        f"to a directory with train.jsonl/test.jsonl, or make the Hub dataset {HUB_DATASET} "
+                        f"available (pip install datasets; online) - {e}"
+                    ) from None
+            else:
+                raise GSM8KDataMissing(
+                    f"no GSM8K data: set environments.gsm8k.options.data_dir or ${DATA_DIR_ENV} "
+                    "to a directory with train.jsonl/test.jsonl (use_hub is off)"
+                )
+            cls._rows[key] = tasks
+            return tasks
+
+    @classmethod
+    def list_splits(cls) -> list[str]:
+        return list(SPLITS)
+
+    @classmethod
+    def list_tasks(cls, split: str) -> list[dict[str, Any]]:
+        return cls.load_split(split)
+
+    @classmethod
+    async def get_task(cls, split: str, index: int) -> dict[str, Any]:
+        tasks = await cls._list_tasks_cached(split)
+        if not 0 <= index < len(tasks):
+            raise IndexError(f"gsm8k {split} has {len(tasks)} tasks; index {index} is out of range")
+        return tasks[index]
+
+    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
+        super().__init__(task_spec, secrets)
+        question, label = task_spec.get("question"), task_spec.get("label")
+        if not isinstance(question, str) or label is None:
+            raise ValueError("a gsm8k task_spec needs 'question' (str) and 'label' (the numeric answer)")
+        self.question = question
+        self.label = str(label)
+
+    async def get_prompt(self) -> list[TextBlock]:
+        return [TextBlock(text=PROMPT.format(question=self.question))]
+
+    @tool
+    async def calculator(self, params: CalculatorInput) -> ToolOutput:
+        """Evaluate an arithmetic expression (numbers, + - * / // % **, parentheses) and return the result."""
+        try:
+            result = calculate(params.expression)
+        except CalculatorError as e:
+            return ToolOutput(blocks=[TextBlock(text=f"Error: {e}")], metadata={"error": str(e)})
+        return ToolOutput(blocks=[TextBlock(text=f"{params.expression.strip()} = {result}")],
+                          metadata={"result": result})
+
+    @tool
+    async def submit_answer(self, params: AnswerInput) -> ToolOutput:
+        """Submit the final numeric answer. Ends the episode: reward 1.0 if correct, else 0.0."""
+        correct = answers_match(params.answer, self.label)
+        readable = parse_number(params.answer) is not None
+        if correct:
+            text = f"Correct: {self.label}."
+        elif readable:
+            text = f"Incorrect. The answer was {self.label}."
+        else:
+            text = f"Could not read a number in {params.answer!r}. The answer was {self.label}."
+        return ToolOutput(blocks=[TextBlock(text=text)], reward=1.0 if correct else 0.0, finished=True,
+                          metadata={"correct": correct, "label": self.label, "submitted": params.answer})
