@@ -36,9 +36,12 @@ class RewardSettings(_Strict):
 class EnvConfig(RewardSettings):
     """One entry under `environments:`. A name with a slash is a hosted OpenReward env."""
 
-    splits: list[str] = Field(default_factory=lambda: ["train"])
+    splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
     eval_split: str | None = None
+    # Caps (a seeded random subset when the env has more tasks): training rows over all
+    # `splits`, and eval rows from `eval_split`. None: every task.
     num_samples: int | None = Field(default=None, ge=1)
+    num_eval_samples: int | None = Field(default=None, ge=1)
     max_turns: int = Field(default=20, ge=1)
     # What a turn without a tool call does: end the episode, or nudge the model once.
     on_no_tool_call: Literal["end", "nudge"] = "end"

@@ -6,6 +6,7 @@ slime copies the row's `tools` into `metadata["tools"]` when run with `--tool-ke
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,6 +32,12 @@ class TaskMeta(BaseModel):
     tools: list[dict[str, Any]] = Field(default_factory=list)
     # Hosted envs: secret name -> value or None (read the upper-cased name from the environment).
     secrets: dict[str, str | None] = Field(default_factory=dict)
+    # slime groups its per-source metrics by `metadata["source_name"]` (v0.3+): the env name.
+    source_name: str | None = None
+    # Fallbacks for the config's global settings when TRAIN_CONFIG is not set (None: default).
+    thinking: bool | None = None
+    system_prompt: str | None = None
+    run_name: str | None = None
 
     @property
     def hosted(self) -> bool:
@@ -91,3 +98,26 @@ def blocks_to_text(blocks: list[Any]) -> str:
         elif kind == "image":
             out.append("[image]")
     return "\n".join(out)
+
+
+# Task-spec keys that hold the ground truth, in order of preference, when the env class
+# has no `ground_truth(task_spec)` of its own.
+LABEL_KEYS = ("label", "ground_truth", "answer", "solution")
+
+
+def task_label(task_spec: Any, env_cls: Any = None) -> str | None:
+    """The ground truth of a task as a string (slime's `Sample.label`), or None if not exposed.
+
+    Uses the env class's `ground_truth(task_spec)` when it defines one, else the first of
+    LABEL_KEYS in the task spec. Non-string values are written as compact JSON.
+    """
+    getter = getattr(env_cls, "ground_truth", None) if env_cls is not None else None
+    if callable(getter):
+        value = getter(task_spec)
+    elif isinstance(task_spec, dict):
+        value = next((task_spec[k] for k in LABEL_KEYS if task_spec.get(k) is not None), None)
+    else:
+        value = None
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

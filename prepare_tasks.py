@@ -1,0 +1,263 @@
+"""Turn the environments in train_config.yaml into the JSONL prompt files slime reads.
+
+    python prepare_tasks.py --config train_config.yaml [--output tasks.jsonl]
+        [--eval-output eval_tasks.jsonl] [--max-tasks N] [--seed S]
+
+One row per task: {"prompt": [user message], "label": str | null, "metadata": TaskMeta,
+"tools": [OpenAI function schemas]}, read by slime with `--input-key prompt --label-key
+label --metadata-key metadata --tool-key tools`. Training rows of all environments are
+interleaved by a seeded shuffle; eval rows (from each env's `eval_split`) go to
+--eval-output. Both files are written atomically: both or neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import orjson
+from tqdm import tqdm
+
+from bridge.config import ConfigError, EnvConfig, TrainConfig, is_hosted, load_config
+from bridge.task import TaskMeta
+from bridge.task_source import RenderedTask, TaskSource, TaskSourceError, open_source
+
+EXIT_BAD_INPUT = 2
+RENDER_CHUNK = 1024  # tasks rendered per gather; bounds memory of pending coroutines
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One task chosen for a file."""
+
+    env: str
+    split: str
+    index: int
+
+
+@dataclass
+class EnvPlan:
+    """The tasks chosen from one environment, for training and for eval."""
+
+    env: str
+    cfg: EnvConfig
+    source: TaskSource
+    train: list[Pick] = field(default_factory=list)
+    eval: list[Pick] = field(default_factory=list)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="prepare_tasks.py",
+        description="Write the environments of a train_config.yaml as slime prompt JSONL files.")
+    p.add_argument("--config", default="train_config.yaml", help="train config (default: %(default)s)")
+    p.add_argument("--output", default="tasks.jsonl", help="training rows (default: %(default)s)")
+    p.add_argument("--eval-output", default="eval_tasks.jsonl",
+                   help="eval rows from each env's eval_split; not written when no env has one "
+                        "(default: %(default)s)")
+    p.add_argument("--max-tasks", type=_positive_int, default=None, metavar="N",
+                   help="at most N training and N eval rows per environment (with num_samples, "
+                        "the smaller cap wins)")
+    p.add_argument("--seed", type=int, default=42, help="seed for task sampling and shuffling (default: %(default)s)")
+    p.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
+                   help="hosted envs: sessions open at once to fetch prompts (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _cap(*caps: int | None) -> int | None:
+    given = [c for c in caps if c is not None]
+    return min(given) if given else None
+
+
+def choose(env: str, counts: dict[str, int], cap: int | None, rng: random.Random) -> list[Pick]:
+    """Every task of the given splits, or a seeded random `cap` of them, in split/index order."""
+    total = sum(counts.values())
+    chosen: Iterable[int] = range(total) if cap is None or cap >= total else sorted(rng.sample(range(total), cap))
+    picks: list[Pick] = []
+    bounds = []
+    start = 0
+    for split, n in counts.items():
+        bounds.append((start, start + n, split))
+        start += n
+    b = 0
+    for g in chosen:
+        while g >= bounds[b][1]:
+            b += 1
+        lo, _, split = bounds[b]
+        picks.append(Pick(env, split, g - lo))
+    return picks
+
+
+async def _split_counts(source: TaskSource, splits: list[str], available: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for split in splits:
+        if split not in available:
+            raise TaskSourceError(
+                f"environment {source.name!r} has no split {split!r} (splits: {', '.join(available) or 'none'})")
+        n = await source.count(split)
+        if n <= 0:
+            raise TaskSourceError(f"environment {source.name!r}: split {split!r} has no tasks")
+        counts[split] = n
+    return counts
+
+
+async def plan_env(env: str, cfg: EnvConfig, source: TaskSource, max_tasks: int | None, seed: int) -> EnvPlan:
+    """Validate the env's splits and pick its training and eval tasks."""
+    plan = EnvPlan(env, cfg, source)
+    available = await source.splits()
+    train_counts = await _split_counts(source, list(dict.fromkeys(cfg.splits)), available)
+    plan.train = choose(env, train_counts, _cap(cfg.num_samples, max_tasks), random.Random(f"{seed}:{env}:train"))
+    if cfg.eval_split is not None:
+        eval_counts = await _split_counts(source, [cfg.eval_split], available)
+        plan.eval = choose(env, eval_counts, _cap(cfg.num_eval_samples, max_tasks),
+                           random.Random(f"{seed}:{env}:eval"))
+    return plan
+
+
+def task_row(config: TrainConfig, plan: EnvPlan, pick: Pick, task: RenderedTask) -> dict[str, Any]:
+    """One slime JSONL row; `metadata` is the TaskMeta the bridge reads, as a JSON object."""
+    meta = TaskMeta.from_env_config(
+        pick.env, plan.cfg,
+        env_server=[] if is_hosted(pick.env) else config.env_server_urls,
+        split=pick.split, index=pick.index, tools=task.tools, source_name=pick.env,
+        thinking=config.thinking, system_prompt=config.system_prompt, run_name=config.run_name,
+    )
+    # Secret values never go into task files: names only; the bridge reads the values.
+    meta.secrets = {name: None for name in plan.cfg.secrets}
+    return {"prompt": task.prompt, "label": task.label, "metadata": meta.model_dump(mode="json"),
+            "tools": task.tools}
+
+
+async def render_rows(config: TrainConfig, plans: list[EnvPlan], picks: list[Pick],
+                      bar: tqdm) -> list[dict[str, Any]]:
+    """Render every pick into a row, in the order given."""
+    by_env = {p.env: p for p in plans}
+
+    async def one(pick: Pick) -> dict[str, Any]:
+        plan = by_env[pick.env]
+        row = task_row(config, plan, pick, await plan.source.render(pick.split, pick.index))
+        bar.update(1)
+        return row
+
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(picks), RENDER_CHUNK):
+        rows.extend(await gather_or_cancel([one(p) for p in picks[start:start + RENDER_CHUNK]]))
+    return rows
+
+
+async def gather_or_cancel(coros: list[Any]) -> list[Any]:
+    """Results in order; on the first failure cancel the rest and raise that failure alone."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+        if failed or any(not t.done() for t in tasks):
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    if failed:
+        raise failed[0].exception()
+    return [t.result() for t in tasks]
+
+
+def write_jsonl_files(outputs: list[tuple[Path, list[dict[str, Any]]]]) -> None:
+    """Write every file to a temp file beside it, then move all into place: all or none."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, rows in outputs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def summary_table(rows: list[tuple[str, str, str, int]]) -> str:
+    """A plain-text table of (file, env, split, rows)."""
+    header = ("file", "env", "split", "rows")
+    total = ("total", "", "", sum(r[3] for r in rows))
+    lines = [header, *rows, total]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(4)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:3]) + f"  {{:>{widths[3]}}}"
+    out = [fmt.format(*map(str, line)) for line in lines]
+    out.insert(1, "-" * len(out[0]))
+    out.insert(len(out) - 1, "-" * len(out[0]))
+    return "\n".join(out)
+
+
+def _counts(picks: list[Pick], file: Path) -> list[tuple[str, str, str, int]]:
+    seen: dict[tuple[str, str], int] = {}
+    for p in picks:
+        seen[(p.env, p.split)] = seen.get((p.env, p.split), 0) + 1
+    return [(str(file), env, split, n) for (env, split), n in seen.items()]
+
+
+async def prepare(config: TrainConfig, output: Path, eval_output: Path, max_tasks: int | None,
+                  seed: int, concurrency: int = 8) -> list[tuple[str, str, str, int]]:
+    """Read, render and write all tasks; returns the summary rows (file, env, split, rows)."""
+    if output.resolve() == eval_output.resolve():
+        raise TaskSourceError(f"--output and --eval-output are the same file: {output}")
+    sources: list[TaskSource] = []
+    try:
+        plans = []
+        for env, cfg in config.environments.items():
+            source = open_source(env, cfg.options, cfg.secrets, concurrency)
+            sources.append(source)
+            plans.append(await plan_env(env, cfg, source, max_tasks, seed))
+        train = [p for plan in plans for p in plan.train]
+        evals = [p for plan in plans for p in plan.eval]
+        random.Random(seed).shuffle(train)
+        with tqdm(total=len(train) + len(evals), desc="tasks", unit="task", file=sys.stderr,
+                  disable=None, leave=False) as bar:
+            train_rows = await render_rows(config, plans, train, bar)
+            eval_rows = await render_rows(config, plans, evals, bar)
+    finally:
+        for source in sources:
+            await source.aclose()
+    outputs = [(output, train_rows)] + ([(eval_output, eval_rows)] if evals else [])
+    write_jsonl_files(outputs)
+    return _counts(sorted(train, key=lambda p: (p.env, p.split)), output) + _counts(evals, eval_output)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+        summary = asyncio.run(prepare(config, Path(args.output), Path(args.eval_output),
+                                      args.max_tasks, args.seed, args.concurrency))
+    except (ConfigError, TaskSourceError) as e:
+        print(f"prepare_tasks: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        print(f"prepare_tasks: error: cannot write output: {e.strerror or e}"
+              f"{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(summary_table(summary))
+    if not any(cfg.eval_split for cfg in config.environments.values()):
+        print(f"(no environment has an eval_split: {args.eval_output} not written)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
