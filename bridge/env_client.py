@@ -1,0 +1,461 @@
+"""ORS session clients: a lean HTTP client for our own env servers, the openreward SDK for hosted envs.
+
+A session lives on exactly one server: with several env-server URLs, `pick_server` pins it
+by a stable hash of the session key, and every call of that session goes there.
+
+Env calls have timeouts and bounded, jittered retries. Idempotent calls (create, prompt,
+tools, delete) are retried on network errors and 429/502/503/504. A tool call (`/call`)
+steps the environment, so it is only retried when the connection was never made (nothing
+ran), or, once the server has sent the call's SSE `task_id`, by resuming that task_id (the
+server replays the result instead of running the tool again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import weakref
+import zlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from bridge.task import TaskMeta, blocks_to_text
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class EnvFailure(RuntimeError):
+    """The environment or the network failed past the retries; the message is one line."""
+
+
+@dataclass
+class ToolResult:
+    """One executed tool call as the model will see it."""
+
+    text: str
+    reward: float | None
+    finished: bool
+    error_kind: str | None = None  # set when the env refused the call (the model sees the text)
+    metadata: Any = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3  # total tries per call
+    backoff: float = 0.2  # seconds; full jitter on base * 2**n
+    backoff_max: float = 2.0
+    timeout: float = 60.0  # per request, control calls
+    call_timeout: float = 600.0  # per tool call
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.backoff_max, self.backoff * (2 ** attempt)))
+
+
+class EnvSession(Protocol):
+    """One ORS episode session."""
+
+    sid: str | None
+    url: str
+
+    async def open(self) -> None: ...
+    async def prompt_text(self) -> str: ...
+    async def tools(self) -> list[dict[str, Any]]: ...  # ORS ToolSpec dicts: name, description, input_schema
+    async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult: ...
+    async def close(self) -> None: ...
+
+
+def pick_server(urls: list[str], key: str) -> str:
+    """The env-server URL a session with this key is pinned to (stable across processes)."""
+    if not urls:
+        raise EnvFailure("no env server URL configured (set env_server in train_config.yaml)")
+    return urls[zlib.crc32(key.encode()) % len(urls)]
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def _secrets(values: dict[str, str | None]) -> dict[str, str]:
+    out = {}
+    for name, value in values.items():
+        v = value if value is not None else os.environ.get(name.upper())
+        if v is None:
+            raise EnvFailure(f"secret {name!r} has no value and ${name.upper()} is not set")
+        out[name] = v
+    return out
+
+
+def _secrets_header(secrets: dict[str, str]) -> dict[str, str]:
+    if not secrets:
+        return {}
+    from openreward.api.sandboxes.secrets import build_secrets_header
+
+    return {"X-Secrets": build_secrets_header(secrets)}
+
+
+_ORS_REJECTION_KINDS = {
+    "not_found": "unknown_tool",
+    "input_validation": "invalid_arguments",
+    "bad_input_shape": "invalid_arguments",
+    "name_collision": "env_rejected",
+    "episode_finished": "env_rejected",
+}
+
+
+def _tool_result(body: Any) -> ToolResult:
+    if not isinstance(body, dict) or "ok" not in body:
+        raise EnvFailure(f"tool call answered an unexpected body: {_one_line(repr(body), 200)}")
+    if body["ok"]:
+        out = body.get("output") or {}
+        reward = out.get("reward")
+        return ToolResult(text=blocks_to_text(out.get("blocks") or []),
+                          reward=None if reward is None else float(reward),
+                          finished=bool(out.get("finished")), metadata=out.get("metadata"))
+    reason = body.get("reason") or "input_validation"
+    return ToolResult(text=f"Error: {body.get('error') or reason}", reward=None, finished=False,
+                      error_kind=_ORS_REJECTION_KINDS.get(reason, "env_rejected"))
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, connected: bool = True) -> None:
+        super().__init__(message)
+        self.connected = connected
+
+
+class LocalEnvSession:
+    """A session on one of our env servers, spoken over plain HTTP + SSE (no SDK overhead)."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, task: TaskMeta,
+                 policy: RetryPolicy = RetryPolicy()) -> None:
+        self.http = http
+        self.url = url.rstrip("/")
+        self.task = task
+        self.env = task.env
+        self.policy = policy
+        self.sid: str | None = None
+        self._secrets = _secrets_header(_secrets(task.secrets)) if task.secrets else {}
+        self._created = False
+
+    # --- plumbing ------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        return {"X-Session-ID": self.sid} if self.sid else {}
+
+    async def _request(self, method: str, path: str, body: Any = None, extra: dict[str, str] | None = None,
+                       accept: tuple[int, ...] = (200,)) -> tuple[int, Any]:
+        headers = {**self._headers(), **(extra or {})}
+        data = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        timeout = aiohttp.ClientTimeout(total=self.policy.timeout)
+        try:
+            async with self.http.request(method, self.url + path, data=data, headers=headers,
+                                         timeout=timeout) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except aiohttp.ClientConnectorError as e:
+            raise _Retryable(f"cannot connect to {self.url}: {e}", connected=False) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise _Retryable(f"{method} {path} on {self.url} failed: {type(e).__name__} {e}") from None
+        if status in RETRY_STATUSES:
+            raise _Retryable(f"{method} {path} on {self.url}: HTTP {status}")
+        if status not in accept:
+            raise EnvFailure(f"{method} {path} on {self.url}: HTTP {status}: {_one_line(raw.decode('utf-8', 'replace'))}")
+        try:
+            return status, orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            if raw.startswith(b"event:") or b"\nevent:" in raw:
+                return status, _sse_result(raw.decode("utf-8", "replace"))
+            raise EnvFailure(f"{method} {path} on {self.url}: invalid JSON") from None
+
+    async def _retrying(self, method: str, path: str, body: Any = None, extra: dict[str, str] | None = None,
+                        accept: tuple[int, ...] = (200,)) -> tuple[int, Any]:
+        last = ""
+        for attempt in range(self.policy.attempts):
+            try:
+                return await self._request(method, path, body, extra, accept)
+            except _Retryable as e:
+                last = str(e)
+                if attempt + 1 < self.policy.attempts:
+                    await asyncio.sleep(self.policy.delay(attempt))
+        raise EnvFailure(f"{last} (gave up after {self.policy.attempts} attempts)")
+
+    # --- session -------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the session: `/create_session` (gives the sid), then `/create` with the task."""
+        _, res = await self._retrying("POST", "/create_session", {})
+        sid = res.get("sid") if isinstance(res, dict) else None
+        sid = sid or (res.get("task_id") if isinstance(res, dict) else None)
+        if not sid:
+            raise EnvFailure(f"/create_session on {self.url} returned no session id")
+        self.sid = sid
+        # A retried /create whose first attempt went through answers "Session already exists".
+        status, res = await self._retrying("POST", "/create", {"env_name": self.env, **self.task.create_args()},
+                                           self._secrets, accept=(200, 400))
+        if status == 400 and "already exists" not in _one_line(repr(res)):
+            detail = res.get("detail") if isinstance(res, dict) else res
+            raise EnvFailure(f"/create {self.env} on {self.url}: {_one_line(str(detail))}")
+        self._created = True
+
+    async def prompt_text(self) -> str:
+        _, blocks = await self._retrying("GET", f"/{self.env}/prompt")
+        if isinstance(blocks, dict):  # tolerate {"blocks": [...]}
+            blocks = blocks.get("blocks", [])
+        return blocks_to_text(blocks or [])
+
+    async def tools(self) -> list[dict[str, Any]]:
+        status, res = await self._retrying("GET", f"/{self.env}/task_tools", accept=(200, 404))
+        if status == 404:
+            _, res = await self._retrying("GET", f"/{self.env}/tools")
+        return list((res or {}).get("tools") or [])
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult:
+        """Run one tool call; never re-runs a call that may already have run."""
+        task_id: str | None = None
+        payload: dict[str, Any] = {"name": name, "input": arguments}
+        last = ""
+        for attempt in range(self.policy.attempts):
+            if task_id:
+                payload["task_id"] = task_id
+            try:
+                body, task_id = await self._call_once(payload, task_id)
+                return _tool_result(body)
+            except _Retryable as e:
+                last = str(e)
+                if e.connected and task_id is None:
+                    # The request may have reached the env and stepped it: do not run it twice.
+                    raise EnvFailure(f"tool call {name!r} lost before the server acknowledged it: {last}") from None
+            except _Resume as e:
+                task_id, last = e.task_id, e.message
+            if attempt + 1 < self.policy.attempts:
+                await asyncio.sleep(self.policy.delay(attempt))
+        raise EnvFailure(f"tool call {name!r}: {last} (gave up after {self.policy.attempts} attempts)")
+
+    async def _call_once(self, payload: dict[str, Any], task_id: str | None) -> tuple[Any, str | None]:
+        headers = {**self._headers(), "Accept": "text/event-stream", "Content-Type": "application/json"}
+        timeout = aiohttp.ClientTimeout(total=self.policy.call_timeout)
+        try:
+            async with self.http.post(f"{self.url}/{self.env}/call", data=orjson.dumps(payload),
+                                      headers=headers, timeout=timeout) as resp:
+                if resp.status in RETRY_STATUSES:
+                    raise _Retryable(f"/call on {self.url}: HTTP {resp.status}")
+                if resp.status != 200:
+                    raw = await resp.read()
+                    raise EnvFailure(f"/call on {self.url}: HTTP {resp.status}: "
+                                     f"{_one_line(raw.decode('utf-8', 'replace'))}")
+                event, data = None, []
+                chunks: list[str] = []
+                try:
+                    async for raw_line in resp.content:
+                        line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
+                        if not line:
+                            if event is not None:
+                                text = "\n".join(data)
+                                if event == "task_id":
+                                    task_id = text.strip()
+                                elif event == "chunk":
+                                    chunks.append(text)
+                                elif event == "end":
+                                    chunks.append(text)
+                                    return orjson.loads("".join(chunks)), task_id
+                                elif event == "error":
+                                    raise EnvFailure(f"tool call failed in the environment: {_one_line(text)}")
+                            event, data = None, []
+                            continue
+                        if line.startswith(":"):
+                            continue
+                        key, _, value = line.partition(":")
+                        value = value[1:] if value.startswith(" ") else value
+                        if key == "event":
+                            event = value
+                        elif key == "data":
+                            data.append(value)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    if task_id:
+                        raise _Resume(task_id, f"stream broke: {type(e).__name__} {e}") from None
+                    raise _Retryable(f"stream broke: {type(e).__name__} {e}") from None
+                if task_id:
+                    raise _Resume(task_id, "stream ended before the result")
+                raise _Retryable("stream ended before the result")
+        except aiohttp.ClientConnectorError as e:
+            if task_id:
+                raise _Resume(task_id, f"cannot connect to {self.url}: {e}") from None
+            raise _Retryable(f"cannot connect to {self.url}: {e}", connected=False) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            if task_id:
+                raise _Resume(task_id, f"{type(e).__name__} {e}") from None
+            raise _Retryable(f"/call on {self.url} failed: {type(e).__name__} {e}") from None
+        except orjson.JSONDecodeError:
+            raise EnvFailure(f"/call on {self.url}: result is not JSON") from None
+
+    async def close(self) -> None:
+        """Delete the session (best effort, short): never raises."""
+        if self.sid is None:
+            return
+        try:
+            if self._created:
+                await self._request_quiet("POST", "/delete")
+            await self._request_quiet("POST", "/delete_session")
+        finally:
+            self.sid = None
+
+    async def _request_quiet(self, method: str, path: str) -> None:
+        for attempt in range(2):
+            try:
+                await self._request(method, path, accept=(200, 404, 410))
+                return
+            except _Retryable as e:
+                if not e.connected:
+                    return  # the server is gone, and its sessions with it
+                await asyncio.sleep(self.policy.delay(attempt))
+            except Exception:
+                return
+
+
+class _Resume(Exception):
+    def __init__(self, task_id: str, message: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.message = message
+
+
+def _sse_result(text: str) -> Any:
+    """The JSON `end` payload (or task_id) of an SSE body read in one piece (e.g. /create_session)."""
+    task_id, chunks = None, []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        event, data = None, []
+        for line in block.split("\n"):
+            key, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if key == "event":
+                event = value
+            elif key == "data":
+                data.append(value)
+        joined = "\n".join(data)
+        if event == "task_id":
+            task_id = joined.strip()
+        elif event in ("chunk", "end"):
+            chunks.append(joined)
+        elif event == "error":
+            raise EnvFailure(f"server error event: {_one_line(joined)}")
+    body = "".join(chunks).strip()
+    if body:
+        try:
+            res = orjson.loads(body)
+            if isinstance(res, dict):
+                res.setdefault("task_id", task_id)
+                return res
+        except orjson.JSONDecodeError:
+            pass
+    return {"task_id": task_id}
+
+
+class HostedEnvSession:
+    """A session on a hosted OpenReward environment (`Owner/Name`) through the openreward SDK.
+
+    Names resolve exactly as the SDK resolves them, honouring OPENREWARD_SESSION_URL;
+    the API key comes from OPENREWARD_API_KEY.
+    """
+
+    def __init__(self, task: TaskMeta, policy: RetryPolicy = RetryPolicy()) -> None:
+        self.task = task
+        self.policy = policy
+        self.sid: str | None = None
+        self.url = ""
+        self._session: Any = None
+
+    async def open(self) -> None:
+        from openreward import AsyncOpenReward
+        from openreward.api.environments.types import Task
+
+        client = _sdk_client(AsyncOpenReward)
+        env = client.environments.get(self.task.env)
+        self.url = str(env.client._base_url)
+        secrets = _secrets(self.task.secrets) if self.task.secrets else None
+        if self.task.index is not None:
+            cm = env.session(split=self.task.split, index=self.task.index, secrets=secrets)
+        else:
+            owner, _, name = self.task.env.partition("/")
+            cm = env.session(task=Task(server_name=name, environment_name=None,  # type: ignore[arg-type]
+                                       task_spec=self.task.task_spec or {}, namespace=owner), secrets=secrets)
+        try:
+            self._session = await asyncio.wait_for(cm.__aenter__(), self.policy.timeout)
+        except Exception as e:
+            raise EnvFailure(f"cannot open a session on {self.task.env}: {type(e).__name__}: {_one_line(str(e))}") from None
+        self.sid = self._session.sid
+
+    async def _guard(self, what: str, coro: Any, timeout: float) -> Any:
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except Exception as e:
+            raise EnvFailure(f"{what} on {self.task.env}: {type(e).__name__}: {_one_line(str(e))}") from None
+
+    async def prompt_text(self) -> str:
+        return blocks_to_text(await self._guard("get_prompt", self._session.get_prompt(), self.policy.timeout))
+
+    async def tools(self) -> list[dict[str, Any]]:
+        specs = await self._guard("list_tools", self._session.list_tools(), self.policy.timeout)
+        return [{"name": s.name, "description": s.description, "input_schema": s.input_schema} for s in specs]
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult:
+        from openreward.api.errors import ToolCallError as SDKToolCallError
+
+        try:
+            out = await asyncio.wait_for(self._session.call_tool(name, arguments), self.policy.call_timeout)
+        except SDKToolCallError as e:
+            return ToolResult(text=f"Error: {e}", reward=None, finished=False,
+                              error_kind=_ORS_REJECTION_KINDS.get(getattr(e, "reason", ""), "env_rejected"))
+        except Exception as e:
+            raise EnvFailure(f"tool call {name!r} on {self.task.env}: {type(e).__name__}: {_one_line(str(e))}") from None
+        return ToolResult(text=blocks_to_text(out.blocks), reward=out.reward, finished=bool(out.finished),
+                          metadata=out.metadata)
+
+    async def close(self) -> None:
+        if self._session is None:
+            return
+        session, self._session = self._session, None
+        try:
+            await asyncio.wait_for(session.__aexit__(None, None, None), self.policy.timeout)
+        except Exception:
+            pass
+
+
+_SDK_CLIENTS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+
+
+def _sdk_client(cls: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    client = _SDK_CLIENTS.get(loop)
+    if client is None:
+        client = _SDK_CLIENTS[loop] = cls(api_key=os.environ.get("OPENREWARD_API_KEY"))
+    return client
+
+
+_HTTP: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]" = weakref.WeakKeyDictionary()
+
+
+def shared_http() -> aiohttp.ClientSession:
+    """One aiohttp session per event loop for all local env traffic."""
+    loop = asyncio.get_running_loop()
+    http = _HTTP.get(loop)
+    if http is None or http.closed:
+        http = _HTTP[loop] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    return http
+
+
+def open_session(task: TaskMeta, urls: list[str], key: str, policy: RetryPolicy = RetryPolicy()) -> EnvSession:
+    """An unopened session for `task`: hosted via the SDK for `Owner/Name`, else on our env server."""
+    if task.hosted:
+        return HostedEnvSession(task, policy)
+    return LocalEnvSession(shared_http(), pick_server(task.env_server or urls, key), task, policy)
+
+
+async def close_shared_http() -> None:
+    """Close this event loop's env HTTP session (if any)."""
+    http = _HTTP.pop(asyncio.get_running_loop(), None)
+    if http is not None and not http.closed:
+        await http.close()

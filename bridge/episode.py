@@ -1,0 +1,214 @@
+"""The multi-turn loop of one episode: task -> session -> turns -> token ledger.
+
+Each turn sends the whole context as token ids, appends what the engine sampled verbatim,
+executes every tool call the model wrote (in order), and appends the chat template's
+tool-response turn as a token delta. It stops when the environment finishes, at
+`max_turns`, when the context budget is spent, on a turn without a tool call (or after one
+nudge), or when the engine aborts. Env or engine failures end the episode with a reason,
+never an exception; the session is always deleted, also on cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.chat import ChatRenderer
+from bridge.engine import EngineClient, EngineError
+from bridge.env_client import EnvFailure, EnvSession
+from bridge.rewards import RewardOutcome, reduce_rewards
+from bridge.task import TaskMeta, ors_tool_to_openai
+from bridge.tokens import LedgerError, TokenLedger
+from bridge.toolcalls import ToolCall, ToolCallError, parse_turn
+
+NUDGE_TEXT = "You did not call a tool. Continue the task by calling one of the available tools."
+
+# stop reasons
+ENV_FINISHED = "env_finished"
+MAX_TURNS = "max_turns"
+CONTEXT_BUDGET = "context_budget"
+RESPONSE_LENGTH = "response_length"
+NO_TOOL_CALL = "no_tool_call"
+ENGINE_ABORT = "engine_abort"
+ENV_ERROR = "env_error"
+ENGINE_ERROR = "engine_error"
+
+
+@dataclass
+class Budget:
+    """Context limits: `max_context_len` if set, else prompt length + `max_response_len`."""
+
+    max_context_len: int | None = None
+    max_response_len: int | None = None
+
+    def limit(self, prompt_len: int, fallback_response_len: int) -> int:
+        if self.max_context_len:
+            return self.max_context_len
+        return prompt_len + (self.max_response_len or fallback_response_len)
+
+
+@dataclass
+class EpisodeResult:
+    """Everything one episode produced, before it is written into the sample."""
+
+    ledger: TokenLedger | None
+    messages: list[dict[str, Any]]
+    turn_rewards: list[float | None]
+    env_finished: bool
+    stop_reason: str
+    status: str  # completed | truncated | aborted | failed
+    num_turns: int
+    num_tool_calls: int
+    tool_errors: dict[str, int]
+    reward: RewardOutcome
+    failure: str | None = None
+    session_url: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Episode:
+    """One episode's state; `run()` drives it to the end."""
+
+    def __init__(self, session: EnvSession, engine: EngineClient, renderer: ChatRenderer, task: TaskMeta,
+                 sampling_params: dict[str, Any], budget: Budget, routing_key: str) -> None:
+        self.session = session
+        self.engine = engine
+        self.renderer = renderer
+        self.task = task
+        self.sampling_params = sampling_params  # never mutated: each turn gets a copy
+        self.budget = budget
+        self.routing_key = routing_key
+        self.ledger: TokenLedger | None = None
+        self.messages: list[dict[str, Any]] = []
+        self.turn_rewards: list[float | None] = []
+        self.env_finished = False
+        self.num_turns = 0
+        self.num_tool_calls = 0
+        self.tool_errors: Counter[str] = Counter()
+        self.t_generate = 0.0
+        self.t_env = 0.0
+
+    async def run(self) -> EpisodeResult:
+        t0 = time.perf_counter()
+        failure: str | None = None
+        try:
+            stop, status = await self._loop()
+        except EnvFailure as e:
+            stop, status, failure = ENV_ERROR, "failed", str(e)
+        except (EngineError, LedgerError) as e:
+            stop, status, failure = ENGINE_ERROR, "failed", str(e)
+        finally:
+            t_close = time.perf_counter()
+            await asyncio.shield(self.session.close())
+            self.t_env += time.perf_counter() - t_close
+        reward = reduce_rewards(self.turn_rewards, self.env_finished, self.task.reward)
+        return EpisodeResult(
+            ledger=self.ledger, messages=self.messages, turn_rewards=self.turn_rewards,
+            env_finished=self.env_finished, stop_reason=stop, status=status, num_turns=self.num_turns,
+            num_tool_calls=self.num_tool_calls, tool_errors=dict(self.tool_errors), reward=reward,
+            failure=failure, session_url=self.session.url,
+            timings={"generate": self.t_generate, "env": self.t_env, "total": time.perf_counter() - t0})
+
+    async def _open(self) -> tuple[list[dict[str, Any]], set[str]]:
+        t = time.perf_counter()
+        await self.session.open()
+        prompt_text, ors_tools = await asyncio.gather(self.session.prompt_text(), self.session.tools())
+        self.t_env += time.perf_counter() - t
+        tools = self.task.tools or [ors_tool_to_openai(s) for s in ors_tools]
+        names = {s["name"] for s in ors_tools} or {t["function"]["name"] for t in tools if "function" in t}
+        self.messages = self.renderer.prompt_messages(prompt_text)
+        self.ledger = TokenLedger(self.renderer.prompt_ids(prompt_text, tools))
+        return tools, names
+
+    async def _loop(self) -> tuple[str, str]:
+        _, known_tools = await self._open()
+        ledger = self.ledger
+        assert ledger is not None
+        per_turn_cap = int(self.sampling_params.get("max_new_tokens") or 0) or None
+        limit = self.budget.limit(len(ledger.prompt_ids), per_turn_cap or 0)
+        nudged = False
+        while True:
+            if self.num_turns >= self.task.max_turns:
+                return MAX_TURNS, "truncated"
+            remaining = limit - len(ledger.ids)
+            if remaining <= 0:
+                return CONTEXT_BUDGET, "truncated"
+            params = dict(self.sampling_params)
+            params["max_new_tokens"] = min(per_turn_cap, remaining) if per_turn_cap else remaining
+            sent_len = len(ledger.ids)
+            t = time.perf_counter()
+            out = await self.engine.generate(ledger.ids, params, self.routing_key)
+            self.t_generate += time.perf_counter() - t
+            self.num_turns += 1
+            ledger.check_context(sent_len, out.meta_info.get("prompt_tokens"))
+            text = self.renderer.decode(out.output_ids) if out.output_ids else ""
+            if out.output_ids:
+                ledger.add_sampled(out.output_ids, out.logprobs, text, out.meta_info)
+            if out.aborted:
+                if text:
+                    self.messages.append({"role": "assistant", "content": text})
+                return ENGINE_ABORT, "aborted"
+            parsed = parse_turn(text, known_tools, self.renderer.eos_text)
+            calls = []
+            for i, c in enumerate(parsed.calls):
+                c.call_id = f"call_{self.num_turns}_{i}"
+                if isinstance(c, ToolCall):
+                    calls.append({"id": c.call_id, "name": c.name, "arguments": c.arguments})
+                else:
+                    calls.append({"id": c.call_id, "name": c.name, "raw": c.raw, "error": c.kind})
+            msg: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+            if parsed.reasoning is not None:
+                msg["reasoning_content"] = parsed.reasoning
+            if calls:
+                msg["tool_calls"] = calls
+            self.messages.append(msg)
+            if out.finish_reason == "length":
+                return (CONTEXT_BUDGET if params["max_new_tokens"] == remaining else RESPONSE_LENGTH), "truncated"
+            if not parsed.calls:
+                if self.task.on_no_tool_call == "nudge" and not nudged:
+                    nudged = True
+                    ids, delta_text = self.renderer.user_delta(NUDGE_TEXT, text)
+                    if len(ledger.ids) + len(ids) >= limit:
+                        return CONTEXT_BUDGET, "truncated"
+                    ledger.add_appended(ids, delta_text)
+                    self.messages.append({"role": "user", "content": NUDGE_TEXT})
+                    continue
+                return NO_TOOL_CALL, "completed"
+            contents = await self._execute(parsed.calls)
+            if self.env_finished:
+                return ENV_FINISHED, "completed"
+            if self.num_turns >= self.task.max_turns:
+                return MAX_TURNS, "truncated"
+            ids, delta_text = self.renderer.tool_delta(contents, text)
+            if len(ledger.ids) + len(ids) >= limit:
+                return CONTEXT_BUDGET, "truncated"
+            ledger.add_appended(ids, delta_text)
+
+    async def _execute(self, calls: list[ToolCall | ToolCallError]) -> list[str]:
+        """Run the turn's calls in order; malformed ones become error responses the model sees."""
+        contents: list[str] = []
+        for call in calls:
+            self.num_tool_calls += 1
+            tool_msg: dict[str, Any] = {"role": "tool", "tool_call_id": call.call_id, "name": call.name}
+            if self.env_finished:
+                text, reward, finished, error = "Error: the episode has already finished.", None, True, "after_finish"
+            elif isinstance(call, ToolCallError):
+                text, reward, finished, error = f"Error: {call.message}", None, False, call.kind
+            else:
+                t = time.perf_counter()
+                res = await self.session.call(call.name, call.arguments)
+                self.t_env += time.perf_counter() - t
+                text, reward, finished, error = res.text, res.reward, res.finished, res.error_kind
+                self.turn_rewards.append(reward)
+                if finished:
+                    self.env_finished = True
+            if error:
+                self.tool_errors[error] += 1
+            tool_msg.update(content=text, reward=reward, finished=finished, is_error=bool(error))
+            self.messages.append(tool_msg)
+            contents.append(text)
+        return contents
+
