@@ -148,3 +148,249 @@ def test_stub_runs_as_subprocess_from_script_file(tmp_path, qwen3_tokenizer_dir)
         second = _generate(url, [1, 2])
     assert first["text"] == "Hello"
     assert second["output_ids"] == [1, 2] and second["meta_info"]["finish_reason"]["type"] == "length"
+
+
+# ---------------------------------------------------------------- CPU local engine
+
+CHAT_PROMPT = [{"role": "user", "content": "What is 2 + 3? Answer briefly."}]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory, qwen3_tokenizer_dir):
+    from tiny_qwen3 import make_tiny_qwen3
+
+    return make_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"), qwen3_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_qwen3_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(tiny_qwen3_dir)).eval()
+
+
+@pytest.fixture(scope="module")
+def engine_url(tiny_qwen3_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "bridge.local_engine", "--model", str(tiny_qwen3_dir),
+            "--port", str(port), "--threads", "1"]
+    with run_process(args, f"{url}/health", timeout=120) as proc:
+        yield url
+        assert proc.poll() is None, "engine died during the tests"
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny_qwen3_dir) -> list[int]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
+    return list(tok.apply_chat_template(CHAT_PROMPT, add_generation_prompt=True, tokenize=True,
+                                        return_dict=False))
+
+
+def _direct_logprobs(model, prompt: list[int], output: list[int], temperature: float = 1.0) -> list[float]:
+    """Logprob of each output token from one full forward pass (no KV cache)."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt + output])).logits[0].float()
+    steps = torch.log_softmax(logits[len(prompt) - 1:-1] / temperature, dim=-1)
+    return [float(steps[i, t]) for i, t in enumerate(output)]
+
+
+def test_local_engine_greedy_is_deterministic_and_matches_forward_pass(
+        engine_url, tiny_model, tiny_qwen3_dir, prompt_ids) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
+    a = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=12, ignore_eos=True)
+    b = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=12, ignore_eos=True)
+    ids = a["output_ids"]
+    assert ids == b["output_ids"] and len(ids) == 12
+    assert a["meta_info"]["finish_reason"] == {"type": "length", "length": 12}
+    assert a["meta_info"]["prompt_tokens"] == len(prompt_ids)
+    assert a["meta_info"]["completion_tokens"] == 12
+    lps = [lp for lp, _, _ in a["meta_info"]["output_token_logprobs"]]
+    assert [t for _, t, _ in a["meta_info"]["output_token_logprobs"]] == ids
+    assert all(lp <= 0 for lp in lps)
+    assert lps == [lp for lp, _, _ in b["meta_info"]["output_token_logprobs"]]
+    assert lps == pytest.approx(_direct_logprobs(tiny_model, prompt_ids, ids), abs=1e-4)
+    # Greedy really is the argmax of a full forward pass at every step.
+    import torch
+
+    with torch.inference_mode():
+        logits = tiny_model(input_ids=torch.tensor([prompt_ids + ids])).logits[0]
+    assert logits[len(prompt_ids) - 1:-1].argmax(-1).tolist() == ids
+    assert a["text"] == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_local_engine_sampling_logprobs_and_seed(engine_url, tiny_model, prompt_ids) -> None:
+    params = dict(temperature=0.7, top_p=0.95, top_k=50, max_new_tokens=10, ignore_eos=True)
+    a = _generate(engine_url, prompt_ids, sampling_seed=7, **params)
+    b = _generate(engine_url, prompt_ids, sampling_seed=7, **params)
+    ids = a["output_ids"]
+    assert ids == b["output_ids"] and len(ids) == 10
+    lps = [lp for lp, _, _ in a["meta_info"]["output_token_logprobs"]]
+    assert all(lp <= 0 for lp in lps)
+    # SGLang's convention: log-softmax of the temperature-scaled logits the token was drawn from.
+    assert lps == pytest.approx(_direct_logprobs(tiny_model, prompt_ids, ids, temperature=0.7), abs=1e-4)
+    # top_k=1 leaves one candidate: the same tokens as greedy.
+    top1 = _generate(engine_url, prompt_ids, temperature=1.0, top_k=1, max_new_tokens=6, ignore_eos=True)
+    greedy = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=6, ignore_eos=True)
+    assert top1["output_ids"] == greedy["output_ids"]
+
+
+def test_local_engine_stop_token_and_eos(engine_url, tiny_qwen3_dir, prompt_ids) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
+    base = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=8, ignore_eos=True)["output_ids"]
+    stop_at = next(i for i in range(2, 8) if base[i] not in base[:i])
+    out = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=8, stop_token_ids=[base[stop_at]])
+    assert out["output_ids"] == base[:stop_at + 1]
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": base[stop_at]}
+    assert out["text"] == tok.decode(base[:stop_at], skip_special_tokens=True)
+    info = httpx.get(f"{engine_url}/get_model_info").json()
+    assert info["is_generation"] is True
+
+
+def test_local_engine_ends_on_chat_end_tokens_by_default(tiny_qwen3_dir) -> None:
+    # An untrained model will not pick <|im_end|> on cue, so check the set the engine stops on.
+    from transformers import AutoTokenizer
+
+    from bridge.local_engine import SamplingParams
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+    engine_ids = _engine_end_ids(tiny_qwen3_dir)
+    assert {im_end, endoftext} <= engine_ids
+    engine = _engine(tiny_qwen3_dir)
+    assert engine.stop_ids(SamplingParams(stop_token_ids=(5,))) == engine_ids | {5}
+    assert engine.stop_ids(SamplingParams(stop_token_ids=(5,), ignore_eos=True)) == {5}
+    # A token from the end set ends generation even when the request names no stop ids.
+    from bridge.local_engine import GenerateRequest
+
+    prompt = tok.encode("Hello there", add_special_tokens=False)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
+    base = engine.generate(GenerateRequest(prompt, SamplingParams(temperature=0.0, max_new_tokens=6,
+                                                                  ignore_eos=True)))
+    engine.end_token_ids = frozenset({base.output_ids[2]})
+    first = base.output_ids.index(base.output_ids[2])
+    ended = engine.generate(GenerateRequest(prompt, greedy))
+    assert ended.output_ids == base.output_ids[:first + 1]
+    assert ended.finish_reason == {"type": "stop", "matched": base.output_ids[2]}
+
+
+def _engine(model_dir):
+    from bridge.local_engine import load_engine
+
+    return load_engine(str(model_dir))
+
+
+def _engine_end_ids(model_dir) -> frozenset[int]:
+    return _engine(model_dir).end_token_ids
+
+
+def test_local_engine_stop_string(engine_url, tiny_qwen3_dir, prompt_ids) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
+    base = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=16, ignore_eos=True)["output_ids"]
+    # A stop string: the clean ASCII text of a later token that the earlier text does not contain.
+    stop = None
+    for i in range(1, len(base)):
+        piece = tok.decode([base[i]]).strip()
+        if piece.isascii() and piece.isalpha() and len(piece) >= 2 and piece not in tok.decode(base[:i]):
+            stop = piece
+            break
+    assert stop is not None, f"no usable stop string in {tok.decode(base)!r}"
+    k = next(i for i in range(len(base)) if stop in tok.decode(base[:i + 1], skip_special_tokens=True))
+    full = tok.decode(base[:k + 1], skip_special_tokens=True)
+    out = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=16, ignore_eos=True, stop=[stop])
+    assert out["output_ids"] == base[:k + 1]
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    assert out["text"] == full[:full.index(stop)]
+    kept = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=16, ignore_eos=True,
+                     stop=stop, no_stop_trim=True)
+    assert kept["text"] == full and kept["output_ids"] == base[:k + 1]
+
+
+def test_local_engine_max_new_tokens_and_bad_input(engine_url, prompt_ids) -> None:
+    out = _generate(engine_url, prompt_ids, temperature=1.0, max_new_tokens=3, ignore_eos=True)
+    assert len(out["output_ids"]) == 3 and len(out["meta_info"]["output_token_logprobs"]) == 3
+    assert out["meta_info"]["finish_reason"] == {"type": "length", "length": 3}
+    bad_cases = [
+        (b"{nope", "not valid JSON"),
+        (json.dumps({"input_ids": [1], "sampling_params": {"temprature": 1}}).encode(), "unknown sampling param 'temprature'"),
+        (json.dumps({"input_ids": [10**9]}).encode(), "not a token id"),
+        (json.dumps({"input_ids": [1], "sampling_params": {"top_p": 2}}).encode(), "top_p"),
+        (json.dumps({"input_ids": [1], "sampling_params": {"frequency_penalty": 0.5}}).encode(), "not supported"),
+        (json.dumps({"input_ids": [[1], [2]]}).encode(), "not a token id"),
+        (json.dumps({"input_ids": [1], "stream": True}).encode(), "streaming"),
+    ]
+    for body, message in bad_cases:
+        r = httpx.post(f"{engine_url}/generate", content=body, timeout=30)
+        assert r.status_code == 400, (body, r.text)
+        assert message in r.json()["error"]["message"]
+        assert "\n" not in r.json()["error"]["message"]
+    # Neutral values of unimplemented params and slime's full training dict are accepted.
+    slime_params = dict(temperature=1.0, top_p=1.0, top_k=-1, max_new_tokens=2, stop=None,
+                        stop_token_ids=None, skip_special_tokens=False, no_stop_trim=True,
+                        spaces_between_special_tokens=False, frequency_penalty=0.0)
+    assert len(_generate(engine_url, prompt_ids, **slime_params)["output_ids"]) <= 2
+    assert httpx.get(f"{engine_url}/health_generate", timeout=30).status_code == 200
+
+
+def test_local_engine_abort_request(engine_url, prompt_ids) -> None:
+    results: list[dict] = []
+
+    def long_request() -> None:
+        results.append(_generate(engine_url, prompt_ids, temperature=1.0, max_new_tokens=5000,
+                                 ignore_eos=True, timeout=120))
+
+    threads = [threading.Thread(target=long_request) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        load = httpx.get(f"{engine_url}/v1/loads").json()["loads"][0]
+        if load["num_running_reqs"] == 1 and load["num_waiting_reqs"] == 1:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"engine never had one running and one queued request: {load}")
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert httpx.post(f"{engine_url}/abort_request", json={"abort_all": True}).status_code == 200
+    for t in threads:
+        t.join(60)
+    assert time.monotonic() - started < 30
+    assert len(results) == 2
+    for r in results:
+        assert r["meta_info"]["finish_reason"]["type"] == "abort"
+        assert len(r["output_ids"]) < 5000
+        assert len(r["meta_info"]["output_token_logprobs"]) == len(r["output_ids"])
+    assert sorted(len(r["output_ids"]) for r in results)[0] == 0  # the queued one never started
+
+
+def test_local_engine_imports_without_torch() -> None:
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import bridge.local_engine as le\n"
+            "raise SystemExit(le.main(['--model', 'unused']))\n")
+    proc = __import__("subprocess").run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                                        text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "torch is not installed" in proc.stderr
+    assert "DEBUGGING ENGINE" in proc.stdout
+
+
+def test_local_engine_missing_model_is_a_clear_error(tmp_path) -> None:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "bridge.local_engine", "--model", str(tmp_path / "absent"),
+                           "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert "cannot load model" in proc.stderr
