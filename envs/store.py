@@ -1,0 +1,831 @@
+"""Embedded SQLite store of rollouts: versioned schema, one writer thread, fast indexed reads.
+
+Data model (what the OpenReward rollout-upload events become):
+  runs            one row per run name
+  rollouts        one row per `rollout` event; trainer fields pulled out of its metadata
+  messages        one row per `message` event, keyed by eventId (ingest is idempotent)
+  rollout_tokens  token ids / loss mask / logprobs packed as arrays (kept off the list rows)
+  run_env_stats   per run and env: rollout count, reward sum, last update (kept by triggers)
+
+Writes go through `submit()` to a single writer thread that commits several request
+batches in one transaction (group commit); reads use one connection per thread (WAL).
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import logging
+import math
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger("envs.store")
+
+SCHEMA_VERSION = 1
+PAGE_SIZE_MAX = 500
+# Metadata keys the bridge's sink sends that become columns or packed arrays.
+ARRAY_KEYS = ("token_ids", "loss_mask", "logprobs")
+
+# ---------------------------------------------------------------- wire events
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    eventId: str = Field(min_length=1, max_length=256)
+    timestamp: int
+
+
+class RolloutEvent(_Event):
+    """`eventType: "rollout"`: starts a rollout (the SDK's RolloutStartedEvent)."""
+
+    eventType: Literal["rollout"]
+    runName: str = Field(min_length=1, max_length=512)
+    step: int | None = None
+    environment: str | None = None
+    environment_id: str | None = None
+    rolloutName: str | None = None
+    variant: str | None = None
+    variant_id: str | None = None
+    split: str | None = None
+    metadata: dict[str, Any] | None = None
+    task_spec: dict[str, Any] | None = None
+    run_info: dict[str, Any] | None = None
+    rollout_info: dict[str, Any] | None = None
+
+
+MessageType = Literal["system_message", "user_message", "reasoning", "assistant_message",
+                      "tool_call", "tool_result"]
+
+
+class MessageEvent(_Event):
+    """`eventType: "message"`: one message of a rollout (the SDK's LogMessageEvent)."""
+
+    eventType: Literal["message"]
+    index: int = Field(ge=0)
+    rolloutEventId: str = Field(min_length=1, max_length=256)
+    type: MessageType
+    content: str | None = None
+    contentReference: str | None = None
+    summary: str | None = None
+    name: str | None = None
+    callId: str | None = None
+    environment_id: str | None = None
+    reward: float | None = None
+    isFinished: bool | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class RolloutUpdateEvent(_Event):
+    """`eventType: "rollout_update"`: merges `rollout_info` onto the rollout `eventId`."""
+
+    eventType: Literal["rollout_update"]
+    rollout_info: dict[str, Any] | None = None
+
+
+Event = Annotated[Union[RolloutEvent, MessageEvent, RolloutUpdateEvent], Field(discriminator="eventType")]
+
+
+class EventBatch(BaseModel):
+    """The body of `POST /v1/rollouts`."""
+
+    model_config = ConfigDict(extra="ignore")
+    events: list[Event] = Field(max_length=20_000)
+
+
+@dataclass
+class IngestResult:
+    """What one batch did: new rows, and events already stored (ignored)."""
+
+    rollouts: int = 0
+    messages: int = 0
+    updates: int = 0
+    duplicates: int = 0
+
+    def add(self, other: "IngestResult") -> None:
+        self.rollouts += other.rollouts
+        self.messages += other.messages
+        self.updates += other.updates
+        self.duplicates += other.duplicates
+
+
+# ---------------------------------------------------------------- schema
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    run_info TEXT
+);
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    run_id INTEGER REFERENCES runs(id),      -- NULL: placeholder made by an early rollout_update
+    name TEXT,
+    env TEXT NOT NULL DEFAULT '',
+    environment_id TEXT,
+    split TEXT,
+    step INTEGER,
+    ts REAL NOT NULL DEFAULT 0,              -- rollout event time, seconds
+    updated_at REAL NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'running',
+    status_explicit INTEGER NOT NULL DEFAULT 0,
+    stop_reason TEXT,
+    reward REAL,
+    reward_explicit INTEGER NOT NULL DEFAULT 0,
+    reward_reduction TEXT,
+    num_turns INTEGER NOT NULL DEFAULT 0,
+    turns_explicit INTEGER NOT NULL DEFAULT 0,
+    num_messages INTEGER NOT NULL DEFAULT 0,
+    group_key TEXT,
+    task_index INTEGER,
+    metadata TEXT,
+    task_spec TEXT,
+    run_info TEXT,
+    rollout_info TEXT,
+    reward_key REAL GENERATED ALWAYS AS (IFNULL(reward, -1e300)) VIRTUAL
+);
+CREATE INDEX rollouts_run_ts ON rollouts(run_id, ts, id);
+CREATE INDEX rollouts_run_reward ON rollouts(run_id, reward_key, id);
+CREATE INDEX rollouts_run_turns ON rollouts(run_id, num_turns, id);
+CREATE INDEX rollouts_run_env_ts ON rollouts(run_id, env, ts, id);
+CREATE INDEX rollouts_run_group ON rollouts(run_id, group_key);
+CREATE INDEX rollouts_run_env_ts_reward ON rollouts(run_id, env, ts, reward);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    rollout_event_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    content TEXT,
+    summary TEXT,
+    content_reference TEXT,
+    name TEXT,
+    call_id TEXT,
+    reward REAL,
+    is_finished INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT,
+    ts REAL NOT NULL
+);
+CREATE INDEX messages_rollout ON messages(rollout_event_id, idx);
+CREATE TABLE rollout_tokens (
+    rollout_event_id TEXT PRIMARY KEY,
+    prompt_length INTEGER NOT NULL,
+    token_ids BLOB NOT NULL,     -- int32 array
+    loss_mask BLOB NOT NULL,     -- uint8 array (response only)
+    logprobs BLOB NOT NULL       -- float32 array (response only), NaN = unknown
+);
+CREATE TABLE run_env_stats (
+    run_id INTEGER NOT NULL,
+    env TEXT NOT NULL,
+    n INTEGER NOT NULL DEFAULT 0,
+    reward_n INTEGER NOT NULL DEFAULT 0,
+    reward_sum REAL NOT NULL DEFAULT 0,
+    last_ts REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, env)
+);
+CREATE TRIGGER rollouts_stats_ins AFTER INSERT ON rollouts WHEN NEW.run_id IS NOT NULL BEGIN
+    INSERT INTO run_env_stats(run_id, env, n, reward_n, reward_sum, last_ts)
+    VALUES (NEW.run_id, NEW.env, 1, NEW.reward IS NOT NULL, IFNULL(NEW.reward, 0), NEW.ts)
+    ON CONFLICT(run_id, env) DO UPDATE SET n = n + 1,
+        reward_n = reward_n + (NEW.reward IS NOT NULL),
+        reward_sum = reward_sum + IFNULL(NEW.reward, 0),
+        last_ts = MAX(last_ts, NEW.ts);
+END;
+CREATE TRIGGER rollouts_stats_upd AFTER UPDATE OF run_id, env, reward, ts ON rollouts BEGIN
+    UPDATE run_env_stats SET n = n - 1, reward_n = reward_n - (OLD.reward IS NOT NULL),
+        reward_sum = reward_sum - IFNULL(OLD.reward, 0)
+    WHERE OLD.run_id IS NOT NULL AND run_id = OLD.run_id AND env = OLD.env;
+    INSERT INTO run_env_stats(run_id, env, n, reward_n, reward_sum, last_ts)
+    SELECT NEW.run_id, NEW.env, 1, NEW.reward IS NOT NULL, IFNULL(NEW.reward, 0), NEW.ts
+    WHERE NEW.run_id IS NOT NULL
+    ON CONFLICT(run_id, env) DO UPDATE SET n = n + 1,
+        reward_n = reward_n + (NEW.reward IS NOT NULL),
+        reward_sum = reward_sum + IFNULL(NEW.reward, 0),
+        last_ts = MAX(last_ts, NEW.ts);
+END;
+""",
+}
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection with the pragmas every user of the store needs (WAL, busy timeout)."""
+    conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The schema version recorded in the database (0 for a new file)."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations the database lacks, each in its own transaction; returns the version."""
+    current = schema_version(conn)
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(f"trajectory database has schema version {current}, newer than this "
+                           f"code ({SCHEMA_VERSION}); upgrade slime-envs or use another --db")
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_sql(_MIGRATIONS[version]):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        text = "\n".join(buf).strip()
+        if sqlite3.complete_statement(text):
+            out.append(text)
+            buf = []
+    if "\n".join(buf).strip():
+        out.append("\n".join(buf))
+    return out
+
+
+# ---------------------------------------------------------------- packing
+
+
+def pack_ints(values: Iterable[int], code: str = "i") -> bytes:
+    return array.array(code, values).tobytes()
+
+
+def unpack_ints(blob: bytes, code: str = "i") -> list[int]:
+    a = array.array(code)
+    a.frombytes(blob)
+    return a.tolist()
+
+
+def pack_floats(values: Iterable[float | None]) -> bytes:
+    return array.array("f", (math.nan if v is None else v for v in values)).tobytes()
+
+
+def unpack_floats(blob: bytes) -> list[float | None]:
+    a = array.array("f")
+    a.frombytes(blob)
+    return [None if math.isnan(v) else v for v in a]
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+# ---------------------------------------------------------------- writes
+
+
+@dataclass
+class _WriteJob:
+    events: list[Event]
+    future: Future = field(default_factory=Future)
+
+
+class _Writer:
+    """Applies event batches inside one transaction; keeps a run-name cache."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._run_ids: dict[str, int] = {}
+
+    def run_id(self, name: str, run_info: dict[str, Any] | None, now: float) -> int:
+        rid = self._run_ids.get(name)
+        if rid is None:
+            row = self.conn.execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                cur = self.conn.execute(
+                    "INSERT INTO runs(name, created_at, updated_at, run_info) VALUES (?, ?, ?, ?)",
+                    (name, now, now, _dumps(run_info)))
+                rid = int(cur.lastrowid)
+            else:
+                rid = int(row[0])
+            self._run_ids[name] = rid
+        if run_info:
+            self.conn.execute("UPDATE runs SET run_info = ? WHERE id = ? AND run_info IS NULL",
+                              (_dumps(run_info), rid))
+        return rid
+
+    def apply(self, events: list[Event]) -> IngestResult:
+        """Write one request's events (the caller owns the transaction)."""
+        now = time.time()
+        result = IngestResult()
+        touched: set[str] = set()
+        touched_runs: set[int] = set()
+        msg_rows = []
+        for ev in events:
+            if isinstance(ev, MessageEvent):
+                msg_rows.append((
+                    ev.eventId, ev.rolloutEventId, ev.index, ev.type, ev.content, ev.summary,
+                    ev.contentReference, ev.name, ev.callId, ev.reward, int(bool(ev.isFinished)),
+                    _dumps(ev.metadata), ev.timestamp / 1000.0))
+                touched.add(ev.rolloutEventId)
+            elif isinstance(ev, RolloutEvent):
+                if self._insert_rollout(ev, now):
+                    result.rollouts += 1
+                    touched.add(ev.eventId)
+                else:
+                    result.duplicates += 1
+                touched_runs.add(self.run_id(ev.runName, ev.run_info, now))
+            else:
+                self._update_rollout(ev, now)
+                result.updates += 1
+        if msg_rows:
+            before = self.conn.total_changes
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO messages(event_id, rollout_event_id, idx, type, content, "
+                "summary, content_reference, name, call_id, reward, is_finished, metadata, ts) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", msg_rows)
+            inserted = self.conn.total_changes - before
+            result.messages += inserted
+            result.duplicates += len(msg_rows) - inserted
+        for event_id in touched:
+            run = self._refresh_rollout(event_id, now)
+            if run is not None:
+                touched_runs.add(run)
+        for rid in touched_runs:
+            self.conn.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (now, rid))
+        return result
+
+    def _insert_rollout(self, ev: RolloutEvent, now: float) -> bool:
+        meta = dict(ev.metadata or {})
+        arrays = {k: meta.pop(k) for k in ARRAY_KEYS if k in meta}
+        prompt_length = meta.pop("prompt_length", None)
+        reward = meta.get("reward")
+        reward = float(reward) if isinstance(reward, (int, float)) and math.isfinite(reward) else None
+        status = meta.get("status") if isinstance(meta.get("status"), str) else None
+        turns = meta.get("num_turns") if isinstance(meta.get("num_turns"), int) else None
+        group = meta.get("group_index")
+        group_key = None
+        if group is not None:
+            group_key = f"{'eval' if meta.get('evaluation') else 'train'}:{group}"
+        task_index = meta.get("index")
+        if not isinstance(task_index, int):
+            task_index = (ev.rollout_info or {}).get("task_index")
+        row = (
+            ev.eventId, self.run_id(ev.runName, ev.run_info, now), ev.rolloutName,
+            ev.environment or "", ev.environment_id, ev.split, ev.step, ev.timestamp / 1000.0, now,
+            status or "running", int(status is not None), _str_or_none(meta.get("stop_reason")),
+            reward, int(reward is not None), _str_or_none(meta.get("reward_reduction")),
+            turns or 0, int(turns is not None), group_key,
+            task_index if isinstance(task_index, int) else None,
+            _dumps(meta), _dumps(ev.task_spec), _dumps(ev.run_info), _dumps(ev.rollout_info),
+        )
+        cur = self.conn.execute(
+            "INSERT INTO rollouts(event_id, run_id, name, env, environment_id, split, step, ts, "
+            "updated_at, status, status_explicit, stop_reason, reward, reward_explicit, "
+            "reward_reduction, num_turns, turns_explicit, group_key, task_index, metadata, "
+            "task_spec, run_info, rollout_info) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(event_id) DO UPDATE SET run_id = excluded.run_id, name = excluded.name, "
+            "env = excluded.env, environment_id = excluded.environment_id, split = excluded.split, "
+            "step = excluded.step, ts = excluded.ts, updated_at = excluded.updated_at, "
+            "status = excluded.status, status_explicit = excluded.status_explicit, "
+            "stop_reason = excluded.stop_reason, reward = excluded.reward, "
+            "reward_explicit = excluded.reward_explicit, reward_reduction = excluded.reward_reduction, "
+            "num_turns = excluded.num_turns, turns_explicit = excluded.turns_explicit, "
+            "group_key = excluded.group_key, task_index = excluded.task_index, "
+            "metadata = excluded.metadata, task_spec = excluded.task_spec, run_info = excluded.run_info, "
+            "rollout_info = json_patch(IFNULL(rollouts.rollout_info, '{}'), IFNULL(excluded.rollout_info, '{}')) "
+            "WHERE rollouts.run_id IS NULL", row)
+        if cur.rowcount == 0:
+            return False
+        if arrays.get("token_ids") is not None:
+            self._insert_tokens(ev.eventId, arrays, prompt_length)
+        return True
+
+    def _insert_tokens(self, event_id: str, arrays: dict[str, Any], prompt_length: Any) -> None:
+        try:
+            ids = [int(t) for t in arrays.get("token_ids") or []]
+            mask = [1 if m else 0 for m in arrays.get("loss_mask") or []]
+            lps = [None if v is None else float(v) for v in arrays.get("logprobs") or []]
+            self.conn.execute(
+                "INSERT OR IGNORE INTO rollout_tokens VALUES (?,?,?,?,?)",
+                (event_id, int(prompt_length or 0), pack_ints(ids), pack_ints(mask, "B"), pack_floats(lps)))
+        except (TypeError, ValueError, OverflowError) as e:
+            log.warning("rollout %s: token arrays not stored: %s", event_id, e)
+
+    def _update_rollout(self, ev: RolloutUpdateEvent, now: float) -> None:
+        info = _dumps(ev.rollout_info or {})
+        self.conn.execute(
+            "INSERT INTO rollouts(event_id, rollout_info, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(event_id) DO UPDATE SET updated_at = excluded.updated_at, "
+            "rollout_info = json_patch(IFNULL(rollouts.rollout_info, '{}'), excluded.rollout_info)",
+            (ev.eventId, info, now))
+
+    def _refresh_rollout(self, event_id: str, now: float) -> int | None:
+        """Recount a rollout's messages; derive reward/status/turns where the rollout did not state them."""
+        row = self.conn.execute(
+            "SELECT run_id, reward_explicit, status_explicit, turns_explicit FROM rollouts "
+            "WHERE event_id = ?", (event_id,)).fetchone()
+        if row is None or row["run_id"] is None:
+            return None
+        stats = self.conn.execute(
+            "SELECT COUNT(*), MAX(is_finished), SUM(type = 'tool_call') FROM messages "
+            "WHERE rollout_event_id = ?", (event_id,)).fetchone()
+        sets = ["num_messages = ?", "updated_at = ?"]
+        args: list[Any] = [stats[0], now]
+        if not row["reward_explicit"]:
+            r = self.conn.execute(
+                "SELECT reward FROM messages WHERE rollout_event_id = ? AND reward IS NOT NULL "
+                "ORDER BY is_finished DESC, idx DESC LIMIT 1", (event_id,)).fetchone()
+            sets.append("reward = ?")
+            args.append(r[0] if r else None)
+        if not row["status_explicit"]:
+            sets.append("status = ?")
+            args.append("finished" if stats[1] else "running")
+        if not row["turns_explicit"]:
+            sets.append("num_turns = ?")
+            args.append(stats[2] or 0)
+        args.append(event_id)
+        self.conn.execute(f"UPDATE rollouts SET {', '.join(sets)} WHERE event_id = ?", args)
+        return int(row["run_id"])
+
+
+def _str_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+# ---------------------------------------------------------------- reads
+
+
+SortKey = Literal["time", "reward", "turns"]
+_SORT_COLUMN = {"time": "ts", "reward": "reward_key", "turns": "num_turns"}
+_SORT_INDEX = {"time": "rollouts_run_ts", "reward": "rollouts_run_reward", "turns": "rollouts_run_turns"}
+LIST_COLUMNS = ("id, event_id, name, env, split, step, ts, status, stop_reason, reward, "
+                "reward_reduction, num_turns, num_messages, group_key, task_index")
+
+
+@dataclass
+class RolloutFilter:
+    """Server-side filters of a run's rollout list."""
+
+    env: str | None = None
+    split: str | None = None
+    status: str | None = None
+    stop_reason: str | None = None
+    min_reward: float | None = None
+    max_reward: float | None = None
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        clauses, args = [], []
+        for col in ("env", "split", "status", "stop_reason"):
+            value = getattr(self, col)
+            if value:
+                clauses.append(f"{col} = ?")
+                args.append(value)
+        if self.min_reward is not None:
+            clauses.append("reward >= ?")
+            args.append(self.min_reward)
+        if self.max_reward is not None:
+            clauses.append("reward <= ?")
+            args.append(self.max_reward)
+        return clauses, args
+
+
+@dataclass
+class RolloutPage:
+    rows: list[dict[str, Any]]
+    total: int
+    next_cursor: str | None
+    prev_cursor: str | None
+
+
+def encode_cursor(value: float, row_id: int) -> str:
+    return f"{value!r}~{row_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[float, int]:
+    """Parse a page cursor; raises ValueError with a readable message."""
+    try:
+        value, _, rid = cursor.partition("~")
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError
+        return v, int(rid)
+    except ValueError:
+        raise ValueError(f"bad page cursor {cursor!r}") from None
+
+
+class TrajectoryStore:
+    """The SQLite store: `submit()` events to the writer thread, read with the query methods."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path)
+        try:
+            migrate(conn)
+        finally:
+            conn.close()
+        self._local = threading.local()
+        self._jobs: "queue.Queue[_WriteJob | None]" = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- writer
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._write_loop, name="trajectory-writer",
+                                                daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish queued writes and stop the writer thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join(timeout)
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def submit(self, events: list[Event]) -> Future:
+        """Queue one batch for the writer; the future resolves to its IngestResult once committed."""
+        if self._thread is None:
+            self.start()
+        job = _WriteJob(events)
+        self._jobs.put(job)
+        return job.future
+
+    def write(self, events: list[Event]) -> IngestResult:
+        """Write one batch synchronously on the calling thread (tools, benchmarks)."""
+        conn = self._conn()
+        writer = _Writer(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = writer.apply(events)
+            conn.execute("COMMIT")
+            return result
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _write_loop(self) -> None:
+        conn = connect(self.path)
+        writer = _Writer(conn)
+        stopping = False
+        while not stopping:
+            job = self._jobs.get()
+            if job is None:
+                break
+            jobs = [job]
+            n_events = len(job.events)
+            while n_events < 50_000:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                jobs.append(more)
+                n_events += len(more.events)
+            self._commit_group(conn, writer, jobs)
+        conn.close()
+
+    def _commit_group(self, conn: sqlite3.Connection, writer: _Writer, jobs: list[_WriteJob]) -> None:
+        """One transaction for several batches; a failing batch is rolled back alone."""
+        outcomes: list[tuple[_WriteJob, IngestResult | BaseException]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                conn.execute("SAVEPOINT batch")
+                try:
+                    outcomes.append((job, writer.apply(job.events)))
+                    conn.execute("RELEASE batch")
+                except Exception as e:  # bad data in one batch must not sink the others
+                    conn.execute("ROLLBACK TO batch")
+                    conn.execute("RELEASE batch")
+                    writer._run_ids.clear()
+                    outcomes.append((job, e))
+            conn.execute("COMMIT")
+        except Exception as e:
+            log.error("trajectory store: commit failed: %s", e)
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            writer._run_ids.clear()
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(e)
+            return
+        for job, outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+
+    # -- reads
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+        return conn
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Every run with its env mix, rollout count, mean reward and last update (newest first)."""
+        conn = self._conn()
+        runs = {r["id"]: {"id": r["id"], "name": r["name"], "created_at": r["created_at"],
+                          "updated_at": r["updated_at"], "rollouts": 0, "reward_n": 0,
+                          "reward_sum": 0.0, "envs": {}}
+                for r in conn.execute("SELECT id, name, created_at, updated_at FROM runs")}
+        for s in conn.execute("SELECT run_id, env, n, reward_n, reward_sum FROM run_env_stats WHERE n > 0"):
+            run = runs.get(s["run_id"])
+            if run is None:
+                continue
+            run["rollouts"] += s["n"]
+            run["reward_n"] += s["reward_n"]
+            run["reward_sum"] += s["reward_sum"]
+            run["envs"][s["env"]] = s["n"]
+        out = []
+        for run in runs.values():
+            n = run.pop("reward_n")
+            total = run.pop("reward_sum")
+            run["mean_reward"] = total / n if n else None
+            out.append(run)
+        out.sort(key=lambda r: r["updated_at"], reverse=True)
+        return out
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        """One run's summary (as in list_runs) plus its run_info and per-env stats."""
+        conn = self._conn()
+        r = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if r is None:
+            return None
+        envs = [dict(s) for s in conn.execute(
+            "SELECT env, n, reward_n, reward_sum, last_ts FROM run_env_stats WHERE run_id = ? AND n > 0 "
+            "ORDER BY env", (run_id,))]
+        for e in envs:
+            e["mean_reward"] = e["reward_sum"] / e["reward_n"] if e["reward_n"] else None
+        n = sum(e["n"] for e in envs)
+        rn = sum(e["reward_n"] for e in envs)
+        return {"id": r["id"], "name": r["name"], "created_at": r["created_at"],
+                "updated_at": r["updated_at"], "run_info": _loads(r["run_info"]), "envs": envs,
+                "rollouts": n, "mean_reward": sum(e["reward_sum"] for e in envs) / rn if rn else None}
+
+    def run_id_by_name(self, name: str) -> int | None:
+        row = self._conn().execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def facets(self, run_id: int) -> dict[str, list[str]]:
+        """Distinct values of the filterable columns of a run (for the filter form)."""
+        conn = self._conn()
+        out: dict[str, list[str]] = {}
+        out["env"] = [r[0] for r in conn.execute(
+            "SELECT env FROM run_env_stats WHERE run_id = ? AND n > 0 ORDER BY env", (run_id,))]
+        for col in ("split", "status", "stop_reason"):
+            # Skip-scan over small distinct sets; bounded so a huge run stays fast.
+            out[col] = [r[0] for r in conn.execute(
+                f"SELECT DISTINCT {col} FROM (SELECT {col} FROM rollouts WHERE run_id = ? "
+                f"ORDER BY id DESC LIMIT 20000) WHERE {col} IS NOT NULL ORDER BY 1 LIMIT 50", (run_id,))]
+        return out
+
+    def list_rollouts(self, run_id: int, flt: RolloutFilter | None = None, sort: SortKey = "time",
+                      descending: bool = True, after: str | None = None, before: str | None = None,
+                      limit: int = 50) -> RolloutPage:
+        """One page of a run's rollouts, keyset-paginated on (sort column, id)."""
+        if sort not in _SORT_COLUMN:
+            raise ValueError(f"unknown sort {sort!r}; use one of {', '.join(_SORT_COLUMN)}")
+        limit = max(1, min(int(limit), PAGE_SIZE_MAX))
+        col = _SORT_COLUMN[sort]
+        flt = flt or RolloutFilter()
+        clauses, args = flt.where()
+        base_clauses = ["run_id = ?", *clauses]
+        base_args = [run_id, *args]
+        conn = self._conn()
+        total = conn.execute(f"SELECT COUNT(*) FROM rollouts WHERE {' AND '.join(base_clauses)}",
+                             base_args).fetchone()[0]
+        backwards = before is not None and after is None
+        cursor = before if backwards else after
+        page_clauses, page_args = list(base_clauses), list(base_args)
+        # Walking "forward" means: in display order (desc or asc); "backwards" flips it.
+        forward_desc = descending != backwards
+        if cursor is not None:
+            value, rid = decode_cursor(cursor)
+            op = "<" if forward_desc else ">"
+            page_clauses.append(f"({col} {op} ? OR ({col} = ? AND id {op} ?))")
+            page_args += [value, value, rid]
+        direction = "DESC" if forward_desc else "ASC"
+        index = _SORT_INDEX[sort] if not (flt.env and sort == "time") else "rollouts_run_env_ts"
+        sql = (f"SELECT {LIST_COLUMNS}, {col} AS sort_value FROM rollouts INDEXED BY {index} "
+               f"WHERE {' AND '.join(page_clauses)} ORDER BY {col} {direction}, id {direction} LIMIT ?")
+        rows = [dict(r) for r in conn.execute(sql, [*page_args, limit + 1])]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if backwards:
+            rows.reverse()
+        next_cursor = prev_cursor = None
+        if rows:
+            first, last = rows[0], rows[-1]
+            if (more if not backwards else True):
+                next_cursor = encode_cursor(last["sort_value"], last["id"])
+            if (cursor is not None) if not backwards else more:
+                prev_cursor = encode_cursor(first["sort_value"], first["id"])
+        for r in rows:
+            r.pop("sort_value", None)
+        return RolloutPage(rows=rows, total=int(total), next_cursor=next_cursor, prev_cursor=prev_cursor)
+
+    def get_rollout(self, event_id: str) -> dict[str, Any] | None:
+        """A rollout with its messages (in index order) and token arrays, or None."""
+        conn = self._conn()
+        r = conn.execute("SELECT rollouts.*, runs.name AS run_name FROM rollouts "
+                         "LEFT JOIN runs ON runs.id = rollouts.run_id WHERE event_id = ?",
+                         (event_id,)).fetchone()
+        if r is None or r["run_id"] is None:
+            return None
+        out = dict(r)
+        out.pop("reward_key", None)
+        for key in ("metadata", "task_spec", "run_info", "rollout_info"):
+            out[key] = _loads(out[key])
+        out["messages"] = self.messages(event_id)
+        out["tokens"] = self.tokens(event_id)
+        return out
+
+    def messages(self, event_id: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT event_id, idx, type, content, summary, content_reference, name, call_id, reward, "
+            "is_finished, metadata, ts FROM messages WHERE rollout_event_id = ? ORDER BY idx, id",
+            (event_id,))
+        out = []
+        for m in rows:
+            d = dict(m)
+            d["is_finished"] = bool(d["is_finished"])
+            d["metadata"] = _loads(d["metadata"])
+            out.append(d)
+        return out
+
+    def tokens(self, event_id: str) -> dict[str, Any] | None:
+        t = self._conn().execute("SELECT * FROM rollout_tokens WHERE rollout_event_id = ?",
+                                 (event_id,)).fetchone()
+        if t is None:
+            return None
+        return {"prompt_length": t["prompt_length"], "token_ids": unpack_ints(t["token_ids"]),
+                "loss_mask": unpack_ints(t["loss_mask"], "B"), "logprobs": unpack_floats(t["logprobs"])}
+
+    def group(self, run_id: int, group_key: str, limit: int = 64) -> list[dict[str, Any]]:
+        """The rollouts of one GRPO group, by sample order."""
+        return [dict(r) for r in self._conn().execute(
+            f"SELECT {LIST_COLUMNS} FROM rollouts WHERE run_id = ? AND group_key = ? ORDER BY ts, id LIMIT ?",
+            (run_id, group_key, limit))]
+
+    def reward_series(self, run_id: int, buckets: int = 60) -> dict[str, Any]:
+        """Mean reward per env in equal time buckets over the run: {t0, t1, series: {env: [[t, mean, n]]}}."""
+        conn = self._conn()
+        span = conn.execute("SELECT MIN(ts), MAX(ts) FROM rollouts WHERE run_id = ? AND reward IS NOT NULL",
+                            (run_id,)).fetchone()
+        if span[0] is None:
+            return {"t0": None, "t1": None, "series": {}}
+        t0, t1 = float(span[0]), float(span[1])
+        width = max((t1 - t0) / buckets, 1e-3)
+        series: dict[str, list[list[float]]] = {}
+        for r in conn.execute(
+                "SELECT env, MIN(CAST((ts - ?) / ? AS INTEGER), ?) AS b, AVG(reward), COUNT(*) "
+                "FROM rollouts INDEXED BY rollouts_run_env_ts_reward "
+                "WHERE run_id = ? AND reward IS NOT NULL GROUP BY env, b ORDER BY env, b",
+                (t0, width, buckets - 1, run_id)):
+            series.setdefault(r[0], []).append([t0 + (r[1] + 0.5) * width, r[2], r[3]])
+        return {"t0": t0, "t1": t1, "series": series}
+
+    def counts(self) -> dict[str, int]:
+        conn = self._conn()
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t in ("runs", "rollouts", "messages", "rollout_tokens")}

@@ -1,0 +1,284 @@
+"""Server-rendered pages of the trajectory viewer: runs, a run's rollouts, one rollout, reward chart.
+
+Jinja2 with autoescape renders every page, so model and environment text always shows as text.
+The pages use one bundled stylesheet and one small script from envs/static/assets (no CDN), and
+are served with a Content-Security-Policy that forbids inline and foreign scripts.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+
+from envs.store import RolloutFilter, TrajectoryStore
+
+log = logging.getLogger("envs.webui")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+ASSETS = {"app.css": "text/css", "app.js": "text/javascript"}
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
+MAX_TOKEN_VIEW = 32_768
+MAX_GROUP_SIDE_BY_SIDE = 16
+
+
+def _fmt_time(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt_reward(r: float | None) -> str:
+    return "—" if r is None else f"{r:.3f}"
+
+
+def _templates() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(STATIC_DIR / "templates")),
+                      autoescape=select_autoescape(default=True, default_for_string=True))
+    env.filters["time"] = _fmt_time
+    env.filters["reward"] = _fmt_reward
+    env.filters["pct"] = lambda x: f"{100 * x:.0f}%"
+    return env
+
+
+# ---------------------------------------------------------------- chart
+
+
+def reward_chart_svg(series: dict[str, Any], width: int = 760, height: int = 260) -> str:
+    """Mean reward per env over time as an inline SVG; every label is escaped."""
+    pad_l, pad_r, pad_t, pad_b = 48, 130, 16, 34
+    lines = series.get("series") or {}
+    if not lines:
+        return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" '
+                f'role="img" aria-label="no rewards yet"><text x="10" y="35">No rewards yet.</text></svg>')
+    t0, t1 = float(series["t0"]), float(series["t1"])
+    values = [p[1] for pts in lines.values() for p in pts]
+    lo, hi = min(0.0, min(values)), max(1.0, max(values))
+    if hi - lo < 1e-9:
+        hi = lo + 1.0
+    span = max(t1 - t0, 1e-9)
+    pw, ph = width - pad_l - pad_r, height - pad_t - pad_b
+
+    def x(t: float) -> float:
+        return pad_l + (pw * (t - t0) / span if t1 > t0 else pw / 2)
+
+    def y(v: float) -> float:
+        return pad_t + ph * (1 - (v - lo) / (hi - lo))
+
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="mean reward over time per environment">']
+    for i in range(5):
+        v = lo + (hi - lo) * i / 4
+        out.append(f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e7eb"/>')
+        out.append(f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" fill="#555">{v:.2f}</text>')
+    out.append(f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{pad_t + ph}" y2="{pad_t + ph}" stroke="#999"/>')
+    out.append(f'<text x="{pad_l}" y="{height - 8}" font-size="11" fill="#555">{html.escape(_fmt_time(t0))}</text>')
+    out.append(f'<text x="{pad_l + pw}" y="{height - 8}" font-size="11" fill="#555" text-anchor="end">'
+               f'{html.escape(_fmt_time(t1))} UTC</text>')
+    for i, (env, pts) in enumerate(sorted(lines.items())):
+        color = PALETTE[i % len(PALETTE)]
+        coords = " ".join(f"{x(p[0]):.1f},{y(p[1]):.1f}" for p in pts)
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}">'
+                   f'<title>{html.escape(env)}</title></polyline>')
+        for p in pts:
+            out.append(f'<circle cx="{x(p[0]):.1f}" cy="{y(p[1]):.1f}" r="2.5" fill="{color}">'
+                       f'<title>{html.escape(env)}: {p[1]:.3f} (n={int(p[2])})</title></circle>')
+        ly = pad_t + 14 + 18 * i
+        out.append(f'<rect x="{pad_l + pw + 12}" y="{ly - 9}" width="10" height="10" fill="{color}"/>')
+        out.append(f'<text x="{pad_l + pw + 26}" y="{ly}" font-size="12">{html.escape(env[:18])}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------- token view
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name_or_path: str) -> Any:
+    """A tokenizer from a local path or the local HF cache (never the network); None if unavailable."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    except Exception as e:  # missing files, unknown name: show ids instead
+        log.info("tokenizer %r unavailable for the token view: %s", name_or_path, e)
+        return None
+
+
+def token_view(tokens: dict[str, Any] | None, tokenizer_name: str | None) -> dict[str, Any] | None:
+    """Response tokens as [(text, trained, logprob shade 0-9, title)] plus the decoded prompt."""
+    if not tokens:
+        return None
+    ids: list[int] = tokens["token_ids"]
+    plen = int(tokens["prompt_length"])
+    response = ids[plen:][:MAX_TOKEN_VIEW]
+    mask, lps = tokens["loss_mask"], tokens["logprobs"]
+    tok = load_tokenizer(tokenizer_name) if tokenizer_name else None
+    if tok is not None:
+        pieces = tok.batch_decode([[t] for t in response])
+        prompt_text = tok.decode(ids[:plen])
+    else:
+        pieces = [f"[{t}]" for t in response]
+        prompt_text = " ".join(str(t) for t in ids[:plen])
+    out = []
+    for i, (tid, text) in enumerate(zip(response, pieces)):
+        trained = bool(mask[i]) if i < len(mask) else False
+        lp = lps[i] if i < len(lps) else None
+        if trained and lp is not None and math.isfinite(lp):
+            prob = math.exp(min(lp, 0.0))
+            shade = min(9, int(prob * 10))
+            title = f"id {tid} · logprob {lp:.3f} · p={prob:.2f}"
+        else:
+            shade = None
+            title = f"id {tid} · {'trained' if trained else 'not trained (env/harness)'}"
+        out.append({"text": text, "trained": trained, "shade": shade, "title": title})
+    return {"tokens": out, "prompt_text": prompt_text, "prompt_length": plen,
+            "response_length": len(ids) - plen, "truncated": len(ids) - plen > MAX_TOKEN_VIEW,
+            "decoded": tok is not None, "tokenizer": tokenizer_name,
+            "trained": sum(1 for m in mask if m)}
+
+
+# ---------------------------------------------------------------- conversation
+
+
+def _pretty_json(text: str | None) -> tuple[str, bool]:
+    """(pretty JSON, parsed?) for tool arguments."""
+    if text is None:
+        return "", False
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False), True
+    except (ValueError, TypeError):
+        return text, False
+
+
+def conversation(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages prepared for the template (role label, pretty tool arguments)."""
+    out = []
+    for m in messages:
+        item = dict(m)
+        if m["type"] == "tool_call":
+            item["args"], item["args_ok"] = _pretty_json(m["content"])
+        item["is_error"] = bool((m.get("metadata") or {}).get("is_error"))
+        out.append(item)
+    return out
+
+
+def _float_or_none(value: str | None) -> float | None:
+    if value is None or value.strip() == "":
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+# ---------------------------------------------------------------- routes
+
+
+def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -> APIRouter:
+    """Routes of the HTML pages and their bundled assets."""
+    router = APIRouter(include_in_schema=False)
+    templates = _templates()
+
+    def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        body = templates.get_template(name).render(**ctx)
+        return HTMLResponse(body, status_code=status, headers={"Content-Security-Policy": CSP,
+                                                                "X-Content-Type-Options": "nosniff"})
+
+    def not_found(what: str) -> HTMLResponse:
+        return page("error.html", status=404, title="Not found", message=what)
+
+    @router.get("/assets/{name}")
+    def asset(name: str) -> Response:
+        if name not in ASSETS:
+            return Response("not found", status_code=404, media_type="text/plain")
+        return FileResponse(STATIC_DIR / "assets" / name, media_type=ASSETS[name],
+                            headers={"Cache-Control": "max-age=300"})
+
+    @router.get("/", response_class=HTMLResponse)
+    def runs_page() -> HTMLResponse:
+        runs = store.list_runs()
+        for r in runs:
+            total = sum(r["envs"].values()) or 1
+            r["mix"] = [(env, n, n / total) for env, n in sorted(r["envs"].items(), key=lambda kv: -kv[1])]
+        return page("runs.html", title="Runs", runs=runs)
+
+    @router.get("/runs/{run_id}/chart.svg")
+    def chart(run_id: int) -> Response:
+        svg = reward_chart_svg(store.reward_series(run_id))
+        return Response(svg, media_type="image/svg+xml", headers={"Content-Security-Policy": CSP})
+
+    @router.get("/runs/{run_id}", response_class=HTMLResponse)
+    def run_page(request: Request, run_id: int) -> HTMLResponse:
+        started = time.perf_counter()
+        run = store.get_run(run_id)
+        if run is None:
+            return not_found(f"No run with id {run_id}.")
+        q = request.query_params
+        flt = RolloutFilter(env=q.get("env") or None, split=q.get("split") or None,
+                            status=q.get("status") or None, stop_reason=q.get("stop_reason") or None,
+                            min_reward=_float_or_none(q.get("min_reward")),
+                            max_reward=_float_or_none(q.get("max_reward")))
+        sort = q.get("sort") if q.get("sort") in ("time", "reward", "turns") else "time"
+        order = "asc" if q.get("order") == "asc" else "desc"
+        try:
+            limit = max(1, min(int(q.get("limit") or 50), 500))
+        except ValueError:
+            limit = 50
+        notice = None
+        try:
+            pg = store.list_rollouts(run_id, flt, sort=sort, descending=order == "desc",
+                                     after=q.get("after") or None, before=q.get("before") or None, limit=limit)
+        except ValueError as e:
+            notice = str(e)
+            pg = store.list_rollouts(run_id, flt, sort=sort, descending=order == "desc", limit=limit)
+        keep = {k: v for k, v in q.items() if k not in ("after", "before") and v}
+
+        def link(**extra: str) -> str:
+            return f"/runs/{run_id}?" + urlencode({**keep, **extra})
+
+        chart_svg = Markup(reward_chart_svg(store.reward_series(run_id)))
+        return page("run.html", title=f"Run {run['name']}", run=run, page=pg, facets=store.facets(run_id),
+                    flt=flt, sort=sort, order=order, limit=limit, notice=notice, chart=chart_svg,
+                    next_link=link(after=pg.next_cursor) if pg.next_cursor else None,
+                    prev_link=link(before=pg.prev_cursor) if pg.prev_cursor else None,
+                    q={k: q.get(k, "") for k in ("min_reward", "max_reward")},
+                    elapsed_ms=(time.perf_counter() - started) * 1000)
+
+    @router.get("/rollouts/{event_id}", response_class=HTMLResponse)
+    def rollout_page(event_id: str) -> HTMLResponse:
+        r = store.get_rollout(event_id)
+        if r is None:
+            return not_found(f"No rollout with id {event_id}.")
+        meta = r["metadata"] or {}
+        tokenizer_name = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), str) else default_tokenizer
+        group = []
+        if r["group_key"]:
+            for g in store.group(r["run_id"], r["group_key"], limit=MAX_GROUP_SIDE_BY_SIDE):
+                g["conversation"] = [m for m in conversation(store.messages(g["event_id"]))
+                                     if m["type"] in ("assistant_message", "tool_call", "tool_result")]
+                g["current"] = g["event_id"] == r["event_id"]
+                group.append(g)
+        turn_rewards = meta.get("turn_rewards") if isinstance(meta.get("turn_rewards"), list) else None
+        return page("rollout.html", title=f"Rollout {r['name'] or r['event_id']}", r=r, meta=meta,
+                    conversation=conversation(r["messages"]), tokens=token_view(r["tokens"], tokenizer_name),
+                    group=group if len(group) > 1 else [], turn_rewards=turn_rewards,
+                    timings=meta.get("timings") if isinstance(meta.get("timings"), dict) else None,
+                    tool_errors=meta.get("tool_errors") if isinstance(meta.get("tool_errors"), dict) else None)
+
+    return router
