@@ -216,6 +216,11 @@ def consistent(sol: Sequence[int], clues: Sequence[Pred], statements: Sequence[S
 # --------------------------------------------------------------------------- the case
 
 
+def _cap(text: str) -> str:
+    """First letter upper-cased, the rest untouched ('the cast-iron kettle' -> 'The cast-iron kettle')."""
+    return text[:1].upper() + text[1:]
+
+
 @dataclass(frozen=True)
 class Case:
     """One generated mystery: names, hidden solution, clues and statements (all as predicates)."""
@@ -267,21 +272,21 @@ class Case:
     def clue_text(self, p: Pred) -> str:
         v = self._value
         if p.kind == "not":
-            x = p.x[0]
+            x = v(p.a, p.x[0])
             return {
-                WHO: f"{v(WHO, x)} has an alibi confirmed by two witnesses: {v(WHO, x)} is not the killer.",
-                WHAT: f"{v(WHAT, x).capitalize()} was examined and bears no trace of the crime: it was not the weapon.",
-                WHERE: f"{v(WHERE, x).capitalize()} was locked all evening: the murder did not happen there.",
-                WHY: f"The motive was not {v(WHY, x)}.",
-            }[p.a]
+                WHO: "{x} has an alibi confirmed by two witnesses: {x} is not the killer.",
+                WHAT: "{X} was examined and bears no trace of the crime: it was not the weapon.",
+                WHERE: "{X} was locked all evening: the murder did not happen there.",
+                WHY: "The motive was not {x}.",
+            }[p.a].format(x=x, X=_cap(x))
         if p.kind == "oneof":
             a, b = (v(p.a, x) for x in p.x)
             return {
-                WHO: f"The killer was either {a} or {b}.",
-                WHAT: f"The wound could only have been made by {a} or {b}.",
-                WHERE: f"Mud on the victim's shoes places the murder in either {a} or {b}.",
-                WHY: f"The motive was either {a} or {b}.",
-            }[p.a]
+                WHO: "The killer was either {a} or {b}.",
+                WHAT: "The wound could only have been made by {a} or {b}.",
+                WHERE: "Mud on the victim's shoes places the murder in either {a} or {b}.",
+                WHY: "The motive was either {a} or {b}.",
+            }[p.a].format(a=a, b=b)
         pair = (p.a, p.b)
         x, y = v(p.a, p.x[0]), v(p.b, p.y)
         if pair == (WHO, WHAT):
@@ -291,26 +296,26 @@ class Case:
         if pair == (WHO, WHY):
             return f"{x} had nothing to do with {y}. (If {x} is the killer, the motive was not {y}.)"
         if pair == (WHAT, WHERE):
-            return f"{x.capitalize()} was never in {y}. (If {x} was the weapon, the murder was not in {y}.)"
+            return f"{_cap(x)} was never in {y}. (If {x} was the weapon, the murder was not in {y}.)"
         raise ValueError(f"no clue text for {p}")
 
     def statement_text(self, p: Pred) -> str:
         v = self._value
         if p.kind == "not":
-            x = p.x[0]
+            x = v(p.a, p.x[0])
             return {
-                WHO: f"{v(WHO, x)} did not do it.",
-                WHAT: f"{v(WHAT, x).capitalize()} was not the weapon.",
-                WHERE: f"It did not happen in {v(WHERE, x)}.",
-                WHY: f"Whoever did it was not driven by {v(WHY, x)}.",
-            }[p.a]
-        if p.kind == "oneof":
+                WHO: "{x} did not do it.",
+                WHAT: "{X} was not the weapon.",
+                WHERE: "It did not happen in {x}.",
+                WHY: "Whoever did it was not driven by {x}.",
+            }[p.a].format(x=x, X=_cap(x))
+        if p.kind == "oneof" and p.a != WHO:
             a, b = (v(p.a, x) for x in p.x)
             return {
-                WHAT: f"It was done with either {a} or {b}.",
-                WHERE: f"It happened either in {a} or in {b}.",
-                WHY: f"It was about {a} or {b}, nothing else.",
-            }[p.a]
+                WHAT: "It was done with either {a} or {b}.",
+                WHERE: "It happened either in {a} or in {b}.",
+                WHY: "It was about {a} or {b}, nothing else.",
+            }[p.a].format(a=a, b=b)
         raise ValueError(f"no statement text for {p}")
 
     def prompt(self) -> str:
