@@ -487,8 +487,25 @@ class TrajectoryUploader:
                     assert self._spool_ready is not None
                     self._spool_ready.set()
                 else:
-                    self._reject(lines, str(e))
+                    await self._deliver_one_by_one(lines, str(e))
         self._inflight = []
+
+    async def _deliver_one_by_one(self, lines: list[bytes], first_error: str) -> None:
+        """A refused batch: send its trajectories singly so only the bad ones are rejected."""
+        if len(lines) == 1:
+            self._reject(lines, first_error)
+            return
+        for line in lines:
+            try:
+                await self._deliver([line])
+            except DeliveryError as e:
+                if e.retry:
+                    self._note_failure(str(e))
+                    self.stats["spooled"] += await asyncio.to_thread(self.spool.append, [line])
+                    assert self._spool_ready is not None
+                    self._spool_ready.set()
+                else:
+                    self._reject([line], str(e))
 
     def _note_failure(self, message: str) -> None:
         self._failures += 1
@@ -575,7 +592,7 @@ class TrajectoryUploader:
                         path.unlink(missing_ok=True)
                     except DeliveryError as e:
                         if not e.retry:
-                            self._reject(lines, str(e))
+                            await self._deliver_one_by_one(lines, str(e))
                             path.unlink(missing_ok=True)
                             continue
                         self._note_failure(str(e))
