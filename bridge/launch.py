@@ -7,9 +7,9 @@ Everything is decided in `build_plan` (pure apart from probing the machine), pri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
 import yaml
 
 from bridge import prerequisites as pre
 from bridge.config import TRAIN_CONFIG_ENV, TrainConfig, is_hosted
+from bridge.services import ServiceError, answers, env_server_command, is_loopback, managed_process
 from bridge.slime_flags import SGLANG_FLAGS, slime_checkout_flags, supported_train_backends
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -283,22 +283,8 @@ class LaunchPlan:
         return all(c.ok for c in self.checks)
 
 
-def _health(url: str, timeout: float = 2.0) -> bool:
-    try:
-        return httpx.get(f"{url.rstrip('/')}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _ray_up(address: str) -> bool:
-    try:
-        return httpx.get(f"{address.rstrip('/')}/api/version", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _is_loopback(url: str) -> bool:
-    return (urlparse(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+    return answers(address, "/api/version")
 
 
 def build_plan(opts: argparse.Namespace, extra: list[str], environ: dict[str, str] | None = None,
@@ -356,12 +342,10 @@ def build_plan(opts: argparse.Namespace, extra: list[str], environ: dict[str, st
         env_url = (opts.env_server or cfg.env_server_urls[0]).rstrip("/")
         if opts.env_server and opts.env_server.rstrip("/") not in cfg.env_server_urls:
             config_override = _config_with_env_server(cfg, env_url)
-        if probe and _health(env_url):
+        if probe and answers(env_url):
             notes.append(f"env server already answers at {env_url}")
-        elif _is_loopback(env_url):
-            u = urlparse(env_url)
-            env_cmd = [sys.executable, "-m", "envs.server", "--config", str(Path(opts.config).resolve()),
-                       "--host", u.hostname or "127.0.0.1", "--port", str(u.port or 80), "--db", opts.db]
+        elif is_loopback(env_url):
+            env_cmd = env_server_command(opts.config, env_url, str(Path(opts.db).resolve()))
         else:
             checks.append(pre.Check("env server", False, f"{env_url} does not answer /health",
                                     f"start it there: python -m envs.server --config {opts.config} "
@@ -473,67 +457,50 @@ def format_plan(plan: LaunchPlan) -> str:
     return "\n".join(out)
 
 
-def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LaunchError(f"env server exited with code {proc.returncode} before {url}/health answered")
-        if _health(url):
-            return
-        time.sleep(0.3)
-    raise LaunchError(f"env server did not answer {url}/health within {timeout:.0f}s")
-
-
 def execute(plan: LaunchPlan) -> int:
     """Run the plan; stop the env server and the Ray head it started, also on Ctrl-C/SIGTERM."""
-    started_server: subprocess.Popen | None = None
-    started_ray = False
-    submitted = False
 
-    def _term(signum, frame):  # turn SIGTERM into the same cleanup path as Ctrl-C
+    def _term(signum, frame):  # SIGTERM takes the same cleanup path as Ctrl-C
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, _term)
     try:
-        if plan.config_override is not None:
-            p = Path(plan.job_env[TRAIN_CONFIG_ENV])
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(yaml.safe_dump(plan.config_override, sort_keys=False))
-        if plan.env_server_cmd:
-            print(f"run.sh: starting env server: {shlex.join(plan.env_server_cmd)}", flush=True)
-            Path(plan.env_server_cmd[plan.env_server_cmd.index("--db") + 1]).parent.mkdir(parents=True, exist_ok=True)
-            started_server = subprocess.Popen(plan.env_server_cmd, cwd=PROJECT_ROOT,
-                                              env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
-            _wait_health(plan.env_server_url or "", started_server)
-            print(f"run.sh: env server up at {plan.env_server_url}", flush=True)
-        if plan.ray_start_cmd:
-            print(f"run.sh: starting Ray head: {shlex.join(plan.ray_start_cmd)}", flush=True)
-            subprocess.run(plan.ray_start_cmd, check=True)
-            started_ray = True
-        plan.train_script_path.parent.mkdir(parents=True, exist_ok=True)
-        plan.train_script_path.write_text(plan.train_script)
-        print(f"run.sh: submitting Ray job {plan.submission_id}", flush=True)
-        submitted = True
-        return subprocess.run(plan.submit_cmd).returncode
+        with contextlib.ExitStack() as stack:
+            if plan.config_override is not None:
+                p = Path(plan.job_env[TRAIN_CONFIG_ENV])
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(yaml.safe_dump(plan.config_override, sort_keys=False))
+            if plan.env_server_cmd:
+                print(f"run.sh: starting env server: {shlex.join(plan.env_server_cmd)}", flush=True)
+                db = Path(plan.env_server_cmd[plan.env_server_cmd.index("--db") + 1])
+                db.parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(managed_process("env server", plan.env_server_cmd, plan.env_server_url or ""))
+                stack.callback(print, "run.sh: env server stopped", flush=True)
+                print(f"run.sh: env server up at {plan.env_server_url}", flush=True)
+            if plan.ray_start_cmd:
+                print(f"run.sh: starting Ray head: {shlex.join(plan.ray_start_cmd)}", flush=True)
+                subprocess.run(plan.ray_start_cmd, check=True)
+                stack.callback(subprocess.run, ["ray", "stop"], check=False)
+            plan.train_script_path.parent.mkdir(parents=True, exist_ok=True)
+            plan.train_script_path.write_text(plan.train_script)
+            print(f"run.sh: submitting Ray job {plan.submission_id}", flush=True)
+            try:
+                return subprocess.run(plan.submit_cmd).returncode
+            except KeyboardInterrupt:
+                if not plan.ray_start_cmd:  # a cluster we did not start keeps running: stop our job
+                    subprocess.run(["ray", "job", "stop", "--address", plan.ray_address, plan.submission_id])
+                raise
     except KeyboardInterrupt:
-        print("run.sh: interrupted, cleaning up", file=sys.stderr)
-        if submitted and not started_ray:
-            subprocess.run(["ray", "job", "stop", "--address", plan.ray_address, plan.submission_id])
+        print("run.sh: interrupted; stopped what it started", file=sys.stderr)
         return 130
     except subprocess.CalledProcessError as e:
         print(f"run.sh: {shlex.join(e.cmd)} failed with exit code {e.returncode}", file=sys.stderr)
         return 1
+    except ServiceError as e:
+        print(f"run.sh: {e}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, old)
-        if started_ray:
-            subprocess.run(["ray", "stop"], check=False)
-        if started_server is not None:
-            started_server.terminate()
-            try:
-                started_server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                started_server.kill()
-            print("run.sh: env server stopped", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -551,11 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             if not c.ok:
                 print(f"run.sh: {c.line()}", file=sys.stderr)
         return 2
-    try:
-        return execute(plan)
-    except LaunchError as e:
-        print(f"run.sh: {e}", file=sys.stderr)
-        return 1
+    return execute(plan)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,227 @@
+"""slime rollout-log hooks: per-environment episode metrics, logged to W&B.
+
+run.sh passes `--custom-rollout-log-function-path bridge.metrics.log_rollout` and
+`--custom-eval-rollout-log-function-path bridge.metrics.log_eval_rollout`. Both return
+False, so slime still logs its own metrics (response lengths, truncation, perf) next to ours.
+
+Read from each sample: `metadata["env"]` and `metadata["reward"]["max_reward"]` (the task,
+written by prepare_tasks.py), and the counters bridge/generate.py writes (its METADATA_KEYS):
+stop_reason, num_turns, num_tool_calls, tool_errors {kind: n}, drift_count, env_failure,
+engine_failure, bridge_timings {generate, env, total} (seconds). Samples without them (not
+produced by the bridge) still count for reward and solve rate.
+
+Keys: `rollout/env/<env>/<metric>` (and `<env>` = `all`), stepped by `rollout/step`;
+eval: `eval/<dataset>/env/<env>/<metric>`, stepped by `eval/step`. W&B logging uses the run
+slime opened (`--use-wandb`); when there is none, it opens one, offline unless WANDB_API_KEY is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+from collections import defaultdict
+from typing import Any, Iterable
+
+log = logging.getLogger("bridge.metrics")
+
+ALL = "all"
+SOLVE_EPS = 1e-6
+
+
+def _reward(sample: Any) -> float | None:
+    r = getattr(sample, "reward", None)
+    if isinstance(r, dict):  # slime's --reward-key style rewards: no scalar to aggregate
+        r = r.get("reward")
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or math.isnan(r):
+        return None
+    return float(r)
+
+
+def _metadata(sample: Any) -> dict[str, Any]:
+    md = getattr(sample, "metadata", None)
+    return md if isinstance(md, dict) else {}
+
+
+def env_name(sample: Any) -> str:
+    """The environment a sample's task came from (`unknown` when it carries none)."""
+    md = _metadata(sample)
+    return str(md.get("env") or md.get("source_name") or "unknown")
+
+
+def _max_reward(md: dict[str, Any]) -> float:
+    settings = md.get("reward")
+    if isinstance(settings, dict) and isinstance(settings.get("max_reward"), (int, float)):
+        return float(settings["max_reward"])
+    return 1.0
+
+
+def _status(sample: Any) -> str:
+    s = getattr(sample, "status", None)
+    return str(getattr(s, "value", s) or "unknown")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def episode_metrics(samples: Iterable[Any]) -> dict[str, dict[str, float]]:
+    """Per environment (plus `all`): metric name -> value, for a batch of finished samples."""
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for s in samples:
+        groups[env_name(s)].append(s)
+        groups[ALL].append(s)
+    return {env: _group_metrics(ss) for env, ss in groups.items() if ss}
+
+
+def _group_metrics(samples: list[Any]) -> dict[str, float]:
+    n = len(samples)
+    out: dict[str, float] = {"episodes": float(n)}
+    rewards, solved = [], 0
+    turns, calls, drift, env_t, gen_t, env_per_call = [], [], [], [], [], []
+    env_fail = engine_fail = removed = 0
+    stop: dict[str, int] = defaultdict(int)
+    status: dict[str, int] = defaultdict(int)
+    errors: dict[str, int] = defaultdict(int)
+    bridged = 0
+    for s in samples:
+        md = _metadata(s)
+        r = _reward(s)
+        if r is not None:
+            rewards.append(r)
+            solved += r >= _max_reward(md) - SOLVE_EPS
+        removed += bool(getattr(s, "remove_sample", False))
+        status[_status(s)] += 1
+        if "stop_reason" not in md:
+            continue
+        bridged += 1
+        stop[str(md["stop_reason"])] += 1
+        turns.append(float(md.get("num_turns") or 0))
+        calls.append(float(md.get("num_tool_calls") or 0))
+        drift.append(float(md.get("drift_count") or 0))
+        env_fail += int(md.get("env_failure") or 0)
+        engine_fail += int(md.get("engine_failure") or 0)
+        for kind, count in (md.get("tool_errors") or {}).items():
+            errors[str(kind)] += int(count)
+        timings = md.get("bridge_timings") or {}
+        if "env" in timings:
+            env_t.append(float(timings["env"]))
+            if md.get("num_tool_calls"):
+                env_per_call.append(float(timings["env"]) / float(md["num_tool_calls"]))
+        if "generate" in timings:
+            gen_t.append(float(timings["generate"]))
+    if rewards:
+        out["reward_mean"] = statistics.fmean(rewards)
+        out["reward_std"] = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0
+        out["reward_min"] = min(rewards)
+        out["reward_max"] = max(rewards)
+        out["solve_rate"] = solved / len(rewards)
+    out["removed_ratio"] = removed / n
+    for k, v in status.items():
+        out[f"status/{k}"] = v / n
+    if bridged:
+        out["turns_mean"] = statistics.fmean(turns)
+        out["turns_max"] = max(turns)
+        out["tool_calls_mean"] = statistics.fmean(calls)
+        out["tool_calls_total"] = sum(calls)
+        out["parse_errors"] = float(errors.get("parse_error", 0))
+        out["tool_errors_total"] = float(sum(errors.values()))
+        for kind, count in errors.items():
+            out[f"tool_errors/{kind}"] = float(count)
+        out["env_errors"] = float(env_fail)
+        out["engine_errors"] = float(engine_fail)
+        out["token_drift"] = sum(drift)
+        for reason, count in stop.items():
+            out[f"stop/{reason}"] = count / bridged
+        if env_t:
+            out["env_time_mean"] = statistics.fmean(env_t)
+            out["env_time_p90"] = _percentile(env_t, 0.9)
+        if env_per_call:
+            out["env_latency_per_call_mean"] = statistics.fmean(env_per_call)
+            out["env_latency_per_call_p50"] = _percentile(env_per_call, 0.5)
+        if gen_t:
+            out["generate_time_mean"] = statistics.fmean(gen_t)
+    return out
+
+
+def flatten(per_env: dict[str, dict[str, float]], prefix: str) -> dict[str, float]:
+    """`{env: {metric: v}}` as W&B keys `<prefix>/env/<env>/<metric>`."""
+    return {f"{prefix}/env/{env}/{k}": v for env, metrics in per_env.items() for k, v in metrics.items()}
+
+
+def rollout_step(args: Any, rollout_id: int) -> int:
+    """The x-axis slime uses for rollout metrics (its compute_rollout_step)."""
+    if getattr(args, "wandb_always_use_train_step", False) and getattr(args, "global_batch_size", None):
+        return rollout_id * args.rollout_batch_size * args.n_samples_per_prompt // args.global_batch_size
+    return rollout_id
+
+
+def _wandb_run(args: Any) -> Any:
+    """slime's W&B run in this process, or one we open (offline without WANDB_API_KEY); None if disabled."""
+    if not getattr(args, "use_wandb", False):
+        return None
+    import wandb
+
+    if wandb.run is not None:
+        return wandb.run
+    offline = not os.environ.get("WANDB_API_KEY") or getattr(args, "wandb_mode", None) == "offline"
+    run = wandb.init(
+        project=getattr(args, "wandb_project", None) or "slime-envs",
+        group=getattr(args, "wandb_group", None),
+        dir=getattr(args, "wandb_dir", None),
+        mode="offline" if offline else None,
+        settings=wandb.Settings(mode="offline") if offline else None,
+    )
+    for step_key, pattern in (("rollout/step", "rollout/*"), ("eval/step", "eval/*")):
+        run.define_metric(step_key)
+        run.define_metric(pattern, step_metric=step_key)
+    return run
+
+
+def _emit(args: Any, metrics: dict[str, float]) -> None:
+    try:
+        run = _wandb_run(args)
+        if run is not None:
+            run.log(metrics)
+    except Exception as e:  # metrics must never break a rollout
+        log.error("bridge.metrics: W&B logging failed: %s: %s", type(e).__name__, e)
+
+
+def _summary(per_env: dict[str, dict[str, float]]) -> str:
+    parts = []
+    for env, m in sorted(per_env.items()):
+        if "reward_mean" in m:
+            parts.append(f"{env}: n={int(m['episodes'])} reward={m['reward_mean']:.3f} solved={m['solve_rate']:.2f}")
+    return "; ".join(parts)
+
+
+def log_rollout(rollout_id: int, args: Any, samples: list[Any], rollout_extra_metrics: dict | None,
+                rollout_time: float) -> bool:
+    """slime's custom rollout-log hook. Returns False: slime's default rollout metrics are logged too."""
+    per_env = episode_metrics(samples)
+    metrics = flatten(per_env, "rollout")
+    metrics["rollout/step"] = rollout_step(args, rollout_id)
+    _emit(args, metrics)
+    log.info("rollout %s (%.1fs): %s", rollout_id, rollout_time or 0.0, _summary(per_env))
+    return False
+
+
+def log_eval_rollout(rollout_id: int, args: Any, data: dict[str, dict[str, Any]], extra_metrics: dict | None) -> bool:
+    """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated", "samples"}."""
+    metrics: dict[str, float] = {}
+    for name, d in (data or {}).items():
+        samples = d.get("samples") if isinstance(d, dict) else None
+        if samples:
+            metrics |= flatten(episode_metrics(samples), f"eval/{name}")
+        elif isinstance(d, dict) and d.get("rewards"):
+            rewards = [float(r) for r in d["rewards"] if isinstance(r, (int, float))]
+            if rewards:
+                metrics[f"eval/{name}/env/{ALL}/reward_mean"] = statistics.fmean(rewards)
+    metrics["eval/step"] = rollout_step(args, rollout_id)
+    _emit(args, metrics)
+    log.info("eval %s: %d metrics", rollout_id, len(metrics) - 1)
+    return False

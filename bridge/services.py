@@ -1,0 +1,90 @@
+"""Local services run.sh starts when they are not already running: the env server, the CPU engine.
+
+`managed_process` starts a command, waits for its health URL, and always stops it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServiceError(RuntimeError):
+    """A service that did not come up; the message is one line for the user."""
+
+
+def answers(url: str, path: str = "/health", timeout: float = 2.0) -> bool:
+    """True when GET url+path returns 200."""
+    try:
+        return httpx.get(f"{url.rstrip('/')}{path}", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def is_loopback(url: str) -> bool:
+    return (urlparse(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def env_server_command(config: str, url: str, db: str) -> list[str]:
+    """`python -m envs.server` serving the config's local environments at `url`."""
+    u = urlparse(url)
+    return [sys.executable, "-m", "envs.server", "--config", str(Path(config).resolve()),
+            "--host", u.hostname or "127.0.0.1", "--port", str(u.port or 80), "--db", db]
+
+
+def local_engine_command(model: str, url: str) -> list[str]:
+    """`python -m bridge.local_engine` (CPU, for debugging) serving `/generate` at `url`."""
+    u = urlparse(url)
+    return [sys.executable, "-m", "bridge.local_engine", "--model", model,
+            "--host", u.hostname or "127.0.0.1", "--port", str(u.port or 80)]
+
+
+def wait_until_up(name: str, url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{name} exited with code {proc.returncode} before {url}/health answered")
+        if answers(url):
+            return
+        time.sleep(0.2)
+    raise ServiceError(f"{name} did not answer {url}/health within {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def managed_process(name: str, cmd: list[str], url: str, timeout: float = 120.0,
+                    log_path: Path | None = None) -> Iterator[subprocess.Popen]:
+    """Start `cmd`, wait until `url`/health answers, yield the process, and stop it on exit."""
+    out = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log_path, "ab")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+    try:
+        wait_until_up(name, url, proc, timeout)
+        yield proc
+    finally:
+        stop(proc)
+        if out is not None:
+            out.close()
