@@ -175,7 +175,13 @@ class HostedTaskSource:
             raise TaskSourceError(
                 f"hosted environment {name!r} needs {OPENREWARD_API_KEY_ENV} set in the environment")
         from openreward import AsyncOpenReward
+        from openreward.api.sandboxes.secrets import WELL_KNOWN_SECRETS
 
+        for key in secrets:  # the SDK only forwards secrets whose destination it knows
+            if key not in WELL_KNOWN_SECRETS:
+                raise TaskSourceError(
+                    f"hosted environment {name!r}: the openreward SDK does not forward secret {key!r} "
+                    f"(known: openai_api_key, anthropic_api_key, hf_token, ...)")
         self.name = name
         self._client = AsyncOpenReward(api_key=api_key)
         self.url = self._client.session_base_url
