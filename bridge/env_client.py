@@ -26,6 +26,8 @@ import orjson
 from bridge.task import TaskMeta, blocks_to_text
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# The env server's optional shared key (python -m envs.server --api-key / $ENV_SERVER_API_KEY).
+ENV_SERVER_API_KEY = "ENV_SERVER_API_KEY"
 
 
 class EnvFailure(RuntimeError):
@@ -139,10 +141,12 @@ class LocalEnvSession:
         self.sid: str | None = None
         self._secrets = _secrets_header(_secrets(task.secrets)) if task.secrets else {}
         self._created = False
+        key = os.environ.get(ENV_SERVER_API_KEY)
+        self._auth = {"X-API-Key": key} if key else {}
 
     # --- plumbing ------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
-        return {"X-Session-ID": self.sid} if self.sid else {}
+        return {**self._auth, "X-Session-ID": self.sid} if self.sid else dict(self._auth)
 
     async def _request(self, method: str, path: str, body: Any = None, extra: dict[str, str] | None = None,
                        accept: tuple[int, ...] = (200,)) -> tuple[int, Any]:
