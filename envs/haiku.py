@@ -88,8 +88,8 @@ def estimate_syllables(word: str) -> int:
     n = len(re.findall(r"[aeiouy]+", w))
     if n > 1 and w.endswith("e") and not w.endswith(("le", "ee", "ye")):
         n -= 1  # silent final e: "stone"
-    elif n > 1 and w.endswith("ed") and not w.endswith(("ted", "ded")):
-        n -= 1  # "jumped"
+    elif n > 1 and w.endswith("ed") and not w.endswith(("ted", "ded")) and not re.search(r"[^aeiouy]led$", w):
+        n -= 1  # "jumped", but not "tabled"
     return max(1, n)
 
 
