@@ -492,6 +492,7 @@ class WhoDunIt(Environment):
     """Solve a generated murder mystery from clues and suspect statements; one submission."""
 
     _options: ClassVar[WhoDunItOptions] = WhoDunItOptions()
+    _difficulty: ClassVar[dict[str, Any]] = Difficulty().model_dump()
 
     @classmethod
     def configure(cls, options: dict[str, Any]) -> None:
@@ -500,6 +501,7 @@ class WhoDunIt(Environment):
             cls._options = WhoDunItOptions.model_validate(options or {})
         except ValidationError as e:
             raise _options_error("whodunit", e) from None
+        cls._difficulty = cls._options.difficulty().model_dump()
         for attr in ("_tasks_cache", "_tasks_cache_locks"):  # the SDK's per-class task cache
             if attr in cls.__dict__:
                 delattr(cls, attr)
@@ -517,7 +519,7 @@ class WhoDunIt(Environment):
         if not 0 <= index < size:
             raise IndexError(f"whodunit {split} has {size} tasks; index {index} is out of range")
         return {"split": split, "index": index, "seed": case_seed(split, index, cls._options.seed),
-                "difficulty": cls._options.difficulty().model_dump()}
+                "difficulty": dict(cls._difficulty)}
 
     @classmethod
     def case_for(cls, split: str, index: int) -> Case:
@@ -549,7 +551,7 @@ class WhoDunIt(Environment):
         if not isinstance(seed, int):
             raise ValueError("a whodunit task_spec needs 'seed' (int) or 'split' and 'index'")
         try:
-            difficulty = Difficulty(**task_spec.get("difficulty", self._options.difficulty().model_dump()))
+            difficulty = Difficulty(**task_spec.get("difficulty", self._difficulty))
         except ValidationError as e:
             raise _options_error("whodunit task_spec difficulty", e) from None
         self.case = generate_case(seed, difficulty)
