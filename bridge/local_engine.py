@@ -7,7 +7,9 @@ Loads a Hugging Face causal LM and its tokenizer and answers token-in/token-out
 `POST /generate` requests with real sampling (temperature, top_p, top_k, min_p; greedy at
 temperature 0), `max_new_tokens`, stop token ids (plus the tokenizer's end tokens), stop
 strings, and the per-token logprob of every sampled token. One request runs at a time on a
-worker thread (others queue) so the HTTP loop never blocks. It exists for rollout-only runs
+worker thread (others queue) so the HTTP loop never blocks. The KV caches of the last few
+requests are kept, so a multi-turn episode that resends its context only runs the new tokens
+(reported as `cached_tokens`). It exists for rollout-only runs
 and debugging without a GPU; it is not for training throughput.
 
 Logprobs follow SGLang's default: log-softmax of the logits divided by the temperature,
@@ -246,13 +248,76 @@ class Generation:
     finish_reason: dict[str, Any]
     text: str
     seconds: float
+    cached_tokens: int = 0
+
+
+def _common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class PrefixCache:
+    """The KV caches of the last few requests, keyed by the token ids they hold.
+
+    A multi-turn episode resends its whole context each turn; reusing the longest cached
+    prefix means only the new tokens are run. Entries are used by one worker thread only.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: list[tuple[list[int], Any]] = []  # least recently used first
+
+    def take(self, input_ids: list[int]) -> tuple[int, Any]:
+        """Remove and return (reused length, cache) for the best entry, or (0, None).
+
+        At least the last input token is always left to run, to get the next-token logits.
+        """
+        best, best_len = -1, 0
+        for i, (ids, _) in enumerate(self._entries):
+            n = _common_prefix_len(ids, input_ids)
+            if n > best_len:
+                best, best_len = i, n
+        if best < 0:
+            return 0, None
+        ids, cache = self._entries.pop(best)
+        keep = min(best_len, len(input_ids) - 1)
+        if keep <= 0 or not _crop(cache, len(ids), keep):
+            return 0, None
+        return keep, cache
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+
+    def put(self, ids: list[int], cache: Any) -> None:
+        """Remember `cache`, which holds the KV of exactly `ids`."""
+        if self.max_entries <= 0 or cache is None or not ids:
+            return
+        self._entries.append((ids, cache))
+        del self._entries[:-self.max_entries]
+
+
+def _crop(cache: Any, length: int, keep: int) -> bool:
+    """Cut `cache` (holding `length` tokens) down to its first `keep`; False if it cannot be."""
+    if keep == length:
+        return True
+    if not hasattr(cache, "crop") or getattr(cache, "is_croppable", True) is False:
+        return False
+    try:
+        cache.crop(-(length - keep))  # a negative argument removes that many tokens (transformers 4 and 5)
+    except Exception:  # an unusual cache type: run the prompt from scratch instead
+        return False
+    return cache.get_seq_length() == keep
 
 
 class LocalEngine:
     """A loaded model + tokenizer that generates one request at a time."""
 
     def __init__(self, model: Any, tokenizer: Any, *, model_path: str, device: str = "cpu",
-                 weight_version: str = "default") -> None:
+                 weight_version: str = "default", prefix_cache_entries: int = 2) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_path = model_path
@@ -261,6 +326,7 @@ class LocalEngine:
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.end_token_ids = frozenset(_end_token_ids(model, tokenizer))
+        self.prefix_cache = PrefixCache(prefix_cache_entries)
 
     def stop_ids(self, params: SamplingParams) -> frozenset[int]:
         """Token ids that end this request: its stop_token_ids plus the model's end tokens."""
@@ -290,15 +356,18 @@ class LocalEngine:
         logprobs: list[float] = []
         finish: dict[str, Any] = {"type": "length", "length": budget}
         stop_text: tuple[str, int] | None = None
+        cached, past = self.prefix_cache.take(req.input_ids)
+        fed: list[int] = req.input_ids[:cached]  # the tokens whose KV `past` holds
         with torch.inference_mode():
-            past = None
-            step_input = torch.tensor([req.input_ids], dtype=torch.long, device=self.device)
+            pending = req.input_ids[cached:]
             for step in range(budget):
                 if cancel is not None and cancel.is_set():
                     finish = {"type": "abort", "message": "aborted by /abort_request"}
                     break
+                step_input = torch.tensor([pending], dtype=torch.long, device=self.device)
                 out = self.model(input_ids=step_input, past_key_values=past, use_cache=True)
                 past = out.past_key_values
+                fed += pending
                 logits = out.logits[0, -1].float().cpu()
                 if step < p.min_new_tokens and stop_ids:
                     logits[list(stop_ids)] = float("-inf")
@@ -313,9 +382,10 @@ class LocalEngine:
                     if stop_text is not None:
                         finish = {"type": "stop", "matched": stop_text[0]}
                         break
-                step_input = torch.tensor([[token]], dtype=torch.long, device=self.device)
+                pending = [token]
+        self.prefix_cache.put(fed, past)
         return Generation(out_ids, logprobs, finish, self._text(out_ids, finish, stop_text, p),
-                          time.monotonic() - started)
+                          time.monotonic() - started, cached)
 
     def _decode(self, ids: list[int], p: SamplingParams) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=p.skip_special_tokens)
@@ -352,7 +422,7 @@ def _end_token_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 def load_engine(model: str, *, device: str = "cpu", dtype: str = "float32",
-                weight_version: str = "default") -> LocalEngine:
+                weight_version: str = "default", prefix_cache_entries: int = 2) -> LocalEngine:
     """Load a causal LM + tokenizer from a local directory or a reachable hub name."""
     try:
         import torch
@@ -371,7 +441,8 @@ def load_engine(model: str, *, device: str = "cpu", dtype: str = "float32",
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RuntimeError(f"cannot load model {model!r}: {first}") from None
     lm.to(device).eval()
-    return LocalEngine(lm, tokenizer, model_path=model, device=device, weight_version=weight_version)
+    return LocalEngine(lm, tokenizer, model_path=model, device=device, weight_version=weight_version,
+                       prefix_cache_entries=prefix_cache_entries)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -423,7 +494,7 @@ class EngineServer:
             "finish_reason": gen.finish_reason,
             "prompt_tokens": len(req.input_ids),
             "completion_tokens": len(gen.output_ids),
-            "cached_tokens": 0,
+            "cached_tokens": gen.cached_tokens,
             "weight_version": self.engine.weight_version,
             "e2e_latency": gen.seconds,
         }
@@ -502,7 +573,7 @@ class EngineServer:
     async def handle_flush_cache(self, request: "web.Request") -> "web.Response":
         from aiohttp import web
 
-        # Nothing is cached between requests, so there is nothing to flush.
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.prefix_cache.clear)
         return web.Response(text="Cache flushed.")
 
 
@@ -537,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--weight-version", default="default", help="reported as meta_info.weight_version")
+    ap.add_argument("--prefix-cache", type=int, default=2, metavar="N",
+                    help="keep the KV cache of the last N requests to reuse shared prefixes (0 = off)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     print(BANNER.format(device=args.device), flush=True)
@@ -549,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         engine = load_engine(args.model, device=args.device, dtype=args.dtype,
-                             weight_version=args.weight_version)
+                             weight_version=args.weight_version, prefix_cache_entries=args.prefix_cache)
     except RuntimeError as e:
         print(f"bridge.local_engine: {e}", file=sys.stderr)
         return 2

@@ -214,7 +214,9 @@ def test_local_engine_greedy_is_deterministic_and_matches_forward_pass(
     lps = [lp for lp, _, _ in a["meta_info"]["output_token_logprobs"]]
     assert [t for _, t, _ in a["meta_info"]["output_token_logprobs"]] == ids
     assert all(lp <= 0 for lp in lps)
-    assert lps == [lp for lp, _, _ in b["meta_info"]["output_token_logprobs"]]
+    # The repeat reuses the first request's KV cache for all but the last prompt token.
+    assert b["meta_info"]["cached_tokens"] == len(prompt_ids) - 1
+    assert lps == pytest.approx([lp for lp, _, _ in b["meta_info"]["output_token_logprobs"]], abs=1e-4)
     assert lps == pytest.approx(_direct_logprobs(tiny_model, prompt_ids, ids), abs=1e-4)
     # Greedy really is the argmax of a full forward pass at every step.
     import torch
@@ -223,6 +225,24 @@ def test_local_engine_greedy_is_deterministic_and_matches_forward_pass(
         logits = tiny_model(input_ids=torch.tensor([prompt_ids + ids])).logits[0]
     assert logits[len(prompt_ids) - 1:-1].argmax(-1).tolist() == ids
     assert a["text"] == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_local_engine_reuses_prefix_cache_across_turns(engine_url, tiny_model, prompt_ids) -> None:
+    httpx.post(f"{engine_url}/flush_cache").raise_for_status()
+    first = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=8, ignore_eos=True)
+    assert first["meta_info"]["cached_tokens"] == 0
+    turn2 = prompt_ids + first["output_ids"] + [151645, 198, 151644, 872, 198, 9707]
+    second = _generate(engine_url, turn2, temperature=0.0, max_new_tokens=8, ignore_eos=True)
+    # Everything the first request ran (prompt + all sampled tokens but the last) is reused.
+    assert second["meta_info"]["cached_tokens"] == len(prompt_ids) + 7
+    lps = [lp for lp, _, _ in second["meta_info"]["output_token_logprobs"]]
+    assert lps == pytest.approx(_direct_logprobs(tiny_model, turn2, second["output_ids"]), abs=1e-4)
+    # A context that diverges early reuses only the shared part (the cache is cut back).
+    turn3 = prompt_ids[:5] + [9707, 11, 1879]
+    third = _generate(engine_url, turn3, temperature=0.0, max_new_tokens=8, ignore_eos=True)
+    assert third["meta_info"]["cached_tokens"] == 5
+    lps = [lp for lp, _, _ in third["meta_info"]["output_token_logprobs"]]
+    assert lps == pytest.approx(_direct_logprobs(tiny_model, turn3, third["output_ids"]), abs=1e-4)
 
 
 def test_local_engine_sampling_logprobs_and_seed(engine_url, tiny_model, prompt_ids) -> None:
@@ -264,9 +284,9 @@ def test_local_engine_ends_on_chat_end_tokens_by_default(tiny_qwen3_dir) -> None
     tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
-    engine_ids = _engine_end_ids(tiny_qwen3_dir)
-    assert {im_end, endoftext} <= engine_ids
     engine = _engine(tiny_qwen3_dir)
+    engine_ids = engine.end_token_ids
+    assert {im_end, endoftext} <= engine_ids
     assert engine.stop_ids(SamplingParams(stop_token_ids=(5,))) == engine_ids | {5}
     assert engine.stop_ids(SamplingParams(stop_token_ids=(5,), ignore_eos=True)) == {5}
     # A token from the end set ends generation even when the request names no stop ids.
@@ -287,10 +307,6 @@ def _engine(model_dir):
     from bridge.local_engine import load_engine
 
     return load_engine(str(model_dir))
-
-
-def _engine_end_ids(model_dir) -> frozenset[int]:
-    return _engine(model_dir).end_token_ids
 
 
 def test_local_engine_stop_string(engine_url, tiny_qwen3_dir, prompt_ids) -> None:
