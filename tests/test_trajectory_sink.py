@@ -1,0 +1,285 @@
+"""The bridge's trajectory sink against the real env server: SDK event shapes, batching, spooling
+through a real outage (server stopped and restarted), delivery by a later process, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from bridge.config import parse_config
+from bridge.trajectory import Trajectory
+from bridge.trajectory_sink import (DisabledSink, SinkSettings, TrajectoryUploader, get_sink,
+                                    trajectory_events)
+from conftest import REPO, env_server, free_port
+
+FAST = SinkSettings(backoff_base_s=0.2, backoff_cap_s=2.0, max_age_s=0.2)
+OUTAGE_S = float(os.environ.get("TRAJ_OUTAGE_SECONDS", "60"))
+
+
+def make_trajectory(i: int = 0, run: str = "sink-run", env: str = "gsm8k", turns: int = 2,
+                    **over: Any) -> Trajectory:
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": "Use the tools."},
+                                  {"role": "user", "content": f"Task {i}: what is 2+2? <script>x()</script>"}]
+    rewards = []
+    for t in range(turns):
+        msgs.append({"role": "assistant", "content": "Let me check." if t == 0 else "",
+                     "reasoning_content": f"thinking {t}",
+                     "tool_calls": [{"id": f"call-{t}", "name": "calculator", "arguments": {"expr": "2+2"}},
+                                    {"id": f"call-{t}b", "name": "note", "arguments": '{"text": "hi"}'}]})
+        last = t == turns - 1
+        msgs.append({"role": "tool", "tool_call_id": f"call-{t}", "name": "calculator", "content": "4",
+                     "reward": 1.0 if last else None, "finished": last, "is_error": False})
+        msgs.append({"role": "tool", "tool_call_id": f"call-{t}b", "name": "note", "content": "bad args",
+                     "reward": None, "finished": False, "is_error": True})
+        rewards += [1.0 if last else None, None]
+    fields = dict(run_name=run, env=env, split="train", index=i, task_spec=None, messages=msgs,
+                  turn_rewards=rewards, reward=1.0, reward_reduction="sum", stop_reason="env_finished",
+                  status="completed", num_turns=turns, num_tool_calls=2 * turns, tool_errors={"env_error": turns},
+                  drift_count=0, token_ids=list(range(100, 140)), prompt_length=10, loss_mask=[1] * 20 + [0] * 10,
+                  logprobs=[-0.5] * 20 + [0.0] * 10, timings={"generate": 0.5, "env": 0.1, "total": 0.7},
+                  group_index=i // 4, sample_index=i)
+    fields.update(over)
+    return Trajectory(**fields)
+
+
+@pytest.fixture(scope="module")
+def traj_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    db = tmp_path_factory.mktemp("sink") / "trajectories.db"
+    with env_server("--role", "trajectories", "--db", str(db)) as url:
+        yield url
+
+
+def run_rollouts(url: str, run: str) -> list[dict[str, Any]]:
+    runs = {r["name"]: r["id"] for r in httpx.get(f"{url}/api/runs").json()["runs"]}
+    if run not in runs:
+        return []
+    out, cursor = [], None
+    while True:
+        params = {"limit": 500, **({"after": cursor} if cursor else {})}
+        page = httpx.get(f"{url}/api/runs/{runs[run]}/rollouts", params=params).json()
+        out += page["rollouts"]
+        cursor = page["next"]
+        if not cursor:
+            return out
+
+
+# ---------------------------------------------------------------- event shapes
+
+
+def test_events_are_exactly_what_the_sdk_sends() -> None:
+    from openreward.api.rollouts.background import _encode_event
+    from openreward.api.rollouts.serializers.models import NormalizedEvent
+    from openreward.models import LogMessageEvent, RolloutStartedEvent, RolloutUpdateEvent
+
+    events = trajectory_events(make_trajectory(3))
+    kinds = {"rollout": RolloutStartedEvent, "message": LogMessageEvent, "rollout_update": RolloutUpdateEvent}
+    for ev in events:
+        sdk_event = kinds[ev["eventType"]](**ev)  # every key is a field of the SDK's dataclass
+        assert json.loads(_encode_event(sdk_event)) == ev  # and the SDK would encode it identically
+        if ev["eventType"] == "message":
+            NormalizedEvent(type=ev["type"], content=ev.get("content"), name=ev.get("name"),
+                            call_id=ev.get("callId"))  # passes the SDK's own message validation
+    assert [e["eventType"] for e in (events[0], events[-1])] == ["rollout", "rollout_update"]
+    types = [e["type"] for e in events if e["eventType"] == "message"]
+    assert types[:2] == ["system_message", "user_message"]
+    assert types[2:9] == ["reasoning", "assistant_message", "tool_call", "tool_call", "tool_result",
+                          "tool_result", "reasoning"]
+    assert [e["index"] for e in events[1:-1]] == list(range(len(events) - 2))
+    calls = [e for e in events if e.get("type") == "tool_call"]
+    assert json.loads(calls[0]["content"]) == {"expr": "2+2"} and calls[1]["content"] == '{"text": "hi"}'
+    results = [e for e in events if e.get("type") == "tool_result"]
+    assert results[-2]["reward"] == 1.0 and results[-2]["isFinished"] is True
+    assert results[1]["metadata"]["is_error"] is True
+
+
+def test_trainer_data_rides_in_rollout_metadata() -> None:
+    t = make_trajectory(5, extra={"tokenizer": "/models/qwen3", "model_name": "Qwen3-0.6B"})
+    meta = trajectory_events(t)[0]["metadata"]
+    for key in ("token_ids", "loss_mask", "logprobs", "turn_rewards", "reward_reduction", "stop_reason",
+                "group_index", "sample_index", "timings", "prompt_length", "status", "reward"):
+        assert meta[key] == getattr(t, key), key
+    assert meta["tokenizer"] == "/models/qwen3"
+    # event ids are stable: re-encoding a trajectory (spool replay) cannot create duplicates
+    assert trajectory_events(t) == trajectory_events(t)
+
+
+# ---------------------------------------------------------------- delivery
+
+
+async def test_sink_delivers_everything_with_token_data(traj_server: str, tmp_path: Path) -> None:
+    up = TrajectoryUploader(traj_server, str(tmp_path / "spool"), "deliver-run", settings=FAST)
+    trajs = [make_trajectory(i, run="deliver-run", env=["gsm8k", "whodunit"][i % 2]) for i in range(40)]
+    for t in trajs:
+        up.submit(t)  # synchronous, returns at once
+    assert await up.flush(60)
+    await up.close()
+    rows = run_rollouts(traj_server, "deliver-run")
+    assert len(rows) == 40 and up.stats["delivered"] == 40 and up.stats["spooled"] == 0
+    one = httpx.get(f"{traj_server}/api/rollouts/{rows[0]['event_id']}").json()
+    src = next(t for t in trajs if t.index == one["task_index"])
+    assert one["tokens"]["token_ids"] == src.token_ids and one["tokens"]["loss_mask"] == src.loss_mask
+    assert one["tokens"]["logprobs"] == pytest.approx(src.logprobs)
+    assert one["reward_reduction"] == "sum" and one["metadata"]["turn_rewards"] == src.turn_rewards
+    assert one["group_key"] == f"train:{src.group_index}" and one["num_messages"] == 13  # 2 + 6 + 5 (no empty assistant text)
+
+
+async def test_full_queue_spools_instead_of_dropping(traj_server: str, tmp_path: Path) -> None:
+    up = TrajectoryUploader(traj_server, str(tmp_path / "spool"), "overflow-run",
+                            settings=dataclasses.replace(FAST, queue_size=3))
+    for i in range(30):
+        up.submit(make_trajectory(i, run="overflow-run"))
+    assert up.stats["spooled"] > 0
+    assert await up.flush(60)
+    await up.close()
+    assert len(run_rollouts(traj_server, "overflow-run")) == 30
+
+
+async def test_submit_never_raises(tmp_path: Path) -> None:
+    up = TrajectoryUploader("http://127.0.0.1:9", str(tmp_path / "spool"), "x", settings=FAST)
+    up.submit("not a trajectory")  # type: ignore[arg-type]
+    up.submit(make_trajectory(0))
+    await up.close(timeout=0.5)
+    assert up.stats["spooled"] >= 1  # the good one is on disk, waiting for a server
+
+
+async def test_refused_trajectory_is_kept_and_does_not_block_the_others(traj_server: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    up = TrajectoryUploader(traj_server, str(spool), "refuse-run", settings=FAST)
+    for i in range(5):
+        up.submit(make_trajectory(i, run="refuse-run", rollout_id="" if i == 2 else f"{i:032x}"))
+    assert await up.flush(60)
+    await up.close()
+    assert len(run_rollouts(traj_server, "refuse-run")) == 4
+    rejected = list(spool.glob("rejected-*.jsonl"))
+    assert len(rejected) == 1 and up.stats["rejected"] == 1
+    kept = [json.loads(line) for line in rejected[0].read_text().splitlines()]
+    assert kept[0]["events"][0]["eventId"] == "" and kept[0]["events"][0]["runName"] == "refuse-run"
+
+
+def test_spool_left_by_a_dead_process_is_delivered(traj_server: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    child = f"""
+import asyncio, os, sys
+sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
+from test_trajectory_sink import make_trajectory, FAST
+from bridge.trajectory_sink import TrajectoryUploader
+async def main():
+    up = TrajectoryUploader("http://127.0.0.1:9", {str(spool)!r}, "orphan-run", settings=FAST)
+    for i in range(12):
+        up.submit(make_trajectory(i, run="orphan-run"))
+    while up.stats["spooled"] < 12:
+        await asyncio.sleep(0.05)
+    os._exit(0)  # dies without close(): the active spool file is orphaned
+asyncio.run(main())
+"""
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=120, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert [p.name.endswith(".active.jsonl") for p in spool.glob("*.jsonl")] == [True]
+
+    async def deliver() -> TrajectoryUploader:
+        up = TrajectoryUploader(traj_server, str(spool), "orphan-run", settings=FAST)
+        assert await up.flush(60)
+        await up.close()
+        return up
+
+    asyncio.run(deliver())
+    assert len(run_rollouts(traj_server, "orphan-run")) == 12
+    assert not list(spool.glob("*.jsonl"))
+
+
+async def test_outage_loses_nothing_and_stores_each_trajectory_once(tmp_path: Path) -> None:
+    """Stop the real server for OUTAGE_S seconds (60 by default) while the run keeps submitting."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    db = tmp_path / "outage.db"
+    up = TrajectoryUploader(url, str(tmp_path / "spool"), "outage-run", settings=FAST)
+    submitted: list[str] = []
+    stop = asyncio.Event()
+
+    async def producer() -> None:
+        i = 0
+        while not stop.is_set():
+            t = make_trajectory(i, run="outage-run")
+            up.submit(t)
+            submitted.append(t.rollout_id)
+            i += 1
+            await asyncio.sleep(0.1)
+
+    with contextlib.ExitStack() as stack:
+        await asyncio.to_thread(stack.enter_context, env_server("--role", "trajectories", "--db", str(db), port=port))
+        task = asyncio.create_task(producer())
+        await asyncio.sleep(3)
+        assert len(run_rollouts(url, "outage-run")) > 0
+    # server stopped (process terminated): keep generating
+    t_down = time.monotonic()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/health", timeout=1)
+    await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_down)))
+    assert up.stats["spooled"] > 0
+    with contextlib.ExitStack() as stack:
+        await asyncio.to_thread(stack.enter_context, env_server("--role", "trajectories", "--db", str(db), port=port))
+        await asyncio.sleep(2)
+        stop.set()
+        await task
+        assert await up.flush(120)
+        await up.close()
+        rows = run_rollouts(url, "outage-run")
+        ids = [r["event_id"].replace("-", "") for r in rows]
+        assert len(ids) == len(set(ids)) == len(submitted)
+        assert set(ids) == set(submitted)
+        assert {r["num_messages"] for r in rows} == {13}
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def _config(**traj: Any):
+    return parse_config({"environments": {"gsm8k": {}}, "env_server": "http://127.0.0.1:8123",
+                         "run_name": "cfg-run", "trajectories": traj})
+
+
+async def test_get_sink_is_one_per_loop_and_reads_the_config(tmp_path: Path) -> None:
+    cfg = _config(spool_dir=str(tmp_path / "s"))
+    a, b = get_sink(cfg), get_sink(cfg)
+    assert a is b and isinstance(a, TrajectoryUploader)
+    assert a.url == "http://127.0.0.1:8123" and a.spool.dir == tmp_path / "s"
+    assert isinstance(get_sink(_config(enabled=False)), DisabledSink)
+    other = get_sink(_config(url="http://127.0.0.1:8999/", spool_dir=str(tmp_path / "s")))
+    assert other is not a and other.url == "http://127.0.0.1:8999"
+    seen = await asyncio.to_thread(lambda: asyncio.run(_sink_in_new_loop(cfg)))
+    assert seen is not a
+    await a.close(0.1)
+
+
+async def _sink_in_new_loop(cfg) -> Any:
+    s = get_sink(cfg)
+    await s.close(0.1)
+    return s
+
+
+async def test_hosted_target_speaks_to_openreward_api_url(traj_server: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENREWARD_API_URL", traj_server)
+    monkeypatch.setenv("OPENREWARD_API_KEY", "k-123")
+    sink = get_sink(_config(target="openreward", spool_dir=str(tmp_path / "s")))
+    assert isinstance(sink, TrajectoryUploader) and sink.hosted and sink.settings.max_batch_events == 128
+    long = make_trajectory(0, run="hosted-run", env="GeneralReasoning/WhoDunIt", turns=30)  # > 128 events
+    sink.submit(long)
+    assert await sink.flush(60)
+    await sink.close()
+    rows = run_rollouts(traj_server, "hosted-run")
+    assert len(rows) == 1 and rows[0]["num_messages"] == 2 + 6 + 29 * 5
+    r = httpx.get(f"{traj_server}/api/rollouts/{rows[0]['event_id']}").json()
+    assert r["environment_id"] == "local:GeneralReasoning/WhoDunIt"
