@@ -1,0 +1,379 @@
+"""run.sh (bridge/launch.py): dry-run commands, flags slime knows, prerequisite errors.
+
+The slime checkout the launcher reads is built per test from the flag lists in
+tests/data/slime_flags/ (extracted from slime v0.2.2 / v0.3.1 and the Megatron commits they
+pin): its arguments.py defines exactly those flags, so the launcher's own check against the
+checkout and the test's check against the committed lists agree. Nothing here starts a server
+or Ray: a dry run runs nothing, and a real run stops at the missing prerequisites (this machine
+has no GPU and no `ray`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port
+
+from bridge.launch import MEGATRON_FLAGS, global_batch_size, LaunchError
+from bridge.slime_flags import (SGLANG_FLAGS, flag_choices, flags_in_source, read_flag_list,
+                                supported_train_backends)
+
+DATA = REPO / "tests" / "data" / "slime_flags"
+VERSIONS = ("v0.2.2", "v0.3.1")
+
+
+def slime_flags(version: str) -> set[str]:
+    return read_flag_list(DATA / f"slime-{version}.txt")
+
+
+def megatron_flags(version: str) -> set[str]:
+    return read_flag_list(DATA / f"megatron-{version}.txt")
+
+
+def make_slime(root: Path, version: str, drop: tuple[str, ...] = ()) -> Path:
+    """A slime checkout whose parsers define the flags slime `version` defines (minus `drop`)."""
+    flags = sorted(slime_flags(version) - set(drop) - {"--train-backend"})
+    backends = ["megatron", "fsdp"] if version == "v0.2.2" else ["megatron"]
+    src = ["def add_arguments(parser):"] + [f"    parser.add_argument({f!r})" for f in flags]
+    src.append(f"    parser.add_argument('--train-backend', type=str, choices={backends!r}, default='megatron')")
+    (root / "slime" / "utils").mkdir(parents=True)
+    (root / "slime" / "utils" / "arguments.py").write_text("\n".join(src) + "\n")
+    (root / "train.py").write_text("")
+    (root / "scripts" / "models").mkdir(parents=True)
+    (root / "scripts" / "models" / "qwen3-4B.sh").write_text(
+        'MODEL_ARGS=(\n   --num-layers 36\n   --hidden-size 2560\n   --normalization "RMSNorm"\n'
+        '   --rotary-base "${MODEL_ARGS_ROTARY_BASE:-1000000}"\n   --qk-layernorm\n)\n')
+    return root
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Path | str]:
+    """A model dir, Megatron dir, config (local gsm8k on a port nothing serves) and a task file."""
+    model = tmp_path / "models" / "Qwen3-4B"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    megatron = tmp_path / "Megatron-LM"
+    (megatron / "megatron" / "training").mkdir(parents=True)
+    port = free_port()
+    config = tmp_path / "train_config.yaml"
+    config.write_text(f"environments:\n  gsm8k:\n    max_turns: 4\nenv_server: http://127.0.0.1:{port}\n"
+                      "run_name: launch-test\n")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"prompt": [{"role": "user", "content": "q"}], "label": "1",
+                                 "metadata": {"env": "gsm8k", "split": "train", "index": 0}, "tools": []}) + "\n")
+    return {"tmp": tmp_path, "model": model, "megatron": megatron, "config": config, "tasks": tasks,
+            "port": str(port)}
+
+
+def run_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("SLIME_PATH", "MEGATRON_PATH", "WANDB_API_KEY",
+                                                             "OPENREWARD_API_KEY", "TRAIN_CONFIG")}
+    return subprocess.run(["bash", str(REPO / "run.sh"), *args], cwd=REPO, env={**base, **(env or {})},
+                          capture_output=True, text=True, timeout=120)
+
+
+def base_args(world: dict, slime: Path, *extra: str) -> list[str]:
+    return ["--model", str(world["model"]), "--config", str(world["config"]), "--task-data", str(world["tasks"]),
+            "--slime-path", str(slime), "--megatron-path", str(world["megatron"]), *extra]
+
+
+class DryRun:
+    """The parts of a `--dry-run` printout."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        lines = text.splitlines()
+        self.checks = [ln for ln in lines if ln.startswith(("ok ", "MISSING "))]
+        self.env = {}
+        for ln in lines:
+            if ln.startswith("export "):
+                k, _, v = ln[len("export "):].partition("=")
+                self.env[k] = shlex.split(v)[0] if v else ""
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("# write ") and ln.endswith(".sh:"))
+        script = []
+        for ln in lines[start + 1:]:
+            if not ln.startswith("    "):
+                break
+            script.append(ln[4:])
+        body = "\n".join(script)
+        self.script = body
+        self.train_argv = shlex.split(body.split("\nexec ", 1)[1].replace("\\\n", " "))
+        self.submit = shlex.split(next(ln for ln in lines if ln.startswith("ray job submit")))
+        self.commands = [ln for ln in lines if not ln.startswith(("#", "    ", "ok ", "MISSING ", "export "))]
+
+    def flag(self, name: str) -> str:
+        i = self.train_argv.index(name)
+        return self.train_argv[i + 1]
+
+    def values(self, name: str, n: int) -> list[str]:
+        i = self.train_argv.index(name)
+        return self.train_argv[i + 1:i + 1 + n]
+
+    def emitted_flags(self, extra: list[str] = ()) -> set[str]:
+        argv = self.train_argv[2:len(self.train_argv) - len(extra)]
+        return {a for a in argv if a.startswith("--")}
+
+    def check(self, name: str) -> str:
+        return next(c for c in self.checks if c.split(None, 1)[1].startswith(name + ":"))
+
+
+def dry_run(world: dict, slime: Path, *extra: str) -> DryRun:
+    out = run_sh(*base_args(world, slime, "--dry-run", *extra))
+    assert out.returncode == 0, out.stderr
+    return DryRun(out.stdout)
+
+
+# --- flag lists -----------------------------------------------------------------------------------
+def test_flag_lists_hold_what_the_launcher_relies_on() -> None:
+    for v in VERSIONS:
+        s, m = slime_flags(v), megatron_flags(v)
+        assert {"--custom-generate-function-path", "--custom-rollout-log-function-path",
+                "--custom-eval-rollout-log-function-path", "--tool-key", "--metadata-key"} <= s
+        assert MEGATRON_FLAGS <= m, sorted(MEGATRON_FLAGS - m)
+    assert "--gradient-checkpointing" in slime_flags("v0.2.2")  # the FSDP dataclass's fields
+
+
+def test_flag_extraction_reads_argparse_and_dataclass_sources() -> None:
+    src = '''
+import argparse
+from dataclasses import dataclass
+def add(parser):
+    parser.add_argument("--alpha-beta", type=int)
+    parser.add_argument("-x", "--ex", action="store_true")
+    parser.add_argument("--offload", action=argparse.BooleanOptionalAction)
+    reset_arg(parser, "--global-batch-size", type=int, default=None)
+    p2 = argparse.ArgumentParser()
+    p2.add_argument("--train-backend", choices=["megatron", "fsdp"])
+@dataclass
+class FSDPArgs:
+    lr_warmup_iters: int = 0
+'''
+    assert flags_in_source(src) == {"--alpha-beta", "--ex", "--offload", "--no-offload", "--global-batch-size",
+                                    "--train-backend"}
+    assert "--lr-warmup-iters" in flags_in_source(src, dataclass_fields=True)
+    assert flag_choices(src, "--train-backend") == [["megatron", "fsdp"]]
+
+
+def test_backend_detection(tmp_path: Path) -> None:
+    assert supported_train_backends(make_slime(tmp_path / "a", "v0.2.2")) == ["fsdp", "megatron"]
+    assert supported_train_backends(make_slime(tmp_path / "b", "v0.3.1")) == ["megatron"]
+
+
+# --- dry run --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", VERSIONS)
+def test_dry_run_megatron_defaults(world: dict, version: str) -> None:
+    slime = make_slime(world["tmp"] / "slime", version)
+    d = dry_run(world, slime)
+    # prerequisites this machine has, and the hooks/data/batch flags with the issue's defaults
+    for name in ("config", "task file", "slime", "train backend", "Megatron-LM", "checkpoint", "API keys"):
+        assert d.check(name).startswith("ok"), d.check(name)
+    assert d.check("GPUs").startswith("MISSING")  # no GPU here; the dry run still prints everything
+    assert d.flag("--custom-generate-function-path") == "bridge.generate.generate"
+    assert d.flag("--custom-rollout-log-function-path") == "bridge.metrics.log_rollout"
+    assert d.flag("--custom-eval-rollout-log-function-path") == "bridge.metrics.log_eval_rollout"
+    assert d.flag("--prompt-data") == str(world["tasks"].resolve())
+    assert (d.flag("--input-key"), d.flag("--label-key"), d.flag("--metadata-key"), d.flag("--tool-key")) == \
+        ("prompt", "label", "metadata", "tools")
+    assert "--apply-chat-template" not in d.train_argv  # the bridge renders prompts itself
+    assert "--rm-type" not in d.train_argv  # the bridge sets the reward
+    assert d.flag("--rollout-batch-size") == "32" and d.flag("--n-samples-per-prompt") == "16"
+    assert d.flag("--global-batch-size") == "512"
+    assert d.flag("--rollout-max-response-len") == "4096" and d.flag("--max-tokens-per-gpu") == "8192"
+    assert float(d.flag("--lr")) == 1e-5 and float(d.flag("--rollout-temperature")) == 1.0
+    assert "--colocate" in d.train_argv and "--rollout-num-gpus" not in d.train_argv
+    assert d.flag("--train-backend") == "megatron" and d.flag("--tensor-model-parallel-size") == "1"
+    assert d.flag("--num-epoch") == "1"  # no --num-rollout: one epoch of the tasks
+    assert d.flag("--hf-checkpoint") == str(world["model"]) == d.flag("--load") == d.flag("--ref-load")
+    # the model's args come from slime's scripts/models/<model>.sh, bash-expanded
+    assert d.flag("--num-layers") == "36" and d.flag("--rotary-base") == "1000000"
+    assert d.flag("--normalization") == "RMSNorm" and "--qk-layernorm" in d.train_argv
+    assert d.flag("--wandb-mode") == "offline" and d.flag("--wandb-group") == "launch-test"
+    assert d.train_argv[:2] == ["python3", str(slime.resolve() / "train.py")]
+    # the Ray job: project on PYTHONPATH (before Megatron), TRAIN_CONFIG, runtime env == printed env
+    assert d.env["PYTHONPATH"].split(":") == [str(REPO), str(world["megatron"].resolve())]
+    assert d.env["TRAIN_CONFIG"] == str(world["config"].resolve())
+    runtime = json.loads(d.submit[d.submit.index("--runtime-env-json") + 1])
+    assert runtime == {"env_vars": d.env}
+    assert d.submit[:3] == ["ray", "job", "submit"] and d.submit[-2] == "bash" and d.submit[-1].endswith(".sh")
+    # what it would start: the env server on the config's port (nothing answers there) and a Ray head
+    env_cmd = next(c for c in d.commands if "envs.server" in c)
+    assert f"--port {world['port']}" in env_cmd and f"--config {world['config'].resolve()}" in env_cmd
+    assert any(c.startswith("ray start --head") for c in d.commands)
+    # runs nothing: no script written
+    assert not Path(d.submit[-1]).exists()
+
+
+@pytest.mark.parametrize("version,backend", [("v0.3.1", "megatron"), ("v0.2.2", "megatron"), ("v0.2.2", "fsdp")])
+def test_every_emitted_flag_is_one_slime_knows(world: dict, version: str, backend: str) -> None:
+    slime = make_slime(world["tmp"] / "slime", version)
+    extra = ["--seed", "7"]
+    d = dry_run(world, slime, "--train-backend", backend, "--tp", "2", "--no-colocate", "--actor-gpus", "4",
+                "--rollout-gpus", "2", "--save", str(world["tmp"] / "ckpt"), "--save-interval", "5",
+                "--eval-data", str(world["tasks"]), "--eval-interval", "10", "--num-rollout", "3",
+                "--max-context-len", "8192", "--", *extra)
+    known = slime_flags(version) | SGLANG_FLAGS
+    if backend == "megatron":
+        known |= megatron_flags(version)
+    emitted = d.emitted_flags(extra)
+    assert emitted - known == set(), f"slime {version} would ignore {sorted(emitted - known)}"
+    assert d.train_argv[-2:] == extra  # after `--`: passed unchanged, last
+    assert f"# note: all {len(emitted)} emitted flags are defined by this slime/Megatron" in d.text
+    if backend == "fsdp":
+        assert "--gradient-checkpointing" in d.train_argv and "--tensor-model-parallel-size" not in d.train_argv
+        assert d.env["PYTHONPATH"] == str(REPO)
+    else:
+        assert d.flag("--tensor-model-parallel-size") == "2" and "--sequence-parallel" in d.train_argv
+
+
+def test_dry_run_option_values(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    d = dry_run(world, slime, "--no-colocate", "--actor-gpus", "4", "--rollout-gpus", "2", "--rollout-tp", "2",
+                "--n-samples", "8", "--rollout-batch-size", "16", "--steps-per-rollout", "4",
+                "--max-response-len", "2048", "--max-tokens-per-gpu", "4096", "--temperature", "0.7",
+                "--lr", "2e-6", "--num-rollout", "50", "--eval-data", str(world["tasks"]), "--eval-interval", "5",
+                "--save", "/ckpt/out", "--save-interval", "20", "--wandb-project", "p", "--wandb-group", "g")
+    assert "--colocate" not in d.train_argv and d.flag("--rollout-num-gpus") == "2"
+    assert d.flag("--actor-num-gpus-per-node") == "4" and d.flag("--rollout-num-gpus-per-engine") == "2"
+    assert d.flag("--global-batch-size") == str(16 * 8 // 4)
+    assert d.flag("--rollout-max-response-len") == "2048" == d.flag("--eval-max-response-len")
+    assert d.flag("--max-tokens-per-gpu") == "4096" and float(d.flag("--rollout-temperature")) == 0.7
+    assert float(d.flag("--lr")) == 2e-6 and d.flag("--num-rollout") == "50" and "--num-epoch" not in d.train_argv
+    assert d.values("--eval-prompt-data", 2) == ["tasks", str(world["tasks"].resolve())]
+    assert d.flag("--eval-interval") == "5"
+    assert d.flag("--save") == "/ckpt/out" and d.flag("--save-interval") == "20"
+    assert d.flag("--wandb-project") == "p" and d.flag("--wandb-group") == "g"
+    assert any(c.startswith("ray start --head --num-gpus 6") for c in d.commands)
+
+
+def test_env_server_override_and_secrets_are_masked(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    out = run_sh(*base_args(world, slime, "--dry-run", "--env-server", "http://127.0.0.1:1"),
+                 env={"WANDB_API_KEY": "secret-wandb-key"})
+    assert out.returncode == 0, out.stderr
+    d = DryRun(out.stdout)
+    assert d.env["TRAIN_CONFIG"].endswith("runs/launch-test/train_config.yaml")
+    assert not Path(d.env["TRAIN_CONFIG"]).exists()  # a dry run writes nothing
+    assert "--port 1 " in next(c for c in d.commands if "envs.server" in c) + " "
+    assert "secret-wandb-key" not in out.stdout and d.env["WANDB_API_KEY"] == "***"
+    assert "--wandb-mode" not in d.train_argv and "WANDB_MODE" not in d.env
+
+
+def test_global_batch_size() -> None:
+    assert global_batch_size(32, 16, 1) == 512 and global_batch_size(32, 16, 4) == 128
+    with pytest.raises(LaunchError, match="not divisible"):
+        global_batch_size(3, 5, 2)
+
+
+def test_help_and_bad_options() -> None:
+    out = run_sh("--help")
+    assert out.returncode == 0
+    for opt in ("--model", "--lr", "--n-samples", "--rollout-batch-size", "--max-response-len",
+                "--max-tokens-per-gpu", "--temperature", "--num-rollout", "--train-backend", "--actor-gpus",
+                "--rollout-gpus", "--tp", "--colocate", "--load", "--save", "--save-interval", "--task-data",
+                "--eval-data", "--eval-interval", "--config", "--wandb-project", "--wandb-group", "--slime-path",
+                "--megatron-path", "--model-args", "--env-server", "--dry-run", "--rollout-only"):
+        assert opt in out.stdout, opt
+    bad = run_sh("--rollout-batch-size", "3", "--n-samples", "5", "--steps-per-rollout", "2")
+    assert bad.returncode == 2 and "not divisible by --steps-per-rollout 2" in bad.stderr
+    typo = run_sh("--rollout-batchsize", "3")
+    assert typo.returncode == 2 and "unrecognized arguments: --rollout-batchsize" in typo.stderr
+
+
+# --- prerequisite errors (a real run stops before doing anything) -------------------------------
+def missing_lines(out: subprocess.CompletedProcess) -> list[str]:
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert not out.stdout.strip(), "nothing may run when prerequisites are missing"
+    return [ln for ln in out.stderr.splitlines() if "MISSING" in ln]
+
+
+def line_for(lines: list[str], name: str) -> str:
+    hits = [ln for ln in lines if f"MISSING  {name}:" in ln]
+    assert hits, f"no MISSING line for {name} in {lines}"
+    return hits[0]
+
+
+def test_machine_prerequisites_named_with_fixes(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    lines = missing_lines(run_sh(*base_args(world, slime)))
+    # this machine has neither GPUs nor ray; everything else in `world` is present
+    assert "nvidia-smi" in line_for(lines, "GPUs") and "--rollout-only" in line_for(lines, "GPUs")
+    assert "pip install 'ray[default]" in line_for(lines, "ray")
+    assert len(lines) == 2, lines
+    assert not (REPO / "runs" / "launch-test").exists()  # stopped before writing or starting anything
+
+
+def test_missing_slime_megatron_tasks_checkpoint(world: dict, tmp_path: Path) -> None:
+    lines = missing_lines(run_sh("--model", "Org/Not-Local-7B", "--config", str(world["config"]),
+                                 "--task-data", str(tmp_path / "none.jsonl")))
+    assert "git clone https://github.com/THUDM/slime.git" in line_for(lines, "slime")
+    assert "SLIME_PATH" in line_for(lines, "slime")
+    assert "git clone https://github.com/NVIDIA/Megatron-LM.git" in line_for(lines, "Megatron-LM")
+    assert f"python prepare_tasks.py --config {world['config']} --output {tmp_path / 'none.jsonl'}" \
+        in line_for(lines, "task file")
+    assert "huggingface-cli download Org/Not-Local-7B" in line_for(lines, "checkpoint")
+    # a directory that is not a slime checkout; SLIME_PATH is honoured
+    out = run_sh(*base_args(world, tmp_path)[:-4], env={"SLIME_PATH": str(tmp_path)})
+    assert "is not a slime checkout (no train.py" in line_for(missing_lines(out), "slime")
+
+
+def test_fsdp_refused_on_slime_without_it(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    lines = missing_lines(run_sh(*base_args(world, slime, "--train-backend", "fsdp")))
+    line = line_for(lines, "train backend")
+    assert "does not support --train-backend fsdp" in line and "v0.2.2" in line and "megatron" in line
+
+
+def test_flag_unknown_to_this_slime_is_refused(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1", drop=("--tool-key", "--custom-eval-rollout-log-function-path"))
+    line = line_for(missing_lines(run_sh(*base_args(world, slime))), "slime flags")
+    assert "--custom-eval-rollout-log-function-path, --tool-key" in line and "ignore" in line
+
+
+def test_unknown_model_needs_model_args(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    other = world["tmp"] / "models" / "MyModel-3B"
+    other.mkdir()
+    args = base_args(world, slime)
+    args[args.index("--model") + 1] = str(other)
+    line = line_for(missing_lines(run_sh(*args)), "model args")
+    assert "MyModel-3B.sh" in line and "--model-args" in line and "qwen3-4B" in line
+    # --model-args as a flag string or as a script file
+    d = DryRun(run_sh(*args, "--dry-run", "--model-args", "--num-layers 2 --hidden-size 64").stdout)
+    assert d.flag("--num-layers") == "2" and d.check("Megatron-LM").startswith("ok")
+    script = world["tmp"] / "my.sh"
+    script.write_text("MODEL_ARGS=(--num-layers 3)\n")
+    d = DryRun(run_sh(*args, "--dry-run", "--model-args", str(script)).stdout)
+    assert d.flag("--num-layers") == "3"
+
+
+def test_hosted_env_api_keys_and_bad_config(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    hosted = world["tmp"] / "hosted.yaml"
+    hosted.write_text("environments:\n  GeneralReasoning/Whodunnit:\n    secrets: {openai_api_key: null}\n")
+    args = base_args(world, slime)
+    args[args.index("--config") + 1] = str(hosted)
+    line = line_for(missing_lines(run_sh(*args)), "API keys")
+    assert "OPENREWARD_API_KEY, OPENAI_API_KEY not set" in line
+    assert "export OPENREWARD_API_KEY=... && export OPENAI_API_KEY=..." in line
+    ok = run_sh(*args, "--dry-run", env={"OPENREWARD_API_KEY": "k1", "OPENAI_API_KEY": "k2"})
+    d = DryRun(ok.stdout)
+    assert d.check("API keys").startswith("ok") and d.env["OPENAI_API_KEY"] == "***" and "k2" not in ok.stdout
+    assert not any("envs.server" in c for c in d.commands)  # hosted only: no local env server
+    bad = world["tmp"] / "bad.yaml"
+    bad.write_text("environments:\n  gsm8k:\n    max_turn: 3\n")
+    args[args.index("--config") + 1] = str(bad)
+    assert "unknown key 'environments.gsm8k.max_turn'" in line_for(missing_lines(run_sh(*args)), "config")
+
+
+def test_option_combinations_refused_early(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    out = run_sh(*base_args(world, slime, "--eval-interval", "5"))
+    assert out.returncode == 2 and "--eval-interval needs --eval-data" in out.stderr
+    out = run_sh(*base_args(world, slime, "--save-interval", "5"))
+    assert out.returncode == 2 and "--save-interval needs --save" in out.stderr
