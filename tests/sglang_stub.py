@@ -18,6 +18,7 @@ callable (sync or async) for anything else, e.g. 256 concurrent benchmark episod
 As a subprocess:
 
     python tests/sglang_stub.py --port 30000 --script turns.json [--tokenizer DIR]
+    python tests/sglang_stub.py --port 30000 --responder bench/my_responder.py:respond --instant
 
 where turns.json is a list of turns or {"routing key": [turns...]}, a turn being
 {"output_ids": [...], "logprobs": [...], "finish_reason": "stop", "delay": 0.0}
@@ -415,6 +416,25 @@ def load_script(path: str | Path, tokenizer: Any = None) -> Script:
     raise ValueError(f"{path}: a script is a list of turns or an object of routing key -> turns")
 
 
+def load_responder(spec: str) -> Responder:
+    """Import `module:function` (the module may be a file path ending in .py)."""
+    import importlib
+    import importlib.util
+
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--responder wants MODULE:FUNCTION, got {spec!r}")
+    if module_name.endswith(".py"):
+        loaded = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+        if loaded is None or loaded.loader is None:
+            raise ImportError(f"cannot import {module_name}")
+        module = importlib.util.module_from_spec(loaded)
+        loaded.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    return getattr(module, attr)
+
+
 def _load_tokenizer(path: str | None) -> Any:
     if path is None:
         return None
@@ -428,16 +448,24 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Scripted SGLang /generate stand-in (tests only)")
     ap.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1"])
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--script", required=True, help="JSON file: list of turns or {routing key: [turns]}")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--script", help="JSON file: list of turns or {routing key: [turns]}")
+    src.add_argument("--responder", metavar="MODULE:FUNCTION",
+                     help="a responder(request) -> Turn callable to import (e.g. for benchmarks)")
+    ap.add_argument("--instant", action="store_true", help="do not record requests or honour delays")
     ap.add_argument("--tokenizer", help="local tokenizer dir, to decode text and accept text turns")
     args = ap.parse_args(list(argv) if argv is not None else None)
     tok = _load_tokenizer(args.tokenizer)
     try:
-        script = load_script(args.script, tok)
-    except (OSError, ValueError) as e:
+        if args.script:
+            stub = SGLangStub(script=load_script(args.script, tok), tokenizer=tok, port=args.port,
+                              instant=args.instant)
+        else:
+            stub = SGLangStub(load_responder(args.responder), tokenizer=tok, port=args.port,
+                              instant=args.instant)
+    except (OSError, ValueError, ImportError, AttributeError) as e:
         print(f"sglang_stub: {e}", file=sys.stderr)
         return 2
-    stub = SGLangStub(script=script, tokenizer=tok, port=args.port)
     stub.start()
     print(f"sglang_stub serving {stub.url}", flush=True)
     try:
@@ -457,5 +485,7 @@ def _interrupt(signum: int, frame: object) -> None:
 if __name__ == "__main__":
     import signal
 
+    # Responder modules that `import sglang_stub` must get these same Turn/StubRequest classes.
+    sys.modules.setdefault("sglang_stub", sys.modules["__main__"])
     signal.signal(signal.SIGTERM, _interrupt)
     raise SystemExit(main())

@@ -410,3 +410,18 @@ def test_local_engine_missing_model_is_a_clear_error(tmp_path) -> None:
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
     assert "cannot load model" in proc.stderr
+
+
+def test_stub_subprocess_with_responder_callable(tmp_path) -> None:
+    module = tmp_path / "responder.py"
+    module.write_text("from sglang_stub import Turn\n\n"
+                      "def respond(request):\n"
+                      "    return Turn([len(request.input_ids), 42])\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, str(REPO / "tests" / "sglang_stub.py"), "--port", str(port),
+            "--responder", f"{module}:respond", "--instant"]
+    with run_process(args, f"{url}/health", env={"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}):
+        out = _generate(url, [5, 6, 7], max_new_tokens=1)
+    assert out["output_ids"] == [3]
+    assert out["meta_info"]["finish_reason"] == {"type": "length", "length": 1}
