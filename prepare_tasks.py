@@ -128,35 +128,60 @@ async def plan_env(env: str, cfg: EnvConfig, source: TaskSource, max_tasks: int 
     return plan
 
 
-def task_row(config: TrainConfig, plan: EnvPlan, pick: Pick, task: RenderedTask) -> dict[str, Any]:
-    """One slime JSONL row; `metadata` is the TaskMeta the bridge reads, as a JSON object."""
-    meta = TaskMeta.from_env_config(
-        pick.env, plan.cfg,
-        env_server=[] if is_hosted(pick.env) else config.env_server_urls,
-        split=pick.split, index=pick.index, tools=task.tools, source_name=pick.env,
-        thinking=config.thinking, system_prompt=config.system_prompt, run_name=config.run_name,
-    )
-    # Secret values never go into task files: names only; the bridge reads the values.
-    meta.secrets = {name: None for name in plan.cfg.secrets}
-    return {"prompt": task.prompt, "label": task.label, "metadata": meta.model_dump(mode="json"),
-            "tools": task.tools}
+class RowBuilder:
+    """Rows of one environment. The metadata its tasks share is validated once, as a TaskMeta."""
+
+    def __init__(self, config: TrainConfig, plan: EnvPlan) -> None:
+        self._config = config
+        self._plan = plan
+        self._shared: dict[str, Any] | None = None
+
+    def _shared_metadata(self, pick: Pick, task: RenderedTask) -> dict[str, Any]:
+        config, cfg = self._config, self._plan.cfg
+        meta = TaskMeta.from_env_config(
+            pick.env, cfg,
+            env_server=[] if is_hosted(pick.env) else config.env_server_urls,
+            split=pick.split, index=pick.index, tools=task.tools, source_name=pick.env,
+            thinking=config.thinking, system_prompt=config.system_prompt, run_name=config.run_name,
+        )
+        # Secret values never go into task files: names only; the bridge reads the values.
+        meta.secrets = {name: None for name in cfg.secrets}
+        return meta.model_dump(mode="json")
+
+    def row(self, pick: Pick, task: RenderedTask) -> dict[str, Any]:
+        """One slime JSONL row; `metadata` is the TaskMeta the bridge reads, as a JSON object."""
+        if self._shared is None:
+            self._shared = self._shared_metadata(pick, task)
+        metadata = {**self._shared, "split": pick.split, "index": pick.index, "tools": task.tools}
+        return {"prompt": task.prompt, "label": task.label, "metadata": metadata, "tools": task.tools}
+
+
+async def render_env(config: TrainConfig, plan: EnvPlan, picks: list[Pick], bar: tqdm) -> list[dict[str, Any]]:
+    """The rows of one environment's picks, in order: concurrently for hosted envs, else in turn."""
+    builder = RowBuilder(config, plan)
+    source = plan.source
+
+    async def one(pick: Pick) -> dict[str, Any]:
+        row = builder.row(pick, await source.render(pick.split, pick.index))
+        bar.update(1)
+        return row
+
+    if not source.concurrent:
+        return [await one(p) for p in picks]
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(picks), RENDER_CHUNK):
+        rows.extend(await gather_or_cancel([one(p) for p in picks[start:start + RENDER_CHUNK]]))
+    return rows
 
 
 async def render_rows(config: TrainConfig, plans: list[EnvPlan], picks: list[Pick],
                       bar: tqdm) -> list[dict[str, Any]]:
     """Render every pick into a row, in the order given."""
-    by_env = {p.env: p for p in plans}
-
-    async def one(pick: Pick) -> dict[str, Any]:
-        plan = by_env[pick.env]
-        row = task_row(config, plan, pick, await plan.source.render(pick.split, pick.index))
-        bar.update(1)
-        return row
-
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(picks), RENDER_CHUNK):
-        rows.extend(await gather_or_cancel([one(p) for p in picks[start:start + RENDER_CHUNK]]))
-    return rows
+    rendered: dict[Pick, dict[str, Any]] = {}
+    for plan in plans:
+        mine = [p for p in picks if p.env == plan.env]
+        rendered.update(zip(mine, await render_env(config, plan, mine, bar)))
+    return [rendered[p] for p in picks]
 
 
 async def gather_or_cancel(coros: list[Any]) -> list[Any]:

@@ -33,6 +33,7 @@ class RenderedTask:
 
 class TaskSource(Protocol):
     name: str
+    concurrent: bool  # render() waits on the network: run many at once
 
     async def splits(self) -> list[str]: ...
     async def count(self, split: str) -> int: ...
@@ -73,6 +74,8 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
 
 class LocalTaskSource:
     """A local environment class (envs.registry), read in-process: no server needed."""
+
+    concurrent = False
 
     def __init__(self, name: str, options: dict[str, Any], secrets: dict[str, str] | None = None) -> None:
         from envs.registry import configure_env, load_env_class
@@ -168,6 +171,8 @@ class HostedTaskSource:
     the env server). Prompts and per-task tools need a session, so one is opened per task,
     at most `concurrency` at a time.
     """
+
+    concurrent = True
 
     def __init__(self, name: str, secrets: dict[str, str], concurrency: int = 8) -> None:
         api_key = os.environ.get(OPENREWARD_API_KEY_ENV)
