@@ -225,3 +225,11 @@ async def test_sdk_server_refuses_calls_after_finish_and_bad_input(sdk_url: str)
         with pytest.raises(ToolCallError) as e:
             await s.call_tool("calculator", {"expression": "1"})
         assert e.value.reason == "episode_finished"
+
+
+async def test_our_server_episodes(server_url: str) -> None:
+    """The same episodes against this project's server (`python -m envs.server`)."""
+    right = await play_gsm8k(server_url, "test", 3, correct=True)
+    wrong = await play_gsm8k(server_url, "train", 5, correct=False)
+    assert right.calls[0][1:] == ("(16 - 3 - 4) * 2 = 18", None, False)
+    assert (right.final_reward, right.finished, wrong.final_reward, wrong.finished) == (1.0, True, 0.0, True)

@@ -277,3 +277,10 @@ async def test_sdk_server_episode_with_judge(judge: tuple[JudgeStub, str]) -> No
     with sdk_server("haiku", env={"LLM_JUDGE_URL": url}) as base:
         ep = await play_haiku(base, "train", 0, poems=(PERFECT_HAIKU,))
     assert ep.final_reward == pytest.approx(0.85) and ep.finished and len(stub.requests) == 1
+
+
+async def test_our_server_episode(server_url: str) -> None:
+    """The same episode against this project's server (`python -m envs.server`)."""
+    ep = await play_haiku(server_url, "test", 2)
+    assert ep.tools == ["submit_haiku"]
+    assert [c[2] for c in ep.calls] == [0.0, 1.0] and ep.finished

@@ -243,3 +243,12 @@ async def test_sdk_server_task_listing_and_finished_episode(sdk_url: str) -> Non
         with pytest.raises(ToolCallError) as e:
             await s.call_tool("list_clues", {})
         assert e.value.reason == "episode_finished"
+
+
+async def test_our_server_episodes(server_url: str) -> None:
+    """The same episodes against this project's server (`python -m envs.server`)."""
+    full = await play_whodunit(server_url, "test", 4, correct_parts=4)
+    part = await play_whodunit(server_url, "train", 123, correct_parts=1)
+    assert full.tools == INFO_TOOLS + ["submit_answer"]
+    assert all(reward is None and not finished for _, _, reward, finished in full.calls[:-1])
+    assert (full.final_reward, full.finished, part.final_reward, part.finished) == (1.0, True, 0.25, True)
