@@ -543,18 +543,28 @@ class WhoDunIt(Environment):
     async def get_task(cls, split: str, index: int) -> dict[str, Any]:
         return cls.task_spec(split, index)
 
-    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
-        super().__init__(task_spec, secrets)
+    @classmethod
+    def case_from_spec(cls, task_spec: dict[str, Any]) -> Case:
+        """The case a task spec describes: its seed (or split+index) and difficulty (else the current options)."""
         seed = task_spec.get("seed")
         if seed is None and "split" in task_spec and "index" in task_spec:
-            seed = case_seed(str(task_spec["split"]), int(task_spec["index"]), self._options.seed)
+            seed = case_seed(str(task_spec["split"]), int(task_spec["index"]), cls._options.seed)
         if not isinstance(seed, int):
             raise ValueError("a whodunit task_spec needs 'seed' (int) or 'split' and 'index'")
         try:
-            difficulty = Difficulty(**task_spec.get("difficulty", self._difficulty))
+            difficulty = Difficulty(**task_spec.get("difficulty", cls._difficulty))
         except ValidationError as e:
             raise _options_error("whodunit task_spec difficulty", e) from None
-        self.case = generate_case(seed, difficulty)
+        return generate_case(seed, difficulty)
+
+    @classmethod
+    def ground_truth(cls, task_spec: dict[str, Any]) -> dict[str, str]:
+        """The solution of a task (slime's `label`): {who, what, where[, why]}."""
+        return cls.case_from_spec(task_spec).answer()
+
+    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
+        super().__init__(task_spec, secrets)
+        self.case = self.case_from_spec(task_spec)
 
     async def get_prompt(self) -> list[TextBlock]:
         return [TextBlock(text=self.case.prompt())]

@@ -166,6 +166,16 @@ async def test_task_spec_carries_difficulty() -> None:
     with pytest.raises(ValueError, match="unknown option 'bogus'"):
         WhoDunIt(task_spec={"seed": 1, "difficulty": {"bogus": 1}})
     assert await WhoDunIt.num_tasks("train") == 10_000
+    assert WhoDunIt.ground_truth(spec) == env.case.answer()
+
+
+def test_ground_truth_is_the_bridge_label() -> None:
+    import json
+
+    from bridge.task import task_label
+
+    spec = WhoDunIt.task_spec("test", 1)
+    assert json.loads(task_label(spec, WhoDunIt)) == WhoDunIt.case_for("test", 1).answer()
 
 
 # ---------------------------------------------------------------- in-process episode
