@@ -172,6 +172,7 @@ class GenerateRequest:
     input_ids: list[int]
     params: SamplingParams
     return_logprob: bool = False
+    return_text_in_logprobs: bool = False
     rid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
@@ -186,6 +187,8 @@ class GenerateRequest:
             raise RequestError("streaming is not supported by the local engine")
         if body.get("top_logprobs_num"):
             raise RequestError("top_logprobs_num is not supported by the local engine")
+        if body.get("logprob_start_len") not in (None, -1):
+            raise RequestError("logprob_start_len (prompt logprobs) is not supported by the local engine")
         ids = body.get("input_ids")
         if ids is None:
             text = body.get("text")
@@ -202,6 +205,7 @@ class GenerateRequest:
             raise RequestError("rid must be a string")
         return cls(input_ids=list(ids), params=SamplingParams.from_json(body.get("sampling_params")),
                    return_logprob=bool(body.get("return_logprob", False)),
+                   return_text_in_logprobs=bool(body.get("return_text_in_logprobs", False)),
                    **({"rid": rid} if rid else {}))
 
 
@@ -499,7 +503,9 @@ class EngineServer:
             "e2e_latency": gen.seconds,
         }
         if req.return_logprob:
-            meta["output_token_logprobs"] = [[lp, t, None] for lp, t in zip(gen.logprobs, gen.output_ids)]
+            decode = self.engine.tokenizer.decode if req.return_text_in_logprobs else None
+            meta["output_token_logprobs"] = [[lp, t, decode([t]) if decode else None]
+                                             for lp, t in zip(gen.logprobs, gen.output_ids)]
         return {"text": gen.text, "output_ids": gen.output_ids, "meta_info": meta}
 
     def _work(self, req: GenerateRequest, cancel: threading.Event) -> Generation:

@@ -110,9 +110,14 @@ class StubRequest:
     body: dict[str, Any]
     received_at: float = field(default_factory=time.monotonic)
 
+    def header(self, name: str) -> str | None:
+        """A request header by case-insensitive name."""
+        lowered = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == lowered), None)
+
     @property
     def routing_key(self) -> str | None:
-        return self.headers.get(ROUTING_HEADER) or self.headers.get(ROUTING_HEADER.lower())
+        return self.header(ROUTING_HEADER)
 
     @property
     def max_new_tokens(self) -> int | None:

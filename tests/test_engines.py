@@ -303,6 +303,12 @@ def test_local_engine_ends_on_chat_end_tokens_by_default(tiny_qwen3_dir) -> None
     assert ended.finish_reason == {"type": "stop", "matched": base.output_ids[2]}
 
 
+def _tokenizer(engine_url: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(httpx.get(f"{engine_url}/get_model_info").json()["tokenizer_path"])
+
+
 def _engine(model_dir):
     from bridge.local_engine import load_engine
 
@@ -345,6 +351,7 @@ def test_local_engine_max_new_tokens_and_bad_input(engine_url, prompt_ids) -> No
         (json.dumps({"input_ids": [1], "sampling_params": {"frequency_penalty": 0.5}}).encode(), "not supported"),
         (json.dumps({"input_ids": [[1], [2]]}).encode(), "not a token id"),
         (json.dumps({"input_ids": [1], "stream": True}).encode(), "streaming"),
+        (json.dumps({"input_ids": [1], "logprob_start_len": 0}).encode(), "logprob_start_len"),
     ]
     for body, message in bad_cases:
         r = httpx.post(f"{engine_url}/generate", content=body, timeout=30)
@@ -356,6 +363,14 @@ def test_local_engine_max_new_tokens_and_bad_input(engine_url, prompt_ids) -> No
                         stop_token_ids=None, skip_special_tokens=False, no_stop_trim=True,
                         spaces_between_special_tokens=False, frequency_penalty=0.0)
     assert len(_generate(engine_url, prompt_ids, **slime_params)["output_ids"]) <= 2
+    with_text = httpx.post(f"{engine_url}/generate", timeout=30, json={
+        "input_ids": prompt_ids, "sampling_params": {"temperature": 0, "max_new_tokens": 2, "ignore_eos": True},
+        "return_logprob": True, "return_text_in_logprobs": True}).json()
+    assert [e[2] for e in with_text["meta_info"]["output_token_logprobs"]] == \
+        [_tokenizer(engine_url).decode([t]) for t in with_text["output_ids"]]
+    plain = httpx.post(f"{engine_url}/generate", json={"input_ids": prompt_ids,
+                                                       "sampling_params": {"max_new_tokens": 1}}).json()
+    assert "output_token_logprobs" not in plain["meta_info"] and len(plain["output_ids"]) == 1
     assert httpx.get(f"{engine_url}/health_generate", timeout=30).status_code == 200
 
 
