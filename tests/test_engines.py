@@ -440,3 +440,20 @@ def test_stub_subprocess_with_responder_callable(tmp_path) -> None:
         out = _generate(url, [5, 6, 7], max_new_tokens=1)
     assert out["output_ids"] == [3]
     assert out["meta_info"]["finish_reason"] == {"type": "length", "length": 1}
+
+
+def test_bridge_engine_client_reads_local_engine_replies(engine_url, prompt_ids) -> None:
+    from bridge.engine import EngineClient
+
+    async def turn() -> tuple:
+        client = EngineClient(engine_url)
+        try:
+            return await client.generate(prompt_ids, {"temperature": 0.0, "max_new_tokens": 4,
+                                                      "ignore_eos": True}, routing_key="episode-1")
+        finally:
+            await client.close()
+
+    got = asyncio.run(turn())
+    direct = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=4, ignore_eos=True)
+    assert got.output_ids == direct["output_ids"] and got.finish_reason == "length"
+    assert got.logprobs == pytest.approx([e[0] for e in direct["meta_info"]["output_token_logprobs"]], abs=1e-4)
