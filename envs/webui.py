@@ -28,7 +28,7 @@ from envs.store import RolloutFilter, TrajectoryStore
 log = logging.getLogger("envs.webui")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-ASSETS = {"app.css": "text/css", "app.js": "text/javascript"}
+ASSETS = {"app.css": "text/css", "app.js": "text/javascript", "favicon.svg": "image/svg+xml"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
