@@ -318,6 +318,22 @@ class Case:
             }[p.a].format(a=a, b=b)
         raise ValueError(f"no statement text for {p}")
 
+    @functools.cached_property
+    def tool_texts(self) -> dict[str, str]:
+        """What each information tool shows, rendered once per case."""
+        statements = [f'- {name}: "{self.statement_text(p)}"'
+                      for (name, _), own in zip(self.suspects, self.statements) for p in own]
+        return {
+            "list_suspects": "Suspects:\n" + "\n".join(f"- {n}, {r}" for n, r in self.suspects),
+            "list_weapons": "Possible weapons:\n" + "\n".join(f"- {w}" for w in self.weapons),
+            "list_locations": "Possible locations:\n" + "\n".join(f"- {loc}" for loc in self.locations),
+            "list_motives": ("Possible motives:\n" + "\n".join(f"- {m}" for m in self.motives)
+                             if self.motives else "This case does not ask for a motive."),
+            "list_clues": "Clues (all true):\n" + "\n".join(
+                f"{i}. {self.clue_text(c)}" for i, c in enumerate(self.clues, 1)),
+            "list_statements": "Statements:\n" + "\n".join(statements),
+        }
+
     def prompt(self) -> str:
         name, role = self.victim
         n_lies = self.difficulty.lying_statements
@@ -572,39 +588,32 @@ class WhoDunIt(Environment):
     @tool
     async def list_suspects(self, params: NoInput) -> ToolOutput:
         """List the suspects."""
-        return _text("Suspects:\n" + "\n".join(f"- {n}, {r}" for n, r in self.case.suspects))
+        return _text(self.case.tool_texts["list_suspects"])
 
     @tool
     async def list_weapons(self, params: NoInput) -> ToolOutput:
         """List the possible weapons."""
-        return _text("Possible weapons:\n" + "\n".join(f"- {w}" for w in self.case.weapons))
+        return _text(self.case.tool_texts["list_weapons"])
 
     @tool
     async def list_locations(self, params: NoInput) -> ToolOutput:
         """List the possible locations of the murder."""
-        return _text("Possible locations:\n" + "\n".join(f"- {loc}" for loc in self.case.locations))
+        return _text(self.case.tool_texts["list_locations"])
 
     @tool
     async def list_motives(self, params: NoInput) -> ToolOutput:
         """List the possible motives (if this case asks for one)."""
-        if not self.case.motives:
-            return _text("This case does not ask for a motive.")
-        return _text("Possible motives:\n" + "\n".join(f"- {m}" for m in self.case.motives))
+        return _text(self.case.tool_texts["list_motives"])
 
     @tool
     async def list_clues(self, params: NoInput) -> ToolOutput:
         """List the clues found by the investigation. Every clue is true."""
-        lines = [f"{i}. {self.case.clue_text(c)}" for i, c in enumerate(self.case.clues, 1)]
-        return _text("Clues (all true):\n" + "\n".join(lines))
+        return _text(self.case.tool_texts["list_clues"])
 
     @tool
     async def list_statements(self, params: NoInput) -> ToolOutput:
         """List what each suspect told the police. Innocent suspects tell the truth; the killer may lie."""
-        lines = []
-        for (name, _), own in zip(self.case.suspects, self.case.statements):
-            for p in own:
-                lines.append(f'- {name}: "{self.case.statement_text(p)}"')
-        return _text("Statements:\n" + "\n".join(lines))
+        return _text(self.case.tool_texts["list_statements"])
 
     @tool
     async def submit_answer(self, params: AnswerInput) -> ToolOutput:
