@@ -231,11 +231,15 @@ def summary_table(rows: list[tuple[str, str, str, int]]) -> str:
     return "\n".join(out)
 
 
-def _counts(picks: list[Pick], file: Path) -> list[tuple[str, str, str, int]]:
-    seen: dict[tuple[str, str], int] = {}
-    for p in picks:
-        seen[(p.env, p.split)] = seen.get((p.env, p.split), 0) + 1
-    return [(str(file), env, split, n) for (env, split), n in seen.items()]
+def _counts(plans: list[EnvPlan], role: str, file: Path) -> list[tuple[str, str, str, int]]:
+    """(file, env, split, rows) in config order."""
+    out = []
+    for plan in plans:
+        seen: dict[str, int] = {}
+        for p in getattr(plan, role):
+            seen[p.split] = seen.get(p.split, 0) + 1
+        out += [(str(file), plan.env, split, n) for split, n in seen.items()]
+    return out
 
 
 async def prepare(config: TrainConfig, output: Path, eval_output: Path, max_tasks: int | None,
@@ -262,7 +266,7 @@ async def prepare(config: TrainConfig, output: Path, eval_output: Path, max_task
             await source.aclose()
     outputs = [(output, train_rows)] + ([(eval_output, eval_rows)] if evals else [])
     write_jsonl_files(outputs)
-    return _counts(sorted(train, key=lambda p: (p.env, p.split)), output) + _counts(evals, eval_output)
+    return _counts(plans, "train", output) + _counts(plans, "eval", eval_output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

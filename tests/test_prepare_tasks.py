@@ -243,6 +243,21 @@ def test_every_key_of_the_default_config_changes_the_output(tmp_path: Path) -> N
 # --------------------------------------------------------------------------- real envs and a real server
 
 
+def test_default_config_end_to_end(tmp_path: Path, gsm8k_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("GSM8K_DATA_DIR", str(gsm8k_dir))
+    code, train, evals = run(tmp_path, REPO / "train_config.yaml", "--max-tasks", "3")
+    assert code == 0
+    assert sorted(r["metadata"]["env"] for r in train) == ["gsm8k"] * 3 + ["haiku"] * 3 + ["whodunit"] * 3
+    assert sorted(r["metadata"]["env"] for r in evals) == ["gsm8k"] * 3 + ["haiku"] * 3 + ["whodunit"] * 3
+    reductions = {r["metadata"]["env"]: r["metadata"]["reward"]["reward_reduction"] for r in train}
+    assert reductions == {"whodunit": "sum", "gsm8k": "last", "haiku": "mean"}
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[1:3] for line in table[2:8]] == [
+        ["whodunit", "train"], ["gsm8k", "train"], ["haiku", "train"],
+        ["whodunit", "test"], ["gsm8k", "test"], ["haiku", "test"]]
+    assert table[-1].split() == ["total", "18"]
+
+
 def test_gsm8k_rows(tmp_path: Path, gsm8k_dir: Path) -> None:
     cfg = {"environments": {"gsm8k": {"eval_split": "test", "num_samples": 50, "num_eval_samples": 10,
                                       "reward_reduction": "last", "options": {"data_dir": str(gsm8k_dir)}}}}
@@ -269,15 +284,14 @@ def _stock_server_cmd(port: int, classes: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-async def _served(url: str, meta: TaskMeta, api_key: str | None = None,
+async def _served(url: str, meta: TaskMeta, api_key: str = "local",
                   hosted: bool = False) -> tuple[str, list[dict[str, Any]]]:
     """Prompt text and tools of the task, through a real session of the stock client."""
     from bridge.task import blocks_to_text
 
-    client = AsyncOpenReward(api_key=api_key or "local")
+    client = AsyncOpenReward(api_key=api_key)
     try:
-        env = (client.environments.get(meta.env) if hosted
-               else client.environments.get(meta.env, variant=meta.env, base_url=url))
+        env = client.environments.get(meta.env) if hosted else client.environments.get(meta.env, base_url=url)
         async with env.session(**meta.create_args()) as s:
             prompt = blocks_to_text(await s.get_prompt())
             tools = [ors_tool_to_openai({"name": t.name, "description": t.description,
@@ -287,19 +301,23 @@ async def _served(url: str, meta: TaskMeta, api_key: str | None = None,
         await client.environments.aclose()
 
 
-def test_rows_match_what_a_real_session_serves(tmp_path: Path, gsm8k_dir: Path) -> None:
-    cfg = {"environments": {"gsm8k": {"num_samples": 4, "options": {"data_dir": str(gsm8k_dir)}},
-                            "whodunit": {"num_samples": 4, "eval_split": "test", "num_eval_samples": 2}}}
+def test_rows_match_what_the_env_server_serves(tmp_path: Path, gsm8k_dir: Path, server_url: str) -> None:
+    """Each row's metadata opens a real session on envs.server whose prompt and tools are the row's."""
+    cfg = {"environments": {"gsm8k": {"num_samples": 3, "eval_split": "test", "num_eval_samples": 2,
+                                      "options": {"data_dir": str(gsm8k_dir)}},
+                            "whodunit": {"num_samples": 3, "eval_split": "test", "num_eval_samples": 2},
+                            "haiku": {"num_samples": 3, "eval_split": "test", "num_eval_samples": 2}},
+           "env_server": server_url}
     code, train, evals = run(tmp_path, cfg)
-    assert code == 0 and len(train) == 8 and len(evals) == 2
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with run_process(_stock_server_cmd(port, "gsm8k,whodunit"), f"{url}/health"):
-        for row in train + evals:
-            meta = TaskMeta.model_validate(row["metadata"])
-            prompt, tools = asyncio.run(_served(url, meta))
-            assert row["prompt"] == [{"role": "user", "content": prompt}]
-            assert row["tools"] == tools
+    assert code == 0 and len(train) == 9 and len(evals) == 6
+    for r in train + evals:  # gsm8k and whodunit expose a ground truth; a haiku topic has none
+        assert isinstance(r["label"], str) if r["metadata"]["env"] != "haiku" else r["label"] is None
+    for row in train + evals:
+        meta = TaskMeta.model_validate(row["metadata"])
+        assert meta.env_server == [server_url]
+        prompt, tools = asyncio.run(_served(meta.env_server[0], meta))
+        assert row["prompt"] == [{"role": "user", "content": prompt}]
+        assert row["tools"] == tools
 
 
 def test_hosted_env_through_the_sdk(tmp_path: Path, gsm8k_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
