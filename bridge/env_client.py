@@ -459,7 +459,14 @@ def open_session(task: TaskMeta, urls: list[str], key: str, policy: RetryPolicy 
 
 
 async def close_shared_http() -> None:
-    """Close this event loop's env HTTP session (if any)."""
-    http = _HTTP.pop(asyncio.get_running_loop(), None)
+    """Close this event loop's env HTTP session and SDK client (if any)."""
+    loop = asyncio.get_running_loop()
+    http = _HTTP.pop(loop, None)
     if http is not None and not http.closed:
         await http.close()
+    sdk = _SDK_CLIENTS.pop(loop, None)
+    if sdk is not None:
+        try:
+            await sdk.environments.aclose()
+        except Exception:
+            pass

@@ -34,11 +34,10 @@ log = logging.getLogger("bridge.generate")
 METADATA_KEYS = (
     "stop_reason", "num_turns", "num_tool_calls", "tool_errors", "turn_rewards", "reward_unclamped",
     "env_finished", "drift_count", "env_failure", "engine_failure", "failure_message", "bridge_timings",
-    "response_tokens", "trained_tokens",
+    "response_tokens", "trained_tokens", "env_url",
 )
 
 _CONFIG: dict[str, TrainConfig | None] = {}
-_SINKS: dict[int, Any] = {}
 _ENGINES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EngineClient]]" = weakref.WeakKeyDictionary()
 _RENDERER_TASKS: dict[tuple[Any, ...], "asyncio.Future[ChatRenderer]"] = {}
 _WARNED: set[str] = set()
@@ -95,19 +94,16 @@ def _engine(args: Any) -> EngineClient:
 
 
 def _sink(cfg: TrainConfig | None) -> Any:
-    """The trajectory sink for this config, or None (disabled, or it cannot be built)."""
+    """The trajectory sink for this config on this loop, or None (no config, disabled, or unavailable)."""
     if cfg is None or not cfg.trajectories.enabled:
         return None
-    key = id(cfg)
-    if key not in _SINKS:
-        try:
-            from bridge.trajectory_sink import get_sink
+    try:
+        from bridge.trajectory_sink import get_sink  # cached per process and event loop
 
-            _SINKS[key] = get_sink(cfg)
-        except Exception as e:  # never let trajectory delivery break a rollout
-            _warn_once(f"trajectory sink unavailable, episodes will not be recorded: {type(e).__name__}: {e}")
-            _SINKS[key] = None
-    return _SINKS[key]
+        return get_sink(cfg)
+    except Exception as e:  # never let trajectory delivery break a rollout
+        _warn_once(f"trajectory sink unavailable, episodes will not be recorded: {type(e).__name__}: {e}")
+        return None
 
 
 def _fail_early(sample: Any, message: str, eos_id: int | None) -> Any:
@@ -207,6 +203,7 @@ def _write_sample(args: Any, sample: Any, result: EpisodeResult, renderer: ChatR
         bridge_timings=result.timings,
         response_tokens=sample.response_length,
         trained_tokens=sum(sample.loss_mask),
+        env_url=result.session_url,
     )
 
 
