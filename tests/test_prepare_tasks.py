@@ -13,107 +13,20 @@ from typing import Any
 import pytest
 import yaml
 from openreward import AsyncOpenReward
-from openreward.environments import Environment, ListToolsOutput, TextBlock, ToolOutput, ToolSpec, tool
-from pydantic import BaseModel
 
 import prepare_tasks
 from bridge.task import TaskMeta, ors_tool_to_openai
 from conftest import REPO, free_port, run_process
 from envs import registry
+from tiny_envs import Broken, Indexed, Tiny
 
 SLIME_KEYS = {"prompt", "label", "metadata", "tools"}  # --input-key/--label-key/--metadata-key/--tool-key
-
-
-# --------------------------------------------------------------------------- tiny envs
-
-
-class Answer(BaseModel):
-    answer: int
-
-
-class Tiny(Environment):
-    """30 train and 10 test tasks; the answer is in the task spec."""
-
-    @classmethod
-    def list_splits(cls) -> list[str]:
-        return ["train", "test"]
-
-    @classmethod
-    def list_tasks(cls, split: str) -> list[dict[str, Any]]:
-        return [{"n": i, "split": split, "answer": 2 * i} for i in range(30 if split == "train" else 10)]
-
-    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
-        super().__init__(task_spec, secrets)
-        self.spec = task_spec
-
-    def get_prompt(self) -> list[TextBlock]:
-        return [TextBlock(text=f"{self.spec['split']} task {self.spec['n']}: double it."),
-                TextBlock(text="Use submit.")]
-
-    @tool
-    async def submit(self, params: Answer) -> ToolOutput:
-        """Submit the answer."""
-        ok = params.answer == self.spec["answer"]
-        return ToolOutput(blocks=[TextBlock(text="ok" if ok else "no")], reward=float(ok), finished=True)
-
-
-class Indexed(Environment):
-    """Index-only (no list_tasks), a per-task tool, a ground truth method and configure(options)."""
-
-    size = 1000
-
-    @classmethod
-    def configure(cls, options: dict[str, Any]) -> None:
-        unknown = set(options) - {"size"}
-        if unknown:
-            raise ValueError(f"unknown option {sorted(unknown)[0]!r}")
-        cls.size = int(options.get("size", 1000))
-
-    @classmethod
-    def list_splits(cls) -> list[str]:
-        return ["train"]
-
-    @classmethod
-    def list_tasks(cls, split: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    @classmethod
-    async def num_tasks(cls, split: str) -> int:
-        return cls.size
-
-    @classmethod
-    async def get_task(cls, split: str, index: int) -> dict[str, Any]:
-        return {"k": index, "solution": {"x": index}}
-
-    @classmethod
-    def ground_truth(cls, task_spec: dict[str, Any]) -> int:
-        return task_spec["k"] * 10
-
-    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
-        super().__init__(task_spec, secrets)
-        self.k = task_spec["k"]
-
-    async def get_prompt(self) -> list[TextBlock]:
-        return [TextBlock(text=f"indexed {self.k}")]
-
-    def list_task_tools(self) -> ListToolsOutput:
-        return ListToolsOutput(tools=[ToolSpec(name=f"hint_{self.k}", description="A hint.", input_schema=None)])
-
-    @tool
-    async def answer(self, params: Answer) -> ToolOutput:
-        """Answer."""
-        return ToolOutput(blocks=[TextBlock(text="done")], reward=1.0, finished=True)
-
-
-class Broken(Tiny):
-    def get_prompt(self) -> list[TextBlock]:
-        raise RuntimeError("prompt template missing\nsecond line")
 
 
 @pytest.fixture(autouse=True)
 def tiny_envs(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, cls in (("tiny", Tiny), ("indexed", Indexed), ("broken", Broken)):
-        monkeypatch.setitem(registry.ENVIRONMENTS, name, f"{__name__}:{cls.__name__}")
+        monkeypatch.setitem(registry.ENVIRONMENTS, name, f"tiny_envs:{cls.__name__}")
     monkeypatch.setattr(Indexed, "size", 1000)
 
 
@@ -272,13 +185,13 @@ def test_gsm8k_rows(tmp_path: Path, gsm8k_dir: Path) -> None:
         assert [t["function"]["name"] for t in row["tools"]] == ["calculator", "submit_answer"]
 
 
-def _stock_server_cmd(port: int, classes: str) -> list[str]:
-    """The SDK's own openreward.environments.Server over our env classes, on 127.0.0.1."""
+def _stock_server_cmd(port: int, classes: list[str]) -> list[str]:
+    """The SDK's own openreward.environments.Server over env classes ("module:Class"), on 127.0.0.1."""
     code = (
-        "import sys, uvicorn\n"
+        "import importlib, sys, uvicorn\n"
         "from openreward.environments import Server\n"
-        f"from envs.registry import load_env_class\n"
-        f"classes = [load_env_class(n) for n in {classes.split(',')!r}]\n"
+        f"targets = {classes!r}\n"
+        "classes = [getattr(importlib.import_module(m), c) for m, c in (t.split(':') for t in targets)]\n"
         f"uvicorn.run(Server(classes).app, host='127.0.0.1', port={port}, log_level='error')\n"
     )
     return [sys.executable, "-c", code]
@@ -332,7 +245,7 @@ def test_hosted_env_through_the_sdk(tmp_path: Path, gsm8k_dir: Path, monkeypatch
                                            "num_eval_samples": 2, "reward_reduction": "last",
                                            "secrets": {"openai_api_key": None}}},
            "env_server": "http://127.0.0.1:1"}
-    with run_process(_stock_server_cmd(port, "gsm8k"), f"{url}/health"):
+    with run_process(_stock_server_cmd(port, ["envs.gsm8k:GSM8K"]), f"{url}/health"):
         code, train, evals = run(tmp_path, cfg, "--concurrency", "3")
         assert code == 0 and len(train) == 6 and len(evals) == 2
         tests = [json.loads(line) for line in (gsm8k_dir / "test.jsonl").read_text().splitlines()]
@@ -345,6 +258,25 @@ def test_hosted_env_through_the_sdk(tmp_path: Path, gsm8k_dir: Path, monkeypatch
         for row in train:
             assert row["label"] == tests[row["metadata"]["index"]]["answer"].rsplit("####", 1)[1].strip()
     assert "s3cret-value" not in (tmp_path / "tasks.jsonl").read_text()
+
+
+def test_hosted_index_only_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hosted env without list_tasks is read with num_tasks + get_task; per-task tools come from the session."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("OPENREWARD_API_KEY", "test-key")
+    monkeypatch.setenv("OPENREWARD_SESSION_URL", url)
+    cfg = {"environments": {"Acme/indexed": {"num_samples": 5}}}
+    tests_dir = str(Path(__file__).parent)
+    with run_process(_stock_server_cmd(port, ["tiny_envs:Indexed"]), f"{url}/health",
+                     env={"PYTHONPATH": f"{REPO}{os.pathsep}{tests_dir}"}):
+        code, train, _ = run(tmp_path, cfg)
+    assert code == 0 and len(train) == 5
+    for row in train:
+        k = row["metadata"]["index"]
+        assert 0 <= k < 1000 and row["prompt"][0]["content"] == f"indexed {k}"
+        assert [t["function"]["name"] for t in row["tools"]] == ["answer", f"hint_{k}"]
+        assert json.loads(row["label"]) == {"x": k}  # from the task spec: a hosted env has no ground_truth()
 
 
 # --------------------------------------------------------------------------- bad input
@@ -445,3 +377,18 @@ def test_unwritable_output_is_one_line(tmp_path: Path, capsys) -> None:
     code = prepare_tasks.main(["--config", str(cfg), "--output", str(blocker / "tasks.jsonl")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write output" in err
+
+
+def test_rows_render_with_the_qwen3_chat_template(tmp_path: Path, gsm8k_dir: Path, qwen3_tokenizer) -> None:
+    """What slime does with --apply-chat-template: prompt messages + tools through the real template."""
+    cfg = {"environments": {"gsm8k": {"num_samples": 2, "options": {"data_dir": str(gsm8k_dir)}},
+                            "whodunit": {"num_samples": 2}}}
+    code, train, _ = run(tmp_path, cfg)
+    assert code == 0
+    for row in train:
+        text = qwen3_tokenizer.apply_chat_template(row["prompt"], tools=row["tools"], tokenize=False,
+                                                   add_generation_prompt=True)
+        assert row["prompt"][0]["content"] in text and text.endswith("<|im_start|>assistant\n")
+        assert "<tools>" in text
+        for tool in row["tools"]:
+            assert json.dumps(tool, ensure_ascii=False) in text
