@@ -266,8 +266,8 @@ class LaunchPlan:
 
     checks: list[pre.Check]
     notes: list[str]
-    env_server_url: str | None  # None: only hosted envs, no local server needed
-    env_server_cmd: list[str] | None  # None: already running (or not needed)
+    env_server_url: str | None  # where the bridge finds local envs; None: hosted envs only
+    env_servers: list[tuple[str, list[str]]]  # (url, command) of each env server to start
     ray_start_cmd: list[str] | None  # None: a Ray cluster answers at ray_address
     ray_address: str
     train_script: str  # the shell script the Ray job runs
@@ -336,20 +336,25 @@ def build_plan(opts: argparse.Namespace, extra: list[str], environ: dict[str, st
 
     # env server: needed when the config has local environments
     env_url: str | None = None
-    env_cmd: list[str] | None = None
+    env_servers: list[tuple[str, list[str]]] = []
     config_override: dict | None = None
     if cfg is not None and any(not is_hosted(n) for n in cfg.environments):
-        env_url = (opts.env_server or cfg.env_server_urls[0]).rstrip("/")
-        if opts.env_server and opts.env_server.rstrip("/") not in cfg.env_server_urls:
+        urls = [opts.env_server.rstrip("/")] if opts.env_server else cfg.env_server_urls
+        env_url = urls[0]
+        if opts.env_server and env_url not in cfg.env_server_urls:
             config_override = _config_with_env_server(cfg, env_url)
-        if probe and answers(env_url):
-            notes.append(f"env server already answers at {env_url}")
-        elif is_loopback(env_url):
-            env_cmd = env_server_command(opts.config, env_url, str(Path(opts.db).resolve()))
-        else:
-            checks.append(pre.Check("env server", False, f"{env_url} does not answer /health",
-                                    f"start it there: python -m envs.server --config {opts.config} "
-                                    f"--host 0.0.0.0 --port {urlparse(env_url).port or 80}"))
+        for url in urls:
+            if probe and answers(url):
+                notes.append(f"env server already answers at {url}")
+            elif is_loopback(url):
+                cmd = env_server_command(opts.config, url, str(Path(opts.db).resolve()))
+                if env_servers:  # one trajectory store: further servers only serve environments
+                    cmd += ["--role", "env"]
+                env_servers.append((url, cmd))
+            else:
+                checks.append(pre.Check("env server", False, f"{url} does not answer /health",
+                                        f"start it there: python -m envs.server --config {opts.config} "
+                                        f"--host 0.0.0.0 --port {urlparse(url).port or 80}"))
 
     ray_start: list[str] | None = None
     if not (probe and _ray_up(opts.ray_address)):
@@ -406,7 +411,7 @@ def build_plan(opts: argparse.Namespace, extra: list[str], environ: dict[str, st
               "--runtime-env-json", json.dumps({"env_vars": job_env}), "--", "bash", str(script_path)]
     if extra:
         notes.append(f"passed to slime unchanged: {shlex.join(extra)}")
-    return LaunchPlan(checks=checks, notes=notes, env_server_url=env_url, env_server_cmd=env_cmd,
+    return LaunchPlan(checks=checks, notes=notes, env_server_url=env_url, env_servers=env_servers,
                       ray_start_cmd=ray_start, ray_address=opts.ray_address, train_script=train_script,
                       train_script_path=script_path, submit_cmd=submit, submission_id=sid, job_env=job_env,
                       secret_env=secret_env, config_override=config_override)
@@ -443,9 +448,9 @@ def format_plan(plan: LaunchPlan) -> str:
     out.append("# commands")
     if plan.config_override is not None:
         out.append(f"# write {plan.job_env[TRAIN_CONFIG_ENV]} (the config with env_server: {plan.env_server_url})")
-    if plan.env_server_cmd:
-        out.append(shlex.join(plan.env_server_cmd) + " &   # stopped on exit")
-        out.append(f"# wait for {plan.env_server_url}/health")
+    for url, cmd in plan.env_servers:
+        out.append(shlex.join(cmd) + " &   # stopped on exit")
+        out.append(f"# wait for {url}/health")
     if plan.ray_start_cmd:
         out.append(shlex.join(plan.ray_start_cmd) + "   # `ray stop` on exit")
     out.append(f"# write {plan.train_script_path}:")
@@ -470,13 +475,12 @@ def execute(plan: LaunchPlan) -> int:
                 p = Path(plan.job_env[TRAIN_CONFIG_ENV])
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text(yaml.safe_dump(plan.config_override, sort_keys=False))
-            if plan.env_server_cmd:
-                print(f"run.sh: starting env server: {shlex.join(plan.env_server_cmd)}", flush=True)
-                db = Path(plan.env_server_cmd[plan.env_server_cmd.index("--db") + 1])
-                db.parent.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(managed_process("env server", plan.env_server_cmd, plan.env_server_url or ""))
-                stack.callback(print, "run.sh: env server stopped", flush=True)
-                print(f"run.sh: env server up at {plan.env_server_url}", flush=True)
+            for url, cmd in plan.env_servers:
+                print(f"run.sh: starting env server: {shlex.join(cmd)}", flush=True)
+                Path(cmd[cmd.index("--db") + 1]).parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(managed_process("env server", cmd, url))
+                stack.callback(print, f"run.sh: env server {url} stopped", flush=True)
+                print(f"run.sh: env server up at {url}", flush=True)
             if plan.ray_start_cmd:
                 print(f"run.sh: starting Ray head: {shlex.join(plan.ray_start_cmd)}", flush=True)
                 subprocess.run(plan.ray_start_cmd, check=True)

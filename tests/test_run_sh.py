@@ -377,3 +377,55 @@ def test_option_combinations_refused_early(world: dict) -> None:
     assert out.returncode == 2 and "--eval-interval needs --eval-data" in out.stderr
     out = run_sh(*base_args(world, slime, "--save-interval", "5"))
     assert out.returncode == 2 and "--save-interval needs --save" in out.stderr
+
+
+# --- execution (without Ray: the submit step is replaced by a probe of the running env server) ----
+def test_execute_starts_env_server_health_checked_and_stops_it(world: dict) -> None:
+    import shutil
+    import sys
+
+    from bridge.launch import build_plan, execute, parse_options
+
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    run_name = f"launch-exec-{world['port']}"
+    world["config"].write_text(world["config"].read_text().replace("launch-test", run_name))
+    override_port = free_port()
+    opts, extra = parse_options(base_args(world, slime, "--env-server", f"http://127.0.0.1:{override_port}",
+                                          "--db", str(world["tmp"] / "store.db")))
+    plan = build_plan(opts, extra)
+    assert [u for u, _ in plan.env_servers] == [f"http://127.0.0.1:{override_port}"]
+    assert plan.config_override is not None
+    probe = world["tmp"] / "probe.json"
+    plan.ray_start_cmd = None  # no Ray on this machine; the job is a probe run while the server is up
+    plan.submit_cmd = [sys.executable, "-c", (
+        "import json, os, sys, httpx, yaml; "
+        f"h = httpx.get('http://127.0.0.1:{override_port}/health').status_code; "
+        f"cfg = yaml.safe_load(open({plan.job_env['TRAIN_CONFIG']!r})); "
+        f"json.dump({{'health': h, 'env_server': cfg['env_server']}}, open({str(probe)!r}, 'w'))")]
+    try:
+        assert execute(plan) == 0
+        seen = json.loads(probe.read_text())
+        assert seen == {"health": 200, "env_server": f"http://127.0.0.1:{override_port}"}
+        assert plan.train_script_path.read_text() == plan.train_script
+        assert not port_open(override_port), "the env server run.sh started must be stopped on exit"
+        assert (world["tmp"] / "store.db").exists()
+    finally:
+        shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_several_env_servers_one_trajectory_store(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    p1, p2 = free_port(), free_port()
+    world["config"].write_text(f"environments:\n  gsm8k: {{}}\nenv_server: [http://127.0.0.1:{p1}, "
+                               f"http://127.0.0.1:{p2}]\nrun_name: launch-test\n")
+    d = dry_run(world, slime)
+    servers = [c for c in d.commands if "envs.server" in c]
+    assert len(servers) == 2 and f"--port {p1}" in servers[0] and f"--port {p2}" in servers[1]
+    assert "--role" not in servers[0] and servers[1].split("&")[0].rstrip().endswith("--role env")
