@@ -122,6 +122,9 @@ async def plan_env(env: str, cfg: EnvConfig, source: TaskSource, max_tasks: int 
     train_counts = await _split_counts(source, list(dict.fromkeys(cfg.splits)), available)
     plan.train = choose(env, train_counts, _cap(cfg.num_samples, max_tasks), random.Random(f"{seed}:{env}:train"))
     if cfg.eval_split is not None:
+        if cfg.eval_split in cfg.splits:
+            print(f"prepare_tasks: warning: {env}: eval_split {cfg.eval_split!r} is also a training split",
+                  file=sys.stderr)
         eval_counts = await _split_counts(source, [cfg.eval_split], available)
         plan.eval = choose(env, eval_counts, _cap(cfg.num_eval_samples, max_tasks),
                            random.Random(f"{seed}:{env}:eval"))

@@ -392,3 +392,9 @@ def test_rows_render_with_the_qwen3_chat_template(tmp_path: Path, gsm8k_dir: Pat
         assert "<tools>" in text
         for tool in row["tools"]:
             assert json.dumps(tool, ensure_ascii=False) in text
+
+
+def test_eval_split_that_is_also_trained_on_is_warned_about(tmp_path: Path, capsys) -> None:
+    code, train, evals = run(tmp_path, {"environments": {"tiny": {"splits": ["train", "test"], "eval_split": "test"}}})
+    assert code == 0 and len(train) == 40 and len(evals) == 10
+    assert "warning: tiny: eval_split 'test' is also a training split" in capsys.readouterr().err
