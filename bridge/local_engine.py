@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
 import sys
 import threading
@@ -211,6 +212,30 @@ class GenerateRequest:
 
 # --------------------------------------------------------------------------- sampling
 
+def _head_mask(probs: "torch.Tensor", top_k: int, top_p: float) -> "torch.Tensor":
+    """Mask of the tokens top-k and top-p keep (both measured on the unfiltered distribution).
+
+    Looks at a sorted head of the vocabulary and widens it only until it holds `top_p` of the
+    mass, instead of sorting the whole vocabulary every step.
+    """
+    import torch
+
+    n = probs.numel()
+    limit = top_k if top_k > 0 else n
+    k = min(n, limit, 1024)
+    while True:
+        head, order = torch.topk(probs, k)
+        mass_before = torch.cumsum(head, dim=-1) - head
+        if k >= limit or float(mass_before[-1] + head[-1]) >= top_p:
+            break
+        k = min(n, limit, k * 8)
+    keep_sorted = mass_before < top_p
+    keep_sorted[0] = True
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    keep[order[keep_sorted]] = True
+    return keep
+
+
 def sample_next_token(logits: "torch.Tensor", params: SamplingParams,
                       generator: "torch.Generator | None") -> tuple[int, float]:
     """Pick the next token from 1-D float `logits`; returns (token id, its logprob)."""
@@ -222,22 +247,19 @@ def sample_next_token(logits: "torch.Tensor", params: SamplingParams,
         return token, float(logprobs[token])
     logprobs = torch.log_softmax(logits / params.temperature, dim=-1)
     probs = logprobs.exp()
-    keep = torch.ones_like(probs, dtype=torch.bool)
-    if params.top_k > 0 and params.top_k < probs.numel():
-        kth = torch.topk(probs, params.top_k).values[-1]
-        keep &= probs >= kth
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_keep = mass_before < params.top_p
-        sorted_keep[0] = True
-        keep_p = torch.zeros_like(keep)
-        keep_p[order] = sorted_keep
-        keep &= keep_p
+    if params.top_k > 0 or params.top_p < 1.0:
+        keep = _head_mask(probs, params.top_k, params.top_p)
+    else:
+        keep = torch.ones_like(probs, dtype=torch.bool)
     if params.min_p > 0.0:
         keep &= probs >= params.min_p * probs.max()
     filtered = torch.where(keep, probs, torch.zeros_like(probs))
-    token = int(torch.multinomial(filtered / filtered.sum(), 1, generator=generator))
+    # Inverse-CDF draw: one uniform number, far cheaper than multinomial over a large vocab.
+    cdf = torch.cumsum(filtered, dim=-1)
+    u = torch.rand((), generator=generator, dtype=cdf.dtype) * cdf[-1]
+    token = int(torch.searchsorted(cdf, u, right=True))
+    if token >= cdf.numel() or not keep[token]:  # u rounded onto the very top of the CDF
+        token = int(torch.nonzero(keep).max())
     return token, float(logprobs[token])
 
 
@@ -331,6 +353,10 @@ class LocalEngine:
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.end_token_ids = frozenset(_end_token_ids(model, tokenizer))
         self.prefix_cache = PrefixCache(prefix_cache_entries)
+        # Only the last position's logits are needed: skip the vocab projection for the prompt.
+        forward_params = inspect.signature(model.forward).parameters
+        self._last_logits_only = {name: 1 for name in ("logits_to_keep", "num_logits_to_keep")
+                                  if name in forward_params}
 
     def stop_ids(self, params: SamplingParams) -> frozenset[int]:
         """Token ids that end this request: its stop_token_ids plus the model's end tokens."""
@@ -369,7 +395,8 @@ class LocalEngine:
                     finish = {"type": "abort", "message": "aborted by /abort_request"}
                     break
                 step_input = torch.tensor([pending], dtype=torch.long, device=self.device)
-                out = self.model(input_ids=step_input, past_key_values=past, use_cache=True)
+                out = self.model(input_ids=step_input, past_key_values=past, use_cache=True,
+                                 **self._last_logits_only)
                 past = out.past_key_values
                 fed += pending
                 logits = out.logits[0, -1].float().cpu()

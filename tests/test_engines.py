@@ -457,3 +457,53 @@ def test_bridge_engine_client_reads_local_engine_replies(engine_url, prompt_ids)
     direct = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=4, ignore_eos=True)
     assert got.output_ids == direct["output_ids"] and got.finish_reason == "length"
     assert got.logprobs == pytest.approx([e[0] for e in direct["meta_info"]["output_token_logprobs"]], abs=1e-4)
+
+
+def test_sampler_follows_the_filtered_distribution() -> None:
+    import torch
+
+    from bridge.local_engine import SamplingParams, sample_next_token
+
+    logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    gen = torch.Generator().manual_seed(0)
+
+    def freqs(n: int = 4000, **params: object) -> list[float]:
+        counts = [0] * 4
+        p = SamplingParams(**params)
+        for _ in range(n):
+            token, lp = sample_next_token(logits.clone(), p, gen)
+            counts[token] += 1
+            expected = torch.log_softmax(logits / p.temperature, -1)[token] if not p.greedy \
+                else torch.log_softmax(logits, -1)[token]
+            assert lp == pytest.approx(float(expected), abs=1e-6)
+        return [c / n for c in counts]
+
+    assert freqs() == pytest.approx([0.1, 0.2, 0.3, 0.4], abs=0.03)
+    assert freqs(top_k=2) == pytest.approx([0, 0, 3 / 7, 4 / 7], abs=0.03)
+    # top_p keeps the smallest head whose mass reaches p: 0.4 + 0.3 >= 0.6.
+    assert freqs(top_p=0.6) == pytest.approx([0, 0, 3 / 7, 4 / 7], abs=0.03)
+    assert freqs(min_p=0.6) == pytest.approx([0, 0, 3 / 7, 4 / 7], abs=0.03)
+    # Temperature sharpens: p_i ∝ p_i^(1/T).
+    sharp = [x ** 2 for x in (0.1, 0.2, 0.3, 0.4)]
+    assert freqs(temperature=0.5) == pytest.approx([x / sum(sharp) for x in sharp], abs=0.03)
+    assert freqs(n=50, temperature=0.0) == [0, 0, 0, 1.0]
+
+
+def test_head_mask_matches_a_full_sort() -> None:
+    import torch
+
+    from bridge.local_engine import _head_mask
+
+    gen = torch.Generator().manual_seed(3)
+    for scale in (0.1, 1.0, 8.0):  # flat (the head must widen past 1024) to peaked
+        probs = torch.softmax(torch.randn(151_669, generator=gen) * scale, dim=-1)
+        sorted_probs, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(sorted_probs, -1) - sorted_probs
+        for top_k, top_p in ((-1, 0.5), (-1, 0.95), (50, 0.9), (20, 1.0), (5000, 0.3)):
+            ref_sorted = before < top_p
+            ref_sorted[0] = True
+            if top_k > 0:
+                ref_sorted[top_k:] = False
+            ref = torch.zeros_like(probs, dtype=torch.bool)
+            ref[order[ref_sorted]] = True
+            assert torch.equal(_head_mask(probs, top_k, top_p), ref), (scale, top_k, top_p)
