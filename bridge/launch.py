@@ -333,6 +333,10 @@ def build_plan(opts: argparse.Namespace, extra: list[str], environ: dict[str, st
             notes.append(f"Megatron model args: {source}")
         except LaunchError as e:
             checks.append(pre.Check("model args", False, str(e), "pass --model-args"))
+            source = None
+        if slime_path is not None and Path(opts.load or opts.model).is_dir():
+            script = source if source and source.endswith(".sh") else None
+            checks.append(pre.check_megatron_weights(opts.load or opts.model, slime_path, script))
 
     # env server: needed when the config has local environments
     env_url: str | None = None

@@ -10,6 +10,9 @@ stop_reason, num_turns, num_tool_calls, tool_errors {kind: n}, drift_count, env_
 engine_failure, bridge_timings {generate, env, total} (seconds). Samples without them (not
 produced by the bridge) still count for reward and solve rate.
 
+An episode is solved when its reward reaches the task's max_reward, or `solve_threshold` when
+that is set on slime's args (e.g. `solve_threshold: 0.9` in a `--custom-config-path` YAML).
+
 Keys: `rollout/env/<env>/<metric>` (and `<env>` = `all`), stepped by `rollout/step`;
 eval: `eval/<dataset>/env/<env>/<metric>`, stepped by `eval/step`. W&B logging uses the run
 slime opened (`--use-wandb`); when there is none, it opens one, offline unless WANDB_API_KEY is set.
@@ -69,16 +72,16 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def episode_metrics(samples: Iterable[Any]) -> dict[str, dict[str, float]]:
+def episode_metrics(samples: Iterable[Any], solve_threshold: float | None = None) -> dict[str, dict[str, float]]:
     """Per environment (plus `all`): metric name -> value, for a batch of finished samples."""
     groups: dict[str, list[Any]] = defaultdict(list)
     for s in samples:
         groups[env_name(s)].append(s)
         groups[ALL].append(s)
-    return {env: _group_metrics(ss) for env, ss in groups.items() if ss}
+    return {env: _group_metrics(ss, solve_threshold) for env, ss in groups.items() if ss}
 
 
-def _group_metrics(samples: list[Any]) -> dict[str, float]:
+def _group_metrics(samples: list[Any], solve_threshold: float | None) -> dict[str, float]:
     n = len(samples)
     out: dict[str, float] = {"episodes": float(n)}
     rewards, solved = [], 0
@@ -93,7 +96,8 @@ def _group_metrics(samples: list[Any]) -> dict[str, float]:
         r = _reward(s)
         if r is not None:
             rewards.append(r)
-            solved += r >= _max_reward(md) - SOLVE_EPS
+            bar = solve_threshold if solve_threshold is not None else _max_reward(md)
+            solved += r >= bar - SOLVE_EPS
         removed += bool(getattr(s, "remove_sample", False))
         status[_status(s)] += 1
         if "stop_reason" not in md:
@@ -153,6 +157,11 @@ def flatten(per_env: dict[str, dict[str, float]], prefix: str) -> dict[str, floa
     return {f"{prefix}/env/{env}/{k}": v for env, metrics in per_env.items() for k, v in metrics.items()}
 
 
+def _threshold(args: Any) -> float | None:
+    value = getattr(args, "solve_threshold", None)
+    return float(value) if value is not None else None
+
+
 def rollout_step(args: Any, rollout_id: int) -> int:
     """The x-axis slime uses for rollout metrics (its compute_rollout_step)."""
     if getattr(args, "wandb_always_use_train_step", False) and getattr(args, "global_batch_size", None):
@@ -202,7 +211,7 @@ def _summary(per_env: dict[str, dict[str, float]]) -> str:
 def log_rollout(rollout_id: int, args: Any, samples: list[Any], rollout_extra_metrics: dict | None,
                 rollout_time: float) -> bool:
     """slime's custom rollout-log hook. Returns False: slime's default rollout metrics are logged too."""
-    per_env = episode_metrics(samples)
+    per_env = episode_metrics(samples, _threshold(args))
     metrics = flatten(per_env, "rollout")
     metrics["rollout/step"] = rollout_step(args, rollout_id)
     _emit(args, metrics)
@@ -216,7 +225,7 @@ def log_eval_rollout(rollout_id: int, args: Any, data: dict[str, dict[str, Any]]
     for name, d in (data or {}).items():
         samples = d.get("samples") if isinstance(d, dict) else None
         if samples:
-            metrics |= flatten(episode_metrics(samples), f"eval/{name}")
+            metrics |= flatten(episode_metrics(samples, _threshold(args)), f"eval/{name}")
         elif isinstance(d, dict) and d.get("rewards"):
             rewards = [float(r) for r in d["rewards"] if isinstance(r, (int, float))]
             if rewards:

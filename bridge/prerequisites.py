@@ -158,3 +158,18 @@ def check_checkpoint(path: str, model: str, from_load: bool) -> Check:
     local = "./" + Path(model.rstrip("/")).name
     return Check("checkpoint", False, f"--model {model} is not a local directory; the trainer loads weights from disk",
                  f"huggingface-cli download {model} --local-dir {local} && bash run.sh --model {local} ...")
+
+
+def check_megatron_weights(load: str, slime_path: Path, model_script: str | None) -> Check:
+    """Megatron reads HF weights directly only in slime versions with hf_to_megatron (v0.3+)."""
+    p = Path(load)
+    if (p / "latest_checkpointed_iteration.txt").is_file():
+        return Check("Megatron weights", True, f"{p} is a Megatron checkpoint")
+    if (slime_path / "slime/backends/megatron_utils/hf_to_megatron").is_dir():
+        return Check("Megatron weights", True, f"{p} is loaded as a Hugging Face checkpoint by this slime")
+    out = f"{p.resolve()}_torch_dist"
+    args = f'source {model_script} && ' if model_script else ""
+    return Check("Megatron weights", False,
+                 f"this slime cannot load the Hugging Face checkpoint {p} into Megatron",
+                 f"cd {slime_path} && {args}PYTHONPATH=$MEGATRON_PATH python tools/convert_hf_to_torch_dist.py "
+                 f"${{MODEL_ARGS[@]}} --hf-checkpoint {p.resolve()} --save {out} && bash run.sh --load {out} ...")

@@ -107,6 +107,16 @@ def test_samples_without_bridge_counters_still_count() -> None:
     m = metrics.episode_metrics(plain)
     assert m["x"]["solve_rate"] == 1.0 and m["x"]["reward_mean"] == 0.5 and "turns_mean" not in m["x"]
     assert m["unknown"]["episodes"] == 1 and "reward_mean" not in m["unknown"]
+    assert metrics.episode_metrics(plain, solve_threshold=0.6)["x"]["solve_rate"] == 0.0
+
+
+def test_solve_threshold_from_args(batch: list[Any]) -> None:
+    partial = batch[4].reward
+    assert 0.0 < partial < 1.0
+    by_max = metrics.episode_metrics(batch)["whodunit"]["solve_rate"]
+    by_threshold = metrics.episode_metrics(batch, metrics._threshold(types.SimpleNamespace(
+        solve_threshold=partial)))["whodunit"]["solve_rate"]
+    assert (by_max, by_threshold) == (0.5, 1.0)
 
 
 def test_log_hooks_write_to_wandb_offline(batch: list[Any], tmp_path, monkeypatch) -> None:

@@ -45,6 +45,8 @@ def make_slime(root: Path, version: str, drop: tuple[str, ...] = ()) -> Path:
     (root / "slime" / "utils").mkdir(parents=True)
     (root / "slime" / "utils" / "arguments.py").write_text("\n".join(src) + "\n")
     (root / "train.py").write_text("")
+    if version != "v0.2.2":  # v0.3 loads Hugging Face weights into Megatron itself
+        (root / "slime" / "backends" / "megatron_utils" / "hf_to_megatron").mkdir(parents=True)
     (root / "scripts" / "models").mkdir(parents=True)
     (root / "scripts" / "models" / "qwen3-4B.sh").write_text(
         'MODEL_ARGS=(\n   --num-layers 36\n   --hidden-size 2560\n   --normalization "RMSNorm"\n'
@@ -429,3 +431,18 @@ def test_several_env_servers_one_trajectory_store(world: dict) -> None:
     servers = [c for c in d.commands if "envs.server" in c]
     assert len(servers) == 2 and f"--port {p1}" in servers[0] and f"--port {p2}" in servers[1]
     assert "--role" not in servers[0] and servers[1].split("&")[0].rstrip().endswith("--role env")
+
+
+def test_old_slime_megatron_needs_converted_weights(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.2.2")
+    line = line_for(missing_lines(run_sh(*base_args(world, slime))), "Megatron weights")
+    assert "tools/convert_hf_to_torch_dist.py" in line and "scripts/models/qwen3-4B.sh" in line
+    assert f"--save {world['model'].resolve()}_torch_dist" in line
+    ckpt = world["tmp"] / "torch_dist"
+    ckpt.mkdir()
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("release")
+    d = dry_run(world, slime, "--load", str(ckpt))
+    assert d.check("Megatron weights").startswith("ok") and d.flag("--load") == str(ckpt)
+    assert d.flag("--hf-checkpoint") == str(world["model"])
+    fsdp = dry_run(world, slime, "--train-backend", "fsdp")
+    assert "Megatron weights" not in fsdp.text
