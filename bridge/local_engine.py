@@ -510,16 +510,22 @@ class EngineServer:
             ev.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, req: GenerateRequest) -> dict[str, Any]:
-        """Queue `req` on the worker thread and build SGLang's response body."""
+    async def run(self, req: GenerateRequest, http: "web.Request | None" = None) -> dict[str, Any]:
+        """Queue `req` on the worker thread and build SGLang's response body.
+
+        If the caller of `http` hangs up, the generation is aborted instead of run to the end.
+        """
         cancel = threading.Event()
         self._cancels[req.rid] = cancel
         with self._counts:
             self.waiting += 1
+        watcher = asyncio.create_task(_abort_on_disconnect(http, cancel)) if http is not None else None
         try:
             gen = await asyncio.get_running_loop().run_in_executor(self._executor, self._work, req, cancel)
         finally:
             self._cancels.pop(req.rid, None)
+            if watcher is not None:
+                watcher.cancel()
         meta: dict[str, Any] = {
             "id": req.rid,
             "finish_reason": gen.finish_reason,
@@ -554,7 +560,7 @@ class EngineServer:
             return _error(400, f"request body is not valid JSON: {e}")
         try:
             req = GenerateRequest.from_json(body, self.engine.tokenizer, self.engine.vocab_size)
-            return _json(await self.run(req))
+            return _json(await self.run(req, request))
         except RequestError as e:
             return _error(400, str(e))
         except Exception as e:  # a failed generation must not take the server down
@@ -608,6 +614,17 @@ class EngineServer:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.prefix_cache.clear)
         return web.Response(text="Cache flushed.")
+
+
+async def _abort_on_disconnect(request: "web.Request", cancel: threading.Event,
+                               every: float = 0.2) -> None:
+    while not cancel.is_set():
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            log.info("client went away: aborting request")
+            cancel.set()
+            return
+        await asyncio.sleep(every)
 
 
 def _json(obj: Any, status: int = 200) -> "web.Response":

@@ -507,3 +507,14 @@ def test_head_mask_matches_a_full_sort() -> None:
             ref = torch.zeros_like(probs, dtype=torch.bool)
             ref[order[ref_sorted]] = True
             assert torch.equal(_head_mask(probs, top_k, top_p), ref), (scale, top_k, top_p)
+
+
+def test_local_engine_aborts_when_the_client_hangs_up(engine_url, prompt_ids) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{engine_url}/generate", timeout=httpx.Timeout(5.0, read=1.0), json={
+            "input_ids": prompt_ids, "sampling_params": {"max_new_tokens": 20000, "ignore_eos": True}})
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{engine_url}/v1/loads").json()["loads"][0]["num_running_reqs"]:
+        assert time.monotonic() < deadline, "generation kept running after the client left"
+        time.sleep(0.1)
+    assert len(_generate(engine_url, prompt_ids, max_new_tokens=2)["output_ids"]) <= 2
