@@ -291,7 +291,10 @@ def run(opts: argparse.Namespace) -> int:
 def _report(opts: argparse.Namespace, cfg: TrainConfig, args: Namespace, samples: list[Any], elapsed: float,
             started_server: bool) -> None:
     if opts.wandb_project:
+        import wandb
+
         log_rollout(0, args, samples, None, elapsed)
+        wandb.finish()
     rows_out = summary_rows(samples)
     if opts.json:
         print(json.dumps({"elapsed_s": elapsed, "envs": rows_out, "env_server": cfg.env_server_urls[0],

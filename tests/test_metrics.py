@@ -101,6 +101,13 @@ def test_episode_metrics_per_env(batch: list[Any]) -> None:
     assert g["status/completed"] == pytest.approx(0.75) and g["status/failed"] == pytest.approx(0.25)
 
 
+def test_reads_the_keys_the_bridge_writes() -> None:
+    from bridge.generate import METADATA_KEYS
+
+    assert {"stop_reason", "num_turns", "num_tool_calls", "tool_errors", "drift_count", "env_failure",
+            "engine_failure", "bridge_timings"} <= set(METADATA_KEYS)
+
+
 def test_samples_without_bridge_counters_still_count() -> None:
     plain = [FallbackSample(reward=0.5, metadata={"env": "x", "reward": {"max_reward": 0.5}}),
              FallbackSample(reward=None, metadata={})]
