@@ -1,0 +1,1 @@
+"""slime plugin: the multi-turn tool-calling generate function and its parts."""
