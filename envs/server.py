@@ -26,6 +26,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import inspect
 import logging
 import sys
 import time
@@ -365,6 +366,15 @@ class OrsRouter:
         self._env_list_json = orjson.dumps(list(envs))
         self._inner_prefixes: Optional[set[str]] = None
 
+    @property
+    def fastapi(self) -> FastAPI:
+        """The wrapped app (services' routers, lifespan)."""
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def state(self) -> Any:
+        return self.app.state  # type: ignore[attr-defined]
+
     # -- dispatch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -694,23 +704,12 @@ class OrsRouter:
         if not isinstance(tool_input, dict):
             raise OrsError(400, "bad_input_shape",
                            f"field 'input' must be a JSON object of tool arguments, got {type(tool_input).__name__}")
-        task_id = uuid.uuid4().hex
-        task = asyncio.get_running_loop().create_task(self._run_call(s, name, tool_input))
-        s.remember_call(task_id, task)
-        await self._answer(req, task_id, task)
-
-    async def _resume(self, req: Request, s: Session, task_id: Any) -> None:
-        task = s.calls.get(task_id) if isinstance(task_id, str) else None
-        if task is None:  # what the SDK server answers for a task it no longer has
-            await _send_body(req.send, 200, _sse_event(b"error", "unknown task_id"), _SSE_HEADERS)
-            return
-        await self._answer(req, task_id, task)
+        await self._run_and_answer(req, s, self._run_call(s, name, tool_input))
 
     async def _run_call(self, s: Session, name: str, tool_input: dict[str, Any]) -> tuple[str, Optional[str]]:
         """Run one tool call; returns (RunToolOutput JSON, error reason or None)."""
         t0 = time.perf_counter()
         tool = name if name in self.envs[s.env_name].tool_names else UNKNOWN_TOOL_LABEL
-        s.active_calls += 1
         try:
             if s.toolset is None:
                 res = await s.env._call_tool(name, tool_input)
@@ -720,47 +719,77 @@ class OrsRouter:
             self.metrics.record_call(s.env_name, tool, "env_error", time.perf_counter() - t0)
             log.warning("%s tool %r raised %s: %s (session %s)", s.env_name, name, type(e).__name__, e, s.sid)
             raise ToolCrashed(f"{type(e).__name__}: {e}") from None
-        finally:
-            s.active_calls -= 1
-            s.last_seen = time.monotonic()
         root = res.root
         reason = None if root.ok else (root.reason or "input_validation")
         self.metrics.record_call(s.env_name, tool, reason or "ok", time.perf_counter() - t0)
         return res.model_dump_json(), reason
 
-    async def _answer(self, req: Request, task_id: str, task: "asyncio.Task[tuple[str, Optional[str]]]") -> None:
-        """Send a call's outcome: SSE (task_id, chunk*, end | error) or, for non-SSE clients, JSON."""
-        send = req.send
+    async def _run_and_answer(self, req: Request, s: Session,
+                              work: Awaitable[tuple[str, Optional[str]]]) -> None:
+        """Run a call inline (no task per call) and answer it; a call slower than FIRST_EVENT_WAIT_S
+        gets its task_id event and keepalives from a helper task while it runs, so the client
+        neither times out nor loses the result: it can resume with the task_id."""
+        loop = asyncio.get_running_loop()
+        task_id = uuid.uuid4().hex
+        outcome: "asyncio.Future[tuple[str, Optional[str]]]" = loop.create_future()
+        s.remember_call(task_id, outcome)
+        streamer = _SlowCallStream(req.send, task_id, outcome) if req.wants_sse() else None
+        timer = loop.call_later(FIRST_EVENT_WAIT_S, streamer.start) if streamer else None
+        s.active_calls += 1
+        try:
+            outcome.set_result(await work)
+        except ToolCrashed as e:
+            outcome.set_exception(e)
+        except BaseException:
+            outcome.set_exception(ToolCrashed("the call was cancelled (server shutting down)"))
+            raise
+        finally:
+            s.active_calls -= 1
+            s.last_seen = time.monotonic()
+            if timer is not None:
+                timer.cancel()
+        if streamer is None:
+            await self._answer_json(req, outcome)
+        elif streamer.started:
+            await streamer.finish(self._outcome_events(outcome))
+        else:
+            await _send_body(req.send, 200, _sse_event(b"task_id", task_id) + self._outcome_events(outcome),
+                             _SSE_HEADERS)
+
+    async def _resume(self, req: Request, s: Session, task_id: Any) -> None:
+        """A client that lost a call's stream asks for it again by task_id."""
+        outcome = s.calls.get(task_id) if isinstance(task_id, str) else None
+        if outcome is None:  # what the SDK server answers for a task it no longer has
+            await _send_body(req.send, 200, _sse_event(b"error", "unknown task_id"), _SSE_HEADERS)
+            return
         if not req.wants_sse():
-            try:
-                result, reason = await asyncio.shield(task)
-            except ToolCrashed as e:
-                await _send_body(send, 500, OrsError(500, "env_error", str(e)).body())
-                return
-            await _send_body(send, _REASON_STATUS.get(reason, 422) if reason else 200, result.encode())
+            await asyncio.wait((outcome,))
+            await self._answer_json(req, outcome)
             return
-        head = _sse_event(b"task_id", task_id)
-        if not task.done():
-            await asyncio.wait((task,), timeout=FIRST_EVENT_WAIT_S)
-        if task.done():
-            await _send_body(send, 200, head + self._outcome_events(task), _SSE_HEADERS)
+        if outcome.done():
+            await _send_body(req.send, 200, _sse_event(b"task_id", task_id) + self._outcome_events(outcome),
+                             _SSE_HEADERS)
             return
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        await send({"type": "http.response.body", "body": head, "more_body": True})
-        while not task.done():
-            await asyncio.wait((task,), timeout=KEEPALIVE_S)
-            if not task.done():
-                await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
-        await send({"type": "http.response.body", "body": self._outcome_events(task)})
+        streamer = _SlowCallStream(req.send, task_id, outcome)
+        streamer.start()
+        await asyncio.wait((outcome,))
+        await streamer.finish(self._outcome_events(outcome))
+
+    async def _answer_json(self, req: Request, outcome: "asyncio.Future[tuple[str, Optional[str]]]") -> None:
+        """Plain-JSON answer for clients that do not ask for SSE: failed calls get a typed 4xx."""
+        exc = outcome.exception()
+        if exc is not None:
+            await _send_body(req.send, 500, OrsError(500, "env_error", str(exc)).body())
+            return
+        result, reason = outcome.result()
+        await _send_body(req.send, _REASON_STATUS.get(reason, 422) if reason else 200, result.encode())
 
     @staticmethod
-    def _outcome_events(task: "asyncio.Task[Any]") -> bytes:
-        if task.cancelled():
-            return _sse_event(b"error", "the call was cancelled (server shutting down)")
-        exc = task.exception()
+    def _outcome_events(outcome: "asyncio.Future[tuple[str, Optional[str]]]") -> bytes:
+        exc = outcome.exception()
         if exc is not None:
             return _sse_event(b"error", str(exc) if isinstance(exc, ToolCrashed) else f"{type(exc).__name__}: {exc}")
-        return _sse_result(task.result()[0])
+        return _sse_result(outcome.result()[0])
 
     async def h_score_group(self, req: Request) -> None:
         s = self._session(req)
@@ -776,7 +805,6 @@ class OrsRouter:
             raise OrsError(400, "bad_request", f"bad score_group body: {e.errors(include_url=False)}") from None
 
         async def score() -> tuple[str, Optional[str]]:
-            s.active_calls += 1
             try:
                 res = await run_user_callable(s.env.score_group, list(payload.candidates))
                 scores = [x if isinstance(x, GroupScore) else GroupScore(reward=float(x)) for x in res]
@@ -784,24 +812,78 @@ class OrsRouter:
                     raise ValueError(f"score_group returned {len(scores)} scores for {len(payload.candidates)} candidates")
             except Exception as e:
                 raise ToolCrashed(f"{type(e).__name__}: {e}") from None
-            finally:
-                s.active_calls -= 1
             return ScoreGroupOutput(scores=scores).model_dump_json(), None
 
-        task_id = uuid.uuid4().hex
-        task = asyncio.get_running_loop().create_task(score())
-        s.remember_call(task_id, task)
-        await self._answer(req, task_id, task)
+        await self._run_and_answer(req, s, score())
+
+
+class _SlowCallStream:
+    """The SSE response of a call that is taking a while: task_id now, keepalives, result at the end."""
+
+    def __init__(self, send: Send, task_id: str, outcome: "asyncio.Future[Any]") -> None:
+        self.send = send
+        self.task_id = task_id
+        self.outcome = outcome
+        self.started = False
+        self._task: Optional["asyncio.Task[None]"] = None
+
+    def start(self) -> None:
+        self.started = True
+        self._task = asyncio.get_running_loop().create_task(self._open_and_keep_alive())
+
+    async def _open_and_keep_alive(self) -> None:
+        await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await self.send({"type": "http.response.body", "body": _sse_event(b"task_id", self.task_id),
+                         "more_body": True})
+        while not self.outcome.done():
+            await asyncio.wait((self.outcome,), timeout=KEEPALIVE_S)
+            if not self.outcome.done():
+                await self.send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+
+    async def finish(self, events: bytes) -> None:
+        if self._task is not None:
+            await self._task
+        await self.send({"type": "http.response.body", "body": events})
 
 
 # ---------------------------------------------------------------- app factory
 
 
+def memoize_tool_introspection() -> None:
+    """Make the SDK resolve each tool's signature and type hints once instead of on every call.
+
+    `Environment._call_tool` introspects the tool function twice per call
+    (`inspect.signature` + `typing.get_type_hints`, which compiles string annotations
+    again each time); that was the largest single cost per call. The result depends only
+    on the function (and whether it is bound), so caching it changes no behaviour.
+    """
+    import openreward.environments.environment as sdk_environment
+
+    original = sdk_environment._introspect_tool
+    if getattr(original, "memoized", False):
+        return
+    cache: dict[tuple[Any, bool], Any] = {}
+
+    def introspect(fn: Callable[..., Any]) -> Any:
+        func = getattr(fn, "__func__", None)
+        key = (fn, False) if func is None else (func, True)
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = original(fn)
+        return hit
+
+    introspect.memoized = True  # type: ignore[attr-defined]
+    sdk_environment._introspect_tool = introspect
+
+
 def create_app(env_classes: Union[Mapping[str, type[Environment]], Sequence[type[Environment]]],
                settings: ServerSettings = ServerSettings(),
-               services: Iterable[TrajectoryServiceLike] = ()) -> FastAPI:
-    """The server app: ORS routes for `env_classes` (name -> class, or classes named like the SDK
-    does), plus each service's routers; services start and stop with the app."""
+               services: Iterable[TrajectoryServiceLike] = ()) -> OrsRouter:
+    """The server as one ASGI app: the ORS routes for `env_classes` (name -> class, or classes
+    named as the SDK names them) answered directly, in front of a FastAPI app that carries each
+    service's routers and whose lifespan starts and stops the services and the session reaper.
+    `app.fastapi` is that FastAPI app; `app.state` its state (sessions, metrics, envs)."""
+    memoize_tool_introspection()
     envs = _named_envs(env_classes)
     services = list(services)
     metrics = ServerMetrics()
@@ -829,16 +911,18 @@ def create_app(env_classes: Union[Mapping[str, type[Environment]], Sequence[type
                 except Exception as e:
                     log.warning("stopping %s failed: %s: %s", type(svc).__name__, type(e).__name__, e)
 
-    app = FastAPI(title="slime-envs env server", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    extra: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        extra["telemetry"] = {"auto_configure": False}
+    inner = FastAPI(title="slime-envs env server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                    openapi_url=None, **extra)
     for svc in services:
         for router in svc.routers:
-            app.include_router(router)
-    app.add_middleware(OrsRouter, envs=envs, settings=settings, sessions=sessions, metrics=metrics)
-    app.state.sessions = sessions
-    app.state.metrics = metrics
-    app.state.envs = envs
-    return app
+            inner.include_router(router)
+    inner.state.sessions = sessions
+    inner.state.metrics = metrics
+    inner.state.envs = envs
+    return OrsRouter(inner, envs=envs, settings=settings, sessions=sessions, metrics=metrics)
 
 
 # ---------------------------------------------------------------- CLI
@@ -947,7 +1031,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     uvicorn.run(app, host=args.host, port=args.port,
                 loop="uvloop" if have("uvloop") else "asyncio",
                 http="httptools" if have("httptools") else "h11",
-                access_log=False, log_level=args.log_level, timeout_keep_alive=75, backlog=4096)
+                access_log=False, log_level=args.log_level, timeout_keep_alive=75, backlog=4096,
+                proxy_headers=False)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ class Session:
     toolset: Optional[Any] = None
     last_seen: float = field(default_factory=time.monotonic)
     active_calls: int = 0
-    # task_id -> running or finished call, oldest first (bounded).
-    calls: "OrderedDict[str, asyncio.Task[Any]]" = field(default_factory=OrderedDict)
+    # task_id -> outcome of a running or finished call, oldest first (bounded).
+    calls: "OrderedDict[str, asyncio.Future[Any]]" = field(default_factory=OrderedDict)
 
-    def remember_call(self, task_id: str, task: "asyncio.Task[Any]") -> None:
+    def remember_call(self, task_id: str, task: "asyncio.Future[Any]") -> None:
         """Keep `task` resumable under `task_id`, dropping the oldest finished calls."""
         calls = self.calls
         calls[task_id] = task
