@@ -392,7 +392,7 @@ class LocalEngine:
             pending = req.input_ids[cached:]
             for step in range(budget):
                 if cancel is not None and cancel.is_set():
-                    finish = {"type": "abort", "message": "aborted by /abort_request"}
+                    finish = {"type": "abort", "message": "aborted (abort_request or client gone)"}
                     break
                 step_input = torch.tensor([pending], dtype=torch.long, device=self.device)
                 out = self.model(input_ids=step_input, past_key_values=past, use_cache=True,
@@ -401,7 +401,7 @@ class LocalEngine:
                 fed += pending
                 logits = out.logits[0, -1].float().cpu()
                 if step < p.min_new_tokens and stop_ids:
-                    logits[list(stop_ids)] = float("-inf")
+                    logits[[t for t in stop_ids if 0 <= t < logits.numel()]] = float("-inf")
                 token, lp = sample_next_token(logits, p, generator)
                 out_ids.append(token)
                 logprobs.append(lp)

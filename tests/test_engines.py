@@ -271,6 +271,11 @@ def test_local_engine_stop_token_and_eos(engine_url, tiny_qwen3_dir, prompt_ids)
     assert out["output_ids"] == base[:stop_at + 1]
     assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": base[stop_at]}
     assert out["text"] == tok.decode(base[:stop_at], skip_special_tokens=True)
+    # min_new_tokens: stop tokens cannot be sampled before that many tokens exist.
+    held = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=8, min_new_tokens=3,
+                     stop_token_ids=[base[0], 10**9])
+    assert held["output_ids"][0] != base[0]
+    assert base[0] not in held["output_ids"][:3] and len(held["output_ids"]) >= 3
     info = httpx.get(f"{engine_url}/get_model_info").json()
     assert info["is_generation"] is True
 
