@@ -14,7 +14,6 @@ batches in one transaction (group commit); reads use one connection per thread (
 from __future__ import annotations
 
 import array
-import json
 import logging
 import math
 import queue
@@ -26,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger("envs.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PAGE_SIZE_MAX = 500
 # Metadata keys the bridge's sink sends that become columns or packed arrays.
 ARRAY_KEYS = ("token_ids", "loss_mask", "logprobs")
@@ -217,6 +217,110 @@ CREATE TRIGGER rollouts_stats_upd AFTER UPDATE OF run_id, env, reward, ts ON rol
         last_ts = MAX(last_ts, NEW.ts);
 END;
 """,
+    # v2: filter indexes; facet values and reward-per-time-bucket kept by triggers (the run page
+    # reads small tables, not 100k rows); messages are deduplicated per rollout (rollout_event_id, event_id), and that one index also
+    # serves "messages of a rollout": one rollout's messages land on a few adjacent index pages
+    # instead of one random page per message in each of two indexes (less write amplification).
+    2: """
+CREATE TABLE messages_v2 (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    rollout_event_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    content TEXT,
+    summary TEXT,
+    content_reference TEXT,
+    name TEXT,
+    call_id TEXT,
+    reward REAL,
+    is_finished INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT,
+    ts REAL NOT NULL,
+    UNIQUE (rollout_event_id, event_id)
+);
+INSERT INTO messages_v2 SELECT id, event_id, rollout_event_id, idx, type, content, summary, content_reference,
+    name, call_id, reward, is_finished, metadata, ts FROM messages ORDER BY rollout_event_id, idx;
+DROP TABLE messages;
+ALTER TABLE messages_v2 RENAME TO messages;
+DROP TRIGGER rollouts_stats_upd;
+CREATE TRIGGER rollouts_stats_upd AFTER UPDATE OF run_id, env, reward, ts ON rollouts
+WHEN OLD.run_id IS NOT NEW.run_id OR OLD.env IS NOT NEW.env OR OLD.reward IS NOT NEW.reward
+     OR OLD.ts IS NOT NEW.ts BEGIN
+    UPDATE run_env_stats SET n = n - 1, reward_n = reward_n - (OLD.reward IS NOT NULL),
+        reward_sum = reward_sum - IFNULL(OLD.reward, 0)
+    WHERE OLD.run_id IS NOT NULL AND run_id = OLD.run_id AND env = OLD.env;
+    INSERT INTO run_env_stats(run_id, env, n, reward_n, reward_sum, last_ts)
+    SELECT NEW.run_id, NEW.env, 1, NEW.reward IS NOT NULL, IFNULL(NEW.reward, 0), NEW.ts
+    WHERE NEW.run_id IS NOT NULL
+    ON CONFLICT(run_id, env) DO UPDATE SET n = n + 1,
+        reward_n = reward_n + (NEW.reward IS NOT NULL),
+        reward_sum = reward_sum + IFNULL(NEW.reward, 0),
+        last_ts = MAX(last_ts, NEW.ts);
+END;
+CREATE INDEX rollouts_run_status_ts ON rollouts(run_id, status, ts, id);
+CREATE INDEX rollouts_run_stop_ts ON rollouts(run_id, stop_reason, ts, id);
+CREATE INDEX rollouts_run_split_ts ON rollouts(run_id, split, ts, id);
+DROP INDEX rollouts_run_env_ts_reward;
+CREATE TABLE run_facets (
+    run_id INTEGER NOT NULL,
+    col TEXT NOT NULL,
+    value TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (run_id, col, value)
+) WITHOUT ROWID;
+INSERT INTO run_facets SELECT run_id, 'split', split, COUNT(*) FROM rollouts
+    WHERE run_id IS NOT NULL AND split IS NOT NULL GROUP BY run_id, split;
+INSERT INTO run_facets SELECT run_id, 'status', status, COUNT(*) FROM rollouts
+    WHERE run_id IS NOT NULL AND status IS NOT NULL GROUP BY run_id, status;
+INSERT INTO run_facets SELECT run_id, 'stop_reason', stop_reason, COUNT(*) FROM rollouts
+    WHERE run_id IS NOT NULL AND stop_reason IS NOT NULL GROUP BY run_id, stop_reason;
+CREATE TRIGGER rollouts_facets_ins AFTER INSERT ON rollouts WHEN NEW.run_id IS NOT NULL BEGIN
+    INSERT INTO run_facets(run_id, col, value, n)
+    SELECT NEW.run_id, c, v, 1 FROM (SELECT 'split' AS c, NEW.split AS v UNION ALL
+        SELECT 'status', NEW.status UNION ALL SELECT 'stop_reason', NEW.stop_reason) WHERE v IS NOT NULL
+    ON CONFLICT(run_id, col, value) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER rollouts_facets_upd AFTER UPDATE OF run_id, split, status, stop_reason ON rollouts
+WHEN OLD.run_id IS NOT NEW.run_id OR OLD.split IS NOT NEW.split OR OLD.status IS NOT NEW.status
+     OR OLD.stop_reason IS NOT NEW.stop_reason BEGIN
+    UPDATE run_facets SET n = n - 1 WHERE OLD.run_id IS NOT NULL AND run_id = OLD.run_id AND (
+        (col = 'split' AND value = OLD.split) OR (col = 'status' AND value = OLD.status)
+        OR (col = 'stop_reason' AND value = OLD.stop_reason));
+    INSERT INTO run_facets(run_id, col, value, n)
+    SELECT NEW.run_id, c, v, 1 FROM (SELECT 'split' AS c, NEW.split AS v UNION ALL
+        SELECT 'status', NEW.status UNION ALL SELECT 'stop_reason', NEW.stop_reason)
+    WHERE v IS NOT NULL AND NEW.run_id IS NOT NULL
+    ON CONFLICT(run_id, col, value) DO UPDATE SET n = n + 1;
+END;
+-- Rewards per run, env and 10-second bucket: the reward-over-time chart reads these, not the rollouts.
+CREATE TABLE run_reward_buckets (
+    run_id INTEGER NOT NULL,
+    env TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    reward_sum REAL NOT NULL,
+    PRIMARY KEY (run_id, env, bucket)
+) WITHOUT ROWID;
+INSERT INTO run_reward_buckets SELECT run_id, env, CAST(ts / 10 AS INTEGER), COUNT(*), SUM(reward)
+    FROM rollouts WHERE run_id IS NOT NULL AND reward IS NOT NULL GROUP BY 1, 2, 3;
+CREATE TRIGGER rollouts_buckets_ins AFTER INSERT ON rollouts
+WHEN NEW.run_id IS NOT NULL AND NEW.reward IS NOT NULL BEGIN
+    INSERT INTO run_reward_buckets VALUES (NEW.run_id, NEW.env, CAST(NEW.ts / 10 AS INTEGER), 1, NEW.reward)
+    ON CONFLICT(run_id, env, bucket) DO UPDATE SET n = n + 1, reward_sum = reward_sum + NEW.reward;
+END;
+CREATE TRIGGER rollouts_buckets_upd AFTER UPDATE OF run_id, env, reward, ts ON rollouts
+WHEN OLD.run_id IS NOT NEW.run_id OR OLD.env IS NOT NEW.env OR OLD.reward IS NOT NEW.reward
+     OR OLD.ts IS NOT NEW.ts BEGIN
+    UPDATE run_reward_buckets SET n = n - 1, reward_sum = reward_sum - OLD.reward
+    WHERE OLD.run_id IS NOT NULL AND OLD.reward IS NOT NULL AND run_id = OLD.run_id AND env = OLD.env
+        AND bucket = CAST(OLD.ts / 10 AS INTEGER);
+    INSERT INTO run_reward_buckets
+    SELECT NEW.run_id, NEW.env, CAST(NEW.ts / 10 AS INTEGER), 1, NEW.reward
+    WHERE NEW.run_id IS NOT NULL AND NEW.reward IS NOT NULL
+    ON CONFLICT(run_id, env, bucket) DO UPDATE SET n = n + 1, reward_sum = reward_sum + NEW.reward;
+END;
+""",
 }
 
 
@@ -239,23 +343,28 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply the migrations the database lacks, each in its own transaction; returns the version."""
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Apply the migrations the database lacks, each in its own transaction; returns the version.
+
+    Safe when several processes open the same file at once: each step re-checks the version
+    inside its write transaction.
+    """
     current = schema_version(conn)
     if current > SCHEMA_VERSION:
         raise RuntimeError(f"trajectory database has schema version {current}, newer than this "
                            f"code ({SCHEMA_VERSION}); upgrade slime-envs or use another --db")
-    for version in range(current + 1, SCHEMA_VERSION + 1):
+    for version in range(current + 1, target + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _split_sql(_MIGRATIONS[version]):
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
+            if schema_version(conn) < version:
+                for statement in _split_sql(_MIGRATIONS[version]):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return SCHEMA_VERSION
+    return max(target, current)
 
 
 def _split_sql(script: str) -> list[str]:
@@ -276,6 +385,7 @@ def _split_sql(script: str) -> list[str]:
 
 
 def pack_ints(values: Iterable[int], code: str = "i") -> bytes:
+    """Integers as a packed array (int32 by default); raises TypeError/OverflowError on bad input."""
     return array.array(code, values).tobytes()
 
 
@@ -285,8 +395,12 @@ def unpack_ints(blob: bytes, code: str = "i") -> list[int]:
     return a.tolist()
 
 
-def pack_floats(values: Iterable[float | None]) -> bytes:
-    return array.array("f", (math.nan if v is None else v for v in values)).tobytes()
+def pack_floats(values: list[float | None]) -> bytes:
+    """Floats as a packed float32 array; None becomes NaN."""
+    try:
+        return array.array("f", values).tobytes()  # fast path: no None
+    except TypeError:
+        return array.array("f", (math.nan if v is None else v for v in values)).tobytes()
 
 
 def unpack_floats(blob: bytes) -> list[float | None]:
@@ -296,11 +410,11 @@ def unpack_floats(blob: bytes) -> list[float | None]:
 
 
 def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    return None if text is None else orjson.loads(text)
 
 
 # ---------------------------------------------------------------- writes
@@ -318,6 +432,12 @@ class _Writer:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._run_ids: dict[str, int] = {}
+        self._run_info_seen: set[int] = set()
+
+    def forget(self) -> None:
+        """Drop caches after a rollback (the rows they point to may be gone)."""
+        self._run_ids.clear()
+        self._run_info_seen.clear()
 
     def run_id(self, name: str, run_info: dict[str, Any] | None, now: float) -> int:
         rid = self._run_ids.get(name)
@@ -331,13 +451,18 @@ class _Writer:
             else:
                 rid = int(row[0])
             self._run_ids[name] = rid
-        if run_info:
+        if run_info and rid not in self._run_info_seen:
             self.conn.execute("UPDATE runs SET run_info = ? WHERE id = ? AND run_info IS NULL",
                               (_dumps(run_info), rid))
+            self._run_info_seen.add(rid)
         return rid
 
     def apply(self, events: list[Event]) -> IngestResult:
-        """Write one request's events (the caller owns the transaction)."""
+        """Write one request's events (the caller owns the transaction).
+
+        Messages go first, so a rollout inserted by the same batch counts them in its INSERT;
+        only rollouts whose reward/status/turns must be derived from messages are refreshed.
+        """
         now = time.time()
         result = IngestResult()
         touched: set[str] = set()
@@ -348,18 +473,8 @@ class _Writer:
                 msg_rows.append((
                     ev.eventId, ev.rolloutEventId, ev.index, ev.type, ev.content, ev.summary,
                     ev.contentReference, ev.name, ev.callId, ev.reward, int(bool(ev.isFinished)),
-                    _dumps(ev.metadata), ev.timestamp / 1000.0))
+                    None if ev.metadata is None else _dumps(ev.metadata), ev.timestamp / 1000.0))
                 touched.add(ev.rolloutEventId)
-            elif isinstance(ev, RolloutEvent):
-                if self._insert_rollout(ev, now):
-                    result.rollouts += 1
-                    touched.add(ev.eventId)
-                else:
-                    result.duplicates += 1
-                touched_runs.add(self.run_id(ev.runName, ev.run_info, now))
-            else:
-                self._update_rollout(ev, now)
-                result.updates += 1
         if msg_rows:
             before = self.conn.total_changes
             self.conn.executemany(
@@ -369,6 +484,21 @@ class _Writer:
             inserted = self.conn.total_changes - before
             result.messages += inserted
             result.duplicates += len(msg_rows) - inserted
+        for ev in events:
+            if isinstance(ev, RolloutEvent):
+                outcome = self._insert_rollout(ev, now)
+                if outcome is None:
+                    result.duplicates += 1
+                else:
+                    result.rollouts += 1
+                    if outcome:  # complete as inserted: nothing to derive from messages
+                        touched.discard(ev.eventId)
+                    else:
+                        touched.add(ev.eventId)
+                touched_runs.add(self.run_id(ev.runName, ev.run_info, now))
+            elif isinstance(ev, RolloutUpdateEvent):
+                self._update_rollout(ev, now)
+                result.updates += 1
         for event_id in touched:
             run = self._refresh_rollout(event_id, now)
             if run is not None:
@@ -377,7 +507,8 @@ class _Writer:
             self.conn.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (now, rid))
         return result
 
-    def _insert_rollout(self, ev: RolloutEvent, now: float) -> bool:
+    def _insert_rollout(self, ev: RolloutEvent, now: float) -> bool | None:
+        """Insert (or fill a placeholder); None if already stored, else whether it needs no refresh."""
         meta = dict(ev.metadata or {})
         arrays = {k: meta.pop(k) for k in ARRAY_KEYS if k in meta}
         prompt_length = meta.pop("prompt_length", None)
@@ -399,13 +530,14 @@ class _Writer:
             reward, int(reward is not None), _str_or_none(meta.get("reward_reduction")),
             turns or 0, int(turns is not None), group_key,
             task_index if isinstance(task_index, int) else None,
-            _dumps(meta), _dumps(ev.task_spec), _dumps(ev.run_info), _dumps(ev.rollout_info),
+            _dumps(meta), _dumps(ev.task_spec), _dumps(ev.run_info), _dumps(ev.rollout_info), ev.eventId,
         )
         cur = self.conn.execute(
             "INSERT INTO rollouts(event_id, run_id, name, env, environment_id, split, step, ts, "
             "updated_at, status, status_explicit, stop_reason, reward, reward_explicit, "
             "reward_reduction, num_turns, turns_explicit, group_key, task_index, metadata, "
-            "task_spec, run_info, rollout_info) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "task_spec, run_info, rollout_info, num_messages) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+            "(SELECT COUNT(*) FROM messages WHERE rollout_event_id = ?)) "
             "ON CONFLICT(event_id) DO UPDATE SET run_id = excluded.run_id, name = excluded.name, "
             "env = excluded.env, environment_id = excluded.environment_id, split = excluded.split, "
             "step = excluded.step, ts = excluded.ts, updated_at = excluded.updated_at, "
@@ -415,22 +547,26 @@ class _Writer:
             "num_turns = excluded.num_turns, turns_explicit = excluded.turns_explicit, "
             "group_key = excluded.group_key, task_index = excluded.task_index, "
             "metadata = excluded.metadata, task_spec = excluded.task_spec, run_info = excluded.run_info, "
+            "num_messages = excluded.num_messages, "
             "rollout_info = json_patch(IFNULL(rollouts.rollout_info, '{}'), IFNULL(excluded.rollout_info, '{}')) "
             "WHERE rollouts.run_id IS NULL", row)
         if cur.rowcount == 0:
-            return False
+            return None
         if arrays.get("token_ids") is not None:
             self._insert_tokens(ev.eventId, arrays, prompt_length)
-        return True
+        return reward is not None and status is not None and turns is not None
 
     def _insert_tokens(self, event_id: str, arrays: dict[str, Any], prompt_length: Any) -> None:
         try:
-            ids = [int(t) for t in arrays.get("token_ids") or []]
-            mask = [1 if m else 0 for m in arrays.get("loss_mask") or []]
-            lps = [None if v is None else float(v) for v in arrays.get("logprobs") or []]
+            mask = arrays.get("loss_mask") or []
+            try:
+                mask_blob = pack_ints(mask, "B")
+            except (TypeError, OverflowError):
+                mask_blob = pack_ints([1 if m else 0 for m in mask], "B")
             self.conn.execute(
                 "INSERT OR IGNORE INTO rollout_tokens VALUES (?,?,?,?,?)",
-                (event_id, int(prompt_length or 0), pack_ints(ids), pack_ints(mask, "B"), pack_floats(lps)))
+                (event_id, int(prompt_length or 0), pack_ints(arrays.get("token_ids") or []), mask_blob,
+                 pack_floats(list(arrays.get("logprobs") or []))))
         except (TypeError, ValueError, OverflowError) as e:
             log.warning("rollout %s: token arrays not stored: %s", event_id, e)
 
@@ -443,32 +579,29 @@ class _Writer:
             (ev.eventId, info, now))
 
     def _refresh_rollout(self, event_id: str, now: float) -> int | None:
-        """Recount a rollout's messages; derive reward/status/turns where the rollout did not state them."""
-        row = self.conn.execute(
-            "SELECT run_id, reward_explicit, status_explicit, turns_explicit FROM rollouts "
-            "WHERE event_id = ?", (event_id,)).fetchone()
-        if row is None or row["run_id"] is None:
-            return None
-        stats = self.conn.execute(
-            "SELECT COUNT(*), MAX(is_finished), SUM(type = 'tool_call') FROM messages "
-            "WHERE rollout_event_id = ?", (event_id,)).fetchone()
-        sets = ["num_messages = ?", "updated_at = ?"]
-        args: list[Any] = [stats[0], now]
-        if not row["reward_explicit"]:
-            r = self.conn.execute(
-                "SELECT reward FROM messages WHERE rollout_event_id = ? AND reward IS NOT NULL "
-                "ORDER BY is_finished DESC, idx DESC LIMIT 1", (event_id,)).fetchone()
-            sets.append("reward = ?")
-            args.append(r[0] if r else None)
-        if not row["status_explicit"]:
-            sets.append("status = ?")
-            args.append("finished" if stats[1] else "running")
-        if not row["turns_explicit"]:
-            sets.append("num_turns = ?")
-            args.append(stats[2] or 0)
-        args.append(event_id)
-        self.conn.execute(f"UPDATE rollouts SET {', '.join(sets)} WHERE event_id = ?", args)
-        return int(row["run_id"])
+        """Recount a rollout's messages; derive reward/status/turns where the rollout did not state them.
+
+        One statement: SQLite evaluates the CASE branches lazily, so explicit fields cost nothing.
+        """
+        row = self.conn.execute(_REFRESH_SQL, {"id": event_id, "now": now}).fetchone()
+        return None if row is None else int(row[0])
+
+
+_REFRESH_SQL = """
+UPDATE rollouts SET
+    num_messages = (SELECT COUNT(*) FROM messages WHERE rollout_event_id = :id),
+    updated_at = :now,
+    reward = CASE WHEN reward_explicit THEN reward ELSE
+        (SELECT reward FROM messages WHERE rollout_event_id = :id AND reward IS NOT NULL
+         ORDER BY is_finished DESC, idx DESC LIMIT 1) END,
+    status = CASE WHEN status_explicit THEN status ELSE
+        (CASE WHEN EXISTS (SELECT 1 FROM messages WHERE rollout_event_id = :id AND is_finished)
+              THEN 'finished' ELSE 'running' END) END,
+    num_turns = CASE WHEN turns_explicit THEN num_turns ELSE
+        (SELECT COUNT(*) FROM messages WHERE rollout_event_id = :id AND type = 'tool_call') END
+WHERE event_id = :id AND run_id IS NOT NULL
+RETURNING run_id
+"""
 
 
 def _str_or_none(v: Any) -> str | None:
@@ -481,6 +614,24 @@ def _str_or_none(v: Any) -> str | None:
 SortKey = Literal["time", "reward", "turns"]
 _SORT_COLUMN = {"time": "ts", "reward": "reward_key", "turns": "num_turns"}
 _SORT_INDEX = {"time": "rollouts_run_ts", "reward": "rollouts_run_reward", "turns": "rollouts_run_turns"}
+_FILTER_INDEX = {"stop_reason": "rollouts_run_stop_ts", "status": "rollouts_run_status_ts",
+                 "env": "rollouts_run_env_ts", "split": "rollouts_run_split_ts"}
+# Below this many matching rows, reading them through a filter index and sorting is cheaper than
+# walking the sort index past non-matching rows.
+_SORT_IN_MEMORY_ROWS = 20_000
+
+
+def _pick_index(flt: "RolloutFilter", sort: str, total: int) -> str:
+    """The index a page query walks: the sort order's, or a filter's when that reads fewer rows."""
+    eq = next((c for c in _FILTER_INDEX if getattr(flt, c)), None)
+    if eq is not None and (sort == "time" or total <= _SORT_IN_MEMORY_ROWS):
+        return _FILTER_INDEX[eq]
+    if eq is None and sort == "time" and total <= _SORT_IN_MEMORY_ROWS and (
+            flt.min_reward is not None or flt.max_reward is not None):
+        return _SORT_INDEX["reward"]
+    return _SORT_INDEX[sort]
+
+
 LIST_COLUMNS = ("id, event_id, name, env, split, step, ts, status, stop_reason, reward, "
                 "reward_reduction, num_turns, num_messages, group_key, task_index")
 
@@ -632,7 +783,7 @@ class TrajectoryStore:
                 except Exception as e:  # bad data in one batch must not sink the others
                     conn.execute("ROLLBACK TO batch")
                     conn.execute("RELEASE batch")
-                    writer._run_ids.clear()
+                    writer.forget()
                     outcomes.append((job, e))
             conn.execute("COMMIT")
         except Exception as e:
@@ -641,7 +792,7 @@ class TrajectoryStore:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            writer._run_ids.clear()
+            writer.forget()
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(e)
@@ -707,16 +858,15 @@ class TrajectoryStore:
         return None if row is None else int(row[0])
 
     def facets(self, run_id: int) -> dict[str, list[str]]:
-        """Distinct values of the filterable columns of a run (for the filter form)."""
+        """Values present in a run for each filterable column (for the filter form)."""
         conn = self._conn()
-        out: dict[str, list[str]] = {}
-        out["env"] = [r[0] for r in conn.execute(
-            "SELECT env FROM run_env_stats WHERE run_id = ? AND n > 0 ORDER BY env", (run_id,))]
+        out: dict[str, list[str]] = {"env": [r[0] for r in conn.execute(
+            "SELECT env FROM run_env_stats WHERE run_id = ? AND n > 0 ORDER BY env", (run_id,))]}
         for col in ("split", "status", "stop_reason"):
-            # Skip-scan over small distinct sets; bounded so a huge run stays fast.
-            out[col] = [r[0] for r in conn.execute(
-                f"SELECT DISTINCT {col} FROM (SELECT {col} FROM rollouts WHERE run_id = ? "
-                f"ORDER BY id DESC LIMIT 20000) WHERE {col} IS NOT NULL ORDER BY 1 LIMIT 50", (run_id,))]
+            out[col] = []
+        for col, value in conn.execute(
+                "SELECT col, value FROM run_facets WHERE run_id = ? AND n > 0 ORDER BY col, value", (run_id,)):
+            out[col].append(value)
         return out
 
     def list_rollouts(self, run_id: int, flt: RolloutFilter | None = None, sort: SortKey = "time",
@@ -742,10 +892,10 @@ class TrajectoryStore:
         if cursor is not None:
             value, rid = decode_cursor(cursor)
             op = "<" if forward_desc else ">"
-            page_clauses.append(f"({col} {op} ? OR ({col} = ? AND id {op} ?))")
-            page_args += [value, value, rid]
+            page_clauses.append(f"({col}, id) {op} (?, ?)")  # row value: an index range, not a scan
+            page_args += [value, rid]
         direction = "DESC" if forward_desc else "ASC"
-        index = _SORT_INDEX[sort] if not (flt.env and sort == "time") else "rollouts_run_env_ts"
+        index = _pick_index(flt, sort, total)
         sql = (f"SELECT {LIST_COLUMNS}, {col} AS sort_value FROM rollouts INDEXED BY {index} "
                f"WHERE {' AND '.join(page_clauses)} ORDER BY {col} {direction}, id {direction} LIMIT ?")
         rows = [dict(r) for r in conn.execute(sql, [*page_args, limit + 1])]
@@ -808,21 +958,26 @@ class TrajectoryStore:
             (run_id, group_key, limit))]
 
     def reward_series(self, run_id: int, buckets: int = 60) -> dict[str, Any]:
-        """Mean reward per env in equal time buckets over the run: {t0, t1, series: {env: [[t, mean, n]]}}."""
-        conn = self._conn()
-        span = conn.execute("SELECT MIN(ts), MAX(ts) FROM rollouts WHERE run_id = ? AND reward IS NOT NULL",
-                            (run_id,)).fetchone()
-        if span[0] is None:
+        """Mean reward per env in up to `buckets` equal time slices: {t0, t1, series: {env: [[t, mean, n]]}}.
+
+        Reads the 10-second aggregates kept by triggers, so it costs the same for 1k or 1M rollouts.
+        """
+        rows = self._conn().execute(
+            "SELECT env, bucket, n, reward_sum FROM run_reward_buckets WHERE run_id = ? AND n > 0",
+            (run_id,)).fetchall()
+        if not rows:
             return {"t0": None, "t1": None, "series": {}}
-        t0, t1 = float(span[0]), float(span[1])
-        width = max((t1 - t0) / buckets, 1e-3)
-        series: dict[str, list[list[float]]] = {}
-        for r in conn.execute(
-                "SELECT env, MIN(CAST((ts - ?) / ? AS INTEGER), ?) AS b, AVG(reward), COUNT(*) "
-                "FROM rollouts INDEXED BY rollouts_run_env_ts_reward "
-                "WHERE run_id = ? AND reward IS NOT NULL GROUP BY env, b ORDER BY env, b",
-                (t0, width, buckets - 1, run_id)):
-            series.setdefault(r[0], []).append([t0 + (r[1] + 0.5) * width, r[2], r[3]])
+        t0 = min(r[1] for r in rows) * 10.0
+        t1 = (max(r[1] for r in rows) + 1) * 10.0
+        width = (t1 - t0) / buckets
+        acc: dict[str, dict[int, list[float]]] = {}
+        for env, bucket, n, total in rows:
+            b = min(int((bucket * 10.0 - t0) / width), buckets - 1)
+            slot = acc.setdefault(env, {}).setdefault(b, [0.0, 0.0])
+            slot[0] += n
+            slot[1] += total
+        series = {env: [[t0 + (b + 0.5) * width, total / n, n] for b, (n, total) in sorted(slots.items())]
+                  for env, slots in sorted(acc.items())}
         return {"t0": t0, "t1": t1, "series": series}
 
     def counts(self) -> dict[str, int]:

@@ -53,6 +53,25 @@ def test_schema_is_versioned_and_migration_is_idempotent(tmp_path: Path) -> None
         TrajectoryStore(path)
 
 
+def test_upgrade_from_schema_v1_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = connect(path)
+    assert migrate(conn, target=1) == 1
+    conn.execute("INSERT INTO messages(event_id, rollout_event_id, idx, type, content, ts) "
+                 "VALUES ('m1', 'r1', 0, 'user_message', 'kept', 1.0)")
+    conn.close()
+    store = TrajectoryStore(path)  # migrates to the current version
+    conn = connect(path)
+    assert schema_version(conn) == SCHEMA_VERSION == 2
+    assert [r["content"] for r in store.messages("r1")] == ["kept"]
+    assert [r[2] for r in conn.execute("PRAGMA index_list(messages)") if r[2]] == [1]  # one unique index
+    # v2 deduplicates per rollout: the same eventId again is ignored
+    rid, events = rollout_events(rid="r1", n_messages=1)
+    store.write(events)
+    store.write(events)
+    assert len(store.messages("r1")) == 2  # 'kept' + message 0, once
+
+
 def test_views_are_indexed(store: TrajectoryStore) -> None:
     conn = connect(store.path)
     plan = " ".join(r[3] for r in conn.execute(
@@ -60,7 +79,7 @@ def test_views_are_indexed(store: TrajectoryStore) -> None:
     assert "USING" in plan and "INDEX" in plan and "TEMP B-TREE" not in plan
     plan = " ".join(r[3] for r in conn.execute(
         "EXPLAIN QUERY PLAN SELECT * FROM messages WHERE rollout_event_id = 'x' ORDER BY idx"))
-    assert "messages_rollout" in plan
+    assert "USING INDEX sqlite_autoindex_messages" in plan
 
 
 def test_ingest_is_idempotent_on_event_id(store: TrajectoryStore) -> None:
@@ -104,6 +123,9 @@ def test_sdk_style_rollout_gets_reward_and_status_from_messages(store: Trajector
     assert r["reward"] == 1.0 and r["status"] == "finished" and r["num_messages"] == 2
     assert r["rollout_info"] == {"task_index": 4} and r["task_index"] is None
     assert store.list_runs()[0]["mean_reward"] == 1.0
+    run = store.run_id_by_name("run-a")
+    assert store.facets(run)["status"] == ["finished"]  # 'running' was counted, then moved by the trigger
+    assert [p[1:] for p in store.reward_series(run)["series"]["gsm8k"]] == [[1.0, 1]]
 
 
 def test_run_stats_match_the_rows(store: TrajectoryStore) -> None:

@@ -1,0 +1,299 @@
+"""Benchmark of the trajectory service, against `python -m envs.server --role trajectories`.
+
+1. Ingest: 20-turn rollouts through POST /v1/rollouts (target >= 500 rollouts/s), as the bridge's
+   sink sends them (8 rollouts per request, with token ids / loss mask / logprobs in metadata) and
+   as the stock SDK batches them (128 events per request, messages only). Baseline: the naive
+   store, one INSERT per event and one commit per INSERT.
+2. Rollout list of a 100,000-rollout run (target < 300 ms server time): first page, a filtered +
+   reward-sorted page, a page 90,000 rows deep (keyset cursor), and the whole HTML page.
+   Baseline: the same deep page with LIMIT/OFFSET.
+
+    .venv/bin/python bench/trajectories.py [--rollouts 2000] [--list-rows 100000]
+
+Numbers on a shared 2-core machine are noisy; the load generator shares the cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+# bench/ holds scripts named like the packages (bench/bridge.py); keep it off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
+sys.path.insert(0, str(REPO))
+
+from bridge.trajectory import Trajectory  # noqa: E402
+from bridge.trajectory_sink import trajectory_events  # noqa: E402
+from envs.store import EventBatch, TrajectoryStore  # noqa: E402
+
+INGEST_TARGET = 500.0  # rollouts/s
+LIST_TARGET_MS = 300.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m envs.server --role trajectories` on a free loopback port."""
+
+    def __init__(self, db: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OPENREWARD_DISABLE_UPDATE_CHECK": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "envs.server", "--role", "trajectories", "--db", str(db),
+                                      "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                                     cwd=REPO, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise SystemExit("bench: server exited during startup")
+            time.sleep(0.2)
+        raise SystemExit("bench: server did not start")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """user+system CPU used so far by each thread of the server (Linux /proc), by thread name."""
+        out: dict[str, float] = {}
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            name = "event loop" if task.name == str(self.proc.pid) else "other thread"
+            out[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def twenty_turn_trajectory(i: int, turns: int, with_tokens: bool, run: str = "bench") -> Trajectory:
+    msgs: list[dict] = [{"role": "system", "content": "You are an agent. Use the tools to solve the task."},
+                        {"role": "user", "content": f"Task {i}: find the culprit among the suspects. " * 4}]
+    for t in range(turns):
+        msgs.append({"role": "assistant", "content": f"Step {t}: I will inspect the next clue carefully.",
+                     "reasoning_content": "Let me think about which tool gives the most information. " * 3,
+                     "tool_calls": [{"id": f"c{t}", "name": "view_exhibits", "arguments": {"page": t}}]})
+        msgs.append({"role": "tool", "tool_call_id": f"c{t}", "name": "view_exhibits",
+                     "content": f"Exhibit {t}: a torn letter mentioning the garden at midnight. " * 3,
+                     "reward": 0.0 if t < turns - 1 else 1.0, "finished": t == turns - 1})
+    n_resp = 150 * turns if with_tokens else 0
+    return Trajectory(run_name=run, env=["gsm8k", "whodunit"][i % 2], split="train", index=i, task_spec=None,
+                      messages=msgs, turn_rewards=[0.0] * (turns - 1) + [1.0], reward=1.0,
+                      reward_reduction="sum", stop_reason="env_finished", status="completed", num_turns=turns,
+                      num_tool_calls=turns, tool_errors={}, drift_count=0,
+                      token_ids=list(range(300 + n_resp)) if with_tokens else [],
+                      prompt_length=300 if with_tokens else 0, loss_mask=[1, 0] * (n_resp // 2),
+                      logprobs=[-0.123456] * n_resp, timings={"total": 12.5}, group_index=i // 8, sample_index=i)
+
+
+async def post_all(url: str, bodies: list[bytes], concurrency: int) -> float:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            body = queue.get_nowait()
+            r = await client.post(f"{url}/v1/rollouts", content=body, headers={"content-type": "application/json"})
+            if r.status_code != 200:
+                raise SystemExit(f"bench: ingest failed: {r.status_code} {r.text[:200]}")
+
+    async with httpx.AsyncClient(timeout=120) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        return time.perf_counter() - t0
+
+
+def ingest_bodies(n: int, turns: int, with_tokens: bool, per_request: int | None, events_per_request: int | None,
+                  run: str) -> tuple[list[bytes], int]:
+    all_events: list[list[dict]] = [trajectory_events(twenty_turn_trajectory(i, turns, with_tokens, run))
+                                    for i in range(n)]
+    if not with_tokens:
+        for evs in all_events:
+            meta = evs[0]["metadata"]
+            for k in ("token_ids", "loss_mask", "logprobs"):
+                meta.pop(k, None)
+    bodies: list[bytes] = []
+    if per_request:
+        for i in range(0, n, per_request):
+            bodies.append(orjson.dumps({"events": [e for evs in all_events[i:i + per_request] for e in evs]}))
+    else:
+        flat = [e for evs in all_events for e in evs]
+        for i in range(0, len(flat), events_per_request or 128):
+            bodies.append(orjson.dumps({"events": flat[i:i + (events_per_request or 128)]}))
+    return bodies, sum(len(e) for e in all_events)
+
+
+def naive_baseline(n: int, turns: int, tmp: Path) -> float:
+    """Rollouts/s of the naive store: one INSERT per event, one commit (fsync) per INSERT."""
+    conn = sqlite3.connect(tmp / "naive.db", isolation_level=None)
+    conn.execute("CREATE TABLE events (event_id TEXT PRIMARY KEY, rollout TEXT, kind TEXT, body TEXT)")
+    events = [trajectory_events(twenty_turn_trajectory(i, turns, False)) for i in range(n)]
+    t0 = time.perf_counter()
+    for evs in events:
+        for e in evs:
+            conn.execute("INSERT OR IGNORE INTO events VALUES (?,?,?,?)",
+                         (e["eventId"] + e["eventType"], e.get("rolloutEventId", e["eventId"]), e["eventType"],
+                          orjson.dumps(e).decode()))
+    dt = time.perf_counter() - t0
+    conn.close()
+    return n / dt
+
+
+def bench_ingest(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, str]]:
+    results = []
+    server = Server(tmp / "ingest.db")
+    try:
+        for label, tokens, per_req, ev_per_req in (
+                ("sink-style: 8 rollouts/request, with token data", True, 8, None),
+                ("SDK-style: 128 events/request, messages only", False, None, 128)):
+            bodies, n_events = ingest_bodies(args.rollouts, args.turns, tokens, per_req, ev_per_req,
+                                             run=f"bench-{uuid.uuid4().hex[:6]}")
+            mb = sum(len(b) for b in bodies) / 1e6
+            cpu0 = server.cpu_seconds()
+            dt = asyncio.run(post_all(server.url, bodies, args.concurrency))
+            time.sleep(0.5)  # let the server finish its bookkeeping before reading its CPU time
+            cpu1 = server.cpu_seconds()
+            per_thread = {k: (v - cpu0.get(k, 0.0)) / args.rollouts * 1000 for k, v in cpu1.items()}
+            cpu_ms = sum(per_thread.values())
+            busiest = sorted(((ms, k.split("/")[0]) for k, ms in per_thread.items() if ms > 0.05), reverse=True)
+            rate = args.rollouts / dt
+            results.append((label, rate, f"{args.rollouts} rollouts, {n_events} events, {len(bodies)} requests, "
+                                         f"{mb:.1f} MB in {dt:.2f}s ({n_events / dt:,.0f} events/s)\n      server CPU "
+                                         f"{cpu_ms:.2f} ms/rollout = {1000 / cpu_ms:,.0f} rollouts per CPU-second; "
+                                         "by thread: " + ", ".join(f"{n} {ms:.2f} ms" for ms, n in busiest)))
+    finally:
+        server.stop()
+    return results
+
+
+def fill_store(db: Path, n: int) -> None:
+    """A 100k-rollout run written straight into the store (what ingest would have produced)."""
+    store = TrajectoryStore(db)
+    t0 = 1_700_000_000_000
+    envs = ["gsm8k", "whodunit", "haiku"]
+    stops = ["env_finished"] * 6 + ["max_turns", "no_tool_call", "context_budget"]
+    chunk = 5000
+    for start in range(0, n, chunk):
+        events = []
+        for i in range(start, min(n, start + chunk)):
+            rid = str(uuid.UUID(int=i + 1))
+            stop = stops[i % len(stops)]
+            events.append({"eventType": "rollout", "eventId": rid, "timestamp": t0 + i * 500, "runName": "big-run",
+                           "environment": envs[i % 3], "split": "train" if i % 10 else "test",
+                           "metadata": {"reward": (i * 7919 % 1000) / 1000, "status": "completed" if stop == "env_finished"
+                                        else "truncated", "stop_reason": stop, "num_turns": 1 + i % 20,
+                                        "group_index": i // 8}})
+            events.append({"eventType": "message", "eventId": f"{rid}-0", "timestamp": t0 + i * 500, "index": 0,
+                           "rolloutEventId": rid, "type": "user_message", "content": f"task {i}"})
+        store.write(EventBatch.model_validate({"events": events}).events)
+    store.stop()
+
+
+def timed_get(client: httpx.Client, url: str, params: dict | None = None, reps: int = 15) -> tuple[float, float, dict]:
+    """(median server ms from Server-Timing, median wall ms, last JSON/None)."""
+    server_ms, wall_ms, body = [], [], None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        r = client.get(url, params=params)
+        wall_ms.append((time.perf_counter() - t0) * 1000)
+        r.raise_for_status()
+        st = r.headers.get("server-timing", "")
+        if "dur=" in st:
+            server_ms.append(float(st.split("dur=")[1]))
+        if r.headers.get("content-type", "").startswith("application/json"):
+            body = r.json()
+    return (statistics.median(server_ms) if server_ms else float("nan")), statistics.median(wall_ms), body
+
+
+def bench_list(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, str]]:
+    db = tmp / "list.db"
+    t0 = time.perf_counter()
+    fill_store(db, args.list_rows)
+    print(f"  (filled {args.list_rows:,} rollouts in {time.perf_counter() - t0:.1f}s)")
+    results = []
+    server = Server(db)
+    try:
+        with httpx.Client(timeout=60) as c:
+            run_id = next(r["id"] for r in c.get(f"{server.url}/api/runs").json()["runs"] if r["name"] == "big-run")
+            base = f"{server.url}/api/runs/{run_id}/rollouts"
+            s, w, first = timed_get(c, base)
+            results.append(("first page (newest 50, with total count)", s, f"wall {w:.1f} ms, total={first['total']}"))
+            s, w, page = timed_get(c, base, {"env": "whodunit", "stop_reason": "no_tool_call", "min_reward": 0.5,
+                                             "sort": "reward", "order": "desc"})
+            results.append(("filtered env+stop reason+reward range, sorted by reward", s,
+                            f"wall {w:.1f} ms, total={page['total']}"))
+            conn = sqlite3.connect(db)
+            depth = max(0, min(90_000, args.list_rows - 60))
+            ts, rid = conn.execute("SELECT ts, id FROM rollouts ORDER BY ts DESC, id DESC LIMIT 1 OFFSET ?",
+                                   (depth,)).fetchone()
+            s, w, deep = timed_get(c, base, {"after": f"{ts!r}~{rid}"})
+            results.append((f"page {depth:,} rows deep (keyset cursor)", s, f"wall {w:.1f} ms"))
+            t = time.perf_counter()
+            for _ in range(5):
+                conn.execute("SELECT id, event_id, env, reward FROM rollouts WHERE run_id = ? "
+                             "ORDER BY ts DESC, id DESC LIMIT 50 OFFSET ?", (run_id, depth)).fetchall()
+            offset_ms = (time.perf_counter() - t) / 5 * 1000
+            results.append(("  baseline: same deep page with LIMIT/OFFSET (in-process SQL)", offset_ms, ""))
+            conn.close()
+            _, w, _ = timed_get(c, f"{server.url}/runs/{run_id}", reps=7)
+            results.append(("HTML run page (list + facets + count + SVG chart), wall", w, ""))
+            s, w, _ = timed_get(c, base, {"status": "truncated", "sort": "turns"})
+            results.append(("filtered status=truncated, sorted by turns", s, f"wall {w:.1f} ms"))
+    finally:
+        server.stop()
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rollouts", type=int, default=2000, help="rollouts to ingest per scenario")
+    p.add_argument("--turns", type=int, default=20)
+    p.add_argument("--concurrency", type=int, default=4, help="concurrent upload connections")
+    p.add_argument("--list-rows", type=int, default=100_000)
+    p.add_argument("--baseline-rollouts", type=int, default=30)
+    p.add_argument("--skip-ingest", action="store_true")
+    p.add_argument("--skip-list", action="store_true")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-traj-") as d:
+        tmp = Path(d)
+        if not args.skip_ingest:
+            print(f"Ingest of {args.turns}-turn rollouts through POST /v1/rollouts (target >= {INGEST_TARGET:.0f}/s)")
+            base = naive_baseline(args.baseline_rollouts, args.turns, tmp)
+            for label, rate, detail in bench_ingest(args, tmp):
+                print(f"  {label}: {rate:,.0f} rollouts/s = {rate / INGEST_TARGET:.2f}x target, "
+                      f"{rate / base:,.0f}x naive baseline\n      {detail}")
+            print(f"  baseline (one INSERT per event, one commit per INSERT, in-process): {base:,.1f} rollouts/s")
+        if not args.skip_list:
+            print(f"Rollout list of a {args.list_rows:,}-rollout run (target < {LIST_TARGET_MS:.0f} ms server time)")
+            for label, ms, detail in bench_list(args, tmp):
+                ratio = f" = {ms / LIST_TARGET_MS:.3f}x target budget" if not label.startswith("  ") else ""
+                print(f"  {label}: {ms:.1f} ms{ratio}{'  (' + detail + ')' if detail else ''}")
+
+
+if __name__ == "__main__":
+    main()
