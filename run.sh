@@ -12,7 +12,7 @@ elif [ -x "$ROOT/.venv/bin/python" ]; then
 else
   PY="python3"
 fi
-if ! "$PY" -c "import yaml, httpx, pydantic, openreward" 2>/dev/null; then
+if ! "$PY" -c "import yaml, httpx, pydantic" 2>/dev/null; then
   echo "run.sh: $PY lacks the project's dependencies -> fix: bash setup.sh" >&2
   exit 2
 fi
