@@ -159,7 +159,7 @@ def resolve_model_args(opts: argparse.Namespace, slime_path: Path | None) -> tup
             return read_model_args(p), str(p)
         return shlex.split(opts.model_args), "--model-args"
     if slime_path is None:
-        return [], "unknown until --slime-path is given"
+        return [], "unknown until a slime checkout is found"
     script = model_args_script(slime_path, opts.model)
     if script is None:
         known = sorted(s.stem for s in (slime_path / "scripts" / "models").glob("*.sh"))
@@ -287,6 +287,74 @@ def _ray_up(address: str) -> bool:
     return answers(address, "/api/version")
 
 
+def _plan_env_servers(opts: argparse.Namespace, cfg: TrainConfig | None, probe: bool, checks: list[pre.Check],
+                      notes: list[str]) -> tuple[str | None, list[tuple[str, list[str]]], dict | None]:
+    """The env server URL the bridge uses, the servers to start, and a config override for --env-server."""
+    if cfg is None or all(is_hosted(n) for n in cfg.environments):
+        return None, [], None
+    urls = [opts.env_server.rstrip("/")] if opts.env_server else cfg.env_server_urls
+    override = _config_with_env_server(cfg, urls[0]) if opts.env_server and urls[0] not in cfg.env_server_urls \
+        else None
+    servers: list[tuple[str, list[str]]] = []
+    for url in urls:
+        if probe and answers(url):
+            notes.append(f"env server already answers at {url}")
+        elif is_loopback(url):
+            cmd = env_server_command(opts.config, url, str(Path(opts.db).resolve()))
+            if servers:  # one trajectory store: further servers only serve environments
+                cmd += ["--role", "env"]
+            servers.append((url, cmd))
+        else:
+            checks.append(pre.Check("env server", False, f"{url} does not answer /health",
+                                    f"start it there: python -m envs.server --config {opts.config} "
+                                    f"--host 0.0.0.0 --port {urlparse(url).port or 80}"))
+    return urls[0], servers, override
+
+
+def _check_emitted_flags(train_args: list[str], model_args: list[str], backend: str, slime_path: Path | None,
+                         checks: list[pre.Check], notes: list[str]) -> None:
+    """Every flag we emit must be one this slime (or Megatron) defines: slime ignores unknown flags silently."""
+    if slime_path is None:
+        notes.append("emitted flags not checked: no slime checkout")
+        return
+    known = slime_checkout_flags(slime_path) | SGLANG_FLAGS
+    if backend == "megatron":
+        known |= MEGATRON_FLAGS | set(emitted_flags(model_args))
+    bad = unknown_flags(train_args, known)
+    if bad:
+        checks.append(pre.Check("slime flags", False, f"this slime does not define {', '.join(bad)}; it would ignore them",
+                                "use a slime version this launcher supports (v0.2.2 .. v0.3.1)"))
+    else:
+        notes.append(f"all {len(set(emitted_flags(train_args)))} emitted flags are defined by this slime/Megatron")
+
+
+def _job_env(pythonpath: list[str], train_config: Path, cfg: TrainConfig | None, environ: dict[str, str],
+             use_wandb: bool) -> tuple[dict[str, str], list[str]]:
+    """The Ray job's env_vars (project on PYTHONPATH, TRAIN_CONFIG, keys) and which of them are secrets."""
+    env = {
+        "PYTHONPATH": ":".join(pythonpath),
+        TRAIN_CONFIG_ENV: str(train_config),
+        "OPENREWARD_DISABLE_UPDATE_CHECK": "1",
+        "PYTHONUNBUFFERED": "1",
+        "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+    }
+    wandb_key = environ.get("WANDB_API_KEY")
+    if use_wandb and not wandb_key:
+        env["WANDB_MODE"] = "offline"
+    secrets = []
+    for name in (["WANDB_API_KEY"] if wandb_key else []) + (pre.required_api_keys(cfg) if cfg else []):
+        if environ.get(name):
+            env[name] = environ[name]
+            secrets.append(name)
+    return env, secrets
+
+
+def _train_script(slime_dir: Path, train_cmd: list[str]) -> str:
+    """The shell script the Ray job runs: every argument quoted once, so nothing is re-split on the way."""
+    return ("#!/usr/bin/env bash\n# Written by run.sh; the Ray job runs it.\nset -e\n"
+            f"cd {shlex.quote(str(slime_dir))}\nexec " + " \\\n  ".join(_pairs(train_cmd)) + "\n")
+
+
 def build_plan(opts: argparse.Namespace, extra: list[str], environ: dict[str, str] | None = None,
                gpus: int | None = None, probe: bool = True) -> LaunchPlan:
     """Check prerequisites and decide every command. `gpus`/`probe` let tests fix the machine state."""
@@ -338,27 +406,7 @@ def build_plan(opts: argparse.Namespace, extra: list[str], environ: dict[str, st
             script = source if source and source.endswith(".sh") else None
             checks.append(pre.check_megatron_weights(opts.load or opts.model, slime_path, script))
 
-    # env server: needed when the config has local environments
-    env_url: str | None = None
-    env_servers: list[tuple[str, list[str]]] = []
-    config_override: dict | None = None
-    if cfg is not None and any(not is_hosted(n) for n in cfg.environments):
-        urls = [opts.env_server.rstrip("/")] if opts.env_server else cfg.env_server_urls
-        env_url = urls[0]
-        if opts.env_server and env_url not in cfg.env_server_urls:
-            config_override = _config_with_env_server(cfg, env_url)
-        for url in urls:
-            if probe and answers(url):
-                notes.append(f"env server already answers at {url}")
-            elif is_loopback(url):
-                cmd = env_server_command(opts.config, url, str(Path(opts.db).resolve()))
-                if env_servers:  # one trajectory store: further servers only serve environments
-                    cmd += ["--role", "env"]
-                env_servers.append((url, cmd))
-            else:
-                checks.append(pre.Check("env server", False, f"{url} does not answer /health",
-                                        f"start it there: python -m envs.server --config {opts.config} "
-                                        f"--host 0.0.0.0 --port {urlparse(url).port or 80}"))
+    env_url, env_servers, config_override = _plan_env_servers(opts, cfg, probe, checks, notes)
 
     ray_start: list[str] | None = None
     if not (probe and _ray_up(opts.ray_address)):
@@ -372,43 +420,16 @@ def build_plan(opts: argparse.Namespace, extra: list[str], environ: dict[str, st
     train_args = slime_train_args(opts, model_args=model_args, actor_gpus=actor_gpus,
                                   gpus_per_node=found_gpus or actor_gpus, eval_name=eval_name,
                                   use_wandb_offline=not wandb_key, wandb_group=opts.wandb_group or run_name)
-    # every flag we emit must be one this slime knows: it ignores unknown flags silently
-    if slime_path is not None:
-        known = slime_checkout_flags(slime_path) | SGLANG_FLAGS
-        if opts.train_backend == "megatron":
-            known |= MEGATRON_FLAGS | set(emitted_flags(model_args))
-        bad = unknown_flags(train_args, known)
-        if bad:
-            checks.append(pre.Check("slime flags", False,
-                                    f"this slime does not define {', '.join(bad)}; it would ignore them",
-                                    "use a slime version this launcher supports (v0.2.2 .. v0.3.1)"))
-        else:
-            notes.append(f"all {len(set(emitted_flags(train_args)))} emitted flags are defined by this slime/Megatron")
-    else:
-        notes.append("emitted flags not checked: no slime checkout")
+    _check_emitted_flags(train_args, model_args, opts.train_backend, slime_path, checks, notes)
 
     run_dir = PROJECT_ROOT / "runs" / run_name
     train_config = run_dir / "train_config.yaml" if config_override else Path(opts.config).resolve()
     pythonpath = [str(PROJECT_ROOT)] + ([str(megatron_path)] if megatron_path else [])
-    job_env = {
-        "PYTHONPATH": ":".join(pythonpath),
-        TRAIN_CONFIG_ENV: str(train_config),
-        "OPENREWARD_DISABLE_UPDATE_CHECK": "1",
-        "PYTHONUNBUFFERED": "1",
-        "CUDA_DEVICE_MAX_CONNECTIONS": "1",
-    }
-    if not opts.no_wandb and not wandb_key:
-        job_env["WANDB_MODE"] = "offline"
-    secret_env = []
-    for name in (["WANDB_API_KEY"] if wandb_key else []) + (pre.required_api_keys(cfg) if cfg else []):
-        if environ.get(name):
-            job_env[name] = environ[name]
-            secret_env.append(name)
+    job_env, secret_env = _job_env(pythonpath, train_config, cfg, environ, use_wandb=not opts.no_wandb)
 
     slime_dir = slime_path or Path("${SLIME_PATH}")
     train_cmd = [opts.python, str(slime_dir / "train.py"), *train_args, *extra]
-    train_script = "#!/usr/bin/env bash\n# Written by run.sh; the Ray job runs it.\nset -e\ncd " + \
-        shlex.quote(str(slime_dir)) + "\nexec " + " \\\n  ".join(_pairs(train_cmd)) + "\n"
+    train_script = _train_script(slime_dir, train_cmd)
     sid = f"slime-envs-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     script_path = run_dir / f"{sid}.sh"
     submit = ["ray", "job", "submit", "--address", opts.ray_address, "--submission-id", sid,
