@@ -377,9 +377,11 @@ def build_plan(opts: argparse.Namespace, extra: list[str], environ: dict[str, st
     slime = pre.check_slime(opts.slime_path)
     checks.append(slime)
     slime_path = Path(opts.slime_path).resolve() if slime.ok else None
+    backend_ok = True
     if slime_path is not None:
-        checks.append(pre.check_train_backend(opts.train_backend, supported_train_backends(slime_path),
-                                              str(slime_path)))
+        backend = pre.check_train_backend(opts.train_backend, supported_train_backends(slime_path), str(slime_path))
+        checks.append(backend)
+        backend_ok = backend.ok
     megatron_path: Path | None = None
     if opts.train_backend == "megatron":
         meg = pre.check_megatron(opts.megatron_path)
@@ -420,7 +422,8 @@ def build_plan(opts: argparse.Namespace, extra: list[str], environ: dict[str, st
     train_args = slime_train_args(opts, model_args=model_args, actor_gpus=actor_gpus,
                                   gpus_per_node=found_gpus or actor_gpus, eval_name=eval_name,
                                   use_wandb_offline=not wandb_key, wandb_group=opts.wandb_group or run_name)
-    _check_emitted_flags(train_args, model_args, opts.train_backend, slime_path, checks, notes)
+    if backend_ok:  # flags of an unsupported backend are moot
+        _check_emitted_flags(train_args, model_args, opts.train_backend, slime_path, checks, notes)
 
     run_dir = PROJECT_ROOT / "runs" / run_name
     train_config = run_dir / "train_config.yaml" if config_override else Path(opts.config).resolve()
