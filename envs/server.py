@@ -782,7 +782,12 @@ class OrsRouter:
             await _send_body(req.send, 500, OrsError(500, "env_error", str(exc)).body())
             return
         result, reason = outcome.result()
-        await _send_body(req.send, _REASON_STATUS.get(reason, 422) if reason else 200, result.encode())
+        if reason is None:
+            await _send_body(req.send, 200, result.encode())
+            return
+        body = orjson.loads(result)
+        body["detail"] = body.get("error", "")
+        await _send_body(req.send, _REASON_STATUS.get(reason, 422), orjson.dumps(body))
 
     @staticmethod
     def _outcome_events(outcome: "asyncio.Future[tuple[str, Optional[str]]]") -> bytes:

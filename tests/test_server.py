@@ -1,0 +1,443 @@
+"""The ORS env server (`envs.server`) over real HTTP on 127.0.0.1, through the stock `openreward`
+client where a client is involved, and with raw requests for the malformed ones.
+
+`Probe` is a small environment built to poke at the server (slow calls, crashing tools,
+secrets); the real environments run through `python -m envs.server` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from openreward.api.errors import ToolCallError
+from openreward.environments import Environment, TextBlock, ToolOutput, tool
+from pydantic import BaseModel
+
+from conftest import REPO, env_server, free_port, run_process
+
+# ---------------------------------------------------------------- the probe environment
+
+
+class EchoIn(BaseModel):
+    text: str
+    times: int = 1
+
+
+class SlowIn(BaseModel):
+    seconds: float
+
+
+class SecretIn(BaseModel):
+    name: str
+
+
+class NoIn(BaseModel):
+    pass
+
+
+class Probe(Environment):
+    """Tools that exercise the server rather than a task."""
+
+    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
+        super().__init__(task_spec, secrets)
+        if "i" not in task_spec:
+            raise ValueError("a probe task_spec needs 'i'")
+        self.secrets = dict(secrets)
+
+    @classmethod
+    def list_splits(cls) -> list[str]:
+        return ["train", "dev"]
+
+    @classmethod
+    def list_tasks(cls, split: str) -> list[dict[str, Any]]:
+        return [{"i": i, "split": split} for i in range(5)]
+
+    async def get_prompt(self) -> list[TextBlock]:
+        return [TextBlock(text=f"probe task {self.task_spec['i']}")]
+
+    @tool
+    async def echo(self, params: EchoIn) -> ToolOutput:
+        """Repeat the text."""
+        return ToolOutput(blocks=[TextBlock(text=params.text * params.times)], reward=0.25)
+
+    @tool
+    async def slow(self, params: SlowIn) -> ToolOutput:
+        """Sleep, then answer."""
+        await asyncio.sleep(params.seconds)
+        return ToolOutput(blocks=[TextBlock(text=f"slept {params.seconds}")])
+
+    @tool
+    async def boom(self, params: NoIn) -> ToolOutput:
+        """Raise inside the environment."""
+        raise RuntimeError("probe exploded")
+
+    @tool
+    async def secret_digest(self, params: SecretIn) -> ToolOutput:
+        """sha256 of a secret the session was created with (never the value itself)."""
+        value = self.secrets.get(params.name, "")
+        return ToolOutput(blocks=[TextBlock(text=hashlib.sha256(value.encode()).hexdigest())])
+
+    @tool
+    async def finish(self, params: NoIn) -> ToolOutput:
+        """End the episode."""
+        return ToolOutput(blocks=[TextBlock(text="done")], reward=1.0, finished=True)
+
+
+PROBE_SERVER = """
+import json, logging, sys
+sys.path.insert(0, sys.argv[3])
+import uvicorn
+from envs.server import ServerSettings, create_app
+import test_server
+settings = json.loads(sys.argv[2])
+logging.basicConfig(level=settings.pop("log_level", "INFO"), stream=sys.stdout)
+app = create_app({"probe": test_server.Probe}, ServerSettings(**settings))
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="info", access_log=False)
+"""
+
+
+@contextlib.contextmanager
+def probe_server(**settings: Any) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-c", PROBE_SERVER, str(port), json.dumps(settings), str(REPO / "tests")]
+    with run_process(args, f"{base}/health") as proc:
+        yield base, proc
+
+
+@pytest.fixture(scope="module")
+def probe_url() -> Iterator[str]:
+    with probe_server() as (url, _):
+        yield url
+
+
+def _create(url: str, sid: str, env: str = "probe", **body: Any) -> httpx.Response:
+    payload = {"env_name": env, "split": "train", "index": 0, **body}
+    return httpx.post(f"{url}/create", json=payload, headers={"X-Session-ID": sid})
+
+
+def _sse_events(text: str) -> list[tuple[str, str]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        name = data = None
+        lines = []
+        for line in block.splitlines():
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                lines.append(line[5:].lstrip())
+        if name:
+            data = "\n".join(lines)
+            events.append((name, data))
+    return events
+
+
+def _assert_ors_error(r: httpx.Response, status: int, reason: str) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert body["ok"] is False and body["reason"] == reason, body
+    assert body["error"] and body["detail"] == body["error"] and "\n" not in body["error"]
+    return body
+
+
+# ---------------------------------------------------------------- real environments, stock client
+
+
+async def test_stock_client_plays_every_env(server_url: str) -> None:
+    """gsm8k, whodunit and haiku episodes through the stock client on one multi-env server
+    (the client's bare paths are routed by its X-Deployment header)."""
+    from ors_episodes import play_gsm8k, play_haiku, play_whodunit
+
+    gsm = await play_gsm8k(server_url, "test", 3, correct=True)
+    assert gsm.tools == ["calculator", "submit_answer"] and gsm.final_reward == 1.0 and gsm.finished
+    who = await play_whodunit(server_url, "test", 2, correct_parts=4)
+    assert who.tools[0] == "list_clues" and who.final_reward == 1.0 and who.finished
+    assert all(r is None for _, _, r, _ in who.calls[:-1])
+    half = await play_whodunit(server_url, "train", 7, correct_parts=0)
+    assert half.final_reward == 0.0 and half.finished
+    haiku = await play_haiku(server_url, "test", 1)
+    assert haiku.finished and haiku.final_reward == 1.0 and not haiku.calls[0][3]
+
+
+async def test_stock_client_with_variant_paths_and_task_listing(server_url: str) -> None:
+    from openreward import AsyncOpenReward
+
+    client = AsyncOpenReward(api_key="test", base_url=server_url)
+    try:
+        env = client.environments.get("whodunit", variant="whodunit", base_url=server_url)
+        assert await env.list_splits() == ["train", "test"]
+        assert await env.num_tasks("test") == 500
+        task = await env.get_task("test", 4)
+        assert task.task_spec["index"] == 4
+        assert len(await env.get_task_range("test", 2, 5)) == 3
+        async with env.session(task=task) as s:
+            assert "suspect" in (await s.get_prompt())[0].text.lower()
+            out = await s.call_tool("list_suspects", {})
+            assert out.reward is None and not out.finished
+            with pytest.raises(ToolCallError) as e:
+                await s.call_tool("submit_answer", {"who": 3})
+            assert e.value.reason == "input_validation"
+            with pytest.raises(ToolCallError) as e:
+                await s.call_tool("make_coffee", {})
+            assert e.value.reason == "not_found"
+            await s.call_tool("submit_answer", {"who": "a", "what": "b", "where": "c"})
+            with pytest.raises(ToolCallError) as e:
+                await s.call_tool("list_clues", {})
+            assert e.value.reason == "episode_finished"
+    finally:
+        await client.environments.aclose()
+
+
+async def test_many_concurrent_episodes(server_url: str) -> None:
+    from ors_episodes import play_whodunit
+
+    eps = await asyncio.gather(*(play_whodunit(server_url, "train", i, correct_parts=4) for i in range(24)))
+    assert [e.final_reward for e in eps] == [1.0] * 24
+
+
+# ---------------------------------------------------------------- hardening, raw HTTP
+
+
+def test_malformed_requests_get_typed_4xx(probe_url: str) -> None:
+    u = probe_url
+    sid = {"X-Session-ID": "hard-1"}
+    assert _create(u, "hard-1").json() == {"sid": "hard-1"}
+    _assert_ors_error(httpx.post(f"{u}/probe/call", content=b'{"name": "echo", "input":', headers=sid), 400, "bad_json")
+    _assert_ors_error(httpx.post(f"{u}/probe/call", content=b"[1, 2]", headers=sid), 400, "bad_json")
+    _assert_ors_error(httpx.post(f"{u}/probe/call", content=b"", headers=sid), 400, "bad_json")
+    _assert_ors_error(httpx.post(f"{u}/probe/call", json={"name": "echo", "input": [1]}, headers=sid),
+                      400, "bad_input_shape")
+    _assert_ors_error(httpx.post(f"{u}/probe/call", json={"name": 5, "input": {}}, headers=sid), 400, "bad_input_shape")
+    _assert_ors_error(httpx.post(f"{u}/probe/call", json={"name": "echo", "input": {}}), 400, "missing_session_id")
+    _assert_ors_error(httpx.post(f"{u}/probe/call", json={"name": "echo", "input": {}},
+                                 headers={"X-Session-ID": "nobody"}), 404, "unknown_session")
+    _assert_ors_error(httpx.post(f"{u}/nope/call", json={"name": "echo", "input": {}}, headers=sid), 404, "unknown_env")
+    _assert_ors_error(httpx.get(f"{u}/probe/call", headers=sid), 405, "method_not_allowed")
+    big = b'{"name": "echo", "input": {"text": "' + b"x" * (1 << 20) + b'"}}'
+    _assert_ors_error(httpx.post(f"{u}/probe/call", content=big, headers=sid), 413, "body_too_large")
+    # task listing endpoints validate too
+    _assert_ors_error(httpx.post(f"{u}/probe/task", json={"split": "nope", "index": 0}), 400, "invalid_split")
+    _assert_ors_error(httpx.post(f"{u}/probe/task", json={"split": "train", "index": 99}), 400, "invalid_index")
+    _assert_ors_error(httpx.post(f"{u}/probe/task", json={"split": "train", "index": "0"}), 400, "bad_request")
+    _assert_ors_error(httpx.post(f"{u}/probe/num_tasks", json={}), 400, "bad_request")
+    # session creation
+    _assert_ors_error(_create(u, "hard-1"), 409, "session_exists")
+    _assert_ors_error(_create(u, "hard-2", env="nope"), 404, "unknown_env")
+    _assert_ors_error(_create(u, "hard-2", index=77), 400, "invalid_index")
+    _assert_ors_error(httpx.post(f"{u}/create", json={"env_name": "probe"}, headers={"X-Session-ID": "hard-2"}),
+                      400, "bad_request")
+    _assert_ors_error(httpx.post(f"{u}/create", json={"env_name": "probe", "task_spec": {}},
+                                 headers={"X-Session-ID": "hard-2"}), 400, "invalid_task_spec")
+    _assert_ors_error(httpx.post(f"{u}/create", json={"env_name": "probe", "split": "train", "index": 0},
+                                 headers={"X-Session-ID": "hard-2", "X-Secrets": "%%%not-base64"}), 400, "bad_secrets")
+    # still serving, and the session that saw all of this still works
+    assert httpx.get(f"{u}/health").json() == {"status": "ok"}
+    r = httpx.post(f"{u}/probe/call", json={"name": "echo", "input": {"text": "ok"}}, headers=sid)
+    assert r.status_code == 200 and r.json()["output"]["blocks"][0]["text"] == "ok"
+
+
+def test_tool_failures_plain_json_status_codes(probe_url: str) -> None:
+    """Clients that do not ask for SSE get the RunToolOutput as the body, with a typed status."""
+    u, sid = probe_url, {"X-Session-ID": "json-1"}
+    _create(u, "json-1")
+    call = lambda name, inp: httpx.post(f"{u}/probe/call", json={"name": name, "input": inp}, headers=sid)  # noqa: E731
+    assert call("echo", {"text": "ab", "times": 2}).json() == {
+        "ok": True, "output": {"blocks": [{"text": "abab", "detail": None, "type": "text"}],
+                               "metadata": None, "reward": 0.25, "finished": False}}
+    _assert_ors_error(call("teleport", {}), 404, "not_found")
+    _assert_ors_error(call("echo", {"text": "x", "times": "many"}), 422, "input_validation")
+    assert call("finish", {}).json()["output"]["finished"] is True
+    _assert_ors_error(call("echo", {"text": "late"}), 409, "episode_finished")
+
+
+def test_sse_framing_matches_the_sdk(probe_url: str) -> None:
+    u, sid = probe_url, {"X-Session-ID": "sse-1", "Accept": "text/event-stream"}
+    r = httpx.post(f"{u}/create_session", json={})
+    events = _sse_events(r.text)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert [e for e, _ in events] == ["task_id", "end"] and len(events[0][1]) == 36
+    _create(u, "sse-1")
+    long_text = "é" * 20000  # non-ASCII and longer than one SSE chunk
+    r = httpx.post(f"{u}/probe/call", json={"name": "echo", "input": {"text": long_text}}, headers=sid)
+    events = _sse_events(r.text)
+    assert events[0][0] == "task_id" and events[-1][0] == "end"
+    assert {e for e, _ in events[1:-1]} <= {"chunk"} and len(events) > 3
+    result = json.loads("".join(d for _, d in events[1:]))
+    assert result["ok"] and result["output"]["blocks"][0]["text"] == long_text
+    r = httpx.post(f"{u}/probe/call", json={"name": "nope", "input": {}}, headers=sid)
+    assert json.loads(_sse_events(r.text)[-1][1]) == {
+        "ok": False, "error": "'nope' is not a valid tool", "reason": "not_found"}
+
+
+async def test_env_exception_fails_only_that_call(probe_url: str) -> None:
+    from openreward import AsyncOpenReward
+    from openreward.api.errors import ToolFailed
+
+    client = AsyncOpenReward(api_key="test", base_url=probe_url)
+    try:
+        env = client.environments.get("probe", base_url=probe_url)
+        async with env.session(split="train", index=1) as a, env.session(split="train", index=2) as b:
+            with pytest.raises(ToolFailed, match="RuntimeError: probe exploded"):
+                await a.call_tool("boom", {})
+            out = await b.call_tool("echo", {"text": "fine"})
+            assert out.blocks[0].text == "fine"
+    finally:
+        await client.environments.aclose()
+    # server side, the crash costs only that call: the same session keeps working
+    sid = {"X-Session-ID": "crash-1"}
+    _create(probe_url, "crash-1")
+    _assert_ors_error(httpx.post(f"{probe_url}/probe/call", json={"name": "boom", "input": {}}, headers=sid),
+                      500, "env_error")
+    r = httpx.post(f"{probe_url}/probe/call", json={"name": "echo", "input": {"text": "still"}}, headers=sid)
+    assert r.json()["output"]["blocks"][0]["text"] == "still"
+    metrics = httpx.get(f"{probe_url}/metrics").text
+    assert 'ors_tool_calls_total{env="probe",tool="boom",status="env_error"} 2' in metrics
+
+
+def test_slow_call_sends_task_id_first_and_can_be_resumed(probe_url: str) -> None:
+    u, sid = probe_url, {"X-Session-ID": "slow-1", "Accept": "text/event-stream"}
+    _create(u, "slow-1")
+    t0 = time.monotonic()
+    with httpx.stream("POST", f"{u}/probe/call", json={"name": "slow", "input": {"seconds": 2.0}}, headers=sid) as r:
+        lines = r.iter_lines()
+        first, task_line = next(lines), next(lines)
+    assert first == "event: task_id" and time.monotonic() - t0 < 1.9  # sent before the call finished
+    task_id = task_line.split(":", 1)[1].strip()
+    # the client "lost" the stream; it asks again with the task_id and gets the one result
+    r = httpx.post(f"{u}/probe/call", json={"name": "slow", "input": {"seconds": 2.0}, "task_id": task_id},
+                   headers=sid, timeout=10)
+    events = _sse_events(r.text)
+    assert events[0] == ("task_id", task_id) and events[-1][0] == "end"
+    assert json.loads(events[-1][1])["output"]["blocks"][0]["text"] == "slept 2.0"
+    r = httpx.post(f"{u}/probe/call", json={"name": "slow", "input": {}, "task_id": "f" * 32}, headers=sid)
+    assert _sse_events(r.text) == [("error", "unknown task_id")]
+
+
+async def test_slow_call_through_stock_client(probe_url: str) -> None:
+    from ors_episodes import ors_session
+
+    async with ors_session(probe_url, "probe", "dev", 3) as s:
+        assert (await s.get_prompt())[0].text == "probe task 3"
+        out = await s.call_tool("slow", {"seconds": 1.3})
+        assert out.blocks[0].text == "slept 1.3"
+
+
+async def test_secrets_reach_the_env_and_never_the_logs() -> None:
+    from openreward import AsyncOpenReward
+
+    secret = "s3cr3t-VALUE-9f8e7d"
+    with probe_server(log_level="DEBUG", log_requests=True) as (url, proc):
+        client = AsyncOpenReward(api_key="test", base_url=url)
+        try:
+            env = client.environments.get("probe", base_url=url)
+            async with env.session(split="train", index=0, secrets={"MY_TOKEN": (secret, ["127.0.0.1"])}) as s:
+                out = await s.call_tool("secret_digest", {"name": "MY_TOKEN"})
+                assert out.blocks[0].text == hashlib.sha256(secret.encode()).hexdigest()
+        finally:
+            await client.environments.aclose()
+        header = base64.b64encode(json.dumps({"MY_TOKEN": {"value": secret}}).encode()).decode()
+        r = httpx.post(f"{url}/create", json={"env_name": "probe", "split": "train", "index": 0},
+                       headers={"X-Session-ID": "sec-2", "X-Secrets": header})
+        assert r.status_code == 200
+        r = httpx.post(f"{url}/create", json={"env_name": "probe", "split": "train", "index": 0},
+                       headers={"X-Session-ID": "sec-3", "X-Secrets": base64.b64encode(b'{"A": "' + secret.encode() + b'"}').decode()})
+        assert r.status_code == 400 and secret not in r.text
+        proc.terminate()
+        logs = proc.communicate(timeout=10)[0]
+    assert "POST /call -> 200" in logs  # request logging was on (the stock client uses bare paths)
+    assert secret not in logs and header not in logs
+
+
+# ---------------------------------------------------------------- CLI flags: api key, TTL, cap, config
+
+
+def test_api_key_guards_everything_but_health() -> None:
+    with env_server("--role", "env", "--envs", "whodunit", "--api-key", "k-123") as url:
+        assert httpx.get(f"{url}/health").status_code == 200
+        _assert_ors_error(httpx.get(f"{url}/list_environments"), 401, "unauthorized")
+        _assert_ors_error(httpx.get(f"{url}/metrics", headers={"X-API-Key": "wrong"}), 401, "unauthorized")
+        assert httpx.get(f"{url}/list_environments", headers={"X-API-Key": "k-123"}).json() == ["whodunit"]
+        from ors_episodes import play_whodunit
+
+        with pytest.raises(Exception, match="(?i)auth|401"):
+            asyncio.run(play_whodunit(url, "test", 0))  # the stock client with the wrong key ("test")
+
+    with env_server("--role", "env", "--envs", "whodunit", env={"ENV_SERVER_API_KEY": "test"}) as url:
+        from ors_episodes import play_whodunit
+
+        ep = asyncio.run(play_whodunit(url, "test", 0))  # ors_episodes' client sends api_key="test"
+        assert ep.finished and ep.final_reward == 1.0
+
+
+def test_idle_sessions_are_reaped() -> None:
+    with env_server("--role", "env", "--envs", "whodunit", "--session-ttl", "0.5") as url:
+        assert _create(url, "idle-1", env="whodunit").status_code == 200
+        assert httpx.post(f"{url}/ping", headers={"X-Session-ID": "idle-1"}).status_code == 200
+        time.sleep(1.6)
+        _assert_ors_error(httpx.post(f"{url}/ping", headers={"X-Session-ID": "idle-1"}), 410, "session_expired")
+        _assert_ors_error(httpx.get(f"{url}/whodunit/prompt", headers={"X-Session-ID": "idle-1"}), 410, "session_expired")
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "ors_sessions_reaped_total 1" in metrics and "ors_sessions_open 0" in metrics
+
+
+def test_max_sessions_answers_503_with_retry_after() -> None:
+    with env_server("--role", "env", "--envs", "whodunit", "--max-sessions", "2") as url:
+        assert _create(url, "cap-1", env="whodunit").status_code == 200
+        assert _create(url, "cap-2", env="whodunit").status_code == 200
+        r = _create(url, "cap-3", env="whodunit")
+        _assert_ors_error(r, 503, "too_many_sessions")
+        assert int(r.headers["retry-after"]) > 0
+        assert httpx.post(f"{url}/delete", headers={"X-Session-ID": "cap-1"}).json() == {"sid": "cap-1"}
+        assert _create(url, "cap-3", env="whodunit").status_code == 200
+        _assert_ors_error(httpx.post(f"{url}/ping", headers={"X-Session-ID": "cap-1"}), 410, "session_deleted")
+
+
+def test_config_options_apply_and_bad_ones_fail_at_startup(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("environments:\n  whodunit:\n    options: {train_size: 7, test_size: 3}\n")
+    with env_server("--role", "env", "--config", str(good)) as url:
+        assert httpx.get(f"{url}/list_environments").json() == ["whodunit"]
+        assert httpx.post(f"{url}/whodunit/num_tasks", json={"split": "train"}).json() == {"num_tasks": 7}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("environments:\n  whodunit:\n    options: {trian_size: 7}\n")
+    out = subprocess.run([sys.executable, "-m", "envs.server", "--role", "env", "--config", str(bad),
+                          "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "trian_size" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    out = subprocess.run([sys.executable, "-m", "envs.server", "--role", "env", "--envs", "whodunit,chess",
+                          "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown environment 'chess'" in out.stderr
+
+
+def test_metrics_are_prometheus_text(probe_url: str) -> None:
+    sid = {"X-Session-ID": "met-1"}
+    _create(probe_url, "met-1")
+    for _ in range(3):
+        httpx.post(f"{probe_url}/probe/call", json={"name": "echo", "input": {"text": "m"}}, headers=sid)
+    httpx.post(f"{probe_url}/probe/call", json={"name": "nope" * 30, "input": {}}, headers=sid)
+    r = httpx.get(f"{probe_url}/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    sample = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [0-9.e+-]+$')
+    values = {}
+    for line in r.text.splitlines():
+        if not line.startswith("#"):
+            assert sample.match(line), line
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+    assert values['ors_tool_calls_total{env="probe",tool="echo",status="ok"}'] >= 3
+    assert values['ors_tool_calls_total{env="probe",tool="<unknown>",status="not_found"}'] >= 1
+    assert values["ors_sessions_open"] >= 1 and values['ors_sessions_created_total{env="probe"}'] >= 1
+    buckets = [v for k, v in values.items() if k.startswith('ors_tool_call_seconds_bucket{env="probe"')]
+    assert buckets == sorted(buckets) and buckets[-1] == values['ors_tool_call_seconds_count{env="probe"}']
