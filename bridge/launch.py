@@ -490,6 +490,13 @@ def format_plan(plan: LaunchPlan) -> str:
     return "\n".join(out)
 
 
+def _stop_job(plan: LaunchPlan) -> None:
+    try:
+        subprocess.run(["ray", "job", "stop", "--address", plan.ray_address, plan.submission_id], timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"run.sh: could not stop Ray job {plan.submission_id}: {e}", file=sys.stderr)
+
+
 def execute(plan: LaunchPlan) -> int:
     """Run the plan; stop the env server and the Ray head it started, also on Ctrl-C/SIGTERM."""
 
@@ -520,7 +527,7 @@ def execute(plan: LaunchPlan) -> int:
                 return subprocess.run(plan.submit_cmd).returncode
             except KeyboardInterrupt:
                 if not plan.ray_start_cmd:  # a cluster we did not start keeps running: stop our job
-                    subprocess.run(["ray", "job", "stop", "--address", plan.ray_address, plan.submission_id])
+                    _stop_job(plan)
                 raise
     except KeyboardInterrupt:
         print("run.sh: interrupted; stopped what it started", file=sys.stderr)

@@ -446,3 +446,43 @@ def test_old_slime_megatron_needs_converted_weights(world: dict) -> None:
     assert d.flag("--hf-checkpoint") == str(world["model"])
     fsdp = dry_run(world, slime, "--train-backend", "fsdp")
     assert "Megatron weights" not in fsdp.text
+
+
+def test_sigterm_stops_what_it_started(world: dict) -> None:
+    import signal
+    import sys
+    import time
+
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    run_name = f"launch-sigterm-{world['port']}"
+    world["config"].write_text(world["config"].read_text().replace("launch-test", run_name))
+    program = (
+        "import sys\n"
+        "from bridge.launch import build_plan, execute, parse_options\n"
+        "opts, extra = parse_options(sys.argv[1:])\n"
+        "plan = build_plan(opts, extra)\n"
+        "plan.ray_start_cmd = None\n"
+        "plan.submit_cmd = [sys.executable, '-c', 'import time; time.sleep(300)']\n"
+        "sys.exit(execute(plan))\n")
+    proc = subprocess.Popen([sys.executable, "-c", program, *base_args(world, slime, "--db", str(world["tmp"] / "s.db"))],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 120
+        seen = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            seen.append(line)
+            if "submitting Ray job" in line:
+                break
+        assert "submitting Ray job" in seen[-1], seen
+        assert port_open(int(world["port"]))  # the env server is up while the job runs
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130, proc.stderr.read()
+        assert not port_open(int(world["port"])), "SIGTERM must stop the env server run.sh started"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        import shutil
+        shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
