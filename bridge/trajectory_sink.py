@@ -266,7 +266,19 @@ class Spool:
         return claimed
 
     def pending_files(self) -> bool:
-        return self.dir.is_dir() and any(_SPOOL_NAME.match(p.name) for p in self.dir.glob("*.jsonl"))
+        """Whether the dir holds spool files this process would deliver (not other live processes' files)."""
+        if not self.dir.is_dir():
+            return False
+        me = os.getpid()
+        for path in self.dir.glob("*.jsonl"):
+            m = _SPOOL_NAME.match(path.name)
+            if m is None:
+                continue
+            pid = int(m["pid"])
+            if m["state"] in ("active", "claimed") and pid != me and _pid_alive(pid):
+                continue
+            return True
+        return False
 
 
 def _read_lines(path: Path) -> list[bytes]:
@@ -274,6 +286,13 @@ def _read_lines(path: Path) -> list[bytes]:
 
 
 # ---------------------------------------------------------------- uploader
+
+
+def _without_token_arrays(event: dict[str, Any]) -> dict[str, Any]:
+    """A rollout event too big for one request (hosted limit): drop the token arrays, say so."""
+    meta = {k: v for k, v in (event.get("metadata") or {}).items() if k not in ("token_ids", "loss_mask", "logprobs")}
+    meta["tokens_omitted"] = "rollout event exceeded the upload size limit"
+    return {**event, "metadata": meta}
 
 
 class DeliveryError(Exception):
@@ -555,6 +574,8 @@ class TrajectoryUploader:
             unit = orjson.loads(line)["events"]
             for ev in unit:
                 enc = orjson.dumps(ev)
+                if self.hosted and len(enc) > self.settings.max_batch_bytes and ev.get("eventType") == "rollout":
+                    enc = orjson.dumps(_without_token_arrays(ev))
                 if events and (len(events) >= self.settings.max_batch_events
                                or size + len(enc) > self.settings.max_batch_bytes):
                     bodies.append(b'{"events":[' + b",".join(events) + b"]}")
@@ -665,13 +686,12 @@ def get_sink(config: TrainConfig | None, settings: SinkSettings | None = None) -
         loop: Any = asyncio.get_running_loop()
     except RuntimeError:
         loop = _NO_LOOP
-    cfg = config if config is not None else config_from_env()
-    key = (None if cfg is None else (cfg.run_name, cfg.trajectories.model_dump_json(),
-                                     tuple(cfg.env_server_urls)), settings)
+    key = ("$TRAIN_CONFIG" if config is None else
+           (config.run_name, config.trajectories.model_dump_json(), tuple(config.env_server_urls)), settings)
     with _SINK_LOCK:
         per_loop = _SINKS.setdefault(loop, {})
         sink = per_loop.get(key)
         if sink is None:
-            sink = make_sink(cfg, settings)
+            sink = make_sink(config, settings)  # None: reads $TRAIN_CONFIG once, here
             per_loop[key] = sink
         return sink

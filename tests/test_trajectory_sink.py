@@ -114,6 +114,25 @@ def test_trainer_data_rides_in_rollout_metadata() -> None:
     assert trajectory_events(t) == trajectory_events(t)
 
 
+def test_hosted_requests_respect_the_sdk_batch_limits(tmp_path: Path) -> None:
+    from bridge.trajectory_sink import HOSTED_SETTINGS, encode_line
+
+    up = TrajectoryUploader("http://127.0.0.1:9", str(tmp_path), "r", hosted=True,
+                            settings=dataclasses.replace(HOSTED_SETTINGS, max_batch_bytes=50_000))
+    big = make_trajectory(0, turns=30, token_ids=list(range(20_000)), loss_mask=[1] * 19_990,
+                          logprobs=[-0.5] * 19_990)
+    bodies = up._requests([encode_line(trajectory_events(big))])
+    decoded = [json.loads(b)["events"] for b in bodies]
+    assert all(len(evs) <= 128 and len(b) <= 50_000 for evs, b in zip(decoded, bodies))
+    flat = [e for evs in decoded for e in evs]
+    assert len(flat) == len(trajectory_events(big)) and flat[0]["eventType"] == "rollout"
+    assert "token_ids" not in flat[0]["metadata"] and "tokens_omitted" in flat[0]["metadata"]
+    local = TrajectoryUploader("http://127.0.0.1:9", str(tmp_path), "r",
+                               settings=dataclasses.replace(FAST, max_batch_bytes=50_000))
+    first = json.loads(local._requests([encode_line(trajectory_events(big))])[0])["events"][0]
+    assert first["metadata"]["token_ids"] == big.token_ids  # the local server gets everything
+
+
 # ---------------------------------------------------------------- delivery
 
 
