@@ -12,6 +12,7 @@ Mounted by `envs.server` (`create_app(..., services=[TrajectoryService(db)])`):
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -54,8 +55,11 @@ class TrajectoryService:
     """Receives OpenReward rollout uploads into SQLite and serves the JSON API and web UI."""
 
     def __init__(self, db_path: str, tokenizer: str | None = None) -> None:
+        """`tokenizer`: path (or cached HF name) used by the token view when a rollout names none;
+        defaults to $TRAJECTORIES_TOKENIZER."""
         self.db_path = str(db_path)
         self.store = TrajectoryStore(self.db_path)
+        tokenizer = tokenizer or os.environ.get("TRAJECTORIES_TOKENIZER") or None
         self.default_tokenizer = tokenizer
         self.routers: list[APIRouter] = [self._ingest_router(), self._api_router(),
                                          pages_router(self.store, tokenizer)]
