@@ -133,6 +133,19 @@ def test_hosted_requests_respect_the_sdk_batch_limits(tmp_path: Path) -> None:
     assert first["metadata"]["token_ids"] == big.token_ids  # the local server gets everything
 
 
+def test_local_requests_join_whole_trajectories_within_limits(tmp_path: Path) -> None:
+    from bridge.trajectory_sink import encode_line
+
+    up = TrajectoryUploader("http://127.0.0.1:9", str(tmp_path), "r",
+                            settings=dataclasses.replace(FAST, max_batch_events=40))
+    trajs = [make_trajectory(i) for i in range(5)]
+    trajs[1].messages[1]["content"] = 'tricky {"eventType": "rollout"} "eventType":'
+    bodies = up._requests([encode_line(trajectory_events(t)) for t in trajs])
+    decoded = [json.loads(b)["events"] for b in bodies]
+    assert [len(evs) for evs in decoded] == [30, 30, 15]  # 15 events per trajectory, never split
+    assert [e for evs in decoded for e in evs] == [e for t in trajs for e in trajectory_events(t)]
+
+
 # ---------------------------------------------------------------- delivery
 
 
