@@ -292,7 +292,16 @@ def _plan_env_servers(opts: argparse.Namespace, cfg: TrainConfig | None, probe: 
     """The env server URL the bridge uses, the servers to start, and a config override for --env-server."""
     if cfg is None or all(is_hosted(n) for n in cfg.environments):
         return None, [], None
-    urls = [opts.env_server.rstrip("/")] if opts.env_server else cfg.env_server_urls
+    pinned = pre.task_env_servers(opts.task_data)  # the bridge prefers the URLs the task rows carry
+    if opts.env_server:
+        urls = [opts.env_server.rstrip("/")]
+        if pinned and pinned != urls:
+            checks.append(pre.Check(
+                "env server", False, f"the rows of {opts.task_data} pin env_server {', '.join(pinned)}, which the "
+                f"bridge uses, so --env-server {urls[0]} would have no effect",
+                f"set env_server: {urls[0]} in {opts.config} and rerun python prepare_tasks.py --config {opts.config}"))
+    else:
+        urls = pinned or cfg.env_server_urls
     override = _config_with_env_server(cfg, urls[0]) if opts.env_server and urls[0] not in cfg.env_server_urls \
         else None
     servers: list[tuple[str, list[str]]] = []

@@ -95,6 +95,29 @@ def check_task_file(path: str, config_path: str, what: str = "task file", flag: 
     return Check(what, False, f"{p} {state}", f"python prepare_tasks.py --config {config_path} {flag} {p}")
 
 
+def task_env_servers(path: str, limit: int = 10_000) -> list[str]:
+    """Distinct env server URLs the first `limit` task rows pin (prepare_tasks.py writes them into metadata)."""
+    import json
+
+    urls: list[str] = []
+    try:
+        with open(path) as f:
+            for n, line in enumerate(f):
+                if n >= limit:
+                    break
+                try:
+                    md = json.loads(line).get("metadata") or {}
+                except (ValueError, AttributeError):
+                    continue
+                for url in md.get("env_server") or []:
+                    url = str(url).rstrip("/")
+                    if url not in urls:
+                        urls.append(url)
+    except OSError:
+        return []
+    return urls
+
+
 def check_config(path: str) -> tuple[Check, TrainConfig | None]:
     try:
         cfg = load_config(path)

@@ -229,6 +229,18 @@ def _config_for_run(cfg: TrainConfig, config_path: str, env_url: str | None) -> 
     return str(out)
 
 
+def _env_servers(rows: list[dict[str, Any]], cfg: TrainConfig, env_url: str | None) -> list[str]:
+    """Where the episodes' local envs are served: --env-server, else what the rows pin, else the config's."""
+    if env_url is not None:
+        return [env_url]
+    pinned: list[str] = []
+    for row in rows:
+        for url in row["metadata"].get("env_server") or []:
+            if str(url).rstrip("/") not in pinned:
+                pinned.append(str(url).rstrip("/"))
+    return pinned or cfg.env_server_urls
+
+
 def _free_port() -> int:
     import socket
 
@@ -252,19 +264,22 @@ def run(opts: argparse.Namespace) -> int:
     rows = read_tasks(task_path, opts.num_tasks)
     needs_local = any(not is_hosted(str(r["metadata"].get("env", ""))) for r in rows)
 
+    urls = _env_servers(rows, cfg, env_url)
     started_server = False
     with contextlib.ExitStack() as stack:
-        url = cfg.env_server_urls[0]
-        if needs_local and not answers(url):
-            if not is_loopback(url):
-                raise RolloutError(f"env server {url} does not answer /health; start it there "
+        url = urls[0]
+        for u in urls if needs_local else []:
+            if answers(u):
+                continue
+            if not is_loopback(u):
+                raise RolloutError(f"env server {u} does not answer /health; start it there "
                                    f"(python -m envs.server --config {opts.config} ...) or pass --env-server")
             db = str(Path(opts.db).resolve())
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-            cmd = env_server_command(opts.config, url, db)
-            print(f"rollout-only: starting env server at {url} (store: {db})", flush=True)
-            stack.enter_context(managed_process("env server", cmd, url))
-            started_server = True
+            cmd = env_server_command(opts.config, u, db) + ([] if u == url else ["--role", "env"])
+            print(f"rollout-only: starting env server at {u} (store: {db})", flush=True)
+            stack.enter_context(managed_process("env server", cmd, u))
+            started_server = started_server or u == url
         engine_url = opts.engine_url
         if opts.engine == "local":
             engine_url = f"http://127.0.0.1:{_free_port()}"
@@ -276,6 +291,10 @@ def run(opts: argparse.Namespace) -> int:
         if opts.engine is None and not answers(engine_url, "/health", timeout=5.0):
             raise RolloutError(f"engine {engine_url} does not answer /health")
         samples = make_samples(rows, opts.n_samples)
+        if env_url is not None:  # the bridge prefers the URLs the rows pin: point them at --env-server
+            for sample in samples:
+                if sample.metadata.get("env_server"):
+                    sample.metadata["env_server"] = [env_url]
         print(f"rollout-only: {len(samples)} episodes ({len(rows)} tasks x {opts.n_samples}) against {engine_url}",
               flush=True)
         elapsed = asyncio.run(run_episodes(args, samples, sampling_params(args), opts.concurrency,

@@ -76,8 +76,10 @@ def test_scripted_engine_against_running_env_server(tmp_path: Path, run_name: st
     """--engine-url: GSM8K episodes answered correctly, WhoDunIt wrongly; every one lands in the store."""
     db = tmp_path / "store.db"
     with env_server("--envs", "gsm8k,whodunit", "--db", str(db)) as url:
-        config = write_config(tmp_path / "cfg.yaml", url, run_name, tmp_path / "spool")
+        # tasks prepared for a server elsewhere (rows pin it); --env-server points this run at ours
+        config = write_config(tmp_path / "cfg.yaml", f"http://127.0.0.1:{free_port()}", run_name, tmp_path / "spool")
         rows = prepare(config, tmp_path / "tasks.jsonl", 3)
+        assert rows[0]["metadata"]["env_server"] != [url]
         turns: dict[str, int] = defaultdict(int)
 
         def responder(req) -> Turn:
@@ -95,6 +97,7 @@ def test_scripted_engine_against_running_env_server(tmp_path: Path, run_name: st
 
         with SGLangStub(responder, tokenizer=qwen3_tokenizer) as stub:
             out = run_sh("--engine-url", stub.url, "--model", str(TOKENIZER_DIR), "--config", str(config),
+                         "--env-server", url,
                          "--task-data", str(tmp_path / "tasks.jsonl"), "--num-tasks", "4", "--n-samples", "2",
                          "--concurrency", "4", "--json")
         assert out.returncode == 0, out.stderr

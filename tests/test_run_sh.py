@@ -486,3 +486,19 @@ def test_sigterm_stops_what_it_started(world: dict) -> None:
             proc.wait()
         import shutil
         shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
+
+
+def test_env_servers_pinned_by_the_task_rows(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    pinned = free_port()
+    rows = [json.loads(line) for line in world["tasks"].read_text().splitlines()]
+    for r in rows:
+        r["metadata"]["env_server"] = [f"http://127.0.0.1:{pinned}"]
+    world["tasks"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = dry_run(world, slime)  # the bridge connects where the rows say: that is the server to start
+    assert [c for c in d.commands if "envs.server" in c][0].split(" &")[0].endswith(
+        f"--port {pinned} --db {(REPO / 'runs' / 'trajectories.db')}")
+    line = line_for(missing_lines(run_sh(*base_args(world, slime, "--env-server", "http://127.0.0.1:1"))),
+                    "env server")
+    assert f"pin env_server http://127.0.0.1:{pinned}" in line and "would have no effect" in line
+    assert "rerun python prepare_tasks.py" in line
