@@ -269,6 +269,50 @@ def bench_list(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, st
     return results
 
 
+async def _sink_run(url: str, spool: Path, n: int, turns: int) -> dict[str, float]:
+    from bridge.trajectory_sink import TrajectoryUploader
+
+    trajs = [twenty_turn_trajectory(i, turns, True, run="bench-sink") for i in range(n)]
+    up = TrajectoryUploader(url, str(spool), "bench-sink")
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def monitor() -> None:  # how late a 1 ms timer fires = how long the loop was blocked
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append((time.perf_counter() - t - 0.001) * 1000)
+
+    mon = asyncio.create_task(monitor())
+    submit_us = []
+    t0 = time.perf_counter()
+    for i, t in enumerate(trajs):
+        s = time.perf_counter()
+        up.submit(t)
+        submit_us.append((time.perf_counter() - s) * 1e6)
+        if i % 16 == 15:
+            await asyncio.sleep(0)  # generation yields to the loop between episodes
+    ok = await up.flush(300)
+    delivered_s = time.perf_counter() - t0
+    stop.set()
+    await mon
+    await up.close()
+    submit_us.sort()
+    lags.sort()
+    return {"ok": float(ok), "submit_p50_us": submit_us[len(submit_us) // 2],
+            "submit_p99_us": submit_us[int(len(submit_us) * 0.99)], "submit_max_us": submit_us[-1],
+            "lag_p99_ms": lags[int(len(lags) * 0.99)] if lags else 0.0, "lag_max_ms": lags[-1] if lags else 0.0,
+            "delivered_per_s": n / delivered_s, "delivered": up.stats["delivered"]}
+
+
+def bench_sink(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    server = Server(tmp / "sink.db")
+    try:
+        return asyncio.run(_sink_run(server.url, tmp / "spool", args.sink_rollouts, args.turns))
+    finally:
+        server.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rollouts", type=int, default=2000, help="rollouts to ingest per scenario")
@@ -278,6 +322,8 @@ def main() -> None:
     p.add_argument("--baseline-rollouts", type=int, default=30)
     p.add_argument("--skip-ingest", action="store_true")
     p.add_argument("--skip-list", action="store_true")
+    p.add_argument("--sink-rollouts", type=int, default=1000, help="trajectories for the sink section")
+    p.add_argument("--skip-sink", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-traj-") as d:
         tmp = Path(d)
@@ -288,6 +334,15 @@ def main() -> None:
                 print(f"  {label}: {rate:,.0f} rollouts/s = {rate / INGEST_TARGET:.2f}x target, "
                       f"{rate / base:,.0f}x naive baseline\n      {detail}")
             print(f"  baseline (one INSERT per event, one commit per INSERT, in-process): {base:,.1f} rollouts/s")
+        if not args.skip_sink:
+            print(f"Bridge sink: submit() of {args.sink_rollouts} {args.turns}-turn trajectories (with token data) "
+                  "on a running event loop")
+            r = bench_sink(args, tmp)
+            print(f"  submit(): p50 {r['submit_p50_us']:.1f} us, p99 {r['submit_p99_us']:.1f} us, "
+                  f"max {r['submit_max_us']:.0f} us; event-loop lag p99 {r['lag_p99_ms']:.2f} ms, "
+                  f"max {r['lag_max_ms']:.1f} ms")
+            print(f"  all delivered: {bool(r['ok'])} ({int(r['delivered'])} trajectories, "
+                  f"{r['delivered_per_s']:,.0f}/s end to end = {r['delivered_per_s'] / INGEST_TARGET:.2f}x target)")
         if not args.skip_list:
             print(f"Rollout list of a {args.list_rows:,}-rollout run (target < {LIST_TARGET_MS:.0f} ms server time)")
             for label, ms, detail in bench_list(args, tmp):
