@@ -124,6 +124,11 @@ class IngestResult:
 
 # ---------------------------------------------------------------- schema
 
+
+class StoreError(RuntimeError):
+    """The database cannot be used (unwritable path, not a SQLite file, newer schema)."""
+
+
 _MIGRATIONS: dict[int, str] = {
     1: """
 CREATE TABLE runs (
@@ -355,7 +360,7 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """
     current = schema_version(conn)
     if current > SCHEMA_VERSION:
-        raise RuntimeError(f"trajectory database has schema version {current}, newer than this "
+        raise StoreError(f"trajectory database has schema version {current}, newer than this "
                            f"code ({SCHEMA_VERSION}); upgrade slime-envs or use another --db")
     for version in range(current + 1, target + 1):
         conn.execute("BEGIN IMMEDIATE")
@@ -695,14 +700,17 @@ class TrajectoryStore:
     """The SQLite store: `submit()` events to the writer thread, read with the query methods."""
 
     def __init__(self, path: str | Path) -> None:
+        """Open (creating and migrating as needed) the database at `path`; StoreError if unusable."""
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(self.path)
         try:
-            migrate(conn)
-        finally:
-            conn.close()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = connect(self.path)
+            try:
+                migrate(conn)
+            finally:
+                conn.close()
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open trajectory database {self.path}: {e}") from None
         self._local = threading.local()
         self._jobs: "queue.Queue[_WriteJob | None]" = queue.Queue()
         self._thread: threading.Thread | None = None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.store import (SCHEMA_VERSION, EventBatch, RolloutFilter, TrajectoryStore, connect,
+from envs.store import (SCHEMA_VERSION, EventBatch, RolloutFilter, StoreError, TrajectoryStore, connect,
                         decode_cursor, migrate, schema_version)
 
 
@@ -49,8 +49,19 @@ def test_schema_is_versioned_and_migration_is_idempotent(tmp_path: Path) -> None
     assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
     conn.close()
-    with pytest.raises(RuntimeError, match="newer than this code"):
+    with pytest.raises(StoreError, match="newer than this code"):
         TrajectoryStore(path)
+
+
+def test_unusable_database_gets_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "not.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open trajectory database .*not.db"):
+        TrajectoryStore(bad)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot open"):
+        TrajectoryStore(blocker / "sub" / "t.db")
 
 
 def test_upgrade_from_schema_v1_keeps_data(tmp_path: Path) -> None:
