@@ -249,7 +249,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_env_servers(stack: contextlib.ExitStack, urls: list[str], opts: argparse.Namespace) -> bool:
+    """Start the loopback env servers in `urls` that do not answer (the first keeps the store); True if the
+    first one was started here."""
+    started_first = False
+    for u in urls:
+        if answers(u):
+            continue
+        if not is_loopback(u):
+            raise RolloutError(f"env server {u} does not answer /health; start it there "
+                               f"(python -m envs.server --config {opts.config} ...) or pass --env-server")
+        db = str(Path(opts.db).resolve())
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
+        cmd = env_server_command(opts.config, u, db) + ([] if u == urls[0] else ["--role", "env"])
+        print(f"rollout-only: starting env server at {u} (store: {db})", flush=True)
+        stack.enter_context(managed_process("env server", cmd, u))
+        started_first = started_first or u == urls[0]
+    return started_first
+
+
+def _start_engine(stack: contextlib.ExitStack, opts: argparse.Namespace) -> str:
+    """The /generate URL: --engine-url, or a bridge.local_engine started here on a free port."""
+    if opts.engine != "local":
+        return opts.engine_url
+    url = f"http://127.0.0.1:{_free_port()}"
+    print("rollout-only: starting bridge.local_engine on the CPU - a debugging engine, "
+          "one request at a time; not for training throughput", flush=True)
+    stack.enter_context(managed_process("local engine", local_engine_command(opts.model, url), url, timeout=600.0))
+    return url
+
+
 def run(opts: argparse.Namespace) -> int:
+    """Prepare or read tasks, start what is missing, run the episodes, print the summary."""
     try:
         cfg = load_config(opts.config)
     except ConfigError as e:
@@ -265,28 +296,10 @@ def run(opts: argparse.Namespace) -> int:
     needs_local = any(not is_hosted(str(r["metadata"].get("env", ""))) for r in rows)
 
     urls = _env_servers(rows, cfg, env_url)
-    started_server = False
+    url = urls[0]
     with contextlib.ExitStack() as stack:
-        url = urls[0]
-        for u in urls if needs_local else []:
-            if answers(u):
-                continue
-            if not is_loopback(u):
-                raise RolloutError(f"env server {u} does not answer /health; start it there "
-                                   f"(python -m envs.server --config {opts.config} ...) or pass --env-server")
-            db = str(Path(opts.db).resolve())
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
-            cmd = env_server_command(opts.config, u, db) + ([] if u == url else ["--role", "env"])
-            print(f"rollout-only: starting env server at {u} (store: {db})", flush=True)
-            stack.enter_context(managed_process("env server", cmd, u))
-            started_server = started_server or u == url
-        engine_url = opts.engine_url
-        if opts.engine == "local":
-            engine_url = f"http://127.0.0.1:{_free_port()}"
-            print("rollout-only: starting bridge.local_engine on the CPU - a debugging engine, "
-                  "one request at a time; not for training throughput", flush=True)
-            stack.enter_context(managed_process("local engine", local_engine_command(opts.model, engine_url),
-                                                engine_url, timeout=600.0))
+        started_server = _start_env_servers(stack, urls if needs_local else [], opts)
+        engine_url = _start_engine(stack, opts)
         args = slime_args(engine_url, opts)
         if opts.engine is None and not answers(engine_url, "/health", timeout=5.0):
             raise RolloutError(f"engine {engine_url} does not answer /health")
