@@ -11,8 +11,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
+
+from bridge.http11 import HTTPError, client_for_loop
 
 ROUTING_HEADER = "X-SMG-Routing-Key"
 
@@ -58,24 +59,16 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
 
 
 class EngineClient:
-    """POSTs to `{base_url}/generate` over one shared aiohttp session (per event loop)."""
+    """POSTs to `{base_url}/generate` over the event loop's keep-alive HTTP client."""
 
     def __init__(self, base_url: str, connect_timeout: float = 30.0, connect_retries: int = 3) -> None:
         self.url = base_url.rstrip("/") + "/generate"
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=None)
+        self._connect_timeout = connect_timeout
         self._connect_retries = connect_retries
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=False),
-                timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode())
-        return self._session
 
     async def generate(self, input_ids: list[int], sampling_params: dict[str, Any],
                        routing_key: str | None = None) -> EngineTurn:
-        """One generation. Retries only when the connection could not be made (nothing ran)."""
+        """One generation, no read timeout. Retries only when no connection could be made (nothing ran)."""
         payload = orjson.dumps({"input_ids": input_ids, "sampling_params": sampling_params,
                                 "return_logprob": True})
         headers = {"Content-Type": "application/json"}
@@ -84,21 +77,20 @@ class EngineClient:
         attempt = 0
         while True:
             try:
-                async with self._http().post(self.url, data=payload, headers=headers) as resp:
-                    raw = await resp.read()
-                    if resp.status != 200:
-                        text = raw[:300].decode("utf-8", "replace").replace("\n", " ")
-                        raise EngineError(f"engine {self.url} answered HTTP {resp.status}: {text}")
+                resp = await client_for_loop().request("POST", self.url, payload, headers)
                 break
-            except aiohttp.ClientConnectorError as e:
+            except HTTPError as e:
+                if e.connected:
+                    raise EngineError(f"engine {self.url} failed: {e}") from None
                 attempt += 1
                 if attempt > self._connect_retries:
                     raise EngineError(f"engine {self.url} unreachable: {e}") from None
                 await asyncio.sleep(0.2 * attempt)
-            except aiohttp.ClientError as e:
-                raise EngineError(f"engine {self.url} failed: {type(e).__name__}: {e}") from None
+        if resp.status != 200:
+            text = resp.body[:300].decode("utf-8", "replace").replace("\n", " ")
+            raise EngineError(f"engine {self.url} answered HTTP {resp.status}: {text}")
         try:
-            body = orjson.loads(raw)
+            body = orjson.loads(resp.body)
         except orjson.JSONDecodeError:
             raise EngineError(f"engine {self.url} answered invalid JSON") from None
         if not isinstance(body, dict):
@@ -106,5 +98,4 @@ class EngineClient:
         return parse_generate_response(body)
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        """Connections belong to the loop's shared client (bridge.http11.close_loop_client)."""

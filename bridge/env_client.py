@@ -20,9 +20,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
+from bridge.http11 import HTTPClient, HTTPError, client_for_loop, close_loop_client
 from bridge.task import TaskMeta, blocks_to_text
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -131,7 +131,7 @@ class _Retryable(Exception):
 class LocalEnvSession:
     """A session on one of our env servers, spoken over plain HTTP + SSE (no SDK overhead)."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, task: TaskMeta,
+    def __init__(self, http: HTTPClient, url: str, task: TaskMeta,
                  policy: RetryPolicy = RetryPolicy()) -> None:
         self.http = http
         self.url = url.rstrip("/")
@@ -155,16 +155,11 @@ class LocalEnvSession:
         if body is not None:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
-        timeout = aiohttp.ClientTimeout(total=self.policy.timeout)
         try:
-            async with self.http.request(method, self.url + path, data=data, headers=headers,
-                                         timeout=timeout) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except aiohttp.ClientConnectorError as e:
-            raise _Retryable(f"cannot connect to {self.url}: {e}", connected=False) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise _Retryable(f"{method} {path} on {self.url} failed: {type(e).__name__} {e}") from None
+            resp = await self.http.request(method, self.url + path, data, headers, timeout=self.policy.timeout)
+        except HTTPError as e:
+            raise _Retryable(f"{method} {path} on {self.url} failed: {e}", connected=e.connected) from None
+        status, raw = resp.status, resp.body
         if status in RETRY_STATUSES:
             raise _Retryable(f"{method} {path} on {self.url}: HTTP {status}")
         if status not in accept:
@@ -241,60 +236,37 @@ class LocalEnvSession:
 
     async def _call_once(self, payload: dict[str, Any], task_id: str | None) -> tuple[Any, str | None]:
         headers = {**self._headers(), "Accept": "text/event-stream", "Content-Type": "application/json"}
-        timeout = aiohttp.ClientTimeout(total=self.policy.call_timeout)
         try:
-            async with self.http.post(f"{self.url}/{self.env}/call", data=orjson.dumps(payload),
-                                      headers=headers, timeout=timeout) as resp:
+            return await asyncio.wait_for(self._call_stream(payload, headers, task_id), self.policy.call_timeout)
+        except asyncio.TimeoutError:
+            raise EnvFailure(f"tool call on {self.url} took longer than {self.policy.call_timeout:g} s") from None
+
+    async def _call_stream(self, payload: dict[str, Any], headers: dict[str, str],
+                           task_id: str | None) -> tuple[Any, str | None]:
+        state = _SSEState(task_id)
+        try:
+            # never resend a tool call on a stale connection: it may have run
+            async with self.http.stream("POST", f"{self.url}/{self.env}/call", orjson.dumps(payload), headers,
+                                        retry_stale=False, connect_timeout=self.policy.timeout) as resp:
                 if resp.status in RETRY_STATUSES:
                     raise _Retryable(f"/call on {self.url}: HTTP {resp.status}")
                 if resp.status != 200:
-                    raw = await resp.read()
+                    raw = b"".join([c async for c in resp.iter_chunks()])
                     raise EnvFailure(f"/call on {self.url}: HTTP {resp.status}: "
                                      f"{_one_line(raw.decode('utf-8', 'replace'))}")
-                event, data = None, []
-                chunks: list[str] = []
-                try:
-                    async for raw_line in resp.content:
-                        line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
-                        if not line:
-                            if event is not None:
-                                text = "\n".join(data)
-                                if event == "task_id":
-                                    task_id = text.strip()
-                                elif event == "chunk":
-                                    chunks.append(text)
-                                elif event == "end":
-                                    chunks.append(text)
-                                    return orjson.loads("".join(chunks)), task_id
-                                elif event == "error":
-                                    raise EnvFailure(f"tool call failed in the environment: {_one_line(text)}")
-                            event, data = None, []
-                            continue
-                        if line.startswith(":"):
-                            continue
-                        key, _, value = line.partition(":")
-                        value = value[1:] if value.startswith(" ") else value
-                        if key == "event":
-                            event = value
-                        elif key == "data":
-                            data.append(value)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                    if task_id:
-                        raise _Resume(task_id, f"stream broke: {type(e).__name__} {e}") from None
-                    raise _Retryable(f"stream broke: {type(e).__name__} {e}") from None
-                if task_id:
-                    raise _Resume(task_id, "stream ended before the result")
-                raise _Retryable("stream ended before the result")
-        except aiohttp.ClientConnectorError as e:
-            if task_id:
-                raise _Resume(task_id, f"cannot connect to {self.url}: {e}") from None
-            raise _Retryable(f"cannot connect to {self.url}: {e}", connected=False) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            if task_id:
-                raise _Resume(task_id, f"{type(e).__name__} {e}") from None
-            raise _Retryable(f"/call on {self.url} failed: {type(e).__name__} {e}") from None
+                async for chunk in resp.iter_chunks():
+                    result = state.feed(chunk)
+                    if result is not None:
+                        return result, state.task_id
+        except HTTPError as e:
+            if state.task_id:
+                raise _Resume(state.task_id, str(e)) from None
+            raise _Retryable(str(e), connected=e.connected) from None
         except orjson.JSONDecodeError:
             raise EnvFailure(f"/call on {self.url}: result is not JSON") from None
+        if state.task_id:
+            raise _Resume(state.task_id, "stream ended before the result")
+        raise _Retryable("stream ended before the result")
 
     async def close(self) -> None:
         """Delete the session (best effort, short): never raises."""
@@ -318,6 +290,49 @@ class LocalEnvSession:
                 await asyncio.sleep(self.policy.delay(attempt))
             except Exception:
                 return
+
+
+class _SSEState:
+    """Incremental SSE parser for a `/call` stream: task_id, chunk*, end (or error)."""
+
+    def __init__(self, task_id: str | None) -> None:
+        self.task_id = task_id
+        self._buf = b""
+        self._event: str | None = None
+        self._data: list[str] = []
+        self._chunks: list[str] = []
+
+    def feed(self, data: bytes) -> Any:
+        """Consume bytes; returns the decoded result once the `end` event arrived, else None."""
+        self._buf += data
+        while True:
+            i = self._buf.find(b"\n")
+            if i < 0:
+                return None
+            line = self._buf[:i].decode("utf-8", "replace").rstrip("\r")
+            self._buf = self._buf[i + 1:]
+            if not line:
+                if self._event is not None:
+                    text = "\n".join(self._data)
+                    if self._event == "task_id":
+                        self.task_id = text.strip()
+                    elif self._event == "chunk":
+                        self._chunks.append(text)
+                    elif self._event == "end":
+                        self._chunks.append(text)
+                        return orjson.loads("".join(self._chunks))
+                    elif self._event == "error":
+                        raise EnvFailure(f"tool call failed in the environment: {_one_line(text)}")
+                self._event, self._data = None, []
+                continue
+            if line.startswith(":"):
+                continue
+            key, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if key == "event":
+                self._event = value
+            elif key == "data":
+                self._data.append(value)
 
 
 class _Resume(Exception):
@@ -439,31 +454,17 @@ def _sdk_client(cls: Any) -> Any:
     return client
 
 
-_HTTP: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]" = weakref.WeakKeyDictionary()
-
-
-def shared_http() -> aiohttp.ClientSession:
-    """One aiohttp session per event loop for all local env traffic."""
-    loop = asyncio.get_running_loop()
-    http = _HTTP.get(loop)
-    if http is None or http.closed:
-        http = _HTTP[loop] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    return http
-
-
 def open_session(task: TaskMeta, urls: list[str], key: str, policy: RetryPolicy = RetryPolicy()) -> EnvSession:
     """An unopened session for `task`: hosted via the SDK for `Owner/Name`, else on our env server."""
     if task.hosted:
         return HostedEnvSession(task, policy)
-    return LocalEnvSession(shared_http(), pick_server(task.env_server or urls, key), task, policy)
+    return LocalEnvSession(client_for_loop(), pick_server(task.env_server or urls, key), task, policy)
 
 
 async def close_shared_http() -> None:
     """Close this event loop's env HTTP session and SDK client (if any)."""
     loop = asyncio.get_running_loop()
-    http = _HTTP.pop(loop, None)
-    if http is not None and not http.closed:
-        await http.close()
+    await close_loop_client()
     sdk = _SDK_CLIENTS.pop(loop, None)
     if sdk is not None:
         try:

@@ -93,8 +93,18 @@ def _engine(args: Any) -> EngineClient:
     return client
 
 
+_SINK_OVERRIDE: list[Any] = []
+
+
+def set_trajectory_sink(sink: Any | None) -> None:
+    """Send finished episodes to `sink` instead of the configured one (None: back to the config)."""
+    _SINK_OVERRIDE[:] = [sink] if sink is not None else []
+
+
 def _sink(cfg: TrainConfig | None) -> Any:
     """The trajectory sink for this config on this loop, or None (no config, disabled, or unavailable)."""
+    if _SINK_OVERRIDE:
+        return _SINK_OVERRIDE[0]
     if cfg is None or not cfg.trajectories.enabled:
         return None
     try:
@@ -231,4 +241,4 @@ def _submit(cfg: TrainConfig | None, sample: Any, task: TaskMeta, result: Episod
         _warn_once(f"trajectory not recorded: {type(e).__name__}: {e}")
 
 
-__all__ = ["generate", "METADATA_KEYS", "train_config", "task_metadata"]
+__all__ = ["generate", "METADATA_KEYS", "train_config", "task_metadata", "set_trajectory_sink", "close_clients"]

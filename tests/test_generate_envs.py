@@ -55,7 +55,7 @@ async def test_train_config_servers_thinking_system_prompt_and_trajectories(
             done = await asyncio.gather(*(run(make_args(stub), s) for s in samples))
             first = tok.decode(stub.requests_for(keys[0])[0].input_ids)
         sink = get_sink(train_config())
-        assert await sink.flush(15)
+        assert await sink.close(15)  # delivers what is queued, then stops its background tasks
         for k, s in zip(keys, done):
             assert s.reward == 1.0 and s.metadata["env_url"] == pick_server(urls, k)
             assert_aligned(s, stub, k)
