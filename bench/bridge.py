@@ -87,13 +87,14 @@ class CaptureSink:
 
 
 async def _round(args: Any, keys: list[str], env_url: str, params: dict[str, Any],
-                 thinking: bool) -> tuple[list[Any], float, float]:
+                 thinking: bool, tools: list[dict[str, Any]]) -> tuple[list[Any], float, float]:
     from bridge.generate import generate
     from bridge.tokens import FallbackSample
 
-    # without a TRAIN_CONFIG the bridge reads `thinking` from the task metadata
+    # without a TRAIN_CONFIG the bridge reads `thinking` from the task metadata; `tools` is there
+    # because prepare_tasks.py writes each task's tool schemas into its metadata
     samples = [FallbackSample(metadata={"env": "whodunit", "env_server": [env_url], "split": "train",
-                                        "index": i, "thinking": thinking}, session_id=k)
+                                        "index": i, "thinking": thinking, "tools": tools}, session_id=k)
                for i, k in enumerate(keys)]
     c0, t0 = time.process_time(), time.perf_counter()
     done = await asyncio.gather(*(generate(args, s, dict(params)) for s in samples))
@@ -150,7 +151,7 @@ async def _main(opts: argparse.Namespace) -> int:
                                      rollout_max_response_len=8192)
         params = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 1024}
         os.environ.pop("TRAIN_CONFIG", None)
-        await _round(args, warm, env_url, params, opts.thinking)  # tokenizer, renderer and connections warm up
+        await _round(args, warm, env_url, params, opts.thinking, tools)  # tokenizer, renderer and connections warm up
         print(f"bridge benchmark: {opts.episodes} concurrent WhoDunIt episodes x {len(turns)} turns, "
               f"{opts.rounds} rounds, thinking={'on' if opts.thinking else 'off'} "
               f"(2-core machine shared with other work: numbers are noisy)")
@@ -163,7 +164,7 @@ async def _main(opts: argparse.Namespace) -> int:
 
                 prof = cProfile.Profile()
                 prof.enable()
-            done, wall, cpu = await _round(args, keys, env_url, params, opts.thinking)
+            done, wall, cpu = await _round(args, keys, env_url, params, opts.thinking, tools)
             if prof is not None:
                 import pstats
 

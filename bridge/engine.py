@@ -51,10 +51,13 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
         if ids:
             raise EngineError("engine returned output ids without output_token_logprobs (set return_logprob)")
         return EngineTurn([], [], kind, meta)
-    lp_ids = [int(p[1]) for p in pairs]
-    logprobs = [float(p[0]) if p[0] is not None else 0.0 for p in pairs]
-    if ids is not None and list(ids) != lp_ids:
+    lp_ids = [p[1] for p in pairs]
+    logprobs = [p[0] if p[0] is not None else 0.0 for p in pairs]
+    if ids is not None and ids != lp_ids:
         raise EngineError(f"engine output_ids ({len(ids)}) disagree with output_token_logprobs ({len(lp_ids)})")
+    # keep the rest of meta_info (slime reads finish_reason, weight_version, cache and spec counters,
+    # top-p / routed-expert arrays) but not the per-token pairs we just unpacked
+    meta = {k: v for k, v in meta.items() if k != "output_token_logprobs"}
     return EngineTurn(lp_ids, logprobs, kind, meta)
 
 

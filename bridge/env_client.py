@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from bridge.http11 import HTTPClient, HTTPError, client_for_loop, close_loop_client
+from bridge.http11 import HTTPClient, HTTPError, client_for_loop, close_loop_client, deadline
 from bridge.task import TaskMeta, blocks_to_text
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -237,7 +237,8 @@ class LocalEnvSession:
     async def _call_once(self, payload: dict[str, Any], task_id: str | None) -> tuple[Any, str | None]:
         headers = {**self._headers(), "Accept": "text/event-stream", "Content-Type": "application/json"}
         try:
-            return await asyncio.wait_for(self._call_stream(payload, headers, task_id), self.policy.call_timeout)
+            async with deadline(self.policy.call_timeout):
+                return await self._call_stream(payload, headers, task_id)
         except asyncio.TimeoutError:
             raise EnvFailure(f"tool call on {self.url} took longer than {self.policy.call_timeout:g} s") from None
 
@@ -254,10 +255,12 @@ class LocalEnvSession:
                     raw = b"".join([c async for c in resp.iter_chunks()])
                     raise EnvFailure(f"/call on {self.url}: HTTP {resp.status}: "
                                      f"{_one_line(raw.decode('utf-8', 'replace'))}")
-                async for chunk in resp.iter_chunks():
-                    result = state.feed(chunk)
-                    if result is not None:
-                        return result, state.task_id
+                result = None
+                async for chunk in resp.iter_chunks():  # read to the end so the connection can be reused
+                    if result is None:
+                        result = state.feed(chunk)
+                if result is not None:
+                    return result, state.task_id
         except HTTPError as e:
             if state.task_id:
                 raise _Resume(state.task_id, str(e)) from None
@@ -273,9 +276,8 @@ class LocalEnvSession:
         if self.sid is None:
             return
         try:
-            if self._created:
+            if self._created:  # like the SDK's session exit: /delete ends the env and the session id
                 await self._request_quiet("POST", "/delete")
-            await self._request_quiet("POST", "/delete_session")
         finally:
             self.sid = None
 

@@ -115,9 +115,13 @@ class Episode:
     async def _open(self) -> tuple[list[dict[str, Any]], set[str]]:
         t = time.perf_counter()
         await self.session.open()
-        prompt_text, ors_tools = await asyncio.gather(self.session.prompt_text(), self.session.tools())
+        if self.task.tools:  # prepare_tasks.py wrote the task's tool schemas: no need to ask the env
+            prompt_text, ors_tools = await self.session.prompt_text(), []
+            tools = self.task.tools
+        else:
+            prompt_text, ors_tools = await asyncio.gather(self.session.prompt_text(), self.session.tools())
+            tools = [ors_tool_to_openai(s) for s in ors_tools]
         self.t_env += time.perf_counter() - t
-        tools = self.task.tools or [ors_tool_to_openai(s) for s in ors_tools]
         names = {s["name"] for s in ors_tools} or {t["function"]["name"] for t in tools if "function" in t}
         self.messages = self.renderer.prompt_messages(prompt_text)
         self.ledger = TokenLedger(self.renderer.prompt_ids(prompt_text, tools))

@@ -13,12 +13,36 @@ byte arrived is retried once on a fresh connection only when the caller says it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
+
+
+if hasattr(asyncio, "timeout"):  # Python 3.11+: no extra task per timed request
+    def deadline(seconds: float | None) -> Any:
+        """Cancel the enclosed awaits after `seconds` (raising TimeoutError); None: no limit."""
+        return asyncio.timeout(seconds)
+else:  # pragma: no cover - Python 3.10
+    @contextlib.asynccontextmanager
+    async def deadline(seconds: float | None) -> AsyncIterator[None]:
+        if seconds is None:
+            yield
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        handle = asyncio.get_running_loop().call_later(seconds, task.cancel)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if handle.cancelled() or handle.when() > asyncio.get_running_loop().time():
+                raise
+            raise asyncio.TimeoutError() from None
+        finally:
+            handle.cancel()
 
 
 class HTTPError(Exception):
@@ -68,7 +92,8 @@ class HTTPClient:
 
     async def _connect(self, host: str, port: int, timeout: float | None) -> _Conn:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=1 << 22), timeout)
+            async with deadline(timeout):
+                reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
         except (OSError, asyncio.TimeoutError) as e:
             raise HTTPError(f"cannot connect to {host}:{port}: {type(e).__name__} {e}".strip(), connected=False) \
                 from None
@@ -114,7 +139,8 @@ class HTTPClient:
         if timeout is None:
             return await self._request(method, url, body, headers, retry_stale, None)
         try:
-            return await asyncio.wait_for(self._request(method, url, body, headers, retry_stale, timeout), timeout)
+            async with deadline(timeout):
+                return await self._request(method, url, body, headers, retry_stale, timeout)
         except asyncio.TimeoutError:
             raise HTTPError(f"{method} {url} timed out after {timeout:g} s") from None
 
