@@ -3,7 +3,7 @@
     .venv/bin/python bench/bridge.py [--episodes 256] [--rounds 3] [--thinking]
 
 Runs `--episodes` concurrent WhoDunIt episodes (6 turns each: five information tools, then the
-answer) on ONE event loop through `bridge.generate.generate`, against an instant scripted
+answer; `--samples-per-task` episodes share a case, as GRPO groups do) on ONE event loop through `bridge.generate.generate`, against an instant scripted
 `/generate` stub and the real env server (`python -m envs.server`), both in their own processes,
 so the CPU time of this process is the bridge's own work (turn loop, HTTP clients, tokenizing
 deltas, parsing, filling the sample). Reports per round: turns/s and bridge CPU per turn; then the
@@ -87,14 +87,15 @@ class CaptureSink:
 
 
 async def _round(args: Any, keys: list[str], env_url: str, params: dict[str, Any],
-                 thinking: bool, tools: list[dict[str, Any]]) -> tuple[list[Any], float, float]:
+                 thinking: bool, tools: list[dict[str, Any]], per_task: int) -> tuple[list[Any], float, float]:
     from bridge.generate import generate
     from bridge.tokens import FallbackSample
 
     # without a TRAIN_CONFIG the bridge reads `thinking` from the task metadata; `tools` is there
     # because prepare_tasks.py writes each task's tool schemas into its metadata
     samples = [FallbackSample(metadata={"env": "whodunit", "env_server": [env_url], "split": "train",
-                                        "index": i, "thinking": thinking, "tools": tools}, session_id=k)
+                                        "index": i // per_task, "thinking": thinking, "tools": tools},
+                              session_id=k)
                for i, k in enumerate(keys)]
     c0, t0 = time.process_time(), time.perf_counter()
     done = await asyncio.gather(*(generate(args, s, dict(params)) for s in samples))
@@ -151,8 +152,9 @@ async def _main(opts: argparse.Namespace) -> int:
                                      rollout_max_response_len=8192)
         params = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 1024}
         os.environ.pop("TRAIN_CONFIG", None)
-        await _round(args, warm, env_url, params, opts.thinking, tools)  # tokenizer, renderer and connections warm up
-        print(f"bridge benchmark: {opts.episodes} concurrent WhoDunIt episodes x {len(turns)} turns, "
+        await _round(args, warm, env_url, params, opts.thinking, tools, 1)  # tokenizer, renderer and connections warm up
+        print(f"bridge benchmark: {opts.episodes} concurrent WhoDunIt episodes x {len(turns)} turns "
+              f"({opts.episodes // opts.samples_per_task} cases x {opts.samples_per_task} samples), "
               f"{opts.rounds} rounds, thinking={'on' if opts.thinking else 'off'} "
               f"(2-core machine shared with other work: numbers are noisy)")
         rates, cpus = [], []
@@ -164,7 +166,8 @@ async def _main(opts: argparse.Namespace) -> int:
 
                 prof = cProfile.Profile()
                 prof.enable()
-            done, wall, cpu = await _round(args, keys, env_url, params, opts.thinking, tools)
+            done, wall, cpu = await _round(args, keys, env_url, params, opts.thinking, tools,
+                                           opts.samples_per_task)
             if prof is not None:
                 import pstats
 
@@ -200,7 +203,9 @@ async def _main(opts: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--episodes", type=int, default=256)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--samples-per-task", type=int, default=8,
+                    help="episodes per task, like GRPO's --n-samples-per-prompt (1: every episode a new case)")
     ap.add_argument("--thinking", action="store_true", help="scripted turns carry thinking text")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the first round")
     opts = ap.parse_args()

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+_CACHE_ENTRIES = 2048  # encoded prompt/delta texts kept per renderer
+_CACHE_MAX_TEXT = 4096  # longer texts (characters) are not cached
 _M = ["\u241fM1\u241f", "\u241fM2\u241f", "\u241fM3\u241f"]  # placeholder contents nobody writes
 _ASSISTANT_MARK = "\u241fA\u241f"
 
@@ -65,6 +67,7 @@ class ChatRenderer:
         self.eos_token_id: int | None = tokenizer.eos_token_id
         self.eos_text: str | None = tokenizer.eos_token
         self._lock = threading.Lock()
+        self._cache: dict[str, list[int]] = {}
         self._prompt_shapes: dict[bytes, _PromptShape | None] = {}
         self._added = sorted({t for t in getattr(tokenizer, "get_added_vocab", dict)().keys() if t}, key=len)
         self._end_of_assistant = ""
@@ -77,6 +80,18 @@ class ChatRenderer:
         if self._backend is not None:
             return self._backend.encode(text, add_special_tokens=False).ids
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def encode_cached(self, text: str) -> list[int]:
+        """`encode`, remembering recent texts: the samples of a GRPO group see the same prompt and
+        mostly the same tool outputs. The returned list is shared: do not mutate it."""
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = self.encode(text)
+            if len(text) <= _CACHE_MAX_TEXT:
+                if len(self._cache) >= _CACHE_ENTRIES:
+                    self._cache.pop(next(iter(self._cache)))  # oldest first (insertion order)
+                self._cache[text] = ids
+        return ids
 
     def decode(self, ids: list[int]) -> str:
         if self._backend is not None:
@@ -108,7 +123,7 @@ class ChatRenderer:
                 self._prompt_shapes[key] = shape
         if shape is None:
             return self.encode(self.render(self.prompt_messages(user_text), tools))
-        return shape.head_ids + self.encode(shape.rest_open + user_text + shape.close)
+        return shape.head_ids + self.encode_cached(shape.rest_open + user_text + shape.close)
 
     def _learn_prompt(self, tools: list[dict[str, Any]] | None) -> _PromptShape | None:
         r1 = self.render(self.prompt_messages(_M[0]), tools)
@@ -196,7 +211,7 @@ class ChatRenderer:
             body = self._render_suffix([{"role": "tool", "content": c, "tool_call_id": f"call_{i}", "name": "tool"}
                                         for i, c in enumerate(contents)])
         text = self._lead(sampled_text) + body
-        return self.encode(text), text
+        return self.encode_cached(text), text
 
     def user_delta(self, content: str, sampled_text: str) -> tuple[list[int], str]:
         """Like `tool_delta`, for a user message (the nudge after a turn without a tool call)."""
@@ -205,7 +220,7 @@ class ChatRenderer:
         else:
             body = self._render_suffix([{"role": "user", "content": content}])
         text = self._lead(sampled_text) + body
-        return self.encode(text), text
+        return self.encode_cached(text), text
 
 
 _RENDERERS: dict[tuple[str, bool, str | None], ChatRenderer] = {}

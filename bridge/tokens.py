@@ -63,7 +63,7 @@ class TokenLedger:
         self.ids.extend(seg.ids)
         self.segments.append(seg)
         # The context sent next must be exactly the previous context plus these ids.
-        if len(self.ids) != before + len(seg.ids) or self.ids[before:] != seg.ids:
+        if len(self.ids) != before + len(seg.ids) or (seg.ids and self.ids[-1] != seg.ids[-1]):
             self.drift_count += 1
 
     def check_context(self, sent_len: int, reported_prompt_tokens: int | None) -> None:
