@@ -54,6 +54,7 @@ class SinkSettings:
     max_batch_bytes: int = 1_000_000  # bigger requests only add event-loop lag (measured)
     max_age_s: float = 1.0  # a partial batch waits at most this long
     request_timeout_s: float = 30.0
+    max_in_flight: int = 4  # concurrent upload requests (the server commits them together)
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
 
@@ -326,6 +327,9 @@ class TrajectoryUploader:
         self._queue: asyncio.Queue[Trajectory] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
+        self._sending: set[asyncio.Task] = set()
+        self._inflight: dict[int, list[bytes]] = {}
+        self._send_slots = asyncio.Semaphore(self.settings.max_in_flight)
         self._client: httpx.AsyncClient | None = None
         self._in_memory = 0  # trajectories in the queue or the batch being sent
         self._flush_now: asyncio.Event | None = None
@@ -375,9 +379,10 @@ class TrajectoryUploader:
         """Flush for up to `timeout`, then spool whatever is left and stop; True when all was delivered."""
         ok = await self.flush(timeout) if not self._closed else True
         self._closed = True
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._sending]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             try:
                 await t
             except (asyncio.CancelledError, Exception):
@@ -428,8 +433,10 @@ class TrajectoryUploader:
                     left.append(self._queue.get_nowait())
                 except asyncio.QueueEmpty:
                     break
-        lines = [*getattr(self, "_inflight", []), *getattr(self, "_batch", [])]
-        self._batch, self._inflight = [], []
+        lines = [line for batch in self._inflight.values() for line in batch]
+        lines += getattr(self, "_batch", [])
+        self._batch = []
+        self._inflight.clear()
         if left or lines:
             self.stats["spooled"] += self.spool.append(lines)
             self._spool_trajectories(left)
@@ -496,14 +503,16 @@ class TrajectoryUploader:
                 self._flush_now.clear()
                 lines, self._batch = self._batch, []
                 size = n_events = 0
-                await self._send_or_spool(lines)
-                self._in_memory -= len(lines)
+                await self._send_slots.acquire()  # at most max_in_flight requests at once
+                task = asyncio.create_task(self._send_batch(lines))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
             elif not self._batch:
                 self._flush_now.clear()
 
     async def _send_or_spool(self, lines: list[bytes]) -> None:
         """Deliver a batch, or spool it while the server is down / when delivery fails."""
-        self._inflight = lines  # close() spools these if it cancels us mid-request
+        self._inflight[id(lines)] = lines  # close() spools these if it cancels us mid-request
         if time.monotonic() < self._down_until:
             self.stats["spooled"] += await asyncio.to_thread(self.spool.append, lines)
         else:
@@ -517,7 +526,14 @@ class TrajectoryUploader:
                     self._spool_ready.set()
                 else:
                     await self._deliver_one_by_one(lines, str(e))
-        self._inflight = []
+        self._inflight.pop(id(lines), None)
+
+    async def _send_batch(self, lines: list[bytes]) -> None:
+        try:
+            await self._send_or_spool(lines)
+        finally:
+            self._in_memory -= len(lines)
+            self._send_slots.release()
 
     async def _deliver_one_by_one(self, lines: list[bytes], first_error: str) -> None:
         """A refused batch: send its trajectories singly so only the bad ones are rejected."""

@@ -36,6 +36,10 @@ PAGE_SIZE_MAX = 500
 # uploads keep coming it lingers this long for more (fewer, larger commits: ~40% less CPU per event).
 GROUP_COMMIT_MAX_EVENTS = 50_000
 GROUP_COMMIT_LINGER_S = 0.003
+# WAL checkpoints run on their own thread every CHECKPOINT_INTERVAL_S; the writer checkpoints
+# itself only if the WAL grows past this many pages (a safety net against an unbounded WAL).
+CHECKPOINT_INTERVAL_S = 1.0
+WRITER_AUTOCHECKPOINT_PAGES = 50_000
 # Metadata keys the bridge's sink sends that become columns or packed arrays.
 ARRAY_KEYS = ("token_ids", "loss_mask", "logprobs")
 
@@ -715,6 +719,7 @@ class TrajectoryStore:
         self._jobs: "queue.Queue[_WriteJob | None]" = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._checkpoint_stop = threading.Event()
 
     # -- writer
 
@@ -725,6 +730,26 @@ class TrajectoryStore:
                 self._thread = threading.Thread(target=self._write_loop, name="trajectory-writer",
                                                 daemon=True)
                 self._thread.start()
+                self._checkpoint_stop.clear()
+                threading.Thread(target=self._checkpoint_loop, name="trajectory-checkpoint", daemon=True).start()
+
+    def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database from here, so the writer never stalls on checkpoint I/O.
+
+        PASSIVE checkpoints never block the writer; the writer's own auto-checkpoint is off.
+        """
+        conn = connect(self.path)
+        try:
+            while not self._checkpoint_stop.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as e:
+                    log.warning("trajectory store: checkpoint failed: %s", e)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish queued writes and stop the writer thread."""
@@ -733,6 +758,7 @@ class TrajectoryStore:
         if thread is not None:
             self._jobs.put(None)
             thread.join(timeout)
+        self._checkpoint_stop.set()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -761,6 +787,7 @@ class TrajectoryStore:
 
     def _write_loop(self) -> None:
         conn = connect(self.path)
+        conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")  # the checkpoint thread does it
         writer = _Writer(conn)
         stopping = False
         busy = False  # the last commit carried several batches: wait a moment to gather more
