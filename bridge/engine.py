@@ -30,6 +30,7 @@ class EngineTurn:
     logprobs: list[float]
     finish_reason: str  # stop | length | abort
     meta_info: dict[str, Any]
+    ids_mismatch: bool = False  # output_ids disagreed with the ids in output_token_logprobs
 
     @property
     def aborted(self) -> bool:
@@ -53,12 +54,12 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
         return EngineTurn([], [], kind, meta)
     lp_ids = [p[1] for p in pairs]
     logprobs = [p[0] if p[0] is not None else 0.0 for p in pairs]
-    if ids is not None and ids != lp_ids:
-        raise EngineError(f"engine output_ids ({len(ids)}) disagree with output_token_logprobs ({len(lp_ids)})")
+    # slime trusts the ids inside output_token_logprobs; so do we, and flag a disagreement as drift
+    mismatch = ids is not None and ids != lp_ids
     # keep the rest of meta_info (slime reads finish_reason, weight_version, cache and spec counters,
     # top-p / routed-expert arrays) but not the per-token pairs we just unpacked
     meta = {k: v for k, v in meta.items() if k != "output_token_logprobs"}
-    return EngineTurn(lp_ids, logprobs, kind, meta)
+    return EngineTurn(lp_ids, logprobs, kind, meta, ids_mismatch=mismatch)
 
 
 class EngineClient:

@@ -148,6 +148,8 @@ class Episode:
             self.t_generate += time.perf_counter() - t
             self.num_turns += 1
             ledger.check_context(sent_len, out.meta_info.get("prompt_tokens"))
+            if out.ids_mismatch:
+                ledger.drift_count += 1
             text = self.renderer.decode(out.output_ids) if out.output_ids else ""
             if out.output_ids:
                 ledger.add_sampled(out.output_ids, out.logprobs, text, out.meta_info)

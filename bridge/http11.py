@@ -238,6 +238,8 @@ class _Exchange:
         reader = self.conn.reader
         hdrs = self.headers
         try:
+            # Data is yielded as it arrives, so a stream that breaks midway still delivered what it had
+            # (e.g. an SSE task_id to resume a tool call with).
             if "chunked" in hdrs.get("transfer-encoding", "").lower():
                 while True:
                     size_line = await reader.readuntil(b"\r\n")
@@ -246,13 +248,14 @@ class _Exchange:
                         while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
                             pass
                         break
-                    data = await reader.readexactly(size + 2)
-                    yield data[:-2]
+                    async for data in _read_n(reader, size):
+                        yield data
+                    if await reader.readexactly(2) != b"\r\n":
+                        raise ValueError("bad chunk terminator")
                 self._reusable = hdrs.get("connection", "").lower() != "close"
             elif "content-length" in hdrs:
-                n = int(hdrs["content-length"])
-                if n:
-                    yield await reader.readexactly(n)
+                async for data in _read_n(reader, int(hdrs["content-length"])):
+                    yield data
                 self._reusable = hdrs.get("connection", "").lower() != "close"
             elif self.method == "HEAD" or self.status in (204, 304):
                 self._reusable = True
@@ -275,6 +278,16 @@ class _Exchange:
             self.client._release(self.key, conn)
         else:
             conn.close()
+
+
+async def _read_n(reader: asyncio.StreamReader, n: int) -> AsyncIterator[bytes]:
+    """Exactly `n` bytes, in the pieces they arrive in."""
+    while n > 0:
+        data = await reader.read(min(n, 1 << 20))
+        if not data:
+            raise asyncio.IncompleteReadError(b"", n)
+        n -= len(data)
+        yield data
 
 
 class _NoResponse(HTTPError):
