@@ -121,23 +121,27 @@ def recording_stub(tok, script: dict[str, list[Turn]]) -> SGLangStub:
 
 
 # --- tests ----------------------------------------------------------------------------------------
-async def test_gsm8k_several_calls_per_turn_thinking_tokens_trained(qwen3_tokenizer, server_url) -> None:
+@pytest.mark.parametrize("thinking", [False, True])
+async def test_gsm8k_several_calls_per_turn_thinking_tokens_trained(qwen3_tokenizer, server_url, thinking) -> None:
     from envs.gsm8k import GSM8K
 
     tok = qwen3_tokenizer
     label = GSM8K.load_split("train")[0]["label"]
-    script = {"g1": [
+    key = f"g1-{thinking}"
+    script = {key: [
         turn(tok, "<think>\nHalf of 48 then add.\n</think>\n\nComputing." + call("calculator", {"expression": "48/2"})
              + "\n" + call("calculator", {"expression": "48+24"}) + "<|im_end|>"),
         turn(tok, "<think>\nDone.\n</think>\n\n" + call("submit_answer", {"answer": label}) + "<|im_end|>"),
     ]}
     with recording_stub(tok, script) as stub:
-        s = await run(make_args(stub), make_sample(server_url, "gsm8k", "g1"))
+        s = await run(make_args(stub), make_sample(server_url, "gsm8k", key, thinking=thinking))
+        first = tok.decode(stub.requests_for(key)[0].input_ids)
+    assert first.endswith("<|im_start|>assistant\n" + ("" if thinking else "<think>\n\n</think>\n\n"))
     assert s.status.value == "completed" and s.reward == 1.0 and not s.remove_sample
     md = s.metadata
     assert (md["stop_reason"], md["num_turns"], md["num_tool_calls"], md["tool_errors"]) == ("env_finished", 2, 3, {})
     assert md["turn_rewards"][-1] == 1.0 and md["env_finished"] is True
-    assert_aligned(s, stub, "g1")
+    assert_aligned(s, stub, key)
     # the thinking the model sampled is trained: its ids are under mask 1
     resp = s.tokens[len(s.tokens) - s.response_length:]
     assert resp[0] == tok.convert_tokens_to_ids("<think>") and s.loss_mask[:5] == [1] * 5
@@ -164,43 +168,49 @@ async def test_malformed_calls_get_error_responses_and_episode_continues(qwen3_t
     assert open_sessions(server_url) == 0
 
 
-async def test_whodunit_full_case_and_partial_credit(qwen3_tokenizer, server_url) -> None:
+@pytest.mark.parametrize("thinking", [False, True])
+async def test_whodunit_full_case_and_partial_credit(qwen3_tokenizer, server_url, thinking) -> None:
     from envs.whodunit import WhoDunIt
 
     tok = qwen3_tokenizer
+    think = "<think>\nWho had the means?\n</think>\n\n" if thinking else ""
     answer = WhoDunIt.case_for("train", 0).answer()
     partial = dict(answer, who="Nobody")
     info = ["list_suspects", "list_weapons", "list_locations", "list_motives", "list_clues", "list_statements"]
+    kf, kp = f"w-full-{thinking}", f"w-part-{thinking}"
     script = {
-        "w-full": [turn(tok, "".join(call(n) for n in info[:3]) + "<|im_end|>"),
-                   turn(tok, "".join(call(n) for n in info[3:]) + "<|im_end|>"),
-                   turn(tok, call("submit_answer", answer) + "<|im_end|>")],
-        "w-part": [turn(tok, call("submit_answer", partial) + "<|im_end|>")],
+        kf: [turn(tok, think + "".join(call(n) for n in info[:3]) + "<|im_end|>"),
+             turn(tok, think + "".join(call(n) for n in info[3:]) + "<|im_end|>"),
+             turn(tok, think + call("submit_answer", answer) + "<|im_end|>")],
+        kp: [turn(tok, think + call("submit_answer", partial) + "<|im_end|>")],
     }
     with recording_stub(tok, script) as stub:
         full, part = await asyncio.gather(
-            run(make_args(stub), make_sample(server_url, "whodunit", "w-full")),
-            run(make_args(stub), make_sample(server_url, "whodunit", "w-part")))
+            run(make_args(stub), make_sample(server_url, "whodunit", kf, thinking=thinking)),
+            run(make_args(stub), make_sample(server_url, "whodunit", kp, thinking=thinking)))
     assert full.reward == 1.0 and full.metadata["num_turns"] == 3 and full.metadata["num_tool_calls"] == 7
     n_parts = len(answer)
     assert part.reward == pytest.approx((n_parts - 1) / n_parts)
-    assert_aligned(full, stub, "w-full")
-    assert_aligned(part, stub, "w-part")
+    assert_aligned(full, stub, kf)
+    assert_aligned(part, stub, kp)
     assert open_sessions(server_url) == 0
 
 
-async def test_haiku_revision_reward_last(qwen3_tokenizer, server_url) -> None:
+@pytest.mark.parametrize("thinking", [False, True])
+async def test_haiku_revision_reward_last(qwen3_tokenizer, server_url, thinking) -> None:
     from ors_episodes import PERFECT_HAIKU
 
     tok = qwen3_tokenizer
-    script = {"h1": [turn(tok, call("submit_haiku", {"poem": "too short\nstill short"}) + "<|im_end|>"),
-                     turn(tok, call("submit_haiku", {"poem": PERFECT_HAIKU}) + "<|im_end|>")]}
+    think = "<think>\nFive, seven, five.\n</think>\n\n" if thinking else ""
+    key = f"h1-{thinking}"
+    script = {key: [turn(tok, think + call("submit_haiku", {"poem": "too short\nstill short"}) + "<|im_end|>"),
+                    turn(tok, think + call("submit_haiku", {"poem": PERFECT_HAIKU}) + "<|im_end|>")]}
     with recording_stub(tok, script) as stub:
-        s = await run(make_args(stub), make_sample(server_url, "haiku", "h1",
+        s = await run(make_args(stub), make_sample(server_url, "haiku", key, thinking=thinking,
                                                    reward={"reward_reduction": "last"}))
     rewards = [r for r in s.metadata["turn_rewards"] if r is not None]
     assert s.metadata["env_finished"] and s.reward == pytest.approx(rewards[-1]) and s.reward > rewards[0]
-    assert_aligned(s, stub, "h1")
+    assert_aligned(s, stub, key)
     assert open_sessions(server_url) == 0
 
 
