@@ -44,7 +44,7 @@ _WARNED: set[str] = set()
 
 
 def _warn_once(message: str) -> None:
-    if message not in _WARNED:
+    if message not in _WARNED and len(_WARNED) < 1000:
         _WARNED.add(message)
         log.error(message)
 
@@ -192,6 +192,8 @@ def _write_sample(args: Any, sample: Any, result: EpisodeResult, renderer: ChatR
         ledger.add_appended([eos], "")
     fill_sample(sample, ledger, args)
     failed = result.status == "failed"
+    if failed and result.failure:  # counted in metadata; logged once per distinct message
+        _warn_once(f"bridge: episode failed ({result.stop_reason}): {result.failure[:300]}")
     sample.status = status_value(sample, result.status.upper())
     sample.reward = 0.0 if failed else result.reward.reward
     if failed:
