@@ -163,7 +163,11 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
     except Exception as e:
         return _fail_early(sample, f"cannot open env session: {e}", renderer.eos_token_id)
     episode = Episode(session, _engine(args), renderer, task, params, _context_budget(args), key)
-    result = await episode.run()
+    try:
+        result = await episode.run()
+    except Exception as e:  # a bug, not an env/engine failure: still never crash slime's rollout loop
+        log.exception("bridge: episode raised")
+        return _fail_early(sample, f"bridge error: {type(e).__name__}: {e}", renderer.eos_token_id)
     try:
         _write_sample(args, sample, result, renderer)
     except Exception as e:  # e.g. slime's own Sample validation: report, do not crash the rollout
