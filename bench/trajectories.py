@@ -317,7 +317,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rollouts", type=int, default=2000, help="rollouts to ingest per scenario")
     p.add_argument("--turns", type=int, default=20)
-    p.add_argument("--concurrency", type=int, default=4, help="concurrent upload connections")
+    p.add_argument("--concurrency", type=int, default=8, help="concurrent upload connections (the SDK uses up to 32)")
     p.add_argument("--list-rows", type=int, default=100_000)
     p.add_argument("--baseline-rollouts", type=int, default=30)
     p.add_argument("--skip-ingest", action="store_true")
