@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import gc
 import hmac
 import inspect
 import logging
@@ -974,6 +975,19 @@ def load_served_classes(names: Sequence[str], config_path: Optional[str]) -> dic
     return classes
 
 
+def freeze_startup_objects() -> None:
+    """Keep the ~300k objects created by imports out of the garbage collector's full passes.
+
+    Without this, a full (generation 2) collection walks them all and stalls the event loop
+    for 100-400 ms under load: the tail of the call latency. Objects created later are
+    collected as usual, but less often: the request path allocates a lot and makes almost no
+    reference cycles, so a full collection about once a minute under load is plenty.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+
+
 def _build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m envs.server",
                                 description="Serve environments over the OpenReward (ORS) protocol.")
@@ -1023,6 +1037,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _fail(str(e))
 
     import uvicorn
+
+    freeze_startup_objects()
 
     def have(mod: str) -> bool:
         try:
