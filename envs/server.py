@@ -537,7 +537,7 @@ class OrsRouter:
         sid = req.sid()
         obj = await req.json_object(self.settings.max_body_bytes)
         if self.sessions.exists(sid) or sid in self._creating:
-            raise OrsError(409, "session_exists", f"session {sid} already exists")
+            raise OrsError(400, "session_exists", f"Session already exists: {sid}")  # 400 as the SDK server
         if self.settings.max_sessions is not None and \
                 len(self.sessions) + len(self._creating) >= self.settings.max_sessions:
             raise OrsError(503, "too_many_sessions",

@@ -233,7 +233,7 @@ def test_malformed_requests_get_typed_4xx(probe_url: str) -> None:
     _assert_ors_error(httpx.post(f"{u}/probe/task", json={"split": "train", "index": "0"}), 400, "bad_request")
     _assert_ors_error(httpx.post(f"{u}/probe/num_tasks", json={}), 400, "bad_request")
     # session creation
-    _assert_ors_error(_create(u, "hard-1"), 409, "session_exists")
+    _assert_ors_error(_create(u, "hard-1"), 400, "session_exists")
     _assert_ors_error(_create(u, "hard-2", env="nope"), 404, "unknown_env")
     _assert_ors_error(_create(u, "hard-2", index=77), 400, "invalid_index")
     _assert_ors_error(httpx.post(f"{u}/create", json={"env_name": "probe"}, headers={"X-Session-ID": "hard-2"}),
