@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -76,6 +78,23 @@ def _script_turns(tok: Any, thinking: bool) -> list[dict[str, Any]]:
     return [{"output_ids": tok.encode(t, add_special_tokens=False)} for t in texts]
 
 
+class SlowSteps(logging.Handler):
+    """Collects asyncio debug-mode reports of single loop steps slower than slow_callback_duration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.durations: list[float] = []
+        self.examples: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        m = re.search(r"took ([0-9.]+) seconds", msg)
+        if m:
+            self.durations.append(float(m.group(1)))
+            if len(self.examples) < 3:
+                self.examples.append(msg[:300])
+
+
 class CaptureSink:
     """Keeps finished episodes in memory (the benchmark's trajectory sink)."""
 
@@ -100,6 +119,7 @@ async def _round(args: Any, keys: list[str], env_url: str, params: dict[str, Any
     c0, t0 = time.process_time(), time.perf_counter()
     done = await asyncio.gather(*(generate(args, s, dict(params)) for s in samples))
     return done, time.perf_counter() - t0, time.process_time() - c0
+
 
 
 def _baseline_cpu_per_turn(tok: Any, trajectories: list[Any], tools: list[dict[str, Any]], thinking: bool) -> float:
@@ -157,6 +177,13 @@ async def _main(opts: argparse.Namespace) -> int:
               f"({opts.episodes // opts.samples_per_task} cases x {opts.samples_per_task} samples), "
               f"{opts.rounds} rounds, thinking={'on' if opts.thinking else 'off'} "
               f"(2-core machine shared with other work: numbers are noisy)")
+        slow = None
+        if opts.find_blocking:  # asyncio debug mode: report every loop step longer than 20 ms (slower run)
+            slow = SlowSteps()
+            logging.getLogger("asyncio").addHandler(slow)
+            loop = asyncio.get_running_loop()
+            loop.set_debug(True)
+            loop.slow_callback_duration = 0.02
         rates, cpus = [], []
         for r, keys in enumerate(keys_per_round):
             sink.items.clear()
@@ -180,6 +207,11 @@ async def _main(opts: argparse.Namespace) -> int:
             cpus.append(cpu / max(n_turns, 1) * 1000)
             print(f"  round {r}: {n_turns} turns in {wall:.2f} s = {rates[-1]:.0f} turns/s; "
                   f"bridge CPU {cpu:.2f} s = {cpus[-1]:.3f} ms/turn; not completed: {len(bad)} {sorted(set(bad))}")
+        if slow is not None:
+            asyncio.get_running_loop().set_debug(False)
+            print(f"loop steps > 20 ms: {len(slow.durations)}, longest {max(slow.durations, default=0) * 1000:.0f} ms")
+            for ex in slow.examples:
+                print("   ", ex)
         base_ms = _baseline_cpu_per_turn(tok, sink.items, tools, opts.thinking) * 1000
         rate, cpu_ms = statistics.median(rates), statistics.median(cpus)
         print(f"median turns/s            {rate:8.0f}   target {TARGET_TURNS_PER_S:.0f}  -> ratio {rate / TARGET_TURNS_PER_S:.2f}x")
@@ -208,6 +240,8 @@ def main() -> int:
                     help="episodes per task, like GRPO's --n-samples-per-prompt (1: every episode a new case)")
     ap.add_argument("--thinking", action="store_true", help="scripted turns carry thinking text")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the first round")
+    ap.add_argument("--find-blocking", action="store_true",
+                    help="asyncio debug mode: list loop steps longer than 20 ms (the bridge is slower meanwhile)")
     opts = ap.parse_args()
     return asyncio.run(_main(opts))
 
