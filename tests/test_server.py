@@ -441,3 +441,53 @@ def test_metrics_are_prometheus_text(probe_url: str) -> None:
     assert values["ors_sessions_open"] >= 1 and values['ors_sessions_created_total{env="probe"}'] >= 1
     buckets = [v for k, v in values.items() if k.startswith('ors_tool_call_seconds_bucket{env="probe"')]
     assert buckets == sorted(buckets) and buckets[-1] == values['ors_tool_call_seconds_count{env="probe"}']
+
+
+# ---------------------------------------------------------------- app factory: services and lifespan
+
+
+class RecordingService:
+    """A minimal service with one router, recording its start/stop calls."""
+
+    def __init__(self) -> None:
+        from fastapi import APIRouter
+
+        self.events: list[str] = []
+        router = APIRouter()
+
+        @router.get("/svc/ping")
+        async def svc_ping() -> dict[str, Any]:
+            return {"svc": "pong", "events": list(self.events)}
+
+        self.routers = [router]
+
+    async def start(self) -> None:
+        self.events.append("start")
+
+    async def stop(self) -> None:
+        self.events.append("stop")
+
+
+async def test_create_app_mounts_services_and_runs_their_lifespan() -> None:
+    from envs.server import ServerSettings, create_app
+
+    svc = RecordingService()
+    app = create_app({"probe": Probe}, ServerSettings(api_key="k"), services=[svc])
+    inbox: asyncio.Queue = asyncio.Queue()
+    outbox: asyncio.Queue = asyncio.Queue()
+    lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await asyncio.wait_for(outbox.get(), 10))["type"] == "lifespan.startup.complete"
+    assert svc.events == ["start"]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        assert (await http.get("/svc/ping")).status_code == 401  # the key guards service routes too
+        r = await http.get("/svc/ping", headers={"X-API-Key": "k"})
+        assert r.json() == {"svc": "pong", "events": ["start"]}
+        assert (await http.get("/probe/tools", headers={"X-API-Key": "k"})).json()["tools"][0]["name"] == "boom"
+        assert (await http.get("/health")).json() == {"status": "ok"}
+    assert len(app.state.sessions) == 0 and "probe" in app.state.envs
+    await inbox.put({"type": "lifespan.shutdown"})
+    assert (await asyncio.wait_for(outbox.get(), 10))["type"] == "lifespan.shutdown.complete"
+    await lifespan
+    assert svc.events == ["start", "stop"]
