@@ -12,6 +12,15 @@ Hardening: bad input gets a typed 4xx in the ORS error shape
 `{"ok": false, "error": msg, "reason": kind, "detail": msg}` (`detail` is what the stock client
 shows); an exception inside an environment fails that call only; idle sessions are reaped;
 `--max-sessions` answers 503 with Retry-After; `--api-key` guards everything but /health.
+
+Wire details beyond the SDK server: tool-level refusals (not_found, input_validation,
+episode_finished) travel inside the SSE result exactly as the SDK sends them (the stock client
+turns them into `ToolCallError(reason)`); a client that does not send
+`Accept: text/event-stream` gets the same JSON as the body with a typed status instead
+(404/422/409, 500 for an env crash). Bare paths (`/call`, `/prompt`, `/create` without
+`env_name`), which the stock client uses when no variant is given, are routed by the session,
+else by the client's `X-Deployment` header, else to the first environment: the SDK server
+would redirect them all to its first environment.
 """
 
 from __future__ import annotations
