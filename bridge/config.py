@@ -124,7 +124,13 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{p}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
-    return parse_config(data, str(p))
+    cfg = parse_config(data, str(p))
+    # Relative paths in the config mean relative to the config file, not to whichever directory
+    # a process happens to run in (a Ray job runs in slime's checkout).
+    spool = Path(cfg.trajectories.spool_dir)
+    if not spool.is_absolute():
+        cfg.trajectories.spool_dir = str((p.resolve().parent / spool))
+    return cfg
 
 
 def config_from_env() -> TrainConfig | None:

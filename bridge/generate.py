@@ -188,7 +188,7 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
         _write_sample(args, sample, result, renderer)
     except Exception as e:  # e.g. slime's own Sample validation: report, do not crash the rollout
         return _fail_early(sample, f"cannot fill the sample: {type(e).__name__}: {e}", renderer.eos_token_id)
-    _submit(cfg, sample, task, result, evaluation)
+    _submit(cfg, args, sample, task, result, evaluation)
     return sample
 
 
@@ -239,7 +239,8 @@ def _write_sample(args: Any, sample: Any, result: EpisodeResult, renderer: ChatR
     )
 
 
-def _submit(cfg: TrainConfig | None, sample: Any, task: TaskMeta, result: EpisodeResult, evaluation: bool) -> None:
+def _submit(cfg: TrainConfig | None, args: Any, sample: Any, task: TaskMeta, result: EpisodeResult,
+            evaluation: bool) -> None:
     """Hand the finished episode to the trajectory sink; never waits, never raises."""
     try:
         sink = _sink(cfg)
@@ -256,7 +257,8 @@ def _submit(cfg: TrainConfig | None, sample: Any, task: TaskMeta, result: Episod
             loss_mask=list(sample.loss_mask), logprobs=list(sample.rollout_log_probs or []),
             timings=dict(result.timings), evaluation=evaluation,
             group_index=getattr(sample, "group_index", None), sample_index=getattr(sample, "index", None),
-            extra={"session_url": result.session_url, "failure": result.failure},
+            extra={"session_url": result.session_url, "failure": result.failure,
+                   "tokenizer": getattr(args, "hf_checkpoint", None)},
         )
         sink.submit(traj)
     except Exception as e:

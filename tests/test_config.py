@@ -113,3 +113,16 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config_from_env() is None
     monkeypatch.setenv("TRAIN_CONFIG", str(DEFAULT))
     assert list(config_from_env().environments) == ["whodunit", "gsm8k", "haiku"]
+
+
+def test_relative_spool_dir_is_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg_dir = tmp_path / "conf"
+    cfg_dir.mkdir()
+    path = cfg_dir / "train_config.yaml"
+    path.write_text("environments: {gsm8k: {}}\ntrajectories: {spool_dir: runs/spool}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a Ray job runs in slime's checkout, not next to the config
+    assert load_config(path).trajectories.spool_dir == str(cfg_dir.resolve() / "runs" / "spool")
+    path.write_text(f"environments: {{gsm8k: {{}}}}\ntrajectories: {{spool_dir: {tmp_path}/abs}}\n")
+    assert load_config(path).trajectories.spool_dir == f"{tmp_path}/abs"
