@@ -18,8 +18,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from envs.options import parse_options, reset_task_cache
 from openreward.environments import Environment, TextBlock, ToolOutput, tool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 SPLITS = ("train", "test")
 DATA_DIR_ENV = "GSM8K_DATA_DIR"
@@ -44,12 +45,6 @@ class GSM8KOptions(BaseModel):
     use_hub: bool = True
 
 
-def _options_error(env: str, err: ValidationError) -> ValueError:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"unknown option '{loc}'" if e["type"] == "extra_forbidden" else f"option '{loc}': {e['msg']}")
-    return ValueError(f"{env} options: " + "; ".join(parts))
 
 
 # --------------------------------------------------------------------------- data
@@ -310,13 +305,8 @@ class GSM8K(Environment):
     @classmethod
     def configure(cls, options: dict[str, Any]) -> None:
         """Validate and apply `environments.gsm8k.options`; raises ValueError naming a bad key."""
-        try:
-            cls._options = GSM8KOptions.model_validate(options or {})
-        except ValidationError as e:
-            raise _options_error("gsm8k", e) from None
-        for attr in ("_tasks_cache", "_tasks_cache_locks"):  # the SDK's per-class task cache
-            if attr in cls.__dict__:
-                delattr(cls, attr)
+        cls._options = parse_options(GSM8KOptions, options, "gsm8k")
+        reset_task_cache(cls)
 
     @classmethod
     def _data_dir(cls) -> str | None:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+from envs.options import parse_options, reset_task_cache
 from openreward.environments import Environment, TextBlock, ToolOutput, tool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +53,6 @@ class HaikuOptions(BaseModel):
     judge_weight: float = Field(default=0.5, ge=0, le=1)  # share of the reward that is style, when judged
 
 
-def _options_error(env: str, err: ValidationError) -> ValueError:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"unknown option '{loc}'" if e["type"] == "extra_forbidden" else f"option '{loc}': {e['msg']}")
-    return ValueError(f"{env} options: " + "; ".join(parts))
 
 
 # --------------------------------------------------------------------------- syllables
@@ -263,13 +258,8 @@ class Haiku(Environment):
     @classmethod
     def configure(cls, options: dict[str, Any]) -> None:
         """Validate and apply `environments.haiku.options`; raises ValueError naming a bad key."""
-        try:
-            cls._options = HaikuOptions.model_validate(options or {})
-        except ValidationError as e:
-            raise _options_error("haiku", e) from None
-        for attr in ("_tasks_cache", "_tasks_cache_locks"):  # the SDK's per-class task cache
-            if attr in cls.__dict__:
-                delattr(cls, attr)
+        cls._options = parse_options(HaikuOptions, options, "haiku")
+        reset_task_cache(cls)
 
     @classmethod
     def topics(cls) -> dict[str, list[str]]:

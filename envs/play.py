@@ -21,6 +21,8 @@ from typing import Any, AsyncIterator, Optional, Protocol, TextIO
 os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 
+from bridge.task import blocks_to_text  # noqa: E402  (after the SDK's log level is set)
+
 QUIT_WORDS = frozenset({"quit", "exit", "q", ":q"})
 
 
@@ -45,15 +47,6 @@ class EpisodeBackend(Protocol):
     async def call(self, name: str, arguments: dict[str, Any]) -> CallResult: ...
 
 
-def _blocks_text(blocks: Any) -> str:
-    out = []
-    for b in blocks:
-        kind = b.get("type") if isinstance(b, dict) else getattr(b, "type", None)
-        if kind == "text":
-            out.append(b["text"] if isinstance(b, dict) else b.text)
-        elif kind == "image":
-            out.append("[image]")
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------- backends
@@ -68,7 +61,7 @@ class InProcessEpisode:
     async def prompt(self) -> str:
         from openreward.environments.utils import run_user_callable
 
-        return _blocks_text(await run_user_callable(self.env.get_prompt))
+        return blocks_to_text(await run_user_callable(self.env.get_prompt))
 
     async def tools(self) -> list[dict[str, Any]]:
         from openreward.environments.session import list_session_tools
@@ -83,7 +76,7 @@ class InProcessEpisode:
         if not res.ok:
             return CallResult(error=f"{res.reason or 'error'}: {res.error}")
         out = res.output
-        return CallResult(text=_blocks_text(out.blocks), reward=out.reward, finished=out.finished)
+        return CallResult(text=blocks_to_text(out.blocks), reward=out.reward, finished=out.finished)
 
 
 @contextlib.asynccontextmanager
@@ -134,7 +127,7 @@ class RemoteEpisode:
         self.session = session
 
     async def prompt(self) -> str:
-        return _blocks_text(await self.session.get_prompt())
+        return blocks_to_text(await self.session.get_prompt())
 
     async def tools(self) -> list[dict[str, Any]]:
         return [{"name": t.name, "description": t.description, "input_schema": t.input_schema}
@@ -149,7 +142,7 @@ class RemoteEpisode:
             return CallResult(error=f"{e.reason}: {e.detail}" if hasattr(e, "detail") else str(e))
         except ToolFailed as e:
             return CallResult(error=f"environment error: {e}", fatal=True)
-        return CallResult(text=_blocks_text(out.blocks), reward=out.reward, finished=out.finished)
+        return CallResult(text=blocks_to_text(out.blocks), reward=out.reward, finished=out.finished)
 
 
 @contextlib.asynccontextmanager

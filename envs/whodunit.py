@@ -22,6 +22,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Sequence
 
+from envs.options import options_error, parse_options, reset_task_cache
 from openreward.environments import Environment, TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -65,15 +66,6 @@ class WhoDunItOptions(Difficulty):
         return Difficulty(**{k: getattr(self, k) for k in Difficulty.model_fields})
 
 
-def _options_error(env: str, err: ValidationError) -> ValueError:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown option '{loc}'")
-        else:
-            parts.append(f"option '{loc}': {e['msg']}" if loc else e["msg"])
-    return ValueError(f"{env} options: " + "; ".join(parts))
 
 
 # --------------------------------------------------------------------------- names (all our own)
@@ -513,14 +505,9 @@ class WhoDunIt(Environment):
     @classmethod
     def configure(cls, options: dict[str, Any]) -> None:
         """Validate and apply `environments.whodunit.options`; raises ValueError naming a bad key."""
-        try:
-            cls._options = WhoDunItOptions.model_validate(options or {})
-        except ValidationError as e:
-            raise _options_error("whodunit", e) from None
+        cls._options = parse_options(WhoDunItOptions, options, "whodunit")
         cls._difficulty = cls._options.difficulty().model_dump()
-        for attr in ("_tasks_cache", "_tasks_cache_locks"):  # the SDK's per-class task cache
-            if attr in cls.__dict__:
-                delattr(cls, attr)
+        reset_task_cache(cls)
 
     @classmethod
     def split_size(cls, split: str) -> int:
@@ -570,7 +557,7 @@ class WhoDunIt(Environment):
         try:
             difficulty = Difficulty(**task_spec.get("difficulty", cls._difficulty))
         except ValidationError as e:
-            raise _options_error("whodunit task_spec difficulty", e) from None
+            raise options_error("whodunit task_spec difficulty", e) from None
         return generate_case(seed, difficulty)
 
     @classmethod
