@@ -1035,8 +1035,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         except ImportError as e:
             _fail(f"--role {args.role} needs the trajectory service (envs/rollouts_api.py): {e}; "
                   "use --role env to serve environments only")
-        os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
-        services.append(TrajectoryService(args.db))
+        from envs.store import StoreError
+
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
+            services.append(TrajectoryService(args.db))
+        except (StoreError, OSError) as e:
+            _fail(f"--db {args.db}: {e}")
 
     settings = ServerSettings(api_key=args.api_key or None, session_ttl_s=args.session_ttl,
                               max_sessions=args.max_sessions, log_requests=args.log_level == "debug")

@@ -421,6 +421,18 @@ def test_config_options_apply_and_bad_ones_fail_at_startup(tmp_path: Path) -> No
     assert out.returncode == 2 and "unknown environment 'chess'" in out.stderr
 
 
+def test_unusable_trajectory_db_fails_at_startup_in_one_line(tmp_path: Path) -> None:
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("not a database\n" * 100)
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    for db in (not_sqlite, blocked / "sub" / "t.db"):
+        out = subprocess.run([sys.executable, "-m", "envs.server", "--db", str(db), "--envs", "gsm8k",
+                              "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, out.stderr
+        assert f"--db {db}" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not_sqlite.read_text().startswith("not a database")  # left as it was
+
 def test_metrics_are_prometheus_text(probe_url: str) -> None:
     sid = {"X-Session-ID": "met-1"}
     _create(probe_url, "met-1")
