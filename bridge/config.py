@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 RewardReduction = Literal["sum", "mean", "max", "min", "last"]
 TRAIN_CONFIG_ENV = "TRAIN_CONFIG"
@@ -31,6 +31,12 @@ class RewardSettings(_Strict):
     nonterminal_reward: float = 0.0
     min_reward: float = 0.0
     max_reward: float = 1.0
+
+    @model_validator(mode="after")
+    def _range(self) -> "RewardSettings":
+        if self.min_reward > self.max_reward:
+            raise ValueError(f"min_reward ({self.min_reward}) is above max_reward ({self.max_reward})")
+        return self
 
 
 class EnvConfig(RewardSettings):

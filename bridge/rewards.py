@@ -41,5 +41,5 @@ def reduce_rewards(turn_rewards: Sequence[float | None], env_finished: bool,
                          f"use one of {', '.join(_REDUCERS)}") from None
     unclamped = reducer(values) if values else 0.0
     lo, hi = settings.min_reward, settings.max_reward
-    reward = min(max(unclamped, lo), hi) if lo <= hi else unclamped
+    reward = min(max(unclamped, lo), hi)
     return RewardOutcome(reward=reward, unclamped=unclamped, values=values)

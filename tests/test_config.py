@@ -126,3 +126,8 @@ def test_relative_spool_dir_is_relative_to_the_config_file(tmp_path: Path, monke
     assert load_config(path).trajectories.spool_dir == str(cfg_dir.resolve() / "runs" / "spool")
     path.write_text(f"environments: {{gsm8k: {{}}}}\ntrajectories: {{spool_dir: {tmp_path}/abs}}\n")
     assert load_config(path).trajectories.spool_dir == f"{tmp_path}/abs"
+
+
+def test_reward_range_must_not_be_inverted() -> None:
+    _check_error({"environments": {"gsm8k": {"min_reward": 1.0, "max_reward": 0.0}}},
+                 "environments.gsm8k", "min_reward (1.0) is above max_reward (0.0)")
