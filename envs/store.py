@@ -480,14 +480,7 @@ class _Writer:
         result = IngestResult()
         touched: set[str] = set()
         touched_runs: set[int] = set()
-        msg_rows = []
-        for ev in events:
-            if isinstance(ev, MessageEvent):
-                msg_rows.append((
-                    ev.eventId, ev.rolloutEventId, ev.index, ev.type, ev.content, ev.summary,
-                    ev.contentReference, ev.name, ev.callId, ev.reward, int(bool(ev.isFinished)),
-                    None if ev.metadata is None else _dumps(ev.metadata), ev.timestamp / 1000.0))
-                touched.add(ev.rolloutEventId)
+        msg_rows = _message_rows(events, touched)
         if msg_rows:
             before = self.conn.total_changes
             self.conn.executemany(
@@ -537,13 +530,14 @@ class _Writer:
         if not isinstance(task_index, int):
             task_index = (ev.rollout_info or {}).get("task_index")
         row = (
-            ev.eventId, self.run_id(ev.runName, ev.run_info, now), ev.rolloutName,
-            ev.environment or "", ev.environment_id, ev.split, ev.step, ev.timestamp / 1000.0, now,
-            status or "running", int(status is not None), _str_or_none(meta.get("stop_reason")),
-            reward, int(reward is not None), _str_or_none(meta.get("reward_reduction")),
-            turns or 0, int(turns is not None), group_key,
-            task_index if isinstance(task_index, int) else None,
-            _dumps(meta), _dumps(ev.task_spec), _dumps(ev.run_info), _dumps(ev.rollout_info), ev.eventId,
+            ev.eventId, self.run_id(ev.runName, ev.run_info, now), _n(ev.rolloutName),
+            ev.environment or "", _n(ev.environment_id), _n(ev.split), _n(ev.step), ev.timestamp / 1000.0, now,
+            status or "running", int(status is not None), _n(_str_or_none(meta.get("stop_reason"))),
+            _n(reward), int(reward is not None), _n(_str_or_none(meta.get("reward_reduction"))),
+            turns or 0, int(turns is not None), _n(group_key),
+            task_index if isinstance(task_index, int) else _NULL,
+            _dumps(meta), _n(_dumps(ev.task_spec)), _n(_dumps(ev.run_info)), _n(_dumps(ev.rollout_info)),
+            ev.eventId,
         )
         cur = self.conn.execute(
             "INSERT INTO rollouts(event_id, run_id, name, env, environment_id, split, step, ts, "
@@ -573,8 +567,8 @@ class _Writer:
         try:
             mask = arrays.get("loss_mask") or []
             try:
-                mask_blob = pack_ints(mask, "B")
-            except (TypeError, OverflowError):
+                mask_blob = bytes(mask)  # uint8 array; 3x faster than array("B") from a list
+            except (TypeError, ValueError):
                 mask_blob = pack_ints([1 if m else 0 for m in mask], "B")
             self.conn.execute(
                 "INSERT OR IGNORE INTO rollout_tokens VALUES (?,?,?,?,?)",
@@ -619,6 +613,39 @@ RETURNING run_id
 
 def _str_or_none(v: Any) -> str | None:
     return v if isinstance(v, str) else None
+
+
+# SQLite stores a bound NaN as NULL. Python's sqlite3 binds a float directly but sends None (and
+# bytes) through its adapter lookup first (~0.4 us per parameter), which made NULL columns the
+# largest per-row cost of message ingest; nullable parameters are therefore bound as _NULL.
+# (No column receives a real NaN: events reject NaN, and token logprobs are packed into blobs.)
+_NULL = math.nan
+
+
+def _n(value: Any) -> Any:
+    """A nullable parameter for a hot INSERT: None becomes _NULL (stored as NULL)."""
+    return _NULL if value is None else value
+
+
+def _message_rows(events: list[Event], touched: set[str]) -> list[tuple[Any, ...]]:
+    """The `messages` rows of a batch (None bound as _NULL); adds their rollout ids to `touched`."""
+    rows = []
+    for ev in events:
+        if ev.__class__ is MessageEvent:
+            meta = ev.metadata
+            rows.append((
+                ev.eventId, ev.rolloutEventId, ev.index, ev.type,
+                _NULL if ev.content is None else ev.content,
+                _NULL if ev.summary is None else ev.summary,
+                _NULL if ev.contentReference is None else ev.contentReference,
+                _NULL if ev.name is None else ev.name,
+                _NULL if ev.callId is None else ev.callId,
+                _NULL if ev.reward is None else ev.reward,
+                1 if ev.isFinished else 0,
+                _NULL if meta is None else orjson.dumps(meta).decode(),
+                ev.timestamp / 1000.0))
+            touched.add(ev.rolloutEventId)
+    return rows
 
 
 # ---------------------------------------------------------------- reads
