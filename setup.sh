@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the project into ./.venv. Idempotent; safe to re-run.
-#   bash setup.sh           runtime only (env server, bridge, prepare_tasks, run.sh)
+#   bash setup.sh           runtime (env server, bridge, prepare_tasks, run.sh; datasets for the Hub)
 #   bash setup.sh --test    + test tools: CPU torch, Playwright + Debian chromium, Qwen3 tokenizer
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -24,7 +24,8 @@ if [ "$WITH_TEST" = 1 ]; then
   $VPY -m pip install -q "torch==2.13.0"
   $VPY -m pip install -q -e ".[test]"
 else
-  $VPY -m pip install -q -e .
+  # hub: GSM8K (and haiku keywords) from the Hugging Face Hub when it is reachable.
+  $VPY -m pip install -q -e ".[hub]"
 fi
 
 if [ "$WITH_TEST" = 1 ]; then
