@@ -252,7 +252,7 @@ def test_a_failing_batch_does_not_sink_its_neighbours(store: TrajectoryStore, mo
     real = store_mod._Writer._insert_rollout
 
     def flaky(self, ev, now):
-        if ev.runName == "boom":
+        if ev["runName"] == "boom":
             raise sqlite3.IntegrityError("simulated constraint failure")
         return real(self, ev, now)
 
