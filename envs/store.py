@@ -16,8 +16,10 @@ from __future__ import annotations
 import array
 import logging
 import math
+import operator
 import queue
 import sqlite3
+import struct
 import threading
 import time
 from concurrent.futures import Future
@@ -79,9 +81,17 @@ MessageType = Literal["system_message", "user_message", "reasoning", "assistant_
                       "tool_call", "tool_result"]
 
 
+# Optional message fields are always present after validation; an absent one holds _NULL (NaN, which
+# SQLite stores as NULL), so the writer binds a message's fields straight from the dict.
+_NULL = math.nan
+_OptStr = Annotated[str | None, Field(default=_NULL)]
+
+
 @with_config(_EVENT_CONFIG)
 class MessageEvent(TypedDict):
-    """`eventType: "message"`: one message of a rollout (the SDK's LogMessageEvent)."""
+    """`eventType: "message"`: one message of a rollout (the SDK's LogMessageEvent).
+
+    Optional fields the sender left out hold `_NULL` (NaN) rather than None."""
 
     eventType: Literal["message"]
     eventId: _Id
@@ -89,15 +99,15 @@ class MessageEvent(TypedDict):
     index: Annotated[int, Field(ge=0)]
     rolloutEventId: _Id
     type: MessageType
-    content: NotRequired[str | None]
-    contentReference: NotRequired[str | None]
-    summary: NotRequired[str | None]
-    name: NotRequired[str | None]
-    callId: NotRequired[str | None]
-    environment_id: NotRequired[str | None]
-    reward: NotRequired[float | None]
-    isFinished: NotRequired[bool | None]
-    metadata: _Json
+    content: _OptStr
+    contentReference: _OptStr
+    summary: _OptStr
+    name: _OptStr
+    callId: _OptStr
+    environment_id: _OptStr
+    reward: Annotated[float | None, Field(default=_NULL)]
+    isFinished: Annotated[bool | None, Field(default=_NULL)]
+    metadata: Annotated[dict[str, Any] | None, Field(default=None)]
 
 
 @with_config(_EVENT_CONFIG)
@@ -409,6 +419,11 @@ def _split_sql(script: str) -> list[str]:
 
 def pack_ints(values: Iterable[int], code: str = "i") -> bytes:
     """Integers as a packed array (int32 by default); raises TypeError/OverflowError on bad input."""
+    if isinstance(values, (list, tuple)):
+        try:  # struct packs a list ~2.5x faster than array.array; same native layout
+            return struct.pack(f"{len(values)}{code}", *values)
+        except (struct.error, OverflowError, TypeError):
+            pass  # let array.array raise its usual TypeError/OverflowError
     return array.array(code, values).tobytes()
 
 
@@ -421,7 +436,11 @@ def unpack_ints(blob: bytes, code: str = "i") -> list[int]:
 def pack_floats(values: list[float | None]) -> bytes:
     """Floats as a packed float32 array; None becomes NaN."""
     try:
-        return array.array("f", values).tobytes()  # fast path: no None
+        return struct.pack(f"{len(values)}f", *values)  # fast path: no None
+    except (struct.error, OverflowError, TypeError):
+        pass
+    try:
+        return array.array("f", values).tobytes()
     except TypeError:
         return array.array("f", (math.nan if v is None else v for v in values)).tobytes()
 
@@ -493,10 +512,7 @@ class _Writer:
         msg_rows = _message_rows(events, touched)
         if msg_rows:
             before = self.conn.total_changes
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO messages(event_id, rollout_event_id, idx, type, content, "
-                "summary, content_reference, name, call_id, reward, is_finished, metadata, ts) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", msg_rows)
+            self.conn.executemany(_INSERT_MESSAGES_SQL, msg_rows)
             inserted = self.conn.total_changes - before
             result.messages += inserted
             result.duplicates += len(msg_rows) - inserted
@@ -631,7 +647,6 @@ def _str_or_none(v: Any) -> str | None:
 # bytes) through its adapter lookup first (~0.4 us per parameter), which made NULL columns the
 # largest per-row cost of message ingest; nullable parameters are therefore bound as _NULL.
 # (No column receives a real NaN: events reject NaN, and token logprobs are packed into blobs.)
-_NULL = math.nan
 
 
 def _n(value: Any) -> Any:
@@ -639,26 +654,20 @@ def _n(value: Any) -> Any:
     return _NULL if value is None else value
 
 
+_MESSAGE_FIELDS = operator.itemgetter("eventId", "rolloutEventId", "index", "type", "content", "summary",
+                                      "contentReference", "name", "callId", "reward", "isFinished", "timestamp")
+_INSERT_MESSAGES_SQL = (
+    "INSERT OR IGNORE INTO messages(event_id, rollout_event_id, idx, type, content, summary, content_reference, "
+    "name, call_id, reward, is_finished, ts, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,IFNULL(?, 0),? / 1000.0,?)")
+
+
 def _message_rows(events: list[Event], touched: set[str]) -> list[tuple[Any, ...]]:
-    """The `messages` rows of a batch (None bound as _NULL); adds their rollout ids to `touched`."""
+    """The `messages` rows of a batch, for _INSERT_MESSAGES_SQL; adds their rollout ids to `touched`."""
     rows = []
     for ev in events:
         if ev["eventType"] == "message":
-            get = ev.get
-            content, summary, ref, name, call_id, reward, meta = (
-                get("content"), get("summary"), get("contentReference"), get("name"), get("callId"),
-                get("reward"), get("metadata"))
-            rows.append((
-                ev["eventId"], ev["rolloutEventId"], ev["index"], ev["type"],  # type: ignore[typeddict-item]
-                _NULL if content is None else content,
-                _NULL if summary is None else summary,
-                _NULL if ref is None else ref,
-                _NULL if name is None else name,
-                _NULL if call_id is None else call_id,
-                _NULL if reward is None else reward,
-                1 if get("isFinished") else 0,
-                _NULL if meta is None else orjson.dumps(meta).decode(),
-                ev["timestamp"] / 1000.0))
+            meta = ev["metadata"]  # type: ignore[typeddict-item]
+            rows.append(_MESSAGE_FIELDS(ev) + (_NULL if meta is None else orjson.dumps(meta).decode(),))
             touched.add(ev["rolloutEventId"])  # type: ignore[typeddict-item]
     return rows
 
