@@ -54,6 +54,7 @@ ARRAY_KEYS = ("token_ids", "loss_mask", "logprobs")
 _EVENT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
 _Id = Annotated[str, Field(min_length=1, max_length=256)]
 _Json = NotRequired[dict[str, Any] | None]
+_Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]  # SQLite integers: larger ones get a 422, not a failed write
 
 
 @with_config(_EVENT_CONFIG)
@@ -62,9 +63,9 @@ class RolloutEvent(TypedDict):
 
     eventType: Literal["rollout"]
     eventId: _Id
-    timestamp: int
+    timestamp: _Int64
     runName: Annotated[str, Field(min_length=1, max_length=512)]
-    step: NotRequired[int | None]
+    step: NotRequired[_Int64 | None]
     environment: NotRequired[str | None]
     environment_id: NotRequired[str | None]
     rolloutName: NotRequired[str | None]
@@ -95,8 +96,8 @@ class MessageEvent(TypedDict):
 
     eventType: Literal["message"]
     eventId: _Id
-    timestamp: int
-    index: Annotated[int, Field(ge=0)]
+    timestamp: _Int64
+    index: Annotated[int, Field(ge=0, lt=2**63)]
     rolloutEventId: _Id
     type: MessageType
     content: _OptStr
@@ -116,7 +117,7 @@ class RolloutUpdateEvent(TypedDict):
 
     eventType: Literal["rollout_update"]
     eventId: _Id
-    timestamp: int
+    timestamp: _Int64
     rollout_info: _Json
 
 
