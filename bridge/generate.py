@@ -132,12 +132,17 @@ def _sink(cfg: TrainConfig | None) -> Any:
         return None
 
 
+def _placeholder_ledger(prompt: list[int], token: int) -> TokenLedger:
+    """A ledger whose whole response is one untrained `token` (slime needs at least one)."""
+    ledger = TokenLedger(prompt)
+    ledger.add_appended([token], "")
+    return ledger
+
+
 def _fail_early(sample: Any, message: str, eos_id: int | None) -> Any:
     """A sample that could not even start an episode: no loss, reward 0.0, removed."""
     prompt = list(sample.tokens) if getattr(sample, "tokens", None) else ([eos_id] if eos_id is not None else [0])
-    ledger = TokenLedger(prompt)
-    ledger.add_appended([eos_id if eos_id is not None else prompt[-1]], "")
-    fill_sample(sample, ledger, None)
+    fill_sample(sample, _placeholder_ledger(prompt, eos_id if eos_id is not None else prompt[-1]), None)
     zero_loss(sample)
     sample.reward = 0.0
     sample.remove_sample = True
@@ -208,8 +213,7 @@ def _write_sample(args: Any, sample: Any, result: EpisodeResult, renderer: ChatR
         # slime still needs one response token; it is not trained.
         eos = renderer.eos_token_id if renderer.eos_token_id is not None else 0
         prompt = ledger.prompt_ids if ledger is not None else (list(sample.tokens) or [eos])
-        ledger = TokenLedger(prompt)
-        ledger.add_appended([eos], "")
+        ledger = _placeholder_ledger(prompt, eos)
     fill_sample(sample, ledger, args)
     failed = result.status == "failed"
     if failed and result.failure:  # counted in metadata; logged once per distinct message
