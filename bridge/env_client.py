@@ -50,10 +50,14 @@ class RetryPolicy:
     attempts: int = 3  # total tries per call
     backoff: float = 0.2  # seconds; full jitter on base * 2**n
     backoff_max: float = 2.0
+    retry_after_max: float = 30.0  # cap on a server's Retry-After (a full server answers 503 + Retry-After)
     timeout: float = 60.0  # per request, control calls
     call_timeout: float = 600.0  # per tool call
 
-    def delay(self, attempt: int) -> float:
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds before the next try: the server's Retry-After when it gave one, else jittered backoff."""
+        if retry_after is not None:
+            return min(retry_after, self.retry_after_max) + random.uniform(0, self.backoff)
         return random.uniform(0, min(self.backoff_max, self.backoff * (2 ** attempt)))
 
 
@@ -123,9 +127,19 @@ def _tool_result(body: Any) -> ToolResult:
 
 
 class _Retryable(Exception):
-    def __init__(self, message: str, connected: bool = True) -> None:
+    def __init__(self, message: str, connected: bool = True, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.connected = connected
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    """A Retry-After given in seconds (the HTTP-date form is not used by our servers), else None."""
+    try:
+        value = float(headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
 
 
 class LocalEnvSession:
@@ -161,7 +175,7 @@ class LocalEnvSession:
             raise _Retryable(f"{method} {path} on {self.url} failed: {e}", connected=e.connected) from None
         status, raw = resp.status, resp.body
         if status in RETRY_STATUSES:
-            raise _Retryable(f"{method} {path} on {self.url}: HTTP {status}")
+            raise _Retryable(f"{method} {path} on {self.url}: HTTP {status}", retry_after=_retry_after(resp.headers))
         if status not in accept:
             raise EnvFailure(f"{method} {path} on {self.url}: HTTP {status}: {_one_line(raw.decode('utf-8', 'replace'))}")
         try:
@@ -180,7 +194,7 @@ class LocalEnvSession:
             except _Retryable as e:
                 last = str(e)
                 if attempt + 1 < self.policy.attempts:
-                    await asyncio.sleep(self.policy.delay(attempt))
+                    await asyncio.sleep(self.policy.delay(attempt, e.retry_after))
         raise EnvFailure(f"{last} (gave up after {self.policy.attempts} attempts)")
 
     # --- session -------------------------------------------------------------------------
@@ -218,20 +232,21 @@ class LocalEnvSession:
         payload: dict[str, Any] = {"name": name, "input": arguments}
         last = ""
         for attempt in range(self.policy.attempts):
+            retry_after: float | None = None
             if task_id:
                 payload["task_id"] = task_id
             try:
                 body, task_id = await self._call_once(payload, task_id)
                 return _tool_result(body)
             except _Retryable as e:
-                last = str(e)
+                last, retry_after = str(e), e.retry_after
                 if e.connected and task_id is None:
                     # The request may have reached the env and stepped it: do not run it twice.
                     raise EnvFailure(f"tool call {name!r} lost before the server acknowledged it: {last}") from None
             except _Resume as e:
                 task_id, last = e.task_id, e.message
             if attempt + 1 < self.policy.attempts:
-                await asyncio.sleep(self.policy.delay(attempt))
+                await asyncio.sleep(self.policy.delay(attempt, retry_after))
         raise EnvFailure(f"tool call {name!r}: {last} (gave up after {self.policy.attempts} attempts)")
 
     async def _call_once(self, payload: dict[str, Any], task_id: str | None) -> tuple[Any, str | None]:
@@ -250,7 +265,7 @@ class LocalEnvSession:
             async with self.http.stream("POST", f"{self.url}/{self.env}/call", orjson.dumps(payload), headers,
                                         retry_stale=False, connect_timeout=self.policy.timeout) as resp:
                 if resp.status in RETRY_STATUSES:
-                    raise _Retryable(f"/call on {self.url}: HTTP {resp.status}")
+                    raise _Retryable(f"/call on {self.url}: HTTP {resp.status}", retry_after=_retry_after(resp.headers))
                 if resp.status != 200:
                     raw = b"".join([c async for c in resp.iter_chunks()])
                     raise EnvFailure(f"/call on {self.url}: HTTP {resp.status}: "

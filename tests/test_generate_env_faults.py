@@ -159,3 +159,15 @@ async def test_full_server_503_is_retried(qwen3_tokenizer, gsm8k_server) -> None
         second = await run(make_args(stub), make_sample(url, "gsm8k", "full-2", index=1))
         first = await first
     assert first.reward == 1.0 and second.reward == 1.0, second.metadata.get("failure_message")
+
+
+def test_retry_waits_for_the_servers_retry_after() -> None:
+    from bridge.env_client import RetryPolicy, _retry_after
+
+    policy = RetryPolicy(backoff=0.2, backoff_max=2.0, retry_after_max=30.0)
+    assert all(5.0 <= policy.delay(0, 5.0) <= 5.2 for _ in range(100))  # the server's word, plus jitter
+    assert all(30.0 <= policy.delay(0, 600.0) <= 30.2 for _ in range(100))  # capped
+    assert all(0.0 <= policy.delay(1) <= 0.4 for _ in range(100))  # no Retry-After: jittered backoff
+    assert _retry_after({"retry-after": "5"}) == 5.0
+    assert _retry_after({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}) is None
+    assert _retry_after({"retry-after": "-1"}) is None and _retry_after({}) is None
