@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from bridge.config import ConfigError, EnvConfig, TrainConfig, is_hosted, load_config
 from bridge.task import TaskMeta
-from bridge.task_source import RenderedTask, TaskSource, TaskSourceError, open_source
+from bridge.launch.task_source import RenderedTask, TaskSource, TaskSourceError, open_source
 
 EXIT_BAD_INPUT = 2
 RENDER_CHUNK = 1024  # tasks rendered per gather; bounds memory of pending coroutines

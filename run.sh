@@ -2,7 +2,7 @@
 # Train with slime on the environments in train_config.yaml, or run episodes without training.
 #   bash run.sh --model Qwen/Qwen3-4B [options] [-- extra slime args]    (bash run.sh --help)
 #   bash run.sh --rollout-only --engine-url URL --num-tasks N [options]  (bash run.sh --rollout-only --help)
-# The work is done by bridge/launch.py and bridge/rollout_only.py; this picks the Python to run them.
+# The work is done by bridge/launch/launcher.py and bridge/launch/rollout_only.py; this picks the Python to run them.
 set -euo pipefail
 ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 if [ -n "${PYTHON:-}" ]; then
@@ -21,7 +21,7 @@ export OPENREWARD_DISABLE_UPDATE_CHECK="${OPENREWARD_DISABLE_UPDATE_CHECK:-1}"
 for arg in "$@"; do
   [ "$arg" = "--" ] && break
   if [ "$arg" = "--rollout-only" ]; then
-    exec "$PY" -m bridge.rollout_only "$@"
+    exec "$PY" -m bridge.launch.rollout_only "$@"
   fi
 done
 exec "$PY" -m bridge.launch "$@"

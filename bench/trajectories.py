@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 
 from bridge.trajectory import Trajectory  # noqa: E402
 from bridge.trajectory_sink import trajectory_events  # noqa: E402
-from envs.store import EventBatch, TrajectoryStore  # noqa: E402
+from envs.trajectories.events import EventBatch  # noqa: E402
+from envs.trajectories.store import TrajectoryStore  # noqa: E402
 
 INGEST_TARGET = 500.0  # rollouts/s
 LIST_TARGET_MS = 300.0

@@ -1,1 +1,34 @@
-"""slime plugin: the multi-turn tool-calling generate function and its parts."""
+"""The slime plugin: only what slime loads into its rollout process.
+
+A custom generate function that plays one whole tool-calling episode token-in/token-out
+against SGLang and an ORS env server, reduces per-turn rewards, and hands the trajectory to a
+sink; plus W&B metrics hooks. The hooks, as slime's customization page gives them:
+
+    --custom-generate-function-path bridge.generate.generate
+        async def generate(args, sample, sampling_params, evaluation=False) -> Sample
+    --custom-rollout-log-function-path bridge.metrics.log_rollout
+        def log_rollout(rollout_id, args, samples, rollout_extra_metrics, rollout_time) -> bool
+    --custom-eval-rollout-log-function-path bridge.metrics.log_eval_rollout
+        def log_eval_rollout(rollout_id, args, data, extra_metrics) -> bool
+
+Modules (one data flow: task -> session -> turns -> sample -> trajectory):
+    generate         slime's custom generate hook; failures never raise into slime's rollout loop
+    episode          the multi-turn loop of one episode: task -> session -> turns -> token ledger
+    tokens           token, loss-mask and logprob accounting, and writing it into slime's Sample
+    chat             chat-template rendering: the first prompt and the token deltas between turns
+    toolcalls        parse one assistant turn (Qwen3/Hermes): thinking, text, <tool_call> blocks
+    rewards          the one place where per-turn tool rewards become a sample's scalar reward
+    engine           token-in/token-out client for SGLang's /generate
+    env_client       ORS session clients: our env servers (lean HTTP), hosted OpenReward (SDK)
+    http11           a small keep-alive HTTP/1.1 client for plain-http servers on the cluster
+    task             the task a sample carries in `metadata` (written by prepare_tasks.py)
+    config           train_config.yaml: the one config shared by every part of the project
+    trajectory       a finished episode as the bridge hands it to a trajectory sink
+    trajectory_sink  finished episodes -> OpenReward rollout events -> a server, spooled to disk
+    metrics          slime's rollout-log hooks: per-environment episode metrics to W&B
+
+`bridge/launch/` is run.sh's side (launcher, prerequisites, rollout-only, the CPU engine).
+Import rule: nothing in `bridge/` outside `bridge/launch/` imports `envs/` or `bridge.launch`,
+and importing `bridge` pulls in nothing (slime imports `bridge.generate` in its rollout
+process). tests/test_layout.py enforces both.
+"""

@@ -28,7 +28,7 @@ from bridge.task import TaskMeta
 from bridge.tokens import TokenLedger, fill_sample, status_value, zero_loss
 from bridge.trajectory import Trajectory
 
-log = logging.getLogger("bridge.generate")
+log = logging.getLogger(__name__)
 
 # Keys this function writes into sample.metadata (bridge/metrics.py reads them; keep stable).
 METADATA_KEYS = (

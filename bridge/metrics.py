@@ -27,7 +27,7 @@ import statistics
 from collections import defaultdict
 from typing import Any, Iterable
 
-log = logging.getLogger("bridge.metrics")
+log = logging.getLogger(__name__)
 
 ALL = "all"
 SOLVE_EPS = 1e-6

@@ -37,7 +37,7 @@ import orjson
 from bridge.config import TrainConfig, config_from_env
 from bridge.trajectory import Trajectory, TrajectorySink
 
-log = logging.getLogger("bridge.trajectory_sink")
+log = logging.getLogger(__name__)
 
 HOSTED_API_URL = "https://api.openreward.ai"
 HARNESS = "slime-envs"

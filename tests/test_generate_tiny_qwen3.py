@@ -1,4 +1,4 @@
-"""Episodes sampled by a real (tiny, random-initialised) Qwen3 on CPU through `python -m bridge.local_engine`.
+"""Episodes sampled by a real (tiny, random-initialised) Qwen3 on CPU through `python -m bridge.launch.local_engine`.
 
 The strongest train/rollout consistency check there is: one teacher-forced forward pass of the same
 model over the sample's final tokens must reproduce, at every loss-mask-1 position, the logprob the
@@ -28,7 +28,7 @@ def tiny_dir(tmp_path_factory, qwen3_tokenizer_dir):
 def tiny_engine(tiny_dir):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "bridge.local_engine", "--model", str(tiny_dir), "--port", str(port), "--threads", "1"]
+    cmd = [sys.executable, "-m", "bridge.launch.local_engine", "--model", str(tiny_dir), "--port", str(port), "--threads", "1"]
     with run_process(cmd, f"{url}/health", timeout=180):
         yield port
 

@@ -1,6 +1,6 @@
 """`bash run.sh --rollout-only` end to end on the CPU: the real env server and trajectory store
 (SQLite), the real Qwen3 tokenizer/template, and as the engine either the scripted SGLang stub
-(`--engine-url`) or a tiny random-initialised Qwen3 behind bridge.local_engine (`--engine local`).
+(`--engine-url`) or a tiny random-initialised Qwen3 behind bridge.launch.local_engine (`--engine local`).
 """
 
 from __future__ import annotations

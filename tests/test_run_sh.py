@@ -1,4 +1,4 @@
-"""run.sh (bridge/launch.py): dry-run commands, flags slime knows, prerequisite errors.
+"""run.sh (bridge/launch/launcher.py): dry-run commands, flags slime knows, prerequisite errors.
 
 The slime checkout the launcher reads is built per test from the flag lists in
 tests/data/slime_flags/ (extracted from slime v0.2.2 / v0.3.1 and the Megatron commits they
@@ -20,8 +20,8 @@ import pytest
 
 from conftest import REPO, free_port
 
-from bridge.launch import MEGATRON_FLAGS, global_batch_size, LaunchError
-from bridge.slime_flags import (SGLANG_FLAGS, flag_choices, flags_in_source, read_flag_list,
+from bridge.launch.launcher import MEGATRON_FLAGS, global_batch_size, LaunchError
+from bridge.launch.slime_flags import (SGLANG_FLAGS, flag_choices, flags_in_source, read_flag_list,
                                 supported_train_backends)
 
 DATA = REPO / "tests" / "data" / "slime_flags"
@@ -386,7 +386,7 @@ def test_execute_starts_env_server_health_checked_and_stops_it(world: dict) -> N
     import shutil
     import sys
 
-    from bridge.launch import build_plan, execute, parse_options
+    from bridge.launch.launcher import build_plan, execute, parse_options
 
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
     run_name = f"launch-exec-{world['port']}"
@@ -458,7 +458,7 @@ def test_sigterm_stops_what_it_started(world: dict) -> None:
     world["config"].write_text(world["config"].read_text().replace("launch-test", run_name))
     program = (
         "import sys\n"
-        "from bridge.launch import build_plan, execute, parse_options\n"
+        "from bridge.launch.launcher import build_plan, execute, parse_options\n"
         "opts, extra = parse_options(sys.argv[1:])\n"
         "plan = build_plan(opts, extra)\n"
         "plan.ray_start_cmd = None\n"

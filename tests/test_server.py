@@ -99,7 +99,7 @@ PROBE_SERVER = """
 import json, logging, sys
 sys.path.insert(0, sys.argv[3])
 import uvicorn
-from envs.server import ServerSettings, create_app
+from envs.server.app import ServerSettings, create_app
 import test_server
 settings = json.loads(sys.argv[2])
 logging.basicConfig(level=settings.pop("log_level", "INFO"), stream=sys.stdout)
@@ -481,7 +481,7 @@ class RecordingService:
 
 
 async def test_create_app_mounts_services_and_runs_their_lifespan() -> None:
-    from envs.server import ServerSettings, create_app
+    from envs.server.app import ServerSettings, create_app
 
     svc = RecordingService()
     app = create_app({"probe": Probe}, ServerSettings(api_key="k"), services=[svc])

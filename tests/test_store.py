@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from envs.store import (SCHEMA_VERSION, EventBatch, RolloutFilter, StoreError, TrajectoryStore, connect,
-                        decode_cursor, migrate, schema_version)
+from envs.trajectories.events import EventBatch
+from envs.trajectories.schema import SCHEMA_VERSION, StoreError, connect, migrate, schema_version
+from envs.trajectories.store import RolloutFilter, TrajectoryStore, decode_cursor
 
 
 def rollout_events(run: str = "run-a", env: str = "gsm8k", reward: float | None = 0.5, *, split: str = "train",
@@ -247,7 +248,7 @@ def test_concurrent_writers_commit_everything(store: TrajectoryStore) -> None:
 
 
 def test_a_failing_batch_does_not_sink_its_neighbours(store: TrajectoryStore, monkeypatch) -> None:
-    from envs import store as store_mod
+    from envs.trajectories import store as store_mod
 
     real = store_mod._Writer._insert_rollout
 

@@ -22,12 +22,12 @@ from urllib.parse import urlparse
 
 import yaml
 
-from bridge import prerequisites as pre
+from bridge.launch import prerequisites as pre
 from bridge.config import TRAIN_CONFIG_ENV, TrainConfig, is_hosted
-from bridge.services import ServiceError, answers, env_server_command, is_loopback, managed_process
-from bridge.slime_flags import SGLANG_FLAGS, slime_checkout_flags, supported_train_backends
+from bridge.launch.services import ServiceError, answers, env_server_command, is_loopback, managed_process
+from bridge.launch.slime_flags import SGLANG_FLAGS, slime_checkout_flags, supported_train_backends
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 GENERATE_HOOK = "bridge.generate.generate"
 ROLLOUT_LOG_HOOK = "bridge.metrics.log_rollout"
@@ -569,5 +569,3 @@ def main(argv: list[str] | None = None) -> int:
     return execute(plan)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServiceError(RuntimeError):
@@ -43,9 +43,9 @@ def env_server_command(config: str, url: str, db: str) -> list[str]:
 
 
 def local_engine_command(model: str, url: str) -> list[str]:
-    """`python -m bridge.local_engine` (CPU, for debugging) serving `/generate` at `url`."""
+    """`python -m bridge.launch.local_engine` (CPU, for debugging) serving `/generate` at `url`."""
     u = urlparse(url)
-    return [sys.executable, "-m", "bridge.local_engine", "--model", model,
+    return [sys.executable, "-m", "bridge.launch.local_engine", "--model", model,
             "--host", u.hostname or "127.0.0.1", "--port", str(u.port or 80)]
 
 

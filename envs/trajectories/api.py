@@ -21,8 +21,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from envs.store import EventBatch, RolloutFilter, TrajectoryStore
-from envs.webui import pages_router
+from envs.trajectories.events import EventBatch
+from envs.trajectories.store import RolloutFilter, TrajectoryStore
+from envs.trajectories.webui import pages_router
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _INLINE_VALIDATION_BYTES = 64 * 1024

@@ -7,6 +7,7 @@ Data model (what the OpenReward rollout-upload events become):
   rollout_tokens  token ids / loss mask / logprobs packed as arrays (kept off the list rows)
   run_env_stats   per run and env: rollout count, reward sum, last update (kept by triggers)
 
+The schema and its migrations live in `schema.py`, the upload events in `events.py`.
 Writes go through `submit()` to a single writer thread that commits several request
 batches in one transaction (group commit); reads use one connection per thread (WAL).
 """
@@ -25,15 +26,15 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import Any, Iterable, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, with_config
-from typing_extensions import NotRequired, TypedDict
 
-log = logging.getLogger("envs.store")
+from envs.trajectories.events import NULL, Event, IngestResult, RolloutEvent, RolloutUpdateEvent
+from envs.trajectories.schema import StoreError, connect, migrate
 
-SCHEMA_VERSION = 2
+log = logging.getLogger(__name__)
+
 PAGE_SIZE_MAX = 500
 # Group commit: one transaction takes every batch waiting (up to this many events), and while
 # uploads keep coming it lingers this long for more (fewer, larger commits: ~40% less CPU per event).
@@ -45,375 +46,6 @@ CHECKPOINT_INTERVAL_S = 1.0
 WRITER_AUTOCHECKPOINT_PAGES = 50_000
 # Metadata keys the bridge's sink sends that become columns or packed arrays.
 ARRAY_KEYS = ("token_ids", "loss_mask", "logprobs")
-
-# ---------------------------------------------------------------- wire events
-
-
-# Events are validated into plain dicts (TypedDicts), not model instances: ~30% less validation
-# CPU per event and fewer objects for the garbage collector. Optional keys may be absent: use .get().
-_EVENT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
-_Id = Annotated[str, Field(min_length=1, max_length=256)]
-_Json = NotRequired[dict[str, Any] | None]
-_Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]  # SQLite integers: larger ones get a 422, not a failed write
-
-
-@with_config(_EVENT_CONFIG)
-class RolloutEvent(TypedDict):
-    """`eventType: "rollout"`: starts a rollout (the SDK's RolloutStartedEvent)."""
-
-    eventType: Literal["rollout"]
-    eventId: _Id
-    timestamp: _Int64
-    runName: Annotated[str, Field(min_length=1, max_length=512)]
-    step: NotRequired[_Int64 | None]
-    environment: NotRequired[str | None]
-    environment_id: NotRequired[str | None]
-    rolloutName: NotRequired[str | None]
-    variant: NotRequired[str | None]
-    variant_id: NotRequired[str | None]
-    split: NotRequired[str | None]
-    metadata: _Json
-    task_spec: _Json
-    run_info: _Json
-    rollout_info: _Json
-
-
-MessageType = Literal["system_message", "user_message", "reasoning", "assistant_message",
-                      "tool_call", "tool_result"]
-
-
-# Optional message fields are always present after validation; an absent one holds _NULL (NaN, which
-# SQLite stores as NULL), so the writer binds a message's fields straight from the dict.
-_NULL = math.nan
-_OptStr = Annotated[str | None, Field(default=_NULL)]
-
-
-@with_config(_EVENT_CONFIG)
-class MessageEvent(TypedDict):
-    """`eventType: "message"`: one message of a rollout (the SDK's LogMessageEvent).
-
-    Optional fields the sender left out hold `_NULL` (NaN) rather than None."""
-
-    eventType: Literal["message"]
-    eventId: _Id
-    timestamp: _Int64
-    index: Annotated[int, Field(ge=0, lt=2**63)]
-    rolloutEventId: _Id
-    type: MessageType
-    content: _OptStr
-    contentReference: _OptStr
-    summary: _OptStr
-    name: _OptStr
-    callId: _OptStr
-    environment_id: _OptStr
-    reward: Annotated[float | None, Field(default=_NULL)]
-    isFinished: Annotated[bool | None, Field(default=_NULL)]
-    metadata: Annotated[dict[str, Any] | None, Field(default=None)]
-
-
-@with_config(_EVENT_CONFIG)
-class RolloutUpdateEvent(TypedDict):
-    """`eventType: "rollout_update"`: merges `rollout_info` onto the rollout `eventId`."""
-
-    eventType: Literal["rollout_update"]
-    eventId: _Id
-    timestamp: _Int64
-    rollout_info: _Json
-
-
-Event = Annotated[Union[RolloutEvent, MessageEvent, RolloutUpdateEvent], Field(discriminator="eventType")]
-
-
-class EventBatch(BaseModel):
-    """The body of `POST /v1/rollouts`."""
-
-    # Event ids and texts are unique: caching parsed strings only costs hashing (~10% of validation).
-    model_config = ConfigDict(extra="ignore", cache_strings="none")
-    events: list[Event] = Field(max_length=20_000)
-
-
-@dataclass
-class IngestResult:
-    """What one batch did: new rows, and events already stored (ignored)."""
-
-    rollouts: int = 0
-    messages: int = 0
-    updates: int = 0
-    duplicates: int = 0
-
-    def add(self, other: "IngestResult") -> None:
-        self.rollouts += other.rollouts
-        self.messages += other.messages
-        self.updates += other.updates
-        self.duplicates += other.duplicates
-
-
-# ---------------------------------------------------------------- schema
-
-
-class StoreError(RuntimeError):
-    """The database cannot be used (unwritable path, not a SQLite file, newer schema)."""
-
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-CREATE TABLE runs (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    run_info TEXT
-);
-CREATE TABLE rollouts (
-    id INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
-    run_id INTEGER REFERENCES runs(id),      -- NULL: placeholder made by an early rollout_update
-    name TEXT,
-    env TEXT NOT NULL DEFAULT '',
-    environment_id TEXT,
-    split TEXT,
-    step INTEGER,
-    ts REAL NOT NULL DEFAULT 0,              -- rollout event time, seconds
-    updated_at REAL NOT NULL DEFAULT 0,
-    status TEXT NOT NULL DEFAULT 'running',
-    status_explicit INTEGER NOT NULL DEFAULT 0,
-    stop_reason TEXT,
-    reward REAL,
-    reward_explicit INTEGER NOT NULL DEFAULT 0,
-    reward_reduction TEXT,
-    num_turns INTEGER NOT NULL DEFAULT 0,
-    turns_explicit INTEGER NOT NULL DEFAULT 0,
-    num_messages INTEGER NOT NULL DEFAULT 0,
-    group_key TEXT,
-    task_index INTEGER,
-    metadata TEXT,
-    task_spec TEXT,
-    run_info TEXT,
-    rollout_info TEXT,
-    reward_key REAL GENERATED ALWAYS AS (IFNULL(reward, -1e300)) VIRTUAL
-);
-CREATE INDEX rollouts_run_ts ON rollouts(run_id, ts, id);
-CREATE INDEX rollouts_run_reward ON rollouts(run_id, reward_key, id);
-CREATE INDEX rollouts_run_turns ON rollouts(run_id, num_turns, id);
-CREATE INDEX rollouts_run_env_ts ON rollouts(run_id, env, ts, id);
-CREATE INDEX rollouts_run_group ON rollouts(run_id, group_key);
-CREATE INDEX rollouts_run_env_ts_reward ON rollouts(run_id, env, ts, reward);
-CREATE TABLE messages (
-    id INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
-    rollout_event_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    content TEXT,
-    summary TEXT,
-    content_reference TEXT,
-    name TEXT,
-    call_id TEXT,
-    reward REAL,
-    is_finished INTEGER NOT NULL DEFAULT 0,
-    metadata TEXT,
-    ts REAL NOT NULL
-);
-CREATE INDEX messages_rollout ON messages(rollout_event_id, idx);
-CREATE TABLE rollout_tokens (
-    rollout_event_id TEXT PRIMARY KEY,
-    prompt_length INTEGER NOT NULL,
-    token_ids BLOB NOT NULL,     -- int32 array
-    loss_mask BLOB NOT NULL,     -- uint8 array (response only)
-    logprobs BLOB NOT NULL       -- float32 array (response only), NaN = unknown
-);
-CREATE TABLE run_env_stats (
-    run_id INTEGER NOT NULL,
-    env TEXT NOT NULL,
-    n INTEGER NOT NULL DEFAULT 0,
-    reward_n INTEGER NOT NULL DEFAULT 0,
-    reward_sum REAL NOT NULL DEFAULT 0,
-    last_ts REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, env)
-);
-CREATE TRIGGER rollouts_stats_ins AFTER INSERT ON rollouts WHEN NEW.run_id IS NOT NULL BEGIN
-    INSERT INTO run_env_stats(run_id, env, n, reward_n, reward_sum, last_ts)
-    VALUES (NEW.run_id, NEW.env, 1, NEW.reward IS NOT NULL, IFNULL(NEW.reward, 0), NEW.ts)
-    ON CONFLICT(run_id, env) DO UPDATE SET n = n + 1,
-        reward_n = reward_n + (NEW.reward IS NOT NULL),
-        reward_sum = reward_sum + IFNULL(NEW.reward, 0),
-        last_ts = MAX(last_ts, NEW.ts);
-END;
-CREATE TRIGGER rollouts_stats_upd AFTER UPDATE OF run_id, env, reward, ts ON rollouts BEGIN
-    UPDATE run_env_stats SET n = n - 1, reward_n = reward_n - (OLD.reward IS NOT NULL),
-        reward_sum = reward_sum - IFNULL(OLD.reward, 0)
-    WHERE OLD.run_id IS NOT NULL AND run_id = OLD.run_id AND env = OLD.env;
-    INSERT INTO run_env_stats(run_id, env, n, reward_n, reward_sum, last_ts)
-    SELECT NEW.run_id, NEW.env, 1, NEW.reward IS NOT NULL, IFNULL(NEW.reward, 0), NEW.ts
-    WHERE NEW.run_id IS NOT NULL
-    ON CONFLICT(run_id, env) DO UPDATE SET n = n + 1,
-        reward_n = reward_n + (NEW.reward IS NOT NULL),
-        reward_sum = reward_sum + IFNULL(NEW.reward, 0),
-        last_ts = MAX(last_ts, NEW.ts);
-END;
-""",
-    # v2: filter indexes; facet values and reward-per-time-bucket kept by triggers (the run page
-    # reads small tables, not 100k rows); messages are deduplicated per rollout (rollout_event_id, event_id), and that one index also
-    # serves "messages of a rollout": one rollout's messages land on a few adjacent index pages
-    # instead of one random page per message in each of two indexes (less write amplification).
-    2: """
-CREATE TABLE messages_v2 (
-    id INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    rollout_event_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    content TEXT,
-    summary TEXT,
-    content_reference TEXT,
-    name TEXT,
-    call_id TEXT,
-    reward REAL,
-    is_finished INTEGER NOT NULL DEFAULT 0,
-    metadata TEXT,
-    ts REAL NOT NULL,
-    UNIQUE (rollout_event_id, event_id)
-);
-INSERT INTO messages_v2 SELECT id, event_id, rollout_event_id, idx, type, content, summary, content_reference,
-    name, call_id, reward, is_finished, metadata, ts FROM messages ORDER BY rollout_event_id, idx;
-DROP TABLE messages;
-ALTER TABLE messages_v2 RENAME TO messages;
-DROP TRIGGER rollouts_stats_upd;
-CREATE TRIGGER rollouts_stats_upd AFTER UPDATE OF run_id, env, reward, ts ON rollouts
-WHEN OLD.run_id IS NOT NEW.run_id OR OLD.env IS NOT NEW.env OR OLD.reward IS NOT NEW.reward
-     OR OLD.ts IS NOT NEW.ts BEGIN
-    UPDATE run_env_stats SET n = n - 1, reward_n = reward_n - (OLD.reward IS NOT NULL),
-        reward_sum = reward_sum - IFNULL(OLD.reward, 0)
-    WHERE OLD.run_id IS NOT NULL AND run_id = OLD.run_id AND env = OLD.env;
-    INSERT INTO run_env_stats(run_id, env, n, reward_n, reward_sum, last_ts)
-    SELECT NEW.run_id, NEW.env, 1, NEW.reward IS NOT NULL, IFNULL(NEW.reward, 0), NEW.ts
-    WHERE NEW.run_id IS NOT NULL
-    ON CONFLICT(run_id, env) DO UPDATE SET n = n + 1,
-        reward_n = reward_n + (NEW.reward IS NOT NULL),
-        reward_sum = reward_sum + IFNULL(NEW.reward, 0),
-        last_ts = MAX(last_ts, NEW.ts);
-END;
-CREATE INDEX rollouts_run_status_ts ON rollouts(run_id, status, ts, id);
-CREATE INDEX rollouts_run_stop_ts ON rollouts(run_id, stop_reason, ts, id);
-CREATE INDEX rollouts_run_split_ts ON rollouts(run_id, split, ts, id);
-DROP INDEX rollouts_run_env_ts_reward;
-CREATE TABLE run_facets (
-    run_id INTEGER NOT NULL,
-    col TEXT NOT NULL,
-    value TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (run_id, col, value)
-) WITHOUT ROWID;
-INSERT INTO run_facets SELECT run_id, 'split', split, COUNT(*) FROM rollouts
-    WHERE run_id IS NOT NULL AND split IS NOT NULL GROUP BY run_id, split;
-INSERT INTO run_facets SELECT run_id, 'status', status, COUNT(*) FROM rollouts
-    WHERE run_id IS NOT NULL AND status IS NOT NULL GROUP BY run_id, status;
-INSERT INTO run_facets SELECT run_id, 'stop_reason', stop_reason, COUNT(*) FROM rollouts
-    WHERE run_id IS NOT NULL AND stop_reason IS NOT NULL GROUP BY run_id, stop_reason;
-CREATE TRIGGER rollouts_facets_ins AFTER INSERT ON rollouts WHEN NEW.run_id IS NOT NULL BEGIN
-    INSERT INTO run_facets(run_id, col, value, n)
-    SELECT NEW.run_id, c, v, 1 FROM (SELECT 'split' AS c, NEW.split AS v UNION ALL
-        SELECT 'status', NEW.status UNION ALL SELECT 'stop_reason', NEW.stop_reason) WHERE v IS NOT NULL
-    ON CONFLICT(run_id, col, value) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER rollouts_facets_upd AFTER UPDATE OF run_id, split, status, stop_reason ON rollouts
-WHEN OLD.run_id IS NOT NEW.run_id OR OLD.split IS NOT NEW.split OR OLD.status IS NOT NEW.status
-     OR OLD.stop_reason IS NOT NEW.stop_reason BEGIN
-    UPDATE run_facets SET n = n - 1 WHERE OLD.run_id IS NOT NULL AND run_id = OLD.run_id AND (
-        (col = 'split' AND value = OLD.split) OR (col = 'status' AND value = OLD.status)
-        OR (col = 'stop_reason' AND value = OLD.stop_reason));
-    INSERT INTO run_facets(run_id, col, value, n)
-    SELECT NEW.run_id, c, v, 1 FROM (SELECT 'split' AS c, NEW.split AS v UNION ALL
-        SELECT 'status', NEW.status UNION ALL SELECT 'stop_reason', NEW.stop_reason)
-    WHERE v IS NOT NULL AND NEW.run_id IS NOT NULL
-    ON CONFLICT(run_id, col, value) DO UPDATE SET n = n + 1;
-END;
--- Rewards per run, env and 10-second bucket: the reward-over-time chart reads these, not the rollouts.
-CREATE TABLE run_reward_buckets (
-    run_id INTEGER NOT NULL,
-    env TEXT NOT NULL,
-    bucket INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    reward_sum REAL NOT NULL,
-    PRIMARY KEY (run_id, env, bucket)
-) WITHOUT ROWID;
-INSERT INTO run_reward_buckets SELECT run_id, env, CAST(ts / 10 AS INTEGER), COUNT(*), SUM(reward)
-    FROM rollouts WHERE run_id IS NOT NULL AND reward IS NOT NULL GROUP BY 1, 2, 3;
-CREATE TRIGGER rollouts_buckets_ins AFTER INSERT ON rollouts
-WHEN NEW.run_id IS NOT NULL AND NEW.reward IS NOT NULL BEGIN
-    INSERT INTO run_reward_buckets VALUES (NEW.run_id, NEW.env, CAST(NEW.ts / 10 AS INTEGER), 1, NEW.reward)
-    ON CONFLICT(run_id, env, bucket) DO UPDATE SET n = n + 1, reward_sum = reward_sum + NEW.reward;
-END;
-CREATE TRIGGER rollouts_buckets_upd AFTER UPDATE OF run_id, env, reward, ts ON rollouts
-WHEN OLD.run_id IS NOT NEW.run_id OR OLD.env IS NOT NEW.env OR OLD.reward IS NOT NEW.reward
-     OR OLD.ts IS NOT NEW.ts BEGIN
-    UPDATE run_reward_buckets SET n = n - 1, reward_sum = reward_sum - OLD.reward
-    WHERE OLD.run_id IS NOT NULL AND OLD.reward IS NOT NULL AND run_id = OLD.run_id AND env = OLD.env
-        AND bucket = CAST(OLD.ts / 10 AS INTEGER);
-    INSERT INTO run_reward_buckets
-    SELECT NEW.run_id, NEW.env, CAST(NEW.ts / 10 AS INTEGER), 1, NEW.reward
-    WHERE NEW.run_id IS NOT NULL AND NEW.reward IS NOT NULL
-    ON CONFLICT(run_id, env, bucket) DO UPDATE SET n = n + 1, reward_sum = reward_sum + NEW.reward;
-END;
-""",
-}
-
-
-def connect(path: str | Path) -> sqlite3.Connection:
-    """A connection with the pragmas every user of the store needs (WAL, busy timeout)."""
-    conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=OFF")
-    conn.execute("PRAGMA temp_store=MEMORY")
-    conn.execute("PRAGMA cache_size=-65536")
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def schema_version(conn: sqlite3.Connection) -> int:
-    """The schema version recorded in the database (0 for a new file)."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    return int(row[0] or 0)
-
-
-def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
-    """Apply the migrations the database lacks, each in its own transaction; returns the version.
-
-    Safe when several processes open the same file at once: each step re-checks the version
-    inside its write transaction.
-    """
-    current = schema_version(conn)
-    if current > SCHEMA_VERSION:
-        raise StoreError(f"trajectory database has schema version {current}, newer than this "
-                           f"code ({SCHEMA_VERSION}); upgrade slime-envs or use another --db")
-    for version in range(current + 1, target + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if schema_version(conn) < version:
-                for statement in _split_sql(_MIGRATIONS[version]):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return max(target, current)
-
-
-def _split_sql(script: str) -> list[str]:
-    """Split a migration into statements, keeping trigger bodies whole."""
-    out, buf = [], []
-    for line in script.strip().splitlines():
-        buf.append(line)
-        text = "\n".join(buf).strip()
-        if sqlite3.complete_statement(text):
-            out.append(text)
-            buf = []
-    if "\n".join(buf).strip():
-        out.append("\n".join(buf))
-    return out
 
 
 # ---------------------------------------------------------------- packing
@@ -565,7 +197,7 @@ class _Writer:
             status or "running", int(status is not None), _n(_str_or_none(meta.get("stop_reason"))),
             _n(reward), int(reward is not None), _n(_str_or_none(meta.get("reward_reduction"))),
             turns or 0, int(turns is not None), _n(group_key),
-            task_index if isinstance(task_index, int) else _NULL,
+            task_index if isinstance(task_index, int) else NULL,
             _dumps(meta), _n(_dumps(ev.get("task_spec"))), _n(_dumps(ev.get("run_info"))),
             _n(_dumps(ev.get("rollout_info"))), ev["eventId"],
         )
@@ -647,13 +279,13 @@ def _str_or_none(v: Any) -> str | None:
 
 # SQLite stores a bound NaN as NULL. Python's sqlite3 binds a float directly but sends None (and
 # bytes) through its adapter lookup first (~0.4 us per parameter), which made NULL columns the
-# largest per-row cost of message ingest; nullable parameters are therefore bound as _NULL.
+# largest per-row cost of message ingest; nullable parameters are therefore bound as NULL.
 # (No column receives a real NaN: events reject NaN, and token logprobs are packed into blobs.)
 
 
 def _n(value: Any) -> Any:
-    """A nullable parameter for a hot INSERT: None becomes _NULL (stored as NULL)."""
-    return _NULL if value is None else value
+    """A nullable parameter for a hot INSERT: None becomes NULL (stored as NULL)."""
+    return NULL if value is None else value
 
 
 _MESSAGE_FIELDS = operator.itemgetter("eventId", "rolloutEventId", "index", "type", "content", "summary",
@@ -669,7 +301,7 @@ def _message_rows(events: list[Event], touched: set[str]) -> list[tuple[Any, ...
     for ev in events:
         if ev["eventType"] == "message":
             meta = ev["metadata"]  # type: ignore[typeddict-item]
-            rows.append(_MESSAGE_FIELDS(ev) + (_NULL if meta is None else orjson.dumps(meta).decode(),))
+            rows.append(_MESSAGE_FIELDS(ev) + (NULL if meta is None else orjson.dumps(meta).decode(),))
             touched.add(ev["rolloutEventId"])  # type: ignore[typeddict-item]
     return rows
 

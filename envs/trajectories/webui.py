@@ -1,7 +1,7 @@
 """Server-rendered pages of the trajectory viewer: runs, a run's rollouts, one rollout, reward chart.
 
 Jinja2 with autoescape renders every page, so model and environment text always shows as text.
-The pages use one bundled stylesheet and one small script from envs/static/assets (no CDN), and
+The pages use one bundled stylesheet and one small script from envs/trajectories/static/assets (no CDN), and
 are served with a Content-Security-Policy that forbids inline and foreign scripts.
 """
 
@@ -23,9 +23,9 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from envs.store import RolloutFilter, TrajectoryStore
+from envs.trajectories.store import RolloutFilter, TrajectoryStore
 
-log = logging.getLogger("envs.webui")
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 ASSETS = {"app.css": "text/css", "app.js": "text/javascript", "favicon.svg": "image/svg+xml"}

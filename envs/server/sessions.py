@@ -16,9 +16,9 @@ from typing import Any, Optional
 from openreward.environments import Environment
 from openreward.environments.utils import run_user_callable
 
-from envs.ors_metrics import ServerMetrics
+from envs.server.metrics import ServerMetrics
 
-log = logging.getLogger("envs.sessions")
+log = logging.getLogger(__name__)
 
 # How many finished calls a session keeps so a client that lost the stream can resume by task_id.
 CALLS_KEPT_PER_SESSION = 8

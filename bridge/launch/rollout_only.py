@@ -28,7 +28,7 @@ import yaml
 
 from bridge.config import TRAIN_CONFIG_ENV, ConfigError, TrainConfig, is_hosted, load_config
 from bridge.metrics import ALL, episode_metrics, log_rollout
-from bridge.services import (PROJECT_ROOT, ServiceError, answers, env_server_command, is_loopback,
+from bridge.launch.services import (PROJECT_ROOT, ServiceError, answers, env_server_command, is_loopback,
                              local_engine_command, managed_process)
 
 EXIT_BAD_INPUT = 2
@@ -47,7 +47,7 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     a("--rollout-only", action="store_true", help=argparse.SUPPRESS)
     a("--engine-url", default=None, help="SGLang-compatible server or router, e.g. http://127.0.0.1:30000")
     a("--engine", choices=["local"], default=None,
-      help="local: start bridge.local_engine (CPU Hugging Face model, for debugging) on a free port")
+      help="local: start bridge.launch.local_engine (CPU Hugging Face model, for debugging) on a free port")
     a("--model", default=None, help="HF model dir or id: tokenizer + chat template (and the local engine's weights)")
     a("--num-tasks", type=int, default=8, help="tasks to run (default: 8)")
     a("--n-samples", type=int, default=1, help="episodes per task, as a GRPO group (default: 1)")
@@ -269,11 +269,11 @@ def _start_env_servers(stack: contextlib.ExitStack, urls: list[str], opts: argpa
 
 
 def _start_engine(stack: contextlib.ExitStack, opts: argparse.Namespace) -> str:
-    """The /generate URL: --engine-url, or a bridge.local_engine started here on a free port."""
+    """The /generate URL: --engine-url, or a bridge.launch.local_engine started here on a free port."""
     if opts.engine != "local":
         return opts.engine_url
     url = f"http://127.0.0.1:{_free_port()}"
-    print("rollout-only: starting bridge.local_engine on the CPU - a debugging engine, "
+    print("rollout-only: starting bridge.launch.local_engine on the CPU - a debugging engine, "
           "one request at a time; not for training throughput", flush=True)
     stack.enter_context(managed_process("local engine", local_engine_command(opts.model, url), url, timeout=600.0))
     return url

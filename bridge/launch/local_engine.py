@@ -1,6 +1,6 @@
 """A CPU debugging engine that speaks SGLang's `/generate` wire format.
 
-    python -m bridge.local_engine --model PATH_OR_HUB_NAME [--host 127.0.0.1] [--port 30000]
+    python -m bridge.launch.local_engine --model PATH_OR_HUB_NAME [--host 127.0.0.1] [--port 30000]
         [--device cpu] [--dtype float32] [--threads N] [--weight-version default]
 
 Loads a Hugging Face causal LM and its tokenizer and answers token-in/token-out
@@ -38,10 +38,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from aiohttp import web
 
-log = logging.getLogger("bridge.local_engine")
+log = logging.getLogger(__name__)
 
 GREEDY_EPS = 1e-5
-BANNER = ("bridge.local_engine: DEBUGGING ENGINE - one request at a time on {device}; "
+BANNER = ("bridge.launch.local_engine: DEBUGGING ENGINE - one request at a time on {device}; "
           "not for training throughput")
 # Tokens that end a chat turn for common chat templates, added to the model's own EOS ids.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>")
@@ -643,13 +643,13 @@ def serve(engine: LocalEngine, host: str, port: int) -> None:
     from aiohttp import web
 
     server = EngineServer(engine, public_url=f"http://{host}:{port}")
-    print(f"bridge.local_engine: serving {engine.model_path} on http://{host}:{port}", flush=True)
+    print(f"bridge.launch.local_engine: serving {engine.model_path} on http://{host}:{port}", flush=True)
     web.run_app(server.make_app(), host=host, port=port, access_log=None, print=None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: load the model, print the debugging banner, serve."""
-    ap = argparse.ArgumentParser(prog="python -m bridge.local_engine",
+    ap = argparse.ArgumentParser(prog="python -m bridge.launch.local_engine",
                                  description="CPU debugging engine speaking SGLang's /generate format")
     ap.add_argument("--model", required=True, help="local model directory or hub name")
     ap.add_argument("--host", default="127.0.0.1")
@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
     except ImportError:
-        print("bridge.local_engine: torch is not installed: pip install 'slime-envs[local]'", file=sys.stderr)
+        print("bridge.launch.local_engine: torch is not installed: pip install 'slime-envs[local]'", file=sys.stderr)
         return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -674,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_engine(args.model, device=args.device, dtype=args.dtype,
                              weight_version=args.weight_version, prefix_cache_entries=args.prefix_cache)
     except RuntimeError as e:
-        print(f"bridge.local_engine: {e}", file=sys.stderr)
+        print(f"bridge.launch.local_engine: {e}", file=sys.stderr)
         return 2
     serve(engine, args.host, args.port)
     return 0

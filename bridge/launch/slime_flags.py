@@ -7,7 +7,7 @@ Megatron checkouts it launches. Flags are found by reading the Python source wit
 dataclass fields of slime's FSDP argument class); nothing is imported or executed.
 
 Regenerate the lists the tests keep under tests/data/slime_flags/ with
-`python -m bridge.slime_flags FILE... [--dataclass FILE]`.
+`python -m bridge.launch.slime_flags FILE... [--dataclass FILE]`.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def read_flag_list(path: Path) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bridge.slime_flags",
+    ap = argparse.ArgumentParser(prog="python -m bridge.launch.slime_flags",
                                  description="Print the --flags defined in argparse-based Python sources.")
     ap.add_argument("files", nargs="*", type=Path, help="Python files with add_argument calls")
     ap.add_argument("--dataclass", action="append", default=[], type=Path,

@@ -1,0 +1,39 @@
+"""The ORS env server: serves Environment classes over the OpenReward wire protocol, fast.
+
+`python -m envs.server --envs gsm8k,whodunit,haiku` speaks the protocol exactly as the stock
+`openreward` client uses it (the same paths, JSON bodies and SSE framing as the SDK's own
+`openreward.environments.Server`), runs every tool call through the SDK's Environment
+machinery, and also hosts the trajectory service (`envs/trajectories/`).
+
+Modules:
+    __main__    the CLI: flags, loading the environments and the trajectory service, uvicorn
+    app         `create_app`: the ORS router in front of a FastAPI app carrying the services
+    protocol    the ORS router: one handler per ORS path, tool calls, SSE streaming and resume
+    wire        the wire format: requests, JSON and SSE bodies, X-Secrets, typed body fields
+    served      environment classes checked as the SDK server checks them, static answers cached
+    sessions    the session table: live environment instances, idle reaping, the session cap
+    metrics     counters and a latency histogram, rendered as Prometheus text (`GET /metrics`)
+    errors      OrsError and the other error types, with the ORS error shape
+
+Hardening: bad input gets a typed 4xx in the ORS error shape
+`{"ok": false, "error": msg, "reason": kind, "detail": msg}` (`detail` is what the stock client
+shows); an exception inside an environment fails that call only; idle sessions are reaped;
+`--max-sessions` answers 503 with Retry-After; `--api-key` guards everything but /health.
+
+Wire details beyond the SDK server: tool-level refusals (not_found, input_validation,
+episode_finished) travel inside the SSE result exactly as the SDK sends them (the stock client
+turns them into `ToolCallError(reason)`); a client that does not send
+`Accept: text/event-stream` gets the same JSON as the body with a typed status instead
+(404/422/409, 500 for an env crash). Bare paths (`/call`, `/prompt`, `/create` without
+`env_name`), which the stock client uses when no variant is given, are routed by the session,
+else by the client's `X-Deployment` header, else to the first environment: the SDK server
+would redirect them all to its first environment.
+
+This package never imports slime; it reads `bridge.config` for the shared train_config schema.
+"""
+
+import os
+
+# The SDK logs three lines per tool call at INFO; its loggers read this when first imported,
+# so it is set before any module of this package imports openreward.
+os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")

@@ -1,0 +1,126 @@
+"""The server as one ASGI app: the ORS router in front of a FastAPI app that carries the services.
+
+`create_app` builds it; `python -m envs.server` (envs/server/__main__.py) serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Protocol, Union
+
+from fastapi import APIRouter, FastAPI
+from openreward.environments import Environment
+
+from envs.server.metrics import ServerMetrics
+from envs.server.protocol import OrsRouter
+from envs.server.served import named_envs
+from envs.server.sessions import SessionTable
+
+__all__ = ["MAX_BODY_BYTES", "ServerSettings", "TrajectoryServiceLike", "create_app", "memoize_tool_introspection"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class TrajectoryServiceLike(Protocol):
+    """What the server needs from a service it hosts (envs.trajectories.api.TrajectoryService)."""
+
+    routers: list[APIRouter]
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Runtime knobs of one server process."""
+
+    api_key: Optional[str] = None
+    session_ttl_s: float = 900.0
+    max_sessions: Optional[int] = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    retry_after_s: int = 5
+    log_requests: bool = False  # one debug line per request
+
+
+
+def memoize_tool_introspection() -> None:
+    """Make the SDK resolve each tool's signature and type hints once instead of on every call.
+
+    `Environment._call_tool` introspects the tool function twice per call
+    (`inspect.signature` + `typing.get_type_hints`, which compiles string annotations
+    again each time); that was the largest single cost per call. The result depends only
+    on the function (and whether it is bound), so caching it changes no behaviour.
+    """
+    import openreward.environments.environment as sdk_environment
+
+    original = sdk_environment._introspect_tool
+    if getattr(original, "memoized", False):
+        return
+    cache: dict[tuple[Any, bool], Any] = {}
+
+    def introspect(fn: Callable[..., Any]) -> Any:
+        func = getattr(fn, "__func__", None)
+        key = (fn, False) if func is None else (func, True)
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = original(fn)
+        return hit
+
+    introspect.memoized = True  # type: ignore[attr-defined]
+    sdk_environment._introspect_tool = introspect
+
+
+def create_app(env_classes: Union[Mapping[str, type[Environment]], Sequence[type[Environment]]],
+               settings: ServerSettings = ServerSettings(),
+               services: Iterable[TrajectoryServiceLike] = ()) -> OrsRouter:
+    """The server as one ASGI app: the ORS routes for `env_classes` (name -> class, or classes
+    named as the SDK names them) answered directly, in front of a FastAPI app that carries each
+    service's routers and whose lifespan starts and stops the services and the session reaper.
+    `app.fastapi` is that FastAPI app; `app.state` its state (sessions, metrics, envs)."""
+    memoize_tool_introspection()
+    envs = named_envs(env_classes)
+    services = list(services)
+    metrics = ServerMetrics()
+    sessions = SessionTable(settings.session_ttl_s, settings.max_sessions, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        started: list[TrajectoryServiceLike] = []
+        reaper = asyncio.create_task(sessions.reap_forever())
+        try:
+            for svc in services:
+                await svc.start()
+                started.append(svc)
+            yield
+        finally:
+            reaper.cancel()
+            try:
+                await reaper
+            except asyncio.CancelledError:
+                pass
+            await sessions.close_all()
+            for svc in reversed(started):
+                try:
+                    await svc.stop()
+                except Exception as e:
+                    log.warning("stopping %s failed: %s: %s", type(svc).__name__, type(e).__name__, e)
+
+    extra: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        extra["telemetry"] = {"auto_configure": False}
+    inner = FastAPI(title="slime-envs env server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                    openapi_url=None, **extra)
+    for svc in services:
+        for router in svc.routers:
+            inner.include_router(router)
+    inner.state.sessions = sessions
+    inner.state.metrics = metrics
+    inner.state.envs = envs
+    return OrsRouter(inner, envs=envs, settings=settings, sessions=sessions, metrics=metrics)

@@ -1,0 +1,42 @@
+"""The server's error types, one line each for the client or the operator.
+
+    Exception
+    ├── OrsError         a refused request: status, machine-readable reason, one-line message
+    ├── ClientGone       the client disconnected before its request body arrived
+    └── ToolCrashed      an exception escaped an environment's tool (the message names its type)
+
+`OrsError.body()` is the ORS error shape `{"ok": false, "error", "reason", "detail"}`;
+`detail` is what the stock `openreward` client shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+
+__all__ = ["ClientGone", "OrsError", "ToolCrashed"]
+
+class OrsError(Exception):
+    """A refused request: HTTP status, a machine-readable reason and a one-line message."""
+
+    def __init__(self, status: int, reason: str, message: str,
+                 headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.headers = list(headers)
+
+    def body(self) -> bytes:
+        return orjson.dumps({"ok": False, "error": self.message, "reason": self.reason,
+                             "detail": self.message})
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class ToolCrashed(Exception):
+    """An exception escaped an environment's tool; the message names its type."""
+

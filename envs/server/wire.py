@@ -1,0 +1,148 @@
+"""The ORS wire format: requests, JSON and SSE bodies, secrets, typed body fields."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import orjson
+from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
+
+from envs.server.errors import ClientGone, OrsError
+from envs.server.served import ServedEnv
+
+__all__ = ["JSON_HEADERS", "SSE_HEADERS", "Request", "body_field", "dumps", "parse_secrets", "send_body",
+           "sse_event", "sse_result"]
+
+# Characters per SSE data line; keeps every line far below aiohttp's line limit.
+SSE_CHUNK_CHARS = 8192
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON bytes for a response body (orjson; pydantic models and mappings allowed)."""
+    return orjson.dumps(obj, default=_json_default)
+
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
+
+
+async def send_body(send: Send, status: int, body: bytes,
+                     headers: Sequence[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def sse_event(event: bytes, data: str) -> bytes:
+    lines = data.split("\n")
+    return b"event: " + event + b"\n" + b"".join(b"data: " + ln.encode() + b"\n" for ln in lines) + b"\n"
+
+
+def sse_result(result: str) -> bytes:
+    """The ORS result events: `chunk`* then `end`, each carrying a slice of the JSON text."""
+    if len(result) <= SSE_CHUNK_CHARS:
+        return b"event: end\ndata: " + result.encode() + b"\n\n"
+    parts = [result[i:i + SSE_CHUNK_CHARS] for i in range(0, len(result), SSE_CHUNK_CHARS)]
+    return b"".join(b"event: chunk\ndata: " + p.encode() + b"\n\n" for p in parts[:-1]) + \
+        b"event: end\ndata: " + parts[-1].encode() + b"\n\n"
+
+
+def parse_secrets(raw: Optional[bytes]) -> dict[str, str]:
+    """X-Secrets: base64(JSON {name: {"value": v, ...}}) -> {name: v}. Values never go in errors."""
+    if not raw:
+        return {}
+    try:
+        payload = orjson.loads(base64.b64decode(raw, validate=True))
+    except (binascii.Error, ValueError):
+        raise OrsError(400, "bad_secrets", "X-Secrets must be base64-encoded JSON") from None
+    if not isinstance(payload, dict):
+        raise OrsError(400, "bad_secrets", "X-Secrets must encode a JSON object {name: {\"value\": ...}}")
+    out: dict[str, str] = {}
+    for name, entry in payload.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("value"), str):
+            raise OrsError(400, "bad_secrets", f"X-Secrets entry {name!r} must be {{\"value\": <string>}}")
+        out[name] = entry["value"]
+    return out
+
+
+class Request:
+    """One ORS request: the ASGI triple plus the few things every handler needs."""
+
+    __slots__ = ("scope", "receive", "send", "headers", "env")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.headers = headers
+        self.env: Optional[ServedEnv] = None  # from the path, when it names one
+
+    def sid(self) -> str:
+        raw = self.headers.get(b"x-session-id", b"").strip()
+        if not raw:
+            raise OrsError(400, "missing_session_id", "X-Session-ID header is required")
+        return raw.decode("latin-1")
+
+    def wants_sse(self) -> bool:
+        return b"text/event-stream" in self.headers.get(b"accept", b"")
+
+    async def body(self, limit: int) -> bytes:
+        declared = self.headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise OrsError(413, "body_too_large", f"request body is over the {limit}-byte limit")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone()
+            part = msg.get("body", b"")
+            size += len(part)
+            if size > limit:
+                raise OrsError(413, "body_too_large", f"request body is over the {limit}-byte limit")
+            if not msg.get("more_body", False):
+                if not chunks:
+                    return part
+                chunks.append(part)
+                return b"".join(chunks)
+            chunks.append(part)
+
+    async def json_object(self, limit: int) -> dict[str, Any]:
+        raw = await self.body(limit)
+        if not raw.strip():
+            raise OrsError(400, "bad_json", "request body must be a JSON object, got an empty body")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise OrsError(400, "bad_json", f"malformed JSON body: {e}") from None
+        if not isinstance(obj, dict):
+            raise OrsError(400, "bad_json", f"request body must be a JSON object, got {type(obj).__name__}")
+        return obj
+
+
+def body_field(obj: dict[str, Any], key: str, kind: type, required: bool = True) -> Any:
+    """A typed field of a request body, or a 400 naming it."""
+    if key not in obj or obj[key] is None:
+        if required:
+            raise OrsError(400, "bad_request", f"missing field {key!r}")
+        return None
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise OrsError(400, "bad_request",
+                       f"field {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value

@@ -1,0 +1,13 @@
+"""Trajectories: where finished episodes are stored and read, hosted by the env server.
+
+Modules:
+    events    the rollout-upload wire events (`POST /v1/rollouts`), validated into plain dicts
+    schema    the SQLite schema: versioned migrations and the connection every user opens
+    store     the store: one writer thread with group commit, fast indexed reads
+    api       TrajectoryService: the upload endpoints, a JSON API over the store, the web UI
+    webui     server-rendered pages: runs, a run's rollouts, one rollout, reward chart
+    static/   the pages' templates, stylesheet and script (no CDN)
+
+Served by `python -m envs.server` (roles `all` and `trajectories`); the stock `openreward` SDK
+uploads to it when `OPENREWARD_API_URL` points at the server.
+"""
