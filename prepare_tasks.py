@@ -18,16 +18,17 @@ import os
 import random
 import sys
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import orjson
 from tqdm import tqdm
 
 from bridge.config import ConfigError, EnvConfig, TrainConfig, is_hosted, load_config
-from bridge.task import TaskMeta
 from bridge.launch.task_source import RenderedTask, TaskSource, TaskSourceError, open_source
+from bridge.task import TaskMeta
 
 EXIT_BAD_INPUT = 2
 RENDER_CHUNK = 1024  # tasks rendered per gather; bounds memory of pending coroutines
@@ -56,18 +57,39 @@ class EnvPlan:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="prepare_tasks.py",
-        description="Write the environments of a train_config.yaml as slime prompt JSONL files.")
-    p.add_argument("--config", default="train_config.yaml", help="train config (default: %(default)s)")
+        description="Write the environments of a train_config.yaml as slime prompt JSONL files.",
+    )
+    p.add_argument(
+        "--config", default="train_config.yaml", help="train config (default: %(default)s)"
+    )
     p.add_argument("--output", default="tasks.jsonl", help="training rows (default: %(default)s)")
-    p.add_argument("--eval-output", default="eval_tasks.jsonl",
-                   help="eval rows from each env's eval_split; not written when no env has one "
-                        "(default: %(default)s)")
-    p.add_argument("--max-tasks", type=_positive_int, default=None, metavar="N",
-                   help="at most N training and N eval rows per environment (with num_samples, "
-                        "the smaller cap wins)")
-    p.add_argument("--seed", type=int, default=42, help="seed for task sampling and shuffling (default: %(default)s)")
-    p.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
-                   help="hosted envs: sessions open at once to fetch prompts (default: %(default)s)")
+    p.add_argument(
+        "--eval-output",
+        default="eval_tasks.jsonl",
+        help="eval rows from each env's eval_split; not written when no env has one "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-tasks",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="at most N training and N eval rows per environment (with num_samples, "
+        "the smaller cap wins)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="seed for task sampling and shuffling (default: %(default)s)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="hosted envs: sessions open at once to fetch prompts (default: %(default)s)",
+    )
     return p.parse_args(argv)
 
 
@@ -86,7 +108,9 @@ def _cap(*caps: int | None) -> int | None:
 def choose(env: str, counts: dict[str, int], cap: int | None, rng: random.Random) -> list[Pick]:
     """Every task of the given splits, or a seeded random `cap` of them, in split/index order."""
     total = sum(counts.values())
-    chosen: Iterable[int] = range(total) if cap is None or cap >= total else sorted(rng.sample(range(total), cap))
+    chosen: Iterable[int] = (
+        range(total) if cap is None or cap >= total else sorted(rng.sample(range(total), cap))
+    )
     picks: list[Pick] = []
     bounds = []
     start = 0
@@ -102,12 +126,15 @@ def choose(env: str, counts: dict[str, int], cap: int | None, rng: random.Random
     return picks
 
 
-async def _split_counts(source: TaskSource, splits: list[str], available: list[str]) -> dict[str, int]:
+async def _split_counts(
+    source: TaskSource, splits: list[str], available: list[str]
+) -> dict[str, int]:
     counts: dict[str, int] = {}
     for split in splits:
         if split not in available:
             raise TaskSourceError(
-                f"environment {source.name!r} has no split {split!r} (splits: {', '.join(available) or 'none'})")
+                f"environment {source.name!r} has no split {split!r} (splits: {', '.join(available) or 'none'})"
+            )
         n = await source.count(split)
         if n <= 0:
             raise TaskSourceError(f"environment {source.name!r}: split {split!r} has no tasks")
@@ -115,19 +142,29 @@ async def _split_counts(source: TaskSource, splits: list[str], available: list[s
     return counts
 
 
-async def plan_env(env: str, cfg: EnvConfig, source: TaskSource, max_tasks: int | None, seed: int) -> EnvPlan:
+async def plan_env(
+    env: str, cfg: EnvConfig, source: TaskSource, max_tasks: int | None, seed: int
+) -> EnvPlan:
     """Validate the env's splits and pick its training and eval tasks."""
     plan = EnvPlan(env, cfg, source)
     available = await source.splits()
     train_counts = await _split_counts(source, list(dict.fromkeys(cfg.splits)), available)
-    plan.train = choose(env, train_counts, _cap(cfg.num_samples, max_tasks), random.Random(f"{seed}:{env}:train"))
+    plan.train = choose(
+        env, train_counts, _cap(cfg.num_samples, max_tasks), random.Random(f"{seed}:{env}:train")
+    )
     if cfg.eval_split is not None:
         if cfg.eval_split in cfg.splits:
-            print(f"prepare_tasks: warning: {env}: eval_split {cfg.eval_split!r} is also a training split",
-                  file=sys.stderr)
+            print(
+                f"prepare_tasks: warning: {env}: eval_split {cfg.eval_split!r} is also a training split",
+                file=sys.stderr,
+            )
         eval_counts = await _split_counts(source, [cfg.eval_split], available)
-        plan.eval = choose(env, eval_counts, _cap(cfg.num_eval_samples, max_tasks),
-                           random.Random(f"{seed}:{env}:eval"))
+        plan.eval = choose(
+            env,
+            eval_counts,
+            _cap(cfg.num_eval_samples, max_tasks),
+            random.Random(f"{seed}:{env}:eval"),
+        )
     return plan
 
 
@@ -142,10 +179,16 @@ class RowBuilder:
     def _shared_metadata(self, pick: Pick, task: RenderedTask) -> dict[str, Any]:
         config, cfg = self._config, self._plan.cfg
         meta = TaskMeta.from_env_config(
-            pick.env, cfg,
+            pick.env,
+            cfg,
             env_server=[] if is_hosted(pick.env) else config.env_server_urls,
-            split=pick.split, index=pick.index, tools=task.tools, source_name=pick.env,
-            thinking=config.thinking, system_prompt=config.system_prompt, run_name=config.run_name,
+            split=pick.split,
+            index=pick.index,
+            tools=task.tools,
+            source_name=pick.env,
+            thinking=config.thinking,
+            system_prompt=config.system_prompt,
+            run_name=config.run_name,
         )
         # Secret values never go into task files: names only; the bridge reads the values.
         meta.secrets = {name: None for name in cfg.secrets}
@@ -156,10 +199,17 @@ class RowBuilder:
         if self._shared is None:
             self._shared = self._shared_metadata(pick, task)
         metadata = {**self._shared, "split": pick.split, "index": pick.index, "tools": task.tools}
-        return {"prompt": task.prompt, "label": task.label, "metadata": metadata, "tools": task.tools}
+        return {
+            "prompt": task.prompt,
+            "label": task.label,
+            "metadata": metadata,
+            "tools": task.tools,
+        }
 
 
-async def render_env(config: TrainConfig, plan: EnvPlan, picks: list[Pick], bar: tqdm) -> list[dict[str, Any]]:
+async def render_env(
+    config: TrainConfig, plan: EnvPlan, picks: list[Pick], bar: tqdm
+) -> list[dict[str, Any]]:
     """The rows of one environment's picks, in order: concurrently for hosted envs, else in turn."""
     builder = RowBuilder(config, plan)
     source = plan.source
@@ -173,17 +223,18 @@ async def render_env(config: TrainConfig, plan: EnvPlan, picks: list[Pick], bar:
         return [await one(p) for p in picks]
     rows: list[dict[str, Any]] = []
     for start in range(0, len(picks), RENDER_CHUNK):
-        rows.extend(await gather_or_cancel([one(p) for p in picks[start:start + RENDER_CHUNK]]))
+        rows.extend(await gather_or_cancel([one(p) for p in picks[start : start + RENDER_CHUNK]]))
     return rows
 
 
-async def render_rows(config: TrainConfig, plans: list[EnvPlan], picks: list[Pick],
-                      bar: tqdm) -> list[dict[str, Any]]:
+async def render_rows(
+    config: TrainConfig, plans: list[EnvPlan], picks: list[Pick], bar: tqdm
+) -> list[dict[str, Any]]:
     """Render every pick into a row, in the order given."""
     rendered: dict[Pick, dict[str, Any]] = {}
     for plan in plans:
         mine = [p for p in picks if p.env == plan.env]
-        rendered.update(zip(mine, await render_env(config, plan, mine, bar)))
+        rendered.update(zip(mine, await render_env(config, plan, mine, bar), strict=False))
     return [rendered[p] for p in picks]
 
 
@@ -191,7 +242,7 @@ async def gather_or_cancel(coros: list[Any]) -> list[Any]:
     """Results in order; on the first failure cancel the rest and raise that failure alone."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        _done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
         if failed or any(not t.done() for t in tasks):
@@ -245,8 +296,14 @@ def _counts(plans: list[EnvPlan], role: str, file: Path) -> list[tuple[str, str,
     return out
 
 
-async def prepare(config: TrainConfig, output: Path, eval_output: Path, max_tasks: int | None,
-                  seed: int, concurrency: int = 8) -> list[tuple[str, str, str, int]]:
+async def prepare(
+    config: TrainConfig,
+    output: Path,
+    eval_output: Path,
+    max_tasks: int | None,
+    seed: int,
+    concurrency: int = 8,
+) -> list[tuple[str, str, str, int]]:
     """Read, render and write all tasks; returns the summary rows (file, env, split, rows)."""
     if output.resolve() == eval_output.resolve():
         raise TaskSourceError(f"--output and --eval-output are the same file: {output}")
@@ -260,8 +317,14 @@ async def prepare(config: TrainConfig, output: Path, eval_output: Path, max_task
         train = [p for plan in plans for p in plan.train]
         evals = [p for plan in plans for p in plan.eval]
         random.Random(seed).shuffle(train)
-        with tqdm(total=len(train) + len(evals), desc="tasks", unit="task", file=sys.stderr,
-                  disable=None, leave=False) as bar:
+        with tqdm(
+            total=len(train) + len(evals),
+            desc="tasks",
+            unit="task",
+            file=sys.stderr,
+            disable=None,
+            leave=False,
+        ) as bar:
             train_rows = await render_rows(config, plans, train, bar)
             eval_rows = await render_rows(config, plans, evals, bar)
     finally:
@@ -276,14 +339,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
-        summary = asyncio.run(prepare(config, Path(args.output), Path(args.eval_output),
-                                      args.max_tasks, args.seed, args.concurrency))
+        summary = asyncio.run(
+            prepare(
+                config,
+                Path(args.output),
+                Path(args.eval_output),
+                args.max_tasks,
+                args.seed,
+                args.concurrency,
+            )
+        )
     except (ConfigError, TaskSourceError) as e:
         print(f"prepare_tasks: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:
-        print(f"prepare_tasks: error: cannot write output: {e.strerror or e}"
-              f"{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        print(
+            f"prepare_tasks: error: cannot write output: {e.strerror or e}"
+            f"{f': {e.filename}' if e.filename else ''}",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     print(summary_table(summary))
     if not any(cfg.eval_split for cfg in config.environments.values()):

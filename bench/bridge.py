@@ -71,10 +71,18 @@ def _call(name: str, args: dict[str, Any]) -> str:
 
 
 def _script_turns(tok: Any, thinking: bool) -> list[dict[str, Any]]:
-    think = "<think>\nI should look at the next piece of evidence before deciding.\n</think>\n\n" if thinking else ""
-    texts = [f"{think}Checking {n.replace('list_', '')}.{_call(n, {})}<|im_end|>" for n in INFO_TOOLS]
-    texts.append(f"{think}{_call('submit_answer', {'who': 'Nobody', 'what': 'spoon', 'where': 'moon', 'why': 'x'})}"
-                 "<|im_end|>")
+    think = (
+        "<think>\nI should look at the next piece of evidence before deciding.\n</think>\n\n"
+        if thinking
+        else ""
+    )
+    texts = [
+        f"{think}Checking {n.replace('list_', '')}.{_call(n, {})}<|im_end|>" for n in INFO_TOOLS
+    ]
+    texts.append(
+        f"{think}{_call('submit_answer', {'who': 'Nobody', 'what': 'spoon', 'where': 'moon', 'why': 'x'})}"
+        "<|im_end|>"
+    )
     return [{"output_ids": tok.encode(t, add_special_tokens=False)} for t in texts]
 
 
@@ -105,24 +113,42 @@ class CaptureSink:
         self.items.append(trajectory)
 
 
-async def _round(args: Any, keys: list[str], env_url: str, params: dict[str, Any],
-                 thinking: bool, tools: list[dict[str, Any]], per_task: int) -> tuple[list[Any], float, float]:
+async def _round(
+    args: Any,
+    keys: list[str],
+    env_url: str,
+    params: dict[str, Any],
+    thinking: bool,
+    tools: list[dict[str, Any]],
+    per_task: int,
+) -> tuple[list[Any], float, float]:
     from bridge.generate import generate
     from bridge.tokens import FallbackSample
 
     # without a TRAIN_CONFIG the bridge reads `thinking` from the task metadata; `tools` is there
     # because prepare_tasks.py writes each task's tool schemas into its metadata
-    samples = [FallbackSample(metadata={"env": "whodunit", "env_server": [env_url], "split": "train",
-                                        "index": i // per_task, "thinking": thinking, "tools": tools},
-                              session_id=k)
-               for i, k in enumerate(keys)]
+    samples = [
+        FallbackSample(
+            metadata={
+                "env": "whodunit",
+                "env_server": [env_url],
+                "split": "train",
+                "index": i // per_task,
+                "thinking": thinking,
+                "tools": tools,
+            },
+            session_id=k,
+        )
+        for i, k in enumerate(keys)
+    ]
     c0, t0 = time.process_time(), time.perf_counter()
     done = await asyncio.gather(*(generate(args, s, dict(params)) for s in samples))
     return done, time.perf_counter() - t0, time.process_time() - c0
 
 
-
-def _baseline_cpu_per_turn(tok: Any, trajectories: list[Any], tools: list[dict[str, Any]], thinking: bool) -> float:
+def _baseline_cpu_per_turn(
+    tok: Any, trajectories: list[Any], tools: list[dict[str, Any]], thinking: bool
+) -> float:
     """CPU seconds per turn to re-render + re-tokenize the whole history before each turn."""
     t0 = time.thread_time()
     n = 0
@@ -130,8 +156,13 @@ def _baseline_cpu_per_turn(tok: Any, trajectories: list[Any], tools: list[dict[s
         msgs = traj.messages
         for i, m in enumerate(msgs):
             if m["role"] == "assistant":
-                tok.apply_chat_template(msgs[:i], tools=tools, tokenize=True, add_generation_prompt=True,
-                                        enable_thinking=thinking)
+                tok.apply_chat_template(
+                    msgs[:i],
+                    tools=tools,
+                    tokenize=True,
+                    add_generation_prompt=True,
+                    enable_thinking=thinking,
+                )
                 n += 1
     return (time.thread_time() - t0) / max(n, 1)
 
@@ -152,12 +183,42 @@ async def _main(opts: argparse.Namespace) -> int:
     env_port, engine_port = _free_port(), _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "envs.server", "--host", "127.0.0.1", "--port", str(env_port),
-                          "--envs", "whodunit", "--db", str(tmp / "t.db"), "--log-level", "warning"],
-                         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([sys.executable, str(REPO / "tests" / "sglang_stub.py"), "--port", str(engine_port),
-                          "--script", str(tmp / "script.json"), "--instant"],
-                         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "envs.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(env_port),
+                "--envs",
+                "whodunit",
+                "--db",
+                str(tmp / "t.db"),
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests" / "sglang_stub.py"),
+                "--port",
+                str(engine_port),
+                "--script",
+                str(tmp / "script.json"),
+                "--instant",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
     ]
     env_url = f"http://127.0.0.1:{env_port}"
     try:
@@ -167,18 +228,28 @@ async def _main(opts: argparse.Namespace) -> int:
         tools = [ors_tool_to_openai(t) for t in ors_tools]
         sink = CaptureSink()
         set_trajectory_sink(sink)
-        args = types.SimpleNamespace(sglang_router_ip="127.0.0.1", sglang_router_port=engine_port,
-                                     hf_checkpoint=tok_dir, rollout_max_context_len=None,
-                                     rollout_max_response_len=8192)
+        args = types.SimpleNamespace(
+            sglang_router_ip="127.0.0.1",
+            sglang_router_port=engine_port,
+            hf_checkpoint=tok_dir,
+            rollout_max_context_len=None,
+            rollout_max_response_len=8192,
+        )
         params = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 1024}
         os.environ.pop("TRAIN_CONFIG", None)
-        await _round(args, warm, env_url, params, opts.thinking, tools, 1)  # tokenizer, renderer and connections warm up
-        print(f"bridge benchmark: {opts.episodes} concurrent WhoDunIt episodes x {len(turns)} turns "
-              f"({opts.episodes // opts.samples_per_task} cases x {opts.samples_per_task} samples), "
-              f"{opts.rounds} rounds, thinking={'on' if opts.thinking else 'off'} "
-              f"(2-core machine shared with other work: numbers are noisy)")
+        await _round(
+            args, warm, env_url, params, opts.thinking, tools, 1
+        )  # tokenizer, renderer and connections warm up
+        print(
+            f"bridge benchmark: {opts.episodes} concurrent WhoDunIt episodes x {len(turns)} turns "
+            f"({opts.episodes // opts.samples_per_task} cases x {opts.samples_per_task} samples), "
+            f"{opts.rounds} rounds, thinking={'on' if opts.thinking else 'off'} "
+            f"(2-core machine shared with other work: numbers are noisy)"
+        )
         slow = None
-        if opts.find_blocking:  # asyncio debug mode: report every loop step longer than 20 ms (slower run)
+        if (
+            opts.find_blocking
+        ):  # asyncio debug mode: report every loop step longer than 20 ms (slower run)
             slow = SlowSteps()
             logging.getLogger("asyncio").addHandler(slow)
             loop = asyncio.get_running_loop()
@@ -193,32 +264,46 @@ async def _main(opts: argparse.Namespace) -> int:
 
                 prof = cProfile.Profile()
                 prof.enable()
-            done, wall, cpu = await _round(args, keys, env_url, params, opts.thinking, tools,
-                                           opts.samples_per_task)
+            done, wall, cpu = await _round(
+                args, keys, env_url, params, opts.thinking, tools, opts.samples_per_task
+            )
             if prof is not None:
                 import pstats
 
                 prof.disable()
                 pstats.Stats(prof).sort_stats("tottime").print_stats(25)
             n_turns = sum(s.metadata.get("num_turns", 0) for s in done)
-            bad = [s.metadata.get("stop_reason") for s in done if s.status.value != "completed"
-                   or s.metadata.get("drift_count")]
+            bad = [
+                s.metadata.get("stop_reason")
+                for s in done
+                if s.status.value != "completed" or s.metadata.get("drift_count")
+            ]
             rates.append(n_turns / wall)
             cpus.append(cpu / max(n_turns, 1) * 1000)
-            print(f"  round {r}: {n_turns} turns in {wall:.2f} s = {rates[-1]:.0f} turns/s; "
-                  f"bridge CPU {cpu:.2f} s = {cpus[-1]:.3f} ms/turn; not completed: {len(bad)} {sorted(set(bad))}")
+            print(
+                f"  round {r}: {n_turns} turns in {wall:.2f} s = {rates[-1]:.0f} turns/s; "
+                f"bridge CPU {cpu:.2f} s = {cpus[-1]:.3f} ms/turn; not completed: {len(bad)} {sorted(set(bad))}"
+            )
         if slow is not None:
             asyncio.get_running_loop().set_debug(False)
-            print(f"loop steps > 20 ms: {len(slow.durations)}, longest {max(slow.durations, default=0) * 1000:.0f} ms")
+            print(
+                f"loop steps > 20 ms: {len(slow.durations)}, longest {max(slow.durations, default=0) * 1000:.0f} ms"
+            )
             for ex in slow.examples:
                 print("   ", ex)
         base_ms = _baseline_cpu_per_turn(tok, sink.items, tools, opts.thinking) * 1000
         rate, cpu_ms = statistics.median(rates), statistics.median(cpus)
-        print(f"median turns/s            {rate:8.0f}   target {TARGET_TURNS_PER_S:.0f}  -> ratio {rate / TARGET_TURNS_PER_S:.2f}x")
-        print(f"median bridge CPU/turn    {cpu_ms:8.3f} ms  target {TARGET_CPU_MS_PER_TURN} ms -> "
-              f"ratio {TARGET_CPU_MS_PER_TURN / cpu_ms:.2f}x (target / measured)")
-        print(f"baseline (re-tokenize whole history each turn, tokenization only) {base_ms:.3f} ms/turn -> "
-              f"bridge is {base_ms / cpu_ms:.2f}x cheaper per turn, all its work included")
+        print(
+            f"median turns/s            {rate:8.0f}   target {TARGET_TURNS_PER_S:.0f}  -> ratio {rate / TARGET_TURNS_PER_S:.2f}x"
+        )
+        print(
+            f"median bridge CPU/turn    {cpu_ms:8.3f} ms  target {TARGET_CPU_MS_PER_TURN} ms -> "
+            f"ratio {TARGET_CPU_MS_PER_TURN / cpu_ms:.2f}x (target / measured)"
+        )
+        print(
+            f"baseline (re-tokenize whole history each turn, tokenization only) {base_ms:.3f} ms/turn -> "
+            f"bridge is {base_ms / cpu_ms:.2f}x cheaper per turn, all its work included"
+        )
         return 0
     finally:
         set_trajectory_sink(None)
@@ -236,12 +321,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--episodes", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--samples-per-task", type=int, default=8,
-                    help="episodes per task, like GRPO's --n-samples-per-prompt (1: every episode a new case)")
+    ap.add_argument(
+        "--samples-per-task",
+        type=int,
+        default=8,
+        help="episodes per task, like GRPO's --n-samples-per-prompt (1: every episode a new case)",
+    )
     ap.add_argument("--thinking", action="store_true", help="scripted turns carry thinking text")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the first round")
-    ap.add_argument("--find-blocking", action="store_true",
-                    help="asyncio debug mode: list loop steps longer than 20 ms (the bridge is slower meanwhile)")
+    ap.add_argument(
+        "--find-blocking",
+        action="store_true",
+        help="asyncio debug mode: list loop steps longer than 20 ms (the bridge is slower meanwhile)",
+    )
     opts = ap.parse_args()
     return asyncio.run(_main(opts))
 

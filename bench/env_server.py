@@ -29,14 +29,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_NAME = "whodunit"
 CALLS: list[tuple[str, dict[str, Any]]] = [
-    ("list_suspects", {}), ("list_weapons", {}), ("list_locations", {}),
-    ("list_clues", {}), ("list_statements", {}),
+    ("list_suspects", {}),
+    ("list_weapons", {}),
+    ("list_locations", {}),
+    ("list_clues", {}),
+    ("list_statements", {}),
     ("submit_answer", {"who": "nobody", "what": "nothing", "where": "nowhere"}),
 ]
 
@@ -75,14 +78,31 @@ def wait_health(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None
 
 def start_server(kind: str) -> tuple[str, subprocess.Popen]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OPENREWARD_LOG_LEVEL": "ERROR",
-           "OPENREWARD_DISABLE_UPDATE_CHECK": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OPENREWARD_LOG_LEVEL": "ERROR",
+        "OPENREWARD_DISABLE_UPDATE_CHECK": "1",
+    }
     if kind == "stock":
         args = [sys.executable, "-c", STOCK_SERVER, str(port)]
     else:
-        args = [sys.executable, "-m", "envs.server", "--role", "env", "--envs", ENV_NAME,
-                "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        args = [
+            sys.executable,
+            "-m",
+            "envs.server",
+            "--role",
+            "env",
+            "--envs",
+            ENV_NAME,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     url = f"http://127.0.0.1:{port}"
     wait_health(url, proc)
     return url, proc
@@ -104,10 +124,15 @@ class LeanSession:
         self.reader: Any = None
         self.writer: Any = None
 
-    async def _request(self, method: str, path: str, body: Optional[dict[str, Any]] = None,
-                       sse: bool = False) -> bytes:
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, sse: bool = False
+    ) -> bytes:
         payload = b"" if body is None else json.dumps(body).encode()
-        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", "User-Agent: bench-lean"]
+        head = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "User-Agent: bench-lean",
+        ]
         if self.sid:
             head.append(f"X-Session-ID: {self.sid}")
         if sse:
@@ -166,10 +191,12 @@ class LeanSession:
                 raise RuntimeError("\n".join(data))
         return None
 
-    async def __aenter__(self) -> "LeanSession":
+    async def __aenter__(self) -> LeanSession:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         await self._sse("/create_session", {})
-        await self._request("POST", "/create", {"split": self.split, "index": self.index, "env_name": ENV_NAME})
+        await self._request(
+            "POST", "/create", {"split": self.split, "index": self.index, "env_name": ENV_NAME}
+        )
         return self
 
     async def get_prompt(self) -> Any:
@@ -193,8 +220,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_load(url: str, episodes: int, rounds: int, offset: int, client: str,
-                   server_pid: int) -> dict[str, Any]:
+async def run_load(
+    url: str, episodes: int, rounds: int, offset: int, client: str, server_pid: int
+) -> dict[str, Any]:
     """Open `episodes` sessions, then make every episode's 6 calls concurrently; `rounds` times."""
     os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
     latencies: list[float] = []
@@ -208,8 +236,10 @@ async def run_load(url: str, episodes: int, rounds: int, offset: int, client: st
 
         def session(i: int) -> Any:
             return env.session(split="train", index=i)
+
         closer = api.environments.aclose
     else:
+
         def session(i: int) -> Any:
             return LeanSession(url, "train", i)
 
@@ -222,12 +252,12 @@ async def run_load(url: str, episodes: int, rounds: int, offset: int, client: st
 
         async def episode(i: int) -> None:
             nonlocal ready, finished
-            async with session(offset + i + r * episodes) as s:
+            async with session(offset + i + r * episodes) as s:  # noqa: B023
                 await s.get_prompt()
                 ready += 1
                 if ready == episodes:
-                    opened.set()
-                await go.wait()
+                    opened.set()  # noqa: B023
+                await go.wait()  # noqa: B023
                 for name, args in CALLS:
                     t = time.perf_counter()
                     try:
@@ -237,7 +267,7 @@ async def run_load(url: str, episodes: int, rounds: int, offset: int, client: st
                     latencies.append(time.perf_counter() - t)
                 finished += 1
                 if finished == episodes:
-                    called.set()
+                    called.set()  # noqa: B023
 
         t0 = time.perf_counter()
         tasks = [asyncio.create_task(episode(i)) for i in range(episodes)]
@@ -254,19 +284,47 @@ async def run_load(url: str, episodes: int, rounds: int, offset: int, client: st
         open_wall += t1 - t0
         call_wall += t2 - t1
     await closer()
-    return {"latencies": latencies, "call_wall": call_wall, "open_wall": open_wall,
-            "server_cpu": server_cpu, "client_cpu": client_cpu,
-            "sessions": episodes * rounds, "errors": errors}
+    return {
+        "latencies": latencies,
+        "call_wall": call_wall,
+        "open_wall": open_wall,
+        "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
+        "sessions": episodes * rounds,
+        "errors": errors,
+    }
 
 
-def drive(url: str, server_pid: int, episodes: int, rounds: int, client: str, procs: int) -> dict[str, Any]:
+def drive(
+    url: str, server_pid: int, episodes: int, rounds: int, client: str, procs: int
+) -> dict[str, Any]:
     """Run the load in `procs` separate processes and merge their results."""
     per = episodes // procs
-    children = [subprocess.Popen(
-        [sys.executable, __file__, "--_load", url, "--episodes", str(per), "--rounds", str(rounds),
-         "--offset", str(k * per * rounds), "--client", client, "--server-pid", str(server_pid)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
-        for k in range(procs)]
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--_load",
+                url,
+                "--episodes",
+                str(per),
+                "--rounds",
+                str(rounds),
+                "--offset",
+                str(k * per * rounds),
+                "--client",
+                client,
+                "--server-pid",
+                str(server_pid),
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(procs)
+    ]
     results = []
     for c in children:
         out, _ = c.communicate(timeout=1800)
@@ -294,11 +352,22 @@ def drive(url: str, server_pid: int, episodes: int, rounds: int, client: str, pr
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--episodes", type=int, default=256, help="concurrent episodes")
-    p.add_argument("--rounds", type=int, default=3, help="how many times to repeat the 256-episode wave")
-    p.add_argument("--client", choices=("stock", "lean"), default="lean",
-                   help="lean: raw HTTP/1.1 load generator (default); stock: the openreward client")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="how many times to repeat the 256-episode wave"
+    )
+    p.add_argument(
+        "--client",
+        choices=("stock", "lean"),
+        default="lean",
+        help="lean: raw HTTP/1.1 load generator (default); stock: the openreward client",
+    )
     p.add_argument("--procs", type=int, default=1, help="load-generator processes")
-    p.add_argument("--repeat", type=int, default=3, help="runs per server (alternating); the median is compared")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per server (alternating); the median is compared",
+    )
     p.add_argument("--only", choices=("stock", "ours"), help="benchmark one server only")
     p.add_argument("--_load", help=argparse.SUPPRESS)
     p.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
@@ -307,10 +376,15 @@ def main() -> None:
     if a._load:
         try:
             import uvloop
+
             runner = uvloop.run
         except ImportError:
             runner = asyncio.run
-        print(json.dumps(runner(run_load(a._load, a.episodes, a.rounds, a.offset, a.client, a.server_pid))))
+        print(
+            json.dumps(
+                runner(run_load(a._load, a.episodes, a.rounds, a.offset, a.client, a.server_pid))
+            )
+        )
         return
 
     kinds = [a.only] if a.only else ["stock", "ours"]
@@ -337,17 +411,23 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def report(runs: dict[str, list[dict[str, Any]]], a: argparse.Namespace) -> None:
     """Print every run, then the median run of each server and the ratios."""
-    print(f"env server benchmark: WhoDunIt, {a.episodes} concurrent episodes x {len(CALLS)} tool calls, "
-          f"{a.rounds} rounds per run, {a.repeat} runs per server, client={a.client} "
-          f"({a.procs} load process(es)), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    header = (f"{'server':<14} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'sessions/s':>11} "
-              f"{'server CPU/call':>16} {'client CPU/call':>16} {'errors':>7}")
+    print(
+        f"env server benchmark: WhoDunIt, {a.episodes} concurrent episodes x {len(CALLS)} tool calls, "
+        f"{a.rounds} rounds per run, {a.repeat} runs per server, client={a.client} "
+        f"({a.procs} load process(es)), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
+    header = (
+        f"{'server':<14} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'sessions/s':>11} "
+        f"{'server CPU/call':>16} {'client CPU/call':>16} {'errors':>7}"
+    )
     print(header)
 
     def row(label: str, r: dict[str, Any]) -> None:
-        print(f"{label:<14} {r['calls_per_s']:>9.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-              f"{r['sessions_per_s']:>11.0f} {r['server_cpu_us']:>13.0f} us {r['client_cpu_us']:>13.0f} us "
-              f"{r['errors']:>7}")
+        print(
+            f"{label:<14} {r['calls_per_s']:>9.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+            f"{r['sessions_per_s']:>11.0f} {r['server_cpu_us']:>13.0f} us {r['client_cpu_us']:>13.0f} us "
+            f"{r['errors']:>7}"
+        )
         if r["errors"]:
             print(f"  first error: {r['first_error']}")
 
@@ -359,12 +439,16 @@ def report(runs: dict[str, list[dict[str, Any]]], a: argparse.Namespace) -> None
         row(f"{kind} median", r)
     if len(medians) == 2:
         s, o = medians["stock"], medians["ours"]
-        print(f"ratio ours/stock (median runs): calls/s {o['calls_per_s'] / s['calls_per_s']:.2f}x, "
-              f"p50 {s['p50_ms'] / o['p50_ms']:.1f}x lower, p99 {s['p99_ms'] / o['p99_ms']:.1f}x lower, "
-              f"server CPU per call {s['server_cpu_us'] / o['server_cpu_us']:.1f}x lower")
-        print(f"targets: calls/s >= 5x stock: {'met' if o['calls_per_s'] >= 5 * s['calls_per_s'] else 'NOT met'}; "
-              f"ours p99 <= 50 ms: {'met' if o['p99_ms'] <= 50 else 'NOT met'} "
-              f"(noisy shared machine: compare the CPU-per-call column too)")
+        print(
+            f"ratio ours/stock (median runs): calls/s {o['calls_per_s'] / s['calls_per_s']:.2f}x, "
+            f"p50 {s['p50_ms'] / o['p50_ms']:.1f}x lower, p99 {s['p99_ms'] / o['p99_ms']:.1f}x lower, "
+            f"server CPU per call {s['server_cpu_us'] / o['server_cpu_us']:.1f}x lower"
+        )
+        print(
+            f"targets: calls/s >= 5x stock: {'met' if o['calls_per_s'] >= 5 * s['calls_per_s'] else 'NOT met'}; "
+            f"ours p99 <= 50 ms: {'met' if o['p99_ms'] <= 50 else 'NOT met'} "
+            f"(noisy shared machine: compare the CPU-per-call column too)"
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # Import the project, not this directory's benchmark scripts of the same names (bridge.py, prepare_tasks.py).
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path[:] = [str(REPO)] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 
@@ -54,7 +56,9 @@ def in_process(config_path: Path, out: Path, repeat: int) -> list[float]:
 
     times = []
     for _ in range(repeat):
-        config = load_config(config_path)  # fresh config; env data caches stay warm after the first run
+        config = load_config(
+            config_path
+        )  # fresh config; env data caches stay warm after the first run
         t0 = time.perf_counter()
         asyncio.run(prepare_tasks.prepare(config, out, out.with_name("eval.jsonl"), None, 0))
         times.append(time.perf_counter() - t0)
@@ -62,20 +66,27 @@ def in_process(config_path: Path, out: Path, repeat: int) -> list[float]:
 
 
 def line(label: str, seconds: float, tasks: int) -> str:
-    return (f"{label:<34} {seconds:7.3f} s  {tasks / seconds:9.0f} tasks/s  "
-            f"ratio to {TARGET_S:.0f} s target: {TARGET_S / seconds:5.2f}x")
+    return (
+        f"{label:<34} {seconds:7.3f} s  {tasks / seconds:9.0f} tasks/s  "
+        f"ratio to {TARGET_S:.0f} s target: {TARGET_S / seconds:5.2f}x"
+    )
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=10_000)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--gsm8k-dir", default=os.environ.get("GSM8K_DATA_DIR"),
-                   help="directory with GSM8K train.jsonl (default: $GSM8K_DATA_DIR)")
+    p.add_argument(
+        "--gsm8k-dir",
+        default=os.environ.get("GSM8K_DATA_DIR"),
+        help="directory with GSM8K train.jsonl (default: $GSM8K_DATA_DIR)",
+    )
     args = p.parse_args()
     if not args.gsm8k_dir or not (Path(args.gsm8k_dir) / "train.jsonl").is_file():
-        print("bench/prepare_tasks.py: error: set GSM8K_DATA_DIR or --gsm8k-dir to a directory with train.jsonl",
-              file=sys.stderr)
+        print(
+            "bench/prepare_tasks.py: error: set GSM8K_DATA_DIR or --gsm8k-dir to a directory with train.jsonl",
+            file=sys.stderr,
+        )
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -89,8 +100,19 @@ def main() -> int:
         assert written == args.tasks, f"wrote {written} rows, expected {args.tasks}"
 
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(REPO / "prepare_tasks.py"), "--config", str(cfg),
-                               "--output", str(out)], capture_output=True, text=True, cwd=tmp)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "prepare_tasks.py"),
+                "--config",
+                str(cfg),
+                "--output",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+        )
         cli_s = time.perf_counter() - t0
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
@@ -103,15 +125,19 @@ def main() -> int:
         write_config(wcfg, "whodunit", {}, num_samples=1000)
         who_s = in_process(wcfg, tmp_path / "who.jsonl", 1)[0]
 
-    print(f"prepare_tasks benchmark: {args.tasks} GSM8K tasks ({os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"prepare_tasks benchmark: {args.tasks} GSM8K tasks ({os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f})"
+    )
     print(line("in-process, first (cold data)", times[0], args.tasks))
     print(line("in-process, best", min(times), args.tasks))
     print(line("in-process, median", statistics.median(times), args.tasks))
     print(line("CLI incl. interpreter + imports", cli_s, args.tasks))
     print(f"{'  of which `import openreward` alone':<34} {import_s:7.3f} s")
-    print(f"{'whodunit 1,000 cases in-process':<34} {who_s:7.3f} s  {1000 / who_s:9.0f} tasks/s  "
-          f"(case generation inside the env)")
+    print(
+        f"{'whodunit 1,000 cases in-process':<34} {who_s:7.3f} s  {1000 / who_s:9.0f} tasks/s  "
+        f"(case generation inside the env)"
+    )
     return 0 if times[0] < TARGET_S else 1  # the cold run counts
 
 

@@ -58,9 +58,25 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(REPO), "OPENREWARD_DISABLE_UPDATE_CHECK": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "envs.server", "--role", "trajectories", "--db", str(db),
-                                      "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-                                     cwd=REPO, env=env)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "envs.server",
+                "--role",
+                "trajectories",
+                "--db",
+                str(db),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO,
+            env=env,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -83,7 +99,9 @@ class Server:
             except OSError:
                 continue
             name = "event loop" if task.name == str(self.proc.pid) else "other thread"
-            out[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            out[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / os.sysconf(
+                "SC_CLK_TCK"
+            )
         return out
 
     def stop(self) -> None:
@@ -92,23 +110,55 @@ class Server:
 
 
 def twenty_turn_trajectory(i: int, turns: int, with_tokens: bool, run: str = "bench") -> Trajectory:
-    msgs: list[dict] = [{"role": "system", "content": "You are an agent. Use the tools to solve the task."},
-                        {"role": "user", "content": f"Task {i}: find the culprit among the suspects. " * 4}]
+    msgs: list[dict] = [
+        {"role": "system", "content": "You are an agent. Use the tools to solve the task."},
+        {"role": "user", "content": f"Task {i}: find the culprit among the suspects. " * 4},
+    ]
     for t in range(turns):
-        msgs.append({"role": "assistant", "content": f"Step {t}: I will inspect the next clue carefully.",
-                     "reasoning_content": "Let me think about which tool gives the most information. " * 3,
-                     "tool_calls": [{"id": f"c{t}", "name": "view_exhibits", "arguments": {"page": t}}]})
-        msgs.append({"role": "tool", "tool_call_id": f"c{t}", "name": "view_exhibits",
-                     "content": f"Exhibit {t}: a torn letter mentioning the garden at midnight. " * 3,
-                     "reward": 0.0 if t < turns - 1 else 1.0, "finished": t == turns - 1})
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": f"Step {t}: I will inspect the next clue carefully.",
+                "reasoning_content": "Let me think about which tool gives the most information. "
+                * 3,
+                "tool_calls": [{"id": f"c{t}", "name": "view_exhibits", "arguments": {"page": t}}],
+            }
+        )
+        msgs.append(
+            {
+                "role": "tool",
+                "tool_call_id": f"c{t}",
+                "name": "view_exhibits",
+                "content": f"Exhibit {t}: a torn letter mentioning the garden at midnight. " * 3,
+                "reward": 0.0 if t < turns - 1 else 1.0,
+                "finished": t == turns - 1,
+            }
+        )
     n_resp = 150 * turns if with_tokens else 0
-    return Trajectory(run_name=run, env=["gsm8k", "whodunit"][i % 2], split="train", index=i, task_spec=None,
-                      messages=msgs, turn_rewards=[0.0] * (turns - 1) + [1.0], reward=1.0,
-                      reward_reduction="sum", stop_reason="env_finished", status="completed", num_turns=turns,
-                      num_tool_calls=turns, tool_errors={}, drift_count=0,
-                      token_ids=list(range(300 + n_resp)) if with_tokens else [],
-                      prompt_length=300 if with_tokens else 0, loss_mask=[1, 0] * (n_resp // 2),
-                      logprobs=[-0.123456] * n_resp, timings={"total": 12.5}, group_index=i // 8, sample_index=i)
+    return Trajectory(
+        run_name=run,
+        env=["gsm8k", "whodunit"][i % 2],
+        split="train",
+        index=i,
+        task_spec=None,
+        messages=msgs,
+        turn_rewards=[0.0] * (turns - 1) + [1.0],
+        reward=1.0,
+        reward_reduction="sum",
+        stop_reason="env_finished",
+        status="completed",
+        num_turns=turns,
+        num_tool_calls=turns,
+        tool_errors={},
+        drift_count=0,
+        token_ids=list(range(300 + n_resp)) if with_tokens else [],
+        prompt_length=300 if with_tokens else 0,
+        loss_mask=[1, 0] * (n_resp // 2),
+        logprobs=[-0.123456] * n_resp,
+        timings={"total": 12.5},
+        group_index=i // 8,
+        sample_index=i,
+    )
 
 
 async def post_all(url: str, bodies: list[bytes], concurrency: int) -> float:
@@ -119,7 +169,9 @@ async def post_all(url: str, bodies: list[bytes], concurrency: int) -> float:
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             body = queue.get_nowait()
-            r = await client.post(f"{url}/v1/rollouts", content=body, headers={"content-type": "application/json"})
+            r = await client.post(
+                f"{url}/v1/rollouts", content=body, headers={"content-type": "application/json"}
+            )
             if r.status_code != 200:
                 raise SystemExit(f"bench: ingest failed: {r.status_code} {r.text[:200]}")
 
@@ -129,10 +181,17 @@ async def post_all(url: str, bodies: list[bytes], concurrency: int) -> float:
         return time.perf_counter() - t0
 
 
-def ingest_bodies(n: int, turns: int, with_tokens: bool, per_request: int | None, events_per_request: int | None,
-                  run: str) -> tuple[list[bytes], int]:
-    all_events: list[list[dict]] = [trajectory_events(twenty_turn_trajectory(i, turns, with_tokens, run))
-                                    for i in range(n)]
+def ingest_bodies(
+    n: int,
+    turns: int,
+    with_tokens: bool,
+    per_request: int | None,
+    events_per_request: int | None,
+    run: str,
+) -> tuple[list[bytes], int]:
+    all_events: list[list[dict]] = [
+        trajectory_events(twenty_turn_trajectory(i, turns, with_tokens, run)) for i in range(n)
+    ]
     if not with_tokens:
         for evs in all_events:
             meta = evs[0]["metadata"]
@@ -141,25 +200,37 @@ def ingest_bodies(n: int, turns: int, with_tokens: bool, per_request: int | None
     bodies: list[bytes] = []
     if per_request:
         for i in range(0, n, per_request):
-            bodies.append(orjson.dumps({"events": [e for evs in all_events[i:i + per_request] for e in evs]}))
+            bodies.append(
+                orjson.dumps(
+                    {"events": [e for evs in all_events[i : i + per_request] for e in evs]}
+                )
+            )
     else:
         flat = [e for evs in all_events for e in evs]
         for i in range(0, len(flat), events_per_request or 128):
-            bodies.append(orjson.dumps({"events": flat[i:i + (events_per_request or 128)]}))
+            bodies.append(orjson.dumps({"events": flat[i : i + (events_per_request or 128)]}))
     return bodies, sum(len(e) for e in all_events)
 
 
 def naive_baseline(n: int, turns: int, tmp: Path) -> float:
     """Rollouts/s of the naive store: one INSERT per event, one commit (fsync) per INSERT."""
     conn = sqlite3.connect(tmp / "naive.db", isolation_level=None)
-    conn.execute("CREATE TABLE events (event_id TEXT PRIMARY KEY, rollout TEXT, kind TEXT, body TEXT)")
+    conn.execute(
+        "CREATE TABLE events (event_id TEXT PRIMARY KEY, rollout TEXT, kind TEXT, body TEXT)"
+    )
     events = [trajectory_events(twenty_turn_trajectory(i, turns, False)) for i in range(n)]
     t0 = time.perf_counter()
     for evs in events:
         for e in evs:
-            conn.execute("INSERT OR IGNORE INTO events VALUES (?,?,?,?)",
-                         (e["eventId"] + e["eventType"], e.get("rolloutEventId", e["eventId"]), e["eventType"],
-                          orjson.dumps(e).decode()))
+            conn.execute(
+                "INSERT OR IGNORE INTO events VALUES (?,?,?,?)",
+                (
+                    e["eventId"] + e["eventType"],
+                    e.get("rolloutEventId", e["eventId"]),
+                    e["eventType"],
+                    orjson.dumps(e).decode(),
+                ),
+            )
     dt = time.perf_counter() - t0
     conn.close()
     return n / dt
@@ -170,10 +241,17 @@ def bench_ingest(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, 
     server = Server(tmp / "ingest.db")
     try:
         for label, tokens, per_req, ev_per_req in (
-                ("sink-style: 8 rollouts/request, with token data", True, 8, None),
-                ("SDK-style: 128 events/request, messages only", False, None, 128)):
-            bodies, n_events = ingest_bodies(args.rollouts, args.turns, tokens, per_req, ev_per_req,
-                                             run=f"bench-{uuid.uuid4().hex[:6]}")
+            ("sink-style: 8 rollouts/request, with token data", True, 8, None),
+            ("SDK-style: 128 events/request, messages only", False, None, 128),
+        ):
+            bodies, n_events = ingest_bodies(
+                args.rollouts,
+                args.turns,
+                tokens,
+                per_req,
+                ev_per_req,
+                run=f"bench-{uuid.uuid4().hex[:6]}",
+            )
             mb = sum(len(b) for b in bodies) / 1e6
             cpu0 = server.cpu_seconds()
             dt = asyncio.run(post_all(server.url, bodies, args.concurrency))
@@ -181,12 +259,20 @@ def bench_ingest(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, 
             cpu1 = server.cpu_seconds()
             per_thread = {k: (v - cpu0.get(k, 0.0)) / args.rollouts * 1000 for k, v in cpu1.items()}
             cpu_ms = sum(per_thread.values())
-            busiest = sorted(((ms, k.split("/")[0]) for k, ms in per_thread.items() if ms > 0.05), reverse=True)
+            busiest = sorted(
+                ((ms, k.split("/")[0]) for k, ms in per_thread.items() if ms > 0.05), reverse=True
+            )
             rate = args.rollouts / dt
-            results.append((label, rate, f"{args.rollouts} rollouts, {n_events} events, {len(bodies)} requests, "
-                                         f"{mb:.1f} MB in {dt:.2f}s ({n_events / dt:,.0f} events/s)\n      server CPU "
-                                         f"{cpu_ms:.2f} ms/rollout = {1000 / cpu_ms:,.0f} rollouts per CPU-second; "
-                                         "by thread: " + ", ".join(f"{n} {ms:.2f} ms" for ms, n in busiest)))
+            results.append(
+                (
+                    label,
+                    rate,
+                    f"{args.rollouts} rollouts, {n_events} events, {len(bodies)} requests, "
+                    f"{mb:.1f} MB in {dt:.2f}s ({n_events / dt:,.0f} events/s)\n      server CPU "
+                    f"{cpu_ms:.2f} ms/rollout = {1000 / cpu_ms:,.0f} rollouts per CPU-second; "
+                    "by thread: " + ", ".join(f"{n} {ms:.2f} ms" for ms, n in busiest),
+                )
+            )
     finally:
         server.stop()
     return results
@@ -204,18 +290,41 @@ def fill_store(db: Path, n: int) -> None:
         for i in range(start, min(n, start + chunk)):
             rid = str(uuid.UUID(int=i + 1))
             stop = stops[i % len(stops)]
-            events.append({"eventType": "rollout", "eventId": rid, "timestamp": t0 + i * 500, "runName": "big-run",
-                           "environment": envs[i % 3], "split": "train" if i % 10 else "test",
-                           "metadata": {"reward": (i * 7919 % 1000) / 1000, "status": "completed" if stop == "env_finished"
-                                        else "truncated", "stop_reason": stop, "num_turns": 1 + i % 20,
-                                        "group_index": i // 8}})
-            events.append({"eventType": "message", "eventId": f"{rid}-0", "timestamp": t0 + i * 500, "index": 0,
-                           "rolloutEventId": rid, "type": "user_message", "content": f"task {i}"})
+            events.append(
+                {
+                    "eventType": "rollout",
+                    "eventId": rid,
+                    "timestamp": t0 + i * 500,
+                    "runName": "big-run",
+                    "environment": envs[i % 3],
+                    "split": "train" if i % 10 else "test",
+                    "metadata": {
+                        "reward": (i * 7919 % 1000) / 1000,
+                        "status": "completed" if stop == "env_finished" else "truncated",
+                        "stop_reason": stop,
+                        "num_turns": 1 + i % 20,
+                        "group_index": i // 8,
+                    },
+                }
+            )
+            events.append(
+                {
+                    "eventType": "message",
+                    "eventId": f"{rid}-0",
+                    "timestamp": t0 + i * 500,
+                    "index": 0,
+                    "rolloutEventId": rid,
+                    "type": "user_message",
+                    "content": f"task {i}",
+                }
+            )
         store.write(EventBatch.model_validate({"events": events}).events)
     store.stop()
 
 
-def timed_get(client: httpx.Client, url: str, params: dict | None = None, reps: int = 15) -> tuple[float, float, dict]:
+def timed_get(
+    client: httpx.Client, url: str, params: dict | None = None, reps: int = 15
+) -> tuple[float, float, dict]:
     """(median server ms from Server-Timing, median wall ms, last JSON/None)."""
     server_ms, wall_ms, body = [], [], None
     for _ in range(reps):
@@ -228,7 +337,11 @@ def timed_get(client: httpx.Client, url: str, params: dict | None = None, reps: 
             server_ms.append(float(st.split("dur=")[1]))
         if r.headers.get("content-type", "").startswith("application/json"):
             body = r.json()
-    return (statistics.median(server_ms) if server_ms else float("nan")), statistics.median(wall_ms), body
+    return (
+        (statistics.median(server_ms) if server_ms else float("nan")),
+        statistics.median(wall_ms),
+        body,
+    )
 
 
 def bench_list(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, str]]:
@@ -240,26 +353,56 @@ def bench_list(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, st
     server = Server(db)
     try:
         with httpx.Client(timeout=60) as c:
-            run_id = next(r["id"] for r in c.get(f"{server.url}/api/runs").json()["runs"] if r["name"] == "big-run")
+            run_id = next(
+                r["id"]
+                for r in c.get(f"{server.url}/api/runs").json()["runs"]
+                if r["name"] == "big-run"
+            )
             base = f"{server.url}/api/runs/{run_id}/rollouts"
             s, w, first = timed_get(c, base)
-            results.append(("first page (newest 50, with total count)", s, f"wall {w:.1f} ms, total={first['total']}"))
-            s, w, page = timed_get(c, base, {"env": "whodunit", "stop_reason": "no_tool_call", "min_reward": 0.5,
-                                             "sort": "reward", "order": "desc"})
-            results.append(("filtered env+stop reason+reward range, sorted by reward", s,
-                            f"wall {w:.1f} ms, total={page['total']}"))
+            results.append(
+                (
+                    "first page (newest 50, with total count)",
+                    s,
+                    f"wall {w:.1f} ms, total={first['total']}",
+                )
+            )
+            s, w, page = timed_get(
+                c,
+                base,
+                {
+                    "env": "whodunit",
+                    "stop_reason": "no_tool_call",
+                    "min_reward": 0.5,
+                    "sort": "reward",
+                    "order": "desc",
+                },
+            )
+            results.append(
+                (
+                    "filtered env+stop reason+reward range, sorted by reward",
+                    s,
+                    f"wall {w:.1f} ms, total={page['total']}",
+                )
+            )
             conn = sqlite3.connect(db)
             depth = max(0, min(90_000, args.list_rows - 60))
-            ts, rid = conn.execute("SELECT ts, id FROM rollouts ORDER BY ts DESC, id DESC LIMIT 1 OFFSET ?",
-                                   (depth,)).fetchone()
-            s, w, deep = timed_get(c, base, {"after": f"{ts!r}~{rid}"})
+            ts, rid = conn.execute(
+                "SELECT ts, id FROM rollouts ORDER BY ts DESC, id DESC LIMIT 1 OFFSET ?", (depth,)
+            ).fetchone()
+            s, w, _deep = timed_get(c, base, {"after": f"{ts!r}~{rid}"})
             results.append((f"page {depth:,} rows deep (keyset cursor)", s, f"wall {w:.1f} ms"))
             t = time.perf_counter()
             for _ in range(5):
-                conn.execute("SELECT id, event_id, env, reward FROM rollouts WHERE run_id = ? "
-                             "ORDER BY ts DESC, id DESC LIMIT 50 OFFSET ?", (run_id, depth)).fetchall()
+                conn.execute(
+                    "SELECT id, event_id, env, reward FROM rollouts WHERE run_id = ? "
+                    "ORDER BY ts DESC, id DESC LIMIT 50 OFFSET ?",
+                    (run_id, depth),
+                ).fetchall()
             offset_ms = (time.perf_counter() - t) / 5 * 1000
-            results.append(("  baseline: same deep page with LIMIT/OFFSET (in-process SQL)", offset_ms, ""))
+            results.append(
+                ("  baseline: same deep page with LIMIT/OFFSET (in-process SQL)", offset_ms, "")
+            )
             conn.close()
             _, w, _ = timed_get(c, f"{server.url}/runs/{run_id}", reps=7)
             results.append(("HTML run page (list + facets + count + SVG chart), wall", w, ""))
@@ -300,10 +443,16 @@ async def _sink_run(url: str, spool: Path, n: int, turns: int) -> dict[str, floa
     await up.close()
     submit_us.sort()
     lags.sort()
-    return {"ok": float(ok), "submit_p50_us": submit_us[len(submit_us) // 2],
-            "submit_p99_us": submit_us[int(len(submit_us) * 0.99)], "submit_max_us": submit_us[-1],
-            "lag_p99_ms": lags[int(len(lags) * 0.99)] if lags else 0.0, "lag_max_ms": lags[-1] if lags else 0.0,
-            "delivered_per_s": n / delivered_s, "delivered": up.stats["delivered"]}
+    return {
+        "ok": float(ok),
+        "submit_p50_us": submit_us[len(submit_us) // 2],
+        "submit_p99_us": submit_us[int(len(submit_us) * 0.99)],
+        "submit_max_us": submit_us[-1],
+        "lag_p99_ms": lags[int(len(lags) * 0.99)] if lags else 0.0,
+        "lag_max_ms": lags[-1] if lags else 0.0,
+        "delivered_per_s": n / delivered_s,
+        "delivered": up.stats["delivered"],
+    }
 
 
 def bench_sink(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
@@ -318,36 +467,61 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rollouts", type=int, default=2000, help="rollouts to ingest per scenario")
     p.add_argument("--turns", type=int, default=20)
-    p.add_argument("--concurrency", type=int, default=8, help="concurrent upload connections (the SDK uses up to 32)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="concurrent upload connections (the SDK uses up to 32)",
+    )
     p.add_argument("--list-rows", type=int, default=100_000)
     p.add_argument("--baseline-rollouts", type=int, default=30)
     p.add_argument("--skip-ingest", action="store_true")
     p.add_argument("--skip-list", action="store_true")
-    p.add_argument("--sink-rollouts", type=int, default=1000, help="trajectories for the sink section")
+    p.add_argument(
+        "--sink-rollouts", type=int, default=1000, help="trajectories for the sink section"
+    )
     p.add_argument("--skip-sink", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-traj-") as d:
         tmp = Path(d)
         if not args.skip_ingest:
-            print(f"Ingest of {args.turns}-turn rollouts through POST /v1/rollouts (target >= {INGEST_TARGET:.0f}/s)")
+            print(
+                f"Ingest of {args.turns}-turn rollouts through POST /v1/rollouts (target >= {INGEST_TARGET:.0f}/s)"
+            )
             base = naive_baseline(args.baseline_rollouts, args.turns, tmp)
             for label, rate, detail in bench_ingest(args, tmp):
-                print(f"  {label}: {rate:,.0f} rollouts/s = {rate / INGEST_TARGET:.2f}x target, "
-                      f"{rate / base:,.0f}x naive baseline\n      {detail}")
-            print(f"  baseline (one INSERT per event, one commit per INSERT, in-process): {base:,.1f} rollouts/s")
+                print(
+                    f"  {label}: {rate:,.0f} rollouts/s = {rate / INGEST_TARGET:.2f}x target, "
+                    f"{rate / base:,.0f}x naive baseline\n      {detail}"
+                )
+            print(
+                f"  baseline (one INSERT per event, one commit per INSERT, in-process): {base:,.1f} rollouts/s"
+            )
         if not args.skip_sink:
-            print(f"Bridge sink: submit() of {args.sink_rollouts} {args.turns}-turn trajectories (with token data) "
-                  "on a running event loop")
+            print(
+                f"Bridge sink: submit() of {args.sink_rollouts} {args.turns}-turn trajectories (with token data) "
+                "on a running event loop"
+            )
             r = bench_sink(args, tmp)
-            print(f"  submit(): p50 {r['submit_p50_us']:.1f} us, p99 {r['submit_p99_us']:.1f} us, "
-                  f"max {r['submit_max_us']:.0f} us; event-loop lag p99 {r['lag_p99_ms']:.2f} ms, "
-                  f"max {r['lag_max_ms']:.1f} ms")
-            print(f"  all delivered: {bool(r['ok'])} ({int(r['delivered'])} trajectories, "
-                  f"{r['delivered_per_s']:,.0f}/s end to end = {r['delivered_per_s'] / INGEST_TARGET:.2f}x target)")
+            print(
+                f"  submit(): p50 {r['submit_p50_us']:.1f} us, p99 {r['submit_p99_us']:.1f} us, "
+                f"max {r['submit_max_us']:.0f} us; event-loop lag p99 {r['lag_p99_ms']:.2f} ms, "
+                f"max {r['lag_max_ms']:.1f} ms"
+            )
+            print(
+                f"  all delivered: {bool(r['ok'])} ({int(r['delivered'])} trajectories, "
+                f"{r['delivered_per_s']:,.0f}/s end to end = {r['delivered_per_s'] / INGEST_TARGET:.2f}x target)"
+            )
         if not args.skip_list:
-            print(f"Rollout list of a {args.list_rows:,}-rollout run (target < {LIST_TARGET_MS:.0f} ms server time)")
+            print(
+                f"Rollout list of a {args.list_rows:,}-rollout run (target < {LIST_TARGET_MS:.0f} ms server time)"
+            )
             for label, ms, detail in bench_list(args, tmp):
-                ratio = f" = {ms / LIST_TARGET_MS:.3f}x target budget" if not label.startswith("  ") else ""
+                ratio = (
+                    f" = {ms / LIST_TARGET_MS:.3f}x target budget"
+                    if not label.startswith("  ")
+                    else ""
+                )
                 print(f"  {label}: {ms:.1f} ms{ratio}{'  (' + detail + ')' if detail else ''}")
 
 

@@ -58,7 +58,9 @@ class _PromptShape:
 class ChatRenderer:
     """Renders prompts and deltas for one tokenizer + thinking mode + extra system prompt."""
 
-    def __init__(self, tokenizer: Any, enable_thinking: bool = False, system_prompt: str | None = None) -> None:
+    def __init__(
+        self, tokenizer: Any, enable_thinking: bool = False, system_prompt: str | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.enable_thinking = enable_thinking
         self.system_prompt = system_prompt
@@ -69,7 +71,9 @@ class ChatRenderer:
         self._lock = threading.Lock()
         self._cache: dict[str, list[int]] = {}
         self._prompt_shapes: dict[bytes, _PromptShape | None] = {}
-        self._added = sorted({t for t in getattr(tokenizer, "get_added_vocab", dict)().keys() if t}, key=len)
+        self._added = sorted(
+            {t for t in getattr(tokenizer, "get_added_vocab", dict)().keys() if t}, key=len
+        )
         self._end_of_assistant = ""
         self._tool_shape: _Shape | None = None
         self._user_shape: _Shape | None = None
@@ -98,12 +102,20 @@ class ChatRenderer:
             return self._backend.decode(ids, skip_special_tokens=False)
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-               add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
         """The chat template's own text for `messages` (slow path; also used by tests and baselines)."""
         return self.tokenizer.apply_chat_template(
-            messages, tools=tools or None, tokenize=False,
-            add_generation_prompt=add_generation_prompt, enable_thinking=self.enable_thinking)
+            messages,
+            tools=tools or None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            enable_thinking=self.enable_thinking,
+        )
 
     # --- first prompt -------------------------------------------------------------------
     def prompt_messages(self, user_text: str) -> list[dict[str, Any]]:
@@ -164,14 +176,18 @@ class ChatRenderer:
         short = self.render(base, add_generation_prompt=False)
         full = self.render(base + new_messages, add_generation_prompt=True)
         if full.startswith(short):
-            return full[len(short):]
+            return full[len(short) :]
         if any(m["role"] == "tool" for m in new_messages):
-            raise TemplateError("chat template re-renders earlier turns when tool responses are appended; "
-                                "cannot build token deltas")
+            raise TemplateError(
+                "chat template re-renders earlier turns when tool responses are appended; "
+                "cannot build token deltas"
+            )
         anchor = _ASSISTANT_MARK + self._end_of_assistant
         if full.count(anchor) != 1:
-            raise TemplateError("cannot find where the assistant turn ends in the chat template's rendering")
-        return full[full.index(anchor) + len(anchor):]
+            raise TemplateError(
+                "cannot find where the assistant turn ends in the chat template's rendering"
+            )
+        return full[full.index(anchor) + len(anchor) :]
 
     def _learn_shape(self, role: str, extra: dict[str, Any]) -> _Shape | None:
         s1 = self._render_suffix([{"role": role, "content": _M[0], **extra}])
@@ -181,7 +197,7 @@ class ChatRenderer:
         s2 = self._render_suffix([{"role": role, "content": m, **extra} for m in _M[:2]])
         if not (s2.startswith(open_ + _M[0]) and s2.endswith(_M[1] + close)):
             return None
-        sep = s2[len(open_ + _M[0]): len(s2) - len(_M[1] + close)]
+        sep = s2[len(open_ + _M[0]) : len(s2) - len(_M[1] + close)]
         shape = _Shape(open_, sep, close)
         s3 = self._render_suffix([{"role": role, "content": m, **extra} for m in _M])
         return shape if s3 == shape.join(_M) else None
@@ -190,7 +206,7 @@ class ChatRenderer:
         short = self.render(self._dummy_base(), add_generation_prompt=False)
         if _ASSISTANT_MARK not in short:
             raise TemplateError("chat template drops assistant content")
-        self._end_of_assistant = short[short.rindex(_ASSISTANT_MARK) + len(_ASSISTANT_MARK):]
+        self._end_of_assistant = short[short.rindex(_ASSISTANT_MARK) + len(_ASSISTANT_MARK) :]
         self._tool_shape = self._learn_shape("tool", {"tool_call_id": "call_0", "name": "tool"})
         self._user_shape = self._learn_shape("user", {})
 
@@ -208,8 +224,12 @@ class ChatRenderer:
         if self._tool_shape is not None:
             body = self._tool_shape.join(contents)
         else:
-            body = self._render_suffix([{"role": "tool", "content": c, "tool_call_id": f"call_{i}", "name": "tool"}
-                                        for i, c in enumerate(contents)])
+            body = self._render_suffix(
+                [
+                    {"role": "tool", "content": c, "tool_call_id": f"call_{i}", "name": "tool"}
+                    for i, c in enumerate(contents)
+                ]
+            )
         text = self._lead(sampled_text) + body
         return self.encode_cached(text), text
 
@@ -227,7 +247,9 @@ _RENDERERS: dict[tuple[str, bool, str | None], ChatRenderer] = {}
 _RENDERERS_LOCK = threading.Lock()
 
 
-def get_renderer(tokenizer_path: str, enable_thinking: bool, system_prompt: str | None) -> ChatRenderer:
+def get_renderer(
+    tokenizer_path: str, enable_thinking: bool, system_prompt: str | None
+) -> ChatRenderer:
     """A cached renderer per (tokenizer, thinking, system prompt). Blocking: call it off the event loop."""
     key = (tokenizer_path, enable_thinking, system_prompt)
     r = _RENDERERS.get(key)

@@ -33,9 +33,11 @@ class RewardSettings(_Strict):
     max_reward: float = 1.0
 
     @model_validator(mode="after")
-    def _range(self) -> "RewardSettings":
+    def _range(self) -> RewardSettings:
         if self.min_reward > self.max_reward:
-            raise ValueError(f"min_reward ({self.min_reward}) is above max_reward ({self.max_reward})")
+            raise ValueError(
+                f"min_reward ({self.min_reward}) is above max_reward ({self.max_reward})"
+            )
         return self
 
 
@@ -108,7 +110,9 @@ def _format_validation_error(err: ValidationError, path: str) -> str:
 def parse_config(data: Any, source: str = "<config>") -> TrainConfig:
     """Validate an already-loaded mapping."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
@@ -135,7 +139,7 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     # a process happens to run in (a Ray job runs in slime's checkout).
     spool = Path(cfg.trajectories.spool_dir)
     if not spool.is_absolute():
-        cfg.trajectories.spool_dir = str((p.resolve().parent / spool))
+        cfg.trajectories.spool_dir = str(p.resolve().parent / spool)
     return cfg
 
 

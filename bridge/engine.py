@@ -50,7 +50,9 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
     ids = body.get("output_ids")
     if pairs is None:
         if ids:
-            raise EngineError("engine returned output ids without output_token_logprobs (set return_logprob)")
+            raise EngineError(
+                "engine returned output ids without output_token_logprobs (set return_logprob)"
+            )
         return EngineTurn([], [], kind, meta)
     lp_ids = [p[1] for p in pairs]
     logprobs = [p[0] if p[0] is not None else 0.0 for p in pairs]
@@ -65,16 +67,20 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
 class EngineClient:
     """POSTs to `{base_url}/generate` over the event loop's keep-alive HTTP client."""
 
-    def __init__(self, base_url: str, connect_timeout: float = 30.0, connect_retries: int = 3) -> None:
+    def __init__(
+        self, base_url: str, connect_timeout: float = 30.0, connect_retries: int = 3
+    ) -> None:
         self.url = base_url.rstrip("/") + "/generate"
         self._connect_timeout = connect_timeout
         self._connect_retries = connect_retries
 
-    async def generate(self, input_ids: list[int], sampling_params: dict[str, Any],
-                       routing_key: str | None = None) -> EngineTurn:
+    async def generate(
+        self, input_ids: list[int], sampling_params: dict[str, Any], routing_key: str | None = None
+    ) -> EngineTurn:
         """One generation, no read timeout. Retries only when no connection could be made (nothing ran)."""
-        payload = orjson.dumps({"input_ids": input_ids, "sampling_params": sampling_params,
-                                "return_logprob": True})
+        payload = orjson.dumps(
+            {"input_ids": input_ids, "sampling_params": sampling_params, "return_logprob": True}
+        )
         headers = {"Content-Type": "application/json"}
         if routing_key:
             headers[ROUTING_HEADER] = routing_key
@@ -98,7 +104,9 @@ class EngineClient:
         except orjson.JSONDecodeError:
             raise EngineError(f"engine {self.url} answered invalid JSON") from None
         if not isinstance(body, dict):
-            raise EngineError(f"engine {self.url} answered {type(body).__name__}, expected an object")
+            raise EngineError(
+                f"engine {self.url} answered {type(body).__name__}, expected an object"
+            )
         return parse_generate_response(body)
 
     async def close(self) -> None:

@@ -50,7 +50,9 @@ class RetryPolicy:
     attempts: int = 3  # total tries per call
     backoff: float = 0.2  # seconds; full jitter on base * 2**n
     backoff_max: float = 2.0
-    retry_after_max: float = 30.0  # cap on a server's Retry-After (a full server answers 503 + Retry-After)
+    retry_after_max: float = (
+        30.0  # cap on a server's Retry-After (a full server answers 503 + Retry-After)
+    )
     timeout: float = 60.0  # per request, control calls
     call_timeout: float = 600.0  # per tool call
 
@@ -58,7 +60,7 @@ class RetryPolicy:
         """Seconds before the next try: the server's Retry-After when it gave one, else jittered backoff."""
         if retry_after is not None:
             return min(retry_after, self.retry_after_max) + random.uniform(0, self.backoff)
-        return random.uniform(0, min(self.backoff_max, self.backoff * (2 ** attempt)))
+        return random.uniform(0, min(self.backoff_max, self.backoff * (2**attempt)))
 
 
 class EnvSession(Protocol):
@@ -69,7 +71,9 @@ class EnvSession(Protocol):
 
     async def open(self) -> None: ...
     async def prompt_text(self) -> str: ...
-    async def tools(self) -> list[dict[str, Any]]: ...  # ORS ToolSpec dicts: name, description, input_schema
+    async def tools(
+        self,
+    ) -> list[dict[str, Any]]: ...  # ORS ToolSpec dicts: name, description, input_schema
     async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult: ...
     async def close(self) -> None: ...
 
@@ -118,16 +122,25 @@ def _tool_result(body: Any) -> ToolResult:
     if body["ok"]:
         out = body.get("output") or {}
         reward = out.get("reward")
-        return ToolResult(text=blocks_to_text(out.get("blocks") or []),
-                          reward=None if reward is None else float(reward),
-                          finished=bool(out.get("finished")), metadata=out.get("metadata"))
+        return ToolResult(
+            text=blocks_to_text(out.get("blocks") or []),
+            reward=None if reward is None else float(reward),
+            finished=bool(out.get("finished")),
+            metadata=out.get("metadata"),
+        )
     reason = body.get("reason") or "input_validation"
-    return ToolResult(text=f"Error: {body.get('error') or reason}", reward=None, finished=False,
-                      error_kind=_ORS_REJECTION_KINDS.get(reason, "env_rejected"))
+    return ToolResult(
+        text=f"Error: {body.get('error') or reason}",
+        reward=None,
+        finished=False,
+        error_kind=_ORS_REJECTION_KINDS.get(reason, "env_rejected"),
+    )
 
 
 class _Retryable(Exception):
-    def __init__(self, message: str, connected: bool = True, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, connected: bool = True, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.connected = connected
         self.retry_after = retry_after
@@ -145,8 +158,9 @@ def _retry_after(headers: dict[str, str]) -> float | None:
 class LocalEnvSession:
     """A session on one of our env servers, spoken over plain HTTP + SSE (no SDK overhead)."""
 
-    def __init__(self, http: HTTPClient, url: str, task: TaskMeta,
-                 policy: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(
+        self, http: HTTPClient, url: str, task: TaskMeta, policy: RetryPolicy = RetryPolicy()
+    ) -> None:
         self.http = http
         self.url = url.rstrip("/")
         self.task = task
@@ -162,22 +176,37 @@ class LocalEnvSession:
     def _headers(self) -> dict[str, str]:
         return {**self._auth, "X-Session-ID": self.sid} if self.sid else dict(self._auth)
 
-    async def _request(self, method: str, path: str, body: Any = None, extra: dict[str, str] | None = None,
-                       accept: tuple[int, ...] = (200,)) -> tuple[int, Any]:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        extra: dict[str, str] | None = None,
+        accept: tuple[int, ...] = (200,),
+    ) -> tuple[int, Any]:
         headers = {**self._headers(), **(extra or {})}
         data = None
         if body is not None:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
         try:
-            resp = await self.http.request(method, self.url + path, data, headers, timeout=self.policy.timeout)
+            resp = await self.http.request(
+                method, self.url + path, data, headers, timeout=self.policy.timeout
+            )
         except HTTPError as e:
-            raise _Retryable(f"{method} {path} on {self.url} failed: {e}", connected=e.connected) from None
+            raise _Retryable(
+                f"{method} {path} on {self.url} failed: {e}", connected=e.connected
+            ) from None
         status, raw = resp.status, resp.body
         if status in RETRY_STATUSES:
-            raise _Retryable(f"{method} {path} on {self.url}: HTTP {status}", retry_after=_retry_after(resp.headers))
+            raise _Retryable(
+                f"{method} {path} on {self.url}: HTTP {status}",
+                retry_after=_retry_after(resp.headers),
+            )
         if status not in accept:
-            raise EnvFailure(f"{method} {path} on {self.url}: HTTP {status}: {_one_line(raw.decode('utf-8', 'replace'))}")
+            raise EnvFailure(
+                f"{method} {path} on {self.url}: HTTP {status}: {_one_line(raw.decode('utf-8', 'replace'))}"
+            )
         try:
             return status, orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
@@ -185,8 +214,14 @@ class LocalEnvSession:
                 return status, _sse_result(raw.decode("utf-8", "replace"))
             raise EnvFailure(f"{method} {path} on {self.url}: invalid JSON") from None
 
-    async def _retrying(self, method: str, path: str, body: Any = None, extra: dict[str, str] | None = None,
-                        accept: tuple[int, ...] = (200,)) -> tuple[int, Any]:
+    async def _retrying(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        extra: dict[str, str] | None = None,
+        accept: tuple[int, ...] = (200,),
+    ) -> tuple[int, Any]:
         last = ""
         for attempt in range(self.policy.attempts):
             try:
@@ -207,8 +242,13 @@ class LocalEnvSession:
             raise EnvFailure(f"/create_session on {self.url} returned no session id")
         self.sid = sid
         # A retried /create whose first attempt went through answers "Session already exists".
-        status, res = await self._retrying("POST", "/create", {"env_name": self.env, **self.task.create_args()},
-                                           self._secrets, accept=(200, 400))
+        status, res = await self._retrying(
+            "POST",
+            "/create",
+            {"env_name": self.env, **self.task.create_args()},
+            self._secrets,
+            accept=(200, 400),
+        )
         if status == 400 and "already exists" not in _one_line(repr(res)):
             detail = res.get("detail") if isinstance(res, dict) else res
             raise EnvFailure(f"/create {self.env} on {self.url}: {_one_line(str(detail))}")
@@ -242,36 +282,62 @@ class LocalEnvSession:
                 last, retry_after = str(e), e.retry_after
                 if e.connected and task_id is None:
                     # The request may have reached the env and stepped it: do not run it twice.
-                    raise EnvFailure(f"tool call {name!r} lost before the server acknowledged it: {last}") from None
+                    raise EnvFailure(
+                        f"tool call {name!r} lost before the server acknowledged it: {last}"
+                    ) from None
             except _Resume as e:
                 task_id, last = e.task_id, e.message
             if attempt + 1 < self.policy.attempts:
                 await asyncio.sleep(self.policy.delay(attempt, retry_after))
-        raise EnvFailure(f"tool call {name!r}: {last} (gave up after {self.policy.attempts} attempts)")
+        raise EnvFailure(
+            f"tool call {name!r}: {last} (gave up after {self.policy.attempts} attempts)"
+        )
 
-    async def _call_once(self, payload: dict[str, Any], task_id: str | None) -> tuple[Any, str | None]:
-        headers = {**self._headers(), "Accept": "text/event-stream", "Content-Type": "application/json"}
+    async def _call_once(
+        self, payload: dict[str, Any], task_id: str | None
+    ) -> tuple[Any, str | None]:
+        headers = {
+            **self._headers(),
+            "Accept": "text/event-stream",
+            "Content-Type": "application/json",
+        }
         try:
             async with deadline(self.policy.call_timeout):
                 return await self._call_stream(payload, headers, task_id)
         except asyncio.TimeoutError:
-            raise EnvFailure(f"tool call on {self.url} took longer than {self.policy.call_timeout:g} s") from None
+            raise EnvFailure(
+                f"tool call on {self.url} took longer than {self.policy.call_timeout:g} s"
+            ) from None
 
-    async def _call_stream(self, payload: dict[str, Any], headers: dict[str, str],
-                           task_id: str | None) -> tuple[Any, str | None]:
+    async def _call_stream(
+        self, payload: dict[str, Any], headers: dict[str, str], task_id: str | None
+    ) -> tuple[Any, str | None]:
         state = _SSEState(task_id)
         try:
             # never resend a tool call on a stale connection: it may have run
-            async with self.http.stream("POST", f"{self.url}/{self.env}/call", orjson.dumps(payload), headers,
-                                        retry_stale=False, connect_timeout=self.policy.timeout) as resp:
+            async with self.http.stream(
+                "POST",
+                f"{self.url}/{self.env}/call",
+                orjson.dumps(payload),
+                headers,
+                retry_stale=False,
+                connect_timeout=self.policy.timeout,
+            ) as resp:
                 if resp.status in RETRY_STATUSES:
-                    raise _Retryable(f"/call on {self.url}: HTTP {resp.status}", retry_after=_retry_after(resp.headers))
+                    raise _Retryable(
+                        f"/call on {self.url}: HTTP {resp.status}",
+                        retry_after=_retry_after(resp.headers),
+                    )
                 if resp.status != 200:
                     raw = b"".join([c async for c in resp.iter_chunks()])
-                    raise EnvFailure(f"/call on {self.url}: HTTP {resp.status}: "
-                                     f"{_one_line(raw.decode('utf-8', 'replace'))}")
+                    raise EnvFailure(
+                        f"/call on {self.url}: HTTP {resp.status}: "
+                        f"{_one_line(raw.decode('utf-8', 'replace'))}"
+                    )
                 result = None
-                async for chunk in resp.iter_chunks():  # read to the end so the connection can be reused
+                async for (
+                    chunk
+                ) in resp.iter_chunks():  # read to the end so the connection can be reused
                     if result is None:
                         result = state.feed(chunk)
                 if result is not None:
@@ -291,7 +357,9 @@ class LocalEnvSession:
         if self.sid is None:
             return
         try:
-            if self._created:  # like the SDK's session exit: /delete ends the env and the session id
+            if (
+                self._created
+            ):  # like the SDK's session exit: /delete ends the env and the session id
                 await self._request_quiet("POST", "/delete")
         finally:
             self.sid = None
@@ -327,7 +395,7 @@ class _SSEState:
             if i < 0:
                 return None
             line = self._buf[:i].decode("utf-8", "replace").rstrip("\r")
-            self._buf = self._buf[i + 1:]
+            self._buf = self._buf[i + 1 :]
             if not line:
                 if self._event is not None:
                     text = "\n".join(self._data)
@@ -416,39 +484,67 @@ class HostedEnvSession:
             cm = env.session(split=self.task.split, index=self.task.index, secrets=secrets)
         else:
             owner, _, name = self.task.env.partition("/")
-            cm = env.session(task=Task(server_name=name, environment_name=None,  # type: ignore[arg-type]
-                                       task_spec=self.task.task_spec or {}, namespace=owner), secrets=secrets)
+            cm = env.session(
+                task=Task(
+                    server_name=name,
+                    environment_name=None,  # type: ignore[arg-type]
+                    task_spec=self.task.task_spec or {},
+                    namespace=owner,
+                ),
+                secrets=secrets,
+            )
         try:
             self._session = await asyncio.wait_for(cm.__aenter__(), self.policy.timeout)
         except Exception as e:
-            raise EnvFailure(f"cannot open a session on {self.task.env}: {type(e).__name__}: {_one_line(str(e))}") from None
+            raise EnvFailure(
+                f"cannot open a session on {self.task.env}: {type(e).__name__}: {_one_line(str(e))}"
+            ) from None
         self.sid = self._session.sid
 
     async def _guard(self, what: str, coro: Any, timeout: float) -> Any:
         try:
             return await asyncio.wait_for(coro, timeout)
         except Exception as e:
-            raise EnvFailure(f"{what} on {self.task.env}: {type(e).__name__}: {_one_line(str(e))}") from None
+            raise EnvFailure(
+                f"{what} on {self.task.env}: {type(e).__name__}: {_one_line(str(e))}"
+            ) from None
 
     async def prompt_text(self) -> str:
-        return blocks_to_text(await self._guard("get_prompt", self._session.get_prompt(), self.policy.timeout))
+        return blocks_to_text(
+            await self._guard("get_prompt", self._session.get_prompt(), self.policy.timeout)
+        )
 
     async def tools(self) -> list[dict[str, Any]]:
         specs = await self._guard("list_tools", self._session.list_tools(), self.policy.timeout)
-        return [{"name": s.name, "description": s.description, "input_schema": s.input_schema} for s in specs]
+        return [
+            {"name": s.name, "description": s.description, "input_schema": s.input_schema}
+            for s in specs
+        ]
 
     async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult:
         from openreward.api.errors import ToolCallError as SDKToolCallError
 
         try:
-            out = await asyncio.wait_for(self._session.call_tool(name, arguments), self.policy.call_timeout)
+            out = await asyncio.wait_for(
+                self._session.call_tool(name, arguments), self.policy.call_timeout
+            )
         except SDKToolCallError as e:
-            return ToolResult(text=f"Error: {e}", reward=None, finished=False,
-                              error_kind=_ORS_REJECTION_KINDS.get(getattr(e, "reason", ""), "env_rejected"))
+            return ToolResult(
+                text=f"Error: {e}",
+                reward=None,
+                finished=False,
+                error_kind=_ORS_REJECTION_KINDS.get(getattr(e, "reason", ""), "env_rejected"),
+            )
         except Exception as e:
-            raise EnvFailure(f"tool call {name!r} on {self.task.env}: {type(e).__name__}: {_one_line(str(e))}") from None
-        return ToolResult(text=blocks_to_text(out.blocks), reward=out.reward, finished=bool(out.finished),
-                          metadata=out.metadata)
+            raise EnvFailure(
+                f"tool call {name!r} on {self.task.env}: {type(e).__name__}: {_one_line(str(e))}"
+            ) from None
+        return ToolResult(
+            text=blocks_to_text(out.blocks),
+            reward=out.reward,
+            finished=bool(out.finished),
+            metadata=out.metadata,
+        )
 
     async def close(self) -> None:
         if self._session is None:
@@ -460,7 +556,9 @@ class HostedEnvSession:
             pass
 
 
-_SDK_CLIENTS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+_SDK_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _sdk_client(cls: Any) -> Any:
@@ -471,11 +569,15 @@ def _sdk_client(cls: Any) -> Any:
     return client
 
 
-def open_session(task: TaskMeta, urls: list[str], key: str, policy: RetryPolicy = RetryPolicy()) -> EnvSession:
+def open_session(
+    task: TaskMeta, urls: list[str], key: str, policy: RetryPolicy = RetryPolicy()
+) -> EnvSession:
     """An unopened session for `task`: hosted via the SDK for `Owner/Name`, else on our env server."""
     if task.hosted:
         return HostedEnvSession(task, policy)
-    return LocalEnvSession(client_for_loop(), pick_server(task.env_server or urls, key), task, policy)
+    return LocalEnvSession(
+        client_for_loop(), pick_server(task.env_server or urls, key), task, policy
+    )
 
 
 async def close_shared_http() -> None:

@@ -72,8 +72,16 @@ class EpisodeResult:
 class Episode:
     """One episode's state; `run()` drives it to the end."""
 
-    def __init__(self, session: EnvSession, engine: EngineClient, renderer: ChatRenderer, task: TaskMeta,
-                 sampling_params: dict[str, Any], budget: Budget, routing_key: str) -> None:
+    def __init__(
+        self,
+        session: EnvSession,
+        engine: EngineClient,
+        renderer: ChatRenderer,
+        task: TaskMeta,
+        sampling_params: dict[str, Any],
+        budget: Budget,
+        routing_key: str,
+    ) -> None:
         self.session = session
         self.engine = engine
         self.renderer = renderer
@@ -106,23 +114,42 @@ class Episode:
             self.t_env += time.perf_counter() - t_close
         reward = reduce_rewards(self.turn_rewards, self.env_finished, self.task.reward)
         return EpisodeResult(
-            ledger=self.ledger, messages=self.messages, turn_rewards=self.turn_rewards,
-            env_finished=self.env_finished, stop_reason=stop, status=status, num_turns=self.num_turns,
-            num_tool_calls=self.num_tool_calls, tool_errors=dict(self.tool_errors), reward=reward,
-            failure=failure, session_url=self.session.url,
-            timings={"generate": self.t_generate, "env": self.t_env, "total": time.perf_counter() - t0})
+            ledger=self.ledger,
+            messages=self.messages,
+            turn_rewards=self.turn_rewards,
+            env_finished=self.env_finished,
+            stop_reason=stop,
+            status=status,
+            num_turns=self.num_turns,
+            num_tool_calls=self.num_tool_calls,
+            tool_errors=dict(self.tool_errors),
+            reward=reward,
+            failure=failure,
+            session_url=self.session.url,
+            timings={
+                "generate": self.t_generate,
+                "env": self.t_env,
+                "total": time.perf_counter() - t0,
+            },
+        )
 
     async def _open(self) -> tuple[list[dict[str, Any]], set[str]]:
         t = time.perf_counter()
         await self.session.open()
-        if self.task.tools:  # prepare_tasks.py wrote the task's tool schemas: no need to ask the env
+        if (
+            self.task.tools
+        ):  # prepare_tasks.py wrote the task's tool schemas: no need to ask the env
             prompt_text, ors_tools = await self.session.prompt_text(), []
             tools = self.task.tools
         else:
-            prompt_text, ors_tools = await asyncio.gather(self.session.prompt_text(), self.session.tools())
+            prompt_text, ors_tools = await asyncio.gather(
+                self.session.prompt_text(), self.session.tools()
+            )
             tools = [ors_tool_to_openai(s) for s in ors_tools]
         self.t_env += time.perf_counter() - t
-        names = {s["name"] for s in ors_tools} or {t["function"]["name"] for t in tools if "function" in t}
+        names = {s["name"] for s in ors_tools} or {
+            t["function"]["name"] for t in tools if "function" in t
+        }
         self.messages = self.renderer.prompt_messages(prompt_text)
         self.ledger = TokenLedger(self.renderer.prompt_ids(prompt_text, tools))
         return tools, names
@@ -172,7 +199,9 @@ class Episode:
                 msg["tool_calls"] = calls
             self.messages.append(msg)
             if out.finish_reason == "length":
-                return (CONTEXT_BUDGET if params["max_new_tokens"] == remaining else RESPONSE_LENGTH), "truncated"
+                return (
+                    CONTEXT_BUDGET if params["max_new_tokens"] == remaining else RESPONSE_LENGTH
+                ), "truncated"
             if not parsed.calls:
                 if self.task.on_no_tool_call == "nudge" and not nudged:
                     nudged = True
@@ -198,9 +227,18 @@ class Episode:
         contents: list[str] = []
         for call in calls:
             self.num_tool_calls += 1
-            tool_msg: dict[str, Any] = {"role": "tool", "tool_call_id": call.call_id, "name": call.name}
+            tool_msg: dict[str, Any] = {
+                "role": "tool",
+                "tool_call_id": call.call_id,
+                "name": call.name,
+            }
             if self.env_finished:
-                text, reward, finished, error = "Error: the episode has already finished.", None, True, "after_finish"
+                text, reward, finished, error = (
+                    "Error: the episode has already finished.",
+                    None,
+                    True,
+                    "after_finish",
+                )
             elif isinstance(call, ToolCallError):
                 text, reward, finished, error = f"Error: {call.message}", None, False, call.kind
             else:
@@ -217,4 +255,3 @@ class Episode:
             self.messages.append(tool_msg)
             contents.append(text)
         return contents
-

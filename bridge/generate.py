@@ -32,14 +32,28 @@ log = logging.getLogger(__name__)
 
 # Keys this function writes into sample.metadata (bridge/metrics.py reads them; keep stable).
 METADATA_KEYS = (
-    "stop_reason", "num_turns", "num_tool_calls", "tool_errors", "turn_rewards", "reward_unclamped",
-    "env_finished", "drift_count", "env_failure", "engine_failure", "failure_message", "bridge_timings",
-    "response_tokens", "trained_tokens", "env_url",
+    "stop_reason",
+    "num_turns",
+    "num_tool_calls",
+    "tool_errors",
+    "turn_rewards",
+    "reward_unclamped",
+    "env_finished",
+    "drift_count",
+    "env_failure",
+    "engine_failure",
+    "failure_message",
+    "bridge_timings",
+    "response_tokens",
+    "trained_tokens",
+    "env_url",
 )
 
 _CONFIG: dict[str, TrainConfig | None] = {}
-_ENGINES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EngineClient]]" = weakref.WeakKeyDictionary()
-_RENDERER_TASKS: dict[tuple[Any, ...], "asyncio.Future[ChatRenderer]"] = {}
+_ENGINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EngineClient]] = (
+    weakref.WeakKeyDictionary()
+)
+_RENDERER_TASKS: dict[tuple[Any, ...], asyncio.Future[ChatRenderer]] = {}
 _WARNED: set[str] = set()
 
 
@@ -79,7 +93,8 @@ async def _renderer(path: str, thinking: bool, system_prompt: str | None) -> Cha
     fut = _RENDERER_TASKS.get(key)
     if fut is None or (fut.done() and fut.exception() is not None):
         fut = _RENDERER_TASKS[key] = asyncio.ensure_future(
-            asyncio.to_thread(get_renderer, path, thinking, system_prompt))
+            asyncio.to_thread(get_renderer, path, thinking, system_prompt)
+        )
         fut.add_done_callback(_maybe_freeze_heap)
     return await asyncio.shield(fut)
 
@@ -128,7 +143,9 @@ def _sink(cfg: TrainConfig | None) -> Any:
 
         return get_sink(cfg)
     except Exception as e:  # never let trajectory delivery break a rollout
-        _warn_once(f"trajectory sink unavailable, episodes will not be recorded: {type(e).__name__}: {e}")
+        _warn_once(
+            f"trajectory sink unavailable, episodes will not be recorded: {type(e).__name__}: {e}"
+        )
         return None
 
 
@@ -141,26 +158,45 @@ def _placeholder_ledger(prompt: list[int], token: int) -> TokenLedger:
 
 def _fail_early(sample: Any, message: str, eos_id: int | None) -> Any:
     """A sample that could not even start an episode: no loss, reward 0.0, removed."""
-    prompt = list(sample.tokens) if getattr(sample, "tokens", None) else ([eos_id] if eos_id is not None else [0])
-    fill_sample(sample, _placeholder_ledger(prompt, eos_id if eos_id is not None else prompt[-1]), None)
+    prompt = (
+        list(sample.tokens)
+        if getattr(sample, "tokens", None)
+        else ([eos_id] if eos_id is not None else [0])
+    )
+    fill_sample(
+        sample, _placeholder_ledger(prompt, eos_id if eos_id is not None else prompt[-1]), None
+    )
     zero_loss(sample)
     sample.reward = 0.0
     sample.remove_sample = True
     sample.status = status_value(sample, "FAILED")
     md = sample.metadata if isinstance(sample.metadata, dict) else {}
-    md.update(stop_reason="setup_error", failure_message=message, env_failure=0, engine_failure=0,
-              num_turns=0, num_tool_calls=0, tool_errors={}, turn_rewards=[], drift_count=0)
+    md.update(
+        stop_reason="setup_error",
+        failure_message=message,
+        env_failure=0,
+        engine_failure=0,
+        num_turns=0,
+        num_tool_calls=0,
+        tool_errors={},
+        turn_rewards=[],
+        drift_count=0,
+    )
     sample.metadata = md
     _warn_once(f"bridge: {message}")
     return sample
 
 
 def _context_budget(args: Any) -> Budget:
-    return Budget(max_context_len=getattr(args, "rollout_max_context_len", None) or None,
-                  max_response_len=getattr(args, "rollout_max_response_len", None) or None)
+    return Budget(
+        max_context_len=getattr(args, "rollout_max_context_len", None) or None,
+        max_response_len=getattr(args, "rollout_max_response_len", None) or None,
+    )
 
 
-async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], evaluation: bool = False) -> Any:
+async def generate(
+    args: Any, sample: Any, sampling_params: dict[str, Any], evaluation: bool = False
+) -> Any:
     """Run one episode for `sample` and return it filled (slime's custom generate function)."""
     try:
         md = task_metadata(sample)
@@ -174,8 +210,12 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
     try:
         renderer = await _renderer(args.hf_checkpoint, thinking, system_prompt)
     except Exception as e:
-        return _fail_early(sample, f"cannot load tokenizer/chat template from {args.hf_checkpoint!r}: "
-                                   f"{type(e).__name__}: {e}", None)
+        return _fail_early(
+            sample,
+            f"cannot load tokenizer/chat template from {args.hf_checkpoint!r}: "
+            f"{type(e).__name__}: {e}",
+            None,
+        )
     params = dict(sampling_params)  # slime shares the eval dict between samples: never mutate it
     key = getattr(sample, "session_id", None) or uuid.uuid4().hex
     urls = cfg.env_server_urls if cfg is not None else []
@@ -186,13 +226,17 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
     episode = Episode(session, _engine(args), renderer, task, params, _context_budget(args), key)
     try:
         result = await episode.run()
-    except Exception as e:  # a bug, not an env/engine failure: still never crash slime's rollout loop
+    except (
+        Exception
+    ) as e:  # a bug, not an env/engine failure: still never crash slime's rollout loop
         log.exception("bridge: episode raised")
         return _fail_early(sample, f"bridge error: {type(e).__name__}: {e}", renderer.eos_token_id)
     try:
         _write_sample(args, sample, result, renderer)
     except Exception as e:  # e.g. slime's own Sample validation: report, do not crash the rollout
-        return _fail_early(sample, f"cannot fill the sample: {type(e).__name__}: {e}", renderer.eos_token_id)
+        return _fail_early(
+            sample, f"cannot fill the sample: {type(e).__name__}: {e}", renderer.eos_token_id
+        )
     _submit(cfg, args, sample, task, result, evaluation)
     return sample
 
@@ -243,8 +287,14 @@ def _write_sample(args: Any, sample: Any, result: EpisodeResult, renderer: ChatR
     )
 
 
-def _submit(cfg: TrainConfig | None, args: Any, sample: Any, task: TaskMeta, result: EpisodeResult,
-            evaluation: bool) -> None:
+def _submit(
+    cfg: TrainConfig | None,
+    args: Any,
+    sample: Any,
+    task: TaskMeta,
+    result: EpisodeResult,
+    evaluation: bool,
+) -> None:
     """Hand the finished episode to the trajectory sink; never waits, never raises."""
     try:
         sink = _sink(cfg)
@@ -252,21 +302,44 @@ def _submit(cfg: TrainConfig | None, args: Any, sample: Any, task: TaskMeta, res
             return
         traj = Trajectory(
             run_name=cfg.run_name if cfg is not None else "slime-envs",
-            env=task.env, split=task.split, index=task.index, task_spec=task.task_spec,
-            messages=result.messages, turn_rewards=list(result.turn_rewards), reward=float(sample.reward),
-            reward_reduction=task.reward.reward_reduction, stop_reason=result.stop_reason,
-            status=sample.status.value, num_turns=result.num_turns, num_tool_calls=result.num_tool_calls,
-            tool_errors=dict(result.tool_errors), drift_count=sample.metadata.get("drift_count", 0),
-            token_ids=list(sample.tokens), prompt_length=len(sample.tokens) - sample.response_length,
-            loss_mask=list(sample.loss_mask), logprobs=list(sample.rollout_log_probs or []),
-            timings=dict(result.timings), evaluation=evaluation,
-            group_index=getattr(sample, "group_index", None), sample_index=getattr(sample, "index", None),
-            extra={"session_url": result.session_url, "failure": result.failure,
-                   "tokenizer": getattr(args, "hf_checkpoint", None)},
+            env=task.env,
+            split=task.split,
+            index=task.index,
+            task_spec=task.task_spec,
+            messages=result.messages,
+            turn_rewards=list(result.turn_rewards),
+            reward=float(sample.reward),
+            reward_reduction=task.reward.reward_reduction,
+            stop_reason=result.stop_reason,
+            status=sample.status.value,
+            num_turns=result.num_turns,
+            num_tool_calls=result.num_tool_calls,
+            tool_errors=dict(result.tool_errors),
+            drift_count=sample.metadata.get("drift_count", 0),
+            token_ids=list(sample.tokens),
+            prompt_length=len(sample.tokens) - sample.response_length,
+            loss_mask=list(sample.loss_mask),
+            logprobs=list(sample.rollout_log_probs or []),
+            timings=dict(result.timings),
+            evaluation=evaluation,
+            group_index=getattr(sample, "group_index", None),
+            sample_index=getattr(sample, "index", None),
+            extra={
+                "session_url": result.session_url,
+                "failure": result.failure,
+                "tokenizer": getattr(args, "hf_checkpoint", None),
+            },
         )
         sink.submit(traj)
     except Exception as e:
         _warn_once(f"trajectory not recorded: {type(e).__name__}: {e}")
 
 
-__all__ = ["generate", "METADATA_KEYS", "train_config", "task_metadata", "set_trajectory_sink", "close_clients"]
+__all__ = [
+    "METADATA_KEYS",
+    "close_clients",
+    "generate",
+    "set_trajectory_sink",
+    "task_metadata",
+    "train_config",
+]

@@ -17,16 +17,18 @@ import contextlib
 import time
 import weakref
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
-
 if hasattr(asyncio, "timeout"):  # Python 3.11+: no extra task per timed request
+
     def deadline(seconds: float | None) -> Any:
         """Cancel the enclosed awaits after `seconds` (raising TimeoutError); None: no limit."""
         return asyncio.timeout(seconds)
 else:  # pragma: no cover - Python 3.10
+
     @contextlib.asynccontextmanager
     async def deadline(seconds: float | None) -> AsyncIterator[None]:
         if seconds is None:
@@ -95,8 +97,9 @@ class HTTPClient:
             async with deadline(timeout):
                 reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
         except (OSError, asyncio.TimeoutError) as e:
-            raise HTTPError(f"cannot connect to {host}:{port}: {type(e).__name__} {e}".strip(), connected=False) \
-                from None
+            raise HTTPError(
+                f"cannot connect to {host}:{port}: {type(e).__name__} {e}".strip(), connected=False
+            ) from None
         return _Conn(reader, writer)
 
     def _take_idle(self, key: tuple[str, int]) -> _Conn | None:
@@ -104,8 +107,11 @@ class HTTPClient:
         now = time.monotonic()
         while pool:
             conn = pool.pop()
-            if now - conn.idle_since < self.reuse_idle_s and not conn.reader.at_eof() \
-                    and not conn.writer.is_closing():
+            if (
+                now - conn.idle_since < self.reuse_idle_s
+                and not conn.reader.at_eof()
+                and not conn.writer.is_closing()
+            ):
                 return conn
             conn.close()
         return None
@@ -122,7 +128,14 @@ class HTTPClient:
         pool.append(conn)
 
     @staticmethod
-    def _head(method: str, host: str, port: int, path: str, headers: dict[str, str] | None, body: bytes | None) -> bytes:
+    def _head(
+        method: str,
+        host: str,
+        port: int,
+        path: str,
+        headers: dict[str, str] | None,
+        body: bytes | None,
+    ) -> bytes:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
         if headers:
             lines.extend(f"{k}: {v}" for k, v in headers.items())
@@ -132,9 +145,15 @@ class HTTPClient:
             lines.append("Content-Length: 0")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    async def request(self, method: str, url: str, body: bytes | None = None,
-                      headers: dict[str, str] | None = None, timeout: float | None = None,
-                      retry_stale: bool = True) -> Response:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        retry_stale: bool = True,
+    ) -> Response:
         """One request; the whole body is read. `timeout` bounds the whole exchange (None: no limit)."""
         if timeout is None:
             return await self._request(method, url, body, headers, retry_stale, None)
@@ -144,16 +163,30 @@ class HTTPClient:
         except asyncio.TimeoutError:
             raise HTTPError(f"{method} {url} timed out after {timeout:g} s") from None
 
-    async def _request(self, method: str, url: str, body: bytes | None, headers: dict[str, str] | None,
-                       retry_stale: bool, timeout: float | None) -> Response:
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str] | None,
+        retry_stale: bool,
+        timeout: float | None,
+    ) -> Response:
         chunks: list[bytes] = []
         async with self.stream(method, url, body, headers, retry_stale, timeout) as resp:
             async for chunk in resp.iter_chunks():
                 chunks.append(chunk)
         return Response(resp.status, resp.headers, b"".join(chunks))
 
-    def stream(self, method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-               retry_stale: bool = True, connect_timeout: float | None = None) -> "_Exchange":
+    def stream(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        retry_stale: bool = True,
+        connect_timeout: float | None = None,
+    ) -> _Exchange:
         """`async with client.stream(...) as resp: async for chunk in resp.iter_chunks(): ...`"""
         return _Exchange(self, method, url, body, headers, retry_stale, connect_timeout)
 
@@ -167,8 +200,16 @@ class HTTPClient:
 class _Exchange:
     """One request/response on a pooled connection."""
 
-    def __init__(self, client: HTTPClient, method: str, url: str, body: bytes | None,
-                 headers: dict[str, str] | None, retry_stale: bool, connect_timeout: float | None) -> None:
+    def __init__(
+        self,
+        client: HTTPClient,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str] | None,
+        retry_stale: bool,
+        connect_timeout: float | None,
+    ) -> None:
         self.client = client
         self.method, self.url, self.body, self.req_headers = method, url, body, headers
         self.retry_stale = retry_stale
@@ -185,9 +226,10 @@ class _Exchange:
         self._reusable = False
         self._done = False
 
-    async def __aenter__(self) -> "_Exchange":
-        payload = self.client._head(self.method, self.host, self.port, self.path, self.req_headers, self.body) \
-            + (self.body or b"")
+    async def __aenter__(self) -> _Exchange:
+        payload = self.client._head(
+            self.method, self.host, self.port, self.path, self.req_headers, self.body
+        ) + (self.body or b"")
         conn = self.client._take_idle(self.key)
         reused = conn is not None
         if conn is None:
@@ -198,13 +240,19 @@ class _Exchange:
             except (OSError, asyncio.IncompleteReadError, HTTPError) as e:
                 conn.close()
                 if not (reused and self.retry_stale and isinstance(e, _NoResponse)):
-                    raise HTTPError(f"{self.method} {self.url}: {type(e).__name__} {e}".strip()) from None
+                    raise HTTPError(
+                        f"{self.method} {self.url}: {type(e).__name__} {e}".strip()
+                    ) from None
                 conn = await self.client._connect(self.host, self.port, self.connect_timeout)
                 try:
                     await self._send_and_read_head(conn, payload)
                 except (OSError, asyncio.IncompleteReadError, HTTPError) as e2:
-                    raise HTTPError(f"{self.method} {self.url}: {type(e2).__name__} {e2}".strip()) from None
-        except BaseException:  # errors and cancellation: never leave a half-used connection in the pool
+                    raise HTTPError(
+                        f"{self.method} {self.url}: {type(e2).__name__} {e2}".strip()
+                    ) from None
+        except (
+            BaseException
+        ):  # errors and cancellation: never leave a half-used connection in the pool
             conn.close()
             raise
         self.conn = conn
@@ -267,7 +315,9 @@ class _Exchange:
                     yield data
         except (OSError, asyncio.IncompleteReadError, ValueError) as e:
             self._reusable = False
-            raise HTTPError(f"{self.method} {self.url}: response broke: {type(e).__name__} {e}".strip()) from None
+            raise HTTPError(
+                f"{self.method} {self.url}: response broke: {type(e).__name__} {e}".strip()
+            ) from None
         self._done = True
 
     async def __aexit__(self, *exc: object) -> None:
@@ -294,7 +344,9 @@ class _NoResponse(HTTPError):
     """The connection died before any response byte: on a reused connection, safe to resend."""
 
 
-_CLIENTS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HTTPClient]" = weakref.WeakKeyDictionary()
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HTTPClient] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def client_for_loop() -> HTTPClient:

@@ -25,7 +25,8 @@ import math
 import os
 import statistics
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def episode_metrics(samples: Iterable[Any], solve_threshold: float | None = None) -> dict[str, dict[str, float]]:
+def episode_metrics(
+    samples: Iterable[Any], solve_threshold: float | None = None
+) -> dict[str, dict[str, float]]:
     """Per environment (plus `all`): metric name -> value, for a batch of finished samples."""
     groups: dict[str, list[Any]] = defaultdict(list)
     for s in samples:
@@ -154,7 +157,9 @@ def _group_metrics(samples: list[Any], solve_threshold: float | None) -> dict[st
 
 def flatten(per_env: dict[str, dict[str, float]], prefix: str) -> dict[str, float]:
     """`{env: {metric: v}}` as W&B keys `<prefix>/env/<env>/<metric>`."""
-    return {f"{prefix}/env/{env}/{k}": v for env, metrics in per_env.items() for k, v in metrics.items()}
+    return {
+        f"{prefix}/env/{env}/{k}": v for env, metrics in per_env.items() for k, v in metrics.items()
+    }
 
 
 def _threshold(args: Any) -> float | None:
@@ -164,8 +169,15 @@ def _threshold(args: Any) -> float | None:
 
 def rollout_step(args: Any, rollout_id: int) -> int:
     """The x-axis slime uses for rollout metrics (its compute_rollout_step)."""
-    if getattr(args, "wandb_always_use_train_step", False) and getattr(args, "global_batch_size", None):
-        return rollout_id * args.rollout_batch_size * args.n_samples_per_prompt // args.global_batch_size
+    if getattr(args, "wandb_always_use_train_step", False) and getattr(
+        args, "global_batch_size", None
+    ):
+        return (
+            rollout_id
+            * args.rollout_batch_size
+            * args.n_samples_per_prompt
+            // args.global_batch_size
+        )
     return rollout_id
 
 
@@ -204,12 +216,19 @@ def _summary(per_env: dict[str, dict[str, float]]) -> str:
     parts = []
     for env, m in sorted(per_env.items()):
         if "reward_mean" in m:
-            parts.append(f"{env}: n={int(m['episodes'])} reward={m['reward_mean']:.3f} solved={m['solve_rate']:.2f}")
+            parts.append(
+                f"{env}: n={int(m['episodes'])} reward={m['reward_mean']:.3f} solved={m['solve_rate']:.2f}"
+            )
     return "; ".join(parts)
 
 
-def log_rollout(rollout_id: int, args: Any, samples: list[Any], rollout_extra_metrics: dict | None,
-                rollout_time: float) -> bool:
+def log_rollout(
+    rollout_id: int,
+    args: Any,
+    samples: list[Any],
+    rollout_extra_metrics: dict | None,
+    rollout_time: float,
+) -> bool:
     """slime's custom rollout-log hook. Returns False: slime's default rollout metrics are logged too."""
     per_env = episode_metrics(samples, _threshold(args))
     metrics = flatten(per_env, "rollout")
@@ -219,7 +238,9 @@ def log_rollout(rollout_id: int, args: Any, samples: list[Any], rollout_extra_me
     return False
 
 
-def log_eval_rollout(rollout_id: int, args: Any, data: dict[str, dict[str, Any]], extra_metrics: dict | None) -> bool:
+def log_eval_rollout(
+    rollout_id: int, args: Any, data: dict[str, dict[str, Any]], extra_metrics: dict | None
+) -> bool:
     """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated", "samples"}."""
     metrics: dict[str, float] = {}
     for name, d in (data or {}).items():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from bridge.config import RewardSettings
 
@@ -23,8 +23,9 @@ class RewardOutcome:
     values: list[float]  # the values that went into the reduction
 
 
-def reduce_rewards(turn_rewards: Sequence[float | None], env_finished: bool,
-                   settings: RewardSettings) -> RewardOutcome:
+def reduce_rewards(
+    turn_rewards: Sequence[float | None], env_finished: bool, settings: RewardSettings
+) -> RewardOutcome:
     """Reduce per-tool-call rewards to one float.
 
     `None` entries (tools that gave no reward) are ignored. When the environment never
@@ -37,8 +38,10 @@ def reduce_rewards(turn_rewards: Sequence[float | None], env_finished: bool,
     try:
         reducer = _REDUCERS[settings.reward_reduction]
     except KeyError:
-        raise ValueError(f"unknown reward_reduction {settings.reward_reduction!r}; "
-                         f"use one of {', '.join(_REDUCERS)}") from None
+        raise ValueError(
+            f"unknown reward_reduction {settings.reward_reduction!r}; "
+            f"use one of {', '.join(_REDUCERS)}"
+        ) from None
     unclamped = reducer(values) if values else 0.0
     lo, hi = settings.min_reward, settings.max_reward
     reward = min(max(unclamped, lo), hi)

@@ -44,7 +44,7 @@ class TaskMeta(BaseModel):
         return is_hosted(self.env)
 
     @model_validator(mode="after")
-    def _task_source(self) -> "TaskMeta":
+    def _task_source(self) -> TaskMeta:
         if (self.split is None) != (self.index is None):
             raise ValueError("split and index go together")
         if self.task_spec is None and self.index is None:
@@ -58,7 +58,7 @@ class TaskMeta(BaseModel):
         return {"task_spec": self.task_spec}
 
     @classmethod
-    def from_env_config(cls, env: str, cfg: EnvConfig, **fields: Any) -> "TaskMeta":
+    def from_env_config(cls, env: str, cfg: EnvConfig, **fields: Any) -> TaskMeta:
         """Build task metadata from an `environments:` entry plus the task's own fields."""
         return cls(
             env=env,

@@ -46,8 +46,13 @@ class TokenLedger:
     def response_length(self) -> int:
         return len(self.ids) - len(self.prompt_ids)
 
-    def add_sampled(self, ids: list[int], logprobs: list[float], text: str,
-                    meta_info: dict[str, Any] | None = None) -> None:
+    def add_sampled(
+        self,
+        ids: list[int],
+        logprobs: list[float],
+        text: str,
+        meta_info: dict[str, Any] | None = None,
+    ) -> None:
         """Append ids the model sampled: trained (mask 1) with the engine's logprobs."""
         if len(logprobs) != len(ids):
             raise LedgerError(f"engine returned {len(ids)} output ids but {len(logprobs)} logprobs")
@@ -151,8 +156,14 @@ def fill_sample(sample: Any, ledger: TokenLedger, args: Any = None) -> None:
     if append is not None:
         for seg in ledger.segments:
             if seg.trainable:
-                append(args, tokens=seg.ids, log_probs=seg.logprobs, trainable=True,
-                       meta_info=seg.meta_info, text=seg.text)
+                append(
+                    args,
+                    tokens=seg.ids,
+                    log_probs=seg.logprobs,
+                    trainable=True,
+                    meta_info=seg.meta_info,
+                    text=seg.text,
+                )
             else:
                 append(args, tokens=seg.ids, trainable=False, text=seg.text)
         if sample.loss_mask is None:
@@ -168,9 +179,14 @@ def fill_sample(sample: Any, ledger: TokenLedger, args: Any = None) -> None:
         for seg in ledger.segments:
             if seg.meta_info:
                 _apply_engine_meta(sample, seg.meta_info)
-    if len(sample.loss_mask) != sample.response_length or len(sample.rollout_log_probs) != sample.response_length:
-        raise LedgerError(f"sample misaligned: response_length {sample.response_length}, "
-                          f"loss_mask {len(sample.loss_mask)}, logprobs {len(sample.rollout_log_probs)}")
+    if (
+        len(sample.loss_mask) != sample.response_length
+        or len(sample.rollout_log_probs) != sample.response_length
+    ):
+        raise LedgerError(
+            f"sample misaligned: response_length {sample.response_length}, "
+            f"loss_mask {len(sample.loss_mask)}, logprobs {len(sample.rollout_log_probs)}"
+        )
 
 
 def _apply_engine_meta(sample: Any, meta_info: dict[str, Any]) -> None:

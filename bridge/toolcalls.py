@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import orjson
 
@@ -46,7 +46,7 @@ class ToolCallError:
     call_id: str = ""
 
 
-ParsedCall = Union[ToolCall, ToolCallError]
+ParsedCall = ToolCall | ToolCallError
 
 
 @dataclass
@@ -74,7 +74,9 @@ def _parse_block(body: str, known_tools: set[str] | None) -> ParsedCall:
     except orjson.JSONDecodeError as e:
         return ToolCallError(PARSE_ERROR, f"tool call is not valid JSON: {e}", raw)
     if not isinstance(obj, dict):
-        return ToolCallError(PARSE_ERROR, "tool call must be a JSON object with 'name' and 'arguments'", raw)
+        return ToolCallError(
+            PARSE_ERROR, "tool call must be a JSON object with 'name' and 'arguments'", raw
+        )
     name = obj.get("name")
     if not isinstance(name, str) or not name:
         return ToolCallError(PARSE_ERROR, "tool call has no 'name' string", raw)
@@ -85,16 +87,24 @@ def _parse_block(body: str, known_tools: set[str] | None) -> ParsedCall:
         try:
             args = orjson.loads(args) if args.strip() else {}
         except orjson.JSONDecodeError:
-            return ToolCallError(INVALID_ARGUMENTS, f"arguments of '{name}' are not a JSON object", raw, name)
+            return ToolCallError(
+                INVALID_ARGUMENTS, f"arguments of '{name}' are not a JSON object", raw, name
+            )
     if not isinstance(args, dict):
-        return ToolCallError(INVALID_ARGUMENTS, f"arguments of '{name}' must be a JSON object", raw, name)
+        return ToolCallError(
+            INVALID_ARGUMENTS, f"arguments of '{name}' must be a JSON object", raw, name
+        )
     if known_tools is not None and name not in known_tools:
         listed = ", ".join(sorted(known_tools))
-        return ToolCallError(UNKNOWN_TOOL, f"unknown tool '{name}'; available tools: {listed}", raw, name)
+        return ToolCallError(
+            UNKNOWN_TOOL, f"unknown tool '{name}'; available tools: {listed}", raw, name
+        )
     return ToolCall(name, args)
 
 
-def parse_turn(text: str, known_tools: set[str] | None = None, eos_text: str | None = None) -> ParsedTurn:
+def parse_turn(
+    text: str, known_tools: set[str] | None = None, eos_text: str | None = None
+) -> ParsedTurn:
     """Split a decoded assistant turn into reasoning, visible content and tool calls (in order)."""
     if eos_text and text.endswith(eos_text):
         text = text[: -len(eos_text)]
@@ -104,14 +114,19 @@ def parse_turn(text: str, known_tools: set[str] | None = None, eos_text: str | N
     pos = 0
     if TOOL_CALL_OPEN in rest:
         for m in _BLOCK.finditer(rest):
-            pieces.append(rest[pos:m.start()])
+            pieces.append(rest[pos : m.start()])
             pos = m.end()
             calls.append(_parse_block(m.group(1), known_tools))
         tail = rest[pos:]
         if TOOL_CALL_OPEN in tail:  # an opened block the model never closed
             cut = tail.index(TOOL_CALL_OPEN)
-            calls.append(ToolCallError(PARSE_ERROR, "tool call block is not closed with </tool_call>",
-                                       tail[cut + len(TOOL_CALL_OPEN):].strip()))
+            calls.append(
+                ToolCallError(
+                    PARSE_ERROR,
+                    "tool call block is not closed with </tool_call>",
+                    tail[cut + len(TOOL_CALL_OPEN) :].strip(),
+                )
+            )
             tail = tail[:cut]
         pieces.append(tail)
     else:

@@ -32,7 +32,9 @@ class Trajectory:
     status: str  # slime Sample.Status value: completed | truncated | aborted | failed
     num_turns: int
     num_tool_calls: int
-    tool_errors: dict[str, int]  # kind -> count (parse_error, unknown_tool, invalid_arguments, env_error, ...)
+    tool_errors: dict[
+        str, int
+    ]  # kind -> count (parse_error, unknown_tool, invalid_arguments, env_error, ...)
     drift_count: int
     token_ids: list[int]  # prompt + response
     prompt_length: int

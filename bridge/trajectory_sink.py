@@ -27,9 +27,10 @@ import threading
 import time
 import uuid
 import weakref
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import httpx
 import orjson
@@ -100,18 +101,33 @@ def _strip_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _strip_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
-def message_events(rollout_event_id: str, messages: list[dict[str, Any]], ts: int,
-                   environment_id: str | None = None) -> list[dict[str, Any]]:
+def message_events(
+    rollout_event_id: str,
+    messages: list[dict[str, Any]],
+    ts: int,
+    environment_id: str | None = None,
+) -> list[dict[str, Any]]:
     """Chat messages (the bridge's format) as SDK `message` events, in order."""
     out: list[dict[str, Any]] = []
     turn = 0
 
     def add(kind: str, content: str | None, **fields: Any) -> None:
         n = len(out)
-        out.append(_strip_none({"eventType": "message", "eventId": _event_uuid(rollout_event_id, n),
-                                "timestamp": ts, "index": n, "rolloutEventId": rollout_event_id,
-                                "environment_id": environment_id, "type": kind, "content": content,
-                                **fields}))
+        out.append(
+            _strip_none(
+                {
+                    "eventType": "message",
+                    "eventId": _event_uuid(rollout_event_id, n),
+                    "timestamp": ts,
+                    "index": n,
+                    "rolloutEventId": rollout_event_id,
+                    "environment_id": environment_id,
+                    "type": kind,
+                    "content": content,
+                    **fields,
+                }
+            )
+        )
 
     for m in messages:
         role = m.get("role")
@@ -129,12 +145,26 @@ def message_events(rollout_event_id: str, messages: list[dict[str, Any]], ts: in
                 add("assistant_message", text, metadata={"turn": turn})
             for c in calls:
                 fn = c.get("function") if isinstance(c.get("function"), dict) else c
-                add("tool_call", _args_text(fn.get("arguments")), name=str(fn.get("name") or "<unnamed>"),
-                    callId=c.get("id"), metadata={"turn": turn})
+                add(
+                    "tool_call",
+                    _args_text(fn.get("arguments")),
+                    name=str(fn.get("name") or "<unnamed>"),
+                    callId=c.get("id"),
+                    metadata={"turn": turn},
+                )
         elif role == "tool":
-            add("tool_result", _content_text(m.get("content")), callId=m.get("tool_call_id"),
-                reward=m.get("reward"), isFinished=bool(m.get("finished", False)),
-                metadata={"turn": turn, "tool": m.get("name"), "is_error": bool(m.get("is_error", False))})
+            add(
+                "tool_result",
+                _content_text(m.get("content")),
+                callId=m.get("tool_call_id"),
+                reward=m.get("reward"),
+                isFinished=bool(m.get("finished", False)),
+                metadata={
+                    "turn": turn,
+                    "tool": m.get("name"),
+                    "is_error": bool(m.get("is_error", False)),
+                },
+            )
         else:
             add("user_message", _content_text(m.get("content")), metadata={"role": role})
     return out
@@ -145,33 +175,70 @@ def trajectory_events(traj: Trajectory, environment_id: str | None = None) -> li
     rid = _rollout_uuid(traj.rollout_id)
     ts = int(traj.created_at * 1000)
     metadata = {
-        "source": HARNESS, "reward": traj.reward, "reward_reduction": traj.reward_reduction,
-        "turn_rewards": traj.turn_rewards, "stop_reason": traj.stop_reason, "status": traj.status,
-        "num_turns": traj.num_turns, "num_tool_calls": traj.num_tool_calls, "tool_errors": traj.tool_errors,
-        "drift_count": traj.drift_count, "evaluation": traj.evaluation, "group_index": traj.group_index,
-        "sample_index": traj.sample_index, "index": traj.index, "timings": traj.timings,
-        "prompt_length": traj.prompt_length, "token_ids": traj.token_ids, "loss_mask": traj.loss_mask,
-        "logprobs": traj.logprobs, "extra": traj.extra or None,
+        "source": HARNESS,
+        "reward": traj.reward,
+        "reward_reduction": traj.reward_reduction,
+        "turn_rewards": traj.turn_rewards,
+        "stop_reason": traj.stop_reason,
+        "status": traj.status,
+        "num_turns": traj.num_turns,
+        "num_tool_calls": traj.num_tool_calls,
+        "tool_errors": traj.tool_errors,
+        "drift_count": traj.drift_count,
+        "evaluation": traj.evaluation,
+        "group_index": traj.group_index,
+        "sample_index": traj.sample_index,
+        "index": traj.index,
+        "timings": traj.timings,
+        "prompt_length": traj.prompt_length,
+        "token_ids": traj.token_ids,
+        "loss_mask": traj.loss_mask,
+        "logprobs": traj.logprobs,
+        "extra": traj.extra or None,
     }
     if isinstance(traj.extra.get("tokenizer"), str):
         metadata["tokenizer"] = traj.extra["tokenizer"]
     name = f"{traj.env}/{traj.split}/{traj.index}" if traj.index is not None else traj.env
-    rollout = _strip_none({
-        "eventType": "rollout", "eventId": rid, "timestamp": ts, "runName": traj.run_name,
-        "rolloutName": name, "environment": traj.env, "environment_id": environment_id,
-        "split": traj.split, "metadata": metadata, "task_spec": traj.task_spec,
-        "run_info": {"model_name": str(traj.extra.get("model_name") or "unknown"),
-                     "run_type": "eval" if traj.evaluation else "train", "training_stage": "rl",
-                     "framework": "slime"},
-    })
+    rollout = _strip_none(
+        {
+            "eventType": "rollout",
+            "eventId": rid,
+            "timestamp": ts,
+            "runName": traj.run_name,
+            "rolloutName": name,
+            "environment": traj.env,
+            "environment_id": environment_id,
+            "split": traj.split,
+            "metadata": metadata,
+            "task_spec": traj.task_spec,
+            "run_info": {
+                "model_name": str(traj.extra.get("model_name") or "unknown"),
+                "run_type": "eval" if traj.evaluation else "train",
+                "training_stage": "rl",
+                "framework": "slime",
+            },
+        }
+    )
     events = [rollout, *message_events(rid, traj.messages, ts, environment_id)]
     total = traj.timings.get("total") if traj.timings else None
-    events.append(_strip_none({
-        "eventType": "rollout_update", "eventId": rid, "timestamp": ts,
-        "rollout_info": _strip_none({"task_index": traj.index if traj.index is not None else -1,
-                                     "duration_ms": int(total * 1000) if isinstance(total, (int, float)) else None,
-                                     "harness": HARNESS}),
-    }))
+    events.append(
+        _strip_none(
+            {
+                "eventType": "rollout_update",
+                "eventId": rid,
+                "timestamp": ts,
+                "rollout_info": _strip_none(
+                    {
+                        "task_index": traj.index if traj.index is not None else -1,
+                        "duration_ms": int(total * 1000)
+                        if isinstance(total, (int, float))
+                        else None,
+                        "harness": HARNESS,
+                    }
+                ),
+            }
+        )
+    )
     return events
 
 
@@ -191,7 +258,9 @@ def encode_line(events: list[dict[str, Any]]) -> bytes:
 
 # ---------------------------------------------------------------- spool files
 
-_SPOOL_NAME = re.compile(r"^(?P<stem>[\w.-]+?)\.(?P<pid>\d+)\.(?P<state>active|ready|claimed)\.jsonl$")
+_SPOOL_NAME = re.compile(
+    r"^(?P<stem>[\w.-]+?)\.(?P<pid>\d+)\.(?P<state>active|ready|claimed)\.jsonl$"
+)
 _OPEN_IN_THIS_PROCESS: set[str] = set()
 _OPEN_LOCK = threading.Lock()
 
@@ -223,7 +292,9 @@ class Spool:
         with self._lock:
             if self._active is None:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                self._active = self.dir / f"{self.stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.active.jsonl"
+                self._active = (
+                    self.dir / f"{self.stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.active.jsonl"
+                )
                 with _OPEN_LOCK:
                     _OPEN_IN_THIS_PROCESS.add(str(self._active))
             with open(self._active, "ab") as f:
@@ -243,7 +314,9 @@ class Spool:
             with _OPEN_LOCK:
                 _OPEN_IN_THIS_PROCESS.discard(str(active))
             try:
-                active.rename(active.with_name(active.name.replace(".active.jsonl", ".ready.jsonl")))
+                active.rename(
+                    active.with_name(active.name.replace(".active.jsonl", ".ready.jsonl"))
+                )
             except FileNotFoundError:
                 pass
 
@@ -300,7 +373,11 @@ def _read_lines(path: Path) -> list[bytes]:
 
 def _without_token_arrays(event: dict[str, Any]) -> dict[str, Any]:
     """A rollout event too big for one request (hosted limit): drop the token arrays, say so."""
-    meta = {k: v for k, v in (event.get("metadata") or {}).items() if k not in ("token_ids", "loss_mask", "logprobs")}
+    meta = {
+        k: v
+        for k, v in (event.get("metadata") or {}).items()
+        if k not in ("token_ids", "loss_mask", "logprobs")
+    }
     meta["tokens_omitted"] = "rollout event exceeded the upload size limit"
     return {**event, "metadata": meta}
 
@@ -316,8 +393,15 @@ class DeliveryError(Exception):
 class TrajectoryUploader:
     """Non-blocking, lossless uploader of trajectories as OpenReward rollout events."""
 
-    def __init__(self, url: str, spool_dir: str, run_name: str, api_key: str = "",
-                 hosted: bool = False, settings: SinkSettings | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        spool_dir: str,
+        run_name: str,
+        api_key: str = "",
+        hosted: bool = False,
+        settings: SinkSettings | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.hosted = hosted
@@ -356,8 +440,12 @@ class TrajectoryUploader:
             except asyncio.QueueFull:
                 self._spool_trajectories([trajectory])
         except Exception as e:  # never let the sink break generation
-            log.error("trajectory sink: submit failed, trajectory %s not queued: %s: %s",
-                      getattr(trajectory, "rollout_id", "?"), type(e).__name__, e)
+            log.error(
+                "trajectory sink: submit failed, trajectory %s not queued: %s: %s",
+                getattr(trajectory, "rollout_id", "?"),
+                type(e).__name__,
+                e,
+            )
 
     async def flush(self, timeout: float = 30.0) -> bool:
         """Deliver what is queued and spooled; True when nothing is left undelivered."""
@@ -410,8 +498,10 @@ class TrajectoryUploader:
         self._queue = asyncio.Queue(self.settings.queue_size)
         self._flush_now = asyncio.Event()
         self._spool_ready = asyncio.Event()
-        self._tasks = [loop.create_task(self._batch_loop(), name="trajectory-sink-batcher"),
-                       loop.create_task(self._spool_loop(), name="trajectory-sink-spool")]
+        self._tasks = [
+            loop.create_task(self._batch_loop(), name="trajectory-sink-batcher"),
+            loop.create_task(self._spool_loop(), name="trajectory-sink-spool"),
+        ]
         if self.spool.pending_files():
             self._spool_ready.set()
         return True
@@ -445,8 +535,10 @@ class TrajectoryUploader:
     def _http(self) -> httpx.AsyncClient:
         """The HTTP client, made on first use inside the background tasks (costly to build)."""
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.settings.request_timeout_s,
-                                             headers={"x-api-key": self.api_key, "User-Agent": f"{HARNESS}-sink"})
+            self._client = httpx.AsyncClient(
+                timeout=self.settings.request_timeout_s,
+                headers={"x-api-key": self.api_key, "User-Agent": f"{HARNESS}-sink"},
+            )
         return self._client
 
     async def _environment_id(self, env: str) -> str | None:
@@ -469,10 +561,16 @@ class TrajectoryUploader:
         size = n_events = 0
         started = 0.0
         while True:
-            timeout = None if not self._batch else max(0.0, started + self.settings.max_age_s - time.monotonic())
+            timeout = (
+                None
+                if not self._batch
+                else max(0.0, started + self.settings.max_age_s - time.monotonic())
+            )
             get = asyncio.ensure_future(self._queue.get())
             flush = asyncio.ensure_future(self._flush_now.wait())
-            done, _ = await asyncio.wait({get, flush}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {get, flush}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             flush.cancel()
             if get in done:
                 traj = get.result()
@@ -481,8 +579,12 @@ class TrajectoryUploader:
                     # Encoding a long episode takes a few ms of CPU: off the generation loop.
                     events, line = await asyncio.to_thread(_encode, traj, env_id)
                 except Exception as e:
-                    log.error("trajectory sink: cannot encode trajectory %s: %s: %s", traj.rollout_id,
-                              type(e).__name__, e)
+                    log.error(
+                        "trajectory sink: cannot encode trajectory %s: %s: %s",
+                        traj.rollout_id,
+                        type(e).__name__,
+                        e,
+                    )
                     self._in_memory -= 1
                     continue
                 if not self._batch:
@@ -497,9 +599,13 @@ class TrajectoryUploader:
                     await get
                 except asyncio.CancelledError:
                     pass
-            full = size >= self.settings.max_batch_bytes or n_events >= self.settings.max_batch_events
+            full = (
+                size >= self.settings.max_batch_bytes or n_events >= self.settings.max_batch_events
+            )
             aged = self._batch and time.monotonic() - started >= self.settings.max_age_s
-            if self._batch and (full or aged or self._flush_now.is_set() or self._queue.empty() and flush in done):
+            if self._batch and (
+                full or aged or self._flush_now.is_set() or (self._queue.empty() and flush in done)
+            ):
                 self._flush_now.clear()
                 lines, self._batch = self._batch, []
                 size = n_events = 0
@@ -554,16 +660,27 @@ class TrajectoryUploader:
 
     def _note_failure(self, message: str) -> None:
         self._failures += 1
-        delay = min(self.settings.backoff_cap_s, self.settings.backoff_base_s * 2 ** (self._failures - 1))
+        delay = min(
+            self.settings.backoff_cap_s, self.settings.backoff_base_s * 2 ** (self._failures - 1)
+        )
         delay *= random.uniform(0.8, 1.2)
         if self._failures == 1 or self._failures % 10 == 0:
-            log.warning("trajectory sink: %s unreachable (%s); spooling to %s, retry in %.1fs",
-                        self.url, message, self.spool.dir, delay)
+            log.warning(
+                "trajectory sink: %s unreachable (%s); spooling to %s, retry in %.1fs",
+                self.url,
+                message,
+                self.spool.dir,
+                delay,
+            )
         self._down_until = time.monotonic() + delay
 
     def _reject(self, lines: list[bytes], message: str) -> None:
-        log.error("trajectory sink: server refused %d trajectories (%s); kept in %s/rejected-*.jsonl",
-                  len(lines), message, self.spool.dir)
+        log.error(
+            "trajectory sink: server refused %d trajectories (%s); kept in %s/rejected-*.jsonl",
+            len(lines),
+            message,
+            self.spool.dir,
+        )
         self.spool.dir.mkdir(parents=True, exist_ok=True)
         with open(self.spool.dir / f"rejected-{os.getpid()}.jsonl", "ab") as f:
             for line in lines:
@@ -575,8 +692,11 @@ class TrajectoryUploader:
         client = self._http()
         for body in await asyncio.to_thread(self._requests, lines):
             try:
-                r = await client.post(f"{self.url}/v1/rollouts", content=body,
-                                            headers={"content-type": "application/json"})
+                r = await client.post(
+                    f"{self.url}/v1/rollouts",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
             except httpx.HTTPError as e:
                 raise DeliveryError(f"{type(e).__name__}: {e}", retry=True) from None
             if r.status_code >= 500 or r.status_code in RETRY_STATUS:
@@ -602,10 +722,16 @@ class TrajectoryUploader:
             unit = orjson.loads(line)["events"]
             for ev in unit:
                 enc = orjson.dumps(ev)
-                if self.hosted and len(enc) > self.settings.max_batch_bytes and ev.get("eventType") == "rollout":
+                if (
+                    self.hosted
+                    and len(enc) > self.settings.max_batch_bytes
+                    and ev.get("eventType") == "rollout"
+                ):
                     enc = orjson.dumps(_without_token_arrays(ev))
-                if events and (len(events) >= self.settings.max_batch_events
-                               or size + len(enc) > self.settings.max_batch_bytes):
+                if events and (
+                    len(events) >= self.settings.max_batch_events
+                    or size + len(enc) > self.settings.max_batch_bytes
+                ):
                     bodies.append(b'{"events":[' + b",".join(events) + b"]}")
                     events, size = [], 0
                 events.append(enc)
@@ -620,12 +746,16 @@ class TrajectoryUploader:
         parts: list[bytes] = []
         size = n_events = 0
         for line in lines:
-            inner = line[len(_UNIT_HEAD):-len(_UNIT_TAIL)] if line.startswith(_UNIT_HEAD) else None
+            inner = (
+                line[len(_UNIT_HEAD) : -len(_UNIT_TAIL)] if line.startswith(_UNIT_HEAD) else None
+            )
             if inner is None or not line.endswith(_UNIT_TAIL):
                 inner = orjson.dumps(orjson.loads(line)["events"])[1:-1]
             count = inner.count(b'"eventType":')  # exact: a quote inside a string is escaped
-            if parts and (n_events + count > self.settings.max_batch_events
-                          or size + len(inner) > self.settings.max_batch_bytes):
+            if parts and (
+                n_events + count > self.settings.max_batch_events
+                or size + len(inner) > self.settings.max_batch_bytes
+            ):
                 bodies.append(_UNIT_HEAD + b",".join(parts) + _UNIT_TAIL)
                 parts, size, n_events = [], 0, 0
             if inner:
@@ -659,7 +789,7 @@ class TrajectoryUploader:
                     try:
                         lines = await asyncio.to_thread(_read_lines, path)
                         for i in range(0, len(lines), 64):
-                            await self._deliver(lines[i:i + 64])
+                            await self._deliver(lines[i : i + 64])
                         path.unlink(missing_ok=True)
                     except DeliveryError as e:
                         if not e.retry:
@@ -691,8 +821,8 @@ class DisabledSink:
         return True
 
 
-_LIVE: "weakref.WeakSet[TrajectoryUploader]" = weakref.WeakSet()
-_SINKS: "weakref.WeakKeyDictionary[Any, dict[tuple, TrajectorySink]]" = weakref.WeakKeyDictionary()
+_LIVE: weakref.WeakSet[TrajectoryUploader] = weakref.WeakSet()
+_SINKS: weakref.WeakKeyDictionary[Any, dict[tuple, TrajectorySink]] = weakref.WeakKeyDictionary()
 _NO_LOOP = type("_NoLoop", (), {})()
 _SINK_LOCK = threading.Lock()
 
@@ -721,13 +851,23 @@ def make_sink(config: TrainConfig | None, settings: SinkSettings | None = None) 
         url = t.url or os.environ.get("OPENREWARD_API_URL") or HOSTED_API_URL
         key = os.environ.get("OPENREWARD_API_KEY", "")
         if not key:
-            log.error("trajectory sink: trajectories.target is openreward but OPENREWARD_API_KEY is unset; "
-                      "uploads will be spooled in %s until it is set", t.spool_dir)
+            log.error(
+                "trajectory sink: trajectories.target is openreward but OPENREWARD_API_KEY is unset; "
+                "uploads will be spooled in %s until it is set",
+                t.spool_dir,
+            )
         s = settings or HOSTED_SETTINGS
-        return TrajectoryUploader(url, t.spool_dir, cfg.run_name, api_key=key, hosted=True, settings=s)
+        return TrajectoryUploader(
+            url, t.spool_dir, cfg.run_name, api_key=key, hosted=True, settings=s
+        )
     url = t.url or cfg.env_server_urls[0]
-    return TrajectoryUploader(url, t.spool_dir, cfg.run_name,
-                              api_key=os.environ.get("ENV_SERVER_API_KEY", ""), settings=settings)
+    return TrajectoryUploader(
+        url,
+        t.spool_dir,
+        cfg.run_name,
+        api_key=os.environ.get("ENV_SERVER_API_KEY", ""),
+        settings=settings,
+    )
 
 
 def get_sink(config: TrainConfig | None, settings: SinkSettings | None = None) -> TrajectorySink:
@@ -736,8 +876,16 @@ def get_sink(config: TrainConfig | None, settings: SinkSettings | None = None) -
         loop: Any = asyncio.get_running_loop()
     except RuntimeError:
         loop = _NO_LOOP
-    key = ("$TRAIN_CONFIG" if config is None else
-           (config.run_name, config.trajectories.model_dump_json(), tuple(config.env_server_urls)), settings)
+    key = (
+        "$TRAIN_CONFIG"
+        if config is None
+        else (
+            config.run_name,
+            config.trajectories.model_dump_json(),
+            tuple(config.env_server_urls),
+        ),
+        settings,
+    )
     with _SINK_LOCK:
         per_loop = _SINKS.setdefault(loop, {})
         sink = per_loop.get(key)

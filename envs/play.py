@@ -15,13 +15,14 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional, Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 
-from bridge.task import blocks_to_text  # noqa: E402  (after the SDK's log level is set)
+from bridge.task import blocks_to_text
 
 QUIT_WORDS = frozenset({"quit", "exit", "q", ":q"})
 
@@ -35,9 +36,9 @@ class CallResult:
     """What one tool call produced, whichever way the env was reached."""
 
     text: str = ""
-    reward: Optional[float] = None
+    reward: float | None = None
     finished: bool = False
-    error: Optional[str] = None  # a refused call ("input_validation: ...") or an env crash
+    error: str | None = None  # a refused call ("input_validation: ...") or an env crash
     fatal: bool = False  # the session cannot continue
 
 
@@ -45,8 +46,6 @@ class EpisodeBackend(Protocol):
     async def prompt(self) -> str: ...
     async def tools(self) -> list[dict[str, Any]]: ...
     async def call(self, name: str, arguments: dict[str, Any]) -> CallResult: ...
-
-
 
 
 # ---------------------------------------------------------------- backends
@@ -80,8 +79,9 @@ class InProcessEpisode:
 
 
 @contextlib.asynccontextmanager
-async def in_process_episode(env_name: str, split: str, index: int,
-                             config_path: Optional[str]) -> AsyncIterator[InProcessEpisode]:
+async def in_process_episode(
+    env_name: str, split: str, index: int, config_path: str | None
+) -> AsyncIterator[InProcessEpisode]:
     from openreward.environments.utils import run_user_callable
 
     from envs.registry import UnknownEnvironment, configure_env, load_env_class
@@ -130,8 +130,10 @@ class RemoteEpisode:
         return blocks_to_text(await self.session.get_prompt())
 
     async def tools(self) -> list[dict[str, Any]]:
-        return [{"name": t.name, "description": t.description, "input_schema": t.input_schema}
-                for t in await self.session.list_tools()]
+        return [
+            {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+            for t in await self.session.list_tools()
+        ]
 
     async def call(self, name: str, arguments: dict[str, Any]) -> CallResult:
         from openreward.api.errors import ToolCallError, ToolFailed
@@ -146,13 +148,16 @@ class RemoteEpisode:
 
 
 @contextlib.asynccontextmanager
-async def remote_episode(url: str, env_name: str, split: str, index: int,
-                         api_key: Optional[str]) -> AsyncIterator[RemoteEpisode]:
+async def remote_episode(
+    url: str, env_name: str, split: str, index: int, api_key: str | None
+) -> AsyncIterator[RemoteEpisode]:
     import aiohttp
     from openreward import AsyncOpenReward
     from openreward.api.errors import MaxRetriesError
 
-    client = AsyncOpenReward(api_key=api_key or os.environ.get("ENV_SERVER_API_KEY") or "local", base_url=url)
+    client = AsyncOpenReward(
+        api_key=api_key or os.environ.get("ENV_SERVER_API_KEY") or "local", base_url=url
+    )
     try:
         env = client.environments.get(env_name, variant=env_name.lower(), base_url=url)
         try:
@@ -164,7 +169,9 @@ async def remote_episode(url: str, env_name: str, split: str, index: int,
             last = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
             raise PlayError(f"cannot reach the env server at {url}: {last}") from None
         except Exception as e:  # the SDK wraps failures in its own error types
-            raise PlayError(f"{url}: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from None
+            raise PlayError(
+                f"{url}: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            ) from None
         try:
             yield RemoteEpisode(session)
         finally:
@@ -185,7 +192,9 @@ def parse_tool_call(line: str) -> tuple[str, dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise ValueError(f"not valid JSON: {e.msg} (column {e.colno})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            raise ValueError('a JSON tool call needs a "name" string, e.g. {"name": "list_clues", "arguments": {}}')
+            raise ValueError(
+                'a JSON tool call needs a "name" string, e.g. {"name": "list_clues", "arguments": {}}'
+            )
         args = obj.get("arguments", obj.get("input", {}))
         if isinstance(args, str):
             try:
@@ -222,11 +231,12 @@ class Score:
     rewards: list[float] = field(default_factory=list)
     calls: int = 0
     finished: bool = False
-    final: Optional[float] = None
+    final: float | None = None
 
 
 async def play_episode(backend: EpisodeBackend, title: str, stdin: TextIO, out: TextIO) -> Score:
     """Show prompt and tools, then run tool calls from `stdin` until the episode ends or input does."""
+
     def say(text: str = "") -> None:
         out.write(text + "\n")
         out.flush()
@@ -236,8 +246,12 @@ async def play_episode(backend: EpisodeBackend, title: str, stdin: TextIO, out: 
     tools = await backend.tools()
     say("\n-- tools --")
     for spec in tools:
-        say(f"  {tool_signature(spec)}  {(spec.get('description') or '').splitlines()[0] if spec.get('description') else ''}".rstrip())
-    say('\nOne tool call per line: {"name": "tool", "arguments": {...}}  or  tool {...}.  "quit" ends.')
+        say(
+            f"  {tool_signature(spec)}  {(spec.get('description') or '').splitlines()[0] if spec.get('description') else ''}".rstrip()
+        )
+    say(
+        '\nOne tool call per line: {"name": "tool", "arguments": {...}}  or  tool {...}.  "quit" ends.'
+    )
     score = Score()
     while True:
         out.write("> ")
@@ -267,23 +281,31 @@ async def play_episode(backend: EpisodeBackend, title: str, stdin: TextIO, out: 
         say(res.text)
         if res.reward is not None:
             score.rewards.append(res.reward)
-        say(f"[reward: {'none' if res.reward is None else f'{res.reward:g}'}  finished: {str(res.finished).lower()}]")
+        say(
+            f"[reward: {'none' if res.reward is None else f'{res.reward:g}'}  finished: {str(res.finished).lower()}]"
+        )
         if res.finished:
             score.finished, score.final = True, res.reward
             break
     total = sum(score.rewards)
     if score.finished:
-        say(f"== episode finished: final reward {score.final if score.final is not None else 'none'}, "
-            f"sum of rewards {total:g} over {score.calls} calls ==")
+        say(
+            f"== episode finished: final reward {score.final if score.final is not None else 'none'}, "
+            f"sum of rewards {total:g} over {score.calls} calls =="
+        )
     else:
         say(f"== episode not finished: sum of rewards {total:g} over {score.calls} calls ==")
     return score
 
 
 async def run(args: argparse.Namespace) -> int:
-    title = f"{args.env} {args.split} #{args.index}" + (f" on {args.url}" if args.url else " (in-process)")
+    title = f"{args.env} {args.split} #{args.index}" + (
+        f" on {args.url}" if args.url else " (in-process)"
+    )
     if args.url:
-        episode = remote_episode(args.url.rstrip("/"), args.env, args.split, args.index, args.api_key)
+        episode = remote_episode(
+            args.url.rstrip("/"), args.env, args.split, args.index, args.api_key
+        )
     else:
         episode = in_process_episode(args.env, args.split, args.index, args.config)
     async with episode as backend:
@@ -295,8 +317,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("env", help="environment name (gsm8k, whodunit, haiku)")
     p.add_argument("--split", default="train")
     p.add_argument("--index", type=int, default=0)
-    p.add_argument("--url", help="play against a running env server (python -m envs.server) instead of in-process")
-    p.add_argument("--config", help="train_config.yaml whose environments.<env>.options apply (in-process)")
+    p.add_argument(
+        "--url",
+        help="play against a running env server (python -m envs.server) instead of in-process",
+    )
+    p.add_argument(
+        "--config", help="train_config.yaml whose environments.<env>.options apply (in-process)"
+    )
     p.add_argument("--api-key", help="X-API-Key for --url (default: $ENV_SERVER_API_KEY)")
 
 

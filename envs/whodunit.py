@@ -19,12 +19,14 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar
 
-from envs.options import options_error, parse_options, reset_task_cache
 from openreward.environments import Environment, TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from envs.options import options_error, parse_options, reset_task_cache
 
 # --------------------------------------------------------------------------- options
 
@@ -44,15 +46,22 @@ class Difficulty(BaseModel):
     locations: int = Field(default=5, ge=3, le=8)
     motive: bool = True  # ask for the motive too (scores 1/4 per component instead of 1/3)
     motives: int = Field(default=4, ge=2, le=6)
-    min_clues: int = Field(default=6, ge=0, le=40)  # pad the minimal clue set with true, redundant clues
+    min_clues: int = Field(
+        default=6, ge=0, le=40
+    )  # pad the minimal clue set with true, redundant clues
     statements_per_suspect: int = Field(default=1, ge=1, le=3)
-    lying_statements: int = Field(default=1, ge=0, le=3)  # lies the killer tells among their statements
+    lying_statements: int = Field(
+        default=1, ge=0, le=3
+    )  # lies the killer tells among their statements
 
     @model_validator(mode="after")
-    def _lies_fit(self) -> "Difficulty":
+    def _lies_fit(self) -> Difficulty:
         if self.lying_statements > self.statements_per_suspect:
             raise ValueError("lying_statements cannot exceed statements_per_suspect")
         return self
+
+
+DEFAULT_DIFFICULTY = Difficulty()
 
 
 class WhoDunItOptions(Difficulty):
@@ -60,50 +69,111 @@ class WhoDunItOptions(Difficulty):
 
     train_size: int = Field(default=10_000, ge=1, le=MAX_SPLIT_SIZE)
     test_size: int = Field(default=500, ge=1, le=MAX_SPLIT_SIZE)
-    seed: int = Field(default=0, ge=0, le=1 << 20)  # shifts both splits to a different family of cases
+    seed: int = Field(
+        default=0, ge=0, le=1 << 20
+    )  # shifts both splits to a different family of cases
 
     def difficulty(self) -> Difficulty:
         return Difficulty(**{k: getattr(self, k) for k in Difficulty.model_fields})
 
 
-
-
 # --------------------------------------------------------------------------- names (all our own)
 
 SUSPECT_POOL = [
-    ("Ada Finch", "the gardener"), ("Basil Crane", "the family solicitor"), ("Cora Lindqvist", "the cook"),
-    ("Desmond Hale", "the nephew"), ("Edith Marlow", "the housekeeper"), ("Felix Oduya", "the visiting surgeon"),
-    ("Greta Vance", "the second wife"), ("Hugo Brandt", "the chauffeur"), ("Iris Pemberton", "the governess"),
-    ("Jasper Quill", "the art dealer"), ("Kitty Rowe", "the lady's maid"), ("Lionel Stroud", "the retired colonel"),
-    ("Mabel Tennant", "the neighbour"), ("Nico Albescu", "the piano tutor"), ("Olive Ashby", "the secretary"),
-    ("Percy Dunmore", "the stable master"), ("Rosalind Kerr", "the estranged daughter"),
-    ("Silas Whitcombe", "the business partner"), ("Tabitha Greer", "the vicar's sister"),
-    ("Victor Lyle", "the butler"), ("Winifred Cole", "the botanist"), ("Xavier Monk", "the photographer"),
-    ("Yvonne Petit", "the dressmaker"), ("Zachary Flint", "the gamekeeper"),
+    ("Ada Finch", "the gardener"),
+    ("Basil Crane", "the family solicitor"),
+    ("Cora Lindqvist", "the cook"),
+    ("Desmond Hale", "the nephew"),
+    ("Edith Marlow", "the housekeeper"),
+    ("Felix Oduya", "the visiting surgeon"),
+    ("Greta Vance", "the second wife"),
+    ("Hugo Brandt", "the chauffeur"),
+    ("Iris Pemberton", "the governess"),
+    ("Jasper Quill", "the art dealer"),
+    ("Kitty Rowe", "the lady's maid"),
+    ("Lionel Stroud", "the retired colonel"),
+    ("Mabel Tennant", "the neighbour"),
+    ("Nico Albescu", "the piano tutor"),
+    ("Olive Ashby", "the secretary"),
+    ("Percy Dunmore", "the stable master"),
+    ("Rosalind Kerr", "the estranged daughter"),
+    ("Silas Whitcombe", "the business partner"),
+    ("Tabitha Greer", "the vicar's sister"),
+    ("Victor Lyle", "the butler"),
+    ("Winifred Cole", "the botanist"),
+    ("Xavier Monk", "the photographer"),
+    ("Yvonne Petit", "the dressmaker"),
+    ("Zachary Flint", "the gamekeeper"),
 ]
 WEAPON_POOL = [
-    "letter opener", "fireplace poker", "silk scarf", "garden shears", "vial of arsenic", "hunting rifle",
-    "marble bookend", "kitchen cleaver", "length of rope", "walking cane", "crystal decanter", "fencing foil",
-    "brass telescope", "cast-iron kettle", "bottle of sleeping draught", "croquet mallet",
+    "letter opener",
+    "fireplace poker",
+    "silk scarf",
+    "garden shears",
+    "vial of arsenic",
+    "hunting rifle",
+    "marble bookend",
+    "kitchen cleaver",
+    "length of rope",
+    "walking cane",
+    "crystal decanter",
+    "fencing foil",
+    "brass telescope",
+    "cast-iron kettle",
+    "bottle of sleeping draught",
+    "croquet mallet",
 ]
 LOCATION_POOL = [
-    "library", "greenhouse", "wine cellar", "boathouse", "attic", "kitchen", "music room", "chapel",
-    "stables", "observatory", "billiard room", "gun room", "orangery", "nursery", "portrait gallery",
-    "laundry", "gatehouse", "study",
+    "library",
+    "greenhouse",
+    "wine cellar",
+    "boathouse",
+    "attic",
+    "kitchen",
+    "music room",
+    "chapel",
+    "stables",
+    "observatory",
+    "billiard room",
+    "gun room",
+    "orangery",
+    "nursery",
+    "portrait gallery",
+    "laundry",
+    "gatehouse",
+    "study",
 ]
 MOTIVE_POOL = [
-    "an inheritance", "jealousy", "revenge", "gambling debts", "blackmail", "a business rivalry",
-    "a broken engagement", "a stolen invention", "a forged will", "a family secret",
+    "an inheritance",
+    "jealousy",
+    "revenge",
+    "gambling debts",
+    "blackmail",
+    "a business rivalry",
+    "a broken engagement",
+    "a stolen invention",
+    "a forged will",
+    "a family secret",
 ]
 VICTIM_POOL = [
-    ("Sir Ambrose Thorne", "a shipping magnate"), ("Lady Honoria Vale", "a celebrated novelist"),
-    ("Dr. Cyril Ashdown", "a collector of rare maps"), ("Mrs. Dorothea Penrose", "a wealthy widow"),
-    ("Mr. Edmund Skeffington", "a railway investor"), ("Professor Fenella Grieve", "an archaeologist"),
-    ("Captain Rufus Harrow", "a retired sea captain"), ("Miss Lavinia Crowther", "an heiress"),
+    ("Sir Ambrose Thorne", "a shipping magnate"),
+    ("Lady Honoria Vale", "a celebrated novelist"),
+    ("Dr. Cyril Ashdown", "a collector of rare maps"),
+    ("Mrs. Dorothea Penrose", "a wealthy widow"),
+    ("Mr. Edmund Skeffington", "a railway investor"),
+    ("Professor Fenella Grieve", "an archaeologist"),
+    ("Captain Rufus Harrow", "a retired sea captain"),
+    ("Miss Lavinia Crowther", "an heiress"),
 ]
 PLACE_POOL = [
-    "Ravensmoor Hall", "Hollowbrook Manor", "Kestrel House", "Wychcombe Abbey", "Larkspur Court",
-    "Fernleigh Grange", "Blackwater Lodge", "Saltmarsh Priory",
+    "Ravensmoor Hall",
+    "Hollowbrook Manor",
+    "Kestrel House",
+    "Wychcombe Abbey",
+    "Larkspur Court",
+    "Fernleigh Grange",
+    "Blackwater Lodge",
+    "Saltmarsh Priory",
 ]
 WEATHER_POOL = ["stormy", "fog-bound", "snowbound", "sweltering", "moonless", "rain-soaked"]
 
@@ -191,7 +261,9 @@ class Space:
         return out
 
 
-def consistent(sol: Sequence[int], clues: Sequence[Pred], statements: Sequence[Sequence[Pred]], lies: int) -> bool:
+def consistent(
+    sol: Sequence[int], clues: Sequence[Pred], statements: Sequence[Sequence[Pred]], lies: int
+) -> bool:
     """Does candidate `sol` satisfy every clue and the truth-telling rule? (plain evaluation)"""
     if not all(c.holds(sol) for c in clues):
         return False
@@ -232,20 +304,30 @@ class Case:
 
     @property
     def sizes(self) -> tuple[int, int, int, int]:
-        return (len(self.suspects), len(self.weapons), len(self.locations), max(1, len(self.motives)))
+        return (
+            len(self.suspects),
+            len(self.weapons),
+            len(self.locations),
+            max(1, len(self.motives)),
+        )
 
     def solutions(self) -> list[Solution]:
         """Every candidate consistent with the clues and statements, by exhaustive enumeration."""
         lies = self.difficulty.lying_statements
         return [
-            sol for sol in itertools.product(*(range(n) for n in self.sizes))
+            sol
+            for sol in itertools.product(*(range(n) for n in self.sizes))
             if consistent(sol, self.clues, self.statements, lies)
         ]
 
     def answer(self) -> dict[str, str]:
         """The solution as names (who, what, where, and why when a motive is asked)."""
         who, what, where, why = self.solution
-        out = {"who": self.suspects[who][0], "what": self.weapons[what], "where": self.locations[where]}
+        out = {
+            "who": self.suspects[who][0],
+            "what": self.weapons[what],
+            "where": self.locations[where],
+        }
         if self.motives:
             out["why"] = self.motives[why]
         return out
@@ -286,9 +368,13 @@ class Case:
         if pair == (WHO, WHERE):
             return f"{x} never set foot in {y}. (If {x} is the killer, the murder was not in {y}.)"
         if pair == (WHO, WHY):
-            return f"{x} had nothing to do with {y}. (If {x} is the killer, the motive was not {y}.)"
+            return (
+                f"{x} had nothing to do with {y}. (If {x} is the killer, the motive was not {y}.)"
+            )
         if pair == (WHAT, WHERE):
-            return f"{_cap(x)} was never in {y}. (If {x} was the weapon, the murder was not in {y}.)"
+            return (
+                f"{_cap(x)} was never in {y}. (If {x} was the weapon, the murder was not in {y}.)"
+            )
         raise ValueError(f"no clue text for {p}")
 
     def statement_text(self, p: Pred) -> str:
@@ -313,16 +399,23 @@ class Case:
     @functools.cached_property
     def tool_texts(self) -> dict[str, str]:
         """What each information tool shows, rendered once per case."""
-        statements = [f'- {name}: "{self.statement_text(p)}"'
-                      for (name, _), own in zip(self.suspects, self.statements) for p in own]
+        statements = [
+            f'- {name}: "{self.statement_text(p)}"'
+            for (name, _), own in zip(self.suspects, self.statements, strict=False)
+            for p in own
+        ]
         return {
             "list_suspects": "Suspects:\n" + "\n".join(f"- {n}, {r}" for n, r in self.suspects),
             "list_weapons": "Possible weapons:\n" + "\n".join(f"- {w}" for w in self.weapons),
-            "list_locations": "Possible locations:\n" + "\n".join(f"- {loc}" for loc in self.locations),
-            "list_motives": ("Possible motives:\n" + "\n".join(f"- {m}" for m in self.motives)
-                             if self.motives else "This case does not ask for a motive."),
-            "list_clues": "Clues (all true):\n" + "\n".join(
-                f"{i}. {self.clue_text(c)}" for i, c in enumerate(self.clues, 1)),
+            "list_locations": "Possible locations:\n"
+            + "\n".join(f"- {loc}" for loc in self.locations),
+            "list_motives": (
+                "Possible motives:\n" + "\n".join(f"- {m}" for m in self.motives)
+                if self.motives
+                else "This case does not ask for a motive."
+            ),
+            "list_clues": "Clues (all true):\n"
+            + "\n".join(f"{i}. {self.clue_text(c)}" for i, c in enumerate(self.clues, 1)),
             "list_statements": "Statements:\n" + "\n".join(statements),
         }
 
@@ -333,14 +426,27 @@ class Case:
         if n_lies == 0:
             rule = "Everyone, the killer included, tells the truth in their statements."
         elif n_lies == per:
-            rule = ("Innocent suspects always tell the truth. The killer lies in every statement they make"
-                    if per > 1 else "Innocent suspects always tell the truth. The killer's statement is a lie")
+            rule = (
+                "Innocent suspects always tell the truth. The killer lies in every statement they make"
+                if per > 1
+                else "Innocent suspects always tell the truth. The killer's statement is a lie"
+            )
             rule += "."
         else:
-            rule = (f"Innocent suspects always tell the truth. Exactly {n_lies} of the killer's "
-                    f"{per} statements are lies; the rest are true.")
-        asked = "who did it, with which weapon, where, and why" if self.motives else "who did it, with which weapon, and where"
-        submit = "submit_answer(who, what, where, why)" if self.motives else "submit_answer(who, what, where)"
+            rule = (
+                f"Innocent suspects always tell the truth. Exactly {n_lies} of the killer's "
+                f"{per} statements are lies; the rest are true."
+            )
+        asked = (
+            "who did it, with which weapon, where, and why"
+            if self.motives
+            else "who did it, with which weapon, and where"
+        )
+        submit = (
+            "submit_answer(who, what, where, why)"
+            if self.motives
+            else "submit_answer(who, what, where)"
+        )
         parts = len(self.answer())
         return (
             f"On a {self.weather} night at {self.place}, {name}, {role}, was found dead. "
@@ -367,12 +473,16 @@ def case_seed(split: str, index: int, base_seed: int = 0) -> int:
     return (base_seed << 32) + SEED_OFFSET[split] + index
 
 
-def _true_statement_pool(sol: Solution, speaker: int, sizes: Sequence[int], motive: bool) -> list[Pred]:
+def _true_statement_pool(
+    sol: Solution, speaker: int, sizes: Sequence[int], motive: bool
+) -> list[Pred]:
     pool = [Pred("not", WHO, (s,)) for s in range(sizes[WHO]) if s not in (sol[WHO], speaker)]
     cats = [WHAT, WHERE] + ([WHY] if motive else [])
     for c in cats:
         pool += [Pred("not", c, (x,)) for x in range(sizes[c]) if x != sol[c]]
-        pool += [Pred("oneof", c, tuple(sorted((sol[c], x)))) for x in range(sizes[c]) if x != sol[c]]
+        pool += [
+            Pred("oneof", c, tuple(sorted((sol[c], x)))) for x in range(sizes[c]) if x != sol[c]
+        ]
     return pool
 
 
@@ -391,7 +501,9 @@ def _clue_pool(sol: Solution, sizes: Sequence[int], motive: bool) -> list[Pred]:
     pool = []
     for c in cats:
         pool += [Pred("not", c, (x,)) for x in range(sizes[c]) if x != sol[c]]
-        pool += [Pred("oneof", c, tuple(sorted((sol[c], x)))) for x in range(sizes[c]) if x != sol[c]]
+        pool += [
+            Pred("oneof", c, tuple(sorted((sol[c], x)))) for x in range(sizes[c]) if x != sol[c]
+        ]
     pairs = [(WHO, WHAT), (WHO, WHERE), (WHAT, WHERE)] + ([(WHO, WHY)] if motive else [])
     for a, b in pairs:
         for x in range(sizes[a]):
@@ -401,20 +513,24 @@ def _clue_pool(sol: Solution, sizes: Sequence[int], motive: bool) -> list[Pred]:
     return pool
 
 
-def _choose_statements(rng: random.Random, sol: Solution, sizes: Sequence[int], d: Difficulty) -> tuple[tuple[Pred, ...], ...]:
+def _choose_statements(
+    rng: random.Random, sol: Solution, sizes: Sequence[int], d: Difficulty
+) -> tuple[tuple[Pred, ...], ...]:
     out = []
     false_pool = _false_statement_pool(sol, sizes, d.motive)
     for speaker in range(sizes[WHO]):
         true_pool = _true_statement_pool(sol, speaker, sizes, d.motive)
         n_false = d.lying_statements if speaker == sol[WHO] else 0
-        chosen = rng.sample(false_pool, n_false) + rng.sample(true_pool, d.statements_per_suspect - n_false)
+        chosen = rng.sample(false_pool, n_false) + rng.sample(
+            true_pool, d.statements_per_suspect - n_false
+        )
         rng.shuffle(chosen)
         out.append(tuple(chosen))
     return tuple(out)
 
 
 @functools.lru_cache(maxsize=4096)
-def generate_case(seed: int, difficulty: Difficulty = Difficulty()) -> Case:
+def generate_case(seed: int, difficulty: Difficulty = DEFAULT_DIFFICULTY) -> Case:
     """Build the case of `seed`: pick names and a solution, then add clues until exactly one candidate fits."""
     d = difficulty
     rng = random.Random(seed)
@@ -441,7 +557,9 @@ def generate_case(seed: int, difficulty: Difficulty = Difficulty()) -> Case:
         if candidates & ~masks[p]:
             chosen.append(p)
             candidates &= masks[p]
-    if candidates != target:  # cannot happen: the pool rules out every wrong value of every category
+    if (
+        candidates != target
+    ):  # cannot happen: the pool rules out every wrong value of every category
         raise RuntimeError(f"whodunit seed {seed}: clues do not pin down the solution")
 
     base = space.statements_mask(statements, d.lying_statements)
@@ -457,9 +575,18 @@ def generate_case(seed: int, difficulty: Difficulty = Difficulty()) -> Case:
     rng.shuffle(chosen)
 
     return Case(
-        seed=seed, difficulty=d, victim=rng.choice(VICTIM_POOL), place=rng.choice(PLACE_POOL),
-        weather=rng.choice(WEATHER_POOL), suspects=suspects, weapons=weapons, locations=locations,
-        motives=motives, solution=sol, clues=tuple(chosen), statements=statements,
+        seed=seed,
+        difficulty=d,
+        victim=rng.choice(VICTIM_POOL),
+        place=rng.choice(PLACE_POOL),
+        weather=rng.choice(WEATHER_POOL),
+        suspects=suspects,
+        weapons=weapons,
+        locations=locations,
+        motives=motives,
+        solution=sol,
+        clues=tuple(chosen),
+        statements=statements,
     )
 
 
@@ -472,7 +599,9 @@ def normalize_name(text: str | None) -> str:
     return s[4:] if s.startswith("the ") else s
 
 
-def score_answer(answer: dict[str, str], submitted: dict[str, str | None]) -> tuple[float, dict[str, bool]]:
+def score_answer(
+    answer: dict[str, str], submitted: dict[str, str | None]
+) -> tuple[float, dict[str, bool]]:
     """Fraction of correct components (1/3 each, or 1/4 each when a motive is asked) and per-part results."""
     parts = {k: normalize_name(submitted.get(k)) == normalize_name(v) for k, v in answer.items()}
     return sum(parts.values()) / len(parts), parts
@@ -489,7 +618,9 @@ class AnswerInput(BaseModel):
     who: str = Field(description="The killer's name, as list_suspects shows it.")
     what: str = Field(description="The weapon, as list_weapons shows it.")
     where: str = Field(description="The location, as list_locations shows it.")
-    why: str | None = Field(default=None, description="The motive, as list_motives shows it (when one is asked).")
+    why: str | None = Field(
+        default=None, description="The motive, as list_motives shows it (when one is asked)."
+    )
 
 
 def _text(text: str) -> ToolOutput:
@@ -521,8 +652,12 @@ class WhoDunIt(Environment):
         size = cls.split_size(split)
         if not 0 <= index < size:
             raise IndexError(f"whodunit {split} has {size} tasks; index {index} is out of range")
-        return {"split": split, "index": index, "seed": case_seed(split, index, cls._options.seed),
-                "difficulty": dict(cls._difficulty)}
+        return {
+            "split": split,
+            "index": index,
+            "seed": case_seed(split, index, cls._options.seed),
+            "difficulty": dict(cls._difficulty),
+        }
 
     @classmethod
     def case_for(cls, split: str, index: int) -> Case:
@@ -565,7 +700,7 @@ class WhoDunIt(Environment):
         """The solution of a task (slime's `label`): {who, what, where[, why]}."""
         return cls.case_from_spec(task_spec).answer()
 
-    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
+    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:  # noqa: B006 (the SDK's signature)
         super().__init__(task_spec, secrets)
         self.case = self.case_from_spec(task_spec)
 
@@ -609,11 +744,17 @@ class WhoDunIt(Environment):
         reward, parts = score_answer(answer, params.model_dump())
         verdict = ", ".join(f"{k}: {'correct' if ok else 'wrong'}" for k, ok in parts.items())
         text = f"Case closed. {verdict}. Score {reward:.2f}."
-        return ToolOutput(blocks=[TextBlock(text=text)], reward=reward, finished=True,
-                          metadata={"parts": parts, "solution": answer})
+        return ToolOutput(
+            blocks=[TextBlock(text=text)],
+            reward=reward,
+            finished=True,
+            metadata={"parts": parts, "solution": answer},
+        )
 
 
-def iter_cases(split: str, count: int, difficulty: Difficulty = Difficulty(), base_seed: int = 0) -> Iterator[Case]:
+def iter_cases(
+    split: str, count: int, difficulty: Difficulty = DEFAULT_DIFFICULTY, base_seed: int = 0
+) -> Iterator[Case]:
     """The first `count` cases of a split (for tests and inspection)."""
     for i in range(count):
         yield generate_case(case_seed(split, i, base_seed), difficulty)

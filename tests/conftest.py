@@ -8,8 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -41,7 +41,9 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered:\n{out}")
+            raise RuntimeError(
+                f"server exited with {proc.returncode} before {url} answered:\n{out}"
+            )
         try:
             if httpx.get(url, timeout=2.0).status_code == 200:
                 return
@@ -52,12 +54,14 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
 
 
 @contextlib.contextmanager
-def run_process(args: list[str], health_url: str, env: dict[str, str] | None = None,
-                timeout: float = 60.0) -> Iterator[subprocess.Popen]:
+def run_process(
+    args: list[str], health_url: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> Iterator[subprocess.Popen]:
     """Start a server subprocess, wait for its health URL, and always stop it."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         wait_http(health_url, timeout=timeout, proc=proc)
         yield proc
@@ -71,7 +75,9 @@ def run_process(args: list[str], health_url: str, env: dict[str, str] | None = N
 
 
 @contextlib.contextmanager
-def env_server(*extra: str, port: int | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+def env_server(
+    *extra: str, port: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """`python -m envs.server` on 127.0.0.1:<free port>; yields its base URL."""
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator
-
-from openreward import AsyncOpenReward
+from typing import Any
 
 from conftest import free_port, run_process
+from openreward import AsyncOpenReward
 
 PERFECT_HAIKU = "An old silent pond\nA frog jumps into the pond\nSplash! Silence again."
 
@@ -49,8 +49,9 @@ async def ors_session(base_url: str, env_name: str, split: str, index: int) -> A
         await client.environments.aclose()
 
 
-async def play(base_url: str, env_name: str, split: str, index: int,
-               calls: list[tuple[str, dict[str, Any]]]) -> Episode:
+async def play(
+    base_url: str, env_name: str, split: str, index: int, calls: list[tuple[str, dict[str, Any]]]
+) -> Episode:
     """Open a session, read prompt and tools, make `calls` in order, and record every output."""
     ep = Episode()
     async with ors_session(base_url, env_name, split, index) as s:
@@ -63,36 +64,66 @@ async def play(base_url: str, env_name: str, split: str, index: int,
     return ep
 
 
-async def play_gsm8k(base_url: str, split: str = "test", index: int = 0, correct: bool = True) -> Episode:
+async def play_gsm8k(
+    base_url: str, split: str = "test", index: int = 0, correct: bool = True
+) -> Episode:
     """Use the calculator twice (one bad expression), then submit the right (or a wrong) answer."""
     from envs.gsm8k import GSM8K
 
     label = (await GSM8K.get_task(split, index))["label"]
     answer = label if correct else str(int(float(label.replace(",", ""))) + 1)
-    return await play(base_url, "gsm8k", split, index, [
-        ("calculator", {"expression": "(16 - 3 - 4) * 2"}),
-        ("calculator", {"expression": "__import__('os')"}),
-        ("submit_answer", {"answer": f"${answer}"}),
-    ])
+    return await play(
+        base_url,
+        "gsm8k",
+        split,
+        index,
+        [
+            ("calculator", {"expression": "(16 - 3 - 4) * 2"}),
+            ("calculator", {"expression": "__import__('os')"}),
+            ("submit_answer", {"answer": f"${answer}"}),
+        ],
+    )
 
 
-async def play_whodunit(base_url: str, split: str = "test", index: int = 0, correct_parts: int = 4) -> Episode:
+async def play_whodunit(
+    base_url: str, split: str = "test", index: int = 0, correct_parts: int = 4
+) -> Episode:
     """Read every information tool, then submit an answer with `correct_parts` right components."""
     from envs.whodunit import WhoDunIt
 
     case = WhoDunIt.case_for(split, index)
     answer = case.answer()
     wrong = {"who": "Nobody", "what": "spoon", "where": "moon", "why": "boredom"}
-    submitted = {k: (v.upper() if i < correct_parts else wrong[k]) for i, (k, v) in enumerate(answer.items())}
-    info = ["list_suspects", "list_weapons", "list_locations", "list_motives", "list_clues", "list_statements"]
-    return await play(base_url, "whodunit", split, index,
-                      [(name, {}) for name in info] + [("submit_answer", submitted)])
+    submitted = {
+        k: (v.upper() if i < correct_parts else wrong[k]) for i, (k, v) in enumerate(answer.items())
+    }
+    info = [
+        "list_suspects",
+        "list_weapons",
+        "list_locations",
+        "list_motives",
+        "list_clues",
+        "list_statements",
+    ]
+    return await play(
+        base_url,
+        "whodunit",
+        split,
+        index,
+        [(name, {}) for name in info] + [("submit_answer", submitted)],
+    )
 
 
-async def play_haiku(base_url: str, split: str = "test", index: int = 0,
-                     poems: tuple[str, ...] = ("too short\nstill short", PERFECT_HAIKU)) -> Episode:
+async def play_haiku(
+    base_url: str,
+    split: str = "test",
+    index: int = 0,
+    poems: tuple[str, ...] = ("too short\nstill short", PERFECT_HAIKU),
+) -> Episode:
     """Submit `poems` in order (default: a bad draft, then a perfect 5-7-5 revision)."""
-    return await play(base_url, "haiku", split, index, [("submit_haiku", {"poem": p}) for p in poems])
+    return await play(
+        base_url, "haiku", split, index, [("submit_haiku", {"poem": p}) for p in poems]
+    )
 
 
 SDK_SERVER_CODE = """
@@ -105,9 +136,13 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 
 
 @contextlib.contextmanager
-def sdk_server(envs: str = "gsm8k,whodunit,haiku", env: dict[str, str] | None = None) -> Iterator[str]:
+def sdk_server(
+    envs: str = "gsm8k,whodunit,haiku", env: dict[str, str] | None = None
+) -> Iterator[str]:
     """The SDK's own `openreward.environments.Server` with our envs, under uvicorn on 127.0.0.1:<free port>."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with run_process([sys.executable, "-c", SDK_SERVER_CODE, str(port), envs], f"{base}/health", env=env):
+    with run_process(
+        [sys.executable, "-c", SDK_SERVER_CODE, str(port), envs], f"{base}/health", env=env
+    ):
         yield base

@@ -36,9 +36,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Union
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -70,19 +71,22 @@ class Turn:
 
     def __post_init__(self) -> None:
         if self.finish_reason not in FINISH_TYPES:
-            raise ValueError(f"finish_reason must be one of {FINISH_TYPES}, got {self.finish_reason!r}")
+            raise ValueError(
+                f"finish_reason must be one of {FINISH_TYPES}, got {self.finish_reason!r}"
+            )
         if self.logprobs is not None and len(self.logprobs) != len(self.output_ids):
             raise ValueError(
-                f"Turn has {len(self.output_ids)} output ids but {len(self.logprobs)} logprobs")
+                f"Turn has {len(self.output_ids)} output ids but {len(self.logprobs)} logprobs"
+            )
 
     @classmethod
-    def of_text(cls, tokenizer: Any, text: str, **kwargs: Any) -> "Turn":
+    def of_text(cls, tokenizer: Any, text: str, **kwargs: Any) -> Turn:
         """A turn whose output ids are `text` tokenized without special-token additions."""
         ids = tokenizer.encode(text, add_special_tokens=False)
         return cls(list(ids), **kwargs)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any], tokenizer: Any = None) -> "Turn":
+    def from_json(cls, obj: dict[str, Any], tokenizer: Any = None) -> Turn:
         """Build a turn from the JSON form used by `--script` files."""
         obj = dict(obj)
         if "output_ids" not in obj:
@@ -125,8 +129,8 @@ class StubRequest:
         return None if v is None else int(v)
 
 
-Responder = Callable[[StubRequest], Union[Turn, Awaitable[Turn]]]
-Script = Union[list[Turn], dict[str, list[Turn]]]
+Responder = Callable[[StubRequest], Turn | Awaitable[Turn]]
+Script = list[Turn] | dict[str, list[Turn]]
 
 
 class _ScriptResponder:
@@ -179,14 +183,24 @@ class SGLangStub:
     `tokenizer` (object or local path) lets replies carry decoded `text`.
     """
 
-    def __init__(self, responder: Responder | None = None, *, script: Script | None = None,
-                 tokenizer: Any = None, instant: bool = False, port: int | None = None,
-                 weight_version: str = "default") -> None:
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        script: Script | None = None,
+        tokenizer: Any = None,
+        instant: bool = False,
+        port: int | None = None,
+        weight_version: str = "default",
+    ) -> None:
         if (responder is None) == (script is None):
             raise ValueError("give exactly one of responder or script")
-        self._responder: Responder = responder if responder is not None else _ScriptResponder(script)
-        self._async_responder = inspect.iscoroutinefunction(self._responder) or \
-            inspect.iscoroutinefunction(getattr(self._responder, "__call__", None))
+        self._responder: Responder = (
+            responder if responder is not None else _ScriptResponder(script)
+        )
+        self._async_responder = inspect.iscoroutinefunction(
+            self._responder
+        ) or inspect.iscoroutinefunction(getattr(self._responder, "__call__", None))  # noqa: B004
         if isinstance(tokenizer, (str, Path)):
             from transformers import AutoTokenizer
 
@@ -222,7 +236,7 @@ class SGLangStub:
         """Recorded requests that carried `routing_key`, in arrival order."""
         return [r for r in list(self.requests) if r.routing_key == routing_key]
 
-    def start(self) -> "SGLangStub":
+    def start(self) -> SGLangStub:
         """Serve from a background thread; returns once the port accepts connections."""
         self._thread = threading.Thread(target=self._run_thread, name="sglang-stub", daemon=True)
         self._thread.start()
@@ -245,7 +259,7 @@ class SGLangStub:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def __enter__(self) -> "SGLangStub":
+    def __enter__(self) -> SGLangStub:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -308,8 +322,14 @@ class SGLangStub:
         return _json({"workers": [{"url": self.url}]})
 
     async def _handle_model_info(self, request: web.Request) -> web.Response:
-        return _json({"model_path": "sglang-stub", "tokenizer_path": None, "is_generation": True,
-                      "weight_version": self.weight_version})
+        return _json(
+            {
+                "model_path": "sglang-stub",
+                "tokenizer_path": None,
+                "is_generation": True,
+                "weight_version": self.weight_version,
+            }
+        )
 
     async def _handle_abort(self, request: web.Request) -> web.Response:
         """Abort every in-flight delayed turn (they answer finish_reason abort)."""
@@ -334,8 +354,9 @@ class SGLangStub:
             msg = f"bad /generate request: {e}"
             self.errors.append(msg)
             return _json({"error": {"message": msg}}, status=400)
-        req = StubRequest(input_ids=input_ids, sampling_params=params,
-                          headers=dict(request.headers), body=body)
+        req = StubRequest(
+            input_ids=input_ids, sampling_params=params, headers=dict(request.headers), body=body
+        )
         if not self.instant:
             self.requests.append(req)
         self.in_flight += 1
@@ -370,8 +391,15 @@ class SGLangStub:
 
     def _reply(self, req: StubRequest, turn: Turn, aborted: bool) -> dict[str, Any]:
         ids = [] if aborted else list(turn.output_ids)
-        lps = [] if aborted else (list(turn.logprobs) if turn.logprobs is not None
-                                  else [default_logprob(i) for i in range(len(ids))])
+        lps = (
+            []
+            if aborted
+            else (
+                list(turn.logprobs)
+                if turn.logprobs is not None
+                else [default_logprob(i) for i in range(len(ids))]
+            )
+        )
         truncated_to: int | None = None
         budget = req.max_new_tokens
         if budget is not None and len(ids) > budget:
@@ -394,7 +422,7 @@ class SGLangStub:
                 "prompt_tokens": len(req.input_ids),
                 "completion_tokens": len(ids),
                 "cached_tokens": cached,
-                "output_token_logprobs": [[lp, t, None] for lp, t in zip(lps, ids)],
+                "output_token_logprobs": [[lp, t, None] for lp, t in zip(lps, ids, strict=False)],
                 "weight_version": self.weight_version,
             },
         }
@@ -404,7 +432,9 @@ class SGLangStub:
             return turn.text
         if self.tokenizer is None:
             return ""
-        return self.tokenizer.decode(ids, skip_special_tokens=bool(params.get("skip_special_tokens", True)))
+        return self.tokenizer.decode(
+            ids, skip_special_tokens=bool(params.get("skip_special_tokens", True))
+        )
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -455,19 +485,29 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--port", type=int, required=True)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--script", help="JSON file: list of turns or {routing key: [turns]}")
-    src.add_argument("--responder", metavar="MODULE:FUNCTION",
-                     help="a responder(request) -> Turn callable to import (e.g. for benchmarks)")
-    ap.add_argument("--instant", action="store_true", help="do not record requests or honour delays")
+    src.add_argument(
+        "--responder",
+        metavar="MODULE:FUNCTION",
+        help="a responder(request) -> Turn callable to import (e.g. for benchmarks)",
+    )
+    ap.add_argument(
+        "--instant", action="store_true", help="do not record requests or honour delays"
+    )
     ap.add_argument("--tokenizer", help="local tokenizer dir, to decode text and accept text turns")
     args = ap.parse_args(list(argv) if argv is not None else None)
     tok = _load_tokenizer(args.tokenizer)
     try:
         if args.script:
-            stub = SGLangStub(script=load_script(args.script, tok), tokenizer=tok, port=args.port,
-                              instant=args.instant)
+            stub = SGLangStub(
+                script=load_script(args.script, tok),
+                tokenizer=tok,
+                port=args.port,
+                instant=args.instant,
+            )
         else:
-            stub = SGLangStub(load_responder(args.responder), tokenizer=tok, port=args.port,
-                              instant=args.instant)
+            stub = SGLangStub(
+                load_responder(args.responder), tokenizer=tok, port=args.port, instant=args.instant
+            )
     except (OSError, ValueError, ImportError, AttributeError) as e:
         print(f"sglang_stub: {e}", file=sys.stderr)
         return 2

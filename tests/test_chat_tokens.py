@@ -10,12 +10,30 @@ from bridge.chat import ChatRenderer
 from bridge.tokens import FallbackSample, LedgerError, TokenLedger, fill_sample
 
 TOOLS = [
-    {"type": "function", "function": {"name": "calculator", "description": "Evaluate arithmetic.",
-                                      "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
-                                                     "required": ["expression"]}}},
-    {"type": "function", "function": {"name": "submit_answer", "description": "Submit the answer.",
-                                      "parameters": {"type": "object", "properties": {"answer": {"type": "string"}},
-                                                     "required": ["answer"]}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "description": "Evaluate arithmetic.",
+            "parameters": {
+                "type": "object",
+                "properties": {"expression": {"type": "string"}},
+                "required": ["expression"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "submit_answer",
+            "description": "Submit the answer.",
+            "parameters": {
+                "type": "object",
+                "properties": {"answer": {"type": "string"}},
+                "required": ["answer"],
+            },
+        },
+    },
 ]
 QUESTION = "Natalia sold clips to 48 of her friends in April, and then half as many in May.\nHow many in total?"
 
@@ -25,8 +43,9 @@ def _ids(tok, text: str) -> list[int]:
 
 
 def _template_ids(tok, messages, tools, thinking: bool) -> list[int]:
-    out = tok.apply_chat_template(messages, tools=tools, tokenize=True, add_generation_prompt=True,
-                                  enable_thinking=thinking)
+    out = tok.apply_chat_template(
+        messages, tools=tools, tokenize=True, add_generation_prompt=True, enable_thinking=thinking
+    )
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
@@ -43,7 +62,8 @@ def test_first_prompt_matches_chat_template(qwen3_tokenizer, thinking, system, t
     assert ids == _template_ids(qwen3_tokenizer, r.prompt_messages(QUESTION), tools, thinking)
     # the cached shape is reused for a second task with the same tools
     assert r.prompt_ids("Other question?", tools) == _template_ids(
-        qwen3_tokenizer, r.prompt_messages("Other question?"), tools, thinking)
+        qwen3_tokenizer, r.prompt_messages("Other question?"), tools, thinking
+    )
 
 
 def test_multi_turn_thinking_context_equals_full_template_rendering(qwen3_tokenizer) -> None:
@@ -52,21 +72,37 @@ def test_multi_turn_thinking_context_equals_full_template_rendering(qwen3_tokeni
     tok = qwen3_tokenizer
     r = ChatRenderer(tok, True, "Be exact.")
     turns = [
-        ("48 / 2 first.", "Compute.", [("calculator", {"expression": "48 / 2"}), ("calculator", {"expression": "48 + 24"})]),
+        (
+            "48 / 2 first.",
+            "Compute.",
+            [("calculator", {"expression": "48 / 2"}), ("calculator", {"expression": "48 + 24"})],
+        ),
         ("It is 72.", "", [("submit_answer", {"answer": "72"})]),
     ]
     results = [["48 / 2 = 24", "48 + 24 = 72"], ["Correct: 72."]]
     ledger = TokenLedger(r.prompt_ids(QUESTION, TOOLS))
     messages = r.prompt_messages(QUESTION)
-    for (reasoning, content, calls), outputs in zip(turns, results):
-        text = f"<think>\n{reasoning}\n</think>\n\n{content}" + ("\n" if content else "") \
-            + "\n".join(_call_text(n, a) for n, a in calls) + "<|im_end|>"
+    for (reasoning, content, calls), outputs in zip(turns, results, strict=False):
+        text = (
+            f"<think>\n{reasoning}\n</think>\n\n{content}"
+            + ("\n" if content else "")
+            + "\n".join(_call_text(n, a) for n, a in calls)
+            + "<|im_end|>"
+        )
         sampled = _ids(tok, text)
         ledger.add_sampled(sampled, [-0.5] * len(sampled), text)
         delta, delta_text = r.tool_delta(outputs, r.decode(sampled))
         ledger.add_appended(delta, delta_text)
-        messages.append({"role": "assistant", "content": content, "reasoning_content": reasoning,
-                         "tool_calls": [{"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls]})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": content,
+                "reasoning_content": reasoning,
+                "tool_calls": [
+                    {"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls
+                ],
+            }
+        )
         messages += [{"role": "tool", "content": o} for o in outputs]
         assert ledger.ids == _template_ids(tok, messages, TOOLS, True)
     assert ledger.drift_count == 0
@@ -79,8 +115,10 @@ def test_deltas_close_the_turn_and_open_the_next(qwen3_tokenizer, thinking) -> N
     gen = "<|im_start|>assistant\n" + ("" if thinking else "<think>\n\n</think>\n\n")
     # the engine stopped on <|im_end|>: only the newline is missing
     d, text = r.tool_delta(["a", "b"], "x" + _call_text("calculator", {}) + "<|im_end|>")
-    assert text == ("\n<|im_start|>user\n<tool_response>\na\n</tool_response>\n<tool_response>\nb\n"
-                    "</tool_response><|im_end|>\n" + gen)
+    assert text == (
+        "\n<|im_start|>user\n<tool_response>\na\n</tool_response>\n<tool_response>\nb\n"
+        "</tool_response><|im_end|>\n" + gen
+    )
     assert d == _ids(tok, text) and tok.decode(d) == text
     # a stop string or stop id other than <|im_end|>: the harness closes the assistant turn
     _, text2 = r.tool_delta(["a"], "x</tool_call>")
@@ -105,7 +143,9 @@ def test_retokenizing_our_context_gives_the_same_ids(qwen3_tokenizer) -> None:
 
 def test_ledger_fills_fallback_sample_aligned() -> None:
     ledger = TokenLedger([1, 2, 3])
-    ledger.add_sampled([10, 11], [-0.1, -0.2], "ab", {"finish_reason": {"type": "stop"}, "weight_version": "7"})
+    ledger.add_sampled(
+        [10, 11], [-0.1, -0.2], "ab", {"finish_reason": {"type": "stop"}, "weight_version": "7"}
+    )
     ledger.add_appended([20, 21, 22], "xyz")
     ledger.add_sampled([12], [-0.3], "c")
     s = FallbackSample(tokens=[99])

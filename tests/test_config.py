@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge.config import (ConfigError, EnvConfig, TrainConfig, TrajectoryConfig, config_from_env,
-                           is_hosted, load_config, parse_config)
+from bridge.config import (
+    ConfigError,
+    EnvConfig,
+    TrainConfig,
+    TrajectoryConfig,
+    config_from_env,
+    is_hosted,
+    load_config,
+    parse_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "train_config.yaml"
@@ -38,7 +46,7 @@ def _uncomment(text: str, first_line: str) -> str:
     lines[start] = " " * indent + first_line
     i = start + 1
     while i < len(lines) and re.match(rf"^ {{{indent}}}#   ", lines[i]):
-        lines[i] = " " * indent + lines[i][indent + 2:]
+        lines[i] = " " * indent + lines[i][indent + 2 :]
         i += 1
     assert i > start + 1, f"no block under {first_line!r}"
     return "\n".join(lines)
@@ -48,9 +56,13 @@ def test_commented_examples_in_the_default_config_are_valid() -> None:
     text = DEFAULT.read_text()
     text = _uncomment(text, "trajectories:")
     text = _uncomment(text, "GeneralReasoning/Whodunnit:")
-    text = text.replace("# options: {data_dir: /path/to/gsm8k}", "options: {data_dir: /path/to/gsm8k}")
+    text = text.replace(
+        "# options: {data_dir: /path/to/gsm8k}", "options: {data_dir: /path/to/gsm8k}"
+    )
     cfg = parse_config(yaml.safe_load(text), "uncommented")
-    assert cfg.trajectories == TrajectoryConfig(enabled=True, target="local", url=None, spool_dir="runs/spool")
+    assert cfg.trajectories == TrajectoryConfig(
+        enabled=True, target="local", url=None, spool_dir="runs/spool"
+    )
     hosted = cfg.environments["GeneralReasoning/Whodunnit"]
     assert is_hosted("GeneralReasoning/Whodunnit")
     assert hosted.secrets == {"openai_api_key": None} and hosted.reward_reduction == "sum"
@@ -68,18 +80,28 @@ def _check_error(data: object, *needles: str) -> str:
 
 
 def test_unknown_keys_are_named_with_their_place() -> None:
-    _check_error({"environments": {"gsm8k": {}}, "run_nmae": "x"}, "cfg.yaml", "unknown key 'run_nmae'")
-    _check_error({"environments": {"gsm8k": {"reward_reducton": "sum"}}},
-                 "unknown key 'environments.gsm8k.reward_reducton'")
-    _check_error({"environments": {"gsm8k": {}}, "trajectories": {"spool": "x"}},
-                 "unknown key 'trajectories.spool'")
+    _check_error(
+        {"environments": {"gsm8k": {}}, "run_nmae": "x"}, "cfg.yaml", "unknown key 'run_nmae'"
+    )
+    _check_error(
+        {"environments": {"gsm8k": {"reward_reducton": "sum"}}},
+        "unknown key 'environments.gsm8k.reward_reducton'",
+    )
+    _check_error(
+        {"environments": {"gsm8k": {}}, "trajectories": {"spool": "x"}},
+        "unknown key 'trajectories.spool'",
+    )
 
 
 def test_bad_values_are_one_line_errors() -> None:
-    _check_error({"environments": {"gsm8k": {"reward_reduction": "median"}}},
-                 "environments.gsm8k.reward_reduction")
+    _check_error(
+        {"environments": {"gsm8k": {"reward_reduction": "median"}}},
+        "environments.gsm8k.reward_reduction",
+    )
     _check_error({"environments": {"gsm8k": {"num_samples": 0}}}, "environments.gsm8k.num_samples")
-    _check_error({"environments": {"gsm8k": {"num_eval_samples": -1}}}, "environments.gsm8k.num_eval_samples")
+    _check_error(
+        {"environments": {"gsm8k": {"num_eval_samples": -1}}}, "environments.gsm8k.num_eval_samples"
+    )
     _check_error({"environments": {"gsm8k": {"splits": []}}}, "environments.gsm8k.splits")
     _check_error({"environments": {"gsm8k": {"max_turns": 0}}}, "environments.gsm8k.max_turns")
     _check_error({"environments": {}}, "at least one environment")
@@ -99,12 +121,18 @@ def test_file_errors(tmp_path: Path) -> None:
 
 
 def test_env_defaults_and_multi_server() -> None:
-    cfg = parse_config({"environments": {"gsm8k": {}},
-                        "env_server": ["http://127.0.0.1:1/", "http://127.0.0.1:2"]})
+    cfg = parse_config(
+        {"environments": {"gsm8k": {}}, "env_server": ["http://127.0.0.1:1/", "http://127.0.0.1:2"]}
+    )
     assert cfg.env_server_urls == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
     env = cfg.environments["gsm8k"]
     assert env == EnvConfig()
-    assert (env.splits, env.eval_split, env.num_samples, env.num_eval_samples) == (["train"], None, None, None)
+    assert (env.splits, env.eval_split, env.num_samples, env.num_eval_samples) == (
+        ["train"],
+        None,
+        None,
+        None,
+    )
     assert isinstance(cfg, TrainConfig)
 
 
@@ -115,7 +143,9 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert list(config_from_env().environments) == ["whodunit", "gsm8k", "haiku"]
 
 
-def test_relative_spool_dir_is_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_spool_dir_is_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg_dir = tmp_path / "conf"
     cfg_dir.mkdir()
     path = cfg_dir / "train_config.yaml"
@@ -129,5 +159,8 @@ def test_relative_spool_dir_is_relative_to_the_config_file(tmp_path: Path, monke
 
 
 def test_reward_range_must_not_be_inverted() -> None:
-    _check_error({"environments": {"gsm8k": {"min_reward": 1.0, "max_reward": 0.0}}},
-                 "environments.gsm8k", "min_reward (1.0) is above max_reward (0.0)")
+    _check_error(
+        {"environments": {"gsm8k": {"min_reward": 1.0, "max_reward": 0.0}}},
+        "environments.gsm8k",
+        "min_reward (1.0) is above max_reward (0.0)",
+    )

@@ -10,13 +10,17 @@ import time
 
 import httpx
 import pytest
-
 from conftest import REPO, free_port, run_process
 from sglang_stub import SGLangStub, StubRequest, Turn, default_logprob
 
 
-def _generate(url: str, input_ids: list[int], timeout: float = 60.0, headers: dict | None = None,
-              **sampling: object) -> dict:
+def _generate(
+    url: str,
+    input_ids: list[int],
+    timeout: float = 60.0,
+    headers: dict | None = None,
+    **sampling: object,
+) -> dict:
     body = {"input_ids": input_ids, "sampling_params": sampling, "return_logprob": True}
     r = httpx.post(f"{url}/generate", json=body, headers=headers, timeout=timeout)
     assert r.status_code == 200, r.text
@@ -25,23 +29,31 @@ def _generate(url: str, input_ids: list[int], timeout: float = 60.0, headers: di
 
 # ---------------------------------------------------------------- scripted stub
 
+
 def test_stub_serves_script_in_order_and_records_requests(qwen3_tokenizer) -> None:
     im_end = qwen3_tokenizer.convert_tokens_to_ids("<|im_end|>")
-    turns = [Turn([11, 12, 13], logprobs=[-0.5, -0.25, -1.0]),
-             Turn.of_text(qwen3_tokenizer, "All done.<|im_end|>")]
+    turns = [
+        Turn([11, 12, 13], logprobs=[-0.5, -0.25, -1.0]),
+        Turn.of_text(qwen3_tokenizer, "All done.<|im_end|>"),
+    ]
     with SGLangStub(script=turns, tokenizer=qwen3_tokenizer) as stub:
         out1 = _generate(stub.url, [1, 2, 3], max_new_tokens=64, temperature=1.0)
         out2 = _generate(stub.url, [1, 2, 3, 11, 12, 13, 7], max_new_tokens=64)
         assert httpx.get(f"{stub.url}/health").status_code == 200
         third = httpx.post(f"{stub.url}/generate", json={"input_ids": [1], "sampling_params": {}})
     assert out1["output_ids"] == [11, 12, 13]
-    assert out1["meta_info"]["output_token_logprobs"] == [[-0.5, 11, None], [-0.25, 12, None], [-1.0, 13, None]]
+    assert out1["meta_info"]["output_token_logprobs"] == [
+        [-0.5, 11, None],
+        [-0.25, 12, None],
+        [-1.0, 13, None],
+    ]
     assert out1["meta_info"]["finish_reason"] == {"type": "stop", "matched": 13}
     assert out1["meta_info"]["prompt_tokens"] == 3 and out1["meta_info"]["completion_tokens"] == 3
     assert out2["output_ids"][-1] == im_end
     assert out2["text"] == "All done."
-    assert [lp for lp, _, _ in out2["meta_info"]["output_token_logprobs"]] == \
-        [default_logprob(i) for i in range(len(out2["output_ids"]))]
+    assert [lp for lp, _, _ in out2["meta_info"]["output_token_logprobs"]] == [
+        default_logprob(i) for i in range(len(out2["output_ids"]))
+    ]
     # The second request extends the first context: the stub reports the shared prefix as cached.
     assert out2["meta_info"]["cached_tokens"] == 6
     assert [r.input_ids for r in stub.requests] == [[1, 2, 3], [1, 2, 3, 11, 12, 13, 7], [1]]
@@ -88,8 +100,11 @@ def test_stub_keyed_scripts_serve_concurrent_sessions() -> None:
         got = []
         ctx = [i]
         for _ in range(2):
-            r = await client.post(f"{url}/generate", headers={"X-SMG-Routing-Key": f"s{i}"},
-                                  json={"input_ids": ctx, "sampling_params": {"max_new_tokens": 8}})
+            r = await client.post(
+                f"{url}/generate",
+                headers={"X-SMG-Routing-Key": f"s{i}"},
+                json={"input_ids": ctx, "sampling_params": {"max_new_tokens": 8}},
+            )
             r.raise_for_status()
             ids = r.json()["output_ids"]
             got.append(ids)
@@ -138,16 +153,28 @@ def test_stub_responder_callable_and_bad_input() -> None:
 
 def test_stub_runs_as_subprocess_from_script_file(tmp_path, qwen3_tokenizer_dir) -> None:
     script = tmp_path / "turns.json"
-    script.write_text(json.dumps([{"text": "Hello<|im_end|>"}, {"output_ids": [1, 2], "finish_reason": "length"}]))
+    script.write_text(
+        json.dumps([{"text": "Hello<|im_end|>"}, {"output_ids": [1, 2], "finish_reason": "length"}])
+    )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = [sys.executable, str(REPO / "tests" / "sglang_stub.py"), "--port", str(port),
-            "--script", str(script), "--tokenizer", str(qwen3_tokenizer_dir)]
+    args = [
+        sys.executable,
+        str(REPO / "tests" / "sglang_stub.py"),
+        "--port",
+        str(port),
+        "--script",
+        str(script),
+        "--tokenizer",
+        str(qwen3_tokenizer_dir),
+    ]
     with run_process(args, f"{url}/health"):
         first = _generate(url, [1, 2])
         second = _generate(url, [1, 2])
     assert first["text"] == "Hello"
-    assert second["output_ids"] == [1, 2] and second["meta_info"]["finish_reason"]["type"] == "length"
+    assert (
+        second["output_ids"] == [1, 2] and second["meta_info"]["finish_reason"]["type"] == "length"
+    )
 
 
 # ---------------------------------------------------------------- CPU local engine
@@ -173,8 +200,17 @@ def tiny_model(tiny_qwen3_dir):
 def engine_url(tiny_qwen3_dir):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "bridge.launch.local_engine", "--model", str(tiny_qwen3_dir),
-            "--port", str(port), "--threads", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "bridge.launch.local_engine",
+        "--model",
+        str(tiny_qwen3_dir),
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+    ]
     with run_process(args, f"{url}/health", timeout=120) as proc:
         yield url
         assert proc.poll() is None, "engine died during the tests"
@@ -185,22 +221,28 @@ def prompt_ids(tiny_qwen3_dir) -> list[int]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
-    return list(tok.apply_chat_template(CHAT_PROMPT, add_generation_prompt=True, tokenize=True,
-                                        return_dict=False))
+    return list(
+        tok.apply_chat_template(
+            CHAT_PROMPT, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    )
 
 
-def _direct_logprobs(model, prompt: list[int], output: list[int], temperature: float = 1.0) -> list[float]:
+def _direct_logprobs(
+    model, prompt: list[int], output: list[int], temperature: float = 1.0
+) -> list[float]:
     """Logprob of each output token from one full forward pass (no KV cache)."""
     import torch
 
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([prompt + output])).logits[0].float()
-    steps = torch.log_softmax(logits[len(prompt) - 1:-1] / temperature, dim=-1)
+    steps = torch.log_softmax(logits[len(prompt) - 1 : -1] / temperature, dim=-1)
     return [float(steps[i, t]) for i, t in enumerate(output)]
 
 
 def test_local_engine_greedy_is_deterministic_and_matches_forward_pass(
-        engine_url, tiny_model, tiny_qwen3_dir, prompt_ids) -> None:
+    engine_url, tiny_model, tiny_qwen3_dir, prompt_ids
+) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
@@ -216,14 +258,16 @@ def test_local_engine_greedy_is_deterministic_and_matches_forward_pass(
     assert all(lp <= 0 for lp in lps)
     # The repeat reuses the first request's KV cache for all but the last prompt token.
     assert b["meta_info"]["cached_tokens"] == len(prompt_ids) - 1
-    assert lps == pytest.approx([lp for lp, _, _ in b["meta_info"]["output_token_logprobs"]], abs=1e-4)
+    assert lps == pytest.approx(
+        [lp for lp, _, _ in b["meta_info"]["output_token_logprobs"]], abs=1e-4
+    )
     assert lps == pytest.approx(_direct_logprobs(tiny_model, prompt_ids, ids), abs=1e-4)
     # Greedy really is the argmax of a full forward pass at every step.
     import torch
 
     with torch.inference_mode():
         logits = tiny_model(input_ids=torch.tensor([prompt_ids + ids])).logits[0]
-    assert logits[len(prompt_ids) - 1:-1].argmax(-1).tolist() == ids
+    assert logits[len(prompt_ids) - 1 : -1].argmax(-1).tolist() == ids
     assert a["text"] == tok.decode(ids, skip_special_tokens=True)
 
 
@@ -238,7 +282,7 @@ def test_local_engine_reuses_prefix_cache_across_turns(engine_url, tiny_model, p
     lps = [lp for lp, _, _ in second["meta_info"]["output_token_logprobs"]]
     assert lps == pytest.approx(_direct_logprobs(tiny_model, turn2, second["output_ids"]), abs=1e-4)
     # A context that diverges early reuses only the shared part (the cache is cut back).
-    turn3 = prompt_ids[:5] + [9707, 11, 1879]
+    turn3 = [*prompt_ids[:5], 9707, 11, 1879]
     third = _generate(engine_url, turn3, temperature=0.0, max_new_tokens=8, ignore_eos=True)
     assert third["meta_info"]["cached_tokens"] == 5
     lps = [lp for lp, _, _ in third["meta_info"]["output_token_logprobs"]]
@@ -254,9 +298,13 @@ def test_local_engine_sampling_logprobs_and_seed(engine_url, tiny_model, prompt_
     lps = [lp for lp, _, _ in a["meta_info"]["output_token_logprobs"]]
     assert all(lp <= 0 for lp in lps)
     # SGLang's convention: log-softmax of the temperature-scaled logits the token was drawn from.
-    assert lps == pytest.approx(_direct_logprobs(tiny_model, prompt_ids, ids, temperature=0.7), abs=1e-4)
+    assert lps == pytest.approx(
+        _direct_logprobs(tiny_model, prompt_ids, ids, temperature=0.7), abs=1e-4
+    )
     # top_k=1 leaves one candidate: the same tokens as greedy.
-    top1 = _generate(engine_url, prompt_ids, temperature=1.0, top_k=1, max_new_tokens=6, ignore_eos=True)
+    top1 = _generate(
+        engine_url, prompt_ids, temperature=1.0, top_k=1, max_new_tokens=6, ignore_eos=True
+    )
     greedy = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=6, ignore_eos=True)
     assert top1["output_ids"] == greedy["output_ids"]
 
@@ -265,15 +313,25 @@ def test_local_engine_stop_token_and_eos(engine_url, tiny_qwen3_dir, prompt_ids)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
-    base = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=8, ignore_eos=True)["output_ids"]
+    base = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=8, ignore_eos=True)[
+        "output_ids"
+    ]
     stop_at = next(i for i in range(2, 8) if base[i] not in base[:i])
-    out = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=8, stop_token_ids=[base[stop_at]])
-    assert out["output_ids"] == base[:stop_at + 1]
+    out = _generate(
+        engine_url, prompt_ids, temperature=0.0, max_new_tokens=8, stop_token_ids=[base[stop_at]]
+    )
+    assert out["output_ids"] == base[: stop_at + 1]
     assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": base[stop_at]}
     assert out["text"] == tok.decode(base[:stop_at], skip_special_tokens=True)
     # min_new_tokens: stop tokens cannot be sampled before that many tokens exist.
-    held = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=8, min_new_tokens=3,
-                     stop_token_ids=[base[0], 10**9])
+    held = _generate(
+        engine_url,
+        prompt_ids,
+        temperature=0.0,
+        max_new_tokens=8,
+        min_new_tokens=3,
+        stop_token_ids=[base[0], 10**9],
+    )
     assert held["output_ids"][0] != base[0]
     assert base[0] not in held["output_ids"][:3] and len(held["output_ids"]) >= 3
     info = httpx.get(f"{engine_url}/get_model_info").json()
@@ -299,19 +357,22 @@ def test_local_engine_ends_on_chat_end_tokens_by_default(tiny_qwen3_dir) -> None
 
     prompt = tok.encode("Hello there", add_special_tokens=False)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
-    base = engine.generate(GenerateRequest(prompt, SamplingParams(temperature=0.0, max_new_tokens=6,
-                                                                  ignore_eos=True)))
+    base = engine.generate(
+        GenerateRequest(prompt, SamplingParams(temperature=0.0, max_new_tokens=6, ignore_eos=True))
+    )
     engine.end_token_ids = frozenset({base.output_ids[2]})
     first = base.output_ids.index(base.output_ids[2])
     ended = engine.generate(GenerateRequest(prompt, greedy))
-    assert ended.output_ids == base.output_ids[:first + 1]
+    assert ended.output_ids == base.output_ids[: first + 1]
     assert ended.finish_reason == {"type": "stop", "matched": base.output_ids[2]}
 
 
 def _tokenizer(engine_url: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(httpx.get(f"{engine_url}/get_model_info").json()["tokenizer_path"])
+    return AutoTokenizer.from_pretrained(
+        httpx.get(f"{engine_url}/get_model_info").json()["tokenizer_path"]
+    )
 
 
 def _engine(model_dir):
@@ -324,24 +385,42 @@ def test_local_engine_stop_string(engine_url, tiny_qwen3_dir, prompt_ids) -> Non
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
-    base = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=16, ignore_eos=True)["output_ids"]
+    base = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=16, ignore_eos=True)[
+        "output_ids"
+    ]
     # A stop string: the clean ASCII text of a later token that the earlier text does not contain.
     stop = None
     for i in range(1, len(base)):
         piece = tok.decode([base[i]]).strip()
-        if piece.isascii() and piece.isalpha() and len(piece) >= 2 and piece not in tok.decode(base[:i]):
+        if (
+            piece.isascii()
+            and piece.isalpha()
+            and len(piece) >= 2
+            and piece not in tok.decode(base[:i])
+        ):
             stop = piece
             break
     assert stop is not None, f"no usable stop string in {tok.decode(base)!r}"
-    k = next(i for i in range(len(base)) if stop in tok.decode(base[:i + 1], skip_special_tokens=True))
-    full = tok.decode(base[:k + 1], skip_special_tokens=True)
-    out = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=16, ignore_eos=True, stop=[stop])
-    assert out["output_ids"] == base[:k + 1]
+    k = next(
+        i for i in range(len(base)) if stop in tok.decode(base[: i + 1], skip_special_tokens=True)
+    )
+    full = tok.decode(base[: k + 1], skip_special_tokens=True)
+    out = _generate(
+        engine_url, prompt_ids, temperature=0.0, max_new_tokens=16, ignore_eos=True, stop=[stop]
+    )
+    assert out["output_ids"] == base[: k + 1]
     assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
-    assert out["text"] == full[:full.index(stop)]
-    kept = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=16, ignore_eos=True,
-                     stop=stop, no_stop_trim=True)
-    assert kept["text"] == full and kept["output_ids"] == base[:k + 1]
+    assert out["text"] == full[: full.index(stop)]
+    kept = _generate(
+        engine_url,
+        prompt_ids,
+        temperature=0.0,
+        max_new_tokens=16,
+        ignore_eos=True,
+        stop=stop,
+        no_stop_trim=True,
+    )
+    assert kept["text"] == full and kept["output_ids"] == base[: k + 1]
 
 
 def test_local_engine_max_new_tokens_and_bad_input(engine_url, prompt_ids) -> None:
@@ -350,10 +429,16 @@ def test_local_engine_max_new_tokens_and_bad_input(engine_url, prompt_ids) -> No
     assert out["meta_info"]["finish_reason"] == {"type": "length", "length": 3}
     bad_cases = [
         (b"{nope", "not valid JSON"),
-        (json.dumps({"input_ids": [1], "sampling_params": {"temprature": 1}}).encode(), "unknown sampling param 'temprature'"),
+        (
+            json.dumps({"input_ids": [1], "sampling_params": {"temprature": 1}}).encode(),
+            "unknown sampling param 'temprature'",
+        ),
         (json.dumps({"input_ids": [10**9]}).encode(), "not a token id"),
         (json.dumps({"input_ids": [1], "sampling_params": {"top_p": 2}}).encode(), "top_p"),
-        (json.dumps({"input_ids": [1], "sampling_params": {"frequency_penalty": 0.5}}).encode(), "not supported"),
+        (
+            json.dumps({"input_ids": [1], "sampling_params": {"frequency_penalty": 0.5}}).encode(),
+            "not supported",
+        ),
         (json.dumps({"input_ids": [[1], [2]]}).encode(), "not a token id"),
         (json.dumps({"input_ids": [1], "stream": True}).encode(), "streaming"),
         (json.dumps({"input_ids": [1], "logprob_start_len": 0}).encode(), "logprob_start_len"),
@@ -364,17 +449,36 @@ def test_local_engine_max_new_tokens_and_bad_input(engine_url, prompt_ids) -> No
         assert message in r.json()["error"]["message"]
         assert "\n" not in r.json()["error"]["message"]
     # Neutral values of unimplemented params and slime's full training dict are accepted.
-    slime_params = dict(temperature=1.0, top_p=1.0, top_k=-1, max_new_tokens=2, stop=None,
-                        stop_token_ids=None, skip_special_tokens=False, no_stop_trim=True,
-                        spaces_between_special_tokens=False, frequency_penalty=0.0)
+    slime_params = dict(
+        temperature=1.0,
+        top_p=1.0,
+        top_k=-1,
+        max_new_tokens=2,
+        stop=None,
+        stop_token_ids=None,
+        skip_special_tokens=False,
+        no_stop_trim=True,
+        spaces_between_special_tokens=False,
+        frequency_penalty=0.0,
+    )
     assert len(_generate(engine_url, prompt_ids, **slime_params)["output_ids"]) <= 2
-    with_text = httpx.post(f"{engine_url}/generate", timeout=30, json={
-        "input_ids": prompt_ids, "sampling_params": {"temperature": 0, "max_new_tokens": 2, "ignore_eos": True},
-        "return_logprob": True, "return_text_in_logprobs": True}).json()
-    assert [e[2] for e in with_text["meta_info"]["output_token_logprobs"]] == \
-        [_tokenizer(engine_url).decode([t]) for t in with_text["output_ids"]]
-    plain = httpx.post(f"{engine_url}/generate", json={"input_ids": prompt_ids,
-                                                       "sampling_params": {"max_new_tokens": 1}}).json()
+    with_text = httpx.post(
+        f"{engine_url}/generate",
+        timeout=30,
+        json={
+            "input_ids": prompt_ids,
+            "sampling_params": {"temperature": 0, "max_new_tokens": 2, "ignore_eos": True},
+            "return_logprob": True,
+            "return_text_in_logprobs": True,
+        },
+    ).json()
+    assert [e[2] for e in with_text["meta_info"]["output_token_logprobs"]] == [
+        _tokenizer(engine_url).decode([t]) for t in with_text["output_ids"]
+    ]
+    plain = httpx.post(
+        f"{engine_url}/generate",
+        json={"input_ids": prompt_ids, "sampling_params": {"max_new_tokens": 1}},
+    ).json()
     assert "output_token_logprobs" not in plain["meta_info"] and len(plain["output_ids"]) == 1
     assert httpx.get(f"{engine_url}/health_generate", timeout=30).status_code == 200
 
@@ -383,8 +487,16 @@ def test_local_engine_abort_request(engine_url, prompt_ids) -> None:
     results: list[dict] = []
 
     def long_request() -> None:
-        results.append(_generate(engine_url, prompt_ids, temperature=1.0, max_new_tokens=5000,
-                                 ignore_eos=True, timeout=120))
+        results.append(
+            _generate(
+                engine_url,
+                prompt_ids,
+                temperature=1.0,
+                max_new_tokens=5000,
+                ignore_eos=True,
+                timeout=120,
+            )
+        )
 
     threads = [threading.Thread(target=long_request) for _ in range(2)]
     for t in threads:
@@ -412,11 +524,14 @@ def test_local_engine_abort_request(engine_url, prompt_ids) -> None:
 
 
 def test_local_engine_imports_without_torch() -> None:
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import bridge.launch.local_engine as le\n"
-            "raise SystemExit(le.main(['--model', 'unused']))\n")
-    proc = __import__("subprocess").run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                                        text=True, timeout=60)
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import bridge.launch.local_engine as le\n"
+        "raise SystemExit(le.main(['--model', 'unused']))\n"
+    )
+    proc = __import__("subprocess").run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2, proc.stderr
     assert "torch is not installed" in proc.stderr
     assert "DEBUGGING ENGINE" in proc.stdout
@@ -425,22 +540,44 @@ def test_local_engine_imports_without_torch() -> None:
 def test_local_engine_missing_model_is_a_clear_error(tmp_path) -> None:
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "bridge.launch.local_engine", "--model", str(tmp_path / "absent"),
-                           "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge.launch.local_engine",
+            "--model",
+            str(tmp_path / "absent"),
+            "--port",
+            str(free_port()),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 2
     assert "cannot load model" in proc.stderr
 
 
 def test_stub_subprocess_with_responder_callable(tmp_path) -> None:
     module = tmp_path / "responder.py"
-    module.write_text("from sglang_stub import Turn\n\n"
-                      "def respond(request):\n"
-                      "    return Turn([len(request.input_ids), 42])\n")
+    module.write_text(
+        "from sglang_stub import Turn\n\n"
+        "def respond(request):\n"
+        "    return Turn([len(request.input_ids), 42])\n"
+    )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = [sys.executable, str(REPO / "tests" / "sglang_stub.py"), "--port", str(port),
-            "--responder", f"{module}:respond", "--instant"]
+    args = [
+        sys.executable,
+        str(REPO / "tests" / "sglang_stub.py"),
+        "--port",
+        str(port),
+        "--responder",
+        f"{module}:respond",
+        "--instant",
+    ]
     with run_process(args, f"{url}/health", env={"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}):
         out = _generate(url, [5, 6, 7], max_new_tokens=1)
     assert out["output_ids"] == [3]
@@ -453,15 +590,20 @@ def test_bridge_engine_client_reads_local_engine_replies(engine_url, prompt_ids)
     async def turn() -> tuple:
         client = EngineClient(engine_url)
         try:
-            return await client.generate(prompt_ids, {"temperature": 0.0, "max_new_tokens": 4,
-                                                      "ignore_eos": True}, routing_key="episode-1")
+            return await client.generate(
+                prompt_ids,
+                {"temperature": 0.0, "max_new_tokens": 4, "ignore_eos": True},
+                routing_key="episode-1",
+            )
         finally:
             await client.close()
 
     got = asyncio.run(turn())
     direct = _generate(engine_url, prompt_ids, temperature=0.0, max_new_tokens=4, ignore_eos=True)
     assert got.output_ids == direct["output_ids"] and got.finish_reason == "length"
-    assert got.logprobs == pytest.approx([e[0] for e in direct["meta_info"]["output_token_logprobs"]], abs=1e-4)
+    assert got.logprobs == pytest.approx(
+        [e[0] for e in direct["meta_info"]["output_token_logprobs"]], abs=1e-4
+    )
 
 
 def test_sampler_follows_the_filtered_distribution() -> None:
@@ -478,8 +620,11 @@ def test_sampler_follows_the_filtered_distribution() -> None:
         for _ in range(n):
             token, lp = sample_next_token(logits.clone(), p, gen)
             counts[token] += 1
-            expected = torch.log_softmax(logits / p.temperature, -1)[token] if not p.greedy \
+            expected = (
+                torch.log_softmax(logits / p.temperature, -1)[token]
+                if not p.greedy
                 else torch.log_softmax(logits, -1)[token]
+            )
             assert lp == pytest.approx(float(expected), abs=1e-6)
         return [c / n for c in counts]
 
@@ -489,7 +634,7 @@ def test_sampler_follows_the_filtered_distribution() -> None:
     assert freqs(top_p=0.6) == pytest.approx([0, 0, 3 / 7, 4 / 7], abs=0.03)
     assert freqs(min_p=0.6) == pytest.approx([0, 0, 3 / 7, 4 / 7], abs=0.03)
     # Temperature sharpens: p_i ∝ p_i^(1/T).
-    sharp = [x ** 2 for x in (0.1, 0.2, 0.3, 0.4)]
+    sharp = [x**2 for x in (0.1, 0.2, 0.3, 0.4)]
     assert freqs(temperature=0.5) == pytest.approx([x / sum(sharp) for x in sharp], abs=0.03)
     assert freqs(n=50, temperature=0.0) == [0, 0, 0, 1.0]
 
@@ -516,8 +661,14 @@ def test_head_mask_matches_a_full_sort() -> None:
 
 def test_local_engine_aborts_when_the_client_hangs_up(engine_url, prompt_ids) -> None:
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{engine_url}/generate", timeout=httpx.Timeout(5.0, read=1.0), json={
-            "input_ids": prompt_ids, "sampling_params": {"max_new_tokens": 20000, "ignore_eos": True}})
+        httpx.post(
+            f"{engine_url}/generate",
+            timeout=httpx.Timeout(5.0, read=1.0),
+            json={
+                "input_ids": prompt_ids,
+                "sampling_params": {"max_new_tokens": 20000, "ignore_eos": True},
+            },
+        )
     deadline = time.monotonic() + 10
     while httpx.get(f"{engine_url}/v1/loads").json()["loads"][0]["num_running_reqs"]:
         assert time.monotonic() < deadline, "generation kept running after the client left"

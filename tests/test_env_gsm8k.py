@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 from openreward.api.errors import ToolCallError
-
-from envs.gsm8k import GSM8K, CalculatorError, GSM8KDataMissing, answers_match, calculate, parse_final_answer
 from ors_episodes import play_gsm8k, sdk_server
+
+from envs.gsm8k import (
+    GSM8K,
+    CalculatorError,
+    GSM8KDataMissing,
+    answers_match,
+    calculate,
+    parse_final_answer,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -26,37 +33,55 @@ def _texts(out) -> str:
 
 # ---------------------------------------------------------------- calculator
 
-@pytest.mark.parametrize("expr, want", [
-    ("1+2", "3"), ("(16 - 3 - 4) * 2", "18"), ("7/2", "3.5"), ("6/2", "3"), ("0.1 + 0.2", "0.3"),
-    ("2**10", "1024"), ("2**-2", "0.25"), ("-5 % 3", "1"), ("7 // 2", "3"), ("-(-3)", "3"),
-    ("1.5e3", "1500"), ("$5 * 3", "15"), ("12 \u00d7 3", "36"), ("2**0.5", "1.41421356237"),
-    ("10/3", "3.33333333333"),
-])
+
+@pytest.mark.parametrize(
+    "expr, want",
+    [
+        ("1+2", "3"),
+        ("(16 - 3 - 4) * 2", "18"),
+        ("7/2", "3.5"),
+        ("6/2", "3"),
+        ("0.1 + 0.2", "0.3"),
+        ("2**10", "1024"),
+        ("2**-2", "0.25"),
+        ("-5 % 3", "1"),
+        ("7 // 2", "3"),
+        ("-(-3)", "3"),
+        ("1.5e3", "1500"),
+        ("$5 * 3", "15"),
+        ("12 \u00d7 3", "36"),
+        ("2**0.5", "1.41421356237"),
+        ("10/3", "3.33333333333"),
+    ],
+)
 def test_calculator_evaluates_arithmetic(expr: str, want: str) -> None:
     assert calculate(expr) == want
 
 
-@pytest.mark.parametrize("expr, fragment", [
-    ("__import__('os').system('true')", "function calls are not allowed"),
-    ("x + 1", "unknown name 'x'"),
-    ("2^3", "use **"),
-    ("1,200 + 5", "commas are not allowed"),
-    ("9**9**9", "exponent"),
-    ("2**100", "exponent 100 is too large"),
-    ("10**30 * 10", "too large"),
-    ("1e400", "too large"),
-    ("10 / 0", "division by zero"),
-    ("0 ** -1", "division by zero"),
-    ("(-8) ** 0.5", "not a real number"),
-    ("(3", "cannot parse"),
-    ("", "empty expression"),
-    ("1+" * 150 + "1", "longer than 200 characters"),
-    ("True + 1", "not a number"),
-    ("'a' * 3", "not a number"),
-    ("[1, 2]", "unsupported syntax"),
-    ("1 if 2 else 3", "unsupported syntax"),
-    ("3j", "not a number"),
-])
+@pytest.mark.parametrize(
+    "expr, fragment",
+    [
+        ("__import__('os').system('true')", "function calls are not allowed"),
+        ("x + 1", "unknown name 'x'"),
+        ("2^3", "use **"),
+        ("1,200 + 5", "commas are not allowed"),
+        ("9**9**9", "exponent"),
+        ("2**100", "exponent 100 is too large"),
+        ("10**30 * 10", "too large"),
+        ("1e400", "too large"),
+        ("10 / 0", "division by zero"),
+        ("0 ** -1", "division by zero"),
+        ("(-8) ** 0.5", "not a real number"),
+        ("(3", "cannot parse"),
+        ("", "empty expression"),
+        ("1+" * 150 + "1", "longer than 200 characters"),
+        ("True + 1", "not a number"),
+        ("'a' * 3", "not a number"),
+        ("[1, 2]", "unsupported syntax"),
+        ("1 if 2 else 3", "unsupported syntax"),
+        ("3j", "not a number"),
+    ],
+)
 def test_calculator_rejects_with_clear_error(expr: str, fragment: str) -> None:
     with pytest.raises(CalculatorError) as e:
         calculate(expr)
@@ -66,12 +91,28 @@ def test_calculator_rejects_with_clear_error(expr: str, fragment: str) -> None:
 
 # ---------------------------------------------------------------- answers
 
-@pytest.mark.parametrize("submitted, label, ok", [
-    ("18", "18", True), (" 18 ", "18", True), ("$18", "18", True), ("18.0", "18", True), ("18.00", "18", True),
-    ("1,200", "1200", True), ("$1,200.00", "1,200", True), ("18.", "18", True), ("-3", "-3", True),
-    ("0.5", "1/2", True), ("17", "18", False), ("18.5", "18", False), ("eighteen", "18", False),
-    ("", "18", False), ("18 dollars", "18", False), ("nan", "18", False),
-])
+
+@pytest.mark.parametrize(
+    "submitted, label, ok",
+    [
+        ("18", "18", True),
+        (" 18 ", "18", True),
+        ("$18", "18", True),
+        ("18.0", "18", True),
+        ("18.00", "18", True),
+        ("1,200", "1200", True),
+        ("$1,200.00", "1,200", True),
+        ("18.", "18", True),
+        ("-3", "-3", True),
+        ("0.5", "1/2", True),
+        ("17", "18", False),
+        ("18.5", "18", False),
+        ("eighteen", "18", False),
+        ("", "18", False),
+        ("18 dollars", "18", False),
+        ("nan", "18", False),
+    ],
+)
 def test_answer_matching(submitted: str, label: str, ok: bool) -> None:
     assert answers_match(submitted, label) is ok
 
@@ -84,20 +125,30 @@ def test_parse_final_answer() -> None:
 
 # ---------------------------------------------------------------- data
 
+
 def test_loads_shared_jsonl(gsm8k_dir: Path) -> None:
     GSM8K.configure({"data_dir": str(gsm8k_dir)})
     test = GSM8K.load_split("test")
     lines = [ln for ln in (gsm8k_dir / "test.jsonl").read_text().splitlines() if ln.strip()]
     assert len(test) == len(lines)
     first = json.loads(lines[0])
-    assert test[0] == {"split": "test", "index": 0, "question": first["question"].strip(),
-                       "label": first["answer"].rsplit("####", 1)[1].strip()}
+    assert test[0] == {
+        "split": "test",
+        "index": 0,
+        "question": first["question"].strip(),
+        "label": first["answer"].rsplit("####", 1)[1].strip(),
+    }
     assert GSM8K.load_split("test") is test  # cached
     assert len(GSM8K.load_split("train")) > len(test)
 
 
-def test_data_dir_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = [{"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}, {"question": "Q2", "answer": "#### 1,000"}]
+def test_data_dir_from_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [
+        {"question": "What is 2+2?", "answer": "2+2=4\n#### 4"},
+        {"question": "Q2", "answer": "#### 1,000"},
+    ]
     for split in ("train", "test"):
         (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     monkeypatch.setenv("GSM8K_DATA_DIR", str(tmp_path))
@@ -114,7 +165,10 @@ def test_parquet_directory(tmp_path: Path) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table({"question": ["Q"], "answer": ["#### 7"]}), tmp_path / "test-00000-of-00001.parquet")
+        pq.write_table(
+            pa.table({"question": ["Q"], "answer": ["#### 7"]}),
+            tmp_path / "test-00000-of-00001.parquet",
+        )
         assert GSM8K.load_split("test")[0]["label"] == "7"
 
 
@@ -159,6 +213,7 @@ def test_task_spec_must_have_question_and_label() -> None:
 
 # ---------------------------------------------------------------- in-process episode
 
+
 async def test_in_process_episode(gsm8k_dir: Path) -> None:
     spec = await GSM8K.get_task("test", 0)
     env = GSM8K(task_spec=spec)
@@ -170,8 +225,15 @@ async def test_in_process_episode(gsm8k_dir: Path) -> None:
     assert ok.ok and _texts(ok.output) == "16 - 3 - 4 = 9"
     assert ok.output.reward is None and ok.output.finished is False
     bad = (await env._call_tool("calculator", {"expression": "open('x')"})).root
-    assert bad.ok and _texts(bad.output).startswith("Error:") and bad.output.reward is None and not bad.output.finished
-    num = (await env._call_tool("calculator", {"expression": 42})).root  # a bare number is accepted as text
+    assert (
+        bad.ok
+        and _texts(bad.output).startswith("Error:")
+        and bad.output.reward is None
+        and not bad.output.finished
+    )
+    num = (
+        await env._call_tool("calculator", {"expression": 42})
+    ).root  # a bare number is accepted as text
     assert num.ok and _texts(num.output) == "42 = 42"
 
     done = (await env._call_tool("submit_answer", {"answer": f"${spec['label']}.00"})).root
@@ -183,14 +245,23 @@ async def test_in_process_episode(gsm8k_dir: Path) -> None:
 async def test_in_process_wrong_and_unreadable_answers(gsm8k_dir: Path) -> None:
     spec = await GSM8K.get_task("test", 1)
     wrong = (await GSM8K(task_spec=spec)._call_tool("submit_answer", {"answer": "-1"})).root
-    assert wrong.output.reward == 0.0 and wrong.output.finished and "Incorrect" in _texts(wrong.output)
-    junk = (await GSM8K(task_spec=spec)._call_tool("submit_answer", {"answer": "I don't know"})).root
-    assert junk.output.reward == 0.0 and junk.output.finished and "Could not read a number" in _texts(junk.output)
+    assert (
+        wrong.output.reward == 0.0 and wrong.output.finished and "Incorrect" in _texts(wrong.output)
+    )
+    junk = (
+        await GSM8K(task_spec=spec)._call_tool("submit_answer", {"answer": "I don't know"})
+    ).root
+    assert (
+        junk.output.reward == 0.0
+        and junk.output.finished
+        and "Could not read a number" in _texts(junk.output)
+    )
     missing = (await GSM8K(task_spec=spec)._call_tool("submit_answer", {})).root
     assert not missing.ok and missing.reason == "input_validation"
 
 
 # ---------------------------------------------------------------- through the stock client + SDK server
+
 
 @pytest.fixture(scope="module")
 def sdk_url() -> str:
@@ -232,4 +303,9 @@ async def test_our_server_episodes(server_url: str) -> None:
     right = await play_gsm8k(server_url, "test", 3, correct=True)
     wrong = await play_gsm8k(server_url, "train", 5, correct=False)
     assert right.calls[0][1:] == ("(16 - 3 - 4) * 2 = 18", None, False)
-    assert (right.final_reward, right.finished, wrong.final_reward, wrong.finished) == (1.0, True, 0.0, True)
+    assert (right.final_reward, right.finished, wrong.final_reward, wrong.finished) == (
+        1.0,
+        True,
+        0.0,
+        True,
+    )

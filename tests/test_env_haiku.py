@@ -6,17 +6,29 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvicorn
+from conftest import free_port
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-
-from conftest import free_port
-from envs.haiku import (Haiku, analyze, chat_completions_url, cmu_dictionary, estimate_syllables,
-                        parse_judge_reply, poem_lines, read_topics, structure_score, topic_split, word_syllables)
 from ors_episodes import PERFECT_HAIKU, play_haiku, sdk_server
+
+from envs.haiku import (
+    Haiku,
+    analyze,
+    chat_completions_url,
+    cmu_dictionary,
+    estimate_syllables,
+    parse_judge_reply,
+    poem_lines,
+    read_topics,
+    structure_score,
+    topic_split,
+    word_syllables,
+)
 
 JUDGE_ENV = ("LLM_JUDGE_URL", "LLM_JUDGE_MODEL", "LLM_JUDGE_API_KEY")
 
@@ -37,18 +49,44 @@ def cmu() -> dict:
 
 # ---------------------------------------------------------------- syllables
 
-@pytest.mark.parametrize("word, counts", [
-    ("haiku", {2}), ("the", {1}), ("beautiful", {3}), ("syllable", {3}), ("poem", {2}), ("stone", {1}),
-    ("fire", {1, 2}), ("every", {2, 3}), ("don't", {1}), ("heron's", {2}), ("autumn", {2}), ("silence", {2}),
-    ("2024", {5}), ("7", {2}),
-])
+
+@pytest.mark.parametrize(
+    "word, counts",
+    [
+        ("haiku", {2}),
+        ("the", {1}),
+        ("beautiful", {3}),
+        ("syllable", {3}),
+        ("poem", {2}),
+        ("stone", {1}),
+        ("fire", {1, 2}),
+        ("every", {2, 3}),
+        ("don't", {1}),
+        ("heron's", {2}),
+        ("autumn", {2}),
+        ("silence", {2}),
+        ("2024", {5}),
+        ("7", {2}),
+    ],
+)
 def test_known_words(word: str, counts: set[int], cmu: dict) -> None:
     assert word_syllables(word, cmu) == counts
 
 
-@pytest.mark.parametrize("word, n", [
-    ("glorb", 1), ("zindora", 3), ("zindoria", 3), ("flumpet", 2), ("snorbled", 2), ("florped", 1), ("quazzle", 2), ("brime", 1), ("", 0),
-])
+@pytest.mark.parametrize(
+    "word, n",
+    [
+        ("glorb", 1),
+        ("zindora", 3),
+        ("zindoria", 3),
+        ("flumpet", 2),
+        ("snorbled", 2),
+        ("florped", 1),
+        ("quazzle", 2),
+        ("brime", 1),
+        ("", 0),
+    ],
+)
 def test_vowel_group_fallback(word: str, n: int, cmu: dict) -> None:
     assert word not in cmu
     assert estimate_syllables(word) == n  # vowel groups: 'ia' is one group, so 'zindoria' counts 3
@@ -57,16 +95,34 @@ def test_vowel_group_fallback(word: str, n: int, cmu: dict) -> None:
 def test_line_counting_and_structure(cmu: dict) -> None:
     lines, counts, score = analyze(PERFECT_HAIKU, cmu)
     assert counts == [5, 7, 5] and score == 1.0 and len(lines) == 3
-    assert analyze("Autumn moonlight / a worm digs silently / into the chestnut", cmu)[1] == [4, 6, 5]
+    assert analyze("Autumn moonlight / a worm digs silently / into the chestnut", cmu)[1] == [
+        4,
+        6,
+        5,
+    ]
     # 'fire' may be one or two syllables: the count closest to the target is used
-    assert analyze("fire on the hill\nthe fire burns over the hill\nfire on the hill", cmu)[1] == [5, 7, 5]
+    assert analyze("fire on the hill\nthe fire burns over the hill\nfire on the hill", cmu)[1] == [
+        5,
+        7,
+        5,
+    ]
     assert analyze("", cmu) == ([], [], 0.0)
 
 
-@pytest.mark.parametrize("n_lines, counts, score", [
-    (3, [5, 7, 5], 1.0), (3, [4, 7, 5], 0.875), (3, [6, 8, 4], 0.625), (3, [3, 7, 5], 0.75),
-    (3, [1, 1, 1], 0.25), (4, [5, 7, 5], 0.75), (2, [5, 7], 0.5), (1, [5], 0.25), (0, [], 0.0),
-])
+@pytest.mark.parametrize(
+    "n_lines, counts, score",
+    [
+        (3, [5, 7, 5], 1.0),
+        (3, [4, 7, 5], 0.875),
+        (3, [6, 8, 4], 0.625),
+        (3, [3, 7, 5], 0.75),
+        (3, [1, 1, 1], 0.25),
+        (4, [5, 7, 5], 0.75),
+        (2, [5, 7], 0.5),
+        (1, [5], 0.25),
+        (0, [], 0.0),
+    ],
+)
 def test_structure_score(n_lines: int, counts: list[int], score: float) -> None:
     assert structure_score(["x"] * n_lines, counts) == score
 
@@ -79,6 +135,7 @@ def test_poem_lines() -> None:
 
 # ---------------------------------------------------------------- topics
 
+
 def test_topics_bundled_and_split() -> None:
     topics = read_topics()
     assert len(topics) >= 300 and len(set(topics)) == len(topics)
@@ -87,7 +144,11 @@ def test_topics_bundled_and_split() -> None:
     assert sorted(by_split["train"] + by_split["test"]) == sorted(topics)
     assert 20 <= len(by_split["test"]) <= 60
     assert all(topic_split(t) == "test" for t in by_split["test"])
-    assert Haiku.list_tasks("test")[3] == {"split": "test", "index": 3, "topic": by_split["test"][3]}
+    assert Haiku.list_tasks("test")[3] == {
+        "split": "test",
+        "index": 3,
+        "topic": by_split["test"][3],
+    }
 
 
 def test_hub_topics_fall_back_to_bundled(caplog: pytest.LogCaptureFixture) -> None:
@@ -114,6 +175,7 @@ def test_configure_and_specs() -> None:
 
 # ---------------------------------------------------------------- revisions (in-process)
 
+
 async def _submit(env: Haiku, poem: str) -> Any:
     return (await env._call_tool("submit_haiku", {"poem": poem})).root
 
@@ -127,7 +189,9 @@ async def test_revisions_until_perfect() -> None:
     assert "Syllables per line: 2, 2" in first.output.blocks[0].text
     second = await _submit(env, PERFECT_HAIKU)
     assert second.output.finished and second.output.reward == 1.0
-    assert second.output.metadata["syllables"] == [5, 7, 5] and second.output.metadata["style"] is None
+    assert (
+        second.output.metadata["syllables"] == [5, 7, 5] and second.output.metadata["style"] is None
+    )
     late = (await env._call_tool("submit_haiku", {"poem": "x"})).root
     assert not late.ok and late.reason == "episode_finished"
 
@@ -138,7 +202,11 @@ async def test_revisions_run_out() -> None:
     a = await _submit(env, "one\ntwo\nthree")
     b = await _submit(env, "An old silent pond\nA frog jumps into the pond\nSplash!")
     assert not a.output.finished and a.output.reward == 0.25
-    assert b.output.finished and b.output.reward == 0.75 and "No revisions left" in b.output.blocks[0].text
+    assert (
+        b.output.finished
+        and b.output.reward == 0.75
+        and "No revisions left" in b.output.blocks[0].text
+    )
     Haiku.configure({"max_revisions": 0})
     env = Haiku(task_spec={"topic": "rain"})
     assert (await _submit(env, "only one try")).output.finished
@@ -152,6 +220,7 @@ async def test_bad_input_keeps_episode() -> None:
 
 
 # ---------------------------------------------------------------- the LLM judge (a tiny OpenAI-compatible server)
+
 
 class JudgeStub:
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 whose behaviour the test picks."""
@@ -169,18 +238,34 @@ class JudgeStub:
             return JSONResponse({"error": {"message": "judge exploded"}}, status_code=500)
         if self.mode == "slow":
             await asyncio.sleep(3)
-        content = {"ok": '{"relevance": 8, "imagery": 6}', "slow": '{"relevance": 10, "imagery": 10}',
-                   "garbage": "I liked it a lot!"}[self.mode]
-        return {"id": "x", "object": "chat.completion", "model": body.get("model"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+        content = {
+            "ok": '{"relevance": 8, "imagery": 6}',
+            "slow": '{"relevance": 10, "imagery": 10}',
+            "garbage": "I liked it a lot!",
+        }[self.mode]
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
 
 
 @pytest.fixture(scope="module")
 def judge() -> Iterator[tuple[JudgeStub, str]]:
     stub = JudgeStub()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(stub.app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            stub.app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -213,7 +298,10 @@ async def test_judge_scores_style_of_a_perfect_haiku(judged: JudgeStub) -> None:
     assert out.output.reward == pytest.approx(0.5 * 1.0 + 0.5 * 0.7)
     body, headers = judged.requests[0]
     assert body["model"] == "tiny-judge" and headers["authorization"] == "Bearer secret-key"
-    assert "an old pond" in body["messages"][-1]["content"] and "A frog jumps" in body["messages"][-1]["content"]
+    assert (
+        "an old pond" in body["messages"][-1]["content"]
+        and "A frog jumps" in body["messages"][-1]["content"]
+    )
 
 
 async def test_judge_weight_option(judged: JudgeStub) -> None:
@@ -223,8 +311,9 @@ async def test_judge_weight_option(judged: JudgeStub) -> None:
 
 
 @pytest.mark.parametrize("mode", ["error", "garbage", "slow"])
-async def test_judge_failures_fall_back_to_structure(judged: JudgeStub, mode: str,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+async def test_judge_failures_fall_back_to_structure(
+    judged: JudgeStub, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     judged.mode = mode
     Haiku.configure({"judge_timeout": 0.5})
     env = Haiku(task_spec={"topic": "pond"})
@@ -256,6 +345,7 @@ def test_judge_reply_parsing_and_url() -> None:
 
 
 # ---------------------------------------------------------------- through the stock client + SDK server
+
 
 @pytest.fixture(scope="module")
 def sdk_url() -> Iterator[str]:

@@ -6,12 +6,34 @@ import itertools
 
 import pytest
 from openreward.api.errors import ToolCallError
-
-from envs.whodunit import (SEED_OFFSET, WHAT, WHERE, WHO, WHY, Case, Difficulty, Pred, WhoDunIt,
-                           case_seed, consistent, generate_case, iter_cases, normalize_name, score_answer)
 from ors_episodes import ors_session, play_whodunit, sdk_server
 
-INFO_TOOLS = ["list_clues", "list_locations", "list_motives", "list_statements", "list_suspects", "list_weapons"]
+from envs.whodunit import (
+    SEED_OFFSET,
+    WHAT,
+    WHERE,
+    WHO,
+    WHY,
+    Case,
+    Difficulty,
+    Pred,
+    WhoDunIt,
+    case_seed,
+    consistent,
+    generate_case,
+    iter_cases,
+    normalize_name,
+    score_answer,
+)
+
+INFO_TOOLS = [
+    "list_clues",
+    "list_locations",
+    "list_motives",
+    "list_statements",
+    "list_suspects",
+    "list_weapons",
+]
 
 VARIANTS = [
     Difficulty(),
@@ -32,10 +54,19 @@ def default_options():
 
 
 def _signature(case: Case) -> tuple:
-    return (case.suspects, case.weapons, case.locations, case.motives, case.solution, case.clues, case.statements)
+    return (
+        case.suspects,
+        case.weapons,
+        case.locations,
+        case.motives,
+        case.solution,
+        case.clues,
+        case.statements,
+    )
 
 
 # ---------------------------------------------------------------- generation
+
 
 def test_cases_are_deterministic() -> None:
     first = [_signature(c) for c in iter_cases("train", 30)]
@@ -52,7 +83,9 @@ def test_default_cases_have_exactly_one_solution_by_enumeration() -> None:
             assert case.solutions() == [case.solution], f"{split} seed {case.seed}"
 
 
-@pytest.mark.parametrize("difficulty", VARIANTS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.model_dump().items()))
+@pytest.mark.parametrize(
+    "difficulty", VARIANTS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.model_dump().items())
+)
 def test_difficulty_variants_have_exactly_one_solution(difficulty: Difficulty) -> None:
     for case in iter_cases("train", 60, difficulty):
         assert case.sizes[:3] == (difficulty.suspects, difficulty.weapons, difficulty.locations)
@@ -66,13 +99,24 @@ def test_clues_are_needed_beyond_padding() -> None:
     """The minimal clue set matters: without clues, several candidates remain."""
     for case in iter_cases("train", 50, Difficulty(min_clues=0)):
         lies = case.difficulty.lying_statements
-        without = [s for s in itertools.product(*(range(n) for n in case.sizes))
-                   if consistent(s, (), case.statements, lies)]
+        without = [
+            s
+            for s in itertools.product(*(range(n) for n in case.sizes))
+            if consistent(s, (), case.statements, lies)
+        ]
         assert len(without) > 1
         for i in range(len(case.clues)):  # and every clue of the minimal set is needed
-            rest = case.clues[:i] + case.clues[i + 1:]
-            assert len([s for s in itertools.product(*(range(n) for n in case.sizes))
-                        if consistent(s, rest, case.statements, lies)]) > 1
+            rest = case.clues[:i] + case.clues[i + 1 :]
+            assert (
+                len(
+                    [
+                        s
+                        for s in itertools.product(*(range(n) for n in case.sizes))
+                        if consistent(s, rest, case.statements, lies)
+                    ]
+                )
+                > 1
+            )
 
 
 def test_statements_follow_the_truth_rule() -> None:
@@ -119,15 +163,20 @@ def test_predicate_semantics() -> None:
 
 # ---------------------------------------------------------------- scoring
 
+
 def test_scoring_partial_credit_quarters_and_thirds() -> None:
     four = {"who": "Ada Finch", "what": "letter opener", "where": "library", "why": "revenge"}
     assert score_answer(four, dict(four))[0] == 1.0
     assert score_answer(four, {**four, "why": None})[0] == 0.75
-    assert score_answer(four, {"who": "ada finch", "what": "x", "where": "y", "why": "z"})[0] == 0.25
+    assert (
+        score_answer(four, {"who": "ada finch", "what": "x", "where": "y", "why": "z"})[0] == 0.25
+    )
     assert score_answer(four, {"who": "x", "what": "x", "where": "x"})[0] == 0.0
     three = {"who": "Ada Finch", "what": "letter opener", "where": "library"}
     assert score_answer(three, {**three, "why": "anything"})[0] == 1.0
-    assert score_answer(three, {"who": "ADA FINCH", "what": "The Letter Opener", "where": "nowhere"})[0] == pytest.approx(2 / 3)
+    assert score_answer(
+        three, {"who": "ADA FINCH", "what": "The Letter Opener", "where": "nowhere"}
+    )[0] == pytest.approx(2 / 3)
     assert score_answer(three, {"who": "Ada", "what": "letter", "where": "libraries"})[0] == 0.0
 
 
@@ -139,6 +188,7 @@ def test_normalize_name() -> None:
 
 # ---------------------------------------------------------------- options
 
+
 def test_configure_validates_and_applies() -> None:
     with pytest.raises(ValueError, match="unknown option 'suspect'"):
         WhoDunIt.configure({"suspect": 4})
@@ -146,7 +196,9 @@ def test_configure_validates_and_applies() -> None:
         WhoDunIt.configure({"lying_statements": 2})
     with pytest.raises(ValueError, match="option 'suspects'"):
         WhoDunIt.configure({"suspects": 2})
-    WhoDunIt.configure({"suspects": 4, "motive": False, "train_size": 20, "test_size": 5, "seed": 3})
+    WhoDunIt.configure(
+        {"suspects": 4, "motive": False, "train_size": 20, "test_size": 5, "seed": 3}
+    )
     assert len(WhoDunIt.list_tasks("train")) == 20 and len(WhoDunIt.list_tasks("test")) == 5
     case = WhoDunIt.case_for("train", 0)
     assert len(case.suspects) == 4 and case.motives == ()
@@ -180,10 +232,11 @@ def test_ground_truth_is_the_bridge_label() -> None:
 
 # ---------------------------------------------------------------- in-process episode
 
+
 async def test_in_process_episode() -> None:
     spec = await WhoDunIt.get_task("train", 11)
     env = WhoDunIt(task_spec=spec)
-    assert sorted(t.name for t in WhoDunIt.list_tools().tools) == INFO_TOOLS + ["submit_answer"]
+    assert sorted(t.name for t in WhoDunIt.list_tools().tools) == [*INFO_TOOLS, "submit_answer"]
     case = env.case
     for name in INFO_TOOLS:
         out = (await env._call_tool(name, {})).root
@@ -217,6 +270,7 @@ async def test_in_process_no_motive_case_and_bad_submission() -> None:
 
 # ---------------------------------------------------------------- through the stock client + SDK server
 
+
 @pytest.fixture(scope="module")
 def sdk_url() -> str:
     with sdk_server("whodunit") as url:
@@ -225,7 +279,7 @@ def sdk_url() -> str:
 
 async def test_sdk_server_full_episode(sdk_url: str) -> None:
     ep = await play_whodunit(sdk_url, "test", 4, correct_parts=4)
-    assert ep.tools == INFO_TOOLS + ["submit_answer"]
+    assert ep.tools == [*INFO_TOOLS, "submit_answer"]
     assert "list_clues" in ep.prompt and "submit_answer" in ep.prompt
     assert all(reward is None and not finished for _, _, reward, finished in ep.calls[:-1])
     assert ep.final_reward == 1.0 and ep.finished
@@ -259,6 +313,11 @@ async def test_our_server_episodes(server_url: str) -> None:
     """The same episodes against this project's server (`python -m envs.server`)."""
     full = await play_whodunit(server_url, "test", 4, correct_parts=4)
     part = await play_whodunit(server_url, "train", 123, correct_parts=1)
-    assert full.tools == INFO_TOOLS + ["submit_answer"]
+    assert full.tools == [*INFO_TOOLS, "submit_answer"]
     assert all(reward is None and not finished for _, _, reward, finished in full.calls[:-1])
-    assert (full.final_reward, full.finished, part.final_reward, part.finished) == (1.0, True, 0.25, True)
+    assert (full.final_reward, full.finished, part.final_reward, part.finished) == (
+        1.0,
+        True,
+        0.25,
+        True,
+    )

@@ -10,7 +10,6 @@ import sys
 
 import httpx
 import pytest
-
 from conftest import free_port, run_process
 from sglang_stub import SGLangStub
 from test_episode import _close_bridge_clients, call, make_args, make_sample, run, turn  # noqa: F401
@@ -51,7 +50,9 @@ class FaultProxy:
                             if self.mode == "before_response":
                                 self.cut_done = True
                                 uw.write(data)
-                                await asyncio.sleep(0.3)  # let the server run the tool, then drop the line
+                                await asyncio.sleep(
+                                    0.3
+                                )  # let the server run the tool, then drop the line
                                 cw.close()
                                 uw.close()
                                 return
@@ -70,11 +71,21 @@ class FaultProxy:
                     if armed.is_set() and not self.cut_done and self.mode == "after_task_id":
                         buf += data
                         i = buf.find(b"event: task_id")
-                        j = -1 if i < 0 else min((k for k in (buf.find(b"\n\n", i), buf.find(b"\r\n\r\n", i))
-                                                  if k >= 0), default=-1)
+                        j = (
+                            -1
+                            if i < 0
+                            else min(
+                                (
+                                    k
+                                    for k in (buf.find(b"\n\n", i), buf.find(b"\r\n\r\n", i))
+                                    if k >= 0
+                                ),
+                                default=-1,
+                            )
+                        )
                         if j >= 0:
                             self.cut_done = True
-                            cw.write(buf[:j + 2])
+                            cw.write(buf[: j + 2])
                             await cw.drain()
                             cw.close()
                             return
@@ -94,15 +105,31 @@ class FaultProxy:
 
 def _tool_calls(url: str, tool: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    return sum(float(m.group(1)) for m in re.finditer(r'^ors_tool_calls_total\{[^}]*' + tool + r'[^}]*\} (\S+)', text, re.M))
+    return sum(
+        float(m.group(1))
+        for m in re.finditer(r"^ors_tool_calls_total\{[^}]*" + tool + r"[^}]*\} (\S+)", text, re.M)
+    )
 
 
 @pytest.fixture()
 def gsm8k_server(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "envs.server", "--host", "127.0.0.1", "--port", str(port), "--envs", "gsm8k",
-           "--db", str(tmp_path / "t.db"), "--max-sessions", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "envs.server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--envs",
+        "gsm8k",
+        "--db",
+        str(tmp_path / "t.db"),
+        "--max-sessions",
+        "1",
+    ]
     with run_process(cmd, f"{url}/health"):
         yield port, url
 
@@ -113,7 +140,9 @@ def _label(index: int) -> str:
     return GSM8K.load_split("train")[index]["label"]
 
 
-async def test_call_stream_broken_after_task_id_is_resumed_not_rerun(qwen3_tokenizer, gsm8k_server) -> None:
+async def test_call_stream_broken_after_task_id_is_resumed_not_rerun(
+    qwen3_tokenizer, gsm8k_server
+) -> None:
     port, direct = gsm8k_server
     proxy = FaultProxy(port, "after_task_id")
     url = await proxy.start()
@@ -129,7 +158,9 @@ async def test_call_stream_broken_after_task_id_is_resumed_not_rerun(qwen3_token
     assert _tool_calls(direct, "submit_answer") == 1  # the tool ran exactly once
 
 
-async def test_call_lost_before_acknowledgement_is_not_resent(qwen3_tokenizer, gsm8k_server) -> None:
+async def test_call_lost_before_acknowledgement_is_not_resent(
+    qwen3_tokenizer, gsm8k_server
+) -> None:
     port, direct = gsm8k_server
     proxy = FaultProxy(port, "before_response")
     url = await proxy.start()
@@ -141,7 +172,9 @@ async def test_call_lost_before_acknowledgement_is_not_resent(qwen3_tokenizer, g
     finally:
         await proxy.stop()
     assert proxy.calls_seen == 1  # never sent twice
-    assert s.status.value == "failed" and s.remove_sample and s.reward == 0.0 and sum(s.loss_mask) == 0
+    assert (
+        s.status.value == "failed" and s.remove_sample and s.reward == 0.0 and sum(s.loss_mask) == 0
+    )
     assert "lost before the server acknowledged" in s.metadata["failure_message"]
     assert _tool_calls(direct, "submit_answer") <= 1
 
@@ -152,7 +185,10 @@ async def test_full_server_503_is_retried(qwen3_tokenizer, gsm8k_server) -> None
     _, url = gsm8k_server
     tok = qwen3_tokenizer
     slow = turn(tok, call("submit_answer", {"answer": _label(0)}) + "<|im_end|>", delay=0.4)
-    script = {"full-1": [slow], "full-2": [turn(tok, call("submit_answer", {"answer": _label(1)}) + "<|im_end|>")]}
+    script = {
+        "full-1": [slow],
+        "full-2": [turn(tok, call("submit_answer", {"answer": _label(1)}) + "<|im_end|>")],
+    }
     with SGLangStub(script=script, tokenizer=tok) as stub:
         first = asyncio.create_task(run(make_args(stub), make_sample(url, "gsm8k", "full-1")))
         await asyncio.sleep(0.2)
@@ -165,9 +201,13 @@ def test_retry_waits_for_the_servers_retry_after() -> None:
     from bridge.env_client import RetryPolicy, _retry_after
 
     policy = RetryPolicy(backoff=0.2, backoff_max=2.0, retry_after_max=30.0)
-    assert all(5.0 <= policy.delay(0, 5.0) <= 5.2 for _ in range(100))  # the server's word, plus jitter
+    assert all(
+        5.0 <= policy.delay(0, 5.0) <= 5.2 for _ in range(100)
+    )  # the server's word, plus jitter
     assert all(30.0 <= policy.delay(0, 600.0) <= 30.2 for _ in range(100))  # capped
-    assert all(0.0 <= policy.delay(1) <= 0.4 for _ in range(100))  # no Retry-After: jittered backoff
+    assert all(
+        0.0 <= policy.delay(1) <= 0.4 for _ in range(100)
+    )  # no Retry-After: jittered backoff
     assert _retry_after({"retry-after": "5"}) == 5.0
     assert _retry_after({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}) is None
     assert _retry_after({"retry-after": "-1"}) is None and _retry_after({}) is None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from conftest import free_port, run_process
 from test_episode import make_sample, run
 
@@ -28,7 +27,17 @@ def tiny_dir(tmp_path_factory, qwen3_tokenizer_dir):
 def tiny_engine(tiny_dir):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "bridge.launch.local_engine", "--model", str(tiny_dir), "--port", str(port), "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bridge.launch.local_engine",
+        "--model",
+        str(tiny_dir),
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+    ]
     with run_process(cmd, f"{url}/health", timeout=180):
         yield port
 
@@ -51,16 +60,31 @@ def _forward_logprobs(model_dir, tokens: list[int]) -> list[float]:
 
 
 @pytest.mark.parametrize("thinking", [False, True])
-async def test_tiny_qwen3_episode_logprobs_match_a_forward_pass(tiny_dir, tiny_engine, server_url, thinking) -> None:
+async def test_tiny_qwen3_episode_logprobs_match_a_forward_pass(
+    tiny_dir, tiny_engine, server_url, thinking
+) -> None:
     import types
 
-    args = types.SimpleNamespace(sglang_router_ip="127.0.0.1", sglang_router_port=tiny_engine,
-                                 hf_checkpoint=str(tiny_dir), rollout_max_context_len=None,
-                                 rollout_max_response_len=64)
+    args = types.SimpleNamespace(
+        sglang_router_ip="127.0.0.1",
+        sglang_router_port=tiny_engine,
+        hf_checkpoint=str(tiny_dir),
+        rollout_max_context_len=None,
+        rollout_max_response_len=64,
+    )
     # Stop on any "e" so turns are short and end with "stop"; the nudge then gives a second turn.
-    params = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 12, "stop": ["e"], "no_stop_trim": True,
-              "sampling_seed": 7, "skip_special_tokens": False}
-    sample = make_sample(f"{server_url}", "gsm8k", f"tiny-{thinking}", on_no_tool_call="nudge", thinking=thinking)
+    params = {
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_new_tokens": 12,
+        "stop": ["e"],
+        "no_stop_trim": True,
+        "sampling_seed": 7,
+        "skip_special_tokens": False,
+    }
+    sample = make_sample(
+        f"{server_url}", "gsm8k", f"tiny-{thinking}", on_no_tool_call="nudge", thinking=thinking
+    )
     s = await run(args, sample, params)
     md = s.metadata
     assert s.status.value in ("completed", "truncated"), md
@@ -69,7 +93,7 @@ async def test_tiny_qwen3_episode_logprobs_match_a_forward_pass(tiny_dir, tiny_e
     prompt_len = len(s.tokens) - n
     assert len(s.loss_mask) == n == len(s.rollout_log_probs) and sum(s.loss_mask) >= 1
     ref = _forward_logprobs(tiny_dir, s.tokens)[prompt_len:]
-    for i, (m, lp) in enumerate(zip(s.loss_mask, s.rollout_log_probs)):
+    for i, (m, lp) in enumerate(zip(s.loss_mask, s.rollout_log_probs, strict=False)):
         if m:
             assert lp == pytest.approx(ref[i], abs=2e-3), f"response position {i}"
         else:
@@ -78,6 +102,11 @@ async def test_tiny_qwen3_episode_logprobs_match_a_forward_pass(tiny_dir, tiny_e
     assert (md["num_turns"], md["stop_reason"]) == (2, "no_tool_call")
     assert "<|im_end|>\n<|im_start|>user\nYou did not call a tool" in s.response
     first_zero = s.loss_mask.index(0)
-    assert set(s.loss_mask[first_zero:s.loss_mask.index(1, first_zero)]) == {0}
+    assert set(s.loss_mask[first_zero : s.loss_mask.index(1, first_zero)]) == {0}
     if not thinking:
-        assert s.tokens[prompt_len - 4:prompt_len] == [151667, 271, 151668, 271]  # "<think>\n\n</think>\n\n"
+        assert s.tokens[prompt_len - 4 : prompt_len] == [
+            151667,
+            271,
+            151668,
+            271,
+        ]  # "<think>\n\n</think>\n\n"

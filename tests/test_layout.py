@@ -61,15 +61,18 @@ def test_envs_never_import_slime() -> None:
 
 def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from envs.registry import load_env_class\n    import bridge.launch.launcher\n")
+    probe.write_text(
+        "def f():\n    from envs.registry import load_env_class\n    import bridge.launch.launcher\n"
+    )
     assert _offending([probe], ("envs", "bridge.launch")) != []
 
 
 @pytest.mark.parametrize("module", ["bridge", "envs", "bridge.generate", "bridge.metrics"])
 def test_importing_the_hooks_pulls_in_nothing_heavy(module: str) -> None:
-    code = (f"import sys, json; import {module}; "
-            "print(json.dumps(sorted(m for m in sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = f"import sys, json; import {module}; print(json.dumps(sorted(m for m in sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     loaded = set(json.loads(out.stdout))
     heavy = {"fastapi", "torch", "uvicorn", "slime", "bridge.launch"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -12,15 +13,20 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import REPO, free_port, run_process
 from openreward import AsyncOpenReward
+from tiny_envs import Broken, Indexed, Tiny
 
 import prepare_tasks
 from bridge.task import TaskMeta, ors_tool_to_openai
-from conftest import REPO, free_port, run_process
 from envs import registry
-from tiny_envs import Broken, Indexed, Tiny
 
-SLIME_KEYS = {"prompt", "label", "metadata", "tools"}  # --input-key/--label-key/--metadata-key/--tool-key
+SLIME_KEYS = {
+    "prompt",
+    "label",
+    "metadata",
+    "tools",
+}  # --input-key/--label-key/--metadata-key/--tool-key
 
 
 @pytest.fixture(autouse=True)
@@ -36,24 +42,43 @@ def write_config(tmp_path: Path, data: dict[str, Any], name: str = "cfg.yaml") -
     return path
 
 
-def run(tmp_path: Path, cfg: dict[str, Any] | Path, *extra: str) -> tuple[int, list[dict], list[dict]]:
+def run(
+    tmp_path: Path, cfg: dict[str, Any] | Path, *extra: str
+) -> tuple[int, list[dict], list[dict]]:
     """prepare_tasks.main in-process; returns (exit code, train rows, eval rows)."""
     path = cfg if isinstance(cfg, Path) else write_config(tmp_path, cfg)
     out, ev = tmp_path / "tasks.jsonl", tmp_path / "eval.jsonl"
-    code = prepare_tasks.main(["--config", str(path), "--output", str(out), "--eval-output", str(ev), *extra])
-    read = lambda p: [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []  # noqa: E731
+    code = prepare_tasks.main(
+        ["--config", str(path), "--output", str(out), "--eval-output", str(ev), *extra]
+    )
+    read = lambda p: [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
     return code, read(out), read(ev)
 
 
 # --------------------------------------------------------------------------- rows
 
 
-def test_rows_have_the_keys_slime_reads_and_metadata_the_bridge_parses(tmp_path: Path, capsys) -> None:
-    cfg = {"environments": {"tiny": {"splits": ["train"], "eval_split": "test", "reward_reduction": "max",
-                                     "nonterminal_reward": -0.5, "min_reward": -1.0, "max_reward": 2.0,
-                                     "max_turns": 7, "on_no_tool_call": "nudge"}},
-           "env_server": ["http://127.0.0.1:9001", "http://127.0.0.1:9002/"],
-           "thinking": True, "system_prompt": "Be brief.", "run_name": "r1"}
+def test_rows_have_the_keys_slime_reads_and_metadata_the_bridge_parses(
+    tmp_path: Path, capsys
+) -> None:
+    cfg = {
+        "environments": {
+            "tiny": {
+                "splits": ["train"],
+                "eval_split": "test",
+                "reward_reduction": "max",
+                "nonterminal_reward": -0.5,
+                "min_reward": -1.0,
+                "max_reward": 2.0,
+                "max_turns": 7,
+                "on_no_tool_call": "nudge",
+            }
+        },
+        "env_server": ["http://127.0.0.1:9001", "http://127.0.0.1:9002/"],
+        "thinking": True,
+        "system_prompt": "Be brief.",
+        "run_name": "r1",
+    }
     code, train, evals = run(tmp_path, cfg)
     assert code == 0
     assert len(train) == 30 and len(evals) == 10
@@ -63,7 +88,9 @@ def test_rows_have_the_keys_slime_reads_and_metadata_the_bridge_parses(tmp_path:
         assert isinstance(row["metadata"], dict)  # an object, never a JSON string
         meta = TaskMeta.model_validate(row["metadata"])
         spec = Tiny.list_tasks(meta.split)[meta.index]
-        assert row["prompt"] == [{"role": "user", "content": f"{meta.split} task {spec['n']}: double it.\nUse submit."}]
+        assert row["prompt"] == [
+            {"role": "user", "content": f"{meta.split} task {spec['n']}: double it.\nUse submit."}
+        ]
         assert isinstance(row["label"], str) and row["label"] == str(spec["answer"])
         assert row["tools"] == [tool] and meta.tools == [tool]
         assert tool["function"]["parameters"]["required"] == ["answer"]
@@ -101,19 +128,27 @@ def test_mixed_envs_are_interleaved_by_a_seeded_shuffle_and_capped(tmp_path: Pat
     _, a, _ = run(tmp_path, cfg, "--seed", "7")
     _, b, _ = run(tmp_path, cfg, "--seed", "7")
     _, c, _ = run(tmp_path, cfg, "--seed", "8")
-    key = lambda rows: [(r["metadata"]["env"], r["metadata"]["split"], r["metadata"]["index"]) for r in rows]  # noqa: E731
+    key = lambda rows: [
+        (r["metadata"]["env"], r["metadata"]["split"], r["metadata"]["index"]) for r in rows
+    ]
     assert key(a) == key(b) != key(c)
     assert len(a) == 30 + 10 + 30
     envs = [e for e, _, _ in key(a)]
     assert envs.count("tiny") == 40 and envs.count("indexed") == 30
-    switches = sum(1 for x, y in zip(envs, envs[1:]) if x != y)
+    switches = sum(1 for x, y in itertools.pairwise(envs) if x != y)
     assert switches > 10  # interleaved, not one env after the other
-    assert {(s, i) for e, s, i in key(a) if e == "tiny"} == {("train", i) for i in range(30)} | {("test", i) for i in range(10)}
+    assert {(s, i) for e, s, i in key(a) if e == "tiny"} == {("train", i) for i in range(30)} | {
+        ("test", i) for i in range(10)
+    }
 
 
 def test_max_tasks_caps_each_env_and_eval(tmp_path: Path) -> None:
-    cfg = {"environments": {"tiny": {"eval_split": "test", "num_samples": 20, "num_eval_samples": 8},
-                            "indexed": {}}}
+    cfg = {
+        "environments": {
+            "tiny": {"eval_split": "test", "num_samples": 20, "num_eval_samples": 8},
+            "indexed": {},
+        }
+    }
     _, train, evals = run(tmp_path, cfg, "--max-tasks", "5")
     per_env = {e: sum(r["metadata"]["env"] == e for r in train) for e in ("tiny", "indexed")}
     assert per_env == {"tiny": 5, "indexed": 5} and len(evals) == 5
@@ -130,16 +165,38 @@ def test_every_key_of_the_default_config_changes_the_output(tmp_path: Path) -> N
     default = yaml.safe_load((REPO / "train_config.yaml").read_text())
     env_keys = set().union(*(set(v) for v in default["environments"].values()))
     global_keys = set(default) - {"environments"}
-    base_env = {"splits": ["train"], "eval_split": "test", "num_samples": 12, "num_eval_samples": 6,
-                "reward_reduction": "sum", "nonterminal_reward": 0.0, "min_reward": 0.0, "max_reward": 1.0,
-                "max_turns": 20}
-    changed_env = {"splits": ["test"], "eval_split": "train", "num_samples": 3, "num_eval_samples": 2,
-                   "reward_reduction": "mean", "nonterminal_reward": -1.0, "min_reward": -2.0,
-                   "max_reward": 3.0, "max_turns": 4}
+    base_env = {
+        "splits": ["train"],
+        "eval_split": "test",
+        "num_samples": 12,
+        "num_eval_samples": 6,
+        "reward_reduction": "sum",
+        "nonterminal_reward": 0.0,
+        "min_reward": 0.0,
+        "max_reward": 1.0,
+        "max_turns": 20,
+    }
+    changed_env = {
+        "splits": ["test"],
+        "eval_split": "train",
+        "num_samples": 3,
+        "num_eval_samples": 2,
+        "reward_reduction": "mean",
+        "nonterminal_reward": -1.0,
+        "min_reward": -2.0,
+        "max_reward": 3.0,
+        "max_turns": 4,
+    }
     base_global = {k: default[k] for k in global_keys}
-    changed_global = {"env_server": "http://127.0.0.1:9", "thinking": True, "system_prompt": "x", "run_name": "y"}
-    assert env_keys <= set(base_env) and global_keys <= set(base_global) == set(changed_global), \
+    changed_global = {
+        "env_server": "http://127.0.0.1:9",
+        "thinking": True,
+        "system_prompt": "x",
+        "run_name": "y",
+    }
+    assert env_keys <= set(base_env) and global_keys <= set(base_global) == set(changed_global), (
         "a key of train_config.yaml is not covered here"
+    )
 
     def output(env: dict[str, Any], glob: dict[str, Any]) -> tuple[list[dict], list[dict]]:
         code, train, evals = run(tmp_path, {"environments": {"tiny": env}, **glob})
@@ -156,24 +213,46 @@ def test_every_key_of_the_default_config_changes_the_output(tmp_path: Path) -> N
 # --------------------------------------------------------------------------- real envs and a real server
 
 
-def test_default_config_end_to_end(tmp_path: Path, gsm8k_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_default_config_end_to_end(
+    tmp_path: Path, gsm8k_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     monkeypatch.setenv("GSM8K_DATA_DIR", str(gsm8k_dir))
     code, train, evals = run(tmp_path, REPO / "train_config.yaml", "--max-tasks", "3")
     assert code == 0
-    assert sorted(r["metadata"]["env"] for r in train) == ["gsm8k"] * 3 + ["haiku"] * 3 + ["whodunit"] * 3
-    assert sorted(r["metadata"]["env"] for r in evals) == ["gsm8k"] * 3 + ["haiku"] * 3 + ["whodunit"] * 3
+    assert (
+        sorted(r["metadata"]["env"] for r in train)
+        == ["gsm8k"] * 3 + ["haiku"] * 3 + ["whodunit"] * 3
+    )
+    assert (
+        sorted(r["metadata"]["env"] for r in evals)
+        == ["gsm8k"] * 3 + ["haiku"] * 3 + ["whodunit"] * 3
+    )
     reductions = {r["metadata"]["env"]: r["metadata"]["reward"]["reward_reduction"] for r in train}
     assert reductions == {"whodunit": "sum", "gsm8k": "last", "haiku": "mean"}
     table = capsys.readouterr().out.splitlines()
     assert [line.split()[1:3] for line in table[2:8]] == [
-        ["whodunit", "train"], ["gsm8k", "train"], ["haiku", "train"],
-        ["whodunit", "test"], ["gsm8k", "test"], ["haiku", "test"]]
+        ["whodunit", "train"],
+        ["gsm8k", "train"],
+        ["haiku", "train"],
+        ["whodunit", "test"],
+        ["gsm8k", "test"],
+        ["haiku", "test"],
+    ]
     assert table[-1].split() == ["total", "18"]
 
 
 def test_gsm8k_rows(tmp_path: Path, gsm8k_dir: Path) -> None:
-    cfg = {"environments": {"gsm8k": {"eval_split": "test", "num_samples": 50, "num_eval_samples": 10,
-                                      "reward_reduction": "last", "options": {"data_dir": str(gsm8k_dir)}}}}
+    cfg = {
+        "environments": {
+            "gsm8k": {
+                "eval_split": "test",
+                "num_samples": 50,
+                "num_eval_samples": 10,
+                "reward_reduction": "last",
+                "options": {"data_dir": str(gsm8k_dir)},
+            }
+        }
+    }
     code, train, evals = run(tmp_path, cfg)
     assert code == 0 and len(train) == 50 and len(evals) == 10
     rows = [json.loads(line) for line in (gsm8k_dir / "train.jsonl").read_text().splitlines()]
@@ -197,34 +276,55 @@ def _stock_server_cmd(port: int, classes: list[str]) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-async def _served(url: str, meta: TaskMeta, api_key: str = "local",
-                  hosted: bool = False) -> tuple[str, list[dict[str, Any]]]:
+async def _served(
+    url: str, meta: TaskMeta, api_key: str = "local", hosted: bool = False
+) -> tuple[str, list[dict[str, Any]]]:
     """Prompt text and tools of the task, through a real session of the stock client."""
     from bridge.task import blocks_to_text
 
     client = AsyncOpenReward(api_key=api_key)
     try:
-        env = client.environments.get(meta.env) if hosted else client.environments.get(meta.env, base_url=url)
+        env = (
+            client.environments.get(meta.env)
+            if hosted
+            else client.environments.get(meta.env, base_url=url)
+        )
         async with env.session(**meta.create_args()) as s:
             prompt = blocks_to_text(await s.get_prompt())
-            tools = [ors_tool_to_openai({"name": t.name, "description": t.description,
-                                         "input_schema": t.input_schema}) for t in await s.list_tools()]
+            tools = [
+                ors_tool_to_openai(
+                    {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+                )
+                for t in await s.list_tools()
+            ]
         return prompt, tools
     finally:
         await client.environments.aclose()
 
 
-def test_rows_match_what_the_env_server_serves(tmp_path: Path, gsm8k_dir: Path, server_url: str) -> None:
+def test_rows_match_what_the_env_server_serves(
+    tmp_path: Path, gsm8k_dir: Path, server_url: str
+) -> None:
     """Each row's metadata opens a real session on envs.server whose prompt and tools are the row's."""
-    cfg = {"environments": {"gsm8k": {"num_samples": 3, "eval_split": "test", "num_eval_samples": 2,
-                                      "options": {"data_dir": str(gsm8k_dir)}},
-                            "whodunit": {"num_samples": 3, "eval_split": "test", "num_eval_samples": 2},
-                            "haiku": {"num_samples": 3, "eval_split": "test", "num_eval_samples": 2}},
-           "env_server": server_url}
+    cfg = {
+        "environments": {
+            "gsm8k": {
+                "num_samples": 3,
+                "eval_split": "test",
+                "num_eval_samples": 2,
+                "options": {"data_dir": str(gsm8k_dir)},
+            },
+            "whodunit": {"num_samples": 3, "eval_split": "test", "num_eval_samples": 2},
+            "haiku": {"num_samples": 3, "eval_split": "test", "num_eval_samples": 2},
+        },
+        "env_server": server_url,
+    }
     code, train, evals = run(tmp_path, cfg)
     assert code == 0 and len(train) == 9 and len(evals) == 6
     for r in train + evals:  # gsm8k and whodunit expose a ground truth; a haiku topic has none
-        assert isinstance(r["label"], str) if r["metadata"]["env"] != "haiku" else r["label"] is None
+        assert (
+            isinstance(r["label"], str) if r["metadata"]["env"] != "haiku" else r["label"] is None
+        )
     for row in train + evals:
         meta = TaskMeta.model_validate(row["metadata"])
         assert meta.env_server == [server_url]
@@ -233,7 +333,9 @@ def test_rows_match_what_the_env_server_serves(tmp_path: Path, gsm8k_dir: Path, 
         assert row["tools"] == tools
 
 
-def test_hosted_env_through_the_sdk(tmp_path: Path, gsm8k_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hosted_env_through_the_sdk(
+    tmp_path: Path, gsm8k_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An Owner/Name env resolves where the SDK sends it: OPENREWARD_SESSION_URL, here a stock server."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -241,10 +343,19 @@ def test_hosted_env_through_the_sdk(tmp_path: Path, gsm8k_dir: Path, monkeypatch
     monkeypatch.setenv("OPENREWARD_SESSION_URL", url)
     monkeypatch.setenv("GSM8K_DATA_DIR", str(gsm8k_dir))
     monkeypatch.setenv("OPENAI_API_KEY", "s3cret-value")
-    cfg = {"environments": {"Acme/gsm8k": {"splits": ["test"], "num_samples": 6, "eval_split": "train",
-                                           "num_eval_samples": 2, "reward_reduction": "last",
-                                           "secrets": {"openai_api_key": None}}},
-           "env_server": "http://127.0.0.1:1"}
+    cfg = {
+        "environments": {
+            "Acme/gsm8k": {
+                "splits": ["test"],
+                "num_samples": 6,
+                "eval_split": "train",
+                "num_eval_samples": 2,
+                "reward_reduction": "last",
+                "secrets": {"openai_api_key": None},
+            }
+        },
+        "env_server": "http://127.0.0.1:1",
+    }
     with run_process(_stock_server_cmd(port, ["envs.gsm8k:GSM8K"]), f"{url}/health"):
         code, train, evals = run(tmp_path, cfg, "--concurrency", "3")
         assert code == 0 and len(train) == 6 and len(evals) == 2
@@ -252,11 +363,16 @@ def test_hosted_env_through_the_sdk(tmp_path: Path, gsm8k_dir: Path, monkeypatch
         for row in train + evals:
             meta = TaskMeta.model_validate(row["metadata"])
             assert meta.env == "Acme/gsm8k" and meta.hosted and meta.env_server == []
-            assert meta.secrets == {"openai_api_key": None}  # names only: values never reach the file
+            assert meta.secrets == {
+                "openai_api_key": None
+            }  # names only: values never reach the file
             prompt, tools = asyncio.run(_served(url, meta, api_key="test-key", hosted=True))
             assert row["prompt"] == [{"role": "user", "content": prompt}] and row["tools"] == tools
         for row in train:
-            assert row["label"] == tests[row["metadata"]["index"]]["answer"].rsplit("####", 1)[1].strip()
+            assert (
+                row["label"]
+                == tests[row["metadata"]["index"]]["answer"].rsplit("####", 1)[1].strip()
+            )
     assert "s3cret-value" not in (tmp_path / "tasks.jsonl").read_text()
 
 
@@ -268,15 +384,20 @@ def test_hosted_index_only_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("OPENREWARD_SESSION_URL", url)
     cfg = {"environments": {"Acme/indexed": {"num_samples": 5}}}
     tests_dir = str(Path(__file__).parent)
-    with run_process(_stock_server_cmd(port, ["tiny_envs:Indexed"]), f"{url}/health",
-                     env={"PYTHONPATH": f"{REPO}{os.pathsep}{tests_dir}"}):
+    with run_process(
+        _stock_server_cmd(port, ["tiny_envs:Indexed"]),
+        f"{url}/health",
+        env={"PYTHONPATH": f"{REPO}{os.pathsep}{tests_dir}"},
+    ):
         code, train, _ = run(tmp_path, cfg)
     assert code == 0 and len(train) == 5
     for row in train:
         k = row["metadata"]["index"]
         assert 0 <= k < 1000 and row["prompt"][0]["content"] == f"indexed {k}"
         assert [t["function"]["name"] for t in row["tools"]] == ["answer", f"hint_{k}"]
-        assert json.loads(row["label"]) == {"x": k}  # from the task spec: a hosted env has no ground_truth()
+        assert json.loads(row["label"]) == {
+            "x": k
+        }  # from the task spec: a hosted env has no ground_truth()
 
 
 # --------------------------------------------------------------------------- bad input
@@ -301,10 +422,25 @@ def test_cli_process_exits_2_with_one_line_and_keeps_the_old_output(tmp_path: Pa
     (out / "tasks.jsonl").write_text("old\n")
     cfg = write_config(tmp_path, {"environments": {"gsm8k": {}, "chess": {}}})
     proc = subprocess.run(
-        [sys.executable, str(REPO / "prepare_tasks.py"), "--config", str(cfg),
-         "--output", str(out / "tasks.jsonl"), "--eval-output", str(out / "eval.jsonl")],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
-    assert_clean_failure(proc.returncode, proc.stderr, out, "unknown environment 'chess'", "whodunit")
+        [
+            sys.executable,
+            str(REPO / "prepare_tasks.py"),
+            "--config",
+            str(cfg),
+            "--output",
+            str(out / "tasks.jsonl"),
+            "--eval-output",
+            str(out / "eval.jsonl"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_clean_failure(
+        proc.returncode, proc.stderr, out, "unknown environment 'chess'", "whodunit"
+    )
     assert proc.stdout == ""
 
 
@@ -316,8 +452,16 @@ def fails(tmp_path: Path, capsys):
 
     def check(cfg: dict[str, Any] | Path, *needles: str) -> None:
         path = cfg if isinstance(cfg, Path) else write_config(tmp_path, cfg)
-        code = prepare_tasks.main(["--config", str(path), "--output", str(out / "tasks.jsonl"),
-                                   "--eval-output", str(out / "eval.jsonl")])
+        code = prepare_tasks.main(
+            [
+                "--config",
+                str(path),
+                "--output",
+                str(out / "tasks.jsonl"),
+                "--eval-output",
+                str(out / "eval.jsonl"),
+            ]
+        )
         captured = capsys.readouterr()
         assert captured.out == ""
         assert_clean_failure(code, captured.err, out, *needles)
@@ -335,8 +479,17 @@ def test_bad_config_files(tmp_path: Path, fails) -> None:
 
 def test_gsm8k_data_missing(tmp_path: Path, fails, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GSM8K_DATA_DIR", raising=False)
-    fails({"environments": {"gsm8k": {"options": {"use_hub": False}}}}, "gsm8k", "GSM8K_DATA_DIR", "data_dir")
-    fails({"environments": {"gsm8k": {"options": {"data_dir": str(tmp_path / "nope")}}}}, "gsm8k", "does not exist")
+    fails(
+        {"environments": {"gsm8k": {"options": {"use_hub": False}}}},
+        "gsm8k",
+        "GSM8K_DATA_DIR",
+        "data_dir",
+    )
+    fails(
+        {"environments": {"gsm8k": {"options": {"data_dir": str(tmp_path / "nope")}}}},
+        "gsm8k",
+        "does not exist",
+    )
 
 
 def test_hosted_without_key_or_server(fails, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -350,17 +503,32 @@ def test_hosted_without_key_or_server(fails, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_env_errors_are_one_line(fails, monkeypatch: pytest.MonkeyPatch) -> None:
     fails({"environments": {"tiny": {}, "chess": {}}}, "unknown environment 'chess'")
-    fails({"environments": {"tiny": {"splits": ["validation"]}}}, "'tiny' has no split 'validation'", "train, test")
+    fails(
+        {"environments": {"tiny": {"splits": ["validation"]}}},
+        "'tiny' has no split 'validation'",
+        "train, test",
+    )
     fails({"environments": {"tiny": {"eval_split": "dev"}}}, "no split 'dev'")
-    fails({"environments": {"broken": {}}}, "'broken'", "task train[", "prompt template missing second line")
+    fails(
+        {"environments": {"broken": {}}},
+        "'broken'",
+        "task train[",
+        "prompt template missing second line",
+    )
     fails({"environments": {"indexed": {"options": {"colour": "red"}}}}, "bad options", "colour")
     fails({"environments": {"tiny": {"options": {"a": 1}}}}, "takes no options")
-    fails({"environments": {"Acme/x": {"options": {"a": 1}}}}, "'options' apply to local environments only")
+    fails(
+        {"environments": {"Acme/x": {"options": {"a": 1}}}},
+        "'options' apply to local environments only",
+    )
     monkeypatch.delenv("SOME_KEY", raising=False)
     fails({"environments": {"tiny": {"secrets": {"some_key": None}}}}, "set SOME_KEY")
     monkeypatch.setenv("OPENREWARD_API_KEY", "k")
     monkeypatch.setenv("JUDGE_TOKEN", "v")
-    fails({"environments": {"Acme/x": {"secrets": {"judge_token": None}}}}, "does not forward secret 'judge_token'")
+    fails(
+        {"environments": {"Acme/x": {"secrets": {"judge_token": None}}}},
+        "does not forward secret 'judge_token'",
+    )
 
 
 def test_same_output_and_eval_file_is_refused(tmp_path: Path, capsys) -> None:
@@ -379,15 +547,22 @@ def test_unwritable_output_is_one_line(tmp_path: Path, capsys) -> None:
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write output" in err
 
 
-def test_rows_render_with_the_qwen3_chat_template(tmp_path: Path, gsm8k_dir: Path, qwen3_tokenizer) -> None:
+def test_rows_render_with_the_qwen3_chat_template(
+    tmp_path: Path, gsm8k_dir: Path, qwen3_tokenizer
+) -> None:
     """What slime does with --apply-chat-template: prompt messages + tools through the real template."""
-    cfg = {"environments": {"gsm8k": {"num_samples": 2, "options": {"data_dir": str(gsm8k_dir)}},
-                            "whodunit": {"num_samples": 2}}}
+    cfg = {
+        "environments": {
+            "gsm8k": {"num_samples": 2, "options": {"data_dir": str(gsm8k_dir)}},
+            "whodunit": {"num_samples": 2},
+        }
+    }
     code, train, _ = run(tmp_path, cfg)
     assert code == 0
     for row in train:
-        text = qwen3_tokenizer.apply_chat_template(row["prompt"], tools=row["tools"], tokenize=False,
-                                                   add_generation_prompt=True)
+        text = qwen3_tokenizer.apply_chat_template(
+            row["prompt"], tools=row["tools"], tokenize=False, add_generation_prompt=True
+        )
         assert row["prompt"][0]["content"] in text and text.endswith("<|im_start|>assistant\n")
         assert "<tools>" in text
         for tool in row["tools"]:
@@ -395,6 +570,8 @@ def test_rows_render_with_the_qwen3_chat_template(tmp_path: Path, gsm8k_dir: Pat
 
 
 def test_eval_split_that_is_also_trained_on_is_warned_about(tmp_path: Path, capsys) -> None:
-    code, train, evals = run(tmp_path, {"environments": {"tiny": {"splits": ["train", "test"], "eval_split": "test"}}})
+    code, train, evals = run(
+        tmp_path, {"environments": {"tiny": {"splits": ["train", "test"], "eval_split": "test"}}}
+    )
     assert code == 0 and len(train) == 40 and len(evals) == 10
     assert "warning: tiny: eval_split 'test' is also a training split" in capsys.readouterr().err

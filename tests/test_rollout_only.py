@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, env_server, free_port
 from sglang_stub import SGLangStub, Turn
 
@@ -35,34 +34,67 @@ def run_name():
     shutil.rmtree(REPO / "runs" / name, ignore_errors=True)
 
 
-def write_config(path: Path, env_url: str, run_name: str, spool: Path, envs: str = "gsm8k,whodunit") -> Path:
+def write_config(
+    path: Path, env_url: str, run_name: str, spool: Path, envs: str = "gsm8k,whodunit"
+) -> Path:
     lines = ["environments:"] + [f"  {e}:\n    max_turns: 4" for e in envs.split(",")]
-    lines += [f"env_server: {env_url}", f"run_name: {run_name}", "trajectories:", f"  spool_dir: {spool}"]
+    lines += [
+        f"env_server: {env_url}",
+        f"run_name: {run_name}",
+        "trajectories:",
+        f"  spool_dir: {spool}",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def prepare(config: Path, out: Path, n: int) -> list[dict]:
-    done = subprocess.run([sys.executable, "prepare_tasks.py", "--config", str(config), "--output", str(out),
-                           "--eval-output", str(out.with_name("eval.jsonl")), "--max-tasks", str(n)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "prepare_tasks.py",
+            "--config",
+            str(config),
+            "--output",
+            str(out),
+            "--eval-output",
+            str(out.with_name("eval.jsonl")),
+            "--max-tasks",
+            str(n),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
 def run_sh(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRAIN_CONFIG"}
-    return subprocess.run(["bash", str(REPO / "run.sh"), "--rollout-only", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(REPO / "run.sh"), "--rollout-only", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def stored(db: Path, run_name: str) -> list[dict]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in con.execute(
-            "SELECT r.env, r.reward, r.stop_reason, r.status, r.num_turns, r.group_key FROM rollouts r "
-            "JOIN runs ON runs.id = r.run_id WHERE runs.name = ?", (run_name,))]
+        return [
+            dict(r)
+            for r in con.execute(
+                "SELECT r.env, r.reward, r.stop_reason, r.status, r.num_turns, r.group_key FROM rollouts r "
+                "JOIN runs ON runs.id = r.run_id WHERE runs.name = ?",
+                (run_name,),
+            )
+        ]
     finally:
         con.close()
 
@@ -72,12 +104,16 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_scripted_engine_against_running_env_server(tmp_path: Path, run_name: str, qwen3_tokenizer) -> None:
+def test_scripted_engine_against_running_env_server(
+    tmp_path: Path, run_name: str, qwen3_tokenizer
+) -> None:
     """--engine-url: GSM8K episodes answered correctly, WhoDunIt wrongly; every one lands in the store."""
     db = tmp_path / "store.db"
     with env_server("--envs", "gsm8k,whodunit", "--db", str(db)) as url:
         # tasks prepared for a server elsewhere (rows pin it); --env-server points this run at ours
-        config = write_config(tmp_path / "cfg.yaml", f"http://127.0.0.1:{free_port()}", run_name, tmp_path / "spool")
+        config = write_config(
+            tmp_path / "cfg.yaml", f"http://127.0.0.1:{free_port()}", run_name, tmp_path / "spool"
+        )
         rows = prepare(config, tmp_path / "tasks.jsonl", 3)
         assert rows[0]["metadata"]["env_server"] != [url]
         turns: dict[str, int] = defaultdict(int)
@@ -88,18 +124,38 @@ def test_scripted_engine_against_running_env_server(tmp_path: Path, run_name: st
             n = turns[req.routing_key]
             turns[req.routing_key] += 1
             if row["metadata"]["env"] == "gsm8k":
-                reply = call("calculator", {"expression": "6*7"}) if n == 0 else \
-                    call("submit_answer", {"answer": row["label"]})
+                reply = (
+                    call("calculator", {"expression": "6*7"})
+                    if n == 0
+                    else call("submit_answer", {"answer": row["label"]})
+                )
             else:
-                reply = call("submit_answer", {"who": "Nobody", "what": "Nothing", "where": "Nowhere",
-                                               "why": "None"})
+                reply = call(
+                    "submit_answer",
+                    {"who": "Nobody", "what": "Nothing", "where": "Nowhere", "why": "None"},
+                )
             return Turn.of_text(qwen3_tokenizer, reply + "<|im_end|>")
 
         with SGLangStub(responder, tokenizer=qwen3_tokenizer) as stub:
-            out = run_sh("--engine-url", stub.url, "--model", str(TOKENIZER_DIR), "--config", str(config),
-                         "--env-server", url,
-                         "--task-data", str(tmp_path / "tasks.jsonl"), "--num-tasks", "4", "--n-samples", "2",
-                         "--concurrency", "4", "--json")
+            out = run_sh(
+                "--engine-url",
+                stub.url,
+                "--model",
+                str(TOKENIZER_DIR),
+                "--config",
+                str(config),
+                "--env-server",
+                url,
+                "--task-data",
+                str(tmp_path / "tasks.jsonl"),
+                "--num-tasks",
+                "4",
+                "--n-samples",
+                "2",
+                "--concurrency",
+                "4",
+                "--json",
+            )
         assert out.returncode == 0, out.stderr
         summary = json.loads(out.stdout.strip().splitlines()[-1])
         got = stored(db, run_name)
@@ -108,13 +164,19 @@ def test_scripted_engine_against_running_env_server(tmp_path: Path, run_name: st
     n_who = 8 - n_gsm
     assert n_gsm and n_who, "the first 4 prepared rows should mix both environments"
     assert by_env["gsm8k"]["episodes"] == n_gsm and by_env["gsm8k"]["reward_mean"] == 1.0
-    assert by_env["gsm8k"]["solve_rate"] == 1.0 and by_env["gsm8k"]["stop_reasons"] == {"env_finished": n_gsm}
+    assert by_env["gsm8k"]["solve_rate"] == 1.0 and by_env["gsm8k"]["stop_reasons"] == {
+        "env_finished": n_gsm
+    }
     assert by_env["gsm8k"]["turns_mean"] == 2.0 and by_env["all"]["token_drift"] == 0
     assert by_env["whodunit"]["reward_mean"] == 0.0 and by_env["whodunit"]["episodes"] == n_who
     # the store holds every episode, with the rewards the bridge computed, grouped per task
     assert len(got) == 8
     assert sorted(r["reward"] for r in got if r["env"] == "gsm8k") == [1.0] * n_gsm
-    assert all(r["reward"] == 0.0 and r["stop_reason"] == "env_finished" for r in got if r["env"] == "whodunit")
+    assert all(
+        r["reward"] == 0.0 and r["stop_reason"] == "env_finished"
+        for r in got
+        if r["env"] == "whodunit"
+    )
     assert len({r["group_key"] for r in got}) == 4
 
 
@@ -125,10 +187,27 @@ def test_local_engine_starts_env_server_and_stops_it(tmp_path: Path, run_name: s
     model = make_tiny_qwen3(tmp_path / "tiny-qwen3")
     port = free_port()
     db = tmp_path / "store.db"
-    config = write_config(tmp_path / "cfg.yaml", f"http://127.0.0.1:{port}", run_name, tmp_path / "spool",
-                          envs="gsm8k")
-    out = run_sh("--engine", "local", "--model", str(model), "--config", str(config), "--num-tasks", "2",
-                 "--max-response-len", "24", "--db", str(db))
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        f"http://127.0.0.1:{port}",
+        run_name,
+        tmp_path / "spool",
+        envs="gsm8k",
+    )
+    out = run_sh(
+        "--engine",
+        "local",
+        "--model",
+        str(model),
+        "--config",
+        str(config),
+        "--num-tasks",
+        "2",
+        "--max-response-len",
+        "24",
+        "--db",
+        str(db),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "debugging engine" in out.stdout and "not for training throughput" in out.stdout
     assert "starting env server" in out.stdout
@@ -141,16 +220,38 @@ def test_local_engine_starts_env_server_and_stops_it(tmp_path: Path, run_name: s
 
 
 def test_bad_input_one_line_errors(tmp_path: Path, run_name: str) -> None:
-    config = write_config(tmp_path / "cfg.yaml", f"http://127.0.0.1:{free_port()}", run_name, tmp_path / "spool")
+    config = write_config(
+        tmp_path / "cfg.yaml", f"http://127.0.0.1:{free_port()}", run_name, tmp_path / "spool"
+    )
     dead = f"http://127.0.0.1:{free_port()}"
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text('{"prompt": [], "metadata": {"env": "gsm8k", "split": "train", "index": 0}}\n')
-    out = run_sh("--engine-url", dead, "--model", str(TOKENIZER_DIR), "--config", str(config),
-                 "--task-data", str(tasks), "--num-tasks", "1", timeout=120)
+    out = run_sh(
+        "--engine-url",
+        dead,
+        "--model",
+        str(TOKENIZER_DIR),
+        "--config",
+        str(config),
+        "--task-data",
+        str(tasks),
+        "--num-tasks",
+        "1",
+        timeout=120,
+    )
     assert out.returncode == 2 and f"engine {dead} does not answer /health" in out.stderr
     tasks.write_text("{not json\n")
-    out = run_sh("--engine-url", dead, "--model", str(TOKENIZER_DIR), "--config", str(config),
-                 "--task-data", str(tasks), timeout=120)
+    out = run_sh(
+        "--engine-url",
+        dead,
+        "--model",
+        str(TOKENIZER_DIR),
+        "--config",
+        str(config),
+        "--task-data",
+        str(tasks),
+        timeout=120,
+    )
     assert out.returncode == 2 and f"{tasks}:1: not JSON" in out.stderr
     out = run_sh("--engine-url", dead, "--config", str(config), timeout=120)
     assert out.returncode == 2 and "--engine-url needs --model" in out.stderr
@@ -158,6 +259,8 @@ def test_bad_input_one_line_errors(tmp_path: Path, run_name: str) -> None:
     assert out.returncode == 2 and "exactly one of --engine-url URL or --engine local" in out.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("environments:\n  gsm8k: {max_turn: 2}\n")
-    out = run_sh("--engine-url", dead, "--model", str(TOKENIZER_DIR), "--config", str(bad), timeout=120)
+    out = run_sh(
+        "--engine-url", dead, "--model", str(TOKENIZER_DIR), "--config", str(bad), timeout=120
+    )
     assert out.returncode == 2 and "unknown key 'environments.gsm8k.max_turn'" in out.stderr
     assert all(len(line) < 400 for line in out.stderr.splitlines())

@@ -17,12 +17,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, free_port
 
-from bridge.launch.launcher import MEGATRON_FLAGS, global_batch_size, LaunchError
-from bridge.launch.slime_flags import (SGLANG_FLAGS, flag_choices, flags_in_source, read_flag_list,
-                                supported_train_backends)
+from bridge.launch.launcher import MEGATRON_FLAGS, LaunchError, global_batch_size
+from bridge.launch.slime_flags import (
+    SGLANG_FLAGS,
+    flag_choices,
+    flags_in_source,
+    read_flag_list,
+    supported_train_backends,
+)
 
 DATA = REPO / "tests" / "data" / "slime_flags"
 VERSIONS = ("v0.2.2", "v0.3.1")
@@ -41,7 +45,9 @@ def make_slime(root: Path, version: str, drop: tuple[str, ...] = ()) -> Path:
     flags = sorted(slime_flags(version) - set(drop) - {"--train-backend"})
     backends = ["megatron", "fsdp"] if version == "v0.2.2" else ["megatron"]
     src = ["def add_arguments(parser):"] + [f"    parser.add_argument({f!r})" for f in flags]
-    src.append(f"    parser.add_argument('--train-backend', type=str, choices={backends!r}, default='megatron')")
+    src.append(
+        f"    parser.add_argument('--train-backend', type=str, choices={backends!r}, default='megatron')"
+    )
     (root / "slime" / "utils").mkdir(parents=True)
     (root / "slime" / "utils" / "arguments.py").write_text("\n".join(src) + "\n")
     (root / "train.py").write_text("")
@@ -50,7 +56,8 @@ def make_slime(root: Path, version: str, drop: tuple[str, ...] = ()) -> Path:
     (root / "scripts" / "models").mkdir(parents=True)
     (root / "scripts" / "models" / "qwen3-4B.sh").write_text(
         'MODEL_ARGS=(\n   --num-layers 36\n   --hidden-size 2560\n   --normalization "RMSNorm"\n'
-        '   --rotary-base "${MODEL_ARGS_ROTARY_BASE:-1000000}"\n   --qk-layernorm\n)\n')
+        '   --rotary-base "${MODEL_ARGS_ROTARY_BASE:-1000000}"\n   --qk-layernorm\n)\n'
+    )
     return root
 
 
@@ -64,25 +71,69 @@ def world(tmp_path: Path) -> dict[str, Path | str]:
     (megatron / "megatron" / "training").mkdir(parents=True)
     port = free_port()
     config = tmp_path / "train_config.yaml"
-    config.write_text(f"environments:\n  gsm8k:\n    max_turns: 4\nenv_server: http://127.0.0.1:{port}\n"
-                      "run_name: launch-test\n")
+    config.write_text(
+        f"environments:\n  gsm8k:\n    max_turns: 4\nenv_server: http://127.0.0.1:{port}\n"
+        "run_name: launch-test\n"
+    )
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text(json.dumps({"prompt": [{"role": "user", "content": "q"}], "label": "1",
-                                 "metadata": {"env": "gsm8k", "split": "train", "index": 0}, "tools": []}) + "\n")
-    return {"tmp": tmp_path, "model": model, "megatron": megatron, "config": config, "tasks": tasks,
-            "port": str(port)}
+    tasks.write_text(
+        json.dumps(
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "label": "1",
+                "metadata": {"env": "gsm8k", "split": "train", "index": 0},
+                "tools": [],
+            }
+        )
+        + "\n"
+    )
+    return {
+        "tmp": tmp_path,
+        "model": model,
+        "megatron": megatron,
+        "config": config,
+        "tasks": tasks,
+        "port": str(port),
+    }
 
 
 def run_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k not in ("SLIME_PATH", "MEGATRON_PATH", "WANDB_API_KEY",
-                                                             "OPENREWARD_API_KEY", "TRAIN_CONFIG")}
-    return subprocess.run(["bash", str(REPO / "run.sh"), *args], cwd=REPO, env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=120)
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "SLIME_PATH",
+            "MEGATRON_PATH",
+            "WANDB_API_KEY",
+            "OPENREWARD_API_KEY",
+            "TRAIN_CONFIG",
+        )
+    }
+    return subprocess.run(
+        ["bash", str(REPO / "run.sh"), *args],
+        cwd=REPO,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def base_args(world: dict, slime: Path, *extra: str) -> list[str]:
-    return ["--model", str(world["model"]), "--config", str(world["config"]), "--task-data", str(world["tasks"]),
-            "--slime-path", str(slime), "--megatron-path", str(world["megatron"]), *extra]
+    return [
+        "--model",
+        str(world["model"]),
+        "--config",
+        str(world["config"]),
+        "--task-data",
+        str(world["tasks"]),
+        "--slime-path",
+        str(slime),
+        "--megatron-path",
+        str(world["megatron"]),
+        *extra,
+    ]
 
 
 class DryRun:
@@ -95,11 +146,13 @@ class DryRun:
         self.env = {}
         for ln in lines:
             if ln.startswith("export "):
-                k, _, v = ln[len("export "):].partition("=")
+                k, _, v = ln[len("export ") :].partition("=")
                 self.env[k] = shlex.split(v)[0] if v else ""
-        start = next(i for i, ln in enumerate(lines) if ln.startswith("# write ") and ln.endswith(".sh:"))
+        start = next(
+            i for i, ln in enumerate(lines) if ln.startswith("# write ") and ln.endswith(".sh:")
+        )
         script = []
-        for ln in lines[start + 1:]:
+        for ln in lines[start + 1 :]:
             if not ln.startswith("    "):
                 break
             script.append(ln[4:])
@@ -107,7 +160,9 @@ class DryRun:
         self.script = body
         self.train_argv = shlex.split(body.split("\nexec ", 1)[1].replace("\\\n", " "))
         self.submit = shlex.split(next(ln for ln in lines if ln.startswith("ray job submit")))
-        self.commands = [ln for ln in lines if not ln.startswith(("#", "    ", "ok ", "MISSING ", "export "))]
+        self.commands = [
+            ln for ln in lines if not ln.startswith(("#", "    ", "ok ", "MISSING ", "export "))
+        ]
 
     def flag(self, name: str) -> str:
         i = self.train_argv.index(name)
@@ -115,10 +170,10 @@ class DryRun:
 
     def values(self, name: str, n: int) -> list[str]:
         i = self.train_argv.index(name)
-        return self.train_argv[i + 1:i + 1 + n]
+        return self.train_argv[i + 1 : i + 1 + n]
 
     def emitted_flags(self, extra: list[str] = ()) -> set[str]:
-        argv = self.train_argv[2:len(self.train_argv) - len(extra)]
+        argv = self.train_argv[2 : len(self.train_argv) - len(extra)]
         return {a for a in argv if a.startswith("--")}
 
     def check(self, name: str) -> str:
@@ -135,14 +190,19 @@ def dry_run(world: dict, slime: Path, *extra: str) -> DryRun:
 def test_flag_lists_hold_what_the_launcher_relies_on() -> None:
     for v in VERSIONS:
         s, m = slime_flags(v), megatron_flags(v)
-        assert {"--custom-generate-function-path", "--custom-rollout-log-function-path",
-                "--custom-eval-rollout-log-function-path", "--tool-key", "--metadata-key"} <= s
+        assert {
+            "--custom-generate-function-path",
+            "--custom-rollout-log-function-path",
+            "--custom-eval-rollout-log-function-path",
+            "--tool-key",
+            "--metadata-key",
+        } <= s
         assert MEGATRON_FLAGS <= m, sorted(MEGATRON_FLAGS - m)
     assert "--gradient-checkpointing" in slime_flags("v0.2.2")  # the FSDP dataclass's fields
 
 
 def test_flag_extraction_reads_argparse_and_dataclass_sources() -> None:
-    src = '''
+    src = """
 import argparse
 from dataclasses import dataclass
 def add(parser):
@@ -155,9 +215,15 @@ def add(parser):
 @dataclass
 class FSDPArgs:
     lr_warmup_iters: int = 0
-'''
-    assert flags_in_source(src) == {"--alpha-beta", "--ex", "--offload", "--no-offload", "--global-batch-size",
-                                    "--train-backend"}
+"""
+    assert flags_in_source(src) == {
+        "--alpha-beta",
+        "--ex",
+        "--offload",
+        "--no-offload",
+        "--global-batch-size",
+        "--train-backend",
+    }
     assert "--lr-warmup-iters" in flags_in_source(src, dataclass_fields=True)
     assert flag_choices(src, "--train-backend") == [["megatron", "fsdp"]]
 
@@ -173,25 +239,41 @@ def test_dry_run_megatron_defaults(world: dict, version: str) -> None:
     slime = make_slime(world["tmp"] / "slime", version)
     d = dry_run(world, slime)
     # prerequisites this machine has, and the hooks/data/batch flags with the issue's defaults
-    for name in ("config", "task file", "slime", "train backend", "Megatron-LM", "checkpoint", "API keys"):
+    for name in (
+        "config",
+        "task file",
+        "slime",
+        "train backend",
+        "Megatron-LM",
+        "checkpoint",
+        "API keys",
+    ):
         assert d.check(name).startswith("ok"), d.check(name)
     assert d.check("GPUs").startswith("MISSING")  # no GPU here; the dry run still prints everything
     assert d.flag("--custom-generate-function-path") == "bridge.generate.generate"
     assert d.flag("--custom-rollout-log-function-path") == "bridge.metrics.log_rollout"
     assert d.flag("--custom-eval-rollout-log-function-path") == "bridge.metrics.log_eval_rollout"
     assert d.flag("--prompt-data") == str(world["tasks"].resolve())
-    assert (d.flag("--input-key"), d.flag("--label-key"), d.flag("--metadata-key"), d.flag("--tool-key")) == \
-        ("prompt", "label", "metadata", "tools")
+    assert (
+        d.flag("--input-key"),
+        d.flag("--label-key"),
+        d.flag("--metadata-key"),
+        d.flag("--tool-key"),
+    ) == ("prompt", "label", "metadata", "tools")
     assert "--apply-chat-template" not in d.train_argv  # the bridge renders prompts itself
     assert "--rm-type" not in d.train_argv  # the bridge sets the reward
     assert d.flag("--rollout-batch-size") == "32" and d.flag("--n-samples-per-prompt") == "16"
     assert d.flag("--global-batch-size") == "512"
-    assert d.flag("--rollout-max-response-len") == "4096" and d.flag("--max-tokens-per-gpu") == "8192"
+    assert (
+        d.flag("--rollout-max-response-len") == "4096" and d.flag("--max-tokens-per-gpu") == "8192"
+    )
     assert float(d.flag("--lr")) == 1e-5 and float(d.flag("--rollout-temperature")) == 1.0
     assert "--colocate" in d.train_argv and "--rollout-num-gpus" not in d.train_argv
     assert d.flag("--train-backend") == "megatron" and d.flag("--tensor-model-parallel-size") == "1"
     assert d.flag("--num-epoch") == "1"  # no --num-rollout: one epoch of the tasks
-    assert d.flag("--hf-checkpoint") == str(world["model"]) == d.flag("--load") == d.flag("--ref-load")
+    assert (
+        d.flag("--hf-checkpoint") == str(world["model"]) == d.flag("--load") == d.flag("--ref-load")
+    )
     # the model's args come from slime's scripts/models/<model>.sh, bash-expanded
     assert d.flag("--num-layers") == "36" and d.flag("--rotary-base") == "1000000"
     assert d.flag("--normalization") == "RMSNorm" and "--qk-layernorm" in d.train_argv
@@ -202,23 +284,54 @@ def test_dry_run_megatron_defaults(world: dict, version: str) -> None:
     assert d.env["TRAIN_CONFIG"] == str(world["config"].resolve())
     runtime = json.loads(d.submit[d.submit.index("--runtime-env-json") + 1])
     assert runtime == {"env_vars": d.env}
-    assert d.submit[:3] == ["ray", "job", "submit"] and d.submit[-2] == "bash" and d.submit[-1].endswith(".sh")
+    assert (
+        d.submit[:3] == ["ray", "job", "submit"]
+        and d.submit[-2] == "bash"
+        and d.submit[-1].endswith(".sh")
+    )
     # what it would start: the env server on the config's port (nothing answers there) and a Ray head
     env_cmd = next(c for c in d.commands if "envs.server" in c)
-    assert f"--port {world['port']}" in env_cmd and f"--config {world['config'].resolve()}" in env_cmd
+    assert (
+        f"--port {world['port']}" in env_cmd and f"--config {world['config'].resolve()}" in env_cmd
+    )
     assert any(c.startswith("ray start --head") for c in d.commands)
     # runs nothing: no script written
     assert not Path(d.submit[-1]).exists()
 
 
-@pytest.mark.parametrize("version,backend", [("v0.3.1", "megatron"), ("v0.2.2", "megatron"), ("v0.2.2", "fsdp")])
+@pytest.mark.parametrize(
+    "version,backend", [("v0.3.1", "megatron"), ("v0.2.2", "megatron"), ("v0.2.2", "fsdp")]
+)
 def test_every_emitted_flag_is_one_slime_knows(world: dict, version: str, backend: str) -> None:
     slime = make_slime(world["tmp"] / "slime", version)
     extra = ["--seed", "7"]
-    d = dry_run(world, slime, "--train-backend", backend, "--tp", "2", "--no-colocate", "--actor-gpus", "4",
-                "--rollout-gpus", "2", "--save", str(world["tmp"] / "ckpt"), "--save-interval", "5",
-                "--eval-data", str(world["tasks"]), "--eval-interval", "10", "--num-rollout", "3",
-                "--max-context-len", "8192", "--", *extra)
+    d = dry_run(
+        world,
+        slime,
+        "--train-backend",
+        backend,
+        "--tp",
+        "2",
+        "--no-colocate",
+        "--actor-gpus",
+        "4",
+        "--rollout-gpus",
+        "2",
+        "--save",
+        str(world["tmp"] / "ckpt"),
+        "--save-interval",
+        "5",
+        "--eval-data",
+        str(world["tasks"]),
+        "--eval-interval",
+        "10",
+        "--num-rollout",
+        "3",
+        "--max-context-len",
+        "8192",
+        "--",
+        *extra,
+    )
     known = slime_flags(version) | SGLANG_FLAGS
     if backend == "megatron":
         known |= megatron_flags(version)
@@ -227,25 +340,73 @@ def test_every_emitted_flag_is_one_slime_knows(world: dict, version: str, backen
     assert d.train_argv[-2:] == extra  # after `--`: passed unchanged, last
     assert f"# note: all {len(emitted)} emitted flags are defined by this slime/Megatron" in d.text
     if backend == "fsdp":
-        assert "--gradient-checkpointing" in d.train_argv and "--tensor-model-parallel-size" not in d.train_argv
+        assert (
+            "--gradient-checkpointing" in d.train_argv
+            and "--tensor-model-parallel-size" not in d.train_argv
+        )
         assert d.env["PYTHONPATH"] == str(REPO)
     else:
-        assert d.flag("--tensor-model-parallel-size") == "2" and "--sequence-parallel" in d.train_argv
+        assert (
+            d.flag("--tensor-model-parallel-size") == "2" and "--sequence-parallel" in d.train_argv
+        )
 
 
 def test_dry_run_option_values(world: dict) -> None:
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
-    d = dry_run(world, slime, "--no-colocate", "--actor-gpus", "4", "--rollout-gpus", "2", "--rollout-tp", "2",
-                "--n-samples", "8", "--rollout-batch-size", "16", "--steps-per-rollout", "4",
-                "--max-response-len", "2048", "--max-tokens-per-gpu", "4096", "--temperature", "0.7",
-                "--lr", "2e-6", "--num-rollout", "50", "--eval-data", str(world["tasks"]), "--eval-interval", "5",
-                "--save", "/ckpt/out", "--save-interval", "20", "--wandb-project", "p", "--wandb-group", "g")
+    d = dry_run(
+        world,
+        slime,
+        "--no-colocate",
+        "--actor-gpus",
+        "4",
+        "--rollout-gpus",
+        "2",
+        "--rollout-tp",
+        "2",
+        "--n-samples",
+        "8",
+        "--rollout-batch-size",
+        "16",
+        "--steps-per-rollout",
+        "4",
+        "--max-response-len",
+        "2048",
+        "--max-tokens-per-gpu",
+        "4096",
+        "--temperature",
+        "0.7",
+        "--lr",
+        "2e-6",
+        "--num-rollout",
+        "50",
+        "--eval-data",
+        str(world["tasks"]),
+        "--eval-interval",
+        "5",
+        "--save",
+        "/ckpt/out",
+        "--save-interval",
+        "20",
+        "--wandb-project",
+        "p",
+        "--wandb-group",
+        "g",
+    )
     assert "--colocate" not in d.train_argv and d.flag("--rollout-num-gpus") == "2"
-    assert d.flag("--actor-num-gpus-per-node") == "4" and d.flag("--rollout-num-gpus-per-engine") == "2"
+    assert (
+        d.flag("--actor-num-gpus-per-node") == "4"
+        and d.flag("--rollout-num-gpus-per-engine") == "2"
+    )
     assert d.flag("--global-batch-size") == str(16 * 8 // 4)
     assert d.flag("--rollout-max-response-len") == "2048" == d.flag("--eval-max-response-len")
-    assert d.flag("--max-tokens-per-gpu") == "4096" and float(d.flag("--rollout-temperature")) == 0.7
-    assert float(d.flag("--lr")) == 2e-6 and d.flag("--num-rollout") == "50" and "--num-epoch" not in d.train_argv
+    assert (
+        d.flag("--max-tokens-per-gpu") == "4096" and float(d.flag("--rollout-temperature")) == 0.7
+    )
+    assert (
+        float(d.flag("--lr")) == 2e-6
+        and d.flag("--num-rollout") == "50"
+        and "--num-epoch" not in d.train_argv
+    )
     assert d.values("--eval-prompt-data", 2) == ["tasks", str(world["tasks"].resolve())]
     assert d.flag("--eval-interval") == "5"
     assert d.flag("--save") == "/ckpt/out" and d.flag("--save-interval") == "20"
@@ -255,8 +416,10 @@ def test_dry_run_option_values(world: dict) -> None:
 
 def test_env_server_override_and_secrets_are_masked(world: dict) -> None:
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
-    out = run_sh(*base_args(world, slime, "--dry-run", "--env-server", "http://127.0.0.1:1"),
-                 env={"WANDB_API_KEY": "secret-wandb-key"})
+    out = run_sh(
+        *base_args(world, slime, "--dry-run", "--env-server", "http://127.0.0.1:1"),
+        env={"WANDB_API_KEY": "secret-wandb-key"},
+    )
     assert out.returncode == 0, out.stderr
     d = DryRun(out.stdout)
     assert d.env["TRAIN_CONFIG"].endswith("runs/launch-test/train_config.yaml")
@@ -275,11 +438,36 @@ def test_global_batch_size() -> None:
 def test_help_and_bad_options() -> None:
     out = run_sh("--help")
     assert out.returncode == 0
-    for opt in ("--model", "--lr", "--n-samples", "--rollout-batch-size", "--max-response-len",
-                "--max-tokens-per-gpu", "--temperature", "--num-rollout", "--train-backend", "--actor-gpus",
-                "--rollout-gpus", "--tp", "--colocate", "--load", "--save", "--save-interval", "--task-data",
-                "--eval-data", "--eval-interval", "--config", "--wandb-project", "--wandb-group", "--slime-path",
-                "--megatron-path", "--model-args", "--env-server", "--dry-run", "--rollout-only"):
+    for opt in (
+        "--model",
+        "--lr",
+        "--n-samples",
+        "--rollout-batch-size",
+        "--max-response-len",
+        "--max-tokens-per-gpu",
+        "--temperature",
+        "--num-rollout",
+        "--train-backend",
+        "--actor-gpus",
+        "--rollout-gpus",
+        "--tp",
+        "--colocate",
+        "--load",
+        "--save",
+        "--save-interval",
+        "--task-data",
+        "--eval-data",
+        "--eval-interval",
+        "--config",
+        "--wandb-project",
+        "--wandb-group",
+        "--slime-path",
+        "--megatron-path",
+        "--model-args",
+        "--env-server",
+        "--dry-run",
+        "--rollout-only",
+    ):
         assert opt in out.stdout, opt
     bad = run_sh("--rollout-batch-size", "3", "--n-samples", "5", "--steps-per-rollout", "2")
     assert bad.returncode == 2 and "not divisible by --steps-per-rollout 2" in bad.stderr
@@ -307,17 +495,29 @@ def test_machine_prerequisites_named_with_fixes(world: dict) -> None:
     assert "nvidia-smi" in line_for(lines, "GPUs") and "--rollout-only" in line_for(lines, "GPUs")
     assert "pip install 'ray[default]" in line_for(lines, "ray")
     assert len(lines) == 2, lines
-    assert not (REPO / "runs" / "launch-test").exists()  # stopped before writing or starting anything
+    assert not (
+        REPO / "runs" / "launch-test"
+    ).exists()  # stopped before writing or starting anything
 
 
 def test_missing_slime_megatron_tasks_checkpoint(world: dict, tmp_path: Path) -> None:
-    lines = missing_lines(run_sh("--model", "Org/Not-Local-7B", "--config", str(world["config"]),
-                                 "--task-data", str(tmp_path / "none.jsonl")))
+    lines = missing_lines(
+        run_sh(
+            "--model",
+            "Org/Not-Local-7B",
+            "--config",
+            str(world["config"]),
+            "--task-data",
+            str(tmp_path / "none.jsonl"),
+        )
+    )
     assert "git clone https://github.com/THUDM/slime.git" in line_for(lines, "slime")
     assert "SLIME_PATH" in line_for(lines, "slime")
     assert "git clone https://github.com/NVIDIA/Megatron-LM.git" in line_for(lines, "Megatron-LM")
-    assert f"python prepare_tasks.py --config {world['config']} --output {tmp_path / 'none.jsonl'}" \
+    assert (
+        f"python prepare_tasks.py --config {world['config']} --output {tmp_path / 'none.jsonl'}"
         in line_for(lines, "task file")
+    )
     assert "huggingface-cli download Org/Not-Local-7B" in line_for(lines, "checkpoint")
     # a directory that is not a slime checkout; SLIME_PATH is honoured
     out = run_sh(*base_args(world, tmp_path)[:-4], env={"SLIME_PATH": str(tmp_path)})
@@ -328,11 +528,17 @@ def test_fsdp_refused_on_slime_without_it(world: dict) -> None:
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
     lines = missing_lines(run_sh(*base_args(world, slime, "--train-backend", "fsdp")))
     line = line_for(lines, "train backend")
-    assert "does not support --train-backend fsdp" in line and "v0.2.2" in line and "megatron" in line
+    assert (
+        "does not support --train-backend fsdp" in line and "v0.2.2" in line and "megatron" in line
+    )
 
 
 def test_flag_unknown_to_this_slime_is_refused(world: dict) -> None:
-    slime = make_slime(world["tmp"] / "slime", "v0.3.1", drop=("--tool-key", "--custom-eval-rollout-log-function-path"))
+    slime = make_slime(
+        world["tmp"] / "slime",
+        "v0.3.1",
+        drop=("--tool-key", "--custom-eval-rollout-log-function-path"),
+    )
     line = line_for(missing_lines(run_sh(*base_args(world, slime))), "slime flags")
     assert "--custom-eval-rollout-log-function-path, --tool-key" in line and "ignore" in line
 
@@ -357,7 +563,9 @@ def test_unknown_model_needs_model_args(world: dict) -> None:
 def test_hosted_env_api_keys_and_bad_config(world: dict) -> None:
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
     hosted = world["tmp"] / "hosted.yaml"
-    hosted.write_text("environments:\n  GeneralReasoning/Whodunnit:\n    secrets: {openai_api_key: null}\n")
+    hosted.write_text(
+        "environments:\n  GeneralReasoning/Whodunnit:\n    secrets: {openai_api_key: null}\n"
+    )
     args = base_args(world, slime)
     args[args.index("--config") + 1] = str(hosted)
     line = line_for(missing_lines(run_sh(*args)), "API keys")
@@ -365,12 +573,18 @@ def test_hosted_env_api_keys_and_bad_config(world: dict) -> None:
     assert "export OPENREWARD_API_KEY=... && export OPENAI_API_KEY=..." in line
     ok = run_sh(*args, "--dry-run", env={"OPENREWARD_API_KEY": "k1", "OPENAI_API_KEY": "k2"})
     d = DryRun(ok.stdout)
-    assert d.check("API keys").startswith("ok") and d.env["OPENAI_API_KEY"] == "***" and "k2" not in ok.stdout
+    assert (
+        d.check("API keys").startswith("ok")
+        and d.env["OPENAI_API_KEY"] == "***"
+        and "k2" not in ok.stdout
+    )
     assert not any("envs.server" in c for c in d.commands)  # hosted only: no local env server
     bad = world["tmp"] / "bad.yaml"
     bad.write_text("environments:\n  gsm8k:\n    max_turn: 3\n")
     args[args.index("--config") + 1] = str(bad)
-    assert "unknown key 'environments.gsm8k.max_turn'" in line_for(missing_lines(run_sh(*args)), "config")
+    assert "unknown key 'environments.gsm8k.max_turn'" in line_for(
+        missing_lines(run_sh(*args)), "config"
+    )
 
 
 def test_option_combinations_refused_early(world: dict) -> None:
@@ -392,18 +606,33 @@ def test_execute_starts_env_server_health_checked_and_stops_it(world: dict) -> N
     run_name = f"launch-exec-{world['port']}"
     world["config"].write_text(world["config"].read_text().replace("launch-test", run_name))
     override_port = free_port()
-    opts, extra = parse_options(base_args(world, slime, "--env-server", f"http://127.0.0.1:{override_port}",
-                                          "--db", str(world["tmp"] / "store.db")))
+    opts, extra = parse_options(
+        base_args(
+            world,
+            slime,
+            "--env-server",
+            f"http://127.0.0.1:{override_port}",
+            "--db",
+            str(world["tmp"] / "store.db"),
+        )
+    )
     plan = build_plan(opts, extra)
     assert [u for u, _ in plan.env_servers] == [f"http://127.0.0.1:{override_port}"]
     assert plan.config_override is not None
     probe = world["tmp"] / "probe.json"
-    plan.ray_start_cmd = None  # no Ray on this machine; the job is a probe run while the server is up
-    plan.submit_cmd = [sys.executable, "-c", (
-        "import json, os, sys, httpx, yaml; "
-        f"h = httpx.get('http://127.0.0.1:{override_port}/health').status_code; "
-        f"cfg = yaml.safe_load(open({plan.job_env['TRAIN_CONFIG']!r})); "
-        f"json.dump({{'health': h, 'env_server': cfg['env_server']}}, open({str(probe)!r}, 'w'))")]
+    plan.ray_start_cmd = (
+        None  # no Ray on this machine; the job is a probe run while the server is up
+    )
+    plan.submit_cmd = [
+        sys.executable,
+        "-c",
+        (
+            "import json, os, sys, httpx, yaml; "
+            f"h = httpx.get('http://127.0.0.1:{override_port}/health').status_code; "
+            f"cfg = yaml.safe_load(open({plan.job_env['TRAIN_CONFIG']!r})); "
+            f"json.dump({{'health': h, 'env_server': cfg['env_server']}}, open({str(probe)!r}, 'w'))"
+        ),
+    ]
     try:
         assert execute(plan) == 0
         seen = json.loads(probe.read_text())
@@ -425,8 +654,10 @@ def port_open(port: int) -> bool:
 def test_several_env_servers_one_trajectory_store(world: dict) -> None:
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
     p1, p2 = free_port(), free_port()
-    world["config"].write_text(f"environments:\n  gsm8k: {{}}\nenv_server: [http://127.0.0.1:{p1}, "
-                               f"http://127.0.0.1:{p2}]\nrun_name: launch-test\n")
+    world["config"].write_text(
+        f"environments:\n  gsm8k: {{}}\nenv_server: [http://127.0.0.1:{p1}, "
+        f"http://127.0.0.1:{p2}]\nrun_name: launch-test\n"
+    )
     d = dry_run(world, slime)
     servers = [c for c in d.commands if "envs.server" in c]
     assert len(servers) == 2 and f"--port {p1}" in servers[0] and f"--port {p2}" in servers[1]
@@ -463,10 +694,21 @@ def test_sigterm_stops_what_it_started(world: dict) -> None:
         "plan = build_plan(opts, extra)\n"
         "plan.ray_start_cmd = None\n"
         "plan.submit_cmd = [sys.executable, '-c', 'import time; time.sleep(300)']\n"
-        "sys.exit(execute(plan))\n")
-    proc = subprocess.Popen([sys.executable, "-c", program, *base_args(world, slime, "--db", str(world["tmp"] / "s.db"))],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+        "sys.exit(execute(plan))\n"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            program,
+            *base_args(world, slime, "--db", str(world["tmp"] / "s.db")),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         deadline = time.monotonic() + 120
         seen = []
@@ -485,6 +727,7 @@ def test_sigterm_stops_what_it_started(world: dict) -> None:
             proc.kill()
             proc.wait()
         import shutil
+
         shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
 
 
@@ -496,9 +739,14 @@ def test_env_servers_pinned_by_the_task_rows(world: dict) -> None:
         r["metadata"]["env_server"] = [f"http://127.0.0.1:{pinned}"]
     world["tasks"].write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = dry_run(world, slime)  # the bridge connects where the rows say: that is the server to start
-    assert [c for c in d.commands if "envs.server" in c][0].split(" &")[0].endswith(
-        f"--port {pinned} --db {(REPO / 'runs' / 'trajectories.db')}")
-    line = line_for(missing_lines(run_sh(*base_args(world, slime, "--env-server", "http://127.0.0.1:1"))),
-                    "env server")
+    assert (
+        next(c for c in d.commands if "envs.server" in c)
+        .split(" &")[0]
+        .endswith(f"--port {pinned} --db {(REPO / 'runs' / 'trajectories.db')}")
+    )
+    line = line_for(
+        missing_lines(run_sh(*base_args(world, slime, "--env-server", "http://127.0.0.1:1"))),
+        "env server",
+    )
     assert f"pin env_server http://127.0.0.1:{pinned}" in line and "would have no effect" in line
     assert "rerun python prepare_tasks.py" in line

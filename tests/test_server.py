@@ -16,16 +16,16 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
+from conftest import REPO, env_server, free_port, run_process
 from openreward.api.errors import ToolCallError
 from openreward.environments import Environment, TextBlock, ToolOutput, tool
 from pydantic import BaseModel
-
-from conftest import REPO, env_server, free_port, run_process
 
 # ---------------------------------------------------------------- the probe environment
 
@@ -50,7 +50,7 @@ class NoIn(BaseModel):
 class Probe(Environment):
     """Tools that exercise the server rather than a task."""
 
-    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
+    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:  # noqa: B006 (the SDK's signature)
         super().__init__(task_spec, secrets)
         if "i" not in task_spec:
             raise ValueError("a probe task_spec needs 'i'")
@@ -112,7 +112,14 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="info", acce
 def probe_server(**settings: Any) -> Iterator[tuple[str, subprocess.Popen]]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-c", PROBE_SERVER, str(port), json.dumps(settings), str(REPO / "tests")]
+    args = [
+        sys.executable,
+        "-c",
+        PROBE_SERVER,
+        str(port),
+        json.dumps(settings),
+        str(REPO / "tests"),
+    ]
     with run_process(args, f"{base}/health") as proc:
         yield base, proc
 
@@ -203,7 +210,9 @@ async def test_stock_client_with_variant_paths_and_task_listing(server_url: str)
 async def test_many_concurrent_episodes(server_url: str) -> None:
     from ors_episodes import play_whodunit
 
-    eps = await asyncio.gather(*(play_whodunit(server_url, "train", i, correct_parts=4) for i in range(24)))
+    eps = await asyncio.gather(
+        *(play_whodunit(server_url, "train", i, correct_parts=4) for i in range(24))
+    )
     assert [e.final_reward for e in eps] == [1.0] * 24
 
 
@@ -214,34 +223,85 @@ def test_malformed_requests_get_typed_4xx(probe_url: str) -> None:
     u = probe_url
     sid = {"X-Session-ID": "hard-1"}
     assert _create(u, "hard-1").json() == {"sid": "hard-1"}
-    _assert_ors_error(httpx.post(f"{u}/probe/call", content=b'{"name": "echo", "input":', headers=sid), 400, "bad_json")
-    _assert_ors_error(httpx.post(f"{u}/probe/call", content=b"[1, 2]", headers=sid), 400, "bad_json")
+    _assert_ors_error(
+        httpx.post(f"{u}/probe/call", content=b'{"name": "echo", "input":', headers=sid),
+        400,
+        "bad_json",
+    )
+    _assert_ors_error(
+        httpx.post(f"{u}/probe/call", content=b"[1, 2]", headers=sid), 400, "bad_json"
+    )
     _assert_ors_error(httpx.post(f"{u}/probe/call", content=b"", headers=sid), 400, "bad_json")
-    _assert_ors_error(httpx.post(f"{u}/probe/call", json={"name": "echo", "input": [1]}, headers=sid),
-                      400, "bad_input_shape")
-    _assert_ors_error(httpx.post(f"{u}/probe/call", json={"name": 5, "input": {}}, headers=sid), 400, "bad_input_shape")
-    _assert_ors_error(httpx.post(f"{u}/probe/call", json={"name": "echo", "input": {}}), 400, "missing_session_id")
-    _assert_ors_error(httpx.post(f"{u}/probe/call", json={"name": "echo", "input": {}},
-                                 headers={"X-Session-ID": "nobody"}), 404, "unknown_session")
-    _assert_ors_error(httpx.post(f"{u}/nope/call", json={"name": "echo", "input": {}}, headers=sid), 404, "unknown_env")
+    _assert_ors_error(
+        httpx.post(f"{u}/probe/call", json={"name": "echo", "input": [1]}, headers=sid),
+        400,
+        "bad_input_shape",
+    )
+    _assert_ors_error(
+        httpx.post(f"{u}/probe/call", json={"name": 5, "input": {}}, headers=sid),
+        400,
+        "bad_input_shape",
+    )
+    _assert_ors_error(
+        httpx.post(f"{u}/probe/call", json={"name": "echo", "input": {}}), 400, "missing_session_id"
+    )
+    _assert_ors_error(
+        httpx.post(
+            f"{u}/probe/call",
+            json={"name": "echo", "input": {}},
+            headers={"X-Session-ID": "nobody"},
+        ),
+        404,
+        "unknown_session",
+    )
+    _assert_ors_error(
+        httpx.post(f"{u}/nope/call", json={"name": "echo", "input": {}}, headers=sid),
+        404,
+        "unknown_env",
+    )
     _assert_ors_error(httpx.get(f"{u}/probe/call", headers=sid), 405, "method_not_allowed")
     big = b'{"name": "echo", "input": {"text": "' + b"x" * (1 << 20) + b'"}}'
-    _assert_ors_error(httpx.post(f"{u}/probe/call", content=big, headers=sid), 413, "body_too_large")
+    _assert_ors_error(
+        httpx.post(f"{u}/probe/call", content=big, headers=sid), 413, "body_too_large"
+    )
     # task listing endpoints validate too
-    _assert_ors_error(httpx.post(f"{u}/probe/task", json={"split": "nope", "index": 0}), 400, "invalid_split")
-    _assert_ors_error(httpx.post(f"{u}/probe/task", json={"split": "train", "index": 99}), 400, "invalid_index")
-    _assert_ors_error(httpx.post(f"{u}/probe/task", json={"split": "train", "index": "0"}), 400, "bad_request")
+    _assert_ors_error(
+        httpx.post(f"{u}/probe/task", json={"split": "nope", "index": 0}), 400, "invalid_split"
+    )
+    _assert_ors_error(
+        httpx.post(f"{u}/probe/task", json={"split": "train", "index": 99}), 400, "invalid_index"
+    )
+    _assert_ors_error(
+        httpx.post(f"{u}/probe/task", json={"split": "train", "index": "0"}), 400, "bad_request"
+    )
     _assert_ors_error(httpx.post(f"{u}/probe/num_tasks", json={}), 400, "bad_request")
     # session creation
     _assert_ors_error(_create(u, "hard-1"), 400, "session_exists")
     _assert_ors_error(_create(u, "hard-2", env="nope"), 404, "unknown_env")
     _assert_ors_error(_create(u, "hard-2", index=77), 400, "invalid_index")
-    _assert_ors_error(httpx.post(f"{u}/create", json={"env_name": "probe"}, headers={"X-Session-ID": "hard-2"}),
-                      400, "bad_request")
-    _assert_ors_error(httpx.post(f"{u}/create", json={"env_name": "probe", "task_spec": {}},
-                                 headers={"X-Session-ID": "hard-2"}), 400, "invalid_task_spec")
-    _assert_ors_error(httpx.post(f"{u}/create", json={"env_name": "probe", "split": "train", "index": 0},
-                                 headers={"X-Session-ID": "hard-2", "X-Secrets": "%%%not-base64"}), 400, "bad_secrets")
+    _assert_ors_error(
+        httpx.post(f"{u}/create", json={"env_name": "probe"}, headers={"X-Session-ID": "hard-2"}),
+        400,
+        "bad_request",
+    )
+    _assert_ors_error(
+        httpx.post(
+            f"{u}/create",
+            json={"env_name": "probe", "task_spec": {}},
+            headers={"X-Session-ID": "hard-2"},
+        ),
+        400,
+        "invalid_task_spec",
+    )
+    _assert_ors_error(
+        httpx.post(
+            f"{u}/create",
+            json={"env_name": "probe", "split": "train", "index": 0},
+            headers={"X-Session-ID": "hard-2", "X-Secrets": "%%%not-base64"},
+        ),
+        400,
+        "bad_secrets",
+    )
     # still serving, and the session that saw all of this still works
     assert httpx.get(f"{u}/health").json() == {"status": "ok"}
     r = httpx.post(f"{u}/probe/call", json={"name": "echo", "input": {"text": "ok"}}, headers=sid)
@@ -252,10 +312,18 @@ def test_tool_failures_plain_json_status_codes(probe_url: str) -> None:
     """Clients that do not ask for SSE get the RunToolOutput as the body, with a typed status."""
     u, sid = probe_url, {"X-Session-ID": "json-1"}
     _create(u, "json-1")
-    call = lambda name, inp: httpx.post(f"{u}/probe/call", json={"name": name, "input": inp}, headers=sid)  # noqa: E731
+    call = lambda name, inp: httpx.post(
+        f"{u}/probe/call", json={"name": name, "input": inp}, headers=sid
+    )
     assert call("echo", {"text": "ab", "times": 2}).json() == {
-        "ok": True, "output": {"blocks": [{"text": "abab", "detail": None, "type": "text"}],
-                               "metadata": None, "reward": 0.25, "finished": False}}
+        "ok": True,
+        "output": {
+            "blocks": [{"text": "abab", "detail": None, "type": "text"}],
+            "metadata": None,
+            "reward": 0.25,
+            "finished": False,
+        },
+    }
     _assert_ors_error(call("teleport", {}), 404, "not_found")
     _assert_ors_error(call("echo", {"text": "x", "times": "many"}), 422, "input_validation")
     assert call("finish", {}).json()["output"]["finished"] is True
@@ -270,7 +338,9 @@ def test_sse_framing_matches_the_sdk(probe_url: str) -> None:
     assert [e for e, _ in events] == ["task_id", "end"] and len(events[0][1]) == 36
     _create(u, "sse-1")
     long_text = "é" * 20000  # non-ASCII and longer than one SSE chunk
-    r = httpx.post(f"{u}/probe/call", json={"name": "echo", "input": {"text": long_text}}, headers=sid)
+    r = httpx.post(
+        f"{u}/probe/call", json={"name": "echo", "input": {"text": long_text}}, headers=sid
+    )
     events = _sse_events(r.text)
     assert events[0][0] == "task_id" and events[-1][0] == "end"
     assert {e for e, _ in events[1:-1]} <= {"chunk"} and len(events) > 3
@@ -278,7 +348,10 @@ def test_sse_framing_matches_the_sdk(probe_url: str) -> None:
     assert result["ok"] and result["output"]["blocks"][0]["text"] == long_text
     r = httpx.post(f"{u}/probe/call", json={"name": "nope", "input": {}}, headers=sid)
     assert json.loads(_sse_events(r.text)[-1][1]) == {
-        "ok": False, "error": "'nope' is not a valid tool", "reason": "not_found"}
+        "ok": False,
+        "error": "'nope' is not a valid tool",
+        "reason": "not_found",
+    }
 
 
 async def test_env_exception_fails_only_that_call(probe_url: str) -> None:
@@ -288,7 +361,10 @@ async def test_env_exception_fails_only_that_call(probe_url: str) -> None:
     client = AsyncOpenReward(api_key="test", base_url=probe_url)
     try:
         env = client.environments.get("probe", base_url=probe_url)
-        async with env.session(split="train", index=1) as a, env.session(split="train", index=2) as b:
+        async with (
+            env.session(split="train", index=1) as a,
+            env.session(split="train", index=2) as b,
+        ):
             with pytest.raises(ToolFailed, match="RuntimeError: probe exploded"):
                 await a.call_tool("boom", {})
             out = await b.call_tool("echo", {"text": "fine"})
@@ -298,9 +374,14 @@ async def test_env_exception_fails_only_that_call(probe_url: str) -> None:
     # server side, the crash costs only that call: the same session keeps working
     sid = {"X-Session-ID": "crash-1"}
     _create(probe_url, "crash-1")
-    _assert_ors_error(httpx.post(f"{probe_url}/probe/call", json={"name": "boom", "input": {}}, headers=sid),
-                      500, "env_error")
-    r = httpx.post(f"{probe_url}/probe/call", json={"name": "echo", "input": {"text": "still"}}, headers=sid)
+    _assert_ors_error(
+        httpx.post(f"{probe_url}/probe/call", json={"name": "boom", "input": {}}, headers=sid),
+        500,
+        "env_error",
+    )
+    r = httpx.post(
+        f"{probe_url}/probe/call", json={"name": "echo", "input": {"text": "still"}}, headers=sid
+    )
     assert r.json()["output"]["blocks"][0]["text"] == "still"
     metrics = httpx.get(f"{probe_url}/metrics").text
     assert 'ors_tool_calls_total{env="probe",tool="boom",status="env_error"} 2' in metrics
@@ -310,18 +391,28 @@ def test_slow_call_sends_task_id_first_and_can_be_resumed(probe_url: str) -> Non
     u, sid = probe_url, {"X-Session-ID": "slow-1", "Accept": "text/event-stream"}
     _create(u, "slow-1")
     t0 = time.monotonic()
-    with httpx.stream("POST", f"{u}/probe/call", json={"name": "slow", "input": {"seconds": 2.0}}, headers=sid) as r:
+    with httpx.stream(
+        "POST", f"{u}/probe/call", json={"name": "slow", "input": {"seconds": 2.0}}, headers=sid
+    ) as r:
         lines = r.iter_lines()
         first, task_line = next(lines), next(lines)
-    assert first == "event: task_id" and time.monotonic() - t0 < 1.9  # sent before the call finished
+    assert (
+        first == "event: task_id" and time.monotonic() - t0 < 1.9
+    )  # sent before the call finished
     task_id = task_line.split(":", 1)[1].strip()
     # the client "lost" the stream; it asks again with the task_id and gets the one result
-    r = httpx.post(f"{u}/probe/call", json={"name": "slow", "input": {"seconds": 2.0}, "task_id": task_id},
-                   headers=sid, timeout=10)
+    r = httpx.post(
+        f"{u}/probe/call",
+        json={"name": "slow", "input": {"seconds": 2.0}, "task_id": task_id},
+        headers=sid,
+        timeout=10,
+    )
     events = _sse_events(r.text)
     assert events[0] == ("task_id", task_id) and events[-1][0] == "end"
     assert json.loads(events[-1][1])["output"]["blocks"][0]["text"] == "slept 2.0"
-    r = httpx.post(f"{u}/probe/call", json={"name": "slow", "input": {}, "task_id": "f" * 32}, headers=sid)
+    r = httpx.post(
+        f"{u}/probe/call", json={"name": "slow", "input": {}, "task_id": "f" * 32}, headers=sid
+    )
     assert _sse_events(r.text) == [("error", "unknown task_id")]
 
 
@@ -342,17 +433,28 @@ async def test_secrets_reach_the_env_and_never_the_logs() -> None:
         client = AsyncOpenReward(api_key="test", base_url=url)
         try:
             env = client.environments.get("probe", base_url=url)
-            async with env.session(split="train", index=0, secrets={"MY_TOKEN": (secret, ["127.0.0.1"])}) as s:
+            async with env.session(
+                split="train", index=0, secrets={"MY_TOKEN": (secret, ["127.0.0.1"])}
+            ) as s:
                 out = await s.call_tool("secret_digest", {"name": "MY_TOKEN"})
                 assert out.blocks[0].text == hashlib.sha256(secret.encode()).hexdigest()
         finally:
             await client.environments.aclose()
         header = base64.b64encode(json.dumps({"MY_TOKEN": {"value": secret}}).encode()).decode()
-        r = httpx.post(f"{url}/create", json={"env_name": "probe", "split": "train", "index": 0},
-                       headers={"X-Session-ID": "sec-2", "X-Secrets": header})
+        r = httpx.post(
+            f"{url}/create",
+            json={"env_name": "probe", "split": "train", "index": 0},
+            headers={"X-Session-ID": "sec-2", "X-Secrets": header},
+        )
         assert r.status_code == 200
-        r = httpx.post(f"{url}/create", json={"env_name": "probe", "split": "train", "index": 0},
-                       headers={"X-Session-ID": "sec-3", "X-Secrets": base64.b64encode(b'{"A": "' + secret.encode() + b'"}').decode()})
+        r = httpx.post(
+            f"{url}/create",
+            json={"env_name": "probe", "split": "train", "index": 0},
+            headers={
+                "X-Session-ID": "sec-3",
+                "X-Secrets": base64.b64encode(b'{"A": "' + secret.encode() + b'"}').decode(),
+            },
+        )
         assert r.status_code == 400 and secret not in r.text
         proc.terminate()
         logs = proc.communicate(timeout=10)[0]
@@ -367,14 +469,22 @@ def test_api_key_guards_everything_but_health() -> None:
     with env_server("--role", "env", "--envs", "whodunit", "--api-key", "k-123") as url:
         assert httpx.get(f"{url}/health").status_code == 200
         _assert_ors_error(httpx.get(f"{url}/list_environments"), 401, "unauthorized")
-        _assert_ors_error(httpx.get(f"{url}/metrics", headers={"X-API-Key": "wrong"}), 401, "unauthorized")
-        assert httpx.get(f"{url}/list_environments", headers={"X-API-Key": "k-123"}).json() == ["whodunit"]
+        _assert_ors_error(
+            httpx.get(f"{url}/metrics", headers={"X-API-Key": "wrong"}), 401, "unauthorized"
+        )
+        assert httpx.get(f"{url}/list_environments", headers={"X-API-Key": "k-123"}).json() == [
+            "whodunit"
+        ]
         from ors_episodes import play_whodunit
 
-        with pytest.raises(Exception, match="(?i)auth|401"):
-            asyncio.run(play_whodunit(url, "test", 0))  # the stock client with the wrong key ("test")
+        with pytest.raises(Exception, match=r"(?i)auth|401"):
+            asyncio.run(
+                play_whodunit(url, "test", 0)
+            )  # the stock client with the wrong key ("test")
 
-    with env_server("--role", "env", "--envs", "whodunit", env={"ENV_SERVER_API_KEY": "test"}) as url:
+    with env_server(
+        "--role", "env", "--envs", "whodunit", env={"ENV_SERVER_API_KEY": "test"}
+    ) as url:
         from ors_episodes import play_whodunit
 
         ep = asyncio.run(play_whodunit(url, "test", 0))  # ors_episodes' client sends api_key="test"
@@ -386,8 +496,14 @@ def test_idle_sessions_are_reaped() -> None:
         assert _create(url, "idle-1", env="whodunit").status_code == 200
         assert httpx.post(f"{url}/ping", headers={"X-Session-ID": "idle-1"}).status_code == 200
         time.sleep(1.6)
-        _assert_ors_error(httpx.post(f"{url}/ping", headers={"X-Session-ID": "idle-1"}), 410, "session_expired")
-        _assert_ors_error(httpx.get(f"{url}/whodunit/prompt", headers={"X-Session-ID": "idle-1"}), 410, "session_expired")
+        _assert_ors_error(
+            httpx.post(f"{url}/ping", headers={"X-Session-ID": "idle-1"}), 410, "session_expired"
+        )
+        _assert_ors_error(
+            httpx.get(f"{url}/whodunit/prompt", headers={"X-Session-ID": "idle-1"}),
+            410,
+            "session_expired",
+        )
         metrics = httpx.get(f"{url}/metrics").text
         assert "ors_sessions_reaped_total 1" in metrics and "ors_sessions_open 0" in metrics
 
@@ -399,9 +515,13 @@ def test_max_sessions_answers_503_with_retry_after() -> None:
         r = _create(url, "cap-3", env="whodunit")
         _assert_ors_error(r, 503, "too_many_sessions")
         assert int(r.headers["retry-after"]) > 0
-        assert httpx.post(f"{url}/delete", headers={"X-Session-ID": "cap-1"}).json() == {"sid": "cap-1"}
+        assert httpx.post(f"{url}/delete", headers={"X-Session-ID": "cap-1"}).json() == {
+            "sid": "cap-1"
+        }
         assert _create(url, "cap-3", env="whodunit").status_code == 200
-        _assert_ors_error(httpx.post(f"{url}/ping", headers={"X-Session-ID": "cap-1"}), 410, "session_deleted")
+        _assert_ors_error(
+            httpx.post(f"{url}/ping", headers={"X-Session-ID": "cap-1"}), 410, "session_deleted"
+        )
 
 
 def test_config_options_apply_and_bad_ones_fail_at_startup(tmp_path: Path) -> None:
@@ -409,15 +529,47 @@ def test_config_options_apply_and_bad_ones_fail_at_startup(tmp_path: Path) -> No
     good.write_text("environments:\n  whodunit:\n    options: {train_size: 7, test_size: 3}\n")
     with env_server("--role", "env", "--config", str(good)) as url:
         assert httpx.get(f"{url}/list_environments").json() == ["whodunit"]
-        assert httpx.post(f"{url}/whodunit/num_tasks", json={"split": "train"}).json() == {"num_tasks": 7}
+        assert httpx.post(f"{url}/whodunit/num_tasks", json={"split": "train"}).json() == {
+            "num_tasks": 7
+        }
     bad = tmp_path / "bad.yaml"
     bad.write_text("environments:\n  whodunit:\n    options: {trian_size: 7}\n")
-    out = subprocess.run([sys.executable, "-m", "envs.server", "--role", "env", "--config", str(bad),
-                          "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "envs.server",
+            "--role",
+            "env",
+            "--config",
+            str(bad),
+            "--port",
+            str(free_port()),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "trian_size" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    out = subprocess.run([sys.executable, "-m", "envs.server", "--role", "env", "--envs", "whodunit,chess",
-                          "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "envs.server",
+            "--role",
+            "env",
+            "--envs",
+            "whodunit,chess",
+            "--port",
+            str(free_port()),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "unknown environment 'chess'" in out.stderr
 
 
@@ -427,17 +579,35 @@ def test_unusable_trajectory_db_fails_at_startup_in_one_line(tmp_path: Path) -> 
     blocked = tmp_path / "file"
     blocked.write_text("x")
     for db in (not_sqlite, blocked / "sub" / "t.db"):
-        out = subprocess.run([sys.executable, "-m", "envs.server", "--db", str(db), "--envs", "gsm8k",
-                              "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "envs.server",
+                "--db",
+                str(db),
+                "--envs",
+                "gsm8k",
+                "--port",
+                str(free_port()),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 2, out.stderr
         assert f"--db {db}" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not_sqlite.read_text().startswith("not a database")  # left as it was
+
 
 def test_metrics_are_prometheus_text(probe_url: str) -> None:
     sid = {"X-Session-ID": "met-1"}
     _create(probe_url, "met-1")
     for _ in range(3):
-        httpx.post(f"{probe_url}/probe/call", json={"name": "echo", "input": {"text": "m"}}, headers=sid)
+        httpx.post(
+            f"{probe_url}/probe/call", json={"name": "echo", "input": {"text": "m"}}, headers=sid
+        )
     httpx.post(f"{probe_url}/probe/call", json={"name": "nope" * 30, "input": {}}, headers=sid)
     r = httpx.get(f"{probe_url}/metrics")
     assert r.headers["content-type"].startswith("text/plain")
@@ -450,9 +620,16 @@ def test_metrics_are_prometheus_text(probe_url: str) -> None:
             values[key] = float(value)
     assert values['ors_tool_calls_total{env="probe",tool="echo",status="ok"}'] >= 3
     assert values['ors_tool_calls_total{env="probe",tool="<unknown>",status="not_found"}'] >= 1
-    assert values["ors_sessions_open"] >= 1 and values['ors_sessions_created_total{env="probe"}'] >= 1
-    buckets = [v for k, v in values.items() if k.startswith('ors_tool_call_seconds_bucket{env="probe"')]
-    assert buckets == sorted(buckets) and buckets[-1] == values['ors_tool_call_seconds_count{env="probe"}']
+    assert (
+        values["ors_sessions_open"] >= 1 and values['ors_sessions_created_total{env="probe"}'] >= 1
+    )
+    buckets = [
+        v for k, v in values.items() if k.startswith('ors_tool_call_seconds_bucket{env="probe"')
+    ]
+    assert (
+        buckets == sorted(buckets)
+        and buckets[-1] == values['ors_tool_call_seconds_count{env="probe"}']
+    )
 
 
 # ---------------------------------------------------------------- app factory: services and lifespan
@@ -487,7 +664,9 @@ async def test_create_app_mounts_services_and_runs_their_lifespan() -> None:
     app = create_app({"probe": Probe}, ServerSettings(api_key="k"), services=[svc])
     inbox: asyncio.Queue = asyncio.Queue()
     outbox: asyncio.Queue = asyncio.Queue()
-    lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put))
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put)
+    )
     await inbox.put({"type": "lifespan.startup"})
     assert (await asyncio.wait_for(outbox.get(), 10))["type"] == "lifespan.startup.complete"
     assert svc.events == ["start"]
@@ -496,7 +675,9 @@ async def test_create_app_mounts_services_and_runs_their_lifespan() -> None:
         assert (await http.get("/svc/ping")).status_code == 401  # the key guards service routes too
         r = await http.get("/svc/ping", headers={"X-API-Key": "k"})
         assert r.json() == {"svc": "pong", "events": ["start"]}
-        assert (await http.get("/probe/tools", headers={"X-API-Key": "k"})).json()["tools"][0]["name"] == "boom"
+        assert (await http.get("/probe/tools", headers={"X-API-Key": "k"})).json()["tools"][0][
+            "name"
+        ] == "boom"
         assert (await http.get("/health")).json() == {"status": "ok"}
     assert len(app.state.sessions) == 0 and "probe" in app.state.envs
     await inbox.put({"type": "lifespan.shutdown"})

@@ -8,16 +8,15 @@ PYTHONPATH. Set SLIME_SRC to a slime git repository (tags v0.2.2 .. v0.3.1 are e
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
-import io
 import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 from sglang_stub import SGLangStub, default_logprob
 from test_episode import call, turn
@@ -27,7 +26,8 @@ VERSIONS = ["v0.2.2", "v0.3.0", "v0.3.1"]
 pytestmark = pytest.mark.skipif(
     not os.environ.get("SLIME_SRC"),
     reason="SLIME_SRC is not set: point it at a slime git repository (e.g. /work/.mirror/THUDM+slime/repo) "
-           "or a slime checkout to test against slime's real Sample")
+    "or a slime checkout to test against slime's real Sample",
+)
 
 EPISODE = r"""
 import asyncio, json, sys, types
@@ -62,37 +62,58 @@ print(json.dumps({"type": type(s).__module__ + "." + type(s).__name__, "tokens":
 def _slime_tree(version: str, dest: Path) -> Path:
     src = os.environ.get("SLIME_SRC")
     if not src:
-        pytest.skip("SLIME_SRC is not set: point it at a slime git repository (e.g. "
-                    "/work/.mirror/THUDM+slime/repo) or checkout to test against slime's real Sample")
+        pytest.skip(
+            "SLIME_SRC is not set: point it at a slime git repository (e.g. "
+            "/work/.mirror/THUDM+slime/repo) or checkout to test against slime's real Sample"
+        )
     root = Path(src)
     if (root / "slime" / "utils" / "types.py").is_file():
         if version != VERSIONS[-1]:
             pytest.skip(f"SLIME_SRC is a checkout (one version); {version} needs a git repository")
         return root
-    proc = subprocess.run(["git", "-C", str(root), "archive", version, "slime/__init__.py", "slime/utils"],
-                          capture_output=True)
+    proc = subprocess.run(
+        ["git", "-C", str(root), "archive", version, "slime/__init__.py", "slime/utils"],
+        capture_output=True,
+    )
     if proc.returncode != 0:
-        pytest.skip(f"cannot extract slime {version} from {root}: {proc.stderr.decode().strip()[:200]}")
+        pytest.skip(
+            f"cannot extract slime {version} from {root}: {proc.stderr.decode().strip()[:200]}"
+        )
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
         tar.extractall(dest)
     return dest
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_episode_fills_real_slime_sample(version, tmp_path, qwen3_tokenizer, qwen3_tokenizer_dir, server_url) -> None:
+def test_episode_fills_real_slime_sample(
+    version, tmp_path, qwen3_tokenizer, qwen3_tokenizer_dir, server_url
+) -> None:
     from envs.gsm8k import GSM8K
 
     tree = _slime_tree(version, tmp_path / "slime-src")
     tok = qwen3_tokenizer
     label = GSM8K.load_split("train")[1]["label"]
-    turns = [turn(tok, "<think>\nSplit it.\n</think>\n\n" + call("calculator", {"expression": "6*7"})
-                  + call("calculator", {"expression": "1/0"}) + "<|im_end|>"),
-             turn(tok, call("submit_answer", {"answer": label}) + "<|im_end|>")]
+    turns = [
+        turn(
+            tok,
+            "<think>\nSplit it.\n</think>\n\n"
+            + call("calculator", {"expression": "6*7"})
+            + call("calculator", {"expression": "1/0"})
+            + "<|im_end|>",
+        ),
+        turn(tok, call("submit_answer", {"answer": label}) + "<|im_end|>"),
+    ]
     with SGLangStub(script=turns, tokenizer=tok) as stub:
         env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO}"}
         env.pop("TRAIN_CONFIG", None)
-        proc = subprocess.run([sys.executable, "-c", EPISODE, str(stub.port), server_url, str(qwen3_tokenizer_dir)],
-                              capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
+        proc = subprocess.run(
+            [sys.executable, "-c", EPISODE, str(stub.port), server_url, str(qwen3_tokenizer_dir)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=240,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         reqs = stub.requests
@@ -104,10 +125,10 @@ def test_episode_fills_real_slime_sample(version, tmp_path, qwen3_tokenizer, qwe
     assert len(out["loss_mask"]) == n == len(out["logprobs"])
     assert len(reqs) == 2 and len(reqs[0].input_ids) == prompt_len
     mask, lps = [0] * n, [0.0] * n
-    for req, t in zip(reqs, turns):
+    for req, t in zip(reqs, turns, strict=False):
         start = len(req.input_ids)
         assert req.input_ids == toks[:start]
-        assert toks[start:start + len(t.output_ids)] == t.output_ids
+        assert toks[start : start + len(t.output_ids)] == t.output_ids
         for i in range(len(t.output_ids)):
             mask[start - prompt_len + i], lps[start - prompt_len + i] = 1, default_logprob(i)
     assert out["loss_mask"] == mask

@@ -14,21 +14,60 @@ from envs.trajectories.schema import SCHEMA_VERSION, StoreError, connect, migrat
 from envs.trajectories.store import RolloutFilter, TrajectoryStore, decode_cursor
 
 
-def rollout_events(run: str = "run-a", env: str = "gsm8k", reward: float | None = 0.5, *, split: str = "train",
-                   status: str = "completed", stop: str = "env_finished", group: int | None = None,
-                   ts: int = 1_700_000_000_000, n_messages: int = 3, explicit: bool = True,
-                   rid: str | None = None) -> tuple[str, list]:
+def rollout_events(
+    run: str = "run-a",
+    env: str = "gsm8k",
+    reward: float | None = 0.5,
+    *,
+    split: str = "train",
+    status: str = "completed",
+    stop: str = "env_finished",
+    group: int | None = None,
+    ts: int = 1_700_000_000_000,
+    n_messages: int = 3,
+    explicit: bool = True,
+    rid: str | None = None,
+) -> tuple[str, list]:
     """One rollout as parsed SDK events (rollout + messages)."""
     rid = rid or uuid.uuid4().hex
-    meta = {"reward": reward, "status": status, "stop_reason": stop, "num_turns": 1,
-            "group_index": group, "token_ids": [5, 6, 7, 8], "loss_mask": [1, 0],
-            "logprobs": [-0.25, None], "prompt_length": 2} if explicit else {"note": "sdk"}
-    events = [{"eventType": "rollout", "eventId": rid, "timestamp": ts, "runName": run,
-               "environment": env, "split": split, "metadata": meta}]
+    meta = (
+        {
+            "reward": reward,
+            "status": status,
+            "stop_reason": stop,
+            "num_turns": 1,
+            "group_index": group,
+            "token_ids": [5, 6, 7, 8],
+            "loss_mask": [1, 0],
+            "logprobs": [-0.25, None],
+            "prompt_length": 2,
+        }
+        if explicit
+        else {"note": "sdk"}
+    )
+    events = [
+        {
+            "eventType": "rollout",
+            "eventId": rid,
+            "timestamp": ts,
+            "runName": run,
+            "environment": env,
+            "split": split,
+            "metadata": meta,
+        }
+    ]
     for i in range(n_messages):
-        events.append({"eventType": "message", "eventId": f"{rid}-m{i}", "timestamp": ts, "index": i,
-                       "rolloutEventId": rid, "type": "user_message" if i == 0 else "assistant_message",
-                       "content": f"message {i}"})
+        events.append(
+            {
+                "eventType": "message",
+                "eventId": f"{rid}-m{i}",
+                "timestamp": ts,
+                "index": i,
+                "rolloutEventId": rid,
+                "type": "user_message" if i == 0 else "assistant_message",
+                "content": f"message {i}",
+            }
+        )
     return rid, EventBatch.model_validate({"events": events}).events
 
 
@@ -57,7 +96,7 @@ def test_schema_is_versioned_and_migration_is_idempotent(tmp_path: Path) -> None
 def test_unusable_database_gets_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "not.db"
     bad.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreError, match="cannot open trajectory database .*not.db"):
+    with pytest.raises(StoreError, match=r"cannot open trajectory database .*not\.db"):
         TrajectoryStore(bad)
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -69,16 +108,20 @@ def test_upgrade_from_schema_v1_keeps_data(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = connect(path)
     assert migrate(conn, target=1) == 1
-    conn.execute("INSERT INTO messages(event_id, rollout_event_id, idx, type, content, ts) "
-                 "VALUES ('m1', 'r1', 0, 'user_message', 'kept', 1.0)")
+    conn.execute(
+        "INSERT INTO messages(event_id, rollout_event_id, idx, type, content, ts) "
+        "VALUES ('m1', 'r1', 0, 'user_message', 'kept', 1.0)"
+    )
     conn.close()
     store = TrajectoryStore(path)  # migrates to the current version
     conn = connect(path)
     assert schema_version(conn) == SCHEMA_VERSION == 2
     assert [r["content"] for r in store.messages("r1")] == ["kept"]
-    assert [r[2] for r in conn.execute("PRAGMA index_list(messages)") if r[2]] == [1]  # one unique index
+    assert [r[2] for r in conn.execute("PRAGMA index_list(messages)") if r[2]] == [
+        1
+    ]  # one unique index
     # v2 deduplicates per rollout: the same eventId again is ignored
-    rid, events = rollout_events(rid="r1", n_messages=1)
+    _rid, events = rollout_events(rid="r1", n_messages=1)
     store.write(events)
     store.write(events)
     assert len(store.messages("r1")) == 2  # 'kept' + message 0, once
@@ -86,16 +129,24 @@ def test_upgrade_from_schema_v1_keeps_data(tmp_path: Path) -> None:
 
 def test_views_are_indexed(store: TrajectoryStore) -> None:
     conn = connect(store.path)
-    plan = " ".join(r[3] for r in conn.execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM rollouts WHERE run_id = 1 ORDER BY ts DESC, id DESC LIMIT 50"))
+    plan = " ".join(
+        r[3]
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM rollouts WHERE run_id = 1 ORDER BY ts DESC, id DESC LIMIT 50"
+        )
+    )
     assert "USING" in plan and "INDEX" in plan and "TEMP B-TREE" not in plan
-    plan = " ".join(r[3] for r in conn.execute(
-        "EXPLAIN QUERY PLAN SELECT * FROM messages WHERE rollout_event_id = 'x' ORDER BY idx"))
+    plan = " ".join(
+        r[3]
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM messages WHERE rollout_event_id = 'x' ORDER BY idx"
+        )
+    )
     assert "USING INDEX sqlite_autoindex_messages" in plan
 
 
 def test_ingest_is_idempotent_on_event_id(store: TrajectoryStore) -> None:
-    rid, events = rollout_events()
+    _rid, events = rollout_events()
     first = store.submit(events).result(10)
     assert (first.rollouts, first.messages, first.duplicates) == (1, 3, 0)
     again = store.submit(events).result(10)
@@ -109,23 +160,58 @@ def test_trainer_fields_and_token_arrays_round_trip(store: TrajectoryStore) -> N
     rid, events = rollout_events(group=7)
     store.submit(events).result(10)
     r = store.get_rollout(rid)
-    assert r["status"] == "completed" and r["stop_reason"] == "env_finished" and r["group_key"] == "train:7"
-    assert r["tokens"] == {"prompt_length": 2, "token_ids": [5, 6, 7, 8], "loss_mask": [1, 0],
-                           "logprobs": [-0.25, None]}
+    assert (
+        r["status"] == "completed"
+        and r["stop_reason"] == "env_finished"
+        and r["group_key"] == "train:7"
+    )
+    assert r["tokens"] == {
+        "prompt_length": 2,
+        "token_ids": [5, 6, 7, 8],
+        "loss_mask": [1, 0],
+        "logprobs": [-0.25, None],
+    }
     assert "token_ids" not in r["metadata"]  # big arrays live in their own table
     assert [m["content"] for m in r["messages"]] == ["message 0", "message 1", "message 2"]
 
 
 def test_sdk_style_rollout_gets_reward_and_status_from_messages(store: TrajectoryStore) -> None:
     rid = "sdk-1"
-    events = EventBatch.model_validate({"events": [
-        # messages first, rollout later, update before the rollout: any order must work
-        {"eventType": "message", "eventId": "e1", "timestamp": 1, "index": 1, "rolloutEventId": rid,
-         "type": "tool_result", "content": "ok", "reward": 0.25, "isFinished": False},
-        {"eventType": "rollout_update", "eventId": rid, "timestamp": 2, "rollout_info": {"task_index": 4}},
-        {"eventType": "message", "eventId": "e2", "timestamp": 1, "index": 2, "rolloutEventId": rid,
-         "type": "tool_result", "content": "done", "reward": 1.0, "isFinished": True},
-    ]}).events
+    events = EventBatch.model_validate(
+        {
+            "events": [
+                # messages first, rollout later, update before the rollout: any order must work
+                {
+                    "eventType": "message",
+                    "eventId": "e1",
+                    "timestamp": 1,
+                    "index": 1,
+                    "rolloutEventId": rid,
+                    "type": "tool_result",
+                    "content": "ok",
+                    "reward": 0.25,
+                    "isFinished": False,
+                },
+                {
+                    "eventType": "rollout_update",
+                    "eventId": rid,
+                    "timestamp": 2,
+                    "rollout_info": {"task_index": 4},
+                },
+                {
+                    "eventType": "message",
+                    "eventId": "e2",
+                    "timestamp": 1,
+                    "index": 2,
+                    "rolloutEventId": rid,
+                    "type": "tool_result",
+                    "content": "done",
+                    "reward": 1.0,
+                    "isFinished": True,
+                },
+            ]
+        }
+    ).events
     store.submit(events).result(10)
     assert store.get_rollout(rid) is None  # no rollout event yet: not listed anywhere
     assert store.list_runs() == []
@@ -136,39 +222,60 @@ def test_sdk_style_rollout_gets_reward_and_status_from_messages(store: Trajector
     assert r["rollout_info"] == {"task_index": 4} and r["task_index"] is None
     assert store.list_runs()[0]["mean_reward"] == 1.0
     run = store.run_id_by_name("run-a")
-    assert store.facets(run)["status"] == ["finished"]  # 'running' was counted, then moved by the trigger
+    assert store.facets(run)["status"] == [
+        "finished"
+    ]  # 'running' was counted, then moved by the trigger
     assert [p[1:] for p in store.reward_series(run)["series"]["gsm8k"]] == [[1.0, 1]]
 
 
 def test_run_stats_match_the_rows(store: TrajectoryStore) -> None:
     for i in range(30):
-        store.submit(rollout_events(env=["gsm8k", "whodunit", "haiku"][i % 3], reward=i / 30,
-                                    run="r1" if i % 2 else "r2")[1]).result(10)
+        store.submit(
+            rollout_events(
+                env=["gsm8k", "whodunit", "haiku"][i % 3],
+                reward=i / 30,
+                run="r1" if i % 2 else "r2",
+            )[1]
+        ).result(10)
     conn = connect(store.path)
-    expect = {(r[0], r[1]): (r[2], r[3]) for r in conn.execute(
-        "SELECT run_id, env, COUNT(*), SUM(reward) FROM rollouts GROUP BY run_id, env")}
-    got = {(r[0], r[1]): (r[2], r[3]) for r in conn.execute(
-        "SELECT run_id, env, n, reward_sum FROM run_env_stats")}
+    expect = {
+        (r[0], r[1]): (r[2], r[3])
+        for r in conn.execute(
+            "SELECT run_id, env, COUNT(*), SUM(reward) FROM rollouts GROUP BY run_id, env"
+        )
+    }
+    got = {
+        (r[0], r[1]): (r[2], r[3])
+        for r in conn.execute("SELECT run_id, env, n, reward_sum FROM run_env_stats")
+    }
     assert got.keys() == expect.keys()
     for k in expect:
         assert got[k][0] == expect[k][0] and got[k][1] == pytest.approx(expect[k][1])
     runs = {r["name"]: r for r in store.list_runs()}
-    assert runs["r1"]["rollouts"] == 15 and set(runs["r1"]["envs"]) == {"gsm8k", "whodunit", "haiku"}
+    assert runs["r1"]["rollouts"] == 15 and set(runs["r1"]["envs"]) == {
+        "gsm8k",
+        "whodunit",
+        "haiku",
+    }
 
 
 def test_keyset_pages_cover_every_row_once_in_order(store: TrajectoryStore) -> None:
     batch = []
     for i in range(250):
-        batch += rollout_events(reward=None if i % 17 == 0 else (i * 37 % 101) / 100,
-                                ts=1_700_000_000_000 + (i // 3) * 1000,  # ties on ts
-                                env="gsm8k" if i % 4 else "whodunit")[1]
+        batch += rollout_events(
+            reward=None if i % 17 == 0 else (i * 37 % 101) / 100,
+            ts=1_700_000_000_000 + (i // 3) * 1000,  # ties on ts
+            env="gsm8k" if i % 4 else "whodunit",
+        )[1]
     store.submit(batch).result(30)
     run = store.run_id_by_name("run-a")
     for sort in ("time", "reward", "turns"):
         for descending in (True, False):
             seen, cursor, pages = [], None, []
             while True:
-                page = store.list_rollouts(run, sort=sort, descending=descending, after=cursor, limit=40)
+                page = store.list_rollouts(
+                    run, sort=sort, descending=descending, after=cursor, limit=40
+                )
                 pages.append(page)
                 seen += [r["id"] for r in page.rows]
                 if page.next_cursor is None:
@@ -177,7 +284,9 @@ def test_keyset_pages_cover_every_row_once_in_order(store: TrajectoryStore) -> N
             assert sorted(seen) == sorted(set(seen)) and len(seen) == 250, sort
             assert pages[0].total == 250
             # walking back from page 3 gives page 2 exactly
-            back = store.list_rollouts(run, sort=sort, descending=descending, before=pages[2].prev_cursor, limit=40)
+            back = store.list_rollouts(
+                run, sort=sort, descending=descending, before=pages[2].prev_cursor, limit=40
+            )
             assert [r["id"] for r in back.rows] == [r["id"] for r in pages[1].rows]
     rows = []
     cursor = None
@@ -194,17 +303,24 @@ def test_keyset_pages_cover_every_row_once_in_order(store: TrajectoryStore) -> N
 def test_filters(store: TrajectoryStore) -> None:
     batch = []
     for i in range(60):
-        batch += rollout_events(env="gsm8k" if i % 2 else "whodunit", reward=i / 60,
-                                split="train" if i % 3 else "test",
-                                status="completed" if i % 5 else "truncated",
-                                stop="env_finished" if i % 5 else "max_turns")[1]
+        batch += rollout_events(
+            env="gsm8k" if i % 2 else "whodunit",
+            reward=i / 60,
+            split="train" if i % 3 else "test",
+            status="completed" if i % 5 else "truncated",
+            stop="env_finished" if i % 5 else "max_turns",
+        )[1]
     store.submit(batch).result(30)
     run = store.run_id_by_name("run-a")
     page = store.list_rollouts(run, RolloutFilter(env="gsm8k", min_reward=0.5), limit=500)
     assert page.total == len(page.rows) == 15
     assert all(r["env"] == "gsm8k" and r["reward"] >= 0.5 for r in page.rows)
-    page = store.list_rollouts(run, RolloutFilter(status="truncated", split="test", max_reward=0.5), limit=500)
-    assert {r["stop_reason"] for r in page.rows} == {"max_turns"} and page.total == 3  # i = 0, 15, 30
+    page = store.list_rollouts(
+        run, RolloutFilter(status="truncated", split="test", max_reward=0.5), limit=500
+    )
+    assert {r["stop_reason"] for r in page.rows} == {
+        "max_turns"
+    } and page.total == 3  # i = 0, 15, 30
     facets = store.facets(run)
     assert facets["env"] == ["gsm8k", "whodunit"] and facets["status"] == ["completed", "truncated"]
     with pytest.raises(ValueError, match="bad page cursor"):
@@ -216,8 +332,12 @@ def test_filters(store: TrajectoryStore) -> None:
 def test_group_and_reward_series(store: TrajectoryStore) -> None:
     batch = []
     for i in range(8):
-        batch += rollout_events(group=i // 4, reward=float(i % 2), ts=1_700_000_000_000 + i * 60_000,
-                                env="gsm8k" if i < 6 else "whodunit")[1]
+        batch += rollout_events(
+            group=i // 4,
+            reward=float(i % 2),
+            ts=1_700_000_000_000 + i * 60_000,
+            env="gsm8k" if i < 6 else "whodunit",
+        )[1]
     store.submit(batch).result(10)
     run = store.run_id_by_name("run-a")
     assert len(store.group(run, "train:0")) == 4 and len(store.group(run, "train:1")) == 4

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from bridge.toolcalls import (INVALID_ARGUMENTS, PARSE_ERROR, UNKNOWN_TOOL, ToolCall, ToolCallError,
-                              parse_turn, split_thinking)
+from bridge.toolcalls import (
+    INVALID_ARGUMENTS,
+    PARSE_ERROR,
+    UNKNOWN_TOOL,
+    ToolCall,
+    ToolCallError,
+    parse_turn,
+    split_thinking,
+)
 
 TOOLS = {"calculator", "submit_answer"}
 
@@ -13,14 +20,21 @@ def _call(name: str, args: str) -> str:
 
 
 def test_several_calls_in_order_with_thinking_and_content() -> None:
-    text = ("<think>\nI should add.\n</think>\n\nLet me compute." + _call("calculator", '{"expression": "2+3"}')
-            + "\n" + _call("submit_answer", '{"answer": "5"}') + "<|im_end|>")
+    text = (
+        "<think>\nI should add.\n</think>\n\nLet me compute."
+        + _call("calculator", '{"expression": "2+3"}')
+        + "\n"
+        + _call("submit_answer", '{"answer": "5"}')
+        + "<|im_end|>"
+    )
     turn = parse_turn(text, TOOLS, "<|im_end|>")
     assert turn.reasoning == "I should add."
     assert turn.content == "Let me compute."
     assert [type(c) for c in turn.calls] == [ToolCall, ToolCall]
     assert [(c.name, c.arguments) for c in turn.calls] == [
-        ("calculator", {"expression": "2+3"}), ("submit_answer", {"answer": "5"})]
+        ("calculator", {"expression": "2+3"}),
+        ("submit_answer", {"answer": "5"}),
+    ]
 
 
 def test_no_tool_call_and_no_thinking() -> None:
@@ -35,23 +49,36 @@ def test_tool_calls_inside_thinking_are_ignored() -> None:
 
 
 def test_malformed_calls_are_errors_in_place() -> None:
-    text = (_call("calculator", '{"expression": "1+1"}')
-            + "<tool_call>\n{not json}\n</tool_call>"
-            + _call("launch_rockets", "{}")
-            + _call("calculator", '[1, 2]')
-            + "<tool_call>\n[1, 2]\n</tool_call>"
-            + '<tool_call>\n{"arguments": {}}\n</tool_call>'
-            + '<tool_call>\n{"name": "calculator", "arguments": {"expression": "2"')
+    text = (
+        _call("calculator", '{"expression": "1+1"}')
+        + "<tool_call>\n{not json}\n</tool_call>"
+        + _call("launch_rockets", "{}")
+        + _call("calculator", "[1, 2]")
+        + "<tool_call>\n[1, 2]\n</tool_call>"
+        + '<tool_call>\n{"arguments": {}}\n</tool_call>'
+        + '<tool_call>\n{"name": "calculator", "arguments": {"expression": "2"'
+    )
     calls = parse_turn(text, TOOLS).calls
     kinds = [c.kind if isinstance(c, ToolCallError) else "ok" for c in calls]
-    assert kinds == ["ok", PARSE_ERROR, UNKNOWN_TOOL, INVALID_ARGUMENTS, PARSE_ERROR, PARSE_ERROR, PARSE_ERROR]
+    assert kinds == [
+        "ok",
+        PARSE_ERROR,
+        UNKNOWN_TOOL,
+        INVALID_ARGUMENTS,
+        PARSE_ERROR,
+        PARSE_ERROR,
+        PARSE_ERROR,
+    ]
     assert "launch_rockets" in calls[2].message and "calculator" in calls[2].message
     assert "not closed" in calls[-1].message
 
 
 def test_arguments_as_json_string_and_missing_arguments() -> None:
-    calls = parse_turn(_call("calculator", '"{\\"expression\\": \\"3*3\\"}"')
-                       + '<tool_call>{"name": "submit_answer"}</tool_call>', TOOLS).calls
+    calls = parse_turn(
+        _call("calculator", '"{\\"expression\\": \\"3*3\\"}"')
+        + '<tool_call>{"name": "submit_answer"}</tool_call>',
+        TOOLS,
+    ).calls
     assert calls[0] == ToolCall("calculator", {"expression": "3*3"})
     assert calls[1] == ToolCall("submit_answer", {})
     bad = parse_turn(_call("calculator", '"not json"'), TOOLS).calls[0]

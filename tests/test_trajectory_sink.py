@@ -11,44 +11,96 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
+from conftest import REPO, env_server, free_port
 
 from bridge.config import parse_config
 from bridge.trajectory import Trajectory
-from bridge.trajectory_sink import (DisabledSink, SinkSettings, TrajectoryUploader, get_sink,
-                                    trajectory_events)
-from conftest import REPO, env_server, free_port
+from bridge.trajectory_sink import (
+    DisabledSink,
+    SinkSettings,
+    TrajectoryUploader,
+    get_sink,
+    trajectory_events,
+)
 
 FAST = SinkSettings(backoff_base_s=0.2, backoff_cap_s=2.0, max_age_s=0.2)
 OUTAGE_S = float(os.environ.get("TRAJ_OUTAGE_SECONDS", "60"))
 
 
-def make_trajectory(i: int = 0, run: str = "sink-run", env: str = "gsm8k", turns: int = 2,
-                    **over: Any) -> Trajectory:
-    msgs: list[dict[str, Any]] = [{"role": "system", "content": "Use the tools."},
-                                  {"role": "user", "content": f"Task {i}: what is 2+2? <script>x()</script>"}]
+def make_trajectory(
+    i: int = 0, run: str = "sink-run", env: str = "gsm8k", turns: int = 2, **over: Any
+) -> Trajectory:
+    msgs: list[dict[str, Any]] = [
+        {"role": "system", "content": "Use the tools."},
+        {"role": "user", "content": f"Task {i}: what is 2+2? <script>x()</script>"},
+    ]
     rewards = []
     for t in range(turns):
-        msgs.append({"role": "assistant", "content": "Let me check." if t == 0 else "",
-                     "reasoning_content": f"thinking {t}",
-                     "tool_calls": [{"id": f"call-{t}", "name": "calculator", "arguments": {"expr": "2+2"}},
-                                    {"id": f"call-{t}b", "name": "note", "arguments": '{"text": "hi"}'}]})
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": "Let me check." if t == 0 else "",
+                "reasoning_content": f"thinking {t}",
+                "tool_calls": [
+                    {"id": f"call-{t}", "name": "calculator", "arguments": {"expr": "2+2"}},
+                    {"id": f"call-{t}b", "name": "note", "arguments": '{"text": "hi"}'},
+                ],
+            }
+        )
         last = t == turns - 1
-        msgs.append({"role": "tool", "tool_call_id": f"call-{t}", "name": "calculator", "content": "4",
-                     "reward": 1.0 if last else None, "finished": last, "is_error": False})
-        msgs.append({"role": "tool", "tool_call_id": f"call-{t}b", "name": "note", "content": "bad args",
-                     "reward": None, "finished": False, "is_error": True})
+        msgs.append(
+            {
+                "role": "tool",
+                "tool_call_id": f"call-{t}",
+                "name": "calculator",
+                "content": "4",
+                "reward": 1.0 if last else None,
+                "finished": last,
+                "is_error": False,
+            }
+        )
+        msgs.append(
+            {
+                "role": "tool",
+                "tool_call_id": f"call-{t}b",
+                "name": "note",
+                "content": "bad args",
+                "reward": None,
+                "finished": False,
+                "is_error": True,
+            }
+        )
         rewards += [1.0 if last else None, None]
-    fields = dict(run_name=run, env=env, split="train", index=i, task_spec=None, messages=msgs,
-                  turn_rewards=rewards, reward=1.0, reward_reduction="sum", stop_reason="env_finished",
-                  status="completed", num_turns=turns, num_tool_calls=2 * turns, tool_errors={"env_error": turns},
-                  drift_count=0, token_ids=list(range(100, 140)), prompt_length=10, loss_mask=[1] * 20 + [0] * 10,
-                  logprobs=[-0.5] * 20 + [0.0] * 10, timings={"generate": 0.5, "env": 0.1, "total": 0.7},
-                  group_index=i // 4, sample_index=i)
+    fields = dict(
+        run_name=run,
+        env=env,
+        split="train",
+        index=i,
+        task_spec=None,
+        messages=msgs,
+        turn_rewards=rewards,
+        reward=1.0,
+        reward_reduction="sum",
+        stop_reason="env_finished",
+        status="completed",
+        num_turns=turns,
+        num_tool_calls=2 * turns,
+        tool_errors={"env_error": turns},
+        drift_count=0,
+        token_ids=list(range(100, 140)),
+        prompt_length=10,
+        loss_mask=[1] * 20 + [0] * 10,
+        logprobs=[-0.5] * 20 + [0.0] * 10,
+        timings={"generate": 0.5, "env": 0.1, "total": 0.7},
+        group_index=i // 4,
+        sample_index=i,
+    )
     fields.update(over)
     return Trajectory(**fields)
 
@@ -83,21 +135,39 @@ def test_events_are_exactly_what_the_sdk_sends() -> None:
     from openreward.models import LogMessageEvent, RolloutStartedEvent, RolloutUpdateEvent
 
     events = trajectory_events(make_trajectory(3))
-    kinds = {"rollout": RolloutStartedEvent, "message": LogMessageEvent, "rollout_update": RolloutUpdateEvent}
+    kinds = {
+        "rollout": RolloutStartedEvent,
+        "message": LogMessageEvent,
+        "rollout_update": RolloutUpdateEvent,
+    }
     for ev in events:
         sdk_event = kinds[ev["eventType"]](**ev)  # every key is a field of the SDK's dataclass
         assert json.loads(_encode_event(sdk_event)) == ev  # and the SDK would encode it identically
         if ev["eventType"] == "message":
-            NormalizedEvent(type=ev["type"], content=ev.get("content"), name=ev.get("name"),
-                            call_id=ev.get("callId"))  # passes the SDK's own message validation
+            NormalizedEvent(
+                type=ev["type"],
+                content=ev.get("content"),
+                name=ev.get("name"),
+                call_id=ev.get("callId"),
+            )  # passes the SDK's own message validation
     assert [e["eventType"] for e in (events[0], events[-1])] == ["rollout", "rollout_update"]
     types = [e["type"] for e in events if e["eventType"] == "message"]
     assert types[:2] == ["system_message", "user_message"]
-    assert types[2:9] == ["reasoning", "assistant_message", "tool_call", "tool_call", "tool_result",
-                          "tool_result", "reasoning"]
+    assert types[2:9] == [
+        "reasoning",
+        "assistant_message",
+        "tool_call",
+        "tool_call",
+        "tool_result",
+        "tool_result",
+        "reasoning",
+    ]
     assert [e["index"] for e in events[1:-1]] == list(range(len(events) - 2))
     calls = [e for e in events if e.get("type") == "tool_call"]
-    assert json.loads(calls[0]["content"]) == {"expr": "2+2"} and calls[1]["content"] == '{"text": "hi"}'
+    assert (
+        json.loads(calls[0]["content"]) == {"expr": "2+2"}
+        and calls[1]["content"] == '{"text": "hi"}'
+    )
     results = [e for e in events if e.get("type") == "tool_result"]
     assert results[-2]["reward"] == 1.0 and results[-2]["isFinished"] is True
     assert results[1]["metadata"]["is_error"] is True
@@ -106,8 +176,20 @@ def test_events_are_exactly_what_the_sdk_sends() -> None:
 def test_trainer_data_rides_in_rollout_metadata() -> None:
     t = make_trajectory(5, extra={"tokenizer": "/models/qwen3", "model_name": "Qwen3-0.6B"})
     meta = trajectory_events(t)[0]["metadata"]
-    for key in ("token_ids", "loss_mask", "logprobs", "turn_rewards", "reward_reduction", "stop_reason",
-                "group_index", "sample_index", "timings", "prompt_length", "status", "reward"):
+    for key in (
+        "token_ids",
+        "loss_mask",
+        "logprobs",
+        "turn_rewards",
+        "reward_reduction",
+        "stop_reason",
+        "group_index",
+        "sample_index",
+        "timings",
+        "prompt_length",
+        "status",
+        "reward",
+    ):
         assert meta[key] == getattr(t, key), key
     assert meta["tokenizer"] == "/models/qwen3"
     # event ids are stable: re-encoding a trajectory (spool replay) cannot create duplicates
@@ -117,18 +199,30 @@ def test_trainer_data_rides_in_rollout_metadata() -> None:
 def test_hosted_requests_respect_the_sdk_batch_limits(tmp_path: Path) -> None:
     from bridge.trajectory_sink import HOSTED_SETTINGS, encode_line
 
-    up = TrajectoryUploader("http://127.0.0.1:9", str(tmp_path), "r", hosted=True,
-                            settings=dataclasses.replace(HOSTED_SETTINGS, max_batch_bytes=50_000))
-    big = make_trajectory(0, turns=30, token_ids=list(range(20_000)), loss_mask=[1] * 19_990,
-                          logprobs=[-0.5] * 19_990)
+    up = TrajectoryUploader(
+        "http://127.0.0.1:9",
+        str(tmp_path),
+        "r",
+        hosted=True,
+        settings=dataclasses.replace(HOSTED_SETTINGS, max_batch_bytes=50_000),
+    )
+    big = make_trajectory(
+        0, turns=30, token_ids=list(range(20_000)), loss_mask=[1] * 19_990, logprobs=[-0.5] * 19_990
+    )
     bodies = up._requests([encode_line(trajectory_events(big))])
     decoded = [json.loads(b)["events"] for b in bodies]
-    assert all(len(evs) <= 128 and len(b) <= 50_000 for evs, b in zip(decoded, bodies))
+    assert all(
+        len(evs) <= 128 and len(b) <= 50_000 for evs, b in zip(decoded, bodies, strict=False)
+    )
     flat = [e for evs in decoded for e in evs]
     assert len(flat) == len(trajectory_events(big)) and flat[0]["eventType"] == "rollout"
     assert "token_ids" not in flat[0]["metadata"] and "tokens_omitted" in flat[0]["metadata"]
-    local = TrajectoryUploader("http://127.0.0.1:9", str(tmp_path), "r",
-                               settings=dataclasses.replace(FAST, max_batch_bytes=50_000))
+    local = TrajectoryUploader(
+        "http://127.0.0.1:9",
+        str(tmp_path),
+        "r",
+        settings=dataclasses.replace(FAST, max_batch_bytes=50_000),
+    )
     first = json.loads(local._requests([encode_line(trajectory_events(big))])[0])["events"][0]
     assert first["metadata"]["token_ids"] == big.token_ids  # the local server gets everything
 
@@ -136,8 +230,12 @@ def test_hosted_requests_respect_the_sdk_batch_limits(tmp_path: Path) -> None:
 def test_local_requests_join_whole_trajectories_within_limits(tmp_path: Path) -> None:
     from bridge.trajectory_sink import encode_line
 
-    up = TrajectoryUploader("http://127.0.0.1:9", str(tmp_path), "r",
-                            settings=dataclasses.replace(FAST, max_batch_events=40))
+    up = TrajectoryUploader(
+        "http://127.0.0.1:9",
+        str(tmp_path),
+        "r",
+        settings=dataclasses.replace(FAST, max_batch_events=40),
+    )
     trajs = [make_trajectory(i) for i in range(5)]
     trajs[1].messages[1]["content"] = 'tricky {"eventType": "rollout"} "eventType":'
     bodies = up._requests([encode_line(trajectory_events(t)) for t in trajs])
@@ -151,7 +249,9 @@ def test_local_requests_join_whole_trajectories_within_limits(tmp_path: Path) ->
 
 async def test_sink_delivers_everything_with_token_data(traj_server: str, tmp_path: Path) -> None:
     up = TrajectoryUploader(traj_server, str(tmp_path / "spool"), "deliver-run", settings=FAST)
-    trajs = [make_trajectory(i, run="deliver-run", env=["gsm8k", "whodunit"][i % 2]) for i in range(40)]
+    trajs = [
+        make_trajectory(i, run="deliver-run", env=["gsm8k", "whodunit"][i % 2]) for i in range(40)
+    ]
     for t in trajs:
         up.submit(t)  # synchronous, returns at once
     assert await up.flush(60)
@@ -160,15 +260,23 @@ async def test_sink_delivers_everything_with_token_data(traj_server: str, tmp_pa
     assert len(rows) == 40 and up.stats["delivered"] == 40 and up.stats["spooled"] == 0
     one = httpx.get(f"{traj_server}/api/rollouts/{rows[0]['event_id']}").json()
     src = next(t for t in trajs if t.index == one["task_index"])
-    assert one["tokens"]["token_ids"] == src.token_ids and one["tokens"]["loss_mask"] == src.loss_mask
+    assert (
+        one["tokens"]["token_ids"] == src.token_ids and one["tokens"]["loss_mask"] == src.loss_mask
+    )
     assert one["tokens"]["logprobs"] == pytest.approx(src.logprobs)
     assert one["reward_reduction"] == "sum" and one["metadata"]["turn_rewards"] == src.turn_rewards
-    assert one["group_key"] == f"train:{src.group_index}" and one["num_messages"] == 13  # 2 + 6 + 5 (no empty assistant text)
+    assert (
+        one["group_key"] == f"train:{src.group_index}" and one["num_messages"] == 13
+    )  # 2 + 6 + 5 (no empty assistant text)
 
 
 async def test_full_queue_spools_instead_of_dropping(traj_server: str, tmp_path: Path) -> None:
-    up = TrajectoryUploader(traj_server, str(tmp_path / "spool"), "overflow-run",
-                            settings=dataclasses.replace(FAST, queue_size=3))
+    up = TrajectoryUploader(
+        traj_server,
+        str(tmp_path / "spool"),
+        "overflow-run",
+        settings=dataclasses.replace(FAST, queue_size=3),
+    )
     for i in range(30):
         up.submit(make_trajectory(i, run="overflow-run"))
     assert up.stats["spooled"] > 0
@@ -185,7 +293,9 @@ async def test_submit_never_raises(tmp_path: Path) -> None:
     assert up.stats["spooled"] >= 1  # the good one is on disk, waiting for a server
 
 
-async def test_refused_trajectory_is_kept_and_does_not_block_the_others(traj_server: str, tmp_path: Path) -> None:
+async def test_refused_trajectory_is_kept_and_does_not_block_the_others(
+    traj_server: str, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     up = TrajectoryUploader(traj_server, str(spool), "refuse-run", settings=FAST)
     for i in range(5):
@@ -203,7 +313,7 @@ def test_spool_left_by_a_dead_process_is_delivered(traj_server: str, tmp_path: P
     spool = tmp_path / "spool"
     child = f"""
 import asyncio, os, sys
-sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
+sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / "tests")!r})
 from test_trajectory_sink import make_trajectory, FAST
 from bridge.trajectory_sink import TrajectoryUploader
 async def main():
@@ -215,8 +325,13 @@ async def main():
     os._exit(0)  # dies without close(): the active spool file is orphaned
 asyncio.run(main())
 """
-    subprocess.run([sys.executable, "-c", child], check=True, timeout=120, cwd=REPO,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    subprocess.run(
+        [sys.executable, "-c", child],
+        check=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert [p.name.endswith(".active.jsonl") for p in spool.glob("*.jsonl")] == [True]
 
     async def deliver() -> TrajectoryUploader:
@@ -249,7 +364,9 @@ async def test_outage_loses_nothing_and_stores_each_trajectory_once(tmp_path: Pa
             await asyncio.sleep(0.1)
 
     with contextlib.ExitStack() as stack:
-        await asyncio.to_thread(stack.enter_context, env_server("--role", "trajectories", "--db", str(db), port=port))
+        await asyncio.to_thread(
+            stack.enter_context, env_server("--role", "trajectories", "--db", str(db), port=port)
+        )
         task = asyncio.create_task(producer())
         await asyncio.sleep(3)
         assert len(run_rollouts(url, "outage-run")) > 0
@@ -260,7 +377,9 @@ async def test_outage_loses_nothing_and_stores_each_trajectory_once(tmp_path: Pa
     await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_down)))
     assert up.stats["spooled"] > 0
     with contextlib.ExitStack() as stack:
-        await asyncio.to_thread(stack.enter_context, env_server("--role", "trajectories", "--db", str(db), port=port))
+        await asyncio.to_thread(
+            stack.enter_context, env_server("--role", "trajectories", "--db", str(db), port=port)
+        )
         await asyncio.sleep(2)
         stop.set()
         await task
@@ -278,8 +397,14 @@ async def test_outage_loses_nothing_and_stores_each_trajectory_once(tmp_path: Pa
 
 
 def _config(**traj: Any):
-    return parse_config({"environments": {"gsm8k": {}}, "env_server": "http://127.0.0.1:8123",
-                         "run_name": "cfg-run", "trajectories": traj})
+    return parse_config(
+        {
+            "environments": {"gsm8k": {}},
+            "env_server": "http://127.0.0.1:8123",
+            "run_name": "cfg-run",
+            "trajectories": traj,
+        }
+    )
 
 
 async def test_get_sink_is_one_per_loop_and_reads_the_config(tmp_path: Path) -> None:
@@ -301,13 +426,20 @@ async def _sink_in_new_loop(cfg) -> Any:
     return s
 
 
-async def test_hosted_target_speaks_to_openreward_api_url(traj_server: str, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_hosted_target_speaks_to_openreward_api_url(
+    traj_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OPENREWARD_API_URL", traj_server)
     monkeypatch.setenv("OPENREWARD_API_KEY", "k-123")
     sink = get_sink(_config(target="openreward", spool_dir=str(tmp_path / "s")))
-    assert isinstance(sink, TrajectoryUploader) and sink.hosted and sink.settings.max_batch_events == 128
-    long = make_trajectory(0, run="hosted-run", env="GeneralReasoning/WhoDunIt", turns=30)  # > 128 events
+    assert (
+        isinstance(sink, TrajectoryUploader)
+        and sink.hosted
+        and sink.settings.max_batch_events == 128
+    )
+    long = make_trajectory(
+        0, run="hosted-run", env="GeneralReasoning/WhoDunIt", turns=30
+    )  # > 128 events
     sink.submit(long)
     assert await sink.flush(60)
     await sink.close()

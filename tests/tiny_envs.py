@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from openreward.environments import Environment, ListToolsOutput, TextBlock, ToolOutput, ToolSpec, tool
+from openreward.environments import (
+    Environment,
+    ListToolsOutput,
+    TextBlock,
+    ToolOutput,
+    ToolSpec,
+    tool,
+)
 from pydantic import BaseModel
 
 
@@ -21,21 +28,27 @@ class Tiny(Environment):
 
     @classmethod
     def list_tasks(cls, split: str) -> list[dict[str, Any]]:
-        return [{"n": i, "split": split, "answer": 2 * i} for i in range(30 if split == "train" else 10)]
+        return [
+            {"n": i, "split": split, "answer": 2 * i} for i in range(30 if split == "train" else 10)
+        ]
 
-    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
+    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:  # noqa: B006 (the SDK's signature)
         super().__init__(task_spec, secrets)
         self.spec = task_spec
 
     def get_prompt(self) -> list[TextBlock]:
-        return [TextBlock(text=f"{self.spec['split']} task {self.spec['n']}: double it."),
-                TextBlock(text="Use submit.")]
+        return [
+            TextBlock(text=f"{self.spec['split']} task {self.spec['n']}: double it."),
+            TextBlock(text="Use submit."),
+        ]
 
     @tool
     async def submit(self, params: Answer) -> ToolOutput:
         """Submit the answer."""
         ok = params.answer == self.spec["answer"]
-        return ToolOutput(blocks=[TextBlock(text="ok" if ok else "no")], reward=float(ok), finished=True)
+        return ToolOutput(
+            blocks=[TextBlock(text="ok" if ok else "no")], reward=float(ok), finished=True
+        )
 
 
 class Indexed(Environment):
@@ -70,7 +83,7 @@ class Indexed(Environment):
     def ground_truth(cls, task_spec: dict[str, Any]) -> int:
         return task_spec["k"] * 10
 
-    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:
+    def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:  # noqa: B006 (the SDK's signature)
         super().__init__(task_spec, secrets)
         self.k = task_spec["k"]
 
@@ -78,7 +91,9 @@ class Indexed(Environment):
         return [TextBlock(text=f"indexed {self.k}")]
 
     def list_task_tools(self) -> ListToolsOutput:
-        return ListToolsOutput(tools=[ToolSpec(name=f"hint_{self.k}", description="A hint.", input_schema=None)])
+        return ListToolsOutput(
+            tools=[ToolSpec(name=f"hint_{self.k}", description="A hint.", input_schema=None)]
+        )
 
     @tool
     async def answer(self, params: Answer) -> ToolOutput:

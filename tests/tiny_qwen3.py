@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TOKENIZER_DIR = Path(os.environ.get("QWEN3_TOKENIZER_DIR", REPO / ".cache" / "qwen3-tokenizer"))
+DEFAULT_TOKENIZER_DIR = Path(
+    os.environ.get("QWEN3_TOKENIZER_DIR", REPO / ".cache" / "qwen3-tokenizer")
+)
 SEED = 1234
 
 # Small enough to build and run in seconds on a CPU; vocab is the real tokenizer's.
@@ -39,8 +41,11 @@ def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOK
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     out = Path(out_dir)
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file() \
-            and (out / "tokenizer.json").is_file():
+    if (
+        (out / "config.json").is_file()
+        and (out / "model.safetensors").is_file()
+        and (out / "tokenizer.json").is_file()
+    ):
         return out
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -62,7 +67,9 @@ def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOK
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Write a tiny random Qwen3 + real tokenizer to a directory")
+    ap = argparse.ArgumentParser(
+        description="Write a tiny random Qwen3 + real tokenizer to a directory"
+    )
     ap.add_argument("out_dir")
     ap.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
     args = ap.parse_args()

@@ -41,8 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 GREEDY_EPS = 1e-5
-BANNER = ("bridge.launch.local_engine: DEBUGGING ENGINE - one request at a time on {device}; "
-          "not for training throughput")
+BANNER = (
+    "bridge.launch.local_engine: DEBUGGING ENGINE - one request at a time on {device}; "
+    "not for training throughput"
+)
 # Tokens that end a chat turn for common chat templates, added to the model's own EOS ids.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>")
 
@@ -96,7 +98,7 @@ class SamplingParams:
         return self.temperature < GREEDY_EPS
 
     @classmethod
-    def from_json(cls, obj: Any) -> "SamplingParams":
+    def from_json(cls, obj: Any) -> SamplingParams:
         """Validate a request's `sampling_params` object; raises RequestError."""
         if obj is None:
             return cls()
@@ -109,7 +111,9 @@ class SamplingParams:
                 continue
             if key in _NEUTRAL_PARAMS:
                 if value is not None and value != _NEUTRAL_PARAMS[key]:
-                    raise RequestError(f"sampling param {key}={value!r} is not supported by the local engine")
+                    raise RequestError(
+                        f"sampling param {key}={value!r} is not supported by the local engine"
+                    )
                 continue
             if key not in fields:
                 raise RequestError(f"unknown sampling param {key!r}")
@@ -122,7 +126,7 @@ class SamplingParams:
             raise RequestError(f"bad sampling_params: {e}") from None
 
     @classmethod
-    def _checked(cls, v: dict[str, Any]) -> "SamplingParams":
+    def _checked(cls, v: dict[str, Any]) -> SamplingParams:
         def num(name: str, lo: float, hi: float = float("inf")) -> None:
             if name in v:
                 if isinstance(v[name], bool) or not isinstance(v[name], (int, float)):
@@ -153,17 +157,33 @@ class SamplingParams:
             v["stop"] = tuple(stop)
         if "stop_token_ids" in v:
             ids = v["stop_token_ids"]
-            if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            if not isinstance(ids, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in ids
+            ):
                 raise ValueError("stop_token_ids must be a list of integers")
             v["stop_token_ids"] = tuple(ids)
-        for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"):
+        for name in (
+            "ignore_eos",
+            "skip_special_tokens",
+            "spaces_between_special_tokens",
+            "no_stop_trim",
+        ):
             if name in v and not isinstance(v[name], bool):
                 raise ValueError(f"{name} must be true or false")
         return cls(**v)
 
 
-_TOP_LEVEL_KEYS = {"input_ids", "text", "sampling_params", "return_logprob", "rid", "stream",
-                   "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs"}
+_TOP_LEVEL_KEYS = {
+    "input_ids",
+    "text",
+    "sampling_params",
+    "return_logprob",
+    "rid",
+    "stream",
+    "logprob_start_len",
+    "top_logprobs_num",
+    "return_text_in_logprobs",
+}
 
 
 @dataclass
@@ -177,7 +197,7 @@ class GenerateRequest:
     rid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
-    def from_json(cls, body: Any, tokenizer: Any, vocab_size: int) -> "GenerateRequest":
+    def from_json(cls, body: Any, tokenizer: Any, vocab_size: int) -> GenerateRequest:
         """Validate a request body; `text` is tokenized when `input_ids` is absent."""
         if not isinstance(body, dict):
             raise RequestError("request body must be a JSON object")
@@ -189,7 +209,9 @@ class GenerateRequest:
         if body.get("top_logprobs_num"):
             raise RequestError("top_logprobs_num is not supported by the local engine")
         if body.get("logprob_start_len") not in (None, -1):
-            raise RequestError("logprob_start_len (prompt logprobs) is not supported by the local engine")
+            raise RequestError(
+                "logprob_start_len (prompt logprobs) is not supported by the local engine"
+            )
         ids = body.get("input_ids")
         if ids is None:
             text = body.get("text")
@@ -197,22 +219,28 @@ class GenerateRequest:
                 raise RequestError("give input_ids (a list of token ids) or text (a string)")
             ids = tokenizer.encode(text, add_special_tokens=False)
         if not isinstance(ids, list) or not ids:
-            raise RequestError("input_ids must be a non-empty list of token ids (batches are not supported)")
+            raise RequestError(
+                "input_ids must be a non-empty list of token ids (batches are not supported)"
+            )
         for t in ids:
             if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
                 raise RequestError(f"input_ids holds {t!r}, not a token id in [0, {vocab_size})")
         rid = body.get("rid")
         if rid is not None and not isinstance(rid, str):
             raise RequestError("rid must be a string")
-        return cls(input_ids=list(ids), params=SamplingParams.from_json(body.get("sampling_params")),
-                   return_logprob=bool(body.get("return_logprob", False)),
-                   return_text_in_logprobs=bool(body.get("return_text_in_logprobs", False)),
-                   **({"rid": rid} if rid else {}))
+        return cls(
+            input_ids=list(ids),
+            params=SamplingParams.from_json(body.get("sampling_params")),
+            return_logprob=bool(body.get("return_logprob", False)),
+            return_text_in_logprobs=bool(body.get("return_text_in_logprobs", False)),
+            **({"rid": rid} if rid else {}),
+        )
 
 
 # --------------------------------------------------------------------------- sampling
 
-def _head_mask(probs: "torch.Tensor", top_k: int, top_p: float) -> "torch.Tensor":
+
+def _head_mask(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Mask of the tokens top-k and top-p keep (both measured on the unfiltered distribution).
 
     Looks at a sorted head of the vocabulary and widens it only until it holds `top_p` of the
@@ -236,8 +264,9 @@ def _head_mask(probs: "torch.Tensor", top_k: int, top_p: float) -> "torch.Tensor
     return keep
 
 
-def sample_next_token(logits: "torch.Tensor", params: SamplingParams,
-                      generator: "torch.Generator | None") -> tuple[int, float]:
+def sample_next_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[int, float]:
     """Pick the next token from 1-D float `logits`; returns (token id, its logprob)."""
     import torch
 
@@ -264,6 +293,7 @@ def sample_next_token(logits: "torch.Tensor", params: SamplingParams,
 
 
 # --------------------------------------------------------------------------- engine
+
 
 @dataclass
 class Generation:
@@ -323,7 +353,7 @@ class PrefixCache:
         if self.max_entries <= 0 or cache is None or not ids:
             return
         self._entries.append((ids, cache))
-        del self._entries[:-self.max_entries]
+        del self._entries[: -self.max_entries]
 
 
 def _crop(cache: Any, length: int, keep: int) -> bool:
@@ -333,7 +363,9 @@ def _crop(cache: Any, length: int, keep: int) -> bool:
     if not hasattr(cache, "crop") or getattr(cache, "is_croppable", True) is False:
         return False
     try:
-        cache.crop(-(length - keep))  # a negative argument removes that many tokens (transformers 4 and 5)
+        cache.crop(
+            -(length - keep)
+        )  # a negative argument removes that many tokens (transformers 4 and 5)
     except Exception:  # an unusual cache type: run the prompt from scratch instead
         return False
     return cache.get_seq_length() == keep
@@ -342,8 +374,16 @@ def _crop(cache: Any, length: int, keep: int) -> bool:
 class LocalEngine:
     """A loaded model + tokenizer that generates one request at a time."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, model_path: str, device: str = "cpu",
-                 weight_version: str = "default", prefix_cache_entries: int = 2) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_path: str,
+        device: str = "cpu",
+        weight_version: str = "default",
+        prefix_cache_entries: int = 2,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_path = model_path
@@ -355,8 +395,9 @@ class LocalEngine:
         self.prefix_cache = PrefixCache(prefix_cache_entries)
         # Only the last position's logits are needed: skip the vocab projection for the prompt.
         forward_params = inspect.signature(model.forward).parameters
-        self._last_logits_only = {name: 1 for name in ("logits_to_keep", "num_logits_to_keep")
-                                  if name in forward_params}
+        self._last_logits_only = {
+            name: 1 for name in ("logits_to_keep", "num_logits_to_keep") if name in forward_params
+        }
 
     def stop_ids(self, params: SamplingParams) -> frozenset[int]:
         """Token ids that end this request: its stop_token_ids plus the model's end tokens."""
@@ -371,8 +412,10 @@ class LocalEngine:
         started = time.monotonic()
         p = req.params
         if len(req.input_ids) >= self.max_context:
-            raise RequestError(f"prompt of {len(req.input_ids)} tokens does not fit the model's "
-                               f"context of {self.max_context}")
+            raise RequestError(
+                f"prompt of {len(req.input_ids)} tokens does not fit the model's "
+                f"context of {self.max_context}"
+            )
         budget = min(p.max_new_tokens, self.max_context - len(req.input_ids))
         stop_ids = self.stop_ids(p)
         generator = None
@@ -395,8 +438,12 @@ class LocalEngine:
                     finish = {"type": "abort", "message": "aborted (abort_request or client gone)"}
                     break
                 step_input = torch.tensor([pending], dtype=torch.long, device=self.device)
-                out = self.model(input_ids=step_input, past_key_values=past, use_cache=True,
-                                 **self._last_logits_only)
+                out = self.model(
+                    input_ids=step_input,
+                    past_key_values=past,
+                    use_cache=True,
+                    **self._last_logits_only,
+                )
                 past = out.past_key_values
                 fed += pending
                 logits = out.logits[0, -1].float().cpu()
@@ -415,8 +462,14 @@ class LocalEngine:
                         break
                 pending = [token]
         self.prefix_cache.put(fed, past)
-        return Generation(out_ids, logprobs, finish, self._text(out_ids, finish, stop_text, p),
-                          time.monotonic() - started, cached)
+        return Generation(
+            out_ids,
+            logprobs,
+            finish,
+            self._text(out_ids, finish, stop_text, p),
+            time.monotonic() - started,
+            cached,
+        )
 
     def _decode(self, ids: list[int], p: SamplingParams) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=p.skip_special_tokens)
@@ -430,12 +483,17 @@ class LocalEngine:
         i, s = min(hits)
         return s, i
 
-    def _text(self, ids: list[int], finish: dict[str, Any], stop_text: tuple[str, int] | None,
-              p: SamplingParams) -> str:
+    def _text(
+        self,
+        ids: list[int],
+        finish: dict[str, Any],
+        stop_text: tuple[str, int] | None,
+        p: SamplingParams,
+    ) -> str:
         if p.no_stop_trim or finish["type"] != "stop":
             return self._decode(ids, p)
         if stop_text is not None:
-            return self._decode(ids, p)[:stop_text[1]]
+            return self._decode(ids, p)[: stop_text[1]]
         return self._decode(ids[:-1], p)  # drop the matched stop token
 
 
@@ -452,15 +510,22 @@ def _end_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def load_engine(model: str, *, device: str = "cpu", dtype: str = "float32",
-                weight_version: str = "default", prefix_cache_entries: int = 2) -> LocalEngine:
+def load_engine(
+    model: str,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    weight_version: str = "default",
+    prefix_cache_entries: int = 2,
+) -> LocalEngine:
     """Load a causal LM + tokenizer from a local directory or a reachable hub name."""
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
-        raise RuntimeError(f"the local engine needs torch and transformers "
-                           f"(pip install 'slime-envs[local]'): {e}") from None
+        raise RuntimeError(
+            f"the local engine needs torch and transformers (pip install 'slime-envs[local]'): {e}"
+        ) from None
     local = Path(model).expanduser()
     source = str(local) if local.exists() else model
     kwargs: dict[str, Any] = {"local_files_only": True} if local.exists() else {}
@@ -472,11 +537,18 @@ def load_engine(model: str, *, device: str = "cpu", dtype: str = "float32",
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RuntimeError(f"cannot load model {model!r}: {first}") from None
     lm.to(device).eval()
-    return LocalEngine(lm, tokenizer, model_path=model, device=device, weight_version=weight_version,
-                       prefix_cache_entries=prefix_cache_entries)
+    return LocalEngine(
+        lm,
+        tokenizer,
+        model_path=model,
+        device=device,
+        weight_version=weight_version,
+        prefix_cache_entries=prefix_cache_entries,
+    )
 
 
 # --------------------------------------------------------------------------- HTTP
+
 
 class EngineServer:
     """The aiohttp app around a LocalEngine: one worker thread, requests queue in order."""
@@ -490,7 +562,7 @@ class EngineServer:
         self.waiting = 0
         self.running = 0
 
-    def make_app(self) -> "web.Application":
+    def make_app(self) -> web.Application:
         from aiohttp import web
 
         app = web.Application(client_max_size=256 * 1024 * 1024)
@@ -510,7 +582,7 @@ class EngineServer:
             ev.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, req: GenerateRequest, http: "web.Request | None" = None) -> dict[str, Any]:
+    async def run(self, req: GenerateRequest, http: web.Request | None = None) -> dict[str, Any]:
         """Queue `req` on the worker thread and build SGLang's response body.
 
         If the caller of `http` hangs up, the generation is aborted instead of run to the end.
@@ -519,9 +591,13 @@ class EngineServer:
         self._cancels[req.rid] = cancel
         with self._counts:
             self.waiting += 1
-        watcher = asyncio.create_task(_abort_on_disconnect(http, cancel)) if http is not None else None
+        watcher = (
+            asyncio.create_task(_abort_on_disconnect(http, cancel)) if http is not None else None
+        )
         try:
-            gen = await asyncio.get_running_loop().run_in_executor(self._executor, self._work, req, cancel)
+            gen = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._work, req, cancel
+            )
         finally:
             self._cancels.pop(req.rid, None)
             if watcher is not None:
@@ -537,8 +613,10 @@ class EngineServer:
         }
         if req.return_logprob:
             decode = self.engine.tokenizer.decode if req.return_text_in_logprobs else None
-            meta["output_token_logprobs"] = [[lp, t, decode([t]) if decode else None]
-                                             for lp, t in zip(gen.logprobs, gen.output_ids)]
+            meta["output_token_logprobs"] = [
+                [lp, t, decode([t]) if decode else None]
+                for lp, t in zip(gen.logprobs, gen.output_ids, strict=False)
+            ]
         return {"text": gen.text, "output_ids": gen.output_ids, "meta_info": meta}
 
     def _work(self, req: GenerateRequest, cancel: threading.Event) -> Generation:
@@ -551,7 +629,7 @@ class EngineServer:
             with self._counts:
                 self.running -= 1
 
-    async def handle_generate(self, request: "web.Request") -> "web.Response":
+    async def handle_generate(self, request: web.Request) -> web.Response:
         import orjson
 
         try:
@@ -567,18 +645,18 @@ class EngineServer:
             log.exception("generation failed")
             return _error(500, f"generation failed: {type(e).__name__}: {e}")
 
-    async def handle_health(self, request: "web.Request") -> "web.Response":
+    async def handle_health(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
         return web.Response(text="ok")
 
-    async def handle_health_generate(self, request: "web.Request") -> "web.Response":
+    async def handle_health_generate(self, request: web.Request) -> web.Response:
         ids = self.engine.tokenizer.encode("ok", add_special_tokens=False) or [0]
         req = GenerateRequest(ids, SamplingParams(temperature=0.0, max_new_tokens=1))
         await self.run(req)
         return await self.handle_health(request)
 
-    async def handle_abort(self, request: "web.Request") -> "web.Response":
+    async def handle_abort(self, request: web.Request) -> web.Response:
         """SGLang's abort: {"rid": ...} or {"abort_all": true}; those requests finish with abort."""
         import orjson
         from aiohttp import web
@@ -598,26 +676,37 @@ class EngineServer:
             ev.set()
         return web.Response(text="")
 
-    async def handle_loads(self, request: "web.Request") -> "web.Response":
-        return _json({"loads": [{"num_running_reqs": self.running, "num_waiting_reqs": self.waiting}]})
+    async def handle_loads(self, request: web.Request) -> web.Response:
+        return _json(
+            {"loads": [{"num_running_reqs": self.running, "num_waiting_reqs": self.waiting}]}
+        )
 
-    async def handle_model_info(self, request: "web.Request") -> "web.Response":
-        return _json({"model_path": self.engine.model_path, "tokenizer_path": self.engine.model_path,
-                      "is_generation": True, "weight_version": self.engine.weight_version})
+    async def handle_model_info(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                "model_path": self.engine.model_path,
+                "tokenizer_path": self.engine.model_path,
+                "is_generation": True,
+                "weight_version": self.engine.weight_version,
+            }
+        )
 
-    async def handle_workers(self, request: "web.Request") -> "web.Response":
+    async def handle_workers(self, request: web.Request) -> web.Response:
         url = self.public_url or f"{request.scheme}://{request.host}"
         return _json({"workers": [{"url": url}]})
 
-    async def handle_flush_cache(self, request: "web.Request") -> "web.Response":
+    async def handle_flush_cache(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.prefix_cache.clear)
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.engine.prefix_cache.clear
+        )
         return web.Response(text="Cache flushed.")
 
 
-async def _abort_on_disconnect(request: "web.Request", cancel: threading.Event,
-                               every: float = 0.2) -> None:
+async def _abort_on_disconnect(
+    request: web.Request, cancel: threading.Event, every: float = 0.2
+) -> None:
     while not cancel.is_set():
         transport = request.transport
         if transport is None or transport.is_closing():
@@ -627,14 +716,14 @@ async def _abort_on_disconnect(request: "web.Request", cancel: threading.Event,
         await asyncio.sleep(every)
 
 
-def _json(obj: Any, status: int = 200) -> "web.Response":
+def _json(obj: Any, status: int = 200) -> web.Response:
     import orjson
     from aiohttp import web
 
     return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
 
 
-def _error(status: int, message: str) -> "web.Response":
+def _error(status: int, message: str) -> web.Response:
     return _json({"error": {"message": message}}, status=status)
 
 
@@ -643,36 +732,58 @@ def serve(engine: LocalEngine, host: str, port: int) -> None:
     from aiohttp import web
 
     server = EngineServer(engine, public_url=f"http://{host}:{port}")
-    print(f"bridge.launch.local_engine: serving {engine.model_path} on http://{host}:{port}", flush=True)
+    print(
+        f"bridge.launch.local_engine: serving {engine.model_path} on http://{host}:{port}",
+        flush=True,
+    )
     web.run_app(server.make_app(), host=host, port=port, access_log=None, print=None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: load the model, print the debugging banner, serve."""
-    ap = argparse.ArgumentParser(prog="python -m bridge.launch.local_engine",
-                                 description="CPU debugging engine speaking SGLang's /generate format")
+    ap = argparse.ArgumentParser(
+        prog="python -m bridge.launch.local_engine",
+        description="CPU debugging engine speaking SGLang's /generate format",
+    )
     ap.add_argument("--model", required=True, help="local model directory or hub name")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=30000)
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    ap.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"]
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    ap.add_argument("--weight-version", default="default", help="reported as meta_info.weight_version")
-    ap.add_argument("--prefix-cache", type=int, default=2, metavar="N",
-                    help="keep the KV cache of the last N requests to reuse shared prefixes (0 = off)")
+    ap.add_argument(
+        "--weight-version", default="default", help="reported as meta_info.weight_version"
+    )
+    ap.add_argument(
+        "--prefix-cache",
+        type=int,
+        default=2,
+        metavar="N",
+        help="keep the KV cache of the last N requests to reuse shared prefixes (0 = off)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     print(BANNER.format(device=args.device), flush=True)
     try:
         import torch
     except ImportError:
-        print("bridge.launch.local_engine: torch is not installed: pip install 'slime-envs[local]'", file=sys.stderr)
+        print(
+            "bridge.launch.local_engine: torch is not installed: pip install 'slime-envs[local]'",
+            file=sys.stderr,
+        )
         return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
-        engine = load_engine(args.model, device=args.device, dtype=args.dtype,
-                             weight_version=args.weight_version, prefix_cache_entries=args.prefix_cache)
+        engine = load_engine(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            weight_version=args.weight_version,
+            prefix_cache_entries=args.prefix_cache,
+        )
     except RuntimeError as e:
         print(f"bridge.launch.local_engine: {e}", file=sys.stderr)
         return 2

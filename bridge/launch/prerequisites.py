@@ -58,12 +58,20 @@ def count_gpus() -> int | None:
 
 def check_gpus(needed: int, found: int | None) -> Check:
     if found is None:
-        return Check("GPUs", False, "nvidia-smi not found or failing: no NVIDIA GPU/driver on this machine",
-                     "run on a machine with NVIDIA GPUs and drivers; without GPUs use "
-                     "`bash run.sh --rollout-only --engine-url URL` (or --engine local) instead")
+        return Check(
+            "GPUs",
+            False,
+            "nvidia-smi not found or failing: no NVIDIA GPU/driver on this machine",
+            "run on a machine with NVIDIA GPUs and drivers; without GPUs use "
+            "`bash run.sh --rollout-only --engine-url URL` (or --engine local) instead",
+        )
     if found < needed:
-        return Check("GPUs", False, f"{needed} needed (actor + rollout), nvidia-smi lists {found}",
-                     "lower --actor-gpus/--rollout-gpus or use --colocate")
+        return Check(
+            "GPUs",
+            False,
+            f"{needed} needed (actor + rollout), nvidia-smi lists {found}",
+            "lower --actor-gpus/--rollout-gpus or use --colocate",
+        )
     return Check("GPUs", True, f"{found} found, {needed} used")
 
 
@@ -75,8 +83,10 @@ def check_megatron(megatron_path: str | None) -> Check:
         if (p / "megatron" / "training").is_dir():
             return Check("Megatron-LM", True, str(p.resolve()))
         return Check("Megatron-LM", False, f"{p} has no megatron/training", fix)
-    probe = ("import importlib.util as u; s = u.find_spec('megatron'); "
-             "print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')")
+    probe = (
+        "import importlib.util as u; s = u.find_spec('megatron'); "
+        "print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')"
+    )
     try:
         out = subprocess.run(["python3", "-c", probe], capture_output=True, text=True, timeout=60)
         found = out.stdout.strip()
@@ -84,15 +94,21 @@ def check_megatron(megatron_path: str | None) -> Check:
             return Check("Megatron-LM", True, f"importable from {Path(found).parent}")
     except (OSError, subprocess.TimeoutExpired):
         pass
-    return Check("Megatron-LM", False, "not given (--megatron-path or MEGATRON_PATH) and not importable", fix)
+    return Check(
+        "Megatron-LM", False, "not given (--megatron-path or MEGATRON_PATH) and not importable", fix
+    )
 
 
-def check_task_file(path: str, config_path: str, what: str = "task file", flag: str = "--output") -> Check:
+def check_task_file(
+    path: str, config_path: str, what: str = "task file", flag: str = "--output"
+) -> Check:
     p = Path(path)
     if p.is_file() and p.stat().st_size > 0:
         return Check(what, True, str(p.resolve()))
     state = "is empty" if p.is_file() else "not found"
-    return Check(what, False, f"{p} {state}", f"python prepare_tasks.py --config {config_path} {flag} {p}")
+    return Check(
+        what, False, f"{p} {state}", f"python prepare_tasks.py --config {config_path} {flag} {p}"
+    )
 
 
 def task_env_servers(path: str, limit: int = 10_000) -> list[str]:
@@ -122,7 +138,12 @@ def check_config(path: str) -> tuple[Check, TrainConfig | None]:
     try:
         cfg = load_config(path)
     except ConfigError as e:
-        return Check("config", False, str(e), "fix the file named above (see train_config.yaml for the schema)"), None
+        return Check(
+            "config",
+            False,
+            str(e),
+            "fix the file named above (see train_config.yaml for the schema)",
+        ), None
     return Check("config", True, f"{path} ({', '.join(cfg.environments)})"), cfg
 
 
@@ -140,7 +161,11 @@ def required_api_keys(cfg: TrainConfig) -> list[str]:
             var = _env_var_name(secret)
             if value is None and var not in names:
                 names.append(var)
-    if cfg.trajectories.enabled and cfg.trajectories.target == "openreward" and "OPENREWARD_API_KEY" not in names:
+    if (
+        cfg.trajectories.enabled
+        and cfg.trajectories.target == "openreward"
+        and "OPENREWARD_API_KEY" not in names
+    ):
         names.append("OPENREWARD_API_KEY")
     return names
 
@@ -150,26 +175,44 @@ def check_api_keys(cfg: TrainConfig, environ: dict[str, str] | None = None) -> C
     needed = required_api_keys(cfg)
     missing = [n for n in needed if not environ.get(n)]
     if missing:
-        return Check("API keys", False, f"{', '.join(missing)} not set (needed by hosted environments in the config)",
-                     " && ".join(f"export {n}=..." for n in missing))
-    return Check("API keys", True, ", ".join(needed) if needed else "none needed (local environments only)")
+        return Check(
+            "API keys",
+            False,
+            f"{', '.join(missing)} not set (needed by hosted environments in the config)",
+            " && ".join(f"export {n}=..." for n in missing),
+        )
+    return Check(
+        "API keys", True, ", ".join(needed) if needed else "none needed (local environments only)"
+    )
 
 
 def check_ray() -> Check:
     exe = shutil.which("ray")
     if exe is None:
-        return Check("ray", False, "the `ray` command is not on PATH", "pip install 'ray[default]>=2.30,<3'")
+        return Check(
+            "ray", False, "the `ray` command is not on PATH", "pip install 'ray[default]>=2.30,<3'"
+        )
     return Check("ray", True, exe)
 
 
 def check_train_backend(backend: str, supported: list[str], slime_path: str) -> Check:
     if backend in supported:
-        return Check("train backend", True, f"{backend} (this slime supports: {', '.join(supported)})")
-    hint = ("slime removed --train-backend fsdp in v0.2.3; use --train-backend megatron, "
-            "or check out slime v0.2.2 (git -C SLIME checkout v0.2.2)" if backend == "fsdp"
-            else f"use one of: {', '.join(supported)}")
-    return Check("train backend", False, f"the slime at {slime_path} does not support --train-backend {backend} "
-                 f"(it supports: {', '.join(supported)})", hint)
+        return Check(
+            "train backend", True, f"{backend} (this slime supports: {', '.join(supported)})"
+        )
+    hint = (
+        "slime removed --train-backend fsdp in v0.2.3; use --train-backend megatron, "
+        "or check out slime v0.2.2 (git -C SLIME checkout v0.2.2)"
+        if backend == "fsdp"
+        else f"use one of: {', '.join(supported)}"
+    )
+    return Check(
+        "train backend",
+        False,
+        f"the slime at {slime_path} does not support --train-backend {backend} "
+        f"(it supports: {', '.join(supported)})",
+        hint,
+    )
 
 
 def check_checkpoint(path: str, model: str, from_load: bool) -> Check:
@@ -177,10 +220,19 @@ def check_checkpoint(path: str, model: str, from_load: bool) -> Check:
     if Path(path).is_dir():
         return Check("checkpoint", True, str(Path(path).resolve()))
     if from_load:
-        return Check("checkpoint", False, f"--load {path} is not a directory", "pass an existing checkpoint directory")
+        return Check(
+            "checkpoint",
+            False,
+            f"--load {path} is not a directory",
+            "pass an existing checkpoint directory",
+        )
     local = "./" + Path(model.rstrip("/")).name
-    return Check("checkpoint", False, f"--model {model} is not a local directory; the trainer loads weights from disk",
-                 f"huggingface-cli download {model} --local-dir {local} && bash run.sh --model {local} ...")
+    return Check(
+        "checkpoint",
+        False,
+        f"--model {model} is not a local directory; the trainer loads weights from disk",
+        f"huggingface-cli download {model} --local-dir {local} && bash run.sh --model {local} ...",
+    )
 
 
 def check_megatron_weights(load: str, slime_path: Path, model_script: str | None) -> Check:
@@ -189,10 +241,15 @@ def check_megatron_weights(load: str, slime_path: Path, model_script: str | None
     if (p / "latest_checkpointed_iteration.txt").is_file():
         return Check("Megatron weights", True, f"{p} is a Megatron checkpoint")
     if (slime_path / "slime/backends/megatron_utils/hf_to_megatron").is_dir():
-        return Check("Megatron weights", True, f"{p} is loaded as a Hugging Face checkpoint by this slime")
+        return Check(
+            "Megatron weights", True, f"{p} is loaded as a Hugging Face checkpoint by this slime"
+        )
     out = f"{p.resolve()}_torch_dist"
-    args = f'source {model_script} && ' if model_script else ""
-    return Check("Megatron weights", False,
-                 f"this slime cannot load the Hugging Face checkpoint {p} into Megatron",
-                 f"cd {slime_path} && {args}PYTHONPATH=$MEGATRON_PATH python tools/convert_hf_to_torch_dist.py "
-                 f"${{MODEL_ARGS[@]}} --hf-checkpoint {p.resolve()} --save {out} && bash run.sh --load {out} ...")
+    args = f"source {model_script} && " if model_script else ""
+    return Check(
+        "Megatron weights",
+        False,
+        f"this slime cannot load the Hugging Face checkpoint {p} into Megatron",
+        f"cd {slime_path} && {args}PYTHONPATH=$MEGATRON_PATH python tools/convert_hf_to_torch_dist.py "
+        f"${{MODEL_ARGS[@]}} --hf-checkpoint {p.resolve()} --save {out} && bash run.sh --load {out} ...",
+    )

@@ -27,9 +27,16 @@ from urllib.parse import urlparse
 import yaml
 
 from bridge.config import TRAIN_CONFIG_ENV, ConfigError, TrainConfig, is_hosted, load_config
+from bridge.launch.services import (
+    PROJECT_ROOT,
+    ServiceError,
+    answers,
+    env_server_command,
+    is_loopback,
+    local_engine_command,
+    managed_process,
+)
 from bridge.metrics import ALL, episode_metrics, log_rollout
-from bridge.launch.services import (PROJECT_ROOT, ServiceError, answers, env_server_command, is_loopback,
-                             local_engine_command, managed_process)
 
 EXIT_BAD_INPUT = 2
 
@@ -42,37 +49,80 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="bash run.sh --rollout-only",
         description="Run the bridge on N tasks against an SGLang-compatible /generate endpoint, without "
-                    "training; trajectories go to the store (web UI) like in training.")
+        "training; trajectories go to the store (web UI) like in training.",
+    )
     a = ap.add_argument
     a("--rollout-only", action="store_true", help=argparse.SUPPRESS)
-    a("--engine-url", default=None, help="SGLang-compatible server or router, e.g. http://127.0.0.1:30000")
-    a("--engine", choices=["local"], default=None,
-      help="local: start bridge.launch.local_engine (CPU Hugging Face model, for debugging) on a free port")
-    a("--model", default=None, help="HF model dir or id: tokenizer + chat template (and the local engine's weights)")
+    a(
+        "--engine-url",
+        default=None,
+        help="SGLang-compatible server or router, e.g. http://127.0.0.1:30000",
+    )
+    a(
+        "--engine",
+        choices=["local"],
+        default=None,
+        help="local: start bridge.launch.local_engine (CPU Hugging Face model, for debugging) on a free port",
+    )
+    a(
+        "--model",
+        default=None,
+        help="HF model dir or id: tokenizer + chat template (and the local engine's weights)",
+    )
     a("--num-tasks", type=int, default=8, help="tasks to run (default: 8)")
     a("--n-samples", type=int, default=1, help="episodes per task, as a GRPO group (default: 1)")
-    a("--config", default="train_config.yaml", help="train_config.yaml (default: train_config.yaml)")
-    a("--task-data", default=None,
-      help="task rows from prepare_tasks.py (default: prepared from the config into runs/<run_name>/)")
+    a(
+        "--config",
+        default="train_config.yaml",
+        help="train_config.yaml (default: train_config.yaml)",
+    )
+    a(
+        "--task-data",
+        default=None,
+        help="task rows from prepare_tasks.py (default: prepared from the config into runs/<run_name>/)",
+    )
     a("--env-server", default=None, help="env server URL (default: env_server in the config)")
     a("--db", default="runs/trajectories.db", help="trajectory store of an env server this starts")
-    a("--max-response-len", type=int, default=4096, help="response token budget per episode (default: 4096)")
-    a("--max-context-len", type=int, default=None, help="context budget (prompt + response) per episode")
+    a(
+        "--max-response-len",
+        type=int,
+        default=4096,
+        help="response token budget per episode (default: 4096)",
+    )
+    a(
+        "--max-context-len",
+        type=int,
+        default=None,
+        help="context budget (prompt + response) per episode",
+    )
     a("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     a("--top-p", type=float, default=1.0)
     a("--concurrency", type=int, default=8, help="episodes in flight at once (default: 8)")
-    a("--evaluation", action="store_true", help="run as evaluation episodes (marked so in the store)")
-    a("--wandb-project", default=None, help="also log the per-env metrics to W&B (offline without WANDB_API_KEY)")
+    a(
+        "--evaluation",
+        action="store_true",
+        help="run as evaluation episodes (marked so in the store)",
+    )
+    a(
+        "--wandb-project",
+        default=None,
+        help="also log the per-env metrics to W&B (offline without WANDB_API_KEY)",
+    )
     a("--json", action="store_true", help="print the summary as JSON")
-    a("--serve", action="store_true",
-      help="keep an env server this started (and its web UI) running after the episodes, until Ctrl-C")
+    a(
+        "--serve",
+        action="store_true",
+        help="keep an env server this started (and its web UI) running after the episodes, until Ctrl-C",
+    )
     opts = ap.parse_args(argv)
     if (opts.engine_url is None) == (opts.engine is None):
         ap.error("give exactly one of --engine-url URL or --engine local")
     if opts.engine == "local" and not opts.model:
         ap.error("--engine local needs --model PATH (a Hugging Face model directory)")
     if opts.engine_url and not opts.model:
-        ap.error("--engine-url needs --model (the served model's tokenizer dir or id, for the chat template)")
+        ap.error(
+            "--engine-url needs --model (the served model's tokenizer dir or id, for the chat template)"
+        )
     if opts.num_tasks < 1 or opts.n_samples < 1 or opts.concurrency < 1:
         ap.error("--num-tasks, --n-samples and --concurrency must be >= 1")
     return opts
@@ -82,22 +132,40 @@ def slime_args(engine_url: str, opts: argparse.Namespace) -> Namespace:
     """The slime `args` fields the generate function and the metrics hook read."""
     u = urlparse(engine_url)
     if not u.hostname or not u.port:
-        raise RolloutError(f"--engine-url {engine_url!r} needs a host and a port, e.g. http://127.0.0.1:30000")
+        raise RolloutError(
+            f"--engine-url {engine_url!r} needs a host and a port, e.g. http://127.0.0.1:30000"
+        )
     return Namespace(
-        sglang_router_ip=u.hostname, sglang_router_port=u.port, hf_checkpoint=opts.model,
-        rollout_max_context_len=opts.max_context_len, rollout_max_response_len=opts.max_response_len,
-        rollout_temperature=opts.temperature, rollout_top_p=opts.top_p, rollout_top_k=-1,
-        rollout_batch_size=opts.num_tasks, n_samples_per_prompt=opts.n_samples, global_batch_size=None,
-        use_wandb=bool(opts.wandb_project), wandb_project=opts.wandb_project, wandb_group=None,
-        wandb_mode=None if os.environ.get("WANDB_API_KEY") else "offline", wandb_always_use_train_step=False,
+        sglang_router_ip=u.hostname,
+        sglang_router_port=u.port,
+        hf_checkpoint=opts.model,
+        rollout_max_context_len=opts.max_context_len,
+        rollout_max_response_len=opts.max_response_len,
+        rollout_temperature=opts.temperature,
+        rollout_top_p=opts.top_p,
+        rollout_top_k=-1,
+        rollout_batch_size=opts.num_tasks,
+        n_samples_per_prompt=opts.n_samples,
+        global_batch_size=None,
+        use_wandb=bool(opts.wandb_project),
+        wandb_project=opts.wandb_project,
+        wandb_group=None,
+        wandb_mode=None if os.environ.get("WANDB_API_KEY") else "offline",
+        wandb_always_use_train_step=False,
     )
 
 
 def sampling_params(args: Namespace) -> dict[str, Any]:
     """What slime's rollout passes to the generate function for training samples."""
-    return dict(temperature=args.rollout_temperature, top_p=args.rollout_top_p, top_k=args.rollout_top_k,
-                max_new_tokens=args.rollout_max_response_len, skip_special_tokens=False,
-                no_stop_trim=True, spaces_between_special_tokens=False)
+    return dict(
+        temperature=args.rollout_temperature,
+        top_p=args.rollout_top_p,
+        top_k=args.rollout_top_k,
+        max_new_tokens=args.rollout_max_response_len,
+        skip_special_tokens=False,
+        no_stop_trim=True,
+        spaces_between_special_tokens=False,
+    )
 
 
 def read_tasks(path: Path, n: int) -> list[dict[str, Any]]:
@@ -113,7 +181,9 @@ def read_tasks(path: Path, n: int) -> list[dict[str, Any]]:
                 except json.JSONDecodeError as e:
                     raise RolloutError(f"{path}:{lineno}: not JSON: {e.msg}") from None
                 if not isinstance(row, dict) or not isinstance(row.get("metadata"), dict):
-                    raise RolloutError(f"{path}:{lineno}: expected a prepare_tasks.py row with a metadata object")
+                    raise RolloutError(
+                        f"{path}:{lineno}: expected a prepare_tasks.py row with a metadata object"
+                    )
                 rows.append(row)
                 if len(rows) >= n:
                     break
@@ -127,13 +197,26 @@ def read_tasks(path: Path, n: int) -> list[dict[str, Any]]:
 def prepare_task_file(config: str, out: Path, n: int) -> Path:
     """Run prepare_tasks.py for at most `n` tasks per environment."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(PROJECT_ROOT / "prepare_tasks.py"), "--config", config, "--output", str(out),
-           "--eval-output", str(out.with_name("eval_" + out.name)), "--max-tasks", str(n)]
+    cmd = [
+        sys.executable,
+        str(PROJECT_ROOT / "prepare_tasks.py"),
+        "--config",
+        config,
+        "--output",
+        str(out),
+        "--eval-output",
+        str(out.with_name("eval_" + out.name)),
+        "--max-tasks",
+        str(n),
+    ]
     print(f"rollout-only: preparing tasks: {' '.join(cmd[1:])}", flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RolloutError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
-                           f"prepare_tasks.py failed with exit code {done.returncode}")
+        raise RolloutError(
+            done.stderr.strip().splitlines()[-1]
+            if done.stderr.strip()
+            else f"prepare_tasks.py failed with exit code {done.returncode}"
+        )
     return out
 
 
@@ -155,8 +238,14 @@ def make_samples(rows: list[dict[str, Any]], n_samples: int) -> list[Any]:
     return samples
 
 
-async def run_episodes(args: Namespace, samples: list[Any], params: dict[str, Any], concurrency: int,
-                       evaluation: bool, cfg: TrainConfig) -> float:
+async def run_episodes(
+    args: Namespace,
+    samples: list[Any],
+    params: dict[str, Any],
+    concurrency: int,
+    evaluation: bool,
+    cfg: TrainConfig,
+) -> float:
     """Run every sample through bridge.generate on one event loop; wait for trajectory delivery."""
     from bridge.generate import close_clients, generate
     from bridge.trajectory_sink import get_sink
@@ -169,7 +258,12 @@ async def run_episodes(args: Namespace, samples: list[Any], params: dict[str, An
         async with sem:
             await generate(args, sample, params, evaluation=evaluation)
         done += 1
-        print(f"rollout-only: {done}/{len(samples)} episodes done", end="\r", flush=True, file=sys.stderr)
+        print(
+            f"rollout-only: {done}/{len(samples)} episodes done",
+            end="\r",
+            flush=True,
+            file=sys.stderr,
+        )
 
     t0 = time.perf_counter()
     try:
@@ -181,8 +275,11 @@ async def run_episodes(args: Namespace, samples: list[Any], params: dict[str, An
     sink = get_sink(cfg)
     flush = getattr(sink, "flush", None)
     if flush is not None and not await flush(60.0):
-        print("rollout-only: some trajectories are not delivered yet; they stay in the spool "
-              f"({cfg.trajectories.spool_dir}) and are sent by the next run", file=sys.stderr)
+        print(
+            "rollout-only: some trajectories are not delivered yet; they stay in the spool "
+            f"({cfg.trajectories.spool_dir}) and are sent by the next run",
+            file=sys.stderr,
+        )
     close = getattr(sink, "close", None)
     if close is not None:
         await close()
@@ -193,14 +290,24 @@ def summary_rows(samples: list[Any]) -> list[dict[str, Any]]:
     """Per environment: episodes, mean reward, solve rate, mean turns, stop reasons."""
     rows = []
     for env, m in sorted(episode_metrics(samples).items(), key=lambda kv: (kv[0] == ALL, kv[0])):
-        rows.append({
-            "env": env, "episodes": int(m["episodes"]), "reward_mean": m.get("reward_mean"),
-            "solve_rate": m.get("solve_rate"), "turns_mean": m.get("turns_mean"),
-            "tool_calls_mean": m.get("tool_calls_mean"), "parse_errors": int(m.get("parse_errors", 0)),
-            "env_errors": int(m.get("env_errors", 0)), "token_drift": int(m.get("token_drift", 0)),
-            "stop_reasons": {k.split("/", 1)[1]: round(v * m["episodes"]) for k, v in m.items()
-                             if k.startswith("stop/")},
-        })
+        rows.append(
+            {
+                "env": env,
+                "episodes": int(m["episodes"]),
+                "reward_mean": m.get("reward_mean"),
+                "solve_rate": m.get("solve_rate"),
+                "turns_mean": m.get("turns_mean"),
+                "tool_calls_mean": m.get("tool_calls_mean"),
+                "parse_errors": int(m.get("parse_errors", 0)),
+                "env_errors": int(m.get("env_errors", 0)),
+                "token_drift": int(m.get("token_drift", 0)),
+                "stop_reasons": {
+                    k.split("/", 1)[1]: round(v * m["episodes"])
+                    for k, v in m.items()
+                    if k.startswith("stop/")
+                },
+            }
+        )
     return rows
 
 
@@ -212,8 +319,10 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         stops = ", ".join(f"{k}={v}" for k, v in sorted(r["stop_reasons"].items())) or "-"
-        lines.append(f"{r['env']:<14} {r['episodes']:>8} {num(r['reward_mean']):>7} "
-                     f"{num(r['solve_rate'], '{:.2f}'):>6} {num(r['turns_mean'], '{:.1f}'):>5}  {stops}")
+        lines.append(
+            f"{r['env']:<14} {r['episodes']:>8} {num(r['reward_mean']):>7} "
+            f"{num(r['solve_rate'], '{:.2f}'):>6} {num(r['turns_mean'], '{:.1f}'):>5}  {stops}"
+        )
     return "\n".join(lines)
 
 
@@ -249,7 +358,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_env_servers(stack: contextlib.ExitStack, urls: list[str], opts: argparse.Namespace) -> bool:
+def _start_env_servers(
+    stack: contextlib.ExitStack, urls: list[str], opts: argparse.Namespace
+) -> bool:
     """Start the loopback env servers in `urls` that do not answer (the first keeps the store); True if the
     first one was started here."""
     started_first = False
@@ -257,8 +368,10 @@ def _start_env_servers(stack: contextlib.ExitStack, urls: list[str], opts: argpa
         if answers(u):
             continue
         if not is_loopback(u):
-            raise RolloutError(f"env server {u} does not answer /health; start it there "
-                               f"(python -m envs.server --config {opts.config} ...) or pass --env-server")
+            raise RolloutError(
+                f"env server {u} does not answer /health; start it there "
+                f"(python -m envs.server --config {opts.config} ...) or pass --env-server"
+            )
         db = str(Path(opts.db).resolve())
         Path(db).parent.mkdir(parents=True, exist_ok=True)
         cmd = env_server_command(opts.config, u, db) + ([] if u == urls[0] else ["--role", "env"])
@@ -273,9 +386,14 @@ def _start_engine(stack: contextlib.ExitStack, opts: argparse.Namespace) -> str:
     if opts.engine != "local":
         return opts.engine_url
     url = f"http://127.0.0.1:{_free_port()}"
-    print("rollout-only: starting bridge.launch.local_engine on the CPU - a debugging engine, "
-          "one request at a time; not for training throughput", flush=True)
-    stack.enter_context(managed_process("local engine", local_engine_command(opts.model, url), url, timeout=600.0))
+    print(
+        "rollout-only: starting bridge.launch.local_engine on the CPU - a debugging engine, "
+        "one request at a time; not for training throughput",
+        flush=True,
+    )
+    stack.enter_context(
+        managed_process("local engine", local_engine_command(opts.model, url), url, timeout=600.0)
+    )
     return url
 
 
@@ -289,9 +407,15 @@ def run(opts: argparse.Namespace) -> int:
     os.environ[TRAIN_CONFIG_ENV] = _config_for_run(cfg, opts.config, env_url)
     if env_url is not None:
         cfg = load_config(os.environ[TRAIN_CONFIG_ENV])
-    task_path = Path(opts.task_data) if opts.task_data else \
-        prepare_task_file(opts.config, PROJECT_ROOT / "runs" / cfg.run_name / "rollout_only_tasks.jsonl",
-                          opts.num_tasks)
+    task_path = (
+        Path(opts.task_data)
+        if opts.task_data
+        else prepare_task_file(
+            opts.config,
+            PROJECT_ROOT / "runs" / cfg.run_name / "rollout_only_tasks.jsonl",
+            opts.num_tasks,
+        )
+    )
     rows = read_tasks(task_path, opts.num_tasks)
     needs_local = any(not is_hosted(str(r["metadata"].get("env", ""))) for r in rows)
 
@@ -304,24 +428,39 @@ def run(opts: argparse.Namespace) -> int:
         if opts.engine is None and not answers(engine_url, "/health", timeout=5.0):
             raise RolloutError(f"engine {engine_url} does not answer /health")
         samples = make_samples(rows, opts.n_samples)
-        if env_url is not None:  # the bridge prefers the URLs the rows pin: point them at --env-server
+        if (
+            env_url is not None
+        ):  # the bridge prefers the URLs the rows pin: point them at --env-server
             for sample in samples:
                 if sample.metadata.get("env_server"):
                     sample.metadata["env_server"] = [env_url]
-        print(f"rollout-only: {len(samples)} episodes ({len(rows)} tasks x {opts.n_samples}) against {engine_url}",
-              flush=True)
-        elapsed = asyncio.run(run_episodes(args, samples, sampling_params(args), opts.concurrency,
-                                           opts.evaluation, cfg))
+        print(
+            f"rollout-only: {len(samples)} episodes ({len(rows)} tasks x {opts.n_samples}) against {engine_url}",
+            flush=True,
+        )
+        elapsed = asyncio.run(
+            run_episodes(
+                args, samples, sampling_params(args), opts.concurrency, opts.evaluation, cfg
+            )
+        )
         _report(opts, cfg, args, samples, elapsed, started_server)
         if opts.serve and started_server:
-            print(f"rollout-only: serving the env server and web UI at {url} until Ctrl-C", flush=True)
+            print(
+                f"rollout-only: serving the env server and web UI at {url} until Ctrl-C", flush=True
+            )
             while True:
                 time.sleep(3600)
     return 0
 
 
-def _report(opts: argparse.Namespace, cfg: TrainConfig, args: Namespace, samples: list[Any], elapsed: float,
-            started_server: bool) -> None:
+def _report(
+    opts: argparse.Namespace,
+    cfg: TrainConfig,
+    args: Namespace,
+    samples: list[Any],
+    elapsed: float,
+    started_server: bool,
+) -> None:
     if opts.wandb_project:
         import wandb
 
@@ -329,16 +468,28 @@ def _report(opts: argparse.Namespace, cfg: TrainConfig, args: Namespace, samples
         wandb.finish()
     rows_out = summary_rows(samples)
     if opts.json:
-        print(json.dumps({"elapsed_s": elapsed, "envs": rows_out, "env_server": cfg.env_server_urls[0],
-                          "run_name": cfg.run_name}))
+        print(
+            json.dumps(
+                {
+                    "elapsed_s": elapsed,
+                    "envs": rows_out,
+                    "env_server": cfg.env_server_urls[0],
+                    "run_name": cfg.run_name,
+                }
+            )
+        )
     else:
         print(format_summary(rows_out))
         where = cfg.trajectories.url or cfg.env_server_urls[0]
-        print(f"rollout-only: {len(samples)} episodes in {elapsed:.1f}s; trajectories of run "
-              f"'{cfg.run_name}' went to {where}")
+        print(
+            f"rollout-only: {len(samples)} episodes in {elapsed:.1f}s; trajectories of run "
+            f"'{cfg.run_name}' went to {where}"
+        )
         if started_server and not opts.serve:
-            print(f"rollout-only: read them in the web UI: python -m envs.server --config {opts.config} "
-                  f"--db {Path(opts.db).resolve()}  (or rerun with --serve)")
+            print(
+                f"rollout-only: read them in the web UI: python -m envs.server --config {opts.config} "
+                f"--db {Path(opts.db).resolve()}  (or rerun with --serve)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

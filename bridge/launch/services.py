@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 import httpx
@@ -38,22 +38,44 @@ def is_loopback(url: str) -> bool:
 def env_server_command(config: str, url: str, db: str) -> list[str]:
     """`python -m envs.server` serving the config's local environments at `url`."""
     u = urlparse(url)
-    return [sys.executable, "-m", "envs.server", "--config", str(Path(config).resolve()),
-            "--host", u.hostname or "127.0.0.1", "--port", str(u.port or 80), "--db", db]
+    return [
+        sys.executable,
+        "-m",
+        "envs.server",
+        "--config",
+        str(Path(config).resolve()),
+        "--host",
+        u.hostname or "127.0.0.1",
+        "--port",
+        str(u.port or 80),
+        "--db",
+        db,
+    ]
 
 
 def local_engine_command(model: str, url: str) -> list[str]:
     """`python -m bridge.launch.local_engine` (CPU, for debugging) serving `/generate` at `url`."""
     u = urlparse(url)
-    return [sys.executable, "-m", "bridge.launch.local_engine", "--model", model,
-            "--host", u.hostname or "127.0.0.1", "--port", str(u.port or 80)]
+    return [
+        sys.executable,
+        "-m",
+        "bridge.launch.local_engine",
+        "--model",
+        model,
+        "--host",
+        u.hostname or "127.0.0.1",
+        "--port",
+        str(u.port or 80),
+    ]
 
 
 def wait_until_up(name: str, url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServiceError(f"{name} exited with code {proc.returncode} before {url}/health answered")
+            raise ServiceError(
+                f"{name} exited with code {proc.returncode} before {url}/health answered"
+            )
         if answers(url):
             return
         time.sleep(0.2)
@@ -72,15 +94,23 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 
 
 @contextlib.contextmanager
-def managed_process(name: str, cmd: list[str], url: str, timeout: float = 120.0,
-                    log_path: Path | None = None) -> Iterator[subprocess.Popen]:
+def managed_process(
+    name: str, cmd: list[str], url: str, timeout: float = 120.0, log_path: Path | None = None
+) -> Iterator[subprocess.Popen]:
     """Start `cmd`, wait until `url`/health answers, yield the process, and stop it on exit."""
     out = None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(log_path, "ab")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    proc = subprocess.Popen(
+        cmd, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None
+    )
     try:
         wait_until_up(name, url, proc, timeout)
         yield proc

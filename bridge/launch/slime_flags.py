@@ -80,7 +80,11 @@ def flag_choices(source: str, flag: str) -> list[list[str]]:
     """The `choices=[...]` of every definition of `flag` in `source` (one list per definition)."""
     out: list[list[str]] = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call) and _call_name(node) == "add_argument" and flag in _str_constants(node.args):
+        if (
+            isinstance(node, ast.Call)
+            and _call_name(node) == "add_argument"
+            and flag in _str_constants(node.args)
+        ):
             for kw in node.keywords:
                 if kw.arg == "choices" and isinstance(kw.value, (ast.List, ast.Tuple)):
                     out.append(_str_constants(list(kw.value.elts)))
@@ -125,11 +129,18 @@ def read_flag_list(path: Path) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bridge.launch.slime_flags",
-                                 description="Print the --flags defined in argparse-based Python sources.")
+    ap = argparse.ArgumentParser(
+        prog="python -m bridge.launch.slime_flags",
+        description="Print the --flags defined in argparse-based Python sources.",
+    )
     ap.add_argument("files", nargs="*", type=Path, help="Python files with add_argument calls")
-    ap.add_argument("--dataclass", action="append", default=[], type=Path,
-                    help="a file whose dataclass fields are flags (slime's FSDP arguments)")
+    ap.add_argument(
+        "--dataclass",
+        action="append",
+        default=[],
+        type=Path,
+        help="a file whose dataclass fields are flags (slime's FSDP arguments)",
+    )
     a = ap.parse_args(argv)
     flags: set[str] = set()
     for f in a.files:

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import inspect
 import os
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol, Sequence
+from typing import Any, Protocol
 
 from bridge.task import blocks_to_text, ors_tool_to_openai, task_label
 
@@ -62,8 +63,13 @@ def prompt_messages(blocks: Sequence[Any]) -> list[dict[str, str]]:
 
 def openai_tools(specs: Sequence[Any], skip: str | None = None) -> list[dict[str, Any]]:
     """ORS tool specs (SDK pydantic models or client dataclasses) as OpenAI function schemas."""
-    return [ors_tool_to_openai({"name": t.name, "description": t.description, "input_schema": t.input_schema})
-            for t in specs if t.name != skip]
+    return [
+        ors_tool_to_openai(
+            {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+        )
+        for t in specs
+        if t.name != skip
+    ]
 
 
 def _spec_dict(spec: Any) -> dict[str, Any]:
@@ -77,7 +83,9 @@ class LocalTaskSource:
 
     concurrent = False
 
-    def __init__(self, name: str, options: dict[str, Any], secrets: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, options: dict[str, Any], secrets: dict[str, str] | None = None
+    ) -> None:
         from envs.registry import configure_env, load_env_class
 
         self.name = name
@@ -178,7 +186,8 @@ class HostedTaskSource:
         api_key = os.environ.get(OPENREWARD_API_KEY_ENV)
         if not api_key:
             raise TaskSourceError(
-                f"hosted environment {name!r} needs {OPENREWARD_API_KEY_ENV} set in the environment")
+                f"hosted environment {name!r} needs {OPENREWARD_API_KEY_ENV} set in the environment"
+            )
         from openreward import AsyncOpenReward
         from openreward.api.sandboxes.secrets import WELL_KNOWN_SECRETS
 
@@ -186,7 +195,8 @@ class HostedTaskSource:
             if key not in WELL_KNOWN_SECRETS:
                 raise TaskSourceError(
                     f"hosted environment {name!r}: the openreward SDK does not forward secret {key!r} "
-                    f"(known: openai_api_key, anthropic_api_key, hf_token, ...)")
+                    f"(known: openai_api_key, anthropic_api_key, hf_token, ...)"
+                )
         self.name = name
         self._client = AsyncOpenReward(api_key=api_key)
         self.url = self._client.session_base_url
@@ -203,7 +213,8 @@ class HostedTaskSource:
             raise
         except Exception as e:
             raise TaskSourceError(
-                f"hosted environment {self.name!r} at {self.url}: {what}: {_describe_remote(e)}") from None
+                f"hosted environment {self.name!r} at {self.url}: {what}: {_describe_remote(e)}"
+            ) from None
 
     async def splits(self) -> list[str]:
         async with self._remote_errors("cannot list splits"):
@@ -234,9 +245,14 @@ class HostedTaskSource:
     async def render(self, split: str, index: int) -> RenderedTask:
         specs = await self._task_specs(split)
         async with self._sem, self._remote_errors(f"task {split}[{index}]"):
-            spec = specs[index] if specs is not None else dict(
-                (await self._env.get_task(split, index)).task_spec)
-            async with self._env.session(split=split, index=index, secrets=self._secrets or None) as s:
+            spec = (
+                specs[index]
+                if specs is not None
+                else dict((await self._env.get_task(split, index)).task_spec)
+            )
+            async with self._env.session(
+                split=split, index=index, secrets=self._secrets or None
+            ) as s:
                 blocks = await s.get_prompt()
                 tools = await s.list_tools()
         return RenderedTask(
@@ -274,13 +290,15 @@ def resolve_secrets(env_name: str, secrets: dict[str, str | None]) -> dict[str, 
             value = os.environ.get(key.upper())
             if not value:
                 raise TaskSourceError(
-                    f"environment {env_name!r} needs secret {key!r}: set {key.upper()} in the environment")
+                    f"environment {env_name!r} needs secret {key!r}: set {key.upper()} in the environment"
+                )
         out[key] = value
     return out
 
 
-def open_source(env_name: str, options: dict[str, Any], secrets: dict[str, str | None],
-                concurrency: int = 8) -> TaskSource:
+def open_source(
+    env_name: str, options: dict[str, Any], secrets: dict[str, str | None], concurrency: int = 8
+) -> TaskSource:
     """The task source for an `environments:` entry: hosted for `Owner/Name`, else local."""
     from bridge.config import is_hosted
 
@@ -288,6 +306,7 @@ def open_source(env_name: str, options: dict[str, Any], secrets: dict[str, str |
     if is_hosted(env_name):
         if options:
             raise TaskSourceError(
-                f"environment {env_name!r}: 'options' apply to local environments only")
+                f"environment {env_name!r}: 'options' apply to local environments only"
+            )
         return HostedTaskSource(env_name, resolved, concurrency)
     return LocalTaskSource(env_name, options, resolved)

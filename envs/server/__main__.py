@@ -7,7 +7,8 @@ import gc
 import logging
 import os
 import sys
-from typing import Any, NoReturn, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from openreward.environments import Environment
 
@@ -21,7 +22,9 @@ def _fail(msg: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def load_served_classes(names: Sequence[str], config_path: Optional[str]) -> dict[str, type[Environment]]:
+def load_served_classes(
+    names: Sequence[str], config_path: str | None
+) -> dict[str, type[Environment]]:
     """Import the named environments and apply `environments.<name>.options` from the config."""
     from bridge.config import ConfigError, is_hosted, load_config
     from envs.registry import UnknownEnvironment, configure_env, load_env_class
@@ -37,6 +40,7 @@ def load_served_classes(names: Sequence[str], config_path: Optional[str]) -> dic
             names = list(options)
     if not names:
         from envs.registry import ENVIRONMENTS
+
         names = list(ENVIRONMENTS)
     classes: dict[str, type[Environment]] = {}
     for name in names:
@@ -71,28 +75,52 @@ def freeze_startup_objects() -> None:
 
 
 def _build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m envs.server",
-                                description="Serve environments over the OpenReward (ORS) protocol.")
+    p = argparse.ArgumentParser(
+        prog="python -m envs.server",
+        description="Serve environments over the OpenReward (ORS) protocol.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--envs", default="", help="comma-separated env names (default: the config's "
-                   "local environments, else gsm8k,whodunit,haiku)")
+    p.add_argument(
+        "--envs",
+        default="",
+        help="comma-separated env names (default: the config's "
+        "local environments, else gsm8k,whodunit,haiku)",
+    )
     p.add_argument("--config", help="train_config.yaml; applies environments.<name>.options")
-    p.add_argument("--api-key", default=os.environ.get("ENV_SERVER_API_KEY"),
-                   help="require this X-API-Key on every request but /health (default: $ENV_SERVER_API_KEY)")
-    p.add_argument("--session-ttl", type=float, default=900.0, help="seconds before an idle session is closed")
-    p.add_argument("--max-sessions", type=int, default=None, help="cap on open sessions (503 + Retry-After beyond)")
-    p.add_argument("--db", default="runs/trajectories.db", help="trajectory store (roles all, trajectories)")
-    p.add_argument("--role", choices=("all", "env", "trajectories"), default="all",
-                   help="env: environments only; trajectories: the trajectory store/UI only; all: both")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("ENV_SERVER_API_KEY"),
+        help="require this X-API-Key on every request but /health (default: $ENV_SERVER_API_KEY)",
+    )
+    p.add_argument(
+        "--session-ttl", type=float, default=900.0, help="seconds before an idle session is closed"
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        help="cap on open sessions (503 + Retry-After beyond)",
+    )
+    p.add_argument(
+        "--db", default="runs/trajectories.db", help="trajectory store (roles all, trajectories)"
+    )
+    p.add_argument(
+        "--role",
+        choices=("all", "env", "trajectories"),
+        default="all",
+        help="env: environments only; trajectories: the trajectory store/UI only; all: both",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point: parse flags, load envs and services, run uvicorn."""
     args = _build_arg_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.session_ttl <= 0:
         _fail("--session-ttl must be positive")
     if args.max_sessions is not None and args.max_sessions < 1:
@@ -106,8 +134,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         try:
             from envs.trajectories.api import TrajectoryService
         except ImportError as e:
-            _fail(f"--role {args.role} needs the trajectory service (envs/trajectories/api.py): {e}; "
-                  "use --role env to serve environments only")
+            _fail(
+                f"--role {args.role} needs the trajectory service (envs/trajectories/api.py): {e}; "
+                "use --role env to serve environments only"
+            )
         from envs.trajectories.schema import StoreError
 
         try:
@@ -116,8 +146,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         except (StoreError, OSError) as e:
             _fail(f"--db {args.db}: {e}")
 
-    settings = ServerSettings(api_key=args.api_key or None, session_ttl_s=args.session_ttl,
-                              max_sessions=args.max_sessions, log_requests=args.log_level == "debug")
+    settings = ServerSettings(
+        api_key=args.api_key or None,
+        session_ttl_s=args.session_ttl,
+        max_sessions=args.max_sessions,
+        log_requests=args.log_level == "debug",
+    )
     try:
         app = create_app(classes, settings, services)
     except ValueError as e:
@@ -134,13 +168,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         except ImportError:
             return False
 
-    log.info("serving %s on http://%s:%d (role %s)", ", ".join(classes) or "no environments",
-             args.host, args.port, args.role)
-    uvicorn.run(app, host=args.host, port=args.port,
-                loop="uvloop" if have("uvloop") else "asyncio",
-                http="httptools" if have("httptools") else "h11",
-                access_log=False, log_level=args.log_level, timeout_keep_alive=75, backlog=4096,
-                proxy_headers=False)
+    log.info(
+        "serving %s on http://%s:%d (role %s)",
+        ", ".join(classes) or "no environments",
+        args.host,
+        args.port,
+        args.role,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop" if have("uvloop") else "asyncio",
+        http="httptools" if have("httptools") else "h11",
+        access_log=False,
+        log_level=args.log_level,
+        timeout_keep_alive=75,
+        backlog=4096,
+        proxy_headers=False,
+    )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Protocol, Union
+from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI
 from openreward.environments import Environment
@@ -21,7 +21,13 @@ from envs.server.protocol import OrsRouter
 from envs.server.served import named_envs
 from envs.server.sessions import SessionTable
 
-__all__ = ["MAX_BODY_BYTES", "ServerSettings", "TrajectoryServiceLike", "create_app", "memoize_tool_introspection"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "ServerSettings",
+    "TrajectoryServiceLike",
+    "create_app",
+    "memoize_tool_introspection",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +47,12 @@ class TrajectoryServiceLike(Protocol):
 class ServerSettings:
     """Runtime knobs of one server process."""
 
-    api_key: Optional[str] = None
+    api_key: str | None = None
     session_ttl_s: float = 900.0
-    max_sessions: Optional[int] = None
+    max_sessions: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     retry_after_s: int = 5
     log_requests: bool = False  # one debug line per request
-
 
 
 def memoize_tool_introspection() -> None:
@@ -77,9 +82,11 @@ def memoize_tool_introspection() -> None:
     sdk_environment._introspect_tool = introspect
 
 
-def create_app(env_classes: Union[Mapping[str, type[Environment]], Sequence[type[Environment]]],
-               settings: ServerSettings = ServerSettings(),
-               services: Iterable[TrajectoryServiceLike] = ()) -> OrsRouter:
+def create_app(
+    env_classes: Mapping[str, type[Environment]] | Sequence[type[Environment]],
+    settings: ServerSettings = ServerSettings(),
+    services: Iterable[TrajectoryServiceLike] = (),
+) -> OrsRouter:
     """The server as one ASGI app: the ORS routes for `env_classes` (name -> class, or classes
     named as the SDK names them) answered directly, in front of a FastAPI app that carries each
     service's routers and whose lifespan starts and stops the services and the session reaper.
@@ -110,13 +117,21 @@ def create_app(env_classes: Union[Mapping[str, type[Environment]], Sequence[type
                 try:
                     await svc.stop()
                 except Exception as e:
-                    log.warning("stopping %s failed: %s: %s", type(svc).__name__, type(e).__name__, e)
+                    log.warning(
+                        "stopping %s failed: %s: %s", type(svc).__name__, type(e).__name__, e
+                    )
 
     extra: dict[str, Any] = {}
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
         extra["telemetry"] = {"auto_configure": False}
-    inner = FastAPI(title="slime-envs env server", lifespan=lifespan, docs_url=None, redoc_url=None,
-                    openapi_url=None, **extra)
+    inner = FastAPI(
+        title="slime-envs env server",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        **extra,
+    )
     for svc in services:
         for router in svc.routers:
             inner.include_router(router)

@@ -17,11 +17,13 @@ import orjson
 
 __all__ = ["ClientGone", "OrsError", "ToolCrashed"]
 
+
 class OrsError(Exception):
     """A refused request: HTTP status, a machine-readable reason and a one-line message."""
 
-    def __init__(self, status: int, reason: str, message: str,
-                 headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
@@ -29,8 +31,9 @@ class OrsError(Exception):
         self.headers = list(headers)
 
     def body(self) -> bytes:
-        return orjson.dumps({"ok": False, "error": self.message, "reason": self.reason,
-                             "detail": self.message})
+        return orjson.dumps(
+            {"ok": False, "error": self.message, "reason": self.reason, "detail": self.message}
+        )
 
 
 class ClientGone(Exception):
@@ -39,4 +42,3 @@ class ClientGone(Exception):
 
 class ToolCrashed(Exception):
     """An exception escaped an environment's tool; the message names its type."""
-

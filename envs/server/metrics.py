@@ -12,7 +12,20 @@ from collections import defaultdict
 
 # Seconds. Tool calls on the local envs take well under a millisecond; the tail matters.
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 
@@ -21,14 +34,14 @@ def _escape(value: str) -> str:
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=False)]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
 
 
 class _Histogram:
-    __slots__ = ("counts", "total", "n")
+    __slots__ = ("counts", "n", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -86,17 +99,21 @@ class ServerMetrics:
         out.append(f"ors_sessions_deleted_total {self.sessions_deleted}")
         family("ors_tool_calls_total", "counter", "Tool calls, by environment, tool and outcome.")
         for (env, tool, status), n in sorted(self.calls.items()):
-            out.append(f"ors_tool_calls_total{_labels(('env', 'tool', 'status'), (env, tool, status))} {n}")
+            out.append(
+                f"ors_tool_calls_total{_labels(('env', 'tool', 'status'), (env, tool, status))} {n}"
+            )
         family("ors_errors_total", "counter", "Refused requests and failed tool calls, by reason.")
         for reason, n in sorted(self.errors.items()):
             out.append(f"ors_errors_total{_labels(('reason',), (reason,))} {n}")
         family("ors_tool_call_seconds", "histogram", "Tool call latency inside the server.")
         for env, h in sorted(self.latency.items()):
             cumulative = 0
-            for bound, count in zip(LATENCY_BUCKETS, h.counts):
+            for bound, count in zip(LATENCY_BUCKETS, h.counts, strict=False):
                 cumulative += count
-                le = 'le="%s"' % bound
-                out.append(f"ors_tool_call_seconds_bucket{_labels(('env',), (env,), le)} {cumulative}")
+                le = f'le="{bound}"'
+                out.append(
+                    f"ors_tool_call_seconds_bucket{_labels(('env',), (env,), le)} {cumulative}"
+                )
             inf = 'le="+Inf"'
             out.append(f"ors_tool_call_seconds_bucket{_labels(('env',), (env,), inf)} {h.n}")
             out.append(f"ors_tool_call_seconds_sum{_labels(('env',), (env,))} {h.total:.6f}")

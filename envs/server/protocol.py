@@ -15,15 +15,22 @@ import hmac
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Union
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI
 from openreward._version import __version__ as SDK_VERSION
 from openreward.environments import Environment
 from openreward.environments.session import call_session_tool, list_session_tools
-from openreward.environments.types import (GroupScore, ImageBlock, Message, ScoreGroup,
-                                           ScoreGroupOutput, TextBlock)
+from openreward.environments.types import (
+    GroupScore,
+    ImageBlock,
+    Message,
+    ScoreGroup,
+    ScoreGroupOutput,
+    TextBlock,
+)
 from openreward.environments.utils import run_user_callable
 from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,8 +39,17 @@ from envs.server.errors import ClientGone, OrsError, ToolCrashed
 from envs.server.metrics import ServerMetrics
 from envs.server.served import ServedEnv
 from envs.server.sessions import Session, SessionTable
-from envs.server.wire import (JSON_HEADERS, SSE_HEADERS, Request, body_field, dumps, parse_secrets,
-                              send_body, sse_event, sse_result)
+from envs.server.wire import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    Request,
+    body_field,
+    dumps,
+    parse_secrets,
+    send_body,
+    sse_event,
+    sse_result,
+)
 
 if TYPE_CHECKING:
     from envs.server.app import ServerSettings
@@ -48,13 +64,17 @@ FIRST_EVENT_WAIT_S = 1.0
 KEEPALIVE_S = 10.0
 UNKNOWN_TOOL_LABEL = "<unknown>"
 
-_BLOCKS = TypeAdapter(list[Union[TextBlock, ImageBlock]])
+_BLOCKS = TypeAdapter(list[TextBlock | ImageBlock])
 _MESSAGES = TypeAdapter(list[Message])
 
 # Tool-call failure reasons -> HTTP status for clients that ask for plain JSON instead of SSE.
-_REASON_STATUS = {"not_found": 404, "name_collision": 409, "input_validation": 422,
-                  "bad_input_shape": 400, "episode_finished": 409}
-
+_REASON_STATUS = {
+    "not_found": 404,
+    "name_collision": 409,
+    "input_validation": 422,
+    "bad_input_shape": 400,
+    "episode_finished": 409,
+}
 
 
 async def _teardown_quietly(env: Environment) -> None:
@@ -64,8 +84,7 @@ async def _teardown_quietly(env: Environment) -> None:
         log.warning("teardown of %s failed: %s: %s", type(env).__name__, type(e).__name__, e)
 
 
-
-Handler = Callable[["OrsRouter", Request], Awaitable[Optional[bytes]]]
+Handler = Callable[["OrsRouter", Request], Awaitable[bytes | None]]
 
 # Actions under /{env}/..., also reachable bare (/call) the way the SDK's default-env redirect allows.
 _ENV_ACTIONS: dict[str, tuple[str, str]] = {
@@ -97,8 +116,14 @@ _ROOT_ACTIONS: dict[str, tuple[str, str]] = {
 class OrsRouter:
     """Raw-ASGI middleware answering the ORS paths; everything else goes to the wrapped app."""
 
-    def __init__(self, app: ASGIApp, envs: dict[str, ServedEnv], settings: ServerSettings,
-                 sessions: SessionTable, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        envs: dict[str, ServedEnv],
+        settings: ServerSettings,
+        sessions: SessionTable,
+        metrics: ServerMetrics,
+    ) -> None:
         self.app = app
         self.envs = envs
         self.default_env = next(iter(envs.values()), None)
@@ -108,7 +133,7 @@ class OrsRouter:
         self._api_key = settings.api_key.encode() if settings.api_key else None
         self._creating: set[str] = set()
         self._env_list_json = orjson.dumps(list(envs))
-        self._inner_prefixes: Optional[set[str]] = None
+        self._inner_prefixes: set[str] | None = None
 
     @property
     def fastapi(self) -> FastAPI:
@@ -147,7 +172,7 @@ class OrsRouter:
         else:
             await self._handle(req, handler_name, path)
 
-    def _route(self, method: str, path: str, headers: dict[bytes, bytes]) -> Optional[str]:
+    def _route(self, method: str, path: str, headers: dict[bytes, bytes]) -> str | None:
         """The handler for a path, "h_*" error markers for ORS-looking mistakes, None to pass on."""
         parts = path.split("/")
         if len(parts) == 2:
@@ -186,10 +211,16 @@ class OrsRouter:
             if len(parts) == 3:
                 req.env = self.envs.get(parts[1].lower())
             if handler_name == "e_method":
-                raise OrsError(405, "method_not_allowed", f"{req.scope['method']} is not allowed on {path}")
+                raise OrsError(
+                    405, "method_not_allowed", f"{req.scope['method']} is not allowed on {path}"
+                )
             if handler_name == "e_unknown_env":
-                raise OrsError(404, "unknown_env", f"unknown environment {parts[1]!r}; "
-                               f"this server has: {', '.join(self.envs) or 'none'}")
+                raise OrsError(
+                    404,
+                    "unknown_env",
+                    f"unknown environment {parts[1]!r}; "
+                    f"this server has: {', '.join(self.envs) or 'none'}",
+                )
             body = await getattr(self, handler_name)(req)
             if body is not None:
                 await send_body(send, 200, body)
@@ -219,8 +250,13 @@ class OrsRouter:
         req.send = send_and_note
         t0 = time.perf_counter()
         await self._handle(req, handler_name, path)
-        log.debug("%s %s -> %d in %.1f ms", req.scope["method"], path, status[0],
-                  (time.perf_counter() - t0) * 1000)
+        log.debug(
+            "%s %s -> %d in %.1f ms",
+            req.scope["method"],
+            path,
+            status[0],
+            (time.perf_counter() - t0) * 1000,
+        )
 
     # -- resolution helpers
 
@@ -243,20 +279,31 @@ class OrsRouter:
         if s is None:
             why = self.sessions.ended_reason(sid)
             if why == "expired":
-                raise OrsError(410, "session_expired",
-                               f"session {sid} was idle longer than {self.sessions.ttl_s:g}s and was closed")
+                raise OrsError(
+                    410,
+                    "session_expired",
+                    f"session {sid} was idle longer than {self.sessions.ttl_s:g}s and was closed",
+                )
             if why is not None:
                 raise OrsError(410, "session_deleted", f"session {sid} was deleted")
-            raise OrsError(404, "unknown_session", f"no session {sid} on this server (call /create first)")
+            raise OrsError(
+                404, "unknown_session", f"no session {sid} on this server (call /create first)"
+            )
         if req.env is not None and req.env.name != s.env_name:
-            raise OrsError(400, "wrong_env", f"session {sid} is a {s.env_name!r} session, not {req.env.name!r}")
+            raise OrsError(
+                400, "wrong_env", f"session {sid} is a {s.env_name!r} session, not {req.env.name!r}"
+            )
         return s
 
     def _split(self, served: ServedEnv, obj: dict[str, Any]) -> str:
         split = body_field(obj, "split", str)
         if split not in served.split_names:
-            raise OrsError(400, "invalid_split", f"environment {served.name!r} has no split {split!r}; "
-                           f"splits: {', '.join(sorted(served.split_names))}")
+            raise OrsError(
+                400,
+                "invalid_split",
+                f"environment {served.name!r} has no split {split!r}; "
+                f"splits: {', '.join(sorted(served.split_names))}",
+            )
         return split
 
     # -- root endpoints
@@ -268,30 +315,47 @@ class OrsRouter:
         return dumps({"version": SDK_VERSION, "build_sha": None, "server": "slime-envs"})
 
     async def h_metrics(self, req: Request) -> None:
-        await send_body(req.send, 200, self.metrics.render().encode(),
-                         [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+        await send_body(
+            req.send,
+            200,
+            self.metrics.render().encode(),
+            [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
+        )
 
     async def h_create_session(self, req: Request) -> None:
         await req.body(self.settings.max_body_bytes)  # drain; the SDK sends env overrides we ignore
         sid = str(uuid.uuid4())
-        await send_body(req.send, 200, sse_event(b"task_id", sid) + b"event: end\ndata: \n\n", SSE_HEADERS)
+        await send_body(
+            req.send, 200, sse_event(b"task_id", sid) + b"event: end\ndata: \n\n", SSE_HEADERS
+        )
 
     async def h_create(self, req: Request) -> bytes:
         sid = req.sid()
         obj = await req.json_object(self.settings.max_body_bytes)
         if self.sessions.exists(sid) or sid in self._creating:
-            raise OrsError(400, "session_exists", f"Session already exists: {sid}")  # 400 as the SDK server
-        if self.settings.max_sessions is not None and \
-                len(self.sessions) + len(self._creating) >= self.settings.max_sessions:
-            raise OrsError(503, "too_many_sessions",
-                           f"server is at its limit of {self.settings.max_sessions} open sessions",
-                           [(b"retry-after", str(self.settings.retry_after_s).encode())])
+            raise OrsError(
+                400, "session_exists", f"Session already exists: {sid}"
+            )  # 400 as the SDK server
+        if (
+            self.settings.max_sessions is not None
+            and len(self.sessions) + len(self._creating) >= self.settings.max_sessions
+        ):
+            raise OrsError(
+                503,
+                "too_many_sessions",
+                f"server is at its limit of {self.settings.max_sessions} open sessions",
+                [(b"retry-after", str(self.settings.retry_after_s).encode())],
+            )
         env_name = body_field(obj, "env_name", str, required=False)
         if env_name is not None:
             served = self.envs.get(env_name.lower())
             if served is None:
-                raise OrsError(404, "unknown_env", f"unknown environment {env_name!r}; "
-                               f"this server has: {', '.join(self.envs) or 'none'}")
+                raise OrsError(
+                    404,
+                    "unknown_env",
+                    f"unknown environment {env_name!r}; "
+                    f"this server has: {', '.join(self.envs) or 'none'}",
+                )
         else:
             served = self._env_for(req)
         task_spec = obj.get("task_spec")
@@ -309,17 +373,37 @@ class OrsRouter:
                 try:
                     task_spec = await run_user_callable(served.cls.get_task, split, index)
                 except IndexError:
-                    raise OrsError(400, "invalid_index", f"{served.name} split {split!r} has no task {index}") from None
+                    raise OrsError(
+                        400, "invalid_index", f"{served.name} split {split!r} has no task {index}"
+                    ) from None
                 except Exception as e:
-                    log.warning("%s.get_task(%r, %d) failed: %s: %s", served.name, split, index, type(e).__name__, e)
-                    raise OrsError(500, "env_error", f"{served.name} could not load task {index}: {type(e).__name__}: {e}") from None
+                    log.warning(
+                        "%s.get_task(%r, %d) failed: %s: %s",
+                        served.name,
+                        split,
+                        index,
+                        type(e).__name__,
+                        e,
+                    )
+                    raise OrsError(
+                        500,
+                        "env_error",
+                        f"{served.name} could not load task {index}: {type(e).__name__}: {e}",
+                    ) from None
             elif not isinstance(task_spec, dict):
-                raise OrsError(400, "bad_request", f"task_spec must be a JSON object, got {type(task_spec).__name__}")
+                raise OrsError(
+                    400,
+                    "bad_request",
+                    f"task_spec must be a JSON object, got {type(task_spec).__name__}",
+                )
             try:
                 env = await run_user_callable(served.cls, task_spec=task_spec, secrets=secrets)
             except Exception as e:
-                raise OrsError(400 if not has_index else 500, "env_error" if has_index else "invalid_task_spec",
-                               f"{served.name} rejected the task: {type(e).__name__}: {e}") from None
+                raise OrsError(
+                    400 if not has_index else 500,
+                    "env_error" if has_index else "invalid_task_spec",
+                    f"{served.name} rejected the task: {type(e).__name__}: {e}",
+                ) from None
             try:
                 toolset = self._toolset(env, toolset_name) if toolset_name else None
                 if type(env).setup is not Environment.setup:
@@ -330,7 +414,9 @@ class OrsRouter:
             except Exception as e:
                 log.warning("%s setup failed: %s: %s", served.name, type(e).__name__, e)
                 await _teardown_quietly(env)
-                raise OrsError(500, "env_error", f"{served.name} setup failed: {type(e).__name__}: {e}") from None
+                raise OrsError(
+                    500, "env_error", f"{served.name} setup failed: {type(e).__name__}: {e}"
+                ) from None
             self.sessions.add(Session(sid=sid, env_name=served.name, env=env, toolset=toolset))
         finally:
             self._creating.discard(sid)
@@ -342,7 +428,9 @@ class OrsRouter:
 
         toolset_cls = BUILTIN_TOOLSETS.get(name)
         if toolset_cls is None:
-            raise OrsError(400, "bad_request", f"unknown toolset {name!r}; valid: {sorted(BUILTIN_TOOLSETS)}")
+            raise OrsError(
+                400, "bad_request", f"unknown toolset {name!r}; valid: {sorted(BUILTIN_TOOLSETS)}"
+            )
         try:
             return toolset_cls(env)
         except ValueError as e:
@@ -373,8 +461,11 @@ class OrsRouter:
         except IndexError:
             raise OrsError(400, "invalid_index", f"{served.name}: index out of range") from None
         except NotImplementedError:
-            raise OrsError(400, "not_supported", f"{served.name} does not list its tasks; "
-                           "use num_tasks and task") from None
+            raise OrsError(
+                400,
+                "not_supported",
+                f"{served.name} does not list its tasks; use num_tasks and task",
+            ) from None
         except Exception as e:
             raise OrsError(500, "env_error", f"{served.name}: {type(e).__name__}: {e}") from None
 
@@ -412,7 +503,9 @@ class OrsRouter:
             blocks = await run_user_callable(s.env.get_prompt)
             return _BLOCKS.dump_json(_BLOCKS.validate_python(list(blocks)))
         except Exception as e:
-            raise OrsError(500, "env_error", f"{s.env_name}.get_prompt failed: {type(e).__name__}: {e}") from None
+            raise OrsError(
+                500, "env_error", f"{s.env_name}.get_prompt failed: {type(e).__name__}: {e}"
+            ) from None
 
     async def h_messages(self, req: Request) -> bytes:
         s = self._session(req)
@@ -420,7 +513,9 @@ class OrsRouter:
             msgs = await run_user_callable(s.env.get_messages)
             return _MESSAGES.dump_json(_MESSAGES.validate_python(list(msgs)))
         except Exception as e:
-            raise OrsError(500, "env_error", f"{s.env_name}.get_messages failed: {type(e).__name__}: {e}") from None
+            raise OrsError(
+                500, "env_error", f"{s.env_name}.get_messages failed: {type(e).__name__}: {e}"
+            ) from None
 
     async def h_task_tools(self, req: Request) -> bytes:
         s = self._session(req)
@@ -429,7 +524,9 @@ class OrsRouter:
         try:
             listed = await list_session_tools(s.env, s.toolset)
         except Exception as e:
-            raise OrsError(500, "env_error", f"{s.env_name} task tools failed: {type(e).__name__}: {e}") from None
+            raise OrsError(
+                500, "env_error", f"{s.env_name} task tools failed: {type(e).__name__}: {e}"
+            ) from None
         return dumps(listed.model_dump())
 
     # -- tool calls
@@ -443,14 +540,21 @@ class OrsRouter:
             return
         name = obj.get("name")
         if not isinstance(name, str) or not name:
-            raise OrsError(400, "bad_input_shape", "field 'name' must be a non-empty string (the tool name)")
+            raise OrsError(
+                400, "bad_input_shape", "field 'name' must be a non-empty string (the tool name)"
+            )
         tool_input = obj.get("input", {})
         if not isinstance(tool_input, dict):
-            raise OrsError(400, "bad_input_shape",
-                           f"field 'input' must be a JSON object of tool arguments, got {type(tool_input).__name__}")
+            raise OrsError(
+                400,
+                "bad_input_shape",
+                f"field 'input' must be a JSON object of tool arguments, got {type(tool_input).__name__}",
+            )
         await self._run_and_answer(req, s, self._run_call(s, name, tool_input))
 
-    async def _run_call(self, s: Session, name: str, tool_input: dict[str, Any]) -> tuple[str, Optional[str]]:
+    async def _run_call(
+        self, s: Session, name: str, tool_input: dict[str, Any]
+    ) -> tuple[str, str | None]:
         """Run one tool call; returns (RunToolOutput JSON, error reason or None)."""
         t0 = time.perf_counter()
         tool = name if name in self.envs[s.env_name].tool_names else UNKNOWN_TOOL_LABEL
@@ -461,21 +565,29 @@ class OrsRouter:
                 res = await call_session_tool(s.env, s.toolset, name, tool_input)
         except Exception as e:
             self.metrics.record_call(s.env_name, tool, "env_error", time.perf_counter() - t0)
-            log.warning("%s tool %r raised %s: %s (session %s)", s.env_name, name, type(e).__name__, e, s.sid)
+            log.warning(
+                "%s tool %r raised %s: %s (session %s)",
+                s.env_name,
+                name,
+                type(e).__name__,
+                e,
+                s.sid,
+            )
             raise ToolCrashed(f"{type(e).__name__}: {e}") from None
         root = res.root
         reason = None if root.ok else (root.reason or "input_validation")
         self.metrics.record_call(s.env_name, tool, reason or "ok", time.perf_counter() - t0)
         return res.model_dump_json(), reason
 
-    async def _run_and_answer(self, req: Request, s: Session,
-                              work: Awaitable[tuple[str, Optional[str]]]) -> None:
+    async def _run_and_answer(
+        self, req: Request, s: Session, work: Awaitable[tuple[str, str | None]]
+    ) -> None:
         """Run a call inline (no task per call) and answer it; a call slower than FIRST_EVENT_WAIT_S
         gets its task_id event and keepalives from a helper task while it runs, so the client
         neither times out nor loses the result: it can resume with the task_id."""
         loop = asyncio.get_running_loop()
         task_id = uuid.uuid4().hex
-        outcome: "asyncio.Future[tuple[str, Optional[str]]]" = loop.create_future()
+        outcome: asyncio.Future[tuple[str, str | None]] = loop.create_future()
         s.remember_call(task_id, outcome)
         streamer = _SlowCallStream(req.send, task_id, outcome) if req.wants_sse() else None
         timer = loop.call_later(FIRST_EVENT_WAIT_S, streamer.start) if streamer else None
@@ -497,8 +609,12 @@ class OrsRouter:
         elif streamer.started:
             await streamer.finish(self._outcome_events(outcome))
         else:
-            await send_body(req.send, 200, sse_event(b"task_id", task_id) + self._outcome_events(outcome),
-                             SSE_HEADERS)
+            await send_body(
+                req.send,
+                200,
+                sse_event(b"task_id", task_id) + self._outcome_events(outcome),
+                SSE_HEADERS,
+            )
 
     async def _resume(self, req: Request, s: Session, task_id: Any) -> None:
         """A client that lost a call's stream asks for it again by task_id."""
@@ -511,15 +627,21 @@ class OrsRouter:
             await self._answer_json(req, outcome)
             return
         if outcome.done():
-            await send_body(req.send, 200, sse_event(b"task_id", task_id) + self._outcome_events(outcome),
-                             SSE_HEADERS)
+            await send_body(
+                req.send,
+                200,
+                sse_event(b"task_id", task_id) + self._outcome_events(outcome),
+                SSE_HEADERS,
+            )
             return
         streamer = _SlowCallStream(req.send, task_id, outcome)
         streamer.start()
         await asyncio.wait((outcome,))
         await streamer.finish(self._outcome_events(outcome))
 
-    async def _answer_json(self, req: Request, outcome: "asyncio.Future[tuple[str, Optional[str]]]") -> None:
+    async def _answer_json(
+        self, req: Request, outcome: asyncio.Future[tuple[str, str | None]]
+    ) -> None:
         """Plain-JSON answer for clients that do not ask for SSE: failed calls get a typed 4xx."""
         exc = outcome.exception()
         if exc is not None:
@@ -534,10 +656,13 @@ class OrsRouter:
         await send_body(req.send, _REASON_STATUS.get(reason, 422), orjson.dumps(body))
 
     @staticmethod
-    def _outcome_events(outcome: "asyncio.Future[tuple[str, Optional[str]]]") -> bytes:
+    def _outcome_events(outcome: asyncio.Future[tuple[str, str | None]]) -> bytes:
         exc = outcome.exception()
         if exc is not None:
-            return sse_event(b"error", str(exc) if isinstance(exc, ToolCrashed) else f"{type(exc).__name__}: {exc}")
+            return sse_event(
+                b"error",
+                str(exc) if isinstance(exc, ToolCrashed) else f"{type(exc).__name__}: {exc}",
+            )
         return sse_result(outcome.result()[0])
 
     async def h_score_group(self, req: Request) -> None:
@@ -547,18 +672,26 @@ class OrsRouter:
             await self._resume(req, s, obj["task_id"])
             return
         if not type(s.env)._supports_score_group():
-            raise OrsError(404, "not_supported", f"environment {s.env_name!r} does not implement score_group")
+            raise OrsError(
+                404, "not_supported", f"environment {s.env_name!r} does not implement score_group"
+            )
         try:
             payload = ScoreGroup.model_validate(obj)
         except ValidationError as e:
-            raise OrsError(400, "bad_request", f"bad score_group body: {e.errors(include_url=False)}") from None
+            raise OrsError(
+                400, "bad_request", f"bad score_group body: {e.errors(include_url=False)}"
+            ) from None
 
-        async def score() -> tuple[str, Optional[str]]:
+        async def score() -> tuple[str, str | None]:
             try:
                 res = await run_user_callable(s.env.score_group, list(payload.candidates))
-                scores = [x if isinstance(x, GroupScore) else GroupScore(reward=float(x)) for x in res]
+                scores = [
+                    x if isinstance(x, GroupScore) else GroupScore(reward=float(x)) for x in res
+                ]
                 if len(scores) != len(payload.candidates):
-                    raise ValueError(f"score_group returned {len(scores)} scores for {len(payload.candidates)} candidates")
+                    raise ValueError(
+                        f"score_group returned {len(scores)} scores for {len(payload.candidates)} candidates"
+                    )
             except Exception as e:
                 raise ToolCrashed(f"{type(e).__name__}: {e}") from None
             return ScoreGroupOutput(scores=scores).model_dump_json(), None
@@ -569,12 +702,12 @@ class OrsRouter:
 class _SlowCallStream:
     """The SSE response of a call that is taking a while: task_id now, keepalives, result at the end."""
 
-    def __init__(self, send: Send, task_id: str, outcome: "asyncio.Future[Any]") -> None:
+    def __init__(self, send: Send, task_id: str, outcome: asyncio.Future[Any]) -> None:
         self.send = send
         self.task_id = task_id
         self.outcome = outcome
         self.started = False
-        self._task: Optional["asyncio.Task[None]"] = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.started = True
@@ -582,15 +715,21 @@ class _SlowCallStream:
 
     async def _open_and_keep_alive(self) -> None:
         await self.send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        await self.send({"type": "http.response.body", "body": sse_event(b"task_id", self.task_id),
-                         "more_body": True})
+        await self.send(
+            {
+                "type": "http.response.body",
+                "body": sse_event(b"task_id", self.task_id),
+                "more_body": True,
+            }
+        )
         while not self.outcome.done():
             await asyncio.wait((self.outcome,), timeout=KEEPALIVE_S)
             if not self.outcome.done():
-                await self.send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+                await self.send(
+                    {"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True}
+                )
 
     async def finish(self, events: bytes) -> None:
         if self._task is not None:
             await self._task
         await self.send({"type": "http.response.body", "body": events})
-

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import orjson
 from openreward.environments import Environment
@@ -27,7 +26,7 @@ class ServedEnv:
     static_task_tools: bool
 
 
-def _split_dict(split: Union[str, Split]) -> dict[str, str]:
+def _split_dict(split: str | Split) -> dict[str, str]:
     if isinstance(split, Split):
         return split.model_dump()
     kind = split if split in ("train", "validation", "test") else "validation"
@@ -60,10 +59,14 @@ def serve_env(name: str, cls: type[Environment]) -> ServedEnv:
     )
 
 
-def named_envs(env_classes: Union[Mapping[str, type[Environment]], Sequence[type[Environment]]]
-                ) -> dict[str, ServedEnv]:
-    items = (env_classes.items() if isinstance(env_classes, Mapping)
-             else [(c.name(), c) for c in env_classes])
+def named_envs(
+    env_classes: Mapping[str, type[Environment]] | Sequence[type[Environment]],
+) -> dict[str, ServedEnv]:
+    items = (
+        env_classes.items()
+        if isinstance(env_classes, Mapping)
+        else [(c.name(), c) for c in env_classes]
+    )
     served: dict[str, ServedEnv] = {}
     for name, cls in items:
         key = name.lower()
@@ -71,4 +74,3 @@ def named_envs(env_classes: Union[Mapping[str, type[Environment]], Sequence[type
             raise ValueError(f"environment {key!r} is listed twice")
         served[key] = serve_env(key, cls)
     return served
-

@@ -11,7 +11,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from openreward.environments import Environment
 from openreward.environments.utils import run_user_callable
@@ -33,13 +33,13 @@ class Session:
     sid: str
     env_name: str
     env: Environment
-    toolset: Optional[Any] = None
+    toolset: Any | None = None
     last_seen: float = field(default_factory=time.monotonic)
     active_calls: int = 0
     # task_id -> outcome of a running or finished call, oldest first (bounded).
-    calls: "OrderedDict[str, asyncio.Future[Any]]" = field(default_factory=OrderedDict)
+    calls: OrderedDict[str, asyncio.Future[Any]] = field(default_factory=OrderedDict)
 
-    def remember_call(self, task_id: str, task: "asyncio.Future[Any]") -> None:
+    def remember_call(self, task_id: str, task: asyncio.Future[Any]) -> None:
         """Keep `task` resumable under `task_id`, dropping the oldest finished calls."""
         calls = self.calls
         calls[task_id] = task
@@ -53,24 +53,24 @@ class Session:
 class SessionTable:
     """Live sessions by id, with an idle reaper and an optional cap on how many may be open."""
 
-    def __init__(self, ttl_s: float, max_sessions: Optional[int], metrics: ServerMetrics) -> None:
+    def __init__(self, ttl_s: float, max_sessions: int | None, metrics: ServerMetrics) -> None:
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
         self.metrics = metrics
         self._live: dict[str, Session] = {}
-        self._ended: "OrderedDict[str, str]" = OrderedDict()
+        self._ended: OrderedDict[str, str] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._live)
 
-    def get(self, sid: str) -> Optional[Session]:
+    def get(self, sid: str) -> Session | None:
         """The live session `sid` (and mark it used), or None."""
         s = self._live.get(sid)
         if s is not None:
             s.last_seen = time.monotonic()
         return s
 
-    def ended_reason(self, sid: str) -> Optional[str]:
+    def ended_reason(self, sid: str) -> str | None:
         """Why a session that no longer exists ended ("deleted" or "expired"), if we remember it."""
         return self._ended.get(sid)
 
@@ -104,7 +104,9 @@ class SessionTable:
         try:
             await run_user_callable(s.env.teardown)
         except Exception as e:  # a broken teardown must not take the server down
-            log.warning("teardown of %s session %s failed: %s: %s", s.env_name, sid, type(e).__name__, e)
+            log.warning(
+                "teardown of %s session %s failed: %s: %s", s.env_name, sid, type(e).__name__, e
+            )
         return True
 
     def idle_sessions(self, now: float) -> list[str]:

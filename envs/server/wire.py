@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import orjson
 from pydantic import BaseModel
@@ -14,8 +14,17 @@ from starlette.types import Receive, Scope, Send
 from envs.server.errors import ClientGone, OrsError
 from envs.server.served import ServedEnv
 
-__all__ = ["JSON_HEADERS", "SSE_HEADERS", "Request", "body_field", "dumps", "parse_secrets", "send_body",
-           "sse_event", "sse_result"]
+__all__ = [
+    "JSON_HEADERS",
+    "SSE_HEADERS",
+    "Request",
+    "body_field",
+    "dumps",
+    "parse_secrets",
+    "send_body",
+    "sse_event",
+    "sse_result",
+]
 
 # Characters per SSE data line; keeps every line far below aiohttp's line limit.
 SSE_CHUNK_CHARS = 8192
@@ -37,32 +46,51 @@ def dumps(obj: Any) -> bytes:
 
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no")]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
-async def send_body(send: Send, status: int, body: bytes,
-                     headers: Sequence[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+async def send_body(
+    send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = JSON_HEADERS
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 def sse_event(event: bytes, data: str) -> bytes:
     lines = data.split("\n")
-    return b"event: " + event + b"\n" + b"".join(b"data: " + ln.encode() + b"\n" for ln in lines) + b"\n"
+    return (
+        b"event: "
+        + event
+        + b"\n"
+        + b"".join(b"data: " + ln.encode() + b"\n" for ln in lines)
+        + b"\n"
+    )
 
 
 def sse_result(result: str) -> bytes:
     """The ORS result events: `chunk`* then `end`, each carrying a slice of the JSON text."""
     if len(result) <= SSE_CHUNK_CHARS:
         return b"event: end\ndata: " + result.encode() + b"\n\n"
-    parts = [result[i:i + SSE_CHUNK_CHARS] for i in range(0, len(result), SSE_CHUNK_CHARS)]
-    return b"".join(b"event: chunk\ndata: " + p.encode() + b"\n\n" for p in parts[:-1]) + \
-        b"event: end\ndata: " + parts[-1].encode() + b"\n\n"
+    parts = [result[i : i + SSE_CHUNK_CHARS] for i in range(0, len(result), SSE_CHUNK_CHARS)]
+    return (
+        b"".join(b"event: chunk\ndata: " + p.encode() + b"\n\n" for p in parts[:-1])
+        + b"event: end\ndata: "
+        + parts[-1].encode()
+        + b"\n\n"
+    )
 
 
-def parse_secrets(raw: Optional[bytes]) -> dict[str, str]:
+def parse_secrets(raw: bytes | None) -> dict[str, str]:
     """X-Secrets: base64(JSON {name: {"value": v, ...}}) -> {name: v}. Values never go in errors."""
     if not raw:
         return {}
@@ -71,11 +99,15 @@ def parse_secrets(raw: Optional[bytes]) -> dict[str, str]:
     except (binascii.Error, ValueError):
         raise OrsError(400, "bad_secrets", "X-Secrets must be base64-encoded JSON") from None
     if not isinstance(payload, dict):
-        raise OrsError(400, "bad_secrets", "X-Secrets must encode a JSON object {name: {\"value\": ...}}")
+        raise OrsError(
+            400, "bad_secrets", 'X-Secrets must encode a JSON object {name: {"value": ...}}'
+        )
     out: dict[str, str] = {}
     for name, entry in payload.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("value"), str):
-            raise OrsError(400, "bad_secrets", f"X-Secrets entry {name!r} must be {{\"value\": <string>}}")
+            raise OrsError(
+                400, "bad_secrets", f'X-Secrets entry {name!r} must be {{"value": <string>}}'
+            )
         out[name] = entry["value"]
     return out
 
@@ -83,14 +115,16 @@ def parse_secrets(raw: Optional[bytes]) -> dict[str, str]:
 class Request:
     """One ORS request: the ASGI triple plus the few things every handler needs."""
 
-    __slots__ = ("scope", "receive", "send", "headers", "env")
+    __slots__ = ("env", "headers", "receive", "scope", "send")
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
+    ) -> None:
         self.scope = scope
         self.receive = receive
         self.send = send
         self.headers = headers
-        self.env: Optional[ServedEnv] = None  # from the path, when it names one
+        self.env: ServedEnv | None = None  # from the path, when it names one
 
     def sid(self) -> str:
         raw = self.headers.get(b"x-session-id", b"").strip()
@@ -114,7 +148,9 @@ class Request:
             part = msg.get("body", b"")
             size += len(part)
             if size > limit:
-                raise OrsError(413, "body_too_large", f"request body is over the {limit}-byte limit")
+                raise OrsError(
+                    413, "body_too_large", f"request body is over the {limit}-byte limit"
+                )
             if not msg.get("more_body", False):
                 if not chunks:
                     return part
@@ -131,7 +167,9 @@ class Request:
         except orjson.JSONDecodeError as e:
             raise OrsError(400, "bad_json", f"malformed JSON body: {e}") from None
         if not isinstance(obj, dict):
-            raise OrsError(400, "bad_json", f"request body must be a JSON object, got {type(obj).__name__}")
+            raise OrsError(
+                400, "bad_json", f"request body must be a JSON object, got {type(obj).__name__}"
+            )
         return obj
 
 
@@ -143,6 +181,7 @@ def body_field(obj: dict[str, Any], key: str, kind: type, required: bool = True)
         return None
     value = obj[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise OrsError(400, "bad_request",
-                       f"field {key!r} must be {kind.__name__}, got {type(value).__name__}")
+        raise OrsError(
+            400, "bad_request", f"field {key!r} must be {kind.__name__}, got {type(value).__name__}"
+        )
     return value

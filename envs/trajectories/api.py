@@ -38,7 +38,10 @@ def _describe(err: ValidationError) -> tuple[str, str]:
     """(one-line message, reason) for a failed batch validation."""
     errors = err.errors(include_url=False)
     if errors and errors[0]["type"] == "json_invalid":
-        return f"request body is not valid JSON: {errors[0].get('ctx', {}).get('error', errors[0]['msg'])}", "bad_json"
+        return (
+            f"request body is not valid JSON: {errors[0].get('ctx', {}).get('error', errors[0]['msg'])}",
+            "bad_json",
+        )
     parts = []
     for e in errors[:3]:
         loc = ".".join(str(x) for x in e["loc"]) or "<body>"
@@ -62,8 +65,11 @@ class TrajectoryService:
         self.store = TrajectoryStore(self.db_path)
         tokenizer = tokenizer or os.environ.get("TRAJECTORIES_TOKENIZER") or None
         self.default_tokenizer = tokenizer
-        self.routers: list[APIRouter] = [self._ingest_router(), self._api_router(),
-                                         pages_router(self.store, tokenizer)]
+        self.routers: list[APIRouter] = [
+            self._ingest_router(),
+            self._api_router(),
+            pages_router(self.store, tokenizer),
+        ]
 
     async def start(self) -> None:
         self.store.start()
@@ -89,7 +95,9 @@ class TrajectoryService:
         async def post_rollouts(request: Request) -> JSONResponse:
             body = await request.body()
             if len(body) > MAX_BODY_BYTES:
-                return error(413, f"request body of {len(body)} bytes exceeds {MAX_BODY_BYTES}", "too_large")
+                return error(
+                    413, f"request body of {len(body)} bytes exceeds {MAX_BODY_BYTES}", "too_large"
+                )
             try:
                 if len(body) <= _INLINE_VALIDATION_BYTES:
                     batch = EventBatch.model_validate_json(body)
@@ -99,11 +107,15 @@ class TrajectoryService:
                 message, reason = _describe(e)
                 return error(400 if reason == "bad_json" else 422, message, reason)
             if not batch.events:
-                return JSONResponse({"ok": True, "rollouts": 0, "messages": 0, "updates": 0, "duplicates": 0})
+                return JSONResponse(
+                    {"ok": True, "rollouts": 0, "messages": 0, "updates": 0, "duplicates": 0}
+                )
             try:
                 result = await asyncio.wrap_future(store.submit(batch.events))
             except Exception as e:  # storage failure: retriable
-                return error(503, f"trajectory store failed: {type(e).__name__}: {e}", "storage_error")
+                return error(
+                    503, f"trajectory store failed: {type(e).__name__}: {e}", "storage_error"
+                )
             return JSONResponse({"ok": True, **result.__dict__})
 
         return router
@@ -127,23 +139,52 @@ class TrajectoryService:
             return JSONResponse(info)
 
         @router.get("/runs/{run_id}/rollouts")
-        def rollouts(run_id: int, env: str | None = None, split: str | None = None,
-                     status: str | None = None, stop_reason: str | None = None,
-                     min_reward: float | None = None, max_reward: float | None = None,
-                     sort: str = "time", order: str = "desc", after: str | None = None,
-                     before: str | None = None, limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
+        def rollouts(
+            run_id: int,
+            env: str | None = None,
+            split: str | None = None,
+            status: str | None = None,
+            stop_reason: str | None = None,
+            min_reward: float | None = None,
+            max_reward: float | None = None,
+            sort: str = "time",
+            order: str = "desc",
+            after: str | None = None,
+            before: str | None = None,
+            limit: int = Query(50, ge=1, le=500),
+        ) -> JSONResponse:
             t = time.perf_counter()
             if order not in ("asc", "desc"):
                 return error(422, f"order must be asc or desc, got {order!r}", "bad_query")
-            flt = RolloutFilter(env=env, split=split, status=status, stop_reason=stop_reason,
-                                min_reward=min_reward, max_reward=max_reward)
+            flt = RolloutFilter(
+                env=env,
+                split=split,
+                status=status,
+                stop_reason=stop_reason,
+                min_reward=min_reward,
+                max_reward=max_reward,
+            )
             try:
-                page = store.list_rollouts(run_id, flt, sort=sort, descending=order == "desc",  # type: ignore[arg-type]
-                                           after=after, before=before, limit=limit)
+                page = store.list_rollouts(
+                    run_id,
+                    flt,
+                    sort=sort,
+                    descending=order == "desc",  # type: ignore[arg-type]
+                    after=after,
+                    before=before,
+                    limit=limit,
+                )
             except ValueError as e:
                 return error(422, str(e), "bad_query")
-            return _timed({"rollouts": page.rows, "total": page.total, "next": page.next_cursor,
-                           "prev": page.prev_cursor}, t)
+            return _timed(
+                {
+                    "rollouts": page.rows,
+                    "total": page.total,
+                    "next": page.next_cursor,
+                    "prev": page.prev_cursor,
+                },
+                t,
+            )
 
         @router.get("/runs/{run_id}/reward_series")
         def reward_series(run_id: int, buckets: int = Query(60, ge=1, le=1000)) -> JSONResponse:

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, with_config
 from typing_extensions import NotRequired, TypedDict
 
-__all__ = ["NULL", "Event", "EventBatch", "IngestResult", "MessageEvent", "RolloutEvent", "RolloutUpdateEvent"]
+__all__ = [
+    "NULL",
+    "Event",
+    "EventBatch",
+    "IngestResult",
+    "MessageEvent",
+    "RolloutEvent",
+    "RolloutUpdateEvent",
+]
 
 
 # Events are validated into plain dicts (TypedDicts), not model instances: ~30% less validation
@@ -21,7 +29,9 @@ __all__ = ["NULL", "Event", "EventBatch", "IngestResult", "MessageEvent", "Rollo
 _EVENT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
 _Id = Annotated[str, Field(min_length=1, max_length=256)]
 _Json = NotRequired[dict[str, Any] | None]
-_Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]  # SQLite integers: larger ones get a 422, not a failed write
+_Int64 = Annotated[
+    int, Field(ge=-(2**63), lt=2**63)
+]  # SQLite integers: larger ones get a 422, not a failed write
 
 
 @with_config(_EVENT_CONFIG)
@@ -45,8 +55,9 @@ class RolloutEvent(TypedDict):
     rollout_info: _Json
 
 
-MessageType = Literal["system_message", "user_message", "reasoning", "assistant_message",
-                      "tool_call", "tool_result"]
+MessageType = Literal[
+    "system_message", "user_message", "reasoning", "assistant_message", "tool_call", "tool_result"
+]
 
 
 # Optional message fields are always present after validation; an absent one holds NULL (NaN, which
@@ -88,7 +99,9 @@ class RolloutUpdateEvent(TypedDict):
     rollout_info: _Json
 
 
-Event = Annotated[Union[RolloutEvent, MessageEvent, RolloutUpdateEvent], Field(discriminator="eventType")]
+Event = Annotated[
+    RolloutEvent | MessageEvent | RolloutUpdateEvent, Field(discriminator="eventType")
+]
 
 
 class EventBatch(BaseModel):
@@ -108,9 +121,8 @@ class IngestResult:
     updates: int = 0
     duplicates: int = 0
 
-    def add(self, other: "IngestResult") -> None:
+    def add(self, other: IngestResult) -> None:
         self.rollouts += other.rollouts
         self.messages += other.messages
         self.updates += other.updates
         self.duplicates += other.duplicates
-

@@ -249,8 +249,10 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """
     current = schema_version(conn)
     if current > SCHEMA_VERSION:
-        raise StoreError(f"trajectory database has schema version {current}, newer than this "
-                           f"code ({SCHEMA_VERSION}); upgrade slime-envs or use another --db")
+        raise StoreError(
+            f"trajectory database has schema version {current}, newer than this "
+            f"code ({SCHEMA_VERSION}); upgrade slime-envs or use another --db"
+        )
     for version in range(current + 1, target + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -277,4 +279,3 @@ def _split_sql(script: str) -> list[str]:
     if "\n".join(buf).strip():
         out.append("\n".join(buf))
     return out
-

@@ -23,10 +23,11 @@ import sqlite3
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -122,14 +123,17 @@ class _Writer:
             if row is None:
                 cur = self.conn.execute(
                     "INSERT INTO runs(name, created_at, updated_at, run_info) VALUES (?, ?, ?, ?)",
-                    (name, now, now, _dumps(run_info)))
+                    (name, now, now, _dumps(run_info)),
+                )
                 rid = int(cur.lastrowid)
             else:
                 rid = int(row[0])
             self._run_ids[name] = rid
         if run_info and rid not in self._run_info_seen:
-            self.conn.execute("UPDATE runs SET run_info = ? WHERE id = ? AND run_info IS NULL",
-                              (_dumps(run_info), rid))
+            self.conn.execute(
+                "UPDATE runs SET run_info = ? WHERE id = ? AND run_info IS NULL",
+                (_dumps(run_info), rid),
+            )
             self._run_info_seen.add(rid)
         return rid
 
@@ -180,7 +184,9 @@ class _Writer:
         arrays = {k: meta.pop(k) for k in ARRAY_KEYS if k in meta}
         prompt_length = meta.pop("prompt_length", None)
         reward = meta.get("reward")
-        reward = float(reward) if isinstance(reward, (int, float)) and math.isfinite(reward) else None
+        reward = (
+            float(reward) if isinstance(reward, (int, float)) and math.isfinite(reward) else None
+        )
         status = meta.get("status") if isinstance(meta.get("status"), str) else None
         turns = meta.get("num_turns") if isinstance(meta.get("num_turns"), int) else None
         group = meta.get("group_index")
@@ -191,15 +197,30 @@ class _Writer:
         if not isinstance(task_index, int):
             task_index = (ev.get("rollout_info") or {}).get("task_index")
         row = (
-            ev["eventId"], self.run_id(ev["runName"], ev.get("run_info"), now), _n(ev.get("rolloutName")),
-            ev.get("environment") or "", _n(ev.get("environment_id")), _n(ev.get("split")), _n(ev.get("step")),
-            ev["timestamp"] / 1000.0, now,
-            status or "running", int(status is not None), _n(_str_or_none(meta.get("stop_reason"))),
-            _n(reward), int(reward is not None), _n(_str_or_none(meta.get("reward_reduction"))),
-            turns or 0, int(turns is not None), _n(group_key),
+            ev["eventId"],
+            self.run_id(ev["runName"], ev.get("run_info"), now),
+            _n(ev.get("rolloutName")),
+            ev.get("environment") or "",
+            _n(ev.get("environment_id")),
+            _n(ev.get("split")),
+            _n(ev.get("step")),
+            ev["timestamp"] / 1000.0,
+            now,
+            status or "running",
+            int(status is not None),
+            _n(_str_or_none(meta.get("stop_reason"))),
+            _n(reward),
+            int(reward is not None),
+            _n(_str_or_none(meta.get("reward_reduction"))),
+            turns or 0,
+            int(turns is not None),
+            _n(group_key),
             task_index if isinstance(task_index, int) else NULL,
-            _dumps(meta), _n(_dumps(ev.get("task_spec"))), _n(_dumps(ev.get("run_info"))),
-            _n(_dumps(ev.get("rollout_info"))), ev["eventId"],
+            _dumps(meta),
+            _n(_dumps(ev.get("task_spec"))),
+            _n(_dumps(ev.get("run_info"))),
+            _n(_dumps(ev.get("rollout_info"))),
+            ev["eventId"],
         )
         cur = self.conn.execute(
             "INSERT INTO rollouts(event_id, run_id, name, env, environment_id, split, step, ts, "
@@ -218,7 +239,9 @@ class _Writer:
             "metadata = excluded.metadata, task_spec = excluded.task_spec, run_info = excluded.run_info, "
             "num_messages = excluded.num_messages, "
             "rollout_info = json_patch(IFNULL(rollouts.rollout_info, '{}'), IFNULL(excluded.rollout_info, '{}')) "
-            "WHERE rollouts.run_id IS NULL", row)
+            "WHERE rollouts.run_id IS NULL",
+            row,
+        )
         if cur.rowcount == 0:
             return None
         if arrays.get("token_ids") is not None:
@@ -234,8 +257,14 @@ class _Writer:
                 mask_blob = pack_ints([1 if m else 0 for m in mask], "B")
             self.conn.execute(
                 "INSERT OR IGNORE INTO rollout_tokens VALUES (?,?,?,?,?)",
-                (event_id, int(prompt_length or 0), pack_ints(arrays.get("token_ids") or []), mask_blob,
-                 pack_floats(list(arrays.get("logprobs") or []))))
+                (
+                    event_id,
+                    int(prompt_length or 0),
+                    pack_ints(arrays.get("token_ids") or []),
+                    mask_blob,
+                    pack_floats(list(arrays.get("logprobs") or [])),
+                ),
+            )
         except (TypeError, ValueError, OverflowError) as e:
             log.warning("rollout %s: token arrays not stored: %s", event_id, e)
 
@@ -245,7 +274,8 @@ class _Writer:
             "INSERT INTO rollouts(event_id, rollout_info, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT(event_id) DO UPDATE SET updated_at = excluded.updated_at, "
             "rollout_info = json_patch(IFNULL(rollouts.rollout_info, '{}'), excluded.rollout_info)",
-            (ev["eventId"], info, now))
+            (ev["eventId"], info, now),
+        )
 
     def _refresh_rollout(self, event_id: str, now: float) -> int | None:
         """Recount a rollout's messages; derive reward/status/turns where the rollout did not state them.
@@ -288,11 +318,24 @@ def _n(value: Any) -> Any:
     return NULL if value is None else value
 
 
-_MESSAGE_FIELDS = operator.itemgetter("eventId", "rolloutEventId", "index", "type", "content", "summary",
-                                      "contentReference", "name", "callId", "reward", "isFinished", "timestamp")
+_MESSAGE_FIELDS = operator.itemgetter(
+    "eventId",
+    "rolloutEventId",
+    "index",
+    "type",
+    "content",
+    "summary",
+    "contentReference",
+    "name",
+    "callId",
+    "reward",
+    "isFinished",
+    "timestamp",
+)
 _INSERT_MESSAGES_SQL = (
     "INSERT OR IGNORE INTO messages(event_id, rollout_event_id, idx, type, content, summary, content_reference, "
-    "name, call_id, reward, is_finished, ts, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,IFNULL(?, 0),? / 1000.0,?)")
+    "name, call_id, reward, is_finished, ts, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,IFNULL(?, 0),? / 1000.0,?)"
+)
 
 
 def _message_rows(events: list[Event], touched: set[str]) -> list[tuple[Any, ...]]:
@@ -301,7 +344,9 @@ def _message_rows(events: list[Event], touched: set[str]) -> list[tuple[Any, ...
     for ev in events:
         if ev["eventType"] == "message":
             meta = ev["metadata"]  # type: ignore[typeddict-item]
-            rows.append(_MESSAGE_FIELDS(ev) + (NULL if meta is None else orjson.dumps(meta).decode(),))
+            rows.append(
+                (*_MESSAGE_FIELDS(ev), NULL if meta is None else orjson.dumps(meta).decode())
+            )
             touched.add(ev["rolloutEventId"])  # type: ignore[typeddict-item]
     return rows
 
@@ -311,27 +356,41 @@ def _message_rows(events: list[Event], touched: set[str]) -> list[tuple[Any, ...
 
 SortKey = Literal["time", "reward", "turns"]
 _SORT_COLUMN = {"time": "ts", "reward": "reward_key", "turns": "num_turns"}
-_SORT_INDEX = {"time": "rollouts_run_ts", "reward": "rollouts_run_reward", "turns": "rollouts_run_turns"}
-_FILTER_INDEX = {"stop_reason": "rollouts_run_stop_ts", "status": "rollouts_run_status_ts",
-                 "env": "rollouts_run_env_ts", "split": "rollouts_run_split_ts"}
+_SORT_INDEX = {
+    "time": "rollouts_run_ts",
+    "reward": "rollouts_run_reward",
+    "turns": "rollouts_run_turns",
+}
+_FILTER_INDEX = {
+    "stop_reason": "rollouts_run_stop_ts",
+    "status": "rollouts_run_status_ts",
+    "env": "rollouts_run_env_ts",
+    "split": "rollouts_run_split_ts",
+}
 # Below this many matching rows, reading them through a filter index and sorting is cheaper than
 # walking the sort index past non-matching rows.
 _SORT_IN_MEMORY_ROWS = 20_000
 
 
-def _pick_index(flt: "RolloutFilter", sort: str, total: int) -> str:
+def _pick_index(flt: RolloutFilter, sort: str, total: int) -> str:
     """The index a page query walks: the sort order's, or a filter's when that reads fewer rows."""
     eq = next((c for c in _FILTER_INDEX if getattr(flt, c)), None)
     if eq is not None and (sort == "time" or total <= _SORT_IN_MEMORY_ROWS):
         return _FILTER_INDEX[eq]
-    if eq is None and sort == "time" and total <= _SORT_IN_MEMORY_ROWS and (
-            flt.min_reward is not None or flt.max_reward is not None):
+    if (
+        eq is None
+        and sort == "time"
+        and total <= _SORT_IN_MEMORY_ROWS
+        and (flt.min_reward is not None or flt.max_reward is not None)
+    ):
         return _SORT_INDEX["reward"]
     return _SORT_INDEX[sort]
 
 
-LIST_COLUMNS = ("id, event_id, name, env, split, step, ts, status, stop_reason, reward, "
-                "reward_reduction, num_turns, num_messages, group_key, task_index")
+LIST_COLUMNS = (
+    "id, event_id, name, env, split, step, ts, status, stop_reason, reward, "
+    "reward_reduction, num_turns, num_messages, group_key, task_index"
+)
 
 
 @dataclass
@@ -401,7 +460,9 @@ class TrajectoryStore:
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open trajectory database {self.path}: {e}") from None
         self._local = threading.local()
-        self._jobs: "queue.SimpleQueue[_WriteJob | None]" = queue.SimpleQueue()  # C queue: cheap put() on the event loop
+        self._jobs: queue.SimpleQueue[_WriteJob | None] = (
+            queue.SimpleQueue()
+        )  # C queue: cheap put() on the event loop
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._checkpoint_stop = threading.Event()
@@ -412,11 +473,14 @@ class TrajectoryStore:
         """Start the writer thread (idempotent)."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._write_loop, name="trajectory-writer",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._write_loop, name="trajectory-writer", daemon=True
+                )
                 self._thread.start()
                 self._checkpoint_stop.clear()
-                threading.Thread(target=self._checkpoint_loop, name="trajectory-checkpoint", daemon=True).start()
+                threading.Thread(
+                    target=self._checkpoint_loop, name="trajectory-checkpoint", daemon=True
+                ).start()
 
     def _checkpoint_loop(self) -> None:
         """Copy the WAL into the database from here, so the writer never stalls on checkpoint I/O.
@@ -472,7 +536,9 @@ class TrajectoryStore:
 
     def _write_loop(self) -> None:
         conn = connect(self.path)
-        conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")  # the checkpoint thread does it
+        conn.execute(
+            f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}"
+        )  # the checkpoint thread does it
         writer = _Writer(conn)
         stopping = False
         busy = False  # the last commit carried several batches: wait a moment to gather more
@@ -498,7 +564,9 @@ class TrajectoryStore:
             self._commit_group(conn, writer, jobs)
         conn.close()
 
-    def _commit_group(self, conn: sqlite3.Connection, writer: _Writer, jobs: list[_WriteJob]) -> None:
+    def _commit_group(
+        self, conn: sqlite3.Connection, writer: _Writer, jobs: list[_WriteJob]
+    ) -> None:
         """One transaction for several batches; a failing batch is rolled back alone."""
         outcomes: list[tuple[_WriteJob, IngestResult | BaseException]] = []
         try:
@@ -543,11 +611,22 @@ class TrajectoryStore:
     def list_runs(self) -> list[dict[str, Any]]:
         """Every run with its env mix, rollout count, mean reward and last update (newest first)."""
         conn = self._conn()
-        runs = {r["id"]: {"id": r["id"], "name": r["name"], "created_at": r["created_at"],
-                          "updated_at": r["updated_at"], "rollouts": 0, "reward_n": 0,
-                          "reward_sum": 0.0, "envs": {}}
-                for r in conn.execute("SELECT id, name, created_at, updated_at FROM runs")}
-        for s in conn.execute("SELECT run_id, env, n, reward_n, reward_sum FROM run_env_stats WHERE n > 0"):
+        runs = {
+            r["id"]: {
+                "id": r["id"],
+                "name": r["name"],
+                "created_at": r["created_at"],
+                "updated_at": r["updated_at"],
+                "rollouts": 0,
+                "reward_n": 0,
+                "reward_sum": 0.0,
+                "envs": {},
+            }
+            for r in conn.execute("SELECT id, name, created_at, updated_at FROM runs")
+        }
+        for s in conn.execute(
+            "SELECT run_id, env, n, reward_n, reward_sum FROM run_env_stats WHERE n > 0"
+        ):
             run = runs.get(s["run_id"])
             if run is None:
                 continue
@@ -570,16 +649,28 @@ class TrajectoryStore:
         r = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if r is None:
             return None
-        envs = [dict(s) for s in conn.execute(
-            "SELECT env, n, reward_n, reward_sum, last_ts FROM run_env_stats WHERE run_id = ? AND n > 0 "
-            "ORDER BY env", (run_id,))]
+        envs = [
+            dict(s)
+            for s in conn.execute(
+                "SELECT env, n, reward_n, reward_sum, last_ts FROM run_env_stats WHERE run_id = ? AND n > 0 "
+                "ORDER BY env",
+                (run_id,),
+            )
+        ]
         for e in envs:
             e["mean_reward"] = e["reward_sum"] / e["reward_n"] if e["reward_n"] else None
         n = sum(e["n"] for e in envs)
         rn = sum(e["reward_n"] for e in envs)
-        return {"id": r["id"], "name": r["name"], "created_at": r["created_at"],
-                "updated_at": r["updated_at"], "run_info": _loads(r["run_info"]), "envs": envs,
-                "rollouts": n, "mean_reward": sum(e["reward_sum"] for e in envs) / rn if rn else None}
+        return {
+            "id": r["id"],
+            "name": r["name"],
+            "created_at": r["created_at"],
+            "updated_at": r["updated_at"],
+            "run_info": _loads(r["run_info"]),
+            "envs": envs,
+            "rollouts": n,
+            "mean_reward": sum(e["reward_sum"] for e in envs) / rn if rn else None,
+        }
 
     def run_id_by_name(self, name: str) -> int | None:
         row = self._conn().execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchone()
@@ -588,18 +679,34 @@ class TrajectoryStore:
     def facets(self, run_id: int) -> dict[str, list[str]]:
         """Values present in a run for each filterable column (for the filter form)."""
         conn = self._conn()
-        out: dict[str, list[str]] = {"env": [r[0] for r in conn.execute(
-            "SELECT env FROM run_env_stats WHERE run_id = ? AND n > 0 ORDER BY env", (run_id,))]}
+        out: dict[str, list[str]] = {
+            "env": [
+                r[0]
+                for r in conn.execute(
+                    "SELECT env FROM run_env_stats WHERE run_id = ? AND n > 0 ORDER BY env",
+                    (run_id,),
+                )
+            ]
+        }
         for col in ("split", "status", "stop_reason"):
             out[col] = []
         for col, value in conn.execute(
-                "SELECT col, value FROM run_facets WHERE run_id = ? AND n > 0 ORDER BY col, value", (run_id,)):
+            "SELECT col, value FROM run_facets WHERE run_id = ? AND n > 0 ORDER BY col, value",
+            (run_id,),
+        ):
             out[col].append(value)
         return out
 
-    def list_rollouts(self, run_id: int, flt: RolloutFilter | None = None, sort: SortKey = "time",
-                      descending: bool = True, after: str | None = None, before: str | None = None,
-                      limit: int = 50) -> RolloutPage:
+    def list_rollouts(
+        self,
+        run_id: int,
+        flt: RolloutFilter | None = None,
+        sort: SortKey = "time",
+        descending: bool = True,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> RolloutPage:
         """One page of a run's rollouts, keyset-paginated on (sort column, id)."""
         if sort not in _SORT_COLUMN:
             raise ValueError(f"unknown sort {sort!r}; use one of {', '.join(_SORT_COLUMN)}")
@@ -610,8 +717,9 @@ class TrajectoryStore:
         base_clauses = ["run_id = ?", *clauses]
         base_args = [run_id, *args]
         conn = self._conn()
-        total = conn.execute(f"SELECT COUNT(*) FROM rollouts WHERE {' AND '.join(base_clauses)}",
-                             base_args).fetchone()[0]
+        total = conn.execute(
+            f"SELECT COUNT(*) FROM rollouts WHERE {' AND '.join(base_clauses)}", base_args
+        ).fetchone()[0]
         backwards = before is not None and after is None
         cursor = before if backwards else after
         page_clauses, page_args = list(base_clauses), list(base_args)
@@ -624,8 +732,10 @@ class TrajectoryStore:
             page_args += [value, rid]
         direction = "DESC" if forward_desc else "ASC"
         index = _pick_index(flt, sort, total)
-        sql = (f"SELECT {LIST_COLUMNS}, {col} AS sort_value FROM rollouts INDEXED BY {index} "
-               f"WHERE {' AND '.join(page_clauses)} ORDER BY {col} {direction}, id {direction} LIMIT ?")
+        sql = (
+            f"SELECT {LIST_COLUMNS}, {col} AS sort_value FROM rollouts INDEXED BY {index} "
+            f"WHERE {' AND '.join(page_clauses)} ORDER BY {col} {direction}, id {direction} LIMIT ?"
+        )
         rows = [dict(r) for r in conn.execute(sql, [*page_args, limit + 1])]
         more = len(rows) > limit
         rows = rows[:limit]
@@ -634,20 +744,24 @@ class TrajectoryStore:
         next_cursor = prev_cursor = None
         if rows:
             first, last = rows[0], rows[-1]
-            if (more if not backwards else True):
+            if more if not backwards else True:
                 next_cursor = encode_cursor(last["sort_value"], last["id"])
             if (cursor is not None) if not backwards else more:
                 prev_cursor = encode_cursor(first["sort_value"], first["id"])
         for r in rows:
             r.pop("sort_value", None)
-        return RolloutPage(rows=rows, total=int(total), next_cursor=next_cursor, prev_cursor=prev_cursor)
+        return RolloutPage(
+            rows=rows, total=int(total), next_cursor=next_cursor, prev_cursor=prev_cursor
+        )
 
     def get_rollout(self, event_id: str) -> dict[str, Any] | None:
         """A rollout with its messages (in index order) and token arrays, or None."""
         conn = self._conn()
-        r = conn.execute("SELECT rollouts.*, runs.name AS run_name FROM rollouts "
-                         "LEFT JOIN runs ON runs.id = rollouts.run_id WHERE event_id = ?",
-                         (event_id,)).fetchone()
+        r = conn.execute(
+            "SELECT rollouts.*, runs.name AS run_name FROM rollouts "
+            "LEFT JOIN runs ON runs.id = rollouts.run_id WHERE event_id = ?",
+            (event_id,),
+        ).fetchone()
         if r is None or r["run_id"] is None:
             return None
         out = dict(r)
@@ -662,7 +776,8 @@ class TrajectoryStore:
         rows = self._conn().execute(
             "SELECT event_id, idx, type, content, summary, content_reference, name, call_id, reward, "
             "is_finished, metadata, ts FROM messages WHERE rollout_event_id = ? ORDER BY idx, id",
-            (event_id,))
+            (event_id,),
+        )
         out = []
         for m in rows:
             d = dict(m)
@@ -672,27 +787,43 @@ class TrajectoryStore:
         return out
 
     def tokens(self, event_id: str) -> dict[str, Any] | None:
-        t = self._conn().execute("SELECT * FROM rollout_tokens WHERE rollout_event_id = ?",
-                                 (event_id,)).fetchone()
+        t = (
+            self._conn()
+            .execute("SELECT * FROM rollout_tokens WHERE rollout_event_id = ?", (event_id,))
+            .fetchone()
+        )
         if t is None:
             return None
-        return {"prompt_length": t["prompt_length"], "token_ids": unpack_ints(t["token_ids"]),
-                "loss_mask": unpack_ints(t["loss_mask"], "B"), "logprobs": unpack_floats(t["logprobs"])}
+        return {
+            "prompt_length": t["prompt_length"],
+            "token_ids": unpack_ints(t["token_ids"]),
+            "loss_mask": unpack_ints(t["loss_mask"], "B"),
+            "logprobs": unpack_floats(t["logprobs"]),
+        }
 
     def group(self, run_id: int, group_key: str, limit: int = 64) -> list[dict[str, Any]]:
         """The rollouts of one GRPO group, by sample order."""
-        return [dict(r) for r in self._conn().execute(
-            f"SELECT {LIST_COLUMNS} FROM rollouts WHERE run_id = ? AND group_key = ? ORDER BY ts, id LIMIT ?",
-            (run_id, group_key, limit))]
+        return [
+            dict(r)
+            for r in self._conn().execute(
+                f"SELECT {LIST_COLUMNS} FROM rollouts WHERE run_id = ? AND group_key = ? ORDER BY ts, id LIMIT ?",
+                (run_id, group_key, limit),
+            )
+        ]
 
     def reward_series(self, run_id: int, buckets: int = 60) -> dict[str, Any]:
         """Mean reward per env in up to `buckets` equal time slices: {t0, t1, series: {env: [[t, mean, n]]}}.
 
         Reads the 10-second aggregates kept by triggers, so it costs the same for 1k or 1M rollouts.
         """
-        rows = self._conn().execute(
-            "SELECT env, bucket, n, reward_sum FROM run_reward_buckets WHERE run_id = ? AND n > 0",
-            (run_id,)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT env, bucket, n, reward_sum FROM run_reward_buckets WHERE run_id = ? AND n > 0",
+                (run_id,),
+            )
+            .fetchall()
+        )
         if not rows:
             return {"t0": None, "t1": None, "series": {}}
         t0 = min(r[1] for r in rows) * 10.0
@@ -704,11 +835,15 @@ class TrajectoryStore:
             slot = acc.setdefault(env, {}).setdefault(b, [0.0, 0.0])
             slot[0] += n
             slot[1] += total
-        series = {env: [[t0 + (b + 0.5) * width, total / n, n] for b, (n, total) in sorted(slots.items())]
-                  for env, slots in sorted(acc.items())}
+        series = {
+            env: [[t0 + (b + 0.5) * width, total / n, n] for b, (n, total) in sorted(slots.items())]
+            for env, slots in sorted(acc.items())
+        }
         return {"t0": t0, "t1": t1, "series": series}
 
     def counts(self) -> dict[str, int]:
         conn = self._conn()
-        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("runs", "rollouts", "messages", "rollout_tokens")}
+        return {
+            t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("runs", "rollouts", "messages", "rollout_tokens")
+        }

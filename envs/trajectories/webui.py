@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 ASSETS = {"app.css": "text/css", "app.js": "text/javascript", "favicon.svg": "image/svg+xml"}
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 MAX_TOKEN_VIEW = 32_768
 MAX_GROUP_SIDE_BY_SIDE = 16
@@ -47,8 +49,10 @@ def _fmt_reward(r: float | None) -> str:
 
 
 def _templates() -> Environment:
-    env = Environment(loader=FileSystemLoader(str(STATIC_DIR / "templates")),
-                      autoescape=select_autoescape(default=True, default_for_string=True))
+    env = Environment(
+        loader=FileSystemLoader(str(STATIC_DIR / "templates")),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
     env.filters["time"] = _fmt_time
     env.filters["reward"] = _fmt_reward
     env.filters["pct"] = lambda x: f"{100 * x:.0f}%"
@@ -63,8 +67,10 @@ def reward_chart_svg(series: dict[str, Any], width: int = 760, height: int = 260
     pad_l, pad_r, pad_t, pad_b = 48, 130, 16, 34
     lines = series.get("series") or {}
     if not lines:
-        return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" '
-                f'role="img" aria-label="no rewards yet"><text x="10" y="35">No rewards yet.</text></svg>')
+        return (
+            f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" '
+            f'role="img" aria-label="no rewards yet"><text x="10" y="35">No rewards yet.</text></svg>'
+        )
     t0, t1 = float(series["t0"]), float(series["t1"])
     values = [p[1] for pts in lines.values() for p in pts]
     lo, hi = min(0.0, min(values)), max(1.0, max(values))
@@ -79,27 +85,47 @@ def reward_chart_svg(series: dict[str, Any], width: int = 760, height: int = 260
     def y(v: float) -> float:
         return pad_t + ph * (1 - (v - lo) / (hi - lo))
 
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="mean reward over time per environment">']
+    out = [
+        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="mean reward over time per environment">'
+    ]
     for i in range(5):
         v = lo + (hi - lo) * i / 4
-        out.append(f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e7eb"/>')
-        out.append(f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" fill="#555">{v:.2f}</text>')
-    out.append(f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{pad_t + ph}" y2="{pad_t + ph}" stroke="#999"/>')
-    out.append(f'<text x="{pad_l}" y="{height - 8}" font-size="11" fill="#555">{html.escape(_fmt_time(t0))}</text>')
-    out.append(f'<text x="{pad_l + pw}" y="{height - 8}" font-size="11" fill="#555" text-anchor="end">'
-               f'{html.escape(_fmt_time(t1))} UTC</text>')
+        out.append(
+            f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e7eb"/>'
+        )
+        out.append(
+            f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" fill="#555">{v:.2f}</text>'
+        )
+    out.append(
+        f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{pad_t + ph}" y2="{pad_t + ph}" stroke="#999"/>'
+    )
+    out.append(
+        f'<text x="{pad_l}" y="{height - 8}" font-size="11" fill="#555">{html.escape(_fmt_time(t0))}</text>'
+    )
+    out.append(
+        f'<text x="{pad_l + pw}" y="{height - 8}" font-size="11" fill="#555" text-anchor="end">'
+        f"{html.escape(_fmt_time(t1))} UTC</text>"
+    )
     for i, (env, pts) in enumerate(sorted(lines.items())):
         color = PALETTE[i % len(PALETTE)]
         coords = " ".join(f"{x(p[0]):.1f},{y(p[1]):.1f}" for p in pts)
-        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}">'
-                   f'<title>{html.escape(env)}</title></polyline>')
+        out.append(
+            f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}">'
+            f"<title>{html.escape(env)}</title></polyline>"
+        )
         for p in pts:
-            out.append(f'<circle cx="{x(p[0]):.1f}" cy="{y(p[1]):.1f}" r="2.5" fill="{color}">'
-                       f'<title>{html.escape(env)}: {p[1]:.3f} (n={int(p[2])})</title></circle>')
+            out.append(
+                f'<circle cx="{x(p[0]):.1f}" cy="{y(p[1]):.1f}" r="2.5" fill="{color}">'
+                f"<title>{html.escape(env)}: {p[1]:.3f} (n={int(p[2])})</title></circle>"
+            )
         ly = pad_t + 14 + 18 * i
-        out.append(f'<rect x="{pad_l + pw + 12}" y="{ly - 9}" width="10" height="10" fill="{color}"/>')
-        out.append(f'<text x="{pad_l + pw + 26}" y="{ly}" font-size="12">{html.escape(env[:18])}</text>')
+        out.append(
+            f'<rect x="{pad_l + pw + 12}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
+        )
+        out.append(
+            f'<text x="{pad_l + pw + 26}" y="{ly}" font-size="12">{html.escape(env[:18])}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -135,7 +161,7 @@ def token_view(tokens: dict[str, Any] | None, tokenizer_name: str | None) -> dic
         pieces = [f"[{t}]" for t in response]
         prompt_text = " ".join(str(t) for t in ids[:plen])
     out = []
-    for i, (tid, text) in enumerate(zip(response, pieces)):
+    for i, (tid, text) in enumerate(zip(response, pieces, strict=False)):
         trained = bool(mask[i]) if i < len(mask) else False
         lp = lps[i] if i < len(lps) else None
         if trained and lp is not None and math.isfinite(lp):
@@ -146,10 +172,16 @@ def token_view(tokens: dict[str, Any] | None, tokenizer_name: str | None) -> dic
             shade = None
             title = f"id {tid} · {'trained' if trained else 'not trained (env/harness)'}"
         out.append({"text": text, "trained": trained, "shade": shade, "title": title})
-    return {"tokens": out, "prompt_text": prompt_text, "prompt_length": plen,
-            "response_length": len(ids) - plen, "truncated": len(ids) - plen > MAX_TOKEN_VIEW,
-            "decoded": tok is not None, "tokenizer": tokenizer_name,
-            "trained": sum(1 for m in mask if m)}
+    return {
+        "tokens": out,
+        "prompt_text": prompt_text,
+        "prompt_length": plen,
+        "response_length": len(ids) - plen,
+        "truncated": len(ids) - plen > MAX_TOKEN_VIEW,
+        "decoded": tok is not None,
+        "tokenizer": tokenizer_name,
+        "trained": sum(1 for m in mask if m),
+    }
 
 
 # ---------------------------------------------------------------- conversation
@@ -197,8 +229,11 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
 
     def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         body = templates.get_template(name).render(**ctx)
-        return HTMLResponse(body, status_code=status, headers={"Content-Security-Policy": CSP,
-                                                                "X-Content-Type-Options": "nosniff"})
+        return HTMLResponse(
+            body,
+            status_code=status,
+            headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"},
+        )
 
     def not_found(what: str) -> HTMLResponse:
         return page("error.html", status=404, title="Not found", message=what)
@@ -207,15 +242,20 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
     def asset(name: str) -> Response:
         if name not in ASSETS:
             return Response("not found", status_code=404, media_type="text/plain")
-        return FileResponse(STATIC_DIR / "assets" / name, media_type=ASSETS[name],
-                            headers={"Cache-Control": "max-age=300"})
+        return FileResponse(
+            STATIC_DIR / "assets" / name,
+            media_type=ASSETS[name],
+            headers={"Cache-Control": "max-age=300"},
+        )
 
     @router.get("/", response_class=HTMLResponse)
     def runs_page() -> HTMLResponse:
         runs = store.list_runs()
         for r in runs:
             total = sum(r["envs"].values()) or 1
-            r["mix"] = [(env, n, n / total) for env, n in sorted(r["envs"].items(), key=lambda kv: -kv[1])]
+            r["mix"] = [
+                (env, n, n / total) for env, n in sorted(r["envs"].items(), key=lambda kv: -kv[1])
+            ]
         return page("runs.html", title="Runs", runs=runs)
 
     @router.get("/runs/{run_id}/chart.svg")
@@ -230,10 +270,14 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
         if run is None:
             return not_found(f"No run with id {run_id}.")
         q = request.query_params
-        flt = RolloutFilter(env=q.get("env") or None, split=q.get("split") or None,
-                            status=q.get("status") or None, stop_reason=q.get("stop_reason") or None,
-                            min_reward=_float_or_none(q.get("min_reward")),
-                            max_reward=_float_or_none(q.get("max_reward")))
+        flt = RolloutFilter(
+            env=q.get("env") or None,
+            split=q.get("split") or None,
+            status=q.get("status") or None,
+            stop_reason=q.get("stop_reason") or None,
+            min_reward=_float_or_none(q.get("min_reward")),
+            max_reward=_float_or_none(q.get("max_reward")),
+        )
         sort = q.get("sort") if q.get("sort") in ("time", "reward", "turns") else "time"
         order = "asc" if q.get("order") == "asc" else "desc"
         try:
@@ -242,23 +286,43 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
             limit = 50
         notice = None
         try:
-            pg = store.list_rollouts(run_id, flt, sort=sort, descending=order == "desc",
-                                     after=q.get("after") or None, before=q.get("before") or None, limit=limit)
+            pg = store.list_rollouts(
+                run_id,
+                flt,
+                sort=sort,
+                descending=order == "desc",
+                after=q.get("after") or None,
+                before=q.get("before") or None,
+                limit=limit,
+            )
         except ValueError as e:
             notice = str(e)
-            pg = store.list_rollouts(run_id, flt, sort=sort, descending=order == "desc", limit=limit)
+            pg = store.list_rollouts(
+                run_id, flt, sort=sort, descending=order == "desc", limit=limit
+            )
         keep = {k: v for k, v in q.items() if k not in ("after", "before") and v}
 
         def link(**extra: str) -> str:
             return f"/runs/{run_id}?" + urlencode({**keep, **extra})
 
         chart_svg = Markup(reward_chart_svg(store.reward_series(run_id)))
-        return page("run.html", title=f"Run {run['name']}", run=run, page=pg, facets=store.facets(run_id),
-                    flt=flt, sort=sort, order=order, limit=limit, notice=notice, chart=chart_svg,
-                    next_link=link(after=pg.next_cursor) if pg.next_cursor else None,
-                    prev_link=link(before=pg.prev_cursor) if pg.prev_cursor else None,
-                    q={k: q.get(k, "") for k in ("min_reward", "max_reward")},
-                    elapsed_ms=(time.perf_counter() - started) * 1000)
+        return page(
+            "run.html",
+            title=f"Run {run['name']}",
+            run=run,
+            page=pg,
+            facets=store.facets(run_id),
+            flt=flt,
+            sort=sort,
+            order=order,
+            limit=limit,
+            notice=notice,
+            chart=chart_svg,
+            next_link=link(after=pg.next_cursor) if pg.next_cursor else None,
+            prev_link=link(before=pg.prev_cursor) if pg.prev_cursor else None,
+            q={k: q.get(k, "") for k in ("min_reward", "max_reward")},
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
 
     @router.get("/rollouts/{event_id}", response_class=HTMLResponse)
     def rollout_page(event_id: str) -> HTMLResponse:
@@ -266,19 +330,35 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
         if r is None:
             return not_found(f"No rollout with id {event_id}.")
         meta = r["metadata"] or {}
-        tokenizer_name = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), str) else default_tokenizer
+        tokenizer_name = (
+            meta.get("tokenizer") if isinstance(meta.get("tokenizer"), str) else default_tokenizer
+        )
         group = []
         if r["group_key"]:
             for g in store.group(r["run_id"], r["group_key"], limit=MAX_GROUP_SIDE_BY_SIDE):
-                g["conversation"] = [m for m in conversation(store.messages(g["event_id"]))
-                                     if m["type"] in ("assistant_message", "tool_call", "tool_result")]
+                g["conversation"] = [
+                    m
+                    for m in conversation(store.messages(g["event_id"]))
+                    if m["type"] in ("assistant_message", "tool_call", "tool_result")
+                ]
                 g["current"] = g["event_id"] == r["event_id"]
                 group.append(g)
-        turn_rewards = meta.get("turn_rewards") if isinstance(meta.get("turn_rewards"), list) else None
-        return page("rollout.html", title=f"Rollout {r['name'] or r['event_id']}", r=r, meta=meta,
-                    conversation=conversation(r["messages"]), tokens=token_view(r["tokens"], tokenizer_name),
-                    group=group if len(group) > 1 else [], turn_rewards=turn_rewards,
-                    timings=meta.get("timings") if isinstance(meta.get("timings"), dict) else None,
-                    tool_errors=meta.get("tool_errors") if isinstance(meta.get("tool_errors"), dict) else None)
+        turn_rewards = (
+            meta.get("turn_rewards") if isinstance(meta.get("turn_rewards"), list) else None
+        )
+        return page(
+            "rollout.html",
+            title=f"Rollout {r['name'] or r['event_id']}",
+            r=r,
+            meta=meta,
+            conversation=conversation(r["messages"]),
+            tokens=token_view(r["tokens"], tokenizer_name),
+            group=group if len(group) > 1 else [],
+            turn_rewards=turn_rewards,
+            timings=meta.get("timings") if isinstance(meta.get("timings"), dict) else None,
+            tool_errors=meta.get("tool_errors")
+            if isinstance(meta.get("tool_errors"), dict)
+            else None,
+        )
 
     return router
