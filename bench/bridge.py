@@ -247,9 +247,8 @@ async def _main(opts: argparse.Namespace) -> int:
             f"(2-core machine shared with other work: numbers are noisy)"
         )
         slow = None
-        if (
-            opts.find_blocking
-        ):  # asyncio debug mode: report every loop step longer than 20 ms (slower run)
+        # asyncio debug mode: report every loop step longer than 20 ms (slower run)
+        if opts.find_blocking:
             slow = SlowSteps()
             logging.getLogger("asyncio").addHandler(slow)
             loop = asyncio.get_running_loop()

@@ -357,9 +357,8 @@ class LocalEnvSession:
         if self.sid is None:
             return
         try:
-            if (
-                self._created
-            ):  # like the SDK's session exit: /delete ends the env and the session id
+            # like the SDK's session exit: /delete ends the env and the session id
+            if self._created:
                 await self._request_quiet("POST", "/delete")
         finally:
             self.sid = None

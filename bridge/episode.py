@@ -136,9 +136,8 @@ class Episode:
     async def _open(self) -> tuple[list[dict[str, Any]], set[str]]:
         t = time.perf_counter()
         await self.session.open()
-        if (
-            self.task.tools
-        ):  # prepare_tasks.py wrote the task's tool schemas: no need to ask the env
+        # prepare_tasks.py wrote the task's tool schemas: no need to ask the env
+        if self.task.tools:
             prompt_text, ors_tools = await self.session.prompt_text(), []
             tools = self.task.tools
         else:

@@ -226,9 +226,8 @@ async def generate(
     episode = Episode(session, _engine(args), renderer, task, params, _context_budget(args), key)
     try:
         result = await episode.run()
-    except (
-        Exception
-    ) as e:  # a bug, not an env/engine failure: still never crash slime's rollout loop
+    # a bug, not an env/engine failure: still never crash slime's rollout loop
+    except Exception as e:
         log.exception("bridge: episode raised")
         return _fail_early(sample, f"bridge error: {type(e).__name__}: {e}", renderer.eos_token_id)
     try:

@@ -250,9 +250,8 @@ class _Exchange:
                     raise HTTPError(
                         f"{self.method} {self.url}: {type(e2).__name__} {e2}".strip()
                     ) from None
-        except (
-            BaseException
-        ):  # errors and cancellation: never leave a half-used connection in the pool
+        # errors and cancellation: never leave a half-used connection in the pool
+        except BaseException:
             conn.close()
             raise
         self.conn = conn

@@ -557,9 +557,8 @@ def generate_case(seed: int, difficulty: Difficulty = DEFAULT_DIFFICULTY) -> Cas
         if candidates & ~masks[p]:
             chosen.append(p)
             candidates &= masks[p]
-    if (
-        candidates != target
-    ):  # cannot happen: the pool rules out every wrong value of every category
+    # cannot happen: the pool rules out every wrong value of every category
+    if candidates != target:
         raise RuntimeError(f"whodunit seed {seed}: clues do not pin down the solution")
 
     base = space.statements_mask(statements, d.lying_statements)

@@ -428,9 +428,8 @@ def run(opts: argparse.Namespace) -> int:
         if opts.engine is None and not answers(engine_url, "/health", timeout=5.0):
             raise RolloutError(f"engine {engine_url} does not answer /health")
         samples = make_samples(rows, opts.n_samples)
-        if (
-            env_url is not None
-        ):  # the bridge prefers the URLs the rows pin: point them at --env-server
+        # the bridge prefers the URLs the rows pin: point them at --env-server
+        if env_url is not None:
             for sample in samples:
                 if sample.metadata.get("env_server"):
                     sample.metadata["env_server"] = [env_url]
