@@ -571,11 +571,15 @@ def _sdk_client(cls: Any) -> Any:
 def open_session(
     task: TaskMeta, urls: list[str], key: str, policy: RetryPolicy = RetryPolicy()
 ) -> EnvSession:
-    """An unopened session for `task`: hosted via the SDK for `Owner/Name`, else on our env server."""
+    """An unopened session for `task`: hosted via the SDK for `Owner/Name`, else on our env server.
+
+    `urls` (the job's TRAIN_CONFIG env_server) win over the task row's own: run.sh hands the
+    job the servers it started; the row's URLs are for running without a config.
+    """
     if task.hosted:
         return HostedEnvSession(task, policy)
     return LocalEnvSession(
-        client_for_loop(), pick_server(task.env_server or urls, key), task, policy
+        client_for_loop(), pick_server(urls or task.env_server, key), task, policy
     )
 
 

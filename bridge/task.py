@@ -20,7 +20,7 @@ class TaskMeta(BaseModel):
     model_config = ConfigDict(extra="allow")  # slime and users may add keys; we keep them
 
     env: str  # local env name ("whodunit") or hosted "Owner/Name"
-    # Local env server(s) to use for this task; empty: take env_server from TRAIN_CONFIG.
+    # Local env server(s) of this task when TRAIN_CONFIG is not set (its env_server wins).
     env_server: list[str] = Field(default_factory=list)
     split: str | None = None
     index: int | None = None
