@@ -6,7 +6,9 @@
 For environment authors without a GPU cluster: episodes run exactly as in training (same
 generate function, same samples, same trajectory sink), so they show up in the env server's
 web UI. Starts the env server when the config's env_server does not answer, and with
-`--engine local` a CPU Hugging Face model speaking SGLang's `/generate` format.
+`--engine local` a CPU Hugging Face model speaking SGLang's `/generate` format (needs
+`pip install -e '.[local]'`). A tiny offline model to try it with:
+`python -m bridge.launch.tiny_model ./tiny-qwen3` (bridge/launch/tiny_model.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -32,13 +35,16 @@ from bridge.launch.services import (
     ServiceError,
     answers,
     env_server_command,
+    free_port,
     is_loopback,
     local_engine_command,
     managed_process,
 )
+from bridge.launch.tiny_model import LOCAL_EXTRA
 from bridge.metrics import ALL, episode_metrics, log_rollout
 
 EXIT_BAD_INPUT = 2
+TINY_DIR = "./tiny-qwen3"
 
 
 class RolloutError(Exception):
@@ -62,7 +68,9 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
         "--engine",
         choices=["local"],
         default=None,
-        help="local: start bridge.launch.local_engine (CPU Hugging Face model, for debugging) on a free port",
+        help="local: start bridge.launch.local_engine (CPU Hugging Face model, for debugging) on a "
+        "free port; needs pip install -e '.[local]'; a tiny offline model: "
+        "python -m bridge.launch.tiny_model ./tiny-qwen3",
     )
     a(
         "--model",
@@ -338,24 +346,10 @@ def _config_for_run(cfg: TrainConfig, config_path: str, env_url: str | None) -> 
     return str(out)
 
 
-def _env_servers(rows: list[dict[str, Any]], cfg: TrainConfig, env_url: str | None) -> list[str]:
-    """Where the episodes' local envs are served: --env-server, else what the rows pin, else the config's."""
-    if env_url is not None:
-        return [env_url]
-    pinned: list[str] = []
-    for row in rows:
-        for url in row["metadata"].get("env_server") or []:
-            if str(url).rstrip("/") not in pinned:
-                pinned.append(str(url).rstrip("/"))
-    return pinned or cfg.env_server_urls
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _env_servers(cfg: TrainConfig, env_url: str | None) -> list[str]:
+    """Where the episodes' local envs are served: --env-server, else the config's env_server (which
+    the bridge prefers to the URLs a task row carries)."""
+    return [env_url] if env_url is not None else cfg.env_server_urls
 
 
 def _start_env_servers(
@@ -385,7 +379,7 @@ def _start_engine(stack: contextlib.ExitStack, opts: argparse.Namespace) -> str:
     """The /generate URL: --engine-url, or a bridge.launch.local_engine started here on a free port."""
     if opts.engine != "local":
         return opts.engine_url
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     print(
         "rollout-only: starting bridge.launch.local_engine on the CPU - a debugging engine, "
         "one request at a time; not for training throughput",
@@ -397,8 +391,37 @@ def _start_engine(stack: contextlib.ExitStack, opts: argparse.Namespace) -> str:
     return url
 
 
+def check_model(model: str, engine_local: bool) -> None:
+    """The model (tokenizer, and the local engine's weights) loads offline: a directory with a
+    config.json, or a hub id already in the Hugging Face cache. Checked before anything starts."""
+    make = f"python -m bridge.launch.tiny_model {TINY_DIR}"
+    if engine_local and importlib.util.find_spec("torch") is None:
+        raise RolloutError(f"--engine local needs torch: {LOCAL_EXTRA}")
+    p = Path(model).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file() and not (p / "tokenizer_config.json").is_file():
+            raise RolloutError(
+                f"--model {model} is not a Hugging Face model directory (no config.json)"
+            )
+        return
+    looks_like_path = model.startswith((".", "/", "~")) or p.exists() or model.count("/") != 1
+    if looks_like_path:
+        raise RolloutError(
+            f"--model {model}: no such directory; for a tiny offline test model: {make} "
+            f"&& bash run.sh --rollout-only --engine local --model {TINY_DIR} ..."
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+        raise RolloutError(
+            f"--model {model} is neither a local directory nor in the Hugging Face cache: "
+            f"hf download {model} --local-dir ./{p.name} (needs the Hub), or offline: {make}"
+        )
+
+
 def run(opts: argparse.Namespace) -> int:
     """Prepare or read tasks, start what is missing, run the episodes, print the summary."""
+    check_model(opts.model, opts.engine == "local")
     try:
         cfg = load_config(opts.config)
     except ConfigError as e:
@@ -419,7 +442,7 @@ def run(opts: argparse.Namespace) -> int:
     rows = read_tasks(task_path, opts.num_tasks)
     needs_local = any(not is_hosted(str(r["metadata"].get("env", ""))) for r in rows)
 
-    urls = _env_servers(rows, cfg, env_url)
+    urls = _env_servers(cfg, env_url)
     url = urls[0]
     with contextlib.ExitStack() as stack:
         started_server = _start_env_servers(stack, urls if needs_local else [], opts)
@@ -428,11 +451,6 @@ def run(opts: argparse.Namespace) -> int:
         if opts.engine is None and not answers(engine_url, "/health", timeout=5.0):
             raise RolloutError(f"engine {engine_url} does not answer /health")
         samples = make_samples(rows, opts.n_samples)
-        # the bridge prefers the URLs the rows pin: point them at --env-server
-        if env_url is not None:
-            for sample in samples:
-                if sample.metadata.get("env_server"):
-                    sample.metadata["env_server"] = [env_url]
         print(
             f"rollout-only: {len(samples)} episodes ({len(rows)} tasks x {opts.n_samples}) against {engine_url}",
             flush=True,
