@@ -1,11 +1,12 @@
 """run.sh (bridge/launch/launcher.py): dry-run commands, flags slime knows, prerequisite errors.
 
 The slime checkout the launcher reads is built per test from the flag lists in
-tests/data/slime_flags/ (extracted from slime v0.2.2 / v0.3.1 and the Megatron commits they
-pin): its arguments.py defines exactly those flags, so the launcher's own check against the
-checkout and the test's check against the committed lists agree. Nothing here starts a server
-or Ray: a dry run runs nothing, and a real run stops at the missing prerequisites (this machine
-has no GPU and no `ray`).
+tests/data/slime_flags/ (extracted from slime v0.2.2 / v0.3.1 / main and the Megatron commits
+they pin): its arguments.py defines exactly those flags, so the launcher's own check against the
+checkout and the test's check against the committed lists agree. tests/test_launch_vendored.py
+runs the same plans against slime's real checkouts. Nothing here starts Ray: a dry run runs
+nothing, and a real run stops at the missing prerequisites (this machine has no GPU);
+tests/test_cluster.py plans against a real multi-node Ray cluster.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, free_port
 
+from bridge.launch import prerequisites as pre
 from bridge.launch.launcher import MEGATRON_FLAGS, LaunchError, global_batch_size
 from bridge.launch.slime_flags import (
     SGLANG_FLAGS,
@@ -29,7 +31,9 @@ from bridge.launch.slime_flags import (
 )
 
 DATA = REPO / "tests" / "data" / "slime_flags"
-VERSIONS = ("v0.2.2", "v0.3.1")
+VERSIONS = ("v0.2.2", "v0.3.1", "main")
+# The Megatron-LM commit each slime pins (main's build_conda.sh pins v0.3.1's commit).
+MEGATRON_OF = {"v0.2.2": "v0.2.2", "v0.3.1": "v0.3.1", "main": "v0.3.1"}
 
 
 def slime_flags(version: str) -> set[str]:
@@ -37,11 +41,17 @@ def slime_flags(version: str) -> set[str]:
 
 
 def megatron_flags(version: str) -> set[str]:
-    return read_flag_list(DATA / f"megatron-{version}.txt")
+    return read_flag_list(DATA / f"megatron-{MEGATRON_OF[version]}.txt")
+
+
+def known_flags(version: str, backend: str = "megatron") -> set[str]:
+    known = slime_flags(version) | SGLANG_FLAGS
+    return known | megatron_flags(version) if backend == "megatron" else known
 
 
 def make_slime(root: Path, version: str, drop: tuple[str, ...] = ()) -> Path:
-    """A slime checkout whose parsers define the flags slime `version` defines (minus `drop`)."""
+    """A slime checkout whose parsers define the flags slime `version` defines (minus `drop`),
+    with the drivers and the fully-async rollout where that version has them."""
     flags = sorted(slime_flags(version) - set(drop) - {"--train-backend"})
     backends = ["megatron", "fsdp"] if version == "v0.2.2" else ["megatron"]
     src = ["def add_arguments(parser):"] + [f"    parser.add_argument({f!r})" for f in flags]
@@ -51,8 +61,13 @@ def make_slime(root: Path, version: str, drop: tuple[str, ...] = ()) -> Path:
     (root / "slime" / "utils").mkdir(parents=True)
     (root / "slime" / "utils" / "arguments.py").write_text("\n".join(src) + "\n")
     (root / "train.py").write_text("")
+    (root / "train_async.py").write_text("")
+    (root / "examples" / "fully_async").mkdir(parents=True)
+    (root / "examples" / "fully_async" / "fully_async_rollout.py").write_text("")
     if version != "v0.2.2":  # v0.3 loads Hugging Face weights into Megatron itself
         (root / "slime" / "backends" / "megatron_utils" / "hf_to_megatron").mkdir(parents=True)
+        (root / "slime" / "rollout").mkdir(parents=True)
+        (root / "slime" / "rollout" / "fully_async_rollout.py").write_text("")
     (root / "scripts" / "models").mkdir(parents=True)
     (root / "scripts" / "models" / "qwen3-4B.sh").write_text(
         'MODEL_ARGS=(\n   --num-layers 36\n   --hidden-size 2560\n   --normalization "RMSNorm"\n'
@@ -94,6 +109,7 @@ def world(tmp_path: Path) -> dict[str, Path | str]:
         "config": config,
         "tasks": tasks,
         "port": str(port),
+        "ray": f"http://127.0.0.1:{free_port()}",
     }
 
 
@@ -108,6 +124,9 @@ def run_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
             "WANDB_API_KEY",
             "OPENREWARD_API_KEY",
             "TRAIN_CONFIG",
+            "RAY_ADDRESS",
+            "ENV_SERVER_API_KEY",
+            "HIP_VISIBLE_DEVICES",
         )
     }
     return subprocess.run(
@@ -122,6 +141,8 @@ def run_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 def base_args(world: dict, slime: Path, *extra: str) -> list[str]:
     return [
+        "--ray-address",  # a port nothing answers on: run.sh plans its own head, whatever else runs here
+        world["ray"],
         "--model",
         str(world["model"]),
         "--config",
@@ -158,8 +179,15 @@ class DryRun:
             script.append(ln[4:])
         body = "\n".join(script)
         self.script = body
-        self.train_argv = shlex.split(body.split("\nexec ", 1)[1].replace("\\\n", " "))
-        self.submit = shlex.split(next(ln for ln in lines if ln.startswith("ray job submit")))
+        argv = shlex.split(body.split("\nexec ", 1)[1].replace("\\\n", " "))
+        # on a Ray cluster the job's entrypoint is bridge.launch.ray_job ... -- <driver>
+        self.wrapper: list[str] = []
+        if "bridge.launch.ray_job" in argv[:3]:
+            i = argv.index("--")
+            self.wrapper, argv = argv[:i], argv[i + 1 :]
+        self.train_argv = argv
+        self.submit = shlex.split(next(ln for ln in lines if " job submit " in ln))
+        self.notes = [ln[len("# note: ") :] for ln in lines if ln.startswith("# note: ")]
         self.commands = [
             ln for ln in lines if not ln.startswith(("#", "    ", "ok ", "MISSING ", "export "))
         ]
@@ -178,6 +206,13 @@ class DryRun:
 
     def check(self, name: str) -> str:
         return next(c for c in self.checks if c.split(None, 1)[1].startswith(name + ":"))
+
+    def command(self, word: str) -> str:
+        """The first command line that mentions `word`."""
+        return next(c for c in self.commands if word in c)
+
+    def ray_start(self) -> str | None:
+        return next((c for c in self.commands if " start --head " in c), None)
 
 
 def dry_run(world: dict, slime: Path, *extra: str) -> DryRun:
@@ -267,8 +302,13 @@ def test_dry_run_megatron_defaults(world: dict, version: str) -> None:
     assert (
         d.flag("--rollout-max-response-len") == "4096" and d.flag("--max-tokens-per-gpu") == "8192"
     )
-    assert float(d.flag("--lr")) == 1e-5 and float(d.flag("--rollout-temperature")) == 1.0
+    # slime's Qwen3-4B recipe (README: "Learning rate")
+    assert float(d.flag("--lr")) == 1e-6 and float(d.flag("--rollout-temperature")) == 1.0
     assert "--colocate" in d.train_argv and "--rollout-num-gpus" not in d.train_argv
+    # no GPU here: one node of 8 assumed, the actor and the engines on all of them
+    assert (d.flag("--actor-num-nodes"), d.flag("--actor-num-gpus-per-node")) == ("1", "8")
+    assert d.flag("--num-gpus-per-node") == "8" and d.check("GPU layout").startswith("ok")
+    assert "--use-fault-tolerance" not in d.train_argv and "--eval-interval" not in d.train_argv
     assert d.flag("--train-backend") == "megatron" and d.flag("--tensor-model-parallel-size") == "1"
     assert d.flag("--num-epoch") == "1"  # no --num-rollout: one epoch of the tasks
     assert (
@@ -281,38 +321,55 @@ def test_dry_run_megatron_defaults(world: dict, version: str) -> None:
     assert d.train_argv[:2] == ["python3", str(slime.resolve() / "train.py")]
     # the Ray job: project on PYTHONPATH (before Megatron), TRAIN_CONFIG, runtime env == printed env
     assert d.env["PYTHONPATH"].split(":") == [str(REPO), str(world["megatron"].resolve())]
-    assert d.env["TRAIN_CONFIG"] == str(world["config"].resolve())
     runtime = json.loads(d.submit[d.submit.index("--runtime-env-json") + 1])
     assert runtime == {"env_vars": d.env}
     assert (
-        d.submit[:3] == ["ray", "job", "submit"]
+        Path(d.submit[0]).name == "ray"
+        and d.submit[1:3] == ["job", "submit"]
         and d.submit[-2] == "bash"
         and d.submit[-1].endswith(".sh")
     )
-    # what it would start: the env server on the config's port (nothing answers there) and a Ray head
-    env_cmd = next(c for c in d.commands if "envs.server" in c)
+    # what it would start: 32 x 16 = 512 episodes in flight -> two env-server replicas, the first
+    # on the config's port keeping the store, and a Ray head on this machine (--block: stoppable)
+    servers = [c for c in d.commands if "envs.server" in c]
+    assert len(servers) == 2 and "--role env" not in servers[0] and "--role env" in servers[1]
     assert (
-        f"--port {world['port']}" in env_cmd and f"--config {world['config'].resolve()}" in env_cmd
+        f"--port {world['port']}" in servers[0]
+        and f"--config {world['config'].resolve()}" in servers[0]
     )
-    assert any(c.startswith("ray start --head") for c in d.commands)
+    # the job's config lists both replicas (written next to the job script)
+    assert d.env["TRAIN_CONFIG"] == d.submit[-1][: -len(".sh")] + ".yaml"
+    assert f"env_server: http://127.0.0.1:{world['port']}, http://127.0.0.1:" in d.text
+    head = d.ray_start()
+    assert head and " --head --num-gpus 8 " in head and head.split(" &")[0].endswith("--block")
+    assert f"--dashboard-port {world['ray'].rsplit(':', 1)[1]}" in head
+    assert not d.wrapper  # env servers on this machine: the job runs slime's driver directly
     # runs nothing: no script written
     assert not Path(d.submit[-1]).exists()
 
 
-@pytest.mark.parametrize(
-    "version,backend", [("v0.3.1", "megatron"), ("v0.2.2", "megatron"), ("v0.2.2", "fsdp")]
-)
-def test_every_emitted_flag_is_one_slime_knows(world: dict, version: str, backend: str) -> None:
+PLANS = [(v, "megatron", m) for v in VERSIONS for m in ("sync", "async", "fully-async")] + [
+    ("v0.2.2", "fsdp", "sync")
+]
+
+
+@pytest.mark.parametrize("version,backend,mode", PLANS)
+def test_every_emitted_flag_is_one_slime_knows(
+    world: dict, version: str, backend: str, mode: str
+) -> None:
     slime = make_slime(world["tmp"] / "slime", version)
     extra = ["--seed", "7"]
+    colocation = ["--no-colocate"] if mode == "sync" else []  # the async modes never colocate
     d = dry_run(
         world,
         slime,
+        "--mode",
+        mode,
         "--train-backend",
         backend,
         "--tp",
         "2",
-        "--no-colocate",
+        *colocation,
         "--actor-gpus",
         "4",
         "--rollout-gpus",
@@ -329,16 +386,21 @@ def test_every_emitted_flag_is_one_slime_knows(world: dict, version: str, backen
         "3",
         "--max-context-len",
         "8192",
+        "--fault-tolerance",
+        *(["--update-weights-interval", "2"] if mode != "sync" else []),
         "--",
         *extra,
     )
-    known = slime_flags(version) | SGLANG_FLAGS
-    if backend == "megatron":
-        known |= megatron_flags(version)
+    known = known_flags(version, backend)
     emitted = d.emitted_flags(extra)
     assert emitted - known == set(), f"slime {version} would ignore {sorted(emitted - known)}"
     assert d.train_argv[-2:] == extra  # after `--`: passed unchanged, last
     assert f"# note: all {len(emitted)} emitted flags are defined by this slime/Megatron" in d.text
+    assert "--use-fault-tolerance" in d.train_argv and "--colocate" not in d.train_argv
+    driver = "train.py" if mode == "sync" else "train_async.py"
+    assert d.train_argv[1] == str(slime.resolve() / driver)
+    if mode != "sync":
+        assert d.flag("--update-weights-interval") == "2"
     if backend == "fsdp":
         assert (
             "--gradient-checkpointing" in d.train_argv
@@ -411,7 +473,7 @@ def test_dry_run_option_values(world: dict) -> None:
     assert d.flag("--eval-interval") == "5"
     assert d.flag("--save") == "/ckpt/out" and d.flag("--save-interval") == "20"
     assert d.flag("--wandb-project") == "p" and d.flag("--wandb-group") == "g"
-    assert any(c.startswith("ray start --head --num-gpus 6") for c in d.commands)
+    assert " start --head --num-gpus 6 " in (d.ray_start() or "")
 
 
 def test_env_server_override_and_secrets_are_masked(world: dict) -> None:
@@ -422,9 +484,10 @@ def test_env_server_override_and_secrets_are_masked(world: dict) -> None:
     )
     assert out.returncode == 0, out.stderr
     d = DryRun(out.stdout)
-    assert d.env["TRAIN_CONFIG"].endswith("runs/launch-test/train_config.yaml")
+    assert d.env["TRAIN_CONFIG"] == d.submit[-1][: -len(".sh")] + ".yaml"  # the job's own config
+    assert "/runs/launch-test/" in d.env["TRAIN_CONFIG"]
     assert not Path(d.env["TRAIN_CONFIG"]).exists()  # a dry run writes nothing
-    assert "--port 1 " in next(c for c in d.commands if "envs.server" in c) + " "
+    assert "--port 1 " in d.command("envs.server") + " "
     assert "secret-wandb-key" not in out.stdout and d.env["WANDB_API_KEY"] == "***"
     assert "--wandb-mode" not in d.train_argv and "WANDB_MODE" not in d.env
 
@@ -491,10 +554,12 @@ def line_for(lines: list[str], name: str) -> str:
 def test_machine_prerequisites_named_with_fixes(world: dict) -> None:
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
     lines = missing_lines(run_sh(*base_args(world, slime)))
-    # this machine has neither GPUs nor ray; everything else in `world` is present
-    assert "nvidia-smi" in line_for(lines, "GPUs") and "--rollout-only" in line_for(lines, "GPUs")
-    assert "pip install 'ray[default]" in line_for(lines, "ray")
-    assert len(lines) == 2, lines
+    # this machine has no GPU (and maybe no ray); everything else in `world` is present
+    gpus = line_for(lines, "GPUs")
+    assert all(t in gpus for t in ("nvidia-smi", "amd-smi", "rocm-smi", "--rollout-only"))
+    if pre.ray_executable() is None:
+        assert "pip install 'ray[default]" in line_for(lines, "ray")
+    assert len(lines) == 1 + (pre.ray_executable() is None), lines
     assert not (
         REPO / "runs" / "launch-test"
     ).exists()  # stopped before writing or starting anything
@@ -503,6 +568,8 @@ def test_machine_prerequisites_named_with_fixes(world: dict) -> None:
 def test_missing_slime_megatron_tasks_checkpoint(world: dict, tmp_path: Path) -> None:
     lines = missing_lines(
         run_sh(
+            "--ray-address",
+            world["ray"],
             "--model",
             "Org/Not-Local-7B",
             "--config",
@@ -518,7 +585,10 @@ def test_missing_slime_megatron_tasks_checkpoint(world: dict, tmp_path: Path) ->
         f"python prepare_tasks.py --config {world['config']} --output {tmp_path / 'none.jsonl'}"
         in line_for(lines, "task file")
     )
-    assert "huggingface-cli download Org/Not-Local-7B" in line_for(lines, "checkpoint")
+    # current huggingface_hub ships `hf`, not huggingface-cli
+    assert "hf download Org/Not-Local-7B --local-dir ./Not-Local-7B" in line_for(
+        lines, "checkpoint"
+    )
     # a directory that is not a slime checkout; SLIME_PATH is honoured
     out = run_sh(*base_args(world, tmp_path)[:-4], env={"SLIME_PATH": str(tmp_path)})
     assert "is not a slime checkout (no train.py" in line_for(missing_lines(out), "slime")
@@ -612,33 +682,37 @@ def test_execute_starts_env_server_health_checked_and_stops_it(world: dict) -> N
             slime,
             "--env-server",
             f"http://127.0.0.1:{override_port}",
+            "--env-servers",
+            "2",
             "--db",
             str(world["tmp"] / "store.db"),
         )
     )
     plan = build_plan(opts, extra)
-    assert [u for u, _ in plan.env_servers] == [f"http://127.0.0.1:{override_port}"]
+    urls = [u for u, _ in plan.env_servers]
+    assert len(urls) == 2 and urls[0] == f"http://127.0.0.1:{override_port}"
     assert plan.config_override is not None
     probe = world["tmp"] / "probe.json"
     plan.ray_start_cmd = (
-        None  # no Ray on this machine; the job is a probe run while the server is up
+        None  # no Ray on this machine; the job is a probe run while the servers are up
     )
     plan.submit_cmd = [
         sys.executable,
         "-c",
         (
             "import json, os, sys, httpx, yaml; "
-            f"h = httpx.get('http://127.0.0.1:{override_port}/health').status_code; "
             f"cfg = yaml.safe_load(open({plan.job_env['TRAIN_CONFIG']!r})); "
+            "h = [httpx.get(u + '/health').status_code for u in cfg['env_server']]; "
             f"json.dump({{'health': h, 'env_server': cfg['env_server']}}, open({str(probe)!r}, 'w'))"
         ),
     ]
     try:
         assert execute(plan) == 0
         seen = json.loads(probe.read_text())
-        assert seen == {"health": 200, "env_server": f"http://127.0.0.1:{override_port}"}
+        assert seen == {"health": [200, 200], "env_server": urls}
         assert plan.train_script_path.read_text() == plan.train_script
-        assert not port_open(override_port), "the env server run.sh started must be stopped on exit"
+        for u in urls:  # every replica run.sh started is stopped on exit
+            assert not port_open(int(u.rsplit(":", 1)[1])), u
         assert (world["tmp"] / "store.db").exists()
     finally:
         shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
@@ -701,7 +775,7 @@ def test_sigterm_stops_what_it_started(world: dict) -> None:
             sys.executable,
             "-c",
             program,
-            *base_args(world, slime, "--db", str(world["tmp"] / "s.db")),
+            *base_args(world, slime, "--db", str(world["tmp"] / "s.db"), "--env-servers", "1"),
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -731,22 +805,20 @@ def test_sigterm_stops_what_it_started(world: dict) -> None:
         shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
 
 
-def test_env_servers_pinned_by_the_task_rows(world: dict) -> None:
+def test_the_jobs_env_servers_win_over_the_task_rows(world: dict) -> None:
+    """Rows pin the URLs of prepare time; the job's config (TRAIN_CONFIG) decides where the bridge
+    connects, so run.sh starts servers there and --env-server needs no re-prepare."""
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
     pinned = free_port()
     rows = [json.loads(line) for line in world["tasks"].read_text().splitlines()]
     for r in rows:
         r["metadata"]["env_server"] = [f"http://127.0.0.1:{pinned}"]
     world["tasks"].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    d = dry_run(world, slime)  # the bridge connects where the rows say: that is the server to start
-    assert (
-        next(c for c in d.commands if "envs.server" in c)
-        .split(" &")[0]
-        .endswith(f"--port {pinned} --db {(REPO / 'runs' / 'trajectories.db')}")
-    )
-    line = line_for(
-        missing_lines(run_sh(*base_args(world, slime, "--env-server", "http://127.0.0.1:1"))),
-        "env server",
-    )
-    assert f"pin env_server http://127.0.0.1:{pinned}" in line and "would have no effect" in line
-    assert "rerun python prepare_tasks.py" in line
+    d = dry_run(world, slime, "--env-servers", "1")
+    cmd = d.command("envs.server").split(" &")[0]
+    assert cmd.endswith(f"--port {world['port']} --db {REPO / 'runs' / 'trajectories.db'}")
+    assert d.env["TRAIN_CONFIG"] == str(world["config"].resolve())  # the config as it is
+    other = free_port()
+    d = dry_run(world, slime, "--env-servers", "1", "--env-server", f"http://127.0.0.1:{other}")
+    assert f"--port {other} " in d.command("envs.server")
+    assert f"env_server: http://127.0.0.1:{other})" in d.text  # the job's config names it

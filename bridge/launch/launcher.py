@@ -1,7 +1,16 @@
-"""`bash run.sh`: check prerequisites, start the env server and a Ray head, submit slime's train.py.
+"""`bash run.sh`: check prerequisites, start the env servers and Ray, submit slime's training driver.
 
-Everything is decided in `build_plan` (pure apart from probing the machine), printed by
-`--dry-run`, and carried out by `execute`, which stops what it started on exit.
+Everything is decided in `build_plan` (pure apart from probing the machine and the Ray
+cluster), printed by `--dry-run`, and carried out by `execute`, which stops what it started on
+exit. What a plan holds, in order:
+
+- the cluster: an existing Ray cluster at --ray-address (its nodes, GPUs and vendor read from
+  Ray), else this machine (nvidia-smi / amd-smi / rocm-smi) with a Ray head run.sh starts;
+- the GPU layout fitted to it (`bridge.launch.layout`), the mode's driver (`bridge.launch.modes`),
+  the checkpoint to load (`bridge.launch.resume`);
+- the env servers (`bridge.launch.env_servers`): on this machine, or on the Ray cluster through
+  the job's entrypoint (`bridge.launch.ray_job`);
+- slime's flags, each checked against the slime checkout (slime ignores unknown flags).
 """
 
 from __future__ import annotations
@@ -9,7 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -24,12 +35,41 @@ import yaml
 
 from bridge.config import TRAIN_CONFIG_ENV, TrainConfig, is_hosted
 from bridge.launch import prerequisites as pre
+from bridge.launch.cluster import (
+    ClusterError,
+    ClusterView,
+    check_ray_address,
+    default_ray_address,
+    local_view,
+    ray_dashboard_up,
+    read_ray_cluster,
+)
+from bridge.launch.env_servers import (
+    ENV_SERVER_SECRETS,
+    ENV_SERVER_VARS,
+    EnvServerPlan,
+    Placement,
+    default_replicas,
+    local_plan,
+    ray_plan,
+)
+from bridge.launch.gpus import (
+    AMD_COLOCATE_FLAGS,
+    AMD_MEGATRON_FLAGS,
+    ROCM_JOB_ENV,
+    GpuVendor,
+    LocalGpus,
+    detect_local_gpus,
+)
+from bridge.launch.layout import Layout, LayoutError, LayoutRequest, fit_layout
+from bridge.launch.modes import ModeError, ModePlan, TrainMode, mode_plan, resolve_colocate
+from bridge.launch.resume import LoadPlan, ResumeError, plan_load
 from bridge.launch.services import (
     ServiceError,
     answers,
-    env_server_command,
     is_loopback,
     managed_process,
+    stop,
 )
 from bridge.launch.slime_flags import SGLANG_FLAGS, slime_checkout_flags, supported_train_backends
 
@@ -38,6 +78,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GENERATE_HOOK = "bridge.generate.generate"
 ROLLOUT_LOG_HOOK = "bridge.metrics.log_rollout"
 EVAL_LOG_HOOK = "bridge.metrics.log_eval_rollout"
+
+# Learning rate: slime's own Qwen3-4B recipes (scripts/run-qwen3-4B.sh and its AMD twin) train
+# with Adam at 1e-6, constant schedule, no KL term: the optimizer settings run.sh emits. The
+# public OpenReward example uses 1e-5, ten times the step this setup was tuned with; we keep
+# the tested value (README: "Learning rate").
+DEFAULT_LR = 1e-6
+# Evaluate every N rollouts when an eval file is used (slime's Qwen3-4B scripts use 20).
+DEFAULT_EVAL_INTERVAL = 20
+# slime's default --sglang-server-concurrency (per engine), which fully-async keeps in flight.
+SGLANG_SERVER_CONCURRENCY = 512
+# Replicas run.sh picks without --env-servers (each is one process; more are fine, ask for them).
+MAX_DEFAULT_REPLICAS = 16
+RAY_HEAD_TIMEOUT = 180.0
 
 # Megatron flags the launcher emits itself (slime parses its CLI with Megatron's parser).
 # tests/test_run_sh.py checks them against the Megatron parser of the commits slime pins.
@@ -60,6 +113,7 @@ MEGATRON_FLAGS = frozenset(
         "--accumulate-allreduce-grads-in-fp32",
         "--attention-softmax-in-fp32",
         "--attention-backend",
+        *AMD_MEGATRON_FLAGS,
     }
 )
 
@@ -91,7 +145,7 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ap = argparse.ArgumentParser(
         prog="bash run.sh",
         description="Train a model with slime on the environments in train_config.yaml.",
-        epilog="Everything after `--` is passed to slime's train.py unchanged. "
+        epilog="Everything after `--` is passed to slime's driver unchanged. "
         "Rollout-only mode (no training, no GPU needed): bash run.sh --rollout-only --help",
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
@@ -108,14 +162,27 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="train_config.yaml (environments, env server, trajectories)",
     )
     a("--task-data", default="tasks.jsonl", help="training prompts written by prepare_tasks.py")
-    a("--eval-data", default=None, help="eval prompts (prepare_tasks.py --eval-output)")
+    a(
+        "--mode",
+        choices=[m.value for m in TrainMode],
+        default=TrainMode.SYNC.value,
+        help="sync: train.py; async: train_async.py (rollout k+1 overlaps training k); "
+        "fully-async: train_async.py with slime's fully-async rollout worker",
+    )
+    a(
+        "--eval-data",
+        default=None,
+        help="eval prompts (default: eval_<task-data name> beside --task-data when it exists, "
+        "as prepare_tasks.py writes it)",
+    )
     a(
         "--eval-interval",
         type=int,
         default=None,
-        help="evaluate every N rollouts (needs --eval-data)",
+        help=f"evaluate every N rollouts (default: {DEFAULT_EVAL_INTERVAL} when there is eval data)",
     )
-    a("--lr", type=float, default=1e-5, help="learning rate")
+    a("--no-eval", action="store_true", help="no evaluation, even when an eval file exists")
+    a("--lr", type=float, default=DEFAULT_LR, help="learning rate (slime's Qwen3-4B recipe)")
     a("--n-samples", type=int, default=16, help="samples per prompt (GRPO group size)")
     a("--rollout-batch-size", type=int, default=32, help="prompts per rollout")
     a(
@@ -140,7 +207,7 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--max-context-len",
         type=int,
         default=None,
-        help="context budget (prompt + response) of an episode",
+        help="context budget (prompt + response) of an episode; at most --max-tokens-per-gpu x --cp",
     )
     a(
         "--max-tokens-per-gpu",
@@ -148,7 +215,7 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=8192,
         help="dynamic batch size: tokens per GPU per micro batch",
     )
-    a("--temperature", type=float, default=1.0, help="rollout sampling temperature")
+    a("--temperature", type=float, default=1.0, help="rollout sampling temperature (> 0)")
     a(
         "--train-backend",
         choices=["megatron", "fsdp"],
@@ -159,16 +226,29 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--actor-gpus",
         type=int,
         default=None,
-        help="training GPUs (default: all GPUs nvidia-smi lists)",
+        help="training GPUs (default: every GPU when colocated, else half the nodes, or half "
+        "of one node's GPUs)",
     )
-    a("--rollout-gpus", type=int, default=None, help="inference GPUs when not colocated")
+    a(
+        "--rollout-gpus",
+        type=int,
+        default=None,
+        help="inference GPUs when not colocated (default: the GPUs the actor leaves)",
+    )
     a("--tp", type=int, default=1, help="tensor parallel size of the Megatron actor")
+    a("--cp", type=int, default=1, help="context parallel size of the Megatron actor")
     a("--rollout-tp", type=int, default=None, help="GPUs per SGLang engine (default: --tp)")
     a(
         "--colocate",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="training and inference share the GPUs",
+        default=None,
+        help="training and inference share the GPUs (default: on for --mode sync, off otherwise)",
+    )
+    a(
+        "--update-weights-interval",
+        type=int,
+        default=None,
+        help="async modes: push weights to the engines every N rollouts (slime's default: 1)",
     )
     a(
         "--mem-fraction",
@@ -176,9 +256,31 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=0.7,
         help="SGLang static memory fraction when colocated",
     )
-    a("--load", default=None, help="checkpoint to start from (default: --model)")
+    a(
+        "--gpu-vendor",
+        choices=["auto", *(v.value for v in GpuVendor)],
+        default="auto",
+        help="auto: from Ray's view of the cluster, else nvidia-smi / amd-smi / rocm-smi",
+    )
+    a(
+        "--fault-tolerance",
+        action="store_true",
+        help="slime's --use-fault-tolerance: restart SGLang engines that die",
+    )
+    a(
+        "--load",
+        default=None,
+        help="checkpoint to start from (default: the one in --save when there is one, else --model)",
+    )
     a("--save", default=None, help="where to save checkpoints")
     a("--save-interval", type=int, default=None, help="save every N rollouts (needs --save)")
+    a(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="continue the run in --save (default: when --save holds a checkpoint); "
+        "--no-resume starts from the base weights",
+    )
     a(
         "--wandb-project",
         default="slime-envs",
@@ -204,12 +306,30 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     a("--env-server", default=None, help="env server URL (default: env_server in the config)")
     a(
-        "--ray-address",
-        default="http://127.0.0.1:8265",
-        help="Ray dashboard address for job submission",
+        "--env-servers",
+        type=int,
+        default=None,
+        help="env-server replicas run.sh starts (default: one per 256 episodes in flight, "
+        f"at most {MAX_DEFAULT_REPLICAS})",
     )
-    a("--python", default="python3", help="python that runs slime's train.py on the Ray cluster")
-    a("--db", default="runs/trajectories.db", help="trajectory store of an env server this starts")
+    a(
+        "--env-server-cpus",
+        type=float,
+        default=1.0,
+        help="CPUs each env-server replica reserves on a Ray cluster",
+    )
+    a(
+        "--ray-address",
+        default=default_ray_address(),
+        help="Ray dashboard address for job submission (default: $RAY_ADDRESS, else "
+        "http://127.0.0.1:8265); a running cluster there is used as it is",
+    )
+    a("--python", default="python3", help="python that runs slime's driver on the Ray cluster")
+    a(
+        "--db",
+        default="runs/trajectories.db",
+        help="trajectory store of the env servers run.sh starts",
+    )
     a("--dry-run", action="store_true", help="print the commands and environment; run nothing")
     opts = ap.parse_args(argv)
     return opts, extra
@@ -274,37 +394,48 @@ def resolve_model_args(opts: argparse.Namespace, slime_path: Path | None) -> tup
     return read_model_args(script), str(script)
 
 
-def slime_train_args(
-    opts: argparse.Namespace,
-    *,
-    model_args: list[str],
-    actor_gpus: int,
-    gpus_per_node: int,
-    eval_name: str | None,
-    use_wandb_offline: bool,
-    wandb_group: str,
-) -> list[str]:
-    """The flags for slime's train.py (extra args after `--` not included)."""
-    load = opts.load or opts.model
+@dataclass(frozen=True)
+class TrainInputs:
+    """What build_plan decided that slime's flags depend on."""
+
+    layout: Layout
+    load: LoadPlan
+    mode: ModePlan
+    vendor: GpuVendor
+    model_args: list[str]
+    eval_data: str | None
+    eval_interval: int | None
+    wandb_offline: bool
+    wandb_group: str
+
+
+def slime_train_args(opts: argparse.Namespace, t: TrainInputs) -> list[str]:
+    """The flags for slime's driver (extra args after `--` not included)."""
+    lay = t.layout
     args = [
         "--train-backend",
         opts.train_backend,
         # cluster
         "--actor-num-nodes",
-        "1",
+        str(lay.actor_nodes),
         "--actor-num-gpus-per-node",
-        str(actor_gpus),
+        str(lay.actor_gpus_per_node),
         "--num-gpus-per-node",
-        str(gpus_per_node),
+        str(lay.gpus_per_node),
         "--rollout-num-gpus-per-engine",
-        str(opts.rollout_tp or opts.tp),
+        str(lay.engine_gpus),
     ]
-    if opts.colocate:
+    if lay.colocate:
         args += ["--colocate", "--sglang-mem-fraction-static", str(opts.mem_fraction)]
+        if t.vendor is GpuVendor.AMD:  # slime's AMD guide: no offloading when colocated on ROCm
+            args += list(AMD_COLOCATE_FLAGS)
     else:
-        args += ["--rollout-num-gpus", str(opts.rollout_gpus or actor_gpus)]
+        args += ["--rollout-num-gpus", str(lay.rollout_gpus)]
+    args += t.mode.flags
+    if opts.fault_tolerance:
+        args += ["--use-fault-tolerance"]
     # checkpoints
-    args += ["--hf-checkpoint", opts.model, "--load", load, "--ref-load", load]
+    args += ["--hf-checkpoint", opts.model, "--load", t.load.load, "--ref-load", t.load.ref_load]
     if opts.save:
         args += ["--save", opts.save]
     if opts.save_interval is not None:
@@ -349,18 +480,18 @@ def slime_train_args(
     if opts.max_context_len is not None:
         args += ["--rollout-max-context-len", str(opts.max_context_len)]
     # eval
-    if opts.eval_data:
+    if t.eval_data:
         args += [
             "--eval-prompt-data",
-            eval_name or "eval",
-            str(Path(opts.eval_data).resolve()),
+            Path(t.eval_data).stem,
+            str(Path(t.eval_data).resolve()),
             "--n-samples-per-eval-prompt",
             "1",
             "--eval-max-response-len",
             str(opts.max_response_len),
+            "--eval-interval",
+            str(t.eval_interval),
         ]
-        if opts.eval_interval is not None:
-            args += ["--eval-interval", str(opts.eval_interval)]
     # algorithm: GRPO with the clip-higher range, no KL term
     args += ["--advantage-estimator", "grpo", "--eps-clip", "0.2", "--eps-clip-high", "0.28"]
     # optimizer
@@ -388,7 +519,7 @@ def slime_train_args(
             "--pipeline-model-parallel-size",
             "1",
             "--context-parallel-size",
-            "1",
+            str(opts.cp),
             "--recompute-granularity",
             "full",
             "--recompute-method",
@@ -404,13 +535,21 @@ def slime_train_args(
             "--attention-backend",
             "flash",
         ]
-        args += model_args
+        if t.vendor is GpuVendor.AMD:
+            args += list(AMD_MEGATRON_FLAGS)
+        args += t.model_args
     else:
         args += ["--gradient-checkpointing"]
     # metrics
     if not opts.no_wandb:
-        args += ["--use-wandb", "--wandb-project", opts.wandb_project, "--wandb-group", wandb_group]
-        if use_wandb_offline:
+        args += [
+            "--use-wandb",
+            "--wandb-project",
+            opts.wandb_project,
+            "--wandb-group",
+            t.wandb_group,
+        ]
+        if t.wandb_offline:
             args += ["--wandb-mode", "offline"]
     return args
 
@@ -430,79 +569,293 @@ class LaunchPlan:
 
     checks: list[pre.Check]
     notes: list[str]
-    env_server_url: str | None  # where the bridge finds local envs; None: hosted envs only
-    env_servers: list[tuple[str, list[str]]]  # (url, command) of each env server to start
-    ray_start_cmd: list[str] | None  # None: a Ray cluster answers at ray_address
+    env_plan: EnvServerPlan | None
+    """None: hosted envs only."""
+    ray_start_cmd: list[str] | None
+    """`ray start --head --block ...` run.sh runs here; None: a Ray cluster answers at ray_address."""
     ray_address: str
-    train_script: str  # the shell script the Ray job runs
+    slime_dir: Path
+    job_wrapper: list[str]
+    """Runs before the driver in the job (bridge.launch.ray_job starting replicas on Ray), or []."""
+    train_cmd: list[str]
+    """slime's driver and its flags."""
     train_script_path: Path
     submit_cmd: list[str]
     submission_id: str
-    job_env: dict[str, str]  # the Ray job's runtime_env env_vars
-    secret_env: list[str] = field(default_factory=list)  # keys in job_env whose values are secrets
-    config_override: dict | None = (
-        None  # written to job_env[TRAIN_CONFIG] when --env-server overrides
-    )
+    job_env: dict[str, str]
+    """The Ray job's runtime_env env_vars."""
+    secret_env: list[str] = field(default_factory=list)
+    """Keys in job_env whose values are secrets (masked in the dry run)."""
+    config_override: dict | None = None
+    """Written to job_env[TRAIN_CONFIG] before the job when --env-server or extra replicas
+    change the config's env_server."""
+    ray_start_env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of the Ray head run.sh starts (ROCm)."""
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
+    @property
+    def env_servers(self) -> list[tuple[str, list[str]]]:
+        """(url, command) of each env server run.sh starts on this machine."""
+        return self.env_plan.commands if self.env_plan is not None else []
 
-def _ray_up(address: str) -> bool:
-    return answers(address, "/api/version")
+    @property
+    def env_server_url(self) -> str | None:
+        if self.env_plan is None:
+            return None
+        return self.env_plan.urls[0] if self.env_plan.urls else "(replica 0 on the Ray cluster)"
+
+    @property
+    def train_script(self) -> str:
+        """The shell script the Ray job runs: every argument quoted once, so nothing is re-split."""
+        cmd = [*self.job_wrapper, *self.train_cmd]
+        return (
+            "#!/usr/bin/env bash\n# Written by run.sh; the Ray job runs it.\nset -e\n"
+            f"cd {shlex.quote(str(self.slime_dir))}\nexec " + " \\\n  ".join(_pairs(cmd)) + "\n"
+        )
+
+
+def default_eval_path(task_data: str) -> Path:
+    """Where prepare_tasks.py puts the eval rows of `task_data`: eval_<name> beside it."""
+    p = Path(task_data)
+    return p.with_name("eval_" + p.name)
+
+
+def _check_options(opts: argparse.Namespace, mode: TrainMode) -> None:
+    """Option values slime would refuse or could not train with: one line each, before anything runs."""
+    if opts.temperature <= 0:
+        raise LaunchError(
+            f"--temperature {opts.temperature:g}: must be > 0 (slime rejects greedy decoding as an "
+            "RL policy)"
+        )
+    if opts.save_interval is not None and not opts.save:
+        raise LaunchError("--save-interval needs --save DIR")
+    if mode is TrainMode.SYNC and opts.update_weights_interval is not None:
+        raise LaunchError(
+            "--update-weights-interval only applies to --mode async/fully-async "
+            "(sync updates the weights after every rollout)"
+        )
+    for name in ("tp", "cp", "env_servers", "rollout_tp", "actor_gpus", "rollout_gpus"):
+        value = getattr(opts, name)
+        if value is not None and value < 1:
+            raise LaunchError(f"--{name.replace('_', '-')} must be >= 1")
+    if opts.cp > 1 and opts.train_backend != "megatron":
+        raise LaunchError("--cp (context parallelism) needs --train-backend megatron")
+    budget = opts.max_tokens_per_gpu * opts.cp
+    flag, tokens = (
+        ("--max-context-len", opts.max_context_len)
+        if opts.max_context_len is not None
+        else ("--max-response-len", opts.max_response_len)
+    )
+    if tokens > budget:
+        cp_hint = (
+            f" or --cp {math.ceil(tokens / opts.max_tokens_per_gpu)}"
+            if opts.train_backend == "megatron"
+            else ""
+        )
+        raise LaunchError(
+            f"{flag} {tokens} exceeds --max-tokens-per-gpu {opts.max_tokens_per_gpu}"
+            + (f" x --cp {opts.cp}" if opts.cp > 1 else "")
+            + f": one episode must fit a GPU's micro batch; pass --max-tokens-per-gpu {tokens}"
+            + cp_hint
+        )
+
+
+def _plan_eval(
+    opts: argparse.Namespace, checks: list[pre.Check], notes: list[str]
+) -> tuple[str | None, int | None]:
+    """The eval file and interval: --eval-data, else the prepared eval file when it exists."""
+    if opts.no_eval:
+        if opts.eval_data or opts.eval_interval is not None:
+            raise LaunchError("--no-eval contradicts --eval-data/--eval-interval: drop one")
+        return None, None
+    data = opts.eval_data
+    interval = opts.eval_interval or DEFAULT_EVAL_INTERVAL
+    if data:
+        checks.append(pre.check_task_file(data, opts.config, "eval task file", "--eval-output"))
+    else:
+        default = default_eval_path(opts.task_data)
+        if default.is_file() and default.stat().st_size > 0:
+            data = str(default)
+            notes.append(
+                f"eval: {default} every {interval} rollouts (prepared by prepare_tasks.py; "
+                "--no-eval skips it)"
+            )
+        elif opts.eval_interval is not None:
+            raise LaunchError(
+                f"--eval-interval needs --eval-data FILE, or {default} (python prepare_tasks.py "
+                f"--config {opts.config} --output {opts.task_data} writes it)"
+            )
+    return (data, interval) if data else (None, None)
+
+
+def _read_cluster(
+    opts: argparse.Namespace, probe: bool, gpus: int | None, checks: list[pre.Check]
+) -> tuple[str, bool, ClusterView | None]:
+    """The Ray dashboard address, whether a cluster answers there, and the machines to plan for."""
+    try:
+        address = check_ray_address(opts.ray_address)
+    except ClusterError as e:
+        raise LaunchError(str(e)) from None
+    if probe and ray_dashboard_up(address):
+        try:
+            view = read_ray_cluster(address)
+        except ClusterError as e:
+            checks.append(
+                pre.Check("Ray cluster", False, str(e), f"ray status (on {address}'s head)")
+            )
+            return address, True, None
+        checks.append(pre.Check("Ray cluster", True, f"running at {address}: {view.describe()}"))
+        return address, True, view
+    if not is_loopback(address):
+        checks.append(
+            pre.Check(
+                "Ray cluster",
+                False,
+                f"nothing answers at {address}",
+                "start it (ray start --head on its head node) or pass the --ray-address of a "
+                "running one; without --ray-address run.sh starts Ray on this machine",
+            )
+        )
+    if gpus is not None or not probe:
+        local = LocalGpus(GpuVendor.NVIDIA, gpus, "the caller") if gpus else None
+    else:
+        local = detect_local_gpus()
+    return address, False, local_view(local)
+
+
+def _fit_layout(
+    opts: argparse.Namespace,
+    view: ClusterView | None,
+    colocate: bool,
+    checks: list[pre.Check],
+    notes: list[str],
+) -> Layout:
+    """The layout for the cluster; a MISSING check (and a best-effort layout to print) when none fits."""
+    req = LayoutRequest(
+        opts.actor_gpus, opts.rollout_gpus, colocate, opts.tp, opts.cp, opts.rollout_tp or opts.tp
+    )
+    if view is None or not view.gpu_nodes:
+        checks.append(pre.check_no_gpus(view.source if view is not None and view.on_ray else None))
+        assumed = max(8, (opts.actor_gpus or 0) + (0 if colocate else opts.rollout_gpus or 0))
+        notes.append(f"no GPUs found: the plan below assumes one node of {assumed}")
+        counts = [assumed]
+    else:
+        counts = [n.gpus for n in view.gpu_nodes]
+        checks.append(pre.Check("GPUs", True, view.describe()))
+    try:
+        layout = fit_layout(counts, req)
+    except LayoutError as e:
+        checks.append(pre.Check("GPU layout", False, str(e)))
+        actor = opts.actor_gpus or counts[0]
+        return Layout(1, actor, opts.rollout_gpus or actor, req.engine_gpus, counts[0], colocate)
+    checks.append(pre.Check("GPU layout", True, layout.describe()))
+    return layout
+
+
+def _gpu_vendor(
+    opts: argparse.Namespace, view: ClusterView | None, checks: list[pre.Check]
+) -> GpuVendor:
+    if opts.gpu_vendor != "auto":
+        return GpuVendor(opts.gpu_vendor)
+    try:
+        return (view.vendor if view is not None else None) or GpuVendor.NVIDIA
+    except ClusterError as e:
+        checks.append(pre.Check("GPU vendor", False, str(e), "pass --gpu-vendor to pick one"))
+        return GpuVendor.NVIDIA
+
+
+def _episodes_in_flight(
+    opts: argparse.Namespace, mode: TrainMode, layout: Layout, extra: list[str]
+) -> int:
+    """Concurrent episodes the job runs: a rollout's samples, or fully-async's pool."""
+    if (
+        mode is TrainMode.FULLY_ASYNC
+    ):  # slime keeps --sglang-server-concurrency per engine in flight
+        per_engine = SGLANG_SERVER_CONCURRENCY
+        if "--sglang-server-concurrency" in extra:
+            i = extra.index("--sglang-server-concurrency")
+            with contextlib.suppress(IndexError, ValueError):
+                per_engine = int(extra[i + 1])
+        return per_engine * layout.engines
+    return opts.rollout_batch_size * opts.n_samples
 
 
 def _plan_env_servers(
     opts: argparse.Namespace,
     cfg: TrainConfig | None,
+    on_ray: bool,
     probe: bool,
+    episodes: int,
     checks: list[pre.Check],
     notes: list[str],
-) -> tuple[str | None, list[tuple[str, list[str]]], dict | None]:
-    """The env server URL the bridge uses, the servers to start, and a config override for --env-server."""
+) -> EnvServerPlan | None:
+    """The job's env servers: running ones, replicas on this machine, or replicas on the Ray cluster."""
     if cfg is None or all(is_hosted(n) for n in cfg.environments):
-        return None, [], None
-    pinned = pre.task_env_servers(opts.task_data)  # the bridge prefers the URLs the task rows carry
-    if opts.env_server:
-        urls = [opts.env_server.rstrip("/")]
-        if pinned and pinned != urls:
-            checks.append(
-                pre.Check(
-                    "env server",
-                    False,
-                    f"the rows of {opts.task_data} pin env_server {', '.join(pinned)}, which the "
-                    f"bridge uses, so --env-server {urls[0]} would have no effect",
-                    f"set env_server: {urls[0]} in {opts.config} and rerun python prepare_tasks.py --config {opts.config}",
-                )
-            )
-    else:
-        urls = pinned or cfg.env_server_urls
-    override = (
-        _config_with_env_server(cfg, urls[0])
-        if opts.env_server and urls[0] not in cfg.env_server_urls
-        else None
+        return None
+    urls = [opts.env_server.rstrip("/")] if opts.env_server else cfg.env_server_urls
+    running = frozenset(u for u in urls if probe and answers(u))
+    replicas = opts.env_servers or max(
+        min(default_replicas(episodes), MAX_DEFAULT_REPLICAS),
+        0 if on_ray else sum(1 for u in urls if is_loopback(u)),
     )
-    servers: list[tuple[str, list[str]]] = []
-    for url in urls:
-        if probe and answers(url):
-            notes.append(f"env server already answers at {url}")
-        elif is_loopback(url):
-            cmd = env_server_command(opts.config, url, str(Path(opts.db).resolve()))
-            if servers:  # one trajectory store: further servers only serve environments
-                cmd += ["--role", "env"]
-            servers.append((url, cmd))
-        else:
+    reachable = [u for u in urls if not on_ray or not is_loopback(u)]
+    if reachable == urls and set(urls) <= running:
+        notes += [f"env server already answers at {u}" for u in urls]
+        if opts.env_servers:
+            notes.append(f"--env-servers {opts.env_servers} ignored: the running servers are used")
+        return EnvServerPlan(Placement.EXTERNAL, len(urls), urls)
+    for u in urls:
+        if not is_loopback(u) and u not in running:
             checks.append(
                 pre.Check(
                     "env server",
                     False,
-                    f"{url} does not answer /health",
+                    f"{u} does not answer /health",
                     f"start it there: python -m envs.server --config {opts.config} "
-                    f"--host 0.0.0.0 --port {urlparse(url).port or 80}",
+                    f"--host 0.0.0.0 --port {urlparse(u).port or 80} (or drop it from env_server "
+                    "and let run.sh start replicas)",
                 )
             )
-    return urls[0], servers, override
+    if not on_ray:
+        plan = local_plan(opts.config, urls, replicas, opts.db, running)
+        notes += [f"env server already answers at {u}" for u in plan.urls if u in running]
+        return plan
+    if opts.env_server and is_loopback(opts.env_server):
+        raise LaunchError(
+            f"--env-server {opts.env_server} is a loopback address, which other nodes of the Ray "
+            "cluster do not reach: drop it (the job starts replicas on the cluster) or give an "
+            "address they reach"
+        )
+    notes.append(
+        f"the config's env_server {', '.join(urls)} is not reachable from other nodes: the job "
+        f"starts {replicas} replica(s) on the Ray cluster instead"
+    )
+    return ray_plan(replicas, opts.env_server_cpus, opts.db)
+
+
+def _check_cluster_cpus(
+    plan: EnvServerPlan, layout: Layout, view: ClusterView | None, checks: list[pre.Check]
+) -> None:
+    """Ray reserves CPUs: the replicas, one per GPU bundle of slime's placement group, and two drivers."""
+    if view is None or not view.on_ray:
+        return
+    need = plan.replicas * plan.cpus + layout.gpus_used + 2
+    ok = view.total_cpus >= need
+    detail = (
+        f"{plan.replicas} replica(s) x {plan.cpus:g} CPU, placed by Ray; replica 0 keeps the "
+        f"store {plan.db} on the job's node"
+        if ok
+        else f"{plan.replicas} replica(s) x {plan.cpus:g} CPU + {layout.gpus_used} GPU bundles "
+        f"(1 CPU each) + 2 drivers need {need:g} CPUs, the cluster has {view.total_cpus}"
+    )
+    checks.append(
+        pre.Check(
+            "env servers", ok, detail, "" if ok else "lower --env-servers or --env-server-cpus"
+        )
+    )
 
 
 def _check_emitted_flags(
@@ -527,7 +880,7 @@ def _check_emitted_flags(
                 "slime flags",
                 False,
                 f"this slime does not define {', '.join(bad)}; it would ignore them",
-                "use a slime version this launcher supports (v0.2.2 .. v0.3.1)",
+                "use a slime version this launcher supports (v0.2.2, v0.3.1, main)",
             )
         )
     else:
@@ -554,22 +907,29 @@ def _job_env(
     wandb_key = environ.get("WANDB_API_KEY")
     if use_wandb and not wandb_key:
         env["WANDB_MODE"] = "offline"
-    secrets = []
-    for name in (["WANDB_API_KEY"] if wandb_key else []) + (
-        pre.required_api_keys(cfg) if cfg else []
+    secrets_ = []
+    for name in (
+        (["WANDB_API_KEY"] if wandb_key else [])
+        + (pre.required_api_keys(cfg) if cfg else [])
+        + ["ENV_SERVER_API_KEY"]
     ):
         if environ.get(name):
             env[name] = environ[name]
-            secrets.append(name)
-    return env, secrets
+            secrets_.append(name)
+    return env, secrets_
 
 
-def _train_script(slime_dir: Path, train_cmd: list[str]) -> str:
-    """The shell script the Ray job runs: every argument quoted once, so nothing is re-split on the way."""
-    return (
-        "#!/usr/bin/env bash\n# Written by run.sh; the Ray job runs it.\nset -e\n"
-        f"cd {shlex.quote(str(slime_dir))}\nexec " + " \\\n  ".join(_pairs(train_cmd)) + "\n"
-    )
+def _rocm_env(
+    view: ClusterView | None, environ: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(job env, env of a Ray head run.sh starts) on AMD GPUs, as slime's run-qwen3-4B-amd.sh sets them."""
+    job = dict(ROCM_JOB_ENV)
+    if environ.get("HIP_VISIBLE_DEVICES"):
+        job["HIP_VISIBLE_DEVICES"] = environ["HIP_VISIBLE_DEVICES"]
+    head = dict(job)
+    if "HIP_VISIBLE_DEVICES" not in head and view is not None and view.gpu_nodes:
+        head["HIP_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(view.gpu_nodes[0].gpus))
+    return job, head
 
 
 def build_plan(
@@ -583,20 +943,23 @@ def build_plan(
     environ = dict(os.environ if environ is None else environ)
     checks: list[pre.Check] = []
     notes: list[str] = []
+    mode = TrainMode(opts.mode)
+    try:
+        colocate = resolve_colocate(mode, opts.colocate)
+    except ModeError as e:
+        raise LaunchError(str(e)) from None
+    _check_options(opts, mode)
+    try:
+        load = plan_load(opts.model, opts.load, opts.save, opts.resume)
+    except ResumeError as e:
+        raise LaunchError(str(e)) from None
+    if load.note:
+        notes.append(load.note)
 
     cfg_check, cfg = pre.check_config(opts.config)
     checks.append(cfg_check)
     checks.append(pre.check_task_file(opts.task_data, opts.config))
-    if opts.eval_data:
-        checks.append(
-            pre.check_task_file(opts.eval_data, opts.config, "eval task file", "--eval-output")
-        )
-    elif opts.eval_interval is not None:
-        raise LaunchError(
-            "--eval-interval needs --eval-data (python prepare_tasks.py --eval-output ...)"
-        )
-    if opts.save_interval is not None and not opts.save:
-        raise LaunchError("--save-interval needs --save DIR")
+    eval_data, eval_interval = _plan_eval(opts, checks, notes)
     if cfg is not None:
         checks.append(pre.check_api_keys(cfg, environ))
 
@@ -616,15 +979,18 @@ def build_plan(
         checks.append(meg)
         if meg.ok and opts.megatron_path:
             megatron_path = Path(opts.megatron_path).resolve()
+    try:
+        modes = mode_plan(mode, slime_path, opts.update_weights_interval)
+    except ModeError as e:
+        checks.append(pre.Check("training mode", False, str(e)))
+        modes = ModePlan("train_async.py")
 
-    found_gpus = pre.count_gpus() if gpus is None and probe else gpus
-    actor_gpus = opts.actor_gpus or found_gpus or 8
-    needed = actor_gpus + (0 if opts.colocate else (opts.rollout_gpus or actor_gpus))
-    checks.append(pre.check_gpus(needed, found_gpus))
-    checks.append(
-        pre.check_checkpoint(opts.load or opts.model, opts.model, from_load=bool(opts.load))
-    )
+    ray_address, cluster_up, view = _read_cluster(opts, probe, gpus, checks)
+    layout = _fit_layout(opts, view, colocate, checks, notes)
+    vendor = _gpu_vendor(opts, view, checks)
+    checks.append(pre.check_checkpoint(load.load, opts.model, from_load=load.load != opts.model))
     checks.append(pre.check_ray())
+    ray_cmd = pre.ray_executable() or "ray"
 
     model_args: list[str] = []
     if opts.train_backend == "megatron":
@@ -634,61 +1000,106 @@ def build_plan(
         except LaunchError as e:
             checks.append(pre.Check("model args", False, str(e), "pass --model-args"))
             source = None
-        if slime_path is not None and Path(opts.load or opts.model).is_dir():
+        if slime_path is not None and Path(load.load).is_dir():
             script = source if source and source.endswith(".sh") else None
-            checks.append(pre.check_megatron_weights(opts.load or opts.model, slime_path, script))
+            checks.append(pre.check_megatron_weights(load.load, slime_path, script))
 
-    env_url, env_servers, config_override = _plan_env_servers(opts, cfg, probe, checks, notes)
+    on_ray = cluster_up and view is not None
+    env_plan = _plan_env_servers(
+        opts, cfg, on_ray, probe, _episodes_in_flight(opts, mode, layout, extra), checks, notes
+    )
+    if env_plan is not None and env_plan.placement is Placement.RAY:
+        _check_cluster_cpus(env_plan, layout, view, checks)
 
     ray_start: list[str] | None = None
-    if not (probe and _ray_up(opts.ray_address)):
-        port = urlparse(opts.ray_address).port or 8265
+    if not cluster_up and is_loopback(ray_address):
+        port = urlparse(ray_address).port or 8265
+        found = view.total_gpus if view is not None else 0
         ray_start = [
-            "ray",
+            ray_cmd,
             "start",
             "--head",
             "--num-gpus",
-            str(found_gpus or needed),
+            str(found or layout.gpus_used),
             "--disable-usage-stats",
             "--dashboard-host",
             "127.0.0.1",
             "--dashboard-port",
             str(port),
+            "--block",
         ]
 
-    wandb_key = environ.get("WANDB_API_KEY")
     run_name = cfg.run_name if cfg is not None else "slime-envs"
-    eval_name = Path(opts.eval_data).stem if opts.eval_data else None
     train_args = slime_train_args(
         opts,
-        model_args=model_args,
-        actor_gpus=actor_gpus,
-        gpus_per_node=found_gpus or actor_gpus,
-        eval_name=eval_name,
-        use_wandb_offline=not wandb_key,
-        wandb_group=opts.wandb_group or run_name,
+        TrainInputs(
+            layout=layout,
+            load=load,
+            mode=modes,
+            vendor=vendor,
+            model_args=model_args,
+            eval_data=eval_data,
+            eval_interval=eval_interval,
+            wandb_offline=not environ.get("WANDB_API_KEY"),
+            wandb_group=opts.wandb_group or run_name,
+        ),
     )
     if backend_ok:  # flags of an unsupported backend are moot
         _check_emitted_flags(train_args, model_args, opts.train_backend, slime_path, checks, notes)
 
+    sid = f"slime-envs-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_dir = PROJECT_ROOT / "runs" / run_name
-    train_config = run_dir / "train_config.yaml" if config_override else Path(opts.config).resolve()
+    config_override = None
+    job_wrapper: list[str] = []
+    train_config = Path(opts.config).resolve()
+    if env_plan is not None and env_plan.placement is Placement.RAY:
+        train_config = run_dir / f"{sid}.yaml"  # ray_job writes it on the cluster
+        job_wrapper = [
+            opts.python,
+            "-m",
+            "bridge.launch.ray_job",
+            "--replicas",
+            str(env_plan.replicas),
+            "--cpus",
+            f"{env_plan.cpus:g}",
+            "--config",
+            str(Path(opts.config).resolve()),
+            "--db",
+            env_plan.db,
+            "--job-config",
+            str(train_config),
+            "--",
+        ]
+        environ.setdefault("ENV_SERVER_API_KEY", secrets.token_urlsafe(24))
+    elif env_plan is not None and cfg is not None and env_plan.urls != cfg.env_server_urls:
+        config_override = _config_with_env_server(cfg, env_plan.urls)
+        train_config = run_dir / f"{sid}.yaml"
+
     pythonpath = [str(PROJECT_ROOT)] + ([str(megatron_path)] if megatron_path else [])
     job_env, secret_env = _job_env(
-        pythonpath, train_config, cfg, environ, use_wandb=not opts.no_wandb
+        pythonpath + modes.pythonpath, train_config, cfg, environ, use_wandb=not opts.no_wandb
     )
+    if job_wrapper:  # replicas on Ray see only the job's environment
+        job_env.update({k: environ[k] for k in ENV_SERVER_VARS if environ.get(k)})
+        for k in ENV_SERVER_SECRETS:
+            if environ.get(k):
+                job_env[k] = environ[k]
+                secret_env.append(k)
+    ray_start_env: dict[str, str] = {}
+    if vendor is GpuVendor.AMD:
+        rocm_job, ray_start_env = _rocm_env(view, environ)
+        job_env.update(rocm_job)
+        notes.append("AMD GPUs: ROCm environment and flags as slime's scripts/run-qwen3-4B-amd.sh")
 
     slime_dir = slime_path or Path("${SLIME_PATH}")
-    train_cmd = [opts.python, str(slime_dir / "train.py"), *train_args, *extra]
-    train_script = _train_script(slime_dir, train_cmd)
-    sid = f"slime-envs-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    train_cmd = [opts.python, str(slime_dir / modes.driver), *train_args, *extra]
     script_path = run_dir / f"{sid}.sh"
     submit = [
-        "ray",
+        ray_cmd,
         "job",
         "submit",
         "--address",
-        opts.ray_address,
+        ray_address,
         "--submission-id",
         sid,
         "--runtime-env-json",
@@ -702,17 +1113,19 @@ def build_plan(
     return LaunchPlan(
         checks=checks,
         notes=notes,
-        env_server_url=env_url,
-        env_servers=env_servers,
+        env_plan=env_plan,
         ray_start_cmd=ray_start,
-        ray_address=opts.ray_address,
-        train_script=train_script,
+        ray_address=ray_address,
+        slime_dir=slime_dir,
+        job_wrapper=job_wrapper,
+        train_cmd=train_cmd,
         train_script_path=script_path,
         submit_cmd=submit,
         submission_id=sid,
         job_env=job_env,
         secret_env=secret_env,
         config_override=config_override,
+        ray_start_env=ray_start_env,
     )
 
 
@@ -728,9 +1141,9 @@ def _pairs(cmd: list[str]) -> list[str]:
     return lines
 
 
-def _config_with_env_server(cfg: TrainConfig, url: str) -> dict:
+def _config_with_env_server(cfg: TrainConfig, urls: list[str]) -> dict:
     data = cfg.model_dump(mode="json")
-    data["env_server"] = url
+    data["env_server"] = urls[0] if len(urls) == 1 else urls
     return data
 
 
@@ -746,14 +1159,23 @@ def format_plan(plan: LaunchPlan) -> str:
     out += [f"export {k}={shlex.quote(v)}" for k, v in _masked(plan, plan.job_env).items()]
     out.append("# commands")
     if plan.config_override is not None:
+        urls = plan.env_plan.urls if plan.env_plan is not None else []
         out.append(
-            f"# write {plan.job_env[TRAIN_CONFIG_ENV]} (the config with env_server: {plan.env_server_url})"
+            f"# write {plan.job_env[TRAIN_CONFIG_ENV]} (the config with env_server: {', '.join(urls)})"
         )
     for url, cmd in plan.env_servers:
         out.append(shlex.join(cmd) + " &   # stopped on exit")
         out.append(f"# wait for {url}/health")
+    if plan.env_plan is not None and plan.env_plan.placement is Placement.RAY:
+        out.append(
+            f"# on the Ray cluster, the job's entrypoint starts {plan.env_plan.replicas} env-server "
+            f"replica(s) as Ray actors ({plan.env_plan.cpus:g} CPU each; replica 0 keeps the store "
+            f"{plan.env_plan.db}), writes their URLs to {plan.job_env[TRAIN_CONFIG_ENV]}, and "
+            "stops them when the job ends"
+        )
     if plan.ray_start_cmd:
-        out.append(shlex.join(plan.ray_start_cmd) + "   # `ray stop` on exit")
+        env = "".join(f"{k}={shlex.quote(v)} " for k, v in plan.ray_start_env.items())
+        out.append(env + shlex.join(plan.ray_start_cmd) + " &   # stopped on exit")
     out.append(f"# write {plan.train_script_path}:")
     out += ["    " + line for line in plan.train_script.splitlines()]
     masked_submit = list(plan.submit_cmd)
@@ -766,14 +1188,38 @@ def format_plan(plan: LaunchPlan) -> str:
 def _stop_job(plan: LaunchPlan) -> None:
     try:
         subprocess.run(
-            ["ray", "job", "stop", "--address", plan.ray_address, plan.submission_id], timeout=60
+            [plan.submit_cmd[0], "job", "stop", "--address", plan.ray_address, plan.submission_id],
+            timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         print(f"run.sh: could not stop Ray job {plan.submission_id}: {e}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _ray_head(plan: LaunchPlan):
+    """`ray start --head --block` in the background until the dashboard answers; stopped on exit
+    (only this head: never `ray stop`, which stops every Ray on the machine)."""
+    assert plan.ray_start_cmd is not None
+    print(f"run.sh: starting Ray head: {shlex.join(plan.ray_start_cmd)}", flush=True)
+    proc = subprocess.Popen(
+        plan.ray_start_cmd, env={**os.environ, **plan.ray_start_env}, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + RAY_HEAD_TIMEOUT
+        while not ray_dashboard_up(plan.ray_address):
+            if proc.poll() is not None:
+                raise ServiceError(f"ray start exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise ServiceError(f"Ray's dashboard did not answer at {plan.ray_address}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        stop(proc, timeout=60)
+        print("run.sh: Ray head stopped", flush=True)
+
+
 def execute(plan: LaunchPlan) -> int:
-    """Run the plan; stop the env server and the Ray head it started, also on Ctrl-C/SIGTERM."""
+    """Run the plan; stop the env servers and the Ray head it started, also on Ctrl-C/SIGTERM."""
 
     def _term(signum, frame):  # SIGTERM takes the same cleanup path as Ctrl-C
         raise KeyboardInterrupt
@@ -792,9 +1238,7 @@ def execute(plan: LaunchPlan) -> int:
                 stack.callback(print, f"run.sh: env server {url} stopped", flush=True)
                 print(f"run.sh: env server up at {url}", flush=True)
             if plan.ray_start_cmd:
-                print(f"run.sh: starting Ray head: {shlex.join(plan.ray_start_cmd)}", flush=True)
-                subprocess.run(plan.ray_start_cmd, check=True)
-                stack.callback(subprocess.run, ["ray", "stop"], check=False)
+                stack.enter_context(_ray_head(plan))
             plan.train_script_path.parent.mkdir(parents=True, exist_ok=True)
             plan.train_script_path.write_text(plan.train_script)
             print(f"run.sh: submitting Ray job {plan.submission_id}", flush=True)

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,37 +43,23 @@ def check_slime(slime_path: str | None) -> Check:
     return Check("slime", True, str(p.resolve()))
 
 
-def count_gpus() -> int | None:
-    """GPUs nvidia-smi lists; None when nvidia-smi is not installed or fails."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-
-
-def check_gpus(needed: int, found: int | None) -> Check:
-    if found is None:
+def check_no_gpus(ray_cluster: str | None = None) -> Check:
+    """The GPUs line when none were found: on a Ray cluster (named "Ray at URL"), or on this machine."""
+    if ray_cluster:
         return Check(
             "GPUs",
             False,
-            "nvidia-smi not found or failing: no NVIDIA GPU/driver on this machine",
-            "run on a machine with NVIDIA GPUs and drivers; without GPUs use "
-            "`bash run.sh --rollout-only --engine-url URL` (or --engine local) instead",
+            f"{ray_cluster} reports no GPUs",
+            "add GPU nodes to it (ray start --address HEAD:PORT on each) or pass another --ray-address",
         )
-    if found < needed:
-        return Check(
-            "GPUs",
-            False,
-            f"{needed} needed (actor + rollout), nvidia-smi lists {found}",
-            "lower --actor-gpus/--rollout-gpus or use --colocate",
-        )
-    return Check("GPUs", True, f"{found} found, {needed} used")
+    return Check(
+        "GPUs",
+        False,
+        "no GPU found: nvidia-smi, amd-smi and rocm-smi list none (no GPU or no driver here)",
+        "run on a machine with NVIDIA or AMD GPUs and drivers, or pass --ray-address of a GPU "
+        "cluster; without GPUs use `bash run.sh --rollout-only --engine-url URL` "
+        "(or --engine local) instead",
+    )
 
 
 def check_megatron(megatron_path: str | None) -> Check:
@@ -109,29 +96,6 @@ def check_task_file(
     return Check(
         what, False, f"{p} {state}", f"python prepare_tasks.py --config {config_path} {flag} {p}"
     )
-
-
-def task_env_servers(path: str, limit: int = 10_000) -> list[str]:
-    """Distinct env server URLs the first `limit` task rows pin (prepare_tasks.py writes them into metadata)."""
-    import json
-
-    urls: list[str] = []
-    try:
-        with open(path) as f:
-            for n, line in enumerate(f):
-                if n >= limit:
-                    break
-                try:
-                    md = json.loads(line).get("metadata") or {}
-                except (ValueError, AttributeError):
-                    continue
-                for url in md.get("env_server") or []:
-                    url = str(url).rstrip("/")
-                    if url not in urls:
-                        urls.append(url)
-    except OSError:
-        return []
-    return urls
 
 
 def check_config(path: str) -> tuple[Check, TrainConfig | None]:
@@ -186,11 +150,23 @@ def check_api_keys(cfg: TrainConfig, environ: dict[str, str] | None = None) -> C
     )
 
 
-def check_ray() -> Check:
+def ray_executable() -> str | None:
+    """The `ray` command: on PATH, else beside this Python (a venv that was not activated)."""
     exe = shutil.which("ray")
     if exe is None:
+        beside = Path(sys.executable).parent / "ray"
+        exe = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
+    return exe
+
+
+def check_ray() -> Check:
+    exe = ray_executable()
+    if exe is None:
         return Check(
-            "ray", False, "the `ray` command is not on PATH", "pip install 'ray[default]>=2.30,<3'"
+            "ray",
+            False,
+            "the `ray` command is not on PATH",
+            "pip install 'ray[default]>=2.30,<3' (or pip install -e '.[ray]')",
         )
     return Check("ray", True, exe)
 
@@ -231,7 +207,7 @@ def check_checkpoint(path: str, model: str, from_load: bool) -> Check:
         "checkpoint",
         False,
         f"--model {model} is not a local directory; the trainer loads weights from disk",
-        f"huggingface-cli download {model} --local-dir {local} && bash run.sh --model {local} ...",
+        f"hf download {model} --local-dir {local} && bash run.sh --model {local} ...",
     )
 
 

@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +36,27 @@ def answers(url: str, path: str = "/health", timeout: float = 2.0) -> bool:
 
 def is_loopback(url: str) -> bool:
     return (urlparse(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def http_url(host: str, port: int) -> str:
+    """`http://host:port`, with an IPv6 host in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now at `host`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def env_server_command(config: str, url: str, db: str) -> list[str]:
@@ -95,9 +119,17 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 
 @contextlib.contextmanager
 def managed_process(
-    name: str, cmd: list[str], url: str, timeout: float = 120.0, log_path: Path | None = None
+    name: str,
+    cmd: list[str],
+    url: str,
+    timeout: float = 120.0,
+    log_path: Path | None = None,
+    die_with_parent: bool = False,
 ) -> Iterator[subprocess.Popen]:
-    """Start `cmd`, wait until `url`/health answers, yield the process, and stop it on exit."""
+    """Start `cmd`, wait until `url`/health answers, yield the process, and stop it on exit.
+
+    `die_with_parent` also stops it when this process is killed outright (a Ray actor's worker).
+    """
     out = None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +141,12 @@ def managed_process(
         ),
     }
     proc = subprocess.Popen(
-        cmd, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None
+        cmd,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+        preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
     )
     try:
         wait_until_up(name, url, proc, timeout)

@@ -1,0 +1,148 @@
+"""A real Ray cluster on this machine for tests: a head and worker nodes, each its own raylet.
+
+Every node is `ray start --block` on free ports with its own `--num-gpus` / `--num-cpus`, so
+Ray's view (its state API, its scheduler) is a real multi-node cluster with GPUs this machine
+does not have; nothing runs on those GPUs. Each node is stopped by terminating its
+`ray start --block`, which stops exactly the processes it started (never `ray stop`, which
+would stop every Ray on the machine).
+
+    with ray_cluster([{"gpus": 8, "cpus": 4}, {"gpus": 8, "cpus": 4}]) as cluster:
+        cluster.dashboard   # http://127.0.0.1:PORT, what run.sh's --ray-address takes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+RAY = Path(sys.executable).parent / "ray"
+
+
+def ray_available() -> bool:
+    return RAY.is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> list[str]:
+    ports = []
+    for flag in (
+        "--node-manager-port",
+        "--object-manager-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+    ):
+        ports += [flag, str(_free_port())]
+    return ports
+
+
+@dataclass
+class RayCluster:
+    dashboard: str
+    gcs: str
+    procs: list[subprocess.Popen]
+    logs: Path
+
+    def alive_nodes(self) -> list[dict]:
+        r = httpx.get(f"{self.dashboard}/api/v0/nodes", params={"detail": "1"}, timeout=10)
+        return [n for n in r.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
+
+
+def _wait(what: str, ok, procs: list[subprocess.Popen], logs: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"ray start exited with {p.returncode}; logs in {logs}")
+        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+            if ok():
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready within {timeout:.0f}s; logs in {logs}")
+
+
+@contextlib.contextmanager
+def ray_cluster(
+    nodes: list[dict], node_ip: str | None = None, timeout: float = 240.0
+) -> Iterator[RayCluster]:
+    """Start a head (nodes[0]) and workers (nodes[1:]); each dict: gpus, cpus, resources (JSON str).
+
+    Callers talking to it (`ray job submit`, run.sh) need RAY_AUTH_MODE=disabled too.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))  # short: Ray's socket paths
+    logs = tmp / "logs"
+    logs.mkdir()
+    # RAY_AUTH_MODE: a token some other Ray left in ~/.ray/auth_token must not turn auth on here
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    gcs_port, dash_port = _free_port(), _free_port()
+    ip = ["--node-ip-address", node_ip] if node_ip else []
+    procs: list[subprocess.Popen] = []
+
+    def start(i: int, spec: dict, head: bool) -> None:
+        argv = [str(RAY), "start", "--block", "--disable-usage-stats", *ip, *_node_ports()]
+        argv += ["--num-gpus", str(spec.get("gpus", 0)), "--num-cpus", str(spec.get("cpus", 2))]
+        argv += ["--object-store-memory", str(100 * 1024 * 1024)]
+        if spec.get("resources"):
+            argv += ["--resources", spec["resources"]]
+        if head:
+            argv += ["--head", "--port", str(gcs_port), "--temp-dir", str(tmp)]
+            argv += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port)]
+            argv += ["--ray-client-server-port", str(_free_port())]
+        else:
+            argv += ["--address", f"{node_ip or '127.0.0.1'}:{gcs_port}"]
+        out = open(logs / f"node{i}.log", "w")
+        procs.append(
+            subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        )
+
+    dashboard = f"http://127.0.0.1:{dash_port}"
+    failed = True
+    cluster = RayCluster(dashboard, f"{node_ip or '127.0.0.1'}:{gcs_port}", procs, logs)
+    try:
+        start(0, nodes[0], head=True)
+        _wait(
+            "Ray head",
+            lambda: httpx.get(f"{dashboard}/api/version", timeout=2).status_code == 200,
+            procs,
+            logs,
+            timeout,
+        )
+        for i, spec in enumerate(nodes[1:], 1):
+            start(i, spec, head=False)
+        _wait("Ray nodes", lambda: len(cluster.alive_nodes()) == len(nodes), procs, logs, timeout)
+        yield cluster
+        failed = False
+    finally:
+        for p in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        if not failed:  # keep the logs of a cluster that did not come up
+            shutil.rmtree(tmp, ignore_errors=True)
