@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO, env_server, free_port
 
 from bridge.launch import prerequisites as pre
 from bridge.launch.launcher import MEGATRON_FLAGS, LaunchError, global_batch_size
@@ -215,10 +215,19 @@ class DryRun:
         return next((c for c in self.commands if " start --head " in c), None)
 
 
-def dry_run(world: dict, slime: Path, *extra: str) -> DryRun:
-    out = run_sh(*base_args(world, slime, "--dry-run", *extra))
+def dry_run(world: dict, slime: Path, *extra: str, env: dict[str, str] | None = None) -> DryRun:
+    out = run_sh(*base_args(world, slime, "--dry-run", *extra), env=env)
     assert out.returncode == 0, out.stderr
     return DryRun(out.stdout)
+
+
+def refused(world: dict, slime: Path, *extra: str) -> str:
+    """The one line a refused launch prints (exit 2, nothing on stdout)."""
+    out = run_sh(*base_args(world, slime, *extra))
+    assert out.returncode == 2 and not out.stdout.strip(), (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("run.sh: "), lines
+    return lines[0]
 
 
 # --- flag lists -----------------------------------------------------------------------------------
@@ -822,3 +831,235 @@ def test_the_jobs_env_servers_win_over_the_task_rows(world: dict) -> None:
     d = dry_run(world, slime, "--env-servers", "1", "--env-server", f"http://127.0.0.1:{other}")
     assert f"--port {other} " in d.command("envs.server")
     assert f"env_server: http://127.0.0.1:{other})" in d.text  # the job's config names it
+
+
+# --- modes ----------------------------------------------------------------------------------------
+def test_async_mode_splits_the_gpus_and_refuses_colocate(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "main")
+    d = dry_run(world, slime, "--mode", "async", "--update-weights-interval", "2")
+    assert d.train_argv[1] == str(slime.resolve() / "train_async.py")
+    assert "--colocate" not in d.train_argv and "--rollout-function-path" not in d.train_argv
+    # one node of 8 (assumed here): the actor takes half, the engines the rest
+    assert d.flag("--actor-num-gpus-per-node") == "4" and d.flag("--rollout-num-gpus") == "4"
+    assert d.flag("--update-weights-interval") == "2"
+    line = refused(world, slime, "--mode", "async", "--colocate")
+    assert "--mode async" in line and "cannot --colocate" in line and "drop --colocate" in line
+    line = refused(world, slime, "--update-weights-interval", "2")  # sync
+    assert "only applies to --mode async/fully-async" in line
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fully_async_uses_slimes_rollout_worker(world: dict, version: str) -> None:
+    slime = make_slime(world["tmp"] / "slime", version)
+    d = dry_run(world, slime, "--mode", "fully-async")
+    assert d.train_argv[1] == str(slime.resolve() / "train_async.py")
+    if version == "v0.2.2":  # only as an example there, which the job gets on its PYTHONPATH
+        assert (
+            d.flag("--rollout-function-path") == "fully_async_rollout.generate_rollout_fully_async"
+        )
+        assert d.env["PYTHONPATH"].split(":")[-1] == str(slime.resolve() / "examples/fully_async")
+    else:
+        assert (
+            d.flag("--rollout-function-path")
+            == "slime.rollout.fully_async_rollout.generate_rollout_fully_async"
+        )
+    # the worker keeps --sglang-server-concurrency (512) per engine in flight: 4 engines here,
+    # so 2048 episodes -> 8 env-server replicas
+    assert len([c for c in d.commands if "envs.server" in c]) == 8
+    assert d.emitted_flags() - known_flags(version) == set()
+
+
+def test_fully_async_refused_on_a_slime_without_it(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    (slime / "slime" / "rollout" / "fully_async_rollout.py").unlink()
+    (slime / "examples" / "fully_async" / "fully_async_rollout.py").unlink()
+    line = line_for(
+        missing_lines(run_sh(*base_args(world, slime, "--mode", "fully-async"))), "training mode"
+    )
+    assert "no fully-async rollout" in line and "--mode async" in line
+
+
+# --- AMD ------------------------------------------------------------------------------------------
+def fake_tools(root: Path, **scripts: str) -> dict[str, str]:
+    """A PATH whose first directory holds the given shell scripts (tool name -> body)."""
+    bin_dir = root / "fake-bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        p = bin_dir / name.replace("_", "-")
+        p.write_text("#!/bin/sh\n" + body + "\n")
+        p.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+AMD_SMI_8 = (
+    'if [ "$1 $2" = "list --json" ]; then echo \'['
+    + ", ".join(f'{{"gpu": {i}, "bdf": "0000:0{i}:00.0"}}' for i in range(8))
+    + "]'; else exit 2; fi"
+)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_amd_gpus_get_rocm_env_and_flags(world: dict, version: str) -> None:
+    slime = make_slime(world["tmp"] / "slime", version)
+    # a failing nvidia-smi shadows any real one; amd-smi lists 8 GPUs
+    env = fake_tools(world["tmp"], nvidia_smi="exit 9", amd_smi=AMD_SMI_8)
+    d = dry_run(world, slime, env=env)
+    assert d.check("GPUs") == "ok       GPUs: 1 node(s) x 8 GPUs (AMD) from amd-smi on this machine"
+    assert d.env["RAY_EXPERIMENTAL_NOSET_HIP_VISIBLE_DEVICES"] == "1"
+    # colocated on ROCm: no offloading (slime's AMD script), no fused grad accumulation (no apex)
+    for flag in ("--no-offload-train", "--no-offload-rollout", "--no-gradient-accumulation-fusion"):
+        assert flag in d.train_argv, flag
+    head = d.ray_start() or ""
+    assert "RAY_EXPERIMENTAL_NOSET_HIP_VISIBLE_DEVICES=1" in head
+    assert "HIP_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 " in head and " --num-gpus 8 " in head
+    assert d.emitted_flags() - known_flags(version) == set()
+    split = dry_run(world, slime, "--no-colocate", env=env)
+    assert "--no-offload-train" not in split.train_argv
+    assert "--no-gradient-accumulation-fusion" in split.train_argv
+
+
+def test_rocm_smi_and_nvidia_smi_are_counted(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "main")
+    rocm = "\n".join(f'echo "GPU[{i}]\t\t: Device ID: 0x74a1"' for i in range(4))
+    d = dry_run(world, slime, env=fake_tools(world["tmp"], nvidia_smi="exit 9", rocm_smi=rocm))
+    assert "4 GPUs (AMD) from rocm-smi" in d.check("GPUs") and "--no-offload-train" in d.train_argv
+    nvidia = "\n".join(f'echo "GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i})"' for i in range(2))
+    d = dry_run(world, slime, env=fake_tools(world["tmp"] / "slime", nvidia_smi=nvidia))
+    assert d.check("GPUs") == "ok       GPUs: 1 node(s) x 2 GPUs from nvidia-smi on this machine"
+    assert d.flag("--actor-num-gpus-per-node") == "2" and "--no-offload-train" not in d.train_argv
+    assert "RAY_EXPERIMENTAL_NOSET_HIP_VISIBLE_DEVICES" not in d.env
+
+
+# --- resume ---------------------------------------------------------------------------------------
+def saved_run(root: Path, iteration: str = "7") -> Path:
+    """A --save directory as slime leaves it: the tracker and the iteration it names."""
+    root.mkdir(parents=True)
+    (root / "latest_checkpointed_iteration.txt").write_text(iteration + "\n")
+    step = "release" if iteration == "release" else f"iter_{int(iteration):07d}"
+    (root / step).mkdir()
+    (root / step / "common.pt").write_text("")
+    return root
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_resume_loads_the_checkpoint_in_save(world: dict, version: str) -> None:
+    slime = make_slime(world["tmp"] / "slime", version)
+    save = saved_run(world["tmp"] / "ckpt")
+    d = dry_run(world, slime, "--save", str(save))
+    assert d.flag("--load") == str(save) and d.flag("--save") == str(save)
+    assert d.flag("--ref-load") == str(world["model"]) == d.flag("--hf-checkpoint")
+    assert any(n.startswith(f"resuming from {save} (iteration 7)") for n in d.notes)
+    if version == "v0.2.2":  # a Megatron checkpoint: no conversion needed
+        assert d.check("Megatron weights").startswith("ok")
+    assert d.emitted_flags() - known_flags(version) == set()
+    assert dry_run(world, slime, "--save", str(save), "--resume").flag("--load") == str(save)
+    fresh = dry_run(world, slime, "--save", str(save), "--no-resume")
+    assert fresh.flag("--load") == str(world["model"])
+    assert any(
+        "--no-resume: starting from" in n and "replace iteration 7" in n for n in fresh.notes
+    )
+
+
+def test_resume_refusals(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    empty = world["tmp"] / "empty"
+    empty.mkdir()
+    line = refused(world, slime, "--save", str(empty), "--resume")
+    assert "--resume:" in line and "holds no checkpoint" in line
+    save = saved_run(world["tmp"] / "ckpt", "12")
+    assert "drop --load" in refused(
+        world, slime, "--save", str(save), "--resume", "--load", str(save)
+    )
+    (save / "iter_0000012" / "common.pt").unlink()
+    (save / "iter_0000012").rmdir()
+    line = refused(world, slime, "--save", str(save))
+    assert "names iteration 12" in line and "is missing" in line and "--no-resume" in line
+    # an explicit --load beside a checkpoint: --load wins, the plan says why
+    other = saved_run(world["tmp"] / "other", "release")
+    d = dry_run(world, slime, "--save", str(other), "--load", str(world["model"]))
+    assert d.flag("--load") == str(world["model"])
+    assert any("pass --resume instead of --load" in n for n in d.notes)
+
+
+def test_fsdp_resume_on_v022(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.2.2")
+    save = saved_run(world["tmp"] / "ckpt", "3")
+    d = dry_run(world, slime, "--train-backend", "fsdp", "--save", str(save))
+    assert (
+        d.flag("--load") == str(save) and d.emitted_flags() - known_flags("v0.2.2", "fsdp") == set()
+    )
+
+
+# --- checks before anything runs ------------------------------------------------------------------
+def test_values_slime_would_refuse_or_cannot_train(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "main")
+    assert "must be > 0" in refused(world, slime, "--temperature", "0")
+    line = refused(world, slime, "--max-context-len", "16384")
+    assert "--max-context-len 16384 exceeds --max-tokens-per-gpu 8192" in line
+    assert "--max-tokens-per-gpu 16384 or --cp 2" in line
+    line = refused(world, slime, "--max-response-len", "10000")
+    assert "--max-response-len 10000 exceeds" in line
+    d = dry_run(world, slime, "--max-context-len", "16384", "--cp", "2")
+    assert (
+        d.flag("--context-parallel-size") == "2" and d.flag("--rollout-max-context-len") == "16384"
+    )
+    d = dry_run(world, slime, "--max-context-len", "16384", "--max-tokens-per-gpu", "16384")
+    assert d.flag("--context-parallel-size") == "1"
+    old = make_slime(world["tmp"] / "old", "v0.2.2")
+    assert "--cp (context parallelism) needs --train-backend megatron" in refused(
+        world, old, "--train-backend", "fsdp", "--cp", "2"
+    )
+
+
+# --- eval -----------------------------------------------------------------------------------------
+def test_eval_on_by_default_when_prepared(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    d = dry_run(world, slime)
+    assert "--eval-prompt-data" not in d.train_argv  # no eval file beside the tasks: no eval
+    assert "--eval-interval needs --eval-data FILE, or " in refused(
+        world, slime, "--eval-interval", "5"
+    )
+    prepared = world["tasks"].with_name("eval_" + world["tasks"].name)
+    prepared.write_text(world["tasks"].read_text())
+    d = dry_run(world, slime)
+    assert d.values("--eval-prompt-data", 2) == [prepared.stem, str(prepared.resolve())]
+    assert d.flag("--eval-interval") == "20"
+    assert any(n.startswith(f"eval: {prepared} every 20 rollouts") for n in d.notes)
+    assert "--eval-prompt-data" not in dry_run(world, slime, "--no-eval").train_argv
+    d = dry_run(world, slime, "--eval-interval", "5")
+    assert d.flag("--eval-interval") == "5"
+    # --eval-data alone is no longer silently useless: it gets the default interval
+    d = dry_run(world, slime, "--eval-data", str(world["tasks"]))
+    assert d.flag("--eval-interval") == "20" and d.values("--eval-prompt-data", 1) == ["tasks"]
+    assert "contradicts" in refused(world, slime, "--no-eval", "--eval-data", str(prepared))
+
+
+# --- env-server replicas on this machine -----------------------------------------------------------
+def test_env_server_replicas_follow_the_concurrency(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    d = dry_run(world, slime, "--rollout-batch-size", "8", "--n-samples", "8")  # 64 in flight
+    assert len([c for c in d.commands if "envs.server" in c]) == 1
+    assert d.env["TRAIN_CONFIG"] == str(world["config"].resolve())
+    d = dry_run(world, slime, "--env-servers", "3")
+    servers = [c.split(" &")[0] for c in d.commands if "envs.server" in c]
+    assert len(servers) == 3 and f"--port {world['port']} " in servers[0] + " "
+    assert not servers[0].endswith("--role env") and all(
+        c.endswith("--role env") for c in servers[1:]
+    )
+    assert len({c.split("--port ")[1].split()[0] for c in servers}) == 3
+    assert all(f"--db {REPO / 'runs' / 'trajectories.db'}" in c for c in servers)  # one store
+
+
+def test_running_env_server_is_used_and_topped_up(world: dict, tmp_path: Path) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    with env_server("--envs", "gsm8k", "--db", str(tmp_path / "t.db")) as url:
+        world["config"].write_text(
+            f"environments:\n  gsm8k: {{}}\nenv_server: {url}\nrun_name: launch-test\n"
+        )
+        d = dry_run(world, slime, "--env-servers", "2")
+    servers = [c.split(" &")[0] for c in d.commands if "envs.server" in c]
+    assert f"env server already answers at {url}" in d.notes
+    assert len(servers) == 1 and servers[0].endswith(
+        "--role env"
+    )  # the running one keeps the store
+    assert f"env_server: {url}, http://127.0.0.1:" in d.text

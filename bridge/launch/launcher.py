@@ -802,9 +802,10 @@ def _plan_env_servers(
         0 if on_ray else sum(1 for u in urls if is_loopback(u)),
     )
     reachable = [u for u in urls if not on_ray or not is_loopback(u)]
-    if reachable == urls and set(urls) <= running:
+    top_up = not on_ray and (opts.env_servers or 0) > len(urls)  # asked for more than run
+    if reachable == urls and set(urls) <= running and not top_up:
         notes += [f"env server already answers at {u}" for u in urls]
-        if opts.env_servers:
+        if opts.env_servers and opts.env_servers != len(urls):
             notes.append(f"--env-servers {opts.env_servers} ignored: the running servers are used")
         return EnvServerPlan(Placement.EXTERNAL, len(urls), urls)
     for u in urls:

@@ -101,7 +101,7 @@ def fit_layout(gpus_per_node: list[int], req: LayoutRequest) -> Layout:
     if actor < 1 or (not req.colocate and rollout < 1):
         raise LayoutError(
             f"{total} GPU(s) cannot hold both the actor and the rollout engines; "
-            "use --colocate or a larger cluster"
+            "pass fewer --actor-gpus, --colocate, or use a larger cluster"
         )
     used = actor if req.colocate else actor + rollout
     if used > total:

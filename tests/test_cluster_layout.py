@@ -1,0 +1,190 @@
+"""The launcher's cluster pieces on their own: GPU detection, Ray's node records, the layout fit.
+
+The layouts are checked against how slime places a job (slime/ray/placement_group.py: one
+placement group sorted by node and GPU, the actor first, the engines after it); the end-to-end
+plans against a real multi-node Ray cluster are in tests/test_cluster.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.launch.cluster import (
+    ClusterError,
+    ClusterView,
+    Node,
+    _node,
+    check_ray_address,
+    ray_auth_headers,
+)
+from bridge.launch.env_servers import ENV_SERVER_SECRETS, ENV_SERVER_VARS, default_replicas
+from bridge.launch.gpus import GpuVendor, detect_local_gpus, vendor_of_accelerator
+from bridge.launch.layout import LayoutError, LayoutRequest, fit_layout
+
+
+def req(**kw) -> LayoutRequest:
+    base = dict(actor_gpus=None, rollout_gpus=None, colocate=True)
+    return LayoutRequest(**{**base, **kw})
+
+
+# --- layout ---------------------------------------------------------------------------------------
+def test_colocated_takes_every_gpu_of_every_node() -> None:
+    lay = fit_layout([8, 8], req())
+    assert (lay.actor_nodes, lay.actor_gpus_per_node, lay.gpus_per_node) == (2, 8, 8)
+    assert lay.rollout_gpus == 16 and lay.gpus_used == 16 and lay.engines == 16
+    lay = fit_layout([8, 8], req(tp=2, engine_gpus=2))
+    assert lay.engines == 8 and lay.actor_gpus_per_node == 8
+    assert fit_layout([8], req(actor_gpus=4)).actor_gpus == 4
+
+
+def test_split_defaults_half_the_nodes_or_half_a_node() -> None:
+    two = fit_layout([8, 8], req(colocate=False))
+    assert (two.actor_nodes, two.actor_gpus_per_node, two.rollout_gpus) == (1, 8, 8)
+    three = fit_layout([8, 8, 8], req(colocate=False))
+    assert (three.actor_gpus, three.rollout_gpus) == (8, 16)
+    one = fit_layout([8], req(colocate=False))
+    assert (one.actor_gpus, one.rollout_gpus) == (4, 4)
+    only_actor = fit_layout([8, 8], req(colocate=False, actor_gpus=8, engine_gpus=4))
+    assert only_actor.rollout_gpus == 8 and only_actor.engines == 2
+    only_rollout = fit_layout([8], req(colocate=False, rollout_gpus=2))
+    assert only_rollout.actor_gpus == 6
+
+
+@pytest.mark.parametrize(
+    "gpus,request_,words",
+    [
+        ([8, 8], req(actor_gpus=12), "--actor-gpus 12 spreads unevenly over nodes of 8"),
+        (
+            [8, 8],
+            req(colocate=False, actor_gpus=16, rollout_gpus=8),
+            "24 GPUs needed (actor 16 + rollout 8)",
+        ),
+        ([8, 8], req(colocate=False, actor_gpus=16), "cannot hold both"),
+        ([8, 8], req(actor_gpus=32), "32 GPUs needed (actor 32), the cluster has 16"),
+        ([8, 8], req(tp=3), "--tp 3 does not divide the actor's 8 GPUs per node"),
+        ([8], req(tp=2, cp=3, actor_gpus=4), "--tp 2 x --cp 3 does not divide"),
+        (
+            [8, 8],
+            req(colocate=False, actor_gpus=4, rollout_gpus=8, engine_gpus=8),
+            "span GPUs 4-11",
+        ),
+        ([8], req(colocate=False, actor_gpus=4, rollout_gpus=3, engine_gpus=2), "do not split"),
+        ([8, 4], req(), "different GPU counts (4, 8)"),
+        ([8], req(rollout_gpus=4), "--rollout-gpus has no effect with --colocate"),
+        ([1], req(colocate=False), "cannot hold both the actor and the rollout engines"),
+        ([], req(), "no GPUs"),
+    ],
+)
+def test_impossible_layouts_are_refused_in_one_line(gpus, request_, words) -> None:
+    with pytest.raises(LayoutError) as e:
+        fit_layout(gpus, request_)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_multi_node_engines_span_whole_nodes_only() -> None:
+    lay = fit_layout([8, 8, 8], req(colocate=False, actor_gpus=8, engine_gpus=16))
+    assert lay.engines == 1 and lay.rollout_gpus == 16
+    with pytest.raises(LayoutError, match="across nodes"):
+        fit_layout([8, 8], req(colocate=False, actor_gpus=4, rollout_gpus=12, engine_gpus=12))
+
+
+# --- Ray's node records ---------------------------------------------------------------------------
+def record(**kw) -> dict:
+    base = {
+        "node_ip": "10.0.0.2",
+        "state": "ALIVE",
+        "is_head_node": False,
+        "resources_total": {"CPU": 32.0, "GPU": 8.0, "node:10.0.0.2": 1.0},
+        "labels": {},
+    }
+    return {**base, **kw}
+
+
+def test_node_records_give_gpus_cpus_and_vendor() -> None:
+    n = _node(record())
+    assert n == Node("10.0.0.2", 8, 32, GpuVendor.NVIDIA, head=False)
+    amd_resource = record(
+        resources_total={"CPU": 8.0, "GPU": 8.0, "accelerator_type:AMD-Instinct-MI300X-OAM": 1.0}
+    )
+    assert _node(amd_resource).vendor is GpuVendor.AMD
+    amd_label = record(labels={"ray.io/accelerator-type": "AMD-Instinct-MI355X-OAM"})
+    assert _node(amd_label).vendor is GpuVendor.AMD
+    assert _node(record(state="DEAD")) is None
+    cpu_only = _node(record(resources_total={"CPU": 4.0}))
+    assert cpu_only.gpus == 0 and cpu_only.vendor is None
+
+
+def test_mixed_vendors_are_refused() -> None:
+    view = ClusterView(
+        (Node("a", 8, 8, GpuVendor.NVIDIA), Node("b", 8, 8, GpuVendor.AMD)), "Ray at x", True
+    )
+    with pytest.raises(ClusterError, match="mixes GPU vendors"):
+        _ = view.vendor
+    assert (
+        vendor_of_accelerator("H100") is GpuVendor.NVIDIA
+        and vendor_of_accelerator(None) is GpuVendor.NVIDIA
+    )
+
+
+def test_ray_address_must_be_the_dashboard_url() -> None:
+    assert check_ray_address("http://head:8265/") == "http://head:8265"
+    for bad in ("head:6379", "auto", "ray://head:10001"):
+        with pytest.raises(ClusterError, match="--ray-address http://HEAD:8265"):
+            check_ray_address(bad)
+
+
+def test_ray_auth_token_sources(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("from-file\n")
+    assert ray_auth_headers({"RAY_AUTH_TOKEN": "t1"}) == {"Authorization": "Bearer t1"}
+    assert ray_auth_headers({"RAY_AUTH_TOKEN_PATH": str(token)}) == {
+        "Authorization": "Bearer from-file"
+    }
+    assert ray_auth_headers({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "t1"}) == {}
+
+
+# --- this machine's GPUs ----------------------------------------------------------------------------
+def tools(monkeypatch: pytest.MonkeyPatch, root: Path, **scripts: str) -> None:
+    """Only these tools on PATH (plus the shell's basics)."""
+    bin_dir = root / "bin"
+    bin_dir.mkdir(parents=True)
+    for name, body in scripts.items():
+        p = bin_dir / name.replace("_", "-")
+        p.write_text("#!/bin/sh\n" + body + "\n")
+        p.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+
+
+def test_gpu_tools_in_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    text = (
+        'if [ "$2" = "--json" ]; then exit 1; fi; printf "GPU: 0\\n  BDF: x\\nGPU: 1\\n  BDF: y\\n"'
+    )
+    tools(monkeypatch, tmp_path / "a", nvidia_smi="exit 9", amd_smi=text)
+    found = detect_local_gpus()
+    assert found is not None and (found.vendor, found.count, found.tool) == (
+        GpuVendor.AMD,
+        2,
+        "amd-smi",
+    )
+    rocm = 'printf "GPU[0]\\t: Device ID: 0x74a1\\nGPU[0]\\t: Card SKU: x\\nGPU[1]\\t: Device ID: 0x74a1\\n"'
+    tools(monkeypatch, tmp_path / "b", rocm_smi=rocm)
+    found = detect_local_gpus()
+    assert found is not None and (found.count, found.tool) == (2, "rocm-smi")
+    tools(monkeypatch, tmp_path / "c", nvidia_smi='echo "GPU 0: A100 (UUID: x)"', amd_smi="exit 1")
+    found = detect_local_gpus()
+    assert found is not None and (found.vendor, found.count) == (GpuVendor.NVIDIA, 1)
+    tools(monkeypatch, tmp_path / "d", nvidia_smi="sleep 0; exit 3")
+    assert detect_local_gpus() is None
+
+
+# --- env-server replicas --------------------------------------------------------------------------
+def test_default_replicas_and_the_variables_replicas_get() -> None:
+    assert [default_replicas(n) for n in (1, 256, 257, 512, 2048)] == [1, 1, 2, 2, 8]
+    from envs.gsm8k import DATA_DIR_ENV
+    from envs.haiku import JUDGE_KEY_ENV, JUDGE_MODEL_ENV, JUDGE_URL_ENV
+
+    for name in (DATA_DIR_ENV, JUDGE_URL_ENV, JUDGE_MODEL_ENV):
+        assert name in ENV_SERVER_VARS
+    assert JUDGE_KEY_ENV in ENV_SERVER_SECRETS
