@@ -13,221 +13,37 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import REPO, env_server, free_port
+from launch_world import (
+    VERSIONS,
+    DryRun,
+    base_args,
+    dry_run,
+    known_flags,
+    line_for,
+    make_slime,
+    make_world,
+    megatron_flags,
+    missing_lines,
+    port_open,
+    refused,
+    run_sh,
+    slime_flags,
+)
 
 from bridge.launch import prerequisites as pre
 from bridge.launch.launcher import MEGATRON_FLAGS, LaunchError, global_batch_size
-from bridge.launch.slime_flags import (
-    SGLANG_FLAGS,
-    flag_choices,
-    flags_in_source,
-    read_flag_list,
-    supported_train_backends,
-)
-
-DATA = REPO / "tests" / "data" / "slime_flags"
-VERSIONS = ("v0.2.2", "v0.3.1", "main")
-# The Megatron-LM commit each slime pins (main's build_conda.sh pins v0.3.1's commit).
-MEGATRON_OF = {"v0.2.2": "v0.2.2", "v0.3.1": "v0.3.1", "main": "v0.3.1"}
-
-
-def slime_flags(version: str) -> set[str]:
-    return read_flag_list(DATA / f"slime-{version}.txt")
-
-
-def megatron_flags(version: str) -> set[str]:
-    return read_flag_list(DATA / f"megatron-{MEGATRON_OF[version]}.txt")
-
-
-def known_flags(version: str, backend: str = "megatron") -> set[str]:
-    known = slime_flags(version) | SGLANG_FLAGS
-    return known | megatron_flags(version) if backend == "megatron" else known
-
-
-def make_slime(root: Path, version: str, drop: tuple[str, ...] = ()) -> Path:
-    """A slime checkout whose parsers define the flags slime `version` defines (minus `drop`),
-    with the drivers and the fully-async rollout where that version has them."""
-    flags = sorted(slime_flags(version) - set(drop) - {"--train-backend"})
-    backends = ["megatron", "fsdp"] if version == "v0.2.2" else ["megatron"]
-    src = ["def add_arguments(parser):"] + [f"    parser.add_argument({f!r})" for f in flags]
-    src.append(
-        f"    parser.add_argument('--train-backend', type=str, choices={backends!r}, default='megatron')"
-    )
-    (root / "slime" / "utils").mkdir(parents=True)
-    (root / "slime" / "utils" / "arguments.py").write_text("\n".join(src) + "\n")
-    (root / "train.py").write_text("")
-    (root / "train_async.py").write_text("")
-    (root / "examples" / "fully_async").mkdir(parents=True)
-    (root / "examples" / "fully_async" / "fully_async_rollout.py").write_text("")
-    if version != "v0.2.2":  # v0.3 loads Hugging Face weights into Megatron itself
-        (root / "slime" / "backends" / "megatron_utils" / "hf_to_megatron").mkdir(parents=True)
-        (root / "slime" / "rollout").mkdir(parents=True)
-        (root / "slime" / "rollout" / "fully_async_rollout.py").write_text("")
-    (root / "scripts" / "models").mkdir(parents=True)
-    (root / "scripts" / "models" / "qwen3-4B.sh").write_text(
-        'MODEL_ARGS=(\n   --num-layers 36\n   --hidden-size 2560\n   --normalization "RMSNorm"\n'
-        '   --rotary-base "${MODEL_ARGS_ROTARY_BASE:-1000000}"\n   --qk-layernorm\n)\n'
-    )
-    return root
+from bridge.launch.slime_flags import flag_choices, flags_in_source, supported_train_backends
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> dict[str, Path | str]:
     """A model dir, Megatron dir, config (local gsm8k on a port nothing serves) and a task file."""
-    model = tmp_path / "models" / "Qwen3-4B"
-    model.mkdir(parents=True)
-    (model / "config.json").write_text("{}")
-    megatron = tmp_path / "Megatron-LM"
-    (megatron / "megatron" / "training").mkdir(parents=True)
-    port = free_port()
-    config = tmp_path / "train_config.yaml"
-    config.write_text(
-        f"environments:\n  gsm8k:\n    max_turns: 4\nenv_server: http://127.0.0.1:{port}\n"
-        "run_name: launch-test\n"
-    )
-    tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text(
-        json.dumps(
-            {
-                "prompt": [{"role": "user", "content": "q"}],
-                "label": "1",
-                "metadata": {"env": "gsm8k", "split": "train", "index": 0},
-                "tools": [],
-            }
-        )
-        + "\n"
-    )
-    return {
-        "tmp": tmp_path,
-        "model": model,
-        "megatron": megatron,
-        "config": config,
-        "tasks": tasks,
-        "port": str(port),
-        "ray": f"http://127.0.0.1:{free_port()}",
-    }
-
-
-def run_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "SLIME_PATH",
-            "MEGATRON_PATH",
-            "WANDB_API_KEY",
-            "OPENREWARD_API_KEY",
-            "TRAIN_CONFIG",
-            "RAY_ADDRESS",
-            "ENV_SERVER_API_KEY",
-            "HIP_VISIBLE_DEVICES",
-        )
-    }
-    return subprocess.run(
-        ["bash", str(REPO / "run.sh"), *args],
-        cwd=REPO,
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def base_args(world: dict, slime: Path, *extra: str) -> list[str]:
-    return [
-        "--ray-address",  # a port nothing answers on: run.sh plans its own head, whatever else runs here
-        world["ray"],
-        "--model",
-        str(world["model"]),
-        "--config",
-        str(world["config"]),
-        "--task-data",
-        str(world["tasks"]),
-        "--slime-path",
-        str(slime),
-        "--megatron-path",
-        str(world["megatron"]),
-        *extra,
-    ]
-
-
-class DryRun:
-    """The parts of a `--dry-run` printout."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        lines = text.splitlines()
-        self.checks = [ln for ln in lines if ln.startswith(("ok ", "MISSING "))]
-        self.env = {}
-        for ln in lines:
-            if ln.startswith("export "):
-                k, _, v = ln[len("export ") :].partition("=")
-                self.env[k] = shlex.split(v)[0] if v else ""
-        start = next(
-            i for i, ln in enumerate(lines) if ln.startswith("# write ") and ln.endswith(".sh:")
-        )
-        script = []
-        for ln in lines[start + 1 :]:
-            if not ln.startswith("    "):
-                break
-            script.append(ln[4:])
-        body = "\n".join(script)
-        self.script = body
-        argv = shlex.split(body.split("\nexec ", 1)[1].replace("\\\n", " "))
-        # on a Ray cluster the job's entrypoint is bridge.launch.ray_job ... -- <driver>
-        self.wrapper: list[str] = []
-        if "bridge.launch.ray_job" in argv[:3]:
-            i = argv.index("--")
-            self.wrapper, argv = argv[:i], argv[i + 1 :]
-        self.train_argv = argv
-        self.submit = shlex.split(next(ln for ln in lines if " job submit " in ln))
-        self.notes = [ln[len("# note: ") :] for ln in lines if ln.startswith("# note: ")]
-        self.commands = [
-            ln for ln in lines if not ln.startswith(("#", "    ", "ok ", "MISSING ", "export "))
-        ]
-
-    def flag(self, name: str) -> str:
-        i = self.train_argv.index(name)
-        return self.train_argv[i + 1]
-
-    def values(self, name: str, n: int) -> list[str]:
-        i = self.train_argv.index(name)
-        return self.train_argv[i + 1 : i + 1 + n]
-
-    def emitted_flags(self, extra: list[str] = ()) -> set[str]:
-        argv = self.train_argv[2 : len(self.train_argv) - len(extra)]
-        return {a for a in argv if a.startswith("--")}
-
-    def check(self, name: str) -> str:
-        return next(c for c in self.checks if c.split(None, 1)[1].startswith(name + ":"))
-
-    def command(self, word: str) -> str:
-        """The first command line that mentions `word`."""
-        return next(c for c in self.commands if word in c)
-
-    def ray_start(self) -> str | None:
-        return next((c for c in self.commands if " start --head " in c), None)
-
-
-def dry_run(world: dict, slime: Path, *extra: str, env: dict[str, str] | None = None) -> DryRun:
-    out = run_sh(*base_args(world, slime, "--dry-run", *extra), env=env)
-    assert out.returncode == 0, out.stderr
-    return DryRun(out.stdout)
-
-
-def refused(world: dict, slime: Path, *extra: str) -> str:
-    """The one line a refused launch prints (exit 2, nothing on stdout)."""
-    out = run_sh(*base_args(world, slime, *extra))
-    assert out.returncode == 2 and not out.stdout.strip(), (out.stdout, out.stderr)
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("run.sh: "), lines
-    return lines[0]
+    return make_world(tmp_path)
 
 
 # --- flag lists -----------------------------------------------------------------------------------
@@ -548,18 +364,6 @@ def test_help_and_bad_options() -> None:
 
 
 # --- prerequisite errors (a real run stops before doing anything) -------------------------------
-def missing_lines(out: subprocess.CompletedProcess) -> list[str]:
-    assert out.returncode == 2, (out.stdout, out.stderr)
-    assert not out.stdout.strip(), "nothing may run when prerequisites are missing"
-    return [ln for ln in out.stderr.splitlines() if "MISSING" in ln]
-
-
-def line_for(lines: list[str], name: str) -> str:
-    hits = [ln for ln in lines if f"MISSING  {name}:" in ln]
-    assert hits, f"no MISSING line for {name} in {lines}"
-    return hits[0]
-
-
 def test_machine_prerequisites_named_with_fixes(world: dict) -> None:
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
     lines = missing_lines(run_sh(*base_args(world, slime)))
@@ -725,13 +529,6 @@ def test_execute_starts_env_server_health_checked_and_stops_it(world: dict) -> N
         assert (world["tmp"] / "store.db").exists()
     finally:
         shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
-
-
-def port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_several_env_servers_one_trajectory_store(world: dict) -> None:

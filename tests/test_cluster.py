@@ -1,0 +1,251 @@
+"""run.sh against a real Ray cluster: two nodes of 8 GPUs (Ray's view; the GPUs are declared,
+never used), the layout and refusals it reads from Ray, and env servers started on the cluster.
+
+The cluster is one head and one worker raylet on this machine (tests/ray_cluster.py), started
+once for the module and stopped after. When network namespaces are available, its nodes' IP is
+this machine's end of a veth link to a second namespace (tests/netns.py): a process in there is
+another host, which reaches the cluster's nodes but not this machine's loopback. The end-to-end
+test runs the bridge from there, as slime's rollout manager would run on another node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sqlite3
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from conftest import REPO
+from launch_world import (
+    VERSIONS,
+    base_args,
+    dry_run,
+    known_flags,
+    line_for,
+    make_slime,
+    make_world,
+    missing_lines,
+    port_open,
+    run_sh,
+)
+from netns import Namespace, netns_unavailable, network_namespace
+from ray_cluster import RayCluster, ray_available, ray_cluster
+
+pytestmark = [
+    pytest.mark.skipif(
+        not ray_available(), reason="needs ray[default] in this Python (test extra)"
+    ),
+    pytest.mark.timeout(900),
+]
+
+TOKENIZER_DIR = REPO / ".cache" / "qwen3-tokenizer"
+NO_AUTH = {"RAY_AUTH_MODE": "disabled"}  # the test cluster runs without Ray's token auth
+
+
+@pytest.fixture(scope="module")
+def namespace() -> Iterator[Namespace | None]:
+    if netns_unavailable():
+        yield None
+        return
+    with network_namespace() as ns:
+        yield ns
+
+
+@pytest.fixture(scope="module")
+def cluster(namespace: Namespace | None) -> Iterator[RayCluster]:
+    """Two nodes x 8 GPUs x 12 CPUs, on the namespace link's address when there is one."""
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ.update(NO_AUTH)
+    node = {"gpus": 8, "cpus": 12}
+    try:
+        with ray_cluster([node, node], node_ip=namespace.host_ip if namespace else None) as c:
+            yield c
+    finally:
+        if old is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old
+
+
+@pytest.fixture
+def world(tmp_path: Path, cluster: RayCluster) -> dict:
+    w = make_world(tmp_path)
+    w["ray"] = cluster.dashboard
+    return w
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_two_nodes_of_eight_from_rays_view(world: dict, version: str) -> None:
+    slime = make_slime(world["tmp"] / "slime", version)
+    d = dry_run(world, slime, env=NO_AUTH)
+    assert d.check("Ray cluster").startswith(f"ok       Ray cluster: running at {world['ray']}")
+    assert "2 node(s) x 8 GPUs from Ray at" in d.check("GPUs")
+    # colocated sync: the actor spans both nodes, the engines share its 16 GPUs
+    assert (d.flag("--actor-num-nodes"), d.flag("--actor-num-gpus-per-node")) == ("2", "8")
+    assert d.flag("--num-gpus-per-node") == "8" and "--colocate" in d.train_argv
+    assert d.ray_start() is None  # the cluster runs already: nothing to start here
+    assert d.emitted_flags() - known_flags(version) == set()
+    # env servers go on the cluster: the job's entrypoint starts 2 replicas (512 episodes in
+    # flight) as Ray actors and writes their URLs into the job's own TRAIN_CONFIG
+    assert d.wrapper[:3] == ["python3", "-m", "bridge.launch.ray_job"]
+    assert d.wrapper[d.wrapper.index("--replicas") + 1] == "2"
+    assert d.wrapper[d.wrapper.index("--job-config") + 1] == d.env["TRAIN_CONFIG"]
+    assert d.env["ENV_SERVER_API_KEY"] == "***"  # a per-job key guards the replicas
+    assert not [c for c in d.commands if "envs.server" in c]  # nothing starts on this machine
+    assert d.check("env servers").startswith("ok       env servers: 2 replica(s) x 1 CPU")
+    assert any("not reachable from other nodes" in n for n in d.notes)
+
+
+def test_split_layouts_and_async_on_two_nodes(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "main")
+    d = dry_run(world, slime, "--no-colocate", env=NO_AUTH)
+    assert (d.flag("--actor-num-nodes"), d.flag("--actor-num-gpus-per-node")) == ("1", "8")
+    assert d.flag("--rollout-num-gpus") == "8" and "--colocate" not in d.train_argv
+    d = dry_run(world, slime, "--mode", "async", "--rollout-tp", "4", env=NO_AUTH)
+    assert d.train_argv[1].endswith("train_async.py") and d.flag("--rollout-num-gpus") == "8"
+    assert d.flag("--rollout-num-gpus-per-engine") == "4"
+    d = dry_run(world, slime, "--mode", "fully-async", "--actor-gpus", "4", env=NO_AUTH)
+    assert d.flag("--actor-num-gpus-per-node") == "4" and d.flag("--rollout-num-gpus") == "12"
+
+
+def test_impossible_layouts_on_the_cluster(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+
+    def missing(*extra: str, name: str = "GPU layout") -> str:
+        return line_for(missing_lines(run_sh(*base_args(world, slime, *extra), env=NO_AUTH)), name)
+
+    assert "--actor-gpus 12 spreads unevenly over nodes of 8" in missing("--actor-gpus", "12")
+    assert "24 GPUs needed (actor 16 + rollout 8), the cluster has 16" in missing(
+        "--no-colocate", "--actor-gpus", "16", "--rollout-gpus", "8"
+    )
+    assert "--tp 3 does not divide" in missing("--tp", "3")
+    line = missing("--env-servers", "9", name="env servers")
+    assert "9 replica(s) x 1 CPU + 16 GPU bundles (1 CPU each) + 2 drivers need 27 CPUs" in line
+    assert "the cluster has 24" in line and "lower --env-servers" in line
+    loopback = run_sh(*base_args(world, slime, "--env-server", "http://127.0.0.1:9"), env=NO_AUTH)
+    assert loopback.returncode == 2 and "is a loopback address" in loopback.stderr
+
+
+def _probe_script(ns: Namespace, w: Path, tasks: Path, episodes: int) -> str:
+    """The job's command in place of slime: the bridge in the other namespace (another host),
+    against a scripted engine there, with the job's TRAIN_CONFIG; then each replica's metrics."""
+    py = sys.executable
+    stub = ns.wrap([py, str(REPO / "tests" / "sglang_stub.py"), "--port", "30555"])
+    stub += ["--script", str(w / "turns.json"), "--tokenizer", str(TOKENIZER_DIR)]
+    wait = ns.wrap(
+        [
+            "bash",
+            "-c",
+            "for i in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/30555) "
+            "2>/dev/null && exit 0; sleep 0.5; done; exit 1",
+        ]
+    )
+    rollout = ns.wrap(
+        [py, "-m", "bridge.launch.rollout_only", "--engine-url", "http://127.0.0.1:30555"]
+    )
+    rollout += ["--model", str(TOKENIZER_DIR), "--task-data", str(tasks), "--num-tasks"]
+    rollout += [str(episodes // 2), "--n-samples", "2", "--json"]
+    metrics = ns.wrap([py, "-c", METRICS_PROBE])
+    return (
+        "set -e\n"
+        f"{shlex.join(stub)} &\nSTUB=$!\ntrap 'kill $STUB 2>/dev/null' EXIT\n{shlex.join(wait)}\n"
+        f'{shlex.join(rollout)} --config "$TRAIN_CONFIG" > {w / "result.json"}\n'
+        f'{shlex.join(metrics)} "$TRAIN_CONFIG" > {w / "metrics.json"}\n'
+    )
+
+
+# Run inside the namespace: per replica of the job's config, sessions created (its /metrics, with
+# the job's key), and whether /metrics without the key is refused.
+METRICS_PROBE = """
+import json, os, sys, httpx, yaml
+urls = yaml.safe_load(open(sys.argv[1]))["env_server"]
+key = {"X-API-Key": os.environ["ENV_SERVER_API_KEY"]}
+out = []
+for u in urls:
+    text = httpx.get(u + "/metrics", headers=key, timeout=10).text
+    made = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith("ors_sessions_created_total"))
+    out.append({"url": u, "sessions": made,
+                "unkeyed": httpx.get(u + "/metrics", timeout=10).status_code})
+print(json.dumps(out))
+"""
+
+
+def test_env_servers_on_ray_serve_another_host_and_stop_with_the_job(
+    world: dict, cluster: RayCluster, namespace: Namespace | None
+) -> None:
+    if namespace is None:
+        pytest.skip(f"no second network namespace: {netns_unavailable()}")
+    if not (TOKENIZER_DIR / "tokenizer.json").is_file():
+        pytest.skip("needs the Qwen3 tokenizer (bash setup.sh --test)")
+    from bridge.launch.launcher import build_plan, execute, parse_options
+
+    w: Path = world["tmp"]
+    run_name = f"cluster-e2e-{uuid.uuid4().hex[:8]}"
+    world["config"].write_text(
+        "environments:\n  whodunit:\n    max_turns: 2\n"
+        f"env_server: http://127.0.0.1:8080\nrun_name: {run_name}\n"
+        f"trajectories:\n  spool_dir: {w / 'spool'}\n"
+    )
+    episodes = 16
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "?"}],
+            "label": None,
+            "tools": [],
+            "metadata": {"env": "whodunit", "split": "train", "index": i},
+        }
+        for i in range(episodes // 2)
+    ]
+    world["tasks"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answer = '{"name": "submit_answer", "arguments": {"who": "x", "what": "y", "where": "z"}}'
+    turn = {"text": f"<tool_call>\n{answer}\n</tool_call><|im_end|>"}
+    (w / "turns.json").write_text(json.dumps([turn] * episodes))
+    slime = make_slime(w / "slime", "main")
+    db = w / "store.db"
+    opts, extra = parse_options(
+        base_args(world, slime, "--python", sys.executable, "--env-servers", "2", "--db", str(db))
+    )
+    plan = build_plan(opts, extra)
+    assert plan.ok, [c.line() for c in plan.checks if not c.ok]
+    assert plan.ray_start_cmd is None and plan.job_wrapper
+    plan.train_cmd = ["bash", "-c", _probe_script(namespace, w, world["tasks"], episodes)]
+    try:
+        assert execute(plan) == 0
+        job_config = yaml.safe_load(Path(plan.job_env["TRAIN_CONFIG"]).read_text())
+        result = json.loads((w / "result.json").read_text().strip().splitlines()[-1])
+        metrics = json.loads((w / "metrics.json").read_text())
+    finally:
+        shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
+    # the replicas listen on the node's address (the namespace's link), never on loopback
+    urls = job_config["env_server"]
+    assert len(urls) == 2 and {urlparse(u).hostname for u in urls} == {namespace.host_ip}
+    # every episode ran against them from the other host, without an env error ...
+    summary = next(e for e in result["envs"] if e["env"] == "whodunit")
+    assert summary["episodes"] == episodes and summary["env_errors"] == 0
+    assert summary["stop_reasons"] == {"env_finished": episodes}
+    # ... spread over both replicas (sessions pinned per server), each guarded by the job's key
+    assert [m["url"] for m in metrics] == urls and sum(m["sessions"] for m in metrics) == episodes
+    assert all(m["sessions"] > 0 for m in metrics) and {m["unkeyed"] for m in metrics} == {401}
+    # ... and every trajectory reached the one store replica 0 keeps
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        stored = con.execute(
+            "SELECT COUNT(*) FROM rollouts r JOIN runs ON runs.id = r.run_id WHERE runs.name = ?",
+            (run_name,),
+        ).fetchone()[0]
+    finally:
+        con.close()
+    assert stored == episodes
+    # the job is over: the replicas are gone
+    for u in urls:
+        p = urlparse(u)
+        assert not port_open(p.port, p.hostname), f"{u} still serves after the job"
