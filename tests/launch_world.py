@@ -13,6 +13,7 @@ import os
 import shlex
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO, free_port
@@ -234,3 +235,147 @@ def line_for(lines: list[str], name: str) -> str:
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         return s.connect_ex((host, port)) == 0
+
+
+# --- the machine and the checkpoints a plan sees ---------------------------------------------------
+def fake_tools(root: Path, **scripts: str) -> dict[str, str]:
+    """A PATH whose first directory holds the given shell scripts (tool name -> body)."""
+    bin_dir = root / "fake-bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, body in scripts.items():
+        p = bin_dir / name.replace("_", "-")
+        p.write_text("#!/bin/sh\n" + body + "\n")
+        p.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+AMD_SMI_8 = (
+    'if [ "$1 $2" = "list --json" ]; then echo \'['
+    + ", ".join(f'{{"gpu": {i}, "bdf": "0000:0{i}:00.0"}}' for i in range(8))
+    + "]'; else exit 2; fi"
+)
+
+
+def saved_run(root: Path, iteration: str = "7") -> Path:
+    """A --save directory as slime leaves it: the tracker and the iteration it names."""
+    root.mkdir(parents=True)
+    (root / "latest_checkpointed_iteration.txt").write_text(iteration + "\n")
+    step = "release" if iteration == "release" else f"iter_{int(iteration):07d}"
+    (root / step).mkdir()
+    (root / step / "common.pt").write_text("")
+    return root
+
+
+NVIDIA_SMI_8 = "\n".join(f'echo "GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i})"' for i in range(8))
+
+
+# --- slime's real checkouts (../shared/vendor) ------------------------------------------------------
+VENDOR_ENV = "SLIME_VENDOR_DIR"
+VENDOR_CACHE = REPO / ".cache" / "slime-vendor"
+VENDORED = {
+    "v0.2.2": "slime-v0.2.2.tar.gz",
+    "v0.3.1": "slime-v0.3.1.tar.gz",
+    "main": "slime-head-624b824.tar.gz",
+}
+VENDORED_MEGATRON = "megatron-lm-1dcf0daf.tar.gz"  # the commit slime v0.3.1 and main pin
+
+
+def vendor_dir() -> Path:
+    return Path(os.environ.get(VENDOR_ENV) or REPO.parent / "shared" / "vendor")
+
+
+def vendor_missing() -> str | None:
+    """Why slime's real checkouts are not here (a fresh clone elsewhere), or None."""
+    absent = [
+        n for n in (*VENDORED.values(), VENDORED_MEGATRON) if not (vendor_dir() / n).is_file()
+    ]
+    if absent:
+        return (
+            f"slime's sources not found in {vendor_dir()} (set {VENDOR_ENV}): {', '.join(absent)}"
+        )
+    return None
+
+
+def unpack_vendored(name: str) -> Path:
+    """The folder a vendored tarball unpacks into, unpacked once into .cache/slime-vendor/."""
+    import tarfile
+
+    src = vendor_dir() / name
+    st = src.stat()
+    dest = VENDOR_CACHE / f"{name.removesuffix('.tar.gz')}-{st.st_size}-{int(st.st_mtime)}"
+    if not (dest / ".unpacked").exists():
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(src) as tar:
+            tar.extractall(tmp, filter="data")
+        (tmp / ".unpacked").write_text("")
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process unpacked it first
+            pass
+    (root,) = [p for p in dest.iterdir() if p.is_dir()]
+    return root
+
+
+# --- slime's real parse_args (needs slime's CPU imports and the harness's shims) -------------------
+SLIME_CPU_SHIMS = REPO / "tests" / "slime_cpu"  # the vendored-slime harness's CPU shims (issue 9)
+SLIME_CPU_MODULES = ("triton", "sglang", "sglang_router", "PIL")
+# Qwen3-4B's published config.json: slime checks the Megatron model args against it
+QWEN3_4B = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "hidden_size": 2560,
+    "intermediate_size": 9728,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000,
+    "tie_word_embeddings": True,
+    "vocab_size": 151936,
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "torch_dtype": "bfloat16",
+}
+
+
+def cpu_imports_missing(*modules: str) -> str | None:
+    import importlib.util
+
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"not installed here: {', '.join(absent)} (slime's CPU imports)" if absent else None
+
+
+def real_parse_missing() -> str | None:
+    """Why slime's real parse_args cannot run here, or None."""
+    if reason := vendor_missing() or cpu_imports_missing(*SLIME_CPU_MODULES):
+        return reason
+    if not (SLIME_CPU_SHIMS / "slime_cpu_shims.py").is_file():
+        return f"needs the vendored-slime harness's CPU shims ({SLIME_CPU_SHIMS}, issue 9)"
+    return None
+
+
+def slime_parse_args(plans: dict[str, list[str]], version: str, world: dict) -> dict[str, dict]:
+    """slime `version`'s real parse_args on each plan's driver argv (tests/slime_parse_args.py);
+    the world's model gets Qwen3-4B's config, which slime checks the model args against."""
+    (world["model"] / "config.json").write_text(json.dumps(QWEN3_4B))
+    path = world["tmp"] / "plans.json"
+    path.write_text(json.dumps(plans))
+    pythonpath = [
+        SLIME_CPU_SHIMS,
+        unpack_vendored(VENDORED[version]),
+        unpack_vendored(VENDORED_MEGATRON),
+        REPO,
+    ]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "slime_parse_args.py"), str(path)],
+        env={**os.environ, "PYTHONPATH": ":".join(map(str, pythonpath)), "WANDB_MODE": "offline"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, (out.stdout[-2000:], out.stderr[-3000:])
+    return json.loads(line[len("RESULT ") :])

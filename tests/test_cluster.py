@@ -25,6 +25,8 @@ import pytest
 import yaml
 from conftest import REPO
 from launch_world import (
+    VENDORED,
+    VENDORED_MEGATRON,
     VERSIONS,
     base_args,
     dry_run,
@@ -34,7 +36,10 @@ from launch_world import (
     make_world,
     missing_lines,
     port_open,
+    real_parse_missing,
     run_sh,
+    slime_parse_args,
+    unpack_vendored,
 )
 from netns import Namespace, netns_unavailable, network_namespace
 from ray_cluster import RayCluster, ray_available, ray_cluster
@@ -102,6 +107,25 @@ def test_two_nodes_of_eight_from_rays_view(world: dict, version: str) -> None:
     assert not [c for c in d.commands if "envs.server" in c]  # nothing starts on this machine
     assert d.check("env servers").startswith("ok       env servers: 2 replica(s) x 1 CPU")
     assert any("not reachable from other nodes" in n for n in d.notes)
+
+
+def test_two_nodes_parse_with_slimes_real_parse_args(world: dict) -> None:
+    """The 2 x 8 plans (sync colocated, async split) as slime main's own parse_args reads them."""
+    if reason := real_parse_missing():
+        pytest.skip(reason)
+    slime = unpack_vendored(VENDORED["main"])
+    meg = str(unpack_vendored(VENDORED_MEGATRON))
+    plans = {
+        name: dry_run(world, slime, "--megatron-path", meg, *args, env=NO_AUTH).train_argv[2:]
+        for name, args in {"sync": [], "async": ["--mode", "async"]}.items()
+    }
+    parsed = slime_parse_args(plans, "main", world)
+    assert not {k: v["error"] for k, v in parsed.items() if "error" in v}
+    sync, asy = parsed["sync"], parsed["async"]
+    assert (sync["actor_num_nodes"], sync["actor_num_gpus_per_node"]) == (2, 8)
+    assert sync["colocate"] and sync["rollout_num_gpus"] == 16
+    assert (asy["actor_num_nodes"], asy["actor_num_gpus_per_node"]) == (1, 8)
+    assert not asy["colocate"] and asy["rollout_num_gpus"] == 8
 
 
 def test_split_layouts_and_async_on_two_nodes(world: dict) -> None:

@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 from conftest import REPO, env_server, free_port
 from launch_world import (
+    AMD_SMI_8,
     VERSIONS,
     DryRun,
     base_args,
     dry_run,
+    fake_tools,
     known_flags,
     line_for,
     make_slime,
@@ -32,6 +34,7 @@ from launch_world import (
     port_open,
     refused,
     run_sh,
+    saved_run,
     slime_flags,
 )
 
@@ -677,24 +680,6 @@ def test_fully_async_refused_on_a_slime_without_it(world: dict) -> None:
 
 
 # --- AMD ------------------------------------------------------------------------------------------
-def fake_tools(root: Path, **scripts: str) -> dict[str, str]:
-    """A PATH whose first directory holds the given shell scripts (tool name -> body)."""
-    bin_dir = root / "fake-bin"
-    bin_dir.mkdir(exist_ok=True)
-    for name, body in scripts.items():
-        p = bin_dir / name.replace("_", "-")
-        p.write_text("#!/bin/sh\n" + body + "\n")
-        p.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
-
-
-AMD_SMI_8 = (
-    'if [ "$1 $2" = "list --json" ]; then echo \'['
-    + ", ".join(f'{{"gpu": {i}, "bdf": "0000:0{i}:00.0"}}' for i in range(8))
-    + "]'; else exit 2; fi"
-)
-
-
 @pytest.mark.parametrize("version", VERSIONS)
 def test_amd_gpus_get_rocm_env_and_flags(world: dict, version: str) -> None:
     slime = make_slime(world["tmp"] / "slime", version)
@@ -728,22 +713,13 @@ def test_rocm_smi_and_nvidia_smi_are_counted(world: dict) -> None:
 
 
 # --- resume ---------------------------------------------------------------------------------------
-def saved_run(root: Path, iteration: str = "7") -> Path:
-    """A --save directory as slime leaves it: the tracker and the iteration it names."""
-    root.mkdir(parents=True)
-    (root / "latest_checkpointed_iteration.txt").write_text(iteration + "\n")
-    step = "release" if iteration == "release" else f"iter_{int(iteration):07d}"
-    (root / step).mkdir()
-    (root / step / "common.pt").write_text("")
-    return root
-
-
 @pytest.mark.parametrize("version", VERSIONS)
 def test_resume_loads_the_checkpoint_in_save(world: dict, version: str) -> None:
     slime = make_slime(world["tmp"] / "slime", version)
     save = saved_run(world["tmp"] / "ckpt")
     d = dry_run(world, slime, "--save", str(save))
     assert d.flag("--load") == str(save) and d.flag("--save") == str(save)
+    assert d.flag("--save-interval") == "20"  # Megatron asserts one whenever --save is given
     assert d.flag("--ref-load") == str(world["model"]) == d.flag("--hf-checkpoint")
     assert any(n.startswith(f"resuming from {save} (iteration 7)") for n in d.notes)
     if version == "v0.2.2":  # a Megatron checkpoint: no conversion needed

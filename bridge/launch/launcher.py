@@ -84,8 +84,10 @@ EVAL_LOG_HOOK = "bridge.metrics.log_eval_rollout"
 # public OpenReward example uses 1e-5, ten times the step this setup was tuned with; we keep
 # the tested value (README: "Learning rate").
 DEFAULT_LR = 1e-6
-# Evaluate every N rollouts when an eval file is used (slime's Qwen3-4B scripts use 20).
+# Evaluate every N rollouts when an eval file is used, and save every N rollouts when --save is
+# given without --save-interval (slime's Qwen3-4B scripts use 20 for both).
 DEFAULT_EVAL_INTERVAL = 20
+SAVE_INTERVAL = 20
 # slime's default --sglang-server-concurrency (per engine), which fully-async keeps in flight.
 SGLANG_SERVER_CONCURRENCY = 512
 # Replicas run.sh picks without --env-servers (each is one process; more are fine, ask for them).
@@ -273,7 +275,12 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="checkpoint to start from (default: the one in --save when there is one, else --model)",
     )
     a("--save", default=None, help="where to save checkpoints")
-    a("--save-interval", type=int, default=None, help="save every N rollouts (needs --save)")
+    a(
+        "--save-interval",
+        type=int,
+        default=None,
+        help=f"save every N rollouts (needs --save; default with --save: {SAVE_INTERVAL})",
+    )
     a(
         "--resume",
         action=argparse.BooleanOptionalAction,
@@ -436,10 +443,8 @@ def slime_train_args(opts: argparse.Namespace, t: TrainInputs) -> list[str]:
         args += ["--use-fault-tolerance"]
     # checkpoints
     args += ["--hf-checkpoint", opts.model, "--load", t.load.load, "--ref-load", t.load.ref_load]
-    if opts.save:
-        args += ["--save", opts.save]
-    if opts.save_interval is not None:
-        args += ["--save-interval", str(opts.save_interval)]
+    if opts.save:  # Megatron asserts a --save-interval whenever --save is given
+        args += ["--save", opts.save, "--save-interval", str(opts.save_interval or SAVE_INTERVAL)]
     # data: the bridge renders the prompt itself from the task metadata (no --apply-chat-template)
     args += [
         "--prompt-data",
