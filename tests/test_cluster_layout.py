@@ -188,3 +188,32 @@ def test_default_replicas_and_the_variables_replicas_get() -> None:
     for name in (DATA_DIR_ENV, JUDGE_URL_ENV, JUDGE_MODEL_ENV):
         assert name in ENV_SERVER_VARS
     assert JUDGE_KEY_ENV in ENV_SERVER_SECRETS
+
+
+# --- the Ray job's entrypoint ---------------------------------------------------------------------
+def test_job_config_lists_the_replicas_and_keeps_the_store_on_replica_0(tmp_path: Path) -> None:
+    import yaml
+
+    from bridge.config import load_config
+    from bridge.launch.ray_job import parse_options, write_job_config
+
+    cfg = tmp_path / "train_config.yaml"
+    cfg.write_text(
+        "environments:\n  gsm8k: {}\nenv_server: http://127.0.0.1:8080\nrun_name: r\n"
+        "trajectories:\n  url: http://127.0.0.1:9000\n  spool_dir: spool\n"
+    )
+    out = tmp_path / "job" / "cfg.yaml"
+    urls = ["http://10.0.0.2:4001", "http://10.0.0.3:4002"]
+    write_job_config(str(cfg), urls, out)
+    job = load_config(out)
+    assert job.env_server_urls == urls and job.run_name == "r"
+    # a loopback store is not one other nodes reach: replica 0 keeps the store instead
+    assert job.trajectories.url is None
+    assert yaml.safe_load(out.read_text())["trajectories"]["spool_dir"] == str(tmp_path / "spool")
+    assert not list(out.parent.glob("*.tmp"))
+    opts, cmd = parse_options(
+        ["--replicas", "2", "--config", "c", "--db", "d", "--job-config", "j", "--", "echo", "hi"]
+    )
+    assert opts.replicas == 2 and opts.cpus == 1.0 and cmd == ["echo", "hi"]
+    with pytest.raises(SystemExit):
+        parse_options(["--replicas", "2", "--config", "c", "--db", "d", "--job-config", "j"])

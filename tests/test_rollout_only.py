@@ -181,10 +181,18 @@ def test_scripted_engine_against_running_env_server(
 
 
 def test_local_engine_starts_env_server_and_stops_it(tmp_path: Path, run_name: str) -> None:
-    """--engine local with a tiny random Qwen3: prepares tasks itself, starts and stops the env server."""
-    from tiny_qwen3 import make_tiny_qwen3
-
-    model = make_tiny_qwen3(tmp_path / "tiny-qwen3")
+    """--engine local with the tiny random Qwen3 the README's offline command makes: prepares tasks
+    itself, starts and stops the env server."""
+    made = subprocess.run(
+        [sys.executable, "-m", "bridge.launch.tiny_model", str(tmp_path / "tiny-qwen3")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    model = Path(made.stdout.strip())
+    assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
     port = free_port()
     db = tmp_path / "store.db"
     config = write_config(
@@ -264,3 +272,67 @@ def test_bad_input_one_line_errors(tmp_path: Path, run_name: str) -> None:
     )
     assert out.returncode == 2 and "unknown key 'environments.gsm8k.max_turn'" in out.stderr
     assert all(len(line) < 400 for line in out.stderr.splitlines())
+
+
+def test_missing_model_fails_first_with_the_offline_fix(tmp_path: Path, run_name: str) -> None:
+    """A model that cannot load offline stops the run before tasks are prepared or servers start."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "cfg.yaml", f"http://127.0.0.1:{port}", run_name, tmp_path / "spool"
+    )
+    out = run_sh("--engine", "local", "--model", "./missing", "--config", str(config), timeout=60)
+    assert out.returncode == 2 and not out.stdout.strip(), (out.stdout, out.stderr)
+    line = out.stderr.strip()
+    assert (
+        line.startswith("rollout-only: --model ./missing: no such directory") and "\n" not in line
+    )
+    assert "python -m bridge.launch.tiny_model ./tiny-qwen3" in line
+    assert not (REPO / "runs" / run_name).exists() and not port_open(port)  # nothing prepared
+    out = run_sh(
+        "--engine-url",
+        "http://127.0.0.1:1",
+        "--model",
+        "Org/Not-Cached-7B",
+        "--config",
+        str(config),
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "neither a local directory nor in the Hugging Face cache" in out.stderr
+    assert "hf download Org/Not-Cached-7B" in out.stderr
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    out = run_sh("--engine", "local", "--model", str(empty), "--config", str(config), timeout=60)
+    assert out.returncode == 2 and "is not a Hugging Face model directory" in out.stderr
+
+
+def test_local_engine_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from bridge.launch import rollout_only
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
+    )
+    with pytest.raises(rollout_only.RolloutError, match=r"pip install -e '\.\[local\]'"):
+        rollout_only.check_model(str(TOKENIZER_DIR), engine_local=True)
+
+
+def test_tiny_model_without_a_tokenizer_is_one_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge.launch.tiny_model",
+            str(tmp_path / "m"),
+            "--tokenizer",
+            str(tmp_path / "none"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "no Qwen3 tokenizer at" in out.stderr and "setup.sh --test" in out.stderr
