@@ -358,6 +358,17 @@ def test_help_and_bad_options() -> None:
         "--env-server",
         "--dry-run",
         "--rollout-only",
+        "--mode",
+        "--update-weights-interval",
+        "--fault-tolerance",
+        "--resume",
+        "--no-resume",
+        "--no-eval",
+        "--cp",
+        "--gpu-vendor",
+        "--env-servers",
+        "--env-server-cpus",
+        "--ray-address",
     ):
         assert opt in out.stdout, opt
     bad = run_sh("--rollout-batch-size", "3", "--n-samples", "5", "--steps-per-rollout", "2")
