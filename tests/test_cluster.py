@@ -106,7 +106,7 @@ def test_two_nodes_of_eight_from_rays_view(world: dict, version: str) -> None:
     assert d.env["ENV_SERVER_API_KEY"] == "***"  # a per-job key guards the replicas
     assert not [c for c in d.commands if "envs.server" in c]  # nothing starts on this machine
     assert d.check("env servers").startswith("ok       env servers: 2 replica(s) x 1 CPU")
-    assert any("not reachable from other nodes" in n for n in d.notes)
+    assert any("is loopback, which other nodes do not reach" in n for n in d.notes)
 
 
 def test_two_nodes_parse_with_slimes_real_parse_args(world: dict) -> None:

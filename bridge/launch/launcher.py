@@ -646,6 +646,8 @@ def _check_options(opts: argparse.Namespace, mode: TrainMode) -> None:
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise LaunchError(f"--{name.replace('_', '-')} must be >= 1")
+    if opts.env_server_cpus <= 0:
+        raise LaunchError("--env-server-cpus must be > 0")
     if opts.cp > 1 and opts.train_backend != "megatron":
         raise LaunchError("--cp (context parallelism) needs --train-backend megatron")
     budget = opts.max_tokens_per_gpu * opts.cp
@@ -835,10 +837,12 @@ def _plan_env_servers(
             "cluster do not reach: drop it (the job starts replicas on the cluster) or give an "
             "address they reach"
         )
-    notes.append(
-        f"the config's env_server {', '.join(urls)} is not reachable from other nodes: the job "
-        f"starts {replicas} replica(s) on the Ray cluster instead"
-    )
+    loopback = [u for u in urls if is_loopback(u)]
+    if loopback:
+        notes.append(
+            f"env_server {', '.join(loopback)} is loopback, which other nodes do not reach: the "
+            f"job starts {replicas} replica(s) on the Ray cluster instead"
+        )
     return ray_plan(replicas, opts.env_server_cpus, opts.db)
 
 
@@ -901,8 +905,10 @@ def _job_env(
     cfg: TrainConfig | None,
     environ: dict[str, str],
     use_wandb: bool,
+    env_servers_in_job: bool = False,
 ) -> tuple[dict[str, str], list[str]]:
-    """The Ray job's env_vars (project on PYTHONPATH, TRAIN_CONFIG, keys) and which of them are secrets."""
+    """The Ray job's env_vars (project on PYTHONPATH, TRAIN_CONFIG, keys) and which of them are
+    secrets; with `env_servers_in_job`, also what the env servers read (they see only this)."""
     env = {
         "PYTHONPATH": ":".join(pythonpath),
         TRAIN_CONFIG_ENV: str(train_config),
@@ -913,11 +919,14 @@ def _job_env(
     wandb_key = environ.get("WANDB_API_KEY")
     if use_wandb and not wandb_key:
         env["WANDB_MODE"] = "offline"
+    if env_servers_in_job:
+        env.update({k: environ[k] for k in ENV_SERVER_VARS if environ.get(k)})
     secrets_ = []
     for name in (
         (["WANDB_API_KEY"] if wandb_key else [])
         + (pre.required_api_keys(cfg) if cfg else [])
         + ["ENV_SERVER_API_KEY"]
+        + (list(ENV_SERVER_SECRETS) if env_servers_in_job else [])
     ):
         if environ.get(name):
             env[name] = environ[name]
@@ -936,6 +945,46 @@ def _rocm_env(
     if "HIP_VISIBLE_DEVICES" not in head and view is not None and view.gpu_nodes:
         head["HIP_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(view.gpu_nodes[0].gpus))
     return job, head
+
+
+def _ray_head_cmd(
+    ray_cmd: str, address: str, view: ClusterView | None, layout: Layout
+) -> list[str] | None:
+    """`ray start --head --block` for this machine when nothing answers at a loopback address
+    (a remote address with nothing behind it is a MISSING check instead)."""
+    if not is_loopback(address):
+        return None
+    gpus = (view.total_gpus if view is not None else 0) or layout.gpus_used
+    return [
+        ray_cmd,
+        "start",
+        "--head",
+        "--num-gpus",
+        str(gpus),
+        "--disable-usage-stats",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(urlparse(address).port or 8265),
+        "--block",
+    ]
+
+
+def _job_config(
+    opts: argparse.Namespace, cfg: TrainConfig | None, plan: EnvServerPlan | None, job: Path
+) -> tuple[Path, dict | None, list[str]]:
+    """The job's TRAIN_CONFIG, the config run.sh writes there first (None: the user's file as it
+    is), and the entrypoint that precedes slime's driver ([] or bridge.launch.ray_job, which
+    writes TRAIN_CONFIG on the cluster once the replicas have URLs)."""
+    config = Path(opts.config).resolve()
+    if plan is not None and plan.placement is Placement.RAY:
+        wrapper = [opts.python, "-m", "bridge.launch.ray_job", "--replicas", str(plan.replicas)]
+        wrapper += ["--cpus", f"{plan.cpus:g}", "--config", str(config), "--db", plan.db]
+        wrapper += ["--job-config", str(job.with_suffix(".yaml")), "--"]
+        return job.with_suffix(".yaml"), None, wrapper
+    if plan is not None and cfg is not None and plan.urls != cfg.env_server_urls:
+        return job.with_suffix(".yaml"), _config_with_env_server(cfg, plan.urls), []
+    return config, None, []
 
 
 def build_plan(
@@ -1017,24 +1066,7 @@ def build_plan(
     if env_plan is not None and env_plan.placement is Placement.RAY:
         _check_cluster_cpus(env_plan, layout, view, checks)
 
-    ray_start: list[str] | None = None
-    if not cluster_up and is_loopback(ray_address):
-        port = urlparse(ray_address).port or 8265
-        found = view.total_gpus if view is not None else 0
-        ray_start = [
-            ray_cmd,
-            "start",
-            "--head",
-            "--num-gpus",
-            str(found or layout.gpus_used),
-            "--disable-usage-stats",
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(port),
-            "--block",
-        ]
-
+    ray_start = None if cluster_up else _ray_head_cmd(ray_cmd, ray_address, view, layout)
     run_name = cfg.run_name if cfg is not None else "slime-envs"
     train_args = slime_train_args(
         opts,
@@ -1055,42 +1087,18 @@ def build_plan(
 
     sid = f"slime-envs-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_dir = PROJECT_ROOT / "runs" / run_name
-    config_override = None
-    job_wrapper: list[str] = []
-    train_config = Path(opts.config).resolve()
-    if env_plan is not None and env_plan.placement is Placement.RAY:
-        train_config = run_dir / f"{sid}.yaml"  # ray_job writes it on the cluster
-        job_wrapper = [
-            opts.python,
-            "-m",
-            "bridge.launch.ray_job",
-            "--replicas",
-            str(env_plan.replicas),
-            "--cpus",
-            f"{env_plan.cpus:g}",
-            "--config",
-            str(Path(opts.config).resolve()),
-            "--db",
-            env_plan.db,
-            "--job-config",
-            str(train_config),
-            "--",
-        ]
+    train_config, config_override, job_wrapper = _job_config(opts, cfg, env_plan, run_dir / sid)
+    if job_wrapper:  # replicas on a cluster network: guarded by a key of this job's
         environ.setdefault("ENV_SERVER_API_KEY", secrets.token_urlsafe(24))
-    elif env_plan is not None and cfg is not None and env_plan.urls != cfg.env_server_urls:
-        config_override = _config_with_env_server(cfg, env_plan.urls)
-        train_config = run_dir / f"{sid}.yaml"
-
     pythonpath = [str(PROJECT_ROOT)] + ([str(megatron_path)] if megatron_path else [])
     job_env, secret_env = _job_env(
-        pythonpath + modes.pythonpath, train_config, cfg, environ, use_wandb=not opts.no_wandb
+        pythonpath + modes.pythonpath,
+        train_config,
+        cfg,
+        environ,
+        use_wandb=not opts.no_wandb,
+        env_servers_in_job=bool(job_wrapper),
     )
-    if job_wrapper:  # replicas on Ray see only the job's environment
-        job_env.update({k: environ[k] for k in ENV_SERVER_VARS if environ.get(k)})
-        for k in ENV_SERVER_SECRETS:
-            if environ.get(k):
-                job_env[k] = environ[k]
-                secret_env.append(k)
     ray_start_env: dict[str, str] = {}
     if vendor is GpuVendor.AMD:
         rocm_job, ray_start_env = _rocm_env(view, environ)
