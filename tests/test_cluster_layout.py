@@ -7,6 +7,7 @@ plans against a real multi-node Ray cluster are in tests/test_cluster.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,81 @@ def test_job_config_lists_the_replicas_and_keeps_the_store_on_replica_0(tmp_path
     assert opts.replicas == 2 and opts.cpus == 1.0 and cmd == ["echo", "hi"]
     with pytest.raises(SystemExit):
         parse_options(["--replicas", "2", "--config", "c", "--db", "d", "--job-config", "j"])
+
+
+def _replica_config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("environments:\n  whodunit: {}\nrun_name: replica-test\n")
+    return cfg
+
+
+def _wait(predicate, timeout: float = 60.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_replica_restarts_its_server_on_the_same_url_and_stops(tmp_path: Path) -> None:
+    import signal
+
+    from bridge.launch.ray_job import EnvServerReplica
+    from bridge.launch.services import answers
+
+    replica = EnvServerReplica(str(_replica_config(tmp_path)), str(tmp_path / "t.db"), 1, 120.0)
+    url = replica.start("127.0.0.1")
+    try:
+        assert answers(url)
+        first = replica.pid()
+        os.kill(first, signal.SIGKILL)  # the server dies under the job
+        assert _wait(lambda: replica.pid() != first and answers(url)), "not restarted"
+        assert replica.restarts == 1
+    finally:
+        replica.stop()
+    assert not answers(url)
+
+
+def test_replica_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from bridge.launch.services import answers
+
+    program = (
+        "import sys, time\n"
+        "from bridge.launch.ray_job import EnvServerReplica\n"
+        "r = EnvServerReplica(sys.argv[1], sys.argv[2], 1, 120.0)\n"
+        "print(r.start('127.0.0.1'), r.pid(), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    host = subprocess.Popen(
+        [sys.executable, "-c", program, str(_replica_config(tmp_path)), str(tmp_path / "t.db")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url, pid = host.stdout.readline().split()
+        assert answers(url)
+        host.send_signal(signal.SIGKILL)  # like Ray killing the actor's worker outright
+        host.wait(timeout=30)
+        assert _wait(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 60.0)
+        assert not answers(url)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+
+
+def _zombie(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,46 +39,85 @@ from bridge.launch.services import (
     free_port,
     http_url,
     is_loopback,
-    managed_process,
+    start_process,
+    stop,
+    wait_until_up,
 )
 
 START_ATTEMPTS = 3
+WATCH_INTERVAL = 1.0
 
 
 class EnvServerReplica:
-    """One env-server process on the node Ray placed this actor on; it stops with the actor."""
+    """One env-server process on the node Ray placed this actor on.
+
+    A watchdog restarts the server on the same URL if it exits (sessions it held are lost; the
+    bridge counts those episodes as env failures); it stops with the actor, and dies with the
+    actor's process even when that is killed outright.
+    """
 
     def __init__(self, config: str, db: str, index: int, timeout: float) -> None:
         self._config, self._db, self._index, self._timeout = config, db, index, timeout
-        self._stack = contextlib.ExitStack()
+        self._name = f"env server replica {index}"
+        self._cmd: list[str] = []
+        self._url = ""
+        self._proc: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.restarts = 0
 
-    def start(self) -> str:
-        """Start the server on this node's IP and a free port; its URL."""
-        import ray
+    def start(self, host: str | None = None) -> str:
+        """Start the server on `host` (default: this node's IP, as Ray knows it) and a free port; its URL."""
+        if host is None:
+            import ray
 
-        host = ray.util.get_node_ip_address()
+            host = ray.util.get_node_ip_address()
         last: Exception | None = None
         for _ in range(START_ATTEMPTS):  # a port can be taken between probing and binding it
-            url = http_url(host, free_port(host))
-            cmd = replica_command(self._config, url, self._db, self._index)
+            self._url = http_url(host, free_port(host))
+            self._cmd = replica_command(self._config, self._url, self._db, self._index)
             try:
-                self._stack.enter_context(
-                    managed_process(
-                        f"env server replica {self._index}",
-                        cmd,
-                        url,
-                        timeout=self._timeout,
-                        die_with_parent=True,
-                    )
-                )
+                self._spawn()
             except ServiceError as e:
                 last = e
                 continue
-            return url
-        raise ServiceError(f"env server replica {self._index} on {host}: {last}")
+            threading.Thread(target=self._watch, name=f"{self._name}-watchdog", daemon=True).start()
+            return self._url
+        raise ServiceError(f"{self._name} on {host}: {last}")
+
+    def _spawn(self) -> None:
+        # The parent-death signal follows the thread that forks: the actor's task thread, or the
+        # watchdog for a restart; both live as long as the actor.
+        self._proc = start_process(self._cmd, die_with_parent=True)
+        try:
+            wait_until_up(self._name, self._url, self._proc, self._timeout)
+        except ServiceError:
+            stop(self._proc)
+            raise
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL):
+            with self._lock:  # never restart behind stop()'s back
+                if self._stopping.is_set() or self._proc is None or self._proc.poll() is None:
+                    continue
+                code = self._proc.returncode
+                print(
+                    f"ray_job: {self._name} exited ({code}); restarting at {self._url}", flush=True
+                )
+                self.restarts += 1
+                try:
+                    self._spawn()
+                except ServiceError as e:  # try again on the next tick
+                    print(f"ray_job: {e}", flush=True)
+
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def stop(self) -> None:
-        self._stack.close()
+        self._stopping.set()
+        with self._lock:
+            if self._proc is not None:
+                stop(self._proc)
 
 
 def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlparse
 
 import httpx
@@ -117,37 +118,39 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         proc.wait()
 
 
-@contextlib.contextmanager
-def managed_process(
-    name: str,
-    cmd: list[str],
-    url: str,
-    timeout: float = 120.0,
-    log_path: Path | None = None,
-    die_with_parent: bool = False,
-) -> Iterator[subprocess.Popen]:
-    """Start `cmd`, wait until `url`/health answers, yield the process, and stop it on exit.
+def start_process(
+    cmd: list[str], stdout: IO[bytes] | None = None, die_with_parent: bool = False
+) -> subprocess.Popen:
+    """`cmd` in the project root with the project on PYTHONPATH (output to `stdout`, or inherited).
 
     `die_with_parent` also stops it when this process is killed outright (a Ray actor's worker).
     """
-    out = None
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(log_path, "ab")
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
             filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])
         ),
     }
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         cmd,
         cwd=PROJECT_ROOT,
         env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT if out else None,
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout else None,
         preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
     )
+
+
+@contextlib.contextmanager
+def managed_process(
+    name: str, cmd: list[str], url: str, timeout: float = 120.0, log_path: Path | None = None
+) -> Iterator[subprocess.Popen]:
+    """Start `cmd`, wait until `url`/health answers, yield the process, and stop it on exit."""
+    out = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log_path, "ab")
+    proc = start_process(cmd, out)
     try:
         wait_until_up(name, url, proc, timeout)
         yield proc
