@@ -80,17 +80,23 @@ def _wait(what: str, ok, procs: list[subprocess.Popen], logs: Path, timeout: flo
     raise TimeoutError(f"{what} not ready within {timeout:.0f}s; logs in {logs}")
 
 
-@contextlib.contextmanager
-def ray_cluster(
-    nodes: list[dict], node_ip: str | None = None, timeout: float = 240.0
-) -> Iterator[RayCluster]:
-    """Start a head (nodes[0]) and workers (nodes[1:]); each dict: gpus, cpus, resources (JSON str).
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in reversed(procs):
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
-    Callers talking to it (`ray job submit`, run.sh) need RAY_AUTH_MODE=disabled too.
-    """
-    tmp = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))  # short: Ray's socket paths
+
+def _start(nodes: list[dict], node_ip: str | None, tmp: Path, timeout: float) -> RayCluster:
+    """One attempt: every node up and registered, or RuntimeError/TimeoutError (nodes stopped)."""
     logs = tmp / "logs"
-    logs.mkdir()
+    logs.mkdir(parents=True, exist_ok=True)
     # RAY_AUTH_MODE: a token some other Ray left in ~/.ray/auth_token must not turn auth on here
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     gcs_port, dash_port = _free_port(), _free_port()
@@ -109,7 +115,7 @@ def ray_cluster(
             argv += ["--ray-client-server-port", str(_free_port())]
         else:
             argv += ["--address", f"{node_ip or '127.0.0.1'}:{gcs_port}"]
-        out = open(logs / f"node{i}.log", "w")
+        out = open(logs / f"node{i}.log", "a")
         procs.append(
             subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -117,7 +123,6 @@ def ray_cluster(
         )
 
     dashboard = f"http://127.0.0.1:{dash_port}"
-    failed = True
     cluster = RayCluster(dashboard, f"{node_ip or '127.0.0.1'}:{gcs_port}", procs, logs)
     try:
         start(0, nodes[0], head=True)
@@ -131,18 +136,34 @@ def ray_cluster(
         for i, spec in enumerate(nodes[1:], 1):
             start(i, spec, head=False)
         _wait("Ray nodes", lambda: len(cluster.alive_nodes()) == len(nodes), procs, logs, timeout)
+    except BaseException:
+        _stop(procs)
+        raise
+    return cluster
+
+
+@contextlib.contextmanager
+def ray_cluster(
+    nodes: list[dict], node_ip: str | None = None, timeout: float = 240.0, attempts: int = 3
+) -> Iterator[RayCluster]:
+    """Start a head (nodes[0]) and workers (nodes[1:]); each dict: gpus, cpus, resources (JSON str).
+
+    Ray gives a raylet 30 s to register, which a loaded machine can miss: a start that fails is
+    retried from scratch (`attempts` in all). Callers talking to the cluster (`ray job submit`,
+    run.sh) need RAY_AUTH_MODE=disabled too.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))  # short: Ray's socket paths
+    cluster = None
+    for attempt in range(1, attempts + 1):
+        try:
+            cluster = _start(nodes, node_ip, tmp / f"a{attempt}", timeout)
+            break
+        except (RuntimeError, TimeoutError):
+            if attempt == attempts:
+                raise  # the logs stay in tmp
+    assert cluster is not None
+    try:
         yield cluster
-        failed = False
     finally:
-        for p in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        if not failed:  # keep the logs of a cluster that did not come up
-            shutil.rmtree(tmp, ignore_errors=True)
+        _stop(cluster.procs)
+        shutil.rmtree(tmp, ignore_errors=True)
