@@ -123,6 +123,7 @@ def test_mixed_vendors_are_refused() -> None:
     )
     with pytest.raises(ClusterError, match="mixes GPU vendors"):
         _ = view.vendor
+    assert view.describe() == "2 node(s) x 8 GPUs (AMD) from Ray at x"  # never raises
     assert (
         vendor_of_accelerator("H100") is GpuVendor.NVIDIA
         and vendor_of_accelerator(None) is GpuVendor.NVIDIA

@@ -81,8 +81,8 @@ class ClusterView:
             if len(counts) == 1
             else f"{len(gpu_nodes)} nodes with {'/'.join(map(str, counts))} GPUs"
         )
-        vendor = {GpuVendor.AMD: " (AMD)", GpuVendor.NVIDIA: ""}.get(self.vendor, "")  # type: ignore[arg-type]
-        return f"{shape}{vendor} from {self.source}"
+        amd = any(n.vendor is GpuVendor.AMD for n in gpu_nodes)
+        return f"{shape}{' (AMD)' if amd else ''} from {self.source}"
 
 
 def default_ray_address(environ: dict[str, str] | None = None) -> str:
