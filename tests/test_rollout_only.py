@@ -248,6 +248,7 @@ def test_bad_input_one_line_errors(tmp_path: Path, run_name: str) -> None:
         timeout=120,
     )
     assert out.returncode == 2 and f"engine {dead} does not answer /health" in out.stderr
+    assert "starting env server" not in out.stdout  # the engine is checked before any server
     tasks.write_text("{not json\n")
     out = run_sh(
         "--engine-url",

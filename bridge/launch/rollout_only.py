@@ -444,12 +444,14 @@ def run(opts: argparse.Namespace) -> int:
 
     urls = _env_servers(cfg, env_url)
     url = urls[0]
+    if opts.engine is None:  # a dead engine URL stops the run before any server starts
+        slime_args(opts.engine_url, opts)
+        if not answers(opts.engine_url, "/health", timeout=5.0):
+            raise RolloutError(f"engine {opts.engine_url} does not answer /health")
     with contextlib.ExitStack() as stack:
         started_server = _start_env_servers(stack, urls if needs_local else [], opts)
         engine_url = _start_engine(stack, opts)
         args = slime_args(engine_url, opts)
-        if opts.engine is None and not answers(engine_url, "/health", timeout=5.0):
-            raise RolloutError(f"engine {engine_url} does not answer /health")
         samples = make_samples(rows, opts.n_samples)
         print(
             f"rollout-only: {len(samples)} episodes ({len(rows)} tasks x {opts.n_samples}) against {engine_url}",
