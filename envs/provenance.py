@@ -1,0 +1,34 @@
+"""An environment's version (package version + hash of its code and data) and its task-spec hash.
+
+`env_version(GSM8K)` is `0.1.0+<16 hex>`: the slime-envs version plus a hash of the module that
+defines the class and of the data files it declares (`DATA_FILES`), so an edited reward function
+or topic list gives a new version even when the package version stays. `task_spec_hash(spec)`
+hashes the canonical JSON of a task spec (key order and formatting do not matter).
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from bridge.provenance import canonical_hash, files_hash, package_version
+
+
+def env_code_files(cls: type) -> list[Path]:
+    """The files whose contents make an environment's version: its module and declared data files."""
+    files = [Path(inspect.getfile(cls))]
+    files += [Path(p) for p in getattr(cls, "DATA_FILES", ())]
+    return [f for f in files if f.is_file()]
+
+
+@cache
+def env_version(cls: type) -> str:
+    """`<package version>+<hash of the env's code and data>`, computed once per class."""
+    return f"{package_version()}+{files_hash(env_code_files(cls))}"
+
+
+def task_spec_hash(task_spec: Any) -> str:
+    """The hash of a task spec's canonical JSON."""
+    return canonical_hash(task_spec)
