@@ -18,8 +18,8 @@ Scoring of one submission (`submit_haiku`), all terms in [0, 1]:
   the judge (relevance and imagery), asked only for a perfect, on-topic poem (style is 0
   otherwise). When the judge fails or times out, the submission scores content alone (a
   logged warning).
-The episode ends when a poem has perfect structure and is on topic, or after 1 +
-`max_revisions` submissions. Tripwire (group): `duplicate_in_group`, the same successful poem
+The episode ends when a poem has perfect structure and is on topic (any topic when r = 0) and
+is no copy, or after 1 + `max_revisions` submissions. Tripwire (group): `duplicate_in_group`, the same successful poem
 as another sample of its GRPO group.
 """
 
@@ -372,6 +372,7 @@ class Score:
     topic_hits: list[str]
     copied: str | None
     content: float
+    topic_required: bool = True
 
     @property
     def on_topic(self) -> bool:
@@ -379,8 +380,12 @@ class Score:
 
     @property
     def success(self) -> bool:
-        """Perfect structure, on topic, not a copy: what ends the episode early."""
-        return self.structure == 1.0 and self.on_topic and self.copied is None
+        """Perfect structure, on topic (when relevance counts), not a copy: ends the episode early."""
+        return (
+            self.structure == 1.0
+            and (self.on_topic or not self.topic_required)
+            and self.copied is None
+        )
 
 
 class Haiku(ReportingEnvironment):
@@ -498,7 +503,7 @@ class Haiku(ReportingEnvironment):
         hits = on_topic_words(words, self.accepted)
         r = self._options.relevance_weight
         content = 0.0 if copied else structure * (1 - r + r * bool(hits))
-        return Score(lines, counts, structure, hits, copied, content)
+        return Score(lines, counts, structure, hits, copied, content, topic_required=r > 0)
 
     @tool
     async def submit_haiku(self, params: PoemInput) -> ToolOutput:
@@ -534,6 +539,7 @@ class Haiku(ReportingEnvironment):
                 "topic_words_used": s.topic_hits,
                 "copied": s.copied,
                 "content": s.content,
+                "success": s.success,
                 "style": style,
                 "judge_error": judge_error,
                 "submission": self.submissions,
@@ -544,8 +550,7 @@ class Haiku(ReportingEnvironment):
         """A successful final poem reports its fingerprint: equal ones in a GRPO group trip the wire."""
         last = calls[-1]
         meta = last.metadata or {}
-        success = meta.get("structure") == 1.0 and meta.get("on_topic") and not meta.get("copied")
-        if last.name != "submit_haiku" or not success:
+        if last.name != "submit_haiku" or not meta.get("success"):
             return Verdict()
         return Verdict(keys={DUPLICATE_IN_GROUP: poem_fingerprint(str(last.arguments["poem"]))})
 
@@ -576,7 +581,7 @@ class Haiku(ReportingEnvironment):
             out.append("The style judge was unavailable; scored without style.")
         out.append(f"Reward: {reward:.3f}.")
         if s.success:
-            out.append("Perfect haiku on topic. Episode finished.")
+            out.append("Perfect haiku. Episode finished.")
         elif finished:
             out.append("No revisions left. Episode finished.")
         else:

@@ -221,6 +221,65 @@ async def test_bad_input_keeps_episode() -> None:
     assert (await _submit(env, PERFECT_HAIKU)).output.reward == 1.0
 
 
+# ---------------------------------------------------------------- topic and copying (no judge)
+
+
+async def test_a_perfect_poem_off_topic_earns_half_and_does_not_end_the_episode() -> None:
+    env = Haiku(task_spec={"topic": "rain on a tin roof"})
+    gamed = await _submit(env, PERFECT_HAIKU)  # "An old silent pond" scored 1.0 for any topic
+    assert gamed.output.reward == 0.5 and not gamed.output.finished
+    assert gamed.output.metadata["on_topic"] is False
+    assert "On topic: no" in gamed.output.blocks[0].text
+    honest = await _submit(
+        env, "Drizzle taps the shed\nall night the metal sings out\nsleep comes with the drops"
+    )
+    assert honest.output.reward == 1.0 and honest.output.finished
+    assert honest.output.metadata["topic_words_used"] == ["drizzle"]
+
+
+@pytest.mark.parametrize(
+    "poem, reason",
+    [
+        ("Rain on a tin roof\nrain on a tin roof rain on\nrain on a tin roof", "repeats"),
+        ("Write a haiku about\nrain on a tin roof with five\nseven five lines now", "repeats"),
+        (
+            "Roof rain tin tin rain\nrain tin roof roof rain tin roof\ntin roof rain rain roof",
+            "no word",
+        ),
+    ],
+)
+async def test_poems_that_copy_the_prompt_score_zero(poem: str, reason: str) -> None:
+    out = await _submit(Haiku(task_spec={"topic": "rain on a tin roof"}), poem)
+    assert out.output.reward == 0.0 and not out.output.finished
+    assert reason in out.output.metadata["copied"] and "Refused" in out.output.blocks[0].text
+
+
+def test_topic_words_match_any_inflection_and_bundled_relatives() -> None:
+    from envs.haiku import line_words, on_topic_words, topic_words
+
+    accepted = topic_words("rain on a tin roof", read_topic_table()["rain on a tin roof"])
+    words = line_words("It was raining; downpours drummed on the eaves")
+    assert on_topic_words(words, accepted) == ["raining", "downpours", "drummed", "eaves"]
+    assert on_topic_words(line_words("an old silent pond"), accepted) == []
+    # a topic without a list (hub keywords) accepts its own words minus the small ones
+    assert topic_words("the smell of rain") == ["smell", "rain"]
+
+
+def test_every_bundled_topic_counts_its_own_key_word() -> None:
+    from envs.haiku import SMALL_WORDS, line_words, on_topic_words
+
+    for topic, words in read_topic_table().items():
+        assert words, f"{topic!r} has no on-topic words"
+        own = [w for w in line_words(topic) if w not in SMALL_WORDS]
+        assert on_topic_words(own, list(words)), f"{topic!r}: none of its own words counts"
+
+
+async def test_relevance_weight_zero_scores_structure_alone() -> None:
+    Haiku.configure({"relevance_weight": 0})
+    out = await _submit(Haiku(task_spec={"topic": "rain on a tin roof"}), PERFECT_HAIKU)
+    assert out.output.reward == 1.0 and out.output.finished
+
+
 # ---------------------------------------------------------------- the LLM judge (a tiny OpenAI-compatible server)
 
 
@@ -304,6 +363,11 @@ async def test_judge_scores_style_of_a_perfect_haiku(judged: JudgeStub) -> None:
         "an old pond" in body["messages"][-1]["content"]
         and "A frog jumps" in body["messages"][-1]["content"]
     )
+
+
+async def test_judge_is_not_asked_about_an_off_topic_poem(judged: JudgeStub) -> None:
+    out = await _submit(Haiku(task_spec={"topic": "a kettle whistling"}), PERFECT_HAIKU)
+    assert not judged.requests and out.output.reward == pytest.approx(0.5 * 0.5)
 
 
 async def test_judge_weight_option(judged: JudgeStub) -> None:

@@ -9,7 +9,11 @@ from openreward.api.errors import ToolCallError
 from ors_episodes import ors_session, play_whodunit, sdk_server
 
 from envs.whodunit import (
+    LOCATION_POOL,
+    MOTIVE_POOL,
     SEED_OFFSET,
+    SUSPECT_POOL,
+    WEAPON_POOL,
     WHAT,
     WHERE,
     WHO,
@@ -184,6 +188,62 @@ def test_normalize_name() -> None:
     assert normalize_name("  The   Wine Cellar ") == "wine cellar"
     assert normalize_name(None) == ""
     assert normalize_name("Theodore") == "theodore"
+    assert normalize_name("Anne") == "anne" and normalize_name("Aaron") == "aaron"
+
+
+@pytest.mark.parametrize(
+    "listed, submitted",
+    [
+        ("a family secret", "family secret"),  # the tools list it with "a": it was wrong before
+        ("an inheritance", "Inheritance"),
+        ("a family secret", "A  FAMILY-SECRET!"),
+        ("cast-iron kettle", "the cast iron kettle"),
+        ("Kitty Rowe", "kitty rowe."),
+        ("wine cellar", "The wine\tcellar"),
+        ("gambling debts", "“gambling debts”"),
+    ],
+)
+def test_answers_match_despite_articles_case_punctuation_and_spacing(
+    listed: str, submitted: str
+) -> None:
+    answer = {"who": "Kitty Rowe", "what": "letter opener", "where": "attic", "why": listed}
+    assert score_answer(answer, {**answer, "why": submitted}) == (
+        1.0,
+        {"who": True, "what": True, "where": True, "why": True},
+    )
+
+
+@pytest.mark.parametrize(
+    "listed, submitted",
+    [
+        ("a family secret", "family secrets"),
+        ("an inheritance", "a forged will"),
+        ("wine cellar", "cellar"),
+        ("Ada Finch", "Ada"),
+        ("Ada Finch", "Ada Finch, the gardener"),
+        ("letter opener", "opener letter"),
+    ],
+)
+def test_a_different_answer_never_matches(listed: str, submitted: str) -> None:
+    assert normalize_name(listed) != normalize_name(submitted)
+
+
+def test_every_listed_name_keeps_its_own_key() -> None:
+    pools = [[n for n, _ in SUSPECT_POOL], WEAPON_POOL, LOCATION_POOL, MOTIVE_POOL]
+    for pool in pools:
+        keys = [normalize_name(n) for n in pool]
+        assert len(set(keys)) == len(pool) and all(keys)
+
+
+def test_prompt_and_tools_state_the_same_lie_rule() -> None:
+    lies_doc = (WhoDunIt.list_statements.__doc__ or "").lower()
+    assert "may lie" not in lies_doc
+    for difficulty in VARIANTS:
+        case = generate_case(case_seed("test", 1), difficulty)
+        rule = case.lie_rule()
+        assert rule in case.prompt() and rule in case.tool_texts["list_statements"]
+    single = generate_case(case_seed("test", 1), Difficulty())
+    assert "The killer's statement is a lie." in single.prompt()
 
 
 # ---------------------------------------------------------------- options
