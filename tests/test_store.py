@@ -115,7 +115,7 @@ def test_upgrade_from_schema_v1_keeps_data(tmp_path: Path) -> None:
     conn.close()
     store = TrajectoryStore(path)  # migrates to the current version
     conn = connect(path)
-    assert schema_version(conn) == SCHEMA_VERSION == 2
+    assert schema_version(conn) == SCHEMA_VERSION
     assert [r["content"] for r in store.messages("r1")] == ["kept"]
     assert [r[2] for r in conn.execute("PRAGMA index_list(messages)") if r[2]] == [
         1

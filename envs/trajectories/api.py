@@ -147,6 +147,7 @@ class TrajectoryService:
             stop_reason: str | None = None,
             min_reward: float | None = None,
             max_reward: float | None = None,
+            tripwire: str | None = None,
             sort: str = "time",
             order: str = "desc",
             after: str | None = None,
@@ -163,6 +164,7 @@ class TrajectoryService:
                 stop_reason=stop_reason,
                 min_reward=min_reward,
                 max_reward=max_reward,
+                tripwire=tripwire,
             )
             try:
                 page = store.list_rollouts(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 __all__ = ["SCHEMA_VERSION", "StoreError", "connect", "migrate", "schema_version"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StoreError(RuntimeError):
@@ -218,6 +218,37 @@ WHEN OLD.run_id IS NOT NEW.run_id OR OLD.env IS NOT NEW.env OR OLD.reward IS NOT
     WHERE NEW.run_id IS NOT NULL AND NEW.reward IS NOT NULL
     ON CONFLICT(run_id, env, bucket) DO UPDATE SET n = n + 1, reward_sum = reward_sum + NEW.reward;
 END;
+""",
+    # v3: tripwires (envs/trajectories/tripwires.py): which rollout tripped which wire, and the keys
+    # of group wires; filled from the metadata of rollouts stored before.
+    3: """
+CREATE TABLE rollout_tripwires (
+    event_id TEXT NOT NULL,
+    wire TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    PRIMARY KEY (event_id, wire)
+) WITHOUT ROWID;
+CREATE INDEX rollout_tripwires_run ON rollout_tripwires(run_id, wire);
+CREATE TABLE rollout_tripwire_keys (
+    run_id INTEGER NOT NULL,
+    group_key TEXT NOT NULL,
+    wire TEXT NOT NULL,
+    key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (run_id, group_key, wire, key, event_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO rollout_tripwires(event_id, wire, run_id)
+    SELECT r.event_id, j.value, r.run_id FROM rollouts r, json_each(r.metadata, '$.tripwires') j
+    WHERE r.run_id IS NOT NULL AND json_valid(r.metadata) AND j.type = 'text';
+INSERT OR IGNORE INTO rollout_tripwire_keys
+    SELECT r.run_id, r.group_key, j.key, j.value, r.event_id
+    FROM rollouts r, json_each(r.metadata, '$.tripwire_keys') j
+    WHERE r.run_id IS NOT NULL AND r.group_key IS NOT NULL AND json_valid(r.metadata)
+        AND j.type = 'text';
+INSERT OR IGNORE INTO rollout_tripwires(event_id, wire, run_id)
+    SELECT a.event_id, a.wire, a.run_id FROM rollout_tripwire_keys a JOIN rollout_tripwire_keys b
+    ON a.run_id = b.run_id AND a.group_key = b.group_key AND a.wire = b.wire AND a.key = b.key
+        AND a.event_id <> b.event_id;
 """,
 }
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import orjson
 
+from envs.trajectories import tripwires
 from envs.trajectories.events import NULL, Event, IngestResult, RolloutEvent, RolloutUpdateEvent
 from envs.trajectories.schema import StoreError, connect, migrate
 
@@ -196,9 +197,10 @@ class _Writer:
         task_index = meta.get("index")
         if not isinstance(task_index, int):
             task_index = (ev.get("rollout_info") or {}).get("task_index")
+        run_id = self.run_id(ev["runName"], ev.get("run_info"), now)
         row = (
             ev["eventId"],
-            self.run_id(ev["runName"], ev.get("run_info"), now),
+            run_id,
             _n(ev.get("rolloutName")),
             ev.get("environment") or "",
             _n(ev.get("environment_id")),
@@ -244,6 +246,7 @@ class _Writer:
         )
         if cur.rowcount == 0:
             return None
+        tripwires.record(self.conn, ev["eventId"], run_id, group_key, meta)
         if arrays.get("token_ids") is not None:
             self._insert_tokens(ev["eventId"], arrays, prompt_length)
         return reward is not None and status is not None and turns is not None
@@ -389,7 +392,7 @@ def _pick_index(flt: RolloutFilter, sort: str, total: int) -> str:
 
 LIST_COLUMNS = (
     "id, event_id, name, env, split, step, ts, status, stop_reason, reward, "
-    "reward_reduction, num_turns, num_messages, group_key, task_index"
+    f"reward_reduction, num_turns, num_messages, group_key, task_index, {tripwires.LIST_COLUMN}"
 )
 
 
@@ -403,6 +406,7 @@ class RolloutFilter:
     stop_reason: str | None = None
     min_reward: float | None = None
     max_reward: float | None = None
+    tripwire: str | None = None  # a wire name, or tripwires.ANY
 
     def where(self) -> tuple[list[str], list[Any]]:
         clauses, args = [], []
@@ -417,6 +421,10 @@ class RolloutFilter:
         if self.max_reward is not None:
             clauses.append("reward <= ?")
             args.append(self.max_reward)
+        if self.tripwire:
+            clause, more = tripwires.filter_clause(self.tripwire)
+            clauses.append(clause)
+            args += more
         return clauses, args
 
 
@@ -695,7 +703,12 @@ class TrajectoryStore:
             (run_id,),
         ):
             out[col].append(value)
+        out["tripwire"] = list(tripwires.counts(conn, run_id))
         return out
+
+    def tripwire_counts(self, run_id: int) -> dict[str, int]:
+        """wire -> rollouts of the run that tripped it."""
+        return tripwires.counts(self._conn(), run_id)
 
     def list_rollouts(
         self,
@@ -770,6 +783,7 @@ class TrajectoryStore:
             out[key] = _loads(out[key])
         out["messages"] = self.messages(event_id)
         out["tokens"] = self.tokens(event_id)
+        out["tripwires"] = tripwires.of_rollout(conn, event_id)
         return out
 
     def messages(self, event_id: str) -> list[dict[str, Any]]:
@@ -802,11 +816,13 @@ class TrajectoryStore:
         }
 
     def group(self, run_id: int, group_key: str, limit: int = 64) -> list[dict[str, Any]]:
-        """The rollouts of one GRPO group, by sample order."""
+        """The rollouts of one GRPO group, by sample index (then time), with their `sample_index`."""
         return [
             dict(r)
             for r in self._conn().execute(
-                f"SELECT {LIST_COLUMNS} FROM rollouts WHERE run_id = ? AND group_key = ? ORDER BY ts, id LIMIT ?",
+                f"SELECT {LIST_COLUMNS}, json_extract(metadata, '$.sample_index') AS sample_index "
+                "FROM rollouts WHERE run_id = ? AND group_key = ? "
+                "ORDER BY sample_index IS NULL, sample_index, ts, id LIMIT ?",
                 (run_id, group_key, limit),
             )
         ]

@@ -1,5 +1,9 @@
 """Server-rendered pages of the trajectory viewer: runs, a run's rollouts, one rollout, reward chart.
 
+A run page filters its rollouts (env, split, status, stop reason, reward, tripwire) and counts
+tripwires; a rollout page shows the conversation, per-turn rewards, tokens, provenance,
+tripwires, where the token context drifted, and its GRPO group with each sample's advantage.
+
 Jinja2 with autoescape renders every page, so model and environment text always shows as text.
 The pages use one bundled stylesheet and one small script from envs/trajectories/static/assets (no CDN), and
 are served with a Content-Security-Policy that forbids inline and foreign scripts.
@@ -23,6 +27,8 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
+from envs.trajectories import tripwires
+from envs.trajectories.advantages import group_advantages
 from envs.trajectories.store import RolloutFilter, TrajectoryStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ CSP = (
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 MAX_TOKEN_VIEW = 32_768
 MAX_GROUP_SIDE_BY_SIDE = 16
+MAX_GROUP = 1024  # members read for the group's advantages
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -209,6 +216,61 @@ def conversation(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _run_id(value: str) -> int | None:
+    """A run id from the URL, or None when it is not one (the page answers 404, not FastAPI's 422)."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
+
+
+def provenance_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """The rollout's provenance as (label, text) rows, in a fixed order; [] when it has none."""
+    prov = meta.get("provenance")
+    if not isinstance(prov, dict):
+        return []
+    labels = [
+        ("env", "Environment"),
+        ("env_version", "Env version"),
+        ("task_id", "Task"),
+        ("task_spec_hash", "Task spec hash"),
+        ("tokenizer", "Tokenizer"),
+        ("tokenizer_hash", "Tokenizer hash"),
+        ("chat_template_hash", "Chat template hash"),
+        ("sampling_params", "Sampling"),
+        ("weight_versions", "Weight versions"),
+        ("bridge_version", "Bridge version"),
+    ]
+    rows = []
+    for key, label in labels:
+        value = prov.get(key)
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            text = ", ".join(f"{k}={json.dumps(v)}" for k, v in value.items())
+        elif isinstance(value, list):
+            text = " → ".join(str(v) for v in value) or "none reported"
+        else:
+            text = str(value)
+        rows.append((label, text))
+    return rows
+
+
+def drift_events(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where the token context diverged, as the bridge stored it (`metadata.drift`)."""
+    drift = meta.get("drift")
+    return [d for d in drift if isinstance(d, dict)] if isinstance(drift, list) else []
+
+
+def group_view(
+    store: TrajectoryStore, rollout: dict[str, Any]
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The GRPO group's members (each with its advantages) and this rollout's position in it."""
+    members = store.group(rollout["run_id"], rollout["group_key"], limit=MAX_GROUP)
+    for m, adv in zip(members, group_advantages([m["reward"] for m in members]), strict=True):
+        m["advantage"], m["advantage_normalized"] = adv.centered, adv.normalized
+        m["current"] = m["event_id"] == rollout["event_id"]
+    position = next((i for i, m in enumerate(members, 1) if m["current"]), None)
+    return members, position
+
+
 def _float_or_none(value: str | None) -> float | None:
     if value is None or value.strip() == "":
         return None
@@ -259,16 +321,20 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
         return page("runs.html", title="Runs", runs=runs)
 
     @router.get("/runs/{run_id}/chart.svg")
-    def chart(run_id: int) -> Response:
-        svg = reward_chart_svg(store.reward_series(run_id))
+    def chart(run_id: str) -> Response:
+        rid = _run_id(run_id)
+        if rid is None:
+            return Response("not found", status_code=404, media_type="text/plain")
+        svg = reward_chart_svg(store.reward_series(rid))
         return Response(svg, media_type="image/svg+xml", headers={"Content-Security-Policy": CSP})
 
-    @router.get("/runs/{run_id}", response_class=HTMLResponse)
-    def run_page(request: Request, run_id: int) -> HTMLResponse:
+    @router.get("/runs/{run_key}", response_class=HTMLResponse)
+    def run_page(request: Request, run_key: str) -> HTMLResponse:
         started = time.perf_counter()
-        run = store.get_run(run_id)
-        if run is None:
-            return not_found(f"No run with id {run_id}.")
+        run_id = _run_id(run_key)
+        run = store.get_run(run_id) if run_id is not None else None
+        if run is None or run_id is None:
+            return not_found(f"No run with id {run_key}.")
         q = request.query_params
         flt = RolloutFilter(
             env=q.get("env") or None,
@@ -277,6 +343,7 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
             stop_reason=q.get("stop_reason") or None,
             min_reward=_float_or_none(q.get("min_reward")),
             max_reward=_float_or_none(q.get("max_reward")),
+            tripwire=q.get("tripwire") or None,
         )
         sort = q.get("sort") if q.get("sort") in ("time", "reward", "turns") else "time"
         order = "asc" if q.get("order") == "asc" else "desc"
@@ -312,6 +379,8 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
             run=run,
             page=pg,
             facets=store.facets(run_id),
+            tripwire_counts=store.tripwire_counts(run_id),
+            any_tripwire=tripwires.ANY,
             flt=flt,
             sort=sort,
             order=order,
@@ -333,16 +402,16 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
         tokenizer_name = (
             meta.get("tokenizer") if isinstance(meta.get("tokenizer"), str) else default_tokenizer
         )
-        group = []
+        group: list[dict[str, Any]] = []
+        position = None
         if r["group_key"]:
-            for g in store.group(r["run_id"], r["group_key"], limit=MAX_GROUP_SIDE_BY_SIDE):
+            group, position = group_view(store, r)
+            for g in group[:MAX_GROUP_SIDE_BY_SIDE]:
                 g["conversation"] = [
                     m
                     for m in conversation(store.messages(g["event_id"]))
                     if m["type"] in ("assistant_message", "tool_call", "tool_result")
                 ]
-                g["current"] = g["event_id"] == r["event_id"]
-                group.append(g)
         turn_rewards = (
             meta.get("turn_rewards") if isinstance(meta.get("turn_rewards"), list) else None
         )
@@ -354,6 +423,12 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
             conversation=conversation(r["messages"]),
             tokens=token_view(r["tokens"], tokenizer_name),
             group=group if len(group) > 1 else [],
+            group_side_by_side=group[:MAX_GROUP_SIDE_BY_SIDE] if len(group) > 1 else [],
+            group_size=len(group),
+            group_position=position,
+            provenance=provenance_rows(meta),
+            tripwires=r.get("tripwires") or [],
+            drift=drift_events(meta),
             turn_rewards=turn_rewards,
             timings=meta.get("timings") if isinstance(meta.get("timings"), dict) else None,
             tool_errors=meta.get("tool_errors")
