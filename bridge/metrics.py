@@ -7,8 +7,13 @@ False, so slime still logs its own metrics (response lengths, truncation, perf) 
 Read from each sample: `metadata["env"]` and `metadata["reward"]["max_reward"]` (the task,
 written by prepare_tasks.py), and the counters bridge/generate.py writes (its METADATA_KEYS):
 stop_reason, num_turns, num_tool_calls, tool_errors {kind: n}, drift_count, env_failure,
-engine_failure, bridge_timings {generate, env, total} (seconds). Samples without them (not
-produced by the bridge) still count for reward and solve rate.
+engine_failure, bridge_timings {generate, env, total} (seconds), tripwires [names] and
+tripwire_keys {name: key}. Samples without them (not produced by the bridge) still count for
+reward and solve rate.
+
+Tripwires (bridge/env_report.py): `tripwires/<name>` counts the episodes that tripped a wire,
+the env's own verdict plus group wires (episodes of one GRPO group, `group_index`, reporting
+the same key); `tripwire_rate` is the share of episodes that tripped any.
 
 An episode is solved when its reward reaches the task's max_reward, or `solve_threshold` when
 that is set on slime's args (e.g. `solve_threshold: 0.9` in a `--custom-config-path` YAML).
@@ -27,6 +32,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
+
+from bridge.env_report import group_tripwires
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +80,47 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def tripped_wires(samples: list[Any]) -> list[set[str]]:
+    """Per sample: the tripwires it tripped, its env's verdict plus group wires within the batch."""
+    out = []
+    for s in samples:
+        wires = _metadata(s).get("tripwires")
+        out.append({w for w in wires if isinstance(w, str)} if isinstance(wires, list) else set())
+    keyed = []
+    for s in samples:
+        keys = _metadata(s).get("tripwire_keys")
+        keyed.append((getattr(s, "group_index", None), keys if isinstance(keys, dict) else {}))
+    for wires, more in zip(out, group_tripwires(keyed), strict=True):
+        wires |= more
+    return out
+
+
 def episode_metrics(
     samples: Iterable[Any], solve_threshold: float | None = None
 ) -> dict[str, dict[str, float]]:
     """Per environment (plus `all`): metric name -> value, for a batch of finished samples."""
-    groups: dict[str, list[Any]] = defaultdict(list)
-    for s in samples:
-        groups[env_name(s)].append(s)
-        groups[ALL].append(s)
+    samples = list(samples)
+    groups: dict[str, list[tuple[Any, set[str]]]] = defaultdict(list)
+    for s, wires in zip(samples, tripped_wires(samples), strict=True):
+        groups[env_name(s)].append((s, wires))
+        groups[ALL].append((s, wires))
     return {env: _group_metrics(ss, solve_threshold) for env, ss in groups.items() if ss}
 
 
-def _group_metrics(samples: list[Any], solve_threshold: float | None) -> dict[str, float]:
+def _tripwire_metrics(wires: list[set[str]]) -> dict[str, float]:
+    counts: dict[str, int] = defaultdict(int)
+    for tripped in wires:
+        for w in tripped:
+            counts[w] += 1
+    out = {f"tripwires/{w}": float(n) for w, n in counts.items()}
+    out["tripwire_rate"] = sum(1 for t in wires if t) / len(wires)
+    return out
+
+
+def _group_metrics(
+    with_wires: list[tuple[Any, set[str]]], solve_threshold: float | None
+) -> dict[str, float]:
+    samples = [s for s, _ in with_wires]
     n = len(samples)
     out: dict[str, float] = {"episodes": float(n)}
     rewards, solved = [], 0
@@ -121,6 +157,7 @@ def _group_metrics(samples: list[Any], solve_threshold: float | None) -> dict[st
                 env_per_call.append(float(timings["env"]) / float(md["num_tool_calls"]))
         if "generate" in timings:
             gen_t.append(float(timings["generate"]))
+    out |= _tripwire_metrics([w for _, w in with_wires])
     if rewards:
         out["reward_mean"] = statistics.fmean(rewards)
         out["reward_std"] = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0

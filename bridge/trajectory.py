@@ -47,6 +47,14 @@ class Trajectory:
     rollout_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: float = field(default_factory=time.time)
     extra: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """What produced the episode (bridge/provenance.py)."""
+    tripwires: list[str] | None = None
+    """Episode tripwires the env reported tripped ([]: none); None when the env never checked."""
+    tripwire_keys: dict[str, str] = field(default_factory=dict)
+    """Group tripwire keys the env reported (bridge/env_report.py)."""
+    drift: list[dict[str, Any]] = field(default_factory=list)
+    """Where the token context diverged, one entry per drift counted (bridge/drift.py)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

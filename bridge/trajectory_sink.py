@@ -12,7 +12,9 @@ Event shapes are the `openreward` SDK's (RolloutStartedEvent, LogMessageEvent, R
 what only the trainer knows rides in the rollout event's `metadata`:
 reward, reward_reduction, turn_rewards, stop_reason, status, num_turns, num_tool_calls, tool_errors,
 drift_count, evaluation, group_index, sample_index, index, timings, prompt_length, token_ids,
-loss_mask, logprobs, extra (and `tokenizer` when the trajectory's extra names one).
+loss_mask, logprobs, extra (and `tokenizer` when the trajectory's extra names one), provenance,
+tripwires, tripwire_keys, drift. Tool results say in their metadata whether the env executed
+the call (`executed`: false for calls the bridge answered itself).
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ def message_events(
                     "turn": turn,
                     "tool": m.get("name"),
                     "is_error": bool(m.get("is_error", False)),
+                    "executed": m.get("executed"),
                 },
             )
         else:
@@ -195,6 +198,10 @@ def trajectory_events(traj: Trajectory, environment_id: str | None = None) -> li
         "loss_mask": traj.loss_mask,
         "logprobs": traj.logprobs,
         "extra": traj.extra or None,
+        "provenance": traj.provenance or None,
+        "tripwires": traj.tripwires,
+        "tripwire_keys": traj.tripwire_keys or None,
+        "drift": traj.drift or None,
     }
     if isinstance(traj.extra.get("tokenizer"), str):
         metadata["tokenizer"] = traj.extra["tokenizer"]

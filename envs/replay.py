@@ -59,10 +59,12 @@ class StoredCall:
 
     position: int
     name: str
-    arguments: dict[str, Any] | None  # None: the bridge could not parse it (never sent)
+    arguments: dict[str, Any] | None  # None: not a JSON object (the bridge could not parse it)
     text: str | None
     reward: float | None
     finished: bool
+    executed: bool | None = None
+    """Whether the env ran it, as the bridge recorded it (None: an older rollout that does not say)."""
 
 
 def stored_calls(messages: list[dict[str, Any]]) -> list[StoredCall]:
@@ -77,6 +79,7 @@ def stored_calls(messages: list[dict[str, Any]]) -> list[StoredCall]:
         except orjson.JSONDecodeError:
             args = None
         res = results.get(m.get("call_id")) or {}
+        executed = (res.get("metadata") or {}).get("executed")
         out.append(
             StoredCall(
                 position=len(out) + 1,
@@ -85,6 +88,7 @@ def stored_calls(messages: list[dict[str, Any]]) -> list[StoredCall]:
                 text=res.get("content"),
                 reward=res.get("reward"),
                 finished=bool(res.get("is_finished")),
+                executed=executed if isinstance(executed, bool) else None,
             )
         )
     return out
@@ -363,7 +367,7 @@ async def replay_rollout(rollout: dict[str, Any], url: str | None) -> ReplayRepo
             report.calls.append(diff)
             if finished:
                 diff.skipped = "after the episode finished"
-            elif call.arguments is None:
+            elif call.executed is False or call.arguments is None:
                 diff.skipped = "the bridge rejected it, never sent to the env"
             elif call.name not in names:
                 diff.skipped = "not a tool of this env"
