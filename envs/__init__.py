@@ -6,11 +6,15 @@ platform, or in-process.
 Modules:
     gsm8k      GSM8K word problems with a calculator tool and a single answer submission
     whodunit   generated murder mysteries with exactly one consistent solution
-    haiku      write a 5-7-5 haiku on a topic; structure from CMUdict, optional LLM judge
+    haiku      write a 5-7-5 haiku on a topic; structure from CMUdict, topic words, optional LLM judge
+    reporting  ReportingEnvironment: provenance on every tool output, tripwires when the episode ends
+    tripwires  Tripwire declarations: cheap invariants of an honest success (never change the reward)
+    provenance an env's version (package version + hash of its code and data), task-spec hashes
     registry   names of the local environments and where their classes live (imported on demand)
     options    validating an environment's `options` from train_config.yaml
     play       `python -m envs play ENV`: play one episode by hand, in-process or against a server
-    data/      the environments' bundled data (haiku topics)
+    replay     `python -m envs replay ID`: re-execute a stored episode's tool calls and diff them
+    data/      the environments' bundled data (haiku topics and their on-topic words)
 
 Subpackages:
     server/        the ORS server (`python -m envs.server`)
@@ -18,6 +22,9 @@ Subpackages:
 
 Optional class hooks, found with getattr: `configure(options)` applies train_config.yaml's
 `environments.<name>.options` to the class; `ground_truth(task_spec)` gives the label
-prepare_tasks.py writes. This package never imports slime; it may import `bridge.config`
-(the shared config schema) and `bridge.task`.
+prepare_tasks.py writes. The envs here subclass `ReportingEnvironment` and declare `TRIPWIRES`
+(checked by `check_tripwires(calls)`) and `DATA_FILES` (hashed into their version). This
+package never imports slime; it may import the plugin's plain modules: `bridge.config` (the
+shared config schema), `bridge.task`, `bridge.env_report` and `bridge.provenance` (the report
+format), and `bridge.env_client` (replay on a server uses the bridge's own session client).
 """

@@ -4,8 +4,11 @@ Modules:
     events    the rollout-upload wire events (`POST /v1/rollouts`), validated into plain dicts
     schema    the SQLite schema: versioned migrations and the connection every user opens
     store     the store: one writer thread with group commit, fast indexed reads
+    tripwires which rollouts tripped which tripwire (group wires matched as rollouts arrive)
+    advantages GRPO advantages of a group's rewards, as slime computes them
     api       TrajectoryService: the upload endpoints, a JSON API over the store, the web UI
-    webui     server-rendered pages: runs, a run's rollouts, one rollout, reward chart
+    webui     server-rendered pages: runs, a run's rollouts, one rollout (provenance, tripwires,
+              drift, GRPO group with advantages), reward chart
     static/   the pages' templates, stylesheet and script (no CDN)
 
 Served by `python -m envs.server` (roles `all` and `trajectories`); the stock `openreward` SDK
