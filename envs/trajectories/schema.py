@@ -238,13 +238,15 @@ CREATE TABLE rollout_tripwire_keys (
     PRIMARY KEY (run_id, group_key, wire, key, event_id)
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO rollout_tripwires(event_id, wire, run_id)
-    SELECT r.event_id, j.value, r.run_id FROM rollouts r, json_each(r.metadata, '$.tripwires') j
-    WHERE r.run_id IS NOT NULL AND json_valid(r.metadata) AND j.type = 'text';
+    SELECT r.event_id, j.value, r.run_id FROM rollouts r, json_each(
+        CASE WHEN json_valid(r.metadata) AND json_type(r.metadata, '$.tripwires') = 'array'
+        THEN json_extract(r.metadata, '$.tripwires') ELSE '[]' END) j
+    WHERE r.run_id IS NOT NULL AND j.type = 'text';
 INSERT OR IGNORE INTO rollout_tripwire_keys
-    SELECT r.run_id, r.group_key, j.key, j.value, r.event_id
-    FROM rollouts r, json_each(r.metadata, '$.tripwire_keys') j
-    WHERE r.run_id IS NOT NULL AND r.group_key IS NOT NULL AND json_valid(r.metadata)
-        AND j.type = 'text';
+    SELECT r.run_id, r.group_key, j.key, j.value, r.event_id FROM rollouts r, json_each(
+        CASE WHEN json_valid(r.metadata) AND json_type(r.metadata, '$.tripwire_keys') = 'object'
+        THEN json_extract(r.metadata, '$.tripwire_keys') ELSE '{}' END) j
+    WHERE r.run_id IS NOT NULL AND r.group_key IS NOT NULL AND j.type = 'text';
 INSERT OR IGNORE INTO rollout_tripwires(event_id, wire, run_id)
     SELECT a.event_id, a.wire, a.run_id FROM rollout_tripwire_keys a JOIN rollout_tripwire_keys b
     ON a.run_id = b.run_id AND a.group_key = b.group_key AND a.wire = b.wire AND a.key = b.key
