@@ -31,6 +31,7 @@ class EngineTurn:
     finish_reason: str  # stop | length | abort
     meta_info: dict[str, Any]
     ids_mismatch: bool = False  # output_ids disagreed with the ids in output_token_logprobs
+    reported_ids: list[int] | None = None  # the disagreeing output_ids (drift forensics)
 
     @property
     def aborted(self) -> bool:
@@ -61,7 +62,9 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
     # keep the rest of meta_info (slime reads finish_reason, weight_version, cache and spec counters,
     # top-p / routed-expert arrays) but not the per-token pairs we just unpacked
     meta = {k: v for k, v in meta.items() if k != "output_token_logprobs"}
-    return EngineTurn(lp_ids, logprobs, kind, meta, ids_mismatch=mismatch)
+    return EngineTurn(
+        lp_ids, logprobs, kind, meta, ids_mismatch=mismatch, reported_ids=ids if mismatch else None
+    )
 
 
 class EngineClient:

@@ -16,9 +16,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge import drift
 from bridge.chat import ChatRenderer
 from bridge.engine import EngineClient, EngineError
 from bridge.env_client import EnvFailure, EnvSession
+from bridge.env_report import EnvReport
 from bridge.rewards import RewardOutcome, reduce_rewards
 from bridge.task import TaskMeta, ors_tool_to_openai
 from bridge.tokens import LedgerError, TokenLedger
@@ -67,6 +69,8 @@ class EpisodeResult:
     failure: str | None = None
     session_url: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    env_report: EnvReport = field(default_factory=EnvReport)
+    drift: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Episode:
@@ -98,6 +102,8 @@ class Episode:
         self.tool_errors: Counter[str] = Counter()
         self.t_generate = 0.0
         self.t_env = 0.0
+        self.env_report = EnvReport()
+        self.drift: list[dict[str, Any]] = []
 
     async def run(self) -> EpisodeResult:
         t0 = time.perf_counter()
@@ -126,6 +132,8 @@ class Episode:
             reward=reward,
             failure=failure,
             session_url=self.session.url,
+            env_report=self.env_report,
+            drift=self.drift,
             timings={
                 "generate": self.t_generate,
                 "env": self.t_env,
@@ -176,6 +184,7 @@ class Episode:
             ledger.check_context(sent_len, out.meta_info.get("prompt_tokens"))
             if out.ids_mismatch:
                 ledger.drift_count += 1
+            self._describe_drift(sent_len, out)
             text = self.renderer.decode(out.output_ids) if out.output_ids else ""
             if out.output_ids:
                 ledger.add_sampled(out.output_ids, out.logprobs, text, out.meta_info)
@@ -221,6 +230,20 @@ class Episode:
                 return CONTEXT_BUDGET, "truncated"
             ledger.add_appended(ids, delta_text)
 
+    def _describe_drift(self, sent_len: int, out: Any) -> None:
+        """Say where this turn's context diverged, when it did (bridge/drift.py)."""
+        ledger, decode = self.ledger, self.renderer.tokenizer.decode
+        assert ledger is not None
+        reported = out.meta_info.get("prompt_tokens")
+        if isinstance(reported, int) and reported != sent_len:
+            event = drift.prompt_mismatch(self.num_turns, ledger.ids[:sent_len], reported, decode)
+            drift.keep(self.drift, event)
+        if out.ids_mismatch and out.reported_ids is not None:
+            event = drift.output_mismatch(
+                self.num_turns, sent_len, out.output_ids, out.reported_ids, decode
+            )
+            drift.keep(self.drift, event)
+
     async def _execute(self, calls: list[ToolCall | ToolCallError]) -> list[str]:
         """Run the turn's calls in order; malformed ones become error responses the model sees."""
         contents: list[str] = []
@@ -245,11 +268,14 @@ class Episode:
                 res = await self.session.call(call.name, call.arguments)
                 self.t_env += time.perf_counter() - t
                 text, reward, finished, error = res.text, res.reward, res.finished, res.error_kind
+                self.env_report.read(res.metadata)
+                tool_msg["executed"] = True
                 self.turn_rewards.append(reward)
                 if finished:
                     self.env_finished = True
             if error:
                 self.tool_errors[error] += 1
+            tool_msg.setdefault("executed", False)
             tool_msg.update(content=text, reward=reward, finished=finished, is_error=bool(error))
             self.messages.append(tool_msg)
             contents.append(text)

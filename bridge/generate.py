@@ -24,6 +24,7 @@ from bridge.config import ConfigError, TrainConfig, config_from_env
 from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult
+from bridge.provenance import episode_provenance, tokenizer_fingerprint, weight_versions
 from bridge.task import TaskMeta
 from bridge.tokens import TokenLedger, fill_sample, status_value, zero_loss
 from bridge.trajectory import Trajectory
@@ -47,6 +48,8 @@ METADATA_KEYS = (
     "response_tokens",
     "trained_tokens",
     "env_url",
+    "tripwires",
+    "tripwire_keys",
 )
 
 _CONFIG: dict[str, TrainConfig | None] = {}
@@ -93,10 +96,17 @@ async def _renderer(path: str, thinking: bool, system_prompt: str | None) -> Cha
     fut = _RENDERER_TASKS.get(key)
     if fut is None or (fut.done() and fut.exception() is not None):
         fut = _RENDERER_TASKS[key] = asyncio.ensure_future(
-            asyncio.to_thread(get_renderer, path, thinking, system_prompt)
+            asyncio.to_thread(_load_renderer, path, thinking, system_prompt)
         )
         fut.add_done_callback(_maybe_freeze_heap)
     return await asyncio.shield(fut)
+
+
+def _load_renderer(path: str, thinking: bool, system_prompt: str | None) -> ChatRenderer:
+    """The renderer, with its tokenizer's provenance hashed here too (off the event loop)."""
+    renderer = get_renderer(path, thinking, system_prompt)
+    tokenizer_fingerprint(renderer.tokenizer)
+    return renderer
 
 
 def _maybe_freeze_heap(_: Any) -> None:
@@ -236,7 +246,7 @@ async def generate(
         return _fail_early(
             sample, f"cannot fill the sample: {type(e).__name__}: {e}", renderer.eos_token_id
         )
-    _submit(cfg, args, sample, task, result, evaluation)
+    _submit(cfg, args, sample, task, result, evaluation, renderer, params)
     return sample
 
 
@@ -284,6 +294,11 @@ def _write_sample(args: Any, sample: Any, result: EpisodeResult, renderer: ChatR
         trained_tokens=sum(sample.loss_mask),
         env_url=result.session_url,
     )
+    if result.env_report.checked:  # the env's verdict; bridge/metrics.py counts them
+        md.update(
+            tripwires=list(result.env_report.tripwires),
+            tripwire_keys=dict(result.env_report.tripwire_keys),
+        )
 
 
 def _submit(
@@ -293,12 +308,26 @@ def _submit(
     task: TaskMeta,
     result: EpisodeResult,
     evaluation: bool,
+    renderer: ChatRenderer,
+    sampling_params: dict[str, Any],
 ) -> None:
     """Hand the finished episode to the trajectory sink; never waits, never raises."""
     try:
         sink = _sink(cfg)
         if sink is None:
             return
+        report = result.env_report
+        segments = result.ledger.segments if result.ledger is not None else []
+        provenance = episode_provenance(
+            env=task.env,
+            split=task.split,
+            index=task.index,
+            task_spec=task.task_spec,
+            env_reported=report.provenance,
+            tokenizer=tokenizer_fingerprint(renderer.tokenizer),
+            sampling_params=sampling_params,
+            turn_weight_versions=weight_versions(s.meta_info for s in segments if s.trainable),
+        )
         traj = Trajectory(
             run_name=cfg.run_name if cfg is not None else "slime-envs",
             env=task.env,
@@ -328,6 +357,10 @@ def _submit(
                 "failure": result.failure,
                 "tokenizer": getattr(args, "hf_checkpoint", None),
             },
+            provenance=provenance,
+            tripwires=list(report.tripwires) if report.checked else None,
+            tripwire_keys=dict(report.tripwire_keys),
+            drift=list(result.drift),
         )
         sink.submit(traj)
     except Exception as e:

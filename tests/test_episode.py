@@ -256,7 +256,7 @@ async def test_whodunit_full_case_and_partial_credit(qwen3_tokenizer, server_url
 
 @pytest.mark.parametrize("thinking", [False, True])
 async def test_haiku_revision_reward_last(qwen3_tokenizer, server_url, thinking) -> None:
-    from ors_episodes import PERFECT_HAIKU
+    from ors_episodes import ON_TOPIC_HAIKU
 
     tok = qwen3_tokenizer
     think = "<think>\nFive, seven, five.\n</think>\n\n" if thinking else ""
@@ -266,7 +266,12 @@ async def test_haiku_revision_reward_last(qwen3_tokenizer, server_url, thinking)
             turn(
                 tok, think + call("submit_haiku", {"poem": "too short\nstill short"}) + "<|im_end|>"
             ),
-            turn(tok, think + call("submit_haiku", {"poem": PERFECT_HAIKU}) + "<|im_end|>"),
+            turn(
+                tok,
+                think
+                + call("submit_haiku", {"poem": ON_TOPIC_HAIKU["first frost on the garden"]})
+                + "<|im_end|>",
+            ),
         ]
     }
     with recording_stub(tok, script) as stub:
