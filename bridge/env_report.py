@@ -15,6 +15,7 @@ answer, so everything read here is bounded: a bad value is dropped, never raised
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class EnvReport:
         if isinstance(keys, Mapping):
             self.tripwire_keys = {
                 name: value
-                for name, value in list(keys.items())[:MAX_TRIPWIRES]
+                for name, value in itertools.islice(keys.items(), MAX_TRIPWIRES)
                 if _short_str(name, MAX_NAME_CHARS) and _short_str(value, MAX_VALUE_CHARS)
             }
             self.checked = True

@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge import drift
 from bridge.chat import ChatRenderer
-from bridge.engine import EngineClient, EngineError
+from bridge.engine import EngineClient, EngineError, EngineTurn
 from bridge.env_client import EnvFailure, EnvSession
 from bridge.env_report import EnvReport
 from bridge.rewards import RewardOutcome, reduce_rewards
@@ -230,7 +230,7 @@ class Episode:
                 return CONTEXT_BUDGET, "truncated"
             ledger.add_appended(ids, delta_text)
 
-    def _describe_drift(self, sent_len: int, out: Any) -> None:
+    def _describe_drift(self, sent_len: int, out: EngineTurn) -> None:
         """Say where this turn's context diverged, when it did (bridge/drift.py)."""
         ledger, decode = self.ledger, self.renderer.tokenizer.decode
         assert ledger is not None

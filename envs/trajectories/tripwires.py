@@ -9,6 +9,7 @@ A tripwire never changes a stored reward.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +31,7 @@ def _keys(value: Any) -> dict[str, str]:
         return {}
     return {
         w: k
-        for w, k in list(value.items())[:MAX_TRIPWIRES]
+        for w, k in itertools.islice(value.items(), MAX_TRIPWIRES)
         if isinstance(w, str)
         and 0 < len(w) <= MAX_NAME_CHARS
         and isinstance(k, str)
