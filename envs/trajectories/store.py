@@ -408,7 +408,7 @@ class RolloutFilter:
     max_reward: float | None = None
     tripwire: str | None = None  # a wire name, or tripwires.ANY
 
-    def where(self) -> tuple[list[str], list[Any]]:
+    def where(self, run_id: int | None = None) -> tuple[list[str], list[Any]]:
         clauses, args = [], []
         for col in ("env", "split", "status", "stop_reason"):
             value = getattr(self, col)
@@ -422,7 +422,7 @@ class RolloutFilter:
             clauses.append("reward <= ?")
             args.append(self.max_reward)
         if self.tripwire:
-            clause, more = tripwires.filter_clause(self.tripwire)
+            clause, more = tripwires.filter_clause(run_id, self.tripwire)
             clauses.append(clause)
             args += more
         return clauses, args
@@ -726,7 +726,7 @@ class TrajectoryStore:
         limit = max(1, min(int(limit), PAGE_SIZE_MAX))
         col = _SORT_COLUMN[sort]
         flt = flt or RolloutFilter()
-        clauses, args = flt.where()
+        clauses, args = flt.where(run_id)
         base_clauses = ["run_id = ?", *clauses]
         base_args = [run_id, *args]
         conn = self._conn()
