@@ -299,6 +299,9 @@ def _write_sample(args: Any, sample: Any, result: EpisodeResult, renderer: ChatR
             tripwires=list(result.env_report.tripwires),
             tripwire_keys=dict(result.env_report.tripwire_keys),
         )
+    else:  # never a verdict left from an earlier attempt of this sample
+        md.pop("tripwires", None)
+        md.pop("tripwire_keys", None)
 
 
 def _submit(
