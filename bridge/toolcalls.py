@@ -77,10 +77,16 @@ def _parse_block(body: str, known_tools: set[str] | None) -> ParsedCall:
         return ToolCallError(
             PARSE_ERROR, "tool call must be a JSON object with 'name' and 'arguments'", raw
         )
-    name = obj.get("name")
+    return check_call(
+        obj.get("name"), obj.get("arguments", obj.get("parameters", {})), raw, known_tools
+    )
+
+
+def check_call(name: Any, args: Any, raw: str, known_tools: set[str] | None) -> ParsedCall:
+    """A call from its name and arguments (an object, or a JSON string of one), or the error the
+    model will see. Shared by the `<tool_call>` parser and OpenAI-style `tool_calls`."""
     if not isinstance(name, str) or not name:
         return ToolCallError(PARSE_ERROR, "tool call has no 'name' string", raw)
-    args = obj.get("arguments", obj.get("parameters", {}))
     if args is None:
         args = {}
     if isinstance(args, str):  # some models write the arguments as a JSON string
