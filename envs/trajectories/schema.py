@@ -11,7 +11,7 @@ from pathlib import Path
 
 __all__ = ["SCHEMA_VERSION", "StoreError", "connect", "migrate", "schema_version"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StoreError(RuntimeError):
@@ -251,6 +251,48 @@ INSERT OR IGNORE INTO rollout_tripwires(event_id, wire, run_id)
     SELECT a.event_id, a.wire, a.run_id FROM rollout_tripwire_keys a JOIN rollout_tripwire_keys b
     ON a.run_id = b.run_id AND a.group_key = b.group_key AND a.wire = b.wire AND a.key = b.key
         AND a.event_id <> b.event_id;
+""",
+    # v4: evals (`python -m bridge.launch.eval`): an eval's spec and report, its models, and one
+    # row per episode naming its stored rollout. A row exists only once its rollout is stored
+    # (both in one transaction), so a resumed eval reruns exactly the episodes without a row.
+    4: """
+CREATE TABLE evals (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,                  -- JSON: tasks, k, sampling, solve threshold
+    spec_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    report TEXT                          -- JSON: the last report the eval command wrote
+);
+CREATE TABLE eval_models (
+    eval_id INTEGER NOT NULL REFERENCES evals(id),
+    model TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    endpoint TEXT,                       -- JSON: target, tokenizer, served model (never a key)
+    run_name TEXT NOT NULL,              -- the trajectory run holding its episodes
+    created_at REAL NOT NULL,
+    PRIMARY KEY (eval_id, model)
+) WITHOUT ROWID;
+CREATE TABLE eval_episodes (
+    eval_id INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    env TEXT NOT NULL,
+    task TEXT NOT NULL,                  -- split/index, or spec:<hash>
+    sample INTEGER NOT NULL,             -- 0 .. k-1
+    rollout_event_id TEXT NOT NULL,
+    reward REAL NOT NULL,
+    solved INTEGER NOT NULL,
+    num_turns INTEGER NOT NULL,
+    num_tool_calls INTEGER NOT NULL,
+    stop_reason TEXT NOT NULL,
+    status TEXT NOT NULL,
+    tool_errors TEXT,                    -- JSON {kind: count}
+    failure TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (eval_id, model, env, task, sample)
+) WITHOUT ROWID;
 """,
 }
 

@@ -23,7 +23,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -529,13 +529,18 @@ class TrajectoryStore:
         self._jobs.put(job)
         return job.future
 
-    def write(self, events: list[Event]) -> IngestResult:
-        """Write one batch synchronously on the calling thread (tools, benchmarks)."""
+    def write(
+        self, events: list[Event], then: Callable[[sqlite3.Connection], None] | None = None
+    ) -> IngestResult:
+        """Write one batch synchronously on the calling thread (tools, benchmarks, evals); `then`
+        runs inside the same transaction (rows that must exist exactly when the events do)."""
         conn = self._conn()
         writer = _Writer(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = writer.apply(events)
+            if then is not None:
+                then(conn)
             conn.execute("COMMIT")
             return result
         except BaseException:

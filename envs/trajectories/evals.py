@@ -1,0 +1,307 @@
+"""Evals in the trajectory store: an eval's spec and report, its models, one row per episode.
+
+`python -m bridge.launch.eval` writes here; the web UI's comparison page reads here. Every episode
+is an ordinary rollout (run `<eval>/<model>`, so the run pages show it too) plus an
+`eval_episodes` row naming it, written in one transaction: the row exists exactly when the
+rollout does, and a resumed eval reruns exactly the episodes without a row.
+
+Tables (schema v4): `evals`, `eval_models`, `eval_episodes`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from envs.trajectories.events import EventBatch
+from envs.trajectories.schema import connect
+from envs.trajectories.store import TrajectoryStore
+
+__all__ = ["EpisodeRow", "EvalModel", "EvalRecords", "SpecMismatch"]
+
+
+class SpecMismatch(ValueError):
+    """An eval of that name exists with another spec; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class EvalModel:
+    """One model of an eval, in the order it was added."""
+
+    name: str
+    kind: str
+    endpoint: dict[str, Any]
+    run_name: str
+
+
+@dataclass(frozen=True)
+class EpisodeRow:
+    """The outcome of one episode of one model on one task."""
+
+    model: str
+    env: str
+    task: str
+    sample: int
+    rollout_event_id: str
+    reward: float
+    solved: bool
+    num_turns: int
+    num_tool_calls: int
+    stop_reason: str
+    status: str
+    tool_errors: dict[str, int] = field(default_factory=dict)
+    failure: str | None = None
+
+
+_EPISODE_COLUMNS = (
+    "model, env, task, sample, rollout_event_id, reward, solved, num_turns, num_tool_calls, "
+    "stop_reason, status, tool_errors, failure"
+)
+
+
+def _row(r: Any) -> EpisodeRow:
+    return EpisodeRow(
+        model=r[0],
+        env=r[1],
+        task=r[2],
+        sample=int(r[3]),
+        rollout_event_id=r[4],
+        reward=float(r[5]),
+        solved=bool(r[6]),
+        num_turns=int(r[7]),
+        num_tool_calls=int(r[8]),
+        stop_reason=r[9],
+        status=r[10],
+        tool_errors=orjson.loads(r[11]) if r[11] else {},
+        failure=r[12],
+    )
+
+
+class EvalRecords:
+    """Reads and writes the eval tables of one trajectory store."""
+
+    def __init__(self, store: TrajectoryStore) -> None:
+        self.store = store
+        self._local = threading.local()
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.store.path)
+        return conn
+
+    # -- evals
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        """The eval named `name` (id, name, spec, spec_hash, created_at, updated_at), or None."""
+        r = (
+            self._conn()
+            .execute(
+                "SELECT id, name, spec, spec_hash, created_at, updated_at FROM evals WHERE name = ?",
+                (name,),
+            )
+            .fetchone()
+        )
+        if r is None:
+            return None
+        return {**dict(r), "spec": orjson.loads(r["spec"])}
+
+    def ensure(self, name: str, spec: dict[str, Any], spec_hash: str) -> int:
+        """The id of eval `name`, created with this spec if new; SpecMismatch if its spec differs."""
+        conn = self._conn()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT id, spec, spec_hash FROM evals WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                cur = conn.execute(
+                    "INSERT INTO evals(name, spec, spec_hash, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (name, orjson.dumps(spec).decode(), spec_hash, now, now),
+                )
+                eval_id = int(cur.lastrowid)
+            elif row["spec_hash"] != spec_hash:
+                raise SpecMismatch(_describe_mismatch(name, orjson.loads(row["spec"]), spec))
+            else:
+                eval_id = int(row["id"])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return eval_id
+
+    def check(self, name: str, spec: dict[str, Any], spec_hash: str) -> int | None:
+        """The id of eval `name` when its spec matches, None when there is none (nothing written)."""
+        found = self.find(name)
+        if found is None:
+            return None
+        if found["spec_hash"] != spec_hash:
+            raise SpecMismatch(_describe_mismatch(name, found["spec"], spec))
+        return int(found["id"])
+
+    def add_models(self, eval_id: int, models: list[EvalModel]) -> None:
+        """Add models the eval does not have yet (a model keeps its first kind and run)."""
+        conn = self._conn()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            have = {
+                r[0]: r[1]
+                for r in conn.execute(
+                    "SELECT model, kind FROM eval_models WHERE eval_id = ?", (eval_id,)
+                )
+            }
+            position = len(have)
+            for m in models:
+                if m.name in have:
+                    if have[m.name] != m.kind:
+                        raise SpecMismatch(
+                            f"model {m.name!r} of this eval is a {have[m.name]} model, not {m.kind}: "
+                            "give the new one another name"
+                        )
+                    continue
+                conn.execute(
+                    "INSERT INTO eval_models VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        eval_id,
+                        m.name,
+                        position,
+                        m.kind,
+                        orjson.dumps(m.endpoint).decode(),
+                        m.run_name,
+                        now,
+                    ),
+                )
+                position += 1
+            conn.execute("UPDATE evals SET updated_at = ? WHERE id = ?", (now, eval_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def models(self, eval_id: int) -> list[EvalModel]:
+        return [
+            EvalModel(r[0], r[1], orjson.loads(r[2]) if r[2] else {}, r[3])
+            for r in self._conn().execute(
+                "SELECT model, kind, endpoint, run_name FROM eval_models WHERE eval_id = ? "
+                "ORDER BY position",
+                (eval_id,),
+            )
+        ]
+
+    def save_report(self, eval_id: int, report: dict[str, Any]) -> None:
+        self._conn().execute(
+            "UPDATE evals SET report = ?, updated_at = ? WHERE id = ?",
+            (orjson.dumps(report).decode(), time.time(), eval_id),
+        )
+
+    def list_evals(self) -> list[dict[str, Any]]:
+        """Every eval, newest first: id, name, times, models, episode count, whether it has a report."""
+        conn = self._conn()
+        out = []
+        for r in conn.execute(
+            "SELECT id, name, created_at, updated_at, report IS NOT NULL AS reported, "
+            "(SELECT COUNT(*) FROM eval_episodes e WHERE e.eval_id = evals.id) AS episodes, "
+            "json_extract(spec, '$.k') AS k, json_array_length(spec, '$.tasks') AS tasks "
+            "FROM evals ORDER BY updated_at DESC"
+        ):
+            item = dict(r)
+            item["models"] = [m.name for m in self.models(item["id"])]
+            out.append(item)
+        return out
+
+    def get(self, eval_id: int) -> dict[str, Any] | None:
+        """One eval: its row (spec and report parsed) and models."""
+        r = (
+            self._conn()
+            .execute(
+                "SELECT id, name, spec, spec_hash, created_at, updated_at, report FROM evals "
+                "WHERE id = ?",
+                (eval_id,),
+            )
+            .fetchone()
+        )
+        if r is None:
+            return None
+        out = dict(r)
+        out["spec"] = orjson.loads(out["spec"])
+        out["report"] = orjson.loads(out["report"]) if out["report"] else None
+        out["models"] = self.models(eval_id)
+        return out
+
+    # -- episodes
+
+    def episodes(self, eval_id: int, env: str | None = None) -> list[EpisodeRow]:
+        """The episodes stored for an eval (optionally one environment's), by env, task, model, sample."""
+        sql = f"SELECT {_EPISODE_COLUMNS} FROM eval_episodes WHERE eval_id = ?"
+        args: list[Any] = [eval_id]
+        if env is not None:
+            sql += " AND env = ?"
+            args.append(env)
+        sql += " ORDER BY env, task, model, sample"
+        return [_row(r) for r in self._conn().execute(sql, args)]
+
+    def envs(self, eval_id: int) -> list[str]:
+        return [
+            r[0]
+            for r in self._conn().execute(
+                "SELECT DISTINCT env FROM eval_episodes WHERE eval_id = ? ORDER BY env", (eval_id,)
+            )
+        ]
+
+    def record(self, eval_id: int, row: EpisodeRow, events: list[dict[str, Any]]) -> None:
+        """Store one episode's rollout events and its eval row in one transaction (blocking).
+
+        A row already there (an episode rerun with --retry-errors) is replaced."""
+        batch = EventBatch.model_validate({"events": events}).events
+
+        def insert(conn: Any) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO eval_episodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    eval_id,
+                    row.model,
+                    row.env,
+                    row.task,
+                    row.sample,
+                    row.rollout_event_id,
+                    row.reward,
+                    int(row.solved),
+                    row.num_turns,
+                    row.num_tool_calls,
+                    row.stop_reason,
+                    row.status,
+                    orjson.dumps(row.tool_errors).decode() if row.tool_errors else None,
+                    row.failure,
+                    time.time(),
+                ),
+            )
+
+        self.store.write(batch, then=insert)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _describe_mismatch(name: str, old: dict[str, Any], new: dict[str, Any]) -> str:
+    """One line naming what differs between two specs."""
+    diffs = []
+    for key in ("k", "sampling", "solve_threshold"):
+        if old.get(key) != new.get(key):
+            diffs.append(f"{key} {old.get(key)} -> {new.get(key)}")
+    if old.get("tasks") != new.get("tasks"):
+        diffs.append(f"tasks ({len(old.get('tasks') or [])} -> {len(new.get('tasks') or [])})")
+    what = "; ".join(diffs) or "spec version"
+    return (
+        f"eval {name!r} exists with another spec ({what}): "
+        "rerun with its settings, or pick a new --name"
+    )
