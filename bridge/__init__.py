@@ -13,7 +13,8 @@ sink; plus W&B metrics hooks. The hooks, as slime's customization page gives the
 
 Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     generate         slime's custom generate hook; failures never raise into slime's rollout loop
-    episode          the multi-turn loop of one episode: task -> session -> turns -> token ledger
+    episode          the multi-turn loop of one episode: task -> session -> turns -> model context;
+                     one loop for every kind of model, only the model step differs (TokenModel here)
     tokens           token, loss-mask and logprob accounting, and writing it into slime's Sample
     chat             chat-template rendering: the first prompt and the token deltas between turns
     toolcalls        parse one assistant turn (Qwen3/Hermes): thinking, text, <tool_call> blocks

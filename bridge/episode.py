@@ -1,11 +1,21 @@
-"""The multi-turn loop of one episode: task -> session -> turns -> token ledger.
+"""The multi-turn loop of one episode: task -> session -> turns -> model context.
 
-Each turn sends the whole context as token ids, appends what the engine sampled verbatim,
-executes every tool call the model wrote (in order), and appends the chat template's
-tool-response turn as a token delta. It stops when the environment finishes, at
-`max_turns`, when the context budget is spent, on a turn without a tool call (or after one
-nudge), or when the engine aborts. Env or engine failures end the episode with a reason,
-never an exception; the session is always deleted, also on cancellation.
+Each turn asks the model for its next assistant turn, executes every tool call it wrote (in
+order), and appends the results to the model's context. It stops when the environment finishes,
+at `max_turns`, when the context budget is spent, on a turn without a tool call (or after one
+nudge), or when the engine aborts. Env or engine failures end the episode with a reason, never an
+exception; the session is always deleted, also on cancellation.
+
+The loop is the same for every kind of model; only the model step differs (`ModelStep`):
+
+- `TokenModel` (here, what slime trains): token ids in and out of SGLang's `/generate`, the chat
+  template's turns appended as token deltas, every token accounted in a `TokenLedger`;
+- the eval's chat model (`bridge/launch/eval/chat_model.py`): messages in and out of an
+  OpenAI-compatible `/v1/chat/completions`, tool calls parsed by the server.
+
+Check order, per turn: max_turns, remaining context budget, the model's turn (engine abort,
+finish_reason `length`), no tool call (nudge once), the tool calls (env finished), max_turns,
+the appended results' budget.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from bridge import drift
 from bridge.chat import ChatRenderer
@@ -24,7 +34,7 @@ from bridge.env_report import EnvReport
 from bridge.rewards import RewardOutcome, reduce_rewards
 from bridge.task import TaskMeta, ors_tool_to_openai
 from bridge.tokens import LedgerError, TokenLedger
-from bridge.toolcalls import ToolCall, ToolCallError, parse_turn
+from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCall, ToolCallError, parse_turn
 
 NUDGE_TEXT = "You did not call a tool. Continue the task by calling one of the available tools."
 
@@ -50,6 +60,131 @@ class Budget:
         if self.max_context_len:
             return self.max_context_len
         return prompt_len + (self.max_response_len or fallback_response_len)
+
+
+@dataclass
+class ModelTurn:
+    """One assistant turn as the loop sees it, whatever the kind of model."""
+
+    text: str
+    """What the model wrote (the decoded sampled tokens, or the message content)."""
+    finish_reason: str
+    """stop | length | abort"""
+    parsed: ParsedTurn | None = None
+    """Reasoning, visible content and tool calls in order; None when the turn was aborted."""
+
+
+class ModelStep(Protocol):
+    """The model's side of one episode: the only part that differs between kinds of model.
+
+    Lengths are in tokens as far as the model kind knows them (0 until known).
+    """
+
+    ledger: TokenLedger | None
+    """The episode's token ledger (token models), else None."""
+    drift: list[dict[str, Any]]
+    """Where the token context diverged (bridge/drift.py; token models), else empty."""
+
+    def start(self, prompt_text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Build the first context; returns the first chat messages (system, user)."""
+        ...
+
+    @property
+    def prompt_length(self) -> int: ...
+
+    @property
+    def context_length(self) -> int:
+        """Tokens in the context the next turn continues."""
+        ...
+
+    async def sample(self, params: dict[str, Any], known_tools: set[str]) -> ModelTurn:
+        """The next assistant turn; `params` are SGLang sampling params with this turn's
+        `max_new_tokens`. Raises EngineError (or LedgerError) when the model fails."""
+        ...
+
+    def append_tool_results(self, contents: list[str], limit: int) -> bool:
+        """Append the last turn's tool results (one per call, in order); False (and nothing
+        appended) when they would reach `limit` tokens."""
+        ...
+
+    def append_user(self, text: str, limit: int) -> bool:
+        """Like `append_tool_results`, for a user message (the nudge)."""
+        ...
+
+
+class TokenModel:
+    """SGLang's /generate, token-exact: the context is a token ledger that only ever appends."""
+
+    def __init__(self, engine: EngineClient, renderer: ChatRenderer, routing_key: str) -> None:
+        self.engine = engine
+        self.renderer = renderer
+        self.routing_key = routing_key
+        self.ledger: TokenLedger | None = None
+        self.drift: list[dict[str, Any]] = []
+        self._turns = 0
+        self._last_text = ""
+
+    def start(self, prompt_text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.ledger = TokenLedger(self.renderer.prompt_ids(prompt_text, tools))
+        return self.renderer.prompt_messages(prompt_text)
+
+    @property
+    def prompt_length(self) -> int:
+        return len(self._ledger.prompt_ids)
+
+    @property
+    def context_length(self) -> int:
+        return len(self._ledger.ids)
+
+    @property
+    def _ledger(self) -> TokenLedger:
+        assert self.ledger is not None, "start() first"
+        return self.ledger
+
+    async def sample(self, params: dict[str, Any], known_tools: set[str]) -> ModelTurn:
+        ledger = self._ledger
+        sent_len = len(ledger.ids)
+        out = await self.engine.generate(ledger.ids, params, self.routing_key)
+        ledger.check_context(sent_len, out.meta_info.get("prompt_tokens"))
+        if out.ids_mismatch:
+            ledger.drift_count += 1
+        self._turns += 1  # 1-based, as the episode counts its turns
+        self._describe_drift(sent_len, out)
+        text = self.renderer.decode(out.output_ids) if out.output_ids else ""
+        if out.output_ids:
+            ledger.add_sampled(out.output_ids, out.logprobs, text, out.meta_info)
+        self._last_text = text
+        if out.aborted:
+            return ModelTurn(text, "abort")
+        return ModelTurn(
+            text, out.finish_reason, parse_turn(text, known_tools, self.renderer.eos_text)
+        )
+
+    def _describe_drift(self, sent_len: int, out: EngineTurn) -> None:
+        """Say where this turn's context diverged, when it did (bridge/drift.py)."""
+        ledger, decode = self._ledger, self.renderer.tokenizer.decode
+        reported = out.meta_info.get("prompt_tokens")
+        if isinstance(reported, int) and reported != sent_len:
+            event = drift.prompt_mismatch(self._turns, ledger.ids[:sent_len], reported, decode)
+            drift.keep(self.drift, event)
+        if out.ids_mismatch and out.reported_ids is not None:
+            event = drift.output_mismatch(
+                self._turns, sent_len, out.output_ids, out.reported_ids, decode
+            )
+            drift.keep(self.drift, event)
+
+    def append_tool_results(self, contents: list[str], limit: int) -> bool:
+        return self._append(*self.renderer.tool_delta(contents, self._last_text), limit)
+
+    def append_user(self, text: str, limit: int) -> bool:
+        return self._append(*self.renderer.user_delta(text, self._last_text), limit)
+
+    def _append(self, ids: list[int], text: str, limit: int) -> bool:
+        ledger = self._ledger
+        if len(ledger.ids) + len(ids) >= limit:
+            return False
+        ledger.add_appended(ids, text)
+        return True
 
 
 @dataclass
@@ -79,21 +214,16 @@ class Episode:
     def __init__(
         self,
         session: EnvSession,
-        engine: EngineClient,
-        renderer: ChatRenderer,
+        model: ModelStep,
         task: TaskMeta,
         sampling_params: dict[str, Any],
         budget: Budget,
-        routing_key: str,
     ) -> None:
         self.session = session
-        self.engine = engine
-        self.renderer = renderer
+        self.model = model
         self.task = task
         self.sampling_params = sampling_params  # never mutated: each turn gets a copy
         self.budget = budget
-        self.routing_key = routing_key
-        self.ledger: TokenLedger | None = None
         self.messages: list[dict[str, Any]] = []
         self.turn_rewards: list[float | None] = []
         self.env_finished = False
@@ -103,9 +233,9 @@ class Episode:
         self.t_generate = 0.0
         self.t_env = 0.0
         self.env_report = EnvReport()
-        self.drift: list[dict[str, Any]] = []
 
     async def run(self) -> EpisodeResult:
+        """Play the episode to its end; never raises for env or engine failures."""
         t0 = time.perf_counter()
         failure: str | None = None
         try:
@@ -120,7 +250,7 @@ class Episode:
             self.t_env += time.perf_counter() - t_close
         reward = reduce_rewards(self.turn_rewards, self.env_finished, self.task.reward)
         return EpisodeResult(
-            ledger=self.ledger,
+            ledger=self.model.ledger,
             messages=self.messages,
             turn_rewards=self.turn_rewards,
             env_finished=self.env_finished,
@@ -133,7 +263,7 @@ class Episode:
             failure=failure,
             session_url=self.session.url,
             env_report=self.env_report,
-            drift=self.drift,
+            drift=self.model.drift,
             timings={
                 "generate": self.t_generate,
                 "env": self.t_env,
@@ -141,7 +271,7 @@ class Episode:
             },
         )
 
-    async def _open(self) -> tuple[list[dict[str, Any]], set[str]]:
+    async def _open(self) -> set[str]:
         t = time.perf_counter()
         await self.session.open()
         # prepare_tasks.py wrote the task's tool schemas: no need to ask the env
@@ -157,66 +287,43 @@ class Episode:
         names = {s["name"] for s in ors_tools} or {
             t["function"]["name"] for t in tools if "function" in t
         }
-        self.messages = self.renderer.prompt_messages(prompt_text)
-        self.ledger = TokenLedger(self.renderer.prompt_ids(prompt_text, tools))
-        return tools, names
+        self.messages = self.model.start(prompt_text, tools)
+        return names
 
     async def _loop(self) -> tuple[str, str]:
-        _, known_tools = await self._open()
-        ledger = self.ledger
-        assert ledger is not None
+        known_tools = await self._open()
+        model = self.model
         per_turn_cap = int(self.sampling_params.get("max_new_tokens") or 0) or None
-        limit = self.budget.limit(len(ledger.prompt_ids), per_turn_cap or 0)
         nudged = False
         while True:
             if self.num_turns >= self.task.max_turns:
                 return MAX_TURNS, "truncated"
-            remaining = limit - len(ledger.ids)
+            # a chat model learns its prompt length from the first answer: recompute every turn
+            limit = self.budget.limit(model.prompt_length, per_turn_cap or 0)
+            remaining = limit - model.context_length
             if remaining <= 0:
                 return CONTEXT_BUDGET, "truncated"
             params = dict(self.sampling_params)
             params["max_new_tokens"] = min(per_turn_cap, remaining) if per_turn_cap else remaining
-            sent_len = len(ledger.ids)
             t = time.perf_counter()
-            out = await self.engine.generate(ledger.ids, params, self.routing_key)
+            turn = await model.sample(params, known_tools)
             self.t_generate += time.perf_counter() - t
             self.num_turns += 1
-            ledger.check_context(sent_len, out.meta_info.get("prompt_tokens"))
-            if out.ids_mismatch:
-                ledger.drift_count += 1
-            self._describe_drift(sent_len, out)
-            text = self.renderer.decode(out.output_ids) if out.output_ids else ""
-            if out.output_ids:
-                ledger.add_sampled(out.output_ids, out.logprobs, text, out.meta_info)
-            if out.aborted:
-                if text:
-                    self.messages.append({"role": "assistant", "content": text})
+            if turn.parsed is None:
+                if turn.text:
+                    self.messages.append({"role": "assistant", "content": turn.text})
                 return ENGINE_ABORT, "aborted"
-            parsed = parse_turn(text, known_tools, self.renderer.eos_text)
-            calls = []
-            for i, c in enumerate(parsed.calls):
-                c.call_id = f"call_{self.num_turns}_{i}"
-                if isinstance(c, ToolCall):
-                    calls.append({"id": c.call_id, "name": c.name, "arguments": c.arguments})
-                else:
-                    calls.append({"id": c.call_id, "name": c.name, "raw": c.raw, "error": c.kind})
-            msg: dict[str, Any] = {"role": "assistant", "content": parsed.content}
-            if parsed.reasoning is not None:
-                msg["reasoning_content"] = parsed.reasoning
-            if calls:
-                msg["tool_calls"] = calls
-            self.messages.append(msg)
-            if out.finish_reason == "length":
+            parsed = turn.parsed
+            self.messages.append(self._assistant_message(parsed))
+            if turn.finish_reason == "length":
                 return (
                     CONTEXT_BUDGET if params["max_new_tokens"] == remaining else RESPONSE_LENGTH
                 ), "truncated"
             if not parsed.calls:
                 if self.task.on_no_tool_call == "nudge" and not nudged:
                     nudged = True
-                    ids, delta_text = self.renderer.user_delta(NUDGE_TEXT, text)
-                    if len(ledger.ids) + len(ids) >= limit:
+                    if not model.append_user(NUDGE_TEXT, limit):
                         return CONTEXT_BUDGET, "truncated"
-                    ledger.add_appended(ids, delta_text)
                     self.messages.append({"role": "user", "content": NUDGE_TEXT})
                     continue
                 return NO_TOOL_CALL, "completed"
@@ -225,26 +332,26 @@ class Episode:
                 return ENV_FINISHED, "completed"
             if self.num_turns >= self.task.max_turns:
                 return MAX_TURNS, "truncated"
-            ids, delta_text = self.renderer.tool_delta(contents, text)
-            if len(ledger.ids) + len(ids) >= limit:
+            if not model.append_tool_results(contents, limit):
                 return CONTEXT_BUDGET, "truncated"
-            ledger.add_appended(ids, delta_text)
 
-    def _describe_drift(self, sent_len: int, out: EngineTurn) -> None:
-        """Say where this turn's context diverged, when it did (bridge/drift.py)."""
-        ledger, decode = self.ledger, self.renderer.tokenizer.decode
-        assert ledger is not None
-        reported = out.meta_info.get("prompt_tokens")
-        if isinstance(reported, int) and reported != sent_len:
-            event = drift.prompt_mismatch(self.num_turns, ledger.ids[:sent_len], reported, decode)
-            drift.keep(self.drift, event)
-        if out.ids_mismatch and out.reported_ids is not None:
-            event = drift.output_mismatch(
-                self.num_turns, sent_len, out.output_ids, out.reported_ids, decode
-            )
-            drift.keep(self.drift, event)
+    def _assistant_message(self, parsed: ParsedTurn) -> dict[str, Any]:
+        """The turn as a chat message; every call gets the episode's id `call_<turn>_<i>`."""
+        calls = []
+        for i, c in enumerate(parsed.calls):
+            c.call_id = f"call_{self.num_turns}_{i}"
+            if isinstance(c, ToolCall):
+                calls.append({"id": c.call_id, "name": c.name, "arguments": c.arguments})
+            else:
+                calls.append({"id": c.call_id, "name": c.name, "raw": c.raw, "error": c.kind})
+        msg: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+        if parsed.reasoning is not None:
+            msg["reasoning_content"] = parsed.reasoning
+        if calls:
+            msg["tool_calls"] = calls
+        return msg
 
-    async def _execute(self, calls: list[ToolCall | ToolCallError]) -> list[str]:
+    async def _execute(self, calls: list[ParsedCall]) -> list[str]:
         """Run the turn's calls in order; malformed ones become error responses the model sees."""
         contents: list[str] = []
         for call in calls:

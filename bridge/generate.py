@@ -23,7 +23,7 @@ from bridge.chat import ChatRenderer, get_renderer
 from bridge.config import ConfigError, TrainConfig, config_from_env
 from bridge.engine import EngineClient
 from bridge.env_client import open_session
-from bridge.episode import Budget, Episode, EpisodeResult
+from bridge.episode import Budget, Episode, EpisodeResult, TokenModel
 from bridge.provenance import episode_provenance, tokenizer_fingerprint, weight_versions
 from bridge.task import TaskMeta
 from bridge.tokens import TokenLedger, fill_sample, status_value, zero_loss
@@ -233,7 +233,8 @@ async def generate(
         session = open_session(task, urls, key)
     except Exception as e:
         return _fail_early(sample, f"cannot open env session: {e}", renderer.eos_token_id)
-    episode = Episode(session, _engine(args), renderer, task, params, _context_budget(args), key)
+    model = TokenModel(_engine(args), renderer, key)
+    episode = Episode(session, model, task, params, _context_budget(args))
     try:
         result = await episode.run()
     # a bug, not an env/engine failure: still never crash slime's rollout loop
