@@ -1,0 +1,264 @@
+"""Running an eval's missing episodes: every model concurrently, each through the bridge's episode loop.
+
+Per episode: open an ORS session, build the model's step (`TokenModel` for /generate and local
+models, `ChatModel` for OpenAI endpoints), run `bridge.episode.Episode`, then store the rollout
+and its eval row in one transaction (a single writer thread). Nothing else is kept in memory: the
+store is the eval's state, so an interrupted run loses at most the episodes in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.chat import ChatRenderer
+from bridge.engine import EngineClient
+from bridge.env_client import open_session
+from bridge.episode import Budget, Episode, EpisodeResult, ModelStep, TokenModel
+from bridge.launch.eval.chat_model import ChatClient, ChatModel
+from bridge.launch.eval.spec import ModelSpec, Sampling
+from bridge.launch.eval.tasks import EvalTask
+from bridge.rewards import RewardOutcome
+from bridge.trajectory import Trajectory
+from bridge.trajectory_sink import trajectory_events
+from envs.trajectories.evals import EpisodeRow, EvalRecords
+from prepare_tasks import gather_or_cancel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Job", "ModelRuntime", "RunSettings", "run_jobs", "solved"]
+
+SOLVE_EPS = 1e-6
+SETUP_ERROR = "setup_error"
+BRIDGE_ERROR = "bridge_error"
+TOKEN_KEYS = ("token_ids", "loss_mask", "logprobs", "prompt_length")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One episode to run: a task, its position in the eval (its group), and the sample number."""
+
+    task: EvalTask
+    ordinal: int
+    sample: int
+
+
+@dataclass
+class ModelRuntime:
+    """A model ready to run episodes: its endpoint resolved and its client or renderer loaded."""
+
+    spec: ModelSpec
+    url: str
+    run_name: str
+    renderer: ChatRenderer | None = None
+    chat: ChatClient | None = None
+    engine: EngineClient | None = None
+
+    def step(self, routing_key: str, system_prompt: str | None) -> ModelStep:
+        if self.chat is not None:
+            return ChatModel(self.chat, system_prompt)
+        assert self.renderer is not None
+        if self.engine is None:
+            self.engine = EngineClient(self.url)
+        return TokenModel(self.engine, self.renderer, routing_key)
+
+
+@dataclass
+class RunSettings:
+    """What every episode of the run shares."""
+
+    eval_name: str
+    eval_id: int
+    sampling: Sampling
+    env_urls: list[str]
+    system_prompt: str | None
+    concurrency: int
+    solve_threshold: float | None = None
+    progress: bool = True
+    done: dict[str, int] = field(default_factory=dict)
+    """Episodes already stored per model (the progress bars start there)."""
+    totals: dict[str, int] = field(default_factory=dict)
+
+
+def solved(reward: float, task: EvalTask, threshold: float | None) -> bool:
+    """Solved at the task's max_reward, or at `threshold` when one is set."""
+    bar = threshold if threshold is not None else task.meta.reward.max_reward
+    return reward >= bar - SOLVE_EPS
+
+
+def _failed_result(message: str, stop_reason: str) -> EpisodeResult:
+    return EpisodeResult(
+        ledger=None,
+        messages=[],
+        turn_rewards=[],
+        env_finished=False,
+        stop_reason=stop_reason,
+        status="failed",
+        num_turns=0,
+        num_tool_calls=0,
+        tool_errors={},
+        reward=RewardOutcome(0.0, 0.0, []),
+        failure=message,
+    )
+
+
+async def _play(rt: ModelRuntime, job: Job, settings: RunSettings) -> EpisodeResult:
+    """One episode; failures outside the loop's own handling become a failed result."""
+    key = uuid.uuid4().hex
+    meta = job.task.meta
+    try:
+        session = open_session(meta, settings.env_urls, key)
+        step = rt.step(key, settings.system_prompt)
+    except Exception as e:
+        return _failed_result(f"cannot open the episode: {type(e).__name__}: {e}", SETUP_ERROR)
+    budget = Budget(
+        max_context_len=settings.sampling.max_context_len,
+        max_response_len=settings.sampling.max_tokens,
+    )
+    episode = Episode(session, step, meta, settings.sampling.sglang_params(), budget)
+    try:
+        return await episode.run()
+    except Exception as e:  # a bug, not an env or model failure: recorded, the eval goes on
+        log.exception("eval: episode raised")
+        return _failed_result(f"{type(e).__name__}: {e}", BRIDGE_ERROR)
+
+
+def episode_record(
+    rt: ModelRuntime, job: Job, result: EpisodeResult, settings: RunSettings
+) -> tuple[EpisodeRow, list[dict[str, Any]]]:
+    """The eval row and the rollout events of a finished episode."""
+    meta = job.task.meta
+    failed = result.status == "failed"
+    reward = 0.0 if failed else result.reward.reward  # as training counts a failed episode
+    ledger = result.ledger
+    traj = Trajectory(
+        run_name=rt.run_name,
+        env=meta.env,
+        split=meta.split,
+        index=meta.index,
+        task_spec=meta.task_spec,
+        messages=result.messages,
+        turn_rewards=list(result.turn_rewards),
+        reward=reward,
+        reward_reduction=meta.reward.reward_reduction,
+        stop_reason=result.stop_reason,
+        status=result.status,
+        num_turns=result.num_turns,
+        num_tool_calls=result.num_tool_calls,
+        tool_errors=dict(result.tool_errors),
+        drift_count=ledger.drift_count if ledger is not None else 0,
+        token_ids=list(ledger.ids) if ledger is not None else [],
+        prompt_length=len(ledger.prompt_ids) if ledger is not None else 0,
+        loss_mask=ledger.loss_mask() if ledger is not None else [],
+        logprobs=ledger.logprobs() if ledger is not None else [],
+        timings=dict(result.timings),
+        evaluation=True,
+        group_index=job.ordinal,
+        sample_index=job.sample,
+        extra={
+            "eval": settings.eval_name,
+            "model": rt.spec.name,
+            "task": job.task.key,
+            "sample": job.sample,
+            "model_name": (rt.chat.served_model if rt.chat else None) or rt.spec.name,
+            "tokenizer": rt.spec.tokenizer,
+            "session_url": result.session_url or None,
+            "failure": result.failure,
+        },
+    )
+    events = trajectory_events(traj)
+    if ledger is None:  # a chat model: no tokens to show
+        meta_out = events[0]["metadata"]
+        for k in TOKEN_KEYS:
+            meta_out.pop(k, None)
+    row = EpisodeRow(
+        model=rt.spec.name,
+        env=job.task.env,
+        task=job.task.key,
+        sample=job.sample,
+        rollout_event_id=events[0]["eventId"],
+        reward=reward,
+        solved=not failed and solved(reward, job.task, settings.solve_threshold),
+        num_turns=result.num_turns,
+        num_tool_calls=result.num_tool_calls,
+        stop_reason=result.stop_reason,
+        status=result.status,
+        tool_errors=dict(result.tool_errors),
+        failure=result.failure,
+    )
+    return row, events
+
+
+class _Progress:
+    """One progress bar per model (tqdm on a terminal, silent otherwise)."""
+
+    def __init__(self, models: list[ModelRuntime], settings: RunSettings) -> None:
+        from tqdm import tqdm
+
+        width = max(len(m.spec.name) for m in models)
+        self.bars = {
+            m.spec.name: tqdm(
+                total=settings.totals.get(m.spec.name, 0),
+                initial=settings.done.get(m.spec.name, 0),
+                desc=m.spec.name.ljust(width),
+                unit="ep",
+                position=i,
+                file=sys.stderr,
+                disable=None if settings.progress else True,
+                dynamic_ncols=True,
+            )
+            for i, m in enumerate(models)
+        }
+        self.reward = {m.spec.name: [0.0, 0] for m in models}
+
+    def update(self, model: str, reward: float) -> None:
+        acc = self.reward[model]
+        acc[0] += reward
+        acc[1] += 1
+        bar = self.bars[model]
+        bar.set_postfix_str(f"reward {acc[0] / acc[1]:.3f}", refresh=False)
+        bar.update(1)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+async def run_jobs(
+    models: list[ModelRuntime],
+    jobs: dict[str, list[Job]],
+    records: EvalRecords,
+    settings: RunSettings,
+) -> int:
+    """Run every model's jobs (`settings.concurrency` in flight per model); returns episodes stored."""
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-store")
+    loop = asyncio.get_running_loop()
+    progress = _Progress(models, settings)
+    stored = 0
+
+    async def run_model(rt: ModelRuntime) -> None:
+        nonlocal stored
+        sem = asyncio.Semaphore(settings.concurrency)
+
+        async def one(job: Job) -> None:
+            nonlocal stored
+            async with sem:
+                result = await _play(rt, job, settings)
+            row, events = episode_record(rt, job, result, settings)
+            await loop.run_in_executor(writer, records.record, settings.eval_id, row, events)
+            stored += 1
+            progress.update(rt.spec.name, row.reward)
+
+        await gather_or_cancel([one(j) for j in jobs.get(rt.spec.name, [])])
+
+    try:
+        await gather_or_cancel([run_model(m) for m in models])
+    finally:
+        progress.close()
+        writer.shutdown(wait=True)  # a write already started completes: it is all or nothing
+    return stored

@@ -1,0 +1,276 @@
+"""`python -m bridge.launch.eval` end to end: the real env server (GSM8K), the real SQLite store, the
+real Qwen3 tokenizer and chat template; the models are the scripted SGLang stub (/generate) and
+the scripted OpenAI-compatible stub (/v1/chat/completions), with known success rates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import REPO, env_server, free_port
+from eval_models import ScriptedSolver, chat_responder, generate_responder, gsm8k_labels
+from openai_stub import OpenAIStub, Reply
+from sglang_stub import SGLangStub
+
+from bridge.launch.eval.__main__ import main
+
+TOKENIZER_DIR = REPO / ".cache" / "qwen3-tokenizer"
+
+
+@pytest.fixture(scope="module")
+def gsm8k_server(tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("eval-env")
+    with env_server("--envs", "gsm8k", "--db", str(d / "server.db")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def labels(gsm8k_dir: Path) -> dict[str, str]:
+    return gsm8k_labels(gsm8k_dir)
+
+
+def write_config(path: Path, env_url: str, eval_split: bool = True) -> Path:
+    split = "    eval_split: test\n" if eval_split else ""
+    path.write_text(
+        "environments:\n  gsm8k:\n    max_turns: 4\n" + split + f"env_server: {env_url}\n"
+        f"run_name: eval-test\ntrajectories:\n  spool_dir: {path.parent / 'spool'}\n"
+    )
+    return path
+
+
+def eval_args(config: Path, db: Path, *extra: str) -> list[str]:
+    return ["--config", str(config), "--db", str(db), "--out", str(db.parent / "out"), *extra]
+
+
+def stored(db: Path, sql: str, *args: object) -> list[tuple]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def test_two_models_known_rates_right_winner_and_cis(
+    tmp_path: Path, gsm8k_server: str, labels, qwen3_tokenizer, capsys
+) -> None:
+    """A /generate model solving 80% against a chat model solving 30%: the report names the right
+    winner and its CIs contain the true values (the draws are fixed, so this is deterministic)."""
+    strong = ScriptedSolver(labels, 0.8, "strong")
+    weak = ScriptedSolver(labels, 0.3, "weak")
+    config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
+    db = tmp_path / "store.db"
+    with (
+        SGLangStub(generate_responder(strong, qwen3_tokenizer), tokenizer=qwen3_tokenizer) as gen,
+        OpenAIStub(chat_responder(weak)) as chat,
+    ):
+        args = eval_args(config, db, "--num-tasks", "40", "--k", "2", "--json")
+        args += ["--model", f"weak={chat.url}", "--model", f"strong={gen.url}"]
+        args += ["--tokenizer", str(TOKENIZER_DIR)]
+        assert main(args) == 0
+        out, _ = capsys.readouterr()
+    report = json.loads(out.strip().splitlines()[-1])
+    assert gen.errors == [] and chat.errors == []
+    assert report["complete"] and report["episodes"] == 160
+    g = report["envs"]["gsm8k"]
+    assert g["tasks"] == 40 and set(g["models"]) == {"weak", "strong"}
+    # each model's mean reward is its realised success rate; the CI contains the true rate
+    for name, solver in (("weak", weak), ("strong", strong)):
+        s = g["models"][name]
+        assert s["episodes"] == 80 and len(solver.outcomes) == 80
+        assert s["reward"]["value"] == pytest.approx(sum(solver.outcomes) / 80)
+        assert s["reward"]["lo"] <= solver.rate <= s["reward"]["hi"]
+        assert s["solve_rate"]["value"] == s["reward"]["value"]
+        assert "2" in s["pass_at"] and "1" in s["pass_at"]
+    # strong - weak: the true difference 0.5 is inside the paired CI, which excludes 0
+    (c,) = g["comparisons"]
+    assert (c["a"], c["b"]) == ("weak", "strong")
+    d = c["reward"]["delta"]
+    assert d["lo"] <= 0.5 <= d["hi"] and d["lo"] > 0 and c["reward"]["significant"]
+    won, lost, tied = c["reward"]["won"], c["reward"]["lost"], c["reward"]["tied"]
+    assert won + lost + tied == 40 and won > lost
+    assert c["disagree"] and all(abs(x["diff"]) > 0 for x in c["disagree"])
+    assert len(c["disagree"][0]["a_rollouts"]) == 2 and len(c["disagree"][0]["b_rollouts"]) == 2
+    # the chat model's failures are counted by kind: malformed arguments, no tool call
+    weak_s = g["models"]["weak"]
+    assert weak_s["errors"]["invalid_arguments"]["value"] > 0
+    assert weak_s["stop_reasons"].get("no_tool_call", 0) > 0
+    assert g["models"]["strong"]["errors"] == {}
+    # every episode is in the store under <eval>/<model>, tokens for /generate only
+    name = report["name"]
+    runs = dict(
+        stored(
+            db,
+            "SELECT runs.name, COUNT(*) FROM rollouts JOIN runs ON runs.id = rollouts.run_id "
+            "GROUP BY runs.name",
+        )
+    )
+    assert runs == {f"{name}/weak": 80, f"{name}/strong": 80}
+    assert stored(db, "SELECT COUNT(*) FROM rollout_tokens")[0][0] == 80
+    assert stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] == 160
+    files = tmp_path / "out"
+    assert json.loads((files / "report.json").read_text())["envs"] == report["envs"]
+    md = (files / "report.md").read_text()
+    assert "| gsm8k | weak" in md and "strong - weak" in md
+
+
+def test_chat_model_sees_history_in_openai_format(
+    tmp_path: Path, gsm8k_server: str, labels, capsys
+) -> None:
+    """The chat model gets tools, its own tool calls with their ids, and tool results answering them;
+    malformed arguments get an error the model sees, and the episode goes on."""
+    solver = ScriptedSolver(labels, 0.0, "x")
+
+    def respond(req):
+        q = solver.question(req.first_user)
+        if q is None:
+            return Reply.text("OK")
+        if req.turn == 0:
+            return Reply.raw_call("submit_answer", '{"answer": 1', content="Trying.")
+        if req.turn == 1:
+            return Reply.call("calculator", expression="6*7")
+        return Reply.call("submit_answer", answer=labels[q])
+
+    config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
+    db = tmp_path / "store.db"
+    with OpenAIStub(respond) as chat:
+        args = eval_args(config, db, "--num-tasks", "1", "--model", f"m={chat.url}", "--json")
+        assert main(args) == 0
+        capsys.readouterr()
+        third = chat.requests[-1]
+    names = [t["function"]["name"] for t in third.tools]
+    assert sorted(names) == ["calculator", "submit_answer"]
+    roles = [m["role"] for m in third.messages]
+    assert roles == ["user", "assistant", "tool", "assistant", "tool"]
+    first_call = third.messages[1]["tool_calls"][0]
+    assert first_call["function"]["arguments"] == '{"answer": 1'
+    assert third.messages[2]["tool_call_id"] == first_call["id"]
+    assert "not a JSON object" in third.messages[2]["content"]
+    assert third.messages[4]["content"] == "6*7 = 42"
+    assert third.body["max_tokens"] <= 4096 and third.body["tool_choice"] == "auto"
+    rows = stored(db, "SELECT reward, stop_reason, num_turns, tool_errors FROM eval_episodes")
+    assert rows == [(1.0, "env_finished", 3, '{"invalid_arguments":1}')]
+
+
+def test_resume_after_kill_reruns_nothing_stored(
+    tmp_path: Path, gsm8k_server: str, labels, qwen3_tokenizer
+) -> None:
+    """SIGKILL mid-run; the rerun runs exactly the episodes without a stored row; a third run is a
+    no-op that prints the report without contacting the model."""
+    solver = ScriptedSolver(labels, 0.5, "resume")
+    config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
+    db = tmp_path / "store.db"
+    port = free_port()
+
+    def slow(req):
+        turn = generate_responder(solver, qwen3_tokenizer)(req)
+        turn.delay = 0.15
+        return turn
+
+    args = eval_args(config, db, "--num-tasks", "12", "--k", "3", "--concurrency", "2")
+    args += ["--model", f"m=http://127.0.0.1:{port}", "--tokenizer", str(TOKENIZER_DIR)]
+    cmd = [sys.executable, "-m", "bridge.launch.eval", *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with SGLangStub(slow, tokenizer=qwen3_tokenizer, port=port) as stub:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 240
+        n = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    n = stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0]
+                except sqlite3.OperationalError:
+                    n = 0
+            if n >= 8:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        first_run = len(stub.requests)
+    kept = stored(db, "SELECT env, task, sample, rollout_event_id FROM eval_episodes")
+    assert 8 <= len(kept) < 36
+    assert first_run >= len(kept)
+    # an episode killed in flight left nothing: every stored rollout has its eval row
+    assert stored(db, "SELECT COUNT(*) FROM rollouts")[0][0] == len(kept)
+
+    with SGLangStub(
+        generate_responder(solver, qwen3_tokenizer), tokenizer=qwen3_tokenizer, port=port
+    ) as stub:
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        rerun = [qwen3_tokenizer.decode(r.input_ids) for r in stub.requests]
+    assert len(rerun) == 36 - len(kept)
+    per_task_kept = Counter(t for _, t, _, _ in kept)
+    rows = stored(db, "SELECT task, sample, rollout_event_id FROM eval_episodes")
+    assert len(rows) == 36 and stored(db, "SELECT COUNT(*) FROM rollouts")[0][0] == 36
+    assert {r for r in rows if (r[0], r[1]) in {(t, s) for _, t, s, _ in kept}} == {
+        (t, s, rid) for _, t, s, rid in kept
+    }  # the stored ones were not replaced
+    per_task = Counter(t for t, _, _ in rows)
+    assert set(per_task.values()) == {3} and sum(per_task_kept.values()) == len(kept)
+    assert "episodes to run" in done.stderr and "reward [95% CI]" in done.stdout
+
+    # the same spec again: nothing to run, the report is printed; the model is not even up
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "0 episodes to run, 36 already stored" in again.stderr
+    assert again.stdout == done.stdout
+
+
+def test_bad_input_one_line_nothing_written(
+    tmp_path: Path, gsm8k_server: str, labels, capsys
+) -> None:
+    config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
+    db = tmp_path / "store.db"
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    def run(*extra: str) -> str:
+        code = main(eval_args(config, db, "--num-tasks", "2", *extra))
+        out, err = capsys.readouterr()
+        assert code == 2, (out, err)
+        lines = err.strip().splitlines()
+        assert len(lines[-1]) < 400
+        return lines[-1]
+
+    # an unreachable /generate endpoint and an unreachable chat endpoint
+    line = run("--model", f"a={dead}", "--tokenizer", str(TOKENIZER_DIR))
+    assert line.startswith("eval: model a") and "unreachable" in line
+    line = run("--model", f"a={dead}/v1")
+    assert line.startswith("eval: model a") and "unreachable" in line
+    # a chat endpoint without tool support
+    with OpenAIStub(lambda r: Reply.text("hi"), tools_supported=False) as chat:
+        line = run("--model", f"a={chat.url}")
+    assert "does not accept tool calls" in line and "enable-auto-tool-choice" in line
+    # a non-existent environment, a /generate model without a tokenizer, a malformed --model
+    assert "unknown environment 'nope'" in run("--model", f"a={dead}/v1", "--envs", "nope")
+    assert "needs its checkpoint's tokenizer" in run("--model", f"a={dead}")
+    assert "unknown setting 'tokeniser'" in run("--model", f"a={dead},tokeniser=x")
+    assert "expected NAME=URL" in run("--model", "nourl")
+    # a config without eval splits
+    bare = write_config(tmp_path / "bare.yaml", gsm8k_server, eval_split=False)
+    code = main(eval_args(bare, db, "--model", f"a={dead}/v1"))
+    assert code == 2 and "no environment in the config has an eval_split" in capsys.readouterr().err
+    assert not db.exists()  # nothing was written by any of them
+
+    # a model that never calls tools: the eval runs, and one line says so
+    with OpenAIStub(lambda r: Reply.text("I think it is 7.")) as chat:
+        code = main(eval_args(config, db, "--num-tasks", "2", "--model", f"mute={chat.url}"))
+        out, _ = capsys.readouterr()
+    assert code == 0
+    assert "warning: model mute never called a tool in 2 episodes" in out
+    # the same name with another spec is refused in one line, nothing added
+    name = stored(db, "SELECT name FROM evals")[0][0]
+    line = run("--model", f"mute={dead}/v1", "--name", name, "--k", "3")
+    assert f"eval '{name}' exists with another spec (k 1 -> 3)" in line
+    assert stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] == 2
