@@ -149,7 +149,8 @@ def message_events(
                 fn = c.get("function") if isinstance(c.get("function"), dict) else c
                 add(
                     "tool_call",
-                    _args_text(fn.get("arguments")),
+                    # a malformed call has no arguments: show what the model wrote
+                    _args_text(fn["arguments"] if "arguments" in fn else fn.get("raw")),
                     name=str(fn.get("name") or "<unnamed>"),
                     callId=c.get("id"),
                     metadata={"turn": turn},

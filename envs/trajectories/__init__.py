@@ -9,6 +9,8 @@ Modules:
     api       TrajectoryService: the upload endpoints, a JSON API over the store, the web UI
     webui     server-rendered pages: runs, a run's rollouts, one rollout (provenance, tripwires,
               drift, GRPO group with advantages), reward chart
+    evals     evals in the store (`python -m bridge.launch.eval`): spec, models, episodes, report
+    evalui    the eval pages: the evals, one eval's model comparison, one task across models
     static/   the pages' templates, stylesheet and script (no CDN)
 
 Served by `python -m envs.server` (roles `all` and `trajectories`); the stock `openreward` SDK

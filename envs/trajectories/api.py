@@ -6,7 +6,9 @@ Mounted by `envs.server` (`create_app(..., services=[TrajectoryService(db)])`):
   POST /v1/rollouts  {"events": [...]}            -> {"ok", "rollouts", "messages", "updates", "duplicates"}
   GET  /api/runs, /api/runs/{id}, /api/runs/{id}/rollouts, /api/runs/{id}/reward_series,
        /api/runs/{id}/groups/{group_key}, /api/rollouts/{event_id}
-  pages: /, /runs/{id}, /runs/{id}/chart.svg, /rollouts/{event_id}, /assets/*
+  GET  /api/evals, /api/evals/{id}, /api/evals/{id}/tasks     (evals: envs/trajectories/evalui.py)
+  pages: /, /runs/{id}, /runs/{id}/chart.svg, /rollouts/{event_id}, /assets/*,
+         /evals, /evals/{id}, /evals/{id}/task
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from envs.trajectories.evalui import eval_api_router, eval_pages_router
 from envs.trajectories.events import EventBatch
 from envs.trajectories.store import RolloutFilter, TrajectoryStore
 from envs.trajectories.webui import pages_router
@@ -69,6 +72,8 @@ class TrajectoryService:
             self._ingest_router(),
             self._api_router(),
             pages_router(self.store, tokenizer),
+            eval_api_router(self.store),
+            eval_pages_router(self.store),
         ]
 
     async def start(self) -> None:

@@ -202,7 +202,8 @@ def _text(content: Any) -> str:
 
 
 def _wire_call(raw: Any, i: int) -> tuple[dict[str, Any], Any, Any, str]:
-    """(the call as sent back in the history, name, arguments, raw text) of one `tool_calls` entry."""
+    """(the call as sent back in the history, name, arguments, raw text) of one `tool_calls` entry;
+    the raw text is what the model wrote as arguments (the whole entry when it has none)."""
     call = raw if isinstance(raw, dict) else {}
     fn = call.get("function") if isinstance(call.get("function"), dict) else {}
     name, args = fn.get("name"), fn.get("arguments")
@@ -213,7 +214,8 @@ def _wire_call(raw: Any, i: int) -> tuple[dict[str, Any], Any, Any, str]:
         "type": "function",
         "function": {"name": name if isinstance(name, str) else "", "arguments": args_text},
     }
-    return wire, name, args, orjson.dumps(raw).decode()[:4000]
+    raw_text = args_text if "arguments" in fn else orjson.dumps(raw).decode()
+    return wire, name, args, raw_text[:4000]
 
 
 def parse_choice(
