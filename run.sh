@@ -2,7 +2,8 @@
 # Train with slime on the environments in train_config.yaml, or run episodes without training.
 #   bash run.sh --model Qwen/Qwen3-4B [options] [-- extra slime args]    (bash run.sh --help)
 #   bash run.sh --rollout-only --engine-url URL --num-tasks N [options]  (bash run.sh --rollout-only --help)
-# The work is done by bridge/launch/launcher.py and bridge/launch/rollout_only.py; this picks the Python to run them.
+#   bash run.sh --eval-only --model NAME=URL [--model ...] [options]     (bash run.sh --eval-only --help)
+# The work is done by bridge/launch/launcher.py, rollout_only.py and eval/; this picks the Python to run them.
 set -euo pipefail
 ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 if [ -n "${PYTHON:-}" ]; then
@@ -22,6 +23,9 @@ for arg in "$@"; do
   [ "$arg" = "--" ] && break
   if [ "$arg" = "--rollout-only" ]; then
     exec "$PY" -m bridge.launch.rollout_only "$@"
+  fi
+  if [ "$arg" = "--eval-only" ]; then
+    exec "$PY" -m bridge.launch.eval "$@"
   fi
 done
 exec "$PY" -m bridge.launch "$@"

@@ -38,10 +38,12 @@ def labels(gsm8k_dir: Path) -> dict[str, str]:
     return gsm8k_labels(gsm8k_dir)
 
 
-def write_config(path: Path, env_url: str, eval_split: bool = True) -> Path:
+def write_config(path: Path, env_url: str, eval_split: bool = True, max_turns: int = 4) -> Path:
     split = "    eval_split: test\n" if eval_split else ""
     path.write_text(
-        "environments:\n  gsm8k:\n    max_turns: 4\n" + split + f"env_server: {env_url}\n"
+        f"environments:\n  gsm8k:\n    max_turns: {max_turns}\n"
+        + split
+        + f"env_server: {env_url}\n"
         f"run_name: eval-test\ntrajectories:\n  spool_dir: {path.parent / 'spool'}\n"
     )
     return path
@@ -160,6 +162,27 @@ def test_chat_model_sees_history_in_openai_format(
     assert rows == [(1.0, "env_finished", 3, '{"invalid_arguments":1}')]
 
 
+def test_chat_model_context_budget_from_reported_usage(
+    tmp_path: Path, gsm8k_server: str, capsys
+) -> None:
+    """The chat model's budget is counted from the usage the server reports: each turn's max_tokens
+    is what is left of prompt + --max-tokens, and the episode stops at the budget, as with tokens."""
+
+    def respond(req):
+        return Reply.call("calculator", expression="6*7")
+
+    config = write_config(tmp_path / "cfg.yaml", gsm8k_server, max_turns=30)
+    db = tmp_path / "store.db"
+    with OpenAIStub(respond) as chat:
+        args = eval_args(config, db, "--num-tasks", "1", "--max-tokens", "60", "--json")
+        assert main([*args, "--model", f"m={chat.url}"]) == 0
+        capsys.readouterr()
+        caps = [r.body["max_tokens"] for r in chat.requests[1:]]  # [0] is the preflight probe
+    assert caps[0] == 60 and caps == sorted(caps, reverse=True) and len(caps) < 30
+    (stop,) = stored(db, "SELECT stop_reason FROM eval_episodes")
+    assert stop == ("context_budget",)
+
+
 def test_resume_after_kill_reruns_nothing_stored(
     tmp_path: Path, gsm8k_server: str, labels, qwen3_tokenizer
 ) -> None:
@@ -274,3 +297,31 @@ def test_bad_input_one_line_nothing_written(
     line = run("--model", f"mute={dead}/v1", "--name", name, "--k", "3")
     assert f"eval '{name}' exists with another spec (k 1 -> 3)" in line
     assert stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] == 2
+
+
+def test_local_cpu_engine_model(tmp_path: Path, gsm8k_server: str, capsys) -> None:
+    """local:PATH starts the CPU engine on a tiny random Qwen3, plays token-exact episodes, stops it."""
+    import re
+
+    from tiny_qwen3 import make_tiny_qwen3
+
+    model = make_tiny_qwen3(tmp_path / "tiny-qwen3")
+    config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
+    db = tmp_path / "store.db"
+    args = eval_args(config, db, "--num-tasks", "1", "--k", "2", "--max-tokens", "12")
+    assert main([*args, "--model", f"tiny=local:{model}", "--concurrency", "2"]) == 0
+    out, err = capsys.readouterr()
+    url = re.search(r"starting bridge\.launch\.local_engine at (\S+)", err).group(1)
+    port = int(url.rsplit(":", 1)[1])
+    import socket
+
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the engine it started must be stopped"
+    rows = stored(db, "SELECT stop_reason, status, num_turns FROM eval_episodes")
+    assert len(rows) == 2 and all(r[2] >= 1 for r in rows)
+    # token-exact episodes: the stored tokens are the prompt plus what the engine sampled
+    toks = stored(
+        db, "SELECT prompt_length, length(token_ids) / 4, length(loss_mask) FROM rollout_tokens"
+    )
+    assert len(toks) == 2 and all(n > p and m == n - p for p, n, m in toks)
+    assert "tiny" in out and "reward [95% CI]" in out

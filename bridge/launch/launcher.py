@@ -148,7 +148,8 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         prog="bash run.sh",
         description="Train a model with slime on the environments in train_config.yaml.",
         epilog="Everything after `--` is passed to slime's driver unchanged. "
-        "Rollout-only mode (no training, no GPU needed): bash run.sh --rollout-only --help",
+        "Rollout-only mode (no training, no GPU needed): bash run.sh --rollout-only --help. "
+        "Evaluate and compare models: bash run.sh --eval-only --help",
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
     )

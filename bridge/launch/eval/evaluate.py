@@ -265,7 +265,10 @@ def _start_local_engine(stack: contextlib.ExitStack, m: ModelSpec) -> str:
     if m.kind is not ModelKind.LOCAL:
         return m.target
     url = _free_url()
-    say(f"model {m.name}: starting bridge.launch.local_engine on {m.target} (CPU, debugging only)")
+    say(
+        f"model {m.name}: starting bridge.launch.local_engine at {url} on {m.target} "
+        "(CPU, one request at a time: a debugging engine)"
+    )
     try:
         stack.enter_context(
             managed_process("local engine", local_engine_command(m.target, url), url, timeout=600.0)

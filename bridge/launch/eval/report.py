@@ -186,7 +186,11 @@ def build_report(
     wanted = set(models)
     rows = [r for r in rows if r.model in wanted]
     task_set = set(tasks)
-    rows = [r for r in rows if (r.env, r.task) in task_set]
+    # a fixed order: sums, sample lists and tie-breaks never depend on how the rows were read
+    rows = sorted(
+        (r for r in rows if (r.env, r.task) in task_set),
+        key=lambda r: (r.env, r.task, r.model, r.sample),
+    )
     kinds = sorted({kind for r in rows for kind in _error_kinds(r)})
     out_envs: dict[str, Any] = {}
     for scope in [*envs, ALL]:
