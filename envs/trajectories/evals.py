@@ -256,31 +256,44 @@ class EvalRecords:
         ]
 
     def record(self, eval_id: int, row: EpisodeRow, events: list[dict[str, Any]]) -> None:
-        """Store one episode's rollout events and its eval row in one transaction (blocking).
+        """Store one episode's rollout events and its eval row in one transaction (blocking)."""
+        self.record_many(eval_id, [(row, events)])
 
-        A row already there (an episode rerun with --retry-errors) is replaced."""
-        batch = EventBatch.model_validate({"events": events}).events
+    def record_many(
+        self, eval_id: int, episodes: list[tuple[EpisodeRow, list[dict[str, Any]]]]
+    ) -> None:
+        """Store episodes (rollout events and eval row each) in one transaction (blocking): all of
+        them or none. A row already there (an episode rerun with --retry-errors) is replaced."""
+        batch = [
+            ev
+            for _, events in episodes
+            for ev in EventBatch.model_validate({"events": events}).events
+        ]
+        now = time.time()
+        rows = [
+            (
+                eval_id,
+                row.model,
+                row.env,
+                row.task,
+                row.sample,
+                row.rollout_event_id,
+                row.reward,
+                int(row.solved),
+                row.num_turns,
+                row.num_tool_calls,
+                row.stop_reason,
+                row.status,
+                orjson.dumps(row.tool_errors).decode() if row.tool_errors else None,
+                row.failure,
+                now,
+            )
+            for row, _ in episodes
+        ]
 
         def insert(conn: Any) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO eval_episodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    eval_id,
-                    row.model,
-                    row.env,
-                    row.task,
-                    row.sample,
-                    row.rollout_event_id,
-                    row.reward,
-                    int(row.solved),
-                    row.num_turns,
-                    row.num_tool_calls,
-                    row.stop_reason,
-                    row.status,
-                    orjson.dumps(row.tool_errors).decode() if row.tool_errors else None,
-                    row.failure,
-                    time.time(),
-                ),
+            conn.executemany(
+                "INSERT OR REPLACE INTO eval_episodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
             )
 
         self.store.write(batch, then=insert)

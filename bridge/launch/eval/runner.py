@@ -229,6 +229,66 @@ class _Progress:
             bar.close()
 
 
+class _StoreWriter:
+    """Stores finished episodes from one thread: whatever finished while the last write ran goes
+    in the next transaction (each episode complete with its eval row, all of a batch or none).
+    Building the rollout events happens on that thread too, off the event loop."""
+
+    def __init__(self, records: EvalRecords, settings: RunSettings) -> None:
+        self.records = records
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-store")
+        self.pending: list[tuple[ModelRuntime, Job, EpisodeResult, asyncio.Future[EpisodeRow]]] = []
+        self.writing: asyncio.Future[None] | None = None
+
+    def submit(
+        self, rt: ModelRuntime, job: Job, result: EpisodeResult
+    ) -> asyncio.Future[EpisodeRow]:
+        """A future of the episode's row, resolved once it is committed."""
+        fut: asyncio.Future[EpisodeRow] = self.loop.create_future()
+        self.pending.append((rt, job, result, fut))
+        if self.writing is None:
+            self._next()
+        return fut
+
+    def _next(self) -> None:
+        batch, self.pending = self.pending, []
+        self.writing = asyncio.ensure_future(self._write(batch))
+
+    async def _write(self, batch: list[tuple[Any, ...]]) -> None:
+        try:
+            rows = await self.loop.run_in_executor(self.pool, self._store, batch)
+        except BaseException as e:  # the store failed: every waiter hears it
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
+            raise
+        finally:
+            self.writing = None
+        for (*_, fut), row in zip(batch, rows, strict=True):
+            if not fut.done():
+                fut.set_result(row)
+        if self.pending:
+            self._next()
+
+    def _store(self, batch: list[tuple[Any, ...]]) -> list[EpisodeRow]:
+        records = [episode_record(rt, job, result, self.settings) for rt, job, result, _ in batch]
+        self.records.record_many(self.settings.eval_id, records)
+        return [row for row, _ in records]
+
+    async def close(self) -> None:
+        """Store what finished (also after a cancellation), then stop the thread."""
+        try:
+            while self.writing is not None or self.pending:
+                if self.writing is None:
+                    self._next()
+                assert self.writing is not None
+                await asyncio.shield(self.writing)
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 async def run_jobs(
     models: list[ModelRuntime],
     jobs: dict[str, list[Job]],
@@ -236,21 +296,18 @@ async def run_jobs(
     settings: RunSettings,
 ) -> int:
     """Run every model's jobs (`settings.concurrency` in flight per model); returns episodes stored."""
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-store")
-    loop = asyncio.get_running_loop()
+    writer = _StoreWriter(records, settings)
     progress = _Progress(models, settings)
     stored = 0
 
     async def run_model(rt: ModelRuntime) -> None:
-        nonlocal stored
         sem = asyncio.Semaphore(settings.concurrency)
 
         async def one(job: Job) -> None:
             nonlocal stored
             async with sem:
                 result = await _play(rt, job, settings)
-            row, events = episode_record(rt, job, result, settings)
-            await loop.run_in_executor(writer, records.record, settings.eval_id, row, events)
+            row = await writer.submit(rt, job, result)
             stored += 1
             progress.update(rt.spec.name, row.reward)
 
@@ -260,5 +317,5 @@ async def run_jobs(
         await gather_or_cancel([run_model(m) for m in models])
     finally:
         progress.close()
-        writer.shutdown(wait=True)  # a write already started completes: it is all or nothing
+        await writer.close()  # finished episodes are stored even when the run was cancelled
     return stored

@@ -104,7 +104,11 @@ class TaskResampler:
             raise ValueError("a bootstrap needs at least one task")
         self.n_tasks = n_tasks
         self.alpha = 1.0 - confidence
-        self.counts = rng.multinomial(n_tasks, np.full(n_tasks, 1.0 / n_tasks), size=resamples)
+        draws = rng.integers(0, n_tasks, size=(resamples, n_tasks))
+        draws += np.arange(resamples)[:, None] * n_tasks  # row b counts into its own n_tasks bins
+        self.counts = np.bincount(draws.ravel(), minlength=resamples * n_tasks).reshape(
+            resamples, n_tasks
+        )
 
     def estimate(self, per_task: Sequence[float] | np.ndarray) -> Estimate:
         """The mean of `per_task` (one value per task, in the resampler's task order) with its CI."""
