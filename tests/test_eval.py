@@ -184,10 +184,11 @@ def test_chat_model_context_budget_from_reported_usage(
 
 
 def test_resume_after_kill_reruns_nothing_stored(
-    tmp_path: Path, gsm8k_server: str, labels, qwen3_tokenizer
+    tmp_path: Path, gsm8k_server: str, labels, qwen3_tokenizer, capsys
 ) -> None:
-    """SIGKILL mid-run; the rerun runs exactly the episodes without a stored row; a third run is a
-    no-op that prints the report without contacting the model."""
+    """SIGTERM mid-run stops cleanly (exit 130), SIGKILL mid-run loses only episodes in flight;
+    each rerun runs exactly the episodes without a stored row; the last run is a no-op that
+    prints the report without contacting the model."""
     solver = ScriptedSolver(labels, 0.5, "resume")
     config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
     db = tmp_path / "store.db"
@@ -202,53 +203,63 @@ def test_resume_after_kill_reruns_nothing_stored(
     args += ["--model", f"m=http://127.0.0.1:{port}", "--tokenizer", str(TOKENIZER_DIR)]
     cmd = [sys.executable, "-m", "bridge.launch.eval", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with SGLangStub(slow, tokenizer=qwen3_tokenizer, port=port) as stub:
+
+    def count() -> int:
+        try:
+            return stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] if db.exists() else 0
+        except sqlite3.OperationalError:  # the schema is being created
+            return 0
+
+    def run_until(at_least: int, sig: signal.Signals) -> subprocess.Popen:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         deadline = time.monotonic() + 240
-        n = 0
-        while time.monotonic() < deadline and proc.poll() is None:
-            if db.exists():
-                try:
-                    n = stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0]
-                except sqlite3.OperationalError:
-                    n = 0
-            if n >= 8:
-                break
+        while time.monotonic() < deadline and proc.poll() is None and count() < at_least:
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()[1][-2000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        first_run = len(stub.requests)
+        proc.send_signal(sig)
+        proc.wait(60)
+        return proc
+
+    with SGLangStub(slow, tokenizer=qwen3_tokenizer, port=port) as stub:
+        proc = run_until(4, signal.SIGTERM)
+        err = proc.stderr.read()
+        assert proc.returncode == 130, err[-2000:]
+        assert "interrupted" in err and "Traceback" not in err
+        first = count()
+        assert 4 <= first < 36
+        assert stored(db, "SELECT COUNT(*) FROM rollouts")[0][0] == first
+        proc = run_until(first + 6, signal.SIGKILL)
+        assert proc.returncode == -signal.SIGKILL
+        sent = len(stub.requests)
     kept = stored(db, "SELECT env, task, sample, rollout_event_id FROM eval_episodes")
-    assert 8 <= len(kept) < 36
-    assert first_run >= len(kept)
+    assert first + 6 <= len(kept) < 36
+    assert sent >= len(kept)
     # an episode killed in flight left nothing: every stored rollout has its eval row
     assert stored(db, "SELECT COUNT(*) FROM rollouts")[0][0] == len(kept)
 
+    # the rerun (in-process from here on: the same CLI, one interpreter start less)
     with SGLangStub(
         generate_responder(solver, qwen3_tokenizer), tokenizer=qwen3_tokenizer, port=port
     ) as stub:
-        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        rerun = [qwen3_tokenizer.decode(r.input_ids) for r in stub.requests]
-    assert len(rerun) == 36 - len(kept)
-    per_task_kept = Counter(t for _, t, _, _ in kept)
+        assert main(args) == 0
+        out, err = capsys.readouterr()
+        rerun = len(stub.requests)
+    assert rerun == 36 - len(kept)
     rows = stored(db, "SELECT task, sample, rollout_event_id FROM eval_episodes")
     assert len(rows) == 36 and stored(db, "SELECT COUNT(*) FROM rollouts")[0][0] == 36
     assert {r for r in rows if (r[0], r[1]) in {(t, s) for _, t, s, _ in kept}} == {
         (t, s, rid) for _, t, s, rid in kept
     }  # the stored ones were not replaced
-    per_task = Counter(t for t, _, _ in rows)
-    assert set(per_task.values()) == {3} and sum(per_task_kept.values()) == len(kept)
-    assert "episodes to run" in done.stderr and "reward [95% CI]" in done.stdout
+    assert set(Counter(t for t, _, _ in rows).values()) == {3}
+    assert f"{36 - len(kept)} episodes to run" in err and "reward [95% CI]" in out
 
     # the same spec again: nothing to run, the report is printed; the model is not even up
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "0 episodes to run, 36 already stored" in again.stderr
-    assert again.stdout == done.stdout
+    assert main(args) == 0
+    again, err = capsys.readouterr()
+    assert "0 episodes to run, 36 already stored" in err
+    assert again == out
 
 
 def test_bad_input_one_line_nothing_written(
@@ -297,6 +308,51 @@ def test_bad_input_one_line_nothing_written(
     line = run("--model", f"mute={dead}/v1", "--name", name, "--k", "3")
     assert f"eval '{name}' exists with another spec (k 1 -> 3)" in line
     assert stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] == 2
+
+
+def test_new_model_joins_by_name_and_retry_errors(
+    tmp_path: Path, gsm8k_server: str, labels, capsys
+) -> None:
+    """A model joins an existing eval by --name (the stored model is not contacted again); episodes
+    that failed are stored as failures, reported, and rerun with --retry-errors."""
+    config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
+    db = tmp_path / "store.db"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    solver = ScriptedSolver(labels, 1.0, "good")
+    base = eval_args(config, db, "--num-tasks", "3", "--name", "joined", "--json")
+    with OpenAIStub(chat_responder(solver)) as chat:
+        assert main([*base, "--model", f"good={chat.url}"]) == 0
+    capsys.readouterr()
+
+    def broken(req):  # answers the preflight probe, fails every task turn
+        return (
+            Reply.text("OK") if "Reply with OK" in req.first_user else Reply.http_error(500, "boom")
+        )
+
+    with OpenAIStub(broken) as chat:
+        args = [*base, "--model", f"good={dead}", "--model", f"flaky={chat.url}"]
+        assert main(args) == 0  # good's episodes are stored: its dead URL is never contacted
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    g = report["envs"]["gsm8k"]
+    assert g["models"]["good"]["reward"]["value"] == 1.0
+    assert g["models"]["flaky"]["stop_reasons"] == {"engine_error": 3}
+    assert g["models"]["flaky"]["errors"]["engine_error"]["value"] == 1.0
+    assert any("3 episodes failed (engine_error 3)" in w for w in report["warnings"])
+    (c,) = g["comparisons"]
+    assert (c["a"], c["b"], c["reward"]["lost"]) == ("good", "flaky", 3)
+    failed = stored(db, "SELECT rollout_event_id FROM eval_episodes WHERE status = 'failed'")
+    assert len(failed) == 3
+    # without --retry-errors nothing runs; with it, the failures run again and are replaced
+    with OpenAIStub(chat_responder(ScriptedSolver(labels, 1.0, "fixed"))) as chat:
+        args = [*base, "--model", f"good={dead}", "--model", f"flaky={chat.url}"]
+        assert main(args) == 0 and len(chat.requests) == 0
+        assert main([*args, "--retry-errors"]) == 0
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["envs"]["gsm8k"]["models"]["flaky"]["reward"]["value"] == 1.0
+    assert stored(db, "SELECT COUNT(*) FROM eval_episodes WHERE status = 'failed'")[0][0] == 0
+    assert stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] == 6
+    # the failed rollouts stay in the store as history; the eval points at the new ones
+    assert stored(db, "SELECT COUNT(*) FROM rollouts")[0][0] == 9
 
 
 def test_local_cpu_engine_model(tmp_path: Path, gsm8k_server: str, capsys) -> None:
