@@ -307,6 +307,13 @@ def test_bad_input_one_line_nothing_written(
     name = stored(db, "SELECT name FROM evals")[0][0]
     line = run("--model", f"mute={dead}/v1", "--name", name, "--k", "3")
     assert f"eval '{name}' exists with another spec (k 1 -> 3)" in line
+    # so is a changed episode setting (max_turns), named in the line
+    changed = write_config(tmp_path / "cfg6.yaml", gsm8k_server, max_turns=6)
+    code = main(
+        eval_args(changed, db, "--num-tasks", "2", "--name", name, "--model", f"mute={dead}/v1")
+    )
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "settings.envs.gsm8k.max_turns 4 -> 6" in line
     assert stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] == 2
 
 

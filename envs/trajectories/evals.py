@@ -305,16 +305,28 @@ class EvalRecords:
             self._local.conn = None
 
 
+def _diffs(old: Any, new: Any, path: str) -> list[str]:
+    """`path old -> new` for each leaf that differs (values shortened)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            d
+            for key in sorted(set(old) | set(new), key=str)
+            for d in _diffs(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        ]
+    if old == new:
+        return []
+    return [f"{path} {str(old)[:40]} -> {str(new)[:40]}"]
+
+
 def _describe_mismatch(name: str, old: dict[str, Any], new: dict[str, Any]) -> str:
     """One line naming what differs between two specs."""
     diffs = []
-    for key in ("k", "sampling", "solve_threshold"):
-        if old.get(key) != new.get(key):
-            diffs.append(f"{key} {old.get(key)} -> {new.get(key)}")
+    for key in ("k", "sampling", "solve_threshold", "settings"):
+        diffs += _diffs(old.get(key), new.get(key), key)
     if old.get("tasks") != new.get("tasks"):
         diffs.append(f"tasks ({len(old.get('tasks') or [])} -> {len(new.get('tasks') or [])})")
-    what = "; ".join(diffs) or "spec version"
+    what = "; ".join(diffs[:3]) + (f"; +{len(diffs) - 3} more" if len(diffs) > 3 else "")
     return (
-        f"eval {name!r} exists with another spec ({what}): "
+        f"eval {name!r} exists with another spec ({what or 'spec version'}): "
         "rerun with its settings, or pick a new --name"
     )

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -132,11 +133,30 @@ def plan(opts: argparse.Namespace) -> Plan:
         k=opts.k,
         sampling=sampling,
         solve_threshold=opts.solve_threshold,
+        settings=episode_settings(config, tasks),
     )
     name = opts.name or default_eval_name(spec, models)
     if not 1 <= len(name) <= 200 or any(c in name for c in "\n\r\t"):
         raise EvalError(f"--name {name!r}: 1-200 characters, no line breaks")
     return Plan(opts, config, models, tasks, spec, name, env_urls)
+
+
+def episode_settings(config: TrainConfig, tasks: list[EvalTask]) -> dict[str, Any]:
+    """The settings besides sampling that shape an episode (part of the eval's identity)."""
+    envs: dict[str, Any] = {}
+    for t in tasks:
+        if t.env not in envs:
+            m = t.meta
+            envs[t.env] = {
+                "max_turns": m.max_turns,
+                "on_no_tool_call": m.on_no_tool_call,
+                "reward": m.reward.model_dump(mode="json"),
+            }
+    return {
+        "envs": envs,
+        "thinking": config.thinking,
+        "system_prompt": config.system_prompt,
+    }
 
 
 def _open_store(db: Path) -> tuple[TrajectoryStore, EvalRecords]:

@@ -226,6 +226,9 @@ class EvalSpec:
     sampling: Sampling
     solve_threshold: float | None = None
     """An episode is solved at reward >= this; None: at the task's max_reward."""
+    settings: dict[str, Any] | None = None
+    """What else shapes an episode: per env its max_turns, no-tool-call rule and reward settings,
+    and the prompt's thinking mode and system prompt."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -237,6 +240,7 @@ class EvalSpec:
             "k": self.k,
             "sampling": self.sampling.to_json(),
             "solve_threshold": self.solve_threshold,
+            "settings": self.settings or {},
             "tasks": [list(t) for t in self.tasks],
         }
 
