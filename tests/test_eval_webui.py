@@ -50,7 +50,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, gsm8k_dir: Path, qwen3_t
             args += ["--tokenizer", str(REPO / ".cache" / "qwen3-tokenizer")]
             assert main(args) == 0
     with env_server("--role", "trajectories", "--db", str(db)) as ui:
-        yield {"url": ui, "solved": sum(strong.outcomes)}
+        yield {"url": ui, "solved": sum(strong.outcomes), "args": args}
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +163,37 @@ def test_eval_pages_bad_ids_and_api(evaluated) -> None:
     assert sum(e["solved"] for e in eps if e["model"] == "strong") == evaluated["solved"]
     r = httpx.get(f"{url}/evals/1")
     assert "script-src 'self'" in r.headers["content-security-policy"]
+
+
+def test_serve_keeps_the_comparison_page_up_until_ctrl_c(evaluated) -> None:
+    """Rerunning the finished eval with --serve prints the report, then serves the page (its models
+    are not contacted: their stubs are gone) until SIGINT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    args = [a for a in evaluated["args"] if a != "--json"] + ["--serve"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.launch.eval", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = None
+        for line in proc.stderr:
+            if "serving the comparison page at " in line:
+                url = line.split(" at ", 1)[1].split()[0]
+                break
+        assert url is not None, proc.stderr.read()[-2000:]
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and "ui-eval" in page.text and 'id="scores"' in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "reward [95% CI]" in out
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url, timeout=5)

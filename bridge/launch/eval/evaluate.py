@@ -227,13 +227,12 @@ def evaluate(opts: argparse.Namespace) -> int:
                 return 130
             _finish(p, records, eval_id, interrupted)
             if opts.serve and not interrupted:
-                _serve(p, run.ui)
+                _serve(p, run.ui, eval_id)
     else:
         assert records is not None and eval_id is not None
         _finish(p, records, eval_id, False)
         if opts.serve:
-            with contextlib.ExitStack() as stack:
-                _serve(p, _start_ui_server(stack, p))
+            _serve(p, None, eval_id)
     return 130 if interrupted else 0
 
 
@@ -474,13 +473,11 @@ def _start_ui_server(stack: contextlib.ExitStack, p: Plan) -> str:
     return url
 
 
-def _serve(p: Plan, ui: str | None) -> None:
-    """Keep a web UI on the eval's store up until Ctrl-C."""
+def _serve(p: Plan, ui: str | None, eval_id: int) -> None:
+    """Keep a web UI on the eval's store up until Ctrl-C (the env server started here, else a
+    trajectory server started for it)."""
     with contextlib.ExitStack() as stack:
         url = ui or _start_ui_server(stack, p)
-        eval_id = EvalRecords(TrajectoryStore(p.db)).check(
-            p.name, p.spec.to_json(), p.spec.digest()
-        )
         say(f"serving the comparison page at {url}/evals/{eval_id} until Ctrl-C")
         with contextlib.suppress(KeyboardInterrupt):
             while True:
