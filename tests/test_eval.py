@@ -317,6 +317,38 @@ def test_bad_input_one_line_nothing_written(
     assert stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] == 2
 
 
+def test_a_failing_store_stops_the_run_in_one_line(
+    tmp_path: Path, gsm8k_server: str, labels, capsys
+) -> None:
+    """The store breaks mid-run (its eval table dropped by another connection): the eval stops with
+    one line instead of playing episodes it cannot keep; what was stored before stays."""
+    config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
+    db = tmp_path / "store.db"
+    solver = ScriptedSolver(labels, 1.0, "s")
+    respond = chat_responder(solver)
+    answered = []
+
+    def breaking(req):
+        if req.first_user and solver.question(req.first_user) is not None:
+            answered.append(1)
+            if len(answered) == 6:
+                con = sqlite3.connect(db, timeout=30)
+                con.execute("DROP TABLE eval_episodes")
+                con.commit()
+                con.close()
+                time.sleep(0.5)  # the episodes in flight finish against the broken store
+        return respond(req)
+
+    with OpenAIStub(breaking) as chat:
+        args = eval_args(config, db, "--num-tasks", "40", "--concurrency", "2")
+        code = main([*args, "--model", f"m={chat.url}"])
+        err = capsys.readouterr().err
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("eval: cannot store episodes in") and "no such table" in line
+    assert len(answered) < 40  # it stopped instead of running every episode
+
+
 def test_new_model_joins_by_name_and_retry_errors(
     tmp_path: Path, gsm8k_server: str, labels, capsys
 ) -> None:

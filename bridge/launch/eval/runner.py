@@ -1,9 +1,10 @@
 """Running an eval's missing episodes: every model concurrently, each through the bridge's episode loop.
 
 Per episode: open an ORS session, build the model's step (`TokenModel` for /generate and local
-models, `ChatModel` for OpenAI endpoints), run `bridge.episode.Episode`, then store the rollout
-and its eval row in one transaction (a single writer thread). Nothing else is kept in memory: the
-store is the eval's state, so an interrupted run loses at most the episodes in flight.
+models, `ChatModel` for OpenAI endpoints), run `bridge.episode.Episode`, then hand it to the
+writer thread, which stores the rollout with its eval row (the episodes that finished meanwhile
+share a transaction). The store is the eval's state: an interrupted run loses at most the
+episodes in flight.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult, ModelStep, TokenModel
 from bridge.launch.eval.chat_model import ChatClient, ChatModel
-from bridge.launch.eval.spec import ModelSpec, Sampling
+from bridge.launch.eval.spec import EvalError, ModelSpec, Sampling
 from bridge.launch.eval.tasks import EvalTask
 from bridge.rewards import RewardOutcome
 from bridge.trajectory import Trajectory
@@ -241,11 +242,15 @@ class _StoreWriter:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-store")
         self.pending: list[tuple[ModelRuntime, Job, EpisodeResult, asyncio.Future[EpisodeRow]]] = []
         self.writing: asyncio.Future[None] | None = None
+        self.error: Exception | None = None
 
     def submit(
         self, rt: ModelRuntime, job: Job, result: EpisodeResult
     ) -> asyncio.Future[EpisodeRow]:
-        """A future of the episode's row, resolved once it is committed."""
+        """A future of the episode's row, resolved once it is committed. After a failed write
+        this raises it: the run stops instead of playing episodes it cannot keep."""
+        if self.error is not None:
+            raise self.error
         fut: asyncio.Future[EpisodeRow] = self.loop.create_future()
         self.pending.append((rt, job, result, fut))
         if self.writing is None:
@@ -259,11 +264,12 @@ class _StoreWriter:
     async def _write(self, batch: list[tuple[Any, ...]]) -> None:
         try:
             rows = await self.loop.run_in_executor(self.pool, self._store, batch)
-        except BaseException as e:  # the store failed: every waiter hears it
+        except Exception as e:  # the store failed: every waiter hears it, close() raises it
+            self.error = self.error or e
             for *_, fut in batch:
                 if not fut.done():
-                    fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
-            raise
+                    fut.set_exception(e)
+            return
         finally:
             self.writing = None
         for (*_, fut), row in zip(batch, rows, strict=True):
@@ -274,19 +280,27 @@ class _StoreWriter:
 
     def _store(self, batch: list[tuple[Any, ...]]) -> list[EpisodeRow]:
         records = [episode_record(rt, job, result, self.settings) for rt, job, result, _ in batch]
-        self.records.record_many(self.settings.eval_id, records)
+        try:
+            self.records.record_many(self.settings.eval_id, records)
+        except Exception as e:
+            msg = " ".join(str(e).split())[:300]
+            raise EvalError(
+                f"cannot store episodes in {self.records.store.path}: {type(e).__name__}: {msg}"
+            ) from None
         return [row for row, _ in records]
 
     async def close(self) -> None:
-        """Store what finished (also after a cancellation), then stop the thread."""
+        """Store what finished (also after a cancellation), stop the thread; raise a failed write."""
         try:
-            while self.writing is not None or self.pending:
+            while self.error is None and (self.writing is not None or self.pending):
                 if self.writing is None:
                     self._next()
                 assert self.writing is not None
                 await asyncio.shield(self.writing)
         finally:
             self.pool.shutdown(wait=True)
+        if self.error is not None:
+            raise self.error
 
 
 async def run_jobs(
@@ -295,27 +309,36 @@ async def run_jobs(
     records: EvalRecords,
     settings: RunSettings,
 ) -> int:
-    """Run every model's jobs (`settings.concurrency` in flight per model); returns episodes stored."""
+    """Run every model's jobs (`settings.concurrency` workers per model); returns episodes stored.
+
+    A store failure stops the run (raised from here); finished episodes are stored first."""
     writer = _StoreWriter(records, settings)
     progress = _Progress(models, settings)
     stored = 0
 
-    async def run_model(rt: ModelRuntime) -> None:
-        sem = asyncio.Semaphore(settings.concurrency)
-
-        async def one(job: Job) -> None:
-            nonlocal stored
-            async with sem:
-                result = await _play(rt, job, settings)
-            row = await writer.submit(rt, job, result)
+    def committed(model: str, fut: asyncio.Future[EpisodeRow]) -> None:
+        nonlocal stored
+        if not fut.cancelled() and fut.exception() is None:
             stored += 1
-            progress.update(rt.spec.name, row.reward)
+            progress.update(model, fut.result().reward)
 
-        await gather_or_cancel([one(j) for j in jobs.get(rt.spec.name, [])])
+    async def run_model(rt: ModelRuntime) -> None:
+        todo = iter(jobs.get(rt.spec.name, []))  # shared by the workers: each job is taken once
+
+        async def worker() -> None:
+            for job in todo:
+                result = await _play(rt, job, settings)
+                fut = writer.submit(rt, job, result)
+                fut.add_done_callback(lambda f, m=rt.spec.name: committed(m, f))
+
+        n = min(settings.concurrency, len(jobs.get(rt.spec.name, [])))
+        await gather_or_cancel([worker() for _ in range(n)])
 
     try:
         await gather_or_cancel([run_model(m) for m in models])
     finally:
-        progress.close()
-        await writer.close()  # finished episodes are stored even when the run was cancelled
+        try:
+            await writer.close()  # finished episodes are stored, also when the run was cancelled
+        finally:
+            progress.close()
     return stored
