@@ -13,18 +13,14 @@ arguments, passed through as the server got them from the model), `Reply.text(".
 call), or any Reply(...) with several calls, reasoning, a finish reason, a delay or an HTTP error.
 `tools_supported=False` answers a request carrying `tools` as vLLM does without
 --enable-auto-tool-choice (HTTP 400). Usage is reported as roughly a token per four characters.
-
-As a subprocess (benchmarks): python tests/openai_stub.py --port P --responder FILE.py:FUNCTION
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import inspect
 import itertools
 import socket
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -280,40 +276,3 @@ def _error(status: int, message: str) -> web.Response:
         else {"error": {"message": message, "type": "error", "code": status}},
         status=status,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Serve a responder until interrupted (for benchmarks)."""
-    ap = argparse.ArgumentParser(description="Scripted OpenAI-compatible chat server (tests only)")
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--responder", required=True, metavar="FILE.py:FUNCTION")
-    ap.add_argument("--instant", action="store_true", help="do not record requests")
-    args = ap.parse_args(argv)
-    import importlib.util
-    from pathlib import Path
-
-    path, _, attr = args.responder.rpartition(":")
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    if spec is None or spec.loader is None:
-        print(f"openai_stub: cannot import {path}", file=sys.stderr)
-        return 2
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    stub = OpenAIStub(getattr(module, attr), port=args.port, instant=args.instant).start()
-    print(f"openai_stub serving {stub.url}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stub.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    import signal
-
-    sys.modules.setdefault("openai_stub", sys.modules["__main__"])
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    raise SystemExit(main())

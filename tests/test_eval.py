@@ -420,3 +420,23 @@ def test_local_cpu_engine_model(tmp_path: Path, gsm8k_server: str, capsys) -> No
     )
     assert len(toks) == 2 and all(n > p and m == n - p for p, n, m in toks)
     assert "tiny" in out and "reward [95% CI]" in out
+
+
+def test_run_sh_eval_only(tmp_path: Path, gsm8k_server: str, labels) -> None:
+    """`bash run.sh --eval-only` runs the same CLI."""
+    config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
+    db = tmp_path / "store.db"
+    with OpenAIStub(chat_responder(ScriptedSolver(labels, 1.0, "sh"))) as chat:
+        args = eval_args(config, db, "--num-tasks", "2", "--model", f"m={chat.url}")
+        env = {k: v for k, v in os.environ.items() if k != "TRAIN_CONFIG"}
+        done = subprocess.run(
+            ["bash", str(REPO / "run.sh"), "--eval-only", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gsm8k  m" in done.stdout and "1.000 [1.000, 1.000]" in done.stdout
+    assert stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] == 2
