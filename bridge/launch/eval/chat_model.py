@@ -273,12 +273,9 @@ class ChatModel:
 
     ledger = None
 
-    def __init__(
-        self, client: ChatClient, system_prompt: str | None, extra: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, client: ChatClient, system_prompt: str | None) -> None:
         self.client = client
         self.system_prompt = system_prompt
-        self.extra = extra or {}
         self.history: list[dict[str, Any]] = []
         self.tools: list[dict[str, Any]] = []
         self._prompt_tokens = 0
@@ -306,7 +303,6 @@ class ChatModel:
             "temperature": params.get("temperature", 1.0),
             "top_p": params.get("top_p", 1.0),
             "max_tokens": params["max_new_tokens"],
-            **self.extra,
         }
         if self.tools:
             body["tools"] = self.tools
