@@ -291,6 +291,11 @@ def test_bad_input_one_line_nothing_written(
     assert "needs its checkpoint's tokenizer" in run("--model", f"a={dead}")
     assert "unknown setting 'tokeniser'" in run("--model", f"a={dead},tokeniser=x")
     assert "expected NAME=URL" in run("--model", "nourl")
+    # a local model or a tokenizer that is not there: checked before anything starts
+    line = run("--model", f"t=local:{tmp_path / 'nope'}")
+    assert line.startswith("eval: model t: --model") and "no such directory" in line
+    line = run("--model", f"a={dead}", "--tokenizer", str(tmp_path))
+    assert "is not a Hugging Face model directory" in line
     # a config without eval splits
     bare = write_config(tmp_path / "bare.yaml", gsm8k_server, eval_split=False)
     code = main(eval_args(bare, db, "--model", f"a={dead}/v1"))

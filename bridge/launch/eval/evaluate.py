@@ -39,6 +39,7 @@ from bridge.launch.eval.spec import (
     parse_model,
 )
 from bridge.launch.eval.tasks import EvalTask, interleave, tasks_from_config, tasks_from_file
+from bridge.launch.rollout_only import RolloutError, check_model
 from bridge.launch.services import (
     ServiceError,
     answers,
@@ -103,6 +104,12 @@ def plan(opts: argparse.Namespace) -> Plan:
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise EvalError(f"--model {dup} is given twice: model names must be unique")
+    for m in models:  # tokenizers and local weights load offline, checked before anything starts
+        if m.uses_tokens:
+            try:
+                check_model(m.tokenizer or m.target, engine_local=m.kind is ModelKind.LOCAL)
+            except RolloutError as e:
+                raise EvalError(f"model {m.name}: {e}") from None
     envs = [e.strip() for e in opts.envs.split(",") if e.strip()] if opts.envs else None
     notes: list[str] = []
     if opts.tasks:
@@ -111,16 +118,8 @@ def plan(opts: argparse.Namespace) -> Plan:
         tasks = tasks_from_config(config, envs, opts.num_tasks, opts.seed, notes)
     for n in notes:
         say(n)
-    env_urls = config.env_server_urls
-    if opts.env_server:
-        url = opts.env_server.rstrip("/")
-        env_urls = [url]
-        tasks = [
-            EvalTask(t.env, t.key, t.meta.model_copy(update={"env_server": [url]}), t.label)
-            if not t.meta.hosted
-            else t
-            for t in tasks
-        ]
+    # as in training, the config's env servers (or --env-server) win over a task row's own
+    env_urls = [opts.env_server.rstrip("/")] if opts.env_server else config.env_server_urls
     tasks = interleave(tasks)
     sampling = Sampling(
         temperature=0.0 if opts.greedy else opts.temperature,
@@ -256,7 +255,7 @@ def _start_env_servers(stack: contextlib.ExitStack, p: Plan) -> str | None:
         return None
     urls: list[str] = []
     for t in p.tasks:
-        for u in t.meta.env_server or p.env_urls:
+        for u in p.env_urls or t.meta.env_server:  # the precedence of bridge.env_client
             if u.rstrip("/") not in urls:
                 urls.append(u.rstrip("/"))
     started = None
