@@ -18,6 +18,7 @@ from bridge.launch.eval.tasks import interleave, tasks_from_file
 from bridge.trajectory import Trajectory
 from bridge.trajectory_sink import trajectory_events
 from envs.trajectories.evals import EpisodeRow, EvalModel, EvalRecords, SpecMismatch
+from envs.trajectories.schema import SCHEMA_VERSION
 from envs.trajectories.store import TrajectoryStore
 
 # ---------------------------------------------------------------- --model
@@ -319,7 +320,7 @@ def test_eval_records_spec_models_and_atomic_episodes(tmp_path: Path) -> None:
     assert listed[0]["tasks"] == 1 and listed[0]["reported"] == 1
     assert rec.get(eid)["report"] == {"ok": 1} and rec.get(999) is None
     con = sqlite3.connect(tmp_path / "s.db")
-    assert con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
+    assert con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     con.close()
     rec.close()
     store.stop()

@@ -276,6 +276,7 @@ class ChatModel:
     def __init__(self, client: ChatClient, system_prompt: str | None) -> None:
         self.client = client
         self.system_prompt = system_prompt
+        self.drift: list[dict[str, Any]] = []  # token drift does not exist for messages
         self.history: list[dict[str, Any]] = []
         self.tools: list[dict[str, Any]] = []
         self._prompt_tokens = 0
