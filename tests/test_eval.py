@@ -117,6 +117,17 @@ def test_two_models_known_rates_right_winner_and_cis(
     )
     assert runs == {f"{name}/weak": 80, f"{name}/strong": 80}
     assert stored(db, "SELECT COUNT(*) FROM rollout_tokens")[0][0] == 80
+    # with the provenance training records: the task, the tokenizer (hashed for /generate)
+    for run, hashed in ((f"{name}/strong", True), (f"{name}/weak", False)):
+        (meta,) = stored(
+            db,
+            "SELECT r.metadata FROM rollouts r JOIN runs ON runs.id = r.run_id WHERE runs.name = ? "
+            "LIMIT 1",
+            run,
+        )[0]
+        prov = json.loads(meta)["provenance"]
+        assert prov["task_id"].startswith("gsm8k/test/") and prov["bridge_version"]
+        assert (prov["tokenizer_hash"] != "unknown") == hashed
     assert stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] == 160
     files = tmp_path / "out"
     assert json.loads((files / "report.json").read_text())["envs"] == report["envs"]

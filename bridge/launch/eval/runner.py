@@ -24,6 +24,7 @@ from bridge.episode import Budget, Episode, EpisodeResult, ModelStep, TokenModel
 from bridge.launch.eval.chat_model import ChatClient, ChatModel
 from bridge.launch.eval.spec import EvalError, ModelSpec, Sampling
 from bridge.launch.eval.tasks import EvalTask
+from bridge.provenance import episode_provenance, tokenizer_fingerprint, weight_versions
 from bridge.rewards import RewardOutcome
 from bridge.trajectory import Trajectory
 from bridge.trajectory_sink import trajectory_events
@@ -129,6 +130,35 @@ async def _play(rt: ModelRuntime, job: Job, settings: RunSettings) -> EpisodeRes
         return _failed_result(f"{type(e).__name__}: {e}", BRIDGE_ERROR)
 
 
+def _with_provenance(
+    traj: Trajectory, rt: ModelRuntime, result: EpisodeResult, settings: RunSettings, meta: Any
+) -> Trajectory:
+    """The trajectory with what training records too: provenance, the env's tripwire verdict, drift."""
+    report = result.env_report
+    ledger = result.ledger
+    if rt.renderer is not None:
+        tokenizer = tokenizer_fingerprint(rt.renderer.tokenizer)
+    else:  # an OpenAI endpoint tokenizes with its own template, unseen here
+        served = (rt.chat.served_model if rt.chat else None) or rt.spec.name
+        tokenizer = {"tokenizer": f"{served} (server)", "tokenizer_hash": "unknown"}
+        tokenizer["chat_template_hash"] = "unknown"
+    segments = ledger.segments if ledger is not None else []
+    traj.provenance = episode_provenance(
+        env=meta.env,
+        split=meta.split,
+        index=meta.index,
+        task_spec=meta.task_spec,
+        env_reported=report.provenance,
+        tokenizer=tokenizer,
+        sampling_params=settings.sampling.sglang_params(),
+        turn_weight_versions=weight_versions(s.meta_info for s in segments if s.trainable),
+    )
+    traj.tripwires = list(report.tripwires) if report.checked else None
+    traj.tripwire_keys = dict(report.tripwire_keys)
+    traj.drift = list(result.drift)
+    return traj
+
+
 def episode_record(
     rt: ModelRuntime, job: Job, result: EpisodeResult, settings: RunSettings
 ) -> tuple[EpisodeRow, list[dict[str, Any]]]:
@@ -172,7 +202,7 @@ def episode_record(
             "failure": result.failure,
         },
     )
-    events = trajectory_events(traj)
+    events = trajectory_events(_with_provenance(traj, rt, result, settings, meta))
     if ledger is None:  # a chat model: no tokens to show
         meta_out = events[0]["metadata"]
         for k in TOKEN_KEYS:
