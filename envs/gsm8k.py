@@ -18,6 +18,7 @@ import json
 import math
 import operator
 import os
+import re
 import threading
 from collections.abc import Callable
 from fractions import Fraction
@@ -158,6 +159,14 @@ def _to_tasks(rows: list[dict[str, Any]], split: str, source: str) -> list[dict[
 
 
 # --------------------------------------------------------------------------- safe calculator
+#
+# The tools run on the env server's event loop, and CPython holds the GIL for the whole of one
+# big-integer operation: `((((1/3)**64+1)**64)**64)**64` (29 characters) once froze every session
+# for 11-23 s. So the work is bounded before it is done: literals are at most
+# MAX_EXPRESSION_CHARS long, exponents at most MAX_EXPONENT, and an exact value (int or Fraction)
+# never has a numerator or denominator over MAX_EXACT_BITS: a power whose exact result would be
+# larger, and any result over the limit, is computed in floating point instead (the answer is
+# shown to 12 significant digits anyway). Every operation then costs microseconds.
 
 
 class CalculatorError(ValueError):
@@ -165,6 +174,8 @@ class CalculatorError(ValueError):
 
 
 Number = int | Fraction | float
+
+MAX_EXACT_BITS = 1024
 
 _BINARY: dict[type[ast.operator], tuple[str, Callable[[Any, Any], Any]]] = {
     ast.Add: ("+", operator.add),
@@ -182,9 +193,29 @@ _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
 _ALLOWED = "numbers, + - * / // % **, unary minus and parentheses"
 
 
+def _exact_bits(x: Number) -> int:
+    """Bits of the larger of numerator and denominator (0 for a float)."""
+    if isinstance(x, int):
+        return x.bit_length()
+    if isinstance(x, Fraction):
+        return max(x.numerator.bit_length(), x.denominator.bit_length())
+    return 0
+
+
+def _to_float(x: Number) -> float:
+    try:
+        return float(x)
+    except OverflowError:
+        raise CalculatorError(
+            f"result is too large (limit is 1e{len(str(MAX_MAGNITUDE)) - 1})"
+        ) from None
+
+
 def _check_magnitude(x: Number) -> Number:
     if isinstance(x, float) and not math.isfinite(x):
         raise CalculatorError("result is not a finite number")
+    if _exact_bits(x) > MAX_EXACT_BITS:
+        x = _to_float(x)  # exact arithmetic stops here; floats cost O(1)
     if abs(x) > MAX_MAGNITUDE:
         raise CalculatorError(f"result is too large (limit is 1e{len(str(MAX_MAGNITUDE)) - 1})")
     return x
@@ -194,10 +225,17 @@ def _power(base: Number, exp: Number) -> Number:
     if isinstance(exp, Fraction) and exp.denominator == 1:
         exp = exp.numerator
     if abs(exp) > MAX_EXPONENT:
-        raise CalculatorError(f"exponent {exp} is too large (limit is {MAX_EXPONENT})")
+        raise CalculatorError(
+            f"exponent {format_number(exp)} is too large (limit is {MAX_EXPONENT})"
+        )
     if base == 0 and exp < 0:
         raise CalculatorError("division by zero")
     if isinstance(exp, int):
+        if isinstance(base, float) or _exact_bits(base) * abs(exp) > MAX_EXACT_BITS:
+            try:
+                return float(base) ** exp
+            except OverflowError:
+                raise CalculatorError("result is too large") from None
         return base**exp if exp >= 0 else Fraction(1) / Fraction(base) ** -exp
     if base < 0:
         raise CalculatorError("a negative number to a fractional power is not a real number")
@@ -231,7 +269,7 @@ def _eval(node: ast.AST) -> Number:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitXor):
         raise CalculatorError("'^' is not a power operator here; use ** (e.g. 2**3)")
     if isinstance(node, ast.Name):
-        raise CalculatorError(f"unknown name {node.id!r}; allowed: {_ALLOWED}")
+        raise CalculatorError(f"unknown name {node.id[:40]!r}; allowed: {_ALLOWED}")
     if isinstance(node, ast.Call):
         raise CalculatorError(f"function calls are not allowed; allowed: {_ALLOWED}")
     if isinstance(node, ast.Tuple):
@@ -277,11 +315,23 @@ def calculate(expression: str) -> str:
 
 # --------------------------------------------------------------------------- answer checking
 
+MAX_ANSWER_CHARS = 100  # longer submissions are not read as a number (GSM8K answers are short)
+MAX_ANSWER_EXPONENT = 100  # Fraction("1e10000000") would build 10**10000000 first
+ECHO_CHARS = 100  # how much of a submission the reply and metadata repeat
+_EXPONENT = re.compile(r"[eE]([+-]?\d+)")
+
 
 def parse_number(text: str) -> Fraction | None:
-    """A submitted answer as an exact number, ignoring $, commas, whitespace and a trailing '.'."""
-    s = "".join(str(text).split()).replace("$", "").replace(",", "").rstrip(".")
-    if not s:
+    """A submitted answer as an exact number, ignoring $, commas, whitespace and a trailing '.'.
+
+    None when it is not a number, longer than MAX_ANSWER_CHARS, or has an exponent beyond
+    MAX_ANSWER_EXPONENT (parsing those would cost unbounded work)."""
+    s = "".join(str(text)[: 4 * MAX_ANSWER_CHARS].split()).replace("$", "").replace(",", "")
+    s = s.rstrip(".")
+    if not s or len(s) > MAX_ANSWER_CHARS:
+        return None
+    m = _EXPONENT.search(s)
+    if m is not None and abs(int(m.group(1))) > MAX_ANSWER_EXPONENT:
         return None
     try:
         return Fraction(s)  # accepts 18, 18.0, -3.25, 1/2, 1e3
@@ -293,6 +343,11 @@ def answers_match(submitted: str, label: str) -> bool:
     """True when the submitted answer is numerically equal to the label."""
     got, want = parse_number(submitted), parse_number(label)
     return got is not None and want is not None and got == want
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how long it was (for echoing model input)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # --------------------------------------------------------------------------- environment
@@ -430,12 +485,14 @@ class GSM8K(ReportingEnvironment):
         elif readable:
             text = f"Incorrect. The answer was {self.label}."
         else:
-            text = f"Could not read a number in {params.answer!r}. The answer was {self.label}."
+            text = (
+                f"Could not read a number in {clip(params.answer)!r}. The answer was {self.label}."
+            )
         return ToolOutput(
             blocks=[TextBlock(text=text)],
             reward=1.0 if correct else 0.0,
             finished=True,
-            metadata={"correct": correct, "label": self.label, "submitted": params.answer},
+            metadata={"correct": correct, "label": self.label, "submitted": clip(params.answer)},
         )
 
     def check_tripwires(self, calls: list[CallRecord]) -> Verdict:

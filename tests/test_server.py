@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -94,6 +95,32 @@ class Probe(Environment):
         """End the episode."""
         return ToolOutput(blocks=[TextBlock(text="done")], reward=1.0, finished=True)
 
+    @tool
+    async def spin(self, params: NoIn) -> ToolOutput:
+        """Compute forever on the event loop, swallowing ordinary exceptions."""
+        while True:
+            try:
+                sum(range(1000))
+            except Exception:
+                pass
+
+    @tool
+    async def busy_steps(self, params: SlowIn) -> ToolOutput:
+        """Compute `seconds` in 1 ms slices, yielding to the loop between them."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < params.seconds:
+            t1 = time.perf_counter()
+            while time.perf_counter() - t1 < 0.001:
+                pass
+            await asyncio.sleep(0)
+        return ToolOutput(blocks=[TextBlock(text="done")])
+
+
+class WebProbe(Probe):
+    """A probe that offers the SDK's web toolset to its clients."""
+
+    session_toolsets = ("web",)
+
 
 PROBE_SERVER = """
 import json, logging, sys
@@ -103,7 +130,9 @@ from envs.server.app import ServerSettings, create_app
 import test_server
 settings = json.loads(sys.argv[2])
 logging.basicConfig(level=settings.pop("log_level", "INFO"), stream=sys.stdout)
-app = create_app({"probe": test_server.Probe}, ServerSettings(**settings))
+app = create_app(
+    {"probe": test_server.Probe, "webprobe": test_server.WebProbe}, ServerSettings(**settings)
+)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="info", access_log=False)
 """
 
@@ -599,6 +628,105 @@ def test_unusable_trajectory_db_fails_at_startup_in_one_line(tmp_path: Path) -> 
         assert out.returncode == 2, out.stderr
         assert f"--db {db}" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not_sqlite.read_text().startswith("not a database")  # left as it was
+
+
+def test_a_runaway_tool_is_stopped_by_its_budget_and_the_episode_goes_on() -> None:
+    """A tool that never returns (and swallows exceptions) costs its 0.3 s budget, not the server."""
+    with probe_server(tool_budget_s=0.3) as (u, _):
+        sid = {"X-Session-ID": "spin-1"}
+        _create(u, "spin-1")
+        call = lambda name, inp: httpx.post(
+            f"{u}/probe/call", json={"name": name, "input": inp}, headers=sid, timeout=60
+        )
+        body = _assert_ors_error(call("spin", {}), 422, "input_validation")
+        assert "spin was stopped" in body["error"] and "0.3 s budget" in body["error"]
+        # steps that each yield to the loop add up against the same budget
+        body = _assert_ors_error(call("busy_steps", {"seconds": 5.0}), 422, "input_validation")
+        assert "busy_steps was stopped" in body["error"]
+        assert call("busy_steps", {"seconds": 0.01}).json()["ok"] is True
+        assert call("echo", {"text": "alive"}).json()["output"]["blocks"][0]["text"] == "alive"
+        metrics = httpx.get(f"{u}/metrics").text
+        assert 'ors_tool_calls_total{env="probe",tool="spin",status="budget_exceeded"} 1' in metrics
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_worst_tool_inputs_get_quick_clear_answers(tmp_path: Path) -> None:
+    """The worst inputs we know for every tool of every env (tests/adversarial.py) each get a
+    clear answer, and all of them together cost the server little CPU: once, one 29-character
+    calculator expression froze the server for 11-23 s and one more `**64` never returned."""
+    from adversarial import WORST_INPUTS
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "envs.server", "--port", str(port), "--role", "env"]
+    with run_process(args, f"{url}/health") as proc:
+        cpu0 = _cpu_seconds(proc.pid)
+        n = 0
+        for env, inputs in WORST_INPUTS.items():
+            for k, (tool, tool_input, ends) in enumerate(inputs):
+                sid = {"X-Session-ID": f"worst-{env}-{k}"}
+                assert _create(url, sid["X-Session-ID"], env=env).status_code == 200
+                r = httpx.post(
+                    f"{url}/{env}/call",
+                    json={"name": tool, "input": tool_input},
+                    headers=sid,
+                    timeout=60,
+                )
+                assert r.status_code in (200, 404, 422), (env, tool, r.status_code, r.text[:300])
+                assert len(r.content) < 16_384, (env, tool, len(r.content))  # nothing echoed whole
+                body = r.json()
+                if body["ok"]:
+                    assert body["output"]["finished"] is ends, (env, tool)
+                else:
+                    assert body["error"] and "\n" not in body["detail"][:200], body
+                n += 1
+        used = _cpu_seconds(proc.pid) - cpu0
+        assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    # About 0.5 s of CPU in all (most of it reading 1 MiB bodies); the old server spent minutes.
+    assert used < 10.0, f"{n} worst inputs cost the server {used:.1f} s of CPU"
+
+
+def test_toolsets_only_when_the_env_offers_them(probe_url: str) -> None:
+    """`toolset_name: "web"` would add web tools that act with the server's own OpenReward key:
+    refused unless the environment class declares the toolset in `session_toolsets`."""
+    for env in ("probe", "webprobe"):
+        for name in ("backsearch", "cli"):
+            r = _create(probe_url, f"ts-{env}-{name}", env=env, toolset_name=name)
+            body = _assert_ors_error(r, 400, "bad_request")
+            assert f"toolset {name!r} is not offered by {env}" in body["error"]
+    body = _assert_ors_error(
+        _create(probe_url, "ts-probe-web", env="probe", toolset_name="web"), 400, "bad_request"
+    )
+    assert "(it offers none)" in body["error"]
+    assert _create(probe_url, "ts-web", env="webprobe", toolset_name="web").status_code == 200
+    tools = httpx.get(f"{probe_url}/webprobe/task_tools", headers={"X-Session-ID": "ts-web"})
+    assert "web_search" in [t["name"] for t in tools.json()["tools"]]
+
+
+def test_create_bounds_what_a_client_can_make_the_server_keep(probe_url: str) -> None:
+    big_spec = {"i": 1, "pad": "x" * (100 << 10)}
+    _assert_ors_error(
+        httpx.post(
+            f"{probe_url}/create",
+            json={"env_name": "probe", "task_spec": big_spec},
+            headers={"X-Session-ID": "big-spec"},
+        ),
+        413,
+        "body_too_large",
+    )
+    _assert_ors_error(_create(probe_url, "s" * 200), 400, "bad_session_id")
+    assert _create(probe_url, "s" * 128).status_code == 200
+
+
+def test_default_session_cap() -> None:
+    from envs.server.__main__ import _build_arg_parser
+    from envs.server.app import ServerSettings
+
+    assert _build_arg_parser().parse_args([]).max_sessions == ServerSettings().max_sessions == 4096
 
 
 def test_metrics_are_prometheus_text(probe_url: str) -> None:

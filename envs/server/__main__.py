@@ -12,7 +12,13 @@ from typing import Any, NoReturn
 
 from openreward.environments import Environment
 
-from envs.server.app import ServerSettings, TrajectoryServiceLike, create_app
+from envs.server.app import (
+    DEFAULT_MAX_SESSIONS,
+    ServerSettings,
+    TrajectoryServiceLike,
+    create_app,
+)
+from envs.server.budget import DEFAULT_TOOL_BUDGET_S
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +105,15 @@ def _build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-sessions",
         type=int,
-        default=None,
-        help="cap on open sessions (503 + Retry-After beyond)",
+        default=DEFAULT_MAX_SESSIONS,
+        help=f"cap on open sessions (503 + Retry-After beyond; default {DEFAULT_MAX_SESSIONS})",
+    )
+    p.add_argument(
+        "--tool-budget",
+        type=float,
+        default=DEFAULT_TOOL_BUDGET_S,
+        help="seconds a tool call's own code may hold the event loop before it is stopped "
+        f"with an error to the model (default {DEFAULT_TOOL_BUDGET_S:g})",
     )
     p.add_argument(
         "--db", default="runs/trajectories.db", help="trajectory store (roles all, trajectories)"
@@ -123,8 +136,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.session_ttl <= 0:
         _fail("--session-ttl must be positive")
-    if args.max_sessions is not None and args.max_sessions < 1:
+    if args.max_sessions < 1:
         _fail("--max-sessions must be at least 1")
+    if not args.tool_budget > 0:
+        _fail("--tool-budget must be positive")
 
     classes: dict[str, type[Environment]] = {}
     if args.role in ("all", "env"):
@@ -150,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         api_key=args.api_key or None,
         session_ttl_s=args.session_ttl,
         max_sessions=args.max_sessions,
+        tool_budget_s=args.tool_budget,
         log_requests=args.log_level == "debug",
     )
     try:

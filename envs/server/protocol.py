@@ -27,6 +27,8 @@ from openreward.environments.types import (
     GroupScore,
     ImageBlock,
     Message,
+    RunToolError,
+    RunToolOutput,
     ScoreGroup,
     ScoreGroupOutput,
     TextBlock,
@@ -35,6 +37,7 @@ from openreward.environments.utils import run_user_callable
 from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from envs.server.budget import BudgetExceeded, CallBudget
 from envs.server.errors import ClientGone, OrsError, ToolCrashed
 from envs.server.metrics import ServerMetrics
 from envs.server.served import ServedEnv
@@ -63,6 +66,10 @@ log = logging.getLogger(__name__)
 FIRST_EVENT_WAIT_S = 1.0
 KEEPALIVE_S = 10.0
 UNKNOWN_TOOL_LABEL = "<unknown>"
+# A refused tool call's message is for the model: cut it (SDK validation errors repeat the input).
+MAX_TOOL_ERROR_CHARS = 2000
+# The class attribute naming the session toolsets (openreward.toolsets) an env offers its clients.
+SESSION_TOOLSETS_ATTR = "session_toolsets"
 
 _BLOCKS = TypeAdapter(list[TextBlock | ImageBlock])
 _MESSAGES = TypeAdapter(list[Message])
@@ -134,6 +141,7 @@ class OrsRouter:
         self._creating: set[str] = set()
         self._env_list_json = orjson.dumps(list(envs))
         self._inner_prefixes: set[str] | None = None
+        self.budget = CallBudget(settings.tool_budget_s)
 
     @property
     def fastapi(self) -> FastAPI:
@@ -331,7 +339,7 @@ class OrsRouter:
 
     async def h_create(self, req: Request) -> bytes:
         sid = req.sid()
-        obj = await req.json_object(self.settings.max_body_bytes)
+        obj = await req.json_object(self.settings.max_create_body_bytes)
         if self.sessions.exists(sid) or sid in self._creating:
             raise OrsError(
                 400, "session_exists", f"Session already exists: {sid}"
@@ -405,7 +413,7 @@ class OrsRouter:
                     f"{served.name} rejected the task: {type(e).__name__}: {e}",
                 ) from None
             try:
-                toolset = self._toolset(env, toolset_name) if toolset_name else None
+                toolset = self._toolset(served, env, toolset_name) if toolset_name else None
                 if type(env).setup is not Environment.setup:
                     await run_user_callable(env.setup)
             except OrsError:
@@ -423,7 +431,20 @@ class OrsRouter:
         return dumps({"sid": sid})
 
     @staticmethod
-    def _toolset(env: Environment, name: str) -> Any:
+    def _toolset(served: ServedEnv, env: Environment, name: str) -> Any:
+        """The session toolset `name`, only when the env class offers it (`session_toolsets`).
+
+        The SDK's toolsets act with whatever credentials the server process holds (web search
+        and fetch call the hosted service with $OPENREWARD_API_KEY), so a client may never pick
+        one the environment did not declare for local use."""
+        offered = tuple(getattr(served.cls, SESSION_TOOLSETS_ATTR, ()) or ())
+        if name not in offered:
+            raise OrsError(
+                400,
+                "bad_request",
+                f"toolset {name[:64]!r} is not offered by {served.name}"
+                + (f"; it offers: {', '.join(offered)}" if offered else " (it offers none)"),
+            )
         from openreward.toolsets import BUILTIN_TOOLSETS  # rarely used; heavy to import
 
         toolset_cls = BUILTIN_TOOLSETS.get(name)
@@ -560,9 +581,26 @@ class OrsRouter:
         tool = name if name in self.envs[s.env_name].tool_names else UNKNOWN_TOOL_LABEL
         try:
             if s.toolset is None:
-                res = await s.env._call_tool(name, tool_input)
+                res = await self.budget.run(s.env._call_tool(name, tool_input))
             else:
-                res = await call_session_tool(s.env, s.toolset, name, tool_input)
+                res = await self.budget.run(call_session_tool(s.env, s.toolset, name, tool_input))
+        except BudgetExceeded:
+            self.metrics.record_call(s.env_name, tool, "budget_exceeded", time.perf_counter() - t0)
+            log.warning(
+                "%s tool %r exceeded its %.3gs budget and was stopped (session %s)",
+                s.env_name,
+                tool,
+                self.budget.limit_s,
+                s.sid,
+            )
+            res = RunToolOutput(
+                RunToolError(
+                    reason="input_validation",
+                    error=f"{tool} was stopped: it computed for longer than its "
+                    f"{self.budget.limit_s:g} s budget on this input; use a simpler input",
+                )
+            )
+            return res.model_dump_json(), "input_validation"
         except Exception as e:
             self.metrics.record_call(s.env_name, tool, "env_error", time.perf_counter() - t0)
             log.warning(
@@ -576,6 +614,8 @@ class OrsRouter:
             raise ToolCrashed(f"{type(e).__name__}: {e}") from None
         root = res.root
         reason = None if root.ok else (root.reason or "input_validation")
+        if reason is not None and len(root.error) > MAX_TOOL_ERROR_CHARS:
+            root.error = f"{root.error[:MAX_TOOL_ERROR_CHARS]}... (cut)"
         self.metrics.record_call(s.env_name, tool, reason or "ok", time.perf_counter() - t0)
         return res.model_dump_json(), reason
 
@@ -684,7 +724,9 @@ class OrsRouter:
 
         async def score() -> tuple[str, str | None]:
             try:
-                res = await run_user_callable(s.env.score_group, list(payload.candidates))
+                res = await self.budget.run(
+                    run_user_callable(s.env.score_group, list(payload.candidates))
+                )
                 scores = [
                     x if isinstance(x, GroupScore) else GroupScore(reward=float(x)) for x in res
                 ]
@@ -692,6 +734,11 @@ class OrsRouter:
                     raise ValueError(
                         f"score_group returned {len(scores)} scores for {len(payload.candidates)} candidates"
                     )
+            except BudgetExceeded:
+                raise ToolCrashed(
+                    f"score_group was stopped: it computed for longer than its "
+                    f"{self.budget.limit_s:g} s budget"
+                ) from None
             except Exception as e:
                 raise ToolCrashed(f"{type(e).__name__}: {e}") from None
             return ScoreGroupOutput(scores=scores).model_dump_json(), None

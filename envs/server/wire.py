@@ -28,6 +28,8 @@ __all__ = [
 
 # Characters per SSE data line; keeps every line far below aiohttp's line limit.
 SSE_CHUNK_CHARS = 8192
+# Session ids are kept (and remembered after they end): a UUID is 36 characters.
+MAX_SESSION_ID_CHARS = 128
 
 
 def _json_default(obj: Any) -> Any:
@@ -130,6 +132,12 @@ class Request:
         raw = self.headers.get(b"x-session-id", b"").strip()
         if not raw:
             raise OrsError(400, "missing_session_id", "X-Session-ID header is required")
+        if len(raw) > MAX_SESSION_ID_CHARS:
+            raise OrsError(
+                400,
+                "bad_session_id",
+                f"X-Session-ID is longer than {MAX_SESSION_ID_CHARS} characters",
+            )
         return raw.decode("latin-1")
 
     def wants_sse(self) -> bool:
