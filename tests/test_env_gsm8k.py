@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from openreward.api.errors import ToolCallError
 from ors_episodes import play_gsm8k, sdk_server
 
@@ -87,6 +92,61 @@ def test_calculator_rejects_with_clear_error(expr: str, fragment: str) -> None:
         calculate(expr)
     assert fragment in str(e.value)
     assert "\n" not in str(e.value)
+
+
+WORST_EXPRESSIONS = {
+    # 29 characters that once froze the env server for 11-23 s; one more **64 never returned
+    "((((1/3)**64+1)**64)**64)**64": "1",
+    "(((((1/3)**64+1)**64)**64)**64)**64": "1",
+    "(1/3)**64*(1/7)**64*(1/11)**64*(1/13)**64*(1/17)**64": "4.87222988228e-302",
+    "((1/3)**64+(1/7)**64)*((1/11)**64+(1/13)**64)": "6.53307618639e-98",
+    "1e-300**64 + 5e-324**64": "0",
+    "(1/3)**64 // (1/7)**63": "50747683058030218822994",
+}
+
+
+def _under_cpu_limit(code: str, cpu_seconds: int) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a child killed by the kernel (SIGXCPU) after `cpu_seconds` of CPU."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
+
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_calculator_and_answer_work_is_bounded() -> None:
+    """Exact values stay within 1024-bit numerators/denominators (beyond, floats) and answers
+    with huge exponents are not parsed, so the worst inputs all finish in far less than the
+    child's 20 s CPU limit (on the old code the second expression alone never finished)."""
+    code = f"""
+import json
+from envs.gsm8k import calculate, parse_number
+print(json.dumps({{
+    "calc": {{e: calculate(e) for e in {list(WORST_EXPRESSIONS)!r}}},
+    "answers": [parse_number(a) for a in ("1e10000000", "-1e-10000000", "1" * 200, "12e2")],
+}}, default=str))
+"""
+    done = _under_cpu_limit(code, 20)
+    assert done.returncode == 0, done.stderr[-500:]
+    out = json.loads(done.stdout)
+    assert out["calc"] == WORST_EXPRESSIONS
+    assert out["answers"] == [None, None, None, "1200"]
+
+
+async def test_long_submissions_are_echoed_cut() -> None:
+    env = GSM8K(task_spec={"question": "q", "label": "18"})
+    out = (await env._call_tool("submit_answer", {"answer": "x" * 1_000_000})).root.output
+    assert out.finished and out.reward == 0.0
+    assert len(_texts(out)) < 300 and "(1000000 characters)" in _texts(out)
+    assert len(out.metadata["submitted"]) < 200
 
 
 # ---------------------------------------------------------------- answers

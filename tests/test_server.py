@@ -722,6 +722,36 @@ def test_create_bounds_what_a_client_can_make_the_server_keep(probe_url: str) ->
     assert _create(probe_url, "s" * 128).status_code == 200
 
 
+ENV_REPORTER = """
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps(dict(os.environ)).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_launcher_starts_services_without_hosted_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run.sh once passed its whole environment (OPENREWARD_API_KEY included) to the env server."""
+    from bridge.launch.services import managed_process
+
+    monkeypatch.setenv("OPENREWARD_API_KEY", "or-key")
+    monkeypatch.setenv("WANDB_API_KEY", "wb-key")
+    monkeypatch.setenv("ENV_SERVER_API_KEY", "server-key")
+    monkeypatch.setenv("LLM_JUDGE_API_KEY", "judge-key")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with managed_process("reporter", [sys.executable, "-c", ENV_REPORTER, str(port)], url):
+        seen = httpx.get(f"{url}/health").json()
+    assert "OPENREWARD_API_KEY" not in seen and "WANDB_API_KEY" not in seen
+    assert seen["ENV_SERVER_API_KEY"] == "server-key" and seen["LLM_JUDGE_API_KEY"] == "judge-key"
+    assert seen["PATH"] == os.environ["PATH"]
+
+
 def test_default_session_cap() -> None:
     from envs.server.__main__ import _build_arg_parser
     from envs.server.app import ServerSettings

@@ -829,6 +829,11 @@ def _plan_env_servers(
             )
     if not on_ray:
         plan = local_plan(opts.config, urls, replicas, opts.db, running)
+        # the web UI's token view may load the model's tokenizer, nothing an upload names
+        at = 5  # after `python -m envs.server --config FILE`
+        plan.commands = [
+            (u, [*cmd[:at], "--tokenizer", opts.model, *cmd[at:]]) for u, cmd in plan.commands
+        ]
         notes += [f"env server already answers at {u}" for u in plan.urls if u in running]
         return plan
     if opts.env_server and is_loopback(opts.env_server):

@@ -119,6 +119,14 @@ def _build_arg_parser() -> argparse.ArgumentParser:
         "--db", default="runs/trajectories.db", help="trajectory store (roles all, trajectories)"
     )
     p.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a tokenizer the web UI's token view may load when a rollout names it (repeatable; "
+        "the first is used for rollouts naming none); uploads cannot name any other",
+    )
+    p.add_argument(
         "--role",
         choices=("all", "env", "trajectories"),
         default="all",
@@ -157,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         try:
             os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
-            services.append(TrajectoryService(args.db))
+            services.append(TrajectoryService(args.db, tokenizers=args.tokenizer))
         except (StoreError, OSError) as e:
             _fail(f"--db {args.db}: {e}")
 
