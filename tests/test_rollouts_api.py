@@ -4,6 +4,7 @@ and by the stock `openreward` SDK pointed at it with OPENREWARD_API_URL."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -426,3 +427,91 @@ def test_body_over_the_limit_is_refused_before_it_is_read(traj_server: str) -> N
     except httpx.HTTPError:  # the server may close the connection while we still send
         pass
     assert httpx.get(f"{traj_server}/health").status_code == 200
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_reading_large_rollouts_keeps_memory_bounded(tmp_path: Path) -> None:
+    """20 concurrent reads of a 63 MB rollout once took the server from 165 MB to 6.3 GB, and
+    3.5 GB stayed after the slow readers left. Reads now stream a page at a time through a fixed
+    connection pool: a smaller copy of that test (bench/trajectories.py runs the full one)."""
+    import asyncio
+    import json
+    import sys
+
+    from conftest import free_port, run_process
+
+    n_tokens, n_msgs = 600_000, 60
+    rid = str(uuid.uuid4())
+    meta = {
+        "reward": 1.0,
+        "status": "completed",
+        "num_turns": 2,
+        "prompt_length": 1000,
+        "token_ids": [100_000 + i % 50_000 for i in range(n_tokens)],
+        "loss_mask": [1] * (n_tokens - 1000),
+        "logprobs": [-0.123456789] * (n_tokens - 1000),
+    }
+    evs = [_rollout("mem-run", rid, metadata=meta)]
+    for i in range(n_msgs):
+        evs.append(
+            {
+                "eventType": "message",
+                "eventId": str(uuid.uuid4()),
+                "timestamp": 1_700_000_000_000,
+                "index": i,
+                "rolloutEventId": rid,
+                "type": "tool_result",
+                "content": "y" * 200_000,
+            }
+        )
+    body = json.dumps({"events": evs}).encode()
+    del evs, meta
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "envs.server", "--role", "trajectories", "--port", str(port)]
+    with run_process([*args, "--db", str(tmp_path / "mem.db")], f"{url}/health") as proc:
+        r = httpx.post(f"{url}/v1/rollouts", content=body, timeout=300)
+        assert r.status_code == 200, r.text[:300]
+        time.sleep(2)
+        idle = peak = _rss_mb(proc.pid)
+
+        async def read(path: str, leave_after: int | None) -> int:
+            n = 0
+            async with httpx.AsyncClient(timeout=300) as c:
+                async with c.stream("GET", f"{url}{path}") as resp:
+                    assert resp.status_code == 200
+                    async for chunk in resp.aiter_raw(1 << 16):
+                        n += len(chunk)
+                        if leave_after is not None:
+                            await asyncio.sleep(0.001)  # a slow reader, who leaves early
+                            if n > leave_after:
+                                break
+            return n
+
+        async def rounds() -> list[int]:
+            nonlocal peak
+            sizes: list[int] = []
+            for _ in range(2):
+                jobs = [read(f"/api/rollouts/{rid}", None if i % 2 else 4 << 20) for i in range(14)]
+                jobs += [read(f"/rollouts/{rid}", None) for _ in range(4)]
+                task = asyncio.gather(*jobs)
+                while not task.done():
+                    peak = max(peak, _rss_mb(proc.pid))
+                    await asyncio.sleep(0.05)
+                sizes += await task
+            return sizes
+
+        sizes = asyncio.run(rounds())
+        whole = httpx.get(f"{url}/api/rollouts/{rid}", timeout=300).json()
+        assert len(whole["tokens"]["token_ids"]) == n_tokens and len(whole["messages"]) == n_msgs
+        assert max(sizes) > len(body) * 0.9  # the fast readers got everything
+        time.sleep(3)
+        after = _rss_mb(proc.pid)
+    assert after < 2 * idle, f"RSS idle {idle:.0f} MB, peak {peak:.0f} MB, after {after:.0f} MB"
+    assert peak < idle + 500, f"RSS idle {idle:.0f} MB, peak {peak:.0f} MB, after {after:.0f} MB"

@@ -18,8 +18,8 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import orjson
@@ -29,7 +29,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
 from envs.trajectories.events import Event, EventBatch, IngestResult, Rejected
-from envs.trajectories.store import MESSAGE_PAGE, RolloutFilter, TrajectoryStore
+from envs.trajectories.store import READ_CONNECTIONS, RolloutFilter, TrajectoryStore
 from envs.trajectories.webui import pages_router
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -40,6 +40,7 @@ MAX_REJECTED_LISTED = 100
 MAX_ROW_ID = 2**63 - 1
 
 RunId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+T = TypeVar("T")
 
 _EVENT_LIST: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 
@@ -141,6 +142,13 @@ def _timed(payload: Any, started: float) -> JsonResponse:
 # ---------------------------------------------------------------- one rollout, streamed
 
 TOKEN_SLICE = 64 * 1024  # token-array items read and encoded per chunk
+# Threads that read for streamed responses: as many as the store has read connections, so the
+# same few threads (and their malloc arenas) do all of it.
+_READ_THREADS = anyio.CapacityLimiter(READ_CONNECTIONS)
+
+
+async def _read(fn: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(fn, *args, limiter=_READ_THREADS)
 
 
 def _raw_json_fields(row: dict[str, Any]) -> bytes:
@@ -172,15 +180,15 @@ async def rollout_json(store: TrajectoryStore, head: dict[str, Any]) -> AsyncIte
         after: tuple[int, int] | None = None
         first = True
         while True:
-            page = await anyio.to_thread.run_sync(store.message_rows, event_id, after)
-            if page:
-                chunk = b",".join(_message_json(m) for m in page)
-                yield chunk if first else b"," + chunk
-                first = False
-                after = (page[-1]["idx"], page[-1]["id"])
-            if len(page) < MESSAGE_PAGE:
+            page = await _read(store.message_rows, event_id, after)
+            if not page:
                 break
-        info = await anyio.to_thread.run_sync(store.token_info, event_id)
+            chunk = b",".join(_message_json(m) for m in page)
+            yield chunk if first else b"," + chunk
+            first = False
+            after = (page[-1]["idx"], page[-1]["id"])
+            del page, chunk
+        info = await _read(store.token_info, event_id)
         if info is None:
             yield b'],"tokens":null}'
             return
@@ -192,9 +200,7 @@ async def rollout_json(store: TrajectoryStore, head: dict[str, Any]) -> AsyncIte
         ):
             yield b',"' + column.encode() + b'":['
             for start in range(0, n, TOKEN_SLICE):
-                items = await anyio.to_thread.run_sync(
-                    store.token_slice, info, column, start, TOKEN_SLICE
-                )
+                items = await _read(store.token_slice, info, column, start, TOKEN_SLICE)
                 body = orjson.dumps(items)[1:-1]  # NaN logprobs become null
                 yield body if start == 0 else b"," + body
             yield b"]"
@@ -203,29 +209,62 @@ async def rollout_json(store: TrajectoryStore, head: dict[str, Any]) -> AsyncIte
         release_memory_soon()
 
 
-_TRIM_EVERY_S = 2.0
-_last_trim = [0.0]
-
-
 def release_memory_soon() -> None:
-    """Hand freed heap memory back to the OS after a large response (glibc keeps it otherwise:
-    3.5 GB stayed after slow readers of large rollouts had left); at most every few seconds."""
-    now = time.monotonic()
-    if now - _last_trim[0] < _TRIM_EVERY_S or _malloc_trim is None:
-        return
-    _last_trim[0] = now
-    threading.Thread(target=_malloc_trim, args=(0,), name="malloc-trim", daemon=True).start()
+    """Hand freed heap memory back to the OS shortly after a large request or response (glibc
+    keeps it otherwise: 3.5 GB stayed after slow readers of large rollouts had left)."""
+    if _libc is not None:
+        _TRIMMER.request()
 
 
-def _find_malloc_trim() -> Any:
+class _Trimmer:
+    """One daemon thread that runs malloc_trim(0) half a second after the last request for it."""
+
+    DELAY_S = 0.5
+
+    def __init__(self) -> None:
+        self._wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def request(self) -> None:
+        self._wanted.set()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            while self._wanted.is_set():  # wait until requests stop for DELAY_S
+                self._wanted.clear()
+                time.sleep(self.DELAY_S)
+            _libc.malloc_trim(0)
+
+
+_TRIMMER = _Trimmer()
+
+
+def _glibc() -> Any:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        libc.malloc_trim, libc.mallopt  # noqa: B018 (glibc only)
+        return libc
+    except (OSError, AttributeError):
         return None
 
 
-_malloc_trim = _find_malloc_trim()
+_libc = _glibc()
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
+
+
+def tune_malloc() -> None:
+    """Make glibc return large buffers to the OS when they are freed (a fixed mmap threshold:
+    the default one rises after each large free until multi-MB buffers stay in the heap) and
+    keep the number of per-thread heaps small."""
+    if _libc is not None:
+        _libc.mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
+        _libc.mallopt(_M_ARENA_MAX, 2)
 
 
 class TrajectoryService:
@@ -255,6 +294,7 @@ class TrajectoryService:
         ]
 
     async def start(self) -> None:
+        tune_malloc()
         self.store.start()
 
     async def stop(self) -> None:
@@ -298,6 +338,8 @@ class TrajectoryService:
                 for r in result.rejected:  # the writer's indices are into `events`
                     r.index = kept[r.index]
             total = len(kept) + len(rejected)
+            if len(body) > _INLINE_VALIDATION_BYTES:
+                release_memory_soon()
             rejected = sorted(rejected + result.rejected, key=lambda r: r.index)
             if not rejected:
                 return JsonResponse({"ok": True, **result.counts()})

@@ -62,6 +62,8 @@ ARRAY_KEYS = ("token_ids", "loss_mask", "logprobs")
 READ_CONNECTIONS = 4
 READ_CACHE_KIB = 8 * 1024
 MESSAGE_PAGE = 256
+MESSAGE_PAGE_BYTES = 1 << 20
+CUT_CHARS = 2_000  # what a message cut by `messages(max_chars=...)` keeps at least
 
 
 # ---------------------------------------------------------------- packing
@@ -853,47 +855,73 @@ class TrajectoryStore:
         return out
 
     def get_rollout(
-        self, event_id: str, max_messages: int | None = None, max_tokens: int | None = None
+        self,
+        event_id: str,
+        max_messages: int | None = None,
+        max_tokens: int | None = None,
+        max_chars: int | None = None,
     ) -> dict[str, Any] | None:
-        """A rollout with its messages (in index order; the first `max_messages`) and token
-        arrays (see `tokens`), or None."""
+        """A rollout with its messages (see `messages`) and token arrays (see `tokens`), or
+        None; without limits, everything."""
         head = self.rollout_head(event_id)
         if head is None:
             return None
         for key in JSON_COLUMNS:
             head[key] = _loads(head.pop(f"{key}_json"))
-        head["messages"] = self.messages(event_id, limit=max_messages)
+        head["messages"] = self.messages(event_id, limit=max_messages, max_chars=max_chars)
         head["tokens"] = self.tokens(event_id, max_tokens=max_tokens)
         return head
 
     def message_rows(
         self, event_id: str, after: tuple[int, int] | None = None, limit: int = MESSAGE_PAGE
     ) -> list[sqlite3.Row]:
-        """One page of a rollout's messages after the (idx, id) key `after`; metadata as text."""
+        """One page of a rollout's messages after the (idx, id) key `after` (metadata as text):
+        at most `limit` rows, and no more once MESSAGE_PAGE_BYTES of text have been read."""
         key = after or (-1, -1)
+        rows: list[sqlite3.Row] = []
+        size = 0
         with self._read() as conn:
-            return conn.execute(
+            cur = conn.execute(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE rollout_event_id = ? "
                 "AND (idx, id) > (?, ?) ORDER BY idx, id LIMIT ?",
                 (event_id, key[0], key[1], limit),
-            ).fetchall()
+            )
+            try:
+                for row in cur:  # SQLite reads a row only when it is asked for
+                    rows.append(row)
+                    size += sum(len(row[c] or "") for c in ("content", "summary", "metadata"))
+                    if size >= MESSAGE_PAGE_BYTES:
+                        break
+            finally:
+                cur.close()
+        return rows
 
-    def messages(self, event_id: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """A rollout's messages in index order (all of them, or the first `limit`)."""
+    def messages(
+        self, event_id: str, limit: int | None = None, max_chars: int | None = None
+    ) -> list[dict[str, Any]]:
+        """A rollout's messages in index order: all, or the first `limit`. With `max_chars`,
+        contents are cut once that much text has been kept (each keeps at least CUT_CHARS);
+        a cut message says its full length in `content_chars`."""
         out: list[dict[str, Any]] = []
         after = None
+        left = max_chars
         while limit is None or len(out) < limit:
             page = self.message_rows(event_id, after, MESSAGE_PAGE)
             for m in page:
                 d = dict(m)
+                d.pop("id")
                 d["is_finished"] = bool(d["is_finished"])
                 d["metadata"] = _loads(d["metadata"])
+                content = d["content"]
+                if left is not None and isinstance(content, str):
+                    keep = max(left, CUT_CHARS)
+                    if len(content) > keep:
+                        d["content"], d["content_chars"] = content[:keep], len(content)
+                    left = max(0, left - len(d["content"]))
                 out.append(d)
-            if len(page) < MESSAGE_PAGE:
+            if not page:
                 break
             after = (page[-1]["idx"], page[-1]["id"])
-        for d in out:
-            d.pop("id", None)
         return out if limit is None else out[:limit]
 
     def token_info(self, event_id: str) -> TokenInfo | None:
