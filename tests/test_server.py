@@ -842,3 +842,148 @@ async def test_create_app_mounts_services_and_runs_their_lifespan() -> None:
     assert (await asyncio.wait_for(outbox.get(), 10))["type"] == "lifespan.shutdown.complete"
     await lifespan
     assert svc.events == ["start", "stop"]
+
+
+# ---------------------------------------------------------------- slow clients (issue 13)
+
+
+def _limited_fds(n: int) -> Any:
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+    return limit
+
+
+@contextlib.contextmanager
+def _server_with_fd_limit(*extra: str, fds: int = 512) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "envs.server", "--role", "env", "--envs", "whodunit"]
+    proc = subprocess.Popen(
+        [*args, "--port", str(port), *extra],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_limited_fds(fds),
+    )
+    try:
+        from conftest import wait_http
+
+        wait_http(f"{url}/health", proc=proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_slowloris_cannot_lock_out_other_clients() -> None:
+    """900 connections that trickle their headers forever, against a server allowed 512 open
+    files: once, slow connections like these made 98% of new connections fail."""
+    import socket
+    import threading
+
+    with _server_with_fd_limit(fds=512) as url:
+        port = int(url.rsplit(":", 1)[1])
+        stop = threading.Event()
+        opened = [0]
+
+        def attack() -> None:
+            socks: list[socket.socket | None] = [None] * 900
+            while not stop.is_set():
+                for i, s in enumerate(socks):
+                    try:
+                        if s is None:
+                            s = socket.socket()
+                            s.setblocking(False)
+                            s.connect_ex(("127.0.0.1", port))
+                            socks[i] = s
+                            opened[0] += 1
+                            continue
+                        s.send(b"GET /health HTTP/1.1\r\nX-a: b\r\n"[i % 5 :][:3])
+                    except OSError:
+                        if s is not None:
+                            s.close()
+                        socks[i] = None
+                stop.wait(0.2)
+            for s in socks:
+                if s is not None:
+                    s.close()
+
+        t = threading.Thread(target=attack, daemon=True)
+        t.start()
+        try:
+            time.sleep(3)
+            ok = 0
+            for _ in range(30):
+                try:
+                    r = httpx.get(f"{url}/list_environments", timeout=10)
+                    ok += r.status_code == 200
+                except httpx.HTTPError:
+                    pass
+        finally:
+            stop.set()
+            t.join(30)
+        assert opened[0] > 900  # the server closed slow connections and the attacker reopened
+        assert ok == 30, f"{ok}/30 requests of a well-behaved client succeeded"
+
+
+def test_header_and_body_timeouts_and_header_size() -> None:
+    import socket
+
+    with _server_with_fd_limit("--header-timeout", "1", "--body-timeout", "1") as url:
+        port = int(url.rsplit(":", 1)[1])
+
+        def exchange(data: bytes, wait: float = 15.0) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+                s.sendall(data)
+                out = b""
+                while True:
+                    try:
+                        chunk = s.recv(65536)
+                    except ConnectionResetError:
+                        return out
+                    if not chunk:
+                        return out
+                    out += chunk
+
+        t0 = time.monotonic()
+        assert exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n").startswith(b"HTTP/1.1 408")
+        assert exchange(b"").startswith(b"HTTP/1.1 408")  # connected, said nothing
+        head = (
+            b"POST /create HTTP/1.1\r\nHost: x\r\nX-Session-ID: s\r\nContent-Length: 100\r\n\r\n{"
+        )
+        assert exchange(head) == b""  # the body stalled: closed without an answer
+        assert time.monotonic() - t0 < 12
+        big = b"GET /health HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 100_000 + b"\r\n\r\n"
+        assert exchange(big).startswith(b"HTTP/1.1 431")
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_connection_cap_refuses_clearly_when_every_connection_is_busy() -> None:
+    import socket
+
+    with _server_with_fd_limit("--max-connections", "20") as url:
+        port = int(url.rsplit(":", 1)[1])
+        busy = []
+        for i in range(20):  # requests whose bodies have not finished: every connection is busy
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(
+                b"POST /create HTTP/1.1\r\nHost: x\r\nX-Session-ID: b%d\r\n"
+                b"Content-Length: 10\r\n\r\n{" % i
+            )
+            busy.append(s)
+        time.sleep(0.5)
+        r = httpx.get(f"{url}/health", timeout=10)
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["reason"] == "connection_refused" and "20 connections" in r.json()["error"]
+        for s in busy:
+            s.close()
+        time.sleep(0.5)
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200

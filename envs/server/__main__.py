@@ -19,6 +19,7 @@ from envs.server.app import (
     create_app,
 )
 from envs.server.budget import DEFAULT_TOOL_BUDGET_S
+from envs.server.connections import ConnectionLimits, default_max_connections, guarded_protocol
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,27 @@ def _build_arg_parser() -> argparse.ArgumentParser:
         "--db", default="runs/trajectories.db", help="trajectory store (roles all, trajectories)"
     )
     p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="cap on open client connections; beyond it idle ones are closed, else new ones get "
+        "503 (default: 8192, or what the open-files limit allows)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=ConnectionLimits.header_timeout_s,
+        help="seconds a client has to send a request's headers "
+        f"(default {ConnectionLimits.header_timeout_s:g})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=ConnectionLimits.body_timeout_s,
+        help="seconds a request body may stall before the connection is closed "
+        f"(default {ConnectionLimits.body_timeout_s:g})",
+    )
+    p.add_argument(
         "--tokenizer",
         action="append",
         default=[],
@@ -148,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail("--max-sessions must be at least 1")
     if not args.tool_budget > 0:
         _fail("--tool-budget must be positive")
+    if not (args.header_timeout > 0 and args.body_timeout > 0):
+        _fail("--header-timeout and --body-timeout must be positive")
+    if args.max_connections is not None and args.max_connections < 1:
+        _fail("--max-connections must be at least 1")
 
     classes: dict[str, type[Environment]] = {}
     if args.role in ("all", "env"):
@@ -199,12 +225,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.port,
         args.role,
     )
+    limits = ConnectionLimits(
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=default_max_connections(args.max_connections or 8192),
+    )
+    if args.max_connections is not None and limits.max_connections < args.max_connections:
+        log.warning(
+            "--max-connections %d is over what the open-files limit allows; using %d",
+            args.max_connections,
+            limits.max_connections,
+        )
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         loop="uvloop" if have("uvloop") else "asyncio",
-        http="httptools" if have("httptools") else "h11",
+        http=guarded_protocol(limits),
         access_log=False,
         log_level=args.log_level,
         timeout_keep_alive=75,
