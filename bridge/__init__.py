@@ -28,6 +28,7 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     provenance       what produced a trajectory: env/task/tokenizer/sampling/weights/bridge versions
     drift            drift forensics: where the token context diverged, the two token runs decoded
     trajectory_sink  finished episodes -> OpenReward rollout events -> a server, spooled to disk
+    trajectory_spool the sink's files: a journal of submitted episodes, a spool of undelivered ones
     metrics          slime's rollout-log hooks: per-environment episode metrics to W&B
 
 `bridge/launch/` is run.sh's side (launcher, prerequisites, rollout-only, the CPU engine).
