@@ -18,6 +18,7 @@ from openreward.environments import Environment
 
 from envs.server.budget import DEFAULT_TOOL_BUDGET_S
 from envs.server.metrics import ServerMetrics
+from envs.server.openapi import install_openapi
 from envs.server.protocol import OrsRouter
 from envs.server.served import named_envs
 from envs.server.sessions import SessionTable
@@ -141,12 +142,17 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
         **extra,
     )
     for svc in services:
         for router in svc.routers:
             inner.include_router(router)
+    install_openapi(
+        inner,
+        list(envs),
+        sorted({split for served in envs.values() for split in served.split_names}),
+    )
     inner.state.sessions = sessions
     inner.state.metrics = metrics
     inner.state.envs = envs

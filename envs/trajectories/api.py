@@ -134,6 +134,24 @@ async def read_body(request: Request, limit: int) -> bytes | JsonResponse:
     return b"".join(chunks)
 
 
+def inline_schema(model: type[Any]) -> dict[str, Any]:
+    """A model's JSON schema with its $defs put in place (for an OpenAPI request body)."""
+    schema = TypeAdapter(model).json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.rsplit("/", 1)[1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
 def _timed(payload: Any, started: float) -> JsonResponse:
     ms = (time.perf_counter() - started) * 1000
     return JsonResponse(payload, headers={"Server-Timing": f"db;dur={ms:.2f}"})
@@ -314,7 +332,15 @@ class TrajectoryService:
         def variants(owner: str, name: str) -> list[dict[str, Any]]:
             return []
 
-        @router.post("/v1/rollouts")
+        @router.post(
+            "/v1/rollouts",
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": inline_schema(EventBatch)}},
+                }
+            },
+        )
         async def post_rollouts(request: Request) -> JsonResponse:
             body = await read_body(request, MAX_BODY_BYTES)
             if isinstance(body, JsonResponse):
