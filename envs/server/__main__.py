@@ -64,6 +64,14 @@ def load_served_classes(
             configure_env(cls, options.get(key, {}))
         except Exception as e:
             _fail(f"{config_path}: environments.{key}.options: {e}")
+        warm_up = getattr(cls, "warm_up", None)
+        if callable(warm_up):  # load data now, not under the first calls (haiku: CMUdict, ~1 s)
+            try:
+                warm_up()
+            except Exception as e:
+                log.warning(
+                    "%s.warm_up failed: %s: %s (loaded on first use)", key, type(e).__name__, e
+                )
         classes[key] = cls
     return classes
 

@@ -9,11 +9,15 @@ with, per connection:
   they trickle in; past it the connection gets a 408 and is closed;
 - a body timeout: a request body that stops arriving for `body_timeout_s` closes the connection
   (the handler sees a disconnect);
-- a header size cap: more than `max_header_bytes` before the headers end gets a 431;
+- a header size cap: headers over `max_header_bytes` get a 431 (checked per received chunk
+  while the headers are incomplete, and once when they end);
 - a connection cap: when `max_connections` are open, a new connection first evicts the oldest
   one that is not in a request (idle keep-alive, or still sending headers), so slow or idle
   clients cannot lock well-behaved ones out; when every connection is mid-request, the new one
   is refused at once with a 503 and Retry-After.
+
+Deadlines are attributes checked by one sweep a second (a quarter of the shortest timeout when
+that is shorter), not a timer per request: a request costs a few attribute writes.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class ConnectionLimits:
     max_connections: int = 4096
     retry_after_s: int = 1
 
+    @property
+    def sweep_s(self) -> float:
+        return min(1.0, self.header_timeout_s / 4, self.body_timeout_s / 4)
+
 
 def default_max_connections(wanted: int = 8192) -> int:
     """Raise the soft open-files limit to the hard one and return a connection cap that fits."""
@@ -74,49 +82,39 @@ def _response(status: bytes, message: str, extra: bytes = b"") -> bytes:
     )
 
 
-class _HeadersTooLarge(Exception):
-    """Raised from a parser callback to stop parsing headers that are over the limit."""
-
-
 # Where a connection is: waiting for a request (idle), receiving one, or answering it.
 _IDLE, _HEADERS, _BODY, _BUSY = "idle", "headers", "body", "busy"
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with `limits` enforced (pass it as `uvicorn.run(http=...)`)."""
+    sweeper: list[asyncio.TimerHandle] = []
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        _limits = limits
-
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._phase = _IDLE
             self._since = time.monotonic()
+            self._deadline = self._since + limits.header_timeout_s  # 0.0: none
             self._header_bytes = 0  # raw bytes of chunks that ended before the headers did
-            self._parsed_bytes = 0  # request line and header fields parsed so far
-            self._headers_over_limit = False
-            self._timer: asyncio.TimerHandle | None = None
+            self._chunk = 0  # bytes in the chunk being parsed
 
         # -- connection lifetime
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > self._limits.max_connections and not self._evict():
+            if not sweeper:
+                sweeper.append(self.loop.call_later(limits.sweep_s, _sweep, self.connections))
+            if len(self.connections) > limits.max_connections and not self._evict():
                 self.connections.discard(self)
                 transport.write(
                     _response(
                         b"503 Service Unavailable",
-                        f"server is at its limit of {self._limits.max_connections} connections",
-                        b"retry-after: " + str(self._limits.retry_after_s).encode() + b"\r\n",
+                        f"server is at its limit of {limits.max_connections} connections",
+                        b"retry-after: " + str(limits.retry_after_s).encode() + b"\r\n",
                     )
                 )
                 transport.close()
-                return
-            self._arm(self._limits.header_timeout_s, self._headers_too_slow)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
 
         def _evict(self) -> bool:
             """Close the oldest connection not in a request; False when there is none."""
@@ -129,109 +127,100 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if victim is None:
                 log.warning(
                     "connection cap (%d) reached with every connection in a request: refusing",
-                    self._limits.max_connections,
+                    limits.max_connections,
                 )
                 return False
-            victim._phase = _BUSY  # never picked twice
+            victim._phase, victim._deadline = _BUSY, 0.0  # never picked twice
             victim.transport.close()
             return True
 
-        # -- timers
-
-        def _arm(self, seconds: float, callback: Any) -> None:
-            self._disarm()
-            self._timer = self.loop.call_later(seconds, callback)
-
-        def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-
-        def _headers_too_slow(self) -> None:
-            self._timer = None
-            if not self.transport.is_closing():
+        def expire(self, now: float) -> None:
+            """The sweep found this connection past its deadline."""
+            self._deadline = 0.0
+            if self.transport.is_closing():
+                return
+            if self._phase in (_IDLE, _HEADERS):
                 self.transport.write(
                     _response(
                         b"408 Request Timeout",
-                        f"request headers did not arrive within {self._limits.header_timeout_s:g} s",
+                        f"request headers did not arrive within {limits.header_timeout_s:g} s",
                     )
                 )
-                self.transport.close()
-
-        def _body_too_slow(self) -> None:
-            self._timer = None
-            if not self.transport.is_closing():
+            elif self._phase == _BODY:
                 log.info(
                     "closing a connection whose request body stalled for %g s",
-                    self._limits.body_timeout_s,
+                    limits.body_timeout_s,
                 )
-                self.transport.close()
+            self.transport.close()
 
         # -- parser events
 
         def data_received(self, data: bytes) -> None:
+            self._chunk = len(data)
             super().data_received(data)
-            # Still before the end of the headers: all of `data` was request line or headers
-            # (httptools buffers a header line until it ends, so count raw bytes too).
-            if self._phase in (_IDLE, _HEADERS) and not self.transport.is_closing():
+            # Still before the end of the headers: all of `data` was request line or headers.
+            if self._phase in (_IDLE, _HEADERS):
                 self._header_bytes += len(data)
-                if self._header_bytes > self._limits.max_header_bytes:
+                if self._header_bytes > limits.max_header_bytes:
                     self._too_large()
 
-        def on_url(self, url: bytes) -> None:
-            self._count_header_bytes(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count_header_bytes(len(name) + len(value) + 4)
-            super().on_header(name, value)
-
-        def _count_header_bytes(self, n: int) -> None:
-            self._parsed_bytes += n
-            if self._parsed_bytes > self._limits.max_header_bytes:
-                self._headers_over_limit = True
-                raise _HeadersTooLarge()  # httptools stops; uvicorn calls send_400_response
-
-        def send_400_response(self, msg: str) -> None:
-            if self._headers_over_limit:
-                self._too_large()
-            else:
-                super().send_400_response(msg)
-
         def _too_large(self) -> None:
-            self.transport.write(
-                _response(
-                    b"431 Request Header Fields Too Large",
-                    f"request headers are over {self._limits.max_header_bytes} bytes",
+            self._deadline = 0.0
+            if not self.transport.is_closing():
+                self.transport.write(
+                    _response(
+                        b"431 Request Header Fields Too Large",
+                        f"request headers are over {limits.max_header_bytes} bytes",
+                    )
                 )
-            )
-            self.transport.close()
+                self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if self._phase == _IDLE and self._timer is None:  # first byte after keep-alive idle
-                self._arm(self._limits.header_timeout_s, self._headers_too_slow)
-            self._phase, self._since = _HEADERS, time.monotonic()
+            if self._phase == _IDLE and not self._deadline:  # first byte after keep-alive idle
+                self._deadline = time.monotonic() + limits.header_timeout_s
+            self._phase = _HEADERS
 
         def on_headers_complete(self) -> None:
-            self._phase, self._since = _BODY, time.monotonic()
-            self._header_bytes = self._parsed_bytes = 0
-            self._arm(self._limits.body_timeout_s, self._body_too_slow)
+            # The headers are at most what came before this chunk plus this chunk: count them
+            # one by one only when that could be over the limit.
+            if self._header_bytes + self._chunk > limits.max_header_bytes and (
+                len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+                > limits.max_header_bytes
+            ):
+                self._phase = _BUSY
+                self._too_large()
+                return
+            now = time.monotonic()
+            self._phase, self._since = _BODY, now
+            self._deadline = now + limits.body_timeout_s
+            self._header_bytes = 0
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
-            if self._timer is not None:  # progress: the body timeout starts again
-                self._arm(self._limits.body_timeout_s, self._body_too_slow)
+            if self.transport.is_closing():  # refused above: no request to feed
+                return
+            self._deadline = time.monotonic() + limits.body_timeout_s
             super().on_body(body)
 
         def on_message_complete(self) -> None:
-            self._disarm()
-            self._phase, self._since = _BUSY, time.monotonic()
-            super().on_message_complete()
+            self._phase, self._deadline = _BUSY, 0.0
+            if not self.transport.is_closing():
+                super().on_message_complete()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            self._phase, self._since = _IDLE, time.monotonic()
-            self._header_bytes = self._parsed_bytes = 0
+            self._phase, self._since, self._deadline = _IDLE, time.monotonic(), 0.0
+
+    def _sweep(connections: set[Any]) -> None:
+        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            for conn in list(connections):
+                deadline = getattr(conn, "_deadline", 0.0)
+                if deadline and now > deadline:
+                    conn.expire(now)
+        finally:
+            sweeper[0] = loop.call_later(limits.sweep_s, _sweep, connections)
 
     return GuardedHttpToolsProtocol
