@@ -475,9 +475,11 @@ def test_reading_large_rollouts_keeps_memory_bounded(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "envs.server", "--role", "trajectories", "--port", str(port)]
-    with run_process([*args, "--db", str(tmp_path / "mem.db")], f"{url}/health") as proc:
+    args += ["--db", str(tmp_path / "mem.db")]
+    with run_process(args, f"{url}/health"):
         r = httpx.post(f"{url}/v1/rollouts", content=body, timeout=300)
         assert r.status_code == 200, r.text[:300]
+    with run_process(args, f"{url}/health") as proc:  # the rollout is on disk: now the reads
         time.sleep(2)
         idle = peak = _rss_mb(proc.pid)
 

@@ -676,7 +676,12 @@ def test_worst_tool_inputs_get_quick_clear_answers(tmp_path: Path) -> None:
                     headers=sid,
                     timeout=60,
                 )
-                assert r.status_code in (200, 404, 413, 422), (env, tool, r.status_code, r.text[:300])
+                assert r.status_code in (200, 404, 413, 422), (
+                    env,
+                    tool,
+                    r.status_code,
+                    r.text[:300],
+                )
                 assert len(r.content) < 16_384, (env, tool, len(r.content))  # nothing echoed whole
                 body = r.json()
                 if body["ok"]:

@@ -15,6 +15,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import dataclasses
+import gc
 import os
 import threading
 import time
@@ -228,14 +229,14 @@ async def rollout_json(store: TrajectoryStore, head: dict[str, Any]) -> AsyncIte
 
 
 def release_memory_soon() -> None:
-    """Hand freed heap memory back to the OS shortly after a large request or response (glibc
-    keeps it otherwise: 3.5 GB stayed after slow readers of large rollouts had left)."""
-    if _libc is not None:
-        _TRIMMER.request()
+    """Collect garbage and hand freed heap memory back to the OS shortly after a large request
+    or response (3.5 GB once stayed after slow readers of large rollouts had left)."""
+    _TRIMMER.request()
 
 
 class _Trimmer:
-    """One daemon thread that runs malloc_trim(0) half a second after the last request for it."""
+    """One daemon thread that runs gc.collect() and malloc_trim(0) half a second after the last
+    request for it."""
 
     DELAY_S = 0.5
 
@@ -257,7 +258,12 @@ class _Trimmer:
             while self._wanted.is_set():  # wait until requests stop for DELAY_S
                 self._wanted.clear()
                 time.sleep(self.DELAY_S)
-            _libc.malloc_trim(0)
+            # Cancelled streams leave reference cycles (frames holding a page) that the server's
+            # relaxed GC thresholds (envs/server/__main__.py) would keep for minutes; with the
+            # startup objects frozen this is a few thousand objects, well under a millisecond.
+            gc.collect()
+            if _libc is not None:
+                _libc.malloc_trim(0)
 
 
 _TRIMMER = _Trimmer()

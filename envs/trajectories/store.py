@@ -567,6 +567,7 @@ class TrajectoryStore:
         PASSIVE checkpoints never block the writer; the writer's own auto-checkpoint is off.
         """
         conn = connect(self.path)
+        conn.execute("PRAGMA cache_size=-2048")  # copies pages through; caching them buys nothing
         try:
             while not self._checkpoint_stop.wait(CHECKPOINT_INTERVAL_S):
                 try:
@@ -638,6 +639,10 @@ class TrajectoryStore:
                 n_events += len(more.events)
             busy = len(jobs) > 1
             self._commit_group(conn, writer, jobs)
+            # Drop the batch now: these names would keep its events (for a 60 MB upload, ~150 MB
+            # of objects) alive until the next upload arrives.
+            job = more = None
+            jobs = []
         conn.close()
 
     def _commit_group(
