@@ -22,7 +22,8 @@ Subpackages:
 
 Optional class hooks, found with getattr: `configure(options)` applies train_config.yaml's
 `environments.<name>.options` to the class; `ground_truth(task_spec)` gives the label
-prepare_tasks.py writes. The envs here subclass `ReportingEnvironment` and declare `TRIPWIRES`
+prepare_tasks.py writes; `warm_up()` loads data when the env server starts; `session_toolsets`
+names the SDK toolsets clients may add to a session (default none). The envs here subclass `ReportingEnvironment` and declare `TRIPWIRES`
 (checked by `check_tripwires(calls)`) and `DATA_FILES` (hashed into their version). This
 package never imports slime; it may import the plugin's plain modules: `bridge.config` (the
 shared config schema), `bridge.task`, `bridge.env_report` and `bridge.provenance` (the report
