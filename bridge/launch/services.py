@@ -61,9 +61,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def env_server_command(
-    config: str, url: str, db: str, tokenizers: Sequence[str] = ()
-) -> list[str]:
+def env_server_command(config: str, url: str, db: str, tokenizers: Sequence[str] = ()) -> list[str]:
     """`python -m envs.server` serving the config's local environments at `url`; the web UI's
     token view may load `tokenizers` (the model's), nothing an upload names."""
     u = urlparse(url)
