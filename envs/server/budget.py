@@ -6,8 +6,9 @@ tool's code running until its next await) and counts only the time its steps hol
 awaiting I/O (a judge request) costs no budget. A SIGALRM ticker (every `limit / 4`, at most
 50 ms) checks the step on the loop: once the call's steps have used its budget, `BudgetExceeded`
 is raised inside the tool's code at the next bytecode boundary and the call ends with a clear
-error. A step costs two attribute writes and two clock reads; the ticker costs nothing per call
-(arming a timer per step measured 15 us per call, a process pool ~100 us: bench/env_server.py).
+error. A step costs two attribute writes and two clock reads, ~1.5 us of CPU per call; the
+ticker costs nothing per call. (Arming a timer per step measured 15 us per call; running tools
+in a process pool, ~150 us per call of parent and worker CPU: `bench/env_server.py --attack`.)
 
 What it cannot interrupt: a single C call that holds the GIL (one huge big-int operation, one
 regex) runs to its end before the signal handler gets a turn. The environments therefore bound
