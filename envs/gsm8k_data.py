@@ -11,7 +11,7 @@ Sources, first match wins:
    README.md says where it comes from).
 
 A directory that was asked for and is missing is an error at `check()` (the server calls it at
-startup through `GSM8K.configure`), never a silent fall back to another copy. Rows are
+startup through `GSM8K.configure`), never a silent fallback to another copy. Rows are
 `{question, answer}` with the answer ending in `#### N`.
 """
 
