@@ -28,6 +28,7 @@ from envs.gsm8k_data import (
     SPLITS,
     DataSource,
     GSM8KDataMissing,
+    SourceKind,
     load_tasks,
     parse_final_answer,
     resolve_source,
@@ -260,10 +261,16 @@ class GSM8K(ReportingEnvironment):
         """Validate and apply `environments.gsm8k.options`.
 
         Raises ValueError naming a bad key, or GSM8KDataMissing (one line) when the data it
-        points at (options.data_dir, $GSM8K_DATA_DIR, the Hub's `datasets`) is not there.
+        points at is not there: a missing directory (options.data_dir, $GSM8K_DATA_DIR), or,
+        with use_hub, the Hub dataset itself (loaded here, so a server fails at startup and
+        not in every session).
         """
         parsed = parse_options(GSM8KOptions, options, "gsm8k")
-        resolve_source(parsed.data_dir, parsed.use_hub).check()
+        source = resolve_source(parsed.data_dir, parsed.use_hub)
+        source.check()
+        if source.kind is SourceKind.HUB:
+            for split in SPLITS:
+                cls._cached_tasks(source, split)
         cls._options = parsed
         reset_task_cache(cls)
 
@@ -277,13 +284,17 @@ class GSM8K(ReportingEnvironment):
         """All tasks of `split` ({split, index, question, label}), loaded once and cached."""
         if split not in SPLITS:
             raise ValueError(f"gsm8k has no split {split!r}; splits are {', '.join(SPLITS)}")
-        key = (cls.data_source(), split)
+        return cls._cached_tasks(cls.data_source(), split)
+
+    @classmethod
+    def _cached_tasks(cls, source: DataSource, split: str) -> list[dict[str, Any]]:
+        key = (source, split)
         cached = cls._rows.get(key)
         if cached is not None:
             return cached
         with cls._rows_lock:
             if key not in cls._rows:
-                cls._rows[key] = load_tasks(key[0], split)
+                cls._rows[key] = load_tasks(source, split)
             return cls._rows[key]
 
     @classmethod
