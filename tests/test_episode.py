@@ -22,7 +22,7 @@ from conftest import REPO, free_port, run_process
 from sglang_stub import ROUTING_HEADER, SGLangStub, Turn, default_logprob
 
 from bridge.generate import close_clients, generate
-from bridge.tokens import FallbackSample
+from bridge.sample import FallbackSample
 
 TOKENIZER_DIR = str(REPO / ".cache" / "qwen3-tokenizer")
 PARAMS = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 512, "no_stop_trim": True}

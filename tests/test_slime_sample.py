@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 EPISODE = r"""
 import asyncio, json, sys, types
 from slime.utils.types import Sample
-from bridge.tokens import sample_class
+from bridge.sample import sample_class
 from bridge.generate import generate, close_clients
 
 assert sample_class() is Sample, "the bridge must pick slime's Sample when slime is importable"
