@@ -275,11 +275,47 @@ def log_rollout(
     return False
 
 
+def drop_eval_infra_failures(args: Any, data: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Remove eval samples lost to the env/network/engine from `data`, in place, so slime's own
+    eval/* metrics (computed after this hook) never count them as reward 0. With
+    `--log-passrate` whole prompt groups go (pass@k needs full groups); a dataset left empty is
+    removed. Returns the count dropped per dataset."""
+    dropped: dict[str, int] = {}
+    group = int(getattr(args, "n_samples_per_eval_prompt", 1) or 1)
+    whole_groups = bool(getattr(args, "log_passrate", False)) and group > 1
+    for name in list(data or {}):
+        d = data[name]
+        samples = d.get("samples") if isinstance(d, dict) else None
+        if not samples or len(samples) != len(d.get("rewards") or []):
+            continue
+        bad = [i for i, s in enumerate(samples) if _metadata(s).get("infra_failure")]
+        if not bad:
+            continue
+        if whole_groups:
+            bad_groups = {i // group for i in bad}
+            bad = [i for i in range(len(samples)) if i // group in bad_groups]
+        keep = [i for i in range(len(samples)) if i not in set(bad)]
+        dropped[name] = len(bad)
+        if not keep:
+            del data[name]
+            continue
+        for key in ("rewards", "truncated", "samples"):
+            if isinstance(d.get(key), list) and len(d[key]) == len(samples):
+                d[key] = [d[key][i] for i in keep]
+    return dropped
+
+
 def log_eval_rollout(
     rollout_id: int, args: Any, data: dict[str, dict[str, Any]], extra_metrics: dict | None
 ) -> bool:
-    """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated", "samples"}."""
-    metrics: dict[str, float] = {}
+    """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated", "samples"}.
+
+    Infra-failed episodes are first taken out of `data` (see drop_eval_infra_failures) and
+    counted as `eval/<dataset>/env/all/infra_failures`."""
+    dropped = drop_eval_infra_failures(args, data)
+    metrics: dict[str, float] = {
+        f"eval/{name}/env/{ALL}/infra_failures": float(n) for name, n in dropped.items()
+    }
     for name, d in (data or {}).items():
         samples = d.get("samples") if isinstance(d, dict) else None
         if samples:
