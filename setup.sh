@@ -23,6 +23,11 @@ if [ "$WITH_TEST" = 1 ]; then
   # The CPU wheel; a bare "torch" requirement would pull a multi-GB CUDA build.
   $VPY -m pip install -q "torch==2.13.0"
   $VPY -m pip install -q -e ".[test]"
+  # slime's own rollout/conversion code on the CPU (tests/test_slime_control_flow.py, ../shared/vendor):
+  # SGLang without its GPU deps, plus what slime and SGLang import (see tests/slime_cpu/).
+  $VPY -m pip install -q --no-deps "sglang==0.5.15.post1" "sglang-router==0.3.2" "triton==3.9.0"
+  $VPY -m pip install -q "ray>=2.30,<3" psutil pybase64 ipython traitlets pyzmq partial-json-parser \
+    msgspec sentencepiece setproctitle pillow pylatexenc dill
 else
   # hub: GSM8K (and haiku keywords) from the Hugging Face Hub when it is reachable.
   $VPY -m pip install -q -e ".[hub]"

@@ -17,8 +17,6 @@ SPEC: {"scenario": "rollout" | "eval", "argv": [slime flags], "set": {attr: valu
 
 from __future__ import annotations
 
-import slime_cpu_shims  # noqa: F401  (must come first: SGLang's imports on the CPU)
-
 import argparse
 import asyncio
 import itertools
@@ -29,6 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import slime_cpu_shims  # noqa: F401  (first: SGLang's imports on the CPU)
 
 
 def slime_args(spec: dict[str, Any]) -> argparse.Namespace:
@@ -61,15 +61,23 @@ def slime_args(spec: dict[str, Any]) -> argparse.Namespace:
         use_opd=False,
         custom_advantage_function_path=None,
         ci_test=False,
+        micro_batch_size=1,
+        global_batch_size=None,
     )
     for k, v in {**defaults, **spec.get("set", {})}.items():
         if k in spec.get("set", {}) or not hasattr(args, k) or getattr(args, k) is None:
             setattr(args, k, v)
+    if args.global_batch_size is None:
+        args.global_batch_size = args.rollout_batch_size * args.n_samples_per_prompt
     if args.over_sampling_batch_size is None:
         args.over_sampling_batch_size = args.rollout_batch_size
     if getattr(args, "eval_max_context_len", None) is None:
         args.eval_max_context_len = args.rollout_max_context_len
     args.rollout_global_dataset = True
+    from slime.utils import http_utils
+
+    if hasattr(http_utils, "init_http_client"):
+        http_utils.init_http_client(args)  # as slime's RolloutManager does
     return args
 
 
@@ -82,7 +90,12 @@ def _manager(args: argparse.Namespace) -> Any:
     m.args = args
     m.custom_reward_post_process_func = None
     m.custom_convert_samples_to_train_data_func = None
-    m.train_parallel_config = {"dp_size": 1}
+    m.train_parallel_config = {
+        "dp_size": 1,
+        "cp_size": 1,
+        "vpp_size": 1,
+        "microbatch_group_size_per_vp_stage": 1,
+    }
     return m
 
 
@@ -127,7 +140,9 @@ def _sample_view(s: Any) -> dict[str, Any]:
         "attempts": md.get("episode_attempts"),
         "non_generation_time": getattr(s, "non_generation_time", None),
         "top_p_offsets": len(top_p) if top_p is not None else None,
-        "routed_experts_shape": list(getattr(experts, "shape", ())) if experts is not None else None,
+        "routed_experts_shape": list(getattr(experts, "shape", ()))
+        if experts is not None
+        else None,
     }
 
 
@@ -214,8 +229,9 @@ def run_rollouts(spec: dict[str, Any]) -> dict[str, Any]:
         if plan.get("train", True):
             result["train"] = _train(args, samples)
         rollouts.append(result)
-    from bridge.generate import close_clients
     from slime.utils.async_utils import run
+
+    from bridge.generate import close_clients
 
     run(close_clients())
     return {"rollouts": rollouts}

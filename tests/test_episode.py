@@ -392,9 +392,8 @@ async def test_engine_side_abort_resends_the_turn_and_trains_nothing_of_it(
 ) -> None:
     """An abort slime did not ask for (engine restart, weight-update pause) is not the model's
     doing: the partial turn is dropped and the same context is sent again."""
-    from envs.gsm8k import GSM8K
-
     import bridge.episode
+    from envs.gsm8k import GSM8K
 
     monkeypatch.setattr(bridge.episode, "ENGINE_ABORT_BACKOFF", 0.0)
     tok = qwen3_tokenizer
