@@ -119,6 +119,8 @@ class StubRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     received_at: float = field(default_factory=time.monotonic)
+    weight_version: str = ""
+    """The stub's weight version when the request arrived."""
 
     def header(self, name: str) -> str | None:
         """A request header by case-insensitive name."""
@@ -372,7 +374,11 @@ class SGLangStub:
             self.errors.append(msg)
             return _json({"error": {"message": msg}}, status=400)
         req = StubRequest(
-            input_ids=input_ids, sampling_params=params, headers=dict(request.headers), body=body
+            input_ids=input_ids,
+            sampling_params=params,
+            headers=dict(request.headers),
+            body=body,
+            weight_version=self.weight_version,
         )
         if not self.instant:
             self.requests.append(req)

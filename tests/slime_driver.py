@@ -160,7 +160,11 @@ def _train(args: argparse.Namespace, samples: list[Any]) -> dict[str, Any]:
     m = _manager(args)
     raw, normalized = m._post_process_rewards(samples)
     train_data = m._convert_samples_to_train_data(samples)
-    refs = m._split_train_data_by_dp(train_data)
+    import inspect
+
+    split = m._split_train_data_by_dp
+    takes_dp = "dp_size" in inspect.signature(split).parameters  # v0.2.2
+    refs = split(train_data, 1) if takes_dp else split(train_data)
     box = refs[0]
     rollout_data = ray.get(getattr(box, "inner", box))
     from slime.backends.megatron_utils.loss import compute_advantages_and_returns
@@ -211,6 +215,8 @@ def run_rollouts(spec: dict[str, Any]) -> dict[str, Any]:
     sr.abort = timed_abort
     rollouts = []
     for rollout_id, plan in enumerate(spec.get("rollouts", [{}])):
+        for k, v in plan.get("set", {}).items():
+            setattr(args, k, v)
         if plan.get("weight_version"):
             _set_weight_version(spec["stub_url"], plan["weight_version"])
         timeline.clear()

@@ -9,6 +9,7 @@ env server and the scripted SGLang stub. Skips (with the reason) without the ven
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -33,7 +34,7 @@ def call(name: str, args: dict[str, Any]) -> str:
     return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(args)}}}\n</tool_call>'
 
 
-def gsm8k_tasks(n: int) -> list[dict[str, Any]]:
+def gsm8k_tasks(n: int, url: str) -> list[dict[str, Any]]:
     from envs.gsm8k import GSM8K
 
     rows = GSM8K.load_split("train")
@@ -41,7 +42,13 @@ def gsm8k_tasks(n: int) -> list[dict[str, Any]]:
         {
             "prompt": [{"role": "user", "content": "task"}],
             "label": rows[i]["label"],
-            "metadata": {"env": "gsm8k", "split": "train", "index": i, "max_turns": 6},
+            "metadata": {
+                "env": "gsm8k",
+                "env_server": [url],
+                "split": "train",
+                "index": i,
+                "max_turns": 6,
+            },
         }
         for i in range(n)
     ]
@@ -140,7 +147,12 @@ class Model:
     the i-th key to reach the engine, else a solving script for its own task (found in the prompt)."""
 
     def __init__(
-        self, tok: Any, tasks: list[dict[str, Any]], special: list[list[Turn]] = ()
+        self,
+        tok: Any,
+        tasks: list[dict[str, Any]],
+        special: list[list[Turn]] = (),
+        slow: tuple[int, ...] = (),
+        slow_version: str = "v1",
     ) -> None:
         from envs.gsm8k import GSM8K
 
@@ -148,7 +160,10 @@ class Model:
         self.tok = tok
         self.questions = [(rows[t["metadata"]["index"]]["question"], t["label"]) for t in tasks]
         self.special = list(special)
+        self.slow, self.slow_version = slow, slow_version
+        self.stub: SGLangStub | None = None
         self.queues: dict[str, list[Turn]] = {}
+        self.served: dict[str, int] = {}
         self.keys: list[str] = []
         self.lock = threading.Lock()
 
@@ -156,7 +171,10 @@ class Model:
         if self.special:
             return list(self.special.pop(0))
         text = self.tok.decode(req.input_ids)
-        label = next(label for q, label in self.questions if q in text)
+        i, label = next((i, lb) for i, (q, lb) in enumerate(self.questions) if q in text)
+        if i in self.slow:  # seven calculator turns, then the answer
+            calc = Turn.of_text(self.tok, call("calculator", {"expression": "1+1"}) + "<|im_end|>")
+            return [*[calc] * 7, *solve(self.tok, label)[1:]]
         return solve(self.tok, label)
 
     def __call__(self, req: Any) -> Turn:
@@ -166,7 +184,17 @@ class Model:
                 self.keys.append(key)
                 self.queues[key] = self.script_for(req)
             q = self.queues[key]
-            return q.pop(0) if len(q) > 1 else q[0]
+            turn = q.pop(0) if len(q) > 1 else q[0]
+        slow = self.stub is not None and self.stub.weight_version == self.slow_version
+        self.served[key] = self.served.get(key, 0) + 1
+        if slow and self.served[key] > 1 and key in self.slow_keys(req):  # turn 1 is quick
+            return dataclasses.replace(turn, delay=1.0)
+        return turn
+
+    def slow_keys(self, req: Any) -> set[str]:
+        text = self.tok.decode(req.input_ids[:2000])
+        slow = any(self.questions[i][0] in text for i in self.slow)
+        return {req.routing_key or ""} if slow else set()
 
 
 def solve(tok: Any, label: str, first: list[Turn] | None = None) -> list[Turn]:
@@ -184,7 +212,7 @@ def test_infra_failure_never_enters_group_normalisation(
     """Group 0 has one episode whose env is lost on every try: its group is dropped by the
     bridge's filter and refilled, so the solved episodes get advantage 0, not +0.5."""
     tok = qwen3_tokenizer
-    tasks = gsm8k_tasks(3)
+    tasks = gsm8k_tasks(3, server_url)
     fail = [Turn.of_text(tok, call("calculator", {"expression": FAIL_MARKER}) + "<|im_end|>")]
     with EnvFaultProxy(server_url) as proxy:
         for t in tasks:
@@ -217,3 +245,78 @@ def test_infra_failure_never_enters_group_normalisation(
     assert train["raw_rewards"] == [1.0] * 8
     assert all(a == 0.0 for adv in train["advantages"] for a in adv)
     assert r["metrics"].get("rollout/dynamic_filter/drop_bridge_infra_failure") == 1
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_slime_abort_suspends_and_partial_rollout_resumes_where_it_stopped(
+    version, qwen3_tokenizer, server_url, tmp_path
+) -> None:
+    """Rollout 1 (weights v1): the fast group fills the batch, slime aborts; the slow group's
+    episodes stop before their next turn (no new turn after the abort) and go to slime's
+    partial-rollout buffer with their env sessions kept. Rollout 2 (weights v2): they resume at
+    the turn where they stopped, on the same session, and slime's
+    --mask-offpolicy-in-partial-rollout masks exactly the v1 tokens."""
+    tok = qwen3_tokenizer
+    tasks = gsm8k_tasks(2, server_url)
+    tasks[1]["metadata"]["max_turns"] = 12
+    model = Model(tok, tasks, slow=(1,))
+    with SGLangStub(model, tokenizer=tok, weight_version="v1") as stub:
+        model.stub = stub
+        out = run_driver(
+            version,
+            {
+                "scenario": "rollout",
+                "tasks": tasks,
+                "argv": [
+                    "--rollout-batch-size",
+                    "1",
+                    "--n-samples-per-prompt",
+                    "2",
+                    "--over-sampling-batch-size",
+                    "2",
+                    "--partial-rollout",
+                    "--mask-offpolicy-in-partial-rollout",
+                    "--rollout-max-response-len",
+                    "4096",
+                ],
+                "set": {"sglang_router_ip": "127.0.0.1", "sglang_router_port": stub.port},
+                "stub_url": stub.url,
+                "rollouts": [
+                    {"weight_version": "v1", "train": False},
+                    {"weight_version": "v2", "set": {"over_sampling_batch_size": 1}},
+                ],
+            },
+            tmp_path,
+        )
+        reqs = list(stub.requests)
+    Path("/tmp/cf_out.json").write_text(json.dumps(out))
+    first, second = out["rollouts"]
+    # rollout 1: the slow episodes were stopped by slime's abort, not by the engine
+    suspended = [s for s in first["buffer"] if s["stop_reason"] == "slime_abort"]
+    assert len(suspended) == 2 and all(s["status"] == "aborted" for s in suspended)
+    assert all(s["reward"] is None for s in suspended)
+    abort_at = first["abort_started_at"]
+    for s in suspended:
+        key = s["episode_key"]
+        late = [
+            r
+            for r in reqs
+            if r.routing_key == key and r.received_at > abort_at and r.weight_version == "v1"
+        ]
+        assert len(late) <= 1, "a new turn started after slime's abort"
+    # rollout 2: resumed, same session, and only the v2 tokens train
+    by_key = {s["episode_key"]: s for s in second["samples"]}
+    for s in suspended:
+        done = by_key[s["episode_key"]]
+        assert done["status"] == "completed" and done["reward"] == 1.0 and done["resumed"] == 1
+        assert done["turn_versions"][: len(s["turn_versions"])] == s["turn_versions"]
+        assert "v2" in done["turn_versions"] and "v1" in done["turn_versions"]
+        first_v2 = next(
+            r for r in reqs if r.routing_key == s["episode_key"] and r.weight_version == "v2"
+        )
+        assert len(first_v2.input_ids) == s["tokens"]  # continued from the suspended context
+        n_old = s["response_length"]
+        i = second["samples"].index(done)
+        mask = second["train"]["loss_masks"][i]
+        assert sum(mask[:n_old]) == 0 and sum(mask[n_old:]) > 0
+        assert done["loss_mask"] == mask
