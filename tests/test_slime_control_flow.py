@@ -153,6 +153,7 @@ class Model:
         special: list[list[Turn]] = (),
         slow: tuple[int, ...] = (),
         slow_version: str = "v1",
+        delay: float = 1.0,
     ) -> None:
         from envs.gsm8k import GSM8K
 
@@ -160,7 +161,7 @@ class Model:
         self.tok = tok
         self.questions = [(rows[t["metadata"]["index"]]["question"], t["label"]) for t in tasks]
         self.special = list(special)
-        self.slow, self.slow_version = slow, slow_version
+        self.slow, self.slow_version, self.delay = slow, slow_version, delay
         self.stub: SGLangStub | None = None
         self.queues: dict[str, list[Turn]] = {}
         self.served: dict[str, int] = {}
@@ -188,7 +189,7 @@ class Model:
         slow = self.stub is not None and self.stub.weight_version == self.slow_version
         self.served[key] = self.served.get(key, 0) + 1
         if slow and self.served[key] > 1 and key in self.slow_keys(req):  # turn 1 is quick
-            return dataclasses.replace(turn, delay=1.0)
+            return dataclasses.replace(turn, delay=self.delay)
         return turn
 
     def slow_keys(self, req: Any) -> set[str]:
