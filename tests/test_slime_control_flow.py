@@ -321,3 +321,47 @@ def test_slime_abort_suspends_and_partial_rollout_resumes_where_it_stopped(
         mask = second["train"]["loss_masks"][i]
         assert sum(mask[:n_old]) == 0 and sum(mask[n_old:]) > 0
         assert done["loss_mask"] == mask
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_every_sample_carries_the_replay_fields_slime_converts(
+    version, qwen3_tokenizer, server_url, tmp_path
+) -> None:
+    """--rollout-top-p < 1 and --use-rollout-routing-replay, with an episode that fails before it
+    samples anything (its placeholder) in the batch, no filter: slime's conversion and dp split
+    accept every sample (v0.2.2 has no top-p replay: routing replay only)."""
+    tok = qwen3_tokenizer
+    tasks = gsm8k_tasks(1, server_url)
+    fail = [Turn([], finish_reason="abort")]  # an engine that aborts this episode every time
+    top_p = version != "v0.2.2"
+    argv = ["--rollout-batch-size", "1", "--n-samples-per-prompt", "2"]
+    if top_p:
+        argv += ["--rollout-top-p", "0.9"]
+    with SGLangStub(Model(tok, tasks, [fail]), tokenizer=tok) as stub:
+        out = run_driver(
+            version,
+            {
+                "scenario": "rollout",
+                "tasks": tasks,
+                "argv": [*argv, "--use-rollout-routing-replay"],
+                "set": {
+                    "sglang_router_ip": "127.0.0.1",
+                    "sglang_router_port": stub.port,
+                    "use_rollout_routing_replay": True,
+                },
+            },
+            tmp_path,
+        )
+        reqs = list(stub.requests)
+    (r,) = out["rollouts"]
+    failed = [s for s in r["samples"] if s["infra_failure"]]
+    ok = [s for s in r["samples"] if not s["infra_failure"]]
+    assert len(failed) == 1 and len(ok) == 1 and ok[0]["reward"] == 1.0
+    assert all(req.body.get("return_routed_experts") is True for req in reqs)
+    train = r["train"]
+    assert train["has_routed_experts"]
+    for s in r["samples"]:
+        assert s["routed_experts_shape"] == [s["tokens"] - 1, 2, 2]
+        if top_p:
+            assert s["top_p_offsets"] == s["response_length"] + 1
+    assert train["has_top_p"] == top_p
