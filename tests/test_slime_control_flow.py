@@ -365,3 +365,47 @@ def test_every_sample_carries_the_replay_fields_slime_converts(
         if top_p:
             assert s["top_p_offsets"] == s["response_length"] + 1
     assert train["has_top_p"] == top_p
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_evaluation_uses_eval_budgets_and_drops_infra_failures_from_eval_metrics(
+    version, qwen3_tokenizer, server_url, tmp_path
+) -> None:
+    """slime's generate_and_rm(evaluation=True): every turn fits eval_max_context_len, a
+    per-dataset min_new_tokens is clamped to the turn's max_new_tokens, and an eval episode lost
+    to the engine is not averaged into slime's eval/<dataset> reward."""
+    tok = qwen3_tokenizer
+    tasks = gsm8k_tasks(1, server_url)
+    fail = [Turn([], finish_reason="abort")]
+    with SGLangStub(Model(tok, tasks, [fail]), tokenizer=tok) as stub:
+        out = run_driver(
+            version,
+            {
+                "scenario": "eval",
+                "tasks": tasks,
+                "argv": [
+                    "--rollout-batch-size",
+                    "1",
+                    "--n-samples-per-prompt",
+                    "3",
+                    "--rollout-max-context-len",
+                    "100000",
+                    "--eval-max-context-len",
+                    "700",
+                    "--custom-eval-rollout-log-function-path",
+                    "bridge.metrics.log_eval_rollout",
+                ],
+                "set": {"sglang_router_ip": "127.0.0.1", "sglang_router_port": stub.port},
+                "eval": {"sampling_params": {"max_new_tokens": 400, "min_new_tokens": 300}},
+            },
+            tmp_path,
+        )
+        reqs = list(stub.requests)
+    for req in reqs:
+        mx = req.sampling_params["max_new_tokens"]
+        assert len(req.input_ids) + mx <= 700 and mx <= 400
+        assert req.sampling_params["min_new_tokens"] <= mx
+    assert any(req.sampling_params["max_new_tokens"] < 400 for req in reqs)
+    samples = out["samples"]
+    assert sum(bool(s["infra_failure"]) for s in samples) == 1
+    assert out["logged"]["eval/evalset"] == 1.0  # the two solved episodes; the lost one is not a 0
