@@ -322,6 +322,8 @@ async def generate(
     try:
         _write_sample(args, sample, result, renderer, play)
     except Exception as e:  # e.g. slime's own Sample validation: report, do not crash the rollout
+        if result.suspended and play.episode is not None:
+            await play.episode.session.close()
         return _fail_early(
             sample, f"cannot fill the sample: {type(e).__name__}: {e}", renderer.eos_token_id, args
         )
