@@ -71,6 +71,7 @@ class EnvFaultProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._http.close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     def _run(self) -> None:
