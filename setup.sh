@@ -26,8 +26,8 @@ if [ "$WITH_TEST" = 1 ]; then
   # slime's own rollout/conversion code on the CPU (tests/test_slime_control_flow.py, ../shared/vendor):
   # SGLang without its GPU deps, plus what slime and SGLang import (see tests/slime_cpu/).
   $VPY -m pip install -q --no-deps "sglang==0.5.15.post1" "sglang-router==0.3.2" "triton==3.9.0"
-  $VPY -m pip install -q "ray>=2.30,<3" psutil pybase64 ipython traitlets pyzmq partial-json-parser \
-    msgspec sentencepiece setproctitle pillow pylatexenc dill
+  $VPY -m pip install -q psutil pybase64 ipython traitlets pyzmq partial-json-parser msgspec \
+    sentencepiece setproctitle pillow pylatexenc dill
 else
   # hub: GSM8K (and haiku keywords) from the Hugging Face Hub when it is reachable.
   $VPY -m pip install -q -e ".[hub]"
