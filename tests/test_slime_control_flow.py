@@ -247,6 +247,8 @@ def test_infra_failure_never_enters_group_normalisation(
     assert train["raw_rewards"] == [1.0] * 8
     assert all(a == 0.0 for adv in train["advantages"] for a in adv)
     assert r["metrics"].get("rollout/dynamic_filter/drop_bridge_infra_failure") == 1
+    # env waits are slime's non_generation_time, not generation
+    assert all(s["non_generation_time"] > 0 for s in samples)
 
 
 @pytest.mark.parametrize("version", list(VERSIONS))
@@ -313,6 +315,8 @@ def test_slime_abort_suspends_and_partial_rollout_resumes_where_it_stopped(
         assert done["status"] == "completed" and done["reward"] == 1.0 and done["resumed"] == 1
         assert done["turn_versions"][: len(s["turn_versions"])] == s["turn_versions"]
         assert "v2" in done["turn_versions"] and "v1" in done["turn_versions"]
+        # slime's own weight_versions: one per turn, nothing left from the interrupted attempt
+        assert done["weight_versions"] == done["turn_versions"]
         first_v2 = next(
             r for r in reqs if r.routing_key == s["episode_key"] and r.weight_version == "v2"
         )
