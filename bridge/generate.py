@@ -38,8 +38,8 @@ from bridge.config import ConfigError, TrainConfig, config_from_env
 from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult
-from bridge.provenance import episode_provenance, tokenizer_fingerprint, weight_versions
 from bridge.partial import suspended_episodes
+from bridge.provenance import episode_provenance, tokenizer_fingerprint, weight_versions
 from bridge.sample import (
     complete_replay_fields,
     fill_sample,
