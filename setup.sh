@@ -29,6 +29,11 @@ if [ "$WITH_TEST" = 1 ]; then
   if [ "$(uname -s)" = Darwin ]; then TORCH="torch==2.13.0"; fi
   $VPY -m pip install -q --no-deps --extra-index-url https://download.pytorch.org/whl/cpu "$TORCH"
   $VPY -m pip install -q -e ".[test]"
+  # slime's own rollout/conversion code on the CPU (tests/test_slime_control_flow.py, ../shared/vendor):
+  # SGLang without its GPU deps, plus what slime and SGLang import (see tests/slime_cpu/).
+  $VPY -m pip install -q --no-deps "sglang==0.5.15.post1" "sglang-router==0.3.2" "triton==3.9.0"
+  $VPY -m pip install -q psutil pybase64 ipython traitlets pyzmq partial-json-parser msgspec \
+    sentencepiece setproctitle pillow pylatexenc dill
 else
   # The Hub (use_hub: true) needs: pip install -e '.[hub]'
   $VPY -m pip install -q -e .
