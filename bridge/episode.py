@@ -2,10 +2,19 @@
 
 Each turn sends the whole context as token ids, appends what the engine sampled verbatim,
 executes every tool call the model wrote (in order), and appends the chat template's
-tool-response turn as a token delta. It stops when the environment finishes, at
-`max_turns`, when the context budget is spent, on a turn without a tool call (or after one
-nudge), or when the engine aborts. Env or engine failures end the episode with a reason,
-never an exception; the session is always deleted, also on cancellation.
+tool-response turn as a token delta. Env or engine failures end the episode with a reason,
+never an exception; the session is deleted at the end, also on cancellation, unless the
+episode is suspended for a partial rollout (then `run()` continues it later, same session).
+
+Check order, each turn:
+  1. slime's abort (its `GenerateState.aborted`): stop at once, status aborted (`slime_abort`);
+  2. `max_turns`; 3. the remaining context budget (`context_budget`);
+  4. the engine turn: an engine-side abort that slime did not ask for (engine restart, weight
+     update pause) discards the partial turn and re-sends it, `ENGINE_ABORT_ATTEMPTS` times at
+     most, then fails as `engine_error`; an abort while slime aborts ends the episode as in 1;
+  5. finish_reason `length` (`response_length`, or `context_budget` when the budget cut it);
+  6. no tool call: nudge once or end (`no_tool_call`); 7. the tool calls; env finished
+     (`env_finished`); `max_turns`; 8. the delta must fit the budget (`context_budget`).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +32,16 @@ from bridge.engine import EngineClient, EngineError, EngineTurn
 from bridge.env_client import EnvFailure, EnvSession
 from bridge.env_report import EnvReport
 from bridge.rewards import RewardOutcome, reduce_rewards
+from bridge.slime_state import slime_aborted
 from bridge.task import TaskMeta, ors_tool_to_openai
 from bridge.tokens import LedgerError, TokenLedger
 from bridge.toolcalls import ToolCall, ToolCallError, parse_turn
 
 NUDGE_TEXT = "You did not call a tool. Continue the task by calling one of the available tools."
+ENGINE_ABORT_ATTEMPTS = 3
+"""Tries per turn when the engine aborts a generation slime did not abort."""
+ENGINE_ABORT_BACKOFF = 0.5
+"""Seconds before re-sending an engine-aborted turn (doubled each time)."""
 
 # stop reasons
 ENV_FINISHED = "env_finished"
@@ -34,9 +49,11 @@ MAX_TURNS = "max_turns"
 CONTEXT_BUDGET = "context_budget"
 RESPONSE_LENGTH = "response_length"
 NO_TOOL_CALL = "no_tool_call"
-ENGINE_ABORT = "engine_abort"
+SLIME_ABORT = "slime_abort"
 ENV_ERROR = "env_error"
 ENGINE_ERROR = "engine_error"
+INFRA_STOPS = frozenset({ENV_ERROR, ENGINE_ERROR})
+"""Episodes lost to the environment, the network or the engine (never the model's doing)."""
 
 
 @dataclass
@@ -47,6 +64,7 @@ class Budget:
     max_response_len: int | None = None
 
     def limit(self, prompt_len: int, fallback_response_len: int) -> int:
+        """The total token budget (prompt + response) of an episode with this prompt length."""
         if self.max_context_len:
             return self.max_context_len
         return prompt_len + (self.max_response_len or fallback_response_len)
@@ -71,10 +89,21 @@ class EpisodeResult:
     timings: dict[str, float] = field(default_factory=dict)
     env_report: EnvReport = field(default_factory=EnvReport)
     drift: list[dict[str, Any]] = field(default_factory=list)
+    weight_versions: list[str | None] = field(default_factory=list)
+    """The policy weight version that sampled each turn, in order (None: not reported)."""
+    engine_aborts: int = 0
+    """Engine-side aborts slime did not ask for; their turns were re-sent."""
+    suspended: bool = False
+    """Aborted by slime and kept (session open) for a partial rollout to resume."""
+
+    @property
+    def infra_failure(self) -> bool:
+        """Lost to the environment, the network or the engine: must never reach the advantages."""
+        return self.stop_reason in INFRA_STOPS
 
 
 class Episode:
-    """One episode's state; `run()` drives it to the end."""
+    """One episode's state; `run()` drives it to the end, or until slime aborts."""
 
     def __init__(
         self,
@@ -85,6 +114,8 @@ class Episode:
         sampling_params: dict[str, Any],
         budget: Budget,
         routing_key: str,
+        routed_experts: bool = False,
+        aborted: Callable[[], bool] = slime_aborted,
     ) -> None:
         self.session = session
         self.engine = engine
@@ -93,31 +124,48 @@ class Episode:
         self.sampling_params = sampling_params  # never mutated: each turn gets a copy
         self.budget = budget
         self.routing_key = routing_key
+        self.routed_experts = routed_experts
+        self.aborted = aborted
         self.ledger: TokenLedger | None = None
         self.messages: list[dict[str, Any]] = []
         self.turn_rewards: list[float | None] = []
+        self.weight_versions: list[str | None] = []
         self.env_finished = False
         self.num_turns = 0
         self.num_tool_calls = 0
+        self.engine_aborts = 0
         self.tool_errors: Counter[str] = Counter()
         self.t_generate = 0.0
         self.t_env = 0.0
         self.env_report = EnvReport()
         self.drift: list[dict[str, Any]] = []
+        self.t_total = 0.0
+        self._known_tools: set[str] = set()
+        self._nudged = False
 
-    async def run(self) -> EpisodeResult:
+    async def run(self, keep_on_abort: bool = False) -> EpisodeResult:
+        """Play until the episode ends (or slime aborts); a suspended episode continues where it
+        stopped. `keep_on_abort`: on slime's abort keep the session for a later `run()`."""
         t0 = time.perf_counter()
         failure: str | None = None
+        stop, status = ENGINE_ERROR, "failed"
         try:
-            stop, status = await self._loop()
+            if self.ledger is None and not self.aborted():  # no new episode once slime aborts
+                await self._open()
+            stop, status = (
+                await self._loop() if self.ledger is not None else (SLIME_ABORT, "aborted")
+            )
         except EnvFailure as e:
             stop, status, failure = ENV_ERROR, "failed", str(e)
         except (EngineError, LedgerError) as e:
             stop, status, failure = ENGINE_ERROR, "failed", str(e)
         finally:
-            t_close = time.perf_counter()
-            await asyncio.shield(self.session.close())
-            self.t_env += time.perf_counter() - t_close
+            suspended = keep_on_abort and stop == SLIME_ABORT and self.ledger is not None
+            if not suspended:
+                t_close = time.perf_counter()
+                await asyncio.shield(self.session.close())
+                self.t_env += time.perf_counter() - t_close
+            self.t_total += time.perf_counter() - t0
         reward = reduce_rewards(self.turn_rewards, self.env_finished, self.task.reward)
         return EpisodeResult(
             ledger=self.ledger,
@@ -134,14 +182,13 @@ class Episode:
             session_url=self.session.url,
             env_report=self.env_report,
             drift=self.drift,
-            timings={
-                "generate": self.t_generate,
-                "env": self.t_env,
-                "total": time.perf_counter() - t0,
-            },
+            timings={"generate": self.t_generate, "env": self.t_env, "total": self.t_total},
+            weight_versions=list(self.weight_versions),
+            engine_aborts=self.engine_aborts,
+            suspended=suspended,
         )
 
-    async def _open(self) -> tuple[list[dict[str, Any]], set[str]]:
+    async def _open(self) -> None:
         t = time.perf_counter()
         await self.session.open()
         # prepare_tasks.py wrote the task's tool schemas: no need to ask the env
@@ -154,33 +201,64 @@ class Episode:
             )
             tools = [ors_tool_to_openai(s) for s in ors_tools]
         self.t_env += time.perf_counter() - t
-        names = {s["name"] for s in ors_tools} or {
+        self._known_tools = {s["name"] for s in ors_tools} or {
             t["function"]["name"] for t in tools if "function" in t
         }
         self.messages = self.renderer.prompt_messages(prompt_text)
         self.ledger = TokenLedger(self.renderer.prompt_ids(prompt_text, tools))
-        return tools, names
+
+    def _turn_params(self, remaining: int, per_turn_cap: int | None) -> dict[str, Any]:
+        params = dict(self.sampling_params)
+        params["max_new_tokens"] = min(per_turn_cap, remaining) if per_turn_cap else remaining
+        floor = params.get("min_new_tokens")
+        if isinstance(floor, int) and floor > params["max_new_tokens"]:
+            params["min_new_tokens"] = params["max_new_tokens"]  # SGLang rejects min > max
+        return params
+
+    async def _sample_turn(self, params: dict[str, Any]) -> EngineTurn | None:
+        """One engine turn; None when slime aborted. Engine-side aborts are re-sent (bounded)."""
+        ledger = self.ledger
+        assert ledger is not None
+        for attempt in range(ENGINE_ABORT_ATTEMPTS):
+            if self.aborted():
+                return None
+            t = time.perf_counter()
+            out = await self.engine.generate(
+                ledger.ids, params, self.routing_key, return_routed_experts=self.routed_experts
+            )
+            self.t_generate += time.perf_counter() - t
+            if not out.aborted:
+                return out
+            if self.aborted():
+                return None  # slime's own abort: the partial turn is dropped, resumed later whole
+            self.engine_aborts += 1
+            if attempt + 1 < ENGINE_ABORT_ATTEMPTS:
+                await asyncio.sleep(ENGINE_ABORT_BACKOFF * 2**attempt)
+        raise EngineError(
+            f"the engine aborted turn {self.num_turns + 1} {ENGINE_ABORT_ATTEMPTS} times "
+            f"(finish_reason abort: {out.meta_info.get('finish_reason')})"
+        )
 
     async def _loop(self) -> tuple[str, str]:
-        _, known_tools = await self._open()
         ledger = self.ledger
         assert ledger is not None
         per_turn_cap = int(self.sampling_params.get("max_new_tokens") or 0) or None
         limit = self.budget.limit(len(ledger.prompt_ids), per_turn_cap or 0)
-        nudged = False
         while True:
+            if self.aborted():
+                return SLIME_ABORT, "aborted"
             if self.num_turns >= self.task.max_turns:
                 return MAX_TURNS, "truncated"
             remaining = limit - len(ledger.ids)
             if remaining <= 0:
                 return CONTEXT_BUDGET, "truncated"
-            params = dict(self.sampling_params)
-            params["max_new_tokens"] = min(per_turn_cap, remaining) if per_turn_cap else remaining
+            params = self._turn_params(remaining, per_turn_cap)
             sent_len = len(ledger.ids)
-            t = time.perf_counter()
-            out = await self.engine.generate(ledger.ids, params, self.routing_key)
-            self.t_generate += time.perf_counter() - t
+            out = await self._sample_turn(params)
+            if out is None:
+                return SLIME_ABORT, "aborted"
             self.num_turns += 1
+            self.weight_versions.append(out.weight_version)
             ledger.check_context(sent_len, out.meta_info.get("prompt_tokens"))
             if out.ids_mismatch:
                 ledger.drift_count += 1
@@ -188,11 +266,7 @@ class Episode:
             text = self.renderer.decode(out.output_ids) if out.output_ids else ""
             if out.output_ids:
                 ledger.add_sampled(out.output_ids, out.logprobs, text, out.meta_info)
-            if out.aborted:
-                if text:
-                    self.messages.append({"role": "assistant", "content": text})
-                return ENGINE_ABORT, "aborted"
-            parsed = parse_turn(text, known_tools, self.renderer.eos_text)
+            parsed = parse_turn(text, self._known_tools, self.renderer.eos_text)
             calls = []
             for i, c in enumerate(parsed.calls):
                 c.call_id = f"call_{self.num_turns}_{i}"
@@ -205,14 +279,16 @@ class Episode:
                 msg["reasoning_content"] = parsed.reasoning
             if calls:
                 msg["tool_calls"] = calls
+            if out.weight_version is not None:
+                msg["weight_version"] = out.weight_version
             self.messages.append(msg)
             if out.finish_reason == "length":
                 return (
                     CONTEXT_BUDGET if params["max_new_tokens"] == remaining else RESPONSE_LENGTH
                 ), "truncated"
             if not parsed.calls:
-                if self.task.on_no_tool_call == "nudge" and not nudged:
-                    nudged = True
+                if self.task.on_no_tool_call == "nudge" and not self._nudged:
+                    self._nudged = True
                     ids, delta_text = self.renderer.user_delta(NUDGE_TEXT, text)
                     if len(ledger.ids) + len(ids) >= limit:
                         return CONTEXT_BUDGET, "truncated"

@@ -5,6 +5,7 @@ platform, or in-process.
 
 Modules:
     gsm8k      GSM8K word problems with a calculator tool and a single answer submission
+    gsm8k_data GSM8K data: which copy the gsm8k environment reads, and reading it
     whodunit   generated murder mysteries with exactly one consistent solution
     haiku      write a 5-7-5 haiku on a topic; structure from CMUdict, topic words, optional LLM judge
     reporting  ReportingEnvironment: provenance on every tool output, tripwires when the episode ends
@@ -14,7 +15,7 @@ Modules:
     options    validating an environment's `options` from train_config.yaml
     play       `python -m envs play ENV`: play one episode by hand, in-process or against a server
     replay     `python -m envs replay ID`: re-execute a stored episode's tool calls and diff them
-    data/      the environments' bundled data (haiku topics and their on-topic words)
+    data/      the environments' bundled data (haiku topics and their on-topic words; GSM8K, MIT)
 
 Subpackages:
     server/        the ORS server (`python -m envs.server`)

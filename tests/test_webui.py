@@ -151,6 +151,10 @@ def ui(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer) -> Iterator[di
             await up.close()
 
         asyncio.run(upload())
+        # The first rollout page loads the tokenizer in the server (seconds on a busy machine):
+        # paid here, so the test order never decides which test waits past httpx's 5 s.
+        first = f"{url}/rollouts/{_dashed(trajs[0].rollout_id)}"
+        httpx.get(first, timeout=120).raise_for_status()
         yield {"url": url, "evil": trajs[0].rollout_id, "dir": d}
 
 

@@ -230,7 +230,7 @@ def prepare_task_file(config: str, out: Path, n: int) -> Path:
 
 def make_samples(rows: list[dict[str, Any]], n_samples: int) -> list[Any]:
     """slime-like Samples (slime's own class when importable), as slime builds them from task rows."""
-    from bridge.tokens import sample_class
+    from bridge.sample import sample_class
 
     cls = sample_class()
     samples = []

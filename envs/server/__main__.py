@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -63,7 +64,9 @@ def load_served_classes(
         try:
             configure_env(cls, options.get(key, {}))
         except Exception as e:
-            _fail(f"{config_path}: environments.{key}.options: {e}")
+            _fail(
+                f"{config_path}: environments.{key}.options: {e}" if config_path else f"{key}: {e}"
+            )
         warm_up = getattr(cls, "warm_up", None)
         if callable(warm_up):  # load data now, not under the first calls (haiku: CMUdict, ~1 s)
             try:
@@ -74,6 +77,23 @@ def load_served_classes(
                 )
         classes[key] = cls
     return classes
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Exit 2 with one line (and the --port hint) when host:port cannot be bound.
+
+    Checked first, before the store is opened and the "serving" line is logged (uvicorn would
+    log it, then fail to bind and exit 3).
+    """
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            s.bind(addr)
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another port with --port")
 
 
 def freeze_startup_objects() -> None:
@@ -182,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail("--header-timeout and --body-timeout must be positive")
     if args.max_connections is not None and args.max_connections < 1:
         _fail("--max-connections must be at least 1")
+    check_port_free(args.host, args.port)
 
     classes: dict[str, type[Environment]] = {}
     if args.role in ("all", "env"):
