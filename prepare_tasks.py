@@ -1,13 +1,14 @@
 """Turn the environments in train_config.yaml into the JSONL prompt files slime reads.
 
     python prepare_tasks.py --config train_config.yaml [--output tasks.jsonl]
-        [--eval-output eval_tasks.jsonl] [--max-tasks N] [--seed S]
+        [--eval-output eval_<output name>] [--max-tasks N] [--seed S]
 
 One row per task: {"prompt": [user message], "label": str | null, "metadata": TaskMeta,
 "tools": [OpenAI function schemas]}, read by slime with `--input-key prompt --label-key
 label --metadata-key metadata --tool-key tools`. Training rows of all environments are
 interleaved by a seeded shuffle; eval rows (from each env's `eval_split`) go to
---eval-output. Both files are written atomically: both or neither.
+--eval-output (by default `eval_` + the --output file name, beside it). Both files are
+written atomically, both or neither, with the mode the umask gives new files.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import argparse
 import asyncio
 import os
 import random
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +66,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default="tasks.jsonl", help="training rows (default: %(default)s)")
     p.add_argument(
         "--eval-output",
-        default="eval_tasks.jsonl",
+        default=None,
         help="eval rows from each env's eval_split; not written when no env has one "
-        "(default: %(default)s)",
+        "(default: eval_ + the --output file name, beside it: eval_tasks.jsonl)",
     )
     p.add_argument(
         "--max-tasks",
@@ -90,7 +91,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="hosted envs: sessions open at once to fetch prompts (default: %(default)s)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.eval_output is None:
+        args.eval_output = str(default_eval_output(Path(args.output)))
+    return args
+
+
+def default_eval_output(output: Path) -> Path:
+    """Where eval rows go unless --eval-output says: `eval_<name>` beside the training file."""
+    return output.with_name(f"eval_{output.name}")
 
 
 def _positive_int(text: str) -> int:
@@ -254,13 +263,27 @@ async def gather_or_cancel(coros: list[Any]) -> list[Any]:
     return [t.result() for t in tasks]
 
 
+def check_output_paths(*paths: Path) -> None:
+    """Fail before any work when an output path cannot be a file (one line, the flag named)."""
+    for flag, path in zip(("--output", "--eval-output"), paths, strict=False):
+        if path.is_dir():
+            raise TaskSourceError(
+                f"{flag} {path} is a directory; give a file path, e.g. {path / 'tasks.jsonl'}"
+            )
+
+
 def write_jsonl_files(outputs: list[tuple[Path, list[dict[str, Any]]]]) -> None:
-    """Write every file to a temp file beside it, then move all into place: all or none."""
-    temps: list[tuple[str, Path]] = []
+    """Write every file to a temp file beside it, then move all into place: all or none.
+
+    The temp files are created with mode 0o666, so the umask decides the final mode as it does
+    for any new file (tempfile.mkstemp would leave 0o600).
+    """
+    temps: list[tuple[Path, Path]] = []
     try:
         for path, rows in outputs:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             temps.append((tmp, path))
             with os.fdopen(fd, "wb") as f:
                 f.write(b"".join(orjson.dumps(r) + b"\n" for r in rows))
@@ -268,8 +291,7 @@ def write_jsonl_files(outputs: list[tuple[Path, list[dict[str, Any]]]]) -> None:
             os.replace(tmp, path)
     finally:
         for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            tmp.unlink(missing_ok=True)
 
 
 def summary_table(rows: list[tuple[str, str, str, int]]) -> str:
@@ -305,6 +327,7 @@ async def prepare(
     concurrency: int = 8,
 ) -> list[tuple[str, str, str, int]]:
     """Read, render and write all tasks; returns the summary rows (file, env, split, rows)."""
+    check_output_paths(output, eval_output)
     if output.resolve() == eval_output.resolve():
         raise TaskSourceError(f"--output and --eval-output are the same file: {output}")
     sources: list[TaskSource] = []

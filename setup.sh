@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the project into ./.venv. Idempotent; safe to re-run.
-#   bash setup.sh           runtime (env server, bridge, prepare_tasks, run.sh; datasets for the Hub)
+#   bash setup.sh           runtime (env server, bridge, prepare_tasks, run.sh; GSM8K is bundled)
 #   bash setup.sh --test    + test tools: CPU torch, Playwright + Debian chromium, Qwen3 tokenizer
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,12 +20,23 @@ fi
 VPY=.venv/bin/python
 $VPY -m pip install -q --upgrade pip >/dev/null
 if [ "$WITH_TEST" = 1 ]; then
-  # The CPU wheel; a bare "torch" requirement would pull a multi-GB CUDA build.
-  $VPY -m pip install -q "torch==2.13.0"
+  # CPU torch from PyTorch's CPU wheel index: on PyPI, torch for Linux is the multi-GB CUDA
+  # build. The "+cpu" build exists only on that index (or in a local wheel directory pip is
+  # configured with), so no fallback can pick the CUDA build; macOS wheels are CPU builds and
+  # carry no "+cpu". Only torch comes from there (--no-deps): its dependencies come from the
+  # usual index with the project's own, in the install below.
+  TORCH="torch==2.13.0+cpu"
+  if [ "$(uname -s)" = Darwin ]; then TORCH="torch==2.13.0"; fi
+  $VPY -m pip install -q --no-deps --extra-index-url https://download.pytorch.org/whl/cpu "$TORCH"
   $VPY -m pip install -q -e ".[test]"
+  # slime's own rollout/conversion code on the CPU (tests/test_slime_control_flow.py, ../shared/vendor):
+  # SGLang without its GPU deps, plus what slime and SGLang import (see tests/slime_cpu/).
+  $VPY -m pip install -q --no-deps "sglang==0.5.15.post1" "sglang-router==0.3.2" "triton==3.9.0"
+  $VPY -m pip install -q psutil pybase64 ipython traitlets pyzmq partial-json-parser msgspec \
+    sentencepiece setproctitle pillow pylatexenc dill
 else
-  # hub: GSM8K (and haiku keywords) from the Hugging Face Hub when it is reachable.
-  $VPY -m pip install -q -e ".[hub]"
+  # The Hub (use_hub: true) needs: pip install -e '.[hub]'
+  $VPY -m pip install -q -e .
 fi
 
 if [ "$WITH_TEST" = 1 ]; then

@@ -123,7 +123,7 @@ async def _round(
     per_task: int,
 ) -> tuple[list[Any], float, float]:
     from bridge.generate import generate
-    from bridge.tokens import FallbackSample
+    from bridge.sample import FallbackSample
 
     # without a TRAIN_CONFIG the bridge reads `thinking` from the task metadata; `tools` is there
     # because prepare_tasks.py writes each task's tool schemas into its metadata

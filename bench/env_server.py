@@ -16,6 +16,17 @@ at once; calls/s is tool calls / wall time of that phase, p50/p99 are per-call l
 the client sees them. With 256 calls always in flight, mean latency ~= 256 / calls-per-second.
 
     .venv/bin/python bench/env_server.py [--episodes 256] [--rounds 3] [--client stock|lean] [--procs 1]
+
+Targets: server CPU per call >= 10x lower than the stock server's; p99 at 256 episodes in
+flight within 2x of 256 / calls-per-second (the latency of a fair queue at that rate).
+
+`--attack` (issue 13) measures instead what an attacker costs a well-behaved client: our server
+with all three environments, the p99 of a lean client's episodes (`--episodes`, 32 by default
+here) without and then with `--attackers` connections sending the worst inputs we know for
+every tool of every env (tests/adversarial.py: the 29-character calculator expression that
+once froze the server, 1 MiB arguments, answers like 1e10000000, ...); goal: ratio < 2x. It
+also prints what a per-call budget costs against a process pool for tool calls (the design
+choice in envs/server/budget.py). GSM8K data comes from $GSM8K_DATA_DIR or ../shared.
 """
 
 from __future__ import annotations
@@ -76,7 +87,7 @@ def wait_health(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None
     raise TimeoutError(f"{url} did not come up")
 
 
-def start_server(kind: str) -> tuple[str, subprocess.Popen]:
+def start_server(kind: str, envs: str = ENV_NAME) -> tuple[str, subprocess.Popen]:
     port = free_port()
     env = {
         **os.environ,
@@ -84,6 +95,9 @@ def start_server(kind: str) -> tuple[str, subprocess.Popen]:
         "OPENREWARD_LOG_LEVEL": "ERROR",
         "OPENREWARD_DISABLE_UPDATE_CHECK": "1",
     }
+    shared_gsm8k = REPO.parent / "shared" / "data" / "gsm8k"
+    if shared_gsm8k.is_dir():
+        env.setdefault("GSM8K_DATA_DIR", str(shared_gsm8k))
     if kind == "stock":
         args = [sys.executable, "-c", STOCK_SERVER, str(port)]
     else:
@@ -94,7 +108,7 @@ def start_server(kind: str) -> tuple[str, subprocess.Popen]:
             "--role",
             "env",
             "--envs",
-            ENV_NAME,
+            envs,
             "--port",
             str(port),
             "--log-level",
@@ -349,6 +363,161 @@ def drive(
     }
 
 
+# ---------------------------------------------------------------- attack (issue 13)
+
+
+async def run_attack(url: str, attackers: int) -> dict[str, Any]:
+    """Send the worst known inputs for every tool of every env, `attackers` at a time, until
+    SIGTERM; then the statuses seen."""
+    import signal
+
+    import aiohttp
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from adversarial import WORST_INPUTS
+
+    plan = [(env, tool, args) for env, items in WORST_INPUTS.items() for tool, args, _ in items]
+    bodies = [(env, json.dumps({"name": tool, "input": args}).encode()) for env, tool, args in plan]
+    statuses: dict[int, int] = {}
+    errors = 0
+
+    async def one(k: int, http: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        i = k
+        while not stop.is_set():
+            env, body = bodies[i % len(bodies)]
+            sid = {"X-Session-ID": f"attack-{k}-{i}"}
+            try:
+                async with http.post(
+                    f"{url}/create",
+                    json={"env_name": env, "split": "train", "index": i % 50},
+                    headers=sid,
+                ) as r:
+                    await r.read()
+                async with http.post(
+                    f"{url}/{env}/call",
+                    data=body,
+                    headers={**sid, "Content-Type": "application/json"},
+                ) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+                async with http.post(f"{url}/delete", headers=sid) as r:
+                    await r.read()
+            except aiohttp.ClientError:
+                errors += 1
+            i += attackers
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        await asyncio.gather(*(one(k, http) for k in range(attackers)))
+    return {"statuses": statuses, "errors": errors, "calls": sum(statuses.values())}
+
+
+def budget_costs(n: int = 20_000) -> dict[str, float]:
+    """CPU per call of the tool budget (envs/server/budget.py) vs a process-pool round trip."""
+    import concurrent.futures
+
+    sys.path.insert(0, str(REPO))
+    from envs.server.budget import CallBudget
+
+    async def tool() -> int:
+        return 1
+
+    async def with_budget(budget: CallBudget | None) -> float:
+        t = time.process_time()
+        for _ in range(n):
+            await (budget.run(tool()) if budget else tool())
+        return (time.process_time() - t) / n
+
+    bare = asyncio.run(with_budget(None))
+    budgeted = asyncio.run(with_budget(CallBudget(1.0)))
+    with concurrent.futures.ProcessPoolExecutor(1) as pool:
+        pool.submit(int, 1).result()
+        t, m = time.process_time(), 2000
+        c0 = sum(cpu_seconds(p.pid) for p in pool._processes.values())  # type: ignore[attr-defined]
+        for _ in range(m):
+            pool.submit(int, 1).result()
+        child = sum(cpu_seconds(p.pid) for p in pool._processes.values()) - c0  # type: ignore[attr-defined]
+        pooled = (time.process_time() - t + child) / m
+    return {
+        "budget_us": (budgeted - bare) * 1e6,
+        "pool_us": pooled * 1e6,
+    }
+
+
+def attack_bench(a: argparse.Namespace) -> None:
+    """A well-behaved client's p99 without and with an attacker: see the module docstring."""
+    episodes = a.episodes if a.episodes != 256 else 32
+    url, proc = start_server("ours", envs="gsm8k,whodunit,haiku")
+    results: dict[str, list[dict[str, Any]]] = {"quiet": [], "attacked": []}
+    attack_stats: list[dict[str, Any]] = []
+    try:
+        drive(url, proc.pid, min(16, episodes), 1, "lean", 1)  # warm-up
+        for _ in range(a.repeat):
+            results["quiet"].append(drive(url, proc.pid, episodes, a.rounds, "lean", 1))
+            attacker = subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--_attack",
+                    url,
+                    "--attackers",
+                    str(a.attackers),
+                ],
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(3)  # let the attack reach full speed
+            results["attacked"].append(drive(url, proc.pid, episodes, a.rounds, "lean", 1))
+            attacker.terminate()
+            out, _ = attacker.communicate(timeout=120)
+            lines = out.strip().splitlines()
+            if lines:
+                attack_stats.append(json.loads(lines[-1]))
+        alive = proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    quiet, attacked = _median_by_p99(results["quiet"]), _median_by_p99(results["attacked"])
+    print(
+        f"attack benchmark: our server (gsm8k, whodunit, haiku), {episodes} well-behaved whodunit "
+        f"episodes x {len(CALLS)} calls, {a.rounds} rounds, {a.repeat} runs each; {a.attackers} "
+        f"attacker connections; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
+    for label, runs in results.items():
+        for i, r in enumerate(runs, 1):
+            print(
+                f"  {label:<9} run {i}: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                f"{r['calls_per_s']:.0f} calls/s, {r['errors']} errors"
+            )
+    for i, st in enumerate(attack_stats, 1):
+        server_errors = sum(n for code, n in st["statuses"].items() if int(code) >= 500)
+        print(
+            f"  attacker run {i}: {st['calls']} worst-input calls, statuses {st['statuses']}, "
+            f"{server_errors} 5xx, {st['errors']} connection errors"
+        )
+    ratio = attacked["p99_ms"] / quiet["p99_ms"]
+    print(
+        f"well-behaved p99: {quiet['p99_ms']:.1f} ms quiet, {attacked['p99_ms']:.1f} ms attacked: "
+        f"ratio {ratio:.2f}x (goal < 2x: {'met' if ratio < 2 else 'NOT met'}); "
+        f"server alive after: {alive}"
+    )
+    costs = budget_costs()
+    print(
+        f"per-call cost of bounding tool code: budget {costs['budget_us']:.1f} us CPU, "
+        f"process-pool round trip {costs['pool_us']:.0f} us CPU (parent + worker)"
+    )
+
+
+def _median_by_p99(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--episodes", type=int, default=256, help="concurrent episodes")
@@ -369,10 +538,23 @@ def main() -> None:
         help="runs per server (alternating); the median is compared",
     )
     p.add_argument("--only", choices=("stock", "ours"), help="benchmark one server only")
+    p.add_argument(
+        "--attack",
+        action="store_true",
+        help="measure a well-behaved client's p99 without and with an attacker (see above)",
+    )
+    p.add_argument("--attackers", type=int, default=4, help="attacker connections (--attack)")
+    p.add_argument("--_attack", help=argparse.SUPPRESS)
     p.add_argument("--_load", help=argparse.SUPPRESS)
     p.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a._attack:
+        print(json.dumps(asyncio.run(run_attack(a._attack, a.attackers))))
+        return
+    if a.attack:
+        attack_bench(a)
+        return
     if a._load:
         try:
             import uvloop
@@ -444,9 +626,13 @@ def report(runs: dict[str, list[dict[str, Any]]], a: argparse.Namespace) -> None
             f"p50 {s['p50_ms'] / o['p50_ms']:.1f}x lower, p99 {s['p99_ms'] / o['p99_ms']:.1f}x lower, "
             f"server CPU per call {s['server_cpu_us'] / o['server_cpu_us']:.1f}x lower"
         )
+        fair_ms = a.episodes / o["calls_per_s"] * 1000
+        cpu_ratio = s["server_cpu_us"] / o["server_cpu_us"]
         print(
-            f"targets: calls/s >= 5x stock: {'met' if o['calls_per_s'] >= 5 * s['calls_per_s'] else 'NOT met'}; "
-            f"ours p99 <= 50 ms: {'met' if o['p99_ms'] <= 50 else 'NOT met'} "
+            f"targets: server CPU per call >= 10x lower than stock: "
+            f"{'met' if cpu_ratio >= 10 else 'NOT met'} ({cpu_ratio:.1f}x); "
+            f"ours p99 within 2x of {a.episodes} / calls-per-second = {fair_ms:.0f} ms: "
+            f"{'met' if o['p99_ms'] <= 2 * fair_ms else 'NOT met'} ({o['p99_ms'] / fair_ms:.2f}x) "
             f"(noisy shared machine: compare the CPU-per-call column too)"
         )
 

@@ -1,9 +1,10 @@
 """Benchmark: prepare_tasks.py writing 10,000 local tasks. Target: under 5 s on the 2-core dev machine.
 
-    GSM8K_DATA_DIR=/path/to/gsm8k python bench/prepare_tasks.py [--tasks 10000] [--repeat 3]
+    python bench/prepare_tasks.py [--tasks 10000] [--repeat 3] [--gsm8k-dir DIR]
 
 Uses the real GSM8K environment on a train.jsonl of `--tasks` real GSM8K rows (cycled when the
-source has fewer). Reports, each against the 5 s target (ratio = target / measured, >1 is good):
+source has fewer) from the bundled copy, or from DIR/train.jsonl ($GSM8K_DATA_DIR). Reports,
+each against the 5 s target (ratio = target / measured, >1 is good):
 - in-process: `prepare()` after imports (read, render, shuffle, write), best and median of --repeat;
 - CLI: `python prepare_tasks.py` in a fresh interpreter, imports of the openreward SDK included,
   next to `python -c "import openreward"` alone (the SDK's import cost, outside prepare_tasks);
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import statistics
@@ -34,8 +36,19 @@ os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 TARGET_S = 5.0
 
 
-def make_gsm8k_dir(source: Path, n: int, dest: Path) -> None:
-    rows = [line for line in (source / "train.jsonl").read_text().splitlines() if line.strip()]
+def gsm8k_lines(source: Path | None) -> list[str]:
+    """GSM8K train rows as JSON lines: from `source`/train.jsonl, else the bundled copy."""
+    if source is not None:
+        text = (source / "train.jsonl").read_text()
+    else:
+        from envs.gsm8k_data import bundled_path
+
+        text = gzip.decompress(bundled_path("train").read_bytes()).decode()
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def make_gsm8k_dir(source: Path | None, n: int, dest: Path) -> None:
+    rows = gsm8k_lines(source)
     with (dest / "train.jsonl").open("w") as f:
         for i in range(n):
             f.write(rows[i % len(rows)] + "\n")
@@ -79,18 +92,16 @@ def main() -> int:
     p.add_argument(
         "--gsm8k-dir",
         default=os.environ.get("GSM8K_DATA_DIR"),
-        help="directory with GSM8K train.jsonl (default: $GSM8K_DATA_DIR)",
+        help="directory with GSM8K train.jsonl (default: $GSM8K_DATA_DIR, else the bundled copy)",
     )
     args = p.parse_args()
-    if not args.gsm8k_dir or not (Path(args.gsm8k_dir) / "train.jsonl").is_file():
-        print(
-            "bench/prepare_tasks.py: error: set GSM8K_DATA_DIR or --gsm8k-dir to a directory with train.jsonl",
-            file=sys.stderr,
-        )
+    source = Path(args.gsm8k_dir) if args.gsm8k_dir else None
+    if source is not None and not (source / "train.jsonl").is_file():
+        print(f"bench/prepare_tasks.py: error: {source} has no train.jsonl", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        make_gsm8k_dir(Path(args.gsm8k_dir), args.tasks, tmp_path)
+        make_gsm8k_dir(source, args.tasks, tmp_path)
         cfg = tmp_path / "cfg.yaml"
         write_config(cfg, "gsm8k", {"data_dir": tmp, "use_hub": False})
         out = tmp_path / "tasks.jsonl"

@@ -7,6 +7,10 @@
 2. Rollout list of a 100,000-rollout run (target < 300 ms server time): first page, a filtered +
    reward-sorted page, a page 90,000 rows deep (keyset cursor), and the whole HTML page.
    Baseline: the same deep page with LIMIT/OFFSET.
+3. The bridge's sink: submit() latency (each episode journaled to disk before it returns; goal
+   p99 < 1 ms) and end-to-end delivery.
+4. Server memory while 20 clients read one 63 MB rollout, 8 rounds, half of them slow readers
+   who leave early (goal: RSS afterwards within 2x of idle; once 165 MB -> 6.3 GB).
 
     .venv/bin/python bench/trajectories.py [--rollouts 2000] [--list-rows 100000]
 
@@ -463,6 +467,111 @@ def bench_sink(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         server.stop()
 
 
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def big_rollout_body(run: str, n_tokens: int, n_msgs: int, msg_chars: int) -> tuple[str, bytes]:
+    """One rollout of about (n_tokens x 30 + n_msgs x msg_chars) bytes of upload JSON."""
+    rid = str(uuid.uuid4())
+    meta = {
+        "reward": 1.0,
+        "status": "completed",
+        "num_turns": n_msgs // 2,
+        "prompt_length": 1000,
+        "token_ids": [100_000 + i % 50_000 for i in range(n_tokens)],
+        "loss_mask": [1] * (n_tokens - 1000),
+        "logprobs": [-0.123456789] * (n_tokens - 1000),
+    }
+    ts = 1_700_000_000_000
+    evs: list[dict] = [
+        {"eventType": "rollout", "eventId": rid, "timestamp": ts, "runName": run, "metadata": meta}
+    ]
+    for i in range(n_msgs):
+        evs.append(
+            {
+                "eventType": "message",
+                "eventId": str(uuid.uuid4()),
+                "timestamp": ts,
+                "index": i,
+                "rolloutEventId": rid,
+                "type": "tool_result",
+                "content": "y" * msg_chars,
+            }
+        )
+    return rid, orjson.dumps({"events": evs})
+
+
+async def _read_many(url: str, readers: int) -> None:
+    """`readers` at once, half of them slow readers who leave after 20 MB."""
+
+    async def one(slow: bool) -> None:
+        async with httpx.AsyncClient(timeout=600) as c:
+            async with c.stream("GET", url) as r:
+                n = 0
+                async for chunk in r.aiter_raw(1 << 16 if slow else 1 << 20):
+                    n += len(chunk)
+                    if slow:
+                        await asyncio.sleep(0.002)
+                        if n > 20 << 20:
+                            break
+
+    await asyncio.gather(*(one(i % 2 == 1) for i in range(readers)))
+
+
+def bench_memory(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """Server RSS while 20 clients read one 63 MB rollout, 8 rounds (the test of issue 13)."""
+    server = Server(tmp / "mem.db")
+    try:
+        fresh = _rss_mb(server.proc.pid)
+        rid, body = big_rollout_body("bench-mem", 1_500_000, 220, 100_000)
+        r = httpx.post(f"{server.url}/v1/rollouts", content=body, timeout=600)
+        if r.status_code != 200:
+            raise SystemExit(f"bench: upload of the large rollout failed: {r.status_code}")
+        size_mb = len(body) / 1e6
+        del body
+        time.sleep(3)
+        uploaded = _rss_mb(server.proc.pid)
+    finally:
+        server.stop()
+    server = Server(tmp / "mem.db")  # the reads, on a server that holds the rollout on disk
+    try:
+        time.sleep(2)
+        idle = peak = _rss_mb(server.proc.pid)
+
+        async def rounds() -> float:
+            nonlocal peak
+            for _ in range(args.memory_rounds):
+                task = asyncio.ensure_future(
+                    _read_many(f"{server.url}/api/rollouts/{rid}", args.memory_readers)
+                )
+                while not task.done():
+                    peak = max(peak, _rss_mb(server.proc.pid))
+                    await asyncio.sleep(0.05)
+                await task
+            return peak
+
+        t0 = time.perf_counter()
+        asyncio.run(rounds())
+        wall = time.perf_counter() - t0
+        time.sleep(5)
+        after = _rss_mb(server.proc.pid)
+        return {
+            "size_mb": size_mb,
+            "fresh": fresh,
+            "uploaded": uploaded,
+            "idle": idle,
+            "peak": peak,
+            "after": after,
+            "wall": wall,
+        }
+    finally:
+        server.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rollouts", type=int, default=2000, help="rollouts to ingest per scenario")
@@ -481,6 +590,9 @@ def main() -> None:
         "--sink-rollouts", type=int, default=1000, help="trajectories for the sink section"
     )
     p.add_argument("--skip-sink", action="store_true")
+    p.add_argument("--memory-readers", type=int, default=20)
+    p.add_argument("--memory-rounds", type=int, default=8)
+    p.add_argument("--skip-memory", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-traj-") as d:
         tmp = Path(d)
@@ -504,13 +616,30 @@ def main() -> None:
             )
             r = bench_sink(args, tmp)
             print(
-                f"  submit(): p50 {r['submit_p50_us']:.1f} us, p99 {r['submit_p99_us']:.1f} us, "
+                f"  submit() (journaled to disk before it returns): p50 {r['submit_p50_us']:.1f} us, "
+                f"p99 {r['submit_p99_us']:.1f} us = {r['submit_p99_us'] / 1000:.2f}x the 1 ms goal, "
                 f"max {r['submit_max_us']:.0f} us; event-loop lag p99 {r['lag_p99_ms']:.2f} ms, "
                 f"max {r['lag_max_ms']:.1f} ms"
             )
             print(
                 f"  all delivered: {bool(r['ok'])} ({int(r['delivered'])} trajectories, "
                 f"{r['delivered_per_s']:,.0f}/s end to end = {r['delivered_per_s'] / INGEST_TARGET:.2f}x target)"
+            )
+        if not args.skip_memory:
+            print(
+                f"Server memory: {args.memory_readers} concurrent reads of one large rollout "
+                f"(half of them slow readers who leave early), {args.memory_rounds} rounds "
+                "(goal: RSS after within 2x of idle)"
+            )
+            m = bench_memory(args, tmp)
+            print(
+                f"  reads: RSS idle {m['idle']:.0f} MB, peak {m['peak']:.0f} MB, after "
+                f"{m['after']:.0f} MB = {m['after'] / m['idle']:.2f}x idle "
+                f"({'met' if m['after'] < 2 * m['idle'] else 'NOT met'}); {m['wall']:.0f} s of reads"
+            )
+            print(
+                f"  the upload ({m['size_mb']:.0f} MB in one request) beforehand, on another server "
+                f"process: RSS {m['fresh']:.0f} MB -> {m['uploaded']:.0f} MB"
             )
         if not args.skip_list:
             print(

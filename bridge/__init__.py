@@ -10,12 +10,18 @@ sink; plus W&B metrics hooks. The hooks, as slime's customization page gives the
         def log_rollout(rollout_id, args, samples, rollout_extra_metrics, rollout_time) -> bool
     --custom-eval-rollout-log-function-path bridge.metrics.log_eval_rollout
         def log_eval_rollout(rollout_id, args, data, extra_metrics) -> bool
+    --dynamic-sampling-filter-path bridge.filters.drop_infra_failures
+        def drop_infra_failures(args, samples, **kwargs) -> DynamicFilterOutput | bool
 
 Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     generate         slime's custom generate hook; failures never raise into slime's rollout loop
     episode          the multi-turn loop of one episode: task -> session -> turns -> model context;
                      one loop for every kind of model, only the model step differs (TokenModel here)
-    tokens           token, loss-mask and logprob accounting, and writing it into slime's Sample
+    partial          episodes suspended by slime's abort under --partial-rollout, resumed later
+    slime_state      slime's rollout control state (its abort), read without importing slime
+    filters          slime's dynamic-sampling filter: groups with an infra failure never train
+    tokens           token, loss-mask and logprob accounting for one episode
+    sample           slime's Sample across versions: the ledger and replay fields written into it
     chat             chat-template rendering: the first prompt and the token deltas between turns
     toolcalls        parse one assistant turn (Qwen3/Hermes): thinking, text, <tool_call> blocks
     rewards          the one place where per-turn tool rewards become a sample's scalar reward
@@ -29,6 +35,7 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     provenance       what produced a trajectory: env/task/tokenizer/sampling/weights/bridge versions
     drift            drift forensics: where the token context diverged, the two token runs decoded
     trajectory_sink  finished episodes -> OpenReward rollout events -> a server, spooled to disk
+    trajectory_spool the sink's files: a journal of submitted episodes, a spool of undelivered ones
     metrics          slime's rollout-log hooks: per-environment episode metrics to W&B
 
 `bridge/launch/` is run.sh's side (launcher, prerequisites, rollout-only, the CPU engine).

@@ -3,6 +3,10 @@
 Every request sends `input_ids`, asks for logprobs and carries the session id as
 `X-SMG-Routing-Key` so a consistent-hashing router keeps a session on one engine. There is
 no read timeout: a generation takes as long as it takes (slime aborts it when it wants to).
+
+When slime asks for replay data (`--rollout-top-p` < 1 puts `custom_params.return_top_p_token_ids`
+into the sampling params; `--use-rollout-routing-replay` needs `return_routed_experts`), a turn
+that samples tokens without it is an engine error: it could not be trained.
 """
 
 from __future__ import annotations
@@ -36,6 +40,41 @@ class EngineTurn:
     @property
     def aborted(self) -> bool:
         return self.finish_reason == "abort"
+
+    @property
+    def weight_version(self) -> str | None:
+        """The policy weight version that sampled this turn (SGLang meta_info), if reported."""
+        v = self.meta_info.get("weight_version")
+        return None if v is None else str(v)
+
+
+# meta_info keys SGLang (and slime's Sample) use for top-p replay arrays
+TOP_P_KEYS = (
+    ("top_p_token_ids", "top_p_kept_token_ids"),
+    ("top_p_token_offsets", "top_p_kept_token_offsets"),
+)
+
+
+def wants_top_p_replay(sampling_params: dict[str, Any]) -> bool:
+    """slime asked SGLang for top-p replay arrays (its `--rollout-top-p` < 1)."""
+    custom = sampling_params.get("custom_params")
+    return isinstance(custom, dict) and bool(custom.get("return_top_p_token_ids"))
+
+
+def check_replay_data(turn: EngineTurn, top_p: bool, routed_experts: bool) -> None:
+    """Raise EngineError when a turn sampled tokens without the replay data slime will train with."""
+    if not turn.output_ids:
+        return
+    meta = turn.meta_info
+    if top_p and not all(any(meta.get(k) is not None for k in keys) for keys in TOP_P_KEYS):
+        raise EngineError(
+            "engine returned no top-p replay arrays (slime's --rollout-top-p < 1 needs them)"
+        )
+    if routed_experts and meta.get("routed_experts") is None:
+        raise EngineError(
+            "engine returned no routed_experts (--use-rollout-routing-replay needs "
+            "SGLang's --enable-return-routed-experts)"
+        )
 
 
 def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
@@ -78,12 +117,21 @@ class EngineClient:
         self._connect_retries = connect_retries
 
     async def generate(
-        self, input_ids: list[int], sampling_params: dict[str, Any], routing_key: str | None = None
+        self,
+        input_ids: list[int],
+        sampling_params: dict[str, Any],
+        routing_key: str | None = None,
+        return_routed_experts: bool = False,
     ) -> EngineTurn:
         """One generation, no read timeout. Retries only when no connection could be made (nothing ran)."""
-        payload = orjson.dumps(
-            {"input_ids": input_ids, "sampling_params": sampling_params, "return_logprob": True}
-        )
+        request: dict[str, Any] = {
+            "input_ids": input_ids,
+            "sampling_params": sampling_params,
+            "return_logprob": True,
+        }
+        if return_routed_experts:
+            request["return_routed_experts"] = True
+        payload = orjson.dumps(request)
         headers = {"Content-Type": "application/json"}
         if routing_key:
             headers[ROUTING_HEADER] = routing_key
@@ -110,7 +158,9 @@ class EngineClient:
             raise EngineError(
                 f"engine {self.url} answered {type(body).__name__}, expected an object"
             )
-        return parse_generate_response(body)
+        turn = parse_generate_response(body)
+        check_replay_data(turn, wants_top_p_replay(sampling_params), return_routed_experts)
+        return turn
 
     async def close(self) -> None:
         """Connections belong to the loop's shared client (bridge.http11.close_loop_client)."""

@@ -8,6 +8,10 @@ tools, delete) are retried on network errors and 429/502/503/504. A tool call (`
 steps the environment, so it is only retried when the connection was never made (nothing
 ran), or, once the server has sent the call's SSE `task_id`, by resuming that task_id (the
 server replays the result instead of running the tool again).
+
+A tool call the server cannot accept because of its size (arguments past the env server's body
+limit, 1 MiB, or an HTTP 413) is the model's doing: it becomes a tool error the model sees
+(`too_large`), never an env failure that ends the episode.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from bridge.http11 import HTTPClient, HTTPError, client_for_loop, close_loop_cli
 from bridge.task import TaskMeta, blocks_to_text
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# The env server's request body limit (envs/server: MAX_BODY_BYTES); bigger tool calls are refused
+# here, before they are sent.
+MAX_CALL_BODY = 1 << 20
+TOO_LARGE = "too_large"
 # The env server's optional shared key (python -m envs.server --api-key / $ENV_SERVER_API_KEY).
 ENV_SERVER_API_KEY = "ENV_SERVER_API_KEY"
 
@@ -75,6 +83,7 @@ class EnvSession(Protocol):
         self,
     ) -> list[dict[str, Any]]: ...  # ORS ToolSpec dicts: name, description, input_schema
     async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult: ...
+    async def alive(self) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -113,7 +122,31 @@ _ORS_REJECTION_KINDS = {
     "bad_input_shape": "invalid_arguments",
     "name_collision": "env_rejected",
     "episode_finished": "env_rejected",
+    TOO_LARGE: TOO_LARGE,
 }
+
+
+def _too_large_message(name: str, size: int) -> str:
+    return (
+        f"the call to {name!r} is {size} bytes; the environment accepts at most "
+        f"{MAX_CALL_BODY} bytes per call. Send shorter arguments."
+    )
+
+
+def too_large_result(name: str, size: int) -> ToolResult:
+    """The tool error a model sees for a call too big for the env server."""
+    return ToolResult(
+        text=f"Error: {_too_large_message(name, size)}",
+        reward=None,
+        finished=False,
+        error_kind=TOO_LARGE,
+    )
+
+
+def _too_large_body(payload: dict[str, Any]) -> dict[str, Any]:
+    """An ORS error body for a call the server refused with HTTP 413."""
+    message = _too_large_message(str(payload.get("name")), len(orjson.dumps(payload)))
+    return {"ok": False, "error": message, "reason": TOO_LARGE}
 
 
 def _tool_result(body: Any) -> ToolResult:
@@ -270,6 +303,9 @@ class LocalEnvSession:
         """Run one tool call; never re-runs a call that may already have run."""
         task_id: str | None = None
         payload: dict[str, Any] = {"name": name, "input": arguments}
+        size = len(orjson.dumps(payload)) + 64  # + room for a resumed call's task_id
+        if size > MAX_CALL_BODY:
+            return too_large_result(name, size)
         last = ""
         for attempt in range(self.policy.attempts):
             retry_after: float | None = None
@@ -328,6 +364,10 @@ class LocalEnvSession:
                         f"/call on {self.url}: HTTP {resp.status}",
                         retry_after=_retry_after(resp.headers),
                     )
+                if resp.status == 413:
+                    async for _ in resp.iter_chunks():
+                        pass
+                    return _too_large_body(payload), state.task_id
                 if resp.status != 200:
                     raw = b"".join([c async for c in resp.iter_chunks()])
                     raise EnvFailure(
@@ -351,6 +391,16 @@ class LocalEnvSession:
         if state.task_id:
             raise _Resume(state.task_id, "stream ended before the result")
         raise _Retryable("stream ended before the result")
+
+    async def alive(self) -> bool:
+        """Whether the server still has this session (a suspended episode may outlive its TTL)."""
+        if self.sid is None or not self._created:
+            return False
+        try:
+            status, _ = await self._request("POST", "/ping", accept=(200, 404, 410))
+        except (_Retryable, EnvFailure):
+            return False
+        return status == 200
 
     async def close(self) -> None:
         """Delete the session (best effort, short): never raises."""
@@ -544,6 +594,10 @@ class HostedEnvSession:
             finished=bool(out.finished),
             metadata=out.metadata,
         )
+
+    async def alive(self) -> bool:
+        """Whether the hosted session is still open (a failing call later says more)."""
+        return self._session is not None
 
     async def close(self) -> None:
         if self._session is None:

@@ -1,10 +1,10 @@
 """The multi-turn loop of one episode: task -> session -> turns -> model context.
 
 Each turn asks the model for its next assistant turn, executes every tool call it wrote (in
-order), and appends the results to the model's context. It stops when the environment finishes,
-at `max_turns`, when the context budget is spent, on a turn without a tool call (or after one
-nudge), or when the engine aborts. Env or engine failures end the episode with a reason, never an
-exception; the session is always deleted, also on cancellation.
+order), and appends the results to the model's context. Env or engine failures end the episode
+with a reason, never an exception; the session is deleted at the end, also on cancellation,
+unless the episode is suspended for a partial rollout (then `run()` continues it later, same
+session).
 
 The loop is the same for every kind of model; only the model step differs (`ModelStep`):
 
@@ -13,9 +13,16 @@ The loop is the same for every kind of model; only the model step differs (`Mode
 - the eval's chat model (`bridge/launch/eval/chat_model.py`): messages in and out of an
   OpenAI-compatible `/v1/chat/completions`, tool calls parsed by the server.
 
-Check order, per turn: max_turns, remaining context budget, the model's turn (engine abort,
-finish_reason `length`), no tool call (nudge once), the tool calls (env finished), max_turns,
-the appended results' budget.
+Check order, each turn:
+  1. slime's abort (its `GenerateState.aborted`): stop at once, status aborted (`slime_abort`);
+  2. `max_turns`; 3. the remaining context budget (`context_budget`);
+  4. the model's turn: an engine-side abort that slime did not ask for (engine restart, weight
+     update pause) discards the partial turn and re-sends it, `ENGINE_ABORT_ATTEMPTS` times at
+     most, then fails as `engine_error`; an abort while slime aborts ends the episode as in 1;
+  5. finish_reason `length` (`response_length`, or `context_budget` when the budget cut it);
+  6. no tool call: nudge once or end (`no_tool_call`); 7. the tool calls; env finished
+     (`env_finished`); `max_turns`; 8. the appended results must fit the budget
+     (`context_budget`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,11 +40,16 @@ from bridge.engine import EngineClient, EngineError, EngineTurn
 from bridge.env_client import EnvFailure, EnvSession
 from bridge.env_report import EnvReport
 from bridge.rewards import RewardOutcome, reduce_rewards
+from bridge.slime_state import slime_aborted
 from bridge.task import TaskMeta, ors_tool_to_openai
 from bridge.tokens import LedgerError, TokenLedger
 from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCall, ToolCallError, parse_turn
 
 NUDGE_TEXT = "You did not call a tool. Continue the task by calling one of the available tools."
+ENGINE_ABORT_ATTEMPTS = 3
+"""Tries per turn when the engine aborts a generation slime did not abort."""
+ENGINE_ABORT_BACKOFF = 0.5
+"""Seconds before re-sending an engine-aborted turn (doubled each time)."""
 
 # stop reasons
 ENV_FINISHED = "env_finished"
@@ -44,9 +57,11 @@ MAX_TURNS = "max_turns"
 CONTEXT_BUDGET = "context_budget"
 RESPONSE_LENGTH = "response_length"
 NO_TOOL_CALL = "no_tool_call"
-ENGINE_ABORT = "engine_abort"
+SLIME_ABORT = "slime_abort"
 ENV_ERROR = "env_error"
 ENGINE_ERROR = "engine_error"
+INFRA_STOPS = frozenset({ENV_ERROR, ENGINE_ERROR})
+"""Episodes lost to the environment, the network or the engine (never the model's doing)."""
 
 
 @dataclass
@@ -57,6 +72,7 @@ class Budget:
     max_response_len: int | None = None
 
     def limit(self, prompt_len: int, fallback_response_len: int) -> int:
+        """The total token budget (prompt + response) of an episode with this prompt length."""
         if self.max_context_len:
             return self.max_context_len
         return prompt_len + (self.max_response_len or fallback_response_len)
@@ -72,6 +88,8 @@ class ModelTurn:
     """stop | length | abort"""
     parsed: ParsedTurn | None = None
     """Reasoning, visible content and tool calls in order; None when the turn was aborted."""
+    weight_version: str | None = None
+    """The policy weight version that sampled the turn, when the engine reports it."""
 
 
 class ModelStep(Protocol):
@@ -99,7 +117,8 @@ class ModelStep(Protocol):
 
     async def sample(self, params: dict[str, Any], known_tools: set[str]) -> ModelTurn:
         """The next assistant turn; `params` are SGLang sampling params with this turn's
-        `max_new_tokens`. Raises EngineError (or LedgerError) when the model fails."""
+        `max_new_tokens`. An aborted turn (finish_reason `abort`) leaves the context as it was,
+        so it can be re-sent. Raises EngineError (or LedgerError) when the model fails."""
         ...
 
     def append_tool_results(self, contents: list[str], limit: int) -> bool:
@@ -115,10 +134,17 @@ class ModelStep(Protocol):
 class TokenModel:
     """SGLang's /generate, token-exact: the context is a token ledger that only ever appends."""
 
-    def __init__(self, engine: EngineClient, renderer: ChatRenderer, routing_key: str) -> None:
+    def __init__(
+        self,
+        engine: EngineClient,
+        renderer: ChatRenderer,
+        routing_key: str,
+        routed_experts: bool = False,
+    ) -> None:
         self.engine = engine
         self.renderer = renderer
         self.routing_key = routing_key
+        self.routed_experts = routed_experts
         self.ledger: TokenLedger | None = None
         self.drift: list[dict[str, Any]] = []
         self._turns = 0
@@ -144,7 +170,11 @@ class TokenModel:
     async def sample(self, params: dict[str, Any], known_tools: set[str]) -> ModelTurn:
         ledger = self._ledger
         sent_len = len(ledger.ids)
-        out = await self.engine.generate(ledger.ids, params, self.routing_key)
+        out = await self.engine.generate(
+            ledger.ids, params, self.routing_key, return_routed_experts=self.routed_experts
+        )
+        if out.aborted:  # the partial turn is dropped: the ledger stays as it was
+            return ModelTurn("", "abort", weight_version=out.weight_version)
         ledger.check_context(sent_len, out.meta_info.get("prompt_tokens"))
         if out.ids_mismatch:
             ledger.drift_count += 1
@@ -154,11 +184,8 @@ class TokenModel:
         if out.output_ids:
             ledger.add_sampled(out.output_ids, out.logprobs, text, out.meta_info)
         self._last_text = text
-        if out.aborted:
-            return ModelTurn(text, "abort")
-        return ModelTurn(
-            text, out.finish_reason, parse_turn(text, known_tools, self.renderer.eos_text)
-        )
+        parsed = parse_turn(text, known_tools, self.renderer.eos_text)
+        return ModelTurn(text, out.finish_reason, parsed, out.weight_version)
 
     def _describe_drift(self, sent_len: int, out: EngineTurn) -> None:
         """Say where this turn's context diverged, when it did (bridge/drift.py)."""
@@ -206,10 +233,21 @@ class EpisodeResult:
     timings: dict[str, float] = field(default_factory=dict)
     env_report: EnvReport = field(default_factory=EnvReport)
     drift: list[dict[str, Any]] = field(default_factory=list)
+    weight_versions: list[str | None] = field(default_factory=list)
+    """The policy weight version that sampled each turn, in order (None: not reported)."""
+    engine_aborts: int = 0
+    """Engine-side aborts slime did not ask for; their turns were re-sent."""
+    suspended: bool = False
+    """Aborted by slime and kept (session open) for a partial rollout to resume."""
+
+    @property
+    def infra_failure(self) -> bool:
+        """Lost to the environment, the network or the engine: must never reach the advantages."""
+        return self.stop_reason in INFRA_STOPS
 
 
 class Episode:
-    """One episode's state; `run()` drives it to the end."""
+    """One episode's state; `run()` drives it to the end, or until slime aborts."""
 
     def __init__(
         self,
@@ -218,36 +256,57 @@ class Episode:
         task: TaskMeta,
         sampling_params: dict[str, Any],
         budget: Budget,
+        aborted: Callable[[], bool] = slime_aborted,
     ) -> None:
         self.session = session
         self.model = model
         self.task = task
         self.sampling_params = sampling_params  # never mutated: each turn gets a copy
         self.budget = budget
+        self.aborted = aborted
         self.messages: list[dict[str, Any]] = []
         self.turn_rewards: list[float | None] = []
+        self.weight_versions: list[str | None] = []
         self.env_finished = False
         self.num_turns = 0
         self.num_tool_calls = 0
+        self.engine_aborts = 0
         self.tool_errors: Counter[str] = Counter()
         self.t_generate = 0.0
         self.t_env = 0.0
+        self.t_total = 0.0
         self.env_report = EnvReport()
+        self._known_tools: set[str] = set()
+        self._started = False
+        self._nudged = False
 
-    async def run(self) -> EpisodeResult:
-        """Play the episode to its end; never raises for env or engine failures."""
+    @property
+    def ledger(self) -> TokenLedger | None:
+        """The model's token ledger (token models), else None."""
+        return self.model.ledger
+
+    async def run(self, keep_on_abort: bool = False) -> EpisodeResult:
+        """Play until the episode ends (or slime aborts); never raises for env or engine failures.
+        A suspended episode continues where it stopped. `keep_on_abort`: on slime's abort keep
+        the session for a later `run()`."""
         t0 = time.perf_counter()
         failure: str | None = None
+        stop, status = ENGINE_ERROR, "failed"
         try:
-            stop, status = await self._loop()
+            if not self._started and not self.aborted():  # no new episode once slime aborts
+                await self._open()
+            stop, status = await self._loop() if self._started else (SLIME_ABORT, "aborted")
         except EnvFailure as e:
             stop, status, failure = ENV_ERROR, "failed", str(e)
         except (EngineError, LedgerError) as e:
             stop, status, failure = ENGINE_ERROR, "failed", str(e)
         finally:
-            t_close = time.perf_counter()
-            await asyncio.shield(self.session.close())
-            self.t_env += time.perf_counter() - t_close
+            suspended = keep_on_abort and stop == SLIME_ABORT and self._started
+            if not suspended:
+                t_close = time.perf_counter()
+                await asyncio.shield(self.session.close())
+                self.t_env += time.perf_counter() - t_close
+            self.t_total += time.perf_counter() - t0
         reward = reduce_rewards(self.turn_rewards, self.env_finished, self.task.reward)
         return EpisodeResult(
             ledger=self.model.ledger,
@@ -264,14 +323,13 @@ class Episode:
             session_url=self.session.url,
             env_report=self.env_report,
             drift=self.model.drift,
-            timings={
-                "generate": self.t_generate,
-                "env": self.t_env,
-                "total": time.perf_counter() - t0,
-            },
+            timings={"generate": self.t_generate, "env": self.t_env, "total": self.t_total},
+            weight_versions=list(self.weight_versions),
+            engine_aborts=self.engine_aborts,
+            suspended=suspended,
         )
 
-    async def _open(self) -> set[str]:
+    async def _open(self) -> None:
         t = time.perf_counter()
         await self.session.open()
         # prepare_tasks.py wrote the task's tool schemas: no need to ask the env
@@ -284,18 +342,46 @@ class Episode:
             )
             tools = [ors_tool_to_openai(s) for s in ors_tools]
         self.t_env += time.perf_counter() - t
-        names = {s["name"] for s in ors_tools} or {
+        self._known_tools = {s["name"] for s in ors_tools} or {
             t["function"]["name"] for t in tools if "function" in t
         }
         self.messages = self.model.start(prompt_text, tools)
-        return names
+        self._started = True
+
+    def _turn_params(self, remaining: int, per_turn_cap: int | None) -> dict[str, Any]:
+        params = dict(self.sampling_params)
+        params["max_new_tokens"] = min(per_turn_cap, remaining) if per_turn_cap else remaining
+        floor = params.get("min_new_tokens")
+        if isinstance(floor, int) and floor > params["max_new_tokens"]:
+            params["min_new_tokens"] = params["max_new_tokens"]  # SGLang rejects min > max
+        return params
+
+    async def _sample_turn(self, params: dict[str, Any]) -> ModelTurn | None:
+        """One model turn; None when slime aborted. Engine-side aborts are re-sent (bounded)."""
+        for attempt in range(ENGINE_ABORT_ATTEMPTS):
+            if self.aborted():
+                return None
+            t = time.perf_counter()
+            turn = await self.model.sample(params, self._known_tools)
+            self.t_generate += time.perf_counter() - t
+            if turn.finish_reason != "abort":
+                return turn
+            if self.aborted():
+                return None  # slime's own abort: the partial turn is dropped, resumed later whole
+            self.engine_aborts += 1
+            if attempt + 1 < ENGINE_ABORT_ATTEMPTS:
+                await asyncio.sleep(ENGINE_ABORT_BACKOFF * 2**attempt)
+        raise EngineError(
+            f"the engine aborted turn {self.num_turns + 1} {ENGINE_ABORT_ATTEMPTS} times "
+            "(finish_reason abort)"
+        )
 
     async def _loop(self) -> tuple[str, str]:
-        known_tools = await self._open()
         model = self.model
         per_turn_cap = int(self.sampling_params.get("max_new_tokens") or 0) or None
-        nudged = False
         while True:
+            if self.aborted():
+                return SLIME_ABORT, "aborted"
             if self.num_turns >= self.task.max_turns:
                 return MAX_TURNS, "truncated"
             # a chat model learns its prompt length from the first answer: recompute every turn
@@ -303,25 +389,26 @@ class Episode:
             remaining = limit - model.context_length
             if remaining <= 0:
                 return CONTEXT_BUDGET, "truncated"
-            params = dict(self.sampling_params)
-            params["max_new_tokens"] = min(per_turn_cap, remaining) if per_turn_cap else remaining
-            t = time.perf_counter()
-            turn = await model.sample(params, known_tools)
-            self.t_generate += time.perf_counter() - t
+            params = self._turn_params(remaining, per_turn_cap)
+            turn = await self._sample_turn(params)
+            if turn is None:
+                return SLIME_ABORT, "aborted"
             self.num_turns += 1
-            if turn.parsed is None:
-                if turn.text:
-                    self.messages.append({"role": "assistant", "content": turn.text})
-                return ENGINE_ABORT, "aborted"
+            self.weight_versions.append(turn.weight_version)
             parsed = turn.parsed
-            self.messages.append(self._assistant_message(parsed))
+            if parsed is None:
+                raise EngineError(f"turn {self.num_turns}: the model step returned no parse")
+            msg = self._assistant_message(parsed)
+            if turn.weight_version is not None:
+                msg["weight_version"] = turn.weight_version
+            self.messages.append(msg)
             if turn.finish_reason == "length":
                 return (
                     CONTEXT_BUDGET if params["max_new_tokens"] == remaining else RESPONSE_LENGTH
                 ), "truncated"
             if not parsed.calls:
-                if self.task.on_no_tool_call == "nudge" and not nudged:
-                    nudged = True
+                if self.task.on_no_tool_call == "nudge" and not self._nudged:
+                    self._nudged = True
                     if not model.append_user(NUDGE_TEXT, limit):
                         return CONTEXT_BUDGET, "truncated"
                     self.messages.append({"role": "user", "content": NUDGE_TEXT})

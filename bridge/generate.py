@@ -2,9 +2,23 @@
 
 One call runs one multi-turn episode against an ORS environment and returns the same
 `Sample`, filled token-exactly (prompt + sampled + appended ids, loss mask, rollout
-logprobs), with `reward` set (slime then skips its reward model) and the episode's
-counters in `sample.metadata`. Failures never raise into slime's rollout loop: an env or
-engine failure gives reward 0.0, `remove_sample=True` and a zero loss mask.
+logprobs, replay fields), with `reward` set (slime then skips its reward model) and the
+episode's counters in `sample.metadata`. Failures never raise into slime's rollout loop.
+
+Under slime's control flow:
+  * An episode lost to the environment, the network or the engine (an infra failure) is
+    replayed from scratch on a new session, `EPISODE_ATTEMPTS` tries in all. If every try
+    fails, the sample is FAILED with `metadata["infra_failure"] = True`, reward 0.0,
+    `remove_sample=True` and a zero loss mask, and `bridge.filters.drop_infra_failures`
+    (run.sh wires it as slime's `--dynamic-sampling-filter-path`) drops its whole group, so
+    it never enters GRPO normalisation and slime refills the batch. A model failure (wrong
+    answer, malformed calls, truncation) is not an infra failure and keeps its reward.
+  * slime's abort stops the episode before its next turn (or episode start); the sample is
+    ABORTED with no reward. With `--partial-rollout` the episode is suspended (bridge.partial)
+    and resumes where it stopped when slime hands the sample back; everything sampled before
+    is marked off-policy when `--mask-offpolicy-in-partial-rollout` is set.
+  * `evaluation=True` uses slime's eval budgets (`eval_max_context_len`, the eval
+    `max_new_tokens`).
 """
 
 from __future__ import annotations
@@ -24,9 +38,18 @@ from bridge.config import ConfigError, TrainConfig, config_from_env
 from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult, TokenModel
+from bridge.partial import suspended_episodes
 from bridge.provenance import episode_provenance, tokenizer_fingerprint, weight_versions
+from bridge.sample import (
+    complete_replay_fields,
+    fill_sample,
+    reset_response,
+    status_value,
+    zero_loss,
+)
+from bridge.slime_state import mask_offpolicy, partial_rollout, slime_aborted
 from bridge.task import TaskMeta
-from bridge.tokens import TokenLedger, fill_sample, status_value, zero_loss
+from bridge.tokens import TokenLedger
 from bridge.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -50,7 +73,16 @@ METADATA_KEYS = (
     "env_url",
     "tripwires",
     "tripwire_keys",
+    "infra_failure",
+    "weight_versions",
+    "engine_aborts",
+    "episode_attempts",
+    "retried_failures",
+    "resumed",
+    "episode_key",
 )
+EPISODE_ATTEMPTS = 3
+"""Tries per sample when episodes are lost to the env, the network or the engine."""
 
 _CONFIG: dict[str, TrainConfig | None] = {}
 _ENGINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EngineClient]] = (
@@ -166,15 +198,16 @@ def _placeholder_ledger(prompt: list[int], token: int) -> TokenLedger:
     return ledger
 
 
-def _fail_early(sample: Any, message: str, eos_id: int | None) -> Any:
-    """A sample that could not even start an episode: no loss, reward 0.0, removed."""
+def _fail_early(sample: Any, message: str, eos_id: int | None, args: Any = None) -> Any:
+    """A sample that could not even start an episode: no loss, reward 0.0, removed (an infra
+    failure: its group is dropped by bridge.filters)."""
     prompt = (
         list(sample.tokens)
         if getattr(sample, "tokens", None)
         else ([eos_id] if eos_id is not None else [0])
     )
     fill_sample(
-        sample, _placeholder_ledger(prompt, eos_id if eos_id is not None else prompt[-1]), None
+        sample, _placeholder_ledger(prompt, eos_id if eos_id is not None else prompt[-1]), args
     )
     zero_loss(sample)
     sample.reward = 0.0
@@ -184,6 +217,7 @@ def _fail_early(sample: Any, message: str, eos_id: int | None) -> Any:
     md.update(
         stop_reason="setup_error",
         failure_message=message,
+        infra_failure=True,
         env_failure=0,
         engine_failure=0,
         num_turns=0,
@@ -191,17 +225,58 @@ def _fail_early(sample: Any, message: str, eos_id: int | None) -> Any:
         tool_errors={},
         turn_rewards=[],
         drift_count=0,
+        weight_versions=[],
     )
     sample.metadata = md
     _warn_once(f"bridge: {message}")
     return sample
 
 
-def _context_budget(args: Any) -> Budget:
+def _context_budget(args: Any, params: dict[str, Any], evaluation: bool) -> Budget:
+    """slime's budgets: the rollout ones, or for evaluation its eval_* ones (falling back as slime does)."""
+    if evaluation:
+        return Budget(
+            max_context_len=getattr(args, "eval_max_context_len", None)
+            or getattr(args, "rollout_max_context_len", None)
+            or None,
+            max_response_len=params.get("max_new_tokens")
+            or getattr(args, "eval_max_response_len", None)
+            or getattr(args, "rollout_max_response_len", None)
+            or None,
+        )
     return Budget(
         max_context_len=getattr(args, "rollout_max_context_len", None) or None,
         max_response_len=getattr(args, "rollout_max_response_len", None) or None,
     )
+
+
+def _episode_key(sample: Any, md: dict[str, Any]) -> str:
+    """One key per sample for its whole life (session pinning, routing, partial-rollout resume)."""
+    key = getattr(sample, "session_id", None) or md.get("episode_key") or uuid.uuid4().hex
+    md["episode_key"] = key
+    return str(key)
+
+
+def _is_aborted(sample: Any) -> bool:
+    status = getattr(sample, "status", None)
+    return status is not None and status == getattr(type(sample).Status, "ABORTED", None)
+
+
+async def _resumable(args: Any, sample: Any, key: str, params: dict[str, Any]) -> Episode | None:
+    """The suspended episode this ABORTED sample left, ready to continue; None: start afresh."""
+    if not _is_aborted(sample):
+        return None
+    episode = suspended_episodes().take(key, list(sample.tokens or []))
+    if episode is None:
+        return None
+    if not await episode.session.alive():
+        log.info("partial rollout: the env session of %s is gone; restarting the episode", key)
+        await episode.session.close()
+        return None
+    episode.sampling_params = params
+    if mask_offpolicy(args) and episode.ledger is not None:
+        episode.ledger.mark_offpolicy()
+    return episode
 
 
 async def generate(
@@ -214,7 +289,7 @@ async def generate(
         task = TaskMeta.model_validate(md)
     except (ConfigError, ValidationError, ValueError) as e:
         msg = " ".join(str(e).split())
-        return _fail_early(sample, f"cannot start episode: {msg[:500]}", None)
+        return _fail_early(sample, f"cannot start episode: {msg[:500]}", None, args)
     thinking = cfg.thinking if cfg is not None else bool(md.get("thinking", False))
     system_prompt = cfg.system_prompt if cfg is not None else md.get("system_prompt")
     try:
@@ -225,58 +300,147 @@ async def generate(
             f"cannot load tokenizer/chat template from {args.hf_checkpoint!r}: "
             f"{type(e).__name__}: {e}",
             None,
+            args,
         )
     params = dict(sampling_params)  # slime shares the eval dict between samples: never mutate it
-    key = getattr(sample, "session_id", None) or uuid.uuid4().hex
-    urls = cfg.env_server_urls if cfg is not None else []
+    key = _episode_key(sample, md)
+    keep = partial_rollout(args) and not evaluation
     try:
-        session = open_session(task, urls, key)
-    except Exception as e:
-        return _fail_early(sample, f"cannot open env session: {e}", renderer.eos_token_id)
-    model = TokenModel(_engine(args), renderer, key)
-    episode = Episode(session, model, task, params, _context_budget(args))
-    try:
-        result = await episode.run()
+        resumed = await _resumable(args, sample, key, params)
+        play = _Play(
+            args, task, cfg, renderer, params, key, _context_budget(args, params, evaluation)
+        )
+        result = await play.run(resumed, keep)
+    except _SetupError as e:
+        return _fail_early(sample, str(e), renderer.eos_token_id, args)
     # a bug, not an env/engine failure: still never crash slime's rollout loop
     except Exception as e:
         log.exception("bridge: episode raised")
-        return _fail_early(sample, f"bridge error: {type(e).__name__}: {e}", renderer.eos_token_id)
-    try:
-        _write_sample(args, sample, result, renderer)
-    except Exception as e:  # e.g. slime's own Sample validation: report, do not crash the rollout
         return _fail_early(
-            sample, f"cannot fill the sample: {type(e).__name__}: {e}", renderer.eos_token_id
+            sample, f"bridge error: {type(e).__name__}: {e}", renderer.eos_token_id, args
         )
-    _submit(cfg, args, sample, task, result, evaluation, renderer, params)
+    try:
+        _write_sample(args, sample, result, renderer, play)
+    except Exception as e:  # e.g. slime's own Sample validation: report, do not crash the rollout
+        if result.suspended and play.episode is not None:
+            await play.episode.session.close()
+        return _fail_early(
+            sample, f"cannot fill the sample: {type(e).__name__}: {e}", renderer.eos_token_id, args
+        )
+    if result.suspended and play.episode is not None:
+        suspended_episodes().put(key, play.episode, list(sample.tokens))
+    elif result.stop_reason != "slime_abort":
+        _submit(cfg, args, sample, task, result, evaluation, renderer, params)
     return sample
 
 
+class _SetupError(Exception):
+    """An env session could not even be described (no server URL, a missing secret)."""
+
+
+class _Play:
+    """One sample's episode tries: a resumed or new episode, replayed on infra failures."""
+
+    def __init__(
+        self,
+        args: Any,
+        task: TaskMeta,
+        cfg: TrainConfig | None,
+        renderer: ChatRenderer,
+        params: dict[str, Any],
+        key: str,
+        budget: Budget,
+    ) -> None:
+        self.args, self.task, self.cfg, self.renderer = args, task, cfg, renderer
+        self.params, self.key, self.budget = params, key, budget
+        self.episode: Episode | None = None
+        self.attempts = 0
+        self.resumed = False
+        self.failures: list[str] = []
+        self.env_time = 0.0
+        """Seconds spent on the environment during this call (slime's non_generation_time)."""
+
+    def _new_episode(self, attempt: int) -> Episode:
+        urls = self.cfg.env_server_urls if self.cfg is not None else []
+        # a retry gets a new session, on another server when there are several
+        session_key = self.key if attempt == 0 else f"{self.key}/retry{attempt}"
+        try:
+            session = open_session(self.task, urls, session_key)
+        except Exception as e:
+            raise _SetupError(f"cannot open env session: {e}") from None
+        routed_experts = bool(getattr(self.args, "use_rollout_routing_replay", False))
+        model = TokenModel(_engine(self.args), self.renderer, self.key, routed_experts)
+        return Episode(session, model, self.task, self.params, self.budget)
+
+    async def run(self, resumed: Episode | None, keep: bool) -> EpisodeResult:
+        """The first try that is not lost to the infrastructure, else the last one."""
+        for attempt in range(EPISODE_ATTEMPTS):
+            if attempt == 0 and resumed is not None:
+                episode, self.resumed = resumed, True
+            else:
+                episode = self._new_episode(attempt)
+            self.episode = episode
+            self.attempts = attempt + 1
+            env_before = episode.t_env
+            result = await episode.run(keep_on_abort=keep)
+            self.env_time += episode.t_env - env_before
+            if not result.infra_failure or attempt + 1 == EPISODE_ATTEMPTS or slime_aborted():
+                return result
+            self.failures.append(f"{result.stop_reason}: {(result.failure or '')[:300]}")
+            log.warning(
+                "bridge: episode %s lost (%s); replaying it (try %d of %d)",
+                self.key,
+                result.failure,
+                attempt + 2,
+                EPISODE_ATTEMPTS,
+            )
+        raise AssertionError("unreachable")
+
+
 async def close_clients() -> None:
-    """Close this event loop's engine and env HTTP clients (tests and benchmarks call it at the end)."""
+    """Close this event loop's engine and env HTTP clients and suspended episodes (tests and
+    benchmarks call it at the end)."""
     from bridge.env_client import close_shared_http
 
+    await suspended_episodes().close_all()
     for client in _ENGINES.pop(asyncio.get_running_loop(), {}).values():
         await client.close()
     await close_shared_http()
 
 
-def _write_sample(args: Any, sample: Any, result: EpisodeResult, renderer: ChatRenderer) -> None:
+def _write_sample(
+    args: Any, sample: Any, result: EpisodeResult, renderer: ChatRenderer, play: _Play
+) -> None:
     ledger = result.ledger
-    if ledger is None or ledger.response_length == 0:
-        # Nothing was generated (failure before the first turn, or an abort with no tokens):
-        # slime still needs one response token; it is not trained.
-        eos = renderer.eos_token_id if renderer.eos_token_id is not None else 0
-        prompt = ledger.prompt_ids if ledger is not None else (list(sample.tokens) or [eos])
-        ledger = _placeholder_ledger(prompt, eos)
-    fill_sample(sample, ledger, args)
-    failed = result.status == "failed"
-    if failed and result.failure:  # counted in metadata; logged once per distinct message
-        _warn_once(f"bridge: episode failed ({result.stop_reason}): {result.failure[:300]}")
+    aborted = result.stop_reason == "slime_abort"
+    if aborted:
+        # back to slime unfinished: no reward; with --partial-rollout it comes back here later
+        if ledger is not None:
+            fill_sample(sample, ledger, args)
+        else:
+            reset_response(sample)
+            sample.loss_mask, sample.rollout_log_probs = [], []
+            complete_replay_fields(sample, args)
+        sample.reward = None
+    else:
+        if ledger is None or ledger.response_length == 0:
+            # Nothing was generated (failure before the first turn): slime still needs one
+            # response token; it is not trained.
+            eos = renderer.eos_token_id if renderer.eos_token_id is not None else 0
+            prompt = ledger.prompt_ids if ledger is not None else (list(sample.tokens) or [eos])
+            ledger = _placeholder_ledger(prompt, eos)
+        elif getattr(args, "use_rollout_routing_replay", False):
+            ledger = ledger.sampled_only_end()  # routed experts cover up to the last sampled token
+        fill_sample(sample, ledger, args)
+        failed = result.infra_failure
+        if failed and result.failure:  # counted in metadata; logged once per distinct message
+            _warn_once(f"bridge: episode failed ({result.stop_reason}): {result.failure[:300]}")
+        sample.reward = 0.0 if failed else result.reward.reward
+        if failed:
+            zero_loss(sample)
+            sample.remove_sample = True
     sample.status = status_value(sample, result.status.upper())
-    sample.reward = 0.0 if failed else result.reward.reward
-    if failed:
-        zero_loss(sample)
-        sample.remove_sample = True
+    sample.non_generation_time = play.env_time
     md = sample.metadata
     md.update(
         stop_reason=result.stop_reason,
@@ -286,7 +450,8 @@ def _write_sample(args: Any, sample: Any, result: EpisodeResult, renderer: ChatR
         turn_rewards=result.turn_rewards,
         reward_unclamped=result.reward.unclamped,
         env_finished=result.env_finished,
-        drift_count=ledger.drift_count,
+        drift_count=ledger.drift_count if ledger is not None else 0,
+        infra_failure=result.infra_failure,
         env_failure=int(result.stop_reason == "env_error"),
         engine_failure=int(result.stop_reason == "engine_error"),
         failure_message=result.failure,
@@ -294,6 +459,11 @@ def _write_sample(args: Any, sample: Any, result: EpisodeResult, renderer: ChatR
         response_tokens=sample.response_length,
         trained_tokens=sum(sample.loss_mask),
         env_url=result.session_url,
+        weight_versions=result.weight_versions,
+        engine_aborts=result.engine_aborts,
+        episode_attempts=play.attempts,
+        retried_failures=play.failures,
+        resumed=int(md.get("resumed") or 0) + int(play.resumed),
     )
     if result.env_report.checked:  # the env's verdict; bridge/metrics.py counts them
         md.update(
@@ -359,7 +529,11 @@ def _submit(
             extra={
                 "session_url": result.session_url,
                 "failure": result.failure,
+                "infra_failure": result.infra_failure,
                 "tokenizer": getattr(args, "hf_checkpoint", None),
+                "weight_versions": list(result.weight_versions),
+                "episode_attempts": sample.metadata.get("episode_attempts"),
+                "resumed": sample.metadata.get("resumed", 0),
             },
             provenance=provenance,
             tripwires=list(report.tripwires) if report.checked else None,

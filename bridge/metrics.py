@@ -7,9 +7,10 @@ False, so slime still logs its own metrics (response lengths, truncation, perf) 
 Read from each sample: `metadata["env"]` and `metadata["reward"]["max_reward"]` (the task,
 written by prepare_tasks.py), and the counters bridge/generate.py writes (its METADATA_KEYS):
 stop_reason, num_turns, num_tool_calls, tool_errors {kind: n}, drift_count, env_failure,
-engine_failure, bridge_timings {generate, env, total} (seconds), tripwires [names] and
-tripwire_keys {name: key}. Samples without them (not produced by the bridge) still count for
-reward and solve rate.
+engine_failure, episode_attempts, engine_aborts, bridge_timings {generate, env, total}
+(seconds), tripwires [names] and tripwire_keys {name: key}. Samples without them (not
+produced by the bridge) still count for reward and solve rate. Eval samples lost to the
+infrastructure are taken out before slime's eval/* (drop_eval_infra_failures).
 
 Tripwires (bridge/env_report.py): `tripwires/<name>` counts the episodes that tripped a wire,
 the env's own verdict plus group wires (episodes of one GRPO group, `group_index`, reporting
@@ -125,7 +126,7 @@ def _group_metrics(
     out: dict[str, float] = {"episodes": float(n)}
     rewards, solved = [], 0
     turns, calls, drift, env_t, gen_t, env_per_call = [], [], [], [], [], []
-    env_fail = engine_fail = removed = 0
+    env_fail = engine_fail = removed = retries = engine_aborts = 0
     stop: dict[str, int] = defaultdict(int)
     status: dict[str, int] = defaultdict(int)
     errors: dict[str, int] = defaultdict(int)
@@ -147,6 +148,8 @@ def _group_metrics(
         calls.append(float(md.get("num_tool_calls") or 0))
         drift.append(float(md.get("drift_count") or 0))
         env_fail += int(md.get("env_failure") or 0)
+        retries += max(int(md.get("episode_attempts") or 1) - 1, 0)
+        engine_aborts += int(md.get("engine_aborts") or 0)
         engine_fail += int(md.get("engine_failure") or 0)
         for kind, count in (md.get("tool_errors") or {}).items():
             errors[str(kind)] += int(count)
@@ -178,6 +181,8 @@ def _group_metrics(
             out[f"tool_errors/{kind}"] = float(count)
         out["env_errors"] = float(env_fail)
         out["engine_errors"] = float(engine_fail)
+        out["episode_retries"] = float(retries)  # episodes replayed after an infra failure
+        out["engine_aborts"] = float(engine_aborts)  # engine-side aborts, turns re-sent
         out["token_drift"] = sum(drift)
         for reason, count in stop.items():
             out[f"stop/{reason}"] = count / bridged
@@ -275,11 +280,47 @@ def log_rollout(
     return False
 
 
+def drop_eval_infra_failures(args: Any, data: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Remove eval samples lost to the env/network/engine from `data`, in place, so slime's own
+    eval/* metrics (computed after this hook) never count them as reward 0. With
+    `--log-passrate` whole prompt groups go (pass@k needs full groups); a dataset left empty is
+    removed. Returns the count dropped per dataset."""
+    dropped: dict[str, int] = {}
+    group = int(getattr(args, "n_samples_per_eval_prompt", 1) or 1)
+    whole_groups = bool(getattr(args, "log_passrate", False)) and group > 1
+    for name in list(data or {}):
+        d = data[name]
+        samples = d.get("samples") if isinstance(d, dict) else None
+        if not samples or len(samples) != len(d.get("rewards") or []):
+            continue
+        bad = [i for i, s in enumerate(samples) if _metadata(s).get("infra_failure")]
+        if not bad:
+            continue
+        if whole_groups:
+            bad_groups = {i // group for i in bad}
+            bad = [i for i in range(len(samples)) if i // group in bad_groups]
+        keep = [i for i in range(len(samples)) if i not in set(bad)]
+        dropped[name] = len(bad)
+        if not keep:
+            del data[name]
+            continue
+        for key in ("rewards", "truncated", "samples"):
+            if isinstance(d.get(key), list) and len(d[key]) == len(samples):
+                d[key] = [d[key][i] for i in keep]
+    return dropped
+
+
 def log_eval_rollout(
     rollout_id: int, args: Any, data: dict[str, dict[str, Any]], extra_metrics: dict | None
 ) -> bool:
-    """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated", "samples"}."""
-    metrics: dict[str, float] = {}
+    """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated", "samples"}.
+
+    Infra-failed episodes are first taken out of `data` (see drop_eval_infra_failures) and
+    counted as `eval/<dataset>/env/all/infra_failures`."""
+    dropped = drop_eval_infra_failures(args, data)
+    metrics: dict[str, float] = {
+        f"eval/{name}/env/{ALL}/infra_failures": float(n) for name, n in dropped.items()
+    }
     for name, d in (data or {}).items():
         samples = d.get("samples") if isinstance(d, dict) else None
         if samples:

@@ -1,9 +1,7 @@
 """GSM8K: grade-school math word problems with a calculator tool and a single answer submission.
 
-Data comes from, in order: the `data_dir` option, the GSM8K_DATA_DIR environment variable
-(a directory with train.jsonl/test.jsonl or parquet files), or `datasets.load_dataset("openai/gsm8k",
-"main")` when the optional `datasets` package is installed and the Hub is reachable. Rows are
-`{question, answer}` with the answer ending in `#### N`; loaded once per split and cached.
+Data (envs/gsm8k_data.py): the `data_dir` option, else $GSM8K_DATA_DIR, else the Hub when
+`use_hub` is on, else the copy bundled in this package; loaded once per source and split.
 
 Scoring: `submit_answer` ends the episode with 1.0 when the answer is numerically equal to
 the label, else 0.0. Tripwire: `answer_without_calculation`, a correct answer to a
@@ -14,26 +12,49 @@ calculator call.
 from __future__ import annotations
 
 import ast
-import json
 import math
 import operator
-import os
+import re
 import threading
 from collections.abc import Callable
 from fractions import Fraction
-from pathlib import Path
 from typing import Any, ClassVar
 
 from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
+from envs.gsm8k_data import (
+    DATA_DIR_ENV,
+    HUB_DATASET,
+    SPLITS,
+    DataSource,
+    GSM8KDataMissing,
+    SourceKind,
+    load_tasks,
+    parse_final_answer,
+    resolve_source,
+    solution_steps,
+)
 from envs.options import parse_options, reset_task_cache
 from envs.reporting import ReportingEnvironment
 from envs.tripwires import CallRecord, Tripwire, Verdict
 
-SPLITS = ("train", "test")
-DATA_DIR_ENV = "GSM8K_DATA_DIR"
-HUB_DATASET = "openai/gsm8k"
+# The data names (from envs.gsm8k_data) stay importable from here, where they used to live.
+__all__ = [
+    "DATA_DIR_ENV",
+    "GSM8K",
+    "HUB_DATASET",
+    "SPLITS",
+    "CalculatorError",
+    "GSM8KDataMissing",
+    "GSM8KOptions",
+    "answers_match",
+    "calculate",
+    "format_number",
+    "parse_final_answer",
+    "parse_number",
+    "solution_steps",
+]
 
 MAX_EXPRESSION_CHARS = 200
 MAX_EXPONENT = 64
@@ -50,114 +71,20 @@ class GSM8KOptions(BaseModel):
 
     # Directory holding train.jsonl/test.jsonl (or train*.parquet/test*.parquet).
     data_dir: str | None = None
-    # Try `datasets.load_dataset("openai/gsm8k", "main")` when no directory is given.
-    use_hub: bool = True
-
-
-# --------------------------------------------------------------------------- data
-
-
-class GSM8KDataMissing(RuntimeError):
-    """No GSM8K data could be found; the message names every way to provide it."""
-
-
-def parse_final_answer(answer: str) -> str:
-    """The number after `####` in a GSM8K solution, e.g. '1,200' from '... #### 1,200'."""
-    if "####" not in answer:
-        raise ValueError(f"GSM8K answer has no '#### N' line: {answer[-60:]!r}")
-    return answer.rsplit("####", 1)[1].strip()
-
-
-def solution_steps(answer: str) -> int:
-    """Steps of a GSM8K reference solution: its non-empty lines before `####`."""
-    return sum(1 for line in answer.split("####", 1)[0].splitlines() if line.strip())
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise GSM8KDataMissing(f"{path}:{n}: invalid JSON: {e.msg}") from None
-    return rows
-
-
-def _read_parquet(paths: list[Path]) -> list[dict[str, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        try:
-            import pandas as pd
-        except ImportError:
-            raise GSM8KDataMissing(
-                f"reading {paths[0]} needs pyarrow or pandas (pip install pyarrow), or use train.jsonl/test.jsonl"
-            ) from None
-        return [row for p in paths for row in pd.read_parquet(p).to_dict("records")]
-    return [row for p in paths for row in pq.read_table(p).to_pylist()]
-
-
-def _split_files(data_dir: Path, split: str) -> tuple[str, list[Path]] | None:
-    for base in (data_dir, data_dir / "main"):
-        jsonl = base / f"{split}.jsonl"
-        if jsonl.is_file():
-            return "jsonl", [jsonl]
-        parquet = sorted(base.glob(f"{split}*.parquet"))
-        if parquet:
-            return "parquet", parquet
-    return None
-
-
-def load_rows_from_dir(data_dir: Path, split: str) -> list[dict[str, Any]]:
-    """GSM8K rows of `split` from a local directory (jsonl or parquet)."""
-    if not data_dir.is_dir():
-        raise GSM8KDataMissing(
-            f"GSM8K data directory {data_dir} (options.data_dir or ${DATA_DIR_ENV}) does not exist"
-        )
-    found = _split_files(data_dir, split)
-    if found is None:
-        raise GSM8KDataMissing(
-            f"GSM8K data directory {data_dir} has no {split}.jsonl or {split}*.parquet"
-        )
-    kind, paths = found
-    return _read_jsonl(paths[0]) if kind == "jsonl" else _read_parquet(paths)
-
-
-def load_rows_from_hub(split: str) -> list[dict[str, Any]]:
-    """GSM8K rows of `split` through `datasets` (optional dependency)."""
-    try:
-        import datasets
-    except ImportError:
-        raise GSM8KDataMissing("the `datasets` package is not installed") from None
-    try:
-        ds = datasets.load_dataset(HUB_DATASET, "main", split=split)
-    except Exception as e:  # network, auth, offline mode: all mean "not available"
-        raise GSM8KDataMissing(
-            f"datasets.load_dataset({HUB_DATASET!r}) failed: {type(e).__name__}: {e}"
-        ) from None
-    return [dict(r) for r in ds]
-
-
-def _to_tasks(rows: list[dict[str, Any]], split: str, source: str) -> list[dict[str, Any]]:
-    tasks = []
-    for i, row in enumerate(rows):
-        try:
-            question = str(row["question"]).strip()
-            label = parse_final_answer(str(row["answer"]))
-        except (KeyError, ValueError) as e:
-            raise GSM8KDataMissing(f"{source}: {split} row {i} is not a GSM8K row ({e})") from None
-        steps = solution_steps(str(row["answer"]))
-        tasks.append(
-            {"split": split, "index": i, "question": question, "label": label, "steps": steps}
-        )
-    return tasks
+    # Read `datasets.load_dataset("openai/gsm8k", "main")` instead of the bundled copy when no
+    # directory is given (options.data_dir or $GSM8K_DATA_DIR).
+    use_hub: bool = False
 
 
 # --------------------------------------------------------------------------- safe calculator
+#
+# The tools run on the env server's event loop, and CPython holds the GIL for the whole of one
+# big-integer operation: `((((1/3)**64+1)**64)**64)**64` (29 characters) once froze every session
+# for 11-23 s. So the work is bounded before it is done: literals are at most
+# MAX_EXPRESSION_CHARS long, exponents at most MAX_EXPONENT, and an exact value (int or Fraction)
+# never has a numerator or denominator over MAX_EXACT_BITS: a power whose exact result would be
+# larger, and any result over the limit, is computed in floating point instead (the answer is
+# shown to 12 significant digits anyway). Every operation then costs microseconds.
 
 
 class CalculatorError(ValueError):
@@ -165,6 +92,8 @@ class CalculatorError(ValueError):
 
 
 Number = int | Fraction | float
+
+MAX_EXACT_BITS = 1024
 
 _BINARY: dict[type[ast.operator], tuple[str, Callable[[Any, Any], Any]]] = {
     ast.Add: ("+", operator.add),
@@ -182,9 +111,29 @@ _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
 _ALLOWED = "numbers, + - * / // % **, unary minus and parentheses"
 
 
+def _exact_bits(x: Number) -> int:
+    """Bits of the larger of numerator and denominator (0 for a float)."""
+    if isinstance(x, int):
+        return x.bit_length()
+    if isinstance(x, Fraction):
+        return max(x.numerator.bit_length(), x.denominator.bit_length())
+    return 0
+
+
+def _to_float(x: Number) -> float:
+    try:
+        return float(x)
+    except OverflowError:
+        raise CalculatorError(
+            f"result is too large (limit is 1e{len(str(MAX_MAGNITUDE)) - 1})"
+        ) from None
+
+
 def _check_magnitude(x: Number) -> Number:
     if isinstance(x, float) and not math.isfinite(x):
         raise CalculatorError("result is not a finite number")
+    if _exact_bits(x) > MAX_EXACT_BITS:
+        x = _to_float(x)  # exact arithmetic stops here; floats cost O(1)
     if abs(x) > MAX_MAGNITUDE:
         raise CalculatorError(f"result is too large (limit is 1e{len(str(MAX_MAGNITUDE)) - 1})")
     return x
@@ -194,10 +143,17 @@ def _power(base: Number, exp: Number) -> Number:
     if isinstance(exp, Fraction) and exp.denominator == 1:
         exp = exp.numerator
     if abs(exp) > MAX_EXPONENT:
-        raise CalculatorError(f"exponent {exp} is too large (limit is {MAX_EXPONENT})")
+        raise CalculatorError(
+            f"exponent {format_number(exp)} is too large (limit is {MAX_EXPONENT})"
+        )
     if base == 0 and exp < 0:
         raise CalculatorError("division by zero")
     if isinstance(exp, int):
+        if isinstance(base, float) or _exact_bits(base) * abs(exp) > MAX_EXACT_BITS:
+            try:
+                return float(base) ** exp
+            except OverflowError:
+                raise CalculatorError("result is too large") from None
         return base**exp if exp >= 0 else Fraction(1) / Fraction(base) ** -exp
     if base < 0:
         raise CalculatorError("a negative number to a fractional power is not a real number")
@@ -231,7 +187,7 @@ def _eval(node: ast.AST) -> Number:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitXor):
         raise CalculatorError("'^' is not a power operator here; use ** (e.g. 2**3)")
     if isinstance(node, ast.Name):
-        raise CalculatorError(f"unknown name {node.id!r}; allowed: {_ALLOWED}")
+        raise CalculatorError(f"unknown name {node.id[:40]!r}; allowed: {_ALLOWED}")
     if isinstance(node, ast.Call):
         raise CalculatorError(f"function calls are not allowed; allowed: {_ALLOWED}")
     if isinstance(node, ast.Tuple):
@@ -277,11 +233,23 @@ def calculate(expression: str) -> str:
 
 # --------------------------------------------------------------------------- answer checking
 
+MAX_ANSWER_CHARS = 100  # longer submissions are not read as a number (GSM8K answers are short)
+MAX_ANSWER_EXPONENT = 100  # Fraction("1e10000000") would build 10**10000000 first
+ECHO_CHARS = 100  # how much of a submission the reply and metadata repeat
+_EXPONENT = re.compile(r"[eE]([+-]?\d+)")
+
 
 def parse_number(text: str) -> Fraction | None:
-    """A submitted answer as an exact number, ignoring $, commas, whitespace and a trailing '.'."""
-    s = "".join(str(text).split()).replace("$", "").replace(",", "").rstrip(".")
-    if not s:
+    """A submitted answer as an exact number, ignoring $, commas, whitespace and a trailing '.'.
+
+    None when it is not a number, longer than MAX_ANSWER_CHARS, or has an exponent beyond
+    MAX_ANSWER_EXPONENT (parsing those would cost unbounded work)."""
+    s = "".join(str(text)[: 4 * MAX_ANSWER_CHARS].split()).replace("$", "").replace(",", "")
+    s = s.rstrip(".")
+    if not s or len(s) > MAX_ANSWER_CHARS:
+        return None
+    m = _EXPONENT.search(s)
+    if m is not None and abs(int(m.group(1))) > MAX_ANSWER_EXPONENT:
         return None
     try:
         return Fraction(s)  # accepts 18, 18.0, -3.25, 1/2, 1e3
@@ -293,6 +261,11 @@ def answers_match(submitted: str, label: str) -> bool:
     """True when the submitted answer is numerically equal to the label."""
     got, want = parse_number(submitted), parse_number(label)
     return got is not None and want is not None and got == want
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how long it was (for echoing model input)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # --------------------------------------------------------------------------- environment
@@ -335,50 +308,49 @@ class GSM8K(ReportingEnvironment):
     )
 
     _options: ClassVar[GSM8KOptions] = GSM8KOptions()
-    _rows: ClassVar[dict[tuple[str | None, str], list[dict[str, Any]]]] = {}
+    _rows: ClassVar[dict[tuple[DataSource, str], list[dict[str, Any]]]] = {}
     _rows_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def configure(cls, options: dict[str, Any]) -> None:
-        """Validate and apply `environments.gsm8k.options`; raises ValueError naming a bad key."""
-        cls._options = parse_options(GSM8KOptions, options, "gsm8k")
+        """Validate and apply `environments.gsm8k.options`.
+
+        Raises ValueError naming a bad key, or GSM8KDataMissing (one line) when the data it
+        points at is not there: a missing directory (options.data_dir, $GSM8K_DATA_DIR), or,
+        with use_hub, the Hub dataset itself (loaded here, so a server fails at startup and
+        not in every session).
+        """
+        parsed = parse_options(GSM8KOptions, options, "gsm8k")
+        source = resolve_source(parsed.data_dir, parsed.use_hub)
+        source.check()
+        if source.kind is SourceKind.HUB:
+            for split in SPLITS:
+                cls._cached_tasks(source, split)
+        cls._options = parsed
         reset_task_cache(cls)
 
     @classmethod
-    def _data_dir(cls) -> str | None:
-        return cls._options.data_dir or os.environ.get(DATA_DIR_ENV) or None
+    def data_source(cls) -> DataSource:
+        """The copy of GSM8K the current options and environment select."""
+        return resolve_source(cls._options.data_dir, cls._options.use_hub)
 
     @classmethod
     def load_split(cls, split: str) -> list[dict[str, Any]]:
         """All tasks of `split` ({split, index, question, label}), loaded once and cached."""
         if split not in SPLITS:
             raise ValueError(f"gsm8k has no split {split!r}; splits are {', '.join(SPLITS)}")
-        data_dir = cls._data_dir()
-        key = (data_dir, split)
+        return cls._cached_tasks(cls.data_source(), split)
+
+    @classmethod
+    def _cached_tasks(cls, source: DataSource, split: str) -> list[dict[str, Any]]:
+        key = (source, split)
         cached = cls._rows.get(key)
         if cached is not None:
             return cached
         with cls._rows_lock:
-            if key in cls._rows:
-                return cls._rows[key]
-            if data_dir:
-                tasks = _to_tasks(load_rows_from_dir(Path(data_dir), split), split, data_dir)
-            elif cls._options.use_hub:
-                try:
-                    tasks = _to_tasks(load_rows_from_hub(split), split, HUB_DATASET)
-                except GSM8KDataMissing as e:
-                    raise GSM8KDataMissing(
-                        f"no GSM8K data: set environments.gsm8k.options.data_dir or ${DATA_DIR_ENV} "
-                        f"to a directory with train.jsonl/test.jsonl, or make the Hub dataset {HUB_DATASET} "
-                        f"available (pip install datasets; online) - {e}"
-                    ) from None
-            else:
-                raise GSM8KDataMissing(
-                    f"no GSM8K data: set environments.gsm8k.options.data_dir or ${DATA_DIR_ENV} "
-                    "to a directory with train.jsonl/test.jsonl (use_hub is off)"
-                )
-            cls._rows[key] = tasks
-            return tasks
+            if key not in cls._rows:
+                cls._rows[key] = load_tasks(source, split)
+            return cls._rows[key]
 
     @classmethod
     def list_splits(cls) -> list[str]:
@@ -430,12 +402,14 @@ class GSM8K(ReportingEnvironment):
         elif readable:
             text = f"Incorrect. The answer was {self.label}."
         else:
-            text = f"Could not read a number in {params.answer!r}. The answer was {self.label}."
+            text = (
+                f"Could not read a number in {clip(params.answer)!r}. The answer was {self.label}."
+            )
         return ToolOutput(
             blocks=[TextBlock(text=text)],
             reward=1.0 if correct else 0.0,
             finished=True,
-            metadata={"correct": correct, "label": self.label, "submitted": params.answer},
+            metadata={"correct": correct, "label": self.label, "submitted": clip(params.answer)},
         )
 
     def check_tripwires(self, calls: list[CallRecord]) -> Verdict:

@@ -1,30 +1,37 @@
-"""Shared fixtures: real servers on 127.0.0.1 free ports, the real Qwen3 tokenizer, GSM8K data."""
+"""Shared fixtures: real servers on 127.0.0.1 free ports, the real Qwen3 tokenizer, GSM8K data.
+
+The suite needs nothing outside the repository: GSM8K is the copy bundled in envs/data/gsm8k,
+whatever $GSM8K_DATA_DIR says in the shell that runs it. Tests pass in any order
+(pytest-randomly shuffles them; `-p no:randomly` keeps file order): class-level state of the
+environments (options from `configure()`, the SDK's task cache) is put back after every test.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-GSM8K_DIR = SHARED / "data" / "gsm8k"
 
 os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if GSM8K_DIR.is_dir():
-    os.environ.setdefault("GSM8K_DATA_DIR", str(GSM8K_DIR))
+# Every test and every server it starts reads the bundled GSM8K unless the test says otherwise.
+os.environ.pop("GSM8K_DATA_DIR", None)
 
 
 def free_port() -> int:
@@ -86,11 +93,58 @@ def env_server(
         yield base
 
 
+def _env_classes() -> list[type]:
+    """Every Environment subclass defined so far: the registered envs (imported here) and the tests'."""
+    from openreward.environments import Environment
+
+    from envs.registry import ENVIRONMENTS, load_env_class
+
+    for name in ENVIRONMENTS:
+        load_env_class(name)
+    found: list[type] = []
+    todo: list[type] = [Environment]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found:
+                found.append(sub)
+                todo.append(sub)
+    return found
+
+
+_ABSENT = object()
+
+
+@pytest.fixture(autouse=True)
+def isolated_env_classes() -> Iterator[None]:
+    """Put every environment class's own attributes back as they were before the test.
+
+    `configure()` sets class attributes (options) and the openreward SDK caches a class's task
+    list on the class: without this a test that configures an env changes it for the rest of
+    the process. Caches mutated in place (GSM8K's rows per data source) are keyed by what they
+    depend on and stay.
+    """
+    before = {cls: dict(vars(cls)) for cls in _env_classes()}
+    yield
+    for cls, saved in before.items():
+        now: dict[str, Any] = dict(vars(cls))
+        for key in now.keys() - saved.keys():
+            delattr(cls, key)
+        for key, value in saved.items():
+            if now.get(key, _ABSENT) is not value:
+                setattr(cls, key, value)
+
+
 @pytest.fixture(scope="session")
-def gsm8k_dir() -> Path:
-    if not (GSM8K_DIR / "train.jsonl").is_file():
-        pytest.fail(f"GSM8K test data missing at {GSM8K_DIR}")
-    return GSM8K_DIR
+def gsm8k_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled GSM8K as a plain directory of train.jsonl/test.jsonl (as `data_dir` takes it)."""
+    from envs.gsm8k_data import SPLITS, bundled_path
+
+    out = tmp_path_factory.mktemp("gsm8k")
+    for split in SPLITS:
+        with bundled_path(split).open("rb") as raw, gzip.open(raw) as src:
+            with (out / f"{split}.jsonl").open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 Every player takes the base URL of any ORS server (the SDK's own Server, or ours:
 `python -m envs.server`), so the same episodes run against both. Expected answers are
 computed in-process from the same env classes with default options, so the server under
-test must run them with default options too (GSM8K data from $GSM8K_DATA_DIR).
+test must run them with default options too (GSM8K: the bundled copy).
 """
 
 from __future__ import annotations

@@ -15,6 +15,12 @@ Scripts can be one list of turns served in order, a dict of lists keyed by the
 callable (sync or async) for anything else, e.g. 256 concurrent benchmark episodes.
 `instant=True` skips recording and delays for benchmarks.
 
+Replay data as SGLang returns it when asked: top-p replay arrays (`top_p_token_ids` /
+`top_p_token_offsets`, base64 int32, `top_p_kept` ids per token) when the sampling params carry
+`custom_params.return_top_p_token_ids` (slime's `--rollout-top-p` < 1), and `routed_experts`
+(base64 int32, (prompt + output - 1) x `moe_layers` x `moe_topk`) when the request has
+`return_routed_experts`. `weight_version` may be changed between requests (a weight update).
+
 As a subprocess:
 
     python tests/sglang_stub.py --port 30000 --script turns.json [--tokenizer DIR]
@@ -113,6 +119,8 @@ class StubRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     received_at: float = field(default_factory=time.monotonic)
+    weight_version: str = ""
+    """The stub's weight version when the request arrived."""
 
     def header(self, name: str) -> str | None:
         """A request header by case-insensitive name."""
@@ -192,6 +200,9 @@ class SGLangStub:
         instant: bool = False,
         port: int | None = None,
         weight_version: str = "default",
+        moe_layers: int = 2,
+        moe_topk: int = 2,
+        top_p_kept: int = 3,
     ) -> None:
         if (responder is None) == (script is None):
             raise ValueError("give exactly one of responder or script")
@@ -208,6 +219,7 @@ class SGLangStub:
         self.tokenizer = tokenizer
         self.instant = instant
         self.weight_version = weight_version
+        self.moe_layers, self.moe_topk, self.top_p_kept = moe_layers, moe_topk, top_p_kept
         self.requests: list[StubRequest] = []
         self.errors: list[str] = []
         self.num_served = 0
@@ -310,7 +322,14 @@ class SGLangStub:
         app.router.add_get("/v1/loads", self._handle_loads)
         app.router.add_get("/workers", self._handle_workers)
         app.router.add_get("/get_model_info", self._handle_model_info)
+        app.router.add_post("/stub_weight_version", self._handle_weight_version)
         return app
+
+    async def _handle_weight_version(self, request: web.Request) -> web.Response:
+        """Test control: later replies report this weight version (as after a weight update)."""
+        body = orjson.loads(await request.read())
+        self.weight_version = str(body["weight_version"])
+        return _json({"weight_version": self.weight_version})
 
     async def _handle_health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -355,7 +374,11 @@ class SGLangStub:
             self.errors.append(msg)
             return _json({"error": {"message": msg}}, status=400)
         req = StubRequest(
-            input_ids=input_ids, sampling_params=params, headers=dict(request.headers), body=body
+            input_ids=input_ids,
+            sampling_params=params,
+            headers=dict(request.headers),
+            body=body,
+            weight_version=self.weight_version,
         )
         if not self.instant:
             self.requests.append(req)
@@ -413,18 +436,30 @@ class SGLangStub:
         if not self.instant:
             cached = _common_prefix(self._last_ids.get(key, []), req.input_ids)
             self._last_ids[key] = req.input_ids + ids
+        meta: dict[str, Any] = {
+            "id": f"stub-{self.num_served}",
+            "finish_reason": finish,
+            "prompt_tokens": len(req.input_ids),
+            "completion_tokens": len(ids),
+            "cached_tokens": cached,
+            "output_token_logprobs": [[lp, t, None] for lp, t in zip(lps, ids, strict=False)],
+            "weight_version": self.weight_version,
+        }
+        custom = req.sampling_params.get("custom_params")
+        if isinstance(custom, dict) and custom.get("return_top_p_token_ids"):
+            kept = [[t, *range(1, self.top_p_kept)] for t in ids]
+            meta["top_p_token_ids"] = _b64_int32([k for row in kept for k in row])
+            meta["top_p_token_offsets"] = _b64_int32(
+                [i * self.top_p_kept for i in range(len(ids) + 1)]
+            )
+        if req.body.get("return_routed_experts"):
+            rows = len(req.input_ids) + len(ids) - 1
+            per_row = [(j % 7) + 1 for j in range(self.moe_layers * self.moe_topk)]
+            meta["routed_experts"] = _b64_int32(per_row * rows)
         return {
             "text": self._text(turn, ids, req.sampling_params, truncated_to is not None or aborted),
             "output_ids": ids,
-            "meta_info": {
-                "id": f"stub-{self.num_served}",
-                "finish_reason": finish,
-                "prompt_tokens": len(req.input_ids),
-                "completion_tokens": len(ids),
-                "cached_tokens": cached,
-                "output_token_logprobs": [[lp, t, None] for lp, t in zip(lps, ids, strict=False)],
-                "weight_version": self.weight_version,
-            },
+            "meta_info": meta,
         }
 
     def _text(self, turn: Turn, ids: list[int], params: dict[str, Any], cut: bool) -> str:
@@ -435,6 +470,14 @@ class SGLangStub:
         return self.tokenizer.decode(
             ids, skip_special_tokens=bool(params.get("skip_special_tokens", True))
         )
+
+
+def _b64_int32(values: list[int]) -> str:
+    """An int32 array as SGLang puts it into meta_info (base64 of the raw little-endian bytes)."""
+    import base64
+    import struct
+
+    return base64.b64encode(struct.pack(f"<{len(values)}i", *values)).decode("ascii")
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from bridge.chat import ChatRenderer
-from bridge.tokens import FallbackSample, LedgerError, TokenLedger, fill_sample
+from bridge.sample import FallbackSample, fill_sample
+from bridge.tokens import LedgerError, TokenLedger
 
 TOOLS = [
     {

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
+import re
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from openreward.api.errors import ToolCallError
 from ors_episodes import play_gsm8k, sdk_server
 
@@ -18,6 +25,7 @@ from envs.gsm8k import (
     calculate,
     parse_final_answer,
 )
+from envs.gsm8k_data import SourceKind
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +97,61 @@ def test_calculator_rejects_with_clear_error(expr: str, fragment: str) -> None:
     assert "\n" not in str(e.value)
 
 
+WORST_EXPRESSIONS = {
+    # 29 characters that once froze the env server for 11-23 s; one more **64 never returned
+    "((((1/3)**64+1)**64)**64)**64": "1",
+    "(((((1/3)**64+1)**64)**64)**64)**64": "1",
+    "(1/3)**64*(1/7)**64*(1/11)**64*(1/13)**64*(1/17)**64": "4.87222988228e-302",
+    "((1/3)**64+(1/7)**64)*((1/11)**64+(1/13)**64)": "6.53307618639e-98",
+    "1e-300**64 + 5e-324**64": "0",
+    "(1/3)**64 // (1/7)**63": "50747683058030218822994",
+}
+
+
+def _under_cpu_limit(code: str, cpu_seconds: int) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a child killed by the kernel (SIGXCPU) after `cpu_seconds` of CPU."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
+
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_calculator_and_answer_work_is_bounded() -> None:
+    """Exact values stay within 1024-bit numerators/denominators (beyond, floats) and answers
+    with huge exponents are not parsed, so the worst inputs all finish in far less than the
+    child's 20 s CPU limit (on the old code the second expression alone never finished)."""
+    code = f"""
+import json
+from envs.gsm8k import calculate, parse_number
+print(json.dumps({{
+    "calc": {{e: calculate(e) for e in {list(WORST_EXPRESSIONS)!r}}},
+    "answers": [parse_number(a) for a in ("1e10000000", "-1e-10000000", "1" * 200, "12e2")],
+}}, default=str))
+"""
+    done = _under_cpu_limit(code, 20)
+    assert done.returncode == 0, done.stderr[-500:]
+    out = json.loads(done.stdout)
+    assert out["calc"] == WORST_EXPRESSIONS
+    assert out["answers"] == [None, None, None, "1200"]
+
+
+async def test_long_submissions_are_echoed_cut() -> None:
+    env = GSM8K(task_spec={"question": "q", "label": "18"})
+    out = (await env._call_tool("submit_answer", {"answer": "x" * 1_000_000})).root.output
+    assert out.finished and out.reward == 0.0
+    assert len(_texts(out)) < 300 and "(1000000 characters)" in _texts(out)
+    assert len(out.metadata["submitted"]) < 200
+
+
 # ---------------------------------------------------------------- answers
 
 
@@ -143,6 +206,14 @@ def test_loads_shared_jsonl(gsm8k_dir: Path) -> None:
     assert len(GSM8K.load_split("train")) > len(test)
 
 
+def _tiny_dir(path: Path, *labels: str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": f"Q{i}", "answer": f"#### {a}"} for i, a in enumerate(labels)]
+    for split in ("train", "test"):
+        (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def test_data_dir_from_environment_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,6 +225,85 @@ def test_data_dir_from_environment_variable(
         (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     monkeypatch.setenv("GSM8K_DATA_DIR", str(tmp_path))
     assert [t["label"] for t in GSM8K.list_tasks("train")] == ["4", "1,000"]
+
+
+def test_bundled_copy_is_the_default_and_upstream(
+    gsm8k_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No setting, no network: the bundled copy, byte for byte the upstream files its README names."""
+    monkeypatch.delenv("GSM8K_DATA_DIR", raising=False)
+    GSM8K.configure({})
+    assert GSM8K.data_source().kind is SourceKind.BUNDLED
+    assert (len(GSM8K.load_split("train")), len(GSM8K.load_split("test"))) == (7473, 1319)
+    bundled = Path(importlib.util.find_spec("envs").origin).parent / "data" / "gsm8k"
+    text = (bundled / "README.md").read_text()
+    assert "MIT" in (bundled / "LICENSE").read_text() and "openai/grade-school-math" in text
+    for split in ("train", "test"):
+        want = re.search(rf"{split}\.jsonl `([0-9a-f]{{64}})`", text).group(1)
+        assert hashlib.sha256((gsm8k_dir / f"{split}.jsonl").read_bytes()).hexdigest() == want
+    GSM8K.configure({"data_dir": str(gsm8k_dir)})
+    assert GSM8K.data_source().kind is SourceKind.OPTION_DIR
+    from envs.gsm8k_data import DataSource, load_tasks
+
+    assert load_tasks(DataSource(SourceKind.BUNDLED), "test") == GSM8K.load_split("test")
+
+
+def test_source_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """options.data_dir > $GSM8K_DATA_DIR > the Hub (only with use_hub) > the bundled copy."""
+    option_dir = _tiny_dir(tmp_path / "opt", "1")
+    env_dir = _tiny_dir(tmp_path / "env", "2")
+    monkeypatch.setenv("GSM8K_DATA_DIR", str(env_dir))
+    GSM8K.configure({"data_dir": str(option_dir), "use_hub": True})
+    assert GSM8K.data_source().kind is SourceKind.OPTION_DIR
+    assert GSM8K.load_split("train")[0]["label"] == "1"
+    GSM8K.configure({"use_hub": True})
+    assert GSM8K.data_source().kind is SourceKind.ENV_DIR
+    assert GSM8K.load_split("train")[0]["label"] == "2"
+    monkeypatch.delenv("GSM8K_DATA_DIR")
+    GSM8K.configure({})
+    assert GSM8K.data_source().kind is SourceKind.BUNDLED
+    assert GSM8K.load_split("train")[0]["label"] == "72"
+    GSM8K._options = GSM8K._options.model_copy(update={"use_hub": True})  # configure() checks it
+    assert GSM8K.data_source().kind is SourceKind.HUB
+
+
+def test_hub_only_when_asked_and_one_line_when_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """use_hub: true goes through `datasets` for real, at configure(); offline (or without
+    `datasets`) one line names the fix and the options stay as they were."""
+    monkeypatch.delenv("GSM8K_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    if importlib.util.find_spec("datasets") is None:
+        with pytest.raises(GSM8KDataMissing, match=r"needs the `datasets` package: pip install"):
+            GSM8K.configure({"use_hub": True})
+        return
+    with pytest.raises(GSM8KDataMissing, match=r"load_dataset.*failed.*drop use_hub") as e:
+        GSM8K.configure({"use_hub": True})  # loads at once: a server fails at startup
+    assert "\n" not in str(e.value) and GSM8K.data_source().kind is SourceKind.BUNDLED
+
+
+def test_missing_explicit_path_fails_at_configure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory that was asked for is never silently replaced by another copy."""
+    monkeypatch.delenv("GSM8K_DATA_DIR", raising=False)
+    with pytest.raises(GSM8KDataMissing, match=r"does not exist; drop options\.data_dir"):
+        GSM8K.configure({"data_dir": str(tmp_path / "nope")})
+    with pytest.raises(GSM8KDataMissing, match=r"has no train\.jsonl/test\.jsonl"):
+        GSM8K.configure({"data_dir": str(tmp_path)})
+    monkeypatch.setenv("GSM8K_DATA_DIR", str(tmp_path / "nope"))
+    with pytest.raises(GSM8KDataMissing, match=r"\$GSM8K_DATA_DIR\) does not exist; unset"):
+        GSM8K.configure({})
+    # A directory that disappears after configure() fails when read, with the same line.
+    data = _tiny_dir(tmp_path / "gone", "3")
+    GSM8K.configure({"data_dir": str(data)})
+    for f in data.iterdir():
+        f.unlink()
+    data.rmdir()
+    with pytest.raises(GSM8KDataMissing, match="does not exist"):
+        GSM8K.load_split("train")
 
 
 def test_parquet_directory(tmp_path: Path) -> None:
@@ -173,22 +323,14 @@ def test_parquet_directory(tmp_path: Path) -> None:
         assert GSM8K.load_split("test")[0]["label"] == "7"
 
 
-def test_missing_data_names_both_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GSM8K_DATA_DIR", raising=False)
-    with pytest.raises(GSM8KDataMissing) as e:
-        GSM8K.load_split("train")
-    msg = str(e.value)
-    assert "data_dir" in msg and "GSM8K_DATA_DIR" in msg and "openai/gsm8k" in msg
-
-
-def test_bad_data_dir_and_malformed_rows(tmp_path: Path) -> None:
-    GSM8K.configure({"data_dir": str(tmp_path / "nope")})
-    with pytest.raises(GSM8KDataMissing, match="does not exist"):
-        GSM8K.load_split("train")
+def test_malformed_rows(tmp_path: Path) -> None:
     (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "no marker"}\n')
+    (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n{oops\n')
     GSM8K.configure({"data_dir": str(tmp_path)})
     with pytest.raises(GSM8KDataMissing, match="row 0 is not a GSM8K row"):
         GSM8K.load_split("train")
+    with pytest.raises(GSM8KDataMissing, match=r"test.jsonl:2: invalid JSON"):
+        GSM8K.load_split("test")
 
 
 def test_configure_rejects_unknown_key() -> None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from conftest import free_port
@@ -22,6 +23,7 @@ from envs.haiku import (
     chat_completions_url,
     cmu_dictionary,
     estimate_syllables,
+    line_syllables,
     parse_judge_reply,
     poem_lines,
     read_topic_table,
@@ -393,6 +395,41 @@ async def test_judge_failures_fall_back_to_structure(
     assert "scored without style" in out.output.blocks[0].text
     if mode == "slow":
         assert "timed out" in out.output.metadata["judge_error"]
+
+
+async def test_judge_reuses_one_http_client(
+    judged: JudgeStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building an httpx client costs ~20 ms of CPU on the server's loop (500 judged submissions
+    once stalled /health for 11.6 s): the judge makes one per event loop and reuses it."""
+    made = []
+    original = httpx.AsyncClient.__init__
+
+    def counting_init(self: httpx.AsyncClient, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "__init__", counting_init)
+    outs = await asyncio.gather(
+        *(_submit(Haiku(task_spec={"topic": f"pond {i}"}), PERFECT_HAIKU) for i in range(20))
+    )
+    assert [o.output.metadata["style"] for o in outs] == [pytest.approx(0.7)] * 20
+    assert len(judged.requests) == 20 and len(made) <= 1
+
+
+def test_syllable_count_work_is_bounded_per_word(cmu: dict) -> None:
+    """A 2,000-character line of many-pronunciation words once cost 63 ms of CPU on the server's
+    loop (a set of up to 64 totals re-sorted per word); only totals that can still be closest are
+    kept now (at most target + 2), so 50 such poems cost well under a second of CPU."""
+    line = "actually every separate different family interesting chocolate camera " * 28
+    poem = line[:2000]
+    assert line_syllables("actually every", 5, cmu) == 5
+    assert analyze("actually every\nseparate family camera\nchocolate camera", cmu)[1] == [5, 7, 5]
+    cpu0 = time.process_time()
+    for _ in range(50):
+        analyze(poem, cmu)
+    used = time.process_time() - cpu0
+    assert used < 1.5, f"50 worst-case poems took {used:.2f} s of CPU (was ~3 s)"
 
 
 async def test_unreachable_judge_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from conftest import REPO, free_port, run_process
 from sglang_stub import ROUTING_HEADER, SGLangStub, Turn, default_logprob
 
 from bridge.generate import close_clients, generate
-from bridge.tokens import FallbackSample
+from bridge.sample import FallbackSample
 
 TOKENIZER_DIR = str(REPO / ".cache" / "qwen3-tokenizer")
 PARAMS = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 512, "no_stop_trim": True}
@@ -387,19 +387,53 @@ async def test_context_budget_clamps_max_new_tokens_and_truncates(
     assert open_sessions(server_url) == 0
 
 
-async def test_engine_abort_is_aborted_with_a_reward(qwen3_tokenizer, server_url) -> None:
+async def test_engine_side_abort_resends_the_turn_and_trains_nothing_of_it(
+    qwen3_tokenizer, server_url, monkeypatch
+) -> None:
+    """An abort slime did not ask for (engine restart, weight-update pause) is not the model's
+    doing: the partial turn is dropped and the same context is sent again."""
+    import bridge.episode
+    from envs.gsm8k import GSM8K
+
+    monkeypatch.setattr(bridge.episode, "ENGINE_ABORT_BACKOFF", 0.0)
     tok = qwen3_tokenizer
+    label = GSM8K.load_split("train")[0]["label"]
     script = {
         "ab": [
             turn(tok, call("calculator", {"expression": "3*3"}) + "<|im_end|>"),
-            turn(tok, "partial", finish_reason="abort"),
+            turn(tok, "partial output the engine dropped", finish_reason="abort"),
+            turn(tok, call("submit_answer", {"answer": label}) + "<|im_end|>"),
         ]
     }
     with recording_stub(tok, script) as stub:
         s = await run(make_args(stub), make_sample(server_url, "gsm8k", "ab"))
-    assert s.status.value == "aborted" and s.metadata["stop_reason"] == "engine_abort"
-    assert s.reward is not None and isinstance(s.reward, float)
+        reqs = stub.requests_for("ab")
+    assert s.status.value == "completed" and s.metadata["stop_reason"] == "env_finished"
+    assert s.reward == 1.0 and s.metadata["engine_aborts"] == 1 and not s.remove_sample
+    assert reqs[1].input_ids == reqs[2].input_ids  # the same turn, sent again
+    # the aborted request and its reply never reached the sample
+    stub.requests.remove(reqs[1])
+    _OUTPUTS[id(stub)]["ab"].pop(1)
     assert_aligned(s, stub, "ab")
+    assert "partial output" not in s.response
+    assert open_sessions(server_url) == 0
+
+
+async def test_engine_that_keeps_aborting_is_an_infra_failure(
+    qwen3_tokenizer, server_url, monkeypatch
+) -> None:
+    import bridge.episode
+
+    monkeypatch.setattr(bridge.episode, "ENGINE_ABORT_BACKOFF", 0.0)
+    tok = qwen3_tokenizer
+    with SGLangStub(lambda req: turn(tok, "x", finish_reason="abort"), tokenizer=tok) as stub:
+        s = await run(make_args(stub), make_sample(server_url, "gsm8k", "ka"))
+        n = len(stub.requests)
+    md = s.metadata
+    assert s.status.value == "failed" and md["stop_reason"] == "engine_error"
+    assert md["infra_failure"] is True and s.remove_sample and sum(s.loss_mask) == 0
+    assert md["episode_attempts"] == 3 and len(md["retried_failures"]) == 2
+    assert n == 3 * bridge.episode.ENGINE_ABORT_ATTEMPTS
     assert open_sessions(server_url) == 0
 
 

@@ -23,7 +23,7 @@ from test_episode import (
 )
 
 from bridge.env_client import pick_server
-from bridge.tokens import FallbackSample
+from bridge.sample import FallbackSample
 
 
 def _gsm8k_label(split: str, index: int) -> str:

@@ -17,7 +17,7 @@ from sglang_stub import SGLangStub, Turn
 
 from bridge import metrics
 from bridge.generate import close_clients, generate
-from bridge.tokens import FallbackSample
+from bridge.sample import FallbackSample
 
 TOKENIZER_DIR = str(REPO / ".cache" / "qwen3-tokenizer")
 PARAMS = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 512, "no_stop_trim": True}

@@ -213,10 +213,9 @@ def test_every_key_of_the_default_config_changes_the_output(tmp_path: Path) -> N
 # --------------------------------------------------------------------------- real envs and a real server
 
 
-def test_default_config_end_to_end(
-    tmp_path: Path, gsm8k_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
-    monkeypatch.setenv("GSM8K_DATA_DIR", str(gsm8k_dir))
+def test_default_config_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The README's first step with no setting: GSM8K is the bundled copy, nothing is fetched."""
+    monkeypatch.delenv("GSM8K_DATA_DIR", raising=False)
     code, train, evals = run(tmp_path, REPO / "train_config.yaml", "--max-tasks", "3")
     assert code == 0
     assert (
@@ -477,19 +476,60 @@ def test_bad_config_files(tmp_path: Path, fails) -> None:
     fails({"environments": {"gsm8k": {"max_turn": 3}}}, "unknown key 'environments.gsm8k.max_turn'")
 
 
-def test_gsm8k_data_missing(tmp_path: Path, fails, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gsm8k_data_path_asked_for_and_missing(
+    tmp_path: Path, fails, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GSM8K directory that was asked for fails with one line; never a silent other copy."""
     monkeypatch.delenv("GSM8K_DATA_DIR", raising=False)
-    fails(
-        {"environments": {"gsm8k": {"options": {"use_hub": False}}}},
-        "gsm8k",
-        "GSM8K_DATA_DIR",
-        "data_dir",
-    )
     fails(
         {"environments": {"gsm8k": {"options": {"data_dir": str(tmp_path / "nope")}}}},
         "gsm8k",
         "does not exist",
+        "drop options.data_dir",
     )
+    monkeypatch.setenv("GSM8K_DATA_DIR", str(tmp_path / "nope"))
+    fails({"environments": {"gsm8k": {}}}, "gsm8k", "$GSM8K_DATA_DIR", "does not exist")
+
+
+def test_eval_output_defaults_beside_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--output other.jsonl writes eval_other.jsonl and leaves ./eval_tasks.jsonl alone."""
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path, {"environments": {"tiny": {"eval_split": "test"}}})
+    Path("eval_tasks.jsonl").write_text("keep\n")
+    assert prepare_tasks.main(["--config", str(cfg), "--output", "other.jsonl"]) == 0
+    assert Path("eval_tasks.jsonl").read_text() == "keep\n"
+    assert Path("other.jsonl").stat().st_size and Path("eval_other.jsonl").stat().st_size
+    assert prepare_tasks.main(["--config", str(cfg), "--output", "runs/t.jsonl"]) == 0
+    assert sorted(p.name for p in Path("runs").iterdir()) == ["eval_t.jsonl", "t.jsonl"]
+    assert prepare_tasks.parse_args([]).eval_output == "eval_tasks.jsonl"
+    given = prepare_tasks.parse_args(["--output", "a.jsonl", "--eval-output", "b.jsonl"])
+    assert given.eval_output == "b.jsonl"
+
+
+@pytest.mark.parametrize("flag", ["--output", "--eval-output"])
+def test_output_that_is_a_directory_is_one_line(tmp_path: Path, capsys, flag: str) -> None:
+    cfg = write_config(tmp_path, {"environments": {"tiny": {"eval_split": "test"}}})
+    out = tmp_path / "out"
+    out.mkdir()
+    paths = {"--output": str(out / "tasks.jsonl"), "--eval-output": str(out / "eval.jsonl")}
+    paths[flag] = str(out)
+    code = prepare_tasks.main(["--config", str(cfg), *itertools.chain(*paths.items())])
+    assert_clean_failure(code, capsys.readouterr().err, out, f"{flag} {out} is a directory")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_task_files_take_the_umask_mode(tmp_path: Path, umask: int) -> None:
+    cfg = write_config(tmp_path, {"environments": {"tiny": {"eval_split": "test"}}})
+    old = os.umask(umask)
+    try:
+        code, train, evals = run(tmp_path, cfg)
+    finally:
+        os.umask(old)
+    assert code == 0 and train and evals
+    for name in ("tasks.jsonl", "eval.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_hosted_without_key_or_server(fails, monkeypatch: pytest.MonkeyPatch) -> None:

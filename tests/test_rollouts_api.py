@@ -4,6 +4,7 @@ and by the stock `openreward` SDK pointed at it with OPENREWARD_API_URL."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,3 +249,271 @@ def test_db_path_is_configurable_and_survives_restart(tmp_path: Path) -> None:
     assert db.is_file()
     with env_server("--role", "trajectories", "--db", str(db)) as url:
         assert httpx.get(f"{url}/api/rollouts/{rid}").json()["run_name"] == "persist-run"
+
+
+# ---------------------------------------------------------------- hostile uploads (issue 13)
+
+
+def _rollout(run: str, eid: str, **over: object) -> dict:
+    ev: dict = {
+        "eventType": "rollout",
+        "eventId": eid,
+        "timestamp": 1_700_000_000_000,
+        "runName": run,
+        "environment": "gsm8k",
+        "metadata": {"reward": 0.5, "status": "completed", "num_turns": 1},
+    }
+    ev.update(over)
+    return ev
+
+
+def test_unstorable_events_get_a_422_each_and_the_good_ones_are_stored(traj_server: str) -> None:
+    """Schema-valid uploads once broke pages for good (a year-10000 timestamp, rewards of 1e308)
+    or got a retriable 503 that sank their whole batch (an integer >= 2**64 in metadata)."""
+    run = f"hostile-{uuid.uuid4().hex[:6]}"
+    good_id, bad_meta = str(uuid.uuid4()), str(uuid.uuid4())
+    evs = [
+        _rollout(run, good_id),
+        _rollout(run, str(uuid.uuid4()), timestamp=253_402_300_800_000),  # year 10000
+        _rollout(run, str(uuid.uuid4()), metadata={"reward": 1e308}),
+        _rollout(run, bad_meta, metadata={"reward": 1.0, "big": 2**64}),
+        {
+            "eventType": "message",
+            "eventId": str(uuid.uuid4()),
+            "timestamp": 1_700_000_000_000,
+            "index": 0,
+            "rolloutEventId": good_id,
+            "type": "tool_result",
+            "content": "kept",
+            "reward": 1e300,
+        },
+        {
+            "eventType": "message",
+            "eventId": str(uuid.uuid4()),
+            "timestamp": 1_700_000_000_000,
+            "index": 1,
+            "rolloutEventId": good_id,
+            "type": "assistant_message",
+            "content": "kept too",
+            "metadata": {"n": -(2**70)},
+        },
+        {
+            "eventType": "message",
+            "eventId": str(uuid.uuid4()),
+            "timestamp": 1_700_000_000_000,
+            "index": 2,
+            "rolloutEventId": good_id,
+            "type": "assistant_message",
+            "content": "stored",
+        },
+    ]
+    r = httpx.post(f"{traj_server}/v1/rollouts", json={"events": evs}, timeout=60)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["ok"] is False and body["reason"] == "invalid_event" and "\n" not in body["error"]
+    assert [x["index"] for x in body["rejected"]] == [1, 2, 3, 4, 5]
+    assert body["rejected"][2]["eventId"] == bad_meta
+    assert "timestamp" in body["rejected"][0]["error"] and "64-bit" in body["rejected"][2]["error"]
+    assert body["rollouts"] == 1 and body["messages"] == 1
+    rid = run_id(traj_server, run)
+    rows = httpx.get(f"{traj_server}/api/runs/{rid}/rollouts").json()["rollouts"]
+    assert [x["event_id"] for x in rows] == [good_id]
+    one = httpx.get(f"{traj_server}/api/rollouts/{good_id}").json()
+    assert [m["content"] for m in one["messages"]] == ["stored"]
+    for path in ("/api/runs", f"/api/runs/{rid}", f"/runs/{rid}", f"/rollouts/{good_id}", "/"):
+        assert httpx.get(f"{traj_server}{path}").status_code == 200, path
+
+
+def test_stored_values_out_of_range_never_break_a_page(tmp_path: Path) -> None:
+    """Rows written before the checks above (or by another tool) still render: dates past 9999
+    and reward sums that overflow to inf."""
+    db = tmp_path / "old.db"
+    with env_server("--role", "trajectories", "--db", str(db)) as url:
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        evs = [_rollout("old-run", i) for i in ids]
+        assert httpx.post(f"{url}/v1/rollouts", json={"events": evs}).status_code == 200
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE rollouts SET reward = 1e308, ts = 1e13")
+    conn.execute("UPDATE run_env_stats SET reward_sum = 3e308, last_ts = 1e13")
+    conn.execute("UPDATE run_reward_buckets SET reward_sum = 1e308")
+    conn.execute("UPDATE runs SET updated_at = 1e13, created_at = -1e13")
+    conn.commit()
+    conn.close()
+    with env_server("--role", "trajectories", "--db", str(db)) as url:
+        rid = run_id(url, "old-run")
+        for path in (
+            "/",
+            "/api/runs",
+            f"/api/runs/{rid}",
+            f"/runs/{rid}",
+            f"/runs/{rid}/chart.svg",
+            f"/api/runs/{rid}/reward_series",
+            f"/api/runs/{rid}/rollouts?sort=reward",
+            f"/rollouts/{ids[0]}",
+            f"/api/rollouts/{ids[0]}",
+        ):
+            r = httpx.get(f"{url}{path}")
+            assert r.status_code == 200, (path, r.status_code, r.text[:300])
+        assert httpx.get(f"{url}/api/runs").json()["runs"][0]["mean_reward"] is None
+
+
+def test_integers_past_64_bits_in_paths_and_cursors_are_4xx(traj_server: str) -> None:
+    big = "99999999999999999999"
+    for path in (f"/api/runs/{big}", f"/api/runs/{big}/rollouts", "/api/runs/-1"):
+        assert httpx.get(f"{traj_server}{path}").status_code == 422, path
+    assert httpx.get(f"{traj_server}/runs/{big}").status_code == 404
+    assert httpx.get(f"{traj_server}/runs/{big}/chart.svg").status_code == 404
+    _, evs = events_for("cursor-run", n=1)
+    httpx.post(f"{traj_server}/v1/rollouts", json={"events": evs})
+    rid = run_id(traj_server, "cursor-run")
+    for cursor in (f"1~{big}", "1e999~3", "x" * 5000 + "~1"):
+        r = httpx.get(f"{traj_server}/api/runs/{rid}/rollouts", params={"after": cursor})
+        assert r.status_code == 422 and r.json()["reason"] == "bad_query", cursor
+        assert httpx.get(f"{traj_server}/runs/{rid}", params={"after": cursor}).status_code == 200
+
+
+def test_links_encode_event_ids(traj_server: str) -> None:
+    """Event ids with / ? # % or spaces once made broken links; "." and ".." cannot be a path
+    segment in any browser and are refused."""
+    import re
+
+    run = f"links-{uuid.uuid4().hex[:6]}"
+    odd = ["a/b/../c", "q?x=1&y=2", "h#frag", "50% off", "sp ace", "...", "é/ü"]
+    evs = [
+        _rollout(run, eid, metadata={"reward": 0.1 * i, "group_index": 1})
+        for i, eid in enumerate(odd)
+    ]
+    assert httpx.post(f"{traj_server}/v1/rollouts", json={"events": evs}).status_code == 200
+    page = httpx.get(f"{traj_server}/runs/{run_id(traj_server, run)}").text
+    hrefs = re.findall(r'class="rollout-link mono" href="([^"]+)"', page)
+    assert len(hrefs) == len(odd)
+    seen = set()
+    for href in hrefs:
+        got = httpx.get(f"{traj_server}{href.replace('&amp;', '&')}")
+        assert got.status_code == 200, href
+        api = httpx.get(f"{traj_server}/api{href.replace('&amp;', '&')}")
+        seen.add(api.json()["event_id"])
+    assert seen == set(odd)
+    for bad in (".", ".."):
+        r = httpx.post(f"{traj_server}/v1/rollouts", json={"events": [_rollout(run, bad)]})
+        assert r.status_code == 422 and r.json()["rejected"][0]["index"] == 0
+
+
+def test_body_over_the_limit_is_refused_before_it_is_read(traj_server: str) -> None:
+    """A 512 MiB upload once took the server from 181 MB to 1 GB RSS: refused by Content-Length
+    before any of it is read, and while streaming when no length is given."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(traj_server)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/rollouts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 536870912\r\n\r\n" + b'{"events": ['
+        )
+        head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 413"), head[:200]
+
+    def chunks():
+        yield b'{"events": ["'
+        for _ in range(80):  # 80 MiB, no Content-Length: refused once past 64 MiB
+            yield b"x" * (1 << 20)
+
+    try:
+        r = httpx.post(f"{traj_server}/v1/rollouts", content=chunks(), timeout=60)
+        assert r.status_code == 413
+    except httpx.HTTPError:  # the server may close the connection while we still send
+        pass
+    assert httpx.get(f"{traj_server}/health").status_code == 200
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_reading_large_rollouts_keeps_memory_bounded(tmp_path: Path) -> None:
+    """20 concurrent reads of a 63 MB rollout once took the server from 165 MB to 6.3 GB, and
+    3.5 GB stayed after the slow readers left. Reads now stream a page at a time through a fixed
+    connection pool: a smaller copy of that test (bench/trajectories.py runs the full one)."""
+    import asyncio
+    import json
+    import sys
+
+    from conftest import free_port, run_process
+
+    n_tokens, n_msgs = 600_000, 60
+    rid = str(uuid.uuid4())
+    meta = {
+        "reward": 1.0,
+        "status": "completed",
+        "num_turns": 2,
+        "prompt_length": 1000,
+        "token_ids": [100_000 + i % 50_000 for i in range(n_tokens)],
+        "loss_mask": [1] * (n_tokens - 1000),
+        "logprobs": [-0.123456789] * (n_tokens - 1000),
+    }
+    evs = [_rollout("mem-run", rid, metadata=meta)]
+    for i in range(n_msgs):
+        evs.append(
+            {
+                "eventType": "message",
+                "eventId": str(uuid.uuid4()),
+                "timestamp": 1_700_000_000_000,
+                "index": i,
+                "rolloutEventId": rid,
+                "type": "tool_result",
+                "content": "y" * 200_000,
+            }
+        )
+    body = json.dumps({"events": evs}).encode()
+    del evs, meta
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "envs.server", "--role", "trajectories", "--port", str(port)]
+    args += ["--db", str(tmp_path / "mem.db")]
+    with run_process(args, f"{url}/health"):
+        r = httpx.post(f"{url}/v1/rollouts", content=body, timeout=300)
+        assert r.status_code == 200, r.text[:300]
+    with run_process(args, f"{url}/health") as proc:  # the rollout is on disk: now the reads
+        time.sleep(2)
+        idle = peak = _rss_mb(proc.pid)
+
+        async def read(path: str, leave_after: int | None) -> int:
+            n = 0
+            async with httpx.AsyncClient(timeout=300) as c:
+                async with c.stream("GET", f"{url}{path}") as resp:
+                    assert resp.status_code == 200
+                    async for chunk in resp.aiter_raw(1 << 16):
+                        n += len(chunk)
+                        if leave_after is not None:
+                            await asyncio.sleep(0.001)  # a slow reader, who leaves early
+                            if n > leave_after:
+                                break
+            return n
+
+        async def rounds() -> list[int]:
+            nonlocal peak
+            sizes: list[int] = []
+            for _ in range(2):
+                jobs = [read(f"/api/rollouts/{rid}", None if i % 2 else 4 << 20) for i in range(14)]
+                jobs += [read(f"/rollouts/{rid}", None) for _ in range(4)]
+                task = asyncio.gather(*jobs)
+                while not task.done():
+                    peak = max(peak, _rss_mb(proc.pid))
+                    await asyncio.sleep(0.05)
+                sizes += await task
+            return sizes
+
+        sizes = asyncio.run(rounds())
+        whole = httpx.get(f"{url}/api/rollouts/{rid}", timeout=300).json()
+        assert len(whole["tokens"]["token_ids"]) == n_tokens and len(whole["messages"]) == n_msgs
+        assert max(sizes) > len(body) * 0.9  # the fast readers got everything
+        time.sleep(3)
+        after = _rss_mb(proc.pid)
+    assert after < 2 * idle, f"RSS idle {idle:.0f} MB, peak {peak:.0f} MB, after {after:.0f} MB"
+    assert peak < idle + 500, f"RSS idle {idle:.0f} MB, peak {peak:.0f} MB, after {after:.0f} MB"

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -94,6 +95,32 @@ class Probe(Environment):
         """End the episode."""
         return ToolOutput(blocks=[TextBlock(text="done")], reward=1.0, finished=True)
 
+    @tool
+    async def spin(self, params: NoIn) -> ToolOutput:
+        """Compute forever on the event loop, swallowing ordinary exceptions."""
+        while True:
+            try:
+                sum(range(1000))
+            except Exception:
+                pass
+
+    @tool
+    async def busy_steps(self, params: SlowIn) -> ToolOutput:
+        """Compute `seconds` in 1 ms slices, yielding to the loop between them."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < params.seconds:
+            t1 = time.perf_counter()
+            while time.perf_counter() - t1 < 0.001:
+                pass
+            await asyncio.sleep(0)
+        return ToolOutput(blocks=[TextBlock(text="done")])
+
+
+class WebProbe(Probe):
+    """A probe that offers the SDK's web toolset to its clients."""
+
+    session_toolsets = ("web",)
+
 
 PROBE_SERVER = """
 import json, logging, sys
@@ -103,7 +130,9 @@ from envs.server.app import ServerSettings, create_app
 import test_server
 settings = json.loads(sys.argv[2])
 logging.basicConfig(level=settings.pop("log_level", "INFO"), stream=sys.stdout)
-app = create_app({"probe": test_server.Probe}, ServerSettings(**settings))
+app = create_app(
+    {"probe": test_server.Probe, "webprobe": test_server.WebProbe}, ServerSettings(**settings)
+)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="info", access_log=False)
 """
 
@@ -601,6 +630,153 @@ def test_unusable_trajectory_db_fails_at_startup_in_one_line(tmp_path: Path) -> 
     assert not_sqlite.read_text().startswith("not a database")  # left as it was
 
 
+def test_a_runaway_tool_is_stopped_by_its_budget_and_the_episode_goes_on() -> None:
+    """A tool that never returns (and swallows exceptions) costs its 0.3 s budget, not the server."""
+    with probe_server(tool_budget_s=0.3) as (u, _):
+        sid = {"X-Session-ID": "spin-1"}
+        _create(u, "spin-1")
+        call = lambda name, inp: httpx.post(
+            f"{u}/probe/call", json={"name": name, "input": inp}, headers=sid, timeout=60
+        )
+        body = _assert_ors_error(call("spin", {}), 422, "input_validation")
+        assert "spin was stopped" in body["error"] and "0.3 s budget" in body["error"]
+        # steps that each yield to the loop add up against the same budget
+        body = _assert_ors_error(call("busy_steps", {"seconds": 5.0}), 422, "input_validation")
+        assert "busy_steps was stopped" in body["error"]
+        assert call("busy_steps", {"seconds": 0.01}).json()["ok"] is True
+        assert call("echo", {"text": "alive"}).json()["output"]["blocks"][0]["text"] == "alive"
+        metrics = httpx.get(f"{u}/metrics").text
+        assert 'ors_tool_calls_total{env="probe",tool="spin",status="budget_exceeded"} 1' in metrics
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_worst_tool_inputs_get_quick_clear_answers(tmp_path: Path) -> None:
+    """The worst inputs we know for every tool of every env (tests/adversarial.py) each get a
+    clear answer, and all of them together cost the server little CPU: once, one 29-character
+    calculator expression froze the server for 11-23 s and one more `**64` never returned."""
+    from adversarial import WORST_INPUTS
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "envs.server", "--port", str(port), "--role", "env"]
+    with run_process(args, f"{url}/health") as proc:
+        cpu0 = _cpu_seconds(proc.pid)
+        n = 0
+        for env, inputs in WORST_INPUTS.items():
+            for k, (tool, tool_input, ends) in enumerate(inputs):
+                sid = {"X-Session-ID": f"worst-{env}-{k}"}
+                assert _create(url, sid["X-Session-ID"], env=env).status_code == 200
+                r = httpx.post(
+                    f"{url}/{env}/call",
+                    json={"name": tool, "input": tool_input},
+                    headers=sid,
+                    timeout=60,
+                )
+                assert r.status_code in (200, 404, 413, 422), (
+                    env,
+                    tool,
+                    r.status_code,
+                    r.text[:300],
+                )
+                assert len(r.content) < 16_384, (env, tool, len(r.content))  # nothing echoed whole
+                body = r.json()
+                if body["ok"]:
+                    assert body["output"]["finished"] is ends, (env, tool)
+                else:
+                    assert body["error"] and "\n" not in body["detail"][:200], body
+                n += 1
+        used = _cpu_seconds(proc.pid) - cpu0
+        assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    # About 0.5 s of CPU in all (most of it reading 1 MiB bodies); the old server spent minutes.
+    assert used < 10.0, f"{n} worst inputs cost the server {used:.1f} s of CPU"
+
+
+def test_toolsets_only_when_the_env_offers_them(probe_url: str) -> None:
+    """`toolset_name: "web"` would add web tools that act with the server's own OpenReward key:
+    refused unless the environment class declares the toolset in `session_toolsets`."""
+    for env in ("probe", "webprobe"):
+        for name in ("backsearch", "cli"):
+            r = _create(probe_url, f"ts-{env}-{name}", env=env, toolset_name=name)
+            body = _assert_ors_error(r, 400, "bad_request")
+            assert f"toolset {name!r} is not offered by {env}" in body["error"]
+    body = _assert_ors_error(
+        _create(probe_url, "ts-probe-web", env="probe", toolset_name="web"), 400, "bad_request"
+    )
+    assert "(it offers none)" in body["error"]
+    assert _create(probe_url, "ts-web", env="webprobe", toolset_name="web").status_code == 200
+    tools = httpx.get(f"{probe_url}/webprobe/task_tools", headers={"X-Session-ID": "ts-web"})
+    assert "web_search" in [t["name"] for t in tools.json()["tools"]]
+
+
+def test_create_bounds_what_a_client_can_make_the_server_keep(probe_url: str) -> None:
+    big_spec = {"i": 1, "pad": "x" * (100 << 10)}
+    _assert_ors_error(
+        httpx.post(
+            f"{probe_url}/create",
+            json={"env_name": "probe", "task_spec": big_spec},
+            headers={"X-Session-ID": "big-spec"},
+        ),
+        413,
+        "body_too_large",
+    )
+    _assert_ors_error(_create(probe_url, "s" * 200), 400, "bad_session_id")
+    assert _create(probe_url, "s" * 128).status_code == 200
+
+
+ENV_REPORTER = """
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps(dict(os.environ)).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_launcher_starts_services_without_hosted_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run.sh once passed its whole environment (OPENREWARD_API_KEY included) to the env server."""
+    from bridge.launch.services import managed_process
+
+    monkeypatch.setenv("OPENREWARD_API_KEY", "or-key")
+    monkeypatch.setenv("WANDB_API_KEY", "wb-key")
+    monkeypatch.setenv("ENV_SERVER_API_KEY", "server-key")
+    monkeypatch.setenv("LLM_JUDGE_API_KEY", "judge-key")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with managed_process("reporter", [sys.executable, "-c", ENV_REPORTER, str(port)], url):
+        seen = httpx.get(f"{url}/health").json()
+    assert "OPENREWARD_API_KEY" not in seen and "WANDB_API_KEY" not in seen
+    assert seen["ENV_SERVER_API_KEY"] == "server-key" and seen["LLM_JUDGE_API_KEY"] == "judge-key"
+    assert seen["PATH"] == os.environ["PATH"]
+
+
+def test_bodies_with_very_many_members_are_refused(probe_url: str) -> None:
+    """Parsing 50,000 keys of one tool input took ~10 ms of the loop: refused before parsing."""
+    sid = {"X-Session-ID": "members-1"}
+    _create(probe_url, "members-1")
+    many = {"name": "echo", "input": {"text": "x", **{f"k{i}": i for i in range(20_000)}}}
+    r = httpx.post(f"{probe_url}/probe/call", json=many, headers=sid)
+    body = _assert_ors_error(r, 413, "body_too_large")
+    assert "10000 JSON object members" in body["error"]
+    fine = {"name": "echo", "input": {"text": "y" * 100_000, **{f"k{i}": i for i in range(5000)}}}
+    r = httpx.post(f"{probe_url}/probe/call", json=fine, headers=sid)
+    assert r.status_code == 200 and len(r.json()["output"]["blocks"][0]["text"]) == 100_000
+
+
+def test_default_session_cap() -> None:
+    from envs.server.__main__ import _build_arg_parser
+    from envs.server.app import ServerSettings
+
+    assert _build_arg_parser().parse_args([]).max_sessions == ServerSettings().max_sessions == 4096
+
+
 def test_metrics_are_prometheus_text(probe_url: str) -> None:
     sid = {"X-Session-ID": "met-1"}
     _create(probe_url, "met-1")
@@ -684,3 +860,148 @@ async def test_create_app_mounts_services_and_runs_their_lifespan() -> None:
     assert (await asyncio.wait_for(outbox.get(), 10))["type"] == "lifespan.shutdown.complete"
     await lifespan
     assert svc.events == ["start", "stop"]
+
+
+# ---------------------------------------------------------------- slow clients (issue 13)
+
+
+def _limited_fds(n: int) -> Any:
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+    return limit
+
+
+@contextlib.contextmanager
+def _server_with_fd_limit(*extra: str, fds: int = 512) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "envs.server", "--role", "env", "--envs", "whodunit"]
+    proc = subprocess.Popen(
+        [*args, "--port", str(port), *extra],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_limited_fds(fds),
+    )
+    try:
+        from conftest import wait_http
+
+        wait_http(f"{url}/health", proc=proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_slowloris_cannot_lock_out_other_clients() -> None:
+    """900 connections that trickle their headers forever, against a server allowed 512 open
+    files: once, slow connections like these made 98% of new connections fail."""
+    import socket
+    import threading
+
+    with _server_with_fd_limit(fds=512) as url:
+        port = int(url.rsplit(":", 1)[1])
+        stop = threading.Event()
+        opened = [0]
+
+        def attack() -> None:
+            socks: list[socket.socket | None] = [None] * 900
+            while not stop.is_set():
+                for i, s in enumerate(socks):
+                    try:
+                        if s is None:
+                            s = socket.socket()
+                            s.setblocking(False)
+                            s.connect_ex(("127.0.0.1", port))
+                            socks[i] = s
+                            opened[0] += 1
+                            continue
+                        s.send(b"GET /health HTTP/1.1\r\nX-a: b\r\n"[i % 5 :][:3])
+                    except OSError:
+                        if s is not None:
+                            s.close()
+                        socks[i] = None
+                stop.wait(0.2)
+            for s in socks:
+                if s is not None:
+                    s.close()
+
+        t = threading.Thread(target=attack, daemon=True)
+        t.start()
+        try:
+            time.sleep(3)
+            ok = 0
+            for _ in range(30):
+                try:
+                    r = httpx.get(f"{url}/list_environments", timeout=10)
+                    ok += r.status_code == 200
+                except httpx.HTTPError:
+                    pass
+        finally:
+            stop.set()
+            t.join(30)
+        assert opened[0] > 900  # the server closed slow connections and the attacker reopened
+        assert ok == 30, f"{ok}/30 requests of a well-behaved client succeeded"
+
+
+def test_header_and_body_timeouts_and_header_size() -> None:
+    import socket
+
+    with _server_with_fd_limit("--header-timeout", "1", "--body-timeout", "1") as url:
+        port = int(url.rsplit(":", 1)[1])
+
+        def exchange(data: bytes, wait: float = 15.0) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+                s.sendall(data)
+                out = b""
+                while True:
+                    try:
+                        chunk = s.recv(65536)
+                    except ConnectionResetError:
+                        return out
+                    if not chunk:
+                        return out
+                    out += chunk
+
+        t0 = time.monotonic()
+        assert exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n").startswith(b"HTTP/1.1 408")
+        assert exchange(b"").startswith(b"HTTP/1.1 408")  # connected, said nothing
+        head = (
+            b"POST /create HTTP/1.1\r\nHost: x\r\nX-Session-ID: s\r\nContent-Length: 100\r\n\r\n{"
+        )
+        assert exchange(head) == b""  # the body stalled: closed without an answer
+        assert time.monotonic() - t0 < 12
+        big = b"GET /health HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 100_000 + b"\r\n\r\n"
+        assert exchange(big).startswith(b"HTTP/1.1 431")
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_connection_cap_refuses_clearly_when_every_connection_is_busy() -> None:
+    import socket
+
+    with _server_with_fd_limit("--max-connections", "20") as url:
+        port = int(url.rsplit(":", 1)[1])
+        busy = []
+        for i in range(20):  # requests whose bodies have not finished: every connection is busy
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(
+                b"POST /create HTTP/1.1\r\nHost: x\r\nX-Session-ID: b%d\r\n"
+                b"Content-Length: 10\r\n\r\n{" % i
+            )
+            busy.append(s)
+        time.sleep(0.5)
+        r = httpx.get(f"{url}/health", timeout=10)
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["reason"] == "connection_refused" and "20 connections" in r.json()["error"]
+        for s in busy:
+            s.close()
+        time.sleep(0.5)
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200

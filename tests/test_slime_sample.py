@@ -1,38 +1,29 @@
 """The bridge against slime's REAL `Sample` (slime/utils/types.py), old and new.
 
-slime is not a dependency and no slime code is committed: at test time its `slime/utils` package is
-extracted from a slime git repository into a temp dir, and an episode runs in a subprocess with that on
-PYTHONPATH. Set SLIME_SRC to a slime git repository (tags v0.2.2 .. v0.3.1 are extracted with
-`git archive`) or to a slime source checkout (used as is).
+slime's sources come from the vendored snapshots (tests/slime_vendor.py: $SLIME_VENDOR_DIR or
+../shared/vendor, unpacked into .cache/); an episode runs in a subprocess with one of them on
+PYTHONPATH. Skips with the reason when they are absent.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
-from pathlib import Path
 
 import pytest
 from conftest import REPO
 from sglang_stub import SGLangStub, default_logprob
+from slime_vendor import VERSIONS, missing_reason, slime_pythonpath
 from test_episode import call, turn
 
-VERSIONS = ["v0.2.2", "v0.3.0", "v0.3.1"]
-
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("SLIME_SRC"),
-    reason="SLIME_SRC is not set: point it at a slime git repository (e.g. /work/.mirror/THUDM+slime/repo) "
-    "or a slime checkout to test against slime's real Sample",
-)
+pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 
 EPISODE = r"""
 import asyncio, json, sys, types
 from slime.utils.types import Sample
-from bridge.tokens import sample_class
+from bridge.sample import sample_class
 from bridge.generate import generate, close_clients
 
 assert sample_class() is Sample, "the bridge must pick slime's Sample when slime is importable"
@@ -59,38 +50,12 @@ print(json.dumps({"type": type(s).__module__ + "." + type(s).__name__, "tokens":
 """
 
 
-def _slime_tree(version: str, dest: Path) -> Path:
-    src = os.environ.get("SLIME_SRC")
-    if not src:
-        pytest.skip(
-            "SLIME_SRC is not set: point it at a slime git repository (e.g. "
-            "/work/.mirror/THUDM+slime/repo) or checkout to test against slime's real Sample"
-        )
-    root = Path(src)
-    if (root / "slime" / "utils" / "types.py").is_file():
-        if version != VERSIONS[-1]:
-            pytest.skip(f"SLIME_SRC is a checkout (one version); {version} needs a git repository")
-        return root
-    proc = subprocess.run(
-        ["git", "-C", str(root), "archive", version, "slime/__init__.py", "slime/utils"],
-        capture_output=True,
-    )
-    if proc.returncode != 0:
-        pytest.skip(
-            f"cannot extract slime {version} from {root}: {proc.stderr.decode().strip()[:200]}"
-        )
-    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
-        tar.extractall(dest)
-    return dest
-
-
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", list(VERSIONS))
 def test_episode_fills_real_slime_sample(
     version, tmp_path, qwen3_tokenizer, qwen3_tokenizer_dir, server_url
 ) -> None:
     from envs.gsm8k import GSM8K
 
-    tree = _slime_tree(version, tmp_path / "slime-src")
     tok = qwen3_tokenizer
     label = GSM8K.load_split("train")[1]["label"]
     turns = [
@@ -104,7 +69,7 @@ def test_episode_fills_real_slime_sample(
         turn(tok, call("submit_answer", {"answer": label}) + "<|im_end|>"),
     ]
     with SGLangStub(script=turns, tokenizer=tok) as stub:
-        env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO}"}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([*slime_pythonpath(version), str(REPO)])}
         env.pop("TRAIN_CONFIG", None)
         proc = subprocess.run(
             [sys.executable, "-c", EPISODE, str(stub.port), server_url, str(qwen3_tokenizer_dir)],

@@ -372,10 +372,10 @@ def test_a_failing_batch_does_not_sink_its_neighbours(store: TrajectoryStore, mo
 
     real = store_mod._Writer._insert_rollout
 
-    def flaky(self, ev, now):
-        if ev["runName"] == "boom":
+    def flaky(self, prepared, run_id, now):
+        if prepared.run_name == "boom":
             raise sqlite3.IntegrityError("simulated constraint failure")
-        return real(self, ev, now)
+        return real(self, prepared, run_id, now)
 
     monkeypatch.setattr(store_mod._Writer, "_insert_rollout", flaky)
     good1 = store.submit(rollout_events()[1])

@@ -125,7 +125,14 @@ def ui_trajectory(tok: Any, i: int, run: str, env: str, evil: bool = False) -> T
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer) -> Iterator[dict[str, Any]]:
     d = tmp_path_factory.mktemp("webui")
-    with env_server("--role", "trajectories", "--db", str(d / "ui.db")) as url:
+    with env_server(
+        "--role",
+        "trajectories",
+        "--db",
+        str(d / "ui.db"),
+        "--tokenizer",
+        qwen3_tokenizer.name_or_path,
+    ) as url:
         trajs = [
             ui_trajectory(
                 qwen3_tokenizer, i, "ui-run-a", "gsm8k" if i % 2 else "whodunit", evil=i == 0
@@ -144,6 +151,10 @@ def ui(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer) -> Iterator[di
             await up.close()
 
         asyncio.run(upload())
+        # The first rollout page loads the tokenizer in the server (seconds on a busy machine):
+        # paid here, so the test order never decides which test waits past httpx's 5 s.
+        first = f"{url}/rollouts/{_dashed(trajs[0].rollout_id)}"
+        httpx.get(first, timeout=120).raise_for_status()
         yield {"url": url, "evil": trajs[0].rollout_id, "dir": d}
 
 

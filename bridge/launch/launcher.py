@@ -78,6 +78,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GENERATE_HOOK = "bridge.generate.generate"
 ROLLOUT_LOG_HOOK = "bridge.metrics.log_rollout"
 EVAL_LOG_HOOK = "bridge.metrics.log_eval_rollout"
+# Groups with an episode lost to the env/network/engine are dropped and refilled (bridge/filters.py);
+# a user's own --dynamic-sampling-filter-path after `--` replaces it (chain it via
+# $BRIDGE_NEXT_DYNAMIC_FILTER instead).
+INFRA_FILTER_HOOK = "bridge.filters.drop_infra_failures"
 
 # Learning rate: slime's own Qwen3-4B recipes (scripts/run-qwen3-4B.sh and its AMD twin) train
 # with Adam at 1e-6, constant schedule, no KL term: the optimizer settings run.sh emits. The
@@ -472,6 +476,8 @@ def slime_train_args(opts: argparse.Namespace, t: TrainInputs) -> list[str]:
         ROLLOUT_LOG_HOOK,
         "--custom-eval-rollout-log-function-path",
         EVAL_LOG_HOOK,
+        "--dynamic-sampling-filter-path",
+        INFRA_FILTER_HOOK,
         "--rollout-batch-size",
         str(opts.rollout_batch_size),
         "--n-samples-per-prompt",
@@ -830,6 +836,11 @@ def _plan_env_servers(
             )
     if not on_ray:
         plan = local_plan(opts.config, urls, replicas, opts.db, running)
+        # the web UI's token view may load the model's tokenizer, nothing an upload names
+        at = 5  # after `python -m envs.server --config FILE`
+        plan.commands = [
+            (u, [*cmd[:at], "--tokenizer", opts.model, *cmd[at:]]) for u, cmd in plan.commands
+        ]
         notes += [f"env server already answers at {u}" for u in plan.urls if u in running]
         return plan
     if opts.env_server and is_loopback(opts.env_server):

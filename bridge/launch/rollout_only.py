@@ -230,7 +230,7 @@ def prepare_task_file(config: str, out: Path, n: int) -> Path:
 
 def make_samples(rows: list[dict[str, Any]], n_samples: int) -> list[Any]:
     """slime-like Samples (slime's own class when importable), as slime builds them from task rows."""
-    from bridge.tokens import sample_class
+    from bridge.sample import sample_class
 
     cls = sample_class()
     samples = []
@@ -368,7 +368,9 @@ def _start_env_servers(
             )
         db = str(Path(opts.db).resolve())
         Path(db).parent.mkdir(parents=True, exist_ok=True)
-        cmd = env_server_command(opts.config, u, db) + ([] if u == urls[0] else ["--role", "env"])
+        cmd = env_server_command(
+            opts.config, u, db, tokenizers=[opts.model] if opts.model else []
+        ) + ([] if u == urls[0] else ["--role", "env"])
         print(f"rollout-only: starting env server at {u} (store: {db})", flush=True)
         stack.enter_context(managed_process("env server", cmd, u))
         started_first = started_first or u == urls[0]

@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlparse
@@ -60,8 +61,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def env_server_command(config: str, url: str, db: str) -> list[str]:
-    """`python -m envs.server` serving the config's local environments at `url`."""
+def env_server_command(config: str, url: str, db: str, tokenizers: Sequence[str] = ()) -> list[str]:
+    """`python -m envs.server` serving the config's local environments at `url`; the web UI's
+    token view may load `tokenizers` (the model's), nothing an upload names."""
     u = urlparse(url)
     return [
         sys.executable,
@@ -69,6 +71,7 @@ def env_server_command(config: str, url: str, db: str) -> list[str]:
         "envs.server",
         "--config",
         str(Path(config).resolve()),
+        *(arg for t in tokenizers for arg in ("--tokenizer", t)),
         "--host",
         u.hostname or "127.0.0.1",
         "--port",
@@ -118,6 +121,21 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         proc.wait()
 
 
+# Credentials in run.sh's environment that no service it starts uses: an env server must not
+# hold a hosted key a client could make it spend (issue 13), and the CPU engine needs none.
+_CREDENTIAL = re.compile(r"API_KEY|SECRET|PASSWORD|ACCESS_KEY|(^|_)TOKEN$", re.IGNORECASE)
+# ... except these: the env server's own key, the haiku judge's key, Hugging Face downloads.
+SERVICE_CREDENTIALS = ("ENV_SERVER_API_KEY", "LLM_JUDGE_API_KEY", "HF_TOKEN")
+
+
+def service_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without the credentials of hosted services (OPENREWARD_API_KEY, WANDB_API_KEY,
+    ...), keeping SERVICE_CREDENTIALS: the environment run.sh gives the services it starts."""
+    return {
+        k: v for k, v in environ.items() if k in SERVICE_CREDENTIALS or not _CREDENTIAL.search(k)
+    }
+
+
 def start_process(
     cmd: list[str], stdout: IO[bytes] | None = None, die_with_parent: bool = False
 ) -> subprocess.Popen:
@@ -126,7 +144,7 @@ def start_process(
     `die_with_parent` also stops it when this process is killed outright (a Ray actor's worker).
     """
     env = {
-        **os.environ,
+        **service_environ(os.environ),
         "PYTHONPATH": os.pathsep.join(
             filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])
         ),

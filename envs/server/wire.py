@@ -28,6 +28,11 @@ __all__ = [
 
 # Characters per SSE data line; keeps every line far below aiohttp's line limit.
 SSE_CHUNK_CHARS = 8192
+# Session ids are kept (and remembered after they end): a UUID is 36 characters.
+MAX_SESSION_ID_CHARS = 128
+# Object members in one body (counted as '":' in bodies over 64 KiB): parsing 50,000 keys
+# takes ~10 ms on the event loop; no ORS request or tool input needs anywhere near this many.
+MAX_JSON_MEMBERS = 10_000
 
 
 def _json_default(obj: Any) -> Any:
@@ -115,7 +120,7 @@ def parse_secrets(raw: bytes | None) -> dict[str, str]:
 class Request:
     """One ORS request: the ASGI triple plus the few things every handler needs."""
 
-    __slots__ = ("env", "headers", "receive", "scope", "send")
+    __slots__ = ("body_size", "env", "headers", "receive", "scope", "send")
 
     def __init__(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
@@ -125,11 +130,18 @@ class Request:
         self.send = send
         self.headers = headers
         self.env: ServedEnv | None = None  # from the path, when it names one
+        self.body_size = 0  # bytes of the body, once read
 
     def sid(self) -> str:
         raw = self.headers.get(b"x-session-id", b"").strip()
         if not raw:
             raise OrsError(400, "missing_session_id", "X-Session-ID header is required")
+        if len(raw) > MAX_SESSION_ID_CHARS:
+            raise OrsError(
+                400,
+                "bad_session_id",
+                f"X-Session-ID is longer than {MAX_SESSION_ID_CHARS} characters",
+            )
         return raw.decode("latin-1")
 
     def wants_sse(self) -> bool:
@@ -152,6 +164,7 @@ class Request:
                     413, "body_too_large", f"request body is over the {limit}-byte limit"
                 )
             if not msg.get("more_body", False):
+                self.body_size = size
                 if not chunks:
                     return part
                 chunks.append(part)
@@ -162,6 +175,12 @@ class Request:
         raw = await self.body(limit)
         if not raw.strip():
             raise OrsError(400, "bad_json", "request body must be a JSON object, got an empty body")
+        if len(raw) > 64 << 10 and raw.count(b'":') > MAX_JSON_MEMBERS:
+            raise OrsError(
+                413,
+                "body_too_large",
+                f"request body has over {MAX_JSON_MEMBERS} JSON object members",
+            )
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:

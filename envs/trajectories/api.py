@@ -14,27 +14,55 @@ Mounted by `envs.server` (`create_app(..., services=[TrajectoryService(db)])`):
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import dataclasses
+import gc
 import os
+import threading
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+import orjson
+import pydantic_core
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter, ValidationError
 
 from envs.trajectories.evalui import eval_api_router, eval_pages_router
-from envs.trajectories.events import EventBatch
-from envs.trajectories.store import RolloutFilter, TrajectoryStore
+from envs.trajectories.events import Event, EventBatch, IngestResult, Rejected
+from envs.trajectories.store import READ_CONNECTIONS, RolloutFilter, TrajectoryStore
 from envs.trajectories.webui import pages_router
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _INLINE_VALIDATION_BYTES = 64 * 1024
+# A 422 lists at most this many refused events (the count is always complete).
+MAX_REJECTED_LISTED = 100
+# Ids in paths: SQLite rowids (a larger integer once answered 500).
+MAX_ROW_ID = 2**63 - 1
+
+RunId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+T = TypeVar("T")
+
+_EVENT_LIST: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 
 
-def error(status: int, message: str, reason: str) -> JSONResponse:
+class JsonResponse(Response):
+    """JSON by orjson: non-finite floats become null, so no stored value can make a reply fail."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error(status: int, message: str, reason: str, **extra: Any) -> JsonResponse:
     """A typed error body: {"ok": false, "error": one line, "reason": machine-readable kind}."""
-    return JSONResponse({"ok": False, "error": message, "reason": reason}, status_code=status)
+    return JsonResponse(
+        {"ok": False, "error": message, "reason": reason, **extra}, status_code=status
+    )
 
 
 def _describe(err: ValidationError) -> tuple[str, str]:
@@ -53,30 +81,249 @@ def _describe(err: ValidationError) -> tuple[str, str]:
     return "invalid rollout events: " + "; ".join(parts) + more, "invalid_event"
 
 
-def _timed(payload: Any, started: float) -> JSONResponse:
+def _per_event_errors(err: ValidationError) -> dict[int, str] | None:
+    """{index: first error} when every error is inside one event, else None (a broken batch)."""
+    out: dict[int, str] = {}
+    for e in err.errors(include_url=False):
+        loc = e["loc"]
+        if len(loc) < 2 or loc[0] != "events" or not isinstance(loc[1], int):
+            return None
+        where = ".".join(str(x) for x in loc[2:] if not isinstance(x, str) or x not in _KINDS)
+        out.setdefault(loc[1], f"{where or 'event'}: {e['msg']}")
+    return out
+
+
+_KINDS = ("rollout", "message", "rollout_update")
+
+
+def validate_events(body: bytes) -> tuple[list[Event], list[int], list[Rejected]]:
+    """The batch's valid events, their indices in the batch, and the refused ones.
+
+    Raises ValidationError when the batch itself is broken (bad JSON, no `events` list)."""
+    try:
+        events = EventBatch.model_validate_json(body).events
+        return events, list(range(len(events))), []
+    except ValidationError as e:
+        bad = _per_event_errors(e)
+        if bad is None:
+            raise
+    raw = pydantic_core.from_json(body)["events"]
+    keep = [i for i in range(len(raw)) if i not in bad]
+    events = _EVENT_LIST.validate_python([raw[i] for i in keep])
+    rejected = [Rejected(i, _event_id(raw[i]), msg) for i, msg in sorted(bad.items())]
+    return events, keep, rejected
+
+
+def _event_id(raw: Any) -> str | None:
+    eid = raw.get("eventId") if isinstance(raw, dict) else None
+    return eid[:256] if isinstance(eid, str) else None
+
+
+async def read_body(request: Request, limit: int) -> bytes | JsonResponse:
+    """The request body, refused with 413 by its Content-Length or as soon as it passes `limit`
+    while streaming (a 512 MiB upload once took the server from 181 MB to 1 GB RSS)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            return error(400, "Content-Length is not a number", "bad_request")
+        if int(declared) > limit:
+            return error(413, f"request body of {declared} bytes exceeds {limit}", "too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return error(413, f"request body exceeds {limit} bytes", "too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def inline_schema(model: type[Any]) -> dict[str, Any]:
+    """A model's JSON schema with its $defs put in place (for an OpenAPI request body)."""
+    schema = TypeAdapter(model).json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.rsplit("/", 1)[1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def _timed(payload: Any, started: float) -> JsonResponse:
     ms = (time.perf_counter() - started) * 1000
-    return JSONResponse(payload, headers={"Server-Timing": f"db;dur={ms:.2f}"})
+    return JsonResponse(payload, headers={"Server-Timing": f"db;dur={ms:.2f}"})
+
+
+# ---------------------------------------------------------------- one rollout, streamed
+
+TOKEN_SLICE = 64 * 1024  # token-array items read and encoded per chunk
+# Threads that read for streamed responses: as many as the store has read connections, so the
+# same few threads (and their malloc arenas) do all of it.
+_READ_THREADS = anyio.CapacityLimiter(READ_CONNECTIONS)
+
+
+async def _read(fn: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(fn, *args, limiter=_READ_THREADS)
+
+
+def _raw_json_fields(row: dict[str, Any]) -> bytes:
+    """`row` as JSON without its closing brace; `*_json` columns are spliced in as stored text."""
+    plain = {k: v for k, v in row.items() if not k.endswith("_json")}
+    parts = [orjson.dumps(plain)[:-1]]
+    for key, raw in row.items():
+        if key.endswith("_json"):
+            name = key[: -len("_json")].encode()
+            parts.append(b',"' + name + b'":' + (raw.encode() if raw is not None else b"null"))
+    return b"".join(parts)
+
+
+def _message_json(row: Any) -> bytes:
+    m = dict(row)
+    m.pop("id", None)
+    m["is_finished"] = bool(m["is_finished"])
+    m["metadata_json"] = m.pop("metadata")
+    return _raw_json_fields(m) + b"}"
+
+
+async def rollout_json(store: TrajectoryStore, head: dict[str, Any]) -> AsyncIterator[bytes]:
+    """GET /api/rollouts/{id} as JSON chunks: the row, its messages a page at a time, then its
+    token arrays a slice at a time. Memory stays one page per reader whatever the rollout's size
+    (20 readers of a 63 MB rollout once took the server from 165 MB to 6.3 GB)."""
+    event_id = head["event_id"]
+    try:
+        yield _raw_json_fields(head) + b',"messages":['
+        after: tuple[int, int] | None = None
+        first = True
+        while True:
+            page = await _read(store.message_rows, event_id, after)
+            if not page:
+                break
+            chunk = b",".join(_message_json(m) for m in page)
+            yield chunk if first else b"," + chunk
+            first = False
+            after = (page[-1]["idx"], page[-1]["id"])
+            del page, chunk
+        info = await _read(store.token_info, event_id)
+        if info is None:
+            yield b'],"tokens":null}'
+            return
+        yield b'],"tokens":{"prompt_length":' + str(info.prompt_length).encode()
+        for column, n in (
+            ("token_ids", info.n_tokens),
+            ("loss_mask", info.n_mask),
+            ("logprobs", info.n_logprobs),
+        ):
+            yield b',"' + column.encode() + b'":['
+            for start in range(0, n, TOKEN_SLICE):
+                items = await _read(store.token_slice, info, column, start, TOKEN_SLICE)
+                body = orjson.dumps(items)[1:-1]  # NaN logprobs become null
+                yield body if start == 0 else b"," + body
+            yield b"]"
+        yield b"}}"
+    finally:
+        release_memory_soon()
+
+
+def release_memory_soon() -> None:
+    """Collect garbage and hand freed heap memory back to the OS shortly after a large request
+    or response (3.5 GB once stayed after slow readers of large rollouts had left)."""
+    _TRIMMER.request()
+
+
+class _Trimmer:
+    """One daemon thread that runs gc.collect() and malloc_trim(0) half a second after the last
+    request for it."""
+
+    DELAY_S = 0.5
+
+    def __init__(self) -> None:
+        self._wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def request(self) -> None:
+        self._wanted.set()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            while self._wanted.is_set():  # wait until requests stop for DELAY_S
+                self._wanted.clear()
+                time.sleep(self.DELAY_S)
+            # Cancelled streams leave reference cycles (frames holding a page) that the server's
+            # relaxed GC thresholds (envs/server/__main__.py) would keep for minutes; with the
+            # startup objects frozen this is a few thousand objects, well under a millisecond.
+            gc.collect()
+            if _libc is not None:
+                _libc.malloc_trim(0)
+
+
+_TRIMMER = _Trimmer()
+
+
+def _glibc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 (glibc only)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _glibc()
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
+
+
+def tune_malloc() -> None:
+    """Make glibc return large buffers to the OS when they are freed (a fixed mmap threshold:
+    the default one rises after each large free until multi-MB buffers stay in the heap) and
+    keep the number of per-thread heaps small."""
+    if _libc is not None:
+        _libc.mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
+        _libc.mallopt(_M_ARENA_MAX, 2)
 
 
 class TrajectoryService:
     """Receives OpenReward rollout uploads into SQLite and serves the JSON API and web UI."""
 
-    def __init__(self, db_path: str, tokenizer: str | None = None) -> None:
-        """`tokenizer`: path (or cached HF name) used by the token view when a rollout names none;
-        defaults to $TRAJECTORIES_TOKENIZER."""
+    def __init__(
+        self, db_path: str, tokenizer: str | None = None, tokenizers: Iterable[str] = ()
+    ) -> None:
+        """`tokenizers`: paths (or locally cached HF names) the token view may load when a
+        rollout's metadata names one; `tokenizer`: the one used when a rollout names none
+        (default: the first of `tokenizers`, else $TRAJECTORIES_TOKENIZER). Uploads never make
+        the server load anything else."""
         self.db_path = str(db_path)
         self.store = TrajectoryStore(self.db_path)
-        tokenizer = tokenizer or os.environ.get("TRAJECTORIES_TOKENIZER") or None
+        allowed = list(tokenizers)
+        tokenizer = (
+            tokenizer
+            or (allowed[0] if allowed else None)
+            or os.environ.get("TRAJECTORIES_TOKENIZER")
+            or None
+        )
         self.default_tokenizer = tokenizer
         self.routers: list[APIRouter] = [
             self._ingest_router(),
             self._api_router(),
-            pages_router(self.store, tokenizer),
+            pages_router(self.store, tokenizer, allowed),
             eval_api_router(self.store),
             eval_pages_router(self.store),
         ]
 
     async def start(self) -> None:
+        tune_malloc()
         self.store.start()
 
     async def stop(self) -> None:
@@ -96,32 +343,52 @@ class TrajectoryService:
         def variants(owner: str, name: str) -> list[dict[str, Any]]:
             return []
 
-        @router.post("/v1/rollouts")
-        async def post_rollouts(request: Request) -> JSONResponse:
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
-                return error(
-                    413, f"request body of {len(body)} bytes exceeds {MAX_BODY_BYTES}", "too_large"
-                )
+        @router.post(
+            "/v1/rollouts",
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": inline_schema(EventBatch)}},
+                }
+            },
+        )
+        async def post_rollouts(request: Request) -> JsonResponse:
+            body = await read_body(request, MAX_BODY_BYTES)
+            if isinstance(body, JsonResponse):
+                return body
             try:
                 if len(body) <= _INLINE_VALIDATION_BYTES:
-                    batch = EventBatch.model_validate_json(body)
+                    events, kept, rejected = validate_events(body)
                 else:
-                    batch = await anyio.to_thread.run_sync(EventBatch.model_validate_json, body)
+                    events, kept, rejected = await anyio.to_thread.run_sync(validate_events, body)
             except ValidationError as e:
                 message, reason = _describe(e)
                 return error(400 if reason == "bad_json" else 422, message, reason)
-            if not batch.events:
-                return JSONResponse(
-                    {"ok": True, "rollouts": 0, "messages": 0, "updates": 0, "duplicates": 0}
-                )
-            try:
-                result = await asyncio.wrap_future(store.submit(batch.events))
-            except Exception as e:  # storage failure: retriable
-                return error(
-                    503, f"trajectory store failed: {type(e).__name__}: {e}", "storage_error"
-                )
-            return JSONResponse({"ok": True, **result.__dict__})
+            result = IngestResult()
+            if events:
+                try:
+                    result = await asyncio.wrap_future(store.submit(events))
+                except Exception as e:  # storage failure: retriable
+                    return error(
+                        503, f"trajectory store failed: {type(e).__name__}: {e}", "storage_error"
+                    )
+                for r in result.rejected:  # the writer's indices are into `events`
+                    r.index = kept[r.index]
+            total = len(kept) + len(rejected)
+            if len(body) > _INLINE_VALIDATION_BYTES:
+                release_memory_soon()
+            rejected = sorted(rejected + result.rejected, key=lambda r: r.index)
+            if not rejected:
+                return JsonResponse({"ok": True, **result.counts()})
+            first = rejected[0]
+            return error(
+                422,
+                f"{len(rejected)} of {total} events refused (the others were stored); "
+                f"first: event {first.index}: {first.error}",
+                "invalid_event",
+                rejected=[dataclasses.asdict(r) for r in rejected[:MAX_REJECTED_LISTED]],
+                **result.counts(),
+            )
 
         return router
 
@@ -132,20 +399,20 @@ class TrajectoryService:
         store = self.store
 
         @router.get("/runs")
-        def runs() -> JSONResponse:
+        def runs() -> JsonResponse:
             t = time.perf_counter()
             return _timed({"runs": store.list_runs()}, t)
 
         @router.get("/runs/{run_id}")
-        def run(run_id: int) -> JSONResponse:
+        def run(run_id: RunId) -> JsonResponse:
             info = store.get_run(run_id)
             if info is None:
                 return error(404, f"no run with id {run_id}", "not_found")
-            return JSONResponse(info)
+            return JsonResponse(info)
 
         @router.get("/runs/{run_id}/rollouts")
         def rollouts(
-            run_id: int,
+            run_id: RunId,
             env: str | None = None,
             split: str | None = None,
             status: str | None = None,
@@ -158,7 +425,7 @@ class TrajectoryService:
             after: str | None = None,
             before: str | None = None,
             limit: int = Query(50, ge=1, le=500),
-        ) -> JSONResponse:
+        ) -> JsonResponse:
             t = time.perf_counter()
             if order not in ("asc", "desc"):
                 return error(422, f"order must be asc or desc, got {order!r}", "bad_query")
@@ -194,19 +461,19 @@ class TrajectoryService:
             )
 
         @router.get("/runs/{run_id}/reward_series")
-        def reward_series(run_id: int, buckets: int = Query(60, ge=1, le=1000)) -> JSONResponse:
+        def reward_series(run_id: RunId, buckets: int = Query(60, ge=1, le=1000)) -> JsonResponse:
             t = time.perf_counter()
             return _timed(store.reward_series(run_id, buckets), t)
 
-        @router.get("/runs/{run_id}/groups/{group_key}")
-        def group(run_id: int, group_key: str) -> JSONResponse:
-            return JSONResponse({"rollouts": store.group(run_id, group_key)})
+        @router.get("/runs/{run_id}/groups/{group_key:path}")
+        def group(run_id: RunId, group_key: str) -> JsonResponse:
+            return JsonResponse({"rollouts": store.group(run_id, group_key)})
 
-        @router.get("/rollouts/{event_id}")
-        def rollout(event_id: str) -> JSONResponse:
-            r = store.get_rollout(event_id)
-            if r is None:
-                return error(404, f"no rollout with id {event_id!r}", "not_found")
-            return JSONResponse(r)
+        @router.get("/rollouts/{event_id:path}")
+        async def rollout(event_id: str) -> Response:
+            head = await anyio.to_thread.run_sync(store.rollout_head, event_id)
+            if head is None:
+                return error(404, f"no rollout with id {event_id[:300]!r}", "not_found")
+            return StreamingResponse(rollout_json(store, head), media_type="application/json")
 
         return router

@@ -10,7 +10,8 @@ Tables (schema v4): `evals`, `eval_models`, `eval_episodes`.
 
 from __future__ import annotations
 
-import threading
+import contextlib
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,6 @@ from typing import Any
 import orjson
 
 from envs.trajectories.events import EventBatch
-from envs.trajectories.schema import connect
 from envs.trajectories.store import TrajectoryStore
 
 __all__ = ["EpisodeRow", "EvalModel", "EvalRecords", "SpecMismatch"]
@@ -86,33 +86,32 @@ class EvalRecords:
 
     def __init__(self, store: TrajectoryStore) -> None:
         self.store = store
-        self._local = threading.local()
 
-    def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = connect(self.store.path)
-        return conn
+    def _conn(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A connection of the store's fixed pool for one `with` block (never two at once)."""
+        return self.store._read()
 
     # -- evals
 
     def find(self, name: str) -> dict[str, Any] | None:
         """The eval named `name` (id, name, spec, spec_hash, created_at, updated_at), or None."""
-        r = (
-            self._conn()
-            .execute(
+        with self._conn() as conn:
+            r = conn.execute(
                 "SELECT id, name, spec, spec_hash, created_at, updated_at FROM evals WHERE name = ?",
                 (name,),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         if r is None:
             return None
         return {**dict(r), "spec": orjson.loads(r["spec"])}
 
     def ensure(self, name: str, spec: dict[str, Any], spec_hash: str) -> int:
         """The id of eval `name`, created with this spec if new; SpecMismatch if its spec differs."""
-        conn = self._conn()
+        with self._conn() as conn:
+            return self._ensure(conn, name, spec, spec_hash)
+
+    def _ensure(
+        self, conn: sqlite3.Connection, name: str, spec: dict[str, Any], spec_hash: str
+    ) -> int:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -147,7 +146,10 @@ class EvalRecords:
 
     def add_models(self, eval_id: int, models: list[EvalModel]) -> None:
         """Add models the eval does not have yet (a model keeps its first kind and run)."""
-        conn = self._conn()
+        with self._conn() as conn:
+            self._add_models(conn, eval_id, models)
+
+    def _add_models(self, conn: sqlite3.Connection, eval_id: int, models: list[EvalModel]) -> None:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -186,31 +188,32 @@ class EvalRecords:
             raise
 
     def models(self, eval_id: int) -> list[EvalModel]:
-        return [
-            EvalModel(r[0], r[1], orjson.loads(r[2]) if r[2] else {}, r[3])
-            for r in self._conn().execute(
+        with self._conn() as conn:
+            rows = conn.execute(
                 "SELECT model, kind, endpoint, run_name FROM eval_models WHERE eval_id = ? "
                 "ORDER BY position",
                 (eval_id,),
-            )
-        ]
+            ).fetchall()
+        return [EvalModel(r[0], r[1], orjson.loads(r[2]) if r[2] else {}, r[3]) for r in rows]
 
     def save_report(self, eval_id: int, report: dict[str, Any]) -> None:
-        self._conn().execute(
-            "UPDATE evals SET report = ?, updated_at = ? WHERE id = ?",
-            (orjson.dumps(report).decode(), time.time(), eval_id),
-        )
+        with self._conn() as conn:
+            conn.execute(
+                "UPDATE evals SET report = ?, updated_at = ? WHERE id = ?",
+                (orjson.dumps(report).decode(), time.time(), eval_id),
+            )
 
     def list_evals(self) -> list[dict[str, Any]]:
         """Every eval, newest first: id, name, times, models, episode count, whether it has a report."""
-        conn = self._conn()
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT id, name, created_at, updated_at, report IS NOT NULL AS reported, "
+                "(SELECT COUNT(*) FROM eval_episodes e WHERE e.eval_id = evals.id) AS episodes, "
+                "json_extract(spec, '$.k') AS k, json_array_length(spec, '$.tasks') AS tasks "
+                "FROM evals ORDER BY updated_at DESC"
+            ).fetchall()
         out = []
-        for r in conn.execute(
-            "SELECT id, name, created_at, updated_at, report IS NOT NULL AS reported, "
-            "(SELECT COUNT(*) FROM eval_episodes e WHERE e.eval_id = evals.id) AS episodes, "
-            "json_extract(spec, '$.k') AS k, json_array_length(spec, '$.tasks') AS tasks "
-            "FROM evals ORDER BY updated_at DESC"
-        ):
+        for r in rows:
             item = dict(r)
             item["models"] = [m.name for m in self.models(item["id"])]
             out.append(item)
@@ -218,15 +221,12 @@ class EvalRecords:
 
     def get(self, eval_id: int) -> dict[str, Any] | None:
         """One eval: its row (spec and report parsed) and models."""
-        r = (
-            self._conn()
-            .execute(
+        with self._conn() as conn:
+            r = conn.execute(
                 "SELECT id, name, spec, spec_hash, created_at, updated_at, report FROM evals "
                 "WHERE id = ?",
                 (eval_id,),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         if r is None:
             return None
         out = dict(r)
@@ -245,15 +245,15 @@ class EvalRecords:
             sql += " AND env = ?"
             args.append(env)
         sql += " ORDER BY env, task, model, sample"
-        return [_row(r) for r in self._conn().execute(sql, args)]
+        with self._conn() as conn:
+            return [_row(r) for r in conn.execute(sql, args)]
 
     def envs(self, eval_id: int) -> list[str]:
-        return [
-            r[0]
-            for r in self._conn().execute(
+        with self._conn() as conn:
+            rows = conn.execute(
                 "SELECT DISTINCT env FROM eval_episodes WHERE eval_id = ? ORDER BY env", (eval_id,)
-            )
-        ]
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def record(self, eval_id: int, row: EpisodeRow, events: list[dict[str, Any]]) -> None:
         """Store one episode's rollout events and its eval row in one transaction (blocking)."""
@@ -291,7 +291,7 @@ class EvalRecords:
             for row, _ in episodes
         ]
 
-        def insert(conn: Any) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 "INSERT OR REPLACE INTO eval_episodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
             )
@@ -299,10 +299,7 @@ class EvalRecords:
         self.store.write(batch, then=insert)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Nothing to release: connections belong to the store's pool (kept for callers)."""
 
 
 def _diffs(old: Any, new: Any, path: str) -> list[str]:

@@ -7,18 +7,21 @@ OpenReward's upload format: `rollout` (one per episode, trainer fields in its me
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, with_config
 from typing_extensions import NotRequired, TypedDict
 
 __all__ = [
+    "MAX_ABS_REWARD",
+    "MAX_TIMESTAMP_MS",
     "NULL",
     "Event",
     "EventBatch",
     "IngestResult",
     "MessageEvent",
+    "Rejected",
     "RolloutEvent",
     "RolloutUpdateEvent",
 ]
@@ -27,11 +30,20 @@ __all__ = [
 # Events are validated into plain dicts (TypedDicts), not model instances: ~30% less validation
 # CPU per event and fewer objects for the garbage collector. Optional keys may be absent: use .get().
 _EVENT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
-_Id = Annotated[str, Field(min_length=1, max_length=256)]
+# An id is a path segment of the UI's links: "." and ".." would be resolved away by any browser.
+_Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^(?:[^.]|\.[^.]|\.\.[\s\S])")]
 _Json = NotRequired[dict[str, Any] | None]
 _Int64 = Annotated[
     int, Field(ge=-(2**63), lt=2**63)
 ]  # SQLite integers: larger ones get a 422, not a failed write
+# Event times in ms since the epoch, up to the last millisecond of year 9999 (a later one once
+# made its run's pages 500: dates past 9999 cannot be shown).
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+_Timestamp = Annotated[int, Field(ge=0, le=MAX_TIMESTAMP_MS)]
+# Rewards (a message's, and the trainer's in a rollout's metadata): two of 1e308 once summed to
+# inf and made every run page 500. Far beyond any real reward, and sums of them stay finite.
+MAX_ABS_REWARD = 1e12
+_Reward = Annotated[float, Field(ge=-MAX_ABS_REWARD, le=MAX_ABS_REWARD)]
 
 
 @with_config(_EVENT_CONFIG)
@@ -40,7 +52,7 @@ class RolloutEvent(TypedDict):
 
     eventType: Literal["rollout"]
     eventId: _Id
-    timestamp: _Int64
+    timestamp: _Timestamp
     runName: Annotated[str, Field(min_length=1, max_length=512)]
     step: NotRequired[_Int64 | None]
     environment: NotRequired[str | None]
@@ -74,7 +86,7 @@ class MessageEvent(TypedDict):
 
     eventType: Literal["message"]
     eventId: _Id
-    timestamp: _Int64
+    timestamp: _Timestamp
     index: Annotated[int, Field(ge=0, lt=2**63)]
     rolloutEventId: _Id
     type: MessageType
@@ -84,7 +96,7 @@ class MessageEvent(TypedDict):
     name: _OptStr
     callId: _OptStr
     environment_id: _OptStr
-    reward: Annotated[float | None, Field(default=NULL)]
+    reward: Annotated[_Reward | None, Field(default=NULL)]
     isFinished: Annotated[bool | None, Field(default=NULL)]
     metadata: Annotated[dict[str, Any] | None, Field(default=None)]
 
@@ -95,7 +107,7 @@ class RolloutUpdateEvent(TypedDict):
 
     eventType: Literal["rollout_update"]
     eventId: _Id
-    timestamp: _Int64
+    timestamp: _Timestamp
     rollout_info: _Json
 
 
@@ -113,16 +125,35 @@ class EventBatch(BaseModel):
 
 
 @dataclass
+class Rejected:
+    """One event of a batch that was not stored, and why (one line)."""
+
+    index: int
+    eventId: str | None
+    error: str
+
+
+@dataclass
 class IngestResult:
-    """What one batch did: new rows, and events already stored (ignored)."""
+    """What one batch did: new rows, events already stored (ignored), and events refused."""
 
     rollouts: int = 0
     messages: int = 0
     updates: int = 0
     duplicates: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
 
     def add(self, other: IngestResult) -> None:
         self.rollouts += other.rollouts
         self.messages += other.messages
         self.updates += other.updates
         self.duplicates += other.duplicates
+        self.rejected += other.rejected
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "rollouts": self.rollouts,
+            "messages": self.messages,
+            "updates": self.updates,
+            "duplicates": self.duplicates,
+        }

@@ -17,10 +17,11 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
@@ -43,12 +44,20 @@ PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#c
 MAX_TOKEN_VIEW = 32_768
 MAX_GROUP_SIDE_BY_SIDE = 16
 MAX_GROUP = 1024  # members read for the group's advantages
+# What one rollout page shows at most (the JSON API streams everything).
+MAX_PAGE_MESSAGES = 2_000
+MAX_PAGE_CHARS = 4_000_000  # message text on one page; later messages are cut short
+MAX_GROUP_MESSAGES = 200
+MAX_GROUP_CHARS = 200_000
 
 
 def _fmt_time(ts: float | None) -> str:
     if not ts:
         return ""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):  # out of datetime's range: show the number
+        return f"{ts:.0f} s"
 
 
 def _fmt_reward(r: float | None) -> str:
@@ -61,6 +70,7 @@ def _templates() -> Environment:
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
     env.filters["time"] = _fmt_time
+    env.filters["pathpart"] = lambda v: quote(str(v), safe="")  # ids with / ? # in links
     env.filters["reward"] = _fmt_reward
     env.filters["pct"] = lambda x: f"{100 * x:.0f}%"
     return env
@@ -157,7 +167,8 @@ def token_view(tokens: dict[str, Any] | None, tokenizer_name: str | None) -> dic
     if not tokens:
         return None
     ids: list[int] = tokens["token_ids"]
-    plen = int(tokens["prompt_length"])
+    plen = int(tokens.get("prompt_shown", tokens["prompt_length"]))
+    response_length = int(tokens.get("response_length", len(ids) - plen))
     response = ids[plen:][:MAX_TOKEN_VIEW]
     mask, lps = tokens["loss_mask"], tokens["logprobs"]
     tok = load_tokenizer(tokenizer_name) if tokenizer_name else None
@@ -182,9 +193,9 @@ def token_view(tokens: dict[str, Any] | None, tokenizer_name: str | None) -> dic
     return {
         "tokens": out,
         "prompt_text": prompt_text,
-        "prompt_length": plen,
-        "response_length": len(ids) - plen,
-        "truncated": len(ids) - plen > MAX_TOKEN_VIEW,
+        "prompt_length": int(tokens["prompt_length"]),
+        "response_length": response_length,
+        "truncated": response_length > len(response),
         "decoded": tok is not None,
         "tokenizer": tokenizer_name,
         "trained": sum(1 for m in mask if m),
@@ -209,8 +220,13 @@ def conversation(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for m in messages:
         item = dict(m)
+        if m.get("content_chars"):  # cut by the store to keep the page bounded
+            item["content"] = (
+                f"{m['content']}\n... ({m['content_chars']} characters; "
+                "the whole text is in the JSON API)"
+            )
         if m["type"] == "tool_call":
-            item["args"], item["args_ok"] = _pretty_json(m["content"])
+            item["args"], item["args_ok"] = _pretty_json(item["content"])
         item["is_error"] = bool((m.get("metadata") or {}).get("is_error"))
         out.append(item)
     return out
@@ -284,9 +300,16 @@ def _float_or_none(value: str | None) -> float | None:
 # ---------------------------------------------------------------- routes
 
 
-def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -> APIRouter:
+def pages_router(
+    store: TrajectoryStore,
+    default_tokenizer: str | None = None,
+    allowed_tokenizers: Iterable[str] = (),
+) -> APIRouter:
     """Routes of the HTML pages and their bundled assets."""
-    router = APIRouter(include_in_schema=False)
+    # A rollout's token view uses the tokenizer its metadata names only when it is the default or
+    # in `allowed_tokenizers`: an upload must not make the server load files from any path.
+    allowed = {t for t in (default_tokenizer, *allowed_tokenizers) if t}
+    router = APIRouter(tags=["web UI"])
     templates = _templates()
 
     def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
@@ -393,15 +416,19 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
             elapsed_ms=(time.perf_counter() - started) * 1000,
         )
 
-    @router.get("/rollouts/{event_id}", response_class=HTMLResponse)
+    @router.get("/rollouts/{event_id:path}", response_class=HTMLResponse)
     def rollout_page(event_id: str) -> HTMLResponse:
-        r = store.get_rollout(event_id)
-        if r is None:
-            return not_found(f"No rollout with id {event_id}.")
-        meta = r["metadata"] or {}
-        tokenizer_name = (
-            meta.get("tokenizer") if isinstance(meta.get("tokenizer"), str) else default_tokenizer
+        r = store.get_rollout(
+            event_id,
+            max_messages=MAX_PAGE_MESSAGES,
+            max_tokens=MAX_TOKEN_VIEW,
+            max_chars=MAX_PAGE_CHARS,
         )
+        if r is None:
+            return not_found(f"No rollout with id {event_id[:300]}.")
+        meta = r["metadata"] if isinstance(r["metadata"], dict) else {}
+        named = meta.get("tokenizer")
+        tokenizer_name = named if isinstance(named, str) and named in allowed else default_tokenizer
         group: list[dict[str, Any]] = []
         position = None
         if r["group_key"]:
@@ -409,7 +436,11 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
             for g in group[:MAX_GROUP_SIDE_BY_SIDE]:
                 g["conversation"] = [
                     m
-                    for m in conversation(store.messages(g["event_id"]))
+                    for m in conversation(
+                        store.messages(
+                            g["event_id"], limit=MAX_GROUP_MESSAGES, max_chars=MAX_GROUP_CHARS
+                        )
+                    )
                     if m["type"] in ("assistant_message", "tool_call", "tool_result")
                 ]
         turn_rewards = (
@@ -421,6 +452,7 @@ def pages_router(store: TrajectoryStore, default_tokenizer: str | None = None) -
             r=r,
             meta=meta,
             conversation=conversation(r["messages"]),
+            messages_cut=len(r["messages"]) < (r["num_messages"] or 0),
             tokens=token_view(r["tokens"], tokenizer_name),
             group=group if len(group) > 1 else [],
             group_side_by_side=group[:MAX_GROUP_SIDE_BY_SIDE] if len(group) > 1 else [],

@@ -1,0 +1,351 @@
+"""The trajectory sink's files: a journal of submitted episodes and a spool of undelivered requests.
+
+Files in `spool_dir` carry the pid of the process that writes them; a file left by a dead
+process is taken over by the next process that uses the directory:
+
+    {run}-{id}.{pid}.journal.jsonl     every episode handed to submit(), one JSON line each,
+                                       written before submit() returns (the OS page cache
+                                       survives a kill -9 of the trainer); deleted once each of
+                                       its episodes is delivered, spooled or rejected
+    {run}-{id}.{pid}.recovering.jsonl  a dead process's journal being turned into spool lines
+    {run}-{id}.{pid}.active.jsonl      request units waiting for the server (fsynced)
+    {run}-{id}.{pid}.ready|claimed.jsonl  sealed, or being delivered
+    quarantine-{pid}.jsonl             lines that cannot be read (torn by a crash or a full
+                                       disk): set aside, never retried, never blocking the rest
+    rejected-{pid}.jsonl               (the sink) units the server refused as invalid
+
+A write that fails (a full disk) never raises into the sink: `Spool.append` and `Journal.record`
+say what was written, cut a partly written line off again, and log the failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "Journal",
+    "JournalSegment",
+    "Spool",
+    "append_lines",
+    "quarantine",
+    "read_lines",
+]
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(
+    r"^(?P<stem>[\w.-]+?)\.(?P<pid>\d+)\.(?P<state>active|ready|claimed|journal|recovering)\.jsonl$"
+)
+_SPOOL_STATES = ("active", "ready", "claimed")
+_OPEN_IN_THIS_PROCESS: set[str] = set()
+_OPEN_LOCK = threading.Lock()
+# One "cannot write" line per this many seconds per directory (a full disk fails every write).
+_WARN_EVERY_S = 10.0
+_last_warning: dict[str, float] = {}
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _warn_write_failed(what: Path, e: OSError) -> None:
+    key = str(what.parent)
+    now = time.monotonic()
+    if now - _last_warning.get(key, -1e9) >= _WARN_EVERY_S:
+        _last_warning[key] = now
+        full = " (disk full)" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        log.error("trajectory sink: cannot write %s%s: %s", what, full, e)
+
+
+def _is_open_here(path: Path) -> bool:
+    with _OPEN_LOCK:
+        return str(path) in _OPEN_IN_THIS_PROCESS
+
+
+def _mark_open(path: Path, is_open: bool) -> None:
+    with _OPEN_LOCK:
+        if is_open:
+            _OPEN_IN_THIS_PROCESS.add(str(path))
+        else:
+            _OPEN_IN_THIS_PROCESS.discard(str(path))
+
+
+def append_lines(path: Path, lines: Sequence[bytes], sync: bool = True) -> int:
+    """Append `lines` (each + newline) to `path`; how many were written whole (and fsynced).
+
+    On a failed write (a full disk) the partly written line is cut off again, so the file never
+    holds a torn line of ours; lines before it stay."""
+    if not lines:
+        return 0
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        _warn_write_failed(path, e)
+        return 0
+    written = 0
+    try:
+        start = os.fstat(fd).st_size
+        good = start
+        try:
+            for line in lines:
+                data = memoryview(line + b"\n")
+                while data:
+                    n = os.write(fd, data)
+                    data = data[n:]
+                written += 1
+                good += len(line) + 1
+            if sync:
+                os.fsync(fd)
+        except OSError as e:
+            _warn_write_failed(path, e)
+            if sync and written == len(lines):  # every write went through but fsync failed
+                good, written = start, 0
+            try:
+                os.ftruncate(fd, good)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return written
+
+
+def read_lines(path: Path) -> list[bytes]:
+    """The non-empty lines of a file."""
+    return [line for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def quarantine(directory: Path, lines: Sequence[bytes], why: str) -> int:
+    """Set unreadable lines aside in quarantine-{pid}.jsonl; returns how many were kept there."""
+    if not lines:
+        return 0
+    path = directory / f"quarantine-{os.getpid()}.jsonl"
+    kept = append_lines(path, lines)
+    log.error(
+        "trajectory sink: %d unreadable line(s) set aside in %s (%s)%s",
+        len(lines),
+        path,
+        why,
+        "" if kept == len(lines) else f"; {len(lines) - kept} could not be written",
+    )
+    return kept
+
+
+class Spool:
+    """Append-only JSONL files of undelivered request units, shared safely between processes."""
+
+    def __init__(self, directory: str | os.PathLike[str], stem: str) -> None:
+        self.dir = Path(directory)
+        self.stem = re.sub(r"[^\w.-]", "_", stem)[:60] or "spool"
+        self._active: Path | None = None
+        self._lock = threading.Lock()
+
+    def append(self, lines: Sequence[bytes]) -> int:
+        """Write units to this process's active file, fsynced; how many were written (fewer
+        than given when the disk is full: the caller keeps the rest)."""
+        if not lines:
+            return 0
+        with self._lock:
+            if self._active is None:
+                try:
+                    self.dir.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    _warn_write_failed(self.dir, e)
+                    return 0
+                self._active = (
+                    self.dir / f"{self.stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.active.jsonl"
+                )
+                _mark_open(self._active, True)
+            return append_lines(self._active, lines)
+
+    def seal(self) -> None:
+        """Hand the active file to the deliverers (rename to .ready)."""
+        with self._lock:
+            active, self._active = self._active, None
+            if active is None:
+                return
+            _mark_open(active, False)
+            try:
+                active.rename(
+                    active.with_name(active.name.replace(".active.jsonl", ".ready.jsonl"))
+                )
+            except FileNotFoundError:
+                pass
+
+    def _files(self) -> list[tuple[Path, re.Match[str]]]:
+        try:
+            paths = sorted(self.dir.glob("*.jsonl"))
+        except OSError:
+            return []
+        return [(p, m) for p in paths if (m := _NAME.match(p.name)) is not None]
+
+    def _takeable(self, path: Path, m: re.Match[str], states: tuple[str, ...]) -> bool:
+        """A file in one of `states` this process may deliver: not open here, not another
+        live process's active or claimed file, journal or recovery."""
+        state, pid = m["state"], int(m["pid"])
+        if state not in states or _is_open_here(path):
+            return False
+        live_owned = state in ("active", "claimed", "journal", "recovering")
+        return not (live_owned and pid != os.getpid() and _pid_alive(pid))
+
+    def claim(self) -> list[Path]:
+        """Take every deliverable spool file in the dir (ours and those left by dead processes)."""
+        self.seal()
+        claimed = []
+        me = os.getpid()
+        for path, m in self._files():
+            if not self._takeable(path, m, _SPOOL_STATES):
+                continue
+            if m["state"] == "claimed" and int(m["pid"]) == me:
+                claimed.append(path)  # ours from an earlier pass
+                continue
+            target = path.with_name(f"{m['stem']}.{me}.claimed.jsonl")
+            try:
+                path.rename(target)
+            except OSError:
+                continue
+            claimed.append(target)
+        return claimed
+
+    def claim_journals(self) -> list[Path]:
+        """Take the journals of dead processes (and closed journals of this one) to recover."""
+        claimed = []
+        me = os.getpid()
+        for path, m in self._files():
+            if not self._takeable(path, m, ("journal", "recovering")):
+                continue
+            if m["state"] == "recovering" and int(m["pid"]) == me:
+                claimed.append(path)
+                continue
+            target = path.with_name(f"{m['stem']}.{me}.recovering.jsonl")
+            try:
+                path.rename(target)
+            except OSError:
+                continue
+            claimed.append(target)
+        return claimed
+
+    def pending_files(self) -> bool:
+        """Whether the dir holds files this process would deliver or recover (its own active
+        spool file included)."""
+        states = (*_SPOOL_STATES, "journal", "recovering")
+        return any(p == self._active or self._takeable(p, m, states) for p, m in self._files())
+
+
+@dataclass(eq=False)
+class JournalSegment:
+    """One journal file: how many of its episodes are not yet delivered, spooled or rejected."""
+
+    path: Path
+    size: int = 0
+    pending: int = 0
+    sealed: bool = False
+
+
+class Journal:
+    """Every submitted episode, on disk before submit() returns; forgotten once it is safe."""
+
+    SEGMENT_BYTES = 64 << 20
+
+    def __init__(self, directory: str | os.PathLike[str], stem: str) -> None:
+        self.dir = Path(directory)
+        self.stem = re.sub(r"[^\w.-]", "_", stem)[:60] or "spool"
+        self._active: JournalSegment | None = None
+        self._fd = -1
+        self._waiting: set[JournalSegment] = set()  # sealed, with episodes still pending
+        self.failed = 0  # episodes that could not be journaled (logged)
+
+    def record(self, line: bytes) -> JournalSegment | None:
+        """Append one episode (no fsync: the page cache survives the process); its segment, or
+        None when it could not be written (full disk: logged, counted in `failed`)."""
+        seg = self._active
+        try:
+            if seg is None:
+                seg = self._open()
+            data = line + b"\n"
+            n = os.write(self._fd, data)
+            if n != len(data):  # a short write: the disk filled up under us
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as e:
+            self.failed += 1
+            _warn_write_failed(seg.path if seg else self.dir, e)
+            if seg is not None and self._fd >= 0:
+                try:
+                    os.ftruncate(self._fd, seg.size)
+                except OSError:
+                    pass
+            return None
+        seg.size += n
+        seg.pending += 1
+        if seg.size >= self.SEGMENT_BYTES:
+            self._seal()
+        return seg
+
+    def settle(self, seg: JournalSegment | None, n: int = 1) -> None:
+        """`n` episodes of `seg` are safe elsewhere; a sealed segment with none left is deleted."""
+        if seg is None:
+            return
+        seg.pending -= n
+        if seg.pending > 0:
+            return
+        if seg.sealed:
+            self._drop(seg)
+        elif seg is self._active and self._fd >= 0:  # all safe: start the file over
+            try:
+                os.ftruncate(self._fd, 0)
+                seg.size = 0
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Seal the active segment; segments still holding unsettled episodes stay on disk and
+        become recoverable (by the next process, or the next sink in this one)."""
+        self._seal()
+        for seg in list(self._waiting):
+            self._waiting.discard(seg)
+            _mark_open(seg.path, False)
+
+    def _drop(self, seg: JournalSegment) -> None:
+        self._waiting.discard(seg)
+        try:
+            seg.path.unlink()
+        except OSError:
+            pass
+        _mark_open(seg.path, False)
+
+    def _open(self) -> JournalSegment:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{self.stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.journal.jsonl"
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _mark_open(path, True)
+        self._active = JournalSegment(path)
+        return self._active
+
+    def _seal(self) -> None:
+        seg, self._active = self._active, None
+        if seg is None:
+            return
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        seg.sealed = True
+        if seg.pending <= 0:
+            self._drop(seg)
+        else:  # still ours until its episodes settle: not recoverable while we run
+            self._waiting.add(seg)

@@ -1,0 +1,416 @@
+"""The bridge under slime's REAL control flow, for slime v0.2.2, v0.3.1 and main (624b824).
+
+Each test runs tests/slime_driver.py in a subprocess on the vendored slime sources: slime's data
+source, `generate_rollout`, its abort, dynamic filter and partial-rollout buffer, the conversion to
+train data, the dp split and GRPO advantages, with the bridge as the generate function, the real
+env server and the scripted SGLang stub. Skips (with the reason) without the vendored sources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, web
+from conftest import REPO
+from sglang_stub import SGLangStub, Turn
+from slime_vendor import VERSIONS, missing_reason, slime_pythonpath
+
+pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+
+TOKENIZER_DIR = str(REPO / ".cache" / "qwen3-tokenizer")
+FAIL_MARKER = "INJECTED_ENV_FAILURE"
+
+
+def call(name: str, args: dict[str, Any]) -> str:
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(args)}}}\n</tool_call>'
+
+
+def gsm8k_tasks(n: int, url: str) -> list[dict[str, Any]]:
+    from envs.gsm8k import GSM8K
+
+    rows = GSM8K.load_split("train")
+    return [
+        {
+            "prompt": [{"role": "user", "content": "task"}],
+            "label": rows[i]["label"],
+            "metadata": {
+                "env": "gsm8k",
+                "env_server": [url],
+                "split": "train",
+                "index": i,
+                "max_turns": 6,
+            },
+        }
+        for i in range(n)
+    ]
+
+
+class EnvFaultProxy:
+    """A gateway in front of the real env server that answers 502 to every tool call whose
+    arguments carry FAIL_MARKER: an environment lost for exactly that episode, every retry."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.failed = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.url = ""
+
+    def __enter__(self) -> EnvFaultProxy:
+        threading.Thread(target=self._run, daemon=True).start()
+        self._ready.wait(20)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._http.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        self._http = ClientSession()
+        app = web.Application(client_max_size=8 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    async def _forward(self, req: web.Request) -> web.StreamResponse:
+        body = await req.read()
+        if req.path.endswith("/call") and FAIL_MARKER.encode() in body:
+            self.failed += 1
+            return web.Response(status=502, text="bad gateway (injected)")
+        headers = {
+            k: v for k, v in req.headers.items() if k.lower() not in ("host", "content-length")
+        }
+        async with self._http.request(
+            req.method, self.upstream + req.path_qs, data=body, headers=headers
+        ) as up:
+            data = await up.read()
+            return web.Response(
+                status=up.status, body=data, content_type=up.content_type, charset=up.charset
+            )
+
+
+def run_driver(version: str, spec: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """slime `version`'s real chain in a subprocess; returns the driver's JSON."""
+    task_file = tmp_path / "tasks.jsonl"
+    task_file.write_text("".join(json.dumps(r) + "\n" for r in spec.pop("tasks")))
+    # fmt: off
+    spec["argv"] = [
+        "--hf-checkpoint", TOKENIZER_DIR,
+        "--prompt-data", str(task_file),
+        "--input-key", "prompt", "--label-key", "label", "--metadata-key", "metadata",
+        "--custom-generate-function-path", "bridge.generate.generate",
+        "--rollout-max-response-len", "256",
+        "--advantage-estimator", "grpo",
+        *spec["argv"],
+    ]
+    # fmt: on
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([*slime_pythonpath(version), str(REPO), str(REPO / "tests")]),
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("TRAIN_CONFIG", None)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "slime_driver.py"), str(spec_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class Model:
+    """The engine's script, per routing key (one per sample): a key plays `special[i]` if it is
+    the i-th key to reach the engine, else a solving script for its own task (found in the prompt)."""
+
+    def __init__(
+        self,
+        tok: Any,
+        tasks: list[dict[str, Any]],
+        special: list[list[Turn]] = (),
+        slow: tuple[int, ...] = (),
+        slow_version: str = "v1",
+        delay: float = 1.0,
+    ) -> None:
+        from envs.gsm8k import GSM8K
+
+        rows = GSM8K.load_split("train")
+        self.tok = tok
+        self.questions = [(rows[t["metadata"]["index"]]["question"], t["label"]) for t in tasks]
+        self.special = list(special)
+        self.slow, self.slow_version, self.delay = slow, slow_version, delay
+        self.stub: SGLangStub | None = None
+        self.queues: dict[str, list[Turn]] = {}
+        self.served: dict[str, int] = {}
+        self.keys: list[str] = []
+        self.lock = threading.Lock()
+
+    def script_for(self, req: Any) -> list[Turn]:
+        if self.special:
+            return list(self.special.pop(0))
+        text = self.tok.decode(req.input_ids)
+        i, label = next((i, lb) for i, (q, lb) in enumerate(self.questions) if q in text)
+        if i in self.slow:  # seven calculator turns, then the answer
+            calc = Turn.of_text(self.tok, call("calculator", {"expression": "1+1"}) + "<|im_end|>")
+            return [*[calc] * 7, *solve(self.tok, label)[1:]]
+        return solve(self.tok, label)
+
+    def __call__(self, req: Any) -> Turn:
+        key = req.routing_key or ""
+        with self.lock:
+            if key not in self.queues:
+                self.keys.append(key)
+                self.queues[key] = self.script_for(req)
+            q = self.queues[key]
+            turn = q.pop(0) if len(q) > 1 else q[0]
+        slow = self.stub is not None and self.stub.weight_version == self.slow_version
+        self.served[key] = self.served.get(key, 0) + 1
+        if slow and self.served[key] > 1 and key in self.slow_keys(req):  # turn 1 is quick
+            return dataclasses.replace(turn, delay=self.delay)
+        return turn
+
+    def slow_keys(self, req: Any) -> set[str]:
+        text = self.tok.decode(req.input_ids[:2000])
+        slow = any(self.questions[i][0] in text for i in self.slow)
+        return {req.routing_key or ""} if slow else set()
+
+
+def solve(tok: Any, label: str, first: list[Turn] | None = None) -> list[Turn]:
+    return [
+        *(first or []),
+        Turn.of_text(tok, call("calculator", {"expression": "6*7"}) + "<|im_end|>"),
+        Turn.of_text(tok, call("submit_answer", {"answer": label}) + "<|im_end|>"),
+    ]
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_infra_failure_never_enters_group_normalisation(
+    version, qwen3_tokenizer, server_url, tmp_path
+) -> None:
+    """Group 0 has one episode whose env is lost on every try: its group is dropped by the
+    bridge's filter and refilled, so the solved episodes get advantage 0, not +0.5."""
+    tok = qwen3_tokenizer
+    tasks = gsm8k_tasks(3, server_url)
+    fail = [Turn.of_text(tok, call("calculator", {"expression": FAIL_MARKER}) + "<|im_end|>")]
+    with EnvFaultProxy(server_url) as proxy:
+        for t in tasks:
+            t["metadata"]["env_server"] = [proxy.url]
+        with SGLangStub(Model(tok, tasks, [fail]), tokenizer=tok) as stub:
+            out = run_driver(
+                version,
+                {
+                    "scenario": "rollout",
+                    "tasks": tasks,
+                    "argv": [
+                        "--rollout-batch-size",
+                        "2",
+                        "--n-samples-per-prompt",
+                        "4",
+                        "--over-sampling-batch-size",
+                        "2",
+                        "--dynamic-sampling-filter-path",
+                        "bridge.filters.drop_infra_failures",
+                    ],
+                    "set": {"sglang_router_ip": "127.0.0.1", "sglang_router_port": stub.port},
+                },
+                tmp_path,
+            )
+        assert proxy.failed >= 3  # the failing episode was replayed, and failed every time
+    (r,) = out["rollouts"]
+    samples = r["samples"]
+    assert len(samples) == 8 and not any(s["infra_failure"] for s in samples)
+    train = r["train"]
+    assert train["raw_rewards"] == [1.0] * 8
+    assert all(a == 0.0 for adv in train["advantages"] for a in adv)
+    assert r["metrics"].get("rollout/dynamic_filter/drop_bridge_infra_failure") == 1
+    # env waits are slime's non_generation_time, not generation
+    assert all(s["non_generation_time"] > 0 for s in samples)
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_slime_abort_suspends_and_partial_rollout_resumes_where_it_stopped(
+    version, qwen3_tokenizer, server_url, tmp_path
+) -> None:
+    """Rollout 1 (weights v1): the fast group fills the batch, slime aborts; the slow group's
+    episodes stop before their next turn (no new turn after the abort) and go to slime's
+    partial-rollout buffer with their env sessions kept. Rollout 2 (weights v2): they resume at
+    the turn where they stopped, on the same session, and slime's
+    --mask-offpolicy-in-partial-rollout masks exactly the v1 tokens."""
+    tok = qwen3_tokenizer
+    tasks = gsm8k_tasks(2, server_url)
+    tasks[1]["metadata"]["max_turns"] = 12
+    model = Model(tok, tasks, slow=(1,))
+    with SGLangStub(model, tokenizer=tok, weight_version="v1") as stub:
+        model.stub = stub
+        out = run_driver(
+            version,
+            {
+                "scenario": "rollout",
+                "tasks": tasks,
+                "argv": [
+                    "--rollout-batch-size",
+                    "1",
+                    "--n-samples-per-prompt",
+                    "2",
+                    "--over-sampling-batch-size",
+                    "2",
+                    "--partial-rollout",
+                    "--mask-offpolicy-in-partial-rollout",
+                    "--rollout-max-response-len",
+                    "4096",
+                ],
+                "set": {"sglang_router_ip": "127.0.0.1", "sglang_router_port": stub.port},
+                "stub_url": stub.url,
+                "rollouts": [
+                    {"weight_version": "v1", "train": False},
+                    {"weight_version": "v2", "set": {"over_sampling_batch_size": 1}},
+                ],
+            },
+            tmp_path,
+        )
+        reqs = list(stub.requests)
+    Path("/tmp/cf_out.json").write_text(json.dumps(out))
+    first, second = out["rollouts"]
+    # rollout 1: the slow episodes were stopped by slime's abort, not by the engine
+    suspended = [s for s in first["buffer"] if s["stop_reason"] == "slime_abort"]
+    assert len(suspended) == 2 and all(s["status"] == "aborted" for s in suspended)
+    assert all(s["reward"] is None for s in suspended)
+    abort_at = first["abort_started_at"]
+    for s in suspended:
+        key = s["episode_key"]
+        late = [
+            r
+            for r in reqs
+            if r.routing_key == key and r.received_at > abort_at and r.weight_version == "v1"
+        ]
+        assert len(late) <= 1, "a new turn started after slime's abort"
+    # rollout 2: resumed, same session, and only the v2 tokens train
+    by_key = {s["episode_key"]: s for s in second["samples"]}
+    for s in suspended:
+        done = by_key[s["episode_key"]]
+        assert done["status"] == "completed" and done["reward"] == 1.0 and done["resumed"] == 1
+        assert done["turn_versions"][: len(s["turn_versions"])] == s["turn_versions"]
+        assert "v2" in done["turn_versions"] and "v1" in done["turn_versions"]
+        # slime's own weight_versions: one per turn, nothing left from the interrupted attempt
+        assert done["weight_versions"] == done["turn_versions"]
+        first_v2 = next(
+            r for r in reqs if r.routing_key == s["episode_key"] and r.weight_version == "v2"
+        )
+        assert len(first_v2.input_ids) == s["tokens"]  # continued from the suspended context
+        n_old = s["response_length"]
+        i = second["samples"].index(done)
+        mask = second["train"]["loss_masks"][i]
+        assert sum(mask[:n_old]) == 0 and sum(mask[n_old:]) > 0
+        assert done["loss_mask"] == mask
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_every_sample_carries_the_replay_fields_slime_converts(
+    version, qwen3_tokenizer, server_url, tmp_path
+) -> None:
+    """--rollout-top-p < 1 and --use-rollout-routing-replay, with an episode that fails before it
+    samples anything (its placeholder) in the batch, no filter: slime's conversion and dp split
+    accept every sample (v0.2.2 has no top-p replay: routing replay only)."""
+    tok = qwen3_tokenizer
+    tasks = gsm8k_tasks(1, server_url)
+    fail = [Turn([], finish_reason="abort")]  # an engine that aborts this episode every time
+    top_p = version != "v0.2.2"
+    argv = ["--rollout-batch-size", "1", "--n-samples-per-prompt", "2"]
+    if top_p:
+        argv += ["--rollout-top-p", "0.9"]
+    with SGLangStub(Model(tok, tasks, [fail]), tokenizer=tok) as stub:
+        out = run_driver(
+            version,
+            {
+                "scenario": "rollout",
+                "tasks": tasks,
+                "argv": [*argv, "--use-rollout-routing-replay"],
+                "set": {
+                    "sglang_router_ip": "127.0.0.1",
+                    "sglang_router_port": stub.port,
+                    "use_rollout_routing_replay": True,
+                },
+            },
+            tmp_path,
+        )
+        reqs = list(stub.requests)
+    (r,) = out["rollouts"]
+    failed = [s for s in r["samples"] if s["infra_failure"]]
+    ok = [s for s in r["samples"] if not s["infra_failure"]]
+    assert len(failed) == 1 and len(ok) == 1 and ok[0]["reward"] == 1.0
+    assert all(req.body.get("return_routed_experts") is True for req in reqs)
+    train = r["train"]
+    assert train["has_routed_experts"]
+    for s in r["samples"]:
+        assert s["routed_experts_shape"] == [s["tokens"] - 1, 2, 2]
+        if top_p:
+            assert s["top_p_offsets"] == s["response_length"] + 1
+    assert train["has_top_p"] == top_p
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_evaluation_uses_eval_budgets_and_drops_infra_failures_from_eval_metrics(
+    version, qwen3_tokenizer, server_url, tmp_path
+) -> None:
+    """slime's generate_and_rm(evaluation=True): every turn fits eval_max_context_len, a
+    per-dataset min_new_tokens is clamped to the turn's max_new_tokens, and an eval episode lost
+    to the engine is not averaged into slime's eval/<dataset> reward."""
+    tok = qwen3_tokenizer
+    tasks = gsm8k_tasks(1, server_url)
+    fail = [Turn([], finish_reason="abort")]
+    with SGLangStub(Model(tok, tasks, [fail]), tokenizer=tok) as stub:
+        out = run_driver(
+            version,
+            {
+                "scenario": "eval",
+                "tasks": tasks,
+                "argv": [
+                    "--rollout-batch-size",
+                    "1",
+                    "--n-samples-per-prompt",
+                    "3",
+                    "--rollout-max-context-len",
+                    "100000",
+                    "--eval-max-context-len",
+                    "700",
+                    "--custom-eval-rollout-log-function-path",
+                    "bridge.metrics.log_eval_rollout",
+                ],
+                "set": {"sglang_router_ip": "127.0.0.1", "sglang_router_port": stub.port},
+                "eval": {"sampling_params": {"max_new_tokens": 400, "min_new_tokens": 300}},
+            },
+            tmp_path,
+        )
+        reqs = list(stub.requests)
+    for req in reqs:
+        mx = req.sampling_params["max_new_tokens"]
+        assert len(req.input_ids) + mx <= 700 and mx <= 400
+        assert req.sampling_params["min_new_tokens"] <= mx
+    assert any(req.sampling_params["max_new_tokens"] < 400 for req in reqs)
+    samples = out["samples"]
+    assert sum(bool(s["infra_failure"]) for s in samples) == 1
+    assert out["logged"]["eval/evalset"] == 1.0  # the two solved episodes; the lost one is not a 0
