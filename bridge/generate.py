@@ -39,7 +39,7 @@ from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult, TokenModel
 from bridge.partial import suspended_episodes
-from bridge.provenance import episode_provenance, tokenizer_fingerprint, weight_versions
+from bridge.provenance import episode_provenance, tokenizer_fingerprint
 from bridge.sample import (
     complete_replay_fields,
     fill_sample,
@@ -491,7 +491,6 @@ def _submit(
         if sink is None:
             return
         report = result.env_report
-        segments = result.ledger.segments if result.ledger is not None else []
         provenance = episode_provenance(
             env=task.env,
             split=task.split,
@@ -500,7 +499,7 @@ def _submit(
             env_reported=report.provenance,
             tokenizer=tokenizer_fingerprint(renderer.tokenizer),
             sampling_params=sampling_params,
-            turn_weight_versions=weight_versions(s.meta_info for s in segments if s.trainable),
+            turn_weight_versions=[str(v) for v in result.weight_versions if v is not None],
         )
         traj = Trajectory(
             run_name=cfg.run_name if cfg is not None else "slime-envs",

@@ -10,7 +10,8 @@ the rollout's metadata; the rollout page shows it):
     tokenizer            path or name; `tokenizer_hash` (its vocabulary and rules) and
                          `chat_template_hash`
     sampling_params      what the engine was sent (max_new_tokens is the per-turn cap)
-    weight_versions      the policy weight version of each turn, from SGLang's meta_info
+    weight_versions      the policy weight version of each turn (SGLang's `weight_version`,
+                         recorded by the episode; a resumed partial rollout keeps them all)
     bridge_version       the package version plus a hash of the plugin's code
 
 Hashes are the first 16 hex digits of a SHA-256.
@@ -103,16 +104,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, str]:
     with _TOKENIZERS_LOCK:
         _TOKENIZERS[key] = (tokenizer, fingerprint)  # keeps the tokenizer (renderers do anyway)
     return fingerprint
-
-
-def weight_versions(meta_infos: Iterable[Mapping[str, Any] | None]) -> list[str]:
-    """The `weight_version` SGLang reported for each turn (turns without one are skipped)."""
-    out = []
-    for meta in meta_infos:
-        version = meta.get("weight_version") if isinstance(meta, Mapping) else None
-        if version is not None:
-            out.append(str(version))
-    return out
 
 
 def task_id(env: str, split: str | None, index: int | None, task_spec: Any) -> str:

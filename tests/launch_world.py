@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 from conftest import REPO, free_port
+from slime_vendor import MEGATRON, VENDOR_ENV, unpack, vendor_dir
+from slime_vendor import VERSIONS as SLIME_TARBALLS
 
 from bridge.launch.slime_flags import SGLANG_FLAGS, read_flag_list
 
@@ -270,18 +272,14 @@ NVIDIA_SMI_8 = "\n".join(f'echo "GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i})"
 
 
 # --- slime's real checkouts (../shared/vendor) ------------------------------------------------------
-VENDOR_ENV = "SLIME_VENDOR_DIR"
-VENDOR_CACHE = REPO / ".cache" / "slime-vendor"
+# slime's vendored sources: tests/slime_vendor.py finds and unpacks them (one copy of that logic)
 VENDORED = {
-    "v0.2.2": "slime-v0.2.2.tar.gz",
-    "v0.3.1": "slime-v0.3.1.tar.gz",
-    "main": "slime-head-624b824.tar.gz",
+    "v0.2.2": SLIME_TARBALLS["v0.2.2"],
+    "v0.3.1": SLIME_TARBALLS["v0.3.1"],
+    "main": SLIME_TARBALLS["main-624b824"],
 }
-VENDORED_MEGATRON = "megatron-lm-1dcf0daf.tar.gz"  # the commit slime v0.3.1 and main pin
-
-
-def vendor_dir() -> Path:
-    return Path(os.environ.get(VENDOR_ENV) or REPO.parent / "shared" / "vendor")
+VENDORED_MEGATRON = MEGATRON  # the commit slime v0.3.1 and main pin
+unpack_vendored = unpack
 
 
 def vendor_missing() -> str | None:
@@ -294,27 +292,6 @@ def vendor_missing() -> str | None:
             f"slime's sources not found in {vendor_dir()} (set {VENDOR_ENV}): {', '.join(absent)}"
         )
     return None
-
-
-def unpack_vendored(name: str) -> Path:
-    """The folder a vendored tarball unpacks into, unpacked once into .cache/slime-vendor/."""
-    import tarfile
-
-    src = vendor_dir() / name
-    st = src.stat()
-    dest = VENDOR_CACHE / f"{name.removesuffix('.tar.gz')}-{st.st_size}-{int(st.st_mtime)}"
-    if not (dest / ".unpacked").exists():
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(src) as tar:
-            tar.extractall(tmp, filter="data")
-        (tmp / ".unpacked").write_text("")
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process unpacked it first
-            pass
-    (root,) = [p for p in dest.iterdir() if p.is_dir()]
-    return root
 
 
 # --- slime's real parse_args (needs slime's CPU imports and the harness's shims) -------------------

@@ -45,7 +45,7 @@ def missing_reason() -> str | None:
     return None
 
 
-def _unpack(name: str) -> Path:
+def unpack(name: str) -> Path:
     """The folder the tarball `name` unpacks into, unpacked once per tarball size and mtime."""
     src = vendor_dir() / name
     st = src.stat()
@@ -67,4 +67,4 @@ def _unpack(name: str) -> Path:
 
 def slime_pythonpath(version: str) -> list[str]:
     """PYTHONPATH entries for a subprocess running slime `version`: CPU shims, slime, Megatron."""
-    return [str(SHIMS), str(_unpack(VERSIONS[version])), str(_unpack(MEGATRON))]
+    return [str(SHIMS), str(unpack(VERSIONS[version])), str(unpack(MEGATRON))]

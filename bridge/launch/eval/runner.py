@@ -24,7 +24,7 @@ from bridge.episode import Budget, Episode, EpisodeResult, ModelStep, TokenModel
 from bridge.launch.eval.chat_model import ChatClient, ChatModel
 from bridge.launch.eval.spec import EvalError, ModelSpec, Sampling
 from bridge.launch.eval.tasks import EvalTask
-from bridge.provenance import episode_provenance, tokenizer_fingerprint, weight_versions
+from bridge.provenance import episode_provenance, tokenizer_fingerprint
 from bridge.rewards import RewardOutcome
 from bridge.trajectory import Trajectory
 from bridge.trajectory_sink import trajectory_events
@@ -135,14 +135,12 @@ def _with_provenance(
 ) -> Trajectory:
     """The trajectory with what training records too: provenance, the env's tripwire verdict, drift."""
     report = result.env_report
-    ledger = result.ledger
     if rt.renderer is not None:
         tokenizer = tokenizer_fingerprint(rt.renderer.tokenizer)
     else:  # an OpenAI endpoint tokenizes with its own template, unseen here
         served = (rt.chat.served_model if rt.chat else None) or rt.spec.name
         tokenizer = {"tokenizer": f"{served} (server)", "tokenizer_hash": "unknown"}
         tokenizer["chat_template_hash"] = "unknown"
-    segments = ledger.segments if ledger is not None else []
     traj.provenance = episode_provenance(
         env=meta.env,
         split=meta.split,
@@ -151,7 +149,7 @@ def _with_provenance(
         env_reported=report.provenance,
         tokenizer=tokenizer,
         sampling_params=settings.sampling.sglang_params(),
-        turn_weight_versions=weight_versions(s.meta_info for s in segments if s.trainable),
+        turn_weight_versions=[str(v) for v in result.weight_versions if v is not None],
     )
     traj.tripwires = list(report.tripwires) if report.checked else None
     traj.tripwire_keys = dict(report.tripwire_keys)
