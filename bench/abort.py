@@ -33,7 +33,7 @@ def main() -> int:
     import os
 
     os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
-    os.environ.setdefault("GSM8K_DATA_DIR", str(REPO.parent / "shared" / "data" / "gsm8k"))
+    # GSM8K: the bundled copy (the env server's default) unless the caller names another
     from slime_vendor import missing_reason
 
     if (why := missing_reason()) is not None:

@@ -26,7 +26,7 @@ here) without and then with `--attackers` connections sending the worst inputs w
 every tool of every env (tests/adversarial.py: the 29-character calculator expression that
 once froze the server, 1 MiB arguments, answers like 1e10000000, ...); goal: ratio < 2x. It
 also prints what a per-call budget costs against a process pool for tool calls (the design
-choice in envs/server/budget.py). GSM8K data comes from $GSM8K_DATA_DIR or ../shared.
+choice in envs/server/budget.py). GSM8K data is the bundled copy unless $GSM8K_DATA_DIR names another.
 """
 
 from __future__ import annotations
@@ -95,9 +95,6 @@ def start_server(kind: str, envs: str = ENV_NAME) -> tuple[str, subprocess.Popen
         "OPENREWARD_LOG_LEVEL": "ERROR",
         "OPENREWARD_DISABLE_UPDATE_CHECK": "1",
     }
-    shared_gsm8k = REPO.parent / "shared" / "data" / "gsm8k"
-    if shared_gsm8k.is_dir():
-        env.setdefault("GSM8K_DATA_DIR", str(shared_gsm8k))
     if kind == "stock":
         args = [sys.executable, "-c", STOCK_SERVER, str(port)]
     else:

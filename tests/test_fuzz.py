@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from conftest import GSM8K_DIR, REPO, env_server
+from conftest import REPO, env_server
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "40"))
 
@@ -33,10 +32,6 @@ def _with_live_sessions(schema: dict[str, Any], sids: list[str]) -> dict[str, An
     return schema
 
 
-@pytest.mark.skipif(
-    not (GSM8K_DIR / "train.jsonl").is_file() and not os.environ.get("GSM8K_DATA_DIR"),
-    reason="GSM8K data (../shared/data/gsm8k or $GSM8K_DATA_DIR) is needed to serve gsm8k",
-)
 def test_fuzzed_requests_never_get_a_server_error(tmp_path: Path) -> None:
     st = Path(sys.executable).with_name("schemathesis")
     with env_server("--db", str(tmp_path / "fuzz.db")) as url:
