@@ -15,14 +15,17 @@ page computes none); the per-task outcomes are read live, so a running eval show
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from envs.trajectories.evals import EpisodeRow, EvalRecords
 from envs.trajectories.store import TrajectoryStore
 from envs.trajectories.webui import CSP, _templates, conversation
+
+EvalId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+"""An eval's row id as a path parameter: SQLite's rowid range (outside it: 422, never a 500)."""
 
 __all__ = ["eval_api_router", "eval_pages_router"]
 
@@ -100,7 +103,7 @@ def eval_pages_router(store: TrajectoryStore) -> APIRouter:
         return page("evals.html", title="Evals", evals=records.list_evals())
 
     @router.get("/evals/{eval_id}", response_class=HTMLResponse)
-    def eval_page(request: Request, eval_id: int) -> HTMLResponse:
+    def eval_page(request: Request, eval_id: EvalId) -> HTMLResponse:
         ev = records.get(eval_id)
         if ev is None:
             return not_found(f"No eval with id {eval_id}.")
@@ -132,7 +135,7 @@ def eval_pages_router(store: TrajectoryStore) -> APIRouter:
         )
 
     @router.get("/evals/{eval_id}/task", response_class=HTMLResponse)
-    def task_page(request: Request, eval_id: int) -> HTMLResponse:
+    def task_page(request: Request, eval_id: EvalId) -> HTMLResponse:
         ev = records.get(eval_id)
         if ev is None:
             return not_found(f"No eval with id {eval_id}.")
@@ -166,7 +169,7 @@ def eval_api_router(store: TrajectoryStore) -> APIRouter:
         return JSONResponse({"evals": records.list_evals()})
 
     @router.get("/evals/{eval_id}")
-    def one(eval_id: int) -> JSONResponse:
+    def one(eval_id: EvalId) -> JSONResponse:
         ev = records.get(eval_id)
         if ev is None:
             return JSONResponse(
@@ -177,7 +180,7 @@ def eval_api_router(store: TrajectoryStore) -> APIRouter:
         return JSONResponse(ev)
 
     @router.get("/evals/{eval_id}/tasks")
-    def tasks(eval_id: int, env: str | None = None) -> JSONResponse:
+    def tasks(eval_id: EvalId, env: str | None = None) -> JSONResponse:
         return JSONResponse({"episodes": [r.__dict__ for r in records.episodes(eval_id, env)]})
 
     return router
