@@ -157,10 +157,13 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         # -- parser events
 
         def data_received(self, data: bytes) -> None:
+            before = self._phase
             self._chunk = len(data)
             super().data_received(data)
-            # Still before the end of the headers: all of `data` was request line or headers.
-            if self._phase in (_IDLE, _HEADERS):
+            # Before the end of the headers both before and after this chunk: all of `data` was
+            # request line or headers. (A chunk that ended a body, e.g. of a request answered
+            # early with 413, is not counted although the connection is idle after it.)
+            if before in (_IDLE, _HEADERS) and self._phase in (_IDLE, _HEADERS):
                 self._header_bytes += len(data)
                 if self._header_bytes > limits.max_header_bytes:
                     self._too_large()
