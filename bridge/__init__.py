@@ -28,6 +28,7 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     engine           token-in/token-out client for SGLang's /generate
     env_client       ORS session clients: our env servers (lean HTTP), hosted OpenReward (SDK)
     http11           a small keep-alive HTTP/1.1 client for plain-http servers on the cluster
+    vocab            the closed vocabularies: stop reasons, episode statuses, tool-error kinds
     task             the task a sample carries in `metadata` (written by prepare_tasks.py)
     config           train_config.yaml: the one config shared by every part of the project
     trajectory       a finished episode as the bridge hands it to a trajectory sink

@@ -28,12 +28,12 @@ import orjson
 
 from bridge.http11 import HTTPClient, HTTPError, client_for_loop, close_loop_client, deadline
 from bridge.task import TaskMeta, blocks_to_text
+from bridge.vocab import ToolErrorKind
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # The env server's request body limit (envs/server: MAX_BODY_BYTES); bigger tool calls are refused
 # here, before they are sent.
 MAX_CALL_BODY = 1 << 20
-TOO_LARGE = "too_large"
 # The env server's optional shared key (python -m envs.server --api-key / $ENV_SERVER_API_KEY).
 ENV_SERVER_API_KEY = "ENV_SERVER_API_KEY"
 
@@ -49,7 +49,9 @@ class ToolResult:
     text: str
     reward: float | None
     finished: bool
-    error_kind: str | None = None  # set when the env refused the call (the model sees the text)
+    error_kind: ToolErrorKind | None = (
+        None  # set when the env refused the call (the model sees the text)
+    )
     metadata: Any = None
 
 
@@ -116,13 +118,14 @@ def _secrets_header(secrets: dict[str, str]) -> dict[str, str]:
     return {"X-Secrets": build_secrets_header(secrets)}
 
 
+# An ORS refusal's `reason` -> the tool-error kind it counts as (any other: env_rejected).
 _ORS_REJECTION_KINDS = {
-    "not_found": "unknown_tool",
-    "input_validation": "invalid_arguments",
-    "bad_input_shape": "invalid_arguments",
-    "name_collision": "env_rejected",
-    "episode_finished": "env_rejected",
-    TOO_LARGE: TOO_LARGE,
+    "not_found": ToolErrorKind.UNKNOWN_TOOL,
+    "input_validation": ToolErrorKind.INVALID_ARGUMENTS,
+    "bad_input_shape": ToolErrorKind.INVALID_ARGUMENTS,
+    "name_collision": ToolErrorKind.ENV_REJECTED,
+    "episode_finished": ToolErrorKind.ENV_REJECTED,
+    "too_large": ToolErrorKind.TOO_LARGE,
 }
 
 
@@ -139,14 +142,14 @@ def too_large_result(name: str, size: int) -> ToolResult:
         text=f"Error: {_too_large_message(name, size)}",
         reward=None,
         finished=False,
-        error_kind=TOO_LARGE,
+        error_kind=ToolErrorKind.TOO_LARGE,
     )
 
 
 def _too_large_body(payload: dict[str, Any]) -> dict[str, Any]:
     """An ORS error body for a call the server refused with HTTP 413."""
     message = _too_large_message(str(payload.get("name")), len(orjson.dumps(payload)))
-    return {"ok": False, "error": message, "reason": TOO_LARGE}
+    return {"ok": False, "error": message, "reason": ToolErrorKind.TOO_LARGE.value}
 
 
 def _tool_result(body: Any) -> ToolResult:
@@ -166,7 +169,7 @@ def _tool_result(body: Any) -> ToolResult:
         text=f"Error: {body.get('error') or reason}",
         reward=None,
         finished=False,
-        error_kind=_ORS_REJECTION_KINDS.get(reason, "env_rejected"),
+        error_kind=_ORS_REJECTION_KINDS.get(reason, ToolErrorKind.ENV_REJECTED),
     )
 
 
@@ -582,7 +585,9 @@ class HostedEnvSession:
                 text=f"Error: {e}",
                 reward=None,
                 finished=False,
-                error_kind=_ORS_REJECTION_KINDS.get(getattr(e, "reason", ""), "env_rejected"),
+                error_kind=_ORS_REJECTION_KINDS.get(
+                    getattr(e, "reason", ""), ToolErrorKind.ENV_REJECTED
+                ),
             )
         except Exception as e:
             raise EnvFailure(

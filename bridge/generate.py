@@ -51,6 +51,7 @@ from bridge.slime_state import mask_offpolicy, partial_rollout, slime_aborted
 from bridge.task import TaskMeta
 from bridge.tokens import TokenLedger
 from bridge.trajectory import Trajectory
+from bridge.vocab import EpisodeStatus, StopReason
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +213,10 @@ def _fail_early(sample: Any, message: str, eos_id: int | None, args: Any = None)
     zero_loss(sample)
     sample.reward = 0.0
     sample.remove_sample = True
-    sample.status = status_value(sample, "FAILED")
+    sample.status = status_value(sample, EpisodeStatus.FAILED.name)
     md = sample.metadata if isinstance(sample.metadata, dict) else {}
     md.update(
-        stop_reason="setup_error",
+        stop_reason=StopReason.SETUP_ERROR.value,
         failure_message=message,
         infra_failure=True,
         env_failure=0,
@@ -259,7 +260,8 @@ def _episode_key(sample: Any, md: dict[str, Any]) -> str:
 
 def _is_aborted(sample: Any) -> bool:
     status = getattr(sample, "status", None)
-    return status is not None and status == getattr(type(sample).Status, "ABORTED", None)
+    aborted = getattr(type(sample).Status, EpisodeStatus.ABORTED.name, None)
+    return status is not None and status == aborted
 
 
 async def _resumable(args: Any, sample: Any, key: str, params: dict[str, Any]) -> Episode | None:
@@ -329,7 +331,7 @@ async def generate(
         )
     if result.suspended and play.episode is not None:
         suspended_episodes().put(key, play.episode, list(sample.tokens))
-    elif result.stop_reason != "slime_abort":
+    elif result.stop_reason != StopReason.SLIME_ABORT:
         _submit(cfg, args, sample, task, result, evaluation, renderer, params)
     return sample
 
@@ -386,7 +388,7 @@ class _Play:
             self.env_time += episode.t_env - env_before
             if not result.infra_failure or attempt + 1 == EPISODE_ATTEMPTS or slime_aborted():
                 return result
-            self.failures.append(f"{result.stop_reason}: {(result.failure or '')[:300]}")
+            self.failures.append(f"{result.stop_reason.value}: {(result.failure or '')[:300]}")
             log.warning(
                 "bridge: episode %s lost (%s); replaying it (try %d of %d)",
                 self.key,
@@ -412,7 +414,7 @@ def _write_sample(
     args: Any, sample: Any, result: EpisodeResult, renderer: ChatRenderer, play: _Play
 ) -> None:
     ledger = result.ledger
-    aborted = result.stop_reason == "slime_abort"
+    aborted = result.stop_reason == StopReason.SLIME_ABORT
     if aborted:
         # back to slime unfinished: no reward; with --partial-rollout it comes back here later
         if ledger is not None:
@@ -439,11 +441,11 @@ def _write_sample(
         if failed:
             zero_loss(sample)
             sample.remove_sample = True
-    sample.status = status_value(sample, result.status.upper())
+    sample.status = status_value(sample, result.status.name)
     sample.non_generation_time = play.env_time
     md = sample.metadata
     md.update(
-        stop_reason=result.stop_reason,
+        stop_reason=result.stop_reason.value,
         num_turns=result.num_turns,
         num_tool_calls=result.num_tool_calls,
         tool_errors=result.tool_errors,
@@ -452,8 +454,8 @@ def _write_sample(
         env_finished=result.env_finished,
         drift_count=ledger.drift_count if ledger is not None else 0,
         infra_failure=result.infra_failure,
-        env_failure=int(result.stop_reason == "env_error"),
-        engine_failure=int(result.stop_reason == "engine_error"),
+        env_failure=int(result.stop_reason == StopReason.ENV_ERROR),
+        engine_failure=int(result.stop_reason == StopReason.ENGINE_ERROR),
         failure_message=result.failure,
         bridge_timings=result.timings,
         response_tokens=sample.response_length,
@@ -511,7 +513,7 @@ def _submit(
             turn_rewards=list(result.turn_rewards),
             reward=float(sample.reward),
             reward_reduction=task.reward.reward_reduction,
-            stop_reason=result.stop_reason,
+            stop_reason=result.stop_reason.value,
             status=sample.status.value,
             num_turns=result.num_turns,
             num_tool_calls=result.num_tool_calls,

@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bridge.env_report import group_tripwires
+from bridge.vocab import ToolErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def _group_metrics(
         out["turns_max"] = max(turns)
         out["tool_calls_mean"] = statistics.fmean(calls)
         out["tool_calls_total"] = sum(calls)
-        out["parse_errors"] = float(errors.get("parse_error", 0))
+        out["parse_errors"] = float(errors.get(ToolErrorKind.PARSE_ERROR.value, 0))
         out["tool_errors_total"] = float(sum(errors.values()))
         for kind, count in errors.items():
             out[f"tool_errors/{kind}"] = float(count)

@@ -39,6 +39,7 @@ import orjson
 from bridge.env_client import EnvFailure, ToolResult
 from bridge.env_report import PROVENANCE_KEY
 from bridge.task import TaskMeta, blocks_to_text
+from bridge.vocab import ToolErrorKind
 
 DEFAULT_DB = "runs/trajectories.db"
 REWARD_TOLERANCE = 1e-9
@@ -228,7 +229,9 @@ class InProcessSession:
     async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult:
         res = (await self.env._call_tool(name, arguments)).root
         if not res.ok:
-            return ToolResult(f"Error: {res.error or res.reason}", None, False, "env_rejected")
+            return ToolResult(
+                f"Error: {res.error or res.reason}", None, False, ToolErrorKind.ENV_REJECTED
+            )
         out = res.output
         return ToolResult(blocks_to_text(out.blocks), out.reward, out.finished, None, out.metadata)
 

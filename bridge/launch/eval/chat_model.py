@@ -29,7 +29,8 @@ import orjson
 from bridge.engine import EngineError
 from bridge.episode import ModelTurn
 from bridge.launch.eval.spec import EvalError, ModelSpec
-from bridge.toolcalls import PARSE_ERROR, ParsedCall, ParsedTurn, ToolCallError, check_call
+from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCallError, check_call
+from bridge.vocab import ToolErrorKind
 
 __all__ = ["ChatClient", "ChatModel", "parse_choice"]
 
@@ -240,14 +241,18 @@ def parse_choice(
         if i == MAX_CALLS_PER_TURN:
             calls.append(
                 ToolCallError(
-                    PARSE_ERROR,
+                    ToolErrorKind.PARSE_ERROR,
                     f"too many tool calls in one turn ({len(raw_calls)}): only the first "
                     f"{MAX_CALLS_PER_TURN} run",
                     raw_text,
                 )
             )
         elif not isinstance(raw, dict) or not isinstance(raw.get("function"), dict):
-            calls.append(ToolCallError(PARSE_ERROR, "tool call has no 'function' object", raw_text))
+            calls.append(
+                ToolCallError(
+                    ToolErrorKind.PARSE_ERROR, "tool call has no 'function' object", raw_text
+                )
+            )
         else:
             calls.append(check_call(name, args, raw_text, known_tools))
     finish = "length" if choice.get("finish_reason") == "length" else "stop"

@@ -48,6 +48,7 @@ from bridge.launch.services import (
     local_engine_command,
     managed_process,
 )
+from bridge.vocab import EpisodeStatus
 from envs.trajectories.evals import EvalModel, EvalRecords, SpecMismatch
 from envs.trajectories.schema import StoreError
 from envs.trajectories.store import TrajectoryStore
@@ -174,7 +175,7 @@ def missing_jobs(
     have: set[tuple[str, str, str, int]] = set()
     if records is not None and eval_id is not None:
         for r in records.episodes(eval_id):
-            if not (p.opts.retry_errors and r.status == "failed"):
+            if not (p.opts.retry_errors and r.status == EpisodeStatus.FAILED):
                 have.add((r.model, r.env, r.task, r.sample))
     jobs: dict[str, list[Job]] = {}
     done: dict[str, int] = {}

@@ -22,14 +22,24 @@ from typing import Any
 import numpy as np
 
 from bridge.launch.eval.stats import CONFIDENCE, Estimate, Paired, TaskResampler, pass_at_k
+from bridge.vocab import EpisodeStatus, StopReason
 from envs.trajectories.evals import EpisodeRow
 
 __all__ = ["ALL", "FAILURE_KINDS", "build_report", "format_markdown", "format_table"]
 
 ALL = "all"
-FAILURE_KINDS = ("env_error", "engine_error", "setup_error", "bridge_error")
+FAILURE_KINDS = tuple(
+    k.value
+    for k in (
+        StopReason.ENV_ERROR,
+        StopReason.ENGINE_ERROR,
+        StopReason.SETUP_ERROR,
+        StopReason.BRIDGE_ERROR,
+    )
+)
+"""The stop reasons of a failed episode (`bridge.vocab.FAILURE_STOPS`), in report order."""
 # stop reasons counted as errors of the episode: failures, and a turn that called no tool
-EPISODE_ERRORS = (*FAILURE_KINDS, "no_tool_call")
+EPISODE_ERRORS = (*FAILURE_KINDS, StopReason.NO_TOOL_CALL.value)
 DISAGREE_TOP = 10
 
 
@@ -247,7 +257,7 @@ def _warnings(models: list[str], rows: list[EpisodeRow]) -> list[str]:
                 "(an OpenAI endpoint must parse tool calls, e.g. vLLM --enable-auto-tool-choice "
                 "--tool-call-parser ...)"
             )
-        failed = Counter(r.stop_reason for r in mine if r.status == "failed")
+        failed = Counter(r.stop_reason for r in mine if r.status == EpisodeStatus.FAILED)
         if failed:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(failed.items()))
             out.append(
