@@ -29,6 +29,7 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     env_client       ORS session clients: our env servers (lean HTTP), hosted OpenReward (SDK)
     http11           a small keep-alive HTTP/1.1 client for plain-http servers on the cluster
     vocab            the closed vocabularies: stop reasons, episode statuses, tool-error kinds
+    errors           the error tree: BridgeError and its subclasses, each with its stdlib base
     task             the task a sample carries in `metadata` (written by prepare_tasks.py)
     config           train_config.yaml: the one config shared by every part of the project
     trajectory       a finished episode as the bridge hands it to a trajectory sink

@@ -18,14 +18,12 @@ from typing import Any
 
 import orjson
 
+from bridge.errors import TemplateError
+
 _CACHE_ENTRIES = 2048  # encoded prompt/delta texts kept per renderer
 _CACHE_MAX_TEXT = 4096  # longer texts (characters) are not cached
 _M = ["\u241fM1\u241f", "\u241fM2\u241f", "\u241fM3\u241f"]  # placeholder contents nobody writes
 _ASSISTANT_MARK = "\u241fA\u241f"
-
-
-class TemplateError(ValueError):
-    """The chat template cannot be used for incremental (delta) rendering."""
 
 
 @lru_cache(maxsize=8)

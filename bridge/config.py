@@ -12,12 +12,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bridge.errors import ConfigError
+
 RewardReduction = Literal["sum", "mean", "max", "min", "last"]
 TRAIN_CONFIG_ENV = "TRAIN_CONFIG"
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message is one line meant for the user."""
 
 
 class _Strict(BaseModel):

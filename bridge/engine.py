@@ -17,13 +17,10 @@ from typing import Any
 
 import orjson
 
-from bridge.http11 import HTTPError, client_for_loop
+from bridge.errors import EngineError
+from bridge.http11 import HTTP11Error, client_for_loop
 
 ROUTING_HEADER = "X-SMG-Routing-Key"
-
-
-class EngineError(RuntimeError):
-    """The engine could not be reached or answered something unusable."""
 
 
 @dataclass
@@ -140,7 +137,7 @@ class EngineClient:
             try:
                 resp = await client_for_loop().request("POST", self.url, payload, headers)
                 break
-            except HTTPError as e:
+            except HTTP11Error as e:
                 if e.connected:
                     raise EngineError(f"engine {self.url} failed: {e}") from None
                 attempt += 1

@@ -26,7 +26,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from bridge.http11 import HTTPClient, HTTPError, client_for_loop, close_loop_client, deadline
+from bridge.errors import BridgeError, EnvFailure
+from bridge.http11 import HTTP11Error, HTTPClient, client_for_loop, close_loop_client, deadline
 from bridge.task import TaskMeta, blocks_to_text
 from bridge.vocab import ToolErrorKind
 
@@ -36,10 +37,6 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_CALL_BODY = 1 << 20
 # The env server's optional shared key (python -m envs.server --api-key / $ENV_SERVER_API_KEY).
 ENV_SERVER_API_KEY = "ENV_SERVER_API_KEY"
-
-
-class EnvFailure(RuntimeError):
-    """The environment or the network failed past the retries; the message is one line."""
 
 
 @dataclass
@@ -173,7 +170,7 @@ def _tool_result(body: Any) -> ToolResult:
     )
 
 
-class _Retryable(Exception):
+class _Retryable(BridgeError):
     def __init__(
         self, message: str, connected: bool = True, retry_after: float | None = None
     ) -> None:
@@ -229,7 +226,7 @@ class LocalEnvSession:
             resp = await self.http.request(
                 method, self.url + path, data, headers, timeout=self.policy.timeout
             )
-        except HTTPError as e:
+        except HTTP11Error as e:
             raise _Retryable(
                 f"{method} {path} on {self.url} failed: {e}", connected=e.connected
             ) from None
@@ -385,7 +382,7 @@ class LocalEnvSession:
                         result = state.feed(chunk)
                 if result is not None:
                     return result, state.task_id
-        except HTTPError as e:
+        except HTTP11Error as e:
             if state.task_id:
                 raise _Resume(state.task_id, str(e)) from None
             raise _Retryable(str(e), connected=e.connected) from None
@@ -472,7 +469,7 @@ class _SSEState:
                 self._data.append(value)
 
 
-class _Resume(Exception):
+class _Resume(BridgeError):
     def __init__(self, task_id: str, message: str) -> None:
         super().__init__(message)
         self.task_id = task_id

@@ -34,10 +34,11 @@ import orjson
 from pydantic import ValidationError
 
 from bridge.chat import ChatRenderer, get_renderer
-from bridge.config import ConfigError, TrainConfig, config_from_env
+from bridge.config import TrainConfig, config_from_env
 from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult, TokenModel
+from bridge.errors import BridgeError, ConfigError
 from bridge.partial import suspended_episodes
 from bridge.provenance import episode_provenance, tokenizer_fingerprint
 from bridge.sample import (
@@ -336,7 +337,7 @@ async def generate(
     return sample
 
 
-class _SetupError(Exception):
+class _SetupError(BridgeError):
     """An env session could not even be described (no server URL, a missing secret)."""
 
 

@@ -40,6 +40,7 @@ import httpx
 import orjson
 
 from bridge.config import TrainConfig, config_from_env
+from bridge.errors import DeliveryError
 from bridge.trajectory import Trajectory, TrajectorySink
 from bridge.trajectory_spool import (
     Journal,
@@ -327,14 +328,6 @@ async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
     finally:
         waiter.cancel()
     return event.is_set()
-
-
-class DeliveryError(Exception):
-    """A request that did not land; `retry` says whether trying again later can help."""
-
-    def __init__(self, message: str, retry: bool) -> None:
-        super().__init__(message)
-        self.retry = retry
 
 
 class TrajectoryUploader:

@@ -15,6 +15,7 @@ Modules:
     options    validating an environment's `options` from train_config.yaml
     play       `python -m envs play ENV`: play one episode by hand, in-process or against a server
     replay     `python -m envs replay ID`: re-execute a stored episode's tool calls and diff them
+    errors     the error tree: EnvsError, its subclasses here and where the subpackages' live
     data/      the environments' bundled data (haiku topics and their on-topic words; GSM8K, MIT)
 
 Subpackages:

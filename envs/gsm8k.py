@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
+from envs.errors import CalculatorError
 from envs.gsm8k_data import (
     DATA_DIR_ENV,
     HUB_DATASET,
@@ -85,10 +86,6 @@ class GSM8KOptions(BaseModel):
 # never has a numerator or denominator over MAX_EXACT_BITS: a power whose exact result would be
 # larger, and any result over the limit, is computed in floating point instead (the answer is
 # shown to 12 significant digits anyway). Every operation then costs microseconds.
-
-
-class CalculatorError(ValueError):
-    """An expression the calculator refuses; the message is shown to the model."""
 
 
 Number = int | Fraction | float

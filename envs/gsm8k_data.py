@@ -26,6 +26,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from envs.errors import GSM8KDataMissing
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; annotations only
 
@@ -48,10 +50,6 @@ SPLITS = ("train", "test")
 DATA_DIR_ENV = "GSM8K_DATA_DIR"
 HUB_DATASET = "openai/gsm8k"
 BUNDLED_DIR = "data/gsm8k"  # inside the `envs` package: <split>.jsonl.gz, LICENSE, README.md
-
-
-class GSM8KDataMissing(RuntimeError):
-    """GSM8K data that cannot be read; the message is one line naming the fix."""
 
 
 class SourceKind(str, enum.Enum):

@@ -44,6 +44,7 @@ from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.provenance import short_hash
+from envs.errors import JudgeError
 from envs.options import parse_options, reset_task_cache
 from envs.reporting import ReportingEnvironment
 from envs.tripwires import CallRecord, Scope, Tripwire, Verdict
@@ -176,10 +177,6 @@ def analyze(poem: str, cmu: dict[str, list[list[str]]]) -> tuple[list[str], list
 
 
 # --------------------------------------------------------------------------- judge
-
-
-class JudgeError(RuntimeError):
-    pass
 
 
 JUDGE_SYSTEM = (

@@ -19,16 +19,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
+from envs.errors import PlayError
+
 os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 
 from bridge.task import blocks_to_text
 
 QUIT_WORDS = frozenset({"quit", "exit", "q", ":q"})
-
-
-class PlayError(Exception):
-    """Something that stops the episode from starting; the message is one line for the user."""
 
 
 @dataclass

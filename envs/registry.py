@@ -7,6 +7,8 @@ from typing import Any
 
 from openreward.environments import Environment
 
+from envs.errors import UnknownEnvironment
+
 ENVIRONMENTS: dict[str, str] = {
     "gsm8k": "envs.gsm8k:GSM8K",
     "whodunit": "envs.whodunit:WhoDunIt",
@@ -14,16 +16,11 @@ ENVIRONMENTS: dict[str, str] = {
 }
 
 
-class UnknownEnvironment(KeyError):
-    def __str__(self) -> str:
-        return f"unknown environment {self.args[0]!r}; local environments are: {', '.join(ENVIRONMENTS)}"
-
-
 def load_env_class(name: str) -> type[Environment]:
     """The Environment subclass registered under `name` (case-insensitive)."""
     target = ENVIRONMENTS.get(name.lower())
     if target is None:
-        raise UnknownEnvironment(name)
+        raise UnknownEnvironment(name, ENVIRONMENTS)
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 

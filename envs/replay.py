@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from envs.errors import ReplayError
+
 os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 
@@ -45,10 +47,6 @@ DEFAULT_DB = "runs/trajectories.db"
 REWARD_TOLERANCE = 1e-9
 PAGE = 500
 MAX_DIFF_LINES = 12
-
-
-class ReplayError(Exception):
-    """The replay cannot run (no such rollout, unreachable server, unknown env); one line."""
 
 
 # ---------------------------------------------------------------- stored rollouts

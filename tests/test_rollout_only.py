@@ -316,7 +316,7 @@ def test_local_engine_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
     )
-    with pytest.raises(rollout_only.RolloutError, match=r"pip install -e '\.\[local\]'"):
+    with pytest.raises(rollout_only.RolloutOnlyError, match=r"pip install -e '\.\[local\]'"):
         rollout_only.check_model(str(TOKENIZER_DIR), engine_local=True)
 
 

@@ -18,6 +18,7 @@ Modules:
     task_source     where prepare_tasks.py reads tasks: a local env class, or a hosted OpenReward env
     local_engine    `python -m bridge.launch.local_engine`: a CPU debugging engine speaking /generate
     tiny_model      `python -m bridge.launch.tiny_model DIR`: a tiny random Qwen3 made offline
+    errors          the launcher's error types, under bridge.errors.BridgeError
     eval/           `python -m bridge.launch.eval` (`bash run.sh --eval-only`): evaluate and compare models
 
 This package may import `envs/` (task_source reads local env classes in-process) and the

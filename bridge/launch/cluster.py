@@ -16,16 +16,13 @@ from urllib.parse import urlparse
 
 import httpx
 
+from bridge.launch.errors import ClusterError
 from bridge.launch.gpus import GpuVendor, LocalGpus, vendor_of_accelerator
 
 DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 _ACCELERATOR_RESOURCE = "accelerator_type:"
 _ACCELERATOR_LABEL = "ray.io/accelerator-type"
-
-
-class ClusterError(Exception):
-    """The cluster cannot be read or used; the message is one line for the user."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from bridge.launch.env_servers import (
     local_plan,
     ray_plan,
 )
+from bridge.launch.errors import LaunchError
 from bridge.launch.gpus import (
     AMD_COLOCATE_FLAGS,
     AMD_MEGATRON_FLAGS,
@@ -136,10 +137,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         ):
             return text
         return super()._get_help_string(action)
-
-
-class LaunchError(Exception):
-    """A launch that cannot go ahead; the message is meant for the user."""
 
 
 def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-class LayoutError(Exception):
-    """A layout slime cannot run; the message is one line for the user."""
+from bridge.launch.errors import LayoutError
 
 
 @dataclass(frozen=True)

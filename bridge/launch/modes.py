@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from bridge.launch.errors import ModeError
+
 
 class TrainMode(str, Enum):
     """How rollout and training take turns."""
@@ -34,10 +36,6 @@ FULLY_ASYNC_MODULE = "slime/rollout/fully_async_rollout.py"
 FULLY_ASYNC_FUNCTION = "slime.rollout.fully_async_rollout.generate_rollout_fully_async"
 FULLY_ASYNC_EXAMPLE_DIR = "examples/fully_async"
 FULLY_ASYNC_EXAMPLE_FUNCTION = "fully_async_rollout.generate_rollout_fully_async"
-
-
-class ModeError(Exception):
-    """A mode this slime checkout or these options cannot run; one line for the user."""
 
 
 @dataclass(frozen=True)

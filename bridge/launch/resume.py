@@ -13,11 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.launch.errors import ResumeError
+
 TRACKER = "latest_checkpointed_iteration.txt"
-
-
-class ResumeError(Exception):
-    """A resume request that cannot be honoured; one line for the user."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 import yaml
 
 from bridge.config import TRAIN_CONFIG_ENV, ConfigError, TrainConfig, is_hosted, load_config
+from bridge.launch.errors import RolloutOnlyError
 from bridge.launch.services import (
     PROJECT_ROOT,
     ServiceError,
@@ -45,10 +46,6 @@ from bridge.metrics import ALL, episode_metrics, log_rollout
 
 EXIT_BAD_INPUT = 2
 TINY_DIR = "./tiny-qwen3"
-
-
-class RolloutError(Exception):
-    """A rollout-only run that cannot start; the message is one line for the user."""
 
 
 def parse_options(argv: list[str]) -> argparse.Namespace:
@@ -140,7 +137,7 @@ def slime_args(engine_url: str, opts: argparse.Namespace) -> Namespace:
     """The slime `args` fields the generate function and the metrics hook read."""
     u = urlparse(engine_url)
     if not u.hostname or not u.port:
-        raise RolloutError(
+        raise RolloutOnlyError(
             f"--engine-url {engine_url!r} needs a host and a port, e.g. http://127.0.0.1:30000"
         )
     return Namespace(
@@ -187,18 +184,18 @@ def read_tasks(path: Path, n: int) -> list[dict[str, Any]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise RolloutError(f"{path}:{lineno}: not JSON: {e.msg}") from None
+                    raise RolloutOnlyError(f"{path}:{lineno}: not JSON: {e.msg}") from None
                 if not isinstance(row, dict) or not isinstance(row.get("metadata"), dict):
-                    raise RolloutError(
+                    raise RolloutOnlyError(
                         f"{path}:{lineno}: expected a prepare_tasks.py row with a metadata object"
                     )
                 rows.append(row)
                 if len(rows) >= n:
                     break
     except OSError as e:
-        raise RolloutError(f"{path}: cannot read task file: {e.strerror or e}") from None
+        raise RolloutOnlyError(f"{path}: cannot read task file: {e.strerror or e}") from None
     if not rows:
-        raise RolloutError(f"{path}: no task rows")
+        raise RolloutOnlyError(f"{path}: no task rows")
     return rows
 
 
@@ -220,7 +217,7 @@ def prepare_task_file(config: str, out: Path, n: int) -> Path:
     print(f"rollout-only: preparing tasks: {' '.join(cmd[1:])}", flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RolloutError(
+        raise RolloutOnlyError(
             done.stderr.strip().splitlines()[-1]
             if done.stderr.strip()
             else f"prepare_tasks.py failed with exit code {done.returncode}"
@@ -362,7 +359,7 @@ def _start_env_servers(
         if answers(u):
             continue
         if not is_loopback(u):
-            raise RolloutError(
+            raise RolloutOnlyError(
                 f"env server {u} does not answer /health; start it there "
                 f"(python -m envs.server --config {opts.config} ...) or pass --env-server"
             )
@@ -398,24 +395,24 @@ def check_model(model: str, engine_local: bool) -> None:
     config.json, or a hub id already in the Hugging Face cache. Checked before anything starts."""
     make = f"python -m bridge.launch.tiny_model {TINY_DIR}"
     if engine_local and importlib.util.find_spec("torch") is None:
-        raise RolloutError(f"--engine local needs torch: {LOCAL_EXTRA}")
+        raise RolloutOnlyError(f"--engine local needs torch: {LOCAL_EXTRA}")
     p = Path(model).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file() and not (p / "tokenizer_config.json").is_file():
-            raise RolloutError(
+            raise RolloutOnlyError(
                 f"--model {model} is not a Hugging Face model directory (no config.json)"
             )
         return
     looks_like_path = model.startswith((".", "/", "~")) or p.exists() or model.count("/") != 1
     if looks_like_path:
-        raise RolloutError(
+        raise RolloutOnlyError(
             f"--model {model}: no such directory; for a tiny offline test model: {make} "
             f"&& bash run.sh --rollout-only --engine local --model {TINY_DIR} ..."
         )
     from huggingface_hub import try_to_load_from_cache
 
     if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-        raise RolloutError(
+        raise RolloutOnlyError(
             f"--model {model} is neither a local directory nor in the Hugging Face cache: "
             f"hf download {model} --local-dir ./{p.name} (needs the Hub), or offline: {make}"
         )
@@ -427,7 +424,7 @@ def run(opts: argparse.Namespace) -> int:
     try:
         cfg = load_config(opts.config)
     except ConfigError as e:
-        raise RolloutError(str(e)) from None
+        raise RolloutOnlyError(str(e)) from None
     env_url = opts.env_server.rstrip("/") if opts.env_server else None
     os.environ[TRAIN_CONFIG_ENV] = _config_for_run(cfg, opts.config, env_url)
     if env_url is not None:
@@ -449,7 +446,7 @@ def run(opts: argparse.Namespace) -> int:
     if opts.engine is None:  # a dead engine URL stops the run before any server starts
         slime_args(opts.engine_url, opts)
         if not answers(opts.engine_url, "/health", timeout=5.0):
-            raise RolloutError(f"engine {opts.engine_url} does not answer /health")
+            raise RolloutOnlyError(f"engine {opts.engine_url} does not answer /health")
     with contextlib.ExitStack() as stack:
         started_server = _start_env_servers(stack, urls if needs_local else [], opts)
         engine_url = _start_engine(stack, opts)
@@ -517,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_options(sys.argv[1:] if argv is None else argv)
     try:
         return run(opts)
-    except (RolloutError, ServiceError) as e:
+    except (RolloutOnlyError, ServiceError) as e:
         print(f"rollout-only: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

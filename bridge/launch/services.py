@@ -21,11 +21,9 @@ from urllib.parse import urlparse
 
 import httpx
 
+from bridge.launch.errors import ServiceError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-class ServiceError(RuntimeError):
-    """A service that did not come up; the message is one line for the user."""
 
 
 def answers(url: str, path: str = "/health", timeout: float = 2.0) -> bool:

@@ -14,13 +14,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bridge.launch.errors import TaskSourceError
 from bridge.task import blocks_to_text, ors_tool_to_openai, task_label
 
 OPENREWARD_API_KEY_ENV = "OPENREWARD_API_KEY"
-
-
-class TaskSourceError(Exception):
-    """An environment that cannot be read; the message is one line meant for the user."""
 
 
 @dataclass(frozen=True)

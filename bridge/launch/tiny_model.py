@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from bridge.launch.errors import TinyModelError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TOKENIZER_DIR = Path(
     os.environ.get("QWEN3_TOKENIZER_DIR", PROJECT_ROOT / ".cache" / "qwen3-tokenizer")
@@ -39,10 +41,6 @@ TINY_SHAPE = dict(
     # Wider than the usual 0.02 so the untrained model's distributions are not all flat.
     initializer_range=0.5,
 )
-
-
-class TinyModelError(Exception):
-    """The tiny model cannot be built here; one line for the user."""
 
 
 def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOKENIZER_DIR) -> Path:

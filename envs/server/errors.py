@@ -1,9 +1,12 @@
 """The server's error types, one line each for the client or the operator.
 
-    Exception
+    envs.errors.EnvsError
     ├── OrsError         a refused request: status, machine-readable reason, one-line message
     ├── ClientGone       the client disconnected before its request body arrived
     └── ToolCrashed      an exception escaped an environment's tool (the message names its type)
+
+    BaseException
+    └── budget.BudgetExceeded   a tool call over its time budget (never caught by env code)
 
 `OrsError.body()` is the ORS error shape `{"ok": false, "error", "reason", "detail"}`;
 `detail` is what the stock `openreward` client shows.
@@ -15,10 +18,12 @@ from collections.abc import Sequence
 
 import orjson
 
+from envs.errors import EnvsError
+
 __all__ = ["ClientGone", "OrsError", "ToolCrashed"]
 
 
-class OrsError(Exception):
+class OrsError(EnvsError):
     """A refused request: HTTP status, a machine-readable reason and a one-line message."""
 
     def __init__(
@@ -30,15 +35,18 @@ class OrsError(Exception):
         self.message = message
         self.headers = list(headers)
 
+    def __reduce__(self) -> tuple[type[OrsError], tuple[int, str, str, list[tuple[bytes, bytes]]]]:
+        return type(self), (self.status, self.reason, self.message, self.headers)
+
     def body(self) -> bytes:
         return orjson.dumps(
             {"ok": False, "error": self.message, "reason": self.reason, "detail": self.message}
         )
 
 
-class ClientGone(Exception):
+class ClientGone(EnvsError):
     """The client disconnected before its request body arrived."""
 
 
-class ToolCrashed(Exception):
+class ToolCrashed(EnvsError):
     """An exception escaped an environment's tool; the message names its type."""

@@ -18,14 +18,11 @@ from typing import Any
 
 import orjson
 
+from envs.trajectories.errors import SpecMismatch
 from envs.trajectories.events import EventBatch
 from envs.trajectories.store import TrajectoryStore
 
 __all__ = ["EpisodeRow", "EvalModel", "EvalRecords", "SpecMismatch"]
-
-
-class SpecMismatch(ValueError):
-    """An eval of that name exists with another spec; the message is one line for the user."""
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from envs.trajectories.errors import StoreError
+
 __all__ = ["SCHEMA_VERSION", "StoreError", "connect", "migrate", "schema_version"]
 
 SCHEMA_VERSION = 4
-
-
-class StoreError(RuntimeError):
-    """The database cannot be used (unwritable path, not a SQLite file, newer schema)."""
 
 
 _MIGRATIONS: dict[int, str] = {

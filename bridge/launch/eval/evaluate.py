@@ -39,7 +39,7 @@ from bridge.launch.eval.spec import (
     parse_model,
 )
 from bridge.launch.eval.tasks import EvalTask, interleave, tasks_from_config, tasks_from_file
-from bridge.launch.rollout_only import RolloutError, check_model
+from bridge.launch.rollout_only import RolloutOnlyError, check_model
 from bridge.launch.services import (
     ServiceError,
     answers,
@@ -109,7 +109,7 @@ def plan(opts: argparse.Namespace) -> Plan:
         if m.uses_tokens:
             try:
                 check_model(m.tokenizer or m.target, engine_local=m.kind is ModelKind.LOCAL)
-            except RolloutError as e:
+            except RolloutOnlyError as e:
                 raise EvalError(f"model {m.name}: {e}") from None
     envs = [e.strip() for e in opts.envs.split(",") if e.strip()] if opts.envs else None
     notes: list[str] = []

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from bridge.launch.errors import EvalError
+
 __all__ = [
     "EvalError",
     "EvalSpec",
@@ -44,10 +46,6 @@ _SETTINGS = {
     "model": ("openai",),
     "api_key_env": ("openai",),
 }
-
-
-class EvalError(ValueError):
-    """An eval that cannot run as asked; the message is one line for the user."""
 
 
 class ModelKind(str, Enum):
