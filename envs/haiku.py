@@ -49,7 +49,7 @@ from envs.options import parse_options, reset_task_cache
 from envs.reporting import ReportingEnvironment
 from envs.tripwires import CallRecord, Scope, Tripwire, Verdict
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 TOPICS_FILE = Path(__file__).parent / "data" / "haiku_topics.txt"
@@ -443,7 +443,7 @@ class Haiku(ReportingEnvironment):
                     try:
                         topics = load_hub_topics()
                     except Exception as e:  # optional source: never fatal
-                        logger.warning(
+                        log.warning(
                             "haiku: %s keywords unavailable (%s: %s); using the bundled topics",
                             HUB_DATASET,
                             type(e).__name__,
@@ -544,7 +544,7 @@ class Haiku(ReportingEnvironment):
                 except JudgeError as e:
                     judge_error = str(e)
                     reward = s.content
-                    logger.warning("haiku: style judge failed, scoring without style: %s", e)
+                    log.warning("haiku: style judge failed, scoring without style: %s", e)
         left = 1 + self.max_revisions - self.submissions
         finished = s.success or left <= 0
         return ToolOutput(

@@ -23,7 +23,7 @@ from bridge.env_report import PROVENANCE_KEY, TRIPWIRE_KEYS_KEY, TRIPWIRES_KEY
 from envs.provenance import env_version, task_spec_hash
 from envs.tripwires import CallRecord, Tripwire, Verdict, declared
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CHECK_FAILED = "tripwire_check_failed"
 
@@ -79,5 +79,5 @@ class ReportingEnvironment(Environment):
         try:
             return declared(self.TRIPWIRES, self.check_tripwires(list(self.episode_calls)))
         except Exception as e:  # a broken check must not break the episode
-            logger.exception("%s: tripwire check failed: %s", type(self).__name__, e)
+            log.exception("%s: tripwire check failed: %s", type(self).__name__, e)
             return Verdict(tripped=[CHECK_FAILED])
