@@ -27,8 +27,10 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from bridge.config import ConfigError, EnvConfig, TrainConfig, is_hosted, load_config
-from bridge.launch.task_source import RenderedTask, TaskSource, TaskSourceError, open_source
+from bridge.config import EnvConfig, TrainConfig, is_hosted, load_config
+from bridge.errors import ConfigError
+from bridge.launch.errors import TaskSourceError
+from bridge.launch.task_source import RenderedTask, TaskSource, open_source
 from bridge.task import TaskMeta
 
 EXIT_BAD_INPUT = 2

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from bridge.errors import EngineError
-from bridge.http11 import HTTP11Error, client_for_loop
+from bridge.errors import EngineError, HTTP11Error
+from bridge.http11 import client_for_loop
 
 ROUTING_HEADER = "X-SMG-Routing-Key"
 

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from bridge.errors import BridgeError, EnvFailure
-from bridge.http11 import HTTP11Error, HTTPClient, client_for_loop, close_loop_client, deadline
+from bridge.errors import BridgeError, EnvFailure, HTTP11Error
+from bridge.http11 import HTTPClient, client_for_loop, close_loop_client, deadline
 from bridge.task import TaskMeta, blocks_to_text
 from bridge.vocab import ToolErrorKind
 

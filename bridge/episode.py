@@ -36,13 +36,14 @@ from typing import Any, Protocol
 
 from bridge import drift
 from bridge.chat import ChatRenderer
-from bridge.engine import EngineClient, EngineError, EngineTurn
-from bridge.env_client import EnvFailure, EnvSession
+from bridge.engine import EngineClient, EngineTurn
+from bridge.env_client import EnvSession
 from bridge.env_report import EnvReport
+from bridge.errors import EngineError, EnvFailure, LedgerError
 from bridge.rewards import RewardOutcome, reduce_rewards
 from bridge.slime_state import slime_aborted
 from bridge.task import TaskMeta, ors_tool_to_openai
-from bridge.tokens import LedgerError, TokenLedger
+from bridge.tokens import TokenLedger
 from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCall, ToolCallError, parse_turn
 from bridge.vocab import INFRA_STOPS, EpisodeStatus, StopReason, ToolErrorKind
 

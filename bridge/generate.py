@@ -49,6 +49,7 @@ from bridge.sample import (
     zero_loss,
 )
 from bridge.slime_state import mask_offpolicy, partial_rollout, slime_aborted
+from bridge.slime_types import SlimeArgs, SlimeSample
 from bridge.task import TaskMeta
 from bridge.tokens import TokenLedger
 from bridge.trajectory import Trajectory
@@ -108,7 +109,7 @@ def train_config() -> TrainConfig | None:
     return _CONFIG[path]
 
 
-def task_metadata(sample: Any) -> dict[str, Any]:
+def task_metadata(sample: SlimeSample) -> dict[str, Any]:
     """`sample.metadata` as a dict (old data stores a JSON string); the sample keeps the dict."""
     md = sample.metadata
     if md is None:
@@ -158,7 +159,7 @@ def _maybe_freeze_heap(_: Any) -> None:
 _FROZEN: list[bool] = []
 
 
-def _engine(args: Any) -> EngineClient:
+def _engine(args: SlimeArgs) -> EngineClient:
     url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}"
     loop = asyncio.get_running_loop()
     per_loop = _ENGINES.setdefault(loop, {})
@@ -200,7 +201,9 @@ def _placeholder_ledger(prompt: list[int], token: int) -> TokenLedger:
     return ledger
 
 
-def _fail_early(sample: Any, message: str, eos_id: int | None, args: Any = None) -> Any:
+def _fail_early(
+    sample: SlimeSample, message: str, eos_id: int | None, args: SlimeArgs | None = None
+) -> SlimeSample:
     """A sample that could not even start an episode: no loss, reward 0.0, removed (an infra
     failure: its group is dropped by bridge.filters)."""
     prompt = (
@@ -234,7 +237,7 @@ def _fail_early(sample: Any, message: str, eos_id: int | None, args: Any = None)
     return sample
 
 
-def _context_budget(args: Any, params: dict[str, Any], evaluation: bool) -> Budget:
+def _context_budget(args: SlimeArgs, params: dict[str, Any], evaluation: bool) -> Budget:
     """slime's budgets: the rollout ones, or for evaluation its eval_* ones (falling back as slime does)."""
     if evaluation:
         return Budget(
@@ -252,20 +255,22 @@ def _context_budget(args: Any, params: dict[str, Any], evaluation: bool) -> Budg
     )
 
 
-def _episode_key(sample: Any, md: dict[str, Any]) -> str:
+def _episode_key(sample: SlimeSample, md: dict[str, Any]) -> str:
     """One key per sample for its whole life (session pinning, routing, partial-rollout resume)."""
     key = getattr(sample, "session_id", None) or md.get("episode_key") or uuid.uuid4().hex
     md["episode_key"] = key
     return str(key)
 
 
-def _is_aborted(sample: Any) -> bool:
+def _is_aborted(sample: SlimeSample) -> bool:
     status = getattr(sample, "status", None)
     aborted = getattr(type(sample).Status, EpisodeStatus.ABORTED.name, None)
     return status is not None and status == aborted
 
 
-async def _resumable(args: Any, sample: Any, key: str, params: dict[str, Any]) -> Episode | None:
+async def _resumable(
+    args: SlimeArgs, sample: SlimeSample, key: str, params: dict[str, Any]
+) -> Episode | None:
     """The suspended episode this ABORTED sample left, ready to continue; None: start afresh."""
     if not _is_aborted(sample):
         return None
@@ -283,8 +288,8 @@ async def _resumable(args: Any, sample: Any, key: str, params: dict[str, Any]) -
 
 
 async def generate(
-    args: Any, sample: Any, sampling_params: dict[str, Any], evaluation: bool = False
-) -> Any:
+    args: SlimeArgs, sample: SlimeSample, sampling_params: dict[str, Any], evaluation: bool = False
+) -> SlimeSample:
     """Run one episode for `sample` and return it filled (slime's custom generate function)."""
     try:
         md = task_metadata(sample)
@@ -346,7 +351,7 @@ class _Play:
 
     def __init__(
         self,
-        args: Any,
+        args: SlimeArgs,
         task: TaskMeta,
         cfg: TrainConfig | None,
         renderer: ChatRenderer,
@@ -412,7 +417,11 @@ async def close_clients() -> None:
 
 
 def _write_sample(
-    args: Any, sample: Any, result: EpisodeResult, renderer: ChatRenderer, play: _Play
+    args: SlimeArgs,
+    sample: SlimeSample,
+    result: EpisodeResult,
+    renderer: ChatRenderer,
+    play: _Play,
 ) -> None:
     ledger = result.ledger
     aborted = result.stop_reason == StopReason.SLIME_ABORT
@@ -480,8 +489,8 @@ def _write_sample(
 
 def _submit(
     cfg: TrainConfig | None,
-    args: Any,
-    sample: Any,
+    args: SlimeArgs,
+    sample: SlimeSample,
     task: TaskMeta,
     result: EpisodeResult,
     evaluation: bool,

@@ -19,9 +19,11 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
-from bridge.tokens import LedgerError, TokenLedger
+from bridge.errors import LedgerError
+from bridge.slime_types import SlimeArgs, SlimeSample
+from bridge.tokens import TokenLedger
 
 
 class _Status(Enum):
@@ -34,9 +36,9 @@ class _Status(Enum):
 
 @dataclass
 class FallbackSample:
-    """The fields of slime's `Sample` this bridge reads and writes; used only when slime is absent."""
+    """slime's `Sample` when slime is absent: exactly the fields of `bridge.slime_types.SlimeSample`."""
 
-    Status = _Status
+    Status: ClassVar[type[Enum]] = _Status
 
     group_index: int | None = None
     index: int | None = None
@@ -50,8 +52,8 @@ class FallbackSample:
     weight_versions: list[str] = field(default_factory=list)
     rollout_log_probs: list[float] | None = None
     remove_sample: bool = False
-    status: _Status = _Status.PENDING
-    metadata: dict = field(default_factory=dict)
+    status: Any = _Status.PENDING
+    metadata: Any = field(default_factory=dict)
     session_id: str | None = None
     non_generation_time: float = 0.0
 
@@ -65,7 +67,7 @@ def sample_class() -> type:
     return Sample
 
 
-def status_value(sample: Any, name: str) -> Any:
+def status_value(sample: SlimeSample, name: str) -> Any:
     """The member `name` (COMPLETED, TRUNCATED, ...) of this sample's own Status enum."""
     return getattr(type(sample).Status, name)
 
@@ -81,7 +83,7 @@ _NONE_FIELDS = (
 )
 
 
-def reset_response(sample: Any) -> None:
+def reset_response(sample: SlimeSample) -> None:
     """Forget every response-derived field: weight versions and cache/spec counters included."""
     sample.response = ""
     sample.response_length = 0
@@ -96,7 +98,7 @@ def reset_response(sample: Any) -> None:
             setattr(sample, name, type(info)())
 
 
-def fill_sample(sample: Any, ledger: TokenLedger, args: Any = None) -> None:
+def fill_sample(sample: SlimeSample, ledger: TokenLedger, args: SlimeArgs | None = None) -> None:
     """Write the ledger into `sample`: tokens, response, loss mask, logprobs and the replay fields.
 
     Sampled segments the ledger marks off-policy (sampled by an earlier policy, before a partial
@@ -147,7 +149,7 @@ def fill_sample(sample: Any, ledger: TokenLedger, args: Any = None) -> None:
     complete_replay_fields(sample, args)
 
 
-def _apply_engine_meta(sample: Any, meta_info: dict[str, Any]) -> None:
+def _apply_engine_meta(sample: SlimeSample, meta_info: dict[str, Any]) -> None:
     """Older slime: the bookkeeping `update_from_meta_info` does, minus the status (set by the episode)."""
     cache = getattr(sample, "prefix_cache_info", None)
     if cache is not None:
@@ -157,7 +159,9 @@ def _apply_engine_meta(sample: Any, meta_info: dict[str, Any]) -> None:
         sample.weight_versions.append(version)
 
 
-def _routed_experts_from_last_turn(sample: Any, ledger: TokenLedger, args: Any) -> None:
+def _routed_experts_from_last_turn(
+    sample: SlimeSample, ledger: TokenLedger, args: SlimeArgs | None
+) -> None:
     """Older slime: the last turn's routed experts cover the whole context (as its generate does)."""
     if not getattr(args, "use_rollout_routing_replay", False):
         return
@@ -174,7 +178,7 @@ def _routed_experts_from_last_turn(sample: Any, ledger: TokenLedger, args: Any) 
     )
 
 
-def complete_replay_fields(sample: Any, args: Any) -> None:
+def complete_replay_fields(sample: SlimeSample, args: SlimeArgs | None) -> None:
     """Give a sample the replay fields slime's conversion asserts on when no turn supplied them.
 
     Only untrained tokens can lack them (a placeholder response, a failure before the first
@@ -201,6 +205,6 @@ def complete_replay_fields(sample: Any, args: Any) -> None:
             ).copy()
 
 
-def zero_loss(sample: Any) -> None:
+def zero_loss(sample: SlimeSample) -> None:
     """Keep the tokens but train on none of them (failures, removed samples)."""
     sample.loss_mask = [0] * sample.response_length

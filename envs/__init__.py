@@ -29,5 +29,6 @@ names the SDK toolsets clients may add to a session (default none). The envs her
 (checked by `check_tripwires(calls)`) and `DATA_FILES` (hashed into their version). This
 package never imports slime; it may import the plugin's plain modules: `bridge.config` (the
 shared config schema), `bridge.task`, `bridge.env_report` and `bridge.provenance` (the report
-format), and `bridge.env_client` (replay on a server uses the bridge's own session client).
+format), `bridge.env_client` (replay on a server uses the bridge's own session client), and
+`bridge.errors` / `bridge.vocab` (the error types and vocabularies it catches or writes).
 """

@@ -23,13 +23,12 @@ from typing import Any, ClassVar
 from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.errors import CalculatorError
+from envs.errors import CalculatorError, GSM8KDataMissing
 from envs.gsm8k_data import (
     DATA_DIR_ENV,
     HUB_DATASET,
     SPLITS,
     DataSource,
-    GSM8KDataMissing,
     SourceKind,
     load_tasks,
     parse_final_answer,

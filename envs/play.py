@@ -82,14 +82,16 @@ async def in_process_episode(
 ) -> AsyncIterator[InProcessEpisode]:
     from openreward.environments.utils import run_user_callable
 
-    from envs.registry import UnknownEnvironment, configure_env, load_env_class
+    from envs.errors import UnknownEnvironment
+    from envs.registry import configure_env, load_env_class
 
     try:
         cls = load_env_class(env_name)
     except UnknownEnvironment as e:
         raise PlayError(str(e)) from None
     if config_path:
-        from bridge.config import ConfigError, load_config
+        from bridge.config import load_config
+        from bridge.errors import ConfigError
 
         try:
             cfg = load_config(config_path)

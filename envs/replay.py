@@ -38,8 +38,9 @@ os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 import httpx
 import orjson
 
-from bridge.env_client import EnvFailure, ToolResult
+from bridge.env_client import ToolResult
 from bridge.env_report import PROVENANCE_KEY
+from bridge.errors import EnvFailure
 from bridge.task import TaskMeta, blocks_to_text
 from bridge.vocab import ToolErrorKind
 
@@ -112,7 +113,7 @@ class StoreSource:
     def __init__(self, path: str) -> None:
         if not Path(path).is_file():
             raise ReplayError(f"no trajectory database at {path} (give --db or --url)")
-        from envs.trajectories.schema import StoreError
+        from envs.trajectories.errors import StoreError
         from envs.trajectories.store import TrajectoryStore
 
         try:
@@ -201,7 +202,8 @@ class InProcessSession:
     the text the bridge would have shown the model (bridge/env_client.py does the same)."""
 
     def __init__(self, task: TaskMeta) -> None:
-        from envs.registry import UnknownEnvironment, load_env_class
+        from envs.errors import UnknownEnvironment
+        from envs.registry import load_env_class
 
         try:
             self.cls = load_env_class(task.env)
@@ -448,7 +450,8 @@ async def run(args: argparse.Namespace, out: Any = sys.stdout) -> int:
 
 def _configure(config_path: str) -> None:
     """Apply train_config.yaml's env options to the in-process env classes."""
-    from bridge.config import ConfigError, is_hosted, load_config
+    from bridge.config import is_hosted, load_config
+    from bridge.errors import ConfigError
     from envs.registry import configure_env, load_env_class
 
     try:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from bridge.chat import ChatRenderer
+from bridge.errors import LedgerError
 from bridge.sample import FallbackSample, fill_sample
-from bridge.tokens import LedgerError, TokenLedger
+from bridge.tokens import TokenLedger
 
 TOOLS = [
     {

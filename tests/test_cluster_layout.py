@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.launch.cluster import (
-    ClusterError,
-    ClusterView,
-    Node,
-    _node,
-    check_ray_address,
-    ray_auth_headers,
-)
+from bridge.launch.cluster import ClusterView, Node, _node, check_ray_address, ray_auth_headers
 from bridge.launch.env_servers import ENV_SERVER_SECRETS, ENV_SERVER_VARS, default_replicas
+from bridge.launch.errors import ClusterError, LayoutError
 from bridge.launch.gpus import GpuVendor, detect_local_gpus, vendor_of_accelerator
-from bridge.launch.layout import LayoutError, LayoutRequest, fit_layout
+from bridge.launch.layout import LayoutRequest, fit_layout
 
 
 def req(**kw) -> LayoutRequest:

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from bridge.config import (
-    ConfigError,
     EnvConfig,
     TrainConfig,
     TrajectoryConfig,
@@ -18,6 +17,7 @@ from bridge.config import (
     load_config,
     parse_config,
 )
+from bridge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "train_config.yaml"

@@ -17,14 +17,8 @@ from conftest import REPO
 from openreward.api.errors import ToolCallError
 from ors_episodes import play_gsm8k, sdk_server
 
-from envs.gsm8k import (
-    GSM8K,
-    CalculatorError,
-    GSM8KDataMissing,
-    answers_match,
-    calculate,
-    parse_final_answer,
-)
+from envs.errors import CalculatorError, GSM8KDataMissing
+from envs.gsm8k import GSM8K, answers_match, calculate, parse_final_answer
 from envs.gsm8k_data import SourceKind
 
 

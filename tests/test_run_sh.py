@@ -39,7 +39,8 @@ from launch_world import (
 )
 
 from bridge.launch import prerequisites as pre
-from bridge.launch.launcher import MEGATRON_FLAGS, LaunchError, global_batch_size
+from bridge.launch.errors import LaunchError
+from bridge.launch.launcher import MEGATRON_FLAGS, global_batch_size
 from bridge.launch.slime_flags import flag_choices, flags_in_source, supported_train_backends
 
 

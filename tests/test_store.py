@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from envs.trajectories.errors import StoreError
 from envs.trajectories.events import EventBatch
-from envs.trajectories.schema import SCHEMA_VERSION, StoreError, connect, migrate, schema_version
+from envs.trajectories.schema import SCHEMA_VERSION, connect, migrate, schema_version
 from envs.trajectories.store import RolloutFilter, TrajectoryStore, decode_cursor
 
 

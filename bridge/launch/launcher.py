@@ -36,7 +36,6 @@ import yaml
 from bridge.config import TRAIN_CONFIG_ENV, TrainConfig, is_hosted
 from bridge.launch import prerequisites as pre
 from bridge.launch.cluster import (
-    ClusterError,
     ClusterView,
     check_ray_address,
     default_ray_address,
@@ -53,7 +52,14 @@ from bridge.launch.env_servers import (
     local_plan,
     ray_plan,
 )
-from bridge.launch.errors import LaunchError
+from bridge.launch.errors import (
+    ClusterError,
+    LaunchError,
+    LayoutError,
+    ModeError,
+    ResumeError,
+    ServiceError,
+)
 from bridge.launch.gpus import (
     AMD_COLOCATE_FLAGS,
     AMD_MEGATRON_FLAGS,
@@ -62,16 +68,10 @@ from bridge.launch.gpus import (
     LocalGpus,
     detect_local_gpus,
 )
-from bridge.launch.layout import Layout, LayoutError, LayoutRequest, fit_layout
-from bridge.launch.modes import ModeError, ModePlan, TrainMode, mode_plan, resolve_colocate
-from bridge.launch.resume import LoadPlan, ResumeError, plan_load
-from bridge.launch.services import (
-    ServiceError,
-    answers,
-    is_loopback,
-    managed_process,
-    stop,
-)
+from bridge.launch.layout import Layout, LayoutRequest, fit_layout
+from bridge.launch.modes import ModePlan, TrainMode, mode_plan, resolve_colocate
+from bridge.launch.resume import LoadPlan, plan_load
+from bridge.launch.services import answers, is_loopback, managed_process, stop
 from bridge.launch.slime_flags import SGLANG_FLAGS, slime_checkout_flags, supported_train_backends
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

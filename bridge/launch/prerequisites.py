@@ -10,7 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.config import ConfigError, TrainConfig, is_hosted, load_config
+from bridge.config import TrainConfig, is_hosted, load_config
+from bridge.errors import ConfigError
 
 SLIME_CLONE = "git clone https://github.com/THUDM/slime.git"
 MEGATRON_CLONE = "git clone https://github.com/NVIDIA/Megatron-LM.git"

@@ -32,10 +32,11 @@ from typing import Any
 
 import yaml
 
-from bridge.config import TRAIN_CONFIG_ENV, ConfigError, load_config
+from bridge.config import TRAIN_CONFIG_ENV, load_config
+from bridge.errors import ConfigError
 from bridge.launch.env_servers import replica_command
+from bridge.launch.errors import ServiceError
 from bridge.launch.services import (
-    ServiceError,
     free_port,
     http_url,
     is_loopback,

@@ -29,11 +29,11 @@ from urllib.parse import urlparse
 
 import yaml
 
-from bridge.config import TRAIN_CONFIG_ENV, ConfigError, TrainConfig, is_hosted, load_config
-from bridge.launch.errors import RolloutOnlyError
+from bridge.config import TRAIN_CONFIG_ENV, TrainConfig, is_hosted, load_config
+from bridge.errors import ConfigError
+from bridge.launch.errors import RolloutOnlyError, ServiceError
 from bridge.launch.services import (
     PROJECT_ROOT,
-    ServiceError,
     answers,
     env_server_command,
     free_port,

@@ -34,8 +34,10 @@ def load_served_classes(
     names: Sequence[str], config_path: str | None
 ) -> dict[str, type[Environment]]:
     """Import the named environments and apply `environments.<name>.options` from the config."""
-    from bridge.config import ConfigError, is_hosted, load_config
-    from envs.registry import UnknownEnvironment, configure_env, load_env_class
+    from bridge.config import is_hosted, load_config
+    from bridge.errors import ConfigError
+    from envs.errors import UnknownEnvironment
+    from envs.registry import configure_env, load_env_class
 
     options: dict[str, dict[str, Any]] = {}
     if config_path:
@@ -216,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"--role {args.role} needs the trajectory service (envs/trajectories/api.py): {e}; "
                 "use --role env to serve environments only"
             )
-        from envs.trajectories.schema import StoreError
+        from envs.trajectories.errors import StoreError
 
         try:
             os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import orjson
 
 from envs.trajectories import tripwires
+from envs.trajectories.errors import StoreError
 from envs.trajectories.events import (
     MAX_ABS_REWARD,
     NULL,
@@ -42,7 +43,7 @@ from envs.trajectories.events import (
     Rejected,
     RolloutEvent,
 )
-from envs.trajectories.schema import StoreError, connect, migrate
+from envs.trajectories.schema import connect, migrate
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import argparse
 import signal
 import sys
 
-from bridge.launch.eval.spec import EvalError
+from bridge.launch.errors import EvalError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130

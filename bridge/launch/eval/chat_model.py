@@ -26,9 +26,10 @@ from typing import Any
 import httpx
 import orjson
 
-from bridge.engine import EngineError
 from bridge.episode import ModelTurn
-from bridge.launch.eval.spec import EvalError, ModelSpec
+from bridge.errors import EngineError
+from bridge.launch.errors import EvalError
+from bridge.launch.eval.spec import ModelSpec
 from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCallError, check_call
 from bridge.vocab import ToolErrorKind
 

@@ -26,11 +26,12 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from bridge.config import ConfigError, TrainConfig, load_config
+from bridge.config import TrainConfig, load_config
+from bridge.errors import ConfigError
+from bridge.launch.errors import EvalError, RolloutOnlyError, ServiceError
 from bridge.launch.eval.report import build_report, format_markdown, format_table
 from bridge.launch.eval.runner import Job, ModelRuntime, RunSettings, run_jobs
 from bridge.launch.eval.spec import (
-    EvalError,
     EvalSpec,
     ModelKind,
     ModelSpec,
@@ -39,9 +40,8 @@ from bridge.launch.eval.spec import (
     parse_model,
 )
 from bridge.launch.eval.tasks import EvalTask, interleave, tasks_from_config, tasks_from_file
-from bridge.launch.rollout_only import RolloutOnlyError, check_model
+from bridge.launch.rollout_only import check_model
 from bridge.launch.services import (
-    ServiceError,
     answers,
     env_server_command,
     is_loopback,
@@ -49,8 +49,8 @@ from bridge.launch.services import (
     managed_process,
 )
 from bridge.vocab import EpisodeStatus
-from envs.trajectories.evals import EvalModel, EvalRecords, SpecMismatch
-from envs.trajectories.schema import StoreError
+from envs.trajectories.errors import SpecMismatch, StoreError
+from envs.trajectories.evals import EvalModel, EvalRecords
 from envs.trajectories.store import TrajectoryStore
 
 __all__ = ["Plan", "evaluate", "plan"]

@@ -21,8 +21,9 @@ from bridge.chat import ChatRenderer
 from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult, ModelStep, TokenModel
+from bridge.launch.errors import EvalError
 from bridge.launch.eval.chat_model import ChatClient, ChatModel
-from bridge.launch.eval.spec import EvalError, ModelSpec, Sampling
+from bridge.launch.eval.spec import ModelSpec, Sampling
 from bridge.launch.eval.tasks import EvalTask
 from bridge.provenance import episode_provenance, tokenizer_fingerprint
 from bridge.rewards import RewardOutcome

@@ -22,8 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from bridge.config import TrainConfig
-from bridge.launch.eval.spec import EvalError
-from bridge.launch.task_source import TaskSourceError
+from bridge.launch.errors import EvalError, TaskSourceError
 from bridge.task import TaskMeta
 
 __all__ = ["EvalTask", "interleave", "tasks_from_config", "tasks_from_file"]
