@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -79,9 +79,12 @@ class ChatRenderer:
 
     # --- tokenization -------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        ids: list[int]
         if self._backend is not None:
-            return self._backend.encode(text, add_special_tokens=False).ids
-        return self.tokenizer.encode(text, add_special_tokens=False)
+            ids = self._backend.encode(text, add_special_tokens=False).ids
+        else:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
 
     def encode_cached(self, text: str) -> list[int]:
         """`encode`, remembering recent texts: the samples of a GRPO group see the same prompt and
@@ -96,9 +99,12 @@ class ChatRenderer:
         return ids
 
     def decode(self, ids: list[int]) -> str:
+        text: str
         if self._backend is not None:
-            return self._backend.decode(ids, skip_special_tokens=False)
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
+            text = self._backend.decode(ids, skip_special_tokens=False)
+        else:
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        return text
 
     def render(
         self,
@@ -107,13 +113,14 @@ class ChatRenderer:
         add_generation_prompt: bool = True,
     ) -> str:
         """The chat template's own text for `messages` (slow path; also used by tests and baselines)."""
-        return self.tokenizer.apply_chat_template(
+        text: str = self.tokenizer.apply_chat_template(
             messages,
             tools=tools or None,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
             enable_thinking=self.enable_thinking,
         )
+        return text
 
     # --- first prompt -------------------------------------------------------------------
     def prompt_messages(self, user_text: str) -> list[dict[str, Any]]:
@@ -126,7 +133,7 @@ class ChatRenderer:
     def prompt_ids(self, user_text: str, tools: list[dict[str, Any]] | None) -> list[int]:
         """Token ids of system prompt + tools + the task's user message + generation prompt."""
         key = orjson.dumps(tools or [], option=orjson.OPT_SORT_KEYS)
-        shape = self._prompt_shapes.get(key, False)
+        shape: _PromptShape | Literal[False] | None = self._prompt_shapes.get(key, False)
         if shape is False:
             with self._lock:
                 shape = self._learn_prompt(tools)

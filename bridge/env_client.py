@@ -536,7 +536,7 @@ class HostedEnvSession:
             cm = env.session(
                 task=Task(
                     server_name=name,
-                    environment_name=None,  # type: ignore[arg-type]
+                    environment_name=None,
                     task_spec=self.task.task_spec or {},
                     namespace=owner,
                 ),

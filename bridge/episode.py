@@ -416,7 +416,7 @@ class Episode:
 
     def _assistant_message(self, parsed: ParsedTurn) -> dict[str, Any]:
         """The turn as a chat message; every call gets the episode's id `call_<turn>_<i>`."""
-        calls = []
+        calls: list[dict[str, Any]] = []
         for i, c in enumerate(parsed.calls):
             c.call_id = f"call_{self.num_turns}_{i}"
             if isinstance(c, ToolCall):

@@ -54,7 +54,7 @@ def infra_failure(sample: Any) -> bool:
 def _output(keep: bool, reason: str | None) -> Any:
     """slime's DynamicFilterOutput where it exists (the drop is then counted by reason)."""
     try:
-        from slime.rollout.filter_hub.base_types import (  # type: ignore[import-not-found]
+        from slime.rollout.filter_hub.base_types import (
             DynamicFilterOutput,
         )
     except Exception:

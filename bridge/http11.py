@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.errors import HTTP11Error
 
-if hasattr(asyncio, "timeout"):  # Python 3.11+: no extra task per timed request
+if sys.version_info >= (3, 11):  # asyncio.timeout: no extra task per timed request
 
-    def deadline(seconds: float | None) -> Any:
+    def deadline(seconds: float | None) -> contextlib.AbstractAsyncContextManager[None]:
         """Cancel the enclosed awaits after `seconds` (raising TimeoutError); None: no limit."""
         return asyncio.timeout(seconds)
 else:  # pragma: no cover - Python 3.10

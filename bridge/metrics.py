@@ -215,12 +215,13 @@ def rollout_step(args: Any, rollout_id: int) -> int:
     if getattr(args, "wandb_always_use_train_step", False) and getattr(
         args, "global_batch_size", None
     ):
-        return (
+        step: int = (
             rollout_id
             * args.rollout_batch_size
             * args.n_samples_per_prompt
             // args.global_batch_size
         )
+        return step
     return rollout_id
 
 
@@ -269,7 +270,7 @@ def log_rollout(
     rollout_id: int,
     args: Any,
     samples: list[Any],
-    rollout_extra_metrics: dict | None,
+    rollout_extra_metrics: dict[str, Any] | None,
     rollout_time: float,
 ) -> bool:
     """slime's custom rollout-log hook. Returns False: slime's default rollout metrics are logged too."""
@@ -312,7 +313,10 @@ def drop_eval_infra_failures(args: Any, data: dict[str, dict[str, Any]]) -> dict
 
 
 def log_eval_rollout(
-    rollout_id: int, args: Any, data: dict[str, dict[str, Any]], extra_metrics: dict | None
+    rollout_id: int,
+    args: Any,
+    data: dict[str, dict[str, Any]],
+    extra_metrics: dict[str, Any] | None,
 ) -> bool:
     """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated", "samples"}.
 

@@ -61,10 +61,11 @@ class FallbackSample:
 def sample_class() -> type:
     """slime's `Sample` when slime is importable, else `FallbackSample`."""
     try:
-        from slime.utils.types import Sample  # type: ignore[import-not-found]
+        from slime.utils.types import Sample
     except Exception:
         return FallbackSample
-    return Sample
+    cls: type = Sample
+    return cls
 
 
 def status_value(sample: SlimeSample, name: str) -> Any:
@@ -173,9 +174,16 @@ def _routed_experts_from_last_turn(
 
     data = base64.b64decode(raw) if isinstance(raw, str) else bytes(raw)
     rows = len(sample.tokens) - 1
-    sample.rollout_routed_experts = np.frombuffer(data, dtype=np.int32).reshape(
-        rows, args.num_layers, args.moe_router_topk
-    )
+    layers, topk = _expert_shape(args)
+    experts = np.frombuffer(data, dtype=np.int32).reshape(rows, layers, topk)
+    replay: Any = sample  # a field only some slime versions have: not part of SlimeSample
+    replay.rollout_routed_experts = experts
+
+
+def _expert_shape(args: SlimeArgs | None) -> tuple[int, int]:
+    """(num_layers, moe_router_topk): Megatron's args, there whenever routing replay is on."""
+    megatron: Any = args
+    return int(megatron.num_layers), int(megatron.moe_router_topk)
 
 
 def complete_replay_fields(sample: SlimeSample, args: SlimeArgs | None) -> None:
@@ -186,21 +194,23 @@ def complete_replay_fields(sample: SlimeSample, args: SlimeArgs | None) -> None:
     (experts 0..k-1 per token and layer), so slime's checks pass and no loss is computed.
     """
     n = sample.response_length
+    # the replay fields exist only in some slime versions: set by name, not through SlimeSample
+    replay: Any = sample
     if getattr(args, "rollout_top_p", 1.0) != 1.0 and hasattr(sample, "rollout_top_p_token_ids"):
-        if sample.rollout_top_p_token_offsets is None:
-            if any(sample.loss_mask):
+        if replay.rollout_top_p_token_offsets is None:
+            if any(sample.loss_mask or ()):
                 raise LedgerError("trained tokens without top-p replay data from the engine")
-            sample.rollout_top_p_token_ids = []
-            sample.rollout_top_p_token_offsets = [0] * (n + 1)
+            replay.rollout_top_p_token_ids = []
+            replay.rollout_top_p_token_offsets = [0] * (n + 1)
     if getattr(args, "use_rollout_routing_replay", False):
         if getattr(sample, "rollout_routed_experts", None) is None:
-            if any(sample.loss_mask):
+            if any(sample.loss_mask or ()):
                 raise LedgerError("trained tokens without routed experts from the engine")
             import numpy as np
 
-            layers, topk = int(args.num_layers), int(args.moe_router_topk)
+            layers, topk = _expert_shape(args)
             rows = max(len(sample.tokens) - 1, 0)
-            sample.rollout_routed_experts = np.broadcast_to(
+            replay.rollout_routed_experts = np.broadcast_to(
                 np.arange(topk, dtype=np.int32), (rows, layers, topk)
             ).copy()
 

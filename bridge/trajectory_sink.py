@@ -369,8 +369,8 @@ class TrajectoryUploader:
         }
         self._queue: asyncio.Queue[tuple[Trajectory, JournalSegment | None]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._sending: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sending: set[asyncio.Task[None]] = set()
         self._inflight: dict[int, list[_Unit]] = {}
         self._batch: list[_Unit] = []
         self._overflow: list[_Unit] = []  # not on disk (full disk), not delivered yet
@@ -957,7 +957,9 @@ class DisabledSink:
 
 
 _LIVE: weakref.WeakSet[TrajectoryUploader] = weakref.WeakSet()
-_SINKS: weakref.WeakKeyDictionary[Any, dict[tuple, TrajectorySink]] = weakref.WeakKeyDictionary()
+_SINKS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], TrajectorySink]] = (
+    weakref.WeakKeyDictionary()
+)
 _NO_LOOP = type("_NoLoop", (), {})()
 _SINK_LOCK = threading.Lock()
 

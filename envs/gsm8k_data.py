@@ -21,6 +21,7 @@ import enum
 import gzip
 import json
 import os
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,8 +29,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from envs.errors import GSM8KDataMissing
 
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable  # Python 3.11+; annotations only
+if TYPE_CHECKING:  # annotations only
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 __all__ = [
     "BUNDLED_DIR",
