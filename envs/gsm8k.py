@@ -130,7 +130,7 @@ def _check_magnitude(x: Number) -> Number:
         raise CalculatorError("result is not a finite number")
     if _exact_bits(x) > MAX_EXACT_BITS:
         x = _to_float(x)  # exact arithmetic stops here; floats cost O(1)
-    if abs(x) > MAX_MAGNITUDE:
+    if x > MAX_MAGNITUDE or x < -MAX_MAGNITUDE:
         raise CalculatorError(f"result is too large (limit is 1e{len(str(MAX_MAGNITUDE)) - 1})")
     return x
 
@@ -138,7 +138,7 @@ def _check_magnitude(x: Number) -> Number:
 def _power(base: Number, exp: Number) -> Number:
     if isinstance(exp, Fraction) and exp.denominator == 1:
         exp = exp.numerator
-    if abs(exp) > MAX_EXPONENT:
+    if exp > MAX_EXPONENT or exp < -MAX_EXPONENT:
         raise CalculatorError(
             f"exponent {format_number(exp)} is too large (limit is {MAX_EXPONENT})"
         )

@@ -22,10 +22,11 @@ import gzip
 import json
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from envs.errors import GSM8KDataMissing
 
@@ -150,7 +151,7 @@ def solution_steps(answer: str) -> int:
 # --------------------------------------------------------------------------- readers
 
 
-def _parse_jsonl(f: BinaryIO, where: str) -> list[dict[str, Any]]:
+def _parse_jsonl(f: Iterable[bytes], where: str) -> list[dict[str, Any]]:
     rows = []
     for n, line in enumerate(f, 1):
         if not line.strip():

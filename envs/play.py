@@ -302,6 +302,7 @@ async def run(args: argparse.Namespace) -> int:
     title = f"{args.env} {args.split} #{args.index}" + (
         f" on {args.url}" if args.url else " (in-process)"
     )
+    episode: contextlib.AbstractAsyncContextManager[EpisodeBackend]
     if args.url:
         episode = remote_episode(
             args.url.rstrip("/"), args.env, args.split, args.index, args.api_key

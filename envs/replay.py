@@ -70,7 +70,7 @@ class StoredCall:
 def stored_calls(messages: list[dict[str, Any]]) -> list[StoredCall]:
     """The tool calls of a stored conversation, each paired with its result (by call id)."""
     results = {m.get("call_id"): m for m in messages if m.get("type") == "tool_result"}
-    out = []
+    out: list[StoredCall] = []
     for m in messages:
         if m.get("type") != "tool_call":
             continue
@@ -360,7 +360,8 @@ async def replay_rollout(rollout: dict[str, Any], url: str | None) -> ReplayRepo
     report = ReplayReport(str(rollout.get("event_id")), task.env, label)
     session = open_replay_session(task, url)
     meta = rollout.get("metadata") or {}
-    stored_prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
+    prov = meta.get("provenance")
+    stored_prov: dict[str, Any] = prov if isinstance(prov, dict) else {}
     try:
         await session.open()
         names = {t.get("name") for t in await session.tools()}
@@ -374,7 +375,7 @@ async def replay_rollout(rollout: dict[str, Any], url: str | None) -> ReplayRepo
                 diff.skipped = "the bridge rejected it, never sent to the env"
             elif call.name not in names:
                 diff.skipped = "not a tool of this env"
-            if diff.skipped is not None:
+            if diff.skipped is not None or call.arguments is None:
                 continue
             result = await session.call(call.name, call.arguments)
             if not report.notes and isinstance(result.metadata, dict):

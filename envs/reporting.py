@@ -45,9 +45,10 @@ class ReportingEnvironment(Environment):
         cached = self.__dict__.get("_provenance")
         if cached is None:
             cls = type(self)
+            klass: type = cls  # functools.cache wants a Hashable; the SDK base is untyped
             cached = self.__dict__["_provenance"] = {
                 "env": cls.name().lower(),
-                "env_version": env_version(cls),
+                "env_version": env_version(klass),
                 "task_spec_hash": task_spec_hash(self.task_spec),
             }
         return cached

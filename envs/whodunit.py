@@ -328,9 +328,10 @@ class Case:
         lies = self.difficulty.lying_statements
         known_clues = self.clues if clues else ()
         known_statements = self.statements if statements else ()
+        w, x, y, z = self.sizes
         return [
             sol
-            for sol in itertools.product(*(range(n) for n in self.sizes))
+            for sol in itertools.product(range(w), range(x), range(y), range(z))
             if consistent(sol, known_clues, known_statements, lies)
         ]
 

@@ -136,7 +136,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             or action.default is argparse.SUPPRESS
         ):
             return text
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or ""
 
 
 def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -67,8 +67,8 @@ class Layout:
 def _split(total: int, per_node: int, nodes: int, req: LayoutRequest) -> tuple[int, int]:
     """(actor GPUs, rollout GPUs) for a request that may leave either open."""
     if req.colocate:
-        actor = req.actor_gpus or total
-        return actor, actor
+        both = req.actor_gpus or total
+        return both, both
     actor, rollout = req.actor_gpus, req.rollout_gpus
     if actor is None and rollout is None:
         actor = per_node // 2 if nodes == 1 else (nodes // 2) * per_node

@@ -534,7 +534,8 @@ def load_engine(
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RuntimeError(f"cannot load model {model!r}: {first}") from None
-    lm.to(device).eval()
+    # transformers wraps PreTrainedModel.to in a decorator whose annotation drops the device
+    lm.to(device).eval()  # type: ignore[arg-type]
     return LocalEngine(
         lm,
         tokenizer,

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,9 +137,9 @@ def required_api_keys(cfg: TrainConfig) -> list[str]:
 
 
 def check_api_keys(cfg: TrainConfig, environ: dict[str, str] | None = None) -> Check:
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     needed = required_api_keys(cfg)
-    missing = [n for n in needed if not environ.get(n)]
+    missing = [n for n in needed if not env.get(n)]
     if missing:
         return Check(
             "API keys",

@@ -165,7 +165,7 @@ def start_replicas(opts: argparse.Namespace) -> tuple[list[Any], list[str]]:
     replica = ray.remote(EnvServerReplica)
     here = ray.get_runtime_context().get_node_id()
     config, db = str(Path(opts.config).resolve()), str(Path(opts.db).resolve())
-    actors = [
+    actors: list[Any] = [  # Ray actor handles
         replica.options(
             num_cpus=opts.cpus,
             max_restarts=0,

@@ -18,6 +18,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from bridge.launch.errors import TinyModelError
 
@@ -61,7 +62,9 @@ def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOK
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else im_end
-    config = Qwen3Config(
+    # built as a mapping: `torch_dtype` is not in Qwen3Config's annotated signature (it reaches
+    # the config through **kwargs at run time) and TINY_SHAPE mixes ints and floats
+    settings: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         eos_token_id=im_end,
         pad_token_id=pad,
@@ -69,6 +72,7 @@ def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOK
         torch_dtype="float32",
         **TINY_SHAPE,
     )
+    config = Qwen3Config(**settings)
     torch.manual_seed(SEED)
     model = Qwen3ForCausalLM(config).eval()
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -254,7 +254,7 @@ class OrsRouter:
         status = [0]
         send = req.send
 
-        async def send_and_note(msg: dict[str, Any]) -> None:
+        async def send_and_note(msg: MutableMapping[str, Any]) -> None:
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
             await send(msg)

@@ -442,8 +442,8 @@ class TrajectoryService:
                 page = store.list_rollouts(
                     run_id,
                     flt,
-                    sort=sort,
-                    descending=order == "desc",  # type: ignore[arg-type]
+                    sort=sort,  # type: ignore[arg-type]  # the store checks it: ValueError -> 422
+                    descending=order == "desc",
                     after=after,
                     before=before,
                     limit=limit,

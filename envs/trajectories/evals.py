@@ -121,7 +121,8 @@ class EvalRecords:
                     "VALUES (?, ?, ?, ?, ?)",
                     (name, orjson.dumps(spec).decode(), spec_hash, now, now),
                 )
-                eval_id = int(cur.lastrowid)
+                assert cur.lastrowid is not None  # set by every INSERT
+                eval_id = cur.lastrowid
             elif row["spec_hash"] != spec_hash:
                 raise SpecMismatch(_describe_mismatch(name, orjson.loads(row["spec"]), spec))
             else:

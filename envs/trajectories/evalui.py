@@ -57,7 +57,7 @@ def task_table(
 ) -> list[dict[str, Any]]:
     """Per task: each model's samples and mean reward, and B - A; sorted by |B - A| or task order."""
     order, by_task = _outcomes(rows, models)
-    out = []
+    out: list[dict[str, Any]] = []
     for i, task in enumerate(order):
         per = by_task[task]
         ma, mb = _mean(per.get(a, [])), _mean(per.get(b, []))

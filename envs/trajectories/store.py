@@ -93,7 +93,7 @@ def pack_floats(values: list[float | None]) -> bytes:
     except (struct.error, OverflowError, TypeError):
         pass
     try:
-        return array.array("f", values).tobytes()
+        return array.array("f", values).tobytes()  # type: ignore[type-var]  # None: TypeError
     except TypeError:
         return array.array("f", (math.nan if v is None else v for v in values)).tobytes()
 
@@ -144,7 +144,8 @@ class _Writer:
                     "INSERT INTO runs(name, created_at, updated_at, run_info) VALUES (?, ?, ?, ?)",
                     (name, now, now, run_info),
                 )
-                rid = int(cur.lastrowid)
+                assert cur.lastrowid is not None  # set by every INSERT
+                rid = cur.lastrowid
             else:
                 rid = int(row[0])
             self._run_ids[name] = rid
@@ -188,8 +189,8 @@ class _Writer:
             inserted = self.conn.total_changes - before
             result.messages += inserted
             result.duplicates += len(msg_rows) - inserted
-        for kind, item in ordered:
-            if kind == "rollout":
+        for what, item in ordered:
+            if what == "rollout":
                 rid = self.run_id(item.run_name, item.run_info, now)
                 outcome = self._insert_rollout(item, rid, now)
                 if outcome is None:
@@ -202,7 +203,8 @@ class _Writer:
                         touched.add(item.event_id)
                 touched_runs.add(rid)
             else:
-                self._update_rollout(*item, now)
+                event_id, info = item
+                self._update_rollout(event_id, info, now)
                 result.updates += 1
         for event_id in touched:
             run = self._refresh_rollout(event_id, now)
@@ -368,7 +370,7 @@ class _PreparedRollout:
 
     @classmethod
     def of(cls, ev: RolloutEvent) -> _PreparedRollout:
-        meta = dict(ev.get("metadata") or {})
+        meta: dict[str, Any] = dict(ev.get("metadata") or {})
         arrays = {k: meta.pop(k) for k in ARRAY_KEYS if k in meta}
         prompt_length = meta.pop("prompt_length", None)
         reward = meta.get("reward")
@@ -1037,7 +1039,7 @@ class TrajectoryStore:
             }
 
 
-def _mean(total: float, n: int) -> float | None:
+def _mean(total: float, n: float) -> float | None:
     """total / n, or None when there is nothing to average or the sum is not finite."""
     return total / n if n and math.isfinite(total) else None
 

@@ -93,6 +93,7 @@ def filter_clause(run_id: int | None, wire: str) -> tuple[str, list[Any]]:
     A rowid list made from the (small) tripwire table: on a 100k-rollout run a page with its
     count takes ~45 ms instead of ~150 ms for a per-row EXISTS.
     """
+    args: list[Any]
     where, args = ("t.run_id = ?", [run_id]) if run_id is not None else ("1", [])
     if wire != ANY:
         where, args = f"{where} AND t.wire = ?", [*args, wire]

@@ -30,9 +30,11 @@ from markupsafe import Markup
 
 from envs.trajectories import tripwires
 from envs.trajectories.advantages import group_advantages
-from envs.trajectories.store import RolloutFilter, TrajectoryStore
+from envs.trajectories.store import RolloutFilter, SortKey, TrajectoryStore
 
 log = logging.getLogger(__name__)
+
+_SORTS: dict[str, SortKey] = {"time": "time", "reward": "reward", "turns": "turns"}
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 ASSETS = {"app.css": "text/css", "app.js": "text/javascript", "favicon.svg": "image/svg+xml"}
@@ -368,7 +370,7 @@ def pages_router(
             max_reward=_float_or_none(q.get("max_reward")),
             tripwire=q.get("tripwire") or None,
         )
-        sort = q.get("sort") if q.get("sort") in ("time", "reward", "turns") else "time"
+        sort = _SORTS.get(q.get("sort") or "", "time")
         order = "asc" if q.get("order") == "asc" else "desc"
         try:
             limit = max(1, min(int(q.get("limit") or 50), 500))

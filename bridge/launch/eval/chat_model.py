@@ -30,6 +30,7 @@ from bridge.episode import ModelTurn
 from bridge.errors import EngineError
 from bridge.launch.errors import EvalError
 from bridge.launch.eval.spec import ModelSpec
+from bridge.tokens import TokenLedger
 from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCallError, check_call
 from bridge.vocab import ToolErrorKind
 
@@ -207,7 +208,8 @@ def _wire_call(raw: Any, i: int) -> tuple[dict[str, Any], Any, Any, str]:
     """(the call as sent back in the history, name, arguments, raw text) of one `tool_calls` entry;
     the raw text is what the model wrote as arguments (the whole entry when it has none)."""
     call = raw if isinstance(raw, dict) else {}
-    fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+    fn_raw = call.get("function")
+    fn: dict[str, Any] = fn_raw if isinstance(fn_raw, dict) else {}
     name, args = fn.get("name"), fn.get("arguments")
     cid = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else f"call_{i}"
     args_text = args if isinstance(args, str) else orjson.dumps(args).decode()
@@ -228,7 +230,8 @@ def parse_choice(
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise EngineError("chat completion answered no choices")
     choice = choices[0]
-    msg = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    msg_raw = choice.get("message")
+    msg: dict[str, Any] = msg_raw if isinstance(msg_raw, dict) else {}
     content = _text(msg.get("content"))
     reasoning = msg.get("reasoning_content", msg.get("reasoning"))
     raw_calls = msg.get("tool_calls") or []
@@ -265,7 +268,8 @@ def parse_choice(
     history: dict[str, Any] = {"role": "assistant", "content": content}
     if wire_calls:
         history["tool_calls"] = wire_calls
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    usage_raw = body.get("usage")
+    usage: dict[str, Any] = usage_raw if isinstance(usage_raw, dict) else {}
     counts = {
         k: int(v)
         for k, v in usage.items()
@@ -277,7 +281,7 @@ def parse_choice(
 class ChatModel:
     """The chat model's side of one episode (a `bridge.episode.ModelStep`)."""
 
-    ledger = None
+    ledger: TokenLedger | None = None
 
     def __init__(self, client: ChatClient, system_prompt: str | None) -> None:
         self.client = client

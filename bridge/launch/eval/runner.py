@@ -10,6 +10,7 @@ episodes in flight.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import uuid
@@ -359,7 +360,7 @@ async def run_jobs(
             for job in todo:
                 result = await _play(rt, job, settings)
                 fut = writer.submit(rt, job, result)
-                fut.add_done_callback(lambda f, m=rt.spec.name: committed(m, f))
+                fut.add_done_callback(functools.partial(committed, rt.spec.name))
 
         n = min(settings.concurrency, len(jobs.get(rt.spec.name, [])))
         await gather_or_cancel([worker() for _ in range(n)])
