@@ -1,4 +1,5 @@
-"""Chat-template rendering: the first prompt (with `tools=`) and the token deltas appended between turns.
+"""Chat-template rendering: the first prompt (with `tools=`) and the token deltas appended between
+turns.
 
 History is never re-rendered. What the template writes for a tool-response turn (or a user
 nudge) is learned once per renderer by rendering a fixed dummy conversation with and
@@ -112,7 +113,8 @@ class ChatRenderer:
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> str:
-        """The chat template's own text for `messages` (slow path; also used by tests and baselines)."""
+        """The chat template's own text for `messages` (slow path; also used by tests and
+        baselines)."""
         text: str = self.tokenizer.apply_chat_template(
             messages,
             tools=tools or None,
@@ -216,7 +218,8 @@ class ChatRenderer:
         self._user_shape = self._learn_shape("user", {})
 
     def _lead(self, sampled_text: str) -> str:
-        """What closes the sampled turn: the template's end-of-assistant text minus what the model wrote."""
+        """What closes the sampled turn: the template's end-of-assistant text minus what the model
+        wrote."""
         end = self._end_of_assistant
         for j in range(len(end), 0, -1):
             if sampled_text.endswith(end[:j]):
@@ -255,7 +258,8 @@ _RENDERERS_LOCK = threading.Lock()
 def get_renderer(
     tokenizer_path: str, enable_thinking: bool, system_prompt: str | None
 ) -> ChatRenderer:
-    """A cached renderer per (tokenizer, thinking, system prompt). Blocking: call it off the event loop."""
+    """A cached renderer per (tokenizer, thinking, system prompt). Blocking: call it off the event
+    loop."""
     key = (tokenizer_path, enable_thinking, system_prompt)
     r = _RENDERERS.get(key)
     if r is None:

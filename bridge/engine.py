@@ -59,7 +59,8 @@ def wants_top_p_replay(sampling_params: dict[str, Any]) -> bool:
 
 
 def check_replay_data(turn: EngineTurn, top_p: bool, routed_experts: bool) -> None:
-    """Raise EngineError when a turn sampled tokens without the replay data slime will train with."""
+    """Raise EngineError when a turn sampled tokens without the replay data slime will train
+    with."""
     if not turn.output_ids:
         return
     meta = turn.meta_info
@@ -95,7 +96,8 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
     logprobs = [p[0] if p[0] is not None else 0.0 for p in pairs]
     # slime trusts the ids inside output_token_logprobs; so do we, and flag a disagreement as drift
     mismatch = ids is not None and ids != lp_ids
-    # keep the rest of meta_info (slime reads finish_reason, weight_version, cache and spec counters,
+    # keep the rest of meta_info (slime reads finish_reason, weight_version, cache and spec
+    # counters,
     # top-p / routed-expert arrays) but not the per-token pairs we just unpacked
     meta = {k: v for k, v in meta.items() if k != "output_token_logprobs"}
     return EngineTurn(
@@ -120,7 +122,8 @@ class EngineClient:
         routing_key: str | None = None,
         return_routed_experts: bool = False,
     ) -> EngineTurn:
-        """One generation, no read timeout. Retries only when no connection could be made (nothing ran)."""
+        """One generation, no read timeout. Retries only when no connection could be made (nothing
+        ran)."""
         request: dict[str, Any] = {
             "input_ids": input_ids,
             "sampling_params": sampling_params,

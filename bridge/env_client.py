@@ -1,4 +1,5 @@
-"""ORS session clients: a lean HTTP client for our own env servers, the openreward SDK for hosted envs.
+"""ORS session clients: a lean HTTP client for our own env servers, the openreward SDK for hosted
+envs.
 
 A session lives on exactly one server: with several env-server URLs, `pick_server` pins it
 by a stable hash of the session key, and every call of that session goes there.
@@ -64,7 +65,8 @@ class RetryPolicy:
     call_timeout: float = 600.0  # per tool call
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds before the next try: the server's Retry-After when it gave one, else jittered backoff."""
+        """Seconds before the next try: the server's Retry-After when it gave one, else jittered
+        backoff."""
         if retry_after is not None:
             return min(retry_after, self.retry_after_max) + random.uniform(0, self.backoff)
         return random.uniform(0, min(self.backoff_max, self.backoff * (2**attempt)))
@@ -238,7 +240,8 @@ class LocalEnvSession:
             )
         if status not in accept:
             raise EnvFailure(
-                f"{method} {path} on {self.url}: HTTP {status}: {_one_line(raw.decode('utf-8', 'replace'))}"
+                f"{method} {path} on {self.url}: HTTP {status}: "
+                f"{_one_line(raw.decode('utf-8', 'replace'))}"
             )
         try:
             return status, orjson.loads(raw) if raw else None
@@ -477,7 +480,8 @@ class _Resume(BridgeError):
 
 
 def _sse_result(text: str) -> Any:
-    """The JSON `end` payload (or task_id) of an SSE body read in one piece (e.g. /create_session)."""
+    """The JSON `end` payload (or task_id) of an SSE body read in one piece (e.g.
+    /create_session)."""
     task_id, chunks = None, []
     for block in text.replace("\r\n", "\n").split("\n\n"):
         event, data = None, []

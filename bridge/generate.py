@@ -145,9 +145,12 @@ def _load_renderer(path: str, thinking: bool, system_prompt: str | None) -> Chat
 
 
 def _maybe_freeze_heap(_: Any) -> None:
-    """Opt-in (BRIDGE_GC_FREEZE=1): once the tokenizer is loaded, move the long-lived heap out of the
-    cyclic GC's reach (gc.freeze), so a full collection during rollouts does not rescan transformers,
-    torch and the vocabulary: the longest loop stall in bench/bridge.py drops from ~250 ms to ~100 ms.
+    """Opt-in (BRIDGE_GC_FREEZE=1): once the tokenizer is loaded, move the long-lived heap out of
+    the
+    cyclic GC's reach (gc.freeze), so a full collection during rollouts does not rescan
+    transformers,
+    torch and the vocabulary: the longest loop stall in bench/bridge.py drops from ~250 ms to ~100
+    ms.
     Process-wide, hence off by default."""
     if os.environ.get("BRIDGE_GC_FREEZE") == "1" and not _FROZEN:
         _FROZEN.append(True)
@@ -178,7 +181,8 @@ def set_trajectory_sink(sink: Any | None) -> None:
 
 
 def _sink(cfg: TrainConfig | None) -> Any:
-    """The trajectory sink for this config on this loop, or None (no config, disabled, or unavailable)."""
+    """The trajectory sink for this config on this loop, or None (no config, disabled, or
+    unavailable)."""
     if _SINK_OVERRIDE:
         return _SINK_OVERRIDE[0]
     if cfg is None or not cfg.trajectories.enabled:
@@ -238,7 +242,8 @@ def _fail_early(
 
 
 def _context_budget(args: SlimeArgs, params: dict[str, Any], evaluation: bool) -> Budget:
-    """slime's budgets: the rollout ones, or for evaluation its eval_* ones (falling back as slime does)."""
+    """slime's budgets: the rollout ones, or for evaluation its eval_* ones (falling back as slime
+    does)."""
     if evaluation:
         return Budget(
             max_context_len=getattr(args, "eval_max_context_len", None)

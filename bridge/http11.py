@@ -148,7 +148,8 @@ class HTTPClient:
         timeout: float | None = None,
         retry_stale: bool = True,
     ) -> Response:
-        """One request; the whole body is read. `timeout` bounds the whole exchange (None: no limit)."""
+        """One request; the whole body is read. `timeout` bounds the whole exchange (None: no
+        limit)."""
         if timeout is None:
             return await self._request(method, url, body, headers, retry_stale, None)
         try:
@@ -279,7 +280,8 @@ class _Exchange:
         reader = self.conn.reader
         hdrs = self.headers
         try:
-            # Data is yielded as it arrives, so a stream that breaks midway still delivered what it had
+            # Data is yielded as it arrives, so a stream that breaks midway still delivered what it
+            # had
             # (e.g. an SSE task_id to resume a tool call with).
             if "chunked" in hdrs.get("transfer-encoding", "").lower():
                 while True:

@@ -226,7 +226,8 @@ def rollout_step(args: Any, rollout_id: int) -> int:
 
 
 def _wandb_run(args: Any) -> Any:
-    """slime's W&B run in this process, or one we open (offline without WANDB_API_KEY); None if disabled."""
+    """slime's W&B run in this process, or one we open (offline without WANDB_API_KEY); None if
+    disabled."""
     if not getattr(args, "use_wandb", False):
         return None
     import wandb
@@ -261,7 +262,8 @@ def _summary(per_env: dict[str, dict[str, float]]) -> str:
     for env, m in sorted(per_env.items()):
         if "reward_mean" in m:
             parts.append(
-                f"{env}: n={int(m['episodes'])} reward={m['reward_mean']:.3f} solved={m['solve_rate']:.2f}"
+                f"{env}: n={int(m['episodes'])} reward={m['reward_mean']:.3f} "
+                f"solved={m['solve_rate']:.2f}"
             )
     return "; ".join(parts)
 
@@ -273,7 +275,8 @@ def log_rollout(
     rollout_extra_metrics: dict[str, Any] | None,
     rollout_time: float,
 ) -> bool:
-    """slime's custom rollout-log hook. Returns False: slime's default rollout metrics are logged too."""
+    """slime's custom rollout-log hook. Returns False: slime's default rollout metrics are logged
+    too."""
     per_env = episode_metrics(samples, _threshold(args))
     metrics = flatten(per_env, "rollout")
     metrics["rollout/step"] = rollout_step(args, rollout_id)
@@ -318,7 +321,8 @@ def log_eval_rollout(
     data: dict[str, dict[str, Any]],
     extra_metrics: dict[str, Any] | None,
 ) -> bool:
-    """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated", "samples"}.
+    """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated",
+    "samples"}.
 
     Infra-failed episodes are first taken out of `data` (see drop_eval_infra_failures) and
     counted as `eval/<dataset>/env/all/infra_failures`."""

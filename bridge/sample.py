@@ -36,7 +36,8 @@ class _Status(Enum):
 
 @dataclass
 class FallbackSample:
-    """slime's `Sample` when slime is absent: exactly the fields of `bridge.slime_types.SlimeSample`."""
+    """slime's `Sample` when slime is absent: exactly the fields of
+    `bridge.slime_types.SlimeSample`."""
 
     Status: ClassVar[type[Enum]] = _Status
 
@@ -151,7 +152,8 @@ def fill_sample(sample: SlimeSample, ledger: TokenLedger, args: SlimeArgs | None
 
 
 def _apply_engine_meta(sample: SlimeSample, meta_info: dict[str, Any]) -> None:
-    """Older slime: the bookkeeping `update_from_meta_info` does, minus the status (set by the episode)."""
+    """Older slime: the bookkeeping `update_from_meta_info` does, minus the status (set by the
+    episode)."""
     cache = getattr(sample, "prefix_cache_info", None)
     if cache is not None:
         cache.add(meta_info=meta_info)
@@ -163,7 +165,8 @@ def _apply_engine_meta(sample: SlimeSample, meta_info: dict[str, Any]) -> None:
 def _routed_experts_from_last_turn(
     sample: SlimeSample, ledger: TokenLedger, args: SlimeArgs | None
 ) -> None:
-    """Older slime: the last turn's routed experts cover the whole context (as its generate does)."""
+    """Older slime: the last turn's routed experts cover the whole context (as its generate
+    does)."""
     if not getattr(args, "use_rollout_routing_replay", False):
         return
     last = next((s for s in reversed(ledger.segments) if s.trainable and s.meta_info), None)

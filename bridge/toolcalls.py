@@ -1,6 +1,8 @@
-"""Parse one assistant turn in the Qwen3 / Hermes format: thinking, visible text, and `<tool_call>` blocks.
+"""Parse one assistant turn in the Qwen3 / Hermes format: thinking, visible text, and `<tool_call>`
+blocks.
 
-A turn looks like `<think>..</think>\\n\\ntext<tool_call>\\n{"name": .., "arguments": {..}}\\n</tool_call>`.
+A turn looks like `<think>..</think>\\n\\ntext<tool_call>\\n{"name": .., "arguments":
+{..}}\\n</tool_call>`.
 Every block becomes either a `ToolCall` or a `ToolCallError` (the model sees the error and the
 episode goes on), in the order the model wrote them. Blocks inside the thinking are ignored.
 """
@@ -59,7 +61,8 @@ class ParsedTurn:
 
 
 def split_thinking(text: str) -> tuple[str | None, str]:
-    """(reasoning, rest): the text before `</think>` is reasoning; no `</think>` means no reasoning."""
+    """(reasoning, rest): the text before `</think>` is reasoning; no `</think>` means no
+    reasoning."""
     head, sep, tail = text.partition(THINK_CLOSE)
     if not sep:
         return None, text

@@ -1,4 +1,5 @@
-"""The trajectory sink of the generate function: finished episodes -> OpenReward rollout events -> server.
+"""The trajectory sink of the generate function: finished episodes -> OpenReward rollout events ->
+server.
 
 `get_sink(config).submit(trajectory)` returns at once and never raises; the episode is in its
 journal file (the OS page cache) by then, so even a kill -9 of the trainer loses nothing. A
@@ -55,7 +56,8 @@ log = logging.getLogger(__name__)
 
 HOSTED_API_URL = "https://api.openreward.ai"
 HARNESS = "slime-envs"
-# Status codes worth retrying (server busy, down, or auth to be fixed): everything else 4xx is final.
+# Status codes worth retrying (server busy, down, or auth to be fixed): everything else 4xx is
+# final.
 RETRY_STATUS = {401, 403, 404, 408, 409, 425, 429}
 
 
@@ -990,7 +992,8 @@ def make_sink(config: TrainConfig | None, settings: SinkSettings | None = None) 
         key = os.environ.get("OPENREWARD_API_KEY", "")
         if not key:
             log.error(
-                "trajectory sink: trajectories.target is openreward but OPENREWARD_API_KEY is unset; "
+                "trajectory sink: trajectories.target is openreward but OPENREWARD_API_KEY is "
+                "unset; "
                 "uploads will be spooled in %s until it is set",
                 t.spool_dir,
             )

@@ -1,4 +1,5 @@
-"""The bridge's closed vocabularies: why an episode stopped, how it ended, what a tool call got wrong.
+"""The bridge's closed vocabularies: why an episode stopped, how it ended, what a tool call got
+wrong.
 
 - `StopReason`: why an episode stopped (`stop_reason` in sample metadata, trajectories, the
   store's rollouts and eval rows, W&B's `stop_reasons`);

@@ -192,7 +192,8 @@ def _eval(node: ast.AST) -> Number:
 
 
 def format_number(x: Number) -> str:
-    """A calculator result as text: exact integers as integers, other values to 12 significant digits."""
+    """A calculator result as text: exact integers as integers, other values to 12 significant
+    digits."""
     if isinstance(x, Fraction):
         if x.denominator == 1:
             return str(x.numerator)
@@ -277,15 +278,19 @@ class AnswerInput(BaseModel):
     answer: str = Field(description="The final numeric answer only, e.g. '18'.")
 
 
-PROMPT = """Solve this grade-school math word problem.
-
-{question}
-
-You have two tools and must use them:
-- calculator(expression): evaluates arithmetic with + - * / // % ** and parentheses. Use it for every non-trivial computation.
-- submit_answer(answer): submits your final answer as a plain number (no units, no words). You can submit only once; it ends the episode.
-
-Work step by step, check your arithmetic with the calculator, then call submit_answer."""
+PROMPT = (
+    "Solve this grade-school math word problem.\n"
+    "\n"
+    "{question}\n"
+    "\n"
+    "You have two tools and must use them:\n"
+    "- calculator(expression): evaluates arithmetic with + - * / // % ** and parentheses. "
+    "Use it for every non-trivial computation.\n"
+    "- submit_answer(answer): submits your final answer as a plain number (no units, no words). "
+    "You can submit only once; it ends the episode.\n"
+    "\n"
+    "Work step by step, check your arithmetic with the calculator, then call submit_answer."
+)
 
 
 ANSWER_WITHOUT_CALCULATION = "answer_without_calculation"
@@ -378,7 +383,8 @@ class GSM8K(ReportingEnvironment):
 
     @tool
     async def calculator(self, params: CalculatorInput) -> ToolOutput:
-        """Evaluate an arithmetic expression (numbers, + - * / // % **, parentheses) and return the result."""
+        """Evaluate an arithmetic expression (numbers, + - * / // % **, parentheses) and return the
+        result."""
         try:
             result = calculate(params.expression)
         except CalculatorError as e:

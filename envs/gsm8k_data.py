@@ -187,7 +187,8 @@ def _read_parquet(paths: list[Path]) -> list[dict[str, Any]]:
             import pandas as pd
         except ImportError:
             raise GSM8KDataMissing(
-                f"reading {paths[0]} needs pyarrow or pandas (pip install pyarrow), or use train.jsonl/test.jsonl"
+                f"reading {paths[0]} needs pyarrow or pandas (pip install pyarrow), or use "
+                "train.jsonl/test.jsonl"
             ) from None
         return [row for p in paths for row in pd.read_parquet(p).to_dict("records")]
     return [row for p in paths for row in pq.read_table(p).to_pylist()]

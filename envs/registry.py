@@ -26,7 +26,8 @@ def load_env_class(name: str) -> type[Environment]:
 
 
 def configure_env(cls: type[Environment], options: dict[str, Any]) -> None:
-    """Apply `environments.<name>.options` from train_config.yaml to an env class, if it takes any."""
+    """Apply `environments.<name>.options` from train_config.yaml to an env class, if it takes
+    any."""
     configure = getattr(cls, "configure", None)
     if configure is None:
         if options:

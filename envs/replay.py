@@ -64,7 +64,8 @@ class StoredCall:
     reward: float | None
     finished: bool
     executed: bool | None = None
-    """Whether the env ran it, as the bridge recorded it (None: an older rollout that does not say)."""
+    """Whether the env ran it, as the bridge recorded it (None: an older rollout that does not
+    say)."""
 
 
 def stored_calls(messages: list[dict[str, Any]]) -> list[StoredCall]:
@@ -474,8 +475,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="with --run: which rollouts are drawn [0]")
     p.add_argument(
         "--url",
-        help="env server to replay on (python -m envs.server); also where the rollout is read "
-        "unless --db or --trajectories says otherwise. Default: the envs in-process",
+        help=(
+            "env server to replay on (python -m envs.server); also where the rollout is read "
+            "unless --db or --trajectories says otherwise. Default: the envs in-process"
+        ),
     )
     p.add_argument("--db", help=f"trajectory database to read the rollout from [{DEFAULT_DB}]")
     p.add_argument("--trajectories", help="server whose trajectory API holds the rollout")

@@ -29,7 +29,8 @@ CHECK_FAILED = "tripwire_check_failed"
 
 
 class ReportingEnvironment(Environment):
-    """Base class of this project's environments: provenance on every output, tripwires at the end."""
+    """Base class of this project's environments: provenance on every output, tripwires at the
+    end."""
 
     TRIPWIRES: ClassVar[tuple[Tripwire, ...]] = ()
     """The tripwires this environment declares (README lists them)."""
@@ -37,7 +38,8 @@ class ReportingEnvironment(Environment):
     """Bundled data that shapes rewards; hashed into the env version with the module."""
 
     def check_tripwires(self, calls: list[CallRecord]) -> Verdict:
-        """The verdict on a finished episode; `calls` are its successful calls, the last one ended it."""
+        """The verdict on a finished episode; `calls` are its successful calls, the last one ended
+        it."""
         return Verdict()
 
     def provenance(self) -> dict[str, str]:

@@ -94,7 +94,8 @@ def env_server(
 
 
 def _env_classes() -> list[type]:
-    """Every Environment subclass defined so far: the registered envs (imported here) and the tests'."""
+    """Every Environment subclass defined so far: the registered envs (imported here) and the
+    tests'."""
     from openreward.environments import Environment
 
     from envs.registry import ENVIRONMENTS, load_env_class

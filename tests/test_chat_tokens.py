@@ -37,7 +37,10 @@ TOOLS = [
         },
     },
 ]
-QUESTION = "Natalia sold clips to 48 of her friends in April, and then half as many in May.\nHow many in total?"
+QUESTION = (
+    "Natalia sold clips to 48 of her friends in April, and then half as many in May.\nHow "
+    "many in total?"
+)
 
 
 def _ids(tok, text: str) -> list[int]:

@@ -141,7 +141,7 @@ def test_ray_auth_token_sources(tmp_path: Path) -> None:
     assert ray_auth_headers({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "t1"}) == {}
 
 
-# --- this machine's GPUs ----------------------------------------------------------------------------
+# --- this machine's GPUs --------------------------------------------------------------------------
 def tools(monkeypatch: pytest.MonkeyPatch, root: Path, **scripts: str) -> None:
     """Only these tools on PATH (plus the shell's basics)."""
     bin_dir = root / "bin"
@@ -164,7 +164,10 @@ def test_gpu_tools_in_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
         2,
         "amd-smi",
     )
-    rocm = 'printf "GPU[0]\\t: Device ID: 0x74a1\\nGPU[0]\\t: Card SKU: x\\nGPU[1]\\t: Device ID: 0x74a1\\n"'
+    rocm = (
+        'printf "GPU[0]\\t: Device ID: 0x74a1\\nGPU[0]\\t: Card SKU: x\\nGPU[1]\\t: Device '
+        'ID: 0x74a1\\n"'
+    )
     tools(monkeypatch, tmp_path / "b", rocm_smi=rocm)
     found = detect_local_gpus()
     assert found is not None and (found.count, found.tool) == (2, "rocm-smi")

@@ -1,4 +1,5 @@
-"""train_config.yaml and its schema (bridge/config.py): the default file, its commented examples, bad input."""
+"""train_config.yaml and its schema (bridge/config.py): the default file, its commented examples,
+bad input."""
 
 from __future__ import annotations
 

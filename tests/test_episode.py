@@ -1,8 +1,11 @@
-"""Whole episodes through `bridge.generate.generate`: the real env server on loopback, the real Qwen3
-tokenizer/template, and the scripted SGLang stub (the only stand-in) answering with token ids made by
+"""Whole episodes through `bridge.generate.generate`: the real env server on loopback, the real
+Qwen3
+tokenizer/template, and the scripted SGLang stub (the only stand-in) answering with token ids made
+by
 tokenizing the model's turn text.
 
-Every test checks exact token / loss-mask / logprob alignment against what the stub actually received
+Every test checks exact token / loss-mask / logprob alignment against what the stub actually
+received
 and sent, and that the env server has no session left open.
 """
 
@@ -323,7 +326,8 @@ async def test_no_tool_call_ends_or_nudges_once(qwen3_tokenizer, server_url) -> 
     assert nudge.metadata["num_turns"] == 2 and nudge.metadata["stop_reason"] == "no_tool_call"
     assert nudge_ctx.endswith(
         "I think it is 5.<|im_end|>\n<|im_start|>user\nYou did not call a tool. Continue the task "
-        "by calling one of the available tools.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        "by calling one of the available "
+        "tools.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     )
     assert nudge2.metadata["stop_reason"] == "env_finished"
     for s, k in ((end, "n-end"), (nudge, "n-nudge"), (nudge2, "n-nudge2")):
@@ -363,7 +367,8 @@ async def test_context_budget_clamps_max_new_tokens_and_truncates(
     first = turn(tok, call("calculator", {"expression": "2+2"}) + "<|im_end|>")
     script = {"b1": [first, long_turn], "b2": [first]}
     with recording_stub(tok, script) as stub:
-        # response budget 100: the first turn (~25 ids) + its tool delta fit, the second turn is clamped
+        # response budget 100: the first turn (~25 ids) + its tool delta fit, the second turn is
+        # clamped
         s = await run(
             make_args(stub, rollout_max_response_len=100), make_sample(server_url, "gsm8k", "b1")
         )

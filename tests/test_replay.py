@@ -1,4 +1,5 @@
-"""`python -m envs replay`: episodes the bridge played (scripted engine, real env server, real store)
+"""`python -m envs replay`: episodes the bridge played (scripted engine, real env server, real
+store)
 replay identically in-process and on the server, and an env made nondeterministic is reported."""
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ INFO = ["list_suspects", "list_weapons", "list_locations", "list_motives"]
 
 
 def _episodes(tok: Any) -> dict[str, tuple[dict[str, Any], list[Any]]]:
-    """session key -> (task, scripted turns): one episode per env, with calls the bridge answers itself."""
+    """session key -> (task, scripted turns): one episode per env, with calls the bridge answers
+    itself."""
     from envs.gsm8k import GSM8K
 
     label = GSM8K.load_split("test")[0]["label"]

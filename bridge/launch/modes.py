@@ -50,7 +50,8 @@ class ModePlan:
 def mode_plan(
     mode: TrainMode, slime_path: Path | None, update_weights_interval: int | None
 ) -> ModePlan:
-    """What `mode` needs from the slime checkout at `slime_path` (None: not found yet, assume main)."""
+    """What `mode` needs from the slime checkout at `slime_path` (None: not found yet, assume
+    main)."""
     if mode is TrainMode.SYNC:
         if update_weights_interval is not None:
             raise ModeError(

@@ -68,7 +68,8 @@ class EnvServerReplica:
         self.restarts = 0
 
     def start(self, host: str | None = None) -> str:
-        """Start the server on `host` (default: this node's IP, as Ray knows it) and a free port; its URL."""
+        """Start the server on `host` (default: this node's IP, as Ray knows it) and a free port;
+        its URL."""
         if host is None:
             import ray
 

@@ -51,8 +51,11 @@ TINY_DIR = "./tiny-qwen3"
 def parse_options(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="bash run.sh --rollout-only",
-        description="Run the bridge on N tasks against an SGLang-compatible /generate endpoint, without "
-        "training; trajectories go to the store (web UI) like in training.",
+        description=(
+            "Run the bridge on N tasks against an SGLang-compatible /generate endpoint, "
+            "without "
+            "training; trajectories go to the store (web UI) like in training."
+        ),
     )
     a = ap.add_argument
     a("--rollout-only", action="store_true", help=argparse.SUPPRESS)
@@ -65,9 +68,11 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
         "--engine",
         choices=["local"],
         default=None,
-        help="local: start bridge.launch.local_engine (CPU Hugging Face model, for debugging) on a "
-        "free port; needs pip install -e '.[local]'; a tiny offline model: "
-        "python -m bridge.launch.tiny_model ./tiny-qwen3",
+        help=(
+            "local: start bridge.launch.local_engine (CPU Hugging Face model, for debugging) on a "
+            "free port; needs pip install -e '.[local]'; a tiny offline model: "
+            "python -m bridge.launch.tiny_model ./tiny-qwen3"
+        ),
     )
     a(
         "--model",
@@ -84,7 +89,10 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     a(
         "--task-data",
         default=None,
-        help="task rows from prepare_tasks.py (default: prepared from the config into runs/<run_name>/)",
+        help=(
+            "task rows from prepare_tasks.py (default: prepared from the config into "
+            "runs/<run_name>/)"
+        ),
     )
     a("--env-server", default=None, help="env server URL (default: env_server in the config)")
     a("--db", default="runs/trajectories.db", help="trajectory store of an env server this starts")
@@ -117,7 +125,10 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     a(
         "--serve",
         action="store_true",
-        help="keep an env server this started (and its web UI) running after the episodes, until Ctrl-C",
+        help=(
+            "keep an env server this started (and its web UI) running after the episodes, until "
+            "Ctrl-C"
+        ),
     )
     opts = ap.parse_args(argv)
     if (opts.engine_url is None) == (opts.engine is None):
@@ -126,7 +137,8 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
         ap.error("--engine local needs --model PATH (a Hugging Face model directory)")
     if opts.engine_url and not opts.model:
         ap.error(
-            "--engine-url needs --model (the served model's tokenizer dir or id, for the chat template)"
+            "--engine-url needs --model (the served model's tokenizer dir or id, for the chat "
+            "template)"
         )
     if opts.num_tasks < 1 or opts.n_samples < 1 or opts.concurrency < 1:
         ap.error("--num-tasks, --n-samples and --concurrency must be >= 1")
@@ -226,7 +238,8 @@ def prepare_task_file(config: str, out: Path, n: int) -> Path:
 
 
 def make_samples(rows: list[dict[str, Any]], n_samples: int) -> list[Any]:
-    """slime-like Samples (slime's own class when importable), as slime builds them from task rows."""
+    """slime-like Samples (slime's own class when importable), as slime builds them from task
+    rows."""
     from bridge.sample import sample_class
 
     cls = sample_class()
@@ -352,7 +365,8 @@ def _env_servers(cfg: TrainConfig, env_url: str | None) -> list[str]:
 def _start_env_servers(
     stack: contextlib.ExitStack, urls: list[str], opts: argparse.Namespace
 ) -> bool:
-    """Start the loopback env servers in `urls` that do not answer (the first keeps the store); True if the
+    """Start the loopback env servers in `urls` that do not answer (the first keeps the store); True
+    if the
     first one was started here."""
     started_first = False
     for u in urls:
@@ -375,7 +389,8 @@ def _start_env_servers(
 
 
 def _start_engine(stack: contextlib.ExitStack, opts: argparse.Namespace) -> str:
-    """The /generate URL: --engine-url, or a bridge.launch.local_engine started here on a free port."""
+    """The /generate URL: --engine-url, or a bridge.launch.local_engine started here on a free
+    port."""
     if opts.engine != "local":
         return opts.engine_url
     url = f"http://127.0.0.1:{free_port()}"
@@ -453,7 +468,8 @@ def run(opts: argparse.Namespace) -> int:
         args = slime_args(engine_url, opts)
         samples = make_samples(rows, opts.n_samples)
         print(
-            f"rollout-only: {len(samples)} episodes ({len(rows)} tasks x {opts.n_samples}) against {engine_url}",
+            f"rollout-only: {len(samples)} episodes ({len(rows)} tasks x {opts.n_samples}) "
+            f"against {engine_url}",
             flush=True,
         )
         elapsed = asyncio.run(
@@ -505,7 +521,8 @@ def _report(
         )
         if started_server and not opts.serve:
             print(
-                f"rollout-only: read them in the web UI: python -m envs.server --config {opts.config} "
+                "rollout-only: read them in the web UI: python -m envs.server --config "
+                f"{opts.config} "
                 f"--db {Path(opts.db).resolve()}  (or rerun with --serve)"
             )
 

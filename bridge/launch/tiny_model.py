@@ -1,4 +1,5 @@
-"""`python -m bridge.launch.tiny_model DIR`: a tiny random Qwen3 with the real tokenizer, made offline.
+"""`python -m bridge.launch.tiny_model DIR`: a tiny random Qwen3 with the real tokenizer, made
+offline.
 
 For trying `bash run.sh --rollout-only --engine local` (and for the tests) without the Hugging
 Face Hub: the model is untrained and emits arbitrary tokens, but it has the real vocabulary,

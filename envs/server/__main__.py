@@ -1,4 +1,5 @@
-"""`python -m envs.server`: parse flags, load the environments and the trajectory service, run uvicorn."""
+"""`python -m envs.server`: parse flags, load the environments and the trajectory service, run
+uvicorn."""
 
 from __future__ import annotations
 
@@ -121,8 +122,10 @@ def _build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--envs",
         default="",
-        help="comma-separated env names (default: the config's "
-        "local environments, else gsm8k,whodunit,haiku)",
+        help=(
+            "comma-separated env names (default: the config's "
+            "local environments, else gsm8k,whodunit,haiku)"
+        ),
     )
     p.add_argument("--config", help="train_config.yaml; applies environments.<name>.options")
     p.add_argument(
@@ -143,8 +146,10 @@ def _build_arg_parser() -> argparse.ArgumentParser:
         "--tool-budget",
         type=float,
         default=DEFAULT_TOOL_BUDGET_S,
-        help="seconds a tool call's own code may hold the event loop before it is stopped "
-        f"with an error to the model (default {DEFAULT_TOOL_BUDGET_S:g})",
+        help=(
+            "seconds a tool call's own code may hold the event loop before it is stopped "
+            f"with an error to the model (default {DEFAULT_TOOL_BUDGET_S:g})"
+        ),
     )
     p.add_argument(
         "--db", default="runs/trajectories.db", help="trajectory store (roles all, trajectories)"
@@ -153,30 +158,38 @@ def _build_arg_parser() -> argparse.ArgumentParser:
         "--max-connections",
         type=int,
         default=None,
-        help="cap on open client connections; beyond it idle ones are closed, else new ones get "
-        "503 (default: 8192, or what the open-files limit allows)",
+        help=(
+            "cap on open client connections; beyond it idle ones are closed, else new ones get "
+            "503 (default: 8192, or what the open-files limit allows)"
+        ),
     )
     p.add_argument(
         "--header-timeout",
         type=float,
         default=ConnectionLimits.header_timeout_s,
-        help="seconds a client has to send a request's headers "
-        f"(default {ConnectionLimits.header_timeout_s:g})",
+        help=(
+            "seconds a client has to send a request's headers "
+            f"(default {ConnectionLimits.header_timeout_s:g})"
+        ),
     )
     p.add_argument(
         "--body-timeout",
         type=float,
         default=ConnectionLimits.body_timeout_s,
-        help="seconds a request body may stall before the connection is closed "
-        f"(default {ConnectionLimits.body_timeout_s:g})",
+        help=(
+            "seconds a request body may stall before the connection is closed "
+            f"(default {ConnectionLimits.body_timeout_s:g})"
+        ),
     )
     p.add_argument(
         "--tokenizer",
         action="append",
         default=[],
         metavar="PATH",
-        help="a tokenizer the web UI's token view may load when a rollout names it (repeatable; "
-        "the first is used for rollouts naming none); uploads cannot name any other",
+        help=(
+            "a tokenizer the web UI's token view may load when a rollout names it (repeatable; "
+            "the first is used for rollouts naming none); uploads cannot name any other"
+        ),
     )
     p.add_argument(
         "--role",

@@ -97,7 +97,8 @@ async def _teardown_quietly(env: Environment) -> None:
 
 Handler = Callable[["OrsRouter", Request], Awaitable[bytes | None]]
 
-# Actions under /{env}/..., also reachable bare (/call) the way the SDK's default-env redirect allows.
+# Actions under /{env}/..., also reachable bare (/call) the way the SDK's default-env redirect
+# allows.
 _ENV_ACTIONS: dict[str, tuple[str, str]] = {
     # action: (method, handler name)
     "splits": ("GET", "h_splits"),
@@ -273,7 +274,8 @@ class OrsRouter:
     # -- resolution helpers
 
     def _env_for(self, req: Request) -> ServedEnv:
-        """The env a request addresses: its path, else the client's X-Deployment, else the default."""
+        """The env a request addresses: its path, else the client's X-Deployment, else the
+        default."""
         if req.env is not None:
             return req.env
         dep = req.headers.get(b"x-deployment")
@@ -573,7 +575,8 @@ class OrsRouter:
             raise OrsError(
                 400,
                 "bad_input_shape",
-                f"field 'input' must be a JSON object of tool arguments, got {type(tool_input).__name__}",
+                "field 'input' must be a JSON object of tool arguments, got "
+                f"{type(tool_input).__name__}",
             )
         large = req.body_size > LARGE_INPUT_BYTES
         await self._run_and_answer(req, s, self._run_call(s, name, tool_input, large))
@@ -609,8 +612,10 @@ class OrsRouter:
             res = RunToolOutput(
                 RunToolError(
                     reason="input_validation",
-                    error=f"{tool} was stopped: it computed for longer than its "
-                    f"{self.budget.limit_s:g} s budget on this input; use a simpler input",
+                    error=(
+                        f"{tool} was stopped: it computed for longer than its "
+                        f"{self.budget.limit_s:g} s budget on this input; use a simpler input"
+                    ),
                 )
             )
             return res.model_dump_json(), "input_validation"
@@ -745,7 +750,8 @@ class OrsRouter:
                 ]
                 if len(scores) != len(payload.candidates):
                     raise ValueError(
-                        f"score_group returned {len(scores)} scores for {len(payload.candidates)} candidates"
+                        f"score_group returned {len(scores)} scores for "
+                        f"{len(payload.candidates)} candidates"
                     )
             except BudgetExceeded:
                 raise ToolCrashed(
@@ -794,7 +800,8 @@ def _trim_large_input(
 
 
 class _SlowCallStream:
-    """The SSE response of a call that is taking a while: task_id now, keepalives, result at the end."""
+    """The SSE response of a call that is taking a while: task_id now, keepalives, result at the
+    end."""
 
     def __init__(self, send: Send, task_id: str, outcome: asyncio.Future[Any]) -> None:
         self.send = send

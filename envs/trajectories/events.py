@@ -28,7 +28,8 @@ __all__ = [
 
 
 # Events are validated into plain dicts (TypedDicts), not model instances: ~30% less validation
-# CPU per event and fewer objects for the garbage collector. Optional keys may be absent: use .get().
+# CPU per event and fewer objects for the garbage collector. Optional keys may be absent: use
+# .get().
 _EVENT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
 # An id is a path segment of the UI's links: "." and ".." would be resolved away by any browser.
 _Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^(?:[^.]|\.[^.]|\.\.[\s\S])")]
@@ -119,7 +120,8 @@ Event = Annotated[
 class EventBatch(BaseModel):
     """The body of `POST /v1/rollouts`."""
 
-    # Event ids and texts are unique: caching parsed strings only costs hashing (~10% of validation).
+    # Event ids and texts are unique: caching parsed strings only costs hashing (~10% of
+    # validation).
     model_config = ConfigDict(extra="ignore", cache_strings="none")
     events: list[Event] = Field(max_length=20_000)
 

@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE_MAX = 500
 # Group commit: one transaction takes every batch waiting (up to this many events), and while
-# uploads keep coming it lingers this long for more (fewer, larger commits: ~40% less CPU per event).
+# uploads keep coming it lingers this long for more (fewer, larger commits: ~40% less CPU per
+# event).
 GROUP_COMMIT_MAX_EVENTS = 50_000
 GROUP_COMMIT_LINGER_S = 0.003
 # WAL checkpoints run on their own thread every CHECKPOINT_INTERVAL_S; the writer checkpoints
@@ -71,7 +72,8 @@ CUT_CHARS = 2_000  # what a message cut by `messages(max_chars=...)` keeps at le
 
 
 def pack_ints(values: Iterable[int], code: str = "i") -> bytes:
-    """Integers as a packed array (int32 by default); raises TypeError/OverflowError on bad input."""
+    """Integers as a packed array (int32 by default); raises TypeError/OverflowError on bad
+    input."""
     if isinstance(values, (list, tuple)):
         try:  # struct packs a list ~2.5x faster than array.array; same native layout
             return struct.pack(f"{len(values)}{code}", *values)
@@ -215,7 +217,8 @@ class _Writer:
         return result
 
     def _insert_rollout(self, p: _PreparedRollout, run_id: int, now: float) -> bool | None:
-        """Insert (or fill a placeholder); None if already stored, else whether it needs no refresh."""
+        """Insert (or fill a placeholder); None if already stored, else whether it needs no
+        refresh."""
         cur = self.conn.execute(_INSERT_ROLLOUT_SQL, (p.event_id, run_id, *p.row, now, p.event_id))
         if cur.rowcount == 0:
             return None
@@ -253,7 +256,8 @@ class _Writer:
         )
 
     def _refresh_rollout(self, event_id: str, now: float) -> int | None:
-        """Recount a rollout's messages; derive reward/status/turns where the rollout did not state them.
+        """Recount a rollout's messages; derive reward/status/turns where the rollout did not state
+        them.
 
         One statement: SQLite evaluates the CASE branches lazily, so explicit fields cost nothing.
         """
@@ -308,8 +312,10 @@ _MESSAGE_FIELDS = operator.itemgetter(
     "timestamp",
 )
 _INSERT_MESSAGES_SQL = (
-    "INSERT OR IGNORE INTO messages(event_id, rollout_event_id, idx, type, content, summary, content_reference, "
-    "name, call_id, reward, is_finished, ts, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,IFNULL(?, 0),? / 1000.0,?)"
+    "INSERT OR IGNORE INTO messages(event_id, rollout_event_id, idx, type, content, summary, "
+    "content_reference, "
+    "name, call_id, reward, is_finished, ts, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,IFNULL(?, "
+    "0),? / 1000.0,?)"
 )
 
 
@@ -349,7 +355,8 @@ _INSERT_ROLLOUT_SQL = (
     "group_key = excluded.group_key, task_index = excluded.task_index, "
     "metadata = excluded.metadata, task_spec = excluded.task_spec, run_info = excluded.run_info, "
     "num_messages = excluded.num_messages, "
-    "rollout_info = json_patch(IFNULL(rollouts.rollout_info, '{}'), IFNULL(excluded.rollout_info, '{}')) "
+    "rollout_info = json_patch(IFNULL(rollouts.rollout_info, '{}'), "
+    "IFNULL(excluded.rollout_info, '{}')) "
     "WHERE rollouts.run_id IS NULL"
 )
 
@@ -530,7 +537,8 @@ class TrajectoryStore:
     """The SQLite store: `submit()` events to the writer thread, read with the query methods."""
 
     def __init__(self, path: str | Path) -> None:
-        """Open (creating and migrating as needed) the database at `path`; StoreError if unusable."""
+        """Open (creating and migrating as needed) the database at `path`; StoreError if
+        unusable."""
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -594,7 +602,8 @@ class TrajectoryStore:
         self._readers.close()
 
     def submit(self, events: list[Event]) -> Future:
-        """Queue one batch for the writer; the future resolves to its IngestResult once committed."""
+        """Queue one batch for the writer; the future resolves to its IngestResult once
+        committed."""
         if self._thread is None:
             self.start()
         job = _WriteJob(events)
@@ -989,12 +998,14 @@ class TrajectoryStore:
         return out
 
     def group(self, run_id: int, group_key: str, limit: int = 64) -> list[dict[str, Any]]:
-        """The rollouts of one GRPO group, by sample index (then time), with their `sample_index`."""
+        """The rollouts of one GRPO group, by sample index (then time), with their
+        `sample_index`."""
         with self._read() as conn:
             return [
                 dict(r)
                 for r in conn.execute(
-                    f"SELECT {LIST_COLUMNS}, json_extract(metadata, '$.sample_index') AS sample_index "
+                    f"SELECT {LIST_COLUMNS}, json_extract(metadata, '$.sample_index') AS "
+                    "sample_index "
                     "FROM rollouts WHERE run_id = ? AND group_key = ? "
                     "ORDER BY sample_index IS NULL, sample_index, ts, id LIMIT ?",
                     (run_id, group_key, limit),
@@ -1002,13 +1013,15 @@ class TrajectoryStore:
             ]
 
     def reward_series(self, run_id: int, buckets: int = 60) -> dict[str, Any]:
-        """Mean reward per env in up to `buckets` equal time slices: {t0, t1, series: {env: [[t, mean, n]]}}.
+        """Mean reward per env in up to `buckets` equal time slices: {t0, t1, series: {env: [[t,
+        mean, n]]}}.
 
         Reads the 10-second aggregates kept by triggers, so it costs the same for 1k or 1M rollouts.
         """
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT env, bucket, n, reward_sum FROM run_reward_buckets WHERE run_id = ? AND n > 0",
+                "SELECT env, bucket, n, reward_sum FROM run_reward_buckets WHERE run_id = ? AND "
+                "n > 0",
                 (run_id,),
             ).fetchall()
         if not rows:

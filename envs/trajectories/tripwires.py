@@ -46,7 +46,8 @@ def record(
     group_key: str | None,
     metadata: Mapping[str, Any],
 ) -> None:
-    """Store a new rollout's tripped wires and group keys; trip group wires it shares with others."""
+    """Store a new rollout's tripped wires and group keys; trip group wires it shares with
+    others."""
     rows = [(event_id, w, run_id) for w in _names(metadata.get("tripwires"))]
     keys = _keys(metadata.get("tripwire_keys")) if group_key is not None else {}
     for wire, key in keys.items():

@@ -1,11 +1,13 @@
-"""Server-rendered pages of the trajectory viewer: runs, a run's rollouts, one rollout, reward chart.
+"""Server-rendered pages of the trajectory viewer: runs, a run's rollouts, one rollout, reward
+chart.
 
 A run page filters its rollouts (env, split, status, stop reason, reward, tripwire) and counts
 tripwires; a rollout page shows the conversation, per-turn rewards, tokens, provenance,
 tripwires, where the token context drifted, and its GRPO group with each sample's advantage.
 
 Jinja2 with autoescape renders every page, so model and environment text always shows as text.
-The pages use one bundled stylesheet and one small script from envs/trajectories/static/assets (no CDN), and
+The pages use one bundled stylesheet and one small script from envs/trajectories/static/assets (no
+CDN), and
 are served with a Content-Security-Policy that forbids inline and foreign scripts.
 """
 
@@ -88,7 +90,8 @@ def reward_chart_svg(series: dict[str, Any], width: int = 760, height: int = 260
     if not lines:
         return (
             f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" '
-            f'role="img" aria-label="no rewards yet"><text x="10" y="35">No rewards yet.</text></svg>'
+            'role="img" aria-label="no rewards yet"><text x="10" y="35">No rewards '
+            "yet.</text></svg>"
         )
     t0, t1 = float(series["t0"]), float(series["t1"])
     values = [p[1] for pts in lines.values() for p in pts]
@@ -106,21 +109,25 @@ def reward_chart_svg(series: dict[str, Any], width: int = 760, height: int = 260
 
     out = [
         f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="mean reward over time per environment">'
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="mean reward over time per '
+        'environment">'
     ]
     for i in range(5):
         v = lo + (hi - lo) * i / 4
         out.append(
-            f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e7eb"/>'
+            f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+            'stroke="#e5e7eb"/>'
         )
         out.append(
-            f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" fill="#555">{v:.2f}</text>'
+            f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" '
+            f'fill="#555">{v:.2f}</text>'
         )
     out.append(
         f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{pad_t + ph}" y2="{pad_t + ph}" stroke="#999"/>'
     )
     out.append(
-        f'<text x="{pad_l}" y="{height - 8}" font-size="11" fill="#555">{html.escape(_fmt_time(t0))}</text>'
+        f'<text x="{pad_l}" y="{height - 8}" font-size="11" '
+        f'fill="#555">{html.escape(_fmt_time(t0))}</text>'
     )
     out.append(
         f'<text x="{pad_l + pw}" y="{height - 8}" font-size="11" fill="#555" text-anchor="end">'
@@ -154,7 +161,8 @@ def reward_chart_svg(series: dict[str, Any], width: int = 760, height: int = 260
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str) -> Any:
-    """A tokenizer from a local path or the local HF cache (never the network); None if unavailable."""
+    """A tokenizer from a local path or the local HF cache (never the network); None if
+    unavailable."""
     try:
         from transformers import AutoTokenizer
 
@@ -235,7 +243,8 @@ def conversation(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _run_id(value: str) -> int | None:
-    """A run id from the URL, or None when it is not one (the page answers 404, not FastAPI's 422)."""
+    """A run id from the URL, or None when it is not one (the page answers 404, not FastAPI's
+    422)."""
     return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
 
 

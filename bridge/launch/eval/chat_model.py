@@ -1,4 +1,5 @@
-"""The chat model step: an OpenAI-compatible `/v1/chat/completions` endpoint with native tool calling.
+"""The chat model step: an OpenAI-compatible `/v1/chat/completions` endpoint with native tool
+calling.
 
 Messages go in and come out; the server renders its own chat template and parses the model's
 tool calls into `tool_calls` (vLLM, SGLang's OpenAI server, hosted APIs). The episode loop is the
@@ -70,7 +71,8 @@ def _error_text(body: bytes) -> str:
 
 
 class ChatClient:
-    """One OpenAI-compatible endpoint: `GET /models`, `POST /chat/completions`, bounded and retried."""
+    """One OpenAI-compatible endpoint: `GET /models`, `POST /chat/completions`, bounded and
+    retried."""
 
     def __init__(
         self,

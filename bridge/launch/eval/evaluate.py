@@ -87,7 +87,8 @@ class Plan:
 
     @property
     def report_seed(self) -> int:
-        """Bootstrap seed: a function of the spec, so an eval's report never changes by rerunning."""
+        """Bootstrap seed: a function of the spec, so an eval's report never changes by
+        rerunning."""
         return int(self.spec.digest()[:8], 16)
 
     def run_name(self, model: str) -> str:
@@ -393,7 +394,8 @@ class _Run:
             n = await run_jobs(runtimes, self.jobs, records, settings)
         except asyncio.CancelledError:
             say(
-                "interrupted: the episodes that finished are stored; rerun the same command to resume"
+                "interrupted: the episodes that finished are stored; rerun the same command to "
+                "resume"
             )
             return True
         say(f"{n} episodes in {time.perf_counter() - t0:.1f} s")

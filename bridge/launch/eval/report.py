@@ -1,4 +1,5 @@
-"""An eval's report, computed from its stored episodes: per-environment scores and model comparisons.
+"""An eval's report, computed from its stored episodes: per-environment scores and model
+comparisons.
 
 Per environment (and `all`, every task pooled) and model: mean reward, solve rate, unbiased
 pass@k, mean turns and tool calls, error rates by kind (the share of episodes with at least one
@@ -253,7 +254,8 @@ def _warnings(models: list[str], rows: list[EpisodeRow]) -> list[str]:
         mine = [r for r in rows if r.model == m]
         if mine and not any(r.num_tool_calls for r in mine):
             out.append(
-                f"model {m} never called a tool in {len(mine)} episodes: check its tool-call format "
+                f"model {m} never called a tool in {len(mine)} episodes: check its tool-call "
+                "format "
                 "(an OpenAI endpoint must parse tool calls, e.g. vLLM --enable-auto-tool-choice "
                 "--tool-call-parser ...)"
             )
@@ -261,7 +263,8 @@ def _warnings(models: list[str], rows: list[EpisodeRow]) -> list[str]:
         if failed:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(failed.items()))
             out.append(
-                f"model {m}: {sum(failed.values())} episodes failed ({kinds}), counted as reward 0; "
+                f"model {m}: {sum(failed.values())} episodes failed ({kinds}), counted as reward "
+                "0; "
                 "rerun with --retry-errors to run them again"
             )
     return out
@@ -416,7 +419,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         _title(report),
         "",
         f"Sampling: temperature {s['temperature']}, top-p {s['top_p']}, "
-        f"max tokens {s['max_tokens']}; {int(100 * report['confidence'])}% bootstrap CIs over tasks.",
+        f"max tokens {s['max_tokens']}; {int(100 * report['confidence'])}% bootstrap CIs over "
+        "tasks.",
         "",
         "## Scores",
         "",

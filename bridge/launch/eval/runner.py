@@ -1,4 +1,5 @@
-"""Running an eval's missing episodes: every model concurrently, each through the bridge's episode loop.
+"""Running an eval's missing episodes: every model concurrently, each through the bridge's episode
+loop.
 
 Per episode: open an ORS session, build the model's step (`TokenModel` for /generate and local
 models, `ChatModel` for OpenAI endpoints), run `bridge.episode.Episode`, then hand it to the
@@ -136,7 +137,8 @@ async def _play(rt: ModelRuntime, job: Job, settings: RunSettings) -> EpisodeRes
 def _with_provenance(
     traj: Trajectory, rt: ModelRuntime, result: EpisodeResult, settings: RunSettings, meta: Any
 ) -> Trajectory:
-    """The trajectory with what training records too: provenance, the env's tripwire verdict, drift."""
+    """The trajectory with what training records too: provenance, the env's tripwire verdict,
+    drift."""
     report = result.env_report
     if rt.renderer is not None:
         tokenizer = tokenizer_fingerprint(rt.renderer.tokenizer)
@@ -321,7 +323,8 @@ class _StoreWriter:
         return [row for row, _ in records]
 
     async def close(self) -> None:
-        """Store what finished (also after a cancellation), stop the thread; raise a failed write."""
+        """Store what finished (also after a cancellation), stop the thread; raise a failed
+        write."""
         try:
             while self.error is None and (self.writing is not None or self.pending):
                 if self.writing is None:

@@ -52,7 +52,8 @@ class ModelKind(str, Enum):
     """How the eval talks to a model."""
 
     GENERATE = "generate"
-    """SGLang's /generate: token ids in and out, the bridge's own episode (chat template, token ledger)."""
+    """SGLang's /generate: token ids in and out, the bridge's own episode (chat template, token
+    ledger)."""
     OPENAI = "openai"
     """/v1/chat/completions: messages in and out, tool calls parsed by the server."""
     LOCAL = "local"

@@ -96,7 +96,8 @@ def tasks_from_config(
     seed: int,
     notes: list[str],
 ) -> list[EvalTask]:
-    """Each chosen env's eval split, picked and rendered as prepare_tasks.py does for --eval-output."""
+    """Each chosen env's eval split, picked and rendered as prepare_tasks.py does for
+    --eval-output."""
     names = _check_envs(envs, list(config.environments), "the config")
     chosen = []
     for name in names:
