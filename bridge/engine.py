@@ -97,8 +97,7 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
     # slime trusts the ids inside output_token_logprobs; so do we, and flag a disagreement as drift
     mismatch = ids is not None and ids != lp_ids
     # keep the rest of meta_info (slime reads finish_reason, weight_version, cache and spec
-    # counters,
-    # top-p / routed-expert arrays) but not the per-token pairs we just unpacked
+    # counters, top-p / routed-expert arrays) but not the per-token pairs we just unpacked
     meta = {k: v for k, v in meta.items() if k != "output_token_logprobs"}
     return EngineTurn(
         lp_ids, logprobs, kind, meta, ids_mismatch=mismatch, reported_ids=ids if mismatch else None

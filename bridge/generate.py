@@ -146,11 +146,9 @@ def _load_renderer(path: str, thinking: bool, system_prompt: str | None) -> Chat
 
 def _maybe_freeze_heap(_: Any) -> None:
     """Opt-in (BRIDGE_GC_FREEZE=1): once the tokenizer is loaded, move the long-lived heap out of
-    the
-    cyclic GC's reach (gc.freeze), so a full collection during rollouts does not rescan
-    transformers,
-    torch and the vocabulary: the longest loop stall in bench/bridge.py drops from ~250 ms to ~100
-    ms.
+    the cyclic GC's reach (gc.freeze), so a full collection during rollouts does not rescan
+    transformers, torch and the vocabulary: the longest loop stall in bench/bridge.py drops from
+    ~250 ms to ~100 ms.
     Process-wide, hence off by default."""
     if os.environ.get("BRIDGE_GC_FREEZE") == "1" and not _FROZEN:
         _FROZEN.append(True)

@@ -281,8 +281,7 @@ class _Exchange:
         hdrs = self.headers
         try:
             # Data is yielded as it arrives, so a stream that breaks midway still delivered what it
-            # had
-            # (e.g. an SSE task_id to resume a tool call with).
+            # had (e.g. an SSE task_id to resume a tool call with).
             if "chunked" in hdrs.get("transfer-encoding", "").lower():
                 while True:
                     size_line = await reader.readuntil(b"\r\n")

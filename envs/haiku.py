@@ -21,8 +21,7 @@ Scoring of one submission (`submit_haiku`), all terms in [0, 1]:
   logged warning).
 The episode ends when a poem has perfect structure and is on topic (any topic when r = 0) and
 is no copy, or after 1 + `max_revisions` submissions. Tripwire (group): `duplicate_in_group`, the
-same successful poem
-as another sample of its GRPO group.
+same successful poem as another sample of its GRPO group.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tripwires, provenance and drift forensics through the whole path: bridge.generate with the
-scripted
-SGLang stub, the real env server, the real sink and store, and the W&B metrics hook's numbers."""
+scripted SGLang stub, the real env server, the real sink and store, and the W&B metrics hook's
+numbers."""
 
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
 """Whole episodes through `bridge.generate.generate`: the real env server on loopback, the real
-Qwen3
-tokenizer/template, and the scripted SGLang stub (the only stand-in) answering with token ids made
-by
-tokenizing the model's turn text.
+Qwen3 tokenizer/template, and the scripted SGLang stub (the only stand-in) answering with token ids
+made by tokenizing the model's turn text.
 
 Every test checks exact token / loss-mask / logprob alignment against what the stub actually
-received
-and sent, and that the env server has no session left open.
+received and sent, and that the env server has no session left open.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """`python -m bridge.launch.eval` end to end: the real env server (GSM8K), the real SQLite store,
-the
-real Qwen3 tokenizer and chat template; the models are the scripted SGLang stub (/generate) and
+the real Qwen3 tokenizer and chat template; the models are the scripted SGLang stub (/generate) and
 the scripted OpenAI-compatible stub (/v1/chat/completions), with known success rates.
 """
 
@@ -140,8 +139,7 @@ def test_chat_model_sees_history_in_openai_format(
     tmp_path: Path, gsm8k_server: str, labels, capsys
 ) -> None:
     """The chat model gets tools, its own tool calls with their ids, and tool results answering
-    them;
-    malformed arguments get an error the model sees, and the episode goes on."""
+    them; malformed arguments get an error the model sees, and the episode goes on."""
     solver = ScriptedSolver(labels, 0.0, "x")
 
     def respond(req):

@@ -1,6 +1,5 @@
 """The eval comparison page in headless Debian Chromium (Playwright), as tests/test_webui.py: an
-eval
-of two scripted models (the SGLang stub and the OpenAI stub) on the real GSM8K env server, its
+eval of two scripted models (the SGLang stub and the OpenAI stub) on the real GSM8K env server, its
 store served by `python -m envs.server --role trajectories`: the eval list, models side by side,
 the paired comparison, per-task outcomes with click-through to both models' trajectories, the
 side-by-side task page; model text containing <script> shows as text."""

@@ -1,8 +1,7 @@
 """Network faults between the bridge and the REAL env server: a tool call whose stream breaks after
 the server acknowledged it (resumed by task_id, never run twice), one that breaks before (not
-resent),
-and a full server (503, retried). Faults come from a TCP proxy on loopback; the env server is
-real."""
+resent), and a full server (503, retried). Faults come from a TCP proxy on loopback; the env server
+is real."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`python -m envs replay`: episodes the bridge played (scripted engine, real env server, real
-store)
-replay identically in-process and on the server, and an env made nondeterministic is reported."""
+store) replay identically in-process and on the server, and an env made nondeterministic is
+reported."""
 
 from __future__ import annotations
 

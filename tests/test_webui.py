@@ -1,6 +1,5 @@
 """The trajectory web UI in headless Debian Chromium (Playwright): runs, filters, paging, one
-rollout,
-token view, GRPO group, chart; model/env text containing <script> must show as text."""
+rollout, token view, GRPO group, chart; model/env text containing <script> must show as text."""
 
 from __future__ import annotations
 

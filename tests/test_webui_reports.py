@@ -1,6 +1,5 @@
 """The web UI's new parts in headless Debian Chromium: tripwire filter and counts, provenance,
-drift,
-the GRPO group with slime's advantages, full group names, the group position vs the run-wide
+drift, the GRPO group with slime's advantages, full group names, the group position vs the run-wide
 sample index, and /runs/abc as the HTML error page."""
 
 from __future__ import annotations

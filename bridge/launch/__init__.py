@@ -1,6 +1,5 @@
 """run.sh's side: everything that runs on the launching machine or as the Ray job's entrypoint,
-never
-inside slime's rollout process.
+never inside slime's rollout process.
 
 Modules:
     launcher        `bash run.sh`: check prerequisites, start services, submit slime's driver to Ray

@@ -81,9 +81,8 @@ GENERATE_HOOK = "bridge.generate.generate"
 ROLLOUT_LOG_HOOK = "bridge.metrics.log_rollout"
 EVAL_LOG_HOOK = "bridge.metrics.log_eval_rollout"
 # Groups with an episode lost to the env/network/engine are dropped and refilled
-# (bridge/filters.py);
-# a user's own --dynamic-sampling-filter-path after `--` replaces it (chain it via
-# $BRIDGE_NEXT_DYNAMIC_FILTER instead).
+# (bridge/filters.py); a user's own --dynamic-sampling-filter-path after `--` replaces it (chain it
+# via $BRIDGE_NEXT_DYNAMIC_FILTER instead).
 INFRA_FILTER_HOOK = "bridge.filters.drop_infra_failures"
 
 # Learning rate: slime's own Qwen3-4B recipes (scripts/run-qwen3-4B.sh and its AMD twin) train

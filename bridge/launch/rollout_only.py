@@ -366,8 +366,7 @@ def _start_env_servers(
     stack: contextlib.ExitStack, urls: list[str], opts: argparse.Namespace
 ) -> bool:
     """Start the loopback env servers in `urls` that do not answer (the first keeps the store); True
-    if the
-    first one was started here."""
+    if the first one was started here."""
     started_first = False
     for u in urls:
         if answers(u):

@@ -7,8 +7,7 @@ tripwires, where the token context drifted, and its GRPO group with each sample'
 
 Jinja2 with autoescape renders every page, so model and environment text always shows as text.
 The pages use one bundled stylesheet and one small script from envs/trajectories/static/assets (no
-CDN), and
-are served with a Content-Security-Policy that forbids inline and foreign scripts.
+CDN), and are served with a Content-Security-Policy that forbids inline and foreign scripts.
 """
 
 from __future__ import annotations
