@@ -22,6 +22,7 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     filters          slime's dynamic-sampling filter: groups with an infra failure never train
     tokens           token, loss-mask and logprob accounting for one episode
     sample           slime's Sample across versions: the ledger and replay fields written into it
+    slime_types      slime's Sample and args as typing Protocols (the hook boundary, no import)
     chat             chat-template rendering: the first prompt and the token deltas between turns
     toolcalls        parse one assistant turn (Qwen3/Hermes): thinking, text, <tool_call> blocks
     rewards          the one place where per-turn tool rewards become a sample's scalar reward

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from conftest import env_server
+from generate_helpers import PARAMS, call, make_args, make_sample, recording_stub, run, turn
 from ors_episodes import PERFECT_HAIKU
 from sglang_stub import SGLangStub, Turn
-from test_episode import PARAMS, call, make_args, make_sample, recording_stub, run, turn
 
 from bridge.generate import close_clients, set_trajectory_sink
 from bridge.metrics import episode_metrics

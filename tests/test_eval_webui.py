@@ -15,7 +15,7 @@ from conftest import REPO, env_server
 from eval_models import ScriptedSolver, generate_responder, gsm8k_labels
 from openai_stub import OpenAIStub, Reply
 from sglang_stub import SGLangStub
-from test_webui import CHROMIUM, CHROMIUM_ARGS, shot
+from webui_helpers import CHROMIUM, CHROMIUM_ARGS, shot
 
 from bridge.launch.eval.__main__ import main
 

@@ -12,8 +12,8 @@ import sys
 import httpx
 import pytest
 from conftest import free_port, run_process
+from generate_helpers import _close_bridge_clients, call, make_args, make_sample, run, turn  # noqa: F401
 from sglang_stub import SGLangStub
-from test_episode import _close_bridge_clients, call, make_args, make_sample, run, turn  # noqa: F401
 
 
 class FaultProxy:

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 from conftest import free_port, run_process
-from test_episode import make_sample, run
+from generate_helpers import make_sample, run
 
 from bridge.generate import close_clients
 

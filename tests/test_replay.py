@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import REPO, env_server
+from generate_helpers import call, make_args, make_sample, open_sessions, recording_stub, run, turn
 from ors_episodes import PERFECT_HAIKU
-from test_episode import call, make_args, make_sample, open_sessions, recording_stub, run, turn
 
 from bridge.generate import close_clients, set_trajectory_sink
 from bridge.trajectory_sink import SinkSettings, TrajectoryUploader

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 from conftest import REPO
+from generate_helpers import call, turn
 from sglang_stub import SGLangStub, default_logprob
 from slime_vendor import VERSIONS, missing_reason, slime_pythonpath
-from test_episode import call, turn
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 

@@ -11,15 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-import test_webui
 from conftest import env_server
-from test_webui import XSS, shot, ui_trajectory
+from webui_helpers import XSS, shot, ui_trajectory
 
 from bridge.trajectory_sink import SinkSettings, TrajectoryUploader
 from envs.trajectories.advantages import group_advantages
-
-browser = test_webui.browser  # the fixtures of tests/test_webui.py: headless Debian Chromium
-page = test_webui.page
 
 RUN = "ui-reports"
 REWARDS = [1.0, 0.0, 0.5, 1.0]
