@@ -23,11 +23,13 @@ __all__ = [
     "EpisodeStatus",
     "StopReason",
     "ToolErrorKind",
+    "Vocabulary",
 ]
 
 
-class _Vocab(str, Enum):
-    """A closed vocabulary whose members read as their values everywhere text is made."""
+class Vocabulary(str, Enum):
+    """A closed vocabulary whose members read as their values everywhere text is made (the base of
+    every vocabulary here and of `envs.server.errors.OrsReason`)."""
 
     def __str__(self) -> str:
         return str(self.value)
@@ -36,7 +38,7 @@ class _Vocab(str, Enum):
         return format(str(self.value), spec)
 
 
-class StopReason(_Vocab):
+class StopReason(Vocabulary):
     """Why an episode stopped."""
 
     ENV_FINISHED = "env_finished"
@@ -74,7 +76,7 @@ FAILURE_STOPS = frozenset(
 """Every stop reason of a failed episode (status `failed`)."""
 
 
-class EpisodeStatus(_Vocab):
+class EpisodeStatus(Vocabulary):
     """How an episode ended; the value of slime's `Sample.Status` member with the same name."""
 
     COMPLETED = "completed"
@@ -87,7 +89,7 @@ class EpisodeStatus(_Vocab):
     """It was lost to a failure (see `FAILURE_STOPS`); reward 0.0, never trained on."""
 
 
-class ToolErrorKind(_Vocab):
+class ToolErrorKind(Vocabulary):
     """What was wrong with one tool call; the model sees the error text and the episode goes on."""
 
     PARSE_ERROR = "parse_error"

@@ -16,10 +16,11 @@ from bridge.sample import FallbackSample
 from bridge.trajectory import Trajectory
 from bridge.trajectory_sink import trajectory_events
 from bridge.vocab import FAILURE_STOPS, INFRA_STOPS, EpisodeStatus, StopReason, ToolErrorKind
+from envs.server.errors import OrsError, OrsReason
 from envs.trajectories.events import EventBatch
 from envs.trajectories.store import TrajectoryStore
 
-VOCABS = (StopReason, EpisodeStatus, ToolErrorKind)
+VOCABS = (StopReason, EpisodeStatus, ToolErrorKind, OrsReason)
 MEMBERS = [m for vocab in VOCABS for m in vocab]
 
 
@@ -47,9 +48,18 @@ def test_vocabularies_are_closed_and_documented() -> None:
     from bridge.launch.eval.report import FAILURE_KINDS
 
     assert set(FAILURE_KINDS) == FAILURE_STOPS
-    source = (Path(__file__).parents[1] / "bridge" / "vocab.py").read_text()
+    root = Path(__file__).parents[1]
+    source = (root / "bridge" / "vocab.py").read_text()
+    source += (root / "envs" / "server" / "errors.py").read_text()
     for m in MEMBERS:  # a docstring under every member
         assert f'{m.name} = "{m.value}"\n    """' in source, m
+
+
+def test_an_ors_error_body_carries_the_plain_reason() -> None:
+    for reason in OrsReason:
+        body = orjson.loads(OrsError(400, reason, "msg").body())
+        assert body == {"ok": False, "error": "msg", "reason": reason.value, "detail": "msg"}
+        assert OrsError(400, reason, "msg").body() == OrsError(400, reason.value, "msg").body()
 
 
 def _trajectory(stop: StopReason, status: EpisodeStatus, i: int) -> Trajectory:
