@@ -27,7 +27,8 @@ here) without and then with `--attackers` connections sending the worst inputs w
 every tool of every env (tests/adversarial.py: the 29-character calculator expression that
 once froze the server, 1 MiB arguments, answers like 1e10000000, ...); goal: ratio < 2x. It
 also prints what a per-call budget costs against a process pool for tool calls (the design
-choice in envs/server/budget.py). GSM8K data is the bundled copy unless $GSM8K_DATA_DIR names another.
+choice in envs/server/budget.py). GSM8K data is the bundled copy unless $GSM8K_DATA_DIR names
+another.
 """
 
 from __future__ import annotations
