@@ -27,8 +27,10 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from bridge.config import ConfigError, EnvConfig, TrainConfig, is_hosted, load_config
-from bridge.launch.task_source import RenderedTask, TaskSource, TaskSourceError, open_source
+from bridge.config import EnvConfig, TrainConfig, is_hosted, load_config
+from bridge.errors import ConfigError
+from bridge.launch.errors import TaskSourceError
+from bridge.launch.task_source import RenderedTask, TaskSource, open_source
 from bridge.task import TaskMeta
 
 EXIT_BAD_INPUT = 2
@@ -67,16 +69,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--eval-output",
         default=None,
-        help="eval rows from each env's eval_split; not written when no env has one "
-        "(default: eval_ + the --output file name, beside it: eval_tasks.jsonl)",
+        help=(
+            "eval rows from each env's eval_split; not written when no env has one "
+            "(default: eval_ + the --output file name, beside it: eval_tasks.jsonl)"
+        ),
     )
     p.add_argument(
         "--max-tasks",
         type=_positive_int,
         default=None,
         metavar="N",
-        help="at most N training and N eval rows per environment (with num_samples, "
-        "the smaller cap wins)",
+        help=(
+            "at most N training and N eval rows per environment (with num_samples, "
+            "the smaller cap wins)"
+        ),
     )
     p.add_argument(
         "--seed",
@@ -142,7 +148,8 @@ async def _split_counts(
     for split in splits:
         if split not in available:
             raise TaskSourceError(
-                f"environment {source.name!r} has no split {split!r} (splits: {', '.join(available) or 'none'})"
+                f"environment {source.name!r} has no split {split!r} (splits: "
+                f"{', '.join(available) or 'none'})"
             )
         n = await source.count(split)
         if n <= 0:
@@ -164,7 +171,8 @@ async def plan_env(
     if cfg.eval_split is not None:
         if cfg.eval_split in cfg.splits:
             print(
-                f"prepare_tasks: warning: {env}: eval_split {cfg.eval_split!r} is also a training split",
+                f"prepare_tasks: warning: {env}: eval_split {cfg.eval_split!r} is also a "
+                "training split",
                 file=sys.stderr,
             )
         eval_counts = await _split_counts(source, [cfg.eval_split], available)

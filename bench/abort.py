@@ -1,5 +1,6 @@
 """How fast slime's abort gets the rollout back: time from slime's `abort()` to `generate_rollout`
-returning, with slime's REAL rollout code (the vendored sources) and the bridge as generate function.
+returning, with slime's REAL rollout code (the vendored sources) and the bridge as generate
+function.
 
     python bench/abort.py [--versions v0.3.1,main-624b824] [--turn-delay 1.0]
 

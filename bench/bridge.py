@@ -3,7 +3,8 @@
     .venv/bin/python bench/bridge.py [--episodes 256] [--rounds 3] [--thinking]
 
 Runs `--episodes` concurrent WhoDunIt episodes (6 turns each: five information tools, then the
-answer; `--samples-per-task` episodes share a case, as GRPO groups do) on ONE event loop through `bridge.generate.generate`, against an instant scripted
+answer; `--samples-per-task` episodes share a case, as GRPO groups do) on ONE event loop through
+`bridge.generate.generate`, against an instant scripted
 `/generate` stub and the real env server (`python -m envs.server`), both in their own processes,
 so the CPU time of this process is the bridge's own work (turn loop, HTTP clients, tokenizing
 deltas, parsing, filling the sample). Reports per round: turns/s and bridge CPU per turn; then the
@@ -70,6 +71,9 @@ def _call(name: str, args: dict[str, Any]) -> str:
     return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(args)}}}\n</tool_call>'
 
 
+ACCUSATION = {"who": "Nobody", "what": "spoon", "where": "moon", "why": "x"}
+
+
 def _script_turns(tok: Any, thinking: bool) -> list[dict[str, Any]]:
     think = (
         "<think>\nI should look at the next piece of evidence before deciding.\n</think>\n\n"
@@ -79,15 +83,13 @@ def _script_turns(tok: Any, thinking: bool) -> list[dict[str, Any]]:
     texts = [
         f"{think}Checking {n.replace('list_', '')}.{_call(n, {})}<|im_end|>" for n in INFO_TOOLS
     ]
-    texts.append(
-        f"{think}{_call('submit_answer', {'who': 'Nobody', 'what': 'spoon', 'where': 'moon', 'why': 'x'})}"
-        "<|im_end|>"
-    )
+    texts.append(f"{think}{_call('submit_answer', ACCUSATION)}<|im_end|>")
     return [{"output_ids": tok.encode(t, add_special_tokens=False)} for t in texts]
 
 
 class SlowSteps(logging.Handler):
-    """Collects asyncio debug-mode reports of single loop steps slower than slow_callback_duration."""
+    """Collects asyncio debug-mode reports of single loop steps slower than
+    slow_callback_duration."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -281,26 +283,30 @@ async def _main(opts: argparse.Namespace) -> int:
             cpus.append(cpu / max(n_turns, 1) * 1000)
             print(
                 f"  round {r}: {n_turns} turns in {wall:.2f} s = {rates[-1]:.0f} turns/s; "
-                f"bridge CPU {cpu:.2f} s = {cpus[-1]:.3f} ms/turn; not completed: {len(bad)} {sorted(set(bad))}"
+                f"bridge CPU {cpu:.2f} s = {cpus[-1]:.3f} ms/turn; not completed: {len(bad)} "
+                f"{sorted(set(bad))}"
             )
         if slow is not None:
             asyncio.get_running_loop().set_debug(False)
             print(
-                f"loop steps > 20 ms: {len(slow.durations)}, longest {max(slow.durations, default=0) * 1000:.0f} ms"
+                f"loop steps > 20 ms: {len(slow.durations)}, longest "
+                f"{max(slow.durations, default=0) * 1000:.0f} ms"
             )
             for ex in slow.examples:
                 print("   ", ex)
         base_ms = _baseline_cpu_per_turn(tok, sink.items, tools, opts.thinking) * 1000
         rate, cpu_ms = statistics.median(rates), statistics.median(cpus)
         print(
-            f"median turns/s            {rate:8.0f}   target {TARGET_TURNS_PER_S:.0f}  -> ratio {rate / TARGET_TURNS_PER_S:.2f}x"
+            f"median turns/s            {rate:8.0f}   target {TARGET_TURNS_PER_S:.0f}  -> ratio "
+            f"{rate / TARGET_TURNS_PER_S:.2f}x"
         )
         print(
             f"median bridge CPU/turn    {cpu_ms:8.3f} ms  target {TARGET_CPU_MS_PER_TURN} ms -> "
             f"ratio {TARGET_CPU_MS_PER_TURN / cpu_ms:.2f}x (target / measured)"
         )
         print(
-            f"baseline (re-tokenize whole history each turn, tokenization only) {base_ms:.3f} ms/turn -> "
+            f"baseline (re-tokenize whole history each turn, tokenization only) {base_ms:.3f} "
+            "ms/turn -> "
             f"bridge is {base_ms / cpu_ms:.2f}x cheaper per turn, all its work included"
         )
         return 0
@@ -331,7 +337,9 @@ def main() -> int:
     ap.add_argument(
         "--find-blocking",
         action="store_true",
-        help="asyncio debug mode: list loop steps longer than 20 ms (the bridge is slower meanwhile)",
+        help=(
+            "asyncio debug mode: list loop steps longer than 20 ms (the bridge is slower meanwhile)"
+        ),
     )
     opts = ap.parse_args()
     return asyncio.run(_main(opts))

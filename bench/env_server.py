@@ -15,7 +15,8 @@ because WhoDunIt builds its case in the constructor), then every episode makes i
 at once; calls/s is tool calls / wall time of that phase, p50/p99 are per-call latencies as
 the client sees them. With 256 calls always in flight, mean latency ~= 256 / calls-per-second.
 
-    .venv/bin/python bench/env_server.py [--episodes 256] [--rounds 3] [--client stock|lean] [--procs 1]
+    .venv/bin/python bench/env_server.py [--episodes 256] [--rounds 3] [--client stock|lean]
+    [--procs 1]
 
 Targets: server CPU per call >= 10x lower than the stock server's; p99 at 256 episodes in
 flight within 2x of 256 / calls-per-second (the latency of a fair queue at that rate).
@@ -26,7 +27,8 @@ here) without and then with `--attackers` connections sending the worst inputs w
 every tool of every env (tests/adversarial.py: the 29-character calculator expression that
 once froze the server, 1 MiB arguments, answers like 1e10000000, ...); goal: ratio < 2x. It
 also prints what a per-call budget costs against a process pool for tool calls (the design
-choice in envs/server/budget.py). GSM8K data is the bundled copy unless $GSM8K_DATA_DIR names another.
+choice in envs/server/budget.py). GSM8K data is the bundled copy unless $GSM8K_DATA_DIR names
+another.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ os.environ["OPENREWARD_LOG_LEVEL"] = "ERROR"
 import uvicorn
 from openreward.environments import Server
 from envs.whodunit import WhoDunIt
-uvicorn.run(Server([WhoDunIt]).app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", proxy_headers=False,
-            http="httptools", access_log=False, log_level="warning", timeout_keep_alive=75, backlog=4096)
+uvicorn.run(Server([WhoDunIt]).app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop",
+            proxy_headers=False, http="httptools", access_log=False, log_level="warning",
+            timeout_keep_alive=75, backlog=4096)
 """
 
 
@@ -591,9 +594,11 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def report(runs: dict[str, list[dict[str, Any]]], a: argparse.Namespace) -> None:
     """Print every run, then the median run of each server and the ratios."""
     print(
-        f"env server benchmark: WhoDunIt, {a.episodes} concurrent episodes x {len(CALLS)} tool calls, "
+        f"env server benchmark: WhoDunIt, {a.episodes} concurrent episodes x {len(CALLS)} tool "
+        "calls, "
         f"{a.rounds} rounds per run, {a.repeat} runs per server, client={a.client} "
-        f"({a.procs} load process(es)), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        f"({a.procs} load process(es)), {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}"
     )
     header = (
         f"{'server':<14} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'sessions/s':>11} "
@@ -604,7 +609,8 @@ def report(runs: dict[str, list[dict[str, Any]]], a: argparse.Namespace) -> None
     def row(label: str, r: dict[str, Any]) -> None:
         print(
             f"{label:<14} {r['calls_per_s']:>9.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-            f"{r['sessions_per_s']:>11.0f} {r['server_cpu_us']:>13.0f} us {r['client_cpu_us']:>13.0f} us "
+            f"{r['sessions_per_s']:>11.0f} {r['server_cpu_us']:>13.0f} us "
+            f"{r['client_cpu_us']:>13.0f} us "
             f"{r['errors']:>7}"
         )
         if r["errors"]:
@@ -620,7 +626,8 @@ def report(runs: dict[str, list[dict[str, Any]]], a: argparse.Namespace) -> None
         s, o = medians["stock"], medians["ours"]
         print(
             f"ratio ours/stock (median runs): calls/s {o['calls_per_s'] / s['calls_per_s']:.2f}x, "
-            f"p50 {s['p50_ms'] / o['p50_ms']:.1f}x lower, p99 {s['p99_ms'] / o['p99_ms']:.1f}x lower, "
+            f"p50 {s['p50_ms'] / o['p50_ms']:.1f}x lower, p99 {s['p99_ms'] / o['p99_ms']:.1f}x "
+            "lower, "
             f"server CPU per call {s['server_cpu_us'] / o['server_cpu_us']:.1f}x lower"
         )
         fair_ms = a.episodes / o["calls_per_s"] * 1000

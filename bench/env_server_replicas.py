@@ -38,7 +38,8 @@ from bridge.env_client import pick_server
 
 
 async def run_load(urls: list[str], episodes: int, rounds: int, offset: int) -> dict[str, Any]:
-    """Open `episodes` sessions, each on the replica its key pins it to, then make every call at once."""
+    """Open `episodes` sessions, each on the replica its key pins it to, then make every call at
+    once."""
     latencies: list[float] = []
     call_wall = 0.0
     errors: list[str] = []
@@ -157,7 +158,8 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"{'set-up':<14} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU/call':>10} {'errors':>7}  sessions"
+        f"{'set-up':<14} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU/call':>10} "
+        f"{'errors':>7}  sessions"
     )
     medians = {}
     for n, rs in runs.items():
@@ -171,7 +173,8 @@ def main() -> None:
     one, many = medians[1], medians[a.replicas]
     print(
         f"ratio {a.replicas} replicas / 1 (median runs): calls/s "
-        f"{many['calls_per_s'] / one['calls_per_s']:.2f}x, p99 {one['p99_ms'] / many['p99_ms']:.2f}x "
+        f"{many['calls_per_s'] / one['calls_per_s']:.2f}x, p99 "
+        f"{one['p99_ms'] / many['p99_ms']:.2f}x "
         f"lower, CPU per call {many['server_cpu_us'] / one['server_cpu_us']:.2f}x"
     )
 

@@ -50,7 +50,8 @@ _LOCK = threading.Lock()
 
 
 def respond(req: Any) -> Any:
-    """sglang_stub responder: turn n of a session (routing key) is the n-th scripted WhoDunIt turn."""
+    """sglang_stub responder: turn n of a session (routing key) is the n-th scripted WhoDunIt
+    turn."""
     from sglang_stub import Turn
 
     if not _TURNS:
@@ -234,7 +235,8 @@ def main() -> int:
             eval_cpu.append(cpu_e / n * 1000)
             rates.append(n / wall_e)
             print(
-                f"  round {r}: baseline {n / wall_b:6.0f} episodes/s, CPU {base_cpu[-1]:.2f} ms/episode "
+                f"  round {r}: baseline {n / wall_b:6.0f} episodes/s, CPU {base_cpu[-1]:.2f} "
+                "ms/episode "
                 f"(not 6-turn finished: {bad}) | eval {rates[-1]:6.0f} episodes/s, CPU "
                 f"{eval_cpu[-1]:.2f} ms/episode, {stored} stored"
             )
@@ -247,12 +249,14 @@ def main() -> int:
         print(f"eval episodes/s (instant engine)      {rate:8.0f}")
         print(f"bridge's own CPU per episode          {b:8.2f} ms")
         print(
-            f"eval layer CPU per episode            {over:8.2f} ms (eval {e:.2f} - baseline {b:.2f})"
+            f"eval layer CPU per episode            {over:8.2f} ms (eval {e:.2f} - baseline "
+            f"{b:.2f})"
         )
         ratio = over / b
         verdict = "meets" if ratio <= TARGET_OVERHEAD_RATIO else "MISSES"
         print(
-            f"eval layer / bridge episode cost      {ratio:8.2f}   target <= {TARGET_OVERHEAD_RATIO} "
+            f"eval layer / bridge episode cost      {ratio:8.2f}   target <= "
+            f"{TARGET_OVERHEAD_RATIO} "
             f"-> {verdict} the target"
         )
         return 0

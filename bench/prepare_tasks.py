@@ -1,4 +1,5 @@
-"""Benchmark: prepare_tasks.py writing 10,000 local tasks. Target: under 5 s on the 2-core dev machine.
+"""Benchmark: prepare_tasks.py writing 10,000 local tasks. Target: under 5 s on the 2-core dev
+machine.
 
     python bench/prepare_tasks.py [--tasks 10000] [--repeat 3] [--gsm8k-dir DIR]
 
@@ -26,7 +27,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# Import the project, not this directory's benchmark scripts of the same names (bridge.py, prepare_tasks.py).
+# Import the project, not this directory's benchmark scripts of the same names (bridge.py,
+# prepare_tasks.py).
 sys.path[:] = [str(REPO)] + [
     p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
 ]

@@ -94,7 +94,8 @@ class Server:
         raise SystemExit("bench: server did not start")
 
     def cpu_seconds(self) -> dict[str, float]:
-        """user+system CPU used so far by each thread of the server (Linux /proc), by thread name."""
+        """user+system CPU used so far by each thread of the server (Linux /proc), by thread
+        name."""
         out: dict[str, float] = {}
         for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
             try:
@@ -598,7 +599,8 @@ def main() -> None:
         tmp = Path(d)
         if not args.skip_ingest:
             print(
-                f"Ingest of {args.turns}-turn rollouts through POST /v1/rollouts (target >= {INGEST_TARGET:.0f}/s)"
+                f"Ingest of {args.turns}-turn rollouts through POST /v1/rollouts (target >= "
+                f"{INGEST_TARGET:.0f}/s)"
             )
             base = naive_baseline(args.baseline_rollouts, args.turns, tmp)
             for label, rate, detail in bench_ingest(args, tmp):
@@ -607,23 +609,28 @@ def main() -> None:
                     f"{rate / base:,.0f}x naive baseline\n      {detail}"
                 )
             print(
-                f"  baseline (one INSERT per event, one commit per INSERT, in-process): {base:,.1f} rollouts/s"
+                "  baseline (one INSERT per event, one commit per INSERT, in-process): "
+                f"{base:,.1f} rollouts/s"
             )
         if not args.skip_sink:
             print(
-                f"Bridge sink: submit() of {args.sink_rollouts} {args.turns}-turn trajectories (with token data) "
+                f"Bridge sink: submit() of {args.sink_rollouts} {args.turns}-turn trajectories "
+                "(with token data) "
                 "on a running event loop"
             )
             r = bench_sink(args, tmp)
             print(
-                f"  submit() (journaled to disk before it returns): p50 {r['submit_p50_us']:.1f} us, "
-                f"p99 {r['submit_p99_us']:.1f} us = {r['submit_p99_us'] / 1000:.2f}x the 1 ms goal, "
+                f"  submit() (journaled to disk before it returns): p50 {r['submit_p50_us']:.1f} "
+                "us, "
+                f"p99 {r['submit_p99_us']:.1f} us = {r['submit_p99_us'] / 1000:.2f}x the 1 ms "
+                "goal, "
                 f"max {r['submit_max_us']:.0f} us; event-loop lag p99 {r['lag_p99_ms']:.2f} ms, "
                 f"max {r['lag_max_ms']:.1f} ms"
             )
             print(
                 f"  all delivered: {bool(r['ok'])} ({int(r['delivered'])} trajectories, "
-                f"{r['delivered_per_s']:,.0f}/s end to end = {r['delivered_per_s'] / INGEST_TARGET:.2f}x target)"
+                f"{r['delivered_per_s']:,.0f}/s end to end = "
+                f"{r['delivered_per_s'] / INGEST_TARGET:.2f}x target)"
             )
         if not args.skip_memory:
             print(
@@ -635,15 +642,18 @@ def main() -> None:
             print(
                 f"  reads: RSS idle {m['idle']:.0f} MB, peak {m['peak']:.0f} MB, after "
                 f"{m['after']:.0f} MB = {m['after'] / m['idle']:.2f}x idle "
-                f"({'met' if m['after'] < 2 * m['idle'] else 'NOT met'}); {m['wall']:.0f} s of reads"
+                f"({'met' if m['after'] < 2 * m['idle'] else 'NOT met'}); {m['wall']:.0f} s of "
+                "reads"
             )
             print(
-                f"  the upload ({m['size_mb']:.0f} MB in one request) beforehand, on another server "
+                f"  the upload ({m['size_mb']:.0f} MB in one request) beforehand, on another "
+                "server "
                 f"process: RSS {m['fresh']:.0f} MB -> {m['uploaded']:.0f} MB"
             )
         if not args.skip_list:
             print(
-                f"Rollout list of a {args.list_rows:,}-rollout run (target < {LIST_TARGET_MS:.0f} ms server time)"
+                f"Rollout list of a {args.list_rows:,}-rollout run (target < "
+                f"{LIST_TARGET_MS:.0f} ms server time)"
             )
             for label, ms, detail in bench_list(args, tmp):
                 ratio = (

@@ -22,12 +22,15 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     filters          slime's dynamic-sampling filter: groups with an infra failure never train
     tokens           token, loss-mask and logprob accounting for one episode
     sample           slime's Sample across versions: the ledger and replay fields written into it
+    slime_types      slime's Sample and args as typing Protocols (the hook boundary, no import)
     chat             chat-template rendering: the first prompt and the token deltas between turns
     toolcalls        parse one assistant turn (Qwen3/Hermes): thinking, text, <tool_call> blocks
     rewards          the one place where per-turn tool rewards become a sample's scalar reward
     engine           token-in/token-out client for SGLang's /generate
     env_client       ORS session clients: our env servers (lean HTTP), hosted OpenReward (SDK)
     http11           a small keep-alive HTTP/1.1 client for plain-http servers on the cluster
+    vocab            the closed vocabularies: stop reasons, episode statuses, tool-error kinds
+    errors           the error tree: BridgeError and its subclasses, each with its stdlib base
     task             the task a sample carries in `metadata` (written by prepare_tasks.py)
     config           train_config.yaml: the one config shared by every part of the project
     trajectory       a finished episode as the bridge hands it to a trajectory sink

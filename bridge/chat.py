@@ -1,4 +1,5 @@
-"""Chat-template rendering: the first prompt (with `tools=`) and the token deltas appended between turns.
+"""Chat-template rendering: the first prompt (with `tools=`) and the token deltas appended between
+turns.
 
 History is never re-rendered. What the template writes for a tool-response turn (or a user
 nudge) is learned once per renderer by rendering a fixed dummy conversation with and
@@ -14,18 +15,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+
+from bridge.errors import TemplateError
 
 _CACHE_ENTRIES = 2048  # encoded prompt/delta texts kept per renderer
 _CACHE_MAX_TEXT = 4096  # longer texts (characters) are not cached
 _M = ["\u241fM1\u241f", "\u241fM2\u241f", "\u241fM3\u241f"]  # placeholder contents nobody writes
 _ASSISTANT_MARK = "\u241fA\u241f"
-
-
-class TemplateError(ValueError):
-    """The chat template cannot be used for incremental (delta) rendering."""
 
 
 @lru_cache(maxsize=8)
@@ -81,9 +80,12 @@ class ChatRenderer:
 
     # --- tokenization -------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        ids: list[int]
         if self._backend is not None:
-            return self._backend.encode(text, add_special_tokens=False).ids
-        return self.tokenizer.encode(text, add_special_tokens=False)
+            ids = self._backend.encode(text, add_special_tokens=False).ids
+        else:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
 
     def encode_cached(self, text: str) -> list[int]:
         """`encode`, remembering recent texts: the samples of a GRPO group see the same prompt and
@@ -98,9 +100,12 @@ class ChatRenderer:
         return ids
 
     def decode(self, ids: list[int]) -> str:
+        text: str
         if self._backend is not None:
-            return self._backend.decode(ids, skip_special_tokens=False)
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
+            text = self._backend.decode(ids, skip_special_tokens=False)
+        else:
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        return text
 
     def render(
         self,
@@ -108,14 +113,16 @@ class ChatRenderer:
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> str:
-        """The chat template's own text for `messages` (slow path; also used by tests and baselines)."""
-        return self.tokenizer.apply_chat_template(
+        """The chat template's own text for `messages` (slow path; also used by tests and
+        baselines)."""
+        text: str = self.tokenizer.apply_chat_template(
             messages,
             tools=tools or None,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
             enable_thinking=self.enable_thinking,
         )
+        return text
 
     # --- first prompt -------------------------------------------------------------------
     def prompt_messages(self, user_text: str) -> list[dict[str, Any]]:
@@ -128,7 +135,7 @@ class ChatRenderer:
     def prompt_ids(self, user_text: str, tools: list[dict[str, Any]] | None) -> list[int]:
         """Token ids of system prompt + tools + the task's user message + generation prompt."""
         key = orjson.dumps(tools or [], option=orjson.OPT_SORT_KEYS)
-        shape = self._prompt_shapes.get(key, False)
+        shape: _PromptShape | Literal[False] | None = self._prompt_shapes.get(key, False)
         if shape is False:
             with self._lock:
                 shape = self._learn_prompt(tools)
@@ -211,7 +218,8 @@ class ChatRenderer:
         self._user_shape = self._learn_shape("user", {})
 
     def _lead(self, sampled_text: str) -> str:
-        """What closes the sampled turn: the template's end-of-assistant text minus what the model wrote."""
+        """What closes the sampled turn: the template's end-of-assistant text minus what the model
+        wrote."""
         end = self._end_of_assistant
         for j in range(len(end), 0, -1):
             if sampled_text.endswith(end[:j]):
@@ -250,7 +258,8 @@ _RENDERERS_LOCK = threading.Lock()
 def get_renderer(
     tokenizer_path: str, enable_thinking: bool, system_prompt: str | None
 ) -> ChatRenderer:
-    """A cached renderer per (tokenizer, thinking, system prompt). Blocking: call it off the event loop."""
+    """A cached renderer per (tokenizer, thinking, system prompt). Blocking: call it off the event
+    loop."""
     key = (tokenizer_path, enable_thinking, system_prompt)
     r = _RENDERERS.get(key)
     if r is None:

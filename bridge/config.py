@@ -1,4 +1,5 @@
-"""train_config.yaml: the one config shared by prepare_tasks.py, the env server, the bridge and run.sh.
+"""train_config.yaml: the one config shared by prepare_tasks.py, the env server, the bridge and
+run.sh.
 
 Validated with pydantic; unknown keys are errors that name the key and where it is.
 """
@@ -12,12 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bridge.errors import ConfigError
+
 RewardReduction = Literal["sum", "mean", "max", "min", "last"]
 TRAIN_CONFIG_ENV = "TRAIN_CONFIG"
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message is one line meant for the user."""
 
 
 class _Strict(BaseModel):
@@ -63,7 +62,8 @@ class TrajectoryConfig(_Strict):
     """Where finished episodes go."""
 
     enabled: bool = True
-    # "local": this project's server (url below, default env_server); "openreward": hosted OpenReward.
+    # "local": this project's server (url below, default env_server); "openreward": hosted
+    # OpenReward.
     target: Literal["local", "openreward"] = "local"
     url: str | None = None
     spool_dir: str = "runs/spool"

@@ -17,13 +17,10 @@ from typing import Any
 
 import orjson
 
-from bridge.http11 import HTTPError, client_for_loop
+from bridge.errors import EngineError, HTTP11Error
+from bridge.http11 import client_for_loop
 
 ROUTING_HEADER = "X-SMG-Routing-Key"
-
-
-class EngineError(RuntimeError):
-    """The engine could not be reached or answered something unusable."""
 
 
 @dataclass
@@ -62,7 +59,8 @@ def wants_top_p_replay(sampling_params: dict[str, Any]) -> bool:
 
 
 def check_replay_data(turn: EngineTurn, top_p: bool, routed_experts: bool) -> None:
-    """Raise EngineError when a turn sampled tokens without the replay data slime will train with."""
+    """Raise EngineError when a turn sampled tokens without the replay data slime will train
+    with."""
     if not turn.output_ids:
         return
     meta = turn.meta_info
@@ -98,8 +96,8 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
     logprobs = [p[0] if p[0] is not None else 0.0 for p in pairs]
     # slime trusts the ids inside output_token_logprobs; so do we, and flag a disagreement as drift
     mismatch = ids is not None and ids != lp_ids
-    # keep the rest of meta_info (slime reads finish_reason, weight_version, cache and spec counters,
-    # top-p / routed-expert arrays) but not the per-token pairs we just unpacked
+    # keep the rest of meta_info (slime reads finish_reason, weight_version, cache and spec
+    # counters, top-p / routed-expert arrays) but not the per-token pairs we just unpacked
     meta = {k: v for k, v in meta.items() if k != "output_token_logprobs"}
     return EngineTurn(
         lp_ids, logprobs, kind, meta, ids_mismatch=mismatch, reported_ids=ids if mismatch else None
@@ -123,7 +121,8 @@ class EngineClient:
         routing_key: str | None = None,
         return_routed_experts: bool = False,
     ) -> EngineTurn:
-        """One generation, no read timeout. Retries only when no connection could be made (nothing ran)."""
+        """One generation, no read timeout. Retries only when no connection could be made (nothing
+        ran)."""
         request: dict[str, Any] = {
             "input_ids": input_ids,
             "sampling_params": sampling_params,
@@ -140,7 +139,7 @@ class EngineClient:
             try:
                 resp = await client_for_loop().request("POST", self.url, payload, headers)
                 break
-            except HTTPError as e:
+            except HTTP11Error as e:
                 if e.connected:
                     raise EngineError(f"engine {self.url} failed: {e}") from None
                 attempt += 1

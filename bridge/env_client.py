@@ -1,4 +1,5 @@
-"""ORS session clients: a lean HTTP client for our own env servers, the openreward SDK for hosted envs.
+"""ORS session clients: a lean HTTP client for our own env servers, the openreward SDK for hosted
+envs.
 
 A session lives on exactly one server: with several env-server URLs, `pick_server` pins it
 by a stable hash of the session key, and every call of that session goes there.
@@ -26,20 +27,17 @@ from typing import Any, Protocol
 
 import orjson
 
-from bridge.http11 import HTTPClient, HTTPError, client_for_loop, close_loop_client, deadline
+from bridge.errors import BridgeError, EnvFailure, HTTP11Error
+from bridge.http11 import HTTPClient, client_for_loop, close_loop_client, deadline
 from bridge.task import TaskMeta, blocks_to_text
+from bridge.vocab import ToolErrorKind
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # The env server's request body limit (envs/server: MAX_BODY_BYTES); bigger tool calls are refused
 # here, before they are sent.
 MAX_CALL_BODY = 1 << 20
-TOO_LARGE = "too_large"
 # The env server's optional shared key (python -m envs.server --api-key / $ENV_SERVER_API_KEY).
 ENV_SERVER_API_KEY = "ENV_SERVER_API_KEY"
-
-
-class EnvFailure(RuntimeError):
-    """The environment or the network failed past the retries; the message is one line."""
 
 
 @dataclass
@@ -49,7 +47,9 @@ class ToolResult:
     text: str
     reward: float | None
     finished: bool
-    error_kind: str | None = None  # set when the env refused the call (the model sees the text)
+    error_kind: ToolErrorKind | None = (
+        None  # set when the env refused the call (the model sees the text)
+    )
     metadata: Any = None
 
 
@@ -65,7 +65,8 @@ class RetryPolicy:
     call_timeout: float = 600.0  # per tool call
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds before the next try: the server's Retry-After when it gave one, else jittered backoff."""
+        """Seconds before the next try: the server's Retry-After when it gave one, else jittered
+        backoff."""
         if retry_after is not None:
             return min(retry_after, self.retry_after_max) + random.uniform(0, self.backoff)
         return random.uniform(0, min(self.backoff_max, self.backoff * (2**attempt)))
@@ -116,13 +117,14 @@ def _secrets_header(secrets: dict[str, str]) -> dict[str, str]:
     return {"X-Secrets": build_secrets_header(secrets)}
 
 
+# An ORS refusal's `reason` -> the tool-error kind it counts as (any other: env_rejected).
 _ORS_REJECTION_KINDS = {
-    "not_found": "unknown_tool",
-    "input_validation": "invalid_arguments",
-    "bad_input_shape": "invalid_arguments",
-    "name_collision": "env_rejected",
-    "episode_finished": "env_rejected",
-    TOO_LARGE: TOO_LARGE,
+    "not_found": ToolErrorKind.UNKNOWN_TOOL,
+    "input_validation": ToolErrorKind.INVALID_ARGUMENTS,
+    "bad_input_shape": ToolErrorKind.INVALID_ARGUMENTS,
+    "name_collision": ToolErrorKind.ENV_REJECTED,
+    "episode_finished": ToolErrorKind.ENV_REJECTED,
+    "too_large": ToolErrorKind.TOO_LARGE,
 }
 
 
@@ -139,14 +141,14 @@ def too_large_result(name: str, size: int) -> ToolResult:
         text=f"Error: {_too_large_message(name, size)}",
         reward=None,
         finished=False,
-        error_kind=TOO_LARGE,
+        error_kind=ToolErrorKind.TOO_LARGE,
     )
 
 
 def _too_large_body(payload: dict[str, Any]) -> dict[str, Any]:
     """An ORS error body for a call the server refused with HTTP 413."""
     message = _too_large_message(str(payload.get("name")), len(orjson.dumps(payload)))
-    return {"ok": False, "error": message, "reason": TOO_LARGE}
+    return {"ok": False, "error": message, "reason": ToolErrorKind.TOO_LARGE.value}
 
 
 def _tool_result(body: Any) -> ToolResult:
@@ -166,11 +168,11 @@ def _tool_result(body: Any) -> ToolResult:
         text=f"Error: {body.get('error') or reason}",
         reward=None,
         finished=False,
-        error_kind=_ORS_REJECTION_KINDS.get(reason, "env_rejected"),
+        error_kind=_ORS_REJECTION_KINDS.get(reason, ToolErrorKind.ENV_REJECTED),
     )
 
 
-class _Retryable(Exception):
+class _Retryable(BridgeError):
     def __init__(
         self, message: str, connected: bool = True, retry_after: float | None = None
     ) -> None:
@@ -226,7 +228,7 @@ class LocalEnvSession:
             resp = await self.http.request(
                 method, self.url + path, data, headers, timeout=self.policy.timeout
             )
-        except HTTPError as e:
+        except HTTP11Error as e:
             raise _Retryable(
                 f"{method} {path} on {self.url} failed: {e}", connected=e.connected
             ) from None
@@ -238,7 +240,8 @@ class LocalEnvSession:
             )
         if status not in accept:
             raise EnvFailure(
-                f"{method} {path} on {self.url}: HTTP {status}: {_one_line(raw.decode('utf-8', 'replace'))}"
+                f"{method} {path} on {self.url}: HTTP {status}: "
+                f"{_one_line(raw.decode('utf-8', 'replace'))}"
             )
         try:
             return status, orjson.loads(raw) if raw else None
@@ -382,7 +385,7 @@ class LocalEnvSession:
                         result = state.feed(chunk)
                 if result is not None:
                     return result, state.task_id
-        except HTTPError as e:
+        except HTTP11Error as e:
             if state.task_id:
                 raise _Resume(state.task_id, str(e)) from None
             raise _Retryable(str(e), connected=e.connected) from None
@@ -469,7 +472,7 @@ class _SSEState:
                 self._data.append(value)
 
 
-class _Resume(Exception):
+class _Resume(BridgeError):
     def __init__(self, task_id: str, message: str) -> None:
         super().__init__(message)
         self.task_id = task_id
@@ -477,7 +480,8 @@ class _Resume(Exception):
 
 
 def _sse_result(text: str) -> Any:
-    """The JSON `end` payload (or task_id) of an SSE body read in one piece (e.g. /create_session)."""
+    """The JSON `end` payload (or task_id) of an SSE body read in one piece (e.g.
+    /create_session)."""
     task_id, chunks = None, []
     for block in text.replace("\r\n", "\n").split("\n\n"):
         event, data = None, []
@@ -536,7 +540,7 @@ class HostedEnvSession:
             cm = env.session(
                 task=Task(
                     server_name=name,
-                    environment_name=None,  # type: ignore[arg-type]
+                    environment_name=None,
                     task_spec=self.task.task_spec or {},
                     namespace=owner,
                 ),
@@ -582,7 +586,9 @@ class HostedEnvSession:
                 text=f"Error: {e}",
                 reward=None,
                 finished=False,
-                error_kind=_ORS_REJECTION_KINDS.get(getattr(e, "reason", ""), "env_rejected"),
+                error_kind=_ORS_REJECTION_KINDS.get(
+                    getattr(e, "reason", ""), ToolErrorKind.ENV_REJECTED
+                ),
             )
         except Exception as e:
             raise EnvFailure(

@@ -1,4 +1,5 @@
-"""What an environment reports beside its reward, read from tool-output metadata: provenance and tripwires.
+"""What an environment reports beside its reward, read from tool-output metadata: provenance and
+tripwires.
 
 The environments of this project (envs/reporting.py) add to every tool output's `metadata`:
 

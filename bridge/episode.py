@@ -36,32 +36,23 @@ from typing import Any, Protocol
 
 from bridge import drift
 from bridge.chat import ChatRenderer
-from bridge.engine import EngineClient, EngineError, EngineTurn
-from bridge.env_client import EnvFailure, EnvSession
+from bridge.engine import EngineClient, EngineTurn
+from bridge.env_client import EnvSession
 from bridge.env_report import EnvReport
+from bridge.errors import EngineError, EnvFailure, LedgerError
 from bridge.rewards import RewardOutcome, reduce_rewards
 from bridge.slime_state import slime_aborted
 from bridge.task import TaskMeta, ors_tool_to_openai
-from bridge.tokens import LedgerError, TokenLedger
+from bridge.tokens import TokenLedger
 from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCall, ToolCallError, parse_turn
+from bridge.vocab import INFRA_STOPS, EpisodeStatus, StopReason, ToolErrorKind
 
 NUDGE_TEXT = "You did not call a tool. Continue the task by calling one of the available tools."
 ENGINE_ABORT_ATTEMPTS = 3
 """Tries per turn when the engine aborts a generation slime did not abort."""
 ENGINE_ABORT_BACKOFF = 0.5
 """Seconds before re-sending an engine-aborted turn (doubled each time)."""
-
-# stop reasons
-ENV_FINISHED = "env_finished"
-MAX_TURNS = "max_turns"
-CONTEXT_BUDGET = "context_budget"
-RESPONSE_LENGTH = "response_length"
-NO_TOOL_CALL = "no_tool_call"
-SLIME_ABORT = "slime_abort"
-ENV_ERROR = "env_error"
-ENGINE_ERROR = "engine_error"
-INFRA_STOPS = frozenset({ENV_ERROR, ENGINE_ERROR})
-"""Episodes lost to the environment, the network or the engine (never the model's doing)."""
+_STOP_ABORT = (StopReason.SLIME_ABORT, EpisodeStatus.ABORTED)
 
 
 @dataclass
@@ -222,11 +213,12 @@ class EpisodeResult:
     messages: list[dict[str, Any]]
     turn_rewards: list[float | None]
     env_finished: bool
-    stop_reason: str
-    status: str  # completed | truncated | aborted | failed
+    stop_reason: StopReason
+    status: EpisodeStatus
     num_turns: int
     num_tool_calls: int
     tool_errors: dict[str, int]
+    """Tool errors by kind (`ToolErrorKind` values)."""
     reward: RewardOutcome
     failure: str | None = None
     session_url: str = ""
@@ -271,7 +263,7 @@ class Episode:
         self.num_turns = 0
         self.num_tool_calls = 0
         self.engine_aborts = 0
-        self.tool_errors: Counter[str] = Counter()
+        self.tool_errors: Counter[ToolErrorKind] = Counter()
         self.t_generate = 0.0
         self.t_env = 0.0
         self.t_total = 0.0
@@ -291,17 +283,17 @@ class Episode:
         the session for a later `run()`."""
         t0 = time.perf_counter()
         failure: str | None = None
-        stop, status = ENGINE_ERROR, "failed"
+        stop, status = StopReason.ENGINE_ERROR, EpisodeStatus.FAILED
         try:
             if not self._started and not self.aborted():  # no new episode once slime aborts
                 await self._open()
-            stop, status = await self._loop() if self._started else (SLIME_ABORT, "aborted")
+            stop, status = await self._loop() if self._started else _STOP_ABORT
         except EnvFailure as e:
-            stop, status, failure = ENV_ERROR, "failed", str(e)
+            stop, status, failure = StopReason.ENV_ERROR, EpisodeStatus.FAILED, str(e)
         except (EngineError, LedgerError) as e:
-            stop, status, failure = ENGINE_ERROR, "failed", str(e)
+            stop, status, failure = StopReason.ENGINE_ERROR, EpisodeStatus.FAILED, str(e)
         finally:
-            suspended = keep_on_abort and stop == SLIME_ABORT and self._started
+            suspended = keep_on_abort and stop == StopReason.SLIME_ABORT and self._started
             if not suspended:
                 t_close = time.perf_counter()
                 await asyncio.shield(self.session.close())
@@ -317,7 +309,7 @@ class Episode:
             status=status,
             num_turns=self.num_turns,
             num_tool_calls=self.num_tool_calls,
-            tool_errors=dict(self.tool_errors),
+            tool_errors={kind.value: n for kind, n in self.tool_errors.items()},
             reward=reward,
             failure=failure,
             session_url=self.session.url,
@@ -376,23 +368,23 @@ class Episode:
             "(finish_reason abort)"
         )
 
-    async def _loop(self) -> tuple[str, str]:
+    async def _loop(self) -> tuple[StopReason, EpisodeStatus]:
         model = self.model
         per_turn_cap = int(self.sampling_params.get("max_new_tokens") or 0) or None
         while True:
             if self.aborted():
-                return SLIME_ABORT, "aborted"
+                return _STOP_ABORT
             if self.num_turns >= self.task.max_turns:
-                return MAX_TURNS, "truncated"
+                return StopReason.MAX_TURNS, EpisodeStatus.TRUNCATED
             # a chat model learns its prompt length from the first answer: recompute every turn
             limit = self.budget.limit(model.prompt_length, per_turn_cap or 0)
             remaining = limit - model.context_length
             if remaining <= 0:
-                return CONTEXT_BUDGET, "truncated"
+                return StopReason.CONTEXT_BUDGET, EpisodeStatus.TRUNCATED
             params = self._turn_params(remaining, per_turn_cap)
             turn = await self._sample_turn(params)
             if turn is None:
-                return SLIME_ABORT, "aborted"
+                return _STOP_ABORT
             self.num_turns += 1
             self.weight_versions.append(turn.weight_version)
             parsed = turn.parsed
@@ -403,34 +395,34 @@ class Episode:
                 msg["weight_version"] = turn.weight_version
             self.messages.append(msg)
             if turn.finish_reason == "length":
-                return (
-                    CONTEXT_BUDGET if params["max_new_tokens"] == remaining else RESPONSE_LENGTH
-                ), "truncated"
+                cut = params["max_new_tokens"] == remaining
+                stop = StopReason.CONTEXT_BUDGET if cut else StopReason.RESPONSE_LENGTH
+                return stop, EpisodeStatus.TRUNCATED
             if not parsed.calls:
                 if self.task.on_no_tool_call == "nudge" and not self._nudged:
                     self._nudged = True
                     if not model.append_user(NUDGE_TEXT, limit):
-                        return CONTEXT_BUDGET, "truncated"
+                        return StopReason.CONTEXT_BUDGET, EpisodeStatus.TRUNCATED
                     self.messages.append({"role": "user", "content": NUDGE_TEXT})
                     continue
-                return NO_TOOL_CALL, "completed"
+                return StopReason.NO_TOOL_CALL, EpisodeStatus.COMPLETED
             contents = await self._execute(parsed.calls)
             if self.env_finished:
-                return ENV_FINISHED, "completed"
+                return StopReason.ENV_FINISHED, EpisodeStatus.COMPLETED
             if self.num_turns >= self.task.max_turns:
-                return MAX_TURNS, "truncated"
+                return StopReason.MAX_TURNS, EpisodeStatus.TRUNCATED
             if not model.append_tool_results(contents, limit):
-                return CONTEXT_BUDGET, "truncated"
+                return StopReason.CONTEXT_BUDGET, EpisodeStatus.TRUNCATED
 
     def _assistant_message(self, parsed: ParsedTurn) -> dict[str, Any]:
         """The turn as a chat message; every call gets the episode's id `call_<turn>_<i>`."""
-        calls = []
+        calls: list[dict[str, Any]] = []
         for i, c in enumerate(parsed.calls):
             c.call_id = f"call_{self.num_turns}_{i}"
             if isinstance(c, ToolCall):
                 calls.append({"id": c.call_id, "name": c.name, "arguments": c.arguments})
             else:
-                calls.append({"id": c.call_id, "name": c.name, "raw": c.raw, "error": c.kind})
+                calls.append({"id": c.call_id, "name": c.name, "raw": c.raw, "error": c.kind.value})
         msg: dict[str, Any] = {"role": "assistant", "content": parsed.content}
         if parsed.reasoning is not None:
             msg["reasoning_content"] = parsed.reasoning
@@ -448,12 +440,13 @@ class Episode:
                 "tool_call_id": call.call_id,
                 "name": call.name,
             }
+            error: ToolErrorKind | None
             if self.env_finished:
                 text, reward, finished, error = (
                     "Error: the episode has already finished.",
                     None,
                     True,
-                    "after_finish",
+                    ToolErrorKind.AFTER_FINISH,
                 )
             elif isinstance(call, ToolCallError):
                 text, reward, finished, error = f"Error: {call.message}", None, False, call.kind

@@ -25,16 +25,14 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from bridge.errors import InfraOutageError
+
 log = logging.getLogger(__name__)
 
 NEXT_FILTER_ENV = "BRIDGE_NEXT_DYNAMIC_FILTER"
 DROP_REASON = "bridge_infra_failure"
 MAX_CONSECUTIVE_DROPS = 64
 """Groups in a row dropped for infra failures before the rollout is stopped (a lasting outage)."""
-
-
-class InfraOutageError(RuntimeError):
-    """Every recent group was lost to the environment, the network or the engine."""
 
 
 _consecutive = [0]
@@ -56,7 +54,7 @@ def infra_failure(sample: Any) -> bool:
 def _output(keep: bool, reason: str | None) -> Any:
     """slime's DynamicFilterOutput where it exists (the drop is then counted by reason)."""
     try:
-        from slime.rollout.filter_hub.base_types import (  # type: ignore[import-not-found]
+        from slime.rollout.filter_hub.base_types import (
             DynamicFilterOutput,
         )
     except Exception:

@@ -34,10 +34,11 @@ import orjson
 from pydantic import ValidationError
 
 from bridge.chat import ChatRenderer, get_renderer
-from bridge.config import ConfigError, TrainConfig, config_from_env
+from bridge.config import TrainConfig, config_from_env
 from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult, TokenModel
+from bridge.errors import BridgeError, ConfigError
 from bridge.partial import suspended_episodes
 from bridge.provenance import episode_provenance, tokenizer_fingerprint
 from bridge.sample import (
@@ -48,9 +49,11 @@ from bridge.sample import (
     zero_loss,
 )
 from bridge.slime_state import mask_offpolicy, partial_rollout, slime_aborted
+from bridge.slime_types import SlimeArgs, SlimeSample
 from bridge.task import TaskMeta
 from bridge.tokens import TokenLedger
 from bridge.trajectory import Trajectory
+from bridge.vocab import EpisodeStatus, StopReason
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ def train_config() -> TrainConfig | None:
     return _CONFIG[path]
 
 
-def task_metadata(sample: Any) -> dict[str, Any]:
+def task_metadata(sample: SlimeSample) -> dict[str, Any]:
     """`sample.metadata` as a dict (old data stores a JSON string); the sample keeps the dict."""
     md = sample.metadata
     if md is None:
@@ -142,9 +145,10 @@ def _load_renderer(path: str, thinking: bool, system_prompt: str | None) -> Chat
 
 
 def _maybe_freeze_heap(_: Any) -> None:
-    """Opt-in (BRIDGE_GC_FREEZE=1): once the tokenizer is loaded, move the long-lived heap out of the
-    cyclic GC's reach (gc.freeze), so a full collection during rollouts does not rescan transformers,
-    torch and the vocabulary: the longest loop stall in bench/bridge.py drops from ~250 ms to ~100 ms.
+    """Opt-in (BRIDGE_GC_FREEZE=1): once the tokenizer is loaded, move the long-lived heap out of
+    the cyclic GC's reach (gc.freeze), so a full collection during rollouts does not rescan
+    transformers, torch and the vocabulary: the longest loop stall in bench/bridge.py drops from
+    ~250 ms to ~100 ms.
     Process-wide, hence off by default."""
     if os.environ.get("BRIDGE_GC_FREEZE") == "1" and not _FROZEN:
         _FROZEN.append(True)
@@ -156,7 +160,7 @@ def _maybe_freeze_heap(_: Any) -> None:
 _FROZEN: list[bool] = []
 
 
-def _engine(args: Any) -> EngineClient:
+def _engine(args: SlimeArgs) -> EngineClient:
     url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}"
     loop = asyncio.get_running_loop()
     per_loop = _ENGINES.setdefault(loop, {})
@@ -175,7 +179,8 @@ def set_trajectory_sink(sink: Any | None) -> None:
 
 
 def _sink(cfg: TrainConfig | None) -> Any:
-    """The trajectory sink for this config on this loop, or None (no config, disabled, or unavailable)."""
+    """The trajectory sink for this config on this loop, or None (no config, disabled, or
+    unavailable)."""
     if _SINK_OVERRIDE:
         return _SINK_OVERRIDE[0]
     if cfg is None or not cfg.trajectories.enabled:
@@ -198,7 +203,9 @@ def _placeholder_ledger(prompt: list[int], token: int) -> TokenLedger:
     return ledger
 
 
-def _fail_early(sample: Any, message: str, eos_id: int | None, args: Any = None) -> Any:
+def _fail_early(
+    sample: SlimeSample, message: str, eos_id: int | None, args: SlimeArgs | None = None
+) -> SlimeSample:
     """A sample that could not even start an episode: no loss, reward 0.0, removed (an infra
     failure: its group is dropped by bridge.filters)."""
     prompt = (
@@ -212,10 +219,10 @@ def _fail_early(sample: Any, message: str, eos_id: int | None, args: Any = None)
     zero_loss(sample)
     sample.reward = 0.0
     sample.remove_sample = True
-    sample.status = status_value(sample, "FAILED")
+    sample.status = status_value(sample, EpisodeStatus.FAILED.name)
     md = sample.metadata if isinstance(sample.metadata, dict) else {}
     md.update(
-        stop_reason="setup_error",
+        stop_reason=StopReason.SETUP_ERROR.value,
         failure_message=message,
         infra_failure=True,
         env_failure=0,
@@ -232,8 +239,9 @@ def _fail_early(sample: Any, message: str, eos_id: int | None, args: Any = None)
     return sample
 
 
-def _context_budget(args: Any, params: dict[str, Any], evaluation: bool) -> Budget:
-    """slime's budgets: the rollout ones, or for evaluation its eval_* ones (falling back as slime does)."""
+def _context_budget(args: SlimeArgs, params: dict[str, Any], evaluation: bool) -> Budget:
+    """slime's budgets: the rollout ones, or for evaluation its eval_* ones (falling back as slime
+    does)."""
     if evaluation:
         return Budget(
             max_context_len=getattr(args, "eval_max_context_len", None)
@@ -250,19 +258,22 @@ def _context_budget(args: Any, params: dict[str, Any], evaluation: bool) -> Budg
     )
 
 
-def _episode_key(sample: Any, md: dict[str, Any]) -> str:
+def _episode_key(sample: SlimeSample, md: dict[str, Any]) -> str:
     """One key per sample for its whole life (session pinning, routing, partial-rollout resume)."""
     key = getattr(sample, "session_id", None) or md.get("episode_key") or uuid.uuid4().hex
     md["episode_key"] = key
     return str(key)
 
 
-def _is_aborted(sample: Any) -> bool:
+def _is_aborted(sample: SlimeSample) -> bool:
     status = getattr(sample, "status", None)
-    return status is not None and status == getattr(type(sample).Status, "ABORTED", None)
+    aborted = getattr(type(sample).Status, EpisodeStatus.ABORTED.name, None)
+    return status is not None and status == aborted
 
 
-async def _resumable(args: Any, sample: Any, key: str, params: dict[str, Any]) -> Episode | None:
+async def _resumable(
+    args: SlimeArgs, sample: SlimeSample, key: str, params: dict[str, Any]
+) -> Episode | None:
     """The suspended episode this ABORTED sample left, ready to continue; None: start afresh."""
     if not _is_aborted(sample):
         return None
@@ -280,8 +291,8 @@ async def _resumable(args: Any, sample: Any, key: str, params: dict[str, Any]) -
 
 
 async def generate(
-    args: Any, sample: Any, sampling_params: dict[str, Any], evaluation: bool = False
-) -> Any:
+    args: SlimeArgs, sample: SlimeSample, sampling_params: dict[str, Any], evaluation: bool = False
+) -> SlimeSample:
     """Run one episode for `sample` and return it filled (slime's custom generate function)."""
     try:
         md = task_metadata(sample)
@@ -329,12 +340,12 @@ async def generate(
         )
     if result.suspended and play.episode is not None:
         suspended_episodes().put(key, play.episode, list(sample.tokens))
-    elif result.stop_reason != "slime_abort":
+    elif result.stop_reason != StopReason.SLIME_ABORT:
         _submit(cfg, args, sample, task, result, evaluation, renderer, params)
     return sample
 
 
-class _SetupError(Exception):
+class _SetupError(BridgeError):
     """An env session could not even be described (no server URL, a missing secret)."""
 
 
@@ -343,7 +354,7 @@ class _Play:
 
     def __init__(
         self,
-        args: Any,
+        args: SlimeArgs,
         task: TaskMeta,
         cfg: TrainConfig | None,
         renderer: ChatRenderer,
@@ -386,7 +397,7 @@ class _Play:
             self.env_time += episode.t_env - env_before
             if not result.infra_failure or attempt + 1 == EPISODE_ATTEMPTS or slime_aborted():
                 return result
-            self.failures.append(f"{result.stop_reason}: {(result.failure or '')[:300]}")
+            self.failures.append(f"{result.stop_reason.value}: {(result.failure or '')[:300]}")
             log.warning(
                 "bridge: episode %s lost (%s); replaying it (try %d of %d)",
                 self.key,
@@ -409,10 +420,14 @@ async def close_clients() -> None:
 
 
 def _write_sample(
-    args: Any, sample: Any, result: EpisodeResult, renderer: ChatRenderer, play: _Play
+    args: SlimeArgs,
+    sample: SlimeSample,
+    result: EpisodeResult,
+    renderer: ChatRenderer,
+    play: _Play,
 ) -> None:
     ledger = result.ledger
-    aborted = result.stop_reason == "slime_abort"
+    aborted = result.stop_reason == StopReason.SLIME_ABORT
     if aborted:
         # back to slime unfinished: no reward; with --partial-rollout it comes back here later
         if ledger is not None:
@@ -439,11 +454,11 @@ def _write_sample(
         if failed:
             zero_loss(sample)
             sample.remove_sample = True
-    sample.status = status_value(sample, result.status.upper())
+    sample.status = status_value(sample, result.status.name)
     sample.non_generation_time = play.env_time
     md = sample.metadata
     md.update(
-        stop_reason=result.stop_reason,
+        stop_reason=result.stop_reason.value,
         num_turns=result.num_turns,
         num_tool_calls=result.num_tool_calls,
         tool_errors=result.tool_errors,
@@ -452,12 +467,12 @@ def _write_sample(
         env_finished=result.env_finished,
         drift_count=ledger.drift_count if ledger is not None else 0,
         infra_failure=result.infra_failure,
-        env_failure=int(result.stop_reason == "env_error"),
-        engine_failure=int(result.stop_reason == "engine_error"),
+        env_failure=int(result.stop_reason == StopReason.ENV_ERROR),
+        engine_failure=int(result.stop_reason == StopReason.ENGINE_ERROR),
         failure_message=result.failure,
         bridge_timings=result.timings,
         response_tokens=sample.response_length,
-        trained_tokens=sum(sample.loss_mask),
+        trained_tokens=sum(sample.loss_mask or ()),
         env_url=result.session_url,
         weight_versions=result.weight_versions,
         engine_aborts=result.engine_aborts,
@@ -477,8 +492,8 @@ def _write_sample(
 
 def _submit(
     cfg: TrainConfig | None,
-    args: Any,
-    sample: Any,
+    args: SlimeArgs,
+    sample: SlimeSample,
     task: TaskMeta,
     result: EpisodeResult,
     evaluation: bool,
@@ -511,7 +526,7 @@ def _submit(
             turn_rewards=list(result.turn_rewards),
             reward=float(sample.reward),
             reward_reduction=task.reward.reward_reduction,
-            stop_reason=result.stop_reason,
+            stop_reason=result.stop_reason.value,
             status=sample.status.value,
             num_turns=result.num_turns,
             num_tool_calls=result.num_tool_calls,
@@ -519,7 +534,7 @@ def _submit(
             drift_count=sample.metadata.get("drift_count", 0),
             token_ids=list(sample.tokens),
             prompt_length=len(sample.tokens) - sample.response_length,
-            loss_mask=list(sample.loss_mask),
+            loss_mask=list(sample.loss_mask or ()),
             logprobs=list(sample.rollout_log_probs or []),
             timings=dict(result.timings),
             evaluation=evaluation,

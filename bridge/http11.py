@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
-if hasattr(asyncio, "timeout"):  # Python 3.11+: no extra task per timed request
+from bridge.errors import HTTP11Error
 
-    def deadline(seconds: float | None) -> Any:
+if sys.version_info >= (3, 11):  # asyncio.timeout: no extra task per timed request
+
+    def deadline(seconds: float | None) -> contextlib.AbstractAsyncContextManager[None]:
         """Cancel the enclosed awaits after `seconds` (raising TimeoutError); None: no limit."""
         return asyncio.timeout(seconds)
 else:  # pragma: no cover - Python 3.10
@@ -45,14 +47,6 @@ else:  # pragma: no cover - Python 3.10
             raise asyncio.TimeoutError() from None
         finally:
             handle.cancel()
-
-
-class HTTPError(Exception):
-    """Transport-level failure. `connected` is False when no connection could be made (nothing was sent)."""
-
-    def __init__(self, message: str, connected: bool = True) -> None:
-        super().__init__(message)
-        self.connected = connected
 
 
 @dataclass
@@ -97,7 +91,7 @@ class HTTPClient:
             async with deadline(timeout):
                 reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
         except (OSError, asyncio.TimeoutError) as e:
-            raise HTTPError(
+            raise HTTP11Error(
                 f"cannot connect to {host}:{port}: {type(e).__name__} {e}".strip(), connected=False
             ) from None
         return _Conn(reader, writer)
@@ -154,14 +148,15 @@ class HTTPClient:
         timeout: float | None = None,
         retry_stale: bool = True,
     ) -> Response:
-        """One request; the whole body is read. `timeout` bounds the whole exchange (None: no limit)."""
+        """One request; the whole body is read. `timeout` bounds the whole exchange (None: no
+        limit)."""
         if timeout is None:
             return await self._request(method, url, body, headers, retry_stale, None)
         try:
             async with deadline(timeout):
                 return await self._request(method, url, body, headers, retry_stale, timeout)
         except asyncio.TimeoutError:
-            raise HTTPError(f"{method} {url} timed out after {timeout:g} s") from None
+            raise HTTP11Error(f"{method} {url} timed out after {timeout:g} s") from None
 
     async def _request(
         self,
@@ -216,7 +211,7 @@ class _Exchange:
         self.connect_timeout = connect_timeout
         u = urlsplit(url)
         if u.scheme != "http":
-            raise HTTPError(f"only http:// URLs are supported here, got {url!r}", connected=False)
+            raise HTTP11Error(f"only http:// URLs are supported here, got {url!r}", connected=False)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
         self.path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         self.key = (self.host, self.port)
@@ -237,17 +232,17 @@ class _Exchange:
         try:
             try:
                 await self._send_and_read_head(conn, payload)
-            except (OSError, asyncio.IncompleteReadError, HTTPError) as e:
+            except (OSError, asyncio.IncompleteReadError, HTTP11Error) as e:
                 conn.close()
                 if not (reused and self.retry_stale and isinstance(e, _NoResponse)):
-                    raise HTTPError(
+                    raise HTTP11Error(
                         f"{self.method} {self.url}: {type(e).__name__} {e}".strip()
                     ) from None
                 conn = await self.client._connect(self.host, self.port, self.connect_timeout)
                 try:
                     await self._send_and_read_head(conn, payload)
-                except (OSError, asyncio.IncompleteReadError, HTTPError) as e2:
-                    raise HTTPError(
+                except (OSError, asyncio.IncompleteReadError, HTTP11Error) as e2:
+                    raise HTTP11Error(
                         f"{self.method} {self.url}: {type(e2).__name__} {e2}".strip()
                     ) from None
         # errors and cancellation: never leave a half-used connection in the pool
@@ -270,7 +265,7 @@ class _Exchange:
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-            raise HTTPError(f"bad status line {lines[0][:80]!r}")
+            raise HTTP11Error(f"bad status line {lines[0][:80]!r}")
         self.status = int(parts[1])
         hdrs: dict[str, str] = {}
         for line in lines[1:]:
@@ -285,8 +280,8 @@ class _Exchange:
         reader = self.conn.reader
         hdrs = self.headers
         try:
-            # Data is yielded as it arrives, so a stream that breaks midway still delivered what it had
-            # (e.g. an SSE task_id to resume a tool call with).
+            # Data is yielded as it arrives, so a stream that breaks midway still delivered what it
+            # had (e.g. an SSE task_id to resume a tool call with).
             if "chunked" in hdrs.get("transfer-encoding", "").lower():
                 while True:
                     size_line = await reader.readuntil(b"\r\n")
@@ -314,7 +309,7 @@ class _Exchange:
                     yield data
         except (OSError, asyncio.IncompleteReadError, ValueError) as e:
             self._reusable = False
-            raise HTTPError(
+            raise HTTP11Error(
                 f"{self.method} {self.url}: response broke: {type(e).__name__} {e}".strip()
             ) from None
         self._done = True
@@ -339,7 +334,7 @@ async def _read_n(reader: asyncio.StreamReader, n: int) -> AsyncIterator[bytes]:
         yield data
 
 
-class _NoResponse(HTTPError):
+class _NoResponse(HTTP11Error):
     """The connection died before any response byte: on a reused connection, safe to resend."""
 
 

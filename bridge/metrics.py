@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bridge.env_report import group_tripwires
+from bridge.vocab import ToolErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def _group_metrics(
         out["turns_max"] = max(turns)
         out["tool_calls_mean"] = statistics.fmean(calls)
         out["tool_calls_total"] = sum(calls)
-        out["parse_errors"] = float(errors.get("parse_error", 0))
+        out["parse_errors"] = float(errors.get(ToolErrorKind.PARSE_ERROR.value, 0))
         out["tool_errors_total"] = float(sum(errors.values()))
         for kind, count in errors.items():
             out[f"tool_errors/{kind}"] = float(count)
@@ -214,17 +215,19 @@ def rollout_step(args: Any, rollout_id: int) -> int:
     if getattr(args, "wandb_always_use_train_step", False) and getattr(
         args, "global_batch_size", None
     ):
-        return (
+        step: int = (
             rollout_id
             * args.rollout_batch_size
             * args.n_samples_per_prompt
             // args.global_batch_size
         )
+        return step
     return rollout_id
 
 
 def _wandb_run(args: Any) -> Any:
-    """slime's W&B run in this process, or one we open (offline without WANDB_API_KEY); None if disabled."""
+    """slime's W&B run in this process, or one we open (offline without WANDB_API_KEY); None if
+    disabled."""
     if not getattr(args, "use_wandb", False):
         return None
     import wandb
@@ -259,7 +262,8 @@ def _summary(per_env: dict[str, dict[str, float]]) -> str:
     for env, m in sorted(per_env.items()):
         if "reward_mean" in m:
             parts.append(
-                f"{env}: n={int(m['episodes'])} reward={m['reward_mean']:.3f} solved={m['solve_rate']:.2f}"
+                f"{env}: n={int(m['episodes'])} reward={m['reward_mean']:.3f} "
+                f"solved={m['solve_rate']:.2f}"
             )
     return "; ".join(parts)
 
@@ -268,10 +272,11 @@ def log_rollout(
     rollout_id: int,
     args: Any,
     samples: list[Any],
-    rollout_extra_metrics: dict | None,
+    rollout_extra_metrics: dict[str, Any] | None,
     rollout_time: float,
 ) -> bool:
-    """slime's custom rollout-log hook. Returns False: slime's default rollout metrics are logged too."""
+    """slime's custom rollout-log hook. Returns False: slime's default rollout metrics are logged
+    too."""
     per_env = episode_metrics(samples, _threshold(args))
     metrics = flatten(per_env, "rollout")
     metrics["rollout/step"] = rollout_step(args, rollout_id)
@@ -311,9 +316,13 @@ def drop_eval_infra_failures(args: Any, data: dict[str, dict[str, Any]]) -> dict
 
 
 def log_eval_rollout(
-    rollout_id: int, args: Any, data: dict[str, dict[str, Any]], extra_metrics: dict | None
+    rollout_id: int,
+    args: Any,
+    data: dict[str, dict[str, Any]],
+    extra_metrics: dict[str, Any] | None,
 ) -> bool:
-    """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated", "samples"}.
+    """slime's custom eval-log hook; `data` maps dataset name -> {"rewards", "truncated",
+    "samples"}.
 
     Infra-failed episodes are first taken out of `data` (see drop_eval_infra_failures) and
     counted as `eval/<dataset>/env/all/infra_failures`."""

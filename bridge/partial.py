@@ -17,7 +17,10 @@ import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bridge.episode import Episode
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ MAX_SUSPENDED = 8192
 
 @dataclass
 class _Entry:
-    episode: Any
+    episode: Episode
     tokens: list[int]
     since: float
 
@@ -46,7 +49,7 @@ class SuspendedEpisodes:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, key: str, episode: Any, tokens: list[int]) -> None:
+    def put(self, key: str, episode: Episode, tokens: list[int]) -> None:
         """Keep `episode` until its sample (now holding `tokens`) comes back."""
         old = self._entries.pop(key, None)
         if old is not None and old.episode is not episode:
@@ -57,7 +60,7 @@ class SuspendedEpisodes:
             _, entry = self._entries.popitem(last=False)
             self._discard(entry)
 
-    def take(self, key: str, tokens: list[int]) -> Any | None:
+    def take(self, key: str, tokens: list[int]) -> Episode | None:
         """The suspended episode of `key`, if its sample came back unchanged and in time."""
         self._expire()
         entry = self._entries.pop(key, None)

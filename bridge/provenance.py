@@ -57,7 +57,8 @@ def files_hash(files: Iterable[Path], root: Path = _ROOT) -> str:
 
 @cache
 def package_version() -> str:
-    """slime-envs' version: installed metadata, else pyproject.toml beside the code (a PYTHONPATH checkout)."""
+    """slime-envs' version: installed metadata, else pyproject.toml beside the code (a PYTHONPATH
+    checkout)."""
     try:
         return importlib.metadata.version(PACKAGE)
     except importlib.metadata.PackageNotFoundError:

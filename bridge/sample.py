@@ -19,9 +19,11 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
-from bridge.tokens import LedgerError, TokenLedger
+from bridge.errors import LedgerError
+from bridge.slime_types import SlimeArgs, SlimeSample
+from bridge.tokens import TokenLedger
 
 
 class _Status(Enum):
@@ -34,9 +36,10 @@ class _Status(Enum):
 
 @dataclass
 class FallbackSample:
-    """The fields of slime's `Sample` this bridge reads and writes; used only when slime is absent."""
+    """slime's `Sample` when slime is absent: exactly the fields of
+    `bridge.slime_types.SlimeSample`."""
 
-    Status = _Status
+    Status: ClassVar[type[Enum]] = _Status
 
     group_index: int | None = None
     index: int | None = None
@@ -50,8 +53,8 @@ class FallbackSample:
     weight_versions: list[str] = field(default_factory=list)
     rollout_log_probs: list[float] | None = None
     remove_sample: bool = False
-    status: _Status = _Status.PENDING
-    metadata: dict = field(default_factory=dict)
+    status: Any = _Status.PENDING
+    metadata: Any = field(default_factory=dict)
     session_id: str | None = None
     non_generation_time: float = 0.0
 
@@ -59,13 +62,14 @@ class FallbackSample:
 def sample_class() -> type:
     """slime's `Sample` when slime is importable, else `FallbackSample`."""
     try:
-        from slime.utils.types import Sample  # type: ignore[import-not-found]
+        from slime.utils.types import Sample
     except Exception:
         return FallbackSample
-    return Sample
+    cls: type = Sample
+    return cls
 
 
-def status_value(sample: Any, name: str) -> Any:
+def status_value(sample: SlimeSample, name: str) -> Any:
     """The member `name` (COMPLETED, TRUNCATED, ...) of this sample's own Status enum."""
     return getattr(type(sample).Status, name)
 
@@ -81,7 +85,7 @@ _NONE_FIELDS = (
 )
 
 
-def reset_response(sample: Any) -> None:
+def reset_response(sample: SlimeSample) -> None:
     """Forget every response-derived field: weight versions and cache/spec counters included."""
     sample.response = ""
     sample.response_length = 0
@@ -96,7 +100,7 @@ def reset_response(sample: Any) -> None:
             setattr(sample, name, type(info)())
 
 
-def fill_sample(sample: Any, ledger: TokenLedger, args: Any = None) -> None:
+def fill_sample(sample: SlimeSample, ledger: TokenLedger, args: SlimeArgs | None = None) -> None:
     """Write the ledger into `sample`: tokens, response, loss mask, logprobs and the replay fields.
 
     Sampled segments the ledger marks off-policy (sampled by an earlier policy, before a partial
@@ -147,8 +151,9 @@ def fill_sample(sample: Any, ledger: TokenLedger, args: Any = None) -> None:
     complete_replay_fields(sample, args)
 
 
-def _apply_engine_meta(sample: Any, meta_info: dict[str, Any]) -> None:
-    """Older slime: the bookkeeping `update_from_meta_info` does, minus the status (set by the episode)."""
+def _apply_engine_meta(sample: SlimeSample, meta_info: dict[str, Any]) -> None:
+    """Older slime: the bookkeeping `update_from_meta_info` does, minus the status (set by the
+    episode)."""
     cache = getattr(sample, "prefix_cache_info", None)
     if cache is not None:
         cache.add(meta_info=meta_info)
@@ -157,8 +162,11 @@ def _apply_engine_meta(sample: Any, meta_info: dict[str, Any]) -> None:
         sample.weight_versions.append(version)
 
 
-def _routed_experts_from_last_turn(sample: Any, ledger: TokenLedger, args: Any) -> None:
-    """Older slime: the last turn's routed experts cover the whole context (as its generate does)."""
+def _routed_experts_from_last_turn(
+    sample: SlimeSample, ledger: TokenLedger, args: SlimeArgs | None
+) -> None:
+    """Older slime: the last turn's routed experts cover the whole context (as its generate
+    does)."""
     if not getattr(args, "use_rollout_routing_replay", False):
         return
     last = next((s for s in reversed(ledger.segments) if s.trainable and s.meta_info), None)
@@ -169,12 +177,19 @@ def _routed_experts_from_last_turn(sample: Any, ledger: TokenLedger, args: Any) 
 
     data = base64.b64decode(raw) if isinstance(raw, str) else bytes(raw)
     rows = len(sample.tokens) - 1
-    sample.rollout_routed_experts = np.frombuffer(data, dtype=np.int32).reshape(
-        rows, args.num_layers, args.moe_router_topk
-    )
+    layers, topk = _expert_shape(args)
+    experts = np.frombuffer(data, dtype=np.int32).reshape(rows, layers, topk)
+    replay: Any = sample  # a field only some slime versions have: not part of SlimeSample
+    replay.rollout_routed_experts = experts
 
 
-def complete_replay_fields(sample: Any, args: Any) -> None:
+def _expert_shape(args: SlimeArgs | None) -> tuple[int, int]:
+    """(num_layers, moe_router_topk): Megatron's args, there whenever routing replay is on."""
+    megatron: Any = args
+    return int(megatron.num_layers), int(megatron.moe_router_topk)
+
+
+def complete_replay_fields(sample: SlimeSample, args: SlimeArgs | None) -> None:
     """Give a sample the replay fields slime's conversion asserts on when no turn supplied them.
 
     Only untrained tokens can lack them (a placeholder response, a failure before the first
@@ -182,25 +197,27 @@ def complete_replay_fields(sample: Any, args: Any) -> None:
     (experts 0..k-1 per token and layer), so slime's checks pass and no loss is computed.
     """
     n = sample.response_length
+    # the replay fields exist only in some slime versions: set by name, not through SlimeSample
+    replay: Any = sample
     if getattr(args, "rollout_top_p", 1.0) != 1.0 and hasattr(sample, "rollout_top_p_token_ids"):
-        if sample.rollout_top_p_token_offsets is None:
-            if any(sample.loss_mask):
+        if replay.rollout_top_p_token_offsets is None:
+            if any(sample.loss_mask or ()):
                 raise LedgerError("trained tokens without top-p replay data from the engine")
-            sample.rollout_top_p_token_ids = []
-            sample.rollout_top_p_token_offsets = [0] * (n + 1)
+            replay.rollout_top_p_token_ids = []
+            replay.rollout_top_p_token_offsets = [0] * (n + 1)
     if getattr(args, "use_rollout_routing_replay", False):
         if getattr(sample, "rollout_routed_experts", None) is None:
-            if any(sample.loss_mask):
+            if any(sample.loss_mask or ()):
                 raise LedgerError("trained tokens without routed experts from the engine")
             import numpy as np
 
-            layers, topk = int(args.num_layers), int(args.moe_router_topk)
+            layers, topk = _expert_shape(args)
             rows = max(len(sample.tokens) - 1, 0)
-            sample.rollout_routed_experts = np.broadcast_to(
+            replay.rollout_routed_experts = np.broadcast_to(
                 np.arange(topk, dtype=np.int32), (rows, layers, topk)
             ).copy()
 
 
-def zero_loss(sample: Any) -> None:
+def zero_loss(sample: SlimeSample) -> None:
     """Keep the tokens but train on none of them (failures, removed samples)."""
     sample.loss_mask = [0] * sample.response_length

@@ -37,5 +37,6 @@ def partial_rollout(args: Any) -> bool:
 
 
 def mask_offpolicy(args: Any) -> bool:
-    """Tokens sampled before a partial rollout resumed are masked (`--mask-offpolicy-in-partial-rollout`)."""
+    """Tokens sampled before a partial rollout resumed are masked
+    (`--mask-offpolicy-in-partial-rollout`)."""
     return partial_rollout(args) and bool(getattr(args, "mask_offpolicy_in_partial_rollout", False))

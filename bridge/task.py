@@ -52,7 +52,8 @@ class TaskMeta(BaseModel):
         return self
 
     def create_args(self) -> dict[str, Any]:
-        """The ORS `/create` task source: split+index when known (the env resolves it), else task_spec."""
+        """The ORS `/create` task source: split+index when known (the env resolves it), else
+        task_spec."""
         if self.index is not None:
             return {"split": self.split, "index": self.index}
         return {"task_spec": self.task_spec}

@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class LedgerError(ValueError):
-    """Tokens that cannot be accounted for (e.g. logprobs that do not match the sampled ids)."""
+from bridge.errors import LedgerError
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""Parse one assistant turn in the Qwen3 / Hermes format: thinking, visible text, and `<tool_call>` blocks.
+"""Parse one assistant turn in the Qwen3 / Hermes format: thinking, visible text, and `<tool_call>`
+blocks.
 
-A turn looks like `<think>..</think>\\n\\ntext<tool_call>\\n{"name": .., "arguments": {..}}\\n</tool_call>`.
+A turn looks like `<think>..</think>\\n\\ntext<tool_call>\\n{"name": .., "arguments":
+{..}}\\n</tool_call>`.
 Every block becomes either a `ToolCall` or a `ToolCallError` (the model sees the error and the
 episode goes on), in the order the model wrote them. Blocks inside the thinking are ignored.
 """
@@ -13,17 +15,14 @@ from typing import Any
 
 import orjson
 
+from bridge.vocab import ToolErrorKind
+
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-
-# Error kinds, also the keys of the per-episode `tool_errors` counter.
-PARSE_ERROR = "parse_error"
-UNKNOWN_TOOL = "unknown_tool"
-INVALID_ARGUMENTS = "invalid_arguments"
 
 
 @dataclass
@@ -37,9 +36,12 @@ class ToolCall:
 
 @dataclass
 class ToolCallError:
-    """A block the model wrote that cannot be executed; `message` is shown to the model."""
+    """A block the model wrote that cannot be executed; `message` is shown to the model.
 
-    kind: str
+    `kind` is also the key of the episode's `tool_errors` counter.
+    """
+
+    kind: ToolErrorKind
     message: str
     raw: str
     name: str | None = None
@@ -59,7 +61,8 @@ class ParsedTurn:
 
 
 def split_thinking(text: str) -> tuple[str | None, str]:
-    """(reasoning, rest): the text before `</think>` is reasoning; no `</think>` means no reasoning."""
+    """(reasoning, rest): the text before `</think>` is reasoning; no `</think>` means no
+    reasoning."""
     head, sep, tail = text.partition(THINK_CLOSE)
     if not sep:
         return None, text
@@ -72,10 +75,12 @@ def _parse_block(body: str, known_tools: set[str] | None) -> ParsedCall:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        return ToolCallError(PARSE_ERROR, f"tool call is not valid JSON: {e}", raw)
+        return ToolCallError(ToolErrorKind.PARSE_ERROR, f"tool call is not valid JSON: {e}", raw)
     if not isinstance(obj, dict):
         return ToolCallError(
-            PARSE_ERROR, "tool call must be a JSON object with 'name' and 'arguments'", raw
+            ToolErrorKind.PARSE_ERROR,
+            "tool call must be a JSON object with 'name' and 'arguments'",
+            raw,
         )
     return check_call(
         obj.get("name"), obj.get("arguments", obj.get("parameters", {})), raw, known_tools
@@ -86,7 +91,7 @@ def check_call(name: Any, args: Any, raw: str, known_tools: set[str] | None) -> 
     """A call from its name and arguments (an object, or a JSON string of one), or the error the
     model will see. Shared by the `<tool_call>` parser and OpenAI-style `tool_calls`."""
     if not isinstance(name, str) or not name:
-        return ToolCallError(PARSE_ERROR, "tool call has no 'name' string", raw)
+        return ToolCallError(ToolErrorKind.PARSE_ERROR, "tool call has no 'name' string", raw)
     if args is None:
         args = {}
     if isinstance(args, str):  # some models write the arguments as a JSON string
@@ -94,16 +99,25 @@ def check_call(name: Any, args: Any, raw: str, known_tools: set[str] | None) -> 
             args = orjson.loads(args) if args.strip() else {}
         except orjson.JSONDecodeError:
             return ToolCallError(
-                INVALID_ARGUMENTS, f"arguments of '{name}' are not a JSON object", raw, name
+                ToolErrorKind.INVALID_ARGUMENTS,
+                f"arguments of '{name}' are not a JSON object",
+                raw,
+                name,
             )
     if not isinstance(args, dict):
         return ToolCallError(
-            INVALID_ARGUMENTS, f"arguments of '{name}' must be a JSON object", raw, name
+            ToolErrorKind.INVALID_ARGUMENTS,
+            f"arguments of '{name}' must be a JSON object",
+            raw,
+            name,
         )
     if known_tools is not None and name not in known_tools:
         listed = ", ".join(sorted(known_tools))
         return ToolCallError(
-            UNKNOWN_TOOL, f"unknown tool '{name}'; available tools: {listed}", raw, name
+            ToolErrorKind.UNKNOWN_TOOL,
+            f"unknown tool '{name}'; available tools: {listed}",
+            raw,
+            name,
         )
     return ToolCall(name, args)
 
@@ -128,7 +142,7 @@ def parse_turn(
             cut = tail.index(TOOL_CALL_OPEN)
             calls.append(
                 ToolCallError(
-                    PARSE_ERROR,
+                    ToolErrorKind.PARSE_ERROR,
                     "tool call block is not closed with </tool_call>",
                     tail[cut + len(TOOL_CALL_OPEN) :].strip(),
                 )

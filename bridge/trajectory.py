@@ -28,7 +28,7 @@ class Trajectory:
     turn_rewards: list[float | None]  # raw per-tool-call rewards, None = no reward
     reward: float  # after reduction and clamping
     reward_reduction: str
-    stop_reason: str  # env_finished | max_turns | context_budget | no_tool_call | slime_abort | env_error | engine_error | ...
+    stop_reason: str  # a bridge.vocab.StopReason value
     status: str  # slime Sample.Status value: completed | truncated | aborted | failed
     num_turns: int
     num_tool_calls: int

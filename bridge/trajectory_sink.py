@@ -1,4 +1,5 @@
-"""The trajectory sink of the generate function: finished episodes -> OpenReward rollout events -> server.
+"""The trajectory sink of the generate function: finished episodes -> OpenReward rollout events ->
+server.
 
 `get_sink(config).submit(trajectory)` returns at once and never raises; the episode is in its
 journal file (the OS page cache) by then, so even a kill -9 of the trainer loses nothing. A
@@ -40,6 +41,7 @@ import httpx
 import orjson
 
 from bridge.config import TrainConfig, config_from_env
+from bridge.errors import DeliveryError
 from bridge.trajectory import Trajectory, TrajectorySink
 from bridge.trajectory_spool import (
     Journal,
@@ -54,7 +56,8 @@ log = logging.getLogger(__name__)
 
 HOSTED_API_URL = "https://api.openreward.ai"
 HARNESS = "slime-envs"
-# Status codes worth retrying (server busy, down, or auth to be fixed): everything else 4xx is final.
+# Status codes worth retrying (server busy, down, or auth to be fixed): everything else 4xx is
+# final.
 RETRY_STATUS = {401, 403, 404, 408, 409, 425, 429}
 
 
@@ -329,14 +332,6 @@ async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
     return event.is_set()
 
 
-class DeliveryError(Exception):
-    """A request that did not land; `retry` says whether trying again later can help."""
-
-    def __init__(self, message: str, retry: bool) -> None:
-        super().__init__(message)
-        self.retry = retry
-
-
 class TrajectoryUploader:
     """Non-blocking, lossless uploader of trajectories as OpenReward rollout events.
 
@@ -376,8 +371,8 @@ class TrajectoryUploader:
         }
         self._queue: asyncio.Queue[tuple[Trajectory, JournalSegment | None]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._sending: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sending: set[asyncio.Task[None]] = set()
         self._inflight: dict[int, list[_Unit]] = {}
         self._batch: list[_Unit] = []
         self._overflow: list[_Unit] = []  # not on disk (full disk), not delivered yet
@@ -964,7 +959,9 @@ class DisabledSink:
 
 
 _LIVE: weakref.WeakSet[TrajectoryUploader] = weakref.WeakSet()
-_SINKS: weakref.WeakKeyDictionary[Any, dict[tuple, TrajectorySink]] = weakref.WeakKeyDictionary()
+_SINKS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], TrajectorySink]] = (
+    weakref.WeakKeyDictionary()
+)
 _NO_LOOP = type("_NoLoop", (), {})()
 _SINK_LOCK = threading.Lock()
 
@@ -995,7 +992,8 @@ def make_sink(config: TrainConfig | None, settings: SinkSettings | None = None) 
         key = os.environ.get("OPENREWARD_API_KEY", "")
         if not key:
             log.error(
-                "trajectory sink: trajectories.target is openreward but OPENREWARD_API_KEY is unset; "
+                "trajectory sink: trajectories.target is openreward but OPENREWARD_API_KEY is "
+                "unset; "
                 "uploads will be spooled in %s until it is set",
                 t.spool_dir,
             )

@@ -7,14 +7,18 @@ Modules:
     gsm8k      GSM8K word problems with a calculator tool and a single answer submission
     gsm8k_data GSM8K data: which copy the gsm8k environment reads, and reading it
     whodunit   generated murder mysteries with exactly one consistent solution
-    haiku      write a 5-7-5 haiku on a topic; structure from CMUdict, topic words, optional LLM judge
-    reporting  ReportingEnvironment: provenance on every tool output, tripwires when the episode ends
-    tripwires  Tripwire declarations: cheap invariants of an honest success (never change the reward)
+    haiku      write a 5-7-5 haiku on a topic; structure from CMUdict, topic words, optional LLM
+               judge
+    reporting  ReportingEnvironment: provenance on every tool output, tripwires when the episode
+               ends
+    tripwires  Tripwire declarations: cheap invariants of an honest success (never change the
+               reward)
     provenance an env's version (package version + hash of its code and data), task-spec hashes
     registry   names of the local environments and where their classes live (imported on demand)
     options    validating an environment's `options` from train_config.yaml
     play       `python -m envs play ENV`: play one episode by hand, in-process or against a server
     replay     `python -m envs replay ID`: re-execute a stored episode's tool calls and diff them
+    errors     the error tree: EnvsError, its subclasses here and where the subpackages' live
     data/      the environments' bundled data (haiku topics and their on-topic words; GSM8K, MIT)
 
 Subpackages:
@@ -24,9 +28,11 @@ Subpackages:
 Optional class hooks, found with getattr: `configure(options)` applies train_config.yaml's
 `environments.<name>.options` to the class; `ground_truth(task_spec)` gives the label
 prepare_tasks.py writes; `warm_up()` loads data when the env server starts; `session_toolsets`
-names the SDK toolsets clients may add to a session (default none). The envs here subclass `ReportingEnvironment` and declare `TRIPWIRES`
+names the SDK toolsets clients may add to a session (default none). The envs here subclass
+`ReportingEnvironment` and declare `TRIPWIRES`
 (checked by `check_tripwires(calls)`) and `DATA_FILES` (hashed into their version). This
 package never imports slime; it may import the plugin's plain modules: `bridge.config` (the
 shared config schema), `bridge.task`, `bridge.env_report` and `bridge.provenance` (the report
-format), and `bridge.env_client` (replay on a server uses the bridge's own session client).
+format), `bridge.env_client` (replay on a server uses the bridge's own session client), and
+`bridge.errors` / `bridge.vocab` (the error types and vocabularies it catches or writes).
 """

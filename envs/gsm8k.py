@@ -23,12 +23,12 @@ from typing import Any, ClassVar
 from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
+from envs.errors import CalculatorError, GSM8KDataMissing
 from envs.gsm8k_data import (
     DATA_DIR_ENV,
     HUB_DATASET,
     SPLITS,
     DataSource,
-    GSM8KDataMissing,
     SourceKind,
     load_tasks,
     parse_final_answer,
@@ -87,10 +87,6 @@ class GSM8KOptions(BaseModel):
 # shown to 12 significant digits anyway). Every operation then costs microseconds.
 
 
-class CalculatorError(ValueError):
-    """An expression the calculator refuses; the message is shown to the model."""
-
-
 Number = int | Fraction | float
 
 MAX_EXACT_BITS = 1024
@@ -134,7 +130,7 @@ def _check_magnitude(x: Number) -> Number:
         raise CalculatorError("result is not a finite number")
     if _exact_bits(x) > MAX_EXACT_BITS:
         x = _to_float(x)  # exact arithmetic stops here; floats cost O(1)
-    if abs(x) > MAX_MAGNITUDE:
+    if x > MAX_MAGNITUDE or x < -MAX_MAGNITUDE:
         raise CalculatorError(f"result is too large (limit is 1e{len(str(MAX_MAGNITUDE)) - 1})")
     return x
 
@@ -142,7 +138,7 @@ def _check_magnitude(x: Number) -> Number:
 def _power(base: Number, exp: Number) -> Number:
     if isinstance(exp, Fraction) and exp.denominator == 1:
         exp = exp.numerator
-    if abs(exp) > MAX_EXPONENT:
+    if exp > MAX_EXPONENT or exp < -MAX_EXPONENT:
         raise CalculatorError(
             f"exponent {format_number(exp)} is too large (limit is {MAX_EXPONENT})"
         )
@@ -196,7 +192,8 @@ def _eval(node: ast.AST) -> Number:
 
 
 def format_number(x: Number) -> str:
-    """A calculator result as text: exact integers as integers, other values to 12 significant digits."""
+    """A calculator result as text: exact integers as integers, other values to 12 significant
+    digits."""
     if isinstance(x, Fraction):
         if x.denominator == 1:
             return str(x.numerator)
@@ -281,15 +278,19 @@ class AnswerInput(BaseModel):
     answer: str = Field(description="The final numeric answer only, e.g. '18'.")
 
 
-PROMPT = """Solve this grade-school math word problem.
-
-{question}
-
-You have two tools and must use them:
-- calculator(expression): evaluates arithmetic with + - * / // % ** and parentheses. Use it for every non-trivial computation.
-- submit_answer(answer): submits your final answer as a plain number (no units, no words). You can submit only once; it ends the episode.
-
-Work step by step, check your arithmetic with the calculator, then call submit_answer."""
+PROMPT = (
+    "Solve this grade-school math word problem.\n"
+    "\n"
+    "{question}\n"
+    "\n"
+    "You have two tools and must use them:\n"
+    "- calculator(expression): evaluates arithmetic with + - * / // % ** and parentheses. "
+    "Use it for every non-trivial computation.\n"
+    "- submit_answer(answer): submits your final answer as a plain number (no units, no words). "
+    "You can submit only once; it ends the episode.\n"
+    "\n"
+    "Work step by step, check your arithmetic with the calculator, then call submit_answer."
+)
 
 
 ANSWER_WITHOUT_CALCULATION = "answer_without_calculation"
@@ -382,7 +383,8 @@ class GSM8K(ReportingEnvironment):
 
     @tool
     async def calculator(self, params: CalculatorInput) -> ToolOutput:
-        """Evaluate an arithmetic expression (numbers, + - * / // % **, parentheses) and return the result."""
+        """Evaluate an arithmetic expression (numbers, + - * / // % **, parentheses) and return the
+        result."""
         try:
             result = calculate(params.expression)
         except CalculatorError as e:

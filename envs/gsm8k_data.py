@@ -21,13 +21,20 @@ import enum
 import gzip
 import json
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable  # Python 3.11+; annotations only
+from envs.errors import GSM8KDataMissing
+
+if TYPE_CHECKING:  # annotations only
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 __all__ = [
     "BUNDLED_DIR",
@@ -48,10 +55,6 @@ SPLITS = ("train", "test")
 DATA_DIR_ENV = "GSM8K_DATA_DIR"
 HUB_DATASET = "openai/gsm8k"
 BUNDLED_DIR = "data/gsm8k"  # inside the `envs` package: <split>.jsonl.gz, LICENSE, README.md
-
-
-class GSM8KDataMissing(RuntimeError):
-    """GSM8K data that cannot be read; the message is one line naming the fix."""
 
 
 class SourceKind(str, enum.Enum):
@@ -148,7 +151,7 @@ def solution_steps(answer: str) -> int:
 # --------------------------------------------------------------------------- readers
 
 
-def _parse_jsonl(f: BinaryIO, where: str) -> list[dict[str, Any]]:
+def _parse_jsonl(f: Iterable[bytes], where: str) -> list[dict[str, Any]]:
     rows = []
     for n, line in enumerate(f, 1):
         if not line.strip():
@@ -184,7 +187,8 @@ def _read_parquet(paths: list[Path]) -> list[dict[str, Any]]:
             import pandas as pd
         except ImportError:
             raise GSM8KDataMissing(
-                f"reading {paths[0]} needs pyarrow or pandas (pip install pyarrow), or use train.jsonl/test.jsonl"
+                f"reading {paths[0]} needs pyarrow or pandas (pip install pyarrow), or use "
+                "train.jsonl/test.jsonl"
             ) from None
         return [row for p in paths for row in pd.read_parquet(p).to_dict("records")]
     return [row for p in paths for row in pq.read_table(p).to_pylist()]

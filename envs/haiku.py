@@ -1,4 +1,5 @@
-"""Haiku: write a 5-7-5 haiku on a topic; scored on structure and topic, optionally on style by an LLM judge.
+"""Haiku: write a 5-7-5 haiku on a topic; scored on structure and topic, optionally on style by an
+LLM judge.
 
 Scoring of one submission (`submit_haiku`), all terms in [0, 1]:
 - structure: 0.25 for exactly three lines, plus for each of the first three lines 0.25 when its
@@ -19,8 +20,8 @@ Scoring of one submission (`submit_haiku`), all terms in [0, 1]:
   otherwise). When the judge fails or times out, the submission scores content alone (a
   logged warning).
 The episode ends when a poem has perfect structure and is on topic (any topic when r = 0) and
-is no copy, or after 1 + `max_revisions` submissions. Tripwire (group): `duplicate_in_group`, the same successful poem
-as another sample of its GRPO group.
+is no copy, or after 1 + `max_revisions` submissions. Tripwire (group): `duplicate_in_group`, the
+same successful poem as another sample of its GRPO group.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.provenance import short_hash
+from envs.errors import JudgeError
 from envs.options import parse_options, reset_task_cache
 from envs.reporting import ReportingEnvironment
 from envs.tripwires import CallRecord, Scope, Tripwire, Verdict
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 TOPICS_FILE = Path(__file__).parent / "data" / "haiku_topics.txt"
@@ -121,7 +123,8 @@ def estimate_syllables(word: str) -> int:
 
 
 def word_syllables(word: str, cmu: dict[str, list[list[str]]]) -> set[int]:
-    """Possible syllable counts of one lower-case word (one per CMU pronunciation, else an estimate)."""
+    """Possible syllable counts of one lower-case word (one per CMU pronunciation, else an
+    estimate)."""
     if word.isdigit():
         return {sum(_DIGIT_SYLLABLES.get(d, 1) for d in word)}
     prons = cmu.get(word)
@@ -137,7 +140,8 @@ def line_words(line: str) -> list[str]:
 
 
 def line_syllables(line: str, target: int, cmu: dict[str, list[list[str]]]) -> int:
-    """Syllables in a line; when words have several pronunciations, the total closest to `target`."""
+    """Syllables in a line; when words have several pronunciations, the total closest to
+    `target`."""
     totals = {0}
     for word in line_words(line):
         totals = {t + c for t in totals for c in word_syllables(word, cmu)}
@@ -178,13 +182,10 @@ def analyze(poem: str, cmu: dict[str, list[list[str]]]) -> tuple[list[str], list
 # --------------------------------------------------------------------------- judge
 
 
-class JudgeError(RuntimeError):
-    pass
-
-
 JUDGE_SYSTEM = (
     "You are a strict poetry editor grading haiku. Rate the haiku on two axes from 0 to 10: "
-    "relevance (how clearly it is about the given topic) and imagery (concrete, vivid, fresh images). "
+    "relevance (how clearly it is about the given topic) and imagery (concrete, vivid, fresh "
+    "images). "
     'Reply with JSON only, for example {"relevance": 7, "imagery": 5}.'
 )
 
@@ -228,7 +229,8 @@ def judge_client() -> httpx.AsyncClient:
 
 
 async def judge_style(topic: str, poem: str, timeout: float) -> float:
-    """Ask the OpenAI-compatible judge at $LLM_JUDGE_URL for a style score; raises JudgeError on any failure."""
+    """Ask the OpenAI-compatible judge at $LLM_JUDGE_URL for a style score; raises JudgeError on any
+    failure."""
     url = os.environ.get(JUDGE_URL_ENV, "")
     headers = {}
     if key := os.environ.get(JUDGE_KEY_ENV):
@@ -302,7 +304,8 @@ def topic_split(topic: str) -> str:
 
 # --------------------------------------------------------------------------- topic and copying
 
-# Words too common to say what a poem is about (topic words minus these count when a topic has no list).
+# Words too common to say what a poem is about (topic words minus these count when a topic has no
+# list).
 SMALL_WORDS = frozenset(
     """a an the of on in at by to for from with into onto over under through after before behind
     across along among around about above below beside between beyond near off out up down and or
@@ -377,10 +380,17 @@ class PoemInput(BaseModel):
     poem: str = Field(description="The haiku: three lines separated by newlines.")
 
 
-PROMPT = """Write a haiku about: {topic}
-
-A haiku has exactly three lines with 5, 7 and 5 syllables, and yours must be about the topic. Submit it with the submit_haiku tool (lines separated by newlines); you must use the tool, a poem written only in your reply does not count.
-The tool answers with the syllable count of each line, whether the poem is on topic, and a score; a poem that copies this prompt scores 0. If the structure is not perfect or the poem is off topic you may revise and submit again, up to {revisions} more time(s); the episode ends as soon as the haiku is perfect and on topic.{style}"""
+PROMPT = (
+    "Write a haiku about: {topic}\n"
+    "\n"
+    "A haiku has exactly three lines with 5, 7 and 5 syllables, and yours must be about the "
+    "topic. Submit it with the submit_haiku tool (lines separated by newlines); you must use the "
+    "tool, a poem written only in your reply does not count.\n"
+    "The tool answers with the syllable count of each line, whether the poem is on topic, and a "
+    "score; a poem that copies this prompt scores 0. If the structure is not perfect or the poem "
+    "is off topic you may revise and submit again, up to {revisions} more time(s); the episode "
+    "ends as soon as the haiku is perfect and on topic.{style}"
+)
 
 DUPLICATE_IN_GROUP = "duplicate_in_group"
 
@@ -403,7 +413,8 @@ class Score:
 
     @property
     def success(self) -> bool:
-        """Perfect structure, on topic (when relevance counts), not a copy: ends the episode early."""
+        """Perfect structure, on topic (when relevance counts), not a copy: ends the episode
+        early."""
         return (
             self.structure == 1.0
             and (self.on_topic or not self.topic_required)
@@ -412,7 +423,8 @@ class Score:
 
 
 class Haiku(ReportingEnvironment):
-    """Write a 5-7-5 haiku on a topic; syllable-counted structure, topic words, optional LLM style judge."""
+    """Write a 5-7-5 haiku on a topic; syllable-counted structure, topic words, optional LLM style
+    judge."""
 
     TRIPWIRES = (
         Tripwire(
@@ -435,7 +447,8 @@ class Haiku(ReportingEnvironment):
 
     @classmethod
     def topics(cls) -> dict[str, list[str]]:
-        """Topics per split, loaded once (hub keywords when `hub_topics` and available, else bundled)."""
+        """Topics per split, loaded once (hub keywords when `hub_topics` and available, else
+        bundled)."""
         hub = cls._options.hub_topics
         if hub in cls._topics:
             return cls._topics[hub]
@@ -446,7 +459,7 @@ class Haiku(ReportingEnvironment):
                     try:
                         topics = load_hub_topics()
                     except Exception as e:  # optional source: never fatal
-                        logger.warning(
+                        log.warning(
                             "haiku: %s keywords unavailable (%s: %s); using the bundled topics",
                             HUB_DATASET,
                             type(e).__name__,
@@ -497,7 +510,8 @@ class Haiku(ReportingEnvironment):
 
     @classmethod
     def warm_up(cls) -> None:
-        """Load the topics and the syllable dictionary now (e.g. at server start), not on first use."""
+        """Load the topics and the syllable dictionary now (e.g. at server start), not on first
+        use."""
         cls.topics()
         cmu_dictionary()
 
@@ -530,7 +544,8 @@ class Haiku(ReportingEnvironment):
 
     @tool
     async def submit_haiku(self, params: PoemInput) -> ToolOutput:
-        """Submit a haiku (three lines, 5-7-5 syllables, on the topic). Returns syllables per line and a score."""
+        """Submit a haiku (three lines, 5-7-5 syllables, on the topic). Returns syllables per line
+        and a score."""
         cmu = _cmu if _cmu is not None else await _load_cmu_off_loop()
         s = self.score(params.poem[:MAX_POEM_CHARS], cmu)
         self.submissions += 1
@@ -547,7 +562,7 @@ class Haiku(ReportingEnvironment):
                 except JudgeError as e:
                     judge_error = str(e)
                     reward = s.content
-                    logger.warning("haiku: style judge failed, scoring without style: %s", e)
+                    log.warning("haiku: style judge failed, scoring without style: %s", e)
         left = 1 + self.max_revisions - self.submissions
         finished = s.success or left <= 0
         return ToolOutput(
@@ -570,7 +585,8 @@ class Haiku(ReportingEnvironment):
         )
 
     def check_tripwires(self, calls: list[CallRecord]) -> Verdict:
-        """A successful final poem reports its fingerprint: equal ones in a GRPO group trip the wire."""
+        """A successful final poem reports its fingerprint: equal ones in a GRPO group trip the
+        wire."""
         last = calls[-1]
         meta = last.metadata or {}
         if last.name != "submit_haiku" or not meta.get("success"):
@@ -587,7 +603,8 @@ class Haiku(ReportingEnvironment):
         left: int,
     ) -> str:
         out = [
-            f"Lines: {len(s.lines)} (need 3). Syllables per line: {', '.join(map(str, s.counts)) or 'none'} (need 5, 7, 5).",
+            f"Lines: {len(s.lines)} (need 3). Syllables per line: "
+            f"{', '.join(map(str, s.counts)) or 'none'} (need 5, 7, 5).",
             f"Structure score: {s.structure:.3f}.",
         ]
         if s.copied:

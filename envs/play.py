@@ -1,4 +1,5 @@
-"""Play one episode of an environment by hand: `python -m envs play whodunit --split train --index 3`.
+"""Play one episode of an environment by hand: `python -m envs play whodunit --split train --index
+3`.
 
 Shows the prompt and the tools, then reads tool calls from stdin, one per line, either as
 `{"name": "list_clues", "arguments": {}}` or as `list_clues {}` (arguments optional), and prints
@@ -19,16 +20,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
+from envs.errors import PlayError
+
 os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 
 from bridge.task import blocks_to_text
 
 QUIT_WORDS = frozenset({"quit", "exit", "q", ":q"})
-
-
-class PlayError(Exception):
-    """Something that stops the episode from starting; the message is one line for the user."""
 
 
 @dataclass
@@ -84,14 +83,16 @@ async def in_process_episode(
 ) -> AsyncIterator[InProcessEpisode]:
     from openreward.environments.utils import run_user_callable
 
-    from envs.registry import UnknownEnvironment, configure_env, load_env_class
+    from envs.errors import UnknownEnvironment
+    from envs.registry import configure_env, load_env_class
 
     try:
         cls = load_env_class(env_name)
     except UnknownEnvironment as e:
         raise PlayError(str(e)) from None
     if config_path:
-        from bridge.config import ConfigError, load_config
+        from bridge.config import load_config
+        from bridge.errors import ConfigError
 
         try:
             cfg = load_config(config_path)
@@ -170,7 +171,8 @@ async def remote_episode(
             raise PlayError(f"cannot reach the env server at {url}: {last}") from None
         except Exception as e:  # the SDK wraps failures in its own error types
             raise PlayError(
-                f"{url}: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+                f"{url}: {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
             ) from None
         try:
             yield RemoteEpisode(session)
@@ -193,7 +195,8 @@ def parse_tool_call(line: str) -> tuple[str, dict[str, Any]]:
             raise ValueError(f"not valid JSON: {e.msg} (column {e.colno})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
             raise ValueError(
-                'a JSON tool call needs a "name" string, e.g. {"name": "list_clues", "arguments": {}}'
+                'a JSON tool call needs a "name" string, e.g. {"name": "list_clues", '
+                '"arguments": {}}'
             )
         args = obj.get("arguments", obj.get("input", {}))
         if isinstance(args, str):
@@ -235,7 +238,8 @@ class Score:
 
 
 async def play_episode(backend: EpisodeBackend, title: str, stdin: TextIO, out: TextIO) -> Score:
-    """Show prompt and tools, then run tool calls from `stdin` until the episode ends or input does."""
+    """Show prompt and tools, then run tool calls from `stdin` until the episode ends or input
+    does."""
 
     def say(text: str = "") -> None:
         out.write(text + "\n")
@@ -246,11 +250,11 @@ async def play_episode(backend: EpisodeBackend, title: str, stdin: TextIO, out: 
     tools = await backend.tools()
     say("\n-- tools --")
     for spec in tools:
-        say(
-            f"  {tool_signature(spec)}  {(spec.get('description') or '').splitlines()[0] if spec.get('description') else ''}".rstrip()
-        )
+        summary = (spec.get("description") or "").splitlines()[0] if spec.get("description") else ""
+        say(f"  {tool_signature(spec)}  {summary}".rstrip())
     say(
-        '\nOne tool call per line: {"name": "tool", "arguments": {...}}  or  tool {...}.  "quit" ends.'
+        '\nOne tool call per line: {"name": "tool", "arguments": {...}}  or  tool {...}.  "quit" '
+        "ends."
     )
     score = Score()
     while True:
@@ -282,7 +286,8 @@ async def play_episode(backend: EpisodeBackend, title: str, stdin: TextIO, out: 
         if res.reward is not None:
             score.rewards.append(res.reward)
         say(
-            f"[reward: {'none' if res.reward is None else f'{res.reward:g}'}  finished: {str(res.finished).lower()}]"
+            f"[reward: {'none' if res.reward is None else f'{res.reward:g}'}  finished: "
+            f"{str(res.finished).lower()}]"
         )
         if res.finished:
             score.finished, score.final = True, res.reward
@@ -290,7 +295,8 @@ async def play_episode(backend: EpisodeBackend, title: str, stdin: TextIO, out: 
     total = sum(score.rewards)
     if score.finished:
         say(
-            f"== episode finished: final reward {score.final if score.final is not None else 'none'}, "
+            "== episode finished: final reward "
+            f"{score.final if score.final is not None else 'none'}, "
             f"sum of rewards {total:g} over {score.calls} calls =="
         )
     else:
@@ -302,6 +308,7 @@ async def run(args: argparse.Namespace) -> int:
     title = f"{args.env} {args.split} #{args.index}" + (
         f" on {args.url}" if args.url else " (in-process)"
     )
+    episode: contextlib.AbstractAsyncContextManager[EpisodeBackend]
     if args.url:
         episode = remote_episode(
             args.url.rstrip("/"), args.env, args.split, args.index, args.api_key

@@ -17,7 +17,8 @@ from bridge.provenance import canonical_hash, files_hash, package_version
 
 
 def env_code_files(cls: type) -> list[Path]:
-    """The files whose contents make an environment's version: its module and declared data files."""
+    """The files whose contents make an environment's version: its module and declared data
+    files."""
     files = [Path(inspect.getfile(cls))]
     files += [Path(p) for p in getattr(cls, "DATA_FILES", ())]
     return [f for f in files if f.is_file()]

@@ -7,6 +7,8 @@ from typing import Any
 
 from openreward.environments import Environment
 
+from envs.errors import UnknownEnvironment
+
 ENVIRONMENTS: dict[str, str] = {
     "gsm8k": "envs.gsm8k:GSM8K",
     "whodunit": "envs.whodunit:WhoDunIt",
@@ -14,22 +16,18 @@ ENVIRONMENTS: dict[str, str] = {
 }
 
 
-class UnknownEnvironment(KeyError):
-    def __str__(self) -> str:
-        return f"unknown environment {self.args[0]!r}; local environments are: {', '.join(ENVIRONMENTS)}"
-
-
 def load_env_class(name: str) -> type[Environment]:
     """The Environment subclass registered under `name` (case-insensitive)."""
     target = ENVIRONMENTS.get(name.lower())
     if target is None:
-        raise UnknownEnvironment(name)
+        raise UnknownEnvironment(name, ENVIRONMENTS)
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def configure_env(cls: type[Environment], options: dict[str, Any]) -> None:
-    """Apply `environments.<name>.options` from train_config.yaml to an env class, if it takes any."""
+    """Apply `environments.<name>.options` from train_config.yaml to an env class, if it takes
+    any."""
     configure = getattr(cls, "configure", None)
     if configure is None:
         if options:

@@ -30,24 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from envs.errors import ReplayError
+
 os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 
 import httpx
 import orjson
 
-from bridge.env_client import EnvFailure, ToolResult
+from bridge.env_client import ToolResult
 from bridge.env_report import PROVENANCE_KEY
+from bridge.errors import EnvFailure
 from bridge.task import TaskMeta, blocks_to_text
+from bridge.vocab import ToolErrorKind
 
 DEFAULT_DB = "runs/trajectories.db"
 REWARD_TOLERANCE = 1e-9
 PAGE = 500
 MAX_DIFF_LINES = 12
-
-
-class ReplayError(Exception):
-    """The replay cannot run (no such rollout, unreachable server, unknown env); one line."""
 
 
 # ---------------------------------------------------------------- stored rollouts
@@ -64,13 +64,14 @@ class StoredCall:
     reward: float | None
     finished: bool
     executed: bool | None = None
-    """Whether the env ran it, as the bridge recorded it (None: an older rollout that does not say)."""
+    """Whether the env ran it, as the bridge recorded it (None: an older rollout that does not
+    say)."""
 
 
 def stored_calls(messages: list[dict[str, Any]]) -> list[StoredCall]:
     """The tool calls of a stored conversation, each paired with its result (by call id)."""
     results = {m.get("call_id"): m for m in messages if m.get("type") == "tool_result"}
-    out = []
+    out: list[StoredCall] = []
     for m in messages:
         if m.get("type") != "tool_call":
             continue
@@ -113,7 +114,7 @@ class StoreSource:
     def __init__(self, path: str) -> None:
         if not Path(path).is_file():
             raise ReplayError(f"no trajectory database at {path} (give --db or --url)")
-        from envs.trajectories.schema import StoreError
+        from envs.trajectories.errors import StoreError
         from envs.trajectories.store import TrajectoryStore
 
         try:
@@ -202,7 +203,8 @@ class InProcessSession:
     the text the bridge would have shown the model (bridge/env_client.py does the same)."""
 
     def __init__(self, task: TaskMeta) -> None:
-        from envs.registry import UnknownEnvironment, load_env_class
+        from envs.errors import UnknownEnvironment
+        from envs.registry import load_env_class
 
         try:
             self.cls = load_env_class(task.env)
@@ -228,7 +230,9 @@ class InProcessSession:
     async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult:
         res = (await self.env._call_tool(name, arguments)).root
         if not res.ok:
-            return ToolResult(f"Error: {res.error or res.reason}", None, False, "env_rejected")
+            return ToolResult(
+                f"Error: {res.error or res.reason}", None, False, ToolErrorKind.ENV_REJECTED
+            )
         out = res.output
         return ToolResult(blocks_to_text(out.blocks), out.reward, out.finished, None, out.metadata)
 
@@ -357,7 +361,8 @@ async def replay_rollout(rollout: dict[str, Any], url: str | None) -> ReplayRepo
     report = ReplayReport(str(rollout.get("event_id")), task.env, label)
     session = open_replay_session(task, url)
     meta = rollout.get("metadata") or {}
-    stored_prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
+    prov = meta.get("provenance")
+    stored_prov: dict[str, Any] = prov if isinstance(prov, dict) else {}
     try:
         await session.open()
         names = {t.get("name") for t in await session.tools()}
@@ -371,7 +376,7 @@ async def replay_rollout(rollout: dict[str, Any], url: str | None) -> ReplayRepo
                 diff.skipped = "the bridge rejected it, never sent to the env"
             elif call.name not in names:
                 diff.skipped = "not a tool of this env"
-            if diff.skipped is not None:
+            if diff.skipped is not None or call.arguments is None:
                 continue
             result = await session.call(call.name, call.arguments)
             if not report.notes and isinstance(result.metadata, dict):
@@ -447,7 +452,8 @@ async def run(args: argparse.Namespace, out: Any = sys.stdout) -> int:
 
 def _configure(config_path: str) -> None:
     """Apply train_config.yaml's env options to the in-process env classes."""
-    from bridge.config import ConfigError, is_hosted, load_config
+    from bridge.config import is_hosted, load_config
+    from bridge.errors import ConfigError
     from envs.registry import configure_env, load_env_class
 
     try:
@@ -469,8 +475,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="with --run: which rollouts are drawn [0]")
     p.add_argument(
         "--url",
-        help="env server to replay on (python -m envs.server); also where the rollout is read "
-        "unless --db or --trajectories says otherwise. Default: the envs in-process",
+        help=(
+            "env server to replay on (python -m envs.server); also where the rollout is read "
+            "unless --db or --trajectories says otherwise. Default: the envs in-process"
+        ),
     )
     p.add_argument("--db", help=f"trajectory database to read the rollout from [{DEFAULT_DB}]")
     p.add_argument("--trajectories", help="server whose trajectory API holds the rollout")

@@ -23,13 +23,14 @@ from bridge.env_report import PROVENANCE_KEY, TRIPWIRE_KEYS_KEY, TRIPWIRES_KEY
 from envs.provenance import env_version, task_spec_hash
 from envs.tripwires import CallRecord, Tripwire, Verdict, declared
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CHECK_FAILED = "tripwire_check_failed"
 
 
 class ReportingEnvironment(Environment):
-    """Base class of this project's environments: provenance on every output, tripwires at the end."""
+    """Base class of this project's environments: provenance on every output, tripwires at the
+    end."""
 
     TRIPWIRES: ClassVar[tuple[Tripwire, ...]] = ()
     """The tripwires this environment declares (README lists them)."""
@@ -37,7 +38,8 @@ class ReportingEnvironment(Environment):
     """Bundled data that shapes rewards; hashed into the env version with the module."""
 
     def check_tripwires(self, calls: list[CallRecord]) -> Verdict:
-        """The verdict on a finished episode; `calls` are its successful calls, the last one ended it."""
+        """The verdict on a finished episode; `calls` are its successful calls, the last one ended
+        it."""
         return Verdict()
 
     def provenance(self) -> dict[str, str]:
@@ -45,9 +47,10 @@ class ReportingEnvironment(Environment):
         cached = self.__dict__.get("_provenance")
         if cached is None:
             cls = type(self)
+            klass: type = cls  # functools.cache wants a Hashable; the SDK base is untyped
             cached = self.__dict__["_provenance"] = {
                 "env": cls.name().lower(),
-                "env_version": env_version(cls),
+                "env_version": env_version(klass),
                 "task_spec_hash": task_spec_hash(self.task_spec),
             }
         return cached
@@ -79,5 +82,5 @@ class ReportingEnvironment(Environment):
         try:
             return declared(self.TRIPWIRES, self.check_tripwires(list(self.episode_calls)))
         except Exception as e:  # a broken check must not break the episode
-            logger.exception("%s: tripwire check failed: %s", type(self).__name__, e)
+            log.exception("%s: tripwire check failed: %s", type(self).__name__, e)
             return Verdict(tripped=[CHECK_FAILED])

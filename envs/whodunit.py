@@ -46,7 +46,8 @@ MAX_SPLIT_SIZE = 1 << 30
 
 
 class Difficulty(BaseModel):
-    """The knobs that shape one case; stored in each task spec so a spec regenerates the same case."""
+    """The knobs that shape one case; stored in each task spec so a spec regenerates the same
+    case."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -246,7 +247,8 @@ class Space:
         raise ValueError(f"unknown predicate kind {p.kind!r}")
 
     def statements_mask(self, statements: Sequence[Sequence[Pred]], lies: int) -> int:
-        """Candidates where every non-killer's statements hold and the killer's have exactly `lies` false."""
+        """Candidates where every non-killer's statements hold and the killer's have exactly `lies`
+        false."""
         truth = [[self.mask(p) for p in own] for own in statements]
         all_true = []
         for own in truth:
@@ -290,7 +292,8 @@ def consistent(
 
 
 def _cap(text: str) -> str:
-    """First letter upper-cased, the rest untouched ('the cast-iron kettle' -> 'The cast-iron kettle')."""
+    """First letter upper-cased, the rest untouched ('the cast-iron kettle' -> 'The cast-iron
+    kettle')."""
     return text[:1].upper() + text[1:]
 
 
@@ -328,9 +331,10 @@ class Case:
         lies = self.difficulty.lying_statements
         known_clues = self.clues if clues else ()
         known_statements = self.statements if statements else ()
+        w, x, y, z = self.sizes
         return [
             sol
-            for sol in itertools.product(*(range(n) for n in self.sizes))
+            for sol in itertools.product(range(w), range(x), range(y), range(z))
             if consistent(sol, known_clues, known_statements, lies)
         ]
 
@@ -441,7 +445,8 @@ class Case:
             return "Everyone, the killer included, tells the truth in their statements."
         if n_lies == per:
             return (
-                "Innocent suspects always tell the truth. The killer lies in every statement they make."
+                "Innocent suspects always tell the truth. The killer lies in every statement "
+                "they make."
                 if per > 1
                 else "Innocent suspects always tell the truth. The killer's statement is a lie."
             )
@@ -469,9 +474,11 @@ class Case:
             f"You are the detective: work out {asked}.\n\n"
             "Gather the facts with the tools list_suspects, list_weapons, list_locations, "
             f"{'list_motives, ' if self.motives else ''}list_clues and list_statements. "
-            "Rules: every clue is true. The killer committed the murder alone, in one location, with one weapon. "
+            "Rules: every clue is true. The killer committed the murder alone, in one location, "
+            "with one weapon. "
             f"{rule} Exactly one answer is consistent with all of this.\n\n"
-            f"When you are certain, call {submit} once, using the names exactly as the tools list them. "
+            f"When you are certain, call {submit} once, using the names exactly as the tools "
+            "list them. "
             f"The submission ends the case; each correct part earns 1/{parts} of the reward. "
             "You must use the tools: do not guess before reading the clues and statements."
         )
@@ -547,7 +554,8 @@ def _choose_statements(
 
 @functools.lru_cache(maxsize=4096)
 def generate_case(seed: int, difficulty: Difficulty = DEFAULT_DIFFICULTY) -> Case:
-    """Build the case of `seed`: pick names and a solution, then add clues until exactly one candidate fits."""
+    """Build the case of `seed`: pick names and a solution, then add clues until exactly one
+    candidate fits."""
     d = difficulty
     rng = random.Random(seed)
     suspects = tuple(rng.sample(SUSPECT_POOL, d.suspects))
@@ -628,7 +636,8 @@ def normalize_name(text: str | None) -> str:
 def score_answer(
     answer: dict[str, str], submitted: dict[str, str | None]
 ) -> tuple[float, dict[str, bool]]:
-    """Fraction of correct components (1/3 each, or 1/4 each when a motive is asked) and per-part results."""
+    """Fraction of correct components (1/3 each, or 1/4 each when a motive is asked) and per-part
+    results."""
     parts = {k: normalize_name(submitted.get(k)) == normalize_name(v) for k, v in answer.items()}
     return sum(parts.values()) / len(parts), parts
 
@@ -672,7 +681,8 @@ class WhoDunIt(ReportingEnvironment):
 
     @classmethod
     def configure(cls, options: dict[str, Any]) -> None:
-        """Validate and apply `environments.whodunit.options`; raises ValueError naming a bad key."""
+        """Validate and apply `environments.whodunit.options`; raises ValueError naming a bad
+        key."""
         cls._options = parse_options(WhoDunItOptions, options, "whodunit")
         cls._difficulty = cls._options.difficulty().model_dump()
         reset_task_cache(cls)
@@ -685,7 +695,8 @@ class WhoDunIt(ReportingEnvironment):
 
     @classmethod
     def task_spec(cls, split: str, index: int) -> dict[str, Any]:
-        """The task spec of (split, index): its seed and difficulty, enough to regenerate the case."""
+        """The task spec of (split, index): its seed and difficulty, enough to regenerate the
+        case."""
         size = cls.split_size(split)
         if not 0 <= index < size:
             raise IndexError(f"whodunit {split} has {size} tasks; index {index} is out of range")
@@ -720,7 +731,8 @@ class WhoDunIt(ReportingEnvironment):
 
     @classmethod
     def case_from_spec(cls, task_spec: dict[str, Any]) -> Case:
-        """The case a task spec describes: its seed (or split+index) and difficulty (else the current options)."""
+        """The case a task spec describes: its seed (or split+index) and difficulty (else the
+        current options)."""
         seed = task_spec.get("seed")
         if seed is None and "split" in task_spec and "index" in task_spec:
             seed = case_seed(str(task_spec["split"]), int(task_spec["index"]), cls._options.seed)

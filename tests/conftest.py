@@ -94,7 +94,8 @@ def env_server(
 
 
 def _env_classes() -> list[type]:
-    """Every Environment subclass defined so far: the registered envs (imported here) and the tests'."""
+    """Every Environment subclass defined so far: the registered envs (imported here) and the
+    tests'."""
     from openreward.environments import Environment
 
     from envs.registry import ENVIRONMENTS, load_env_class
@@ -168,3 +169,31 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     db = tmp_path_factory.mktemp("store") / "trajectories.db"
     with env_server("--envs", "gsm8k,whodunit,haiku", "--db", str(db)) as url:
         yield url
+
+
+# --- headless Debian Chromium for the web UI tests (tests/webui_helpers.py) ---
+@pytest.fixture(scope="module")
+def browser():
+    from webui_helpers import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: run `bash setup.sh --test`")
+    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path: Path):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: problems.append(str(e)))
+    pg.problems = problems  # type: ignore[attr-defined]
+    yield pg
+    ctx.close()

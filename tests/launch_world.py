@@ -1,4 +1,5 @@
-"""Launcher test helpers: slime checkouts built from the flag lists, a world to launch in, dry-run parsing.
+"""Launcher test helpers: slime checkouts built from the flag lists, a world to launch in, dry-run
+parsing.
 
 The slime checkout `make_slime` builds defines exactly the flags of tests/data/slime_flags/
 (extracted from slime v0.2.2 / v0.3.1 / main and the Megatron commits they pin), with the
@@ -48,7 +49,8 @@ def make_slime(root: Path, version: str, drop: tuple[str, ...] = ()) -> Path:
     backends = ["megatron", "fsdp"] if version == "v0.2.2" else ["megatron"]
     src = ["def add_arguments(parser):"] + [f"    parser.add_argument({f!r})" for f in flags]
     src.append(
-        f"    parser.add_argument('--train-backend', type=str, choices={backends!r}, default='megatron')"
+        f"    parser.add_argument('--train-backend', type=str, choices={backends!r}, "
+        "default='megatron')"
     )
     (root / "slime" / "utils").mkdir(parents=True)
     (root / "slime" / "utils" / "arguments.py").write_text("\n".join(src) + "\n")
@@ -133,7 +135,8 @@ def run_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 def base_args(world: dict, slime: Path, *extra: str) -> list[str]:
     return [
-        "--ray-address",  # a port nothing answers on: run.sh plans its own head, whatever else runs here
+        # a port nothing answers on: run.sh plans its own head, whatever else runs here
+        "--ray-address",
         world["ray"],
         "--model",
         str(world["model"]),
@@ -239,7 +242,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-# --- the machine and the checkpoints a plan sees ---------------------------------------------------
+# --- the machine and the checkpoints a plan sees --------------------------------------------------
 def fake_tools(root: Path, **scripts: str) -> dict[str, str]:
     """A PATH whose first directory holds the given shell scripts (tool name -> body)."""
     bin_dir = root / "fake-bin"
@@ -271,7 +274,7 @@ def saved_run(root: Path, iteration: str = "7") -> Path:
 NVIDIA_SMI_8 = "\n".join(f'echo "GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i})"' for i in range(8))
 
 
-# --- slime's real checkouts (../shared/vendor) ------------------------------------------------------
+# --- slime's real checkouts (../shared/vendor) ------------------------------------------------
 # slime's vendored sources: tests/slime_vendor.py finds and unpacks them (one copy of that logic)
 VENDORED = {
     "v0.2.2": SLIME_TARBALLS["v0.2.2"],
@@ -294,7 +297,7 @@ def vendor_missing() -> str | None:
     return None
 
 
-# --- slime's real parse_args (needs slime's CPU imports and the harness's shims) -------------------
+# --- slime's real parse_args (needs slime's CPU imports and the harness's shims) ----------------
 SLIME_CPU_SHIMS = REPO / "tests" / "slime_cpu"  # the vendored-slime harness's CPU shims (issue 9)
 SLIME_CPU_MODULES = ("triton", "sglang", "sglang_router", "PIL")
 # Qwen3-4B's published config.json: slime checks the Megatron model args against it

@@ -21,15 +21,19 @@ PERFECT_HAIKU = "An old silent pond\nA frog jumps into the pond\nSplash! Silence
 # A perfect 5-7-5 poem on the topic of each haiku task the tests play (off-topic poems earn half).
 ON_TOPIC_HAIKU = {
     "moonlight on a pond": PERFECT_HAIKU,
-    "the first warm day of spring": "Spring sun on my face\nthe last snow melts in the yard\nbuds open slowly",
-    "the glow of a campfire": "Embers softly glow\nsparks drift up into the dark\nwe hum by the fire",
-    "first frost on the garden": "White frost on the leaves\nthe garden sleeps in silver\nbreath hangs in the air",
+    "the first warm day of "
+    "spring": "Spring sun on my face\nthe last snow melts in the yard\nbuds open slowly",
+    "the glow of a "
+    "campfire": "Embers softly glow\nsparks drift up into the dark\nwe hum by the fire",
+    "first frost on the "
+    "garden": "White frost on the leaves\nthe garden sleeps in silver\nbreath hangs in the air",
 }
 
 
 @dataclass
 class Episode:
-    """What a played episode produced: the prompt, tool names, and each call's (name, text, reward, finished)."""
+    """What a played episode produced: the prompt, tool names, and each call's (name, text, reward,
+    finished)."""
 
     prompt: str = ""
     tools: list[str] = field(default_factory=list)
@@ -148,7 +152,8 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 def sdk_server(
     envs: str = "gsm8k,whodunit,haiku", env: dict[str, str] | None = None
 ) -> Iterator[str]:
-    """The SDK's own `openreward.environments.Server` with our envs, under uvicorn on 127.0.0.1:<free port>."""
+    """The SDK's own `openreward.environments.Server` with our envs, under uvicorn on
+    127.0.0.1:<free port>."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with run_process(

@@ -1,4 +1,5 @@
-"""Run slime's real `parse_args` on launcher plans, in a subprocess with slime's sources on its path.
+"""Run slime's real `parse_args` on launcher plans, in a subprocess with slime's sources on its
+path.
 
     PYTHONPATH=<shims>:<slime>:<megatron>:<repo> python tests/slime_parse_args.py PLANS.json
 

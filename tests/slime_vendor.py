@@ -38,10 +38,16 @@ def missing_reason() -> str | None:
     d = vendor_dir()
     absent = [n for n in (*VERSIONS.values(), MEGATRON) if not (d / n).is_file()]
     if absent:
-        return f"vendored slime sources not found in {d} (set {VENDOR_ENV}): missing {', '.join(absent)}"
+        return (
+            f"vendored slime sources not found in {d} (set {VENDOR_ENV}): missing "
+            f"{', '.join(absent)}"
+        )
     missing = [m for m in CPU_MODULES if importlib.util.find_spec(m) is None]
     if missing:
-        return f"slime's CPU imports are not installed ({', '.join(missing)}): run `bash setup.sh --test`"
+        return (
+            f"slime's CPU imports are not installed ({', '.join(missing)}): run `bash "
+            "setup.sh --test`"
+        )
     return None
 
 

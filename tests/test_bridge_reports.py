@@ -1,5 +1,6 @@
-"""Tripwires, provenance and drift forensics through the whole path: bridge.generate with the scripted
-SGLang stub, the real env server, the real sink and store, and the W&B metrics hook's numbers."""
+"""Tripwires, provenance and drift forensics through the whole path: bridge.generate with the
+scripted SGLang stub, the real env server, the real sink and store, and the W&B metrics hook's
+numbers."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from conftest import env_server
+from generate_helpers import PARAMS, call, make_args, make_sample, recording_stub, run, turn
 from ors_episodes import PERFECT_HAIKU
 from sglang_stub import SGLangStub, Turn
-from test_episode import PARAMS, call, make_args, make_sample, recording_stub, run, turn
 
 from bridge.generate import close_clients, set_trajectory_sink
 from bridge.metrics import episode_metrics

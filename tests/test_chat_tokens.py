@@ -7,8 +7,9 @@ import json
 import pytest
 
 from bridge.chat import ChatRenderer
+from bridge.errors import LedgerError
 from bridge.sample import FallbackSample, fill_sample
-from bridge.tokens import LedgerError, TokenLedger
+from bridge.tokens import TokenLedger
 
 TOOLS = [
     {
@@ -36,7 +37,10 @@ TOOLS = [
         },
     },
 ]
-QUESTION = "Natalia sold clips to 48 of her friends in April, and then half as many in May.\nHow many in total?"
+QUESTION = (
+    "Natalia sold clips to 48 of her friends in April, and then half as many in May.\nHow "
+    "many in total?"
+)
 
 
 def _ids(tok, text: str) -> list[int]:

@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.launch.cluster import (
-    ClusterError,
-    ClusterView,
-    Node,
-    _node,
-    check_ray_address,
-    ray_auth_headers,
-)
+from bridge.launch.cluster import ClusterView, Node, _node, check_ray_address, ray_auth_headers
 from bridge.launch.env_servers import ENV_SERVER_SECRETS, ENV_SERVER_VARS, default_replicas
+from bridge.launch.errors import ClusterError, LayoutError
 from bridge.launch.gpus import GpuVendor, detect_local_gpus, vendor_of_accelerator
-from bridge.launch.layout import LayoutError, LayoutRequest, fit_layout
+from bridge.launch.layout import LayoutRequest, fit_layout
 
 
 def req(**kw) -> LayoutRequest:
@@ -147,7 +141,7 @@ def test_ray_auth_token_sources(tmp_path: Path) -> None:
     assert ray_auth_headers({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "t1"}) == {}
 
 
-# --- this machine's GPUs ----------------------------------------------------------------------------
+# --- this machine's GPUs --------------------------------------------------------------------------
 def tools(monkeypatch: pytest.MonkeyPatch, root: Path, **scripts: str) -> None:
     """Only these tools on PATH (plus the shell's basics)."""
     bin_dir = root / "bin"
@@ -170,7 +164,10 @@ def test_gpu_tools_in_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
         2,
         "amd-smi",
     )
-    rocm = 'printf "GPU[0]\\t: Device ID: 0x74a1\\nGPU[0]\\t: Card SKU: x\\nGPU[1]\\t: Device ID: 0x74a1\\n"'
+    rocm = (
+        'printf "GPU[0]\\t: Device ID: 0x74a1\\nGPU[0]\\t: Card SKU: x\\nGPU[1]\\t: Device '
+        'ID: 0x74a1\\n"'
+    )
     tools(monkeypatch, tmp_path / "b", rocm_smi=rocm)
     found = detect_local_gpus()
     assert found is not None and (found.count, found.tool) == (2, "rocm-smi")

@@ -1,4 +1,5 @@
-"""train_config.yaml and its schema (bridge/config.py): the default file, its commented examples, bad input."""
+"""train_config.yaml and its schema (bridge/config.py): the default file, its commented examples,
+bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 import yaml
 
 from bridge.config import (
-    ConfigError,
     EnvConfig,
     TrainConfig,
     TrajectoryConfig,
@@ -18,6 +18,7 @@ from bridge.config import (
     load_config,
     parse_config,
 )
+from bridge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "train_config.yaml"

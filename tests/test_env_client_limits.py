@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 import bridge.env_client as env_client
-from bridge.env_client import TOO_LARGE, open_session
+from bridge.env_client import open_session
 from bridge.http11 import close_loop_client
 from bridge.task import TaskMeta
+from bridge.vocab import ToolErrorKind
 
 BIG = "1+" * (600 * 1024) + "1"  # ~1.2 MB of arguments
 
@@ -30,7 +31,7 @@ async def test_oversized_arguments_are_refused_before_sending(server_url) -> Non
     s = await _session(server_url)
     try:
         res = await s.call("calculator", {"expression": BIG})
-        assert res.error_kind == TOO_LARGE and not res.finished and res.reward is None
+        assert res.error_kind == ToolErrorKind.TOO_LARGE and not res.finished and res.reward is None
         assert "at most 1048576 bytes" in res.text
         ok = await s.call("calculator", {"expression": "6*7"})  # the session goes on
         assert ok.error_kind is None and "42" in ok.text
@@ -43,7 +44,7 @@ async def test_server_413_is_a_tool_error(server_url, monkeypatch) -> None:
     s = await _session(server_url)
     try:
         res = await s.call("calculator", {"expression": BIG})
-        assert res.error_kind == TOO_LARGE and res.text.startswith("Error: ")
+        assert res.error_kind == ToolErrorKind.TOO_LARGE and res.text.startswith("Error: ")
         ok = await s.call("calculator", {"expression": "2+3"})
         assert ok.error_kind is None and "5" in ok.text
     finally:

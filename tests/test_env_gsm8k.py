@@ -1,4 +1,5 @@
-"""GSM8K env: data loading, the safe calculator, answer checking, and full episodes (in-process and SDK server)."""
+"""GSM8K env: data loading, the safe calculator, answer checking, and full episodes (in-process and
+SDK server)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,8 @@ from conftest import REPO
 from openreward.api.errors import ToolCallError
 from ors_episodes import play_gsm8k, sdk_server
 
-from envs.gsm8k import (
-    GSM8K,
-    CalculatorError,
-    GSM8KDataMissing,
-    answers_match,
-    calculate,
-    parse_final_answer,
-)
+from envs.errors import CalculatorError, GSM8KDataMissing
+from envs.gsm8k import GSM8K, answers_match, calculate, parse_final_answer
 from envs.gsm8k_data import SourceKind
 
 
@@ -230,7 +225,8 @@ def test_data_dir_from_environment_variable(
 def test_bundled_copy_is_the_default_and_upstream(
     gsm8k_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No setting, no network: the bundled copy, byte for byte the upstream files its README names."""
+    """No setting, no network: the bundled copy, byte for byte the upstream files its README
+    names."""
     monkeypatch.delenv("GSM8K_DATA_DIR", raising=False)
     GSM8K.configure({})
     assert GSM8K.data_source().kind is SourceKind.BUNDLED
@@ -403,7 +399,7 @@ async def test_in_process_wrong_and_unreadable_answers(gsm8k_dir: Path) -> None:
     assert not missing.ok and missing.reason == "input_validation"
 
 
-# ---------------------------------------------------------------- through the stock client + SDK server
+# ------------------------------------------------------------ through the stock client + SDK server
 
 
 @pytest.fixture(scope="module")

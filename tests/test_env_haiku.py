@@ -1,4 +1,5 @@
-"""Haiku env: syllable counting, structure scoring, revisions, the LLM style judge, and full episodes."""
+"""Haiku env: syllable counting, structure scoring, revisions, the LLM style judge, and full
+episodes."""
 
 from __future__ import annotations
 
@@ -282,7 +283,7 @@ async def test_relevance_weight_zero_scores_structure_alone() -> None:
     assert out.output.reward == 1.0 and out.output.finished
 
 
-# ---------------------------------------------------------------- the LLM judge (a tiny OpenAI-compatible server)
+# -------------------------------------------------- the LLM judge (a tiny OpenAI-compatible server)
 
 
 class JudgeStub:
@@ -447,7 +448,7 @@ def test_judge_reply_parsing_and_url() -> None:
     assert chat_completions_url("http://h/v1/chat/completions") == "http://h/v1/chat/completions"
 
 
-# ---------------------------------------------------------------- through the stock client + SDK server
+# ------------------------------------------------------------ through the stock client + SDK server
 
 
 @pytest.fixture(scope="module")

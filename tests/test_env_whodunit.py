@@ -1,4 +1,5 @@
-"""WhoDunIt env: determinism, proven-unique solutions, split disjointness, scoring, and full episodes."""
+"""WhoDunIt env: determinism, proven-unique solutions, split disjointness, scoring, and full
+episodes."""
 
 from __future__ import annotations
 
@@ -328,7 +329,7 @@ async def test_in_process_no_motive_case_and_bad_submission() -> None:
     assert out.output.reward == pytest.approx(2 / 3) and out.output.finished
 
 
-# ---------------------------------------------------------------- through the stock client + SDK server
+# ------------------------------------------------------------ through the stock client + SDK server
 
 
 @pytest.fixture(scope="module")

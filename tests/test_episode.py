@@ -1,131 +1,40 @@
-"""Whole episodes through `bridge.generate.generate`: the real env server on loopback, the real Qwen3
-tokenizer/template, and the scripted SGLang stub (the only stand-in) answering with token ids made by
-tokenizing the model's turn text.
+"""Whole episodes through `bridge.generate.generate`: the real env server on loopback, the real
+Qwen3 tokenizer/template, and the scripted SGLang stub (the only stand-in) answering with token ids
+made by tokenizing the model's turn text.
 
-Every test checks exact token / loss-mask / logprob alignment against what the stub actually received
-and sent, and that the env server has no session left open.
+Every test checks exact token / loss-mask / logprob alignment against what the stub actually
+received and sent, and that the env server has no session left open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 import time
-import types
-from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, free_port, run_process
-from sglang_stub import ROUTING_HEADER, SGLangStub, Turn, default_logprob
+from conftest import free_port, run_process
+from generate_helpers import (  # noqa: F401 (_close_bridge_clients: the autouse fixture)
+    PARAMS,
+    STUB_OUTPUTS,
+    TOKENIZER_DIR,
+    _close_bridge_clients,
+    assert_aligned,
+    call,
+    make_args,
+    make_sample,
+    open_sessions,
+    recording_stub,
+    run,
+    stub_outputs,
+    turn,
+)
+from sglang_stub import SGLangStub
 
-from bridge.generate import close_clients, generate
+from bridge.generate import generate
 from bridge.sample import FallbackSample
-
-TOKENIZER_DIR = str(REPO / ".cache" / "qwen3-tokenizer")
-PARAMS = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 512, "no_stop_trim": True}
-
-
-# --- helpers (also imported by the other test_generate_* modules) ---------------------------------
-def call(name: str, args: dict[str, Any] | None = None) -> str:
-    return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(args or {})}}}\n</tool_call>'
-
-
-def turn(tok, text: str, **kw: Any) -> Turn:
-    return Turn.of_text(tok, text, **kw)
-
-
-def make_args(stub: SGLangStub, **kw: Any) -> types.SimpleNamespace:
-    base = dict(
-        sglang_router_ip="127.0.0.1",
-        sglang_router_port=stub.port,
-        hf_checkpoint=TOKENIZER_DIR,
-        rollout_max_context_len=None,
-        rollout_max_response_len=4096,
-    )
-    return types.SimpleNamespace(**{**base, **kw})
-
-
-def make_sample(url: str | list[str], env: str, key: str, **task: Any) -> FallbackSample:
-    urls = [url] if isinstance(url, str) else url
-    md = {"env": env, "env_server": urls, "split": "train", "index": 0, **task}
-    return FallbackSample(metadata=md, session_id=key)
-
-
-async def run(
-    args: Any, sample: Any, params: dict[str, Any] | None = None, evaluation: bool = False
-) -> Any:
-    return await generate(args, sample, dict(params or PARAMS), evaluation=evaluation)
-
-
-@pytest.fixture(autouse=True)
-async def _close_bridge_clients():
-    """The bridge keeps one HTTP client per event loop; close it when the test's loop ends."""
-    yield
-    await close_clients()
-
-
-def open_sessions(url: str) -> int:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    m = re.search(r"^ors_sessions_open (\d+)", text, re.M)
-    assert m, "env server /metrics has no ors_sessions_open"
-    return int(m.group(1))
-
-
-def assert_aligned(sample: Any, stub: SGLangStub, key: str) -> None:
-    """Every sampled id sits exactly where the engine produced it, mask 1 with the engine's logprob;
-    everything between is mask 0 / logprob 0.0; each request's context is the previous context +
-    sampled + appended ids."""
-    reqs = stub.requests_for(key)
-    assert reqs, "the engine saw no request for this session"
-    toks, n = sample.tokens, sample.response_length
-    prompt_len = len(toks) - n
-    assert len(sample.loss_mask) == n == len(sample.rollout_log_probs)
-    assert len(reqs[0].input_ids) == prompt_len
-    mask, lps = [0] * n, [0.0] * n
-    for k, req in enumerate(reqs):
-        assert req.headers.get(ROUTING_HEADER) == key
-        assert req.body.get("return_logprob") is True and "text" not in req.body
-        assert req.input_ids == toks[: len(req.input_ids)], (
-            f"request {k} context is not a prefix of the sample"
-        )
-        if k:
-            assert len(req.input_ids) > len(reqs[k - 1].input_ids)
-    outputs = stub_outputs(stub, key)
-    for req, out in zip(reqs, outputs, strict=False):
-        start = len(req.input_ids)
-        assert toks[start : start + len(out)] == out
-        for i in range(len(out)):
-            mask[start - prompt_len + i] = 1
-            lps[start - prompt_len + i] = default_logprob(i)
-    assert sample.loss_mask == mask
-    assert sample.rollout_log_probs == pytest.approx(lps)
-    assert sample.metadata["drift_count"] == 0
-
-
-_OUTPUTS: dict[int, dict[str, list[list[int]]]] = {}
-
-
-def stub_outputs(stub: SGLangStub, key: str) -> list[list[int]]:
-    return _OUTPUTS.get(id(stub), {}).get(key, [])
-
-
-def recording_stub(tok, script: dict[str, list[Turn]]) -> SGLangStub:
-    """A stub serving one script per routing key that also remembers the ids each reply carried."""
-    queues = {k: list(v) for k, v in script.items()}
-    stub_ref: list[SGLangStub] = []
-
-    def responder(req) -> Turn:
-        t = queues[req.routing_key].pop(0)
-        ids = list(t.output_ids[: req.max_new_tokens])
-        _OUTPUTS.setdefault(id(stub_ref[0]), {}).setdefault(req.routing_key, []).append(ids)
-        return t
-
-    stub = SGLangStub(responder, tokenizer=tok)
-    stub_ref.append(stub)
-    return stub
 
 
 # --- tests ----------------------------------------------------------------------------------------
@@ -323,7 +232,8 @@ async def test_no_tool_call_ends_or_nudges_once(qwen3_tokenizer, server_url) -> 
     assert nudge.metadata["num_turns"] == 2 and nudge.metadata["stop_reason"] == "no_tool_call"
     assert nudge_ctx.endswith(
         "I think it is 5.<|im_end|>\n<|im_start|>user\nYou did not call a tool. Continue the task "
-        "by calling one of the available tools.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        "by calling one of the available "
+        "tools.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     )
     assert nudge2.metadata["stop_reason"] == "env_finished"
     for s, k in ((end, "n-end"), (nudge, "n-nudge"), (nudge2, "n-nudge2")):
@@ -363,7 +273,8 @@ async def test_context_budget_clamps_max_new_tokens_and_truncates(
     first = turn(tok, call("calculator", {"expression": "2+2"}) + "<|im_end|>")
     script = {"b1": [first, long_turn], "b2": [first]}
     with recording_stub(tok, script) as stub:
-        # response budget 100: the first turn (~25 ids) + its tool delta fit, the second turn is clamped
+        # response budget 100: the first turn (~25 ids) + its tool delta fit, the second turn is
+        # clamped
         s = await run(
             make_args(stub, rollout_max_response_len=100), make_sample(server_url, "gsm8k", "b1")
         )
@@ -413,7 +324,7 @@ async def test_engine_side_abort_resends_the_turn_and_trains_nothing_of_it(
     assert reqs[1].input_ids == reqs[2].input_ids  # the same turn, sent again
     # the aborted request and its reply never reached the sample
     stub.requests.remove(reqs[1])
-    _OUTPUTS[id(stub)]["ab"].pop(1)
+    STUB_OUTPUTS[id(stub)]["ab"].pop(1)
     assert_aligned(s, stub, "ab")
     assert "partial output" not in s.response
     assert open_sessions(server_url) == 0

@@ -1,5 +1,5 @@
-"""`python -m bridge.launch.eval` end to end: the real env server (GSM8K), the real SQLite store, the
-real Qwen3 tokenizer and chat template; the models are the scripted SGLang stub (/generate) and
+"""`python -m bridge.launch.eval` end to end: the real env server (GSM8K), the real SQLite store,
+the real Qwen3 tokenizer and chat template; the models are the scripted SGLang stub (/generate) and
 the scripted OpenAI-compatible stub (/v1/chat/completions), with known success rates.
 """
 
@@ -138,8 +138,8 @@ def test_two_models_known_rates_right_winner_and_cis(
 def test_chat_model_sees_history_in_openai_format(
     tmp_path: Path, gsm8k_server: str, labels, capsys
 ) -> None:
-    """The chat model gets tools, its own tool calls with their ids, and tool results answering them;
-    malformed arguments get an error the model sees, and the episode goes on."""
+    """The chat model gets tools, its own tool calls with their ids, and tool results answering
+    them; malformed arguments get an error the model sees, and the episode goes on."""
     solver = ScriptedSolver(labels, 0.0, "x")
 
     def respond(req):
@@ -177,7 +177,8 @@ def test_chat_model_context_budget_from_reported_usage(
     tmp_path: Path, gsm8k_server: str, capsys
 ) -> None:
     """The chat model's budget is counted from the usage the server reports: each turn's max_tokens
-    is what is left of prompt + --max-tokens, and the episode stops at the budget, as with tokens."""
+    is what is left of prompt + --max-tokens, and the episode stops at the budget, as with
+    tokens."""
 
     def respond(req):
         return Reply.call("calculator", expression="6*7")
@@ -411,7 +412,8 @@ def test_new_model_joins_by_name_and_retry_errors(
 
 
 def test_local_cpu_engine_model(tmp_path: Path, gsm8k_server: str, capsys) -> None:
-    """local:PATH starts the CPU engine on a tiny random Qwen3, plays token-exact episodes, stops it."""
+    """local:PATH starts the CPU engine on a tiny random Qwen3, plays token-exact episodes, stops
+    it."""
     import re
 
     from tiny_qwen3 import make_tiny_qwen3

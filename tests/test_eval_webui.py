@@ -1,5 +1,5 @@
-"""The eval comparison page in headless Debian Chromium (Playwright), as tests/test_webui.py: an eval
-of two scripted models (the SGLang stub and the OpenAI stub) on the real GSM8K env server, its
+"""The eval comparison page in headless Debian Chromium (Playwright), as tests/test_webui.py: an
+eval of two scripted models (the SGLang stub and the OpenAI stub) on the real GSM8K env server, its
 store served by `python -m envs.server --role trajectories`: the eval list, models side by side,
 the paired comparison, per-task outcomes with click-through to both models' trajectories, the
 side-by-side task page; model text containing <script> shows as text."""
@@ -15,7 +15,7 @@ from conftest import REPO, env_server
 from eval_models import ScriptedSolver, generate_responder, gsm8k_labels
 from openai_stub import OpenAIStub, Reply
 from sglang_stub import SGLangStub
-from test_webui import CHROMIUM, CHROMIUM_ARGS, shot
+from webui_helpers import CHROMIUM, CHROMIUM_ARGS, shot
 
 from bridge.launch.eval.__main__ import main
 

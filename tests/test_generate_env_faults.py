@@ -1,6 +1,7 @@
 """Network faults between the bridge and the REAL env server: a tool call whose stream breaks after
-the server acknowledged it (resumed by task_id, never run twice), one that breaks before (not resent),
-and a full server (503, retried). Faults come from a TCP proxy on loopback; the env server is real."""
+the server acknowledged it (resumed by task_id, never run twice), one that breaks before (not
+resent), and a full server (503, retried). Faults come from a TCP proxy on loopback; the env server
+is real."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import sys
 import httpx
 import pytest
 from conftest import free_port, run_process
+from generate_helpers import _close_bridge_clients, call, make_args, make_sample, run, turn  # noqa: F401
 from sglang_stub import SGLangStub
-from test_episode import _close_bridge_clients, call, make_args, make_sample, run, turn  # noqa: F401
 
 
 class FaultProxy:

@@ -10,9 +10,7 @@ import httpx
 import pytest
 import yaml
 from conftest import env_server
-from ors_episodes import sdk_server
-from sglang_stub import SGLangStub
-from test_episode import (
+from generate_helpers import (
     assert_aligned,
     call,
     make_args,
@@ -21,6 +19,8 @@ from test_episode import (
     run,
     turn,
 )
+from ors_episodes import sdk_server
+from sglang_stub import SGLangStub
 
 from bridge.env_client import pick_server
 from bridge.sample import FallbackSample

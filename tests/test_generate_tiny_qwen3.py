@@ -1,8 +1,10 @@
-"""Episodes sampled by a real (tiny, random-initialised) Qwen3 on CPU through `python -m bridge.launch.local_engine`.
+"""Episodes sampled by a real (tiny, random-initialised) Qwen3 on CPU through `python -m
+bridge.launch.local_engine`.
 
 The strongest train/rollout consistency check there is: one teacher-forced forward pass of the same
 model over the sample's final tokens must reproduce, at every loss-mask-1 position, the logprob the
-engine reported while sampling turn by turn, and the mask must be 0 exactly on the ids the bridge added.
+engine reported while sampling turn by turn, and the mask must be 0 exactly on the ids the bridge
+added.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 
 import pytest
 from conftest import free_port, run_process
-from test_episode import make_sample, run
+from generate_helpers import make_sample, run
 
 from bridge.generate import close_clients
 

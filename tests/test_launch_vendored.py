@@ -1,4 +1,5 @@
-"""run.sh's plans against slime's real checkouts (v0.2.2, v0.3.1, main) and the Megatron-LM they pin.
+"""run.sh's plans against slime's real checkouts (v0.2.2, v0.3.1, main) and the Megatron-LM they
+pin.
 
 Each plan (one node sync, async, fully-async, AMD, resume) is dry-run with `--slime-path` a real
 slime checkout: the launcher reads that checkout's argument definitions and must report every
@@ -123,7 +124,8 @@ def test_committed_megatron_list_is_the_real_parser(megatron: Path) -> None:
 
 
 def plan_argv(world: dict, slime: Path, megatron: Path) -> dict[str, list[str]]:
-    """The argv run.sh gives slime's driver for each plan (and one with eval and fault tolerance)."""
+    """The argv run.sh gives slime's driver for each plan (and one with eval and fault
+    tolerance)."""
     save = saved_run(world["tmp"] / "ckpt")
     eval_file = world["tasks"].with_name("eval_" + world["tasks"].name)
     eval_file.write_text(world["tasks"].read_text())

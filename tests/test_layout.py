@@ -1,4 +1,5 @@
-"""The import rules that keep the five parts apart (bridge/__init__.py and envs/__init__.py state them).
+"""The import rules that keep the five parts apart (bridge/__init__.py and envs/__init__.py state
+them).
 
 - The slime plugin (`bridge/` without `bridge/launch/`) imports neither `envs` nor `bridge.launch`:
   slime loads it into its rollout process, where only the plugin is shipped and nothing of
@@ -62,7 +63,8 @@ def test_envs_never_import_slime() -> None:
 def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(
-        "def f():\n    from envs.registry import load_env_class\n    import bridge.launch.launcher\n"
+        "def f():\n    from envs.registry import load_env_class\n    import "
+        "bridge.launch.launcher\n"
     )
     assert _offending([probe], ("envs", "bridge.launch")) != []
 

@@ -144,7 +144,10 @@ def test_against_a_running_server() -> None:
             "1",
             "--url",
             url,
-            stdin=f'submit_haiku {{"poem": "too short"}}\n{{"name": "submit_haiku", "arguments": {{"poem": "{poem}"}}}}\n',
+            stdin=(
+                f'submit_haiku {{"poem": "too short"}}\n{{"name": "submit_haiku", "arguments": '
+                f'{{"poem": "{poem}"}}}}\n'
+            ),
         )
         assert r.returncode == 0, r.stderr
         assert f"on {url} ==" in r.stdout and "submit_haiku(poem: string)" in r.stdout

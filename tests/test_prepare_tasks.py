@@ -210,7 +210,7 @@ def test_every_key_of_the_default_config_changes_the_output(tmp_path: Path) -> N
         assert output(base_env, {**base_global, key: changed_global[key]}) != base, key
 
 
-# --------------------------------------------------------------------------- real envs and a real server
+# ---------------------------------------------------------------------- real envs and a real server
 
 
 def test_default_config_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -264,12 +264,14 @@ def test_gsm8k_rows(tmp_path: Path, gsm8k_dir: Path) -> None:
 
 
 def _stock_server_cmd(port: int, classes: list[str]) -> list[str]:
-    """The SDK's own openreward.environments.Server over env classes ("module:Class"), on 127.0.0.1."""
+    """The SDK's own openreward.environments.Server over env classes ("module:Class"), on
+    127.0.0.1."""
     code = (
         "import importlib, sys, uvicorn\n"
         "from openreward.environments import Server\n"
         f"targets = {classes!r}\n"
-        "classes = [getattr(importlib.import_module(m), c) for m, c in (t.split(':') for t in targets)]\n"
+        "classes = [getattr(importlib.import_module(m), c) for m, c in (t.split(':') for t in "
+        "targets)]\n"
         f"uvicorn.run(Server(classes).app, host='127.0.0.1', port={port}, log_level='error')\n"
     )
     return [sys.executable, "-c", code]
@@ -304,7 +306,8 @@ async def _served(
 def test_rows_match_what_the_env_server_serves(
     tmp_path: Path, gsm8k_dir: Path, server_url: str
 ) -> None:
-    """Each row's metadata opens a real session on envs.server whose prompt and tools are the row's."""
+    """Each row's metadata opens a real session on envs.server whose prompt and tools are the
+    row's."""
     cfg = {
         "environments": {
             "gsm8k": {
@@ -335,7 +338,8 @@ def test_rows_match_what_the_env_server_serves(
 def test_hosted_env_through_the_sdk(
     tmp_path: Path, gsm8k_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An Owner/Name env resolves where the SDK sends it: OPENREWARD_SESSION_URL, here a stock server."""
+    """An Owner/Name env resolves where the SDK sends it: OPENREWARD_SESSION_URL, here a stock
+    server."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("OPENREWARD_API_KEY", "test-key")
@@ -376,7 +380,8 @@ def test_hosted_env_through_the_sdk(
 
 
 def test_hosted_index_only_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A hosted env without list_tasks is read with num_tasks + get_task; per-task tools come from the session."""
+    """A hosted env without list_tasks is read with num_tasks + get_task; per-task tools come from
+    the session."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("OPENREWARD_API_KEY", "test-key")
@@ -590,7 +595,8 @@ def test_unwritable_output_is_one_line(tmp_path: Path, capsys) -> None:
 def test_rows_render_with_the_qwen3_chat_template(
     tmp_path: Path, gsm8k_dir: Path, qwen3_tokenizer
 ) -> None:
-    """What slime does with --apply-chat-template: prompt messages + tools through the real template."""
+    """What slime does with --apply-chat-template: prompt messages + tools through the real
+    template."""
     cfg = {
         "environments": {
             "gsm8k": {"num_samples": 2, "options": {"data_dir": str(gsm8k_dir)}},

@@ -1,5 +1,6 @@
-"""`python -m envs replay`: episodes the bridge played (scripted engine, real env server, real store)
-replay identically in-process and on the server, and an env made nondeterministic is reported."""
+"""`python -m envs replay`: episodes the bridge played (scripted engine, real env server, real
+store) replay identically in-process and on the server, and an env made nondeterministic is
+reported."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import REPO, env_server
+from generate_helpers import call, make_args, make_sample, open_sessions, recording_stub, run, turn
 from ors_episodes import PERFECT_HAIKU
-from test_episode import call, make_args, make_sample, open_sessions, recording_stub, run, turn
 
 from bridge.generate import close_clients, set_trajectory_sink
 from bridge.trajectory_sink import SinkSettings, TrajectoryUploader
@@ -28,7 +29,8 @@ INFO = ["list_suspects", "list_weapons", "list_locations", "list_motives"]
 
 
 def _episodes(tok: Any) -> dict[str, tuple[dict[str, Any], list[Any]]]:
-    """session key -> (task, scripted turns): one episode per env, with calls the bridge answers itself."""
+    """session key -> (task, scripted turns): one episode per env, with calls the bridge answers
+    itself."""
     from envs.gsm8k import GSM8K
 
     label = GSM8K.load_split("test")[0]["label"]

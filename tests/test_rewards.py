@@ -1,4 +1,5 @@
-"""Reward reduction (bridge/rewards.py): every reduction, None ignored, nonterminal reward, clamping."""
+"""Reward reduction (bridge/rewards.py): every reduction, None ignored, nonterminal reward,
+clamping."""
 
 from __future__ import annotations
 

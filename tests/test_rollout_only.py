@@ -1,6 +1,7 @@
 """`bash run.sh --rollout-only` end to end on the CPU: the real env server and trajectory store
 (SQLite), the real Qwen3 tokenizer/template, and as the engine either the scripted SGLang stub
-(`--engine-url`) or a tiny random-initialised Qwen3 behind bridge.launch.local_engine (`--engine local`).
+(`--engine-url`) or a tiny random-initialised Qwen3 behind bridge.launch.local_engine (`--engine
+local`).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def stored(db: Path, run_name: str) -> list[dict]:
         return [
             dict(r)
             for r in con.execute(
-                "SELECT r.env, r.reward, r.stop_reason, r.status, r.num_turns, r.group_key FROM rollouts r "
+                "SELECT r.env, r.reward, r.stop_reason, r.status, r.num_turns, r.group_key FROM "
+                "rollouts r "
                 "JOIN runs ON runs.id = r.run_id WHERE runs.name = ?",
                 (run_name,),
             )
@@ -107,7 +109,8 @@ def port_open(port: int) -> bool:
 def test_scripted_engine_against_running_env_server(
     tmp_path: Path, run_name: str, qwen3_tokenizer
 ) -> None:
-    """--engine-url: GSM8K episodes answered correctly, WhoDunIt wrongly; every one lands in the store."""
+    """--engine-url: GSM8K episodes answered correctly, WhoDunIt wrongly; every one lands in the
+    store."""
     db = tmp_path / "store.db"
     with env_server("--envs", "gsm8k,whodunit", "--db", str(db)) as url:
         # tasks prepared for a server elsewhere (rows pin it); --env-server points this run at ours
@@ -316,7 +319,7 @@ def test_local_engine_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
     )
-    with pytest.raises(rollout_only.RolloutError, match=r"pip install -e '\.\[local\]'"):
+    with pytest.raises(rollout_only.RolloutOnlyError, match=r"pip install -e '\.\[local\]'"):
         rollout_only.check_model(str(TOKENIZER_DIR), engine_local=True)
 
 

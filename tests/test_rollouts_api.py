@@ -160,7 +160,8 @@ def test_batch_is_idempotent(traj_server: str) -> None:
             "invalid_event",
         ),
         (
-            b'{"events": [{"eventType": "rollout", "eventId": "", "timestamp": 1, "runName": "r"}]}',
+            b'{"events": [{"eventType": "rollout", "eventId": "", "timestamp": 1, "runName": '
+            b'"r"}]}',
             422,
             "invalid_event",
         ),

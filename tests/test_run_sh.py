@@ -39,7 +39,8 @@ from launch_world import (
 )
 
 from bridge.launch import prerequisites as pre
-from bridge.launch.launcher import MEGATRON_FLAGS, LaunchError, global_batch_size
+from bridge.launch.errors import LaunchError
+from bridge.launch.launcher import MEGATRON_FLAGS, global_batch_size
 from bridge.launch.slime_flags import flag_choices, flags_in_source, supported_train_backends
 
 
@@ -530,7 +531,8 @@ def test_execute_starts_env_server_health_checked_and_stops_it(world: dict) -> N
             "import json, os, sys, httpx, yaml; "
             f"cfg = yaml.safe_load(open({plan.job_env['TRAIN_CONFIG']!r})); "
             "h = [httpx.get(u + '/health').status_code for u in cfg['env_server']]; "
-            f"json.dump({{'health': h, 'env_server': cfg['env_server']}}, open({str(probe)!r}, 'w'))"
+            f"json.dump({{'health': h, 'env_server': cfg['env_server']}}, open({str(probe)!r}, "
+            "'w'))"
         ),
     ]
     try:
@@ -818,7 +820,7 @@ def test_eval_on_by_default_when_prepared(world: dict) -> None:
     assert "contradicts" in refused(world, slime, "--no-eval", "--eval-data", str(prepared))
 
 
-# --- env-server replicas on this machine -----------------------------------------------------------
+# --- env-server replicas on this machine ----------------------------------------------------------
 def test_env_server_replicas_follow_the_concurrency(world: dict) -> None:
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
     d = dry_run(world, slime, "--rollout-batch-size", "8", "--n-samples", "8")  # 64 in flight

@@ -491,7 +491,7 @@ async def test_secrets_reach_the_env_and_never_the_logs() -> None:
     assert secret not in logs and header not in logs
 
 
-# ---------------------------------------------------------------- CLI flags: api key, TTL, cap, config
+# ------------------------------------------------------------- CLI flags: api key, TTL, cap, config
 
 
 def test_api_key_guards_everything_but_health() -> None:
@@ -631,7 +631,8 @@ def test_unusable_trajectory_db_fails_at_startup_in_one_line(tmp_path: Path) -> 
 
 
 def test_a_runaway_tool_is_stopped_by_its_budget_and_the_episode_goes_on() -> None:
-    """A tool that never returns (and swallows exceptions) costs its 0.3 s budget, not the server."""
+    """A tool that never returns (and swallows exceptions) costs its 0.3 s budget, not the
+    server."""
     with probe_server(tool_budget_s=0.3) as (u, _):
         sid = {"X-Session-ID": "spin-1"}
         _create(u, "spin-1")
@@ -808,7 +809,7 @@ def test_metrics_are_prometheus_text(probe_url: str) -> None:
     )
 
 
-# ---------------------------------------------------------------- app factory: services and lifespan
+# --------------------------------------------------------------- app factory: services and lifespan
 
 
 class RecordingService:

@@ -145,7 +145,8 @@ def run_driver(version: str, spec: dict[str, Any], tmp_path: Path) -> dict[str, 
 
 class Model:
     """The engine's script, per routing key (one per sample): a key plays `special[i]` if it is
-    the i-th key to reach the engine, else a solving script for its own task (found in the prompt)."""
+    the i-th key to reach the engine, else a solving script for its own task (found in the
+    prompt)."""
 
     def __init__(
         self,

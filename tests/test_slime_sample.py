@@ -14,9 +14,9 @@ import sys
 
 import pytest
 from conftest import REPO
+from generate_helpers import call, turn
 from sglang_stub import SGLangStub, default_logprob
 from slime_vendor import VERSIONS, missing_reason, slime_pythonpath
-from test_episode import call, turn
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 
@@ -28,9 +28,9 @@ from bridge.generate import generate, close_clients
 
 assert sample_class() is Sample, "the bridge must pick slime's Sample when slime is importable"
 engine_port, env_url, tok_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-args = types.SimpleNamespace(sglang_router_ip="127.0.0.1", sglang_router_port=engine_port, hf_checkpoint=tok_dir,
-                             rollout_max_context_len=None, rollout_max_response_len=4096,
-                             sglang_speculative_algorithm=None)
+args = types.SimpleNamespace(sglang_router_ip="127.0.0.1", sglang_router_port=engine_port,
+                             hf_checkpoint=tok_dir, rollout_max_context_len=None,
+                             rollout_max_response_len=4096, sglang_speculative_algorithm=None)
 sample = Sample(prompt="ignored", metadata=json.dumps({"env": "gsm8k", "env_server": [env_url],
                                                        "split": "train", "index": 1}))
 
@@ -44,7 +44,8 @@ s = asyncio.run(main())
 print(json.dumps({"type": type(s).__module__ + "." + type(s).__name__, "tokens": s.tokens,
                   "response_length": s.response_length, "loss_mask": s.loss_mask,
                   "logprobs": s.rollout_log_probs, "status": s.status.value, "reward": s.reward,
-                  "remove_sample": s.remove_sample, "metadata_is_dict": isinstance(s.metadata, dict),
+                  "remove_sample": s.remove_sample,
+                  "metadata_is_dict": isinstance(s.metadata, dict),
                   "stop_reason": s.metadata.get("stop_reason"), "response": s.response,
                   "weight_versions": s.weight_versions}))
 """

@@ -1,4 +1,5 @@
-"""The SQLite trajectory store: schema versioning, idempotent ingest, derived fields, paging, stats."""
+"""The SQLite trajectory store: schema versioning, idempotent ingest, derived fields, paging,
+stats."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from envs.trajectories.errors import StoreError
 from envs.trajectories.events import EventBatch
-from envs.trajectories.schema import SCHEMA_VERSION, StoreError, connect, migrate, schema_version
+from envs.trajectories.schema import SCHEMA_VERSION, connect, migrate, schema_version
 from envs.trajectories.store import RolloutFilter, TrajectoryStore, decode_cursor
 
 
@@ -132,7 +134,8 @@ def test_views_are_indexed(store: TrajectoryStore) -> None:
     plan = " ".join(
         r[3]
         for r in conn.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM rollouts WHERE run_id = 1 ORDER BY ts DESC, id DESC LIMIT 50"
+            "EXPLAIN QUERY PLAN SELECT id FROM rollouts WHERE run_id = 1 ORDER BY ts DESC, id "
+            "DESC LIMIT 50"
         )
     )
     assert "USING" in plan and "INDEX" in plan and "TEMP B-TREE" not in plan

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from bridge.toolcalls import (
-    INVALID_ARGUMENTS,
-    PARSE_ERROR,
-    UNKNOWN_TOOL,
-    ToolCall,
-    ToolCallError,
-    parse_turn,
-    split_thinking,
-)
+from bridge.toolcalls import ToolCall, ToolCallError, parse_turn, split_thinking
+from bridge.vocab import ToolErrorKind
 
 TOOLS = {"calculator", "submit_answer"}
 
@@ -62,12 +55,12 @@ def test_malformed_calls_are_errors_in_place() -> None:
     kinds = [c.kind if isinstance(c, ToolCallError) else "ok" for c in calls]
     assert kinds == [
         "ok",
-        PARSE_ERROR,
-        UNKNOWN_TOOL,
-        INVALID_ARGUMENTS,
-        PARSE_ERROR,
-        PARSE_ERROR,
-        PARSE_ERROR,
+        ToolErrorKind.PARSE_ERROR,
+        ToolErrorKind.UNKNOWN_TOOL,
+        ToolErrorKind.INVALID_ARGUMENTS,
+        ToolErrorKind.PARSE_ERROR,
+        ToolErrorKind.PARSE_ERROR,
+        ToolErrorKind.PARSE_ERROR,
     ]
     assert "launch_rockets" in calls[2].message and "calculator" in calls[2].message
     assert "not closed" in calls[-1].message
@@ -82,7 +75,7 @@ def test_arguments_as_json_string_and_missing_arguments() -> None:
     assert calls[0] == ToolCall("calculator", {"expression": "3*3"})
     assert calls[1] == ToolCall("submit_answer", {})
     bad = parse_turn(_call("calculator", '"not json"'), TOOLS).calls[0]
-    assert isinstance(bad, ToolCallError) and bad.kind == INVALID_ARGUMENTS
+    assert isinstance(bad, ToolCallError) and bad.kind == ToolErrorKind.INVALID_ARGUMENTS
 
 
 def test_unknown_tool_not_checked_without_tool_list() -> None:

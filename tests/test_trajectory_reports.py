@@ -140,7 +140,8 @@ def test_an_older_database_gets_its_tripwires_on_upgrade(tmp_path: Path) -> None
     ]
     for event_id, group, meta in rows:
         conn.execute(
-            "INSERT INTO rollouts(event_id, run_id, env, group_key, metadata) VALUES (?, 1, 'x', ?, ?)",
+            "INSERT INTO rollouts(event_id, run_id, env, group_key, metadata) VALUES (?, 1, 'x', "
+            "?, ?)",
             (event_id, group, meta),
         )
     conn.close()

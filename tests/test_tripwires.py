@@ -1,5 +1,5 @@
-"""Tripwires: each env's invariants of an honest success fire on a scripted cheat, never on an honest
-episode, never change the reward, and travel in the tool output over the real servers."""
+"""Tripwires: each env's invariants of an honest success fire on a scripted cheat, never on an
+honest episode, never change the reward, and travel in the tool output over the real servers."""
 
 from __future__ import annotations
 

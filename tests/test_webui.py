@@ -1,12 +1,9 @@
-"""The trajectory web UI in headless Debian Chromium (Playwright): runs, filters, paging, one rollout,
-token view, GRPO group, chart; model/env text containing <script> must show as text."""
+"""The trajectory web UI in headless Debian Chromium (Playwright): runs, filters, paging, one
+rollout, token view, GRPO group, chart; model/env text containing <script> must show as text."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import random
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,112 +11,9 @@ from typing import Any
 import httpx
 import pytest
 from conftest import env_server
+from webui_helpers import shot, ui_trajectory
 
-from bridge.trajectory import Trajectory
 from bridge.trajectory_sink import SinkSettings, TrajectoryUploader
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-XSS = "<script>window.__xss = 1</script><img src=x onerror='window.__xss = 2'>"
-SHOTS = os.environ.get("WEBUI_SCREENSHOT_DIR")  # optional copy of the screenshots, for humans
-
-
-def ui_trajectory(tok: Any, i: int, run: str, env: str, evil: bool = False) -> Trajectory:
-    user = f"Case {i}: who took the cake? " + (XSS if evil else "")
-    msgs: list[dict[str, Any]] = [
-        {"role": "system", "content": "You are a careful detective."},
-        {"role": "user", "content": user},
-    ]
-    args = {"who": "the butler" if i % 2 else "the cook", "note": XSS if evil else "none"}
-    msgs.append(
-        {
-            "role": "assistant",
-            "content": "I will look at the clues first.",
-            "reasoning_content": "Clues matter. " + (XSS if evil else "Check the pantry."),
-            "tool_calls": [{"id": "c1", "name": "list_clues", "arguments": {}}],
-        }
-    )
-    msgs.append(
-        {
-            "role": "tool",
-            "tool_call_id": "c1",
-            "name": "list_clues",
-            "content": "flour on the sleeve" + (XSS if evil else ""),
-            "reward": 0.0,
-            "finished": False,
-        }
-    )
-    msgs.append(
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [{"id": "c2", "name": "submit_answer", "arguments": args}],
-        }
-    )
-    reward = 1.0 if i % 3 else 1 / 3
-    msgs.append(
-        {
-            "role": "tool",
-            "tool_call_id": "c2",
-            "name": "submit_answer",
-            "content": f"score {reward:.2f}",
-            "reward": reward,
-            "finished": True,
-        }
-    )
-    prompt = tok.apply_chat_template(msgs[:2], tokenize=True, add_generation_prompt=True)
-    if not isinstance(prompt, list):
-        prompt = prompt["input_ids"]
-    seg1 = tok.encode(
-        "<think>\nClues matter.\n</think>\n\nI will look at the clues first.",
-        add_special_tokens=False,
-    )
-    env_seg = tok.encode(
-        "<|im_end|>\n<|im_start|>user\n<tool_response>\nflour on the sleeve\n</tool_response>"
-        "<|im_end|>\n<|im_start|>assistant\n",
-        add_special_tokens=False,
-    )
-    seg2 = tok.encode(
-        '<tool_call>\n{"name": "submit_answer", "arguments": {"who": "the butler"}}\n</tool_call>',
-        add_special_tokens=False,
-    )
-    rng = random.Random(i)
-    response = seg1 + env_seg + seg2
-    mask = [1] * len(seg1) + [0] * len(env_seg) + [1] * len(seg2)
-    lps = [(-rng.random() * 3 if m else 0.0) for m in mask]
-    return Trajectory(
-        run_name=run,
-        env=env,
-        split="train" if i % 5 else "test",
-        index=i,
-        task_spec=None,
-        messages=msgs,
-        turn_rewards=[0.0, reward],
-        reward=reward,
-        reward_reduction="sum",
-        stop_reason="env_finished" if i % 4 else "max_turns",
-        status="completed" if i % 4 else "truncated",
-        num_turns=2,
-        num_tool_calls=2,
-        tool_errors={},
-        drift_count=0,
-        token_ids=list(prompt) + response,
-        prompt_length=len(prompt),
-        loss_mask=mask,
-        logprobs=lps,
-        timings={"generate": 1.2, "env": 0.05, "total": 1.3},
-        group_index=i // 4,
-        sample_index=i,
-        extra={"tokenizer": tok.name_or_path},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -156,41 +50,6 @@ def ui(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer) -> Iterator[di
         first = f"{url}/rollouts/{_dashed(trajs[0].rollout_id)}"
         httpx.get(first, timeout=120).raise_for_status()
         yield {"url": url, "evil": trajs[0].rollout_id, "dir": d}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} missing: run `bash setup.sh --test`")
-    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, tmp_path: Path):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = ctx.new_page()
-    problems: list[str] = []
-    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: problems.append(str(e)))
-    pg.problems = problems  # type: ignore[attr-defined]
-    yield pg
-    ctx.close()
-
-
-def shot(page, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 10_000
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(SHOTS) / name)
-    return path
 
 
 def test_runs_page_lists_runs(ui, page, tmp_path: Path) -> None:

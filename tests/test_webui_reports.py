@@ -1,5 +1,5 @@
-"""The web UI's new parts in headless Debian Chromium: tripwire filter and counts, provenance, drift,
-the GRPO group with slime's advantages, full group names, the group position vs the run-wide
+"""The web UI's new parts in headless Debian Chromium: tripwire filter and counts, provenance,
+drift, the GRPO group with slime's advantages, full group names, the group position vs the run-wide
 sample index, and /runs/abc as the HTML error page."""
 
 from __future__ import annotations
@@ -11,15 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-import test_webui
 from conftest import env_server
-from test_webui import XSS, shot, ui_trajectory
+from webui_helpers import XSS, shot, ui_trajectory
 
 from bridge.trajectory_sink import SinkSettings, TrajectoryUploader
 from envs.trajectories.advantages import group_advantages
-
-browser = test_webui.browser  # the fixtures of tests/test_webui.py: headless Debian Chromium
-page = test_webui.page
 
 RUN = "ui-reports"
 REWARDS = [1.0, 0.0, 0.5, 1.0]

@@ -1,4 +1,5 @@
-"""The tests' tiny random-initialised Qwen3: the product's offline builder, `bridge.launch.tiny_model`.
+"""The tests' tiny random-initialised Qwen3: the product's offline builder,
+`bridge.launch.tiny_model`.
 
 python tests/tiny_qwen3.py OUT_DIR [--tokenizer DIR]   (same as python -m bridge.launch.tiny_model)
 """

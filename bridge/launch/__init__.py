@@ -1,5 +1,5 @@
-"""run.sh's side: everything that runs on the launching machine or as the Ray job's entrypoint, never
-inside slime's rollout process.
+"""run.sh's side: everything that runs on the launching machine or as the Ray job's entrypoint,
+never inside slime's rollout process.
 
 Modules:
     launcher        `bash run.sh`: check prerequisites, start services, submit slime's driver to Ray
@@ -11,14 +11,21 @@ Modules:
     modes           --mode sync|async|fully-async: slime's driver and its flags
     resume          which checkpoint --load names given what --save holds (--resume/--no-resume)
     env_servers     the job's env servers: running ones, replicas here, or replicas on Ray
-    ray_job         the Ray job's entrypoint on a cluster: env-server replicas as Ray actors around slime
-    slime_flags     the flags slime (and the Megatron parser it wraps) accepts, read from its sources
+    ray_job         the Ray job's entrypoint on a cluster: env-server replicas as Ray actors around
+                    slime
+    slime_flags     the flags slime (and the Megatron parser it wraps) accepts, read from its
+                    sources
     services        local services run.sh starts when they are not running: env server, CPU engine
-    rollout_only    `bash run.sh --rollout-only`: the bridge on N tasks against an engine, no training
-    task_source     where prepare_tasks.py reads tasks: a local env class, or a hosted OpenReward env
-    local_engine    `python -m bridge.launch.local_engine`: a CPU debugging engine speaking /generate
+    rollout_only    `bash run.sh --rollout-only`: the bridge on N tasks against an engine, no
+                    training
+    task_source     where prepare_tasks.py reads tasks: a local env class, or a hosted OpenReward
+                    env
+    local_engine    `python -m bridge.launch.local_engine`: a CPU debugging engine speaking
+                    /generate
     tiny_model      `python -m bridge.launch.tiny_model DIR`: a tiny random Qwen3 made offline
-    eval/           `python -m bridge.launch.eval` (`bash run.sh --eval-only`): evaluate and compare models
+    errors          the launcher's error types, under bridge.errors.BridgeError
+    eval/           `python -m bridge.launch.eval` (`bash run.sh --eval-only`): evaluate and compare
+                    models
 
 This package may import `envs/` (task_source reads local env classes in-process) and the
 plugin modules in `bridge/`; nothing in the plugin imports it.

@@ -1,4 +1,5 @@
-"""The machines a training job runs on: nodes with their GPUs and CPUs, read from Ray or this machine.
+"""The machines a training job runs on: nodes with their GPUs and CPUs, read from Ray or this
+machine.
 
 On an existing Ray cluster the view comes from Ray itself: the state API of the dashboard
 that `ray job submit` talks to (`GET /api/v0/nodes`, what `ray list nodes` reads), alive
@@ -16,16 +17,13 @@ from urllib.parse import urlparse
 
 import httpx
 
+from bridge.launch.errors import ClusterError
 from bridge.launch.gpus import GpuVendor, LocalGpus, vendor_of_accelerator
 
 DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 _ACCELERATOR_RESOURCE = "accelerator_type:"
 _ACCELERATOR_LABEL = "ray.io/accelerator-type"
-
-
-class ClusterError(Exception):
-    """The cluster cannot be read or used; the message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,8 @@ class ClusterView:
         vendors = {n.vendor for n in self.gpu_nodes}
         if len(vendors) > 1:
             raise ClusterError(
-                f"the cluster mixes GPU vendors ({', '.join(sorted(v.value for v in vendors if v))}); "
+                "the cluster mixes GPU vendors "
+                f"({', '.join(sorted(v.value for v in vendors if v))}); "
                 "slime runs one vendor per job: use a cluster of one kind"
             )
         return next(iter(vendors), None)
@@ -86,14 +85,16 @@ class ClusterView:
 
 
 def default_ray_address(environ: dict[str, str] | None = None) -> str:
-    """The dashboard address run.sh submits to: $RAY_ADDRESS when it is one, else the local default."""
+    """The dashboard address run.sh submits to: $RAY_ADDRESS when it is one, else the local
+    default."""
     env = os.environ if environ is None else environ
     value = env.get(RAY_ADDRESS_ENV, "").strip()
     return value or DEFAULT_RAY_ADDRESS
 
 
 def check_ray_address(address: str) -> str:
-    """The dashboard URL, or ClusterError when `address` is not an http(s) URL (e.g. a GCS host:port)."""
+    """The dashboard URL, or ClusterError when `address` is not an http(s) URL (e.g. a GCS
+    host:port)."""
     u = urlparse(address)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ClusterError(

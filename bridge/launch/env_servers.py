@@ -1,4 +1,5 @@
-"""The env servers a training job uses: servers that already run, replicas run.sh starts, or replicas on Ray.
+"""The env servers a training job uses: servers that already run, replicas run.sh starts, or
+replicas on Ray.
 
 The bridge runs inside slime's rollout manager, which Ray may place on any node. Where the
 env servers come from:
@@ -76,7 +77,8 @@ def default_replicas(episodes_in_flight: int) -> int:
 
 
 def replica_command(config: str, url: str, db: str, index: int) -> list[str]:
-    """`python -m envs.server` for replica `index`: replica 0 keeps the store, the rest serve envs only."""
+    """`python -m envs.server` for replica `index`: replica 0 keeps the store, the rest serve envs
+    only."""
     cmd = env_server_command(config, url, db)
     return cmd if index == 0 else [*cmd, "--role", "env"]
 

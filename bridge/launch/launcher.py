@@ -1,4 +1,5 @@
-"""`bash run.sh`: check prerequisites, start the env servers and Ray, submit slime's training driver.
+"""`bash run.sh`: check prerequisites, start the env servers and Ray, submit slime's training
+driver.
 
 Everything is decided in `build_plan` (pure apart from probing the machine and the Ray
 cluster), printed by `--dry-run`, and carried out by `execute`, which stops what it started on
@@ -36,7 +37,6 @@ import yaml
 from bridge.config import TRAIN_CONFIG_ENV, TrainConfig, is_hosted
 from bridge.launch import prerequisites as pre
 from bridge.launch.cluster import (
-    ClusterError,
     ClusterView,
     check_ray_address,
     default_ray_address,
@@ -53,6 +53,14 @@ from bridge.launch.env_servers import (
     local_plan,
     ray_plan,
 )
+from bridge.launch.errors import (
+    ClusterError,
+    LaunchError,
+    LayoutError,
+    ModeError,
+    ResumeError,
+    ServiceError,
+)
 from bridge.launch.gpus import (
     AMD_COLOCATE_FLAGS,
     AMD_MEGATRON_FLAGS,
@@ -61,16 +69,10 @@ from bridge.launch.gpus import (
     LocalGpus,
     detect_local_gpus,
 )
-from bridge.launch.layout import Layout, LayoutError, LayoutRequest, fit_layout
-from bridge.launch.modes import ModeError, ModePlan, TrainMode, mode_plan, resolve_colocate
-from bridge.launch.resume import LoadPlan, ResumeError, plan_load
-from bridge.launch.services import (
-    ServiceError,
-    answers,
-    is_loopback,
-    managed_process,
-    stop,
-)
+from bridge.launch.layout import Layout, LayoutRequest, fit_layout
+from bridge.launch.modes import ModePlan, TrainMode, mode_plan, resolve_colocate
+from bridge.launch.resume import LoadPlan, plan_load
+from bridge.launch.services import answers, is_loopback, managed_process, stop
 from bridge.launch.slime_flags import SGLANG_FLAGS, slime_checkout_flags, supported_train_backends
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -78,9 +80,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GENERATE_HOOK = "bridge.generate.generate"
 ROLLOUT_LOG_HOOK = "bridge.metrics.log_rollout"
 EVAL_LOG_HOOK = "bridge.metrics.log_eval_rollout"
-# Groups with an episode lost to the env/network/engine are dropped and refilled (bridge/filters.py);
-# a user's own --dynamic-sampling-filter-path after `--` replaces it (chain it via
-# $BRIDGE_NEXT_DYNAMIC_FILTER instead).
+# Groups with an episode lost to the env/network/engine are dropped and refilled
+# (bridge/filters.py); a user's own --dynamic-sampling-filter-path after `--` replaces it (chain it
+# via $BRIDGE_NEXT_DYNAMIC_FILTER instead).
 INFRA_FILTER_HOOK = "bridge.filters.drop_infra_failures"
 
 # Learning rate: slime's own Qwen3-4B recipes (scripts/run-qwen3-4B.sh and its AMD twin) train
@@ -135,11 +137,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             or action.default is argparse.SUPPRESS
         ):
             return text
-        return super()._get_help_string(action)
-
-
-class LaunchError(Exception):
-    """A launch that cannot go ahead; the message is meant for the user."""
+        return super()._get_help_string(action) or ""
 
 
 def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -151,9 +149,11 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ap = argparse.ArgumentParser(
         prog="bash run.sh",
         description="Train a model with slime on the environments in train_config.yaml.",
-        epilog="Everything after `--` is passed to slime's driver unchanged. "
-        "Rollout-only mode (no training, no GPU needed): bash run.sh --rollout-only --help. "
-        "Evaluate and compare models: bash run.sh --eval-only --help",
+        epilog=(
+            "Everything after `--` is passed to slime's driver unchanged. "
+            "Rollout-only mode (no training, no GPU needed): bash run.sh --rollout-only --help. "
+            "Evaluate and compare models: bash run.sh --eval-only --help"
+        ),
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
     )
@@ -173,20 +173,26 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--mode",
         choices=[m.value for m in TrainMode],
         default=TrainMode.SYNC.value,
-        help="sync: train.py; async: train_async.py (rollout k+1 overlaps training k); "
-        "fully-async: train_async.py with slime's fully-async rollout worker",
+        help=(
+            "sync: train.py; async: train_async.py (rollout k+1 overlaps training k); "
+            "fully-async: train_async.py with slime's fully-async rollout worker"
+        ),
     )
     a(
         "--eval-data",
         default=None,
-        help="eval prompts (default: eval_<task-data name> beside --task-data when it exists, "
-        "as prepare_tasks.py writes it)",
+        help=(
+            "eval prompts (default: eval_<task-data name> beside --task-data when it exists, "
+            "as prepare_tasks.py writes it)"
+        ),
     )
     a(
         "--eval-interval",
         type=int,
         default=None,
-        help=f"evaluate every N rollouts (default: {DEFAULT_EVAL_INTERVAL} when there is eval data)",
+        help=(
+            f"evaluate every N rollouts (default: {DEFAULT_EVAL_INTERVAL} when there is eval data)"
+        ),
     )
     a("--no-eval", action="store_true", help="no evaluation, even when an eval file exists")
     a("--lr", type=float, default=DEFAULT_LR, help="learning rate (slime's Qwen3-4B recipe)")
@@ -214,7 +220,9 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--max-context-len",
         type=int,
         default=None,
-        help="context budget (prompt + response) of an episode; at most --max-tokens-per-gpu x --cp",
+        help=(
+            "context budget (prompt + response) of an episode; at most --max-tokens-per-gpu x --cp"
+        ),
     )
     a(
         "--max-tokens-per-gpu",
@@ -233,8 +241,10 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--actor-gpus",
         type=int,
         default=None,
-        help="training GPUs (default: every GPU when colocated, else half the nodes, or half "
-        "of one node's GPUs)",
+        help=(
+            "training GPUs (default: every GPU when colocated, else half the nodes, or half "
+            "of one node's GPUs)"
+        ),
     )
     a(
         "--rollout-gpus",
@@ -277,7 +287,9 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     a(
         "--load",
         default=None,
-        help="checkpoint to start from (default: the one in --save when there is one, else --model)",
+        help=(
+            "checkpoint to start from (default: the one in --save when there is one, else --model)"
+        ),
     )
     a("--save", default=None, help="where to save checkpoints")
     a(
@@ -290,8 +302,10 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--resume",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="continue the run in --save (default: when --save holds a checkpoint); "
-        "--no-resume starts from the base weights",
+        help=(
+            "continue the run in --save (default: when --save holds a checkpoint); "
+            "--no-resume starts from the base weights"
+        ),
     )
     a(
         "--wandb-project",
@@ -313,16 +327,20 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     a(
         "--model-args",
         default=None,
-        help="Megatron model flags: a .sh file defining MODEL_ARGS=(...) or a quoted flag string "
-        "(default: slime's scripts/models/<model>.sh)",
+        help=(
+            "Megatron model flags: a .sh file defining MODEL_ARGS=(...) or a quoted flag string "
+            "(default: slime's scripts/models/<model>.sh)"
+        ),
     )
     a("--env-server", default=None, help="env server URL (default: env_server in the config)")
     a(
         "--env-servers",
         type=int,
         default=None,
-        help="env-server replicas run.sh starts (default: one per 256 episodes in flight, "
-        f"at most {MAX_DEFAULT_REPLICAS})",
+        help=(
+            "env-server replicas run.sh starts (default: one per 256 episodes in flight, "
+            f"at most {MAX_DEFAULT_REPLICAS})"
+        ),
     )
     a(
         "--env-server-cpus",
@@ -333,8 +351,10 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     a(
         "--ray-address",
         default=default_ray_address(),
-        help="Ray dashboard address for job submission (default: $RAY_ADDRESS, else "
-        "http://127.0.0.1:8265); a running cluster there is used as it is",
+        help=(
+            "Ray dashboard address for job submission (default: $RAY_ADDRESS, else "
+            "http://127.0.0.1:8265); a running cluster there is used as it is"
+        ),
     )
     a("--python", default="python3", help="python that runs slime's driver on the Ray cluster")
     a(
@@ -378,7 +398,8 @@ def read_model_args(script: Path) -> list[str]:
     )
     if out.returncode != 0:
         raise LaunchError(
-            f"{script}: could not read MODEL_ARGS: {out.stderr.strip().splitlines()[-1:] or out.returncode}"
+            f"{script}: could not read MODEL_ARGS: "
+            f"{out.stderr.strip().splitlines()[-1:] or out.returncode}"
         )
     args = [x for x in out.stdout.split("\0") if x]
     if not args:
@@ -584,7 +605,8 @@ class LaunchPlan:
     env_plan: EnvServerPlan | None
     """None: hosted envs only."""
     ray_start_cmd: list[str] | None
-    """`ray start --head --block ...` run.sh runs here; None: a Ray cluster answers at ray_address."""
+    """`ray start --head --block ...` run.sh runs here; None: a Ray cluster answers at
+    ray_address."""
     ray_address: str
     slime_dir: Path
     job_wrapper: list[str]
@@ -636,7 +658,8 @@ def default_eval_path(task_data: str) -> Path:
 
 
 def _check_options(opts: argparse.Namespace, mode: TrainMode) -> None:
-    """Option values slime would refuse or could not train with: one line each, before anything runs."""
+    """Option values slime would refuse or could not train with: one line each, before anything
+    runs."""
     if opts.temperature <= 0:
         raise LaunchError(
             f"--temperature {opts.temperature:g}: must be > 0 (slime rejects greedy decoding as an "
@@ -747,7 +770,8 @@ def _fit_layout(
     checks: list[pre.Check],
     notes: list[str],
 ) -> Layout:
-    """The layout for the cluster; a MISSING check (and a best-effort layout to print) when none fits."""
+    """The layout for the cluster; a MISSING check (and a best-effort layout to print) when none
+    fits."""
     req = LayoutRequest(
         opts.actor_gpus, opts.rollout_gpus, colocate, opts.tp, opts.cp, opts.rollout_tp or opts.tp
     )
@@ -806,7 +830,8 @@ def _plan_env_servers(
     checks: list[pre.Check],
     notes: list[str],
 ) -> EnvServerPlan | None:
-    """The job's env servers: running ones, replicas on this machine, or replicas on the Ray cluster."""
+    """The job's env servers: running ones, replicas on this machine, or replicas on the Ray
+    cluster."""
     if cfg is None or all(is_hosted(n) for n in cfg.environments):
         return None
     urls = [opts.env_server.rstrip("/")] if opts.env_server else cfg.env_server_urls
@@ -861,7 +886,8 @@ def _plan_env_servers(
 def _check_cluster_cpus(
     plan: EnvServerPlan, layout: Layout, view: ClusterView | None, checks: list[pre.Check]
 ) -> None:
-    """Ray reserves CPUs: the replicas, one per GPU bundle of slime's placement group, and two drivers."""
+    """Ray reserves CPUs: the replicas, one per GPU bundle of slime's placement group, and two
+    drivers."""
     if view is None or not view.on_ray:
         return
     need = plan.replicas * plan.cpus + layout.gpus_used + 2
@@ -888,7 +914,8 @@ def _check_emitted_flags(
     checks: list[pre.Check],
     notes: list[str],
 ) -> None:
-    """Every flag we emit must be one this slime (or Megatron) defines: slime ignores unknown flags silently."""
+    """Every flag we emit must be one this slime (or Megatron) defines: slime ignores unknown flags
+    silently."""
     if slime_path is None:
         notes.append("emitted flags not checked: no slime checkout")
         return
@@ -907,7 +934,8 @@ def _check_emitted_flags(
         )
     else:
         notes.append(
-            f"all {len(set(emitted_flags(train_args)))} emitted flags are defined by this slime/Megatron"
+            f"all {len(set(emitted_flags(train_args)))} emitted flags are defined by this "
+            "slime/Megatron"
         )
 
 
@@ -949,7 +977,8 @@ def _job_env(
 def _rocm_env(
     view: ClusterView | None, environ: dict[str, str]
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """(job env, env of a Ray head run.sh starts) on AMD GPUs, as slime's run-qwen3-4B-amd.sh sets them."""
+    """(job env, env of a Ray head run.sh starts) on AMD GPUs, as slime's run-qwen3-4B-amd.sh sets
+    them."""
     job = dict(ROCM_JOB_ENV)
     if environ.get("HIP_VISIBLE_DEVICES"):
         job["HIP_VISIBLE_DEVICES"] = environ["HIP_VISIBLE_DEVICES"]
@@ -1006,7 +1035,8 @@ def build_plan(
     gpus: int | None = None,
     probe: bool = True,
 ) -> LaunchPlan:
-    """Check prerequisites and decide every command. `gpus`/`probe` let tests fix the machine state."""
+    """Check prerequisites and decide every command. `gpus`/`probe` let tests fix the machine
+    state."""
     environ = dict(os.environ if environ is None else environ)
     checks: list[pre.Check] = []
     notes: list[str] = []
@@ -1187,14 +1217,16 @@ def format_plan(plan: LaunchPlan) -> str:
     if plan.config_override is not None:
         urls = plan.env_plan.urls if plan.env_plan is not None else []
         out.append(
-            f"# write {plan.job_env[TRAIN_CONFIG_ENV]} (the config with env_server: {', '.join(urls)})"
+            f"# write {plan.job_env[TRAIN_CONFIG_ENV]} (the config with env_server: "
+            f"{', '.join(urls)})"
         )
     for url, cmd in plan.env_servers:
         out.append(shlex.join(cmd) + " &   # stopped on exit")
         out.append(f"# wait for {url}/health")
     if plan.env_plan is not None and plan.env_plan.placement is Placement.RAY:
         out.append(
-            f"# on the Ray cluster, the job's entrypoint starts {plan.env_plan.replicas} env-server "
+            f"# on the Ray cluster, the job's entrypoint starts {plan.env_plan.replicas} "
+            "env-server "
             f"replica(s) as Ray actors ({plan.env_plan.cpus:g} CPU each; replica 0 keeps the store "
             f"{plan.env_plan.db}), writes their URLs to {plan.job_env[TRAIN_CONFIG_ENV]}, and "
             "stops them when the job ends"

@@ -1,4 +1,5 @@
-"""The GPU layout of a slime job: actor nodes x GPUs, rollout GPUs and engine size, fitted to the cluster.
+"""The GPU layout of a slime job: actor nodes x GPUs, rollout GPUs and engine size, fitted to the
+cluster.
 
 slime puts every GPU of a job into one placement group, sorts it by node IP and GPU id, gives
 the actor the first `--actor-num-nodes` x `--actor-num-gpus-per-node` GPUs and the rollout
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-class LayoutError(Exception):
-    """A layout slime cannot run; the message is one line for the user."""
+from bridge.launch.errors import LayoutError
 
 
 @dataclass(frozen=True)
@@ -62,15 +61,21 @@ class Layout:
     def describe(self) -> str:
         actor = f"actor {self.actor_nodes} node(s) x {self.actor_gpus_per_node} GPUs"
         if self.colocate:
-            return f"{actor}, {self.engines} engine(s) of {self.engine_gpus} GPU(s) on the same GPUs (colocated)"
-        return f"{actor}, rollout {self.rollout_gpus} GPUs = {self.engines} engine(s) of {self.engine_gpus}"
+            return (
+                f"{actor}, {self.engines} engine(s) of {self.engine_gpus} GPU(s) on the same "
+                "GPUs (colocated)"
+            )
+        return (
+            f"{actor}, rollout {self.rollout_gpus} GPUs = {self.engines} engine(s) of "
+            f"{self.engine_gpus}"
+        )
 
 
 def _split(total: int, per_node: int, nodes: int, req: LayoutRequest) -> tuple[int, int]:
     """(actor GPUs, rollout GPUs) for a request that may leave either open."""
     if req.colocate:
-        actor = req.actor_gpus or total
-        return actor, actor
+        both = req.actor_gpus or total
+        return both, both
     actor, rollout = req.actor_gpus, req.rollout_gpus
     if actor is None and rollout is None:
         actor = per_node // 2 if nodes == 1 else (nodes // 2) * per_node
@@ -82,12 +87,14 @@ def _split(total: int, per_node: int, nodes: int, req: LayoutRequest) -> tuple[i
 
 
 def fit_layout(gpus_per_node: list[int], req: LayoutRequest) -> Layout:
-    """The layout for a cluster whose GPU nodes have `gpus_per_node` GPUs each; LayoutError if none fits."""
+    """The layout for a cluster whose GPU nodes have `gpus_per_node` GPUs each; LayoutError if none
+    fits."""
     if not gpus_per_node:
         raise LayoutError("the cluster has no GPUs")
     if len(set(gpus_per_node)) > 1:
         raise LayoutError(
-            f"the cluster's nodes have different GPU counts ({', '.join(map(str, sorted(gpus_per_node)))}); "
+            "the cluster's nodes have different GPU counts "
+            f"({', '.join(map(str, sorted(gpus_per_node)))}); "
             "slime lays engines out by one --num-gpus-per-node: use nodes with equal GPUs"
         )
     per_node, nodes = gpus_per_node[0], len(gpus_per_node)
@@ -131,7 +138,8 @@ def fit_layout(gpus_per_node: list[int], req: LayoutRequest) -> Layout:
 
 
 def _check_engines(rollout: int, offset: int, per_node: int, engine: int) -> None:
-    """Engines are consecutive GPUs from `offset` on; each must sit inside a node (or span whole nodes)."""
+    """Engines are consecutive GPUs from `offset` on; each must sit inside a node (or span whole
+    nodes)."""
     if rollout % engine:
         raise LayoutError(
             f"{rollout} rollout GPUs do not split into engines of {engine} "

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bridge.launch.errors import RequestError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from aiohttp import web
@@ -47,10 +49,6 @@ BANNER = (
 )
 # Tokens that end a chat turn for common chat templates, added to the model's own EOS ids.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>")
-
-
-class RequestError(ValueError):
-    """A `/generate` request the engine cannot serve; the message is one line for the caller."""
 
 
 # --------------------------------------------------------------------------- requests
@@ -536,7 +534,8 @@ def load_engine(
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RuntimeError(f"cannot load model {model!r}: {first}") from None
-    lm.to(device).eval()
+    # transformers wraps PreTrainedModel.to in a decorator whose annotation drops the device
+    lm.to(device).eval()  # type: ignore[arg-type]
     return LocalEngine(
         lm,
         tokenizer,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from bridge.launch.errors import ModeError
+
 
 class TrainMode(str, Enum):
     """How rollout and training take turns."""
@@ -36,10 +38,6 @@ FULLY_ASYNC_EXAMPLE_DIR = "examples/fully_async"
 FULLY_ASYNC_EXAMPLE_FUNCTION = "fully_async_rollout.generate_rollout_fully_async"
 
 
-class ModeError(Exception):
-    """A mode this slime checkout or these options cannot run; one line for the user."""
-
-
 @dataclass(frozen=True)
 class ModePlan:
     """The driver script, its mode flags, and extra PYTHONPATH entries for the job."""
@@ -52,7 +50,8 @@ class ModePlan:
 def mode_plan(
     mode: TrainMode, slime_path: Path | None, update_weights_interval: int | None
 ) -> ModePlan:
-    """What `mode` needs from the slime checkout at `slime_path` (None: not found yet, assume main)."""
+    """What `mode` needs from the slime checkout at `slime_path` (None: not found yet, assume
+    main)."""
     if mode is TrainMode.SYNC:
         if update_weights_interval is not None:
             raise ModeError(

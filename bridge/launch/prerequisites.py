@@ -7,10 +7,12 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.config import ConfigError, TrainConfig, is_hosted, load_config
+from bridge.config import TrainConfig, is_hosted, load_config
+from bridge.errors import ConfigError
 
 SLIME_CLONE = "git clone https://github.com/THUDM/slime.git"
 MEGATRON_CLONE = "git clone https://github.com/NVIDIA/Megatron-LM.git"
@@ -32,8 +34,12 @@ class Check:
 
 
 def check_slime(slime_path: str | None) -> Check:
-    """A slime checkout: --slime-path, else $SLIME_PATH, with train.py and slime/utils/arguments.py."""
-    fix = f"{SLIME_CLONE} && bash run.sh --slime-path ./slime ... (or export SLIME_PATH=/path/to/slime)"
+    """A slime checkout: --slime-path, else $SLIME_PATH, with train.py and
+    slime/utils/arguments.py."""
+    fix = (
+        f"{SLIME_CLONE} && bash run.sh --slime-path ./slime ... (or export "
+        "SLIME_PATH=/path/to/slime)"
+    )
     if not slime_path:
         return Check("slime", False, "no slime checkout given (--slime-path or SLIME_PATH)", fix)
     p = Path(slime_path)
@@ -44,13 +50,15 @@ def check_slime(slime_path: str | None) -> Check:
 
 
 def check_no_gpus(ray_cluster: str | None = None) -> Check:
-    """The GPUs line when none were found: on a Ray cluster (named "Ray at URL"), or on this machine."""
+    """The GPUs line when none were found: on a Ray cluster (named "Ray at URL"), or on this
+    machine."""
     if ray_cluster:
         return Check(
             "GPUs",
             False,
             f"{ray_cluster} reports no GPUs",
-            "add GPU nodes to it (ray start --address HEAD:PORT on each) or pass another --ray-address",
+            "add GPU nodes to it (ray start --address HEAD:PORT on each) or pass another "
+            "--ray-address",
         )
     return Check(
         "GPUs",
@@ -64,7 +72,10 @@ def check_no_gpus(ray_cluster: str | None = None) -> Check:
 
 def check_megatron(megatron_path: str | None) -> Check:
     """Megatron-LM for the megatron backend: --megatron-path / $MEGATRON_PATH, or importable."""
-    fix = f"{MEGATRON_CLONE} && bash run.sh --megatron-path ./Megatron-LM ... (or export MEGATRON_PATH=...)"
+    fix = (
+        f"{MEGATRON_CLONE} && bash run.sh --megatron-path ./Megatron-LM ... (or export "
+        "MEGATRON_PATH=...)"
+    )
     if megatron_path:
         p = Path(megatron_path)
         if (p / "megatron" / "training").is_dir():
@@ -116,7 +127,8 @@ def _env_var_name(secret: str) -> str:
 
 
 def required_api_keys(cfg: TrainConfig) -> list[str]:
-    """Environment variables the hosted envs of `cfg` need: OPENREWARD_API_KEY and null-valued secrets."""
+    """Environment variables the hosted envs of `cfg` need: OPENREWARD_API_KEY and null-valued
+    secrets."""
     names: list[str] = []
     for env_name, env in cfg.environments.items():
         if is_hosted(env_name) and "OPENREWARD_API_KEY" not in names:
@@ -135,9 +147,9 @@ def required_api_keys(cfg: TrainConfig) -> list[str]:
 
 
 def check_api_keys(cfg: TrainConfig, environ: dict[str, str] | None = None) -> Check:
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     needed = required_api_keys(cfg)
-    missing = [n for n in needed if not environ.get(n)]
+    missing = [n for n in needed if not env.get(n)]
     if missing:
         return Check(
             "API keys",
@@ -226,6 +238,8 @@ def check_megatron_weights(load: str, slime_path: Path, model_script: str | None
         "Megatron weights",
         False,
         f"this slime cannot load the Hugging Face checkpoint {p} into Megatron",
-        f"cd {slime_path} && {args}PYTHONPATH=$MEGATRON_PATH python tools/convert_hf_to_torch_dist.py "
-        f"${{MODEL_ARGS[@]}} --hf-checkpoint {p.resolve()} --save {out} && bash run.sh --load {out} ...",
+        f"cd {slime_path} && {args}PYTHONPATH=$MEGATRON_PATH python "
+        "tools/convert_hf_to_torch_dist.py "
+        f"${{MODEL_ARGS[@]}} --hf-checkpoint {p.resolve()} --save {out} && bash run.sh --load "
+        f"{out} ...",
     )

@@ -32,10 +32,11 @@ from typing import Any
 
 import yaml
 
-from bridge.config import TRAIN_CONFIG_ENV, ConfigError, load_config
+from bridge.config import TRAIN_CONFIG_ENV, load_config
+from bridge.errors import ConfigError
 from bridge.launch.env_servers import replica_command
+from bridge.launch.errors import ServiceError
 from bridge.launch.services import (
-    ServiceError,
     free_port,
     http_url,
     is_loopback,
@@ -67,7 +68,8 @@ class EnvServerReplica:
         self.restarts = 0
 
     def start(self, host: str | None = None) -> str:
-        """Start the server on `host` (default: this node's IP, as Ray knows it) and a free port; its URL."""
+        """Start the server on `host` (default: this node's IP, as Ray knows it) and a free port;
+        its URL."""
         if host is None:
             import ray
 
@@ -164,7 +166,7 @@ def start_replicas(opts: argparse.Namespace) -> tuple[list[Any], list[str]]:
     replica = ray.remote(EnvServerReplica)
     here = ray.get_runtime_context().get_node_id()
     config, db = str(Path(opts.config).resolve()), str(Path(opts.db).resolve())
-    actors = [
+    actors: list[Any] = [  # Ray actor handles
         replica.options(
             num_cpus=opts.cpus,
             max_restarts=0,

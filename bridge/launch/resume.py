@@ -13,11 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.launch.errors import ResumeError
+
 TRACKER = "latest_checkpointed_iteration.txt"
-
-
-class ResumeError(Exception):
-    """A resume request that cannot be honoured; one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,8 @@ def saved_checkpoint(save: str | None) -> SavedCheckpoint | None:
         step_dir = root / f"iter_{int(text):07d}"
     else:
         raise ResumeError(
-            f"{tracker} holds {text[:40]!r}, not an iteration: fix or remove it, or pass --no-resume"
+            f"{tracker} holds {text[:40]!r}, not an iteration: fix or remove it, or pass "
+            "--no-resume"
         )
     if not step_dir.is_dir():
         raise ResumeError(
@@ -64,7 +63,8 @@ def saved_checkpoint(save: str | None) -> SavedCheckpoint | None:
 
 
 def plan_load(model: str, load: str | None, save: str | None, resume: bool | None) -> LoadPlan:
-    """--load/--ref-load for these options: the checkpoint in --save when resuming, else the base weights."""
+    """--load/--ref-load for these options: the checkpoint in --save when resuming, else the base
+    weights."""
     base = load or model
     found = saved_checkpoint(save)
     if resume is True:
@@ -81,7 +81,8 @@ def plan_load(model: str, load: str | None, save: str | None, resume: bool | Non
         return LoadPlan(
             base,
             base,
-            f"--no-resume: starting from {base}; new checkpoints in {save} replace iteration {found.iteration}",
+            f"--no-resume: starting from {base}; new checkpoints in {save} replace iteration "
+            f"{found.iteration}",
         )
     if load and resume is None:
         return LoadPlan(

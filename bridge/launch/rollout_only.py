@@ -29,10 +29,11 @@ from urllib.parse import urlparse
 
 import yaml
 
-from bridge.config import TRAIN_CONFIG_ENV, ConfigError, TrainConfig, is_hosted, load_config
+from bridge.config import TRAIN_CONFIG_ENV, TrainConfig, is_hosted, load_config
+from bridge.errors import ConfigError
+from bridge.launch.errors import RolloutOnlyError, ServiceError
 from bridge.launch.services import (
     PROJECT_ROOT,
-    ServiceError,
     answers,
     env_server_command,
     free_port,
@@ -47,15 +48,14 @@ EXIT_BAD_INPUT = 2
 TINY_DIR = "./tiny-qwen3"
 
 
-class RolloutError(Exception):
-    """A rollout-only run that cannot start; the message is one line for the user."""
-
-
 def parse_options(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="bash run.sh --rollout-only",
-        description="Run the bridge on N tasks against an SGLang-compatible /generate endpoint, without "
-        "training; trajectories go to the store (web UI) like in training.",
+        description=(
+            "Run the bridge on N tasks against an SGLang-compatible /generate endpoint, "
+            "without "
+            "training; trajectories go to the store (web UI) like in training."
+        ),
     )
     a = ap.add_argument
     a("--rollout-only", action="store_true", help=argparse.SUPPRESS)
@@ -68,9 +68,11 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
         "--engine",
         choices=["local"],
         default=None,
-        help="local: start bridge.launch.local_engine (CPU Hugging Face model, for debugging) on a "
-        "free port; needs pip install -e '.[local]'; a tiny offline model: "
-        "python -m bridge.launch.tiny_model ./tiny-qwen3",
+        help=(
+            "local: start bridge.launch.local_engine (CPU Hugging Face model, for debugging) on a "
+            "free port; needs pip install -e '.[local]'; a tiny offline model: "
+            "python -m bridge.launch.tiny_model ./tiny-qwen3"
+        ),
     )
     a(
         "--model",
@@ -87,7 +89,10 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     a(
         "--task-data",
         default=None,
-        help="task rows from prepare_tasks.py (default: prepared from the config into runs/<run_name>/)",
+        help=(
+            "task rows from prepare_tasks.py (default: prepared from the config into "
+            "runs/<run_name>/)"
+        ),
     )
     a("--env-server", default=None, help="env server URL (default: env_server in the config)")
     a("--db", default="runs/trajectories.db", help="trajectory store of an env server this starts")
@@ -120,7 +125,10 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     a(
         "--serve",
         action="store_true",
-        help="keep an env server this started (and its web UI) running after the episodes, until Ctrl-C",
+        help=(
+            "keep an env server this started (and its web UI) running after the episodes, until "
+            "Ctrl-C"
+        ),
     )
     opts = ap.parse_args(argv)
     if (opts.engine_url is None) == (opts.engine is None):
@@ -129,7 +137,8 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
         ap.error("--engine local needs --model PATH (a Hugging Face model directory)")
     if opts.engine_url and not opts.model:
         ap.error(
-            "--engine-url needs --model (the served model's tokenizer dir or id, for the chat template)"
+            "--engine-url needs --model (the served model's tokenizer dir or id, for the chat "
+            "template)"
         )
     if opts.num_tasks < 1 or opts.n_samples < 1 or opts.concurrency < 1:
         ap.error("--num-tasks, --n-samples and --concurrency must be >= 1")
@@ -140,7 +149,7 @@ def slime_args(engine_url: str, opts: argparse.Namespace) -> Namespace:
     """The slime `args` fields the generate function and the metrics hook read."""
     u = urlparse(engine_url)
     if not u.hostname or not u.port:
-        raise RolloutError(
+        raise RolloutOnlyError(
             f"--engine-url {engine_url!r} needs a host and a port, e.g. http://127.0.0.1:30000"
         )
     return Namespace(
@@ -187,18 +196,18 @@ def read_tasks(path: Path, n: int) -> list[dict[str, Any]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise RolloutError(f"{path}:{lineno}: not JSON: {e.msg}") from None
+                    raise RolloutOnlyError(f"{path}:{lineno}: not JSON: {e.msg}") from None
                 if not isinstance(row, dict) or not isinstance(row.get("metadata"), dict):
-                    raise RolloutError(
+                    raise RolloutOnlyError(
                         f"{path}:{lineno}: expected a prepare_tasks.py row with a metadata object"
                     )
                 rows.append(row)
                 if len(rows) >= n:
                     break
     except OSError as e:
-        raise RolloutError(f"{path}: cannot read task file: {e.strerror or e}") from None
+        raise RolloutOnlyError(f"{path}: cannot read task file: {e.strerror or e}") from None
     if not rows:
-        raise RolloutError(f"{path}: no task rows")
+        raise RolloutOnlyError(f"{path}: no task rows")
     return rows
 
 
@@ -220,7 +229,7 @@ def prepare_task_file(config: str, out: Path, n: int) -> Path:
     print(f"rollout-only: preparing tasks: {' '.join(cmd[1:])}", flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RolloutError(
+        raise RolloutOnlyError(
             done.stderr.strip().splitlines()[-1]
             if done.stderr.strip()
             else f"prepare_tasks.py failed with exit code {done.returncode}"
@@ -229,7 +238,8 @@ def prepare_task_file(config: str, out: Path, n: int) -> Path:
 
 
 def make_samples(rows: list[dict[str, Any]], n_samples: int) -> list[Any]:
-    """slime-like Samples (slime's own class when importable), as slime builds them from task rows."""
+    """slime-like Samples (slime's own class when importable), as slime builds them from task
+    rows."""
     from bridge.sample import sample_class
 
     cls = sample_class()
@@ -355,14 +365,14 @@ def _env_servers(cfg: TrainConfig, env_url: str | None) -> list[str]:
 def _start_env_servers(
     stack: contextlib.ExitStack, urls: list[str], opts: argparse.Namespace
 ) -> bool:
-    """Start the loopback env servers in `urls` that do not answer (the first keeps the store); True if the
-    first one was started here."""
+    """Start the loopback env servers in `urls` that do not answer (the first keeps the store); True
+    if the first one was started here."""
     started_first = False
     for u in urls:
         if answers(u):
             continue
         if not is_loopback(u):
-            raise RolloutError(
+            raise RolloutOnlyError(
                 f"env server {u} does not answer /health; start it there "
                 f"(python -m envs.server --config {opts.config} ...) or pass --env-server"
             )
@@ -378,7 +388,8 @@ def _start_env_servers(
 
 
 def _start_engine(stack: contextlib.ExitStack, opts: argparse.Namespace) -> str:
-    """The /generate URL: --engine-url, or a bridge.launch.local_engine started here on a free port."""
+    """The /generate URL: --engine-url, or a bridge.launch.local_engine started here on a free
+    port."""
     if opts.engine != "local":
         return opts.engine_url
     url = f"http://127.0.0.1:{free_port()}"
@@ -398,24 +409,24 @@ def check_model(model: str, engine_local: bool) -> None:
     config.json, or a hub id already in the Hugging Face cache. Checked before anything starts."""
     make = f"python -m bridge.launch.tiny_model {TINY_DIR}"
     if engine_local and importlib.util.find_spec("torch") is None:
-        raise RolloutError(f"--engine local needs torch: {LOCAL_EXTRA}")
+        raise RolloutOnlyError(f"--engine local needs torch: {LOCAL_EXTRA}")
     p = Path(model).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file() and not (p / "tokenizer_config.json").is_file():
-            raise RolloutError(
+            raise RolloutOnlyError(
                 f"--model {model} is not a Hugging Face model directory (no config.json)"
             )
         return
     looks_like_path = model.startswith((".", "/", "~")) or p.exists() or model.count("/") != 1
     if looks_like_path:
-        raise RolloutError(
+        raise RolloutOnlyError(
             f"--model {model}: no such directory; for a tiny offline test model: {make} "
             f"&& bash run.sh --rollout-only --engine local --model {TINY_DIR} ..."
         )
     from huggingface_hub import try_to_load_from_cache
 
     if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-        raise RolloutError(
+        raise RolloutOnlyError(
             f"--model {model} is neither a local directory nor in the Hugging Face cache: "
             f"hf download {model} --local-dir ./{p.name} (needs the Hub), or offline: {make}"
         )
@@ -427,7 +438,7 @@ def run(opts: argparse.Namespace) -> int:
     try:
         cfg = load_config(opts.config)
     except ConfigError as e:
-        raise RolloutError(str(e)) from None
+        raise RolloutOnlyError(str(e)) from None
     env_url = opts.env_server.rstrip("/") if opts.env_server else None
     os.environ[TRAIN_CONFIG_ENV] = _config_for_run(cfg, opts.config, env_url)
     if env_url is not None:
@@ -449,14 +460,15 @@ def run(opts: argparse.Namespace) -> int:
     if opts.engine is None:  # a dead engine URL stops the run before any server starts
         slime_args(opts.engine_url, opts)
         if not answers(opts.engine_url, "/health", timeout=5.0):
-            raise RolloutError(f"engine {opts.engine_url} does not answer /health")
+            raise RolloutOnlyError(f"engine {opts.engine_url} does not answer /health")
     with contextlib.ExitStack() as stack:
         started_server = _start_env_servers(stack, urls if needs_local else [], opts)
         engine_url = _start_engine(stack, opts)
         args = slime_args(engine_url, opts)
         samples = make_samples(rows, opts.n_samples)
         print(
-            f"rollout-only: {len(samples)} episodes ({len(rows)} tasks x {opts.n_samples}) against {engine_url}",
+            f"rollout-only: {len(samples)} episodes ({len(rows)} tasks x {opts.n_samples}) "
+            f"against {engine_url}",
             flush=True,
         )
         elapsed = asyncio.run(
@@ -508,7 +520,8 @@ def _report(
         )
         if started_server and not opts.serve:
             print(
-                f"rollout-only: read them in the web UI: python -m envs.server --config {opts.config} "
+                "rollout-only: read them in the web UI: python -m envs.server --config "
+                f"{opts.config} "
                 f"--db {Path(opts.db).resolve()}  (or rerun with --serve)"
             )
 
@@ -517,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_options(sys.argv[1:] if argv is None else argv)
     try:
         return run(opts)
-    except (RolloutError, ServiceError) as e:
+    except (RolloutOnlyError, ServiceError) as e:
         print(f"rollout-only: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

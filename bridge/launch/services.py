@@ -21,11 +21,9 @@ from urllib.parse import urlparse
 
 import httpx
 
+from bridge.launch.errors import ServiceError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-class ServiceError(RuntimeError):
-    """A service that did not come up; the message is one line for the user."""
 
 
 def answers(url: str, path: str = "/health", timeout: float = 2.0) -> bool:
@@ -54,7 +52,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the process that started it dies, even by SIGKILL."""
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, even by
+    SIGKILL."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):

@@ -1,4 +1,5 @@
-"""Where prepare_tasks.py reads tasks from: a local env class in-process, or a hosted OpenReward env.
+"""Where prepare_tasks.py reads tasks from: a local env class in-process, or a hosted OpenReward
+env.
 
 Both sources answer the same four questions: which splits exist, how many tasks a split
 has, and for one (split, index) the prompt, tools and ground truth the model will see.
@@ -14,13 +15,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bridge.launch.errors import TaskSourceError
 from bridge.task import blocks_to_text, ors_tool_to_openai, task_label
 
 OPENREWARD_API_KEY_ENV = "OPENREWARD_API_KEY"
-
-
-class TaskSourceError(Exception):
-    """An environment that cannot be read; the message is one line meant for the user."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +192,8 @@ class HostedTaskSource:
         for key in secrets:  # the SDK only forwards secrets whose destination it knows
             if key not in WELL_KNOWN_SECRETS:
                 raise TaskSourceError(
-                    f"hosted environment {name!r}: the openreward SDK does not forward secret {key!r} "
+                    f"hosted environment {name!r}: the openreward SDK does not forward secret "
+                    f"{key!r} "
                     f"(known: openai_api_key, anthropic_api_key, hf_token, ...)"
                 )
         self.name = name
@@ -229,7 +228,8 @@ class HostedTaskSource:
                     tasks = await self._env.list_tasks(split)
                     self._specs[split] = [dict(t.task_spec) for t in tasks]
                 except aiohttp.ClientResponseError as e:
-                    # 400 on a split that exists: the env only supports indexing (num_tasks + get_task).
+                    # 400 on a split that exists: the env only supports indexing (num_tasks +
+                    # get_task).
                     if e.status != 400:
                         raise
                     self._specs[split] = None
@@ -290,7 +290,8 @@ def resolve_secrets(env_name: str, secrets: dict[str, str | None]) -> dict[str, 
             value = os.environ.get(key.upper())
             if not value:
                 raise TaskSourceError(
-                    f"environment {env_name!r} needs secret {key!r}: set {key.upper()} in the environment"
+                    f"environment {env_name!r} needs secret {key!r}: set {key.upper()} in the "
+                    "environment"
                 )
         out[key] = value
     return out

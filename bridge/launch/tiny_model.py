@@ -1,4 +1,5 @@
-"""`python -m bridge.launch.tiny_model DIR`: a tiny random Qwen3 with the real tokenizer, made offline.
+"""`python -m bridge.launch.tiny_model DIR`: a tiny random Qwen3 with the real tokenizer, made
+offline.
 
 For trying `bash run.sh --rollout-only --engine local` (and for the tests) without the Hugging
 Face Hub: the model is untrained and emits arbitrary tokens, but it has the real vocabulary,
@@ -18,6 +19,9 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+from bridge.launch.errors import TinyModelError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TOKENIZER_DIR = Path(
@@ -41,10 +45,6 @@ TINY_SHAPE = dict(
 )
 
 
-class TinyModelError(Exception):
-    """The tiny model cannot be built here; one line for the user."""
-
-
 def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOKENIZER_DIR) -> Path:
     """Build (or reuse) the tiny model + tokenizer in `out_dir`; returns the directory."""
     out = Path(out_dir)
@@ -63,7 +63,9 @@ def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOK
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else im_end
-    config = Qwen3Config(
+    # built as a mapping: `torch_dtype` is not in Qwen3Config's annotated signature (it reaches
+    # the config through **kwargs at run time) and TINY_SHAPE mixes ints and floats
+    settings: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         eos_token_id=im_end,
         pad_token_id=pad,
@@ -71,6 +73,7 @@ def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOK
         torch_dtype="float32",
         **TINY_SHAPE,
     )
+    config = Qwen3Config(**settings)
     torch.manual_seed(SEED)
     model = Qwen3ForCausalLM(config).eval()
     out.mkdir(parents=True, exist_ok=True)

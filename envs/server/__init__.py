@@ -16,7 +16,7 @@ Modules:
     connections slow and idle clients: header/body timeouts, header size cap, connection cap
     openapi     the OpenAPI schema of every route (`GET /openapi.json`)
     metrics     counters and a latency histogram, rendered as Prometheus text (`GET /metrics`)
-    errors      OrsError and the other error types, with the ORS error shape
+    errors      OrsError (the ORS error shape), its OrsReason vocabulary, the other error types
 
 Hardening: bad input gets a typed 4xx in the ORS error shape
 `{"ok": false, "error": msg, "reason": kind, "detail": msg}` (`detail` is what the stock client

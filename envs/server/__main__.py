@@ -1,4 +1,5 @@
-"""`python -m envs.server`: parse flags, load the environments and the trajectory service, run uvicorn."""
+"""`python -m envs.server`: parse flags, load the environments and the trajectory service, run
+uvicorn."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def load_served_classes(
     names: Sequence[str], config_path: str | None
 ) -> dict[str, type[Environment]]:
     """Import the named environments and apply `environments.<name>.options` from the config."""
-    from bridge.config import ConfigError, is_hosted, load_config
-    from envs.registry import UnknownEnvironment, configure_env, load_env_class
+    from bridge.config import is_hosted, load_config
+    from bridge.errors import ConfigError
+    from envs.errors import UnknownEnvironment
+    from envs.registry import configure_env, load_env_class
 
     options: dict[str, dict[str, Any]] = {}
     if config_path:
@@ -119,8 +122,10 @@ def _build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--envs",
         default="",
-        help="comma-separated env names (default: the config's "
-        "local environments, else gsm8k,whodunit,haiku)",
+        help=(
+            "comma-separated env names (default: the config's "
+            "local environments, else gsm8k,whodunit,haiku)"
+        ),
     )
     p.add_argument("--config", help="train_config.yaml; applies environments.<name>.options")
     p.add_argument(
@@ -141,8 +146,10 @@ def _build_arg_parser() -> argparse.ArgumentParser:
         "--tool-budget",
         type=float,
         default=DEFAULT_TOOL_BUDGET_S,
-        help="seconds a tool call's own code may hold the event loop before it is stopped "
-        f"with an error to the model (default {DEFAULT_TOOL_BUDGET_S:g})",
+        help=(
+            "seconds a tool call's own code may hold the event loop before it is stopped "
+            f"with an error to the model (default {DEFAULT_TOOL_BUDGET_S:g})"
+        ),
     )
     p.add_argument(
         "--db", default="runs/trajectories.db", help="trajectory store (roles all, trajectories)"
@@ -151,30 +158,38 @@ def _build_arg_parser() -> argparse.ArgumentParser:
         "--max-connections",
         type=int,
         default=None,
-        help="cap on open client connections; beyond it idle ones are closed, else new ones get "
-        "503 (default: 8192, or what the open-files limit allows)",
+        help=(
+            "cap on open client connections; beyond it idle ones are closed, else new ones get "
+            "503 (default: 8192, or what the open-files limit allows)"
+        ),
     )
     p.add_argument(
         "--header-timeout",
         type=float,
         default=ConnectionLimits.header_timeout_s,
-        help="seconds a client has to send a request's headers "
-        f"(default {ConnectionLimits.header_timeout_s:g})",
+        help=(
+            "seconds a client has to send a request's headers "
+            f"(default {ConnectionLimits.header_timeout_s:g})"
+        ),
     )
     p.add_argument(
         "--body-timeout",
         type=float,
         default=ConnectionLimits.body_timeout_s,
-        help="seconds a request body may stall before the connection is closed "
-        f"(default {ConnectionLimits.body_timeout_s:g})",
+        help=(
+            "seconds a request body may stall before the connection is closed "
+            f"(default {ConnectionLimits.body_timeout_s:g})"
+        ),
     )
     p.add_argument(
         "--tokenizer",
         action="append",
         default=[],
         metavar="PATH",
-        help="a tokenizer the web UI's token view may load when a rollout names it (repeatable; "
-        "the first is used for rollouts naming none); uploads cannot name any other",
+        help=(
+            "a tokenizer the web UI's token view may load when a rollout names it (repeatable; "
+            "the first is used for rollouts naming none); uploads cannot name any other"
+        ),
     )
     p.add_argument(
         "--role",
@@ -216,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"--role {args.role} needs the trajectory service (envs/trajectories/api.py): {e}; "
                 "use --role env to serve environments only"
             )
-        from envs.trajectories.schema import StoreError
+        from envs.trajectories.errors import StoreError
 
         try:
             os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)

@@ -146,8 +146,8 @@ def create_app(
         **extra,
     )
     for svc in services:
-        for router in svc.routers:
-            inner.include_router(router)
+        for svc_router in svc.routers:
+            inner.include_router(svc_router)
     install_openapi(
         inner,
         list(envs),

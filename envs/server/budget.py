@@ -111,7 +111,7 @@ class _Budgeted(Generic[T]):
         self.left = budget.limit_s
 
     def __await__(self) -> Generator[Any, Any, T]:
-        return self  # type: ignore[return-value]  # an iterator with send/throw, as `yield from` needs
+        return self  # an iterator with send/throw, as `yield from` needs
 
     def __iter__(self) -> _Budgeted[T]:
         return self

@@ -119,9 +119,12 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def _evict(self) -> bool:
             """Close the oldest connection not in a request; False when there is none."""
-            victim = None
+            victim: GuardedHttpToolsProtocol | None = None
             for conn in self.connections:
-                if conn is self or getattr(conn, "_phase", _BUSY) not in (_IDLE, _HEADERS):
+                # only our own protocol has a phase (an upgraded websocket never idles here)
+                if not isinstance(conn, GuardedHttpToolsProtocol) or conn is self:
+                    continue
+                if conn._phase not in (_IDLE, _HEADERS):
                     continue
                 if victim is None or conn._since < victim._since:
                     victim = conn

@@ -240,7 +240,8 @@ def install_openapi(
     split_names: list[str],
     extra_schemas: dict[str, type[BaseModel] | TypeAdapter[Any]] | None = None,
 ) -> None:
-    """Make `app` (made with openapi_url="/openapi.json") serve FastAPI's routes plus the ORS ones."""
+    """Make `app` (made with openapi_url="/openapi.json") serve FastAPI's routes plus the ORS
+    ones."""
     from openreward.environments.types import ScoreGroup
 
     cache: list[dict[str, Any]] = []

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,7 +40,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from envs.server.budget import BudgetExceeded, CallBudget
-from envs.server.errors import ClientGone, OrsError, ToolCrashed
+from envs.server.errors import ClientGone, OrsError, OrsReason, ToolCrashed
 from envs.server.metrics import ServerMetrics
 from envs.server.served import ServedEnv
 from envs.server.sessions import Session, SessionTable
@@ -97,7 +97,8 @@ async def _teardown_quietly(env: Environment) -> None:
 
 Handler = Callable[["OrsRouter", Request], Awaitable[bytes | None]]
 
-# Actions under /{env}/..., also reachable bare (/call) the way the SDK's default-env redirect allows.
+# Actions under /{env}/..., also reachable bare (/call) the way the SDK's default-env redirect
+# allows.
 _ENV_ACTIONS: dict[str, tuple[str, str]] = {
     # action: (method, handler name)
     "splits": ("GET", "h_splits"),
@@ -171,7 +172,7 @@ class OrsRouter:
             given = headers.get(b"x-api-key", b"")
             if not hmac.compare_digest(given, self._api_key):
                 self.metrics.record_error("unauthorized")
-                err = OrsError(401, "unauthorized", "missing or wrong X-API-Key")
+                err = OrsError(401, OrsReason.UNAUTHORIZED, "missing or wrong X-API-Key")
                 await send_body(send, err.status, err.body())
                 return
         handler_name = self._route(scope["method"], path, headers)
@@ -224,12 +225,14 @@ class OrsRouter:
                 req.env = self.envs.get(parts[1].lower())
             if handler_name == "e_method":
                 raise OrsError(
-                    405, "method_not_allowed", f"{req.scope['method']} is not allowed on {path}"
+                    405,
+                    OrsReason.METHOD_NOT_ALLOWED,
+                    f"{req.scope['method']} is not allowed on {path}",
                 )
             if handler_name == "e_unknown_env":
                 raise OrsError(
                     404,
-                    "unknown_env",
+                    OrsReason.UNKNOWN_ENV,
                     f"unknown environment {parts[1]!r}; "
                     f"this server has: {', '.join(self.envs) or 'none'}",
                 )
@@ -244,7 +247,7 @@ class OrsRouter:
         except Exception as e:  # a bug in this server: answer, log, keep serving
             log.exception("internal error on %s %s", req.scope["method"], path)
             self.metrics.record_error("internal")
-            err = OrsError(500, "internal", f"internal server error: {type(e).__name__}")
+            err = OrsError(500, OrsReason.INTERNAL, f"internal server error: {type(e).__name__}")
             try:
                 await send_body(send, 500, err.body())
             except Exception:
@@ -254,7 +257,7 @@ class OrsRouter:
         status = [0]
         send = req.send
 
-        async def send_and_note(msg: dict[str, Any]) -> None:
+        async def send_and_note(msg: MutableMapping[str, Any]) -> None:
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
             await send(msg)
@@ -273,7 +276,8 @@ class OrsRouter:
     # -- resolution helpers
 
     def _env_for(self, req: Request) -> ServedEnv:
-        """The env a request addresses: its path, else the client's X-Deployment, else the default."""
+        """The env a request addresses: its path, else the client's X-Deployment, else the
+        default."""
         if req.env is not None:
             return req.env
         dep = req.headers.get(b"x-deployment")
@@ -282,7 +286,7 @@ class OrsRouter:
             if served is not None:
                 return served
         if self.default_env is None:
-            raise OrsError(404, "unknown_env", "this server hosts no environments")
+            raise OrsError(404, OrsReason.UNKNOWN_ENV, "this server hosts no environments")
         return self.default_env
 
     def _session(self, req: Request) -> Session:
@@ -293,17 +297,21 @@ class OrsRouter:
             if why == "expired":
                 raise OrsError(
                     410,
-                    "session_expired",
+                    OrsReason.SESSION_EXPIRED,
                     f"session {sid} was idle longer than {self.sessions.ttl_s:g}s and was closed",
                 )
             if why is not None:
-                raise OrsError(410, "session_deleted", f"session {sid} was deleted")
+                raise OrsError(410, OrsReason.SESSION_DELETED, f"session {sid} was deleted")
             raise OrsError(
-                404, "unknown_session", f"no session {sid} on this server (call /create first)"
+                404,
+                OrsReason.UNKNOWN_SESSION,
+                f"no session {sid} on this server (call /create first)",
             )
         if req.env is not None and req.env.name != s.env_name:
             raise OrsError(
-                400, "wrong_env", f"session {sid} is a {s.env_name!r} session, not {req.env.name!r}"
+                400,
+                OrsReason.WRONG_ENV,
+                f"session {sid} is a {s.env_name!r} session, not {req.env.name!r}",
             )
         return s
 
@@ -312,7 +320,7 @@ class OrsRouter:
         if split not in served.split_names:
             raise OrsError(
                 400,
-                "invalid_split",
+                OrsReason.INVALID_SPLIT,
                 f"environment {served.name!r} has no split {split!r}; "
                 f"splits: {', '.join(sorted(served.split_names))}",
             )
@@ -346,7 +354,7 @@ class OrsRouter:
         obj = await req.json_object(self.settings.max_create_body_bytes)
         if self.sessions.exists(sid) or sid in self._creating:
             raise OrsError(
-                400, "session_exists", f"Session already exists: {sid}"
+                400, OrsReason.SESSION_EXISTS, f"Session already exists: {sid}"
             )  # 400 as the SDK server
         if (
             self.settings.max_sessions is not None
@@ -354,7 +362,7 @@ class OrsRouter:
         ):
             raise OrsError(
                 503,
-                "too_many_sessions",
+                OrsReason.TOO_MANY_SESSIONS,
                 f"server is at its limit of {self.settings.max_sessions} open sessions",
                 [(b"retry-after", str(self.settings.retry_after_s).encode())],
             )
@@ -364,7 +372,7 @@ class OrsRouter:
             if served is None:
                 raise OrsError(
                     404,
-                    "unknown_env",
+                    OrsReason.UNKNOWN_ENV,
                     f"unknown environment {env_name!r}; "
                     f"this server has: {', '.join(self.envs) or 'none'}",
                 )
@@ -373,7 +381,9 @@ class OrsRouter:
         task_spec = obj.get("task_spec")
         has_index = obj.get("split") is not None or obj.get("index") is not None
         if (task_spec is not None) == has_index:
-            raise OrsError(400, "bad_request", "give either task_spec or both split and index")
+            raise OrsError(
+                400, OrsReason.BAD_REQUEST, "give either task_spec or both split and index"
+            )
         secrets = parse_secrets(req.headers.get(b"x-secrets"))
         toolset_name = body_field(obj, "toolset_name", str, required=False)
 
@@ -386,7 +396,9 @@ class OrsRouter:
                     task_spec = await run_user_callable(served.cls.get_task, split, index)
                 except IndexError:
                     raise OrsError(
-                        400, "invalid_index", f"{served.name} split {split!r} has no task {index}"
+                        400,
+                        OrsReason.INVALID_INDEX,
+                        f"{served.name} split {split!r} has no task {index}",
                     ) from None
                 except Exception as e:
                     log.warning(
@@ -399,13 +411,13 @@ class OrsRouter:
                     )
                     raise OrsError(
                         500,
-                        "env_error",
+                        OrsReason.ENV_ERROR,
                         f"{served.name} could not load task {index}: {type(e).__name__}: {e}",
                     ) from None
             elif not isinstance(task_spec, dict):
                 raise OrsError(
                     400,
-                    "bad_request",
+                    OrsReason.BAD_REQUEST,
                     f"task_spec must be a JSON object, got {type(task_spec).__name__}",
                 )
             try:
@@ -413,7 +425,7 @@ class OrsRouter:
             except Exception as e:
                 raise OrsError(
                     400 if not has_index else 500,
-                    "env_error" if has_index else "invalid_task_spec",
+                    OrsReason.ENV_ERROR if has_index else OrsReason.INVALID_TASK_SPEC,
                     f"{served.name} rejected the task: {type(e).__name__}: {e}",
                 ) from None
             try:
@@ -427,7 +439,7 @@ class OrsRouter:
                 log.warning("%s setup failed: %s: %s", served.name, type(e).__name__, e)
                 await _teardown_quietly(env)
                 raise OrsError(
-                    500, "env_error", f"{served.name} setup failed: {type(e).__name__}: {e}"
+                    500, OrsReason.ENV_ERROR, f"{served.name} setup failed: {type(e).__name__}: {e}"
                 ) from None
             self.sessions.add(Session(sid=sid, env_name=served.name, env=env, toolset=toolset))
         finally:
@@ -445,7 +457,7 @@ class OrsRouter:
         if name not in offered:
             raise OrsError(
                 400,
-                "bad_request",
+                OrsReason.BAD_REQUEST,
                 f"toolset {name[:64]!r} is not offered by {served.name}"
                 + (f"; it offers: {', '.join(offered)}" if offered else " (it offers none)"),
             )
@@ -454,12 +466,14 @@ class OrsRouter:
         toolset_cls = BUILTIN_TOOLSETS.get(name)
         if toolset_cls is None:
             raise OrsError(
-                400, "bad_request", f"unknown toolset {name!r}; valid: {sorted(BUILTIN_TOOLSETS)}"
+                400,
+                OrsReason.BAD_REQUEST,
+                f"unknown toolset {name!r}; valid: {sorted(BUILTIN_TOOLSETS)}",
             )
         try:
             return toolset_cls(env)
         except ValueError as e:
-            raise OrsError(400, "bad_request", str(e)) from None
+            raise OrsError(400, OrsReason.BAD_REQUEST, str(e)) from None
 
     async def h_ping(self, req: Request) -> bytes:
         self._session(req)
@@ -484,15 +498,19 @@ class OrsRouter:
         try:
             return await run_user_callable(fn, *args)
         except IndexError:
-            raise OrsError(400, "invalid_index", f"{served.name}: index out of range") from None
+            raise OrsError(
+                400, OrsReason.INVALID_INDEX, f"{served.name}: index out of range"
+            ) from None
         except NotImplementedError:
             raise OrsError(
                 400,
-                "not_supported",
+                OrsReason.NOT_SUPPORTED,
                 f"{served.name} does not list its tasks; use num_tasks and task",
             ) from None
         except Exception as e:
-            raise OrsError(500, "env_error", f"{served.name}: {type(e).__name__}: {e}") from None
+            raise OrsError(
+                500, OrsReason.ENV_ERROR, f"{served.name}: {type(e).__name__}: {e}"
+            ) from None
 
     async def h_tasks(self, req: Request) -> bytes:
         served = self._env_for(req)
@@ -529,7 +547,7 @@ class OrsRouter:
             return _BLOCKS.dump_json(_BLOCKS.validate_python(list(blocks)))
         except Exception as e:
             raise OrsError(
-                500, "env_error", f"{s.env_name}.get_prompt failed: {type(e).__name__}: {e}"
+                500, OrsReason.ENV_ERROR, f"{s.env_name}.get_prompt failed: {type(e).__name__}: {e}"
             ) from None
 
     async def h_messages(self, req: Request) -> bytes:
@@ -539,7 +557,9 @@ class OrsRouter:
             return _MESSAGES.dump_json(_MESSAGES.validate_python(list(msgs)))
         except Exception as e:
             raise OrsError(
-                500, "env_error", f"{s.env_name}.get_messages failed: {type(e).__name__}: {e}"
+                500,
+                OrsReason.ENV_ERROR,
+                f"{s.env_name}.get_messages failed: {type(e).__name__}: {e}",
             ) from None
 
     async def h_task_tools(self, req: Request) -> bytes:
@@ -550,7 +570,7 @@ class OrsRouter:
             listed = await list_session_tools(s.env, s.toolset)
         except Exception as e:
             raise OrsError(
-                500, "env_error", f"{s.env_name} task tools failed: {type(e).__name__}: {e}"
+                500, OrsReason.ENV_ERROR, f"{s.env_name} task tools failed: {type(e).__name__}: {e}"
             ) from None
         return dumps(listed.model_dump())
 
@@ -566,14 +586,17 @@ class OrsRouter:
         name = obj.get("name")
         if not isinstance(name, str) or not name:
             raise OrsError(
-                400, "bad_input_shape", "field 'name' must be a non-empty string (the tool name)"
+                400,
+                OrsReason.BAD_INPUT_SHAPE,
+                "field 'name' must be a non-empty string (the tool name)",
             )
         tool_input = obj.get("input", {})
         if not isinstance(tool_input, dict):
             raise OrsError(
                 400,
-                "bad_input_shape",
-                f"field 'input' must be a JSON object of tool arguments, got {type(tool_input).__name__}",
+                OrsReason.BAD_INPUT_SHAPE,
+                "field 'input' must be a JSON object of tool arguments, got "
+                f"{type(tool_input).__name__}",
             )
         large = req.body_size > LARGE_INPUT_BYTES
         await self._run_and_answer(req, s, self._run_call(s, name, tool_input, large))
@@ -609,8 +632,10 @@ class OrsRouter:
             res = RunToolOutput(
                 RunToolError(
                     reason="input_validation",
-                    error=f"{tool} was stopped: it computed for longer than its "
-                    f"{self.budget.limit_s:g} s budget on this input; use a simpler input",
+                    error=(
+                        f"{tool} was stopped: it computed for longer than its "
+                        f"{self.budget.limit_s:g} s budget on this input; use a simpler input"
+                    ),
                 )
             )
             return res.model_dump_json(), "input_validation"
@@ -698,7 +723,7 @@ class OrsRouter:
         """Plain-JSON answer for clients that do not ask for SSE: failed calls get a typed 4xx."""
         exc = outcome.exception()
         if exc is not None:
-            await send_body(req.send, 500, OrsError(500, "env_error", str(exc)).body())
+            await send_body(req.send, 500, OrsError(500, OrsReason.ENV_ERROR, str(exc)).body())
             return
         result, reason = outcome.result()
         if reason is None:
@@ -726,13 +751,15 @@ class OrsRouter:
             return
         if not type(s.env)._supports_score_group():
             raise OrsError(
-                404, "not_supported", f"environment {s.env_name!r} does not implement score_group"
+                404,
+                OrsReason.NOT_SUPPORTED,
+                f"environment {s.env_name!r} does not implement score_group",
             )
         try:
             payload = ScoreGroup.model_validate(obj)
         except ValidationError as e:
             raise OrsError(
-                400, "bad_request", f"bad score_group body: {e.errors(include_url=False)}"
+                400, OrsReason.BAD_REQUEST, f"bad score_group body: {e.errors(include_url=False)}"
             ) from None
 
         async def score() -> tuple[str, str | None]:
@@ -745,7 +772,8 @@ class OrsRouter:
                 ]
                 if len(scores) != len(payload.candidates):
                     raise ValueError(
-                        f"score_group returned {len(scores)} scores for {len(payload.candidates)} candidates"
+                        f"score_group returned {len(scores)} scores for "
+                        f"{len(payload.candidates)} candidates"
                     )
             except BudgetExceeded:
                 raise ToolCrashed(
@@ -794,7 +822,8 @@ def _trim_large_input(
 
 
 class _SlowCallStream:
-    """The SSE response of a call that is taking a while: task_id now, keepalives, result at the end."""
+    """The SSE response of a call that is taking a while: task_id now, keepalives, result at the
+    end."""
 
     def __init__(self, send: Send, task_id: str, outcome: asyncio.Future[Any]) -> None:
         self.send = send

@@ -1,4 +1,5 @@
-"""Environment classes checked the way the SDK server checks them, with their static answers precomputed."""
+"""Environment classes checked the way the SDK server checks them, with their static answers
+precomputed."""
 
 from __future__ import annotations
 

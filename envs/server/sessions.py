@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 # How many finished calls a session keeps so a client that lost the stream can resume by task_id.
 CALLS_KEPT_PER_SESSION = 8
-# How many ended session ids we remember, so late requests get 410 "ended" rather than 404 "unknown".
+# How many ended session ids we remember, so late requests get 410 "ended" rather than 404
+# "unknown".
 ENDED_SESSIONS_REMEMBERED = 20_000
 
 

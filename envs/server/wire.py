@@ -11,7 +11,7 @@ import orjson
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from envs.server.errors import ClientGone, OrsError
+from envs.server.errors import ClientGone, OrsError, OrsReason
 from envs.server.served import ServedEnv
 
 __all__ = [
@@ -102,16 +102,20 @@ def parse_secrets(raw: bytes | None) -> dict[str, str]:
     try:
         payload = orjson.loads(base64.b64decode(raw, validate=True))
     except (binascii.Error, ValueError):
-        raise OrsError(400, "bad_secrets", "X-Secrets must be base64-encoded JSON") from None
+        raise OrsError(
+            400, OrsReason.BAD_SECRETS, "X-Secrets must be base64-encoded JSON"
+        ) from None
     if not isinstance(payload, dict):
         raise OrsError(
-            400, "bad_secrets", 'X-Secrets must encode a JSON object {name: {"value": ...}}'
+            400, OrsReason.BAD_SECRETS, 'X-Secrets must encode a JSON object {name: {"value": ...}}'
         )
     out: dict[str, str] = {}
     for name, entry in payload.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("value"), str):
             raise OrsError(
-                400, "bad_secrets", f'X-Secrets entry {name!r} must be {{"value": <string>}}'
+                400,
+                OrsReason.BAD_SECRETS,
+                f'X-Secrets entry {name!r} must be {{"value": <string>}}',
             )
         out[name] = entry["value"]
     return out
@@ -135,11 +139,11 @@ class Request:
     def sid(self) -> str:
         raw = self.headers.get(b"x-session-id", b"").strip()
         if not raw:
-            raise OrsError(400, "missing_session_id", "X-Session-ID header is required")
+            raise OrsError(400, OrsReason.MISSING_SESSION_ID, "X-Session-ID header is required")
         if len(raw) > MAX_SESSION_ID_CHARS:
             raise OrsError(
                 400,
-                "bad_session_id",
+                OrsReason.BAD_SESSION_ID,
                 f"X-Session-ID is longer than {MAX_SESSION_ID_CHARS} characters",
             )
         return raw.decode("latin-1")
@@ -150,7 +154,9 @@ class Request:
     async def body(self, limit: int) -> bytes:
         declared = self.headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise OrsError(413, "body_too_large", f"request body is over the {limit}-byte limit")
+            raise OrsError(
+                413, OrsReason.BODY_TOO_LARGE, f"request body is over the {limit}-byte limit"
+            )
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -161,7 +167,7 @@ class Request:
             size += len(part)
             if size > limit:
                 raise OrsError(
-                    413, "body_too_large", f"request body is over the {limit}-byte limit"
+                    413, OrsReason.BODY_TOO_LARGE, f"request body is over the {limit}-byte limit"
                 )
             if not msg.get("more_body", False):
                 self.body_size = size
@@ -174,20 +180,24 @@ class Request:
     async def json_object(self, limit: int) -> dict[str, Any]:
         raw = await self.body(limit)
         if not raw.strip():
-            raise OrsError(400, "bad_json", "request body must be a JSON object, got an empty body")
+            raise OrsError(
+                400, OrsReason.BAD_JSON, "request body must be a JSON object, got an empty body"
+            )
         if len(raw) > 64 << 10 and raw.count(b'":') > MAX_JSON_MEMBERS:
             raise OrsError(
                 413,
-                "body_too_large",
+                OrsReason.BODY_TOO_LARGE,
                 f"request body has over {MAX_JSON_MEMBERS} JSON object members",
             )
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            raise OrsError(400, "bad_json", f"malformed JSON body: {e}") from None
+            raise OrsError(400, OrsReason.BAD_JSON, f"malformed JSON body: {e}") from None
         if not isinstance(obj, dict):
             raise OrsError(
-                400, "bad_json", f"request body must be a JSON object, got {type(obj).__name__}"
+                400,
+                OrsReason.BAD_JSON,
+                f"request body must be a JSON object, got {type(obj).__name__}",
             )
         return obj
 
@@ -196,11 +206,13 @@ def body_field(obj: dict[str, Any], key: str, kind: type, required: bool = True)
     """A typed field of a request body, or a 400 naming it."""
     if key not in obj or obj[key] is None:
         if required:
-            raise OrsError(400, "bad_request", f"missing field {key!r}")
+            raise OrsError(400, OrsReason.BAD_REQUEST, f"missing field {key!r}")
         return None
     value = obj[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise OrsError(
-            400, "bad_request", f"field {key!r} must be {kind.__name__}, got {type(value).__name__}"
+            400,
+            OrsReason.BAD_REQUEST,
+            f"field {key!r} must be {kind.__name__}, got {type(value).__name__}",
         )
     return value

@@ -24,11 +24,13 @@ class Advantage:
     centered: float | None
     """reward - group mean."""
     normalized: float | None
-    """(reward - group mean) / (unbiased group std + 1e-6); None for a group of one (NaN in torch)."""
+    """(reward - group mean) / (unbiased group std + 1e-6); None for a group of one (NaN in
+    torch)."""
 
 
 def group_advantages(rewards: Sequence[float | None]) -> list[Advantage]:
-    """Each reward's advantage within its group; samples without a reward are left out of the stats."""
+    """Each reward's advantage within its group; samples without a reward are left out of the
+    stats."""
     known = [r for r in rewards if r is not None and math.isfinite(r)]
     if not known:
         return [Advantage(None, None) for _ in rewards]

@@ -1,9 +1,12 @@
-"""TrajectoryService: the OpenReward rollout-upload endpoints, a JSON API over the store, and the web UI.
+"""TrajectoryService: the OpenReward rollout-upload endpoints, a JSON API over the store, and the
+web UI.
 
 Mounted by `envs.server` (`create_app(..., services=[TrajectoryService(db)])`):
-  GET  /v1/environments/{owner}/{name}           -> {"id", "owner", "name"}   (what the SDK asks first)
+  GET  /v1/environments/{owner}/{name}           -> {"id", "owner", "name"}   (what the SDK asks
+       first)
   GET  /v1/environments/{owner}/{name}/variants  -> []
-  POST /v1/rollouts  {"events": [...]}            -> {"ok", "rollouts", "messages", "updates", "duplicates"}
+  POST /v1/rollouts  {"events": [...]}            -> {"ok", "rollouts", "messages", "updates",
+  "duplicates"}
   GET  /api/runs, /api/runs/{id}, /api/runs/{id}/rollouts, /api/runs/{id}/reward_series,
        /api/runs/{id}/groups/{group_key}, /api/rollouts/{event_id}
   GET  /api/evals, /api/evals/{id}, /api/evals/{id}/tasks     (evals: envs/trajectories/evalui.py)
@@ -70,7 +73,8 @@ def _describe(err: ValidationError) -> tuple[str, str]:
     errors = err.errors(include_url=False)
     if errors and errors[0]["type"] == "json_invalid":
         return (
-            f"request body is not valid JSON: {errors[0].get('ctx', {}).get('error', errors[0]['msg'])}",
+            "request body is not valid JSON: "
+            f"{errors[0].get('ctx', {}).get('error', errors[0]['msg'])}",
             "bad_json",
         )
     parts = []
@@ -442,8 +446,8 @@ class TrajectoryService:
                 page = store.list_rollouts(
                     run_id,
                     flt,
-                    sort=sort,
-                    descending=order == "desc",  # type: ignore[arg-type]
+                    sort=sort,  # type: ignore[arg-type]  # the store checks it: ValueError -> 422
+                    descending=order == "desc",
                     after=after,
                     before=before,
                     limit=limit,

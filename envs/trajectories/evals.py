@@ -18,14 +18,11 @@ from typing import Any
 
 import orjson
 
+from envs.trajectories.errors import SpecMismatch
 from envs.trajectories.events import EventBatch
 from envs.trajectories.store import TrajectoryStore
 
 __all__ = ["EpisodeRow", "EvalModel", "EvalRecords", "SpecMismatch"]
-
-
-class SpecMismatch(ValueError):
-    """An eval of that name exists with another spec; the message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,8 @@ class EvalRecords:
         """The eval named `name` (id, name, spec, spec_hash, created_at, updated_at), or None."""
         with self._conn() as conn:
             r = conn.execute(
-                "SELECT id, name, spec, spec_hash, created_at, updated_at FROM evals WHERE name = ?",
+                "SELECT id, name, spec, spec_hash, created_at, updated_at FROM evals WHERE name "
+                "= ?",
                 (name,),
             ).fetchone()
         if r is None:
@@ -105,7 +103,8 @@ class EvalRecords:
         return {**dict(r), "spec": orjson.loads(r["spec"])}
 
     def ensure(self, name: str, spec: dict[str, Any], spec_hash: str) -> int:
-        """The id of eval `name`, created with this spec if new; SpecMismatch if its spec differs."""
+        """The id of eval `name`, created with this spec if new; SpecMismatch if its spec
+        differs."""
         with self._conn() as conn:
             return self._ensure(conn, name, spec, spec_hash)
 
@@ -124,7 +123,8 @@ class EvalRecords:
                     "VALUES (?, ?, ?, ?, ?)",
                     (name, orjson.dumps(spec).decode(), spec_hash, now, now),
                 )
-                eval_id = int(cur.lastrowid)
+                assert cur.lastrowid is not None  # set by every INSERT
+                eval_id = cur.lastrowid
             elif row["spec_hash"] != spec_hash:
                 raise SpecMismatch(_describe_mismatch(name, orjson.loads(row["spec"]), spec))
             else:
@@ -136,7 +136,8 @@ class EvalRecords:
         return eval_id
 
     def check(self, name: str, spec: dict[str, Any], spec_hash: str) -> int | None:
-        """The id of eval `name` when its spec matches, None when there is none (nothing written)."""
+        """The id of eval `name` when its spec matches, None when there is none (nothing
+        written)."""
         found = self.find(name)
         if found is None:
             return None
@@ -164,7 +165,8 @@ class EvalRecords:
                 if m.name in have:
                     if have[m.name] != m.kind:
                         raise SpecMismatch(
-                            f"model {m.name!r} of this eval is a {have[m.name]} model, not {m.kind}: "
+                            f"model {m.name!r} of this eval is a {have[m.name]} model, not "
+                            f"{m.kind}: "
                             "give the new one another name"
                         )
                     continue
@@ -204,7 +206,8 @@ class EvalRecords:
             )
 
     def list_evals(self) -> list[dict[str, Any]]:
-        """Every eval, newest first: id, name, times, models, episode count, whether it has a report."""
+        """Every eval, newest first: id, name, times, models, episode count, whether it has a
+        report."""
         with self._conn() as conn:
             rows = conn.execute(
                 "SELECT id, name, created_at, updated_at, report IS NOT NULL AS reported, "
@@ -238,7 +241,8 @@ class EvalRecords:
     # -- episodes
 
     def episodes(self, eval_id: int, env: str | None = None) -> list[EpisodeRow]:
-        """The episodes stored for an eval (optionally one environment's), by env, task, model, sample."""
+        """The episodes stored for an eval (optionally one environment's), by env, task, model,
+        sample."""
         sql = f"SELECT {_EPISODE_COLUMNS} FROM eval_episodes WHERE eval_id = ?"
         args: list[Any] = [eval_id]
         if env is not None:

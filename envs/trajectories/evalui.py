@@ -55,9 +55,10 @@ def _mean(samples: list[EpisodeRow]) -> float | None:
 def task_table(
     rows: list[EpisodeRow], models: list[str], a: str, b: str, sort: str
 ) -> list[dict[str, Any]]:
-    """Per task: each model's samples and mean reward, and B - A; sorted by |B - A| or task order."""
+    """Per task: each model's samples and mean reward, and B - A; sorted by |B - A| or task
+    order."""
     order, by_task = _outcomes(rows, models)
-    out = []
+    out: list[dict[str, Any]] = []
     for i, task in enumerate(order):
         per = by_task[task]
         ma, mb = _mean(per.get(a, [])), _mean(per.get(b, []))

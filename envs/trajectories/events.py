@@ -28,11 +28,12 @@ __all__ = [
 
 
 # Events are validated into plain dicts (TypedDicts), not model instances: ~30% less validation
-# CPU per event and fewer objects for the garbage collector. Optional keys may be absent: use .get().
+# CPU per event and fewer objects for the garbage collector. Optional keys may be absent: use
+# .get().
 _EVENT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
 # An id is a path segment of the UI's links: "." and ".." would be resolved away by any browser.
 _Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^(?:[^.]|\.[^.]|\.\.[\s\S])")]
-_Json = NotRequired[dict[str, Any] | None]
+_Json = dict[str, Any] | None
 _Int64 = Annotated[
     int, Field(ge=-(2**63), lt=2**63)
 ]  # SQLite integers: larger ones get a 422, not a failed write
@@ -61,10 +62,10 @@ class RolloutEvent(TypedDict):
     variant: NotRequired[str | None]
     variant_id: NotRequired[str | None]
     split: NotRequired[str | None]
-    metadata: _Json
-    task_spec: _Json
-    run_info: _Json
-    rollout_info: _Json
+    metadata: NotRequired[_Json]
+    task_spec: NotRequired[_Json]
+    run_info: NotRequired[_Json]
+    rollout_info: NotRequired[_Json]
 
 
 MessageType = Literal[
@@ -108,7 +109,7 @@ class RolloutUpdateEvent(TypedDict):
     eventType: Literal["rollout_update"]
     eventId: _Id
     timestamp: _Timestamp
-    rollout_info: _Json
+    rollout_info: NotRequired[_Json]
 
 
 Event = Annotated[
@@ -119,7 +120,8 @@ Event = Annotated[
 class EventBatch(BaseModel):
     """The body of `POST /v1/rollouts`."""
 
-    # Event ids and texts are unique: caching parsed strings only costs hashing (~10% of validation).
+    # Event ids and texts are unique: caching parsed strings only costs hashing (~10% of
+    # validation).
     model_config = ConfigDict(extra="ignore", cache_strings="none")
     events: list[Event] = Field(max_length=20_000)
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from envs.trajectories.errors import StoreError
+
 __all__ = ["SCHEMA_VERSION", "StoreError", "connect", "migrate", "schema_version"]
 
 SCHEMA_VERSION = 4
-
-
-class StoreError(RuntimeError):
-    """The database cannot be used (unwritable path, not a SQLite file, newer schema)."""
 
 
 _MIGRATIONS: dict[int, str] = {
@@ -116,7 +114,8 @@ CREATE TRIGGER rollouts_stats_upd AFTER UPDATE OF run_id, env, reward, ts ON rol
 END;
 """,
     # v2: filter indexes; facet values and reward-per-time-bucket kept by triggers (the run page
-    # reads small tables, not 100k rows); messages are deduplicated per rollout (rollout_event_id, event_id), and that one index also
+    # reads small tables, not 100k rows); messages are deduplicated per rollout (rollout_event_id,
+    # event_id), and that one index also
     # serves "messages of a rollout": one rollout's messages land on a few adjacent index pages
     # instead of one random page per message in each of two indexes (less write amplification).
     2: """
@@ -137,8 +136,9 @@ CREATE TABLE messages_v2 (
     ts REAL NOT NULL,
     UNIQUE (rollout_event_id, event_id)
 );
-INSERT INTO messages_v2 SELECT id, event_id, rollout_event_id, idx, type, content, summary, content_reference,
-    name, call_id, reward, is_finished, metadata, ts FROM messages ORDER BY rollout_event_id, idx;
+INSERT INTO messages_v2 SELECT id, event_id, rollout_event_id, idx, type, content, summary,
+    content_reference, name, call_id, reward, is_finished, metadata, ts FROM messages
+    ORDER BY rollout_event_id, idx;
 DROP TABLE messages;
 ALTER TABLE messages_v2 RENAME TO messages;
 DROP TRIGGER rollouts_stats_upd;
@@ -176,7 +176,8 @@ INSERT INTO run_facets SELECT run_id, 'stop_reason', stop_reason, COUNT(*) FROM 
 CREATE TRIGGER rollouts_facets_ins AFTER INSERT ON rollouts WHEN NEW.run_id IS NOT NULL BEGIN
     INSERT INTO run_facets(run_id, col, value, n)
     SELECT NEW.run_id, c, v, 1 FROM (SELECT 'split' AS c, NEW.split AS v UNION ALL
-        SELECT 'status', NEW.status UNION ALL SELECT 'stop_reason', NEW.stop_reason) WHERE v IS NOT NULL
+        SELECT 'status', NEW.status UNION ALL SELECT 'stop_reason', NEW.stop_reason)
+    WHERE v IS NOT NULL
     ON CONFLICT(run_id, col, value) DO UPDATE SET n = n + 1;
 END;
 CREATE TRIGGER rollouts_facets_upd AFTER UPDATE OF run_id, split, status, stop_reason ON rollouts
@@ -191,7 +192,8 @@ WHEN OLD.run_id IS NOT NEW.run_id OR OLD.split IS NOT NEW.split OR OLD.status IS
     WHERE v IS NOT NULL AND NEW.run_id IS NOT NULL
     ON CONFLICT(run_id, col, value) DO UPDATE SET n = n + 1;
 END;
--- Rewards per run, env and 10-second bucket: the reward-over-time chart reads these, not the rollouts.
+-- Rewards per run, env and 10-second bucket: the reward-over-time chart reads these, not the
+-- rollouts.
 CREATE TABLE run_reward_buckets (
     run_id INTEGER NOT NULL,
     env TEXT NOT NULL,
@@ -204,15 +206,16 @@ INSERT INTO run_reward_buckets SELECT run_id, env, CAST(ts / 10 AS INTEGER), COU
     FROM rollouts WHERE run_id IS NOT NULL AND reward IS NOT NULL GROUP BY 1, 2, 3;
 CREATE TRIGGER rollouts_buckets_ins AFTER INSERT ON rollouts
 WHEN NEW.run_id IS NOT NULL AND NEW.reward IS NOT NULL BEGIN
-    INSERT INTO run_reward_buckets VALUES (NEW.run_id, NEW.env, CAST(NEW.ts / 10 AS INTEGER), 1, NEW.reward)
+    INSERT INTO run_reward_buckets
+    VALUES (NEW.run_id, NEW.env, CAST(NEW.ts / 10 AS INTEGER), 1, NEW.reward)
     ON CONFLICT(run_id, env, bucket) DO UPDATE SET n = n + 1, reward_sum = reward_sum + NEW.reward;
 END;
 CREATE TRIGGER rollouts_buckets_upd AFTER UPDATE OF run_id, env, reward, ts ON rollouts
 WHEN OLD.run_id IS NOT NEW.run_id OR OLD.env IS NOT NEW.env OR OLD.reward IS NOT NEW.reward
      OR OLD.ts IS NOT NEW.ts BEGIN
     UPDATE run_reward_buckets SET n = n - 1, reward_sum = reward_sum - OLD.reward
-    WHERE OLD.run_id IS NOT NULL AND OLD.reward IS NOT NULL AND run_id = OLD.run_id AND env = OLD.env
-        AND bucket = CAST(OLD.ts / 10 AS INTEGER);
+    WHERE OLD.run_id IS NOT NULL AND OLD.reward IS NOT NULL AND run_id = OLD.run_id
+        AND env = OLD.env AND bucket = CAST(OLD.ts / 10 AS INTEGER);
     INSERT INTO run_reward_buckets
     SELECT NEW.run_id, NEW.env, CAST(NEW.ts / 10 AS INTEGER), 1, NEW.reward
     WHERE NEW.run_id IS NOT NULL AND NEW.reward IS NOT NULL

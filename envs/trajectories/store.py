@@ -33,6 +33,7 @@ from typing import Any, Literal
 import orjson
 
 from envs.trajectories import tripwires
+from envs.trajectories.errors import StoreError
 from envs.trajectories.events import (
     MAX_ABS_REWARD,
     NULL,
@@ -42,13 +43,14 @@ from envs.trajectories.events import (
     Rejected,
     RolloutEvent,
 )
-from envs.trajectories.schema import StoreError, connect, migrate
+from envs.trajectories.schema import connect, migrate
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE_MAX = 500
 # Group commit: one transaction takes every batch waiting (up to this many events), and while
-# uploads keep coming it lingers this long for more (fewer, larger commits: ~40% less CPU per event).
+# uploads keep coming it lingers this long for more (fewer, larger commits: ~40% less CPU per
+# event).
 GROUP_COMMIT_MAX_EVENTS = 50_000
 GROUP_COMMIT_LINGER_S = 0.003
 # WAL checkpoints run on their own thread every CHECKPOINT_INTERVAL_S; the writer checkpoints
@@ -70,7 +72,8 @@ CUT_CHARS = 2_000  # what a message cut by `messages(max_chars=...)` keeps at le
 
 
 def pack_ints(values: Iterable[int], code: str = "i") -> bytes:
-    """Integers as a packed array (int32 by default); raises TypeError/OverflowError on bad input."""
+    """Integers as a packed array (int32 by default); raises TypeError/OverflowError on bad
+    input."""
     if isinstance(values, (list, tuple)):
         try:  # struct packs a list ~2.5x faster than array.array; same native layout
             return struct.pack(f"{len(values)}{code}", *values)
@@ -92,7 +95,7 @@ def pack_floats(values: list[float | None]) -> bytes:
     except (struct.error, OverflowError, TypeError):
         pass
     try:
-        return array.array("f", values).tobytes()
+        return array.array("f", values).tobytes()  # type: ignore[type-var]  # None: TypeError
     except TypeError:
         return array.array("f", (math.nan if v is None else v for v in values)).tobytes()
 
@@ -143,7 +146,8 @@ class _Writer:
                     "INSERT INTO runs(name, created_at, updated_at, run_info) VALUES (?, ?, ?, ?)",
                     (name, now, now, run_info),
                 )
-                rid = int(cur.lastrowid)
+                assert cur.lastrowid is not None  # set by every INSERT
+                rid = cur.lastrowid
             else:
                 rid = int(row[0])
             self._run_ids[name] = rid
@@ -187,8 +191,8 @@ class _Writer:
             inserted = self.conn.total_changes - before
             result.messages += inserted
             result.duplicates += len(msg_rows) - inserted
-        for kind, item in ordered:
-            if kind == "rollout":
+        for what, item in ordered:
+            if what == "rollout":
                 rid = self.run_id(item.run_name, item.run_info, now)
                 outcome = self._insert_rollout(item, rid, now)
                 if outcome is None:
@@ -201,7 +205,8 @@ class _Writer:
                         touched.add(item.event_id)
                 touched_runs.add(rid)
             else:
-                self._update_rollout(*item, now)
+                event_id, info = item
+                self._update_rollout(event_id, info, now)
                 result.updates += 1
         for event_id in touched:
             run = self._refresh_rollout(event_id, now)
@@ -212,7 +217,8 @@ class _Writer:
         return result
 
     def _insert_rollout(self, p: _PreparedRollout, run_id: int, now: float) -> bool | None:
-        """Insert (or fill a placeholder); None if already stored, else whether it needs no refresh."""
+        """Insert (or fill a placeholder); None if already stored, else whether it needs no
+        refresh."""
         cur = self.conn.execute(_INSERT_ROLLOUT_SQL, (p.event_id, run_id, *p.row, now, p.event_id))
         if cur.rowcount == 0:
             return None
@@ -250,7 +256,8 @@ class _Writer:
         )
 
     def _refresh_rollout(self, event_id: str, now: float) -> int | None:
-        """Recount a rollout's messages; derive reward/status/turns where the rollout did not state them.
+        """Recount a rollout's messages; derive reward/status/turns where the rollout did not state
+        them.
 
         One statement: SQLite evaluates the CASE branches lazily, so explicit fields cost nothing.
         """
@@ -305,8 +312,10 @@ _MESSAGE_FIELDS = operator.itemgetter(
     "timestamp",
 )
 _INSERT_MESSAGES_SQL = (
-    "INSERT OR IGNORE INTO messages(event_id, rollout_event_id, idx, type, content, summary, content_reference, "
-    "name, call_id, reward, is_finished, ts, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,IFNULL(?, 0),? / 1000.0,?)"
+    "INSERT OR IGNORE INTO messages(event_id, rollout_event_id, idx, type, content, summary, "
+    "content_reference, "
+    "name, call_id, reward, is_finished, ts, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,IFNULL(?, "
+    "0),? / 1000.0,?)"
 )
 
 
@@ -346,7 +355,8 @@ _INSERT_ROLLOUT_SQL = (
     "group_key = excluded.group_key, task_index = excluded.task_index, "
     "metadata = excluded.metadata, task_spec = excluded.task_spec, run_info = excluded.run_info, "
     "num_messages = excluded.num_messages, "
-    "rollout_info = json_patch(IFNULL(rollouts.rollout_info, '{}'), IFNULL(excluded.rollout_info, '{}')) "
+    "rollout_info = json_patch(IFNULL(rollouts.rollout_info, '{}'), "
+    "IFNULL(excluded.rollout_info, '{}')) "
     "WHERE rollouts.run_id IS NULL"
 )
 
@@ -367,7 +377,7 @@ class _PreparedRollout:
 
     @classmethod
     def of(cls, ev: RolloutEvent) -> _PreparedRollout:
-        meta = dict(ev.get("metadata") or {})
+        meta: dict[str, Any] = dict(ev.get("metadata") or {})
         arrays = {k: meta.pop(k) for k in ARRAY_KEYS if k in meta}
         prompt_length = meta.pop("prompt_length", None)
         reward = meta.get("reward")
@@ -527,7 +537,8 @@ class TrajectoryStore:
     """The SQLite store: `submit()` events to the writer thread, read with the query methods."""
 
     def __init__(self, path: str | Path) -> None:
-        """Open (creating and migrating as needed) the database at `path`; StoreError if unusable."""
+        """Open (creating and migrating as needed) the database at `path`; StoreError if
+        unusable."""
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -591,7 +602,8 @@ class TrajectoryStore:
         self._readers.close()
 
     def submit(self, events: list[Event]) -> Future:
-        """Queue one batch for the writer; the future resolves to its IngestResult once committed."""
+        """Queue one batch for the writer; the future resolves to its IngestResult once
+        committed."""
         if self._thread is None:
             self.start()
         job = _WriteJob(events)
@@ -986,12 +998,14 @@ class TrajectoryStore:
         return out
 
     def group(self, run_id: int, group_key: str, limit: int = 64) -> list[dict[str, Any]]:
-        """The rollouts of one GRPO group, by sample index (then time), with their `sample_index`."""
+        """The rollouts of one GRPO group, by sample index (then time), with their
+        `sample_index`."""
         with self._read() as conn:
             return [
                 dict(r)
                 for r in conn.execute(
-                    f"SELECT {LIST_COLUMNS}, json_extract(metadata, '$.sample_index') AS sample_index "
+                    f"SELECT {LIST_COLUMNS}, json_extract(metadata, '$.sample_index') AS "
+                    "sample_index "
                     "FROM rollouts WHERE run_id = ? AND group_key = ? "
                     "ORDER BY sample_index IS NULL, sample_index, ts, id LIMIT ?",
                     (run_id, group_key, limit),
@@ -999,13 +1013,15 @@ class TrajectoryStore:
             ]
 
     def reward_series(self, run_id: int, buckets: int = 60) -> dict[str, Any]:
-        """Mean reward per env in up to `buckets` equal time slices: {t0, t1, series: {env: [[t, mean, n]]}}.
+        """Mean reward per env in up to `buckets` equal time slices: {t0, t1, series: {env: [[t,
+        mean, n]]}}.
 
         Reads the 10-second aggregates kept by triggers, so it costs the same for 1k or 1M rollouts.
         """
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT env, bucket, n, reward_sum FROM run_reward_buckets WHERE run_id = ? AND n > 0",
+                "SELECT env, bucket, n, reward_sum FROM run_reward_buckets WHERE run_id = ? AND "
+                "n > 0",
                 (run_id,),
             ).fetchall()
         if not rows:
@@ -1036,7 +1052,7 @@ class TrajectoryStore:
             }
 
 
-def _mean(total: float, n: int) -> float | None:
+def _mean(total: float, n: float) -> float | None:
     """total / n, or None when there is nothing to average or the sum is not finite."""
     return total / n if n and math.isfinite(total) else None
 

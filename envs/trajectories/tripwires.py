@@ -46,7 +46,8 @@ def record(
     group_key: str | None,
     metadata: Mapping[str, Any],
 ) -> None:
-    """Store a new rollout's tripped wires and group keys; trip group wires it shares with others."""
+    """Store a new rollout's tripped wires and group keys; trip group wires it shares with
+    others."""
     rows = [(event_id, w, run_id) for w in _names(metadata.get("tripwires"))]
     keys = _keys(metadata.get("tripwire_keys")) if group_key is not None else {}
     for wire, key in keys.items():
@@ -93,6 +94,7 @@ def filter_clause(run_id: int | None, wire: str) -> tuple[str, list[Any]]:
     A rowid list made from the (small) tripwire table: on a 100k-rollout run a page with its
     count takes ~45 ms instead of ~150 ms for a per-row EXISTS.
     """
+    args: list[Any]
     where, args = ("t.run_id = ?", [run_id]) if run_id is not None else ("1", [])
     if wire != ANY:
         where, args = f"{where} AND t.wire = ?", [*args, wire]

@@ -1,12 +1,13 @@
-"""Server-rendered pages of the trajectory viewer: runs, a run's rollouts, one rollout, reward chart.
+"""Server-rendered pages of the trajectory viewer: runs, a run's rollouts, one rollout, reward
+chart.
 
 A run page filters its rollouts (env, split, status, stop reason, reward, tripwire) and counts
 tripwires; a rollout page shows the conversation, per-turn rewards, tokens, provenance,
 tripwires, where the token context drifted, and its GRPO group with each sample's advantage.
 
 Jinja2 with autoescape renders every page, so model and environment text always shows as text.
-The pages use one bundled stylesheet and one small script from envs/trajectories/static/assets (no CDN), and
-are served with a Content-Security-Policy that forbids inline and foreign scripts.
+The pages use one bundled stylesheet and one small script from envs/trajectories/static/assets (no
+CDN), and are served with a Content-Security-Policy that forbids inline and foreign scripts.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from markupsafe import Markup
 
 from envs.trajectories import tripwires
 from envs.trajectories.advantages import group_advantages
-from envs.trajectories.store import RolloutFilter, TrajectoryStore
+from envs.trajectories.store import RolloutFilter, SortKey, TrajectoryStore
 
 log = logging.getLogger(__name__)
+
+_SORTS: dict[str, SortKey] = {"time": "time", "reward": "reward", "turns": "turns"}
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 ASSETS = {"app.css": "text/css", "app.js": "text/javascript", "favicon.svg": "image/svg+xml"}
@@ -86,7 +89,8 @@ def reward_chart_svg(series: dict[str, Any], width: int = 760, height: int = 260
     if not lines:
         return (
             f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" '
-            f'role="img" aria-label="no rewards yet"><text x="10" y="35">No rewards yet.</text></svg>'
+            'role="img" aria-label="no rewards yet"><text x="10" y="35">No rewards '
+            "yet.</text></svg>"
         )
     t0, t1 = float(series["t0"]), float(series["t1"])
     values = [p[1] for pts in lines.values() for p in pts]
@@ -104,21 +108,25 @@ def reward_chart_svg(series: dict[str, Any], width: int = 760, height: int = 260
 
     out = [
         f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="mean reward over time per environment">'
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="mean reward over time per '
+        'environment">'
     ]
     for i in range(5):
         v = lo + (hi - lo) * i / 4
         out.append(
-            f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e7eb"/>'
+            f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+            'stroke="#e5e7eb"/>'
         )
         out.append(
-            f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" fill="#555">{v:.2f}</text>'
+            f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" '
+            f'fill="#555">{v:.2f}</text>'
         )
     out.append(
         f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{pad_t + ph}" y2="{pad_t + ph}" stroke="#999"/>'
     )
     out.append(
-        f'<text x="{pad_l}" y="{height - 8}" font-size="11" fill="#555">{html.escape(_fmt_time(t0))}</text>'
+        f'<text x="{pad_l}" y="{height - 8}" font-size="11" '
+        f'fill="#555">{html.escape(_fmt_time(t0))}</text>'
     )
     out.append(
         f'<text x="{pad_l + pw}" y="{height - 8}" font-size="11" fill="#555" text-anchor="end">'
@@ -152,7 +160,8 @@ def reward_chart_svg(series: dict[str, Any], width: int = 760, height: int = 260
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str) -> Any:
-    """A tokenizer from a local path or the local HF cache (never the network); None if unavailable."""
+    """A tokenizer from a local path or the local HF cache (never the network); None if
+    unavailable."""
     try:
         from transformers import AutoTokenizer
 
@@ -233,7 +242,8 @@ def conversation(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _run_id(value: str) -> int | None:
-    """A run id from the URL, or None when it is not one (the page answers 404, not FastAPI's 422)."""
+    """A run id from the URL, or None when it is not one (the page answers 404, not FastAPI's
+    422)."""
     return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
 
 
@@ -368,7 +378,7 @@ def pages_router(
             max_reward=_float_or_none(q.get("max_reward")),
             tripwire=q.get("tripwire") or None,
         )
-        sort = q.get("sort") if q.get("sort") in ("time", "reward", "turns") else "time"
+        sort = _SORTS.get(q.get("sort") or "", "time")
         order = "asc" if q.get("order") == "asc" else "desc"
         try:
             limit = max(1, min(int(q.get("limit") or 50), 500))

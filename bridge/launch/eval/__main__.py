@@ -11,7 +11,7 @@ import argparse
 import signal
 import sys
 
-from bridge.launch.eval.spec import EvalError
+from bridge.launch.errors import EvalError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -45,7 +45,9 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     a(
         "--tokenizer",
         metavar="DIR",
-        help="tokenizer and chat template of /generate models (override per model with ,tokenizer=)",
+        help=(
+            "tokenizer and chat template of /generate models (override per model with ,tokenizer=)"
+        ),
     )
     a("--config", default="train_config.yaml", help="train config (default: %(default)s)")
     a(

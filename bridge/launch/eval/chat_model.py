@@ -1,4 +1,5 @@
-"""The chat model step: an OpenAI-compatible `/v1/chat/completions` endpoint with native tool calling.
+"""The chat model step: an OpenAI-compatible `/v1/chat/completions` endpoint with native tool
+calling.
 
 Messages go in and come out; the server renders its own chat template and parses the model's
 tool calls into `tool_calls` (vLLM, SGLang's OpenAI server, hosted APIs). The episode loop is the
@@ -26,10 +27,13 @@ from typing import Any
 import httpx
 import orjson
 
-from bridge.engine import EngineError
 from bridge.episode import ModelTurn
-from bridge.launch.eval.spec import EvalError, ModelSpec
-from bridge.toolcalls import PARSE_ERROR, ParsedCall, ParsedTurn, ToolCallError, check_call
+from bridge.errors import EngineError
+from bridge.launch.errors import EvalError
+from bridge.launch.eval.spec import ModelSpec
+from bridge.tokens import TokenLedger
+from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCallError, check_call
+from bridge.vocab import ToolErrorKind
 
 __all__ = ["ChatClient", "ChatModel", "parse_choice"]
 
@@ -67,7 +71,8 @@ def _error_text(body: bytes) -> str:
 
 
 class ChatClient:
-    """One OpenAI-compatible endpoint: `GET /models`, `POST /chat/completions`, bounded and retried."""
+    """One OpenAI-compatible endpoint: `GET /models`, `POST /chat/completions`, bounded and
+    retried."""
 
     def __init__(
         self,
@@ -205,7 +210,8 @@ def _wire_call(raw: Any, i: int) -> tuple[dict[str, Any], Any, Any, str]:
     """(the call as sent back in the history, name, arguments, raw text) of one `tool_calls` entry;
     the raw text is what the model wrote as arguments (the whole entry when it has none)."""
     call = raw if isinstance(raw, dict) else {}
-    fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+    fn_raw = call.get("function")
+    fn: dict[str, Any] = fn_raw if isinstance(fn_raw, dict) else {}
     name, args = fn.get("name"), fn.get("arguments")
     cid = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else f"call_{i}"
     args_text = args if isinstance(args, str) else orjson.dumps(args).decode()
@@ -226,7 +232,8 @@ def parse_choice(
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise EngineError("chat completion answered no choices")
     choice = choices[0]
-    msg = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    msg_raw = choice.get("message")
+    msg: dict[str, Any] = msg_raw if isinstance(msg_raw, dict) else {}
     content = _text(msg.get("content"))
     reasoning = msg.get("reasoning_content", msg.get("reasoning"))
     raw_calls = msg.get("tool_calls") or []
@@ -240,14 +247,18 @@ def parse_choice(
         if i == MAX_CALLS_PER_TURN:
             calls.append(
                 ToolCallError(
-                    PARSE_ERROR,
+                    ToolErrorKind.PARSE_ERROR,
                     f"too many tool calls in one turn ({len(raw_calls)}): only the first "
                     f"{MAX_CALLS_PER_TURN} run",
                     raw_text,
                 )
             )
         elif not isinstance(raw, dict) or not isinstance(raw.get("function"), dict):
-            calls.append(ToolCallError(PARSE_ERROR, "tool call has no 'function' object", raw_text))
+            calls.append(
+                ToolCallError(
+                    ToolErrorKind.PARSE_ERROR, "tool call has no 'function' object", raw_text
+                )
+            )
         else:
             calls.append(check_call(name, args, raw_text, known_tools))
     finish = "length" if choice.get("finish_reason") == "length" else "stop"
@@ -259,7 +270,8 @@ def parse_choice(
     history: dict[str, Any] = {"role": "assistant", "content": content}
     if wire_calls:
         history["tool_calls"] = wire_calls
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    usage_raw = body.get("usage")
+    usage: dict[str, Any] = usage_raw if isinstance(usage_raw, dict) else {}
     counts = {
         k: int(v)
         for k, v in usage.items()
@@ -271,7 +283,7 @@ def parse_choice(
 class ChatModel:
     """The chat model's side of one episode (a `bridge.episode.ModelStep`)."""
 
-    ledger = None
+    ledger: TokenLedger | None = None
 
     def __init__(self, client: ChatClient, system_prompt: str | None) -> None:
         self.client = client

@@ -26,11 +26,12 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from bridge.config import ConfigError, TrainConfig, load_config
+from bridge.config import TrainConfig, load_config
+from bridge.errors import ConfigError
+from bridge.launch.errors import EvalError, RolloutOnlyError, ServiceError
 from bridge.launch.eval.report import build_report, format_markdown, format_table
 from bridge.launch.eval.runner import Job, ModelRuntime, RunSettings, run_jobs
 from bridge.launch.eval.spec import (
-    EvalError,
     EvalSpec,
     ModelKind,
     ModelSpec,
@@ -39,17 +40,17 @@ from bridge.launch.eval.spec import (
     parse_model,
 )
 from bridge.launch.eval.tasks import EvalTask, interleave, tasks_from_config, tasks_from_file
-from bridge.launch.rollout_only import RolloutError, check_model
+from bridge.launch.rollout_only import check_model
 from bridge.launch.services import (
-    ServiceError,
     answers,
     env_server_command,
     is_loopback,
     local_engine_command,
     managed_process,
 )
-from envs.trajectories.evals import EvalModel, EvalRecords, SpecMismatch
-from envs.trajectories.schema import StoreError
+from bridge.vocab import EpisodeStatus
+from envs.trajectories.errors import SpecMismatch, StoreError
+from envs.trajectories.evals import EvalModel, EvalRecords
 from envs.trajectories.store import TrajectoryStore
 
 __all__ = ["Plan", "evaluate", "plan"]
@@ -86,7 +87,8 @@ class Plan:
 
     @property
     def report_seed(self) -> int:
-        """Bootstrap seed: a function of the spec, so an eval's report never changes by rerunning."""
+        """Bootstrap seed: a function of the spec, so an eval's report never changes by
+        rerunning."""
         return int(self.spec.digest()[:8], 16)
 
     def run_name(self, model: str) -> str:
@@ -108,7 +110,7 @@ def plan(opts: argparse.Namespace) -> Plan:
         if m.uses_tokens:
             try:
                 check_model(m.tokenizer or m.target, engine_local=m.kind is ModelKind.LOCAL)
-            except RolloutError as e:
+            except RolloutOnlyError as e:
                 raise EvalError(f"model {m.name}: {e}") from None
     envs = [e.strip() for e in opts.envs.split(",") if e.strip()] if opts.envs else None
     notes: list[str] = []
@@ -174,7 +176,7 @@ def missing_jobs(
     have: set[tuple[str, str, str, int]] = set()
     if records is not None and eval_id is not None:
         for r in records.episodes(eval_id):
-            if not (p.opts.retry_errors and r.status == "failed"):
+            if not (p.opts.retry_errors and r.status == EpisodeStatus.FAILED):
                 have.add((r.model, r.env, r.task, r.sample))
     jobs: dict[str, list[Job]] = {}
     done: dict[str, int] = {}
@@ -392,7 +394,8 @@ class _Run:
             n = await run_jobs(runtimes, self.jobs, records, settings)
         except asyncio.CancelledError:
             say(
-                "interrupted: the episodes that finished are stored; rerun the same command to resume"
+                "interrupted: the episodes that finished are stored; rerun the same command to "
+                "resume"
             )
             return True
         say(f"{n} episodes in {time.perf_counter() - t0:.1f} s")

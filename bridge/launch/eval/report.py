@@ -1,4 +1,5 @@
-"""An eval's report, computed from its stored episodes: per-environment scores and model comparisons.
+"""An eval's report, computed from its stored episodes: per-environment scores and model
+comparisons.
 
 Per environment (and `all`, every task pooled) and model: mean reward, solve rate, unbiased
 pass@k, mean turns and tool calls, error rates by kind (the share of episodes with at least one
@@ -22,14 +23,24 @@ from typing import Any
 import numpy as np
 
 from bridge.launch.eval.stats import CONFIDENCE, Estimate, Paired, TaskResampler, pass_at_k
+from bridge.vocab import EpisodeStatus, StopReason
 from envs.trajectories.evals import EpisodeRow
 
 __all__ = ["ALL", "FAILURE_KINDS", "build_report", "format_markdown", "format_table"]
 
 ALL = "all"
-FAILURE_KINDS = ("env_error", "engine_error", "setup_error", "bridge_error")
+FAILURE_KINDS = tuple(
+    k.value
+    for k in (
+        StopReason.ENV_ERROR,
+        StopReason.ENGINE_ERROR,
+        StopReason.SETUP_ERROR,
+        StopReason.BRIDGE_ERROR,
+    )
+)
+"""The stop reasons of a failed episode (`bridge.vocab.FAILURE_STOPS`), in report order."""
 # stop reasons counted as errors of the episode: failures, and a turn that called no tool
-EPISODE_ERRORS = (*FAILURE_KINDS, "no_tool_call")
+EPISODE_ERRORS = (*FAILURE_KINDS, StopReason.NO_TOOL_CALL.value)
 DISAGREE_TOP = 10
 
 
@@ -243,15 +254,17 @@ def _warnings(models: list[str], rows: list[EpisodeRow]) -> list[str]:
         mine = [r for r in rows if r.model == m]
         if mine and not any(r.num_tool_calls for r in mine):
             out.append(
-                f"model {m} never called a tool in {len(mine)} episodes: check its tool-call format "
+                f"model {m} never called a tool in {len(mine)} episodes: check its tool-call "
+                "format "
                 "(an OpenAI endpoint must parse tool calls, e.g. vLLM --enable-auto-tool-choice "
                 "--tool-call-parser ...)"
             )
-        failed = Counter(r.stop_reason for r in mine if r.status == "failed")
+        failed = Counter(r.stop_reason for r in mine if r.status == EpisodeStatus.FAILED)
         if failed:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(failed.items()))
             out.append(
-                f"model {m}: {sum(failed.values())} episodes failed ({kinds}), counted as reward 0; "
+                f"model {m}: {sum(failed.values())} episodes failed ({kinds}), counted as reward "
+                "0; "
                 "rerun with --retry-errors to run them again"
             )
     return out
@@ -406,7 +419,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         _title(report),
         "",
         f"Sampling: temperature {s['temperature']}, top-p {s['top_p']}, "
-        f"max tokens {s['max_tokens']}; {int(100 * report['confidence'])}% bootstrap CIs over tasks.",
+        f"max tokens {s['max_tokens']}; {int(100 * report['confidence'])}% bootstrap CIs over "
+        "tasks.",
         "",
         "## Scores",
         "",

@@ -1,4 +1,5 @@
-"""Running an eval's missing episodes: every model concurrently, each through the bridge's episode loop.
+"""Running an eval's missing episodes: every model concurrently, each through the bridge's episode
+loop.
 
 Per episode: open an ORS session, build the model's step (`TokenModel` for /generate and local
 models, `ChatModel` for OpenAI endpoints), run `bridge.episode.Episode`, then hand it to the
@@ -10,6 +11,7 @@ episodes in flight.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import uuid
@@ -21,13 +23,15 @@ from bridge.chat import ChatRenderer
 from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult, ModelStep, TokenModel
+from bridge.launch.errors import EvalError
 from bridge.launch.eval.chat_model import ChatClient, ChatModel
-from bridge.launch.eval.spec import EvalError, ModelSpec, Sampling
+from bridge.launch.eval.spec import ModelSpec, Sampling
 from bridge.launch.eval.tasks import EvalTask
 from bridge.provenance import episode_provenance, tokenizer_fingerprint
 from bridge.rewards import RewardOutcome
 from bridge.trajectory import Trajectory
 from bridge.trajectory_sink import trajectory_events
+from bridge.vocab import EpisodeStatus, StopReason
 from envs.trajectories.evals import EpisodeRow, EvalRecords
 from prepare_tasks import gather_or_cancel
 
@@ -36,8 +40,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Job", "ModelRuntime", "RunSettings", "run_jobs", "solved"]
 
 SOLVE_EPS = 1e-6
-SETUP_ERROR = "setup_error"
-BRIDGE_ERROR = "bridge_error"
 TOKEN_KEYS = ("token_ids", "loss_mask", "logprobs", "prompt_length")
 
 
@@ -93,14 +95,14 @@ def solved(reward: float, task: EvalTask, threshold: float | None) -> bool:
     return reward >= bar - SOLVE_EPS
 
 
-def _failed_result(message: str, stop_reason: str) -> EpisodeResult:
+def _failed_result(message: str, stop_reason: StopReason) -> EpisodeResult:
     return EpisodeResult(
         ledger=None,
         messages=[],
         turn_rewards=[],
         env_finished=False,
         stop_reason=stop_reason,
-        status="failed",
+        status=EpisodeStatus.FAILED,
         num_turns=0,
         num_tool_calls=0,
         tool_errors={},
@@ -117,7 +119,9 @@ async def _play(rt: ModelRuntime, job: Job, settings: RunSettings) -> EpisodeRes
         session = open_session(meta, settings.env_urls, key)
         step = rt.step(key, settings.system_prompt)
     except Exception as e:
-        return _failed_result(f"cannot open the episode: {type(e).__name__}: {e}", SETUP_ERROR)
+        return _failed_result(
+            f"cannot open the episode: {type(e).__name__}: {e}", StopReason.SETUP_ERROR
+        )
     budget = Budget(
         max_context_len=settings.sampling.max_context_len,
         max_response_len=settings.sampling.max_tokens,
@@ -127,13 +131,14 @@ async def _play(rt: ModelRuntime, job: Job, settings: RunSettings) -> EpisodeRes
         return await episode.run()
     except Exception as e:  # a bug, not an env or model failure: recorded, the eval goes on
         log.exception("eval: episode raised")
-        return _failed_result(f"{type(e).__name__}: {e}", BRIDGE_ERROR)
+        return _failed_result(f"{type(e).__name__}: {e}", StopReason.BRIDGE_ERROR)
 
 
 def _with_provenance(
     traj: Trajectory, rt: ModelRuntime, result: EpisodeResult, settings: RunSettings, meta: Any
 ) -> Trajectory:
-    """The trajectory with what training records too: provenance, the env's tripwire verdict, drift."""
+    """The trajectory with what training records too: provenance, the env's tripwire verdict,
+    drift."""
     report = result.env_report
     if rt.renderer is not None:
         tokenizer = tokenizer_fingerprint(rt.renderer.tokenizer)
@@ -162,7 +167,7 @@ def episode_record(
 ) -> tuple[EpisodeRow, list[dict[str, Any]]]:
     """The eval row and the rollout events of a finished episode."""
     meta = job.task.meta
-    failed = result.status == "failed"
+    failed = result.status == EpisodeStatus.FAILED
     reward = 0.0 if failed else result.reward.reward  # as training counts a failed episode
     ledger = result.ledger
     traj = Trajectory(
@@ -175,8 +180,8 @@ def episode_record(
         turn_rewards=list(result.turn_rewards),
         reward=reward,
         reward_reduction=meta.reward.reward_reduction,
-        stop_reason=result.stop_reason,
-        status=result.status,
+        stop_reason=result.stop_reason.value,
+        status=result.status.value,
         num_turns=result.num_turns,
         num_tool_calls=result.num_tool_calls,
         tool_errors=dict(result.tool_errors),
@@ -215,8 +220,8 @@ def episode_record(
         solved=not failed and solved(reward, job.task, settings.solve_threshold),
         num_turns=result.num_turns,
         num_tool_calls=result.num_tool_calls,
-        stop_reason=result.stop_reason,
-        status=result.status,
+        stop_reason=result.stop_reason.value,
+        status=result.status.value,
         tool_errors=dict(result.tool_errors),
         failure=result.failure,
     )
@@ -318,7 +323,8 @@ class _StoreWriter:
         return [row for row, _ in records]
 
     async def close(self) -> None:
-        """Store what finished (also after a cancellation), stop the thread; raise a failed write."""
+        """Store what finished (also after a cancellation), stop the thread; raise a failed
+        write."""
         try:
             while self.error is None and (self.writing is not None or self.pending):
                 if self.writing is None:
@@ -357,7 +363,7 @@ async def run_jobs(
             for job in todo:
                 result = await _play(rt, job, settings)
                 fut = writer.submit(rt, job, result)
-                fut.add_done_callback(lambda f, m=rt.spec.name: committed(m, f))
+                fut.add_done_callback(functools.partial(committed, rt.spec.name))
 
         n = min(settings.concurrency, len(jobs.get(rt.spec.name, [])))
         await gather_or_cancel([worker() for _ in range(n)])

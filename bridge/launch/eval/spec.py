@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from bridge.launch.errors import EvalError
+
 __all__ = [
     "EvalError",
     "EvalSpec",
@@ -46,15 +48,12 @@ _SETTINGS = {
 }
 
 
-class EvalError(ValueError):
-    """An eval that cannot run as asked; the message is one line for the user."""
-
-
 class ModelKind(str, Enum):
     """How the eval talks to a model."""
 
     GENERATE = "generate"
-    """SGLang's /generate: token ids in and out, the bridge's own episode (chat template, token ledger)."""
+    """SGLang's /generate: token ids in and out, the bridge's own episode (chat template, token
+    ledger)."""
     OPENAI = "openai"
     """/v1/chat/completions: messages in and out, tool calls parsed by the server."""
     LOCAL = "local"

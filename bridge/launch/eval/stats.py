@@ -1,4 +1,5 @@
-"""Evaluation statistics: unbiased pass@k, bootstrap confidence intervals over tasks, paired comparison.
+"""Evaluation statistics: unbiased pass@k, bootstrap confidence intervals over tasks, paired
+comparison.
 
 The unit of resampling is the task: the k samples of one task are not independent (an easy task
 is easy for all of them), so every interval resamples whole tasks. Two models are compared on
@@ -111,7 +112,8 @@ class TaskResampler:
         )
 
     def estimate(self, per_task: Sequence[float] | np.ndarray) -> Estimate:
-        """The mean of `per_task` (one value per task, in the resampler's task order) with its CI."""
+        """The mean of `per_task` (one value per task, in the resampler's task order) with its
+        CI."""
         v = np.asarray(per_task, dtype=float)
         if v.shape != (self.n_tasks,):
             raise ValueError(f"expected {self.n_tasks} per-task values, got shape {v.shape}")

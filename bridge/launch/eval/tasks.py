@@ -22,8 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from bridge.config import TrainConfig
-from bridge.launch.eval.spec import EvalError
-from bridge.launch.task_source import TaskSourceError
+from bridge.launch.errors import EvalError, TaskSourceError
 from bridge.task import TaskMeta
 
 __all__ = ["EvalTask", "interleave", "tasks_from_config", "tasks_from_file"]
@@ -97,7 +96,8 @@ def tasks_from_config(
     seed: int,
     notes: list[str],
 ) -> list[EvalTask]:
-    """Each chosen env's eval split, picked and rendered as prepare_tasks.py does for --eval-output."""
+    """Each chosen env's eval split, picked and rendered as prepare_tasks.py does for
+    --eval-output."""
     names = _check_envs(envs, list(config.environments), "the config")
     chosen = []
     for name in names:
