@@ -514,7 +514,7 @@ def _submit(
             env_reported=report.provenance,
             tokenizer=tokenizer_fingerprint(renderer.tokenizer),
             sampling_params=sampling_params,
-            turn_weight_versions=[str(v) for v in result.weight_versions if v is not None],
+            turn_weight_versions=result.weight_versions,
         )
         traj = Trajectory(
             run_name=cfg.run_name if cfg is not None else "slime-envs",

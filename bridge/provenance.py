@@ -123,7 +123,7 @@ def episode_provenance(
     env_reported: Mapping[str, str],
     tokenizer: Mapping[str, str],
     sampling_params: Mapping[str, Any],
-    turn_weight_versions: Sequence[str],
+    turn_weight_versions: Sequence[str | None],
 ) -> dict[str, Any]:
     """The provenance record of one episode (see the module docstring)."""
     return {
@@ -134,7 +134,7 @@ def episode_provenance(
         or (canonical_hash(task_spec) if task_spec is not None else "unknown"),
         **tokenizer,
         "sampling_params": _jsonable(sampling_params),
-        "weight_versions": list(turn_weight_versions),
+        "weight_versions": [str(v) for v in turn_weight_versions if v is not None],
         "bridge_version": bridge_version(),
     }
 

@@ -98,7 +98,6 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._deadline = self._since + limits.header_timeout_s  # 0.0: none
             self._header_bytes = 0  # raw bytes of chunks that ended before the headers did
             self._chunk = 0  # bytes in the chunk being parsed
-            self._in_message = False  # the request's body is still arriving
 
         # -- connection lifetime
 
@@ -187,7 +186,6 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if self._phase == _IDLE and not self._deadline:  # first byte after keep-alive idle
                 self._deadline = time.monotonic() + limits.header_timeout_s
             self._phase = _HEADERS
-            self._in_message = True
 
         def on_headers_complete(self) -> None:
             # The headers are at most what came before this chunk plus this chunk: count them
@@ -212,7 +210,6 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             super().on_body(body)
 
         def on_message_complete(self) -> None:
-            self._in_message = False
             cycle = getattr(self, "cycle", None)
             if cycle is not None and getattr(cycle, "response_complete", False):
                 # answered before its body was read (e.g. 413): idle once the body is through
@@ -224,10 +221,10 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if self._in_message:
+            if self._phase == _BODY:
                 # The rest of this request's body is still arriving (the answer came first): it
                 # is body, not the next request's headers, and it may stall like any body.
-                self._phase, self._deadline = _BODY, time.monotonic() + limits.body_timeout_s
+                self._deadline = time.monotonic() + limits.body_timeout_s
             else:
                 self._phase, self._since, self._deadline = _IDLE, time.monotonic(), 0.0
 

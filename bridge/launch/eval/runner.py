@@ -154,7 +154,7 @@ def _with_provenance(
         env_reported=report.provenance,
         tokenizer=tokenizer,
         sampling_params=settings.sampling.sglang_params(),
-        turn_weight_versions=[str(v) for v in result.weight_versions if v is not None],
+        turn_weight_versions=result.weight_versions,
     )
     traj.tripwires = list(report.tripwires) if report.checked else None
     traj.tripwire_keys = dict(report.tripwire_keys)
