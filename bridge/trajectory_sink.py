@@ -319,6 +319,7 @@ class _Unit:
 
     line: bytes
     seg: JournalSegment | None
+    in_memory_only: bool = False  # counted once in stats when the spool could not take it
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -531,7 +532,10 @@ class TrajectoryUploader:
         if n < len(units):
             rest = units[n:]
             self._overflow += rest
-            self.stats["in_memory_only"] += len(rest)
+            newly = [u for u in rest if not u.in_memory_only]
+            for u in newly:
+                u.in_memory_only = True
+            self.stats["in_memory_only"] += len(newly)
             log.error(
                 "trajectory sink: %d trajectories could not be spooled to %s; kept in memory "
                 "(%d now) and sent when the server answers",
