@@ -31,7 +31,7 @@ import yaml
 
 from bridge.config import TRAIN_CONFIG_ENV, TrainConfig, is_hosted, load_config
 from bridge.errors import ConfigError
-from bridge.launch.errors import RolloutOnlyError, ServiceError
+from bridge.launch.errors import RolloutOnlyError, ServiceError, TaskSourceError
 from bridge.launch.services import (
     PROJECT_ROOT,
     answers,
@@ -41,6 +41,7 @@ from bridge.launch.services import (
     local_engine_command,
     managed_process,
 )
+from bridge.launch.task_source import read_task_rows
 from bridge.launch.tiny_model import LOCAL_EXTRA
 from bridge.metrics import ALL, episode_metrics, log_rollout
 
@@ -187,28 +188,10 @@ def sampling_params(args: Namespace) -> dict[str, Any]:
 
 def read_tasks(path: Path, n: int) -> list[dict[str, Any]]:
     """The first `n` rows of a prepare_tasks.py JSONL file."""
-    rows: list[dict[str, Any]] = []
     try:
-        with path.open() as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RolloutOnlyError(f"{path}:{lineno}: not JSON: {e.msg}") from None
-                if not isinstance(row, dict) or not isinstance(row.get("metadata"), dict):
-                    raise RolloutOnlyError(
-                        f"{path}:{lineno}: expected a prepare_tasks.py row with a metadata object"
-                    )
-                rows.append(row)
-                if len(rows) >= n:
-                    break
-    except OSError as e:
-        raise RolloutOnlyError(f"{path}: cannot read task file: {e.strerror or e}") from None
-    if not rows:
-        raise RolloutOnlyError(f"{path}: no task rows")
-    return rows
+        return [row for _, row in read_task_rows(path, n)]
+    except TaskSourceError as e:
+        raise RolloutOnlyError(str(e)) from None
 
 
 def prepare_task_file(config: str, out: Path, n: int) -> Path:

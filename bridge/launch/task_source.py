@@ -13,12 +13,16 @@ import inspect
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+
+import orjson
 
 from bridge.launch.errors import TaskSourceError
 from bridge.task import blocks_to_text, ors_tool_to_openai, task_label
 
 OPENREWARD_API_KEY_ENV = "OPENREWARD_API_KEY"
+MAX_TASK_FILE_BYTES = 1 << 30  # a whole task file read into memory (eval) stays below this
 
 
 @dataclass(frozen=True)
@@ -311,3 +315,33 @@ def open_source(
             )
         return HostedTaskSource(env_name, resolved, concurrency)
     return LocalTaskSource(env_name, options, resolved)
+
+
+def read_task_rows(path: Path, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a prepare_tasks.py JSONL file with their line numbers, the first `limit` of
+    them (all when None: then the file must be under MAX_TASK_FILE_BYTES). Every problem is a
+    TaskSourceError naming the file and line; a file without rows is one too."""
+    rows: list[tuple[int, dict[str, Any]]] = []
+    try:
+        if limit is None and path.stat().st_size > MAX_TASK_FILE_BYTES:
+            raise TaskSourceError(f"{path}: task file larger than {MAX_TASK_FILE_BYTES >> 20} MiB")
+        with path.open("rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if limit is not None and len(rows) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    raise TaskSourceError(f"{path}:{lineno}: not JSON: {e}") from None
+                if not isinstance(row, dict) or not isinstance(row.get("metadata"), dict):
+                    raise TaskSourceError(
+                        f"{path}:{lineno}: expected a prepare_tasks.py row with a metadata object"
+                    )
+                rows.append((lineno, row))
+    except OSError as e:
+        raise TaskSourceError(f"{path}: cannot read task file: {e.strerror or e}") from None
+    if not rows:
+        raise TaskSourceError(f"{path}: no task rows")
+    return rows

@@ -23,11 +23,10 @@ from pydantic import ValidationError
 
 from bridge.config import TrainConfig
 from bridge.launch.errors import EvalError, TaskSourceError
+from bridge.launch.task_source import read_task_rows
 from bridge.task import TaskMeta
 
 __all__ = ["EvalTask", "interleave", "tasks_from_config", "tasks_from_file"]
-
-MAX_TASK_FILE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -150,36 +149,22 @@ def tasks_from_file(
 ) -> list[EvalTask]:
     """Rows of a prepare_tasks.py file; with `num_tasks`, a seeded subset of each environment."""
     try:
-        if path.stat().st_size > MAX_TASK_FILE_BYTES:
-            raise EvalError(f"{path}: task file larger than {MAX_TASK_FILE_BYTES >> 20} MiB")
-        lines = path.read_bytes().splitlines()
-    except OSError as e:
-        raise EvalError(f"{path}: cannot read task file: {e.strerror or e}") from None
+        rows = read_task_rows(path)
+    except TaskSourceError as e:
+        raise EvalError(str(e)) from None
     by_env: dict[str, list[EvalTask]] = {}
     seen: set[tuple[str, str]] = set()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            raise EvalError(f"{path}:{lineno}: not JSON: {e}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("metadata"), dict):
-            raise EvalError(
-                f"{path}:{lineno}: expected a prepare_tasks.py row with a metadata object"
-            )
+    for lineno, row in rows:
         task = _from_row(row, f"{path}:{lineno}")
         if task.ident in seen:
             raise EvalError(f"{path}:{lineno}: task {task.env} {task.key} appears twice")
         seen.add(task.ident)
         by_env.setdefault(task.env, []).append(task)
-    if not by_env:
-        raise EvalError(f"{path}: no task rows")
     out: list[EvalTask] = []
     for env in _check_envs(envs, list(by_env), str(path)):
-        rows = by_env[env]
-        if num_tasks is not None and num_tasks < len(rows):
-            keep = sorted(random.Random(f"{seed}:{env}:eval").sample(range(len(rows)), num_tasks))
-            rows = [rows[i] for i in keep]
-        out.extend(rows)
+        tasks = by_env[env]
+        if num_tasks is not None and num_tasks < len(tasks):
+            keep = sorted(random.Random(f"{seed}:{env}:eval").sample(range(len(tasks)), num_tasks))
+            tasks = [tasks[i] for i in keep]
+        out.extend(tasks)
     return out
