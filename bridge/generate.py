@@ -40,7 +40,7 @@ from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult, TokenModel
 from bridge.errors import BridgeError, ConfigError
 from bridge.partial import suspended_episodes
-from bridge.provenance import episode_provenance, tokenizer_fingerprint
+from bridge.provenance import tokenizer_fingerprint
 from bridge.sample import (
     complete_replay_fields,
     fill_sample,
@@ -52,7 +52,7 @@ from bridge.slime_state import mask_offpolicy, partial_rollout, slime_aborted
 from bridge.slime_types import SlimeArgs, SlimeSample
 from bridge.task import TaskMeta
 from bridge.tokens import TokenLedger
-from bridge.trajectory import Trajectory
+from bridge.trajectory import EpisodeTokens, episode_trajectory
 from bridge.vocab import EpisodeStatus, StopReason
 
 log = logging.getLogger(__name__)
@@ -505,38 +505,21 @@ def _submit(
         sink = _sink(cfg)
         if sink is None:
             return
-        report = result.env_report
-        provenance = episode_provenance(
-            env=task.env,
-            split=task.split,
-            index=task.index,
-            task_spec=task.task_spec,
-            env_reported=report.provenance,
+        traj = episode_trajectory(
+            cfg.run_name if cfg is not None else "slime-envs",
+            task,
+            result,
+            reward=float(sample.reward),
+            status=sample.status.value,
+            tokens=EpisodeTokens(
+                token_ids=list(sample.tokens),
+                prompt_length=len(sample.tokens) - sample.response_length,
+                loss_mask=list(sample.loss_mask or ()),
+                logprobs=list(sample.rollout_log_probs or []),
+                drift_count=sample.metadata.get("drift_count", 0),
+            ),
             tokenizer=tokenizer_fingerprint(renderer.tokenizer),
             sampling_params=sampling_params,
-            turn_weight_versions=result.weight_versions,
-        )
-        traj = Trajectory(
-            run_name=cfg.run_name if cfg is not None else "slime-envs",
-            env=task.env,
-            split=task.split,
-            index=task.index,
-            task_spec=task.task_spec,
-            messages=result.messages,
-            turn_rewards=list(result.turn_rewards),
-            reward=float(sample.reward),
-            reward_reduction=task.reward.reward_reduction,
-            stop_reason=result.stop_reason.value,
-            status=sample.status.value,
-            num_turns=result.num_turns,
-            num_tool_calls=result.num_tool_calls,
-            tool_errors=dict(result.tool_errors),
-            drift_count=sample.metadata.get("drift_count", 0),
-            token_ids=list(sample.tokens),
-            prompt_length=len(sample.tokens) - sample.response_length,
-            loss_mask=list(sample.loss_mask or ()),
-            logprobs=list(sample.rollout_log_probs or []),
-            timings=dict(result.timings),
             evaluation=evaluation,
             group_index=getattr(sample, "group_index", None),
             sample_index=getattr(sample, "index", None),
@@ -549,10 +532,6 @@ def _submit(
                 "episode_attempts": sample.metadata.get("episode_attempts"),
                 "resumed": sample.metadata.get("resumed", 0),
             },
-            provenance=provenance,
-            tripwires=list(report.tripwires) if report.checked else None,
-            tripwire_keys=dict(report.tripwire_keys),
-            drift=list(result.drift),
         )
         sink.submit(traj)
     except Exception as e:

@@ -9,7 +9,14 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bridge.provenance import episode_provenance
+
+if TYPE_CHECKING:
+    from bridge.episode import EpisodeResult
+    from bridge.task import TaskMeta
+    from bridge.tokens import TokenLedger
 
 
 @dataclass
@@ -58,6 +65,89 @@ class Trajectory:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpisodeTokens:
+    """The token side of a trajectory (empty for a chat model, whose server tokenizes)."""
+
+    token_ids: list[int] = field(default_factory=list)  # prompt + response
+    prompt_length: int = 0
+    loss_mask: list[int] = field(default_factory=list)  # response only
+    logprobs: list[float] = field(default_factory=list)  # response only
+    drift_count: int = 0
+
+    @classmethod
+    def from_ledger(cls, ledger: TokenLedger | None) -> EpisodeTokens:
+        """An episode's own ledger (eval); training reads slime's sample instead."""
+        if ledger is None:
+            return cls()
+        return cls(
+            list(ledger.ids),
+            len(ledger.prompt_ids),
+            ledger.loss_mask(),
+            ledger.logprobs(),
+            ledger.drift_count,
+        )
+
+
+def episode_trajectory(
+    run_name: str,
+    task: TaskMeta,
+    result: EpisodeResult,
+    *,
+    reward: float,
+    status: str,
+    tokens: EpisodeTokens,
+    tokenizer: dict[str, str],
+    sampling_params: dict[str, Any],
+    evaluation: bool,
+    group_index: int | None,
+    sample_index: int | None,
+    extra: dict[str, Any],
+) -> Trajectory:
+    """A finished episode as a trajectory, with its provenance, the env's tripwire verdict and
+    drift: what training (bridge/generate.py) and eval (bridge/launch/eval) both record."""
+    report = result.env_report
+    return Trajectory(
+        run_name=run_name,
+        env=task.env,
+        split=task.split,
+        index=task.index,
+        task_spec=task.task_spec,
+        messages=result.messages,
+        turn_rewards=list(result.turn_rewards),
+        reward=reward,
+        reward_reduction=task.reward.reward_reduction,
+        stop_reason=result.stop_reason.value,
+        status=status,
+        num_turns=result.num_turns,
+        num_tool_calls=result.num_tool_calls,
+        tool_errors=dict(result.tool_errors),
+        drift_count=tokens.drift_count,
+        token_ids=tokens.token_ids,
+        prompt_length=tokens.prompt_length,
+        loss_mask=tokens.loss_mask,
+        logprobs=tokens.logprobs,
+        timings=dict(result.timings),
+        evaluation=evaluation,
+        group_index=group_index,
+        sample_index=sample_index,
+        extra=extra,
+        provenance=episode_provenance(
+            env=task.env,
+            split=task.split,
+            index=task.index,
+            task_spec=task.task_spec,
+            env_reported=report.provenance,
+            tokenizer=tokenizer,
+            sampling_params=sampling_params,
+            turn_weight_versions=result.weight_versions,
+        ),
+        tripwires=list(report.tripwires) if report.checked else None,
+        tripwire_keys=dict(report.tripwire_keys),
+        drift=list(result.drift),
+    )
 
 
 class TrajectorySink(Protocol):

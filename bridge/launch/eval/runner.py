@@ -27,9 +27,9 @@ from bridge.launch.errors import EvalError
 from bridge.launch.eval.chat_model import ChatClient, ChatModel
 from bridge.launch.eval.spec import ModelSpec, Sampling
 from bridge.launch.eval.tasks import EvalTask
-from bridge.provenance import episode_provenance, tokenizer_fingerprint
+from bridge.provenance import tokenizer_fingerprint
 from bridge.rewards import RewardOutcome
-from bridge.trajectory import Trajectory
+from bridge.trajectory import EpisodeTokens, episode_trajectory
 from bridge.trajectory_sink import trajectory_events
 from bridge.vocab import EpisodeStatus, StopReason
 from envs.trajectories.evals import EpisodeRow, EvalRecords
@@ -134,32 +134,17 @@ async def _play(rt: ModelRuntime, job: Job, settings: RunSettings) -> EpisodeRes
         return _failed_result(f"{type(e).__name__}: {e}", StopReason.BRIDGE_ERROR)
 
 
-def _with_provenance(
-    traj: Trajectory, rt: ModelRuntime, result: EpisodeResult, settings: RunSettings, meta: Any
-) -> Trajectory:
-    """The trajectory with what training records too: provenance, the env's tripwire verdict,
-    drift."""
-    report = result.env_report
+def _tokenizer(rt: ModelRuntime) -> dict[str, str]:
+    """The tokenizer fingerprint provenance records for this model."""
     if rt.renderer is not None:
-        tokenizer = tokenizer_fingerprint(rt.renderer.tokenizer)
-    else:  # an OpenAI endpoint tokenizes with its own template, unseen here
-        served = (rt.chat.served_model if rt.chat else None) or rt.spec.name
-        tokenizer = {"tokenizer": f"{served} (server)", "tokenizer_hash": "unknown"}
-        tokenizer["chat_template_hash"] = "unknown"
-    traj.provenance = episode_provenance(
-        env=meta.env,
-        split=meta.split,
-        index=meta.index,
-        task_spec=meta.task_spec,
-        env_reported=report.provenance,
-        tokenizer=tokenizer,
-        sampling_params=settings.sampling.sglang_params(),
-        turn_weight_versions=result.weight_versions,
-    )
-    traj.tripwires = list(report.tripwires) if report.checked else None
-    traj.tripwire_keys = dict(report.tripwire_keys)
-    traj.drift = list(result.drift)
-    return traj
+        return tokenizer_fingerprint(rt.renderer.tokenizer)
+    # an OpenAI endpoint tokenizes with its own template, unseen here
+    served = (rt.chat.served_model if rt.chat else None) or rt.spec.name
+    return {
+        "tokenizer": f"{served} (server)",
+        "tokenizer_hash": "unknown",
+        "chat_template_hash": "unknown",
+    }
 
 
 def episode_record(
@@ -169,28 +154,15 @@ def episode_record(
     meta = job.task.meta
     failed = result.status == EpisodeStatus.FAILED
     reward = 0.0 if failed else result.reward.reward  # as training counts a failed episode
-    ledger = result.ledger
-    traj = Trajectory(
-        run_name=rt.run_name,
-        env=meta.env,
-        split=meta.split,
-        index=meta.index,
-        task_spec=meta.task_spec,
-        messages=result.messages,
-        turn_rewards=list(result.turn_rewards),
+    traj = episode_trajectory(
+        rt.run_name,
+        meta,
+        result,
         reward=reward,
-        reward_reduction=meta.reward.reward_reduction,
-        stop_reason=result.stop_reason.value,
         status=result.status.value,
-        num_turns=result.num_turns,
-        num_tool_calls=result.num_tool_calls,
-        tool_errors=dict(result.tool_errors),
-        drift_count=ledger.drift_count if ledger is not None else 0,
-        token_ids=list(ledger.ids) if ledger is not None else [],
-        prompt_length=len(ledger.prompt_ids) if ledger is not None else 0,
-        loss_mask=ledger.loss_mask() if ledger is not None else [],
-        logprobs=ledger.logprobs() if ledger is not None else [],
-        timings=dict(result.timings),
+        tokens=EpisodeTokens.from_ledger(result.ledger),
+        tokenizer=_tokenizer(rt),
+        sampling_params=settings.sampling.sglang_params(),
         evaluation=True,
         group_index=job.ordinal,
         sample_index=job.sample,
@@ -205,8 +177,8 @@ def episode_record(
             "failure": result.failure,
         },
     )
-    events = trajectory_events(_with_provenance(traj, rt, result, settings, meta))
-    if ledger is None:  # a chat model: no tokens to show
+    events = trajectory_events(traj)
+    if result.ledger is None:  # a chat model: no tokens to show
         meta_out = events[0]["metadata"]
         for k in TOKEN_KEYS:
             meta_out.pop(k, None)
