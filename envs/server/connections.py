@@ -32,6 +32,8 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from envs.server.errors import OrsReason
+
 __all__ = ["ConnectionLimits", "default_max_connections", "guarded_protocol"]
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def default_max_connections(wanted: int = 8192) -> int:
 
 
 def _response(status: bytes, message: str, extra: bytes = b"") -> bytes:
-    body = orjson.dumps({"ok": False, "error": message, "reason": "connection_refused"})
+    body = orjson.dumps({"ok": False, "error": message, "reason": OrsReason.CONNECTION_REFUSED})
     return (
         b"HTTP/1.1 "
         + status

@@ -73,6 +73,9 @@ class OrsReason(Vocabulary):
     """500: an exception inside the environment (the message names it)."""
     INTERNAL = "internal"
     """500: a bug in the server itself."""
+    CONNECTION_REFUSED = "connection_refused"
+    """408, 431 or 503 from the connection guard: headers too slow or too large, or every
+    connection busy (connections.py)."""
 
 
 class OrsError(EnvsError):

@@ -10,6 +10,22 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
+from bridge.vocab import Vocabulary
+
+
+class CallStatus(Vocabulary):
+    """The `status` label of a tool call besides the environment's own tool-error reasons (the
+    SDK's `not_found`, `episode_finished`, ...) and `env_error` (`OrsReason.ENV_ERROR`)."""
+
+    OK = "ok"
+    """The tool answered without an error."""
+    INPUT_VALIDATION = "input_validation"
+    """The input was refused before or by the tool (the SDK's reason, also the server's when it
+    cuts a call short)."""
+    BUDGET_EXCEEDED = "budget_exceeded"
+    """The call computed past its time budget and was stopped (budget.py)."""
+
+
 # Seconds. Tool calls on the local envs take well under a millisecond; the tail matters.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005,
@@ -67,9 +83,9 @@ class ServerMetrics:
         self.latency: dict[str, _Histogram] = {}  # env -> histogram
 
     def record_call(self, env: str, tool: str, status: str, seconds: float) -> None:
-        """One finished tool call; `status` is "ok" or an error reason."""
+        """One finished tool call; `status` is a CallStatus or an error reason."""
         self.calls[(env, tool, status)] += 1
-        if status != "ok":
+        if status != CallStatus.OK:
             self.errors[status] += 1
         hist = self.latency.get(env)
         if hist is None:

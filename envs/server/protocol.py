@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from envs.server.budget import BudgetExceeded, CallBudget
 from envs.server.errors import ClientGone, OrsError, OrsReason, ToolCrashed
-from envs.server.metrics import ServerMetrics
+from envs.server.metrics import CallStatus, ServerMetrics
 from envs.server.served import ServedEnv
 from envs.server.sessions import Session, SessionTable
 from envs.server.wire import (
@@ -171,7 +171,7 @@ class OrsRouter:
         if self._api_key is not None:
             given = headers.get(b"x-api-key", b"")
             if not hmac.compare_digest(given, self._api_key):
-                self.metrics.record_error("unauthorized")
+                self.metrics.record_error(OrsReason.UNAUTHORIZED)
                 err = OrsError(401, OrsReason.UNAUTHORIZED, "missing or wrong X-API-Key")
                 await send_body(send, err.status, err.body())
                 return
@@ -246,7 +246,7 @@ class OrsRouter:
             return
         except Exception as e:  # a bug in this server: answer, log, keep serving
             log.exception("internal error on %s %s", req.scope["method"], path)
-            self.metrics.record_error("internal")
+            self.metrics.record_error(OrsReason.INTERNAL)
             err = OrsError(500, OrsReason.INTERNAL, f"internal server error: {type(e).__name__}")
             try:
                 await send_body(send, 500, err.body())
@@ -611,9 +611,9 @@ class OrsRouter:
             checked = _trim_large_input(s.env, name, tool_input)
             if isinstance(checked, RunToolOutput):
                 self.metrics.record_call(
-                    s.env_name, tool, "input_validation", time.perf_counter() - t0
+                    s.env_name, tool, CallStatus.INPUT_VALIDATION, time.perf_counter() - t0
                 )
-                return checked.model_dump_json(), "input_validation"
+                return checked.model_dump_json(), CallStatus.INPUT_VALIDATION
             tool_input = checked
         try:
             if s.toolset is None:
@@ -621,7 +621,9 @@ class OrsRouter:
             else:
                 res = await self.budget.run(call_session_tool(s.env, s.toolset, name, tool_input))
         except BudgetExceeded:
-            self.metrics.record_call(s.env_name, tool, "budget_exceeded", time.perf_counter() - t0)
+            self.metrics.record_call(
+                s.env_name, tool, CallStatus.BUDGET_EXCEEDED, time.perf_counter() - t0
+            )
             log.warning(
                 "%s tool %r exceeded its %.3gs budget and was stopped (session %s)",
                 s.env_name,
@@ -638,9 +640,11 @@ class OrsRouter:
                     ),
                 )
             )
-            return res.model_dump_json(), "input_validation"
+            return res.model_dump_json(), CallStatus.INPUT_VALIDATION
         except Exception as e:
-            self.metrics.record_call(s.env_name, tool, "env_error", time.perf_counter() - t0)
+            self.metrics.record_call(
+                s.env_name, tool, OrsReason.ENV_ERROR, time.perf_counter() - t0
+            )
             log.warning(
                 "%s tool %r raised %s: %s (session %s)",
                 s.env_name,
@@ -651,10 +655,12 @@ class OrsRouter:
             )
             raise ToolCrashed(f"{type(e).__name__}: {e}") from None
         root = res.root
-        reason = None if root.ok else (root.reason or "input_validation")
+        reason = None if root.ok else (root.reason or CallStatus.INPUT_VALIDATION)
         if reason is not None and len(root.error) > MAX_TOOL_ERROR_CHARS:
             root.error = f"{root.error[:MAX_TOOL_ERROR_CHARS]}... (cut)"
-        self.metrics.record_call(s.env_name, tool, reason or "ok", time.perf_counter() - t0)
+        self.metrics.record_call(
+            s.env_name, tool, reason or CallStatus.OK, time.perf_counter() - t0
+        )
         return res.model_dump_json(), reason
 
     async def _run_and_answer(

@@ -34,6 +34,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
+from envs.trajectories.errors import ApiReason
 from envs.trajectories.evalui import eval_api_router, eval_pages_router
 from envs.trajectories.events import Event, EventBatch, IngestResult, Rejected
 from envs.trajectories.store import READ_CONNECTIONS, RolloutFilter, TrajectoryStore
@@ -61,28 +62,28 @@ class JsonResponse(Response):
         return orjson.dumps(content)
 
 
-def error(status: int, message: str, reason: str, **extra: Any) -> JsonResponse:
+def error(status: int, message: str, reason: ApiReason, **extra: Any) -> JsonResponse:
     """A typed error body: {"ok": false, "error": one line, "reason": machine-readable kind}."""
     return JsonResponse(
         {"ok": False, "error": message, "reason": reason, **extra}, status_code=status
     )
 
 
-def _describe(err: ValidationError) -> tuple[str, str]:
+def _describe(err: ValidationError) -> tuple[str, ApiReason]:
     """(one-line message, reason) for a failed batch validation."""
     errors = err.errors(include_url=False)
     if errors and errors[0]["type"] == "json_invalid":
         return (
             "request body is not valid JSON: "
             f"{errors[0].get('ctx', {}).get('error', errors[0]['msg'])}",
-            "bad_json",
+            ApiReason.BAD_JSON,
         )
     parts = []
     for e in errors[:3]:
         loc = ".".join(str(x) for x in e["loc"]) or "<body>"
         parts.append(f"{loc}: {e['msg']}")
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
-    return "invalid rollout events: " + "; ".join(parts) + more, "invalid_event"
+    return "invalid rollout events: " + "; ".join(parts) + more, ApiReason.INVALID_EVENT
 
 
 def _per_event_errors(err: ValidationError) -> dict[int, str] | None:
@@ -129,15 +130,17 @@ async def read_body(request: Request, limit: int) -> bytes | JsonResponse:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            return error(400, "Content-Length is not a number", "bad_request")
+            return error(400, "Content-Length is not a number", ApiReason.BAD_REQUEST)
         if int(declared) > limit:
-            return error(413, f"request body of {declared} bytes exceeds {limit}", "too_large")
+            return error(
+                413, f"request body of {declared} bytes exceeds {limit}", ApiReason.TOO_LARGE
+            )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return error(413, f"request body exceeds {limit} bytes", "too_large")
+            return error(413, f"request body exceeds {limit} bytes", ApiReason.TOO_LARGE)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -367,14 +370,16 @@ class TrajectoryService:
                     events, kept, rejected = await anyio.to_thread.run_sync(validate_events, body)
             except ValidationError as e:
                 message, reason = _describe(e)
-                return error(400 if reason == "bad_json" else 422, message, reason)
+                return error(400 if reason == ApiReason.BAD_JSON else 422, message, reason)
             result = IngestResult()
             if events:
                 try:
                     result = await asyncio.wrap_future(store.submit(events))
                 except Exception as e:  # storage failure: retriable
                     return error(
-                        503, f"trajectory store failed: {type(e).__name__}: {e}", "storage_error"
+                        503,
+                        f"trajectory store failed: {type(e).__name__}: {e}",
+                        ApiReason.STORAGE_ERROR,
                     )
                 for r in result.rejected:  # the writer's indices are into `events`
                     r.index = kept[r.index]
@@ -389,7 +394,7 @@ class TrajectoryService:
                 422,
                 f"{len(rejected)} of {total} events refused (the others were stored); "
                 f"first: event {first.index}: {first.error}",
-                "invalid_event",
+                ApiReason.INVALID_EVENT,
                 rejected=[dataclasses.asdict(r) for r in rejected[:MAX_REJECTED_LISTED]],
                 **result.counts(),
             )
@@ -411,7 +416,7 @@ class TrajectoryService:
         def run(run_id: RunId) -> JsonResponse:
             info = store.get_run(run_id)
             if info is None:
-                return error(404, f"no run with id {run_id}", "not_found")
+                return error(404, f"no run with id {run_id}", ApiReason.NOT_FOUND)
             return JsonResponse(info)
 
         @router.get("/runs/{run_id}/rollouts")
@@ -432,7 +437,7 @@ class TrajectoryService:
         ) -> JsonResponse:
             t = time.perf_counter()
             if order not in ("asc", "desc"):
-                return error(422, f"order must be asc or desc, got {order!r}", "bad_query")
+                return error(422, f"order must be asc or desc, got {order!r}", ApiReason.BAD_QUERY)
             flt = RolloutFilter(
                 env=env,
                 split=split,
@@ -453,7 +458,7 @@ class TrajectoryService:
                     limit=limit,
                 )
             except ValueError as e:
-                return error(422, str(e), "bad_query")
+                return error(422, str(e), ApiReason.BAD_QUERY)
             return _timed(
                 {
                     "rollouts": page.rows,
@@ -477,7 +482,7 @@ class TrajectoryService:
         async def rollout(event_id: str) -> Response:
             head = await anyio.to_thread.run_sync(store.rollout_head, event_id)
             if head is None:
-                return error(404, f"no rollout with id {event_id[:300]!r}", "not_found")
+                return error(404, f"no rollout with id {event_id[:300]!r}", ApiReason.NOT_FOUND)
             return StreamingResponse(rollout_json(store, head), media_type="application/json")
 
         return router

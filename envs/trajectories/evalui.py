@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from envs.trajectories.errors import ApiReason
 from envs.trajectories.evals import EpisodeRow, EvalRecords
 from envs.trajectories.store import TrajectoryStore
 from envs.trajectories.webui import CSP, _templates, conversation
@@ -174,7 +175,7 @@ def eval_api_router(store: TrajectoryStore) -> APIRouter:
         ev = records.get(eval_id)
         if ev is None:
             return JSONResponse(
-                {"ok": False, "error": f"no eval with id {eval_id}", "reason": "not_found"},
+                {"ok": False, "error": f"no eval with id {eval_id}", "reason": ApiReason.NOT_FOUND},
                 status_code=404,
             )
         ev["models"] = [m.__dict__ for m in ev["models"]]
