@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
-import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from stub_server import BackgroundServer
 
 NO_TOOLS_MESSAGE = (
     '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
@@ -104,7 +103,7 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-class OpenAIStub:
+class OpenAIStub(BackgroundServer):
     """A scripted OpenAI-compatible server on 127.0.0.1 (a background thread); a context manager."""
 
     def __init__(
@@ -123,83 +122,21 @@ class OpenAIStub:
         self.requests: list[ChatRequest] = []
         self.errors: list[str] = []
         self._ids = itertools.count()
-        self._port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
+        super().__init__(port)
 
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("stub not started")
-        return self._port
+    name = "openai-stub"
 
     @property
     def url(self) -> str:
         """The base URL a client is given (ends in /v1)."""
         return f"http://127.0.0.1:{self.port}/v1"
 
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> OpenAIStub:
-        self._thread = threading.Thread(target=self._run_thread, name="openai-stub", daemon=True)
-        self._thread.start()
-        self._ready.wait(30)
-        if self._startup_error is not None:
-            raise RuntimeError(f"OpenAI stub failed to start: {self._startup_error}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
-        try:
-            fut.result(timeout=10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def __enter__(self) -> OpenAIStub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run_thread(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._startup())
-        except BaseException as e:
-            self._startup_error = e
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
-    async def _startup(self) -> None:
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._handle_chat)
         app.router.add_get("/v1/models", self._handle_models)
         app.router.add_get("/health", self._handle_health)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port or 0))
-        self._port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock, backlog=2048).start()
-
-    async def _shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app
 
     # ------------------------------------------------------------------ HTTP
     async def _handle_health(self, request: web.Request) -> web.Response:

@@ -37,9 +37,7 @@ import argparse
 import asyncio
 import inspect
 import json
-import socket
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -49,6 +47,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from stub_server import BackgroundServer
 
 ROUTING_HEADER = "X-SMG-Routing-Key"
 FINISH_TYPES = ("stop", "length", "abort")
@@ -184,7 +183,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-class SGLangStub:
+class SGLangStub(BackgroundServer):
     """A scripted SGLang `/generate` server on 127.0.0.1; use as a context manager.
 
     Give exactly one of `script` (list of turns, or routing key -> turns) or `responder`.
@@ -225,89 +224,19 @@ class SGLangStub:
         self.num_served = 0
         self.in_flight = 0
         self._last_ids: dict[str | None, list[int]] = {}
-        self._port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
         self._abort: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
+        super().__init__(port)
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("stub not started")
-        return self._port
+    name = "sglang-stub"
 
     def requests_for(self, routing_key: str) -> list[StubRequest]:
         """Recorded requests that carried `routing_key`, in arrival order."""
         return [r for r in list(self.requests) if r.routing_key == routing_key]
 
-    def start(self) -> SGLangStub:
-        """Serve from a background thread; returns once the port accepts connections."""
-        self._thread = threading.Thread(target=self._run_thread, name="sglang-stub", daemon=True)
-        self._thread.start()
-        self._ready.wait(30)
-        if self._startup_error is not None:
-            raise RuntimeError(f"SGLang stub failed to start: {self._startup_error}")
-        if not self._ready.is_set():
-            raise TimeoutError("SGLang stub did not start within 30s")
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and join the thread."""
-        if self._loop is None or self._thread is None:
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
-        try:
-            fut.result(timeout=10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def __enter__(self) -> SGLangStub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run_thread(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._startup())
-        except BaseException as e:  # reported to start()
-            self._startup_error = e
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
     async def _startup(self) -> None:
-        self._abort = asyncio.Event()
-        self._runner = web.AppRunner(self.make_app(), access_log=None)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port or 0))
-        self._port = sock.getsockname()[1]
-        site = web.SockSite(self._runner, sock, backlog=2048)
-        await site.start()
-
-    async def _shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        self._abort = asyncio.Event()  # bound to the serving loop
+        await super()._startup()
 
     # ------------------------------------------------------------------ HTTP
     def make_app(self) -> web.Application:
