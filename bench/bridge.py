@@ -40,31 +40,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
 
+from bench.procs import free_port, wait_http  # noqa: E402
+
 TARGET_TURNS_PER_S = 1000.0
 TARGET_CPU_MS_PER_TURN = 0.5
 INFO_TOOLS = ["list_suspects", "list_weapons", "list_locations", "list_clues", "list_statements"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not come up")
 
 
 def _call(name: str, args: dict[str, Any]) -> str:
@@ -182,7 +162,7 @@ async def _main(opts: argparse.Namespace) -> int:
     turns = _script_turns(tok, opts.thinking)
     script = {k: turns for k in warm + [k for ks in keys_per_round for k in ks]}
     (tmp / "script.json").write_text(json.dumps(script))
-    env_port, engine_port = _free_port(), _free_port()
+    env_port, engine_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
@@ -224,8 +204,8 @@ async def _main(opts: argparse.Namespace) -> int:
     ]
     env_url = f"http://127.0.0.1:{env_port}"
     try:
-        _wait(f"{env_url}/health", procs[0])
-        _wait(f"http://127.0.0.1:{engine_port}/health", procs[1])
+        wait_http(f"{env_url}/health", procs[0])
+        wait_http(f"http://127.0.0.1:{engine_port}/health", procs[1])
         ors_tools = httpx.get(f"{env_url}/whodunit/tools", timeout=10).json()["tools"]
         tools = [ors_tool_to_openai(t) for t in ors_tools]
         sink = CaptureSink()

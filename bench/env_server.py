@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -46,6 +45,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(1, str(REPO))  # after bench/: env_server_replicas.py imports this file
+
+from bench.procs import free_port, wait_http  # noqa: E402
+
 ENV_NAME = "whodunit"
 CALLS: list[tuple[str, dict[str, Any]]] = [
     ("list_suspects", {}),
@@ -68,26 +72,8 @@ uvicorn.run(Server([WhoDunIt]).app, host="127.0.0.1", port=int(sys.argv[1]), loo
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_health(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not come up")
+    wait_http(f"{url}/health", proc, timeout)
 
 
 def start_server(kind: str, envs: str = ENV_NAME) -> tuple[str, subprocess.Popen]:

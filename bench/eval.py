@@ -38,6 +38,8 @@ os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench.procs import free_port, wait_http  # noqa: E402
+
 TARGET_OVERHEAD_RATIO = 0.5
 TOKENIZER_DIR = REPO / ".cache" / "qwen3-tokenizer"
 INFO_TOOLS = ["list_suspects", "list_weapons", "list_locations", "list_clues", "list_statements"]
@@ -76,30 +78,6 @@ def respond(req: Any) -> Any:
 
 
 # ---------------------------------------------------------------- the benchmark
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not come up")
 
 
 async def _baseline(tasks: list[Any], k: int, engine_url: str, concurrency: int) -> list[Any]:
@@ -183,7 +161,7 @@ def main() -> int:
     from bridge.launch.eval.tasks import tasks_from_config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
-    env_port, engine_port = _free_port(), _free_port()
+    env_port, engine_port = free_port(), free_port()
     env_url, engine_url = f"http://127.0.0.1:{env_port}", f"http://127.0.0.1:{engine_port}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     server = [sys.executable, "-m", "envs.server", "--host", "127.0.0.1", "--port", str(env_port)]
@@ -199,8 +177,8 @@ def main() -> int:
         ),
     ]
     try:
-        _wait(f"{env_url}/health", procs[0])
-        _wait(f"{engine_url}/health", procs[1])
+        wait_http(f"{env_url}/health", procs[0])
+        wait_http(f"{engine_url}/health", procs[1])
         config = parse_config(
             {
                 "environments": {"whodunit": {"eval_split": "test", "max_turns": 10}},

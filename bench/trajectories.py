@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
+from bench.procs import free_port  # noqa: E402
 from bridge.trajectory import Trajectory  # noqa: E402
 from bridge.trajectory_sink import trajectory_events  # noqa: E402
 from envs.trajectories.events import EventBatch  # noqa: E402
@@ -47,12 +47,6 @@ from envs.trajectories.store import TrajectoryStore  # noqa: E402
 
 INGEST_TARGET = 500.0  # rollouts/s
 LIST_TARGET_MS = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
