@@ -33,7 +33,8 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     errors           the error tree: BridgeError and its subclasses, each with its stdlib base
     task             the task a sample carries in `metadata` (written by prepare_tasks.py)
     config           train_config.yaml: the one config shared by every part of the project
-    trajectory       a finished episode as the bridge hands it to a trajectory sink
+    trajectory       a finished episode as the bridge hands it to a trajectory sink, and its
+                     builder (training and eval)
     env_report       what an env reports beside the reward: provenance and tripwires (tool metadata)
     provenance       what produced a trajectory: env/task/tokenizer/sampling/weights/bridge versions
     drift            drift forensics: where the token context diverged, the two token runs decoded

@@ -19,7 +19,7 @@ Modules:
     rollout_only    `bash run.sh --rollout-only`: the bridge on N tasks against an engine, no
                     training
     task_source     where prepare_tasks.py reads tasks: a local env class, or a hosted OpenReward
-                    env
+                    env; and the one reader of prepare_tasks.py's JSONL rows
     local_engine    `python -m bridge.launch.local_engine`: a CPU debugging engine speaking
                     /generate
     tiny_model      `python -m bridge.launch.tiny_model DIR`: a tiny random Qwen3 made offline

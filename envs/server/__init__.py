@@ -15,7 +15,8 @@ Modules:
     budget      a per-call time budget for tool code on the event loop (SIGALRM ticker)
     connections slow and idle clients: header/body timeouts, header size cap, connection cap
     openapi     the OpenAPI schema of every route (`GET /openapi.json`)
-    metrics     counters and a latency histogram, rendered as Prometheus text (`GET /metrics`)
+    metrics     counters and a latency histogram, rendered as Prometheus text (`GET /metrics`);
+                CallStatus, the labels of a tool call's outcome
     errors      OrsError (the ORS error shape), its OrsReason vocabulary, the other error types
 
 Hardening: bad input gets a typed 4xx in the ORS error shape

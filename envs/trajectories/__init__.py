@@ -11,7 +11,7 @@ Modules:
               drift, GRPO group with advantages), reward chart
     evals     evals in the store (`python -m bridge.launch.eval`): spec, models, episodes, report
     evalui    the eval pages: the evals, one eval's model comparison, one task across models
-    errors    StoreError, SpecMismatch (under envs.errors.EnvsError)
+    errors    StoreError, SpecMismatch (under envs.errors.EnvsError); ApiReason, the API's refusals
     static/   the pages' templates, stylesheet and script (no CDN)
 
 Served by `python -m envs.server` (roles `all` and `trajectories`); the stock `openreward` SDK
