@@ -45,8 +45,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(1, str(REPO))  # after bench/: env_server_replicas.py imports this file
+if str(REPO) not in sys.path:  # run as a script; env_server_replicas.py has put it there
+    sys.path.insert(0, str(REPO))  # before bench/, whose bridge.py would shadow the package
 
 from bench.procs import free_port, wait_http  # noqa: E402
 
@@ -406,7 +406,6 @@ def budget_costs(n: int = 20_000) -> dict[str, float]:
     """CPU per call of the tool budget (envs/server/budget.py) vs a process-pool round trip."""
     import concurrent.futures
 
-    sys.path.insert(0, str(REPO))
     from envs.server.budget import CallBudget
 
     async def tool() -> int:
