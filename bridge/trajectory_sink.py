@@ -496,9 +496,7 @@ class TrajectoryUploader:
         units = []
         for traj, seg in items:
             try:
-                units.append(
-                    _Unit(encode_line(trajectory_events(traj, self._env_ids.get(traj.env))), seg)
-                )
+                units.append(_Unit(_encode(traj, self._env_ids.get(traj.env))[1], seg))
             except Exception as e:
                 self._unencodable(traj, seg, e)
         return units
