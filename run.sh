@@ -3,7 +3,7 @@
 #   bash run.sh --model Qwen/Qwen3-4B [options] [-- extra slime args]    (bash run.sh --help)
 #   bash run.sh --rollout-only --engine-url URL --num-tasks N [options]  (bash run.sh --rollout-only --help)
 #   bash run.sh --eval-only --model NAME=URL [--model ...] [options]     (bash run.sh --eval-only --help)
-# The work is done by bridge/launch/launcher.py, rollout_only.py and eval/; this picks the Python to run them.
+# The work is done by tools/launch/launcher.py, rollout_only.py and eval/; this picks the Python to run them.
 set -euo pipefail
 ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 if [ -n "${PYTHON:-}" ]; then
@@ -22,10 +22,10 @@ export OPENREWARD_DISABLE_UPDATE_CHECK="${OPENREWARD_DISABLE_UPDATE_CHECK:-1}"
 for arg in "$@"; do
   [ "$arg" = "--" ] && break
   if [ "$arg" = "--rollout-only" ]; then
-    exec "$PY" -m bridge.launch.rollout_only "$@"
+    exec "$PY" -m tools.rollout_only "$@"
   fi
   if [ "$arg" = "--eval-only" ]; then
-    exec "$PY" -m bridge.launch.eval "$@"
+    exec "$PY" -m tools.eval "$@"
   fi
 done
-exec "$PY" -m bridge.launch "$@"
+exec "$PY" -m tools.launch "$@"

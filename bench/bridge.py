@@ -152,7 +152,7 @@ def _baseline_cpu_per_turn(
 async def _main(opts: argparse.Namespace) -> int:
     from bridge.chat import load_tokenizer
     from bridge.generate import close_clients, set_trajectory_sink
-    from bridge.task import ors_tool_to_openai
+    from contract.task import ors_tool_to_openai
 
     tok_dir = str(REPO / ".cache" / "qwen3-tokenizer")
     tok = load_tokenizer(tok_dir)

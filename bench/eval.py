@@ -7,7 +7,7 @@ scripted `/generate` stub and the real env server, each in its own process, so t
 time is the bridge's and the eval's own work. Each round runs the same episodes twice, side by side:
 
 - baseline: the bridge's own episode (`bridge.episode.Episode` with its `TokenModel`), nothing else;
-- eval: `bridge.launch.eval`'s runner on the same tasks: the same episodes plus building each
+- eval: `tools.eval`'s runner on the same tasks: the same episodes plus building each
   trajectory, validating and writing it with its eval row to SQLite (one writer thread), progress,
   and at the end the report (bootstrap CIs).
 
@@ -88,7 +88,7 @@ async def _baseline(tasks: list[Any], k: int, engine_url: str, concurrency: int)
     from bridge.engine import EngineClient
     from bridge.env_client import close_shared_http, open_session
     from bridge.episode import Budget, Episode, TokenModel
-    from bridge.launch.eval.spec import Sampling
+    from tools.eval.spec import Sampling
 
     renderer = get_renderer(str(TOKENIZER_DIR), False, None)
     engine = EngineClient(engine_url)
@@ -114,11 +114,11 @@ async def _eval_round(
     """The eval's runner on the same episodes, then its report, on a fresh store."""
     from bridge.chat import get_renderer
     from bridge.env_client import close_shared_http
-    from bridge.launch.eval.report import build_report
-    from bridge.launch.eval.runner import Job, ModelRuntime, RunSettings, run_jobs
-    from bridge.launch.eval.spec import Sampling, parse_model
     from envs.trajectories.evals import EvalModel, EvalRecords
     from envs.trajectories.store import TrajectoryStore
+    from tools.eval.report import build_report
+    from tools.eval.runner import Job, ModelRuntime, RunSettings, run_jobs
+    from tools.eval.spec import Sampling, parse_model
 
     store = TrajectoryStore(db)
     records = EvalRecords(store)
@@ -157,8 +157,8 @@ def main() -> int:
     opts = ap.parse_args()
 
     from bridge.chat import get_renderer
-    from bridge.config import parse_config
-    from bridge.launch.eval.tasks import tasks_from_config
+    from contract.config import parse_config
+    from tools.eval.tasks import tasks_from_config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     env_port, engine_port = free_port(), free_port()

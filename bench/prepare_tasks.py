@@ -67,7 +67,7 @@ def write_config(path: Path, env: str, options: dict, num_samples: int | None = 
 def in_process(config_path: Path, out: Path, repeat: int) -> list[float]:
     import envs.registry  # noqa: F401  (the openreward SDK import: timed separately)
     import prepare_tasks
-    from bridge.config import load_config
+    from contract.config import load_config
 
     times = []
     for _ in range(repeat):

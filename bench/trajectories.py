@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from bench.procs import free_port  # noqa: E402
 from bridge.trajectory import Trajectory  # noqa: E402
 from bridge.trajectory_sink import trajectory_events  # noqa: E402
-from envs.trajectories.events import EventBatch  # noqa: E402
+from contract.trajectory_events import EventBatch  # noqa: E402
 from envs.trajectories.store import TrajectoryStore  # noqa: E402
 
 INGEST_TARGET = 500.0  # rollouts/s

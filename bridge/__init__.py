@@ -29,21 +29,17 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     engine           token-in/token-out client for SGLang's /generate
     env_client       ORS session clients: our env servers (lean HTTP), hosted OpenReward (SDK)
     http11           a small keep-alive HTTP/1.1 client for plain-http servers on the cluster
-    vocab            the closed vocabularies: stop reasons, episode statuses, tool-error kinds
     errors           the error tree: BridgeError and its subclasses, each with its stdlib base
-    task             the task a sample carries in `metadata` (written by prepare_tasks.py)
-    config           train_config.yaml: the one config shared by every part of the project
     trajectory       a finished episode as the bridge hands it to a trajectory sink, and its
                      builder (training and eval)
-    env_report       what an env reports beside the reward: provenance and tripwires (tool metadata)
     provenance       what produced a trajectory: env/task/tokenizer/sampling/weights/bridge versions
     drift            drift forensics: where the token context diverged, the two token runs decoded
     trajectory_sink  finished episodes -> OpenReward rollout events -> a server, spooled to disk
     trajectory_spool the sink's files: a journal of submitted episodes, a spool of undelivered ones
     metrics          slime's rollout-log hooks: per-environment episode metrics to W&B
 
-`bridge/launch/` is run.sh's side (launcher, prerequisites, rollout-only, the CPU engine).
-Import rule: nothing in `bridge/` outside `bridge/launch/` imports `envs/` or `bridge.launch`,
-and importing `bridge` pulls in nothing (slime imports `bridge.generate` in its rollout
-process). tests/test_layout.py enforces both.
+Floors: the plugin imports only `contract` (the config schema, vocabularies, task metadata, report
+keys, trajectory events), never `envs` or `tools`; importing `bridge` pulls in nothing (slime
+imports `bridge.generate` in its rollout process). tests/test_layout.py enforces both.
+`bridge/launch/` holds only aliases of the old `python -m bridge.launch.*` commands (one release).
 """

@@ -29,8 +29,8 @@ import orjson
 
 from bridge.errors import BridgeError, EnvFailure, HTTP11Error
 from bridge.http11 import HTTPClient, client_for_loop, close_loop_client, deadline
-from bridge.task import TaskMeta, blocks_to_text
-from bridge.vocab import ToolErrorKind
+from contract.task import TaskMeta, blocks_to_text
+from contract.vocab import ToolErrorKind, ToolRefusal
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # The env server's request body limit (envs/server: MAX_BODY_BYTES); bigger tool calls are refused
@@ -117,15 +117,12 @@ def _secrets_header(secrets: dict[str, str]) -> dict[str, str]:
     return {"X-Secrets": build_secrets_header(secrets)}
 
 
-# An ORS refusal's `reason` -> the tool-error kind it counts as (any other: env_rejected).
-_ORS_REJECTION_KINDS = {
-    "not_found": ToolErrorKind.UNKNOWN_TOOL,
-    "input_validation": ToolErrorKind.INVALID_ARGUMENTS,
-    "bad_input_shape": ToolErrorKind.INVALID_ARGUMENTS,
-    "name_collision": ToolErrorKind.ENV_REJECTED,
-    "episode_finished": ToolErrorKind.ENV_REJECTED,
-    "too_large": ToolErrorKind.TOO_LARGE,
-}
+def _refusal_kind(reason: str) -> ToolErrorKind:
+    """The tool-error kind an ORS refusal's `reason` counts as (an unknown one: env_rejected)."""
+    try:
+        return ToolRefusal(reason).error_kind
+    except ValueError:
+        return ToolErrorKind.ENV_REJECTED
 
 
 def _too_large_message(name: str, size: int) -> str:
@@ -148,7 +145,7 @@ def too_large_result(name: str, size: int) -> ToolResult:
 def _too_large_body(payload: dict[str, Any]) -> dict[str, Any]:
     """An ORS error body for a call the server refused with HTTP 413."""
     message = _too_large_message(str(payload.get("name")), len(orjson.dumps(payload)))
-    return {"ok": False, "error": message, "reason": ToolErrorKind.TOO_LARGE.value}
+    return {"ok": False, "error": message, "reason": ToolRefusal.TOO_LARGE.value}
 
 
 def _tool_result(body: Any) -> ToolResult:
@@ -163,12 +160,12 @@ def _tool_result(body: Any) -> ToolResult:
             finished=bool(out.get("finished")),
             metadata=out.get("metadata"),
         )
-    reason = body.get("reason") or "input_validation"
+    reason = body.get("reason") or ToolRefusal.INPUT_VALIDATION.value
     return ToolResult(
         text=f"Error: {body.get('error') or reason}",
         reward=None,
         finished=False,
-        error_kind=_ORS_REJECTION_KINDS.get(reason, ToolErrorKind.ENV_REJECTED),
+        error_kind=_refusal_kind(reason),
     )
 
 
@@ -586,9 +583,7 @@ class HostedEnvSession:
                 text=f"Error: {e}",
                 reward=None,
                 finished=False,
-                error_kind=_ORS_REJECTION_KINDS.get(
-                    getattr(e, "reason", ""), ToolErrorKind.ENV_REJECTED
-                ),
+                error_kind=_refusal_kind(str(getattr(e, "reason", ""))),
             )
         except Exception as e:
             raise EnvFailure(

@@ -10,7 +10,7 @@ The loop is the same for every kind of model; only the model step differs (`Mode
 
 - `TokenModel` (here, what slime trains): token ids in and out of SGLang's `/generate`, the chat
   template's turns appended as token deltas, every token accounted in a `TokenLedger`;
-- the eval's chat model (`bridge/launch/eval/chat_model.py`): messages in and out of an
+- the eval's chat model (`tools/eval/chat_model.py`): messages in and out of an
   OpenAI-compatible `/v1/chat/completions`, tool calls parsed by the server.
 
 Check order, each turn:
@@ -38,14 +38,14 @@ from bridge import drift
 from bridge.chat import ChatRenderer
 from bridge.engine import EngineClient, EngineTurn
 from bridge.env_client import EnvSession
-from bridge.env_report import EnvReport
 from bridge.errors import EngineError, EnvFailure, LedgerError
 from bridge.rewards import RewardOutcome, reduce_rewards
 from bridge.slime_state import slime_aborted
-from bridge.task import TaskMeta, ors_tool_to_openai
 from bridge.tokens import TokenLedger
 from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCall, ToolCallError, parse_turn
-from bridge.vocab import INFRA_STOPS, EpisodeStatus, StopReason, ToolErrorKind
+from contract.env_report import EnvReport
+from contract.task import TaskMeta, ors_tool_to_openai
+from contract.vocab import INFRA_STOPS, EpisodeStatus, StopReason, ToolErrorKind
 
 NUDGE_TEXT = "You did not call a tool. Continue the task by calling one of the available tools."
 ENGINE_ABORT_ATTEMPTS = 3

@@ -1,7 +1,6 @@
 """The plugin's error types: one root, each class also the stdlib class callers may catch.
 
     BridgeError                       the root: every error the bridge raises on purpose
-    ├── ConfigError      ValueError   train_config.yaml (or $TRAIN_CONFIG) cannot be used
     ├── TemplateError    ValueError   a chat template unfit for incremental (delta) rendering
     ├── LedgerError      ValueError   tokens that cannot be accounted for
     ├── EngineError      RuntimeError the engine unreachable, or an unusable answer
@@ -14,14 +13,13 @@
 Private control-flow signals, never raised out of their module, also derive from BridgeError:
 `env_client._Retryable`, `env_client._Resume`, `generate._SetupError`. At slime's hook
 boundary none of these escapes: `bridge.generate.generate` turns every failure into sample data.
-The launcher's errors (`bridge/launch/errors.py`) share the root.
+A bad config is `contract.errors.ConfigError` (the contract's, shared by every part).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BridgeError",
-    "ConfigError",
     "DeliveryError",
     "EngineError",
     "EnvFailure",
@@ -34,10 +32,6 @@ __all__ = [
 
 class BridgeError(Exception):
     """The root of the bridge's errors; the message is one line."""
-
-
-class ConfigError(BridgeError, ValueError):
-    """A config that cannot be used; the message is one line meant for the user."""
 
 
 class TemplateError(BridgeError, ValueError):

@@ -34,11 +34,10 @@ import orjson
 from pydantic import ValidationError
 
 from bridge.chat import ChatRenderer, get_renderer
-from bridge.config import TrainConfig, config_from_env
 from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult, TokenModel
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import BridgeError
 from bridge.partial import suspended_episodes
 from bridge.provenance import tokenizer_fingerprint
 from bridge.sample import (
@@ -50,10 +49,12 @@ from bridge.sample import (
 )
 from bridge.slime_state import mask_offpolicy, partial_rollout, slime_aborted
 from bridge.slime_types import SlimeArgs, SlimeSample
-from bridge.task import TaskMeta
 from bridge.tokens import TokenLedger
 from bridge.trajectory import EpisodeTokens, episode_trajectory
-from bridge.vocab import EpisodeStatus, StopReason
+from contract.config import TrainConfig, config_from_env
+from contract.errors import ConfigError
+from contract.task import TaskMeta
+from contract.vocab import EpisodeStatus, StopReason
 
 log = logging.getLogger(__name__)
 

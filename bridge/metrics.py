@@ -12,7 +12,7 @@ engine_failure, episode_attempts, engine_aborts, bridge_timings {generate, env, 
 produced by the bridge) still count for reward and solve rate. Eval samples lost to the
 infrastructure are taken out before slime's eval/* (drop_eval_infra_failures).
 
-Tripwires (bridge/env_report.py): `tripwires/<name>` counts the episodes that tripped a wire,
+Tripwires (contract/env_report.py): `tripwires/<name>` counts the episodes that tripped a wire,
 the env's own verdict plus group wires (episodes of one GRPO group, `group_index`, reporting
 the same key); `tripwire_rate` is the share of episodes that tripped any.
 
@@ -34,8 +34,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from bridge.env_report import group_tripwires
-from bridge.vocab import ToolErrorKind
+from contract.env_report import group_tripwires
+from contract.vocab import ToolErrorKind
 
 log = logging.getLogger(__name__)
 

@@ -12,69 +12,33 @@ the rollout's metadata; the rollout page shows it):
     sampling_params      what the engine was sent (max_new_tokens is the per-turn cap)
     weight_versions      the policy weight version of each turn (SGLang's `weight_version`,
                          recorded by the episode; a resumed partial rollout keeps them all)
-    bridge_version       the package version plus a hash of the plugin's code
+    bridge_version       the package version plus a hash of the plugin's and the contract's code
 
 Hashes are the first 16 hex digits of a SHA-256.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-PACKAGE = "slime-envs"
-HASH_CHARS = 16
-_ROOT = Path(__file__).resolve().parent.parent
+from contract.provenance import canonical_hash, files_hash, package_version, short_hash, task_id
+
 _PLUGIN_DIR = Path(__file__).resolve().parent
-
-
-def short_hash(data: bytes) -> str:
-    """The first HASH_CHARS hex digits of data's SHA-256."""
-    return hashlib.sha256(data).hexdigest()[:HASH_CHARS]
-
-
-def canonical_hash(value: Any) -> str:
-    """A hash of a JSON value that does not depend on key order or formatting."""
-    return short_hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS))
-
-
-def files_hash(files: Iterable[Path], root: Path = _ROOT) -> str:
-    """A hash of files' names (relative to `root` when inside it) and contents, in sorted order."""
-    h = hashlib.sha256()
-    for path in sorted(Path(f).resolve() for f in files):
-        name = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
-        h.update(name.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:HASH_CHARS]
-
-
-@cache
-def package_version() -> str:
-    """slime-envs' version: installed metadata, else pyproject.toml beside the code (a PYTHONPATH
-    checkout)."""
-    try:
-        return importlib.metadata.version(PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    try:
-        text = (_ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    except OSError:
-        return "unknown"
-    m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
-    return m.group(1) if m else "unknown"
+_CONTRACT_DIR = _PLUGIN_DIR.parent / "contract"
 
 
 @cache
 def bridge_version() -> str:
-    """`<package version>+<hash of bridge/*.py>` (the plugin slime loads, not bridge/launch/)."""
-    return f"{package_version()}+{files_hash(_PLUGIN_DIR.glob('*.py'))}"
+    """`<package version>+<hash of bridge/*.py and contract/*.py>`: the plugin slime loads and the
+    contract it reads (not the tools)."""
+    files = [*_PLUGIN_DIR.glob("*.py"), *_CONTRACT_DIR.glob("*.py")]
+    return f"{package_version()}+{files_hash(files)}"
 
 
 _TOKENIZERS: dict[int, tuple[Any, dict[str, str]]] = {}
@@ -105,13 +69,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, str]:
     with _TOKENIZERS_LOCK:
         _TOKENIZERS[key] = (tokenizer, fingerprint)  # keeps the tokenizer (renderers do anyway)
     return fingerprint
-
-
-def task_id(env: str, split: str | None, index: int | None, task_spec: Any) -> str:
-    """`env/split/index`, or `env/spec:<hash>` for a task that is only a spec."""
-    if index is not None:
-        return f"{env}/{split}/{index}"
-    return f"{env}/spec:{canonical_hash(task_spec)}"
 
 
 def episode_provenance(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bridge.config import RewardSettings
+from contract.config import RewardSettings
 
 _REDUCERS: dict[str, Callable[[list[float]], float]] = {
     "sum": lambda v: float(sum(v)),

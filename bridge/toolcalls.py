@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from bridge.vocab import ToolErrorKind
+from contract.vocab import ToolErrorKind
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"

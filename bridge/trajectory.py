@@ -15,8 +15,8 @@ from bridge.provenance import episode_provenance
 
 if TYPE_CHECKING:
     from bridge.episode import EpisodeResult
-    from bridge.task import TaskMeta
     from bridge.tokens import TokenLedger
+    from contract.task import TaskMeta
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Trajectory:
     turn_rewards: list[float | None]  # raw per-tool-call rewards, None = no reward
     reward: float  # after reduction and clamping
     reward_reduction: str
-    stop_reason: str  # a bridge.vocab.StopReason value
+    stop_reason: str  # a contract.vocab.StopReason value
     status: str  # slime Sample.Status value: completed | truncated | aborted | failed
     num_turns: int
     num_tool_calls: int
@@ -59,7 +59,7 @@ class Trajectory:
     tripwires: list[str] | None = None
     """Episode tripwires the env reported tripped ([]: none); None when the env never checked."""
     tripwire_keys: dict[str, str] = field(default_factory=dict)
-    """Group tripwire keys the env reported (bridge/env_report.py)."""
+    """Group tripwire keys the env reported (contract/env_report.py)."""
     drift: list[dict[str, Any]] = field(default_factory=list)
     """Where the token context diverged, one entry per drift counted (bridge/drift.py)."""
 
@@ -107,7 +107,7 @@ def episode_trajectory(
     extra: dict[str, Any],
 ) -> Trajectory:
     """A finished episode as a trajectory, with its provenance, the env's tripwire verdict and
-    drift: what training (bridge/generate.py) and eval (bridge/launch/eval) both record."""
+    drift: what training (bridge/generate.py) and eval (tools/launch/eval) both record."""
     report = result.env_report
     return Trajectory(
         run_name=run_name,

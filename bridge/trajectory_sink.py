@@ -13,7 +13,8 @@ invalid (400/413/422) are kept in `rejected-*.jsonl` next to the spool, never dr
 lines are set aside in `quarantine-*.jsonl`; when the disk is full, what does not fit stays in
 memory and `stats` says how much (bridge/trajectory_spool.py has the files).
 
-Event shapes are the `openreward` SDK's (RolloutStartedEvent, LogMessageEvent, RolloutUpdateEvent);
+Event shapes are the `openreward` SDK's (RolloutStartedEvent, LogMessageEvent, RolloutUpdateEvent),
+as `contract.trajectory_events` validates them on the receiving side;
 what only the trainer knows rides in the rollout event's `metadata`:
 reward, reward_reduction, turn_rewards, stop_reason, status, num_turns, num_tool_calls, tool_errors,
 drift_count, evaluation, group_index, sample_index, index, timings, prompt_length, token_ids,
@@ -40,7 +41,6 @@ from typing import Any
 import httpx
 import orjson
 
-from bridge.config import TrainConfig, config_from_env
 from bridge.errors import DeliveryError
 from bridge.trajectory import Trajectory, TrajectorySink
 from bridge.trajectory_spool import (
@@ -51,6 +51,8 @@ from bridge.trajectory_spool import (
     quarantine,
     read_lines,
 )
+from contract.config import TrainConfig, config_from_env
+from contract.trajectory_events import MessageType
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ def message_events(
     out: list[dict[str, Any]] = []
     turn = 0
 
-    def add(kind: str, content: str | None, **fields: Any) -> None:
+    def add(kind: MessageType, content: str | None, **fields: Any) -> None:
         n = len(out)
         out.append(
             _strip_none(

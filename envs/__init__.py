@@ -17,7 +17,7 @@ Modules:
     registry   names of the local environments and where their classes live (imported on demand)
     options    validating an environment's `options` from train_config.yaml
     play       `python -m envs play ENV`: play one episode by hand, in-process or against a server
-    replay     `python -m envs replay ID`: re-execute a stored episode's tool calls and diff them
+               (`python -m envs replay` is an alias of `python -m tools.replay` for one release)
     errors     the error tree: EnvsError, its subclasses here and where the subpackages' live
     data/      the environments' bundled data (haiku topics and their on-topic words; GSM8K, MIT)
 
@@ -30,9 +30,7 @@ Optional class hooks, found with getattr: `configure(options)` applies train_con
 prepare_tasks.py writes; `warm_up()` loads data when the env server starts; `session_toolsets`
 names the SDK toolsets clients may add to a session (default none). The envs here subclass
 `ReportingEnvironment` and declare `TRIPWIRES`
-(checked by `check_tripwires(calls)`) and `DATA_FILES` (hashed into their version). This
-package never imports slime; it may import the plugin's plain modules: `bridge.config` (the
-shared config schema), `bridge.task`, `bridge.env_report` and `bridge.provenance` (the report
-format), `bridge.env_client` (replay on a server uses the bridge's own session client), and
-`bridge.errors` / `bridge.vocab` (the error types and vocabularies it catches or writes).
+(checked by `check_tripwires(calls)`) and `DATA_FILES` (hashed into their version). Floors: this
+package imports only `contract` (the config schema, vocabularies, report keys, trajectory
+events), never the plugin (`bridge`), the tools or slime. tests/test_layout.py enforces it.
 """

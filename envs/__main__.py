@@ -1,30 +1,31 @@
-"""`python -m envs <command>`: tools for the environments. Commands: play, replay."""
+"""`python -m envs <command>`: tools for the environments. Commands: play (and replay, an alias).
+
+`python -m envs replay` is the old path of `python -m tools.replay`, kept for one release: it runs
+that module by name, so this package never imports the tools.
+"""
 
 from __future__ import annotations
 
 import argparse
+import runpy
 import sys
 
-from envs import play, replay
+from envs import play
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["replay"]:
+        sys.argv = ["python -m tools.replay", *argv[1:]]
+        runpy.run_module("tools.replay", run_name="__main__", alter_sys=True)
+        return 0
     parser = argparse.ArgumentParser(prog="python -m envs", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     play.add_arguments(commands.add_parser("play", help="play one episode by hand in the terminal"))
-    replay.add_arguments(
-        commands.add_parser(
-            "replay",
-            help="re-execute a stored episode's tool calls and diff outputs and rewards",
-            description=(replay.__doc__ or "").split("\n\n", 1)[1],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-    )
+    commands.add_parser("replay", help="alias of python -m tools.replay (one release)")
     args = parser.parse_args(argv)
     if args.command == "play":
         return play.main(args)
-    if args.command == "replay":
-        return replay.main(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -3,7 +3,6 @@
     EnvsError                             the root
     ├── UnknownEnvironment  KeyError      a name the registry does not know (registry)
     ├── PlayError                         `python -m envs play` cannot start the episode
-    ├── ReplayError                       `python -m envs replay` cannot run
     ├── CalculatorError     ValueError    an expression gsm8k's calculator refuses (the model
     │                                     sees the message)
     ├── GSM8KDataMissing    RuntimeError  GSM8K data that cannot be read
@@ -34,7 +33,6 @@ __all__ = [
     "GSM8KDataMissing",
     "JudgeError",
     "PlayError",
-    "ReplayError",
     "UnknownEnvironment",
 ]
 
@@ -60,10 +58,6 @@ class UnknownEnvironment(EnvsError, KeyError):
 
 class PlayError(EnvsError):
     """Something that stops the episode from starting; the message is one line for the user."""
-
-
-class ReplayError(EnvsError):
-    """The replay cannot run (no such rollout, unreachable server, unknown env); one line."""
 
 
 class CalculatorError(EnvsError, ValueError):

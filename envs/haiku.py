@@ -44,7 +44,7 @@ import snowballstemmer
 from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
-from bridge.provenance import short_hash
+from contract.provenance import short_hash
 from envs.errors import JudgeError
 from envs.options import parse_options, reset_task_cache
 from envs.reporting import ReportingEnvironment

@@ -25,7 +25,7 @@ from envs.errors import PlayError
 os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 
-from bridge.task import blocks_to_text
+from contract.task import blocks_to_text
 
 QUIT_WORDS = frozenset({"quit", "exit", "q", ":q"})
 
@@ -91,8 +91,8 @@ async def in_process_episode(
     except UnknownEnvironment as e:
         raise PlayError(str(e)) from None
     if config_path:
-        from bridge.config import load_config
-        from bridge.errors import ConfigError
+        from contract.config import load_config
+        from contract.errors import ConfigError
 
         try:
             cfg = load_config(config_path)

@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from bridge.provenance import canonical_hash, files_hash, package_version
+from contract.provenance import canonical_hash, files_hash, package_version
 
 
 def env_code_files(cls: type) -> list[Path]:

@@ -4,7 +4,7 @@ tripwires the episode tripped.
 Every successful tool output gets `metadata["env_provenance"]` = {env, env_version,
 task_spec_hash}; the output that ends the episode also gets `metadata["tripwires"]` (names of
 the episode tripwires that tripped, possibly empty) and `metadata["tripwire_keys"]` (group
-tripwires). The format is bridge/env_report.py's. Neither ever changes the reward, the text
+tripwires). The format is contract/env_report.py's. Neither ever changes the reward, the text
 or `finished`; a check that raises is logged and reported as the wire `tripwire_check_failed`.
 
 It hooks the SDK's tool dispatch (`Environment._call_tool`), which the SDK's own server, this
@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from openreward.environments import Environment
 
-from bridge.env_report import PROVENANCE_KEY, TRIPWIRE_KEYS_KEY, TRIPWIRES_KEY
+from contract.env_report import PROVENANCE_KEY, TRIPWIRE_KEYS_KEY, TRIPWIRES_KEY
 from envs.provenance import env_version, task_spec_hash
 from envs.tripwires import CallRecord, Tripwire, Verdict, declared
 

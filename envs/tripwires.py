@@ -11,7 +11,7 @@ An environment declares its wires in `TRIPWIRES` and checks them in `check_tripw
 - `episode`: the env decides from the episode alone and names the wires that tripped;
 - `group`: the env reports a key (e.g. a hash of the final poem); episodes of one GRPO group
   that report the same key all trip the wire. The bridge's metrics and the trajectory store
-  compare the keys (bridge/env_report.py `group_tripwires`), since one session sees one episode.
+  compare the keys (contract/env_report.py `group_tripwires`), since one session sees one episode.
 """
 
 from __future__ import annotations

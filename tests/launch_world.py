@@ -21,7 +21,7 @@ from conftest import REPO, free_port
 from slime_vendor import MEGATRON, VENDOR_ENV, unpack, vendor_dir
 from slime_vendor import VERSIONS as SLIME_TARBALLS
 
-from bridge.launch.slime_flags import SGLANG_FLAGS, read_flag_list
+from tools.launch.slime_flags import SGLANG_FLAGS, read_flag_list
 
 DATA = REPO / "tests" / "data" / "slime_flags"
 VERSIONS = ("v0.2.2", "v0.3.1", "main")
@@ -175,9 +175,9 @@ class DryRun:
         body = "\n".join(script)
         self.script = body
         argv = shlex.split(body.split("\nexec ", 1)[1].replace("\\\n", " "))
-        # on a Ray cluster the job's entrypoint is bridge.launch.ray_job ... -- <driver>
+        # on a Ray cluster the job's entrypoint is tools.launch.ray_job ... -- <driver>
         self.wrapper: list[str] = []
-        if "bridge.launch.ray_job" in argv[:3]:
+        if "tools.launch.ray_job" in argv[:3]:
             i = argv.index("--")
             self.wrapper, argv = argv[:i], argv[i + 1 :]
         self.train_argv = argv

@@ -143,7 +143,7 @@ def test_every_trajectory_carries_its_provenance(played: dict[str, Any], qwen3_t
         "weight_versions": ["default", "default"],  # one per turn, as the stub reports it
         "bridge_version": bridge_version(),
     }
-    from bridge.provenance import canonical_hash
+    from contract.provenance import canonical_hash
 
     assert prov["task_spec_hash"] == canonical_hash(WhoDunIt.task_spec("test", 3))
     assert prov["tokenizer"].endswith("qwen3-tokenizer")

@@ -100,7 +100,7 @@ def test_two_nodes_of_eight_from_rays_view(world: dict, version: str) -> None:
     assert d.emitted_flags() - known_flags(version) == set()
     # env servers go on the cluster: the job's entrypoint starts 2 replicas (512 episodes in
     # flight) as Ray actors and writes their URLs into the job's own TRAIN_CONFIG
-    assert d.wrapper[:3] == ["python3", "-m", "bridge.launch.ray_job"]
+    assert d.wrapper[:3] == ["python3", "-m", "tools.launch.ray_job"]
     assert d.wrapper[d.wrapper.index("--replicas") + 1] == "2"
     assert d.wrapper[d.wrapper.index("--job-config") + 1] == d.env["TRAIN_CONFIG"]
     assert d.env["ENV_SERVER_API_KEY"] == "***"  # a per-job key guards the replicas
@@ -172,9 +172,7 @@ def _probe_script(ns: Namespace, w: Path, tasks: Path, episodes: int) -> str:
             "2>/dev/null && exit 0; sleep 0.5; done; exit 1",
         ]
     )
-    rollout = ns.wrap(
-        [py, "-m", "bridge.launch.rollout_only", "--engine-url", "http://127.0.0.1:30555"]
-    )
+    rollout = ns.wrap([py, "-m", "tools.rollout_only", "--engine-url", "http://127.0.0.1:30555"])
     rollout += ["--model", str(TOKENIZER_DIR), "--task-data", str(tasks), "--num-tasks"]
     rollout += [str(episodes // 2), "--n-samples", "2", "--json"]
     metrics = ns.wrap([py, "-c", METRICS_PROBE])
@@ -210,7 +208,7 @@ def test_env_servers_on_ray_serve_another_host_and_stop_with_the_job(
         pytest.skip(f"no second network namespace: {netns_unavailable()}")
     if not (TOKENIZER_DIR / "tokenizer.json").is_file():
         pytest.skip("needs the Qwen3 tokenizer (bash setup.sh --test)")
-    from bridge.launch.launcher import build_plan, execute, parse_options
+    from tools.launch.launcher import build_plan, execute, parse_options
 
     w: Path = world["tmp"]
     run_name = f"cluster-e2e-{uuid.uuid4().hex[:8]}"

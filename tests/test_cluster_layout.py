@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.launch.cluster import ClusterView, Node, _node, check_ray_address, ray_auth_headers
-from bridge.launch.env_servers import ENV_SERVER_SECRETS, ENV_SERVER_VARS, default_replicas
-from bridge.launch.errors import ClusterError, LayoutError
-from bridge.launch.gpus import GpuVendor, detect_local_gpus, vendor_of_accelerator
-from bridge.launch.layout import LayoutRequest, fit_layout
+from tools.errors import ClusterError, LayoutError
+from tools.launch.cluster import ClusterView, Node, _node, check_ray_address, ray_auth_headers
+from tools.launch.env_servers import ENV_SERVER_SECRETS, ENV_SERVER_VARS, default_replicas
+from tools.launch.gpus import GpuVendor, detect_local_gpus, vendor_of_accelerator
+from tools.launch.layout import LayoutRequest, fit_layout
 
 
 def req(**kw) -> LayoutRequest:
@@ -193,8 +193,8 @@ def test_default_replicas_and_the_variables_replicas_get() -> None:
 def test_job_config_lists_the_replicas_and_keeps_the_store_on_replica_0(tmp_path: Path) -> None:
     import yaml
 
-    from bridge.config import load_config
-    from bridge.launch.ray_job import parse_options, write_job_config
+    from contract.config import load_config
+    from tools.launch.ray_job import parse_options, write_job_config
 
     cfg = tmp_path / "train_config.yaml"
     cfg.write_text(
@@ -238,8 +238,8 @@ def _wait(predicate, timeout: float = 60.0) -> bool:
 def test_replica_restarts_its_server_on_the_same_url_and_stops(tmp_path: Path) -> None:
     import signal
 
-    from bridge.launch.ray_job import EnvServerReplica
-    from bridge.launch.services import answers
+    from tools.launch.ray_job import EnvServerReplica
+    from tools.launch.services import answers
 
     replica = EnvServerReplica(str(_replica_config(tmp_path)), str(tmp_path / "t.db"), 1, 120.0)
     url = replica.start("127.0.0.1")
@@ -261,11 +261,11 @@ def test_replica_server_dies_with_the_process_that_started_it(tmp_path: Path) ->
 
     from conftest import REPO
 
-    from bridge.launch.services import answers
+    from tools.launch.services import answers
 
     program = (
         "import sys, time\n"
-        "from bridge.launch.ray_job import EnvServerReplica\n"
+        "from tools.launch.ray_job import EnvServerReplica\n"
         "r = EnvServerReplica(sys.argv[1], sys.argv[2], 1, 120.0)\n"
         "print(r.start('127.0.0.1'), r.pid(), flush=True)\n"
         "time.sleep(600)\n"

@@ -1,4 +1,4 @@
-"""train_config.yaml and its schema (bridge/config.py): the default file, its commented examples,
+"""train_config.yaml and its schema (contract/config.py): the default file, its commented examples,
 bad input."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge.config import (
+from contract.config import (
     EnvConfig,
     TrainConfig,
     TrajectoryConfig,
@@ -18,7 +18,7 @@ from bridge.config import (
     load_config,
     parse_config,
 )
-from bridge.errors import ConfigError
+from contract.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "train_config.yaml"

@@ -203,7 +203,7 @@ def engine_url(tiny_qwen3_dir):
     args = [
         sys.executable,
         "-m",
-        "bridge.launch.local_engine",
+        "tools.engines.local_engine",
         "--model",
         str(tiny_qwen3_dir),
         "--port",
@@ -342,7 +342,7 @@ def test_local_engine_ends_on_chat_end_tokens_by_default(tiny_qwen3_dir) -> None
     # An untrained model will not pick <|im_end|> on cue, so check the set the engine stops on.
     from transformers import AutoTokenizer
 
-    from bridge.launch.local_engine import SamplingParams
+    from tools.engines.local_engine import SamplingParams
 
     tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -353,7 +353,7 @@ def test_local_engine_ends_on_chat_end_tokens_by_default(tiny_qwen3_dir) -> None
     assert engine.stop_ids(SamplingParams(stop_token_ids=(5,))) == engine_ids | {5}
     assert engine.stop_ids(SamplingParams(stop_token_ids=(5,), ignore_eos=True)) == {5}
     # A token from the end set ends generation even when the request names no stop ids.
-    from bridge.launch.local_engine import GenerateRequest
+    from tools.engines.local_engine import GenerateRequest
 
     prompt = tok.encode("Hello there", add_special_tokens=False)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
@@ -376,7 +376,7 @@ def _tokenizer(engine_url: str):
 
 
 def _engine(model_dir):
-    from bridge.launch.local_engine import load_engine
+    from tools.engines.local_engine import load_engine
 
     return load_engine(str(model_dir))
 
@@ -526,7 +526,7 @@ def test_local_engine_abort_request(engine_url, prompt_ids) -> None:
 def test_local_engine_imports_without_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import bridge.launch.local_engine as le\n"
+        "import tools.engines.local_engine as le\n"
         "raise SystemExit(le.main(['--model', 'unused']))\n"
     )
     proc = __import__("subprocess").run(
@@ -544,7 +544,7 @@ def test_local_engine_missing_model_is_a_clear_error(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "bridge.launch.local_engine",
+            "tools.engines.local_engine",
             "--model",
             str(tmp_path / "absent"),
             "--port",
@@ -609,7 +609,7 @@ def test_bridge_engine_client_reads_local_engine_replies(engine_url, prompt_ids)
 def test_sampler_follows_the_filtered_distribution() -> None:
     import torch
 
-    from bridge.launch.local_engine import SamplingParams, sample_next_token
+    from tools.engines.local_engine import SamplingParams, sample_next_token
 
     logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
     gen = torch.Generator().manual_seed(0)
@@ -642,7 +642,7 @@ def test_sampler_follows_the_filtered_distribution() -> None:
 def test_head_mask_matches_a_full_sort() -> None:
     import torch
 
-    from bridge.launch.local_engine import _head_mask
+    from tools.engines.local_engine import _head_mask
 
     gen = torch.Generator().manual_seed(3)
     for scale in (0.1, 1.0, 8.0):  # flat (the head must widen past 1024) to peaked

@@ -8,8 +8,8 @@ import pytest
 import bridge.env_client as env_client
 from bridge.env_client import open_session
 from bridge.http11 import close_loop_client
-from bridge.task import TaskMeta
-from bridge.vocab import ToolErrorKind
+from contract.task import TaskMeta
+from contract.vocab import ToolErrorKind
 
 BIG = "1+" * (600 * 1024) + "1"  # ~1.2 MB of arguments
 

@@ -285,7 +285,7 @@ async def test_task_spec_carries_difficulty() -> None:
 def test_ground_truth_is_the_bridge_label() -> None:
     import json
 
-    from bridge.task import task_label
+    from contract.task import task_label
 
     spec = WhoDunIt.task_spec("test", 1)
     assert json.loads(task_label(spec, WhoDunIt)) == WhoDunIt.case_for("test", 1).answer()

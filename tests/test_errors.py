@@ -1,4 +1,4 @@
-"""The error trees: every public exception class of bridge/ and envs/ is defined in its package's
+"""The error trees: every public exception class of the packages is defined in its package's
 errors module, drawn in that module's docstring, under the package's root, and keeps the stdlib
 base callers catch it by."""
 
@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import BridgeError
+from contract.errors import ContractError
 from envs.errors import EnvsError
+from tools.errors import ToolsError
 
 REPO = Path(__file__).resolve().parents[1]
 ERROR_MODULES = {
+    "contract.errors": ContractError,
     "bridge.errors": BridgeError,
-    "bridge.launch.errors": BridgeError,
+    "tools.errors": ToolsError,
     "envs.errors": EnvsError,
     "envs.server.errors": EnvsError,
     "envs.trajectories.errors": EnvsError,
@@ -60,7 +63,7 @@ def _exception_classes(path: Path) -> set[str]:
 
 def test_every_exception_class_lives_in_an_errors_module() -> None:
     strays = []
-    for package in ("bridge", "envs"):
+    for package in ("contract", "bridge", "envs", "tools"):
         for path in sorted((REPO / package).rglob("*.py")):
             rel = path.relative_to(REPO).as_posix()
             if path.name == "errors.py":
@@ -106,7 +109,7 @@ def test_errors_pickle_with_their_message() -> None:
 
 def test_the_renamed_look_alikes_are_gone() -> None:
     import bridge.http11
-    import bridge.launch.rollout_only
+    import tools.rollout_only
 
     assert not hasattr(bridge.http11, "HTTPError")
-    assert not hasattr(bridge.launch.rollout_only, "RolloutError")
+    assert not hasattr(tools.rollout_only, "RolloutError")

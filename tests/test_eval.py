@@ -1,4 +1,4 @@
-"""`python -m bridge.launch.eval` end to end: the real env server (GSM8K), the real SQLite store,
+"""`python -m tools.eval` end to end: the real env server (GSM8K), the real SQLite store,
 the real Qwen3 tokenizer and chat template; the models are the scripted SGLang stub (/generate) and
 the scripted OpenAI-compatible stub (/v1/chat/completions), with known success rates.
 """
@@ -21,7 +21,7 @@ from eval_models import ScriptedSolver, chat_responder, generate_responder, gsm8
 from openai_stub import OpenAIStub, Reply
 from sglang_stub import SGLangStub
 
-from bridge.launch.eval.__main__ import main
+from tools.eval.__main__ import main
 
 TOKENIZER_DIR = REPO / ".cache" / "qwen3-tokenizer"
 
@@ -213,7 +213,7 @@ def test_resume_after_kill_reruns_nothing_stored(
 
     args = eval_args(config, db, "--num-tasks", "12", "--k", "3", "--concurrency", "2")
     args += ["--model", f"m=http://127.0.0.1:{port}", "--tokenizer", str(TOKENIZER_DIR)]
-    cmd = [sys.executable, "-m", "bridge.launch.eval", *args]
+    cmd = [sys.executable, "-m", "tools.eval", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def count() -> int:
@@ -424,7 +424,7 @@ def test_local_cpu_engine_model(tmp_path: Path, gsm8k_server: str, capsys) -> No
     args = eval_args(config, db, "--num-tasks", "1", "--k", "2", "--max-tokens", "12")
     assert main([*args, "--model", f"tiny=local:{model}", "--concurrency", "2"]) == 0
     out, err = capsys.readouterr()
-    url = re.search(r"starting bridge\.launch\.local_engine at (\S+)", err).group(1)
+    url = re.search(r"starting tools\.engines\.local_engine at (\S+)", err).group(1)
     port = int(url.rsplit(":", 1)[1])
     import socket
 

@@ -12,16 +12,16 @@ import pytest
 from openai_stub import OpenAIStub, Reply
 
 from bridge.errors import EngineError
-from bridge.launch.errors import EvalError
-from bridge.launch.eval.chat_model import MAX_CALLS_PER_TURN, ChatClient, ChatModel, parse_choice
-from bridge.launch.eval.spec import EvalSpec, ModelKind, Sampling, parse_model
-from bridge.launch.eval.tasks import interleave, tasks_from_file
 from bridge.trajectory import Trajectory
 from bridge.trajectory_sink import trajectory_events
 from envs.trajectories.errors import SpecMismatch
 from envs.trajectories.evals import EpisodeRow, EvalModel, EvalRecords
 from envs.trajectories.schema import SCHEMA_VERSION
 from envs.trajectories.store import TrajectoryStore
+from tools.errors import EvalError
+from tools.eval.chat_model import MAX_CALLS_PER_TURN, ChatClient, ChatModel, parse_choice
+from tools.eval.spec import EvalSpec, ModelKind, Sampling, parse_model
+from tools.eval.tasks import interleave, tasks_from_file
 
 # ---------------------------------------------------------------- --model
 

@@ -9,9 +9,9 @@ import itertools
 import numpy as np
 import pytest
 
-from bridge.launch.eval.report import build_report, format_markdown, format_table
-from bridge.launch.eval.stats import TaskResampler, pass_at_k
 from envs.trajectories.evals import EpisodeRow
+from tools.eval.report import build_report, format_markdown, format_table
+from tools.eval.stats import TaskResampler, pass_at_k
 
 
 def brute_pass_at_k(n: int, c: int, k: int) -> float:

@@ -17,7 +17,7 @@ from openai_stub import OpenAIStub, Reply
 from sglang_stub import SGLangStub
 from webui_helpers import CHROMIUM, CHROMIUM_ARGS, shot
 
-from bridge.launch.eval.__main__ import main
+from tools.eval.__main__ import main
 
 XSS = "<script>window.__xss = 1</script><img src=x onerror='window.__xss = 2'>"
 TASKS = 6
@@ -179,7 +179,7 @@ def test_serve_keeps_the_comparison_page_up_until_ctrl_c(evaluated) -> None:
 
     args = [a for a in evaluated["args"] if a != "--json"] + ["--serve"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.launch.eval", *args],
+        [sys.executable, "-m", "tools.eval", *args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,

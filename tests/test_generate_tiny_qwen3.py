@@ -1,5 +1,5 @@
 """Episodes sampled by a real (tiny, random-initialised) Qwen3 on CPU through `python -m
-bridge.launch.local_engine`.
+tools.engines.local_engine`.
 
 The strongest train/rollout consistency check there is: one teacher-forced forward pass of the same
 model over the sample's final tokens must reproduce, at every loss-mask-1 position, the logprob the
@@ -32,7 +32,7 @@ def tiny_engine(tiny_dir):
     cmd = [
         sys.executable,
         "-m",
-        "bridge.launch.local_engine",
+        "tools.engines.local_engine",
         "--model",
         str(tiny_dir),
         "--port",

@@ -38,7 +38,7 @@ from launch_world import (
     vendor_missing,
 )
 
-from bridge.launch.slime_flags import SGLANG_FLAGS, read_flag_list, slime_checkout_flags
+from tools.launch.slime_flags import SGLANG_FLAGS, read_flag_list, slime_checkout_flags
 
 pytestmark = pytest.mark.skipif(vendor_missing() is not None, reason=str(vendor_missing()))
 

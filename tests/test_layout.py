@@ -1,11 +1,16 @@
-"""The import rules that keep the five parts apart (bridge/__init__.py and envs/__init__.py state
-them).
+"""The floors of the house, checked from the code's own imports (every package map states them).
 
-- The slime plugin (`bridge/` without `bridge/launch/`) imports neither `envs` nor `bridge.launch`:
-  slime loads it into its rollout process, where only the plugin is shipped and nothing of
-  run.sh's side may be pulled in.
+    tools/                the launcher, rollout-only, eval, prepare_tasks' logic, replay, engines
+    envs/  |  bridge/     side by side, never importing each other: the service | the plugin
+    contract/             config schema, vocabularies, report keys, trajectory events
+
+- Each floor imports only from the floors below it; `envs` and `bridge` never import each other.
+- `contract` imports nothing heavy (no web framework, no torch, no SDK): both sides load it.
 - `envs/` never imports slime, SGLang or Megatron: the environments run on any ORS server.
-- Importing the plugin's hook modules loads no web framework, no torch and no launcher code.
+- Importing the plugin's hook modules loads no web framework, no torch and nothing of the tools.
+- The old command paths kept for one release (`bridge/launch/*`, `python -m envs replay`) run the
+  moved module by name and hold nothing else.
+- No module is over ~500 lines unless its docstring says why (a line starting "Long on purpose").
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("contract", "bridge", "envs", "tools")
+FLOOR = {"contract": 0, "bridge": 1, "envs": 1, "tools": 2, "prepare_tasks": 3}
+# Old paths of moved commands, each running its new module by name (README: Layout).
+ALIASES = {
+    "bridge/launch/eval.py": "tools.eval",
+    "bridge/launch/local_engine.py": "tools.engines.local_engine",
+    "bridge/launch/tiny_model.py": "tools.engines.tiny_model",
+    "envs/__main__.py": "tools.replay",
+}
+MAX_LINES = 500
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -34,52 +49,132 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def _files(folder: str, exclude: str | None = None) -> list[Path]:
-    files = sorted((ROOT / folder).rglob("*.py"))
-    return [f for f in files if exclude is None or not f.is_relative_to(ROOT / exclude)]
+def modules_run_by_name(path: Path) -> set[str]:
+    """Modules a file runs with `runpy.run_module("...")` (a string, not an import)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", None) == "run_module"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    }
 
 
-def _offending(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+def project_files() -> list[Path]:
+    files = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
+    return [*files, ROOT / "prepare_tasks.py"]
+
+
+def package_of(path: Path) -> str:
+    return path.relative_to(ROOT).parts[0].removesuffix(".py")
+
+
+def arrows_that_break_the_floors(files: list[Path]) -> list[str]:
+    """`file imports module` for each import from a floor to a higher one or across the middle."""
     bad = []
     for f in files:
+        here = package_of(f)
         for mod in sorted(imported_modules(f)):
-            if any(mod == p or mod.startswith(p + ".") for p in forbidden):
-                bad.append(f"{f.relative_to(ROOT) if f.is_relative_to(ROOT) else f} imports {mod}")
+            there = mod.split(".")[0]
+            if there not in FLOOR or there == here:
+                continue
+            if FLOOR[there] >= FLOOR[here]:
+                bad.append(f"{f.relative_to(ROOT)} imports {mod}")
     return bad
 
 
-def test_the_plugin_imports_neither_envs_nor_the_launcher() -> None:
-    files = _files("bridge", exclude="bridge/launch")
-    assert len(files) > 10
-    assert _offending(files, ("envs", "bridge.launch")) == []
+def test_no_import_runs_up_a_floor_or_across_the_middle() -> None:
+    files = project_files()
+    assert len(files) > 80
+    assert arrows_that_break_the_floors(files) == []
+
+
+def test_the_checker_sees_every_kind_of_arrow(tmp_path: Path) -> None:
+    for pkg, code in [
+        ("envs", "def f():\n    from bridge.env_client import ToolResult\n"),
+        ("bridge", "import envs.registry\n"),
+        ("bridge", "from tools.launch import launcher\n"),
+        ("contract", "def f():\n    import bridge.generate\n"),
+        ("envs", "from tools import replay\n"),
+    ]:
+        probe = ROOT / pkg / "_layout_probe.py"
+        try:
+            probe.write_text(code)
+            assert arrows_that_break_the_floors([probe]) != [], code
+        finally:
+            probe.unlink()
+
+
+@pytest.mark.parametrize("package", ["contract", "bridge", "envs"])
+def test_modules_run_by_name_from_below_are_only_the_listed_aliases(package: str) -> None:
+    found = {
+        f.relative_to(ROOT).as_posix(): mod
+        for f in sorted((ROOT / package).rglob("*.py"))
+        for mod in modules_run_by_name(f)
+    }
+    assert found == {k: v for k, v in ALIASES.items() if k.startswith(package + "/")}
+
+
+@pytest.mark.parametrize("alias", sorted(k for k in ALIASES if k.startswith("bridge/launch/")))
+def test_an_alias_holds_nothing_but_the_call(alias: str) -> None:
+    path = ROOT / alias
+    assert imported_modules(path) <= {"runpy", "sys"}
+    assert len(path.read_text().splitlines()) <= 10
+    out = subprocess.run(
+        [sys.executable, "-m", alias.removesuffix(".py").replace("/", "."), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"is now {ALIASES[alias]}" in out.stderr
 
 
 def test_envs_never_import_slime() -> None:
-    files = _files("envs")
-    assert len(files) > 10
-    assert _offending(files, ("slime", "sglang", "megatron")) == []
+    files = sorted((ROOT / "envs").rglob("*.py"))
+    bad = [
+        f"{f.relative_to(ROOT)} imports {m}"
+        for f in files
+        for m in imported_modules(f)
+        if m.split(".")[0] in ("slime", "sglang", "megatron")
+    ]
+    assert bad == []
 
 
-def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
-    probe = tmp_path / "probe.py"
-    probe.write_text(
-        "def f():\n    from envs.registry import load_env_class\n    import "
-        "bridge.launch.launcher\n"
-    )
-    assert _offending([probe], ("envs", "bridge.launch")) != []
-
-
-@pytest.mark.parametrize("module", ["bridge", "envs", "bridge.generate", "bridge.metrics"])
-def test_importing_the_hooks_pulls_in_nothing_heavy(module: str) -> None:
-    code = f"import sys, json; import {module}; print(json.dumps(sorted(m for m in sys.modules)))"
+@pytest.mark.parametrize(
+    ("module", "heavy"),
+    [
+        ("bridge", {"envs", "tools", "openreward", "transformers", "pydantic"}),
+        ("envs", {"bridge", "tools", "openreward", "transformers", "pydantic"}),
+        ("contract", {"bridge", "envs", "tools", "openreward", "transformers", "pydantic"}),
+        ("bridge.generate", {"envs", "tools"}),
+        ("bridge.metrics", {"envs", "tools"}),
+        (
+            "contract.config, contract.task, contract.vocab, contract.env_report, "
+            "contract.provenance, contract.trajectory_events",
+            {"bridge", "envs", "tools", "openreward", "transformers"},
+        ),
+    ],
+)
+def test_importing_pulls_in_nothing_heavy(module: str, heavy: set[str]) -> None:
+    code = f"import sys, json; import {module}; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    loaded = set(json.loads(out.stdout))
-    heavy = {"fastapi", "torch", "uvicorn", "slime", "bridge.launch"}
-    if module != "envs":
-        heavy.add("envs")
-    if module in ("bridge", "envs"):  # the package maps import nothing at all
-        heavy |= {"openreward", "transformers", "pydantic"}
-    assert sorted(loaded & heavy) == []
+    loaded = {m.split(".")[0] for m in json.loads(out.stdout)}
+    assert sorted(loaded & (heavy | {"fastapi", "torch", "uvicorn", "slime"})) == []
+
+
+def test_no_module_is_long_without_a_reason() -> None:
+    long = []
+    for f in project_files():
+        lines = len(f.read_text().splitlines())
+        doc = ast.get_docstring(ast.parse(f.read_text())) or ""
+        if lines > MAX_LINES and "Long on purpose" not in doc:
+            long.append(f"{f.relative_to(ROOT)}: {lines} lines")
+    assert long == []

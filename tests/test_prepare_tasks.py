@@ -17,8 +17,8 @@ from conftest import REPO, free_port, run_process
 from openreward import AsyncOpenReward
 from tiny_envs import Broken, Indexed, Tiny
 
-import prepare_tasks
-from bridge.task import TaskMeta, ors_tool_to_openai
+import tools.prepare_tasks as prepare_tasks
+from contract.task import TaskMeta, ors_tool_to_openai
 from envs import registry
 
 SLIME_KEYS = {
@@ -281,7 +281,7 @@ async def _served(
     url: str, meta: TaskMeta, api_key: str = "local", hosted: bool = False
 ) -> tuple[str, list[dict[str, Any]]]:
     """Prompt text and tools of the task, through a real session of the stock client."""
-    from bridge.task import blocks_to_text
+    from contract.task import blocks_to_text
 
     client = AsyncOpenReward(api_key=api_key)
     try:

@@ -22,8 +22,8 @@ from ors_episodes import PERFECT_HAIKU
 
 from bridge.generate import close_clients, set_trajectory_sink
 from bridge.trajectory_sink import SinkSettings, TrajectoryUploader
-from envs import replay
 from envs.whodunit import WhoDunIt
+from tools import replay
 
 INFO = ["list_suspects", "list_weapons", "list_locations", "list_motives"]
 

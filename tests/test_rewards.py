@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.config import RewardSettings
 from bridge.rewards import reduce_rewards
+from contract.config import RewardSettings
 
 
 def _s(**kw) -> RewardSettings:

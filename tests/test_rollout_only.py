@@ -1,6 +1,6 @@
 """`bash run.sh --rollout-only` end to end on the CPU: the real env server and trajectory store
 (SQLite), the real Qwen3 tokenizer/template, and as the engine either the scripted SGLang stub
-(`--engine-url`) or a tiny random-initialised Qwen3 behind bridge.launch.local_engine (`--engine
+(`--engine-url`) or a tiny random-initialised Qwen3 behind tools.engines.local_engine (`--engine
 local`).
 """
 
@@ -187,7 +187,7 @@ def test_local_engine_starts_env_server_and_stops_it(tmp_path: Path, run_name: s
     """--engine local with the tiny random Qwen3 the README's offline command makes: prepares tasks
     itself, starts and stops the env server."""
     made = subprocess.run(
-        [sys.executable, "-m", "bridge.launch.tiny_model", str(tmp_path / "tiny-qwen3")],
+        [sys.executable, "-m", "tools.engines.tiny_model", str(tmp_path / "tiny-qwen3")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -290,7 +290,7 @@ def test_missing_model_fails_first_with_the_offline_fix(tmp_path: Path, run_name
     assert (
         line.startswith("rollout-only: --model ./missing: no such directory") and "\n" not in line
     )
-    assert "python -m bridge.launch.tiny_model ./tiny-qwen3" in line
+    assert "python -m tools.engines.tiny_model ./tiny-qwen3" in line
     assert not (REPO / "runs" / run_name).exists() and not port_open(port)  # nothing prepared
     out = run_sh(
         "--engine-url",
@@ -313,7 +313,7 @@ def test_missing_model_fails_first_with_the_offline_fix(tmp_path: Path, run_name
 def test_local_engine_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from bridge.launch import rollout_only
+    from tools import rollout_only
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -328,7 +328,7 @@ def test_tiny_model_without_a_tokenizer_is_one_line(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "bridge.launch.tiny_model",
+            "tools.engines.tiny_model",
             str(tmp_path / "m"),
             "--tokenizer",
             str(tmp_path / "none"),

@@ -743,7 +743,7 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 def test_launcher_starts_services_without_hosted_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """run.sh once passed its whole environment (OPENREWARD_API_KEY included) to the env server."""
-    from bridge.launch.services import managed_process
+    from tools.launch.services import managed_process
 
     monkeypatch.setenv("OPENREWARD_API_KEY", "or-key")
     monkeypatch.setenv("WANDB_API_KEY", "wb-key")

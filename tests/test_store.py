@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.trajectory_events import EventBatch
 from envs.trajectories.errors import StoreError
-from envs.trajectories.events import EventBatch
 from envs.trajectories.schema import SCHEMA_VERSION, connect, migrate, schema_version
 from envs.trajectories.store import RolloutFilter, TrajectoryStore, decode_cursor
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bridge.toolcalls import ToolCall, ToolCallError, parse_turn, split_thinking
-from bridge.vocab import ToolErrorKind
+from contract.vocab import ToolErrorKind
 
 TOOLS = {"calculator", "submit_answer"}
 

@@ -32,7 +32,13 @@ def test_the_checkers_come_with_the_test_extra_and_nothing_is_exempt() -> None:
     test_extra = " ".join(cfg["project"]["optional-dependencies"]["test"])
     assert re.search(r"\bruff>=", test_extra) and re.search(r"\bmypy>=", test_extra)
     assert "E501" not in cfg["tool"]["ruff"]["lint"].get("ignore", [])
-    assert cfg["tool"]["mypy"]["files"] == ["bridge", "envs", "prepare_tasks.py"]
+    assert cfg["tool"]["mypy"]["files"] == [
+        "contract",
+        "bridge",
+        "envs",
+        "tools",
+        "prepare_tasks.py",
+    ]
 
 
 def _mypy(tmp_path: Path, package: str) -> subprocess.CompletedProcess[str]:
@@ -66,10 +72,13 @@ def _prefixes(package: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def test_mypy_is_strict_for_the_plugin_and_default_elsewhere(tmp_path: Path) -> None:
-    plugin = _mypy(tmp_path, "bridge")
-    assert plugin.returncode == 1 and "[no-untyped-def]" in plugin.stdout, plugin.stdout
-    launcher = _mypy(tmp_path, "bridge.launch")
+def test_mypy_is_strict_for_the_contract_and_the_plugin_and_default_elsewhere(
+    tmp_path: Path,
+) -> None:
+    for strict in ("contract", "bridge"):
+        out = _mypy(tmp_path, strict)
+        assert out.returncode == 1 and "[no-untyped-def]" in out.stdout, out.stdout
+    launcher = _mypy(tmp_path, "tools.launch")
     assert launcher.returncode == 0, launcher.stdout
     envs = _mypy(tmp_path, "envs")
     assert envs.returncode == 0, envs.stdout

@@ -13,8 +13,8 @@ import pytest
 
 from bridge.trajectory import Trajectory
 from bridge.trajectory_sink import trajectory_events
+from contract.trajectory_events import EventBatch
 from envs.trajectories.advantages import group_advantages
-from envs.trajectories.events import EventBatch
 from envs.trajectories.schema import connect, migrate
 from envs.trajectories.store import RolloutFilter, TrajectoryStore
 

@@ -19,7 +19,6 @@ import httpx
 import pytest
 from conftest import REPO, env_server, free_port
 
-from bridge.config import parse_config
 from bridge.trajectory import Trajectory
 from bridge.trajectory_sink import (
     DisabledSink,
@@ -29,6 +28,7 @@ from bridge.trajectory_sink import (
     get_sink,
     trajectory_events,
 )
+from contract.config import parse_config
 
 FAST = SinkSettings(backoff_base_s=0.2, backoff_cap_s=2.0, max_age_s=0.2)
 OUTAGE_S = float(os.environ.get("TRAJ_OUTAGE_SECONDS", "60"))

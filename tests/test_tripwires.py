@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from ors_episodes import PERFECT_HAIKU, ors_session, sdk_server
 
-from bridge.env_report import EnvReport, group_tripwires
+from contract.env_report import EnvReport, group_tripwires
 from envs.gsm8k import GSM8K
 from envs.haiku import Haiku
 from envs.reporting import CHECK_FAILED

@@ -1,4 +1,4 @@
-"""bridge.vocab: every stop reason, status and tool-error kind reads, serialises and is stored as
+"""contract.vocab: every stop reason, status and tool-error kind reads, serialises and is stored as
 its plain value, so metadata, W&B keys and store columns stay the text they were before enums."""
 
 from __future__ import annotations
@@ -15,12 +15,20 @@ from bridge import metrics
 from bridge.sample import FallbackSample
 from bridge.trajectory import Trajectory
 from bridge.trajectory_sink import trajectory_events
-from bridge.vocab import FAILURE_STOPS, INFRA_STOPS, EpisodeStatus, StopReason, ToolErrorKind
-from envs.server.errors import OrsError, OrsReason
-from envs.trajectories.events import EventBatch
+from contract.trajectory_events import EventBatch
+from contract.vocab import (
+    FAILURE_STOPS,
+    INFRA_STOPS,
+    EpisodeStatus,
+    OrsReason,
+    StopReason,
+    ToolErrorKind,
+    ToolRefusal,
+)
+from envs.server.errors import OrsError
 from envs.trajectories.store import TrajectoryStore
 
-VOCABS = (StopReason, EpisodeStatus, ToolErrorKind, OrsReason)
+VOCABS = (StopReason, EpisodeStatus, ToolErrorKind, OrsReason, ToolRefusal)
 MEMBERS = [m for vocab in VOCABS for m in vocab]
 
 
@@ -45,14 +53,28 @@ def test_vocabularies_are_closed_and_documented() -> None:
     assert INFRA_STOPS < FAILURE_STOPS <= set(StopReason)
     # the status each member maps to on slime's Sample exists on our stand-in too
     assert {m.name for m in EpisodeStatus} <= set(FallbackSample.Status.__members__)
-    from bridge.launch.eval.report import FAILURE_KINDS
+    from tools.eval.report import FAILURE_KINDS
 
     assert set(FAILURE_KINDS) == FAILURE_STOPS
     root = Path(__file__).parents[1]
-    source = (root / "bridge" / "vocab.py").read_text()
-    source += (root / "envs" / "server" / "errors.py").read_text()
+    source = (root / "contract" / "vocab.py").read_text()
     for m in MEMBERS:  # a docstring under every member
         assert f'{m.name} = "{m.value}"\n    """' in source, m
+
+
+def test_the_sdk_refusals_are_one_table_for_server_and_client() -> None:
+    """Every reason the SDK's tools raise is a ToolRefusal; the server's status for it and the
+    client's error kind for it are read from the same member."""
+    from typing import get_args
+
+    from openreward.environments import types as sdk_types
+
+    sdk_reasons = set(get_args(sdk_types.RunToolErrorReason))
+    assert sdk_reasons
+    assert sdk_reasons <= {r.value for r in ToolRefusal}
+    for refusal in ToolRefusal:
+        assert 400 <= refusal.status < 500
+        assert isinstance(refusal.error_kind, ToolErrorKind)
 
 
 def test_an_ors_error_body_carries_the_plain_reason() -> None:

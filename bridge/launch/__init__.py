@@ -1,32 +1,9 @@
-"""run.sh's side: everything that runs on the launching machine or as the Ray job's entrypoint,
-never inside slime's rollout process.
+"""Old paths of the tools' commands, kept as aliases for one release (they moved to `tools/`).
 
-Modules:
-    launcher        `bash run.sh`: check prerequisites, start services, submit slime's driver to Ray
-    __main__        `python -m bridge.launch` (what run.sh runs): the launcher's CLI
-    prerequisites   what run.sh needs before it can train, each found or named with its fix
-    gpus            this machine's GPUs (nvidia-smi, amd-smi, rocm-smi) and what AMD changes
-    cluster         the nodes a job runs on, read from Ray's state API or this machine
-    layout          the GPU layout (actor nodes x GPUs, rollout GPUs, engines) fitted to a cluster
-    modes           --mode sync|async|fully-async: slime's driver and its flags
-    resume          which checkpoint --load names given what --save holds (--resume/--no-resume)
-    env_servers     the job's env servers: running ones, replicas here, or replicas on Ray
-    ray_job         the Ray job's entrypoint on a cluster: env-server replicas as Ray actors around
-                    slime
-    slime_flags     the flags slime (and the Megatron parser it wraps) accepts, read from its
-                    sources
-    services        local services run.sh starts when they are not running: env server, CPU engine
-    rollout_only    `bash run.sh --rollout-only`: the bridge on N tasks against an engine, no
-                    training
-    task_source     where prepare_tasks.py reads tasks: a local env class, or a hosted OpenReward
-                    env; and the one reader of prepare_tasks.py's JSONL rows
-    local_engine    `python -m bridge.launch.local_engine`: a CPU debugging engine speaking
-                    /generate
-    tiny_model      `python -m bridge.launch.tiny_model DIR`: a tiny random Qwen3 made offline
-    errors          the launcher's error types, under bridge.errors.BridgeError
-    eval/           `python -m bridge.launch.eval` (`bash run.sh --eval-only`): evaluate and compare
-                    models
+    python -m bridge.launch.eval          ->  python -m tools.eval
+    python -m bridge.launch.local_engine  ->  python -m tools.engines.local_engine
+    python -m bridge.launch.tiny_model    ->  python -m tools.engines.tiny_model
 
-This package may import `envs/` (task_source reads local env classes in-process) and the
-plugin modules in `bridge/`; nothing in the plugin imports it.
+Each alias runs the new module by name with `runpy`, so the plugin never imports the
+tools; tests/test_layout.py checks that these are all it holds.
 """

@@ -35,7 +35,7 @@ turns them into `ToolCallError(reason)`); a client that does not send
 else by the client's `X-Deployment` header, else to the first environment: the SDK server
 would redirect them all to its first environment.
 
-This package never imports slime; it reads `bridge.config` for the shared train_config schema.
+This package never imports slime; it reads `contract.config` for the shared train_config schema.
 """
 
 import os

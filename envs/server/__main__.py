@@ -35,8 +35,8 @@ def load_served_classes(
     names: Sequence[str], config_path: str | None
 ) -> dict[str, type[Environment]]:
     """Import the named environments and apply `environments.<name>.options` from the config."""
-    from bridge.config import is_hosted, load_config
-    from bridge.errors import ConfigError
+    from contract.config import is_hosted, load_config
+    from contract.errors import ConfigError
     from envs.errors import UnknownEnvironment
     from envs.registry import configure_env, load_env_class
 

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from envs.server.errors import OrsReason
+from contract.vocab import OrsReason
 
 __all__ = ["ConnectionLimits", "default_max_connections", "guarded_protocol"]
 

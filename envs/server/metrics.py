@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
-from bridge.vocab import Vocabulary
+from contract.vocab import Vocabulary
 
 
 class CallStatus(Vocabulary):

@@ -39,8 +39,9 @@ from openreward.environments.utils import run_user_callable
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from contract.vocab import OrsReason, ToolRefusal
 from envs.server.budget import BudgetExceeded, CallBudget
-from envs.server.errors import ClientGone, OrsError, OrsReason, ToolCrashed
+from envs.server.errors import ClientGone, OrsError, ToolCrashed
 from envs.server.metrics import CallStatus, ServerMetrics
 from envs.server.served import ServedEnv
 from envs.server.sessions import Session, SessionTable
@@ -78,14 +79,14 @@ SESSION_TOOLSETS_ATTR = "session_toolsets"
 _BLOCKS = TypeAdapter(list[TextBlock | ImageBlock])
 _MESSAGES = TypeAdapter(list[Message])
 
+
 # Tool-call failure reasons -> HTTP status for clients that ask for plain JSON instead of SSE.
-_REASON_STATUS = {
-    "not_found": 404,
-    "name_collision": 409,
-    "input_validation": 422,
-    "bad_input_shape": 400,
-    "episode_finished": 409,
-}
+def _refusal_status(reason: str) -> int:
+    """The HTTP status of a tool call the environment refused (an unknown reason: 422)."""
+    try:
+        return ToolRefusal(reason).status
+    except ValueError:
+        return 422
 
 
 async def _teardown_quietly(env: Environment) -> None:
@@ -737,7 +738,7 @@ class OrsRouter:
             return
         body = orjson.loads(result)
         body["detail"] = body.get("error", "")
-        await send_body(req.send, _REASON_STATUS.get(reason, 422), orjson.dumps(body))
+        await send_body(req.send, _refusal_status(reason), orjson.dumps(body))
 
     @staticmethod
     def _outcome_events(outcome: asyncio.Future[tuple[str, str | None]]) -> bytes:

@@ -11,7 +11,8 @@ import orjson
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from envs.server.errors import ClientGone, OrsError, OrsReason
+from contract.vocab import OrsReason
+from envs.server.errors import ClientGone, OrsError
 from envs.server.served import ServedEnv
 
 __all__ = [

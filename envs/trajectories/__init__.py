@@ -9,7 +9,7 @@ Modules:
     api       TrajectoryService: the upload endpoints, a JSON API over the store, the web UI
     webui     server-rendered pages: runs, a run's rollouts, one rollout (provenance, tripwires,
               drift, GRPO group with advantages), reward chart
-    evals     evals in the store (`python -m bridge.launch.eval`): spec, models, episodes, report
+    evals     evals in the store (`python -m tools.eval`): spec, models, episodes, report
     evalui    the eval pages: the evals, one eval's model comparison, one task across models
     errors    StoreError, SpecMismatch (under envs.errors.EnvsError); ApiReason, the API's refusals
     static/   the pages' templates, stylesheet and script (no CDN)

@@ -34,9 +34,9 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
+from contract.trajectory_events import Event, EventBatch, IngestResult, Rejected
 from envs.trajectories.errors import ApiReason
 from envs.trajectories.evalui import eval_api_router, eval_pages_router
-from envs.trajectories.events import Event, EventBatch, IngestResult, Rejected
 from envs.trajectories.store import READ_CONNECTIONS, RolloutFilter, TrajectoryStore
 from envs.trajectories.webui import pages_router
 

@@ -11,7 +11,7 @@ EnvsError
 
 from __future__ import annotations
 
-from bridge.vocab import Vocabulary
+from contract.vocab import Vocabulary
 from envs.errors import EnvsError
 
 __all__ = ["ApiReason", "SpecMismatch", "StoreError"]

@@ -1,6 +1,6 @@
 """Evals in the trajectory store: an eval's spec and report, its models, one row per episode.
 
-`python -m bridge.launch.eval` writes here; the web UI's comparison page reads here. Every episode
+`python -m tools.eval` writes here; the web UI's comparison page reads here. Every episode
 is an ordinary rollout (run `<eval>/<model>`, so the run pages show it too) plus an
 `eval_episodes` row naming it, written in one transaction: the row exists exactly when the
 rollout does, and a resumed eval reruns exactly the episodes without a row.
@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
+from contract.trajectory_events import EventBatch
 from envs.trajectories.errors import SpecMismatch
-from envs.trajectories.events import EventBatch
 from envs.trajectories.store import TrajectoryStore
 
 __all__ = ["EpisodeRow", "EvalModel", "EvalRecords", "SpecMismatch"]

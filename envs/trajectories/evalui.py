@@ -8,7 +8,7 @@
                                    condensed, linking to its full rollout
     /api/evals, /api/evals/{id}, /api/evals/{id}/tasks?env=
 
-The statistics come from the report `python -m bridge.launch.eval` stored with the eval (this
+The statistics come from the report `python -m tools.eval` stored with the eval (this
 page computes none); the per-task outcomes are read live, so a running eval shows its progress.
 """
 

@@ -255,7 +255,7 @@ INSERT OR IGNORE INTO rollout_tripwires(event_id, wire, run_id)
     ON a.run_id = b.run_id AND a.group_key = b.group_key AND a.wire = b.wire AND a.key = b.key
         AND a.event_id <> b.event_id;
 """,
-    # v4: evals (`python -m bridge.launch.eval`): an eval's spec and report, its models, and one
+    # v4: evals (`python -m tools.eval`): an eval's spec and report, its models, and one
     # row per episode naming its stored rollout. A row exists only once its rollout is stored
     # (both in one transaction), so a resumed eval reruns exactly the episodes without a row.
     4: """

@@ -32,9 +32,7 @@ from typing import Any, Literal
 
 import orjson
 
-from envs.trajectories import tripwires
-from envs.trajectories.errors import StoreError
-from envs.trajectories.events import (
+from contract.trajectory_events import (
     MAX_ABS_REWARD,
     NULL,
     Event,
@@ -43,6 +41,8 @@ from envs.trajectories.events import (
     Rejected,
     RolloutEvent,
 )
+from envs.trajectories import tripwires
+from envs.trajectories.errors import StoreError
 from envs.trajectories.schema import connect, migrate
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Episode wires arrive in the rollout's metadata (`tripwires`, decided by the env). Group wires
 are decided here as rollouts arrive, in any order: a rollout whose `tripwire_keys` match
 another rollout of the same run and GRPO group trips the wire, and so does the other one
-(the rule of bridge/env_report.py `group_tripwires`, which the W&B metrics apply per batch).
+(the rule of contract/env_report.py `group_tripwires`, which the W&B metrics apply per batch).
 A tripwire never changes a stored reward.
 """
 
@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from bridge.env_report import MAX_NAME_CHARS, MAX_TRIPWIRES, MAX_VALUE_CHARS
+from contract.env_report import MAX_NAME_CHARS, MAX_TRIPWIRES, MAX_VALUE_CHARS
 
 ANY = "any"
 """The filter value that matches a rollout with any tripped wire."""

@@ -1,0 +1,18 @@
+"""The tools on top: what uses both the environments and the plugin, never loaded by slime.
+
+Modules and packages:
+    launch/         `bash run.sh`: check prerequisites, start services, submit slime through Ray
+    rollout_only    `bash run.sh --rollout-only`: the bridge on N tasks against an engine, no slime
+    eval/           `python -m tools.eval` (`bash run.sh --eval-only`): evaluate and compare models
+    engines/        inference engines for a machine without a GPU: the CPU engine and tiny model
+    prepare_tasks   `python prepare_tasks.py`: the environments as slime's prompt JSONL
+    task_source     where prepare_tasks reads tasks (a local env class, a hosted env), and the one
+                    reader of its JSONL rows
+    replay          `python -m tools.replay ID`: re-execute a stored episode's tool calls, diff them
+    errors          ToolsError and the tools' error types
+
+Floors (tests/test_layout.py): the tools may import `contract`, `envs` and `bridge`; nothing below
+imports the tools. `prepare_tasks.py` and `run.sh` stay at the top of the repository as thin entry
+points; `bridge/launch/` keeps the old `python -m bridge.launch.*` commands as aliases for one
+release.
+"""

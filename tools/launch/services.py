@@ -1,0 +1,177 @@
+"""Local services run.sh starts when they are not already running: the env server, the CPU engine.
+
+`managed_process` starts a command, waits for its health URL, and always stops it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlparse
+
+import httpx
+
+from tools.errors import ServiceError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def answers(url: str, path: str = "/health", timeout: float = 2.0) -> bool:
+    """True when GET url+path returns 200."""
+    try:
+        return httpx.get(f"{url.rstrip('/')}{path}", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def is_loopback(url: str) -> bool:
+    return (urlparse(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def http_url(host: str, port: int) -> str:
+    """`http://host:port`, with an IPv6 host in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now at `host`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, even by
+    SIGKILL."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def env_server_command(config: str, url: str, db: str, tokenizers: Sequence[str] = ()) -> list[str]:
+    """`python -m envs.server` serving the config's local environments at `url`; the web UI's
+    token view may load `tokenizers` (the model's), nothing an upload names."""
+    u = urlparse(url)
+    return [
+        sys.executable,
+        "-m",
+        "envs.server",
+        "--config",
+        str(Path(config).resolve()),
+        *(arg for t in tokenizers for arg in ("--tokenizer", t)),
+        "--host",
+        u.hostname or "127.0.0.1",
+        "--port",
+        str(u.port or 80),
+        "--db",
+        db,
+    ]
+
+
+def local_engine_command(model: str, url: str) -> list[str]:
+    """`python -m tools.engines.local_engine` (CPU, for debugging) serving `/generate` at `url`."""
+    u = urlparse(url)
+    return [
+        sys.executable,
+        "-m",
+        "tools.engines.local_engine",
+        "--model",
+        model,
+        "--host",
+        u.hostname or "127.0.0.1",
+        "--port",
+        str(u.port or 80),
+    ]
+
+
+def wait_until_up(name: str, url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(
+                f"{name} exited with code {proc.returncode} before {url}/health answered"
+            )
+        if answers(url):
+            return
+        time.sleep(0.2)
+    raise ServiceError(f"{name} did not answer {url}/health within {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# Credentials in run.sh's environment that no service it starts uses: an env server must not
+# hold a hosted key a client could make it spend (issue 13), and the CPU engine needs none.
+_CREDENTIAL = re.compile(r"API_KEY|SECRET|PASSWORD|ACCESS_KEY|(^|_)TOKEN$", re.IGNORECASE)
+# ... except these: the env server's own key, the haiku judge's key, Hugging Face downloads.
+SERVICE_CREDENTIALS = ("ENV_SERVER_API_KEY", "LLM_JUDGE_API_KEY", "HF_TOKEN")
+
+
+def service_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without the credentials of hosted services (OPENREWARD_API_KEY, WANDB_API_KEY,
+    ...), keeping SERVICE_CREDENTIALS: the environment run.sh gives the services it starts."""
+    return {
+        k: v for k, v in environ.items() if k in SERVICE_CREDENTIALS or not _CREDENTIAL.search(k)
+    }
+
+
+def start_process(
+    cmd: list[str], stdout: IO[bytes] | None = None, die_with_parent: bool = False
+) -> subprocess.Popen:
+    """`cmd` in the project root with the project on PYTHONPATH (output to `stdout`, or inherited).
+
+    `die_with_parent` also stops it when this process is killed outright (a Ray actor's worker).
+    """
+    env = {
+        **service_environ(os.environ),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    return subprocess.Popen(
+        cmd,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout else None,
+        preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
+    )
+
+
+@contextlib.contextmanager
+def managed_process(
+    name: str, cmd: list[str], url: str, timeout: float = 120.0, log_path: Path | None = None
+) -> Iterator[subprocess.Popen]:
+    """Start `cmd`, wait until `url`/health answers, yield the process, and stop it on exit."""
+    out = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log_path, "ab")
+    proc = start_process(cmd, out)
+    try:
+        wait_until_up(name, url, proc, timeout)
+        yield proc
+    finally:
+        stop(proc)
+        if out is not None:
+            out.close()
