@@ -3,7 +3,7 @@
 #   bash run.sh --model Qwen/Qwen3-4B [options] [-- extra slime args]    (bash run.sh --help)
 #   bash run.sh --rollout-only --engine-url URL --num-tasks N [options]  (bash run.sh --rollout-only --help)
 #   bash run.sh --eval-only --model NAME=URL [--model ...] [options]     (bash run.sh --eval-only --help)
-# The work is done by tools/launch/launcher.py, rollout_only.py and eval/; this picks the Python to run them.
+# The work is done by tools/launch/, tools/rollout_only.py and tools/eval/; this picks the Python.
 set -euo pipefail
 ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 if [ -n "${PYTHON:-}" ]; then

@@ -208,7 +208,9 @@ def test_env_servers_on_ray_serve_another_host_and_stop_with_the_job(
         pytest.skip(f"no second network namespace: {netns_unavailable()}")
     if not (TOKENIZER_DIR / "tokenizer.json").is_file():
         pytest.skip("needs the Qwen3 tokenizer (bash setup.sh --test)")
-    from tools.launch.launcher import build_plan, execute, parse_options
+    from tools.launch.cli import parse_options
+    from tools.launch.execute import execute
+    from tools.launch.plan import build_plan
 
     w: Path = world["tmp"]
     run_name = f"cluster-e2e-{uuid.uuid4().hex[:8]}"

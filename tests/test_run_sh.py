@@ -1,4 +1,4 @@
-"""run.sh (tools/launch/launcher.py): dry-run commands, flags slime knows, prerequisite errors.
+"""run.sh (tools/launch): dry-run commands, flags slime knows, prerequisite errors.
 
 The slime checkout the launcher reads is built per test from the flag lists in
 tests/data/slime_flags/ (extracted from slime v0.2.2 / v0.3.1 / main and the Megatron commits
@@ -40,7 +40,7 @@ from launch_world import (
 
 from tools.errors import LaunchError
 from tools.launch import prerequisites as pre
-from tools.launch.launcher import MEGATRON_FLAGS, global_batch_size
+from tools.launch.slime_args import MEGATRON_FLAGS, global_batch_size
 from tools.launch.slime_flags import flag_choices, flags_in_source, supported_train_backends
 
 
@@ -498,7 +498,9 @@ def test_execute_starts_env_server_health_checked_and_stops_it(world: dict) -> N
     import shutil
     import sys
 
-    from tools.launch.launcher import build_plan, execute, parse_options
+    from tools.launch.cli import parse_options
+    from tools.launch.execute import execute
+    from tools.launch.plan import build_plan
 
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
     run_name = f"launch-exec-{world['port']}"
@@ -585,7 +587,9 @@ def test_sigterm_stops_what_it_started(world: dict) -> None:
     world["config"].write_text(world["config"].read_text().replace("launch-test", run_name))
     program = (
         "import sys\n"
-        "from tools.launch.launcher import build_plan, execute, parse_options\n"
+        "from tools.launch.cli import parse_options\n"
+        "from tools.launch.execute import execute\n"
+        "from tools.launch.plan import build_plan\n"
         "opts, extra = parse_options(sys.argv[1:])\n"
         "plan = build_plan(opts, extra)\n"
         "plan.ray_start_cmd = None\n"

@@ -1,16 +1,23 @@
 """run.sh's side: everything that runs on the launching machine or as the Ray job's entrypoint,
 never inside slime's rollout process.
 
-Modules:
-    launcher        `bash run.sh`: check prerequisites, start services, submit slime's driver to Ray
+Modules (one data flow: options -> plan -> printed by --dry-run, or executed):
+    launcher        `bash run.sh`: parse, plan, print or execute; its exit code
     __main__        `python -m tools.launch` (what run.sh runs): the launcher's CLI
+    cli             run.sh's options, their defaults, and the values refused before planning
+    plan            build_plan: every check and command of a launch (LaunchPlan), format_plan
+    execute         carry a plan out: env servers, Ray head, `ray job submit`; stop them on exit
     prerequisites   what run.sh needs before it can train, each found or named with its fix
+    cluster_plan    where the job runs: the cluster read, the layout fitted, the vendor, the head
     gpus            this machine's GPUs (nvidia-smi, amd-smi, rocm-smi) and what AMD changes
     cluster         the nodes a job runs on, read from Ray's state API or this machine
     layout          the GPU layout (actor nodes x GPUs, rollout GPUs, engines) fitted to a cluster
     modes           --mode sync|async|fully-async: slime's driver and its flags
     resume          which checkpoint --load names given what --save holds (--resume/--no-resume)
     env_servers     the job's env servers: running ones, replicas here, or replicas on Ray
+    job             the Ray job: its id, environment, TRAIN_CONFIG, script and submit command
+    slime_args      the flags run.sh gives slime's driver, checked against the checkout
+    model_args      the Megatron model flags: --model-args, else slime's scripts/models/<model>.sh
     ray_job         the Ray job's entrypoint on a cluster: env-server replicas as Ray actors around
                     slime
     slime_flags     the flags slime (and the Megatron parser it wraps) accepts, read from its

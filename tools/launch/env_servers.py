@@ -20,17 +20,30 @@ every node lands in one store; the others run `--role env`.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from urllib.parse import urlparse
 
-from tools.launch.services import env_server_command, free_port, is_loopback
+from contract.config import TrainConfig, is_hosted
+from tools.errors import LaunchError
+from tools.launch import prerequisites as pre
+from tools.launch.cluster import ClusterView
+from tools.launch.layout import Layout
+from tools.launch.modes import TrainMode
+from tools.launch.services import answers, env_server_command, free_port, is_loopback
 
 # Episodes in flight one replica serves. bench/env_server.py: one replica sustains its peak
 # calls/s from about 256 concurrent episodes on (WhoDunIt, 6 calls each); past that only its
 # latency grows, so more episodes in flight want another replica (another CPU).
 SESSIONS_PER_REPLICA = 256
+# Replicas run.sh picks without --env-servers (each is one process; more are fine, ask for them).
+MAX_DEFAULT_REPLICAS = 16
+# slime's default --sglang-server-concurrency (per engine), which fully-async keeps in flight.
+SGLANG_SERVER_CONCURRENCY = 512
 
 
 # What the env servers read from their environment (envs/gsm8k.py DATA_DIR_ENV, envs/haiku.py
@@ -101,3 +114,104 @@ def local_plan(
 def ray_plan(replicas: int, cpus: float, db: str) -> EnvServerPlan:
     """`replicas` servers the job starts on the Ray cluster."""
     return EnvServerPlan(Placement.RAY, replicas, cpus=cpus, db=str(Path(db).resolve()))
+
+
+def episodes_in_flight(
+    opts: argparse.Namespace, mode: TrainMode, layout: Layout, extra: list[str]
+) -> int:
+    """Concurrent episodes the job runs: a rollout's samples, or fully-async's pool."""
+    if (
+        mode is TrainMode.FULLY_ASYNC
+    ):  # slime keeps --sglang-server-concurrency per engine in flight
+        per_engine = SGLANG_SERVER_CONCURRENCY
+        if "--sglang-server-concurrency" in extra:
+            i = extra.index("--sglang-server-concurrency")
+            with contextlib.suppress(IndexError, ValueError):
+                per_engine = int(extra[i + 1])
+        return per_engine * layout.engines
+    return opts.rollout_batch_size * opts.n_samples
+
+
+def plan_env_servers(
+    opts: argparse.Namespace,
+    cfg: TrainConfig | None,
+    on_ray: bool,
+    probe: bool,
+    episodes: int,
+    checks: list[pre.Check],
+    notes: list[str],
+) -> EnvServerPlan | None:
+    """The job's env servers: running ones, replicas on this machine, or replicas on the Ray
+    cluster."""
+    if cfg is None or all(is_hosted(n) for n in cfg.environments):
+        return None
+    urls = [opts.env_server.rstrip("/")] if opts.env_server else cfg.env_server_urls
+    running = frozenset(u for u in urls if probe and answers(u))
+    replicas = opts.env_servers or max(
+        min(default_replicas(episodes), MAX_DEFAULT_REPLICAS),
+        0 if on_ray else sum(1 for u in urls if is_loopback(u)),
+    )
+    reachable = [u for u in urls if not on_ray or not is_loopback(u)]
+    top_up = not on_ray and (opts.env_servers or 0) > len(urls)  # asked for more than run
+    if reachable == urls and set(urls) <= running and not top_up:
+        notes += [f"env server already answers at {u}" for u in urls]
+        if opts.env_servers and opts.env_servers != len(urls):
+            notes.append(f"--env-servers {opts.env_servers} ignored: the running servers are used")
+        return EnvServerPlan(Placement.EXTERNAL, len(urls), urls)
+    for u in urls:
+        if not is_loopback(u) and u not in running:
+            checks.append(
+                pre.Check(
+                    "env server",
+                    False,
+                    f"{u} does not answer /health",
+                    f"start it there: python -m envs.server --config {opts.config} "
+                    f"--host 0.0.0.0 --port {urlparse(u).port or 80} (or drop it from env_server "
+                    "and let run.sh start replicas)",
+                )
+            )
+    if not on_ray:
+        plan = local_plan(opts.config, urls, replicas, opts.db, running)
+        # the web UI's token view may load the model's tokenizer, nothing an upload names
+        at = 5  # after `python -m envs.server --config FILE`
+        plan.commands = [
+            (u, [*cmd[:at], "--tokenizer", opts.model, *cmd[at:]]) for u, cmd in plan.commands
+        ]
+        notes += [f"env server already answers at {u}" for u in plan.urls if u in running]
+        return plan
+    if opts.env_server and is_loopback(opts.env_server):
+        raise LaunchError(
+            f"--env-server {opts.env_server} is a loopback address, which other nodes of the Ray "
+            "cluster do not reach: drop it (the job starts replicas on the cluster) or give an "
+            "address they reach"
+        )
+    loopback = [u for u in urls if is_loopback(u)]
+    if loopback:
+        notes.append(
+            f"env_server {', '.join(loopback)} is loopback, which other nodes do not reach: the "
+            f"job starts {replicas} replica(s) on the Ray cluster instead"
+        )
+    return ray_plan(replicas, opts.env_server_cpus, opts.db)
+
+
+def check_cluster_cpus(
+    plan: EnvServerPlan, layout: Layout, view: ClusterView | None, checks: list[pre.Check]
+) -> None:
+    """Ray reserves CPUs: the replicas, one per GPU bundle of slime's placement group, and two
+    drivers."""
+    if view is None or not view.on_ray:
+        return
+    need = plan.replicas * plan.cpus + layout.gpus_used + 2
+    ok = view.total_cpus >= need
+    detail = (
+        f"{plan.replicas} replica(s) x {plan.cpus:g} CPU, placed by Ray; replica 0 keeps the "
+        f"store {plan.db} on the job's node"
+        if ok
+        else f"{plan.replicas} replica(s) x {plan.cpus:g} CPU + {layout.gpus_used} GPU bundles "
+        f"(1 CPU each) + 2 drivers need {need:g} CPUs, the cluster has {view.total_cpus}"
+    )
+    checks.append(
+        pre.Check(
+            "env servers", ok, detail, "" if ok else "lower --env-servers or --env-server-cpus"
+        )
+    )

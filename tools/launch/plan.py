@@ -1,0 +1,405 @@
+"""The launch plan: every check and command of a `bash run.sh` training launch, decided before
+anything runs.
+
+`build_plan` is pure apart from probing the machine and the Ray cluster; `format_plan` is what
+`--dry-run` prints; `tools.launch.execute` carries the plan out. What a plan holds, in order:
+
+- the cluster: an existing Ray cluster at --ray-address (its nodes, GPUs and vendor read from
+  Ray), else this machine (nvidia-smi / amd-smi / rocm-smi) with a Ray head run.sh starts
+  (`tools.launch.cluster_plan`);
+- the GPU layout fitted to it (`tools.launch.layout`), the mode's driver (`tools.launch.modes`),
+  the checkpoint to load (`tools.launch.resume`);
+- the env servers (`tools.launch.env_servers`): on this machine, or on the Ray cluster through
+  the job's entrypoint (`tools.launch.ray_job`);
+- slime's flags (`tools.launch.slime_args`), each checked against the slime checkout (slime
+  ignores unknown flags);
+- the Ray job: its environment, script and submit command (`tools.launch.job`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contract.config import TRAIN_CONFIG_ENV, TrainConfig
+from tools.errors import LaunchError, ModeError, ResumeError
+from tools.launch import prerequisites as pre
+from tools.launch.cli import DEFAULT_EVAL_INTERVAL, check_options
+from tools.launch.cluster import ClusterView
+from tools.launch.cluster_plan import fit_cluster_layout, gpu_vendor, ray_head_cmd, read_cluster
+from tools.launch.env_servers import (
+    EnvServerPlan,
+    Placement,
+    check_cluster_cpus,
+    episodes_in_flight,
+    plan_env_servers,
+)
+from tools.launch.gpus import GpuVendor
+from tools.launch.job import (
+    job_config,
+    job_env,
+    rocm_env,
+    submission_id,
+    submit_command,
+    train_script,
+)
+from tools.launch.model_args import resolve_model_args
+from tools.launch.modes import ModePlan, TrainMode, mode_plan, resolve_colocate
+from tools.launch.resume import LoadPlan, plan_load
+from tools.launch.slime_args import TrainInputs, check_emitted_flags, slime_train_args
+from tools.launch.slime_flags import supported_train_backends
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class LaunchPlan:
+    """Everything `execute` does, in order; `--dry-run` prints it."""
+
+    checks: list[pre.Check]
+    notes: list[str]
+    env_plan: EnvServerPlan | None
+    """None: hosted envs only."""
+    ray_start_cmd: list[str] | None
+    """`ray start --head --block ...` run.sh runs here; None: a Ray cluster answers at
+    ray_address."""
+    ray_address: str
+    slime_dir: Path
+    job_wrapper: list[str]
+    """Runs before the driver in the job (tools.launch.ray_job starting replicas on Ray), or []."""
+    train_cmd: list[str]
+    """slime's driver and its flags."""
+    train_script_path: Path
+    submit_cmd: list[str]
+    submission_id: str
+    job_env: dict[str, str]
+    """The Ray job's runtime_env env_vars."""
+    secret_env: list[str] = field(default_factory=list)
+    """Keys in job_env whose values are secrets (masked in the dry run)."""
+    config_override: dict | None = None
+    """Written to job_env[TRAIN_CONFIG] before the job when --env-server or extra replicas
+    change the config's env_server."""
+    ray_start_env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of the Ray head run.sh starts (ROCm)."""
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def env_servers(self) -> list[tuple[str, list[str]]]:
+        """(url, command) of each env server run.sh starts on this machine."""
+        return self.env_plan.commands if self.env_plan is not None else []
+
+    @property
+    def env_server_url(self) -> str | None:
+        if self.env_plan is None:
+            return None
+        return self.env_plan.urls[0] if self.env_plan.urls else "(replica 0 on the Ray cluster)"
+
+    @property
+    def train_script(self) -> str:
+        """The shell script the Ray job runs: every argument quoted once, so nothing is re-split."""
+        return train_script(self.job_wrapper, self.train_cmd, self.slime_dir)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What the run reads: its config, and the eval file and interval."""
+
+    cfg: TrainConfig | None
+    eval_data: str | None
+    eval_interval: int | None
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """The code the job runs: slime, Megatron, the mode's driver."""
+
+    slime_path: Path | None
+    megatron_path: Path | None
+    modes: ModePlan
+    backend_ok: bool
+    """False: this slime lacks the train backend (its flags are moot)."""
+
+
+def build_plan(
+    opts: argparse.Namespace,
+    extra: list[str],
+    environ: dict[str, str] | None = None,
+    gpus: int | None = None,
+    probe: bool = True,
+) -> LaunchPlan:
+    """Check prerequisites and decide every command. `gpus`/`probe` let tests fix the machine
+    state."""
+    environ = dict(os.environ if environ is None else environ)
+    checks: list[pre.Check] = []
+    notes: list[str] = []
+    mode, colocate, load = _decide_mode_and_load(opts, notes)
+    inputs = _check_inputs(opts, environ, checks, notes)
+    src = _check_sources(opts, mode, checks)
+
+    ray_address, cluster_up, view = read_cluster(opts, probe, gpus, checks)
+    layout = fit_cluster_layout(opts, view, colocate, checks, notes)
+    vendor = gpu_vendor(opts, view, checks)
+    checks.append(pre.check_checkpoint(load.load, opts.model, from_load=load.load != opts.model))
+    checks.append(pre.check_ray())
+    ray_cmd = pre.ray_executable() or "ray"
+    model_args = _model_args(opts, load, src.slime_path, checks, notes)
+
+    on_ray = cluster_up and view is not None
+    env_plan = plan_env_servers(
+        opts,
+        inputs.cfg,
+        on_ray,
+        probe,
+        episodes_in_flight(opts, mode, layout, extra),
+        checks,
+        notes,
+    )
+    if env_plan is not None and env_plan.placement is Placement.RAY:
+        check_cluster_cpus(env_plan, layout, view, checks)
+    ray_start = None if cluster_up else ray_head_cmd(ray_cmd, ray_address, view, layout)
+
+    run_name = inputs.cfg.run_name if inputs.cfg is not None else "slime-envs"
+    train_args = slime_train_args(
+        opts,
+        TrainInputs(
+            layout=layout,
+            load=load,
+            mode=src.modes,
+            vendor=vendor,
+            model_args=model_args,
+            eval_data=inputs.eval_data,
+            eval_interval=inputs.eval_interval,
+            wandb_offline=not environ.get("WANDB_API_KEY"),
+            wandb_group=opts.wandb_group or run_name,
+        ),
+    )
+    if src.backend_ok:  # flags of an unsupported backend are moot
+        check_emitted_flags(
+            train_args, model_args, opts.train_backend, src.slime_path, checks, notes
+        )
+
+    sid = submission_id()
+    run_dir = PROJECT_ROOT / "runs" / run_name
+    train_config, config_override, job_wrapper = job_config(
+        opts, inputs.cfg, env_plan, run_dir / sid
+    )
+    env, secret_env, ray_start_env = _job_environment(
+        opts, inputs.cfg, src, environ, vendor, view, train_config, job_wrapper, notes
+    )
+    slime_dir = src.slime_path or Path("${SLIME_PATH}")
+    script_path = run_dir / f"{sid}.sh"
+    if extra:
+        notes.append(f"passed to slime unchanged: {shlex.join(extra)}")
+    return LaunchPlan(
+        checks=checks,
+        notes=notes,
+        env_plan=env_plan,
+        ray_start_cmd=ray_start,
+        ray_address=ray_address,
+        slime_dir=slime_dir,
+        job_wrapper=job_wrapper,
+        train_cmd=[opts.python, str(slime_dir / src.modes.driver), *train_args, *extra],
+        train_script_path=script_path,
+        submit_cmd=submit_command(ray_cmd, ray_address, sid, env, script_path),
+        submission_id=sid,
+        job_env=env,
+        secret_env=secret_env,
+        config_override=config_override,
+        ray_start_env=ray_start_env,
+    )
+
+
+def _decide_mode_and_load(
+    opts: argparse.Namespace, notes: list[str]
+) -> tuple[TrainMode, bool, LoadPlan]:
+    """The mode, whether it colocates, and the checkpoint to load; LaunchError for options that
+    cannot go together."""
+    mode = TrainMode(opts.mode)
+    try:
+        colocate = resolve_colocate(mode, opts.colocate)
+    except ModeError as e:
+        raise LaunchError(str(e)) from None
+    check_options(opts, mode)
+    try:
+        load = plan_load(opts.model, opts.load, opts.save, opts.resume)
+    except ResumeError as e:
+        raise LaunchError(str(e)) from None
+    if load.note:
+        notes.append(load.note)
+    return mode, colocate, load
+
+
+def _check_inputs(
+    opts: argparse.Namespace, environ: dict[str, str], checks: list[pre.Check], notes: list[str]
+) -> _Inputs:
+    """The config, the task file, the eval file and the hosted envs' API keys."""
+    cfg_check, cfg = pre.check_config(opts.config)
+    checks.append(cfg_check)
+    checks.append(pre.check_task_file(opts.task_data, opts.config))
+    eval_data, eval_interval = _plan_eval(opts, checks, notes)
+    if cfg is not None:
+        checks.append(pre.check_api_keys(cfg, environ))
+    return _Inputs(cfg, eval_data, eval_interval)
+
+
+def _check_sources(opts: argparse.Namespace, mode: TrainMode, checks: list[pre.Check]) -> _Sources:
+    """The slime checkout and its train backend, Megatron-LM, and the mode's driver."""
+    slime = pre.check_slime(opts.slime_path)
+    checks.append(slime)
+    slime_path = Path(opts.slime_path).resolve() if slime.ok else None
+    backend_ok = True
+    if slime_path is not None:
+        backend = pre.check_train_backend(
+            opts.train_backend, supported_train_backends(slime_path), str(slime_path)
+        )
+        checks.append(backend)
+        backend_ok = backend.ok
+    megatron_path: Path | None = None
+    if opts.train_backend == "megatron":
+        meg = pre.check_megatron(opts.megatron_path)
+        checks.append(meg)
+        if meg.ok and opts.megatron_path:
+            megatron_path = Path(opts.megatron_path).resolve()
+    try:
+        modes = mode_plan(mode, slime_path, opts.update_weights_interval)
+    except ModeError as e:
+        checks.append(pre.Check("training mode", False, str(e)))
+        modes = ModePlan("train_async.py")
+    return _Sources(slime_path, megatron_path, modes, backend_ok)
+
+
+def _model_args(
+    opts: argparse.Namespace,
+    load: LoadPlan,
+    slime_path: Path | None,
+    checks: list[pre.Check],
+    notes: list[str],
+) -> list[str]:
+    """Megatron's model flags (none for FSDP), and whether this slime can load the weights."""
+    if opts.train_backend != "megatron":
+        return []
+    model_args: list[str] = []
+    try:
+        model_args, source = resolve_model_args(opts, slime_path)
+        notes.append(f"Megatron model args: {source}")
+    except LaunchError as e:
+        checks.append(pre.Check("model args", False, str(e), "pass --model-args"))
+        source = None
+    if slime_path is not None and Path(load.load).is_dir():
+        script = source if source and source.endswith(".sh") else None
+        checks.append(pre.check_megatron_weights(load.load, slime_path, script))
+    return model_args
+
+
+def _job_environment(
+    opts: argparse.Namespace,
+    cfg: TrainConfig | None,
+    src: _Sources,
+    environ: dict[str, str],
+    vendor: GpuVendor,
+    view: ClusterView | None,
+    train_config: Path,
+    job_wrapper: list[str],
+    notes: list[str],
+) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """The job's env_vars, which of them are secrets, and the environment of a Ray head run.sh
+    starts (ROCm's on AMD GPUs)."""
+    if job_wrapper:  # replicas on a cluster network: guarded by a key of this job's
+        environ.setdefault("ENV_SERVER_API_KEY", secrets.token_urlsafe(24))
+    pythonpath = [str(PROJECT_ROOT)] + ([str(src.megatron_path)] if src.megatron_path else [])
+    env, secret_env = job_env(
+        pythonpath + src.modes.pythonpath,
+        train_config,
+        cfg,
+        environ,
+        use_wandb=not opts.no_wandb,
+        env_servers_in_job=bool(job_wrapper),
+    )
+    ray_start_env: dict[str, str] = {}
+    if vendor is GpuVendor.AMD:
+        rocm_job, ray_start_env = rocm_env(view, environ)
+        env.update(rocm_job)
+        notes.append("AMD GPUs: ROCm environment and flags as slime's scripts/run-qwen3-4B-amd.sh")
+    return env, secret_env, ray_start_env
+
+
+def default_eval_path(task_data: str) -> Path:
+    """Where prepare_tasks.py puts the eval rows of `task_data`: eval_<name> beside it."""
+    p = Path(task_data)
+    return p.with_name("eval_" + p.name)
+
+
+def _plan_eval(
+    opts: argparse.Namespace, checks: list[pre.Check], notes: list[str]
+) -> tuple[str | None, int | None]:
+    """The eval file and interval: --eval-data, else the prepared eval file when it exists."""
+    if opts.no_eval:
+        if opts.eval_data or opts.eval_interval is not None:
+            raise LaunchError("--no-eval contradicts --eval-data/--eval-interval: drop one")
+        return None, None
+    data = opts.eval_data
+    interval = opts.eval_interval or DEFAULT_EVAL_INTERVAL
+    if data:
+        checks.append(pre.check_task_file(data, opts.config, "eval task file", "--eval-output"))
+    else:
+        default = default_eval_path(opts.task_data)
+        if default.is_file() and default.stat().st_size > 0:
+            data = str(default)
+            notes.append(
+                f"eval: {default} every {interval} rollouts (prepared by prepare_tasks.py; "
+                "--no-eval skips it)"
+            )
+        elif opts.eval_interval is not None:
+            raise LaunchError(
+                f"--eval-interval needs --eval-data FILE, or {default} (python prepare_tasks.py "
+                f"--config {opts.config} --output {opts.task_data} writes it)"
+            )
+    return (data, interval) if data else (None, None)
+
+
+def _masked(plan: LaunchPlan, env: dict[str, str]) -> dict[str, str]:
+    return {k: ("***" if k in plan.secret_env else v) for k, v in env.items()}
+
+
+def format_plan(plan: LaunchPlan) -> str:
+    """The dry-run text: prerequisites, environment, and every command in order."""
+    out = ["# prerequisites"] + [c.line() for c in plan.checks]
+    out += [f"# note: {n}" for n in plan.notes]
+    out.append("# Ray job environment (runtime_env env_vars)")
+    out += [f"export {k}={shlex.quote(v)}" for k, v in _masked(plan, plan.job_env).items()]
+    out.append("# commands")
+    if plan.config_override is not None:
+        urls = plan.env_plan.urls if plan.env_plan is not None else []
+        out.append(
+            f"# write {plan.job_env[TRAIN_CONFIG_ENV]} (the config with env_server: "
+            f"{', '.join(urls)})"
+        )
+    for url, cmd in plan.env_servers:
+        out.append(shlex.join(cmd) + " &   # stopped on exit")
+        out.append(f"# wait for {url}/health")
+    if plan.env_plan is not None and plan.env_plan.placement is Placement.RAY:
+        out.append(
+            f"# on the Ray cluster, the job's entrypoint starts {plan.env_plan.replicas} "
+            "env-server "
+            f"replica(s) as Ray actors ({plan.env_plan.cpus:g} CPU each; replica 0 keeps the store "
+            f"{plan.env_plan.db}), writes their URLs to {plan.job_env[TRAIN_CONFIG_ENV]}, and "
+            "stops them when the job ends"
+        )
+    if plan.ray_start_cmd:
+        env = "".join(f"{k}={shlex.quote(v)} " for k, v in plan.ray_start_env.items())
+        out.append(env + shlex.join(plan.ray_start_cmd) + " &   # stopped on exit")
+    out.append(f"# write {plan.train_script_path}:")
+    out += ["    " + line for line in plan.train_script.splitlines()]
+    masked_submit = list(plan.submit_cmd)
+    i = masked_submit.index("--runtime-env-json") + 1
+    masked_submit[i] = json.dumps({"env_vars": _masked(plan, plan.job_env)})
+    out.append(shlex.join(masked_submit))
+    return "\n".join(out)
