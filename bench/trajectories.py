@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.procs import free_port  # noqa: E402
 from bridge.trajectory import Trajectory  # noqa: E402
-from bridge.trajectory_sink import trajectory_events  # noqa: E402
+from bridge.trajectory_codec import trajectory_events  # noqa: E402
 from contract.trajectory_events import EventBatch  # noqa: E402
 from envs.trajectories.store import TrajectoryStore  # noqa: E402
 
@@ -413,7 +413,7 @@ def bench_list(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, st
 
 
 async def _sink_run(url: str, spool: Path, n: int, turns: int) -> dict[str, float]:
-    from bridge.trajectory_sink import TrajectoryUploader
+    from bridge.trajectory_uploader import TrajectoryUploader
 
     trajs = [twenty_turn_trajectory(i, turns, True, run="bench-sink") for i in range(n)]
     up = TrajectoryUploader(url, str(spool), "bench-sink")

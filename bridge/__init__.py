@@ -34,7 +34,9 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
                      builder (training and eval)
     provenance       what produced a trajectory: env/task/tokenizer/sampling/weights/bridge versions
     drift            drift forensics: where the token context diverged, the two token runs decoded
-    trajectory_sink  finished episodes -> OpenReward rollout events -> a server, spooled to disk
+    trajectory_sink  the sink for a config (one per process and loop): uploader or disabled
+    trajectory_codec finished episodes as OpenReward rollout events; journal and spool lines
+    trajectory_uploader  episodes -> journal -> batches -> a server, spooled to disk meanwhile
     trajectory_spool the sink's files: a journal of submitted episodes, a spool of undelivered ones
     metrics          slime's rollout-log hooks: per-environment episode metrics to W&B
 

@@ -19,7 +19,7 @@ from sglang_stub import SGLangStub, Turn
 from bridge.generate import close_clients, set_trajectory_sink
 from bridge.metrics import episode_metrics
 from bridge.provenance import bridge_version, tokenizer_fingerprint
-from bridge.trajectory_sink import SinkSettings, TrajectoryUploader
+from bridge.trajectory_uploader import SinkSettings, TrajectoryUploader
 from envs.gsm8k import GSM8K
 from envs.haiku import Haiku
 from envs.provenance import env_version

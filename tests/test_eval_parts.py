@@ -13,7 +13,7 @@ from openai_stub import OpenAIStub, Reply
 
 from bridge.errors import EngineError
 from bridge.trajectory import Trajectory
-from bridge.trajectory_sink import trajectory_events
+from bridge.trajectory_codec import trajectory_events
 from envs.trajectories.errors import SpecMismatch
 from envs.trajectories.evals import EpisodeRow, EvalModel, EvalRecords
 from envs.trajectories.schema import SCHEMA_VERSION

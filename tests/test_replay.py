@@ -21,7 +21,7 @@ from generate_helpers import call, make_args, make_sample, open_sessions, record
 from ors_episodes import PERFECT_HAIKU
 
 from bridge.generate import close_clients, set_trajectory_sink
-from bridge.trajectory_sink import SinkSettings, TrajectoryUploader
+from bridge.trajectory_uploader import SinkSettings, TrajectoryUploader
 from envs.whodunit import WhoDunIt
 from tools import replay
 

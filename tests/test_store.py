@@ -371,16 +371,16 @@ def test_concurrent_writers_commit_everything(store: TrajectoryStore) -> None:
 
 
 def test_a_failing_batch_does_not_sink_its_neighbours(store: TrajectoryStore, monkeypatch) -> None:
-    from envs.trajectories import store as store_mod
+    from envs.trajectories import writer as writer_mod
 
-    real = store_mod._Writer._insert_rollout
+    real = writer_mod.Writer._insert_rollout
 
     def flaky(self, prepared, run_id, now):
         if prepared.run_name == "boom":
             raise sqlite3.IntegrityError("simulated constraint failure")
         return real(self, prepared, run_id, now)
 
-    monkeypatch.setattr(store_mod._Writer, "_insert_rollout", flaky)
+    monkeypatch.setattr(writer_mod.Writer, "_insert_rollout", flaky)
     good1 = store.submit(rollout_events()[1])
     bad = store.submit(rollout_events(run="boom")[1])
     good2 = store.submit(rollout_events()[1])

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bridge.trajectory import Trajectory
-from bridge.trajectory_sink import trajectory_events
+from bridge.trajectory_codec import trajectory_events
 from contract.trajectory_events import EventBatch
 from envs.trajectories.advantages import group_advantages
 from envs.trajectories.schema import connect, migrate

@@ -20,14 +20,9 @@ import pytest
 from conftest import REPO, env_server, free_port
 
 from bridge.trajectory import Trajectory
-from bridge.trajectory_sink import (
-    DisabledSink,
-    SinkSettings,
-    TrajectoryUploader,
-    encode_line,
-    get_sink,
-    trajectory_events,
-)
+from bridge.trajectory_codec import encode_line, trajectory_events
+from bridge.trajectory_sink import DisabledSink, get_sink
+from bridge.trajectory_uploader import SinkSettings, TrajectoryUploader
 from contract.config import parse_config
 
 FAST = SinkSettings(backoff_base_s=0.2, backoff_cap_s=2.0, max_age_s=0.2)
@@ -198,7 +193,7 @@ def test_trainer_data_rides_in_rollout_metadata() -> None:
 
 
 def test_hosted_requests_respect_the_sdk_batch_limits(tmp_path: Path) -> None:
-    from bridge.trajectory_sink import HOSTED_SETTINGS, encode_line
+    from bridge.trajectory_uploader import HOSTED_SETTINGS
 
     up = TrajectoryUploader(
         "http://127.0.0.1:9",
@@ -229,7 +224,6 @@ def test_hosted_requests_respect_the_sdk_batch_limits(tmp_path: Path) -> None:
 
 
 def test_local_requests_join_whole_trajectories_within_limits(tmp_path: Path) -> None:
-    from bridge.trajectory_sink import encode_line
 
     up = TrajectoryUploader(
         "http://127.0.0.1:9",
@@ -316,7 +310,7 @@ def test_spool_left_by_a_dead_process_is_delivered(traj_server: str, tmp_path: P
 import asyncio, os, sys
 sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / "tests")!r})
 from test_trajectory_sink import make_trajectory, FAST
-from bridge.trajectory_sink import TrajectoryUploader
+from bridge.trajectory_uploader import TrajectoryUploader
 async def main():
     up = TrajectoryUploader("http://127.0.0.1:9", {str(spool)!r}, "orphan-run", settings=FAST)
     for i in range(12):
@@ -470,7 +464,7 @@ async def test_torn_lines_are_quarantined_and_never_stall_delivery(
 ) -> None:
     """One torn line once stopped its spool file for good (the spool task died silently, and so
     did every later process on the same file). Torn spool and journal lines are set aside."""
-    from bridge.trajectory_sink import journal_line
+    from bridge.trajectory_codec import journal_line
 
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -500,7 +494,7 @@ import asyncio, json, logging, os, resource, signal, sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(message)s")
 from test_trajectory_sink import make_trajectory, FAST
-from bridge.trajectory_sink import SinkSettings, TrajectoryUploader
+from bridge.trajectory_uploader import SinkSettings, TrajectoryUploader
 # One delivery attempt, then a long backoff: the spool file is not rotated while the episodes
 # arrive, so it must outgrow the limit (a per-file limit; rotations could dodge it otherwise).
 SLOW = SinkSettings(backoff_base_s=60.0, backoff_cap_s=60.0, max_age_s=0.2)
@@ -564,7 +558,7 @@ KILL_CHILD = """
 import asyncio, os, signal, sys, time
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 from test_trajectory_sink import make_trajectory, FAST
-from bridge.trajectory_sink import TrajectoryUploader
+from bridge.trajectory_uploader import TrajectoryUploader
 async def main():
     up = TrajectoryUploader({url!r}, {spool!r}, "kill-run", settings=FAST)
     took = []

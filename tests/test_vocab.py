@@ -14,7 +14,7 @@ import pytest
 from bridge import metrics
 from bridge.sample import FallbackSample
 from bridge.trajectory import Trajectory
-from bridge.trajectory_sink import trajectory_events
+from bridge.trajectory_codec import trajectory_events
 from contract.trajectory_events import EventBatch
 from contract.vocab import (
     FAILURE_STOPS,

@@ -13,7 +13,7 @@ import pytest
 from conftest import env_server
 from webui_helpers import shot, ui_trajectory
 
-from bridge.trajectory_sink import SinkSettings, TrajectoryUploader
+from bridge.trajectory_uploader import SinkSettings, TrajectoryUploader
 
 
 @pytest.fixture(scope="module")

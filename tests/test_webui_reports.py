@@ -14,7 +14,7 @@ import pytest
 from conftest import env_server
 from webui_helpers import XSS, shot, ui_trajectory
 
-from bridge.trajectory_sink import SinkSettings, TrajectoryUploader
+from bridge.trajectory_uploader import SinkSettings, TrajectoryUploader
 from envs.trajectories.advantages import group_advantages
 
 RUN = "ui-reports"

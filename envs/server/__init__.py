@@ -8,7 +8,14 @@ machinery, and also hosts the trajectory service (`envs/trajectories/`).
 Modules:
     __main__    the CLI: flags, loading the environments and the trajectory service, uvicorn
     app         `create_app`: the ORS router in front of a FastAPI app carrying the services
-    protocol    the ORS router: one handler per ORS path, tool calls, SSE streaming and resume
+    router      the ORS router: raw ASGI in front of the app, API key, errors as typed answers
+    routes      the route table: each ORS path's method and typed handler
+    context     what every handler reads: envs, settings, sessions, metrics, budget; lookups
+    lifecycle   a session's life: /create_session, /create (toolsets), /ping, /delete
+    catalog     session-free answers: environments, version, metrics, splits, tools, tasks
+    session_views  a session's prompt, messages and task tools
+    calls       tool calls and score_group under the call budget
+    streaming   answering a call: SSE (task_id, keepalives, result) or plain JSON; resume
     wire        the wire format: requests, JSON and SSE bodies, X-Secrets, typed body fields
     served      environment classes checked as the SDK server checks them, static answers cached
     sessions    the session table: live environment instances, idle reaping, the session cap

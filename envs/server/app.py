@@ -19,7 +19,7 @@ from openreward.environments import Environment
 from envs.server.budget import DEFAULT_TOOL_BUDGET_S
 from envs.server.metrics import ServerMetrics
 from envs.server.openapi import install_openapi
-from envs.server.protocol import OrsRouter
+from envs.server.router import OrsRouter
 from envs.server.served import named_envs
 from envs.server.sessions import SessionTable
 

@@ -1,6 +1,6 @@
 """The server's OpenAPI schema (`GET /openapi.json`): every route, so standard fuzzers can drive it.
 
-The ORS routes are answered by the raw-ASGI router (envs/server/protocol.py), outside FastAPI,
+The ORS routes are answered by the raw-ASGI router (envs/server/router.py), outside FastAPI,
 so they are described here from one table; FastAPI describes the routes of the services it
 carries (the rollout-upload API, the JSON API and the web UI pages), and `install_openapi`
 merges the two. Request bodies are typed as the handlers read them; responses name the ORS

@@ -3,7 +3,13 @@
 Modules:
     events    the rollout-upload wire events (`POST /v1/rollouts`), validated into plain dicts
     schema    the SQLite schema: versioned migrations and the connection every user opens
-    store     the store: one writer thread with group commit, fast indexed reads
+    store     the store: submit() to the writer, the query methods to read
+    event_rows what the upload events become as rows (checked before any write)
+    writer    the single writer thread: group commit, savepoint per batch; WAL checkpoints
+    queries   the reads: runs, one rollout (messages, token arrays), groups, reward series
+    rollout_list  a run's rollout list: filters, sorts, keyset pages, the index each walks
+    read_pool the shared read connections and piecewise blob reads
+    packing   token arrays as packed binary, JSON values as text columns
     tripwires which rollouts tripped which tripwire (group wires matched as rollouts arrive)
     advantages GRPO advantages of a group's rewards, as slime computes them
     api       TrajectoryService: the upload endpoints, a JSON API over the store, the web UI

@@ -26,7 +26,7 @@ from bridge.episode import Budget, Episode, EpisodeResult, ModelStep, TokenModel
 from bridge.provenance import tokenizer_fingerprint
 from bridge.rewards import RewardOutcome
 from bridge.trajectory import EpisodeTokens, episode_trajectory
-from bridge.trajectory_sink import trajectory_events
+from bridge.trajectory_codec import trajectory_events
 from contract.vocab import EpisodeStatus, StopReason
 from envs.trajectories.evals import EpisodeRow, EvalRecords
 from tools.errors import EvalError
