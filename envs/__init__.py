@@ -6,9 +6,10 @@ platform, or in-process.
 Modules:
     gsm8k      GSM8K word problems with a calculator tool and a single answer submission
     gsm8k_data GSM8K data: which copy the gsm8k environment reads, and reading it
-    whodunit   generated murder mysteries with exactly one consistent solution
-    haiku      write a 5-7-5 haiku on a topic; structure from CMUdict, topic words, optional LLM
-               judge
+    whodunit/  generated murder mysteries with exactly one consistent solution (a package:
+               options, names, logic, case, text, scoring, env)
+    haiku/     write a 5-7-5 haiku on a topic; structure from CMUdict, topic words, optional LLM
+               judge (a package: syllables, topics, relevance, judge, env)
     reporting  ReportingEnvironment: provenance on every tool output, tripwires when the episode
                ends
     tripwires  Tripwire declarations: cheap invariants of an honest success (never change the

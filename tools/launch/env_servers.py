@@ -46,9 +46,9 @@ MAX_DEFAULT_REPLICAS = 16
 SGLANG_SERVER_CONCURRENCY = 512
 
 
-# What the env servers read from their environment (envs/gsm8k.py DATA_DIR_ENV, envs/haiku.py
-# JUDGE_*_ENV, envs/trajectories/api.py, the Hub client): replicas on Ray get the launcher's values
-# through the job's environment, as servers run.sh starts here inherit them.
+# What the env servers read from their environment (envs/gsm8k.py DATA_DIR_ENV,
+# envs/haiku/judge.py JUDGE_*_ENV, envs/trajectories/api.py, the Hub client): replicas on Ray get
+# the launcher's values through the job's environment, as servers run.sh starts here inherit them.
 ENV_SERVER_VARS = (
     "GSM8K_DATA_DIR",
     "LLM_JUDGE_URL",
