@@ -9,8 +9,11 @@ The load runs in `--procs` separate processes with bench/env_server.py's lean cl
 generator is not the bottleneck. calls/s = tool calls / wall time of the call phase; "server CPU
 per call" sums the replicas' CPU, which is what a replica costs regardless of machine noise.
 
-    .venv/bin/python bench/env_server_replicas.py [--replicas 2] [--episodes 512] [--rounds 2]
+    .venv/bin/python bench/env_server_replicas.py [--replicas 2,4,8] [--episodes 512] [--rounds 2]
         [--procs 2] [--repeat 3]
+
+`--replicas` takes one count or several (`2,4,8`): every set-up, 1 replica included, is measured in
+the same run, alternating, and each is compared with 1 replica.
 
 Replicas only add calls/s while there are free cores for them (each is one Python process); on
 a shared or small machine the ratio is bounded by its idle cores: the header prints the count
@@ -138,9 +141,37 @@ def measure(counts: tuple[int, ...], a: argparse.Namespace) -> dict[int, list[di
     return runs
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """`2` or `2,4,8`: replica counts above 1, each compared with 1."""
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N1,N2,..., got {text!r}") from None
+    if not counts or any(n < 2 for n in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError("replica counts must be distinct and at least 2")
+    return counts
+
+
+def ratio_line(n: int, one: dict[str, Any], many: dict[str, Any]) -> str:
+    """N replicas against 1 (median runs), each ratio worded the way it went."""
+    calls = many["calls_per_s"] / one["calls_per_s"]
+    p99 = many["p99_ms"] / one["p99_ms"]
+    cpu = many["server_cpu_us"] / one["server_cpu_us"]
+    p99_words = f"{1 / p99:.2f}x lower" if p99 <= 1 else f"{p99:.2f}x higher"
+    return (
+        f"ratio {n} replicas / 1 (median runs): calls/s {calls:.2f}x, p99 {p99_words} "
+        f"({many['p99_ms']:.1f} vs {one['p99_ms']:.1f} ms), CPU per call {cpu:.2f}x"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--replicas", type=int, default=2, help="N, compared with 1")
+    p.add_argument(
+        "--replicas",
+        type=_counts,
+        default=(2,),
+        help="N or N1,N2,...: replica counts, each compared with 1 [2]",
+    )
     p.add_argument("--episodes", type=int, default=512, help="concurrent episodes")
     p.add_argument("--rounds", type=int, default=2, help="waves of episodes per run")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
@@ -151,7 +182,7 @@ def main() -> None:
     if a._load:
         print(json.dumps(asyncio.run(run_load(a._load.split(","), a.episodes, a.rounds, a.offset))))
         return
-    runs = measure((1, a.replicas), a)
+    runs = measure((1, *a.replicas), a)
     print(
         f"env-server replicas: WhoDunIt, {a.episodes} concurrent episodes x {len(CALLS)} calls, "
         f"{a.rounds} rounds per run, {a.repeat} runs each, {a.procs} load process(es), "
@@ -170,13 +201,9 @@ def main() -> None:
                 f"{r['sessions_per_replica']}"
             )
         medians[n] = sorted(rs, key=lambda r: r["calls_per_s"])[len(rs) // 2]
-    one, many = medians[1], medians[a.replicas]
-    print(
-        f"ratio {a.replicas} replicas / 1 (median runs): calls/s "
-        f"{many['calls_per_s'] / one['calls_per_s']:.2f}x, p99 "
-        f"{one['p99_ms'] / many['p99_ms']:.2f}x "
-        f"lower, CPU per call {many['server_cpu_us'] / one['server_cpu_us']:.2f}x"
-    )
+    one = medians[1]
+    for n in a.replicas:
+        print(ratio_line(n, one, medians[n]))
 
 
 if __name__ == "__main__":
