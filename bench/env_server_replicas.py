@@ -42,7 +42,9 @@ from bridge.env_client import pick_server
 
 async def run_load(urls: list[str], episodes: int, rounds: int, offset: int) -> dict[str, Any]:
     """Open `episodes` sessions, each on the replica its key pins it to, then make every call at
-    once."""
+    once. Each round, this process prints `ready` once its sessions are open and starts calling
+    when the driver writes `go` to its stdin (every load process at the same moment), then
+    prints `done`."""
     latencies: list[float] = []
     call_wall = 0.0
     errors: list[str] = []
@@ -75,10 +77,13 @@ async def run_load(urls: list[str], episodes: int, rounds: int, offset: int) -> 
 
         tasks = [asyncio.create_task(episode(i)) for i in range(episodes)]
         await asyncio.wait_for(opened.wait(), timeout=600)
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # the driver's `go`
         t1 = time.perf_counter()
         go.set()
         await called.wait()
         call_wall += time.perf_counter() - t1
+        print("done", flush=True)
         await asyncio.gather(*tasks)
     return {"latencies": latencies, "call_wall": call_wall, "errors": errors, "per_url": per_url}
 
@@ -86,7 +91,11 @@ async def run_load(urls: list[str], episodes: int, rounds: int, offset: int) -> 
 def drive(
     urls: list[str], pids: list[int], episodes: int, rounds: int, procs: int
 ) -> dict[str, Any]:
-    """The load in `procs` processes; merged calls/s, latencies and the replicas' CPU per call."""
+    """The load in `procs` processes; merged calls/s, latencies and the replicas' CPU per call.
+
+    The processes open their sessions, then start calling together (a barrier each round), so
+    calls/s is every process's calls over the wall time from the common start to the last one
+    done: the replicas serve all of them at once, as the bridge's episodes do."""
     per = episodes // procs
     cpu0 = sum(cpu_seconds(p) for p in pids)
     children = [
@@ -97,28 +106,55 @@ def drive(
             ],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for k in range(procs)
     ]
+    wall = 0.0
+    for _ in range(rounds):
+        for c in children:
+            _expect(c, "ready")
+        t0 = time.perf_counter()
+        for c in children:
+            assert c.stdin is not None
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        for c in children:
+            _expect(c, "done")
+        wall += time.perf_counter() - t0
     results = []
     for c in children:
-        out, _ = c.communicate(timeout=1800)
-        if c.returncode != 0:
+        assert c.stdin is not None and c.stdout is not None
+        c.stdin.close()
+        out = c.stdout.read()  # not communicate(): it would skip what readline() buffered
+        if c.wait(timeout=1800) != 0:
             raise RuntimeError(f"load process failed with {c.returncode}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        try:
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            raise RuntimeError(f"load process printed {out[-500:]!r}") from None
     cpu = sum(cpu_seconds(p) for p in pids) - cpu0  # includes session opening: same for both
     lat = sorted(x for r in results for x in r["latencies"])
     spread = [sum(r["per_url"][u] for r in results) for u in urls]
     return {
-        "calls_per_s": len(lat) / max(r["call_wall"] for r in results),
+        "calls_per_s": len(lat) / wall,
         "p50_ms": lat[len(lat) // 2] * 1000,
         "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
         "server_cpu_us": cpu / len(lat) * 1e6,
         "errors": sum(len(r["errors"]) for r in results),
         "sessions_per_replica": spread,
     }
+
+
+def _expect(child: subprocess.Popen, word: str) -> None:
+    """Read the load process's next line, which must be `word`."""
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    if line != word:
+        child.kill()
+        raise RuntimeError(f"load process said {line!r}, expected {word!r}")
 
 
 def measure(counts: tuple[int, ...], a: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
