@@ -107,7 +107,9 @@ def make_world(tmp_path: Path) -> dict[str, Path | str]:
     }
 
 
-def run_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_sh(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     base = {
         k: v
         for k, v in os.environ.items()
@@ -125,7 +127,7 @@ def run_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     }
     return subprocess.run(
         ["bash", str(REPO / "run.sh"), *args],
-        cwd=REPO,
+        cwd=cwd or REPO,
         env={**base, **(env or {})},
         capture_output=True,
         text=True,
@@ -211,9 +213,13 @@ class DryRun:
 
 
 def dry_run(world: dict, slime: Path, *extra: str, env: dict[str, str] | None = None) -> DryRun:
+    """The printout of a dry run, which exits 2 exactly when a prerequisite is MISSING."""
     out = run_sh(*base_args(world, slime, "--dry-run", *extra), env=env)
-    assert out.returncode == 0, out.stderr
-    return DryRun(out.stdout)
+    assert out.stdout.strip(), out.stderr  # refused before planning
+    d = DryRun(out.stdout)
+    missing = [c for c in d.checks if c.startswith("MISSING")]
+    assert out.returncode == (2 if missing else 0), (out.returncode, missing, out.stderr)
+    return d
 
 
 def refused(world: dict, slime: Path, *extra: str) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 RAY = Path(sys.executable).parent / "ray"
+WORKER_ATTEMPTS = 3
 
 
 def ray_available() -> bool:
@@ -103,7 +104,7 @@ def _start(nodes: list[dict], node_ip: str | None, tmp: Path, timeout: float) ->
     ip = ["--node-ip-address", node_ip] if node_ip else []
     procs: list[subprocess.Popen] = []
 
-    def start(i: int, spec: dict, head: bool) -> None:
+    def start(i: int, spec: dict, head: bool) -> subprocess.Popen:
         argv = [str(RAY), "start", "--block", "--disable-usage-stats", *ip, *_node_ports()]
         argv += ["--num-gpus", str(spec.get("gpus", 0)), "--num-cpus", str(spec.get("cpus", 2))]
         argv += ["--object-store-memory", str(100 * 1024 * 1024)]
@@ -116,11 +117,11 @@ def _start(nodes: list[dict], node_ip: str | None, tmp: Path, timeout: float) ->
         else:
             argv += ["--address", f"{node_ip or '127.0.0.1'}:{gcs_port}"]
         out = open(logs / f"node{i}.log", "a")
-        procs.append(
-            subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+        procs.append(proc)
+        return proc
 
     dashboard = f"http://127.0.0.1:{dash_port}"
     cluster = RayCluster(dashboard, f"{node_ip or '127.0.0.1'}:{gcs_port}", procs, logs)
@@ -133,9 +134,24 @@ def _start(nodes: list[dict], node_ip: str | None, tmp: Path, timeout: float) ->
             logs,
             timeout,
         )
+        # One worker at a time, each retried alone: a raylet gets 30 s to register with the
+        # GCS, which several starting at once on a loaded machine can miss.
         for i, spec in enumerate(nodes[1:], 1):
-            start(i, spec, head=False)
-        _wait("Ray nodes", lambda: len(cluster.alive_nodes()) == len(nodes), procs, logs, timeout)
+            for attempt in range(1, WORKER_ATTEMPTS + 1):
+                proc = start(i, spec, head=False)
+                try:
+                    _wait(
+                        f"Ray node {i}",
+                        lambda i=i: len(cluster.alive_nodes()) == i + 1,
+                        procs,
+                        logs,
+                        timeout,
+                    )
+                    break
+                except RuntimeError:
+                    if proc.poll() is None or attempt == WORKER_ATTEMPTS:
+                        raise
+                    procs.remove(proc)  # it exited: start this node again
     except BaseException:
         _stop(procs)
         raise

@@ -1,7 +1,8 @@
-"""run.sh against a real Ray cluster: two nodes of 8 GPUs (Ray's view; the GPUs are declared,
-never used), the layout and refusals it reads from Ray, and env servers started on the cluster.
+"""run.sh against a real Ray cluster: a head with no CPU and no GPU (a common convention) and two
+nodes of 8 GPUs (Ray's view; the GPUs are declared, never used), the layout and refusals it
+reads from Ray, env servers started on the cluster, and the job's life and exit code.
 
-The cluster is one head and one worker raylet on this machine (tests/ray_cluster.py), started
+The cluster is one head and two worker raylets on this machine (tests/ray_cluster.py), started
 once for the module and stopped after. When network namespaces are available, its nodes' IP is
 this machine's end of a veth link to a second namespace (tests/netns.py): a process in there is
 another host, which reaches the cluster's nodes but not this machine's loopback. The end-to-end
@@ -66,12 +67,14 @@ def namespace() -> Iterator[Namespace | None]:
 
 @pytest.fixture(scope="module")
 def cluster(namespace: Namespace | None) -> Iterator[RayCluster]:
-    """Two nodes x 8 GPUs x 12 CPUs, on the namespace link's address when there is one."""
+    """A head with 0 CPUs, then two nodes x 8 GPUs x 12 CPUs, on the namespace link's address
+    when there is one."""
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ.update(NO_AUTH)
-    node = {"gpus": 8, "cpus": 12}
+    head, node = {"gpus": 0, "cpus": 0}, {"gpus": 8, "cpus": 12}
+    ip = namespace.host_ip if namespace else None
     try:
-        with ray_cluster([node, node], node_ip=namespace.host_ip if namespace else None) as c:
+        with ray_cluster([head, node, node], node_ip=ip) as c:
             yield c
     finally:
         if old is None:
@@ -105,7 +108,14 @@ def test_two_nodes_of_eight_from_rays_view(world: dict, version: str) -> None:
     assert d.wrapper[d.wrapper.index("--job-config") + 1] == d.env["TRAIN_CONFIG"]
     assert d.env["ENV_SERVER_API_KEY"] == "***"  # a per-job key guards the replicas
     assert not [c for c in d.commands if "envs.server" in c]  # nothing starts on this machine
-    assert d.check("env servers").startswith("ok       env servers: 2 replica(s) x 1 CPU")
+    # the replicas' token view gets the model's tokenizer; they leave slime's 16 GPU bundles a CPU
+    assert d.wrapper[d.wrapper.index("--tokenizer") + 1] == str(world["model"].resolve())
+    assert d.wrapper[d.wrapper.index("--gpu-bundles") + 1] == "16"
+    # the head has no CPU: replica 0 (the store) and replica 1 go on the two GPU nodes
+    servers = d.check("env servers")
+    assert servers.startswith("ok       env servers: 2 replica(s) x 1 CPU on ")
+    assert servers.count(" x1") == 2 and "(head)" not in servers.split("; ")[0]
+    assert servers.endswith("(the entrypoint's node has no CPU to spare)")
     assert any("is loopback, which other nodes do not reach" in n for n in d.notes)
 
 
@@ -154,14 +164,20 @@ def test_impossible_layouts_on_the_cluster(world: dict) -> None:
     line = missing("--env-servers", "9", name="env servers")
     assert "9 replica(s) x 1 CPU + 16 GPU bundles (1 CPU each) + 2 drivers need 27 CPUs" in line
     assert "the cluster has 24" in line and "lower --env-servers" in line
+    # enough CPUs in all, but no node has 5 once slime's bundles take theirs
+    line = missing("--env-servers", "1", "--env-server-cpus", "5", name="env servers")
+    assert "1 env-server replica(s) x 5 CPU do not fit" in line
+    assert "(head) 0" in line and line.count(") 4") == 2
     loopback = run_sh(*base_args(world, slime, "--env-server", "http://127.0.0.1:9"), env=NO_AUTH)
     assert loopback.returncode == 2 and "is a loopback address" in loopback.stderr
 
 
-def _probe_script(ns: Namespace, w: Path, tasks: Path, episodes: int) -> str:
-    """The job's command in place of slime: the bridge in the other namespace (another host),
-    against a scripted engine there, with the job's TRAIN_CONFIG; then each replica's metrics."""
+def _probe_script(ns: Namespace, w: Path, tasks: Path, episodes: int, dashboard: str) -> str:
+    """The job's command in place of slime: where Ray put the replicas and what runs them (on
+    this host); the bridge in the other namespace (another host), against a scripted engine
+    there, with the job's TRAIN_CONFIG; then each replica's metrics."""
     py = sys.executable
+    where = [py, "-c", ACTORS_PROBE, dashboard]
     stub = ns.wrap([py, str(REPO / "tests" / "sglang_stub.py"), "--port", "30555"])
     stub += ["--script", str(w / "turns.json"), "--tokenizer", str(TOKENIZER_DIR)]
     wait = ns.wrap(
@@ -178,11 +194,20 @@ def _probe_script(ns: Namespace, w: Path, tasks: Path, episodes: int) -> str:
     metrics = ns.wrap([py, "-c", METRICS_PROBE])
     return (
         "set -e\n"
+        f"{shlex.join(where)} > {w / 'actors.json'}\nps -eo args > {w / 'ps.txt'}\n"
         f"{shlex.join(stub)} &\nSTUB=$!\ntrap 'kill $STUB 2>/dev/null' EXIT\n{shlex.join(wait)}\n"
         f'{shlex.join(rollout)} --config "$TRAIN_CONFIG" > {w / "result.json"}\n'
         f'{shlex.join(metrics)} "$TRAIN_CONFIG" > {w / "metrics.json"}\n'
     )
 
+
+# Run on this host during the job: the node of each live env-server replica actor (Ray's state API).
+ACTORS_PROBE = """
+import json, sys, httpx
+r = httpx.get(sys.argv[1] + "/api/v0/actors", params={"detail": "1", "limit": "10000"}, timeout=30)
+print(json.dumps([a["node_id"] for a in r.json()["data"]["result"]["result"]
+                  if a["class_name"] == "EnvServerReplica" and a["state"] == "ALIVE"]))
+"""
 
 # Run inside the namespace: per replica of the job's config, sessions created (its /metrics, with
 # the job's key), and whether /metrics without the key is refused.
@@ -241,17 +266,28 @@ def test_env_servers_on_ray_serve_another_host_and_stop_with_the_job(
     plan = build_plan(opts, extra)
     assert plan.ok, [c.line() for c in plan.checks if not c.ok]
     assert plan.ray_start_cmd is None and plan.job_wrapper
-    plan.train_cmd = ["bash", "-c", _probe_script(namespace, w, world["tasks"], episodes)]
+    probe = _probe_script(namespace, w, world["tasks"], episodes, cluster.dashboard)
+    plan.train_cmd = ["bash", "-c", probe]
     try:
         assert execute(plan) == 0
         job_config = yaml.safe_load(Path(plan.job_env["TRAIN_CONFIG"]).read_text())
         result = json.loads((w / "result.json").read_text().strip().splitlines()[-1])
         metrics = json.loads((w / "metrics.json").read_text())
+        replica_nodes = json.loads((w / "actors.json").read_text())
+        processes = (w / "ps.txt").read_text().splitlines()
     finally:
         shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
+    # one replica on each GPU node, none on the head (it has no CPU), the same on every run
+    head = next(n["node_id"] for n in cluster.alive_nodes() if n["is_head_node"])
+    assert len(replica_nodes) == 2 and len(set(replica_nodes)) == 2 and head not in replica_nodes
     # the replicas listen on the node's address (the namespace's link), never on loopback
     urls = job_config["env_server"]
     assert len(urls) == 2 and {urlparse(u).hostname for u in urls} == {namespace.host_ip}
+    # each replica's server may load the model's tokenizer in its token view
+    binds = [f"--host {urlparse(u).hostname} --port {urlparse(u).port} " for u in urls]
+    servers = [p for p in processes if "envs.server" in p and any(b in p + " " for b in binds)]
+    assert len(servers) == 2, processes
+    assert all(f"--tokenizer {world['model'].resolve()} " in p for p in servers), servers
     # every episode ran against them from the other host, without an env error ...
     summary = next(e for e in result["envs"] if e["env"] == "whodunit")
     assert summary["episodes"] == episodes and summary["env_errors"] == 0
@@ -273,3 +309,87 @@ def test_env_servers_on_ray_serve_another_host_and_stop_with_the_job(
     for u in urls:
         p = urlparse(u)
         assert not port_open(p.port, p.hostname), f"{u} still serves after the job"
+
+
+def test_run_sh_exits_with_the_drivers_code(world: dict) -> None:
+    """`ray job submit` exits 1 for any failed job; run.sh returns what slime's driver returned,
+    as Ray recorded it."""
+    from tools.launch.cli import parse_options
+    from tools.launch.execute import execute
+    from tools.launch.plan import build_plan
+
+    run_name = f"cluster-exit-{uuid.uuid4().hex[:8]}"
+    # hosted environments only: no env server, the job runs the driver directly
+    world["config"].write_text(f"environments:\n  Org/Env: {{}}\nrun_name: {run_name}\n")
+    slime = make_slime(world["tmp"] / "slime", "main")
+    opts, extra = parse_options(base_args(world, slime))
+    plan = build_plan(opts, extra, environ={**os.environ, "OPENREWARD_API_KEY": "k"})
+    assert plan.ok and not plan.job_wrapper, [c.line() for c in plan.checks if not c.ok]
+    plan.train_cmd = ["bash", "-c", "exit 7"]
+    try:
+        assert execute(plan) == 7
+    finally:
+        shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
+
+
+def test_the_driver_dies_with_the_jobs_entrypoint(world: dict) -> None:
+    """`kill -9` of the job's entrypoint (tools.launch.ray_job, which started the env-server
+    replicas): the replicas are reaped, and slime's driver dies too instead of running on
+    (holding its GPUs); run.sh reports the signal as a shell does (128 + 9)."""
+    import signal
+    import threading
+    import time
+
+    from tools.launch.cli import parse_options
+    from tools.launch.execute import execute
+    from tools.launch.plan import build_plan
+
+    w: Path = world["tmp"]
+    run_name = f"cluster-orphan-{uuid.uuid4().hex[:8]}"
+    world["config"].write_text(
+        f"environments:\n  gsm8k: {{}}\nenv_server: http://127.0.0.1:8080\nrun_name: {run_name}\n"
+    )
+    slime = make_slime(w / "slime", "main")
+    opts, extra = parse_options(
+        base_args(
+            world, slime, "--python", sys.executable, "--env-servers", "1", "--db", str(w / "s.db")
+        )
+    )
+    plan = build_plan(opts, extra)
+    assert plan.ok and plan.job_wrapper, [c.line() for c in plan.checks if not c.ok]
+    pids = w / "pids"  # the driver's pid and its parent's (the wrapper)
+    plan.train_cmd = [
+        "bash",
+        "-c",
+        f"echo $$ $PPID > {pids}.tmp && mv {pids}.tmp {pids}; sleep 600",
+    ]
+    found: dict[str, int] = {}
+
+    def kill_the_wrapper() -> None:
+        deadline = time.monotonic() + 300
+        while not pids.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if pids.is_file():
+            found["driver"], found["wrapper"] = map(int, pids.read_text().split())
+            os.kill(found["wrapper"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_wrapper, daemon=True)
+    killer.start()
+    try:
+        code = execute(plan)
+        killer.join(timeout=10)
+        config = yaml.safe_load(Path(plan.job_env["TRAIN_CONFIG"]).read_text())
+    finally:
+        if found.get("driver") and Path(f"/proc/{found['driver']}").exists():
+            os.kill(found["driver"], signal.SIGKILL)
+        shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
+    assert found, "the driver never started"
+    assert code == 128 + signal.SIGKILL
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{found['driver']}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{found['driver']}").exists(), "slime's driver outlived its wrapper"
+    url = urlparse(config["env_server"][0])
+    while port_open(url.port, url.hostname) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not port_open(url.port, url.hostname), "the replica outlived the job"

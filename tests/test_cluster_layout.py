@@ -294,3 +294,82 @@ def _zombie(pid: str) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+# --- where the replicas go (issue 21 item 11) ---------------------------------------------------
+def test_replicas_leave_a_cpu_less_head_and_spread_over_the_nodes() -> None:
+    from tools.errors import ClusterError
+    from tools.launch.replica_placement import NodeRoom, place_replicas
+
+    head = NodeRoom("head", 0, 0, entry=True)  # a head with 0 CPUs: a common convention
+    gpu = [NodeRoom(f"gpu{i}", 12, 8, entry=False) for i in range(2)]
+    # slime's 16 GPU bundles take 8 CPUs of each GPU node: 4 left on each
+    assert place_replicas([head, *gpu], 2, 1.0, 16) == [1, 2]
+    assert place_replicas([head, *gpu], 5, 1.0, 16) == [1, 2, 1, 2, 1]
+    # replica 0 (the store) stays on the entrypoint's node when it has room
+    roomy = NodeRoom("head", 4, 0, entry=True)
+    assert place_replicas([roomy, *gpu], 3, 1.0, 16) == [0, 1, 2]
+    assert place_replicas([roomy, *gpu], 3, 2.0, 16) == [0, 1, 2]
+    with pytest.raises(ClusterError, match=r"9 env-server replica\(s\) x 1 CPU do not fit") as e:
+        place_replicas([head, *gpu], 9, 1.0, 16)
+    assert "head 0, gpu0 4, gpu1 4" in str(e.value)
+    # fewer bundles than GPUs: a node keeps the CPUs slime cannot claim there
+    assert place_replicas([head, gpu[0]], 8, 1.0, 4) == [1] * 8
+
+
+def test_ray_job_takes_the_tokenizer_and_the_bundles() -> None:
+    from tools.launch.env_servers import replica_command
+    from tools.launch.ray_job import parse_options
+
+    opts, _ = parse_options(
+        [
+            *["--replicas", "2", "--config", "c", "--db", "d", "--job-config", "j"],
+            *["--gpu-bundles", "16", "--tokenizer", "/m/Qwen3-4B", "--", "true"],
+        ]
+    )
+    assert opts.gpu_bundles == 16 and opts.tokenizer == ["/m/Qwen3-4B"]
+    cmd = replica_command("c.yaml", "http://10.0.0.2:4001", "d", 1, opts.tokenizer)
+    assert cmd[cmd.index("--tokenizer") + 1] == "/m/Qwen3-4B" and cmd[-2:] == ["--role", "env"]
+
+
+# --- slime's driver dies with the job's entrypoint (issue 21 item 10) ---------------------------
+def test_the_driver_dies_when_its_wrapper_is_killed(tmp_path: Path) -> None:
+    """`kill -9` of the wrapper (python -m tools.launch.ray_job, the Ray job's entrypoint) must
+    take the command it runs (slime's driver) with it: real processes, no Ray needed."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    pid_file = tmp_path / "driver.pid"
+    driver = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    )
+    wrapper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom tools.launch.ray_job import run_child\n"
+            "sys.exit(run_child(sys.argv[1:]))\n",
+            sys.executable,
+            "-c",
+            driver,
+        ],
+        cwd=REPO,
+    )
+    try:
+        assert _wait(lambda: pid_file.is_file() and pid_file.read_text() != "", 60.0)
+        pid = pid_file.read_text()
+        assert Path(f"/proc/{pid}").exists()
+        wrapper.send_signal(signal.SIGKILL)
+        wrapper.wait(timeout=30)
+        assert _wait(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 30.0), (
+            "slime's driver outlived its wrapper"
+        )
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+        if pid_file.is_file() and Path(f"/proc/{pid_file.read_text()}").exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

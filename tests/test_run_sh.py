@@ -109,7 +109,7 @@ def test_dry_run_megatron_defaults(world: dict, version: str) -> None:
         "slime",
         "train backend",
         "Megatron-LM",
-        "checkpoint",
+        "model",
         "API keys",
     ):
         assert d.check(name).startswith("ok"), d.check(name)
@@ -311,7 +311,7 @@ def test_env_server_override_and_secrets_are_masked(world: dict) -> None:
         *base_args(world, slime, "--dry-run", "--env-server", "http://127.0.0.1:1"),
         env={"WANDB_API_KEY": "secret-wandb-key"},
     )
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 2, out.stderr  # no GPU here: MISSING, so the dry run exits 2
     d = DryRun(out.stdout)
     assert d.env["TRAIN_CONFIG"] == d.submit[-1][: -len(".sh")] + ".yaml"  # the job's own config
     assert "/runs/launch-test/" in d.env["TRAIN_CONFIG"]
@@ -413,10 +413,11 @@ def test_missing_slime_megatron_tasks_checkpoint(world: dict, tmp_path: Path) ->
         f"python prepare_tasks.py --config {world['config']} --output {tmp_path / 'none.jsonl'}"
         in line_for(lines, "task file")
     )
-    # current huggingface_hub ships `hf`, not huggingface-cli
-    assert "hf download Org/Not-Local-7B --local-dir ./Not-Local-7B" in line_for(
-        lines, "checkpoint"
-    )
+    # a Hub id not in the cache, the Hub kept out (HF_HUB_OFFLINE, as in every test): a local
+    # copy is the fix (current huggingface_hub ships `hf`, not huggingface-cli)
+    line = line_for(lines, "model")
+    assert "not in the local Hugging Face cache" in line and "HF_HUB_OFFLINE" in line
+    assert "hf download Org/Not-Local-7B --local-dir ./Not-Local-7B" in line
     # a directory that is not a slime checkout; SLIME_PATH is honoured
     out = run_sh(*base_args(world, tmp_path)[:-4], env={"SLIME_PATH": str(tmp_path)})
     assert "is not a slime checkout (no train.py" in line_for(missing_lines(out), "slime")
@@ -853,3 +854,281 @@ def test_running_env_server_is_used_and_topped_up(world: dict, tmp_path: Path) -
         "--role env"
     )  # the running one keeps the store
     assert f"env_server: {url}, http://127.0.0.1:" in d.text
+
+
+# --- paths: what run.sh hands on is absolute (issue 21 item 9) ------------------------------------
+def test_relative_paths_mean_what_they_meant_where_run_sh_was_started(world: dict) -> None:
+    """The job runs in slime's checkout and the env servers in the project root: a relative
+    --model would name nothing there, a relative --save another directory than the one resumed."""
+    tmp: Path = world["tmp"]
+    slime = make_slime(tmp / "slime", "v0.3.1")
+    saved_run(tmp / "ckpt", "20")
+    base = tmp / "models" / "Base"
+    base.mkdir()
+    out = run_sh(
+        *["--ray-address", world["ray"], "--model", "models/Qwen3-4B"],
+        *["--config", "train_config.yaml", "--task-data", "tasks.jsonl", "--save", "ckpt"],
+        *["--slime-path", "slime", "--megatron-path", "./Megatron-LM", "--db", "runs/t.db"],
+        *["--ref-load", "models/Base", "--env-servers", "1", "--dry-run"],
+        *["--", "--save-debug-rollout-data", "dump/r_{rollout_id}.pt", "--seed", "3"],
+        cwd=tmp,
+    )
+    assert out.returncode == 2 and out.stdout, out.stderr  # MISSING: no GPU here
+    d = DryRun(out.stdout)
+    model, ckpt = str(world["model"].resolve()), str((tmp / "ckpt").resolve())
+    assert d.flag("--hf-checkpoint") == model and d.flag("--ref-load") == str(base.resolve())
+    assert d.flag("--load") == ckpt == d.flag("--save")  # resumes the run it names
+    assert any(n.startswith(f"resuming from {ckpt} (iteration 20)") for n in d.notes)
+    assert d.flag("--prompt-data") == str(world["tasks"].resolve())
+    assert d.flag("--save-debug-rollout-data") == str(tmp.resolve() / "dump/r_{rollout_id}.pt")
+    assert d.flag("--seed") == "3"
+    assert d.train_argv[1] == str(slime.resolve() / "train.py")
+    assert d.env["PYTHONPATH"].split(":")[1] == str(world["megatron"].resolve())
+    server = d.command("envs.server")
+    assert f"--tokenizer {model} " in server and f"--db {tmp.resolve() / 'runs/t.db'}" in server
+    assert f"--config {world['config'].resolve()} " in server
+    assert d.env["TRAIN_CONFIG"] == str(world["config"].resolve())
+
+
+def test_paths_that_do_not_exist_are_refused_with_a_fix(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    args = base_args(world, slime)
+    # the README's own example, before the model is downloaded: the fix makes that directory
+    args[args.index("--model") + 1] = "./Qwen3-4B"
+    line = line_for(missing_lines(run_sh(*args, cwd=world["tmp"])), "model")
+    here = world["tmp"].resolve() / "Qwen3-4B"
+    assert f"no such directory ({here})" in line
+    assert f"-> fix: hf download Qwen/Qwen3-4B --local-dir {here} " in line
+    args[args.index("--model") + 1] = "./Unheard-Of-1B"  # no family, not cached: find its id
+    line = line_for(missing_lines(run_sh(*args, cwd=world["tmp"])), "model")
+    assert "-> fix: hf models ls --search Unheard-Of-1B" in line
+    lines = missing_lines(run_sh(*base_args(world, slime, "--load", "nope", "--ref-load", "no2")))
+    assert [ln for ln in lines if "checkpoint:" in ln] == [
+        f"run.sh: MISSING  checkpoint: --load {REPO / 'nope'} is not a directory -> fix: pass "
+        "an existing checkpoint directory to --load, or drop --load",
+        f"run.sh: MISSING  checkpoint: --ref-load {REPO / 'no2'} is not a directory -> fix: pass "
+        "an existing checkpoint directory to --ref-load, or drop --ref-load",
+    ]
+    line = refused(world, slime, "--model-args", "scripts/nope.sh")
+    assert "--model-args scripts/nope.sh: no such file" in line
+    (world["tmp"] / "ckpt").write_text("")
+    assert "is a file" in refused(world, slime, "--save", str(world["tmp"] / "ckpt"))
+
+
+# --- a Hub id resolves: cache, else download, else a fix (issue 20 item 5) ------------------------
+def _hf_cache(root: Path, repo: str, revision: str = "0" * 40) -> Path:
+    """A Hugging Face cache holding `repo` as huggingface_hub lays it out; its snapshot dir."""
+    repo_dir = root / "hub" / f"models--{repo.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def test_a_hub_id_comes_from_the_local_cache_offline(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    hf_home = world["tmp"] / "hf"
+    snapshot = _hf_cache(hf_home, "Qwen/Qwen3-4B")
+    args = base_args(world, slime, "--dry-run")
+    args[args.index("--model") + 1] = "Qwen/Qwen3-4B"
+    out = run_sh(*args, env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    d = DryRun(out.stdout)
+    assert d.check("model") == (
+        f"ok       model: Qwen/Qwen3-4B from the local Hugging Face cache: {snapshot}"
+    )
+    assert d.flag("--hf-checkpoint") == str(snapshot) == d.flag("--load") == d.flag("--ref-load")
+    assert f"--tokenizer {snapshot} " in d.command("envs.server")
+    assert d.flag("--num-layers") == "36"  # slime's scripts/models/qwen3-4B.sh, by the id's name
+    assert "hf download" not in out.stdout  # nothing to download
+
+
+def test_a_hub_id_the_hub_cannot_give_is_one_line_with_a_fix(world: dict) -> None:
+    """Not cached and the Hub unreachable (here: nothing listens at HF_ENDPOINT), or kept out by
+    HF_HUB_OFFLINE: one MISSING line saying so and how to pass a local directory."""
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    args = base_args(world, slime)
+    args[args.index("--model") + 1] = "Qwen/Qwen3-4B"
+    empty = {"HF_HOME": str(world["tmp"] / "hf")}
+    closed = f"http://127.0.0.1:{free_port()}"
+    out = run_sh(*args, env={**empty, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": closed})
+    line = line_for(missing_lines(out), "model")
+    assert f"--model Qwen/Qwen3-4B: the Hub at {closed} is unreachable from here" in line
+    assert "-> fix: bash run.sh --model /path/to/Qwen3-4B ..." in line
+    assert "hf download Qwen/Qwen3-4B --local-dir ./Qwen3-4B" in line
+    line = line_for(missing_lines(run_sh(*args, env={**empty, "HF_HUB_OFFLINE": "1"})), "model")
+    assert "HF_HUB_OFFLINE is set" in line and "unset HF_HUB_OFFLINE" in line
+
+
+def test_dry_run_exits_2_when_a_prerequisite_is_missing(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    out = run_sh(*base_args(world, slime, "--dry-run"))  # no GPU on this machine
+    assert out.returncode == 2 and "MISSING  GPUs:" in out.stdout
+    assert (
+        out.stderr.strip().splitlines()[-1] == "run.sh: dry run: 1 prerequisite(s) MISSING (above)"
+    )
+    assert "exit 2 when a prerequisite is MISSING" in " ".join(run_sh("--help").stdout.split())
+
+
+# --- option values and slime's names of run.sh's options (issue 21 items 12, 13) ------------------
+@pytest.mark.parametrize(
+    "option,value,says",
+    [
+        ("--temperature", "nan", "--temperature nan: must be > 0"),
+        ("--temperature", "inf", "--temperature inf: must be > 0"),
+        ("--rollout-temperature", "-1", "--temperature -1: must be > 0"),
+        ("--lr", "nan", "--lr nan: must be in (0, 1]"),
+        ("--lr", "0", "--lr 0: must be in (0, 1]"),
+        ("--mem-fraction", "1.5", "--mem-fraction 1.5: must be in (0, 1]"),
+        ("--mem-fraction", "nan", "--mem-fraction nan: must be in (0, 1]"),
+        ("--env-server-cpus", "inf", "--env-server-cpus inf: must be > 0"),
+        ("--n-samples", "0", "--n-samples 0: must be >= 1"),
+        ("--rollout-batch-size", "-2", "--rollout-batch-size -2: must be >= 1"),
+        ("--max-response-len", "0", "--max-response-len 0: must be >= 1"),
+        ("--num-rollout", "0", "--num-rollout 0: must be >= 1"),
+    ],
+)
+def test_non_finite_and_out_of_range_values_are_refused(
+    world: dict, option: str, value: str, says: str
+) -> None:
+    from tools.launch.cli import check_options, parse_options
+    from tools.launch.modes import TrainMode
+
+    opts, _ = parse_options([option, value])
+    with pytest.raises(LaunchError) as refusal:
+        check_options(opts, TrainMode(opts.mode))
+    assert says in str(refusal.value)
+    if option == "--temperature" and value == "nan":  # and through run.sh: one line, exit 2
+        slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+        assert refused(world, slime, option, value) == f"run.sh: {refusal.value}"
+
+
+def test_slimes_names_of_run_sh_options_are_those_options(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    d = dry_run(
+        world,
+        slime,
+        *["--rollout-temperature", "0.5", "--n-samples-per-prompt", "8", "--no-colocate"],
+        *["--tensor-model-parallel-size", "2", "--actor-gpus", "4"],
+        "--",
+        *["--rollout-max-response-len", "2048", "--rollout-num-gpus", "2", "--eps-clip", "0.1"],
+        *["--use-fault-tolerance", "--seed", "5"],
+    )
+    argv = d.train_argv
+    for flag, value in [
+        ("--rollout-temperature", "0.5"),
+        ("--n-samples-per-prompt", "8"),
+        ("--tensor-model-parallel-size", "2"),
+        ("--rollout-max-response-len", "2048"),
+        ("--rollout-num-gpus", "2"),
+        ("--eps-clip", "0.1"),  # not a run.sh option: yours replaces run.sh's 0.2
+    ]:
+        assert argv.count(flag) == 1 and d.flag(flag) == value, flag
+    assert argv.count("--use-fault-tolerance") == 1 and d.flag("--seed") == "5"
+    assert d.flag("--global-batch-size") == str(32 * 8)  # checked and used as --n-samples
+    assert "--sequence-parallel" in argv  # as --tp 2 emits it
+    assert any(n.startswith("taken as run.sh's options (checked): --rollout") for n in d.notes)
+    assert "--eps-clip 0.2 replaced by yours after `--`" in d.notes
+    # slime's --hf-checkpoint after `--` is --model: resolved and checked like it
+    args = base_args(world, slime, "--dry-run")
+    at = args.index("--model")
+    model = args.pop(at + 1)
+    args.pop(at)
+    d = DryRun(run_sh(*args, "--", "--hf-checkpoint", model).stdout)
+    assert d.flag("--hf-checkpoint") == str(world["model"].resolve()) == d.flag("--load")
+    assert d.train_argv.count("--hf-checkpoint") == 1 and d.check("model").startswith("ok")
+
+
+def test_slime_flags_after_dashdash_cannot_contradict_run_sh(world: dict) -> None:
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    line = refused(world, slime, "--mode", "async", "--", "--colocate")
+    assert "--mode async" in line and "cannot --colocate" in line
+    assert "--temperature nan: must be > 0" in refused(
+        world, slime, "--", "--rollout-temperature", "nan"
+    )
+    line = refused(world, slime, "--temperature", "0.7", "--", "--rollout-temperature", "0.9")
+    assert line == (
+        "run.sh: --temperature 0.7 and --rollout-temperature 0.9 after `--` set the same option "
+        "(--temperature): give it once"
+    )
+    line = refused(world, slime, "--tp", "2", "--tensor-model-parallel-size", "4")
+    assert "set the same option (--tp)" in line
+    line = refused(world, slime, "--", "--actor-num-gpus-per-node", "4")
+    assert "--actor-num-gpus-per-node after `--`: run.sh fits the layout" in line
+    assert "use --steps-per-rollout" in refused(world, slime, "--", "--global-batch-size", "64")
+    assert "the bridge is run.sh's generate function" in refused(
+        world, slime, "--", "--custom-generate-function-path", "my.generate"
+    )
+    assert "run.sh's --mode sets it" in refused(
+        world, slime, "--mode", "fully-async", "--", "--rollout-function-path", "my.rollout"
+    )
+
+
+def test_the_readme_maps_every_run_sh_option_to_slimes_flag() -> None:
+    from tools.launch.slime_names import SAME_NAMES, SLIME_NAMES
+
+    text = (REPO / "README.md").read_text()
+    table = text.split("#### run.sh's options and slime's flags", 1)[1].split("\n\n", 2)[1]
+    rows = {}
+    for row in table.splitlines()[2:]:
+        cells = [c.strip().strip("`") for c in row.strip("|").split("|")]
+        rows[cells[0]] = cells[1]
+    for option, flag in SLIME_NAMES.items():
+        assert rows.get(option) == flag, option
+    for option in SAME_NAMES:
+        assert rows.get(option) == option, option
+
+
+# --- what run.sh starts dies with it (issue 21 item 10's sibling on this machine) ---------------
+def test_kill_9_of_run_sh_takes_its_env_servers_along(world: dict) -> None:
+    import signal
+    import sys
+
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    program = (
+        "import sys\n"
+        "from tools.launch.cli import parse_options\n"
+        "from tools.launch.execute import execute\n"
+        "from tools.launch.plan import build_plan\n"
+        "opts, extra = parse_options(sys.argv[1:])\n"
+        "plan = build_plan(opts, extra)\n"
+        "plan.ray_start_cmd = None\n"
+        "plan.submit_cmd = [sys.executable, '-c', 'import time; time.sleep(300)']\n"
+        "sys.exit(execute(plan))\n"
+    )
+    args = base_args(world, slime, "--db", str(world["tmp"] / "s.db"), "--env-servers", "1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program, *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        for _ in range(400):
+            line = proc.stdout.readline()
+            if not line or "submitting Ray job" in line:
+                break
+        assert "submitting Ray job" in line and port_open(int(world["port"]))
+        proc.send_signal(signal.SIGKILL)  # no cleanup runs in run.sh itself
+        proc.wait(timeout=30)
+        assert _wait_for(lambda: not port_open(int(world["port"])), 60.0), "env server left"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        import shutil
+
+        shutil.rmtree(REPO / "runs" / "launch-test", ignore_errors=True)
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False

@@ -5,6 +5,9 @@ Modules (one data flow: options -> plan -> printed by --dry-run, or executed):
     launcher        `bash run.sh`: parse, plan, print or execute; its exit code
     __main__        `python -m tools.launch` (what run.sh runs): the launcher's CLI
     cli             run.sh's options, their defaults, and the values refused before planning
+    slime_names     slime's names of run.sh's options, and what becomes of slime flags after `--`
+    paths           every path run.sh hands on is absolute (relative to where it was started)
+    model_source    --model: a local directory, the Hugging Face cache, or a Hub download
     plan            build_plan: every check and command of a launch (LaunchPlan), format_plan
     execute         carry a plan out: env servers, Ray head, `ray job submit`; stop them on exit
     prerequisites   what run.sh needs before it can train, each found or named with its fix
@@ -15,6 +18,7 @@ Modules (one data flow: options -> plan -> printed by --dry-run, or executed):
     modes           --mode sync|async|fully-async: slime's driver and its flags
     resume          which checkpoint --load names given what --save holds (--resume/--no-resume)
     env_servers     the job's env servers: running ones, replicas here, or replicas on Ray
+    replica_placement  the node of each env-server replica on a Ray cluster, decided up front
     job             the Ray job: its id, environment, TRAIN_CONFIG, script and submit command
     slime_args      the flags run.sh gives slime's driver, checked against the checkout
     model_args      the Megatron model flags: --model-args, else slime's scripts/models/<model>.sh

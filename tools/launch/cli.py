@@ -1,8 +1,9 @@
 """run.sh's command line: the options, their defaults, and the values refused before anything is
 planned.
 
-`parse_options` splits off the arguments after `--` (passed to slime's driver) and parses the
-rest; `check_options` refuses, one line each, values slime would refuse or could not train with.
+`parse_options` splits off the arguments after `--` (for slime's driver), takes from them the
+slime flags run.sh has options for (`tools.launch.slime_names`), and parses the rest;
+`check_options` refuses, one line each, values slime would refuse or could not train with.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tools.launch.cluster import default_ray_address
 from tools.launch.env_servers import MAX_DEFAULT_REPLICAS
 from tools.launch.gpus import GpuVendor
 from tools.launch.modes import TrainMode
+from tools.launch.slime_names import aliases, take_run_sh_settings
 
 # Learning rate: slime's own Qwen3-4B recipes (scripts/run-qwen3-4B.sh and its AMD twin) train
 # with Adam at 1e-6, constant schedule, no KL term: the optimizer settings run.sh emits. The
@@ -48,23 +50,42 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """run.sh's options, and the arguments after `--` (passed to slime unchanged)."""
+    """run.sh's options, and the arguments after `--` left for slime. slime's own names of
+    run.sh's options are taken as those options, before `--` or after it; LaunchError when a
+    setting is given twice or after `--` names one run.sh decides."""
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
+    taken, extra = take_run_sh_settings(extra)
+    ap = _parser()
+    _refuse_settings_given_twice(ap, argv, taken)
+    opts = ap.parse_args([*argv, *taken])
+    opts.taken_from_slime_args = taken
+    return opts, extra
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="bash run.sh",
         description="Train a model with slime on the environments in train_config.yaml.",
         epilog=(
-            "Everything after `--` is passed to slime's driver unchanged. "
+            "Everything after `--` is passed to slime's driver, except slime's own names of "
+            "the options above (--rollout-temperature, --hf-checkpoint, ...: taken as those "
+            "options and checked) and the flags run.sh decides itself (the layout, the bridge's "
+            "hooks: refused). Exit codes: 2 when an option is refused or a prerequisite is "
+            "MISSING (--dry-run too), else slime's. "
             "Rollout-only mode (no training, no GPU needed): bash run.sh --rollout-only --help. "
             "Evaluate and compare models: bash run.sh --eval-only --help"
         ),
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
     )
-    for add in (
+
+    def add(*names: str, **kwargs: Any) -> None:
+        ap.add_argument(*names, *(s for n in names for s in aliases(n)), **kwargs)
+
+    for group in (
         _add_inputs,
         _add_training,
         _add_gpus,
@@ -73,8 +94,35 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         _add_checkouts,
         _add_services,
     ):
-        add(ap.add_argument)
-    return ap.parse_args(argv), extra
+        group(add)
+    return ap
+
+
+def _refuse_settings_given_twice(
+    ap: argparse.ArgumentParser, argv: list[str], taken: list[str]
+) -> None:
+    """One value per setting: refused when two names of one option are both given, or an option
+    is given before `--` and again after it (the same name twice before `--` is argparse's
+    usual last-wins)."""
+    seen: dict[str, tuple[str, bool, str]] = {}  # dest -> (name, after `--`, as given)
+    for tokens, after in ((argv, False), (taken, True)):
+        for i, token in enumerate(tokens):
+            name, _, inline = token.partition("=")
+            action = ap._option_string_actions.get(name) if token.startswith("--") else None
+            if action is None:
+                continue
+            value = inline or (tokens[i + 1] if action.nargs != 0 and i + 1 < len(tokens) else "")
+            said = " ".join(filter(None, [name, value, "after `--`" if after else ""]))
+            if action.dest not in seen:
+                seen[action.dest] = (name, after, said)
+                continue
+            first_name, first_after, first_said = seen[action.dest]
+            if first_name == name and not (first_after or after):
+                continue
+            raise LaunchError(
+                f"{first_said} and {said} set the same option ({action.option_strings[0]}): "
+                "give it once"
+            )
 
 
 def _add_inputs(a: AddArgument) -> None:
@@ -82,7 +130,10 @@ def _add_inputs(a: AddArgument) -> None:
     a(
         "--model",
         default="Qwen/Qwen3-4B",
-        help="HF checkpoint (local dir or hub id): tokenizer, SGLang weights",
+        help=(
+            "Hugging Face checkpoint: a local directory, or a Hub id (from the local Hugging Face "
+            "cache, else downloaded before the job): tokenizer, SGLang weights, base weights"
+        ),
     )
     a(
         "--config",
@@ -101,10 +152,11 @@ def _add_inputs(a: AddArgument) -> None:
     )
     a(
         "--eval-data",
+        action="append",
         default=None,
         help=(
-            "eval prompts (default: eval_<task-data name> beside --task-data when it exists, "
-            "as prepare_tasks.py writes it)"
+            "eval prompts, repeatable (default: eval_<task-data name> beside --task-data when it "
+            "exists, as prepare_tasks.py writes it)"
         ),
     )
     a(
@@ -224,6 +276,11 @@ def _add_checkpoints(a: AddArgument) -> None:
             "checkpoint to start from (default: the one in --save when there is one, else --model)"
         ),
     )
+    a(
+        "--ref-load",
+        default=None,
+        help="reference weights (default: the base weights, --load's or --model's)",
+    )
     a("--save", default=None, help="where to save checkpoints")
     a(
         "--save-interval",
@@ -307,17 +364,47 @@ def _add_services(a: AddArgument) -> None:
         default="runs/trajectories.db",
         help="trajectory store of the env servers run.sh starts",
     )
-    a("--dry-run", action="store_true", help="print the commands and environment; run nothing")
+    a(
+        "--dry-run",
+        action="store_true",
+        help=(
+            "print the prerequisites, the commands and the environment; run nothing (exit 2 "
+            "when a prerequisite is MISSING)"
+        ),
+    )
+
+
+# Counts that must be >= 1 when given, and floats with their allowed (low, high] range.
+_COUNTS = (
+    "n_samples",
+    "rollout_batch_size",
+    "steps_per_rollout",
+    "num_rollout",
+    "max_response_len",
+    "max_context_len",
+    "max_tokens_per_gpu",
+    "eval_interval",
+    "save_interval",
+    "update_weights_interval",
+    "tp",
+    "cp",
+    "rollout_tp",
+    "actor_gpus",
+    "rollout_gpus",
+    "env_servers",
+)
+_FLOAT_RANGES: dict[str, tuple[float, float, str]] = {
+    "temperature": (0.0, math.inf, "(slime rejects greedy decoding as an RL policy)"),
+    "lr": (0.0, 1.0, ""),
+    "mem_fraction": (0.0, 1.0, "(a fraction of each GPU's memory)"),
+    "env_server_cpus": (0.0, math.inf, ""),
+}
 
 
 def check_options(opts: argparse.Namespace, mode: TrainMode) -> None:
     """Option values slime would refuse or could not train with: one line each, before anything
     runs."""
-    if opts.temperature <= 0:
-        raise LaunchError(
-            f"--temperature {opts.temperature:g}: must be > 0 (slime rejects greedy decoding as an "
-            "RL policy)"
-        )
+    _check_numbers(opts)
     if opts.save_interval is not None and not opts.save:
         raise LaunchError("--save-interval needs --save DIR")
     if mode is TrainMode.SYNC and opts.update_weights_interval is not None:
@@ -325,14 +412,31 @@ def check_options(opts: argparse.Namespace, mode: TrainMode) -> None:
             "--update-weights-interval only applies to --mode async/fully-async "
             "(sync updates the weights after every rollout)"
         )
-    for name in ("tp", "cp", "env_servers", "rollout_tp", "actor_gpus", "rollout_gpus"):
-        value = getattr(opts, name)
-        if value is not None and value < 1:
-            raise LaunchError(f"--{name.replace('_', '-')} must be >= 1")
-    if opts.env_server_cpus <= 0:
-        raise LaunchError("--env-server-cpus must be > 0")
     if opts.cp > 1 and opts.train_backend != "megatron":
         raise LaunchError("--cp (context parallelism) needs --train-backend megatron")
+    _check_token_budget(opts)
+
+
+def _check_numbers(opts: argparse.Namespace) -> None:
+    """Counts >= 1; floats finite and in range (NaN compares false with everything, so each
+    bound is checked as what it must be)."""
+    for name in _COUNTS:
+        value = getattr(opts, name)
+        if value is not None and value < 1:
+            raise LaunchError(f"--{name.replace('_', '-')} {value}: must be >= 1")
+    for name, (low, high, why) in _FLOAT_RANGES.items():
+        value = getattr(opts, name)
+        if not (math.isfinite(value) and low < value <= high):
+            bound = f"> {low:g}" if high == math.inf else f"in ({low:g}, {high:g}]"
+            raise LaunchError(
+                " ".join(
+                    filter(None, [f"--{name.replace('_', '-')} {value:g}: must be", bound, why])
+                )
+            )
+
+
+def _check_token_budget(opts: argparse.Namespace) -> None:
+    """One episode must fit a GPU's micro batch (--max-tokens-per-gpu x --cp)."""
     budget = opts.max_tokens_per_gpu * opts.cp
     flag, tokens = (
         ("--max-context-len", opts.max_context_len)

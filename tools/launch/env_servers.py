@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -31,7 +32,6 @@ from urllib.parse import urlparse
 from contract.config import TrainConfig, is_hosted
 from tools.errors import LaunchError
 from tools.launch import prerequisites as pre
-from tools.launch.cluster import ClusterView
 from tools.launch.layout import Layout
 from tools.launch.modes import TrainMode
 from tools.launch.services import answers, env_server_command, free_port, is_loopback
@@ -82,6 +82,10 @@ class EnvServerPlan:
     """ray: CPUs each replica reserves."""
     db: str = ""
     """The trajectory store replica 0 keeps."""
+    tokenizers: list[str] = field(default_factory=list)
+    """ray: what the replicas' token view may load (the model's tokenizer)."""
+    gpu_bundles: int = 0
+    """ray: the GPUs slime's placement group claims, one CPU each (the replicas leave them)."""
 
 
 def default_replicas(episodes_in_flight: int) -> int:
@@ -89,15 +93,22 @@ def default_replicas(episodes_in_flight: int) -> int:
     return max(1, math.ceil(episodes_in_flight / SESSIONS_PER_REPLICA))
 
 
-def replica_command(config: str, url: str, db: str, index: int) -> list[str]:
+def replica_command(
+    config: str, url: str, db: str, index: int, tokenizers: Sequence[str] = ()
+) -> list[str]:
     """`python -m envs.server` for replica `index`: replica 0 keeps the store, the rest serve envs
-    only."""
-    cmd = env_server_command(config, url, db)
+    only; the web UI's token view may load `tokenizers` (the model's), nothing an upload names."""
+    cmd = env_server_command(config, url, db, tokenizers)
     return cmd if index == 0 else [*cmd, "--role", "env"]
 
 
 def local_plan(
-    config: str, urls: list[str], replicas: int, db: str, running: frozenset[str] = frozenset()
+    config: str,
+    urls: list[str],
+    replicas: int,
+    db: str,
+    running: frozenset[str] = frozenset(),
+    tokenizers: Sequence[str] = (),
 ) -> EnvServerPlan:
     """`replicas` loopback servers: the config's loopback URLs first, then free ports; those in
     `running` already answer and are used as they are."""
@@ -106,14 +117,25 @@ def local_plan(
         chosen.append(f"http://127.0.0.1:{free_port()}")
     db = str(Path(db).resolve())
     commands = [
-        (u, replica_command(config, u, db, i)) for i, u in enumerate(chosen) if u not in running
+        (u, replica_command(config, u, db, i, tokenizers))
+        for i, u in enumerate(chosen)
+        if u not in running
     ]
     return EnvServerPlan(Placement.LOCAL, replicas, chosen, commands, db=db)
 
 
-def ray_plan(replicas: int, cpus: float, db: str) -> EnvServerPlan:
-    """`replicas` servers the job starts on the Ray cluster."""
-    return EnvServerPlan(Placement.RAY, replicas, cpus=cpus, db=str(Path(db).resolve()))
+def ray_plan(
+    replicas: int, cpus: float, db: str, tokenizers: Sequence[str] = (), gpu_bundles: int = 0
+) -> EnvServerPlan:
+    """`replicas` servers the job starts on the Ray cluster, beside `gpu_bundles` of slime's."""
+    return EnvServerPlan(
+        Placement.RAY,
+        replicas,
+        cpus=cpus,
+        db=str(Path(db).resolve()),
+        tokenizers=list(tokenizers),
+        gpu_bundles=gpu_bundles,
+    )
 
 
 def episodes_in_flight(
@@ -138,11 +160,12 @@ def plan_env_servers(
     on_ray: bool,
     probe: bool,
     episodes: int,
+    gpu_bundles: int,
     checks: list[pre.Check],
     notes: list[str],
 ) -> EnvServerPlan | None:
     """The job's env servers: running ones, replicas on this machine, or replicas on the Ray
-    cluster."""
+    cluster (beside `gpu_bundles` of slime's, one CPU each)."""
     if cfg is None or all(is_hosted(n) for n in cfg.environments):
         return None
     urls = [opts.env_server.rstrip("/")] if opts.env_server else cfg.env_server_urls
@@ -171,12 +194,7 @@ def plan_env_servers(
                 )
             )
     if not on_ray:
-        plan = local_plan(opts.config, urls, replicas, opts.db, running)
-        # the web UI's token view may load the model's tokenizer, nothing an upload names
-        at = 5  # after `python -m envs.server --config FILE`
-        plan.commands = [
-            (u, [*cmd[:at], "--tokenizer", opts.model, *cmd[at:]]) for u, cmd in plan.commands
-        ]
+        plan = local_plan(opts.config, urls, replicas, opts.db, running, [opts.model])
         notes += [f"env server already answers at {u}" for u in plan.urls if u in running]
         return plan
     if opts.env_server and is_loopback(opts.env_server):
@@ -191,27 +209,4 @@ def plan_env_servers(
             f"env_server {', '.join(loopback)} is loopback, which other nodes do not reach: the "
             f"job starts {replicas} replica(s) on the Ray cluster instead"
         )
-    return ray_plan(replicas, opts.env_server_cpus, opts.db)
-
-
-def check_cluster_cpus(
-    plan: EnvServerPlan, layout: Layout, view: ClusterView | None, checks: list[pre.Check]
-) -> None:
-    """Ray reserves CPUs: the replicas, one per GPU bundle of slime's placement group, and two
-    drivers."""
-    if view is None or not view.on_ray:
-        return
-    need = plan.replicas * plan.cpus + layout.gpus_used + 2
-    ok = view.total_cpus >= need
-    detail = (
-        f"{plan.replicas} replica(s) x {plan.cpus:g} CPU, placed by Ray; replica 0 keeps the "
-        f"store {plan.db} on the job's node"
-        if ok
-        else f"{plan.replicas} replica(s) x {plan.cpus:g} CPU + {layout.gpus_used} GPU bundles "
-        f"(1 CPU each) + 2 drivers need {need:g} CPUs, the cluster has {view.total_cpus}"
-    )
-    checks.append(
-        pre.Check(
-            "env servers", ok, detail, "" if ok else "lower --env-servers or --env-server-cpus"
-        )
-    )
+    return ray_plan(replicas, opts.env_server_cpus, opts.db, [opts.model], gpu_bundles)

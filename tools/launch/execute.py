@@ -1,6 +1,8 @@
-"""Carry out a launch plan: write the job's config, start the env servers and the Ray head it
-needs, submit slime's driver with `ray job submit`, and stop what it started on exit (Ctrl-C and
-SIGTERM included; the Ray head it started is stopped, never `ray stop`)."""
+"""Carry out a launch plan: download the model when the plan says so, write the job's config,
+start the env servers and the Ray head it needs, submit slime's driver with `ray job submit`,
+and stop what it started on exit (Ctrl-C and SIGTERM included; the Ray head it started is
+stopped, never `ray stop`). What it starts also dies with it when run.sh is killed outright
+(the parent-death signal). Its exit code is the job's: the driver's own, as Ray recorded it."""
 
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ import yaml
 from contract.config import TRAIN_CONFIG_ENV
 from tools.errors import ServiceError
 from tools.launch.cluster import ray_dashboard_up
+from tools.launch.job import job_exit_code
+from tools.launch.model_source import download
 from tools.launch.plan import LaunchPlan
-from tools.launch.services import managed_process, stop
+from tools.launch.services import managed_process, parent_death_signal, stop
 
 RAY_HEAD_TIMEOUT = 180.0
 
@@ -42,7 +46,10 @@ def _ray_head(plan: LaunchPlan) -> Iterator[subprocess.Popen]:
     assert plan.ray_start_cmd is not None
     print(f"run.sh: starting Ray head: {shlex.join(plan.ray_start_cmd)}", flush=True)
     proc = subprocess.Popen(
-        plan.ray_start_cmd, env={**os.environ, **plan.ray_start_env}, start_new_session=True
+        plan.ray_start_cmd,
+        env={**os.environ, **plan.ray_start_env},
+        start_new_session=True,
+        preexec_fn=parent_death_signal() if sys.platform == "linux" else None,
     )
     try:
         deadline = time.monotonic() + RAY_HEAD_TIMEOUT
@@ -58,6 +65,16 @@ def _ray_head(plan: LaunchPlan) -> Iterator[subprocess.Popen]:
         print("run.sh: Ray head stopped", flush=True)
 
 
+def _download_model(repo_id: str, revision: str) -> None:
+    """The plan's Hub model into the Hugging Face cache (huggingface_hub's progress bars)."""
+    print(f"run.sh: downloading {repo_id} (revision {revision[:12]}) from the Hub", flush=True)
+    try:
+        path = download(repo_id, revision)
+    except Exception as e:  # the Hub, the network or the disk: one line either way
+        raise ServiceError(f"downloading {repo_id}: {' '.join(str(e).split())[:300]}") from None
+    print(f"run.sh: {repo_id} is in {path}", flush=True)
+
+
 def execute(plan: LaunchPlan) -> int:
     """Run the plan; stop the env servers and the Ray head it started, also on Ctrl-C/SIGTERM."""
 
@@ -66,6 +83,8 @@ def execute(plan: LaunchPlan) -> int:
 
     old = signal.signal(signal.SIGTERM, _term)
     try:
+        if plan.model_download is not None:
+            _download_model(*plan.model_download)
         with contextlib.ExitStack() as stack:
             if plan.config_override is not None:
                 p = Path(plan.job_env[TRAIN_CONFIG_ENV])
@@ -74,7 +93,7 @@ def execute(plan: LaunchPlan) -> int:
             for url, cmd in plan.env_servers:
                 print(f"run.sh: starting env server: {shlex.join(cmd)}", flush=True)
                 Path(cmd[cmd.index("--db") + 1]).parent.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(managed_process("env server", cmd, url))
+                stack.enter_context(managed_process("env server", cmd, url, die_with_parent=True))
                 stack.callback(print, f"run.sh: env server {url} stopped", flush=True)
                 print(f"run.sh: env server up at {url}", flush=True)
             if plan.ray_start_cmd:
@@ -83,7 +102,8 @@ def execute(plan: LaunchPlan) -> int:
             plan.train_script_path.write_text(plan.train_script)
             print(f"run.sh: submitting Ray job {plan.submission_id}", flush=True)
             try:
-                return subprocess.run(plan.submit_cmd).returncode
+                submitted = subprocess.run(plan.submit_cmd).returncode
+                return job_exit_code(plan.ray_address, plan.submission_id, submitted)
             except KeyboardInterrupt:
                 if not plan.ray_start_cmd:  # a cluster we did not start keeps running: stop our job
                     _stop_job(plan)

@@ -16,9 +16,11 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
+
 from contract.config import TRAIN_CONFIG_ENV, TrainConfig
 from tools.launch import prerequisites as pre
-from tools.launch.cluster import ClusterView
+from tools.launch.cluster import ClusterView, ray_auth_headers
 from tools.launch.env_servers import (
     ENV_SERVER_SECRETS,
     ENV_SERVER_VARS,
@@ -91,7 +93,9 @@ def job_config(
     config = Path(opts.config).resolve()
     if plan is not None and plan.placement is Placement.RAY:
         wrapper = [opts.python, "-m", "tools.launch.ray_job", "--replicas", str(plan.replicas)]
-        wrapper += ["--cpus", f"{plan.cpus:g}", "--config", str(config), "--db", plan.db]
+        wrapper += ["--cpus", f"{plan.cpus:g}", "--gpu-bundles", str(plan.gpu_bundles)]
+        wrapper += ["--config", str(config), "--db", plan.db]
+        wrapper += [arg for t in plan.tokenizers for arg in ("--tokenizer", t)]
         wrapper += ["--job-config", str(job.with_suffix(".yaml")), "--"]
         return job.with_suffix(".yaml"), None, wrapper
     if plan is not None and cfg is not None and plan.urls != cfg.env_server_urls:
@@ -103,6 +107,24 @@ def _config_with_env_server(cfg: TrainConfig, urls: list[str]) -> dict:
     data = cfg.model_dump(mode="json")
     data["env_server"] = urls[0] if len(urls) == 1 else urls
     return data
+
+
+def job_exit_code(ray_address: str, sid: str, submit_code: int) -> int:
+    """The exit code of the job's entrypoint (slime's driver, or the wrapper that passes its code
+    on), as Ray recorded it: `ray job submit` itself exits 1 for any failure. A driver killed by
+    signal N gives 128 + N, as a shell reports it; `submit_code` when Ray cannot say."""
+    try:
+        r = httpx.get(
+            f"{ray_address.rstrip('/')}/api/jobs/{sid}", headers=ray_auth_headers(), timeout=10.0
+        )
+        r.raise_for_status()
+        info = r.json()
+    except (httpx.HTTPError, ValueError):
+        return submit_code
+    code = info.get("driver_exit_code") if isinstance(info, dict) else None
+    if isinstance(code, int):
+        return 128 - code if code < 0 else code
+    return 0 if info.get("status") == "SUCCEEDED" else submit_code or 1
 
 
 def submit_command(

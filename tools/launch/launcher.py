@@ -17,16 +17,20 @@ from tools.launch.plan import build_plan, format_plan
 
 
 def main(argv: list[str] | None = None) -> int:
-    """run.sh's exit code: 2 for a refused option or a missing prerequisite, else the launch's."""
-    opts, extra = parse_options(sys.argv[1:] if argv is None else argv)
+    """run.sh's exit code: 2 for a refused option or a MISSING prerequisite (a dry run too), else
+    the job's (slime's driver's)."""
     try:
+        opts, extra = parse_options(sys.argv[1:] if argv is None else argv)
         plan = build_plan(opts, extra)
     except LaunchError as e:
         print(f"run.sh: {e}", file=sys.stderr)
         return 2
     if opts.dry_run:
         print(format_plan(plan))
-        return 0
+        missing = sum(not c.ok for c in plan.checks)
+        if missing:
+            print(f"run.sh: dry run: {missing} prerequisite(s) MISSING (above)", file=sys.stderr)
+        return 2 if missing else 0
     if not plan.ok:
         for c in plan.checks:
             if not c.ok:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import subprocess
 from pathlib import Path
@@ -40,21 +39,24 @@ def read_model_args(script: Path) -> list[str]:
     return args
 
 
-def resolve_model_args(opts: argparse.Namespace, slime_path: Path | None) -> tuple[list[str], str]:
-    """Megatron model flags and where they came from; ([], reason) when they cannot be found yet."""
-    if opts.model_args:
-        p = Path(opts.model_args)
+def resolve_model_args(
+    model_args: str | None, model_name: str, slime_path: Path | None
+) -> tuple[list[str], str]:
+    """Megatron model flags (--model-args, else slime's script for `model_name`) and where they
+    came from; ([], reason) when they cannot be found yet."""
+    if model_args:
+        p = Path(model_args)
         if p.is_file():
             return read_model_args(p), str(p)
-        return shlex.split(opts.model_args), "--model-args"
+        return shlex.split(model_args), "--model-args"
     if slime_path is None:
         return [], "unknown until a slime checkout is found"
-    script = model_args_script(slime_path, opts.model)
+    script = model_args_script(slime_path, model_name)
     if script is None:
         known = sorted(s.stem for s in (slime_path / "scripts" / "models").glob("*.sh"))
         raise LaunchError(
-            f"no Megatron model args for {opts.model!r}: slime's scripts/models has no "
-            f"{Path(opts.model).name}.sh; pass --model-args FILE_OR_FLAGS "
+            f"no Megatron model args for {model_name!r}: slime's scripts/models has no "
+            f"{model_name}.sh; pass --model-args FILE_OR_FLAGS "
             f"(known: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''})"
         )
     return read_model_args(script), str(script)

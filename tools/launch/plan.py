@@ -35,7 +35,6 @@ from tools.launch.cluster_plan import fit_cluster_layout, gpu_vendor, ray_head_c
 from tools.launch.env_servers import (
     EnvServerPlan,
     Placement,
-    check_cluster_cpus,
     episodes_in_flight,
     plan_env_servers,
 )
@@ -49,10 +48,19 @@ from tools.launch.job import (
     train_script,
 )
 from tools.launch.model_args import resolve_model_args
+from tools.launch.model_source import resolve_model
 from tools.launch.modes import ModePlan, TrainMode, mode_plan, resolve_colocate
+from tools.launch.paths import absolute_options
+from tools.launch.replica_placement import check_replica_placement
 from tools.launch.resume import LoadPlan, plan_load
-from tools.launch.slime_args import TrainInputs, check_emitted_flags, slime_train_args
+from tools.launch.slime_args import (
+    TrainInputs,
+    check_emitted_flags,
+    slime_train_args,
+    take_overrides,
+)
 from tools.launch.slime_flags import supported_train_backends
+from tools.launch.slime_names import absolute_path_values
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,6 +94,8 @@ class LaunchPlan:
     change the config's env_server."""
     ray_start_env: dict[str, str] = field(default_factory=dict)
     """Extra environment of the Ray head run.sh starts (ROCm)."""
+    model_download: tuple[str, str] | None = None
+    """(Hub id, revision) downloaded into the Hugging Face cache before anything starts."""
 
     @property
     def ok(self) -> bool:
@@ -110,10 +120,10 @@ class LaunchPlan:
 
 @dataclass(frozen=True)
 class _Inputs:
-    """What the run reads: its config, and the eval file and interval."""
+    """What the run reads: its config, and the eval files and interval."""
 
     cfg: TrainConfig | None
-    eval_data: str | None
+    eval_data: list[str]
     eval_interval: int | None
 
 
@@ -140,17 +150,20 @@ def build_plan(
     environ = dict(os.environ if environ is None else environ)
     checks: list[pre.Check] = []
     notes: list[str] = []
-    mode, colocate, load = _decide_mode_and_load(opts, notes)
+    opts, extra = absolute_options(opts), absolute_path_values(extra)
+    mode, colocate = _decide_mode(opts)
+    model = resolve_model(opts.model)
+    opts.model = model.path  # every consumer gets the local directory
+    load = _decide_load(opts, notes)
     inputs = _check_inputs(opts, environ, checks, notes)
     src = _check_sources(opts, mode, checks)
 
     ray_address, cluster_up, view = read_cluster(opts, probe, gpus, checks)
     layout = fit_cluster_layout(opts, view, colocate, checks, notes)
     vendor = gpu_vendor(opts, view, checks)
-    checks.append(pre.check_checkpoint(load.load, opts.model, from_load=load.load != opts.model))
-    checks.append(pre.check_ray())
+    checks += [model.check, *_checkpoint_checks(opts), pre.check_ray()]
     ray_cmd = pre.ray_executable() or "ray"
-    model_args = _model_args(opts, load, src.slime_path, checks, notes)
+    model_args = _model_args(opts, model.name, load, src.slime_path, checks, notes)
 
     on_ray = cluster_up and view is not None
     env_plan = plan_env_servers(
@@ -159,11 +172,12 @@ def build_plan(
         on_ray,
         probe,
         episodes_in_flight(opts, mode, layout, extra),
+        layout.gpus_used,
         checks,
         notes,
     )
     if env_plan is not None and env_plan.placement is Placement.RAY:
-        check_cluster_cpus(env_plan, layout, view, checks)
+        check_replica_placement(env_plan, layout.gpus_used, view, checks)
     ray_start = None if cluster_up else ray_head_cmd(ray_cmd, ray_address, view, layout)
 
     run_name = inputs.cfg.run_name if inputs.cfg is not None else "slime-envs"
@@ -185,6 +199,8 @@ def build_plan(
         check_emitted_flags(
             train_args, model_args, opts.train_backend, src.slime_path, checks, notes
         )
+    train_args, replaced = take_overrides(train_args, extra, src.modes.flags)
+    notes += [f"{r} replaced by yours after `--`" for r in replaced]
 
     sid = submission_id()
     run_dir = PROJECT_ROOT / "runs" / run_name
@@ -196,8 +212,12 @@ def build_plan(
     )
     slime_dir = src.slime_path or Path("${SLIME_PATH}")
     script_path = run_dir / f"{sid}.sh"
+    if getattr(opts, "taken_from_slime_args", None):
+        notes.append(
+            f"taken as run.sh's options (checked): {shlex.join(opts.taken_from_slime_args)}"
+        )
     if extra:
-        notes.append(f"passed to slime unchanged: {shlex.join(extra)}")
+        notes.append(f"passed to slime: {shlex.join(extra)}")
     return LaunchPlan(
         checks=checks,
         notes=notes,
@@ -214,27 +234,38 @@ def build_plan(
         secret_env=secret_env,
         config_override=config_override,
         ray_start_env=ray_start_env,
+        model_download=model.download,
     )
 
 
-def _decide_mode_and_load(
-    opts: argparse.Namespace, notes: list[str]
-) -> tuple[TrainMode, bool, LoadPlan]:
-    """The mode, whether it colocates, and the checkpoint to load; LaunchError for options that
-    cannot go together."""
+def _decide_mode(opts: argparse.Namespace) -> tuple[TrainMode, bool]:
+    """The mode and whether it colocates; LaunchError for option values or combinations slime
+    cannot run."""
     mode = TrainMode(opts.mode)
     try:
         colocate = resolve_colocate(mode, opts.colocate)
     except ModeError as e:
         raise LaunchError(str(e)) from None
     check_options(opts, mode)
+    return mode, colocate
+
+
+def _decide_load(opts: argparse.Namespace, notes: list[str]) -> LoadPlan:
+    """The checkpoint to load and the reference weights (resuming from --save when it holds
+    one)."""
     try:
-        load = plan_load(opts.model, opts.load, opts.save, opts.resume)
+        load = plan_load(opts.model, opts.load, opts.save, opts.resume, opts.ref_load)
     except ResumeError as e:
         raise LaunchError(str(e)) from None
     if load.note:
         notes.append(load.note)
-    return mode, colocate, load
+    return load
+
+
+def _checkpoint_checks(opts: argparse.Namespace) -> list[pre.Check]:
+    """--load and --ref-load, when given, must be directories."""
+    given = [("--load", opts.load), ("--ref-load", opts.ref_load)]
+    return [pre.check_checkpoint(flag, path) for flag, path in given if path]
 
 
 def _check_inputs(
@@ -278,6 +309,7 @@ def _check_sources(opts: argparse.Namespace, mode: TrainMode, checks: list[pre.C
 
 def _model_args(
     opts: argparse.Namespace,
+    model_name: str,
     load: LoadPlan,
     slime_path: Path | None,
     checks: list[pre.Check],
@@ -288,7 +320,7 @@ def _model_args(
         return []
     model_args: list[str] = []
     try:
-        model_args, source = resolve_model_args(opts, slime_path)
+        model_args, source = resolve_model_args(opts.model_args, model_name, slime_path)
         notes.append(f"Megatron model args: {source}")
     except LaunchError as e:
         checks.append(pre.Check("model args", False, str(e), "pass --model-args"))
@@ -339,30 +371,30 @@ def default_eval_path(task_data: str) -> Path:
 
 def _plan_eval(
     opts: argparse.Namespace, checks: list[pre.Check], notes: list[str]
-) -> tuple[str | None, int | None]:
-    """The eval file and interval: --eval-data, else the prepared eval file when it exists."""
+) -> tuple[list[str], int | None]:
+    """The eval files and interval: --eval-data, else the prepared eval file when it exists."""
     if opts.no_eval:
         if opts.eval_data or opts.eval_interval is not None:
             raise LaunchError("--no-eval contradicts --eval-data/--eval-interval: drop one")
-        return None, None
-    data = opts.eval_data
+        return [], None
     interval = opts.eval_interval or DEFAULT_EVAL_INTERVAL
-    if data:
-        checks.append(pre.check_task_file(data, opts.config, "eval task file", "--eval-output"))
-    else:
-        default = default_eval_path(opts.task_data)
-        if default.is_file() and default.stat().st_size > 0:
-            data = str(default)
-            notes.append(
-                f"eval: {default} every {interval} rollouts (prepared by prepare_tasks.py; "
-                "--no-eval skips it)"
-            )
-        elif opts.eval_interval is not None:
-            raise LaunchError(
-                f"--eval-interval needs --eval-data FILE, or {default} (python prepare_tasks.py "
-                f"--config {opts.config} --output {opts.task_data} writes it)"
-            )
-    return (data, interval) if data else (None, None)
+    if opts.eval_data:
+        for path in opts.eval_data:
+            checks.append(pre.check_task_file(path, opts.config, "eval task file", "--eval-output"))
+        return list(opts.eval_data), interval
+    default = default_eval_path(opts.task_data)
+    if default.is_file() and default.stat().st_size > 0:
+        notes.append(
+            f"eval: {default} every {interval} rollouts (prepared by prepare_tasks.py; "
+            "--no-eval skips it)"
+        )
+        return [str(default)], interval
+    if opts.eval_interval is not None:
+        raise LaunchError(
+            f"--eval-interval needs --eval-data FILE, or {default} (python prepare_tasks.py "
+            f"--config {opts.config} --output {opts.task_data} writes it)"
+        )
+    return [], None
 
 
 def _masked(plan: LaunchPlan, env: dict[str, str]) -> dict[str, str]:
@@ -376,6 +408,11 @@ def format_plan(plan: LaunchPlan) -> str:
     out.append("# Ray job environment (runtime_env env_vars)")
     out += [f"export {k}={shlex.quote(v)}" for k, v in _masked(plan, plan.job_env).items()]
     out.append("# commands")
+    if plan.model_download is not None:
+        repo, revision = plan.model_download
+        out.append(
+            f"hf download {repo} --revision {revision}   # into the Hugging Face cache, first"
+        )
     if plan.config_override is not None:
         urls = plan.env_plan.urls if plan.env_plan is not None else []
         out.append(

@@ -203,23 +203,15 @@ def check_train_backend(backend: str, supported: list[str], slime_path: str) -> 
     )
 
 
-def check_checkpoint(path: str, model: str, from_load: bool) -> Check:
-    """slime's trainer loads weights from a local directory (a hub id only works for SGLang)."""
+def check_checkpoint(flag: str, path: str) -> Check:
+    """A checkpoint directory an option names (--load, --ref-load): slime reads it from disk."""
     if Path(path).is_dir():
-        return Check("checkpoint", True, str(Path(path).resolve()))
-    if from_load:
-        return Check(
-            "checkpoint",
-            False,
-            f"--load {path} is not a directory",
-            "pass an existing checkpoint directory",
-        )
-    local = "./" + Path(model.rstrip("/")).name
+        return Check("checkpoint", True, f"{flag} {path}")
     return Check(
         "checkpoint",
         False,
-        f"--model {model} is not a local directory; the trainer loads weights from disk",
-        f"hf download {model} --local-dir {local} && bash run.sh --model {local} ...",
+        f"{flag} {path} is not a directory",
+        f"pass an existing checkpoint directory to {flag}, or drop {flag}",
     )
 
 

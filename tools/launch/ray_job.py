@@ -7,15 +7,19 @@ run.sh submits this when training runs on a Ray cluster it did not start. It run
 runs the job's entrypoint (a driver, normally on the head node), and:
 
 1. starts N replicas of `python -m envs.server`, each inside a Ray actor that reserves `--cpus`
-   CPUs: replica 0 on this node, keeping the trajectory store (`--db`), the others spread over
-   the nodes (`--role env`). Each binds its node's IP, as Ray knows it, on a free port, so
-   slime's rollout manager reaches it from whichever node Ray put it on; all of them require
-   the job's ENV_SERVER_API_KEY (the bridge sends it).
+   CPUs on the node `tools.launch.replica_placement` picks (hard node affinity): replica 0,
+   keeping the trajectory store (`--db`), on this node when it has CPUs to spare, the others
+   (`--role env`) spread over the nodes, leaving the CPUs of slime's `--gpu-bundles`. Each
+   binds its node's IP, as Ray knows it, on a free port, so slime's rollout manager reaches it
+   from whichever node Ray put it on; all of them require the job's ENV_SERVER_API_KEY (the
+   bridge sends it), and their token view may load the model's `--tokenizer`.
 2. writes OUT, the config with `env_server: [their URLs]`. The job's TRAIN_CONFIG names OUT, so
    the bridge pins each session to one replica and sends every trajectory to replica 0.
 3. runs the command after `--` (slime's driver) and exits with its code. The replicas stop
    when it ends or fails, when the job is stopped (SIGTERM), and, since this driver owns the
-   actors, when it dies: Ray then kills the actors and their servers die with them.
+   actors, when it dies: Ray then kills the actors and their servers die with them. The command
+   dies with this process too (SIGKILL on its parent's death, even a `kill -9`): slime's driver
+   never outlives the job's entrypoint.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +39,14 @@ import yaml
 
 from contract.config import TRAIN_CONFIG_ENV, load_config
 from contract.errors import ConfigError
-from tools.errors import ServiceError
+from tools.errors import ClusterError, ServiceError
 from tools.launch.env_servers import replica_command
+from tools.launch.replica_placement import NodeRoom, place_replicas
 from tools.launch.services import (
     free_port,
     http_url,
     is_loopback,
+    parent_death_signal,
     start_process,
     stop,
     wait_until_up,
@@ -57,8 +64,11 @@ class EnvServerReplica:
     actor's process even when that is killed outright.
     """
 
-    def __init__(self, config: str, db: str, index: int, timeout: float) -> None:
+    def __init__(
+        self, config: str, db: str, index: int, timeout: float, tokenizers: Sequence[str] = ()
+    ) -> None:
         self._config, self._db, self._index, self._timeout = config, db, index, timeout
+        self._tokenizers = list(tokenizers)
         self._name = f"env server replica {index}"
         self._cmd: list[str] = []
         self._url = ""
@@ -77,7 +87,9 @@ class EnvServerReplica:
         last: Exception | None = None
         for _ in range(START_ATTEMPTS):  # a port can be taken between probing and binding it
             self._url = http_url(host, free_port(host))
-            self._cmd = replica_command(self._config, self._url, self._db, self._index)
+            self._cmd = replica_command(
+                self._config, self._url, self._db, self._index, self._tokenizers
+            )
             try:
                 self._spawn()
             except ServiceError as e:
@@ -135,6 +147,18 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("--db", required=True, help="trajectory store of replica 0")
     ap.add_argument("--job-config", required=True, help="where to write the config with their URLs")
     ap.add_argument("--cpus", type=float, default=1.0, help="CPUs each replica reserves")
+    ap.add_argument(
+        "--gpu-bundles",
+        type=int,
+        default=0,
+        help="GPUs slime's placement group will claim (one CPU each; the replicas leave them)",
+    )
+    ap.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        help="a tokenizer the replicas' token view may load (repeatable)",
+    )
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for them")
     opts = ap.parse_args(argv[:i])
     cmd = argv[i + 1 :]
@@ -158,23 +182,47 @@ def write_job_config(config: str, urls: list[str], out: Path) -> None:
     tmp.replace(out)
 
 
+def replica_nodes(gpu_bundles: int, replicas: int, cpus: float) -> list[tuple[str, str]]:
+    """(Ray node id, its address) of each replica, replica 0 first, from the live cluster
+    (`tools.launch.replica_placement`); ClusterError when they do not fit."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    rooms = [
+        NodeRoom(
+            f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})",
+            float(n.get("Resources", {}).get("CPU", 0)),
+            int(n.get("Resources", {}).get("GPU", 0)),
+            n["NodeID"] == here,
+        )
+        for n in alive
+    ]
+    placed = place_replicas(rooms, replicas, cpus, gpu_bundles)
+    return [(alive[k]["NodeID"], alive[k]["NodeManagerAddress"]) for k in placed]
+
+
 def start_replicas(opts: argparse.Namespace) -> tuple[list[Any], list[str]]:
-    """The replica actors, started, and their URLs (replica 0 first)."""
+    """The replica actors, started on the nodes placed for them, and their URLs (replica 0
+    first)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    try:
+        nodes = replica_nodes(opts.gpu_bundles, opts.replicas, opts.cpus)
+    except ClusterError as e:
+        raise ServiceError(str(e)) from None
+    for i, (node_id, address) in enumerate(nodes):
+        print(f"ray_job: replica {i} goes on node {node_id} ({address})", flush=True)
     replica = ray.remote(EnvServerReplica)
-    here = ray.get_runtime_context().get_node_id()
     config, db = str(Path(opts.config).resolve()), str(Path(opts.db).resolve())
     actors: list[Any] = [  # Ray actor handles
         replica.options(
             num_cpus=opts.cpus,
             max_restarts=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
-            if i == 0
-            else "SPREAD",
-        ).remote(config, db, i, opts.timeout)
-        for i in range(opts.replicas)
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote(config, db, i, opts.timeout, opts.tokenizer)
+        for i, (node_id, _) in enumerate(nodes)
     ]
     try:
         urls = ray.get([a.start.remote() for a in actors], timeout=opts.timeout)
@@ -202,8 +250,12 @@ def stop_replicas(actors: list[Any]) -> None:
 
 
 def run_child(cmd: list[str]) -> int:
-    """Run `cmd`, passing SIGTERM/SIGINT on to it; its exit code."""
-    child = subprocess.Popen(cmd)
+    """Run `cmd`, passing SIGTERM/SIGINT on to it; its exit code. It gets SIGKILL if this process
+    dies first, however it dies (Linux)."""
+    on_linux = sys.platform == "linux"
+    child = subprocess.Popen(
+        cmd, preexec_fn=parent_death_signal(signal.SIGKILL) if on_linux else None
+    )
 
     def forward(signum: int, frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):

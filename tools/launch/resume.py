@@ -62,9 +62,20 @@ def saved_checkpoint(save: str | None) -> SavedCheckpoint | None:
     return SavedCheckpoint(root, text)
 
 
-def plan_load(model: str, load: str | None, save: str | None, resume: bool | None) -> LoadPlan:
+def plan_load(
+    model: str,
+    load: str | None,
+    save: str | None,
+    resume: bool | None,
+    ref_load: str | None = None,
+) -> LoadPlan:
     """--load/--ref-load for these options: the checkpoint in --save when resuming, else the base
-    weights."""
+    weights; --ref-load, when given, is the reference either way."""
+    plan = _plan_load(model, load, save, resume)
+    return LoadPlan(plan.load, ref_load, plan.note) if ref_load else plan
+
+
+def _plan_load(model: str, load: str | None, save: str | None, resume: bool | None) -> LoadPlan:
     base = load or model
     found = saved_checkpoint(save)
     if resume is True:

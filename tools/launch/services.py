@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlparse
@@ -51,13 +51,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the process that started it dies, even by
-    SIGKILL."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A `preexec_fn` (Linux): the child gets `sig` when the process that started it dies, even
+    by SIGKILL (PR_SET_PDEATHSIG), and at once if that process died before the child set it up.
+
+    The signal follows the thread that forks: start the child from a thread that lives as long
+    as the parent process does (the main thread, or a watchdog)."""
+    parent = os.getpid()
+
+    def arm() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent is already gone: it cannot signal us any more
+            os.kill(os.getpid(), sig)
+
+    return arm
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def env_server_command(config: str, url: str, db: str, tokenizers: Sequence[str] = ()) -> list[str]:
@@ -154,20 +167,26 @@ def start_process(
         env=env,
         stdout=stdout,
         stderr=subprocess.STDOUT if stdout else None,
-        preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
+        preexec_fn=parent_death_signal() if die_with_parent and sys.platform == "linux" else None,
     )
 
 
 @contextlib.contextmanager
 def managed_process(
-    name: str, cmd: list[str], url: str, timeout: float = 120.0, log_path: Path | None = None
+    name: str,
+    cmd: list[str],
+    url: str,
+    timeout: float = 120.0,
+    log_path: Path | None = None,
+    die_with_parent: bool = False,
 ) -> Iterator[subprocess.Popen]:
-    """Start `cmd`, wait until `url`/health answers, yield the process, and stop it on exit."""
+    """Start `cmd`, wait until `url`/health answers, yield the process, and stop it on exit
+    (`die_with_parent`: also when this process is killed outright)."""
     out = None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(log_path, "ab")
-    proc = start_process(cmd, out)
+    proc = start_process(cmd, out, die_with_parent=die_with_parent)
     try:
         wait_until_up(name, url, proc, timeout)
         yield proc

@@ -8,6 +8,7 @@ own argument definitions and names any flag it lacks.
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,8 @@ class TrainInputs:
     mode: ModePlan
     vendor: GpuVendor
     model_args: list[str]
-    eval_data: str | None
+    eval_data: list[str]
+    """Absolute paths of the eval files ([]: no eval)."""
     eval_interval: int | None
     wandb_offline: bool
     wandb_group: str
@@ -178,12 +180,19 @@ def _rollout_flags(opts: argparse.Namespace) -> list[str]:
 
 
 def _eval_flags(opts: argparse.Namespace, t: TrainInputs) -> list[str]:
+    """Each eval file as slime's NAME PATH pair (its stem; numbered when two share one)."""
     if not t.eval_data:
         return []
+    pairs: list[str] = []
+    names: set[str] = set()
+    for i, path in enumerate(t.eval_data):
+        name = Path(path).stem
+        name = name if name not in names else f"{name}_{i}"
+        names.add(name)
+        pairs += [name, path]
     return [
         "--eval-prompt-data",
-        Path(t.eval_data).stem,
-        str(Path(t.eval_data).resolve()),
+        *pairs,
         "--n-samples-per-eval-prompt",
         "1",
         "--eval-max-response-len",
@@ -252,6 +261,39 @@ def _wandb_flags(opts: argparse.Namespace, t: TrainInputs) -> list[str]:
         return []
     args = ["--use-wandb", "--wandb-project", opts.wandb_project, "--wandb-group", t.wandb_group]
     return args + (["--wandb-mode", "offline"] if t.wandb_offline else [])
+
+
+# Passed on as given even though run.sh emits it too: composing a user's dynamic filter with the
+# bridge's is the bridge's filter work (issue 21 item 3), not a replacement.
+AS_GIVEN = frozenset({"--dynamic-sampling-filter-path"})
+
+
+def take_overrides(
+    args: list[str], extra: list[str], decided: list[str]
+) -> tuple[list[str], list[str]]:
+    """(`args` without each flag, and its values, that `extra` gives again; those flags as
+    run.sh would have given them). The user's value replaces run.sh's instead of overriding it
+    unseen; LaunchError for a flag in `decided` (set by the mode)."""
+    given = {t.split("=", 1)[0] for t in extra if t.startswith("--")}
+    for flag in emitted_flags(decided):
+        if flag in given:
+            raise LaunchError(
+                f"{flag} after `--`: run.sh's --mode sets it ({shlex.join(decided)}); drop it, "
+                "or pick the --mode whose driver you want"
+            )
+    kept: list[str] = []
+    replaced: list[str] = []
+    i = 0
+    while i < len(args):
+        end = i + 1
+        while end < len(args) and not args[end].startswith("--"):
+            end += 1
+        if args[i] in given and args[i] not in AS_GIVEN:
+            replaced.append(shlex.join(args[i:end]))
+        else:
+            kept += args[i:end]
+        i = end
+    return kept, replaced
 
 
 def emitted_flags(args: list[str]) -> list[str]:
