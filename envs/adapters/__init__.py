@@ -9,6 +9,7 @@ them by name):
     verifiers_episode  one verifiers rollout played one assistant message at a time
     openenv            an OpenEnv environment (`pip install -e '.[openenv]'`): reset/step as
                        ORS tools, its task API as splits
+    schema_args        tool inputs described by a JSON Schema, checked before the tool runs
 
 Nothing here is imported by the server, the plugin or the tools unless an environment needs it.
 """

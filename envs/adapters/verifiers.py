@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from openreward.environments import TextBlock, ToolOutput, tool
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from envs.adapters.schema_args import schema_model
 from envs.errors import AdapterError
 from envs.options import parse_options, reset_task_cache
 from envs.reporting import ReportingEnvironment
@@ -66,32 +67,6 @@ class RespondInput(BaseModel):
     message: str = Field(description="Your next message; the environment replies.")
 
 
-class _ToolArgs(BaseModel):
-    """A verifiers tool's arguments, checked against the tool's own JSON Schema before the tool
-    runs (verifiers itself passes them on unchecked: `mul("a" * 10**5, 10**18)` would run)."""
-
-    model_config = ConfigDict(extra="allow")
-    SCHEMA: ClassVar[dict[str, Any]] = {}
-
-    @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return dict(cls.SCHEMA)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _follows_schema(cls, data: Any) -> Any:
-        from jsonschema.validators import validator_for
-
-        error = next(iter(validator_for(cls.SCHEMA)(cls.SCHEMA).iter_errors(data)), None)
-        if error is not None:
-            where = ".".join(str(p) for p in error.absolute_path)
-            value = repr(error.instance)
-            cut = value if len(value) <= 40 else value[:37] + "..."
-            message = error.message.replace(value, cut)[:200]
-            raise ValueError(f"{where + ': ' if where else ''}{message}")
-        return data
-
-
 def _quiet_verifiers() -> None:
     """No progress bars; environments built here leave the host's SIGINT/SIGTERM handlers alone
     (verifiers installs its own teardown handlers, which fail off the main thread)."""
@@ -102,7 +77,7 @@ def _quiet_verifiers() -> None:
     shim = types.SimpleNamespace(**{k: getattr(signal, k) for k in dir(signal) if k.isupper()})
     shim.signal = lambda *args: None
     shim.default_int_handler = signal.default_int_handler
-    vf_environment.signal = shim  # type: ignore[attr-defined]
+    vf_environment.signal = shim
 
 
 def unsupported(env: Any) -> str | None:
@@ -277,7 +252,7 @@ class VerifiersEnvironment(ReportingEnvironment):
 
 
 def _tool_method(name: str, description: str, schema: dict[str, Any]) -> Any:
-    args_model = type(f"{name}_args", (_ToolArgs,), {"SCHEMA": dict(schema)})
+    args_model = schema_model(name, schema)
 
     async def method(self: VerifiersEnvironment, params: Any) -> ToolOutput:
         return await self.call_verifiers_tool(name, params.model_dump())
@@ -301,18 +276,22 @@ _submit.__name__ = _submit.__qualname__ = SUBMIT
 _respond.__name__ = _respond.__qualname__ = RESPOND
 
 
-def verifiers_environment(source: Any, name: str | None = None) -> type[VerifiersEnvironment]:
+def verifiers_environment(
+    source: Any, name: str | None = None, reward_range: tuple[float, float] | None = None
+) -> type[VerifiersEnvironment]:
     """An ORS environment class serving `source`: a verifiers environment, or a function that
     builds one (`load_environment`), called with `options.args` when the class is configured or
-    first used. `name` is the class name (default: the source's module's last part)."""
+    first used. `name` is the class name (default: the source's module's last part);
+    `reward_range` the range its rubric's rewards lie in (`python -m envs check` tests it)."""
     module = inspect.getmodule(source) if callable(source) else inspect.getmodule(type(source))
     mod_name = getattr(module, "__name__", "verifiers_env")
     cls_name = name or "".join(p.title() for p in mod_name.rsplit(".", 1)[-1].split("_"))
     files = [Path(__file__)]
     if module is not None and getattr(module, "__file__", None):
         files.append(Path(str(module.__file__)))
-    attrs = {
+    attrs: dict[str, Any] = {
         "SOURCE": staticmethod(source) if inspect.isfunction(source) else source,
+        "REWARD_RANGE": reward_range,
         "DATA_FILES": tuple(files),
         "__module__": mod_name,
         "__doc__": f"The verifiers environment of {mod_name}, served over ORS.",

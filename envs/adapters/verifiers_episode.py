@@ -53,7 +53,7 @@ def as_response(assistant: dict[str, Any]) -> Response:
     )
 
 
-class ExternalModel(vf.Client):  # type: ignore[misc]
+class ExternalModel(vf.Client):
     """The model client a verifiers state requires; never asked for a completion (the assistant
     messages come from the ORS calls)."""
 

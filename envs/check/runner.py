@@ -104,7 +104,7 @@ def reward_range(cls: type, entry: Any) -> tuple[tuple[float, float], str]:
         return (float(lo), float(hi)), "REWARD_RANGE"
     if entry is not None:
         return (entry.min_reward, entry.max_reward), "the config's min_reward..max_reward"
-    return DEFAULT_RANGE, "the default; declare REWARD_RANGE, or --config with max_reward"
+    return DEFAULT_RANGE, "the default: declare REWARD_RANGE, or --config with min/max_reward"
 
 
 def check_environments(args: argparse.Namespace, out: IO[str]) -> bool:
