@@ -1,17 +1,20 @@
-"""Shared by the adapter tests (tests/test_adapter_*.py): a config for an adapter environment, its
-tasks prepared by prepare_tasks.py, an eval through `python -m tools.eval`, and the web UI's
-pages of the stored episodes."""
+"""Shared by the adapter tests (tests/test_adapter_*.py): the env server serving the adapter
+environments, a config for one, its tasks prepared by prepare_tasks.py, an eval through
+`python -m tools.eval` into the server's own store, and the web UI's pages of the stored
+episodes, from that server."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
-from conftest import REPO, env_server
+from conftest import REPO, free_port, run_process
 
 import tools.prepare_tasks as prepare_tasks
 from tools.eval.__main__ import main as eval_main
@@ -53,19 +56,35 @@ def evaluate(config: Path, stub_url: str, env_url: str, db: Path, capsys: Any) -
     return json.loads(out.strip().splitlines()[-1])
 
 
-def ui_pages(db: Path) -> list[str]:
-    """The web UI's page of every stored rollout (a trajectories-only server on the store)."""
-    with env_server("--role", "trajectories", "--db", str(db)) as url:
-        runs = httpx.get(f"{url}/api/runs", timeout=10).json()
-        runs = runs.get("runs", runs) if isinstance(runs, dict) else runs
-        pages = []
-        for run in runs:
-            listed = httpx.get(f"{url}/api/runs/{run['id']}/rollouts", timeout=10).json()
-            items = (
-                listed.get("rollouts", listed.get("items")) if isinstance(listed, dict) else listed
-            )
-            for item in items:
-                page = httpx.get(f"{url}/rollouts/{item['event_id']}", timeout=10)
-                assert page.status_code == 200
-                pages.append(page.text)
-        return pages
+def ui_pages(url: str, run_name: str) -> list[str]:
+    """The web UI's page of every rollout of run `run_name` on the server at `url`."""
+    runs = httpx.get(f"{url}/api/runs", timeout=10).json()
+    runs = runs.get("runs", runs) if isinstance(runs, dict) else runs
+    run = next(r for r in runs if r["name"] == run_name)
+    listed = httpx.get(f"{url}/api/runs/{run['id']}/rollouts", timeout=10).json()
+    items = listed.get("rollouts", listed.get("items")) if isinstance(listed, dict) else listed
+    pages = []
+    for item in items:
+        page = httpx.get(f"{url}/rollouts/{item['event_id']}", timeout=10)
+        assert page.status_code == 200
+        pages.append(page.text)
+    return pages
+
+
+class Served:
+    """An env server serving the adapter environments, with its trajectory store."""
+
+    def __init__(self, url: str, db: Path) -> None:
+        self.url, self.db = url, db
+
+
+def serve(names: list[str], db: Path) -> Iterator[Served]:
+    """`python -m envs.server` for `names` (tests/ on PYTHONPATH) with the store `db`; the
+    frameworks' imports take 10-15 s (more on a loaded machine), hence the long start timeout."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "envs.server", "--port", str(port), "--envs", ",".join(names)]
+    with run_process(
+        [*args, "--db", str(db)], f"{url}/health", env={"PYTHONPATH": PYTHONPATH}, timeout=240
+    ):
+        yield Served(url, db)

@@ -7,6 +7,7 @@ and the web UI work on them unchanged. Needs the extra: `pip install -e '.[opene
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,7 @@ import pytest
 pytest.importorskip("openenv", reason="needs the openenv extra: pip install -e '.[openenv]'")
 
 import oe_envs
-from adapter_helpers import PYTHONPATH, evaluate, prepare, ui_pages, write_config
-from conftest import env_server
+from adapter_helpers import Served, evaluate, prepare, serve, ui_pages, write_config
 from generate_helpers import call, make_args, make_sample, recording_stub, run, turn
 from openenv.core.env_server.mcp_types import CallToolAction
 from sglang_stub import SGLangStub, Turn
@@ -29,12 +29,13 @@ SIGNED = {"reward": {"min_reward": -1.0, "max_reward": 1.0}}  # misses cost 0.05
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    db = tmp_path_factory.mktemp("oe") / "store.db"
-    with env_server(
-        "--envs", ",".join(ENVS), "--db", str(db), env={"PYTHONPATH": PYTHONPATH}
-    ) as url:
-        yield url
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from serve(ENVS, tmp_path_factory.mktemp("oe") / "store.db")
+
+
+@pytest.fixture(scope="module")
+def server(served: Served) -> str:
+    return served.url
 
 
 def own_rewards(split: str, index: int, guesses: list[int]) -> list[float]:
@@ -129,8 +130,9 @@ def test_an_action_class_it_cannot_find_is_one_line(monkeypatch: pytest.MonkeyPa
 
 
 def test_prepare_eval_and_ui_work_unchanged(
-    server: str, tmp_path: Path, qwen3_tokenizer, capsys
+    served: Served, tmp_path: Path, qwen3_tokenizer, capsys
 ) -> None:
+    server = served.url
     config = write_config(tmp_path / "cfg.yaml", ENVS[0], server, eval_split="test")
     rows, eval_rows = prepare(config, tmp_path / "tasks.jsonl")
     assert len(rows) == 4 and len(eval_rows) == 1 and eval_rows[0]["label"] == "5"
@@ -139,10 +141,9 @@ def test_prepare_eval_and_ui_work_unchanged(
     def model(req: Any) -> Turn:
         return Turn.of_text(qwen3_tokenizer, call("step", {"guess": 5}) + "<|im_end|>")
 
-    db = tmp_path / "eval.db"
     with SGLangStub(model, tokenizer=qwen3_tokenizer) as stub:
-        report = evaluate(config, stub.url, server, db, capsys)
+        report = evaluate(config, stub.url, server, served.db, capsys)
     scores = report["envs"][ENVS[0]]["models"]["scripted"]
     assert scores["episodes"] == 1 and scores["reward"]["value"] == 1.0
-    (page,) = ui_pages(db)
+    (page,) = ui_pages(server, f"{report['name']}/scripted")
     assert ENVS[0] in page and "correct" in page

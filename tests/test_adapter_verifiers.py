@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,7 @@ pytest.importorskip("verifiers", reason="needs the verifiers extra: pip install 
 
 import verifiers as vf
 import vf_envs
-from adapter_helpers import PYTHONPATH, evaluate, prepare, ui_pages, write_config
-from conftest import env_server
+from adapter_helpers import Served, evaluate, prepare, serve, ui_pages, write_config
 from generate_helpers import call, make_args, make_sample, recording_stub, run, turn
 from sglang_stub import SGLangStub, Turn
 from verifiers.legacy.types import Response, ResponseMessage
@@ -34,12 +34,13 @@ WIDE = {"reward": {"min_reward": 0.0, "max_reward": 2.0}}  # the rubrics' weight
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    db = tmp_path_factory.mktemp("vf") / "store.db"
-    with env_server(
-        "--envs", ",".join(ENVS), "--db", str(db), env={"PYTHONPATH": PYTHONPATH}
-    ) as url:
-        yield url
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from serve(ENVS, tmp_path_factory.mktemp("vf") / "store.db")
+
+
+@pytest.fixture(scope="module")
+def server(served: Served) -> str:
+    return served.url
 
 
 class ScriptedClient(vf.Client):
@@ -211,8 +212,9 @@ def test_a_hub_style_load_environment_is_found_by_name(
 
 
 def test_prepare_eval_and_ui_work_unchanged(
-    server: str, tmp_path: Path, qwen3_tokenizer, capsys
+    served: Served, tmp_path: Path, qwen3_tokenizer, capsys
 ) -> None:
+    server = served.url
     config = write_config(tmp_path / "cfg.yaml", ENVS[0], server, eval_split="eval", max_reward=2.0)
     rows, eval_rows = prepare(config, tmp_path / "tasks.jsonl")
     assert len(rows) == 3 and len(eval_rows) == 1 and eval_rows[0]["label"] == "81"
@@ -224,10 +226,9 @@ def test_prepare_eval_and_ui_work_unchanged(
         reply = reply or call("submit_answer", {"answer": "81"})
         return Turn.of_text(qwen3_tokenizer, reply + "<|im_end|>")
 
-    db = tmp_path / "eval.db"
     with SGLangStub(model, tokenizer=qwen3_tokenizer) as stub:
-        report = evaluate(config, stub.url, server, db, capsys)
+        report = evaluate(config, stub.url, server, served.db, capsys)
     scores = report["envs"][ENVS[0]]["models"]["scripted"]
     assert scores["episodes"] == 1 and scores["reward"]["value"] == pytest.approx(1.0 + 0.25 / 2)
-    (page,) = ui_pages(db)
+    (page,) = ui_pages(server, f"{report['name']}/scripted")
     assert ENVS[0] in page and "submit_answer" in page and "81" in page

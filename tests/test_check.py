@@ -7,6 +7,7 @@ CI (`.ci/run`) runs the check on the built-in three.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from check_envs import DEFECTS
 from conftest import REPO
 
+from envs.check import runner
 from envs.check.checks import CHECKS
 
 TESTS = REPO / "tests"
@@ -104,8 +106,21 @@ def test_what_each_defect_line_says(report) -> None:
         ("check_envs:not_an_environment", "is a function, not an openreward Environment"),
     ],
 )
-def test_a_name_that_resolves_to_nothing_is_one_line(name: str, says: str) -> None:
-    out = run_check(name, timeout=120)
+def test_a_name_that_resolves_to_nothing_is_one_line(name: str, says: str, capsys) -> None:
+    parser = argparse.ArgumentParser()
+    runner.add_arguments(parser)
+    assert runner.main(parser.parse_args([name])) == 2
+    out, err = capsys.readouterr()
+    (line,) = err.strip().splitlines()
+    assert not out and line.startswith("envs check: error: ") and says in line
+
+
+def test_the_command_exits_2_with_one_line() -> None:
+    out = run_check("check_envs:Good", "chess", timeout=120)
     assert out.returncode == 2 and not out.stdout
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith("envs check: error: ") and says in line
+    assert line.startswith(
+        "envs check: error: unknown environment 'chess': not a built-in or registered name "
+        "(gsm8k, whodunit, haiku"
+    )
+    assert line.endswith("entry point group slime_envs.environments), and not module:Class")

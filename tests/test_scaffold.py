@@ -5,8 +5,9 @@ training run (`run.sh --dry-run`), rolls out (`run.sh --rollout-only`, scripted 
 evaluates (`python -m tools.eval`), replays identically and shows in the web UI. Bad names and
 directories are one line and write nothing.
 
-Heavy (~3 min on a loaded 2-core machine): the generated project's own tests start an env server,
-and so do rollout-only and the eval. Run it alone with `pytest tests/test_scaffold.py`.
+Heavy (~3 min on a loaded 2-core machine): the generated project's own tests start an env server
+(its conformance check), and one more serves the rollouts, the eval, the replay and the web UI.
+Run it alone with `pytest tests/test_scaffold.py`.
 """
 
 from __future__ import annotations
@@ -125,11 +126,15 @@ def test_prepare_dry_run_rollouts_eval_replay_and_ui(
         reply = call("submit_answer", {"count": word.count(letter)})
         return Turn.of_text(qwen3_tokenizer, reply + "<|im_end|>")
 
-    with SGLangStub(answer, tokenizer=qwen3_tokenizer) as stub:
+    # one env server (its store the UI's) for the rollouts, the eval, the replay and the pages
+    with (
+        env_server("--envs", NAME, "--db", str(db), env=env) as url,
+        SGLangStub(answer, tokenizer=qwen3_tokenizer) as stub,
+    ):
         rolled = sh(
             "bash", str(REPO / "run.sh"), "--rollout-only", "--engine-url", stub.url,
             "--model", str(TOKENIZER), "--config", str(config), "--task-data", str(tasks),
-            "--num-tasks", "3", "--n-samples", "2", "--db", str(db), "--json",
+            "--env-server", url, "--num-tasks", "3", "--n-samples", "2", "--json",
             env=env,
         )  # fmt: skip
         assert rolled.returncode == 0, rolled.stderr[-3000:]
@@ -141,23 +146,23 @@ def test_prepare_dry_run_rollouts_eval_replay_and_ui(
         evaluated = sh(
             sys.executable, "-m", "tools.eval", "--model", f"counter={stub.url}",
             "--tokenizer", str(TOKENIZER), "--config", str(config), "--envs", NAME,
-            "--num-tasks", "4", "--db", str(db), "--out", str(tmp_path / "eval"), "--json",
+            "--num-tasks", "4", "--env-server", url, "--db", str(db),
+            "--out", str(tmp_path / "eval"), "--json",
             env=env,
         )  # fmt: skip
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
-    scores = report["envs"][NAME]["models"]["counter"]
-    assert scores["episodes"] == 4 and scores["reward"]["value"] == 1.0
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+        scores = report["envs"][NAME]["models"]["counter"]
+        assert scores["episodes"] == 4 and scores["reward"]["value"] == 1.0
 
-    replayed = sh(
-        sys.executable, "-m", "tools.replay", "--run", run_name, "--sample", "3",
-        "--db", str(db), "--config", str(config),
-        env=env,
-    )  # fmt: skip
-    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
-    assert "all 3 replays identical" in replayed.stdout
+        replayed = sh(
+            sys.executable, "-m", "tools.replay", "--run", run_name, "--sample", "3",
+            "--db", str(db), "--url", url,
+            env=env,
+        )  # fmt: skip
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert "all 3 replays identical" in replayed.stdout
 
-    with env_server("--role", "trajectories", "--db", str(db), env=env) as url:
         runs = httpx.get(f"{url}/api/runs", timeout=10).json()
         runs = runs.get("runs", runs) if isinstance(runs, dict) else runs
         run = next(r for r in runs if r["name"] == run_name)
