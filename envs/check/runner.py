@@ -138,9 +138,10 @@ def check_environments(args: argparse.Namespace, out: IO[str]) -> bool:
             play = Play(client, settings, rng, source)
             try:
                 results += run_played_checks(play)
-            except (ServerGone, RuntimeError) as e:
+            except Exception as e:  # whatever stops the played checks ends them in one line
                 gone = isinstance(e, ServerGone)
                 why = f"the env server stopped answering ({e}): {_tail(log)}" if gone else str(e)
+                why = why if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"
                 done = {r.check for r in results}
                 results += [
                     Result(c, False, why, "see the line above") for c in CHECKS if c not in done
