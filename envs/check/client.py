@@ -39,6 +39,8 @@ class CallOutcome:
     metadata: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     reason: str = ""
+    over_budget: bool = False
+    """The server stopped the call at its time budget, or it took 10x the budget."""
 
     @property
     def ok(self) -> bool:

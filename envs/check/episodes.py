@@ -15,12 +15,14 @@ from collections import Counter
 from typing import Any
 
 from envs.check.checks import Play, Result, short
-from envs.check.client import Session
+from envs.check.client import CallOutcome, Session
 from envs.check.fuzz import hostile, plausible
 
 __all__ = ["check_finishes", "check_isolation", "run_fuzz"]
 
 Calls = list[tuple[str, dict[str, Any]]]
+RETRIES = 2
+"""Fresh tries of a call that ran past the budget before it counts (each must run past it too)."""
 
 FIX_FINISH = (
     "end the episode from a tool (ToolOutput(finished=True)): on a final answer, or after a "
@@ -136,6 +138,28 @@ def check_isolation(play: Play) -> Result:
     return Result("isolation", True, found)
 
 
+def _over_budget(play: Play, session: Session, tool: str, args: dict[str, Any]) -> CallOutcome:
+    """The call, and whether the server stopped it at its budget (or it took 10x the budget)."""
+    before = play.client.budget_stops()
+    out = play.call(session, tool, args)
+    over = play.client.budget_stops() > before or out.seconds > 10 * play.settings.tool_budget_s
+    out.over_budget = over
+    return out
+
+
+def _stays_over_budget(play: Play, tool: str, args: dict[str, Any]) -> bool:
+    """A call over the budget, tried again on fresh sessions: over every time (a busy machine can
+    stall one step; a slow input is slow on every try)."""
+    for _ in range(RETRIES):
+        session = play.client.open(*play.tasks[0])
+        try:
+            if not _over_budget(play, session, tool, args).over_budget:
+                return False
+        finally:
+            session.close()
+    return True
+
+
 def run_fuzz(play: Play) -> tuple[Result, Result]:
     """(budget, bad_input): every tool on hostile inputs; a new session when one finishes."""
     s = play.settings
@@ -144,20 +168,17 @@ def run_fuzz(play: Play) -> tuple[Result, Result]:
     session = play.client.open(*task)
     total, slow, crashes = 0, [], []
     slowest = (0.0, "")
-    stops = play.client.budget_stops()
     try:
         for tool in play.tools:
             for args in hostile(tool.get("input_schema") or {}, rng, s.fuzz_per_tool):
                 if session.finished:
                     session.close()
                     session = play.client.open(*task)
-                out = play.call(session, tool["name"], args)
+                out = _over_budget(play, session, tool["name"], args)
                 total += 1
-                now = play.client.budget_stops()
                 what = f"{tool['name']} {short(args)}"
-                if now > stops or out.seconds > 10 * s.tool_budget_s:
+                if out.over_budget and _stays_over_budget(play, tool["name"], args):
                     slow.append(f"{what} ({out.seconds:.2f} s)")
-                stops = now
                 if out.crashed:
                     crashes.append(f"{what} raised {short(out.error, 100)}")
                 slowest = max(slowest, (out.seconds, tool["name"]))
