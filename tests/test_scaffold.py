@@ -12,6 +12,7 @@ Run it alone with `pytest tests/test_scaffold.py`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from conftest import REPO, env_server, free_port
 from launch_world import make_slime, make_world
 from sglang_stub import SGLangStub, Turn
 
+from envs import scaffold
 from envs.scaffold import write_project
 
 TOKENIZER = REPO / ".cache" / "qwen3-tokenizer"
@@ -183,14 +185,28 @@ def test_prepare_dry_run_rollouts_eval_replay_and_ui(
         ("class", "is not a usable name"),
     ],
 )
-def test_bad_names_are_one_line_and_write_nothing(tmp_path: Path, name: str, says: str) -> None:
-    done = sh(
-        sys.executable, "-m", "envs", "new", name, "--dir", str(tmp_path), env=dict(os.environ)
-    )
-    assert done.returncode == 2 and not done.stdout
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("envs new: error: ") and says in line
+def test_bad_names_are_one_line_and_write_nothing(
+    tmp_path: Path, name: str, says: str, capsys
+) -> None:
+    assert scaffold.main(argparse.Namespace(name=name, dir=str(tmp_path))) == 2
+    out, err = capsys.readouterr()
+    (line,) = err.strip().splitlines()
+    assert not out and line.startswith("envs new: error: ") and says in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_exits_2_on_a_bad_name(tmp_path: Path) -> None:
+    done = sh(
+        sys.executable,
+        "-m",
+        "envs",
+        "new",
+        "Bad-Name",
+        "--dir",
+        str(tmp_path),
+        env=dict(os.environ),
+    )
+    assert done.returncode == 2 and not done.stdout and "is not a usable name" in done.stderr
 
 
 def test_an_existing_directory_is_refused(tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
 """`python -m envs check NAME...`: start the env server on a free loopback port, run every check
 on each environment, print one line per check, and stop the server.
 
+Checks: options, tasks, tool_schemas, finishes, isolation, budget, bad_input, rewards,
+provenance (README: The conformance check; envs/check/checks.py says what each one holds to).
+
 Exit status: 0 when every check of every environment passes, 1 when one fails, 2 when the
 check could not run (an unknown name, a bad config, a server that does not start).
 """
