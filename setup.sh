@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the project into ./.venv. Idempotent; safe to re-run.
 #   bash setup.sh           runtime (env server, bridge, prepare_tasks, run.sh; GSM8K is bundled)
-#   bash setup.sh --test    + test tools: CPU torch, Playwright + Debian chromium, Qwen3 tokenizer
+#   bash setup.sh --test    + test tools: CPU torch, Playwright + Debian chromium, Qwen3 tokenizer,
+#                             the verifiers and OpenEnv adapter extras
 set -euo pipefail
 cd "$(dirname "$0")"
 WITH_TEST=0
 for a in "$@"; do
   case "$a" in
     --test) WITH_TEST=1 ;;
-    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $a (use --test or --help)" >&2; exit 2 ;;
   esac
 done
@@ -28,7 +29,8 @@ if [ "$WITH_TEST" = 1 ]; then
   TORCH="torch==2.13.0+cpu"
   if [ "$(uname -s)" = Darwin ]; then TORCH="torch==2.13.0"; fi
   $VPY -m pip install -q --no-deps --extra-index-url https://download.pytorch.org/whl/cpu "$TORCH"
-  $VPY -m pip install -q -e ".[test]"
+  # The adapters' extras too: tests/test_adapter_*.py serve verifiers and OpenEnv environments.
+  $VPY -m pip install -q -e ".[test,verifiers,openenv]"
   # slime's own rollout/conversion code on the CPU (tests/test_slime_control_flow.py, ../shared/vendor):
   # SGLang without its GPU deps, plus what slime and SGLang import (see tests/slime_cpu/).
   $VPY -m pip install -q --no-deps "sglang==0.5.15.post1" "sglang-router==0.3.2" "triton==3.9.0"

@@ -1,12 +1,17 @@
 """The error types of the envs package, one root; each class also the stdlib class it replaces.
 
     EnvsError                             the root
-    ├── UnknownEnvironment  KeyError      a name the registry does not know (registry)
+    ├── UnknownEnvironment  KeyError      a name that resolves to no environment class (registry)
     ├── PlayError                         `python -m envs play` cannot start the episode
     ├── CalculatorError     ValueError    an expression gsm8k's calculator refuses (the model
     │                                     sees the message)
     ├── GSM8KDataMissing    RuntimeError  GSM8K data that cannot be read
     ├── JudgeError          RuntimeError  haiku's LLM judge failed (the episode scores without it)
+    ├── ScaffoldError       ValueError    `python -m envs new` cannot use a name or directory
+    ├── CheckError          RuntimeError  `python -m envs check` cannot run (bad name, no server)
+    ├── ServerGone          RuntimeError  the env server stopped answering during a check
+    ├── AdapterError        ValueError    another framework's environment an adapter cannot
+    │                                     serve (envs/adapters/)
     ├── server.errors:                    the env server (envs/server/errors.py)
     │   ├── OrsError                      a refused request, in the ORS error shape
     │   ├── ClientGone                    the client left before its request body arrived
@@ -28,11 +33,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "AdapterError",
     "CalculatorError",
+    "CheckError",
     "EnvsError",
     "GSM8KDataMissing",
     "JudgeError",
     "PlayError",
+    "ScaffoldError",
+    "ServerGone",
     "UnknownEnvironment",
 ]
 
@@ -42,18 +51,28 @@ class EnvsError(Exception):
 
 
 class UnknownEnvironment(EnvsError, KeyError):
-    """A name that is not a local environment; the message lists the known ones."""
+    """A name that resolves to no environment class; the message is one line naming what was
+    tried (the built-in and registered names, or the import that failed and why)."""
 
-    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+    def __init__(self, name: str, known: Iterable[str] = (), detail: str | None = None) -> None:
         super().__init__(name)
         self.known = tuple(known)
+        self.detail = detail
 
-    def __reduce__(self) -> tuple[type[UnknownEnvironment], tuple[str, tuple[str, ...]]]:
-        return type(self), (self.args[0], self.known)
+    def __reduce__(
+        self,
+    ) -> tuple[type[UnknownEnvironment], tuple[str, tuple[str, ...], str | None]]:
+        return type(self), (self.args[0], self.known, self.detail)
 
     def __str__(self) -> str:
+        if self.detail is not None:
+            return f"environment {self.args[0]!r}: {self.detail}"
         listed = ", ".join(self.known)
-        return f"unknown environment {self.args[0]!r}; local environments are: {listed}"
+        return (
+            f"unknown environment {self.args[0]!r}: not a built-in or registered name "
+            f"({listed}; packages register names in the entry point group "
+            "slime_envs.environments), and not module:Class"
+        )
 
 
 class PlayError(EnvsError):
@@ -70,3 +89,21 @@ class GSM8KDataMissing(EnvsError, RuntimeError):
 
 class JudgeError(EnvsError, RuntimeError):
     """The haiku LLM judge failed (unreachable, timed out, or an unusable reply)."""
+
+
+class ScaffoldError(EnvsError, ValueError):
+    """A name or directory `python -m envs new` cannot use; one line naming the fix."""
+
+
+class CheckError(EnvsError, RuntimeError):
+    """`python -m envs check` cannot run (an unknown name, a bad config, a server that does not
+    start); one line for the user."""
+
+
+class ServerGone(EnvsError, RuntimeError):
+    """The env server stopped answering during a check (it crashed or hung)."""
+
+
+class AdapterError(EnvsError, ValueError):
+    """Another framework's environment that an adapter cannot serve (a sandbox environment, a
+    missing dataset); one line naming what is not supported."""

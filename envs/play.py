@@ -321,7 +321,9 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("env", help="environment name (gsm8k, whodunit, haiku)")
+    p.add_argument(
+        "env", help="environment: gsm8k, whodunit, haiku, a registered name, or module:Class"
+    )
     p.add_argument("--split", default="train")
     p.add_argument("--index", type=int, default=0)
     p.add_argument(

@@ -36,6 +36,10 @@ class ReportingEnvironment(Environment):
     """The tripwires this environment declares (README lists them)."""
     DATA_FILES: ClassVar[tuple[Path, ...]] = ()
     """Bundled data that shapes rewards; hashed into the env version with the module."""
+    REWARD_RANGE: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+    """Every reward a tool output carries lies in [low, high] (`python -m envs check` tests it);
+    override it when the rewards lie elsewhere (None: undeclared, the config's min_reward and
+    max_reward apply)."""
 
     def check_tripwires(self, calls: list[CallRecord]) -> Verdict:
         """The verdict on a finished episode; `calls` are its successful calls, the last one ended

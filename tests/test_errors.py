@@ -42,6 +42,10 @@ STDLIB_BASES = {
     "JudgeError": RuntimeError,
     "StoreError": RuntimeError,
     "SpecMismatch": ValueError,
+    "ScaffoldError": ValueError,
+    "CheckError": RuntimeError,
+    "ServerGone": RuntimeError,
+    "AdapterError": ValueError,
 }
 # BaseException on purpose: env code's `except Exception` must not swallow a blown time budget
 OUTSIDE_THE_TREE = {"envs/server/budget.py": {"BudgetExceeded"}}

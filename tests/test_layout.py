@@ -151,7 +151,7 @@ def test_envs_never_import_slime() -> None:
         ("bridge", {"envs", "tools", "openreward", "transformers", "pydantic"}),
         ("envs", {"bridge", "tools", "openreward", "transformers", "pydantic"}),
         ("contract", {"bridge", "envs", "tools", "openreward", "transformers", "pydantic"}),
-        ("bridge.generate", {"envs", "tools"}),
+        ("bridge.generate", {"envs", "tools", "verifiers", "openenv", "datasets"}),
         ("bridge.metrics", {"envs", "tools"}),
         (
             "contract.config, contract.task, contract.vocab, contract.env_report, "
@@ -168,6 +168,20 @@ def test_importing_pulls_in_nothing_heavy(module: str, heavy: set[str]) -> None:
     assert out.returncode == 0, out.stderr
     loaded = {m.split(".")[0] for m in json.loads(out.stdout)}
     assert sorted(loaded & (heavy | {"fastapi", "torch", "uvicorn", "slime"})) == []
+
+
+def test_the_server_and_the_env_tools_load_no_adapter_framework() -> None:
+    """verifiers and OpenEnv (the adapters' extras) take 7-15 s to import: only an environment
+    that needs one loads it."""
+    mods = "envs.server.app, envs.server.__main__, envs.registry, envs.check.runner, envs.adapters"
+    code = f"import sys, json; import {mods}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    loaded = {m.split(".")[0] for m in json.loads(out.stdout)}
+    heavy = {"verifiers", "openenv", "datasets", "gradio", "torch", "bridge", "tools"}
+    assert sorted(loaded & heavy) == []
 
 
 def test_no_module_is_long_without_a_reason() -> None:

@@ -46,20 +46,22 @@ def load_served_classes(
             cfg = load_config(config_path)
         except ConfigError as e:
             _fail(str(e))
-        options = {n.lower(): c.options for n, c in cfg.environments.items() if not is_hosted(n)}
+        local = [n for n in cfg.environments if not is_hosted(n)]
+        options = {n.lower(): cfg.environments[n].options for n in local}
         if not names:
-            names = list(options)
+            names = local
     if not names:
         from envs.registry import ENVIRONMENTS
 
         names = list(ENVIRONMENTS)
     classes: dict[str, type[Environment]] = {}
     for name in names:
+        # Served under the name in lower case; resolved as written (module:Class is case-sensitive).
         key = name.strip().lower()
         if not key:
             continue
         try:
-            cls = load_env_class(key)
+            cls = load_env_class(name.strip())
         except UnknownEnvironment as e:
             _fail(str(e))
         except Exception as e:
@@ -67,8 +69,11 @@ def load_served_classes(
         try:
             configure_env(cls, options.get(key, {}))
         except Exception as e:
+            where = name.strip()
             _fail(
-                f"{config_path}: environments.{key}.options: {e}" if config_path else f"{key}: {e}"
+                f"{config_path}: environments.{where}.options: {e}"
+                if config_path
+                else f"{where}: {e}"
             )
         warm_up = getattr(cls, "warm_up", None)
         if callable(warm_up):  # load data now, not under the first calls (haiku: CMUdict, ~1 s)
@@ -123,8 +128,8 @@ def _build_arg_parser() -> argparse.ArgumentParser:
         "--envs",
         default="",
         help=(
-            "comma-separated env names (default: the config's "
-            "local environments, else gsm8k,whodunit,haiku)"
+            "comma-separated env names: built-in, registered by an installed package, or "
+            "module:Class (default: the config's local environments, else gsm8k,whodunit,haiku)"
         ),
     )
     p.add_argument("--config", help="train_config.yaml; applies environments.<name>.options")
