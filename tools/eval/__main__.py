@@ -25,9 +25,14 @@ EXIT_INTERRUPTED = 130
 DESCRIPTION = """\
 Evaluate models on the environments of train_config.yaml (each env's eval_split) or on a task
 file, k samples per task, and compare them: per-environment mean reward, solve rate, pass@k,
-turns, tool calls and error rates with 95% bootstrap CIs, and paired differences between models.
-Every episode is stored in the trajectory store (--db) under the run <eval>/<model>; an
-interrupted eval resumes where it stopped, and rerunning a finished one prints its report.
+turns, tool calls, error rates and each reward part the env reports, with 95% bootstrap CIs, and
+paired differences between models (per part too). Every episode is stored in the trajectory
+store (--db) under the run <eval>/<model>; an interrupted eval resumes where it stopped, and
+rerunning a finished one prints its report. An eval is its spec and each model's identity
+(target, served model, tokenizer, checkpoint, sampling args): a model pointed elsewhere is a new
+eval (under --name: refused, naming what changed). Writes report.json/.md, scores.csv,
+comparisons.csv, episodes.jsonl (and .parquet with pyarrow) to --out. SIGTERM stops it like
+Ctrl-C; the servers it started stop with it.
 """
 
 MODEL_HELP = """\
@@ -108,7 +113,7 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
         default=16,
         help="episodes in flight per model (default: %(default)s)",
     )
-    a("--name", help="eval name (default: eval-<hash of the spec and model names>)")
+    a("--name", help="eval name (default: eval-<hash of the spec and the models' identities>)")
     a("--db", default="runs/trajectories.db", help="trajectory store (default: %(default)s)")
     a("--out", metavar="DIR", help="report directory (default: runs/eval/<name>)")
     a("--env-server", metavar="URL", help="env server for local envs (default: the config's)")

@@ -124,6 +124,8 @@ def _part_rows(report: dict[str, Any]) -> list[list[str]]:
     """Per env and reward part: each model's mean, then each pair's paired difference."""
     rows = []
     for env, block in _scopes(report):
+        if env == ALL:  # each part belongs to one environment: `all` would repeat its rows
+            continue
         names = list(
             dict.fromkeys(n for s in block["models"].values() for n in s.get("components", {}))
         )

@@ -14,6 +14,10 @@ Exit status: 0 nothing changed, 1 some episode's reward or parts changed, 2 it c
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENREWARD_LOG_LEVEL", "ERROR")  # the in-process envs' per-call log lines
+
 import argparse
 import asyncio
 import sys

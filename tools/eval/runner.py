@@ -354,6 +354,7 @@ async def run_jobs(
     finally:
         try:
             await writer.close()  # finished episodes are stored, also when the run was cancelled
+            await asyncio.sleep(0)  # the last batch's done callbacks count it
         finally:
             progress.close()
     return stored
