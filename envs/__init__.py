@@ -30,8 +30,9 @@ Optional class hooks, found with getattr: `configure(options)` applies train_con
 `environments.<name>.options` to the class; `ground_truth(task_spec)` gives the label
 prepare_tasks.py writes; `warm_up()` loads data when the env server starts; `session_toolsets`
 names the SDK toolsets clients may add to a session (default none). The envs here subclass
-`ReportingEnvironment` and declare `TRIPWIRES`
-(checked by `check_tripwires(calls)`) and `DATA_FILES` (hashed into their version). Floors: this
+`ReportingEnvironment` and declare `TRIPWIRES` (checked by `check_tripwires(calls)`),
+`DATA_FILES` (hashed into their version) and `REWARD_PARTS` (the parts of the reward their tools
+report in `metadata["reward_parts"]`). Floors: this
 package imports only `contract` (the config schema, vocabularies, report keys, trajectory
 events), never the plugin (`bridge`), the tools or slime. tests/test_layout.py enforces it.
 """
