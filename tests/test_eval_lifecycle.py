@@ -82,6 +82,34 @@ def test_a_repointed_model_is_a_new_eval_never_its_old_numbers(
     assert stored(db, "SELECT COUNT(*) FROM eval_episodes WHERE model = 'B'")[0][0] == 9
 
 
+def test_a_checkpoint_swapped_behind_the_same_url_is_caught(
+    tmp_path: Path, gsm8k_server: str, labels, qwen3_tokenizer, capsys
+) -> None:
+    """The same command, the same URL, but the server now serves other weights: the finished
+    eval's report is not printed as if it were of them; the changed leaf is named."""
+    from eval_helpers import TOKENIZER_DIR
+    from eval_models import generate_responder
+    from sglang_stub import SGLangStub
+
+    config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
+    db = tmp_path / "store.db"
+    solver = ScriptedSolver(labels, 1.0, "swap")
+    with SGLangStub(
+        generate_responder(solver, qwen3_tokenizer), tokenizer=qwen3_tokenizer, weight_version="7"
+    ) as gen:
+        args = eval_args(config, db, "--num-tasks", "2", "--tokenizer", str(TOKENIZER_DIR))
+        args += ["--model", f"m={gen.url}"]
+        assert main(args) == 0
+        capsys.readouterr()
+        assert main(args) == 0  # the same weights: the stored report, nothing run
+        assert "0 episodes to run" in capsys.readouterr().err
+        gen.weight_version = "8"  # a weight update behind the same URL
+        assert main(args) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model m is not the model this eval evaluated" in line
+    assert "served.weight_version 7 -> 8" in line
+
+
 def test_k_zero_and_other_bad_flags_are_one_line(capsys) -> None:
     for argv, says in (
         (["--k", "0", "--model", "a=http://127.0.0.1:1/v1"], "--k: must be at least 1, got 0"),
