@@ -9,7 +9,8 @@ time is the bridge's and the eval's own work. Each round runs the same episodes 
 - baseline: the bridge's own episode (`bridge.episode.Episode` with its `TokenModel`), nothing else;
 - eval: `tools.eval`'s runner on the same tasks: the same episodes plus building each
   trajectory, validating and writing it with its eval row to SQLite (one writer thread), progress,
-  and at the end the report (bootstrap CIs).
+  and at the end the report (bootstrap CIs, reward parts) and its exports (JSONL, CSV, Markdown,
+  Parquet when pyarrow is installed).
 
 Prints episodes/s of the eval, and the eval layer's CPU per episode (eval minus baseline) against
 the bridge's own CPU per episode: the ratio, with its target (<= 0.5: the eval adds at most half of
@@ -116,6 +117,7 @@ async def _eval_round(
     from bridge.env_client import close_shared_http
     from envs.trajectories.evals import EvalModel, EvalRecords
     from envs.trajectories.store import TrajectoryStore
+    from tools.eval.exports import write_exports
     from tools.eval.report import build_report
     from tools.eval.runner import Job, ModelRuntime, RunSettings, run_jobs
     from tools.eval.spec import Sampling, parse_model
@@ -134,9 +136,10 @@ async def _eval_round(
         await run_jobs([rt], jobs, records, settings)
     finally:
         await close_shared_http()
-    report = build_report(
-        {"name": name}, ["m"], [t.ident for t in tasks], k, records.episodes(eval_id), 1
-    )
+    episodes = records.episodes(eval_id, parts=True)
+    header = {"name": name, "sampling": Sampling().to_json()}
+    report = build_report(header, ["m"], [t.ident for t in tasks], k, episodes, 1)
+    write_exports(db.parent / f"{name}-out", report, episodes, name)
     records.close()
     store.stop()
     return report

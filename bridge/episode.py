@@ -299,7 +299,9 @@ class Episode:
                 await asyncio.shield(self.session.close())
                 self.t_env += time.perf_counter() - t_close
             self.t_total += time.perf_counter() - t0
-        reward = reduce_rewards(self.turn_rewards, self.env_finished, self.task.reward)
+        reward = reduce_rewards(
+            self.turn_rewards, self.env_finished, self.task.reward, self.env_report.rewarded
+        )
         return EpisodeResult(
             ledger=self.model.ledger,
             messages=self.messages,
@@ -455,7 +457,7 @@ class Episode:
                 res = await self.session.call(call.name, call.arguments)
                 self.t_env += time.perf_counter() - t
                 text, reward, finished, error = res.text, res.reward, res.finished, res.error_kind
-                self.env_report.read(res.metadata)
+                self.env_report.read(res.metadata, reward)
                 tool_msg["executed"] = True
                 self.turn_rewards.append(reward)
                 if finished:

@@ -77,6 +77,7 @@ METADATA_KEYS = (
     "env_url",
     "tripwires",
     "tripwire_keys",
+    "reward_parts",
     "infra_failure",
     "weight_versions",
     "engine_aborts",
@@ -480,6 +481,7 @@ def _write_sample(
         episode_attempts=play.attempts,
         retried_failures=play.failures,
         resumed=int(md.get("resumed") or 0) + int(play.resumed),
+        reward_parts=dict(result.reward.parts),
     )
     if result.env_report.checked:  # the env's verdict; bridge/metrics.py counts them
         md.update(

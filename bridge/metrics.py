@@ -8,7 +8,8 @@ Read from each sample: `metadata["env"]` and `metadata["reward"]["max_reward"]` 
 written by prepare_tasks.py), and the counters bridge/generate.py writes (its METADATA_KEYS):
 stop_reason, num_turns, num_tool_calls, tool_errors {kind: n}, drift_count, env_failure,
 engine_failure, episode_attempts, engine_aborts, bridge_timings {generate, env, total}
-(seconds), tripwires [names] and tripwire_keys {name: key}. Samples without them (not
+(seconds), tripwires [names], tripwire_keys {name: key} and reward_parts {part: value}
+(`reward_parts/<part>`: the mean over the episodes that report the part). Samples without them (not
 produced by the bridge) still count for reward and solve rate. Eval samples lost to the
 infrastructure are taken out before slime's eval/* (drop_eval_infra_failures).
 
@@ -119,6 +120,18 @@ def _tripwire_metrics(wires: list[set[str]]) -> dict[str, float]:
     return out
 
 
+def _part_metrics(samples: list[Any]) -> dict[str, float]:
+    """`reward_parts/<part>`: each reward part's mean over the episodes that report it."""
+    sums: dict[str, list[float]] = defaultdict(list)
+    for s in samples:
+        parts = _metadata(s).get("reward_parts")
+        if isinstance(parts, dict):
+            for name, v in parts.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    sums[str(name)].append(float(v))
+    return {f"reward_parts/{name}": statistics.fmean(vs) for name, vs in sums.items()}
+
+
 def _group_metrics(
     with_wires: list[tuple[Any, set[str]]], solve_threshold: float | None
 ) -> dict[str, float]:
@@ -162,6 +175,7 @@ def _group_metrics(
         if "generate" in timings:
             gen_t.append(float(timings["generate"]))
     out |= _tripwire_metrics([w for _, w in with_wires])
+    out |= _part_metrics(samples)
     if rewards:
         out["reward_mean"] = statistics.fmean(rewards)
         out["reward_std"] = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0

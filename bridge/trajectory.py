@@ -62,6 +62,8 @@ class Trajectory:
     """Group tripwire keys the env reported (contract/env_report.py)."""
     drift: list[dict[str, Any]] = field(default_factory=list)
     """Where the token context diverged, one entry per drift counted (bridge/drift.py)."""
+    reward_parts: dict[str, float] = field(default_factory=dict)
+    """The env's reward parts, reduced over the episode (contract/env_report.py)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,6 +149,7 @@ def episode_trajectory(
         tripwires=list(report.tripwires) if report.checked else None,
         tripwire_keys=dict(report.tripwire_keys),
         drift=list(result.drift),
+        reward_parts=dict(result.reward.parts),
     )
 
 

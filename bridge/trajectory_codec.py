@@ -168,6 +168,7 @@ def trajectory_events(traj: Trajectory, environment_id: str | None = None) -> li
         "tripwires": traj.tripwires,
         "tripwire_keys": traj.tripwire_keys or None,
         "drift": traj.drift or None,
+        "reward_parts": traj.reward_parts or None,
     }
     if isinstance(traj.extra.get("tokenizer"), str):
         metadata["tokenizer"] = traj.extra["tokenizer"]

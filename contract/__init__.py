@@ -9,8 +9,9 @@ Modules:
                       ORS tool specs as OpenAI function schemas, text of ORS blocks, task labels
     vocab             the closed vocabularies: stop reasons, episode statuses, tool-error kinds,
                       the env server's refusal reasons (requests and tool calls)
-    env_report        what an environment reports beside its reward (provenance, tripwires): the
-                      metadata keys the envs write and the plugin reads, read with bounds
+    env_report        what an environment reports beside its reward (provenance, tripwires, the
+                      reward's parts): the metadata keys the envs write and the plugin reads,
+                      read with bounds
     provenance        the hashes and versions both sides write into provenance (16 hex digits)
     trajectory_events the rollout-upload events (`POST /v1/rollouts`) the plugin's sink writes and
                       the trajectory store reads

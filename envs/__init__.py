@@ -36,8 +36,9 @@ Optional class hooks, found with getattr: `configure(options)` applies train_con
 prepare_tasks.py writes; `warm_up()` loads data when the env server starts; `session_toolsets`
 names the SDK toolsets clients may add to a session (default none). The envs here subclass
 `ReportingEnvironment` and declare `TRIPWIRES` (checked by `check_tripwires(calls)`),
-`DATA_FILES` (hashed into their version) and `REWARD_RANGE` (what `python -m envs check` holds
-their rewards to); a plugin environment does the same to pass the check. Floors: this
+`DATA_FILES` (hashed into their version), `REWARD_RANGE` (what `python -m envs check` holds
+their rewards to; a plugin environment does the same to pass the check) and `REWARD_PARTS` (the
+parts of the reward their tools report in `metadata["reward_parts"]`). Floors: this
 package imports only `contract` (the config schema, vocabularies, report keys, trajectory
 events), never the plugin (`bridge`), the tools or slime. tests/test_layout.py enforces it.
 """

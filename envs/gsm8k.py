@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
+from contract.env_report import REWARD_PARTS_KEY
 from envs.errors import CalculatorError, GSM8KDataMissing
 from envs.gsm8k_data import (
     DATA_DIR_ENV,
@@ -308,6 +309,9 @@ class GSM8K(ReportingEnvironment):
         ),
     )
 
+    REWARD_PARTS = ("answer", "format")
+    """answer: 1 when right (the reward); format: 1 when the submission reads as a number."""
+
     _options: ClassVar[GSM8KOptions] = GSM8KOptions()
     _rows: ClassVar[dict[tuple[DataSource, str], list[dict[str, Any]]]] = {}
     _rows_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -411,7 +415,12 @@ class GSM8K(ReportingEnvironment):
             blocks=[TextBlock(text=text)],
             reward=1.0 if correct else 0.0,
             finished=True,
-            metadata={"correct": correct, "label": self.label, "submitted": clip(params.answer)},
+            metadata={
+                "correct": correct,
+                "label": self.label,
+                "submitted": clip(params.answer),
+                REWARD_PARTS_KEY: {"answer": float(correct), "format": float(readable)},
+            },
         )
 
     def check_tripwires(self, calls: list[CallRecord]) -> Verdict:

@@ -1,11 +1,13 @@
-"""ReportingEnvironment: an Environment whose tool outputs say which code ran which task, and which
-tripwires the episode tripped.
+"""ReportingEnvironment: an Environment whose tool outputs say which code ran which task, which
+tripwires the episode tripped, and what each reward is made of.
 
 Every successful tool output gets `metadata["env_provenance"]` = {env, env_version,
 task_spec_hash}; the output that ends the episode also gets `metadata["tripwires"]` (names of
 the episode tripwires that tripped, possibly empty) and `metadata["tripwire_keys"]` (group
-tripwires). The format is contract/env_report.py's. Neither ever changes the reward, the text
-or `finished`; a check that raises is logged and reported as the wire `tripwire_check_failed`.
+tripwires). A rewarded output may carry `metadata["reward_parts"]` ({part: number}, set by the
+tool); only the parts the class declares in `REWARD_PARTS` are kept. The format is
+contract/env_report.py's. None of it ever changes the reward, the text or `finished`; a check
+that raises is logged and reported as the wire `tripwire_check_failed`.
 
 It hooks the SDK's tool dispatch (`Environment._call_tool`), which the SDK's own server, this
 project's server and `python -m envs play` all go through, so no tool can forget to report.
@@ -19,7 +21,13 @@ from typing import Any, ClassVar
 
 from openreward.environments import Environment
 
-from contract.env_report import PROVENANCE_KEY, TRIPWIRE_KEYS_KEY, TRIPWIRES_KEY
+from contract.env_report import (
+    PROVENANCE_KEY,
+    REWARD_PARTS_KEY,
+    TRIPWIRE_KEYS_KEY,
+    TRIPWIRES_KEY,
+    reward_parts,
+)
 from envs.provenance import env_version, task_spec_hash
 from envs.tripwires import CallRecord, Tripwire, Verdict, declared
 
@@ -40,6 +48,8 @@ class ReportingEnvironment(Environment):
     """Every reward a tool output carries lies in [low, high] (`python -m envs check` tests it);
     override it when the rewards lie elsewhere (None: undeclared, the config's min_reward and
     max_reward apply)."""
+    REWARD_PARTS: ClassVar[tuple[str, ...]] = ()
+    """The parts of its reward this environment reports (README lists them)."""
 
     def check_tripwires(self, calls: list[CallRecord]) -> Verdict:
         """The verdict on a finished episode; `calls` are its successful calls, the last one ended
@@ -75,6 +85,11 @@ class ReportingEnvironment(Environment):
             CallRecord(name, dict(input), out.reward, out.finished, out.metadata)
         )
         metadata[PROVENANCE_KEY] = self.provenance()
+        if REWARD_PARTS_KEY in metadata:
+            parts = reward_parts(metadata.pop(REWARD_PARTS_KEY))
+            kept = {k: v for k, v in parts.items() if k in self.REWARD_PARTS}
+            if kept and out.reward is not None:
+                metadata[REWARD_PARTS_KEY] = kept
         if out.finished:
             verdict = self._verdict()
             metadata[TRIPWIRES_KEY] = verdict.tripped

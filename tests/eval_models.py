@@ -114,3 +114,86 @@ def generate_responder(solver: ScriptedSolver, tokenizer: Any) -> Any:
         )
 
     return respond
+
+
+class Detective:
+    """A scripted WhoDunIt detective: each part of its accusation (who, what, where, why) is right
+    with its own rate, drawn per (model, case, episode number) as ScriptedSolver draws. It
+    recognises a case by its prompt: one of the first `cases` of the test split (default
+    difficulty; configure `test_size` to match)."""
+
+    def __init__(self, rates: dict[str, float], salt: str, cases: int) -> None:
+        self.rates = rates
+        self.salt = salt
+        self.cases = cases
+        self.started: Counter[str] = Counter()
+        self.answers: list[dict[str, bool]] = []
+        self._lock = threading.Lock()
+        self._prompts: dict[str, dict[str, str]] | None = None
+        self._others: dict[str, dict[str, list[str]]] = {}
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        if self._prompts is None:
+            from envs.whodunit import WhoDunIt
+
+            prompts = {}
+            for i in range(self.cases):
+                case = WhoDunIt.case_for("test", i)
+                prompts[case.prompt()] = case.answer()
+                self._others[case.prompt()] = {
+                    "who": [n for n, _ in case.suspects],
+                    "what": list(case.weapons),
+                    "where": list(case.locations),
+                    "why": list(case.motives),
+                }
+            self._prompts = prompts
+        return self._prompts
+
+    def case(self, text: str) -> str | None:
+        """The prompt of the case `text` contains, None for other text."""
+        return next((p for p in self._load() if p in text), None)
+
+    def accuse(self, text: str) -> dict[str, str]:
+        """The accusation of a new episode of the case in `text`."""
+        prompt = self.case(text)
+        if prompt is None:
+            raise KeyError("no WhoDunIt case in the prompt")
+        truth = self._load()[prompt]
+        with self._lock:
+            n = self.started[prompt]
+            self.started[prompt] += 1
+        out, right = {}, {}
+        for part, value in truth.items():
+            right[part] = draw(f"{self.salt}:{part}", prompt, n) < self.rates.get(part, 0.0)
+            wrong = next(x for x in self._others[prompt][part] if x != value)
+            out[part] = value if right[part] else wrong
+        with self._lock:
+            self.answers.append(right)
+        return out
+
+
+def detective_chat(detective: Detective, fallback: Any = None) -> Any:
+    """An OpenAI-stub responder: a WhoDunIt case gets one accusation (after reading the clues);
+    anything else goes to `fallback` (e.g. a GSM8K responder), else "OK"."""
+
+    def respond(req: ChatRequest) -> Reply:
+        if detective.case(req.first_user) is None:
+            return fallback(req) if fallback is not None else Reply.text("OK")
+        if req.turn == 0:
+            return Reply.call("list_clues")
+        return Reply.call("submit_answer", **detective.accuse(req.first_user))
+
+    return respond
+
+
+def detective_generate(detective: Detective, tokenizer: Any, fallback: Any = None) -> Any:
+    """An SGLang-stub responder: a WhoDunIt case gets one accusation in its first turn."""
+
+    def respond(req: StubRequest) -> Turn:
+        text = tokenizer.decode(req.input_ids)
+        if detective.case(text) is None:
+            return fallback(req)
+        call = tool_call_text("submit_answer", **detective.accuse(text))
+        return Turn.of_text(tokenizer, call + "<|im_end|>")
+
+    return respond

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, env_server, free_port
+from eval_helpers import TOKENIZER_DIR, eval_args, stored, write_config
 from eval_models import ScriptedSolver, chat_responder, generate_responder, gsm8k_labels
 from openai_stub import OpenAIStub, Reply
 from sglang_stub import SGLangStub
 
 from tools.eval.__main__ import main
-
-TOKENIZER_DIR = REPO / ".cache" / "qwen3-tokenizer"
 
 
 @pytest.fixture(scope="module")
@@ -36,29 +35,6 @@ def gsm8k_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def labels(gsm8k_dir: Path) -> dict[str, str]:
     return gsm8k_labels(gsm8k_dir)
-
-
-def write_config(path: Path, env_url: str, eval_split: bool = True, max_turns: int = 4) -> Path:
-    split = "    eval_split: test\n" if eval_split else ""
-    path.write_text(
-        f"environments:\n  gsm8k:\n    max_turns: {max_turns}\n"
-        + split
-        + f"env_server: {env_url}\n"
-        f"run_name: eval-test\ntrajectories:\n  spool_dir: {path.parent / 'spool'}\n"
-    )
-    return path
-
-
-def eval_args(config: Path, db: Path, *extra: str) -> list[str]:
-    return ["--config", str(config), "--db", str(db), "--out", str(db.parent / "out"), *extra]
-
-
-def stored(db: Path, sql: str, *args: object) -> list[tuple]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
 
 
 def test_two_models_known_rates_right_winner_and_cis(
@@ -369,15 +345,17 @@ def test_a_failing_store_stops_the_run_in_one_line(
 def test_new_model_joins_by_name_and_retry_errors(
     tmp_path: Path, gsm8k_server: str, labels, capsys
 ) -> None:
-    """A model joins an existing eval by --name (the stored model is not contacted again); episodes
-    that failed are stored as failures, reported, and rerun with --retry-errors."""
+    """A model joins an existing eval by --name (the stored model, its server now down, is not
+    run again: its episodes are stored); episodes that failed are stored as failures, reported,
+    and rerun with --retry-errors."""
     config = write_config(tmp_path / "cfg.yaml", gsm8k_server)
     db = tmp_path / "store.db"
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+    port = free_port()
+    dead = f"http://127.0.0.1:{port}/v1"  # good's own URL, once its server is gone
     solver = ScriptedSolver(labels, 1.0, "good")
     base = eval_args(config, db, "--num-tasks", "3", "--name", "joined", "--json")
-    with OpenAIStub(chat_responder(solver)) as chat:
-        assert main([*base, "--model", f"good={chat.url}"]) == 0
+    with OpenAIStub(chat_responder(solver), port=port):
+        assert main([*base, "--model", f"good={dead}"]) == 0
     capsys.readouterr()
 
     def broken(req):  # answers the preflight probe, fails every task turn
@@ -385,9 +363,10 @@ def test_new_model_joins_by_name_and_retry_errors(
             Reply.text("OK") if "Reply with OK" in req.first_user else Reply.http_error(500, "boom")
         )
 
-    with OpenAIStub(broken) as chat:
+    flaky_port = free_port()
+    with OpenAIStub(broken, port=flaky_port) as chat:
         args = [*base, "--model", f"good={dead}", "--model", f"flaky={chat.url}"]
-        assert main(args) == 0  # good's episodes are stored: its dead URL is never contacted
+        assert main(args) == 0  # good's episodes are stored: nothing of it runs again
         report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     g = report["envs"]["gsm8k"]
     assert g["models"]["good"]["reward"]["value"] == 1.0
@@ -399,7 +378,8 @@ def test_new_model_joins_by_name_and_retry_errors(
     failed = stored(db, "SELECT rollout_event_id FROM eval_episodes WHERE status = 'failed'")
     assert len(failed) == 3
     # without --retry-errors nothing runs; with it, the failures run again and are replaced
-    with OpenAIStub(chat_responder(ScriptedSolver(labels, 1.0, "fixed"))) as chat:
+    # (the same server, fixed)
+    with OpenAIStub(chat_responder(ScriptedSolver(labels, 1.0, "fixed")), port=flaky_port) as chat:
         args = [*base, "--model", f"good={dead}", "--model", f"flaky={chat.url}"]
         assert main(args) == 0 and len(chat.requests) == 0
         assert main([*args, "--retry-errors"]) == 0
@@ -407,8 +387,26 @@ def test_new_model_joins_by_name_and_retry_errors(
     assert report["envs"]["gsm8k"]["models"]["flaky"]["reward"]["value"] == 1.0
     assert stored(db, "SELECT COUNT(*) FROM eval_episodes WHERE status = 'failed'")[0][0] == 0
     assert stored(db, "SELECT COUNT(*) FROM eval_episodes")[0][0] == 6
-    # the failed rollouts stay in the store as history; the eval points at the new ones
-    assert stored(db, "SELECT COUNT(*) FROM rollouts")[0][0] == 9
+    # the model's run holds exactly the eval's episodes (what its run page shows); the failed
+    # rollouts they replaced stay in the store as history, in a run of their own
+    runs = dict(
+        stored(
+            db,
+            "SELECT runs.name, COUNT(*) FROM rollouts JOIN runs ON runs.id = rollouts.run_id "
+            "GROUP BY runs.name",
+        )
+    )
+    assert runs == {"joined/good": 3, "joined/flaky": 3, "joined/flaky/superseded": 3}
+    stats = dict(
+        stored(db, "SELECT runs.name, s.n FROM run_env_stats s JOIN runs ON runs.id = s.run_id")
+    )
+    assert stats["joined/flaky"] == 3 and stats["joined/flaky/superseded"] == 3
+    (mean,) = stored(
+        db,
+        "SELECT AVG(r.reward) FROM rollouts r JOIN runs ON runs.id = r.run_id "
+        "WHERE runs.name = 'joined/flaky'",
+    )[0]
+    assert mean == 1.0
 
 
 def test_local_cpu_engine_model(tmp_path: Path, gsm8k_server: str, capsys) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from envs.trajectories.evals import EpisodeRow
-from tools.eval.report import build_report, format_markdown, format_table
+from tools.eval.render import format_markdown, format_table
+from tools.eval.report import build_report
 from tools.eval.stats import TaskResampler, pass_at_k
 
 

@@ -12,7 +12,16 @@ from typing import Any
 import httpx
 import pytest
 from conftest import REPO, env_server
-from eval_models import ScriptedSolver, generate_responder, gsm8k_labels
+from eval_helpers import WHODUNIT_CASES as CASES
+from eval_helpers import write_config
+from eval_models import (
+    Detective,
+    ScriptedSolver,
+    detective_chat,
+    detective_generate,
+    generate_responder,
+    gsm8k_labels,
+)
 from openai_stub import OpenAIStub, Reply
 from sglang_stub import SGLangStub
 from webui_helpers import CHROMIUM, CHROMIUM_ARGS, shot
@@ -28,29 +37,39 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, gsm8k_dir: Path, qwen3_t
     d = tmp_path_factory.mktemp("eval-ui")
     labels = gsm8k_labels(gsm8k_dir)
     strong = ScriptedSolver(labels, 0.9, "ui-strong")
+    sharp = Detective({"who": 0.9, "what": 0.9, "where": 0.9, "why": 0.9}, "ui-sharp", CASES)
+    # half right: the weapon and the place, never the killer (partial credit on every case)
+    half = Detective({"what": 1.0, "where": 1.0}, "ui-half", CASES)
 
-    def weak(req: Any) -> Reply:  # never right; says something hostile instead
+    def weak(req: Any) -> Reply:  # never right on GSM8K; says something hostile instead
         return Reply.text(f"No idea. {XSS}")
 
     db = d / "store.db"
-    with env_server("--envs", "gsm8k", "--db", str(d / "env.db")) as url:
-        config = d / "cfg.yaml"
-        config.write_text(
-            f"environments:\n  gsm8k:\n    eval_split: test\n    max_turns: 3\nenv_server: {url}\n"
+    with env_server("--envs", "gsm8k,whodunit", "--db", str(d / "env.db")) as url:
+        config = write_config(
+            d / "cfg.yaml",
+            url,
+            max_turns=3,
+            envs=("gsm8k", "whodunit"),
+            options={"whodunit": {"test_size": CASES}},
         )
         with (
             SGLangStub(
-                generate_responder(strong, qwen3_tokenizer), tokenizer=qwen3_tokenizer
+                detective_generate(
+                    sharp, qwen3_tokenizer, generate_responder(strong, qwen3_tokenizer)
+                ),
+                tokenizer=qwen3_tokenizer,
             ) as gen,
-            OpenAIStub(weak) as chat,
+            OpenAIStub(detective_chat(half, weak)) as chat,
         ):
             args = ["--config", str(config), "--db", str(db), "--out", str(d / "out")]
             args += ["--num-tasks", str(TASKS), "--k", "2", "--name", "ui-eval", "--json"]
             args += ["--model", f"weak={chat.url}", "--model", f"strong={gen.url}"]
             args += ["--tokenizer", str(REPO / ".cache" / "qwen3-tokenizer")]
             assert main(args) == 0
+            urls = {"weak": chat.url, "strong": gen.url}
     with env_server("--role", "trajectories", "--db", str(db)) as ui:
-        yield {"url": ui, "solved": sum(strong.outcomes), "args": args}
+        yield {"url": ui, "solved": sum(strong.outcomes), "args": args, "urls": urls}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +104,8 @@ def test_comparison_page_side_by_side_with_click_through(evaluated, page, tmp_pa
     page.goto(url + "/")
     page.click("header a.nav")  # every page links to the evals
     row = page.locator("#evals tbody tr", has_text="ui-eval")
-    assert "weak, strong" in row.inner_text() and str(TASKS * 2 * 2) in row.inner_text()
+    assert "weak" in row.inner_text() and "strong" in row.inner_text()
+    assert str(TASKS * 2 * 2 * 2) in row.inner_text()  # two envs, k = 2, two models
     page.click("text=ui-eval")
     page.wait_for_selector("#scores")
     # the models side by side per environment, with CIs
@@ -201,3 +221,52 @@ def test_serve_keeps_the_comparison_page_up_until_ctrl_c(evaluated) -> None:
     assert proc.returncode == 0 and "reward [95% CI]" in out
     with pytest.raises(httpx.HTTPError):
         httpx.get(url, timeout=5)
+
+
+def test_every_eval_page_names_what_was_evaluated(evaluated, page) -> None:
+    """Each model's served id, endpoint and tokenizer on the list, the eval and the task page;
+    the task page shows the task itself and each sample's deciding call first; partial credit is
+    visible in the dot view."""
+    url, urls = evaluated["url"], evaluated["urls"]
+    page.goto(url + "/evals")
+    row = page.locator("#evals tbody tr", has_text="ui-eval").inner_text()
+    assert urls["weak"] in row and urls["strong"] in row
+    page.goto(url + "/evals/1")
+    models = page.locator("#models").inner_text()
+    assert "stub-model" in models and urls["weak"] in models  # the served id behind "weak"
+    assert "qwen3-tokenizer" in models and urls["strong"] in models
+    # WhoDunIt: the half-right detective's samples are partial credit, not zeros
+    with page.expect_navigation():
+        page.select_option("select[name=env]", "whodunit")
+    weak_dots = page.locator("#tasks td.samples[data-model=weak] a.sample")
+    assert weak_dots.count() == TASKS * 2
+    assert page.locator("#tasks td.samples[data-model=weak] a.sample.partial").count() == TASKS * 2
+    assert "0.500" in weak_dots.first.get_attribute("title")
+    assert weak_dots.first.inner_text() not in ("\u25cf", "\u25cb")  # neither solved nor zero
+    page.locator("#tasks tbody tr").first.locator("a.task-link").click()
+    page.wait_for_selector("#task-columns")
+    prompt = page.locator("#task-prompt").inner_text()
+    assert "You are the detective" in prompt
+    assert "stub-model" in page.locator("#task-models").inner_text()
+    for col in page.locator(".group-col").all():
+        deciding = col.locator(".deciding")
+        assert "submit_answer" in deciding.inner_text()
+        # the deciding call comes before the condensed conversation
+        assert col.locator(".deciding + .msg, .deciding ~ .msg").count() >= 1
+    assert page.problems == []
+
+
+def test_small_error_rates_are_not_printed_as_zero() -> None:
+    from envs.trajectories.webui import _templates
+    from tools.eval.render import _errors
+
+    pct = _templates().filters["pct"]
+    assert [pct(x) for x in (0.0, 0.003, 0.0004, 0.25, 0.998, 1.0)] == [
+        "0%",
+        "0.3%",
+        "<0.1%",
+        "25%",
+        "99.8%",
+        "100%",
+    ]
+    assert _errors({"errors": {"parse_error": {"value": 0.004}}}) == "parse_error 0.4%"

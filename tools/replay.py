@@ -278,6 +278,8 @@ class CallDiff:
     call: StoredCall
     differences: list[str] = field(default_factory=list)
     skipped: str | None = None
+    result: ToolResult | None = None
+    """What the env answered this time (None when skipped)."""
 
 
 @dataclass
@@ -383,6 +385,7 @@ async def replay_rollout(rollout: dict[str, Any], url: str | None) -> ReplayRepo
                 reported = result.metadata.get(PROVENANCE_KEY)
                 if isinstance(reported, dict):
                     report.notes = _provenance_notes(stored_prov, reported)
+            diff.result = result
             diff.differences = compare(call, result)
             finished = finished or result.finished
     except EnvFailure as e:
@@ -420,7 +423,7 @@ async def run(args: argparse.Namespace, out: Any = sys.stdout) -> int:
     if args.api_key:
         os.environ["ENV_SERVER_API_KEY"] = args.api_key
     if args.config and not args.url:
-        _configure(args.config)
+        configure_envs(args.config)
     source: RolloutSource
     api_url = args.trajectories or (args.url if not args.db else None)
     source = ApiSource(api_url, args.api_key) if api_url else StoreSource(args.db or DEFAULT_DB)
@@ -450,7 +453,7 @@ async def run(args: argparse.Namespace, out: Any = sys.stdout) -> int:
     return 1 if bad else 0
 
 
-def _configure(config_path: str) -> None:
+def configure_envs(config_path: str) -> None:
     """Apply train_config.yaml's env options to the in-process env classes."""
     from contract.config import is_hosted, load_config
     from contract.errors import ConfigError

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict, Field
 
+from contract.env_report import REWARD_PARTS_KEY
 from envs.errors import JudgeError
 from envs.haiku.judge import JUDGE_URL_ENV, judge_style
 from envs.haiku.relevance import copy_reason, on_topic_words, poem_fingerprint, topic_words
@@ -115,6 +116,8 @@ class Haiku(ReportingEnvironment):
         ),
     )
     DATA_FILES = (TOPICS_FILE,)
+    REWARD_PARTS = ("structure", "topic", "original", "judge")
+    """structure in [0, 1]; topic and original 1 or 0; judge the style score (with a judge)."""
 
     _options: ClassVar[HaikuOptions] = HaikuOptions()
     _topics: ClassVar[dict[bool, dict[str, list[str]]]] = {}
@@ -263,8 +266,22 @@ class Haiku(ReportingEnvironment):
                 "style": style,
                 "judge_error": judge_error,
                 "submission": self.submissions,
+                REWARD_PARTS_KEY: self._parts(s, style, judge_error),
             },
         )
+
+    def _parts(self, s: Score, style: float | None, judge_error: str | None) -> dict[str, float]:
+        """What the submission's reward is made of: structure, topic (on topic or not), original
+        (not a copy of the prompt) and, when the judge scores, judge (its style score; 0 for a
+        poem it is not asked about)."""
+        parts = {
+            "structure": s.structure,
+            "topic": float(s.on_topic),
+            "original": float(s.copied is None),
+        }
+        if self.judge_enabled() and judge_error is None:
+            parts["judge"] = style if style is not None else 0.0
+        return parts
 
     def check_tripwires(self, calls: list[CallRecord]) -> Verdict:
         """A successful final poem reports its fingerprint: equal ones in a GRPO group trip the

@@ -3,7 +3,14 @@
 `python -m tools.eval` writes here; the web UI's comparison page reads here. Every episode
 is an ordinary rollout (run `<eval>/<model>`, so the run pages show it too) plus an
 `eval_episodes` row naming it, written in one transaction: the row exists exactly when the
-rollout does, and a resumed eval reruns exactly the episodes without a row.
+rollout does, and a resumed eval reruns exactly the episodes without a row. An episode run again
+(`--retry-errors`) replaces its row, and the rollout it replaces moves to the run
+`<eval>/<model>/superseded`: the model's run holds exactly the eval's episodes.
+
+A model's identity (what `tools/eval/identity.py` reads: target, served model, tokenizer,
+checkpoint, sampling arguments) is stored with it; a later run naming the same model with another
+identity is refused, the differing leaves named. An episode's reward parts are read from its
+rollout's metadata (`reward_parts`, contract/env_report.py).
 
 Tables (schema v4): `evals`, `eval_models`, `eval_episodes`.
 """
@@ -11,6 +18,7 @@ Tables (schema v4): `evals`, `eval_models`, `eval_episodes`.
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -22,7 +30,22 @@ from contract.trajectory_events import EventBatch
 from envs.trajectories.errors import SpecMismatch
 from envs.trajectories.store import TrajectoryStore
 
-__all__ = ["EpisodeRow", "EvalModel", "EvalRecords", "SpecMismatch"]
+__all__ = [
+    "SUPERSEDED",
+    "EpisodeRow",
+    "EvalModel",
+    "EvalRecords",
+    "SpecMismatch",
+    "identity_diffs",
+    "model_summary",
+    "share_text",
+]
+
+SUPERSEDED = "superseded"
+"""`<run>/superseded`: where an episode's rollout goes when a rerun replaces it."""
+IDENTITY_VERSION = 1
+"""Marks a stored model identity (`v`); models stored before it are compared by kind only."""
+MAX_PARTS = 16
 
 
 @dataclass(frozen=True)
@@ -52,12 +75,79 @@ class EpisodeRow:
     status: str
     tool_errors: dict[str, int] = field(default_factory=dict)
     failure: str | None = None
+    parts: dict[str, float] = field(default_factory=dict)
+    """The reward's parts the env reported (read from the rollout; empty when it reported none)."""
 
 
 _EPISODE_COLUMNS = (
-    "model, env, task, sample, rollout_event_id, reward, solved, num_turns, num_tool_calls, "
-    "stop_reason, status, tool_errors, failure"
+    "e.model, e.env, e.task, e.sample, e.rollout_event_id, e.reward, e.solved, e.num_turns, "
+    "e.num_tool_calls, e.stop_reason, e.status, e.tool_errors, e.failure"
 )
+_PARTS_COLUMN = (
+    "(SELECT CASE WHEN json_valid(r.metadata) THEN json_extract(r.metadata, '$.reward_parts') END "
+    "FROM rollouts r WHERE r.event_id = e.rollout_event_id)"
+)
+
+
+def _parts(text: Any) -> dict[str, float]:
+    """Reward parts from stored JSON, bounded: names to finite numbers (anything else dropped)."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    out = {}
+    for k, v in list(obj.items())[:MAX_PARTS]:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[str(k)[:64]] = float(v)
+    return out
+
+
+def model_summary(endpoint: dict[str, Any]) -> dict[str, Any]:
+    """What names a model to a reader, from its stored identity: kind, target, served model id,
+    tokenizer, checkpoint (path, step), weight version, sampling arguments (older stores: what
+    they recorded)."""
+    raw = endpoint.get("served")
+    served: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    out: dict[str, Any] = {"kind": endpoint.get("kind"), "target": endpoint.get("target")}
+    model = endpoint.get("model") or served.get("model")
+    if model:
+        out["model"] = model
+    tok = endpoint.get("tokenizer")
+    if isinstance(tok, dict):
+        out["tokenizer"] = tok.get("path")
+        if tok.get("files_hash"):
+            out["tokenizer_hash"] = tok["files_hash"]
+    elif isinstance(tok, str):
+        out["tokenizer"] = tok
+    ckpt = endpoint.get("checkpoint") or served.get("checkpoint")
+    if isinstance(ckpt, dict) and ckpt.get("path"):
+        out["checkpoint"] = ckpt["path"]
+        if ckpt.get("step") is not None:
+            out["step"] = ckpt["step"]
+    for key in ("model_path", "weight_version"):
+        if served.get(key) is not None and key not in out:
+            out[key] = served[key]
+    if endpoint.get("sampling_args"):
+        out["sampling_args"] = endpoint["sampling_args"]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def share_text(x: float) -> str:
+    """A share as a percentage that never rounds a small one to 0% (or an almost-all to 100%)."""
+    p = 100.0 * x
+    if p <= 0 or p >= 100:
+        return f"{p:.0f}%"
+    if p < 0.1:
+        return "<0.1%"
+    if p > 99.9:
+        return ">99.9%"
+    if p < 1 or p > 99:
+        return f"{p:.1f}%"
+    return f"{p:.0f}%"
 
 
 def _row(r: Any) -> EpisodeRow:
@@ -75,6 +165,7 @@ def _row(r: Any) -> EpisodeRow:
         status=r[10],
         tool_errors=orjson.loads(r[11]) if r[11] else {},
         failure=r[12],
+        parts=_parts(r[13]) if len(r) > 13 else {},
     )
 
 
@@ -145,8 +236,17 @@ class EvalRecords:
             raise SpecMismatch(_describe_mismatch(name, found["spec"], spec))
         return int(found["id"])
 
+    def check_models(self, eval_id: int, models: list[EvalModel]) -> None:
+        """SpecMismatch naming the differing leaves when a stored model of the eval has another
+        identity than the one given (nothing written)."""
+        stored = {m.name: m for m in self.models(eval_id)}
+        for m in models:
+            if m.name in stored:
+                _check_same_model(stored[m.name], m)
+
     def add_models(self, eval_id: int, models: list[EvalModel]) -> None:
-        """Add models the eval does not have yet (a model keeps its first kind and run)."""
+        """Add models the eval does not have yet; a model it has must have the same identity
+        (SpecMismatch naming what differs), and what its server reports now is kept with it."""
         with self._conn() as conn:
             self._add_models(conn, eval_id, models)
 
@@ -155,19 +255,20 @@ class EvalRecords:
         conn.execute("BEGIN IMMEDIATE")
         try:
             have = {
-                r[0]: r[1]
+                r[0]: EvalModel(r[0], r[1], orjson.loads(r[2]) if r[2] else {}, r[3])
                 for r in conn.execute(
-                    "SELECT model, kind FROM eval_models WHERE eval_id = ?", (eval_id,)
+                    "SELECT model, kind, endpoint, run_name FROM eval_models WHERE eval_id = ?",
+                    (eval_id,),
                 )
             }
             position = len(have)
             for m in models:
                 if m.name in have:
-                    if have[m.name] != m.kind:
-                        raise SpecMismatch(
-                            f"model {m.name!r} of this eval is a {have[m.name]} model, not "
-                            f"{m.kind}: "
-                            "give the new one another name"
+                    merged = _check_same_model(have[m.name], m)
+                    if merged != have[m.name].endpoint:
+                        conn.execute(
+                            "UPDATE eval_models SET endpoint = ? WHERE eval_id = ? AND model = ?",
+                            (orjson.dumps(merged).decode(), eval_id, m.name),
                         )
                     continue
                 conn.execute(
@@ -218,7 +319,9 @@ class EvalRecords:
         out = []
         for r in rows:
             item = dict(r)
-            item["models"] = [m.name for m in self.models(item["id"])]
+            models = self.models(item["id"])
+            item["models"] = [m.name for m in models]
+            item["model_info"] = {m.name: model_summary(m.endpoint) for m in models}
             out.append(item)
         return out
 
@@ -240,15 +343,18 @@ class EvalRecords:
 
     # -- episodes
 
-    def episodes(self, eval_id: int, env: str | None = None) -> list[EpisodeRow]:
+    def episodes(
+        self, eval_id: int, env: str | None = None, parts: bool = False
+    ) -> list[EpisodeRow]:
         """The episodes stored for an eval (optionally one environment's), by env, task, model,
-        sample."""
-        sql = f"SELECT {_EPISODE_COLUMNS} FROM eval_episodes WHERE eval_id = ?"
+        sample; `parts`: with the reward parts of each (read from its rollout)."""
+        columns = f"{_EPISODE_COLUMNS}, {_PARTS_COLUMN}" if parts else _EPISODE_COLUMNS
+        sql = f"SELECT {columns} FROM eval_episodes e WHERE e.eval_id = ?"
         args: list[Any] = [eval_id]
         if env is not None:
-            sql += " AND env = ?"
+            sql += " AND e.env = ?"
             args.append(env)
-        sql += " ORDER BY env, task, model, sample"
+        sql += " ORDER BY e.env, e.task, e.model, e.sample"
         with self._conn() as conn:
             return [_row(r) for r in conn.execute(sql, args)]
 
@@ -296,6 +402,7 @@ class EvalRecords:
         ]
 
         def insert(conn: sqlite3.Connection) -> None:
+            _supersede(conn, eval_id, [row for row, _ in episodes], now)
             conn.executemany(
                 "INSERT OR REPLACE INTO eval_episodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
             )
@@ -304,6 +411,74 @@ class EvalRecords:
 
     def close(self) -> None:
         """Nothing to release: connections belong to the store's pool (kept for callers)."""
+
+
+def _supersede(conn: sqlite3.Connection, eval_id: int, rows: list[EpisodeRow], now: float) -> None:
+    """Move the rollouts of the eval rows these episodes replace to `<run>/superseded` (inside
+    the write's transaction): the store's triggers move their run statistics with them."""
+    runs: dict[str, int] = {}
+    for row in rows:
+        old = conn.execute(
+            "SELECT e.rollout_event_id, m.run_name FROM eval_episodes e JOIN eval_models m "
+            "ON m.eval_id = e.eval_id AND m.model = e.model WHERE e.eval_id = ? AND e.model = ? "
+            "AND e.env = ? AND e.task = ? AND e.sample = ?",
+            (eval_id, row.model, row.env, row.task, row.sample),
+        ).fetchone()
+        if old is None or old[0] == row.rollout_event_id:
+            continue
+        name = f"{old[1]}/{SUPERSEDED}"
+        if name not in runs:
+            conn.execute(
+                "INSERT INTO runs(name, created_at, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET updated_at = excluded.updated_at",
+                (name, now, now),
+            )
+            runs[name] = int(
+                conn.execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchone()[0]
+            )
+        for table, column in (
+            ("rollouts", "event_id"),
+            ("rollout_tripwires", "event_id"),
+            ("rollout_tripwire_keys", "event_id"),
+        ):
+            conn.execute(f"UPDATE {table} SET run_id = ? WHERE {column} = ?", (runs[name], old[0]))
+
+
+def identity_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`leaf old -> new` for each leaf where two model identities differ: every static leaf, and
+    the leaves of `served` (what the server reported) that both have."""
+    diffs = _diffs(
+        {k: v for k, v in old.items() if k != "served"},
+        {k: v for k, v in new.items() if k != "served"},
+        "",
+    )
+    s_old, s_new = old.get("served"), new.get("served")
+    if isinstance(s_old, dict) and isinstance(s_new, dict):
+        common = set(s_old) & set(s_new)
+        diffs += _diffs({k: s_old[k] for k in common}, {k: s_new[k] for k in common}, "served")
+    return diffs
+
+
+def _check_same_model(have: EvalModel, new: EvalModel) -> dict[str, Any]:
+    """The stored endpoint with what the server reports now merged in; SpecMismatch when the
+    stored model is another one (its kind, or any leaf of its identity, differs)."""
+    if have.kind != new.kind:
+        raise SpecMismatch(
+            f"model {have.name!r} of this eval is a {have.kind} model, not {new.kind}: give the "
+            "new one another name"
+        )
+    if have.endpoint.get("v") != IDENTITY_VERSION or new.endpoint.get("v") != IDENTITY_VERSION:
+        return have.endpoint  # stored before identities: its kind is all that can be compared
+    diffs = identity_diffs(have.endpoint, new.endpoint)
+    if diffs:
+        shown = "; ".join(diffs[:3]) + (f"; +{len(diffs) - 3} more" if len(diffs) > 3 else "")
+        raise SpecMismatch(
+            f"model {have.name} is not the model this eval evaluated ({shown}): its stored "
+            "episodes are of the other one; evaluate it under a new --name (or drop --name) or "
+            "give it another model name"
+        )
+    served = {**(have.endpoint.get("served") or {}), **(new.endpoint.get("served") or {})}
+    return {**have.endpoint, **({"served": served} if served else {})}
 
 
 def _diffs(old: Any, new: Any, path: str) -> list[str]:

@@ -4,12 +4,16 @@
     /evals/{id}                    models side by side per environment (the stored report: scores
                                    with 95% CIs, paired differences), and the per-task outcomes of
                                    two models (?env=&a=&b=&sort=disagree|task), each sample a link
-    /evals/{id}/task?env=&task=    one task: every model's samples side by side, each conversation
-                                   condensed, linking to its full rollout
+    /evals/{id}/task?env=&task=    one task: its prompt, then every model's samples side by side,
+                                   each with the call that decided it first, then its condensed
+                                   conversation, linking to its full rollout
     /api/evals, /api/evals/{id}, /api/evals/{id}/tasks?env=
 
-The statistics come from the report `python -m tools.eval` stored with the eval (this
-page computes none); the per-task outcomes are read live, so a running eval shows its progress.
+Every page names what each model is (kind, target, served model, checkpoint, tokenizer:
+`model_summary` of its stored identity). The statistics come from the report
+`python -m tools.eval` stored with the eval (this page computes none); the per-task outcomes are
+read live, so a running eval shows its progress. A sample is drawn solved, partial (some reward,
+not solved), unsolved or failed.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from envs.trajectories.errors import ApiReason
-from envs.trajectories.evals import EpisodeRow, EvalRecords
+from envs.trajectories.evals import EpisodeRow, EvalRecords, model_summary
 from envs.trajectories.store import TrajectoryStore
 from envs.trajectories.webui import CSP, _templates, conversation
 
@@ -32,6 +36,34 @@ __all__ = ["eval_api_router", "eval_pages_router"]
 
 MAX_TASK_ROWS = 1000
 CONVERSATION_TYPES = ("assistant_message", "tool_call", "tool_result")
+MAX_TASK_PAGE_CHARS = 400_000
+"""Message text read per sample for the task page (its rollout page shows the rest)."""
+
+
+def deciding_call(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The call that decided an episode: the one whose result ended it, else the last rewarded
+    one; with its arguments, result and reward (None when no call got a result)."""
+    results = [m for m in messages if m.get("type") == "tool_result"]
+    result = next((m for m in results if m.get("is_finished")), None)
+    if result is None:
+        result = next((m for m in reversed(results) if m.get("reward") is not None), None)
+    if result is None:
+        return None
+    call = next(
+        (
+            m
+            for m in messages
+            if m.get("type") == "tool_call" and m.get("call_id") == result.get("call_id")
+        ),
+        {},
+    )
+    return {
+        "name": call.get("name") or (result.get("metadata") or {}).get("tool") or "?",
+        "args": call.get("args") or call.get("content") or "",
+        "result": result.get("content") or "",
+        "reward": result.get("reward"),
+        "finished": bool(result.get("is_finished")),
+    }
 
 
 def _outcomes(
@@ -126,6 +158,7 @@ def eval_pages_router(store: TrajectoryStore) -> APIRouter:
             report=report,
             models=models,
             runs={m.name: store.run_id_by_name(m.run_name) for m in ev["models"]},
+            info={m.name: model_summary(m.endpoint) for m in ev["models"]},
             envs=envs,
             env=env,
             a=a,
@@ -146,16 +179,29 @@ def eval_pages_router(store: TrajectoryStore) -> APIRouter:
         if not rows:
             return not_found(f"Eval {ev['name']} has no episodes of task {env} {task}.")
         columns = []
+        prompt = None
+        per_sample = MAX_TASK_PAGE_CHARS // max(1, len(rows))
         for m in ev["models"]:
             for r in sorted((r for r in rows if r.model == m.name), key=lambda r: r.sample):
-                msgs = [
-                    x
-                    for x in conversation(store.messages(r.rollout_event_id))
-                    if x["type"] in CONVERSATION_TYPES
-                ]
-                columns.append({"row": r, "conversation": msgs})
+                msgs = conversation(store.messages(r.rollout_event_id, max_chars=per_sample))
+                if prompt is None:
+                    prompt = next((x["content"] for x in msgs if x["type"] == "user_message"), None)
+                columns.append(
+                    {
+                        "row": r,
+                        "deciding": deciding_call(msgs),
+                        "conversation": [x for x in msgs if x["type"] in CONVERSATION_TYPES],
+                    }
+                )
         return page(
-            "eval_task.html", title=f"{env} {task}", ev=ev, env=env, task=task, columns=columns
+            "eval_task.html",
+            title=f"{env} {task}",
+            ev=ev,
+            env=env,
+            task=task,
+            prompt=prompt,
+            columns=columns,
+            info={m.name: model_summary(m.endpoint) for m in ev["models"]},
         )
 
     return router

@@ -31,6 +31,7 @@ from markupsafe import Markup
 
 from envs.trajectories import tripwires
 from envs.trajectories.advantages import group_advantages
+from envs.trajectories.evals import share_text
 from envs.trajectories.store import RolloutFilter, SortKey, TrajectoryStore
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _templates() -> Environment:
     env.filters["time"] = _fmt_time
     env.filters["pathpart"] = lambda v: quote(str(v), safe="")  # ids with / ? # in links
     env.filters["reward"] = _fmt_reward
-    env.filters["pct"] = lambda x: f"{100 * x:.0f}%"
+    env.filters["pct"] = share_text
     return env
 
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from openreward.environments import TextBlock, ToolOutput, tool
 from pydantic import BaseModel, Field, ValidationError
 
+from contract.env_report import REWARD_PARTS_KEY
 from envs.options import options_error, parse_options, reset_task_cache
 from envs.reporting import ReportingEnvironment
 from envs.tripwires import CallRecord, Tripwire, Verdict
@@ -47,6 +48,9 @@ class WhoDunIt(ReportingEnvironment):
             "leave more than one answer open",
         ),
     )
+
+    REWARD_PARTS = ("who", "what", "where", "why")
+    """Each part of the accusation: 1 when right (why only when a motive is asked)."""
 
     _options: ClassVar[WhoDunItOptions] = WhoDunItOptions()
     _difficulty: ClassVar[dict[str, Any]] = Difficulty().model_dump()
@@ -169,7 +173,11 @@ class WhoDunIt(ReportingEnvironment):
             blocks=[TextBlock(text=text)],
             reward=reward,
             finished=True,
-            metadata={"parts": parts, "solution": answer},
+            metadata={
+                "parts": parts,
+                "solution": answer,
+                REWARD_PARTS_KEY: {k: float(ok) for k, ok in parts.items()},
+            },
         )
 
     def check_tripwires(self, calls: list[CallRecord]) -> Verdict:

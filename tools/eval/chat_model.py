@@ -84,6 +84,8 @@ class ChatClient:
         self.name = spec.name
         self.base_url = spec.target
         self.served_model = spec.served_model
+        self.listed: list[dict[str, Any]] = []
+        """The entries `GET /models` answered (bounded), for the model's identity."""
         headers = {"Content-Type": "application/json"}
         if spec.api_key_env:
             key = os.environ.get(spec.api_key_env)
@@ -141,7 +143,8 @@ class ChatClient:
         items = body.get("data") if isinstance(body, dict) else None
         if not isinstance(items, list):
             raise EngineError(f"{self.base_url}/models answered no model list")
-        return [m["id"] for m in items if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        self.listed = [m for m in items[:1000] if isinstance(m, dict)]
+        return [m["id"] for m in self.listed if isinstance(m.get("id"), str)]
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """One chat completion (the served model is filled in)."""
@@ -285,9 +288,16 @@ class ChatModel:
 
     ledger: TokenLedger | None = None
 
-    def __init__(self, client: ChatClient, system_prompt: str | None) -> None:
+    def __init__(
+        self,
+        client: ChatClient,
+        system_prompt: str | None,
+        sampling_args: dict[str, Any] | None = None,
+    ) -> None:
         self.client = client
         self.system_prompt = system_prompt
+        self.sampling_args = dict(sampling_args or {})
+        """The model's own `--sampling-args`, sent in every request's body as they are."""
         self.drift: list[dict[str, Any]] = []  # token drift does not exist for messages
         self.history: list[dict[str, Any]] = []
         self.tools: list[dict[str, Any]] = []
@@ -312,6 +322,7 @@ class ChatModel:
 
     async def sample(self, params: dict[str, Any], known_tools: set[str]) -> ModelTurn:
         body: dict[str, Any] = {
+            **self.sampling_args,
             "messages": self.history,
             "temperature": params.get("temperature", 1.0),
             "top_p": params.get("top_p", 1.0),

@@ -3,17 +3,19 @@ comparisons.
 
 Per environment (and `all`, every task pooled) and model: mean reward, solve rate, unbiased
 pass@k, mean turns and tool calls, error rates by kind (the share of episodes with at least one
-error of that kind, or that failed with it), each with a 95% bootstrap CI over tasks; stop
-reasons as counts. For every pair of models (B listed after A): the paired difference B - A of
-the per-task mean reward and solve rate (bootstrap CI over the tasks both ran), tasks won / lost
-/ tied, and the tasks where they disagree most. The same episodes always give the same report.
+error of that kind, or that failed with it), the mean of each reward part the environment reports
+(`components`: WhoDunIt who/what/where/why, GSM8K answer/format, haiku structure/topic/...), each
+with a 95% bootstrap CI over tasks; stop reasons as counts. For every pair of models (B listed
+after A): the paired difference B - A of the per-task mean reward, solve rate and each reward
+part (bootstrap CI over the tasks both ran), tasks won / lost / tied, and the tasks where they
+disagree most. The same episodes always give the same report.
 
-Rendered as a terminal table, Markdown, and JSON (`to_json`).
+A reward part counts on the tasks where an episode reported it; there, an episode that failed or
+never reached the reward counts 0, as its reward does. Rendering: tools/eval/render.py.
 """
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from contract.vocab import EpisodeStatus, StopReason
 from envs.trajectories.evals import EpisodeRow
 from tools.eval.stats import CONFIDENCE, Estimate, Paired, TaskResampler, pass_at_k
 
-__all__ = ["ALL", "FAILURE_KINDS", "build_report", "format_markdown", "format_table"]
+__all__ = ["ALL", "FAILURE_KINDS", "build_report", "reward_estimate"]
 
 ALL = "all"
 FAILURE_KINDS = tuple(
@@ -54,8 +56,9 @@ class _TaskStats:
     turns: float = 0.0
     calls: float = 0.0
     rollouts: list[str] | None = None
+    parts: dict[str, float] | None = None
 
-    def add(self, row: EpisodeRow) -> None:
+    def add(self, row: EpisodeRow, applicable: list[str]) -> None:
         self.n += 1
         self.solved += int(row.solved)
         self.reward += row.reward
@@ -64,6 +67,13 @@ class _TaskStats:
         if self.rollouts is None:
             self.rollouts = []
         self.rollouts.append(row.rollout_event_id)
+        if self.parts is None:
+            self.parts = {}
+        failed = row.status == EpisodeStatus.FAILED
+        for name in applicable:
+            self.parts[name] = self.parts.get(name, 0.0) + (
+                0.0 if failed else row.parts.get(name, 0.0)
+            )
 
 
 def _pass_ks(k: int) -> list[int]:
@@ -103,6 +113,7 @@ def _model_scores(
     k: int,
     resample: _Resamplers,
     kinds: list[str],
+    part_names: list[str],
 ) -> dict[str, Any] | None:
     ran = [t for t in tasks if stats.get(t) and stats[t].n]
     if not ran:
@@ -129,6 +140,12 @@ def _model_scores(
         for kind in kinds
         if any(by_task_kind[t][kind] for t in ran)
     }
+    components = {}
+    for name in part_names:
+        over = [t for t in ran if name in (stats[t].parts or {})]
+        if over:
+            values = [(stats[t].parts or {})[name] / stats[t].n for t in over]
+            components[name] = resample(len(over)).estimate(values).to_json()
     return {
         "tasks": len(ran),
         "episodes": sum(s.n for s in per),
@@ -138,6 +155,7 @@ def _model_scores(
         "turns": est([s.turns / s.n for s in per]),
         "tool_calls": est([s.calls / s.n for s in per]),
         "errors": errors,
+        "components": components,
         "stop_reasons": dict(sorted(stops.items())),
     }
 
@@ -148,6 +166,7 @@ def _compare(
     tasks: list[tuple[str, str]],
     stats: dict[str, dict[tuple[str, str], _TaskStats]],
     resample: _Resamplers,
+    part_names: list[str],
 ) -> dict[str, Any] | None:
     sa, sb = stats.get(a, {}), stats.get(b, {})
     both = [t for t in tasks if t in sa and t in sb and sa[t].n and sb[t].n]
@@ -160,6 +179,18 @@ def _compare(
     solve: Paired = res.paired(
         [sa[t].solved / sa[t].n for t in both], [sb[t].solved / sb[t].n for t in both]
     )
+    components = {}
+    for name in part_names:
+        over = [t for t in both if name in (sa[t].parts or {}) and name in (sb[t].parts or {})]
+        if over:
+            components[name] = (
+                resample(len(over))
+                .paired(
+                    [(sa[t].parts or {})[name] / sa[t].n for t in over],
+                    [(sb[t].parts or {})[name] / sb[t].n for t in over],
+                )
+                .to_json()
+            )
     order = sorted(range(len(both)), key=lambda i: (-abs(rb[i] - ra[i]), i))
     disagree = [
         {
@@ -180,6 +211,7 @@ def _compare(
         "tasks": len(both),
         "reward": reward.to_json(),
         "solve_rate": solve.to_json(),
+        "components": components,
         "disagree": disagree,
     }
 
@@ -203,6 +235,7 @@ def build_report(
         key=lambda r: (r.env, r.task, r.model, r.sample),
     )
     kinds = sorted({kind for r in rows for kind in _error_kinds(r)})
+    applicable = _applicable_parts(rows)
     out_envs: dict[str, Any] = {}
     for scope in [*envs, ALL]:
         scope_tasks = tasks if scope == ALL else [t for t in tasks if t[0] == scope]
@@ -210,7 +243,10 @@ def build_report(
         resample = _Resamplers(seed, scope)
         stats: dict[str, dict[tuple[str, str], _TaskStats]] = defaultdict(dict)
         for r in scope_rows:
-            stats[r.model].setdefault((r.env, r.task), _TaskStats()).add(r)
+            stats[r.model].setdefault((r.env, r.task), _TaskStats()).add(
+                r, applicable.get((r.env, r.task), [])
+            )
+        part_names = list(dict.fromkeys(n for t in scope_tasks for n in applicable.get(t, [])))
         per_model = {}
         for m in models:
             scores = _model_scores(
@@ -220,6 +256,7 @@ def build_report(
                 k,
                 resample,
                 kinds,
+                part_names,
             )
             if scores is not None:
                 per_model[m] = scores
@@ -227,7 +264,7 @@ def build_report(
             c
             for i, a in enumerate(models)
             for b in models[i + 1 :]
-            if (c := _compare(a, b, scope_tasks, stats, resample)) is not None
+            if (c := _compare(a, b, scope_tasks, stats, resample, part_names)) is not None
         ]
         out_envs[scope] = {
             "tasks": len(scope_tasks),
@@ -246,6 +283,16 @@ def build_report(
         "envs": out_envs,
         "warnings": _warnings(models, rows),
     }
+
+
+def _applicable_parts(rows: list[EpisodeRow]) -> dict[tuple[str, str], list[str]]:
+    """Per task, the reward parts any of its episodes reported (in the order reported)."""
+    out: dict[tuple[str, str], dict[str, None]] = defaultdict(dict)
+    for r in rows:
+        if r.status != EpisodeStatus.FAILED:
+            for name in r.parts:
+                out[(r.env, r.task)].setdefault(name, None)
+    return {t: list(names) for t, names in out.items()}
 
 
 def _warnings(models: list[str], rows: list[EpisodeRow]) -> list[str]:
@@ -268,183 +315,6 @@ def _warnings(models: list[str], rows: list[EpisodeRow]) -> list[str]:
                 "rerun with --retry-errors to run them again"
             )
     return out
-
-
-# ---------------------------------------------------------------- rendering
-
-
-def _num(x: float | None, digits: int = 3, sign: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
-
-
-def _ci(e: dict[str, Any] | None, digits: int = 3, sign: bool = False) -> str:
-    if not e:
-        return "-"
-    return (
-        f"{_num(e['value'], digits, sign)} "
-        f"[{_num(e['lo'], digits, sign)}, {_num(e['hi'], digits, sign)}]"
-    )
-
-
-def _errors(scores: dict[str, Any]) -> str:
-    parts = [f"{k} {100 * v['value']:.0f}%" for k, v in scores["errors"].items() if v["value"] > 0]
-    return ", ".join(parts) or "-"
-
-
-def _best_pass(scores: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-    if not scores["pass_at"]:
-        return "pass@k", None
-    kk = max(scores["pass_at"], key=int)
-    return f"pass@{kk}", scores["pass_at"][kk]
-
-
-def _scopes(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The report's environments, plus `all` when there are several."""
-    items = list(report["envs"].items())
-    return items if len(items) > 2 else [(e, b) for e, b in items if e != ALL]
-
-
-def _score_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for env, block in _scopes(report):
-        for m, s in block["models"].items():
-            label, p = _best_pass(s)
-            rows.append(
-                [
-                    env,
-                    m,
-                    str(s["tasks"]),
-                    str(s["episodes"]),
-                    _ci(s["reward"]),
-                    _num(s["solve_rate"]["value"], 2),
-                    f"{_num(p['value'], 2) if p else '-'} ({label})",
-                    _num(s["turns"]["value"], 1),
-                    _num(s["tool_calls"]["value"], 1),
-                    _errors(s),
-                ]
-            )
-    return rows
-
-
-def _comparison_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for env, block in _scopes(report):
-        for c in block["comparisons"]:
-            mark = " *" if c["reward"]["significant"] else ""
-            rows.append(
-                [
-                    env,
-                    f"{c['b']} - {c['a']}",
-                    str(c["tasks"]),
-                    _ci(c["reward"]["delta"], sign=True) + mark,
-                    _ci(c["solve_rate"]["delta"], 2, sign=True),
-                    f"{c['reward']['won']}/{c['reward']['lost']}/{c['reward']['tied']}",
-                ]
-            )
-    return rows
-
-
-def _grid(head: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-
-    def line(r: list[str]) -> str:
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        return "  ".join(cells).rstrip()
-
-    return [line(head), "-" * len(line(head)), *(line(r) for r in rows)]
-
-
-SCORE_HEAD = ["env", "model", "tasks", "episodes", "reward [95% CI]", "solved", "pass", "turns"]
-SCORE_HEAD += ["calls", "errors"]
-COMPARE_HEAD = ["env", "B - A", "tasks", "reward diff [95% CI]", "solved diff", "won/lost/tied"]
-
-
-def format_table(report: dict[str, Any], disagree: int = 5) -> str:
-    """The report as plain text for the terminal."""
-    out = [_title(report), ""]
-    out += _grid(SCORE_HEAD, _score_rows(report), {2, 3, 5, 7, 8})
-    comps = _comparison_rows(report)
-    if comps:
-        out += ["", "paired over tasks (* : the 95% CI excludes 0; won = B scored higher)"]
-        out += _grid(COMPARE_HEAD, comps, {2})
-        for env, block in report["envs"].items():
-            if env == ALL:
-                continue
-            for c in block["comparisons"]:
-                if c["disagree"][:disagree]:
-                    out.append(f"\n{env}: {c['b']} vs {c['a']}, tasks they disagree on most:")
-                    for d in c["disagree"][:disagree]:
-                        out.append(
-                            f"  {d['task']:<20} {c['a']} {d['a']:.3f}  {c['b']} {d['b']:.3f}  "
-                            f"({d['diff']:+.3f})"
-                        )
-    for w in report["warnings"]:
-        out.append(f"warning: {w}")
-    return "\n".join(out)
-
-
-def _title(report: dict[str, Any]) -> str:
-    state = (
-        ""
-        if report["complete"]
-        else (f" - INCOMPLETE: {report['episodes']}/{report['episodes_expected']} episodes")
-    )
-    per_env = ", ".join(f"{env} {b['tasks']}" for env, b in report["envs"].items() if env != ALL)
-    return (
-        f"eval {report['name']}: {len(report['models'])} models x {per_env} tasks x k={report['k']}"
-        f"{state}"
-    )
-
-
-def format_markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown."""
-
-    def table(head: list[str], rows: list[list[str]]) -> list[str]:
-        esc = [[c.replace("|", "\\|") for c in r] for r in rows]
-        return [
-            "| " + " | ".join(head) + " |",
-            "|" + "|".join("---" for _ in head) + "|",
-            *("| " + " | ".join(r) + " |" for r in esc),
-        ]
-
-    s = report["sampling"]
-    out = [
-        f"# Eval `{report['name']}`",
-        "",
-        _title(report),
-        "",
-        f"Sampling: temperature {s['temperature']}, top-p {s['top_p']}, "
-        f"max tokens {s['max_tokens']}; {int(100 * report['confidence'])}% bootstrap CIs over "
-        "tasks.",
-        "",
-        "## Scores",
-        "",
-        *table(SCORE_HEAD, _score_rows(report)),
-    ]
-    comps = _comparison_rows(report)
-    if comps:
-        out += ["", "## Comparisons (paired over tasks, B - A)", "", *table(COMPARE_HEAD, comps)]
-        for env, block in report["envs"].items():
-            if env == ALL:
-                continue
-            for c in block["comparisons"]:
-                if c["disagree"]:
-                    out += ["", f"### {env}: {c['b']} vs {c['a']}, largest disagreements", ""]
-                    out += table(
-                        ["task", c["a"], c["b"], "diff"],
-                        [
-                            [d["task"], f"{d['a']:.3f}", f"{d['b']:.3f}", f"{d['diff']:+.3f}"]
-                            for d in c["disagree"]
-                        ],
-                    )
-    if report["warnings"]:
-        out += ["", "## Warnings", "", *(f"- {w}" for w in report["warnings"])]
-    return "\n".join(out) + "\n"
 
 
 def reward_estimate(report: dict[str, Any], env: str, model: str) -> Estimate:

@@ -63,9 +63,13 @@ class ModelRuntime:
     chat: ChatClient | None = None
     engine: EngineClient | None = None
 
-    def step(self, routing_key: str, system_prompt: str | None) -> ModelStep:
+    def step(
+        self, routing_key: str, system_prompt: str | None, sampling_args: dict[str, Any]
+    ) -> ModelStep:
+        """The model's side of one episode; a chat model sends `sampling_args` in its bodies (a
+        token model gets them in the episode's sampling params)."""
         if self.chat is not None:
-            return ChatModel(self.chat, system_prompt)
+            return ChatModel(self.chat, system_prompt, sampling_args)
         assert self.renderer is not None
         if self.engine is None:
             self.engine = EngineClient(self.url)
@@ -87,6 +91,10 @@ class RunSettings:
     done: dict[str, int] = field(default_factory=dict)
     """Episodes already stored per model (the progress bars start there)."""
     totals: dict[str, int] = field(default_factory=dict)
+
+    def sampling_args(self, model: ModelSpec) -> dict[str, Any]:
+        """The sampling arguments a model's engine gets: the shared ones, then its own."""
+        return {**self.sampling.args, **model.sampling_args}
 
 
 def solved(reward: float, task: EvalTask, threshold: float | None) -> bool:
@@ -117,7 +125,7 @@ async def _play(rt: ModelRuntime, job: Job, settings: RunSettings) -> EpisodeRes
     meta = job.task.meta
     try:
         session = open_session(meta, settings.env_urls, key)
-        step = rt.step(key, settings.system_prompt)
+        step = rt.step(key, settings.system_prompt, settings.sampling_args(rt.spec))
     except Exception as e:
         return _failed_result(
             f"cannot open the episode: {type(e).__name__}: {e}", StopReason.SETUP_ERROR
@@ -126,7 +134,8 @@ async def _play(rt: ModelRuntime, job: Job, settings: RunSettings) -> EpisodeRes
         max_context_len=settings.sampling.max_context_len,
         max_response_len=settings.sampling.max_tokens,
     )
-    episode = Episode(session, step, meta, settings.sampling.sglang_params(), budget)
+    params = settings.sampling.sglang_params(rt.spec.sampling_args)
+    episode = Episode(session, step, meta, params, budget)
     try:
         return await episode.run()
     except Exception as e:  # a bug, not an env or model failure: recorded, the eval goes on
@@ -162,7 +171,7 @@ def episode_record(
         status=result.status.value,
         tokens=EpisodeTokens.from_ledger(result.ledger),
         tokenizer=_tokenizer(rt),
-        sampling_params=settings.sampling.sglang_params(),
+        sampling_params=settings.sampling.sglang_params(rt.spec.sampling_args),
         evaluation=True,
         group_index=job.ordinal,
         sample_index=job.sample,
@@ -345,6 +354,7 @@ async def run_jobs(
     finally:
         try:
             await writer.close()  # finished episodes are stored, also when the run was cancelled
+            await asyncio.sleep(0)  # the last batch's done callbacks count it
         finally:
             progress.close()
     return stored

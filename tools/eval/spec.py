@@ -12,15 +12,19 @@ tokenizer and chat template; default `--tokenizer`, for local the model itself),
 (OpenAI: the served model name; default the endpoint's only model) and `api_key_env=VAR` (OpenAI:
 send $VAR as the bearer key; no key is ever sent unless named here).
 
-An eval's identity is its spec (the tasks, k, sampling, solve threshold): the same spec under the
-same name resumes; a different spec under an existing name is refused.
+Sampling arguments (`--sampling-args JSON`, or `NAME=JSON` for one model) go to the engine as
+they are, over the eval's temperature and top-p; the eval's own budget keys are refused.
+
+An eval's identity is its spec (the tasks and their content, k, sampling, solve threshold, the
+settings that shape an episode) and each model's identity (tools/eval/identity.py): the same
+spec under the same name resumes; a different spec under an existing name is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,9 +41,35 @@ __all__ = [
     "Sampling",
     "default_eval_name",
     "parse_model",
+    "parse_sampling_args",
 ]
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+"""2: the spec names its task set's content (`task_set`) and the shared sampling arguments."""
+RESERVED_SAMPLING = frozenset(
+    {
+        "max_new_tokens",
+        "max_tokens",
+        "max_completion_tokens",
+        "min_new_tokens",
+        "n",
+        "stream",
+        "messages",
+        "tools",
+        "tool_choice",
+        "model",
+        "input_ids",
+        "skip_special_tokens",
+        "no_stop_trim",
+        "spaces_between_special_tokens",
+        "return_logprob",
+        "logprobs",
+    }
+)
+"""Sampling keys the eval sets itself (budgets, output format, the request's own fields)."""
+MAX_SAMPLING_KEYS = 32
+MAX_SAMPLING_BYTES = 8192
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SETTINGS = {
     "tokenizer": ("generate", "local"),
@@ -71,18 +101,22 @@ class ModelSpec:
     tokenizer: str | None = None
     served_model: str | None = None
     api_key_env: str | None = None
+    sampling_args: dict[str, Any] = field(default_factory=dict)
+    """`--sampling-args NAME=JSON` of this model (over the shared ones)."""
 
     @property
     def uses_tokens(self) -> bool:
         return self.kind is not ModelKind.OPENAI
 
     def describe(self) -> dict[str, Any]:
-        """What the store records about the model (never a key)."""
+        """What the report names the model by (never a key)."""
         out: dict[str, Any] = {"kind": self.kind.value, "target": self.target}
         if self.tokenizer:
             out["tokenizer"] = self.tokenizer
         if self.served_model:
             out["model"] = self.served_model
+        if self.sampling_args:
+            out["sampling_args"] = dict(self.sampling_args)
         return out
 
 
@@ -179,6 +213,8 @@ class Sampling:
     """Response budget of an episode (sampled plus appended tokens), also each turn's cap."""
     max_context_len: int | None = None
     """Context budget (prompt plus response); when set it replaces prompt + max_tokens."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """`--sampling-args JSON`: sent to every model's engine as they are."""
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -194,8 +230,9 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def sglang_params(self) -> dict[str, Any]:
-        """The sampling params the bridge sends to /generate (what slime sends in training)."""
+    def sglang_params(self, model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The sampling params the bridge sends to /generate (what slime sends in training), with
+        the shared and then the model's sampling arguments over them."""
         return {
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -204,15 +241,20 @@ class Sampling:
             "skip_special_tokens": False,
             "no_stop_trim": True,
             "spaces_between_special_tokens": False,
+            **self.args,
+            **(model_args or {}),
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_tokens": self.max_tokens,
             "max_context_len": self.max_context_len,
         }
+        if self.args:
+            out["args"] = dict(self.args)
+        return out
 
 
 @dataclass(frozen=True)
@@ -225,6 +267,9 @@ class EvalSpec:
     sampling: Sampling
     solve_threshold: float | None = None
     """An episode is solved at reward >= this; None: at the task's max_reward."""
+    task_set: str = ""
+    """A hash of every task's content (its label and task spec): the same keys over changed data
+    are another task set."""
     settings: dict[str, Any] | None = None
     """What else shapes an episode: per env its max_turns, no-tool-call rule and reward settings,
     and the prompt's thinking mode and system prompt."""
@@ -240,6 +285,7 @@ class EvalSpec:
             "sampling": self.sampling.to_json(),
             "solve_threshold": self.solve_threshold,
             "settings": self.settings or {},
+            "task_set": self.task_set,
             "tasks": [list(t) for t in self.tasks],
         }
 
@@ -249,9 +295,57 @@ class EvalSpec:
         return hashlib.sha256(blob).hexdigest()
 
 
-def default_eval_name(spec: EvalSpec, models: list[ModelSpec]) -> str:
-    """`eval-<hash>` of the spec and the model names: the same command resumes the same eval."""
+def default_eval_name(spec: EvalSpec, identities: dict[str, dict[str, Any]]) -> str:
+    """`eval-<hash>` of the spec and each model's name and identity (tools/eval/identity.py): the
+    same command resumes the same eval; a model pointed elsewhere makes another one."""
     h = hashlib.sha256(spec.digest().encode())
-    for m in models:
-        h.update(b"\0" + m.name.encode())
+    for name, identity in identities.items():
+        h.update(b"\0" + name.encode() + b"\0")
+        h.update(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS))
     return f"eval-{h.hexdigest()[:10]}"
+
+
+def _sampling_object(text: str, where: str) -> dict[str, Any]:
+    """A bounded JSON object of sampling arguments; EvalError (one line) otherwise."""
+    if len(text.encode()) > MAX_SAMPLING_BYTES:
+        raise EvalError(f"{where}: more than {MAX_SAMPLING_BYTES} bytes")
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise EvalError(f"{where}: not JSON ({str(e).splitlines()[0][:100]})") from None
+    if not isinstance(obj, dict):
+        raise EvalError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if len(obj) > MAX_SAMPLING_KEYS:
+        raise EvalError(f"{where}: more than {MAX_SAMPLING_KEYS} keys")
+    for key in obj:
+        if not _KEY.match(key):
+            raise EvalError(f"{where}: {key[:40]!r} is not a parameter name")
+        if key in RESERVED_SAMPLING:
+            raise EvalError(
+                f"{where}: {key!r} is set by the eval (--max-tokens, --max-context-len and the "
+                "request format are its own)"
+            )
+    return obj
+
+
+def parse_sampling_args(
+    items: list[str], models: list[ModelSpec]
+) -> tuple[dict[str, Any], list[ModelSpec]]:
+    """(the shared sampling arguments, the models with their own) of `--sampling-args` values:
+    `JSON` for every model, `NAME=JSON` for one; later ones override earlier ones key by key."""
+    shared: dict[str, Any] = {}
+    own: dict[str, dict[str, Any]] = {}
+    names = {m.name for m in models}
+    for item in items:
+        text = item.strip()
+        if text.startswith("{"):
+            shared.update(_sampling_object(text, "--sampling-args"))
+            continue
+        name, eq, rest = text.partition("=")
+        if not eq:
+            raise EvalError(f"--sampling-args {item[:60]!r}: expected JSON or NAME=JSON")
+        if name not in names:
+            known = ", ".join(sorted(names))
+            raise EvalError(f"--sampling-args {name}=...: no --model {name} (models: {known})")
+        own.setdefault(name, {}).update(_sampling_object(rest, f"--sampling-args {name}"))
+    return shared, [replace(m, sampling_args=own[m.name]) if m.name in own else m for m in models]

@@ -26,7 +26,7 @@ from contract.task import TaskMeta
 from tools.errors import EvalError, TaskSourceError
 from tools.task_source import read_task_rows
 
-__all__ = ["EvalTask", "interleave", "tasks_from_config", "tasks_from_file"]
+__all__ = ["EvalTask", "interleave", "task_set_digest", "tasks_from_config", "tasks_from_file"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class EvalTask:
     key: str
     meta: TaskMeta
     label: str | None = None
+    content: str = ""
+    """A hash of what the task row says (its prompt, label and task spec)."""
 
     @property
     def ident(self) -> tuple[str, str]:
@@ -62,7 +64,23 @@ def _from_row(row: dict[str, Any], where: str) -> EvalTask:
         loc = ".".join(str(x) for x in first["loc"]) or "metadata"
         raise EvalError(f"{where}: not a task row: {loc}: {first['msg']}") from None
     label = row.get("label")
-    return EvalTask(meta.env, task_key(meta), meta, label if isinstance(label, str) else None)
+    content = {"prompt": row.get("prompt"), "label": label, "task_spec": meta.task_spec}
+    return EvalTask(
+        meta.env,
+        task_key(meta),
+        meta,
+        label if isinstance(label, str) else None,
+        hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16],
+    )
+
+
+def task_set_digest(tasks: list[EvalTask]) -> str:
+    """A hash of every task's key and content, in eval order: changed data under the same keys
+    is another task set."""
+    h = hashlib.sha256()
+    for t in tasks:
+        h.update(f"{t.env}\0{t.key}\0{t.content}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _check_envs(wanted: Sequence[str] | None, available: Sequence[str], where: str) -> list[str]:
