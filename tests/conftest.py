@@ -63,8 +63,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll `url` until it answers 200; fail early if `proc` dies."""
+def wait_http(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` dies. The bound is generous: parallel
+    workers on a loaded 2-core machine start a server in tens of seconds, not the usual few."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -84,7 +85,7 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
 
 @contextlib.contextmanager
 def run_process(
-    args: list[str], health_url: str, env: dict[str, str] | None = None, timeout: float = 60.0
+    args: list[str], health_url: str, env: dict[str, str] | None = None, timeout: float = 180.0
 ) -> Iterator[subprocess.Popen]:
     """Start a server subprocess, wait for its health URL, and always stop it."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
