@@ -26,12 +26,32 @@ case "$*" in *"$FAIL_AT"*) exit 1 ;; esac
 """
 
 
+README = """# scratch
+
+## Two commands
+
+```bash
+echo main-job
+```
+
+```bash
+echo tests
+```
+"""
+
+
 def ci_run(tmp_path: Path, fail_at: str) -> tuple[int, list[str]]:
-    """Run `.ci/run` in a scratch copy; the recorded python fails the command containing
+    """Run `.ci/run` in a scratch repository; the recorded python fails the command containing
     `fail_at`. Returns the exit status and the python commands it ran, in order."""
     (tmp_path / ".ci").mkdir()
     shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
     (tmp_path / "setup.sh").write_text("echo setup\n")
+    (tmp_path / "README.md").write_text(README)
+    (tmp_path / ".gitignore").write_text(".venv/\ncalls.log\n")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "scratch"], check=True)
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text(RECORDER)
