@@ -27,6 +27,7 @@ from slime_vendor import VERSIONS, missing_reason, slime_pythonpath
 pytestmark = [
     pytest.mark.vendored,
     pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
+    pytest.mark.timeout(900),  # one slime subprocess per test; minutes on a loaded 2-core machine
 ]
 
 TOKENIZER_DIR = str(REPO / ".cache" / "qwen3-tokenizer")
