@@ -37,7 +37,10 @@ def test_2_sees_the_defaults():
 
 
 @pytest.mark.parametrize("isolated", [True, False], ids=["conftest", "control"])
-def test_configured_env_class_does_not_leak(pytester: pytest.Pytester, isolated: bool) -> None:
+def test_configured_env_class_does_not_leak(
+    pytester: pytest.Pytester, isolated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)  # CI's (its --junitxml) is not the child's
     pytester.makeconftest(CONFTEST.read_text() if isolated else "")
     pytester.makepyfile(test_two=TWO_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
