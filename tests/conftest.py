@@ -44,16 +44,21 @@ WORKERS_PER_CORE = 2
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: $PYTEST_XDIST_AUTO_NUM_WORKERS if set; no workers at all when every argument
-    names single tests (`pytest tests/test_x.py::test_y` runs in this process, at once); else
-    WORKERS_PER_CORE per core."""
+    """`-n auto`: $PYTEST_XDIST_AUTO_NUM_WORKERS if set; else WORKERS_PER_CORE per core, but no
+    more than the modules named when the arguments are test files under `--dist loadscope` (a
+    module runs on one worker), and none when they name single tests or one module: those run in
+    this process, at once."""
     if env := os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = WORKERS_PER_CORE * (cores or 1)
     args = config.args
     if args and all("::" in a for a in args):
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return WORKERS_PER_CORE * (cores or 1)
+    files = {a.split("::")[0] for a in args}
+    if args and config.getoption("dist") == "loadscope" and all(f.endswith(".py") for f in files):
+        return 0 if len(files) == 1 else min(workers, len(files))
+    return workers
 
 
 def free_port() -> int:
