@@ -8,7 +8,9 @@ environments (options from `configure()`, the SDK's task cache) is put back afte
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import gzip
 import os
 import shutil
@@ -34,6 +36,31 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("GSM8K_DATA_DIR", None)
 
 
+# --- parallel runs (pytest-xdist; pyproject's addopts say `-n auto`) -----------------------------
+WORKERS_PER_CORE = 2
+"""Most tests wait on servers and subprocesses, so two workers per core keep the cores busy
+(measured on 2 cores: see the README's Tests section)."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: $PYTEST_XDIST_AUTO_NUM_WORKERS if set; else WORKERS_PER_CORE per core, but no
+    more than the modules named when the arguments are test files under `--dist loadscope` (a
+    module runs on one worker), and none when they name single tests or one module: those run in
+    this process, at once."""
+    if env := os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = WORKERS_PER_CORE * (cores or 1)
+    args = config.args
+    if args and all("::" in a for a in args):
+        return 0
+    files = {a.split("::")[0] for a in args}
+    if args and config.getoption("dist") == "loadscope" and all(f.endswith(".py") for f in files):
+        return 0 if len(files) == 1 else min(workers, len(files))
+    return workers
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -41,8 +68,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll `url` until it answers 200; fail early if `proc` dies."""
+def wait_http(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` dies. The bound is generous: parallel
+    workers on a loaded 2-core machine start a server in tens of seconds, not the usual few."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -62,7 +90,7 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
 
 @contextlib.contextmanager
 def run_process(
-    args: list[str], health_url: str, env: dict[str, str] | None = None, timeout: float = 60.0
+    args: list[str], health_url: str, env: dict[str, str] | None = None, timeout: float = 180.0
 ) -> Iterator[subprocess.Popen]:
     """Start a server subprocess, wait for its health URL, and always stop it."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
@@ -112,18 +140,54 @@ def _env_classes() -> list[type]:
     return found
 
 
+# Packages that define or configure environment classes in the test's own process.
+_ENV_PACKAGES = frozenset({"envs", "openreward", "tools", "prepare_tasks"})
+_TESTS = Path(__file__).resolve().parent
+
+
+def _imported_tops(path: Path) -> set[str]:
+    """The top-level names of every module `path` imports, at any depth."""
+    tops: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            tops.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            tops.add(node.module.split(".")[0])
+    return tops
+
+
+@functools.cache
+def _may_touch_env_classes(path: Path, _seen: frozenset[Path] = frozenset()) -> bool:
+    """Whether the test file `path`, or a test helper it imports, imports a package that defines
+    or configures environment classes (anywhere in the file, function-level imports included)."""
+    tops = _imported_tops(path)
+    if tops & _ENV_PACKAGES:
+        return True
+    seen = _seen | {path}
+    helpers = (_TESTS / f"{t}.py" for t in tops - {"conftest"})
+    return any(h.is_file() and h not in seen and _may_touch_env_classes(h, seen) for h in helpers)
+
+
 _ABSENT = object()
 
 
 @pytest.fixture(autouse=True)
-def isolated_env_classes() -> Iterator[None]:
+def isolated_env_classes(request: pytest.FixtureRequest) -> Iterator[None]:
     """Put every environment class's own attributes back as they were before the test.
 
     `configure()` sets class attributes (options) and the openreward SDK caches a class's task
     list on the class: without this a test that configures an env changes it for the rest of
     the process. Caches mutated in place (GSM8K's rows per data source) are keyed by what they
     depend on and stay.
+
+    Only tests that can reach an environment class pay for it: when the SDK is not loaded yet
+    and neither the test's file nor a helper it imports imports envs/openreward/tools, nothing is
+    imported (tests of the plugin alone never load the SDK).
     """
+    loaded = "openreward.environments" in sys.modules
+    if not loaded and not _may_touch_env_classes(Path(str(request.node.path))):
+        yield
+        return
     before = {cls: dict(vars(cls)) for cls in _env_classes()}
     yield
     for cls, saved in before.items():

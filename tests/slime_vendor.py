@@ -9,8 +9,10 @@ stand-in for slime: `slime_pythonpath()` puts the real sources first on a subpro
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -52,21 +54,26 @@ def missing_reason() -> str | None:
 
 
 def unpack(name: str) -> Path:
-    """The folder the tarball `name` unpacks into, unpacked once per tarball size and mtime."""
+    """The folder the tarball `name` unpacks into, unpacked once per tarball size and mtime.
+
+    Parallel test workers share .cache/: one unpacks while the others wait on its lock file."""
     src = vendor_dir() / name
     st = src.stat()
     dest = CACHE / f"{name.removesuffix('.tar.gz')}-{st.st_size}-{int(st.st_mtime)}"
     done = dest / ".unpacked"
     if not done.exists():
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(src) as tar:
-            tar.extractall(tmp, filter="data")
-        (tmp / ".unpacked").write_text("")
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process unpacked it first
-            pass
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with open(CACHE / f"{dest.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                shutil.rmtree(dest, ignore_errors=True)  # a copy torn by a killed run
+                tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                with tarfile.open(src) as tar:
+                    tar.extractall(tmp, filter="data")
+                (tmp / ".unpacked").write_text("")
+                tmp.rename(dest)
     (root,) = [p for p in dest.iterdir() if p.is_dir()]
     return root
 

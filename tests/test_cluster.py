@@ -119,6 +119,7 @@ def test_two_nodes_of_eight_from_rays_view(world: dict, version: str) -> None:
     assert any("is loopback, which other nodes do not reach" in n for n in d.notes)
 
 
+@pytest.mark.vendored
 def test_two_nodes_parse_with_slimes_real_parse_args(world: dict) -> None:
     """The 2 x 8 plans (sync colocated, async split) as slime main's own parse_args reads them."""
     if reason := real_parse_missing():

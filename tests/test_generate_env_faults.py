@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import time
 
 import httpx
 import pytest
@@ -195,7 +196,10 @@ async def test_full_server_503_is_retried(qwen3_tokenizer, gsm8k_server) -> None
     }
     with SGLangStub(script=script, tokenizer=tok) as stub:
         first = asyncio.create_task(run(make_args(stub), make_sample(url, "gsm8k", "full-1")))
-        await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 60
+        while not stub.in_flight:  # the first episode holds the one session, at its model turn
+            assert time.monotonic() < deadline, "the first episode never reached the engine"
+            await asyncio.sleep(0.02)
         second = await run(make_args(stub), make_sample(url, "gsm8k", "full-2", index=1))
         first = await first
     assert first.reward == 1.0 and second.reward == 1.0, second.metadata.get("failure_message")

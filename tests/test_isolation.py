@@ -14,6 +14,9 @@ import pytest
 pytest_plugins = ("pytester",)
 
 CONFTEST = Path(__file__).with_name("conftest.py")
+# file order; no cache; not the plugins the suite does not load either (pyproject's addopts)
+CHILD_ARGS = ("-p", "no:randomly", "-p", "no:cacheprovider")
+CHILD_ARGS += ("-p", "no:schemathesis", "-p", "no:hypothesispytest")
 
 TWO_TESTS = """
 import asyncio
@@ -37,10 +40,13 @@ def test_2_sees_the_defaults():
 
 
 @pytest.mark.parametrize("isolated", [True, False], ids=["conftest", "control"])
-def test_configured_env_class_does_not_leak(pytester: pytest.Pytester, isolated: bool) -> None:
+def test_configured_env_class_does_not_leak(
+    pytester: pytest.Pytester, isolated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)  # CI's (its --junitxml) is not the child's
     pytester.makeconftest(CONFTEST.read_text() if isolated else "")
     pytester.makepyfile(test_two=TWO_TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(*CHILD_ARGS)
     if isolated:
         result.assert_outcomes(passed=2)
     else:

@@ -40,7 +40,10 @@ from launch_world import (
 
 from tools.launch.slime_flags import SGLANG_FLAGS, read_flag_list, slime_checkout_flags
 
-pytestmark = pytest.mark.skipif(vendor_missing() is not None, reason=str(vendor_missing()))
+pytestmark = [
+    pytest.mark.vendored,
+    pytest.mark.skipif(vendor_missing() is not None, reason=str(vendor_missing())),
+]
 
 PLANS = {
     "one-node-sync": [],

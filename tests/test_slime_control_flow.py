@@ -24,7 +24,11 @@ from conftest import REPO
 from sglang_stub import SGLangStub, Turn
 from slime_vendor import VERSIONS, missing_reason, slime_pythonpath
 
-pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+pytestmark = [
+    pytest.mark.vendored,
+    pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
+    pytest.mark.timeout(900),  # one slime subprocess per test; minutes on a loaded 2-core machine
+]
 
 TOKENIZER_DIR = str(REPO / ".cache" / "qwen3-tokenizer")
 FAIL_MARKER = "INJECTED_ENV_FAILURE"
@@ -294,7 +298,6 @@ def test_slime_abort_suspends_and_partial_rollout_resumes_where_it_stopped(
             tmp_path,
         )
         reqs = list(stub.requests)
-    Path("/tmp/cf_out.json").write_text(json.dumps(out))
     first, second = out["rollouts"]
     # rollout 1: the slow episodes were stopped by slime's abort, not by the engine
     suspended = [s for s in first["buffer"] if s["stop_reason"] == "slime_abort"]

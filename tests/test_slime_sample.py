@@ -18,7 +18,10 @@ from generate_helpers import call, turn
 from sglang_stub import SGLangStub, default_logprob
 from slime_vendor import VERSIONS, missing_reason, slime_pythonpath
 
-pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+pytestmark = [
+    pytest.mark.vendored,
+    pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
+]
 
 EPISODE = r"""
 import asyncio, json, sys, types

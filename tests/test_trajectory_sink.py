@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,10 @@ from bridge.trajectory_uploader import SinkSettings, TrajectoryUploader
 from contract.config import parse_config
 
 FAST = SinkSettings(backoff_base_s=0.2, backoff_cap_s=2.0, max_age_s=0.2)
-OUTAGE_S = float(os.environ.get("TRAJ_OUTAGE_SECONDS", "60"))
+OUTAGE_S = float(os.environ.get("TRAJ_OUTAGE_SECONDS", "0"))
+# trajectories spooled during the outage: ~4 s at the producer's 10/s, past FAST's backoff cap
+# (retries after 0.2, 0.4, 0.8, 1.6, 2.0 s)
+OUTAGE_SPOOLED = 40
 
 
 def make_trajectory(
@@ -341,8 +344,19 @@ asyncio.run(main())
     assert not list(spool.glob("*.jsonl"))
 
 
+async def until(what: str, predicate: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Wait (on the loop) until `predicate()` holds; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
+        await asyncio.sleep(0.05)
+
+
 async def test_outage_loses_nothing_and_stores_each_trajectory_once(tmp_path: Path) -> None:
-    """Stop the real server for OUTAGE_S seconds (60 by default) while the run keeps submitting."""
+    """Stop the real server while the run keeps submitting: the outage lasts until the uploader
+    has spooled OUTAGE_SPOOLED trajectories it could not send (its backoff at the cap), and at
+    least TRAJ_OUTAGE_SECONDS (a longer soak); then the server comes back on the same port and
+    every trajectory is stored once."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     db = tmp_path / "outage.db"
@@ -364,19 +378,24 @@ async def test_outage_loses_nothing_and_stores_each_trajectory_once(tmp_path: Pa
             stack.enter_context, env_server("--role", "trajectories", "--db", str(db), port=port)
         )
         task = asyncio.create_task(producer())
-        await asyncio.sleep(3)
+        await until("a first delivery", lambda: up.stats["delivered"] > 0)
         assert len(run_rollouts(url, "outage-run")) > 0
     # server stopped (process terminated): keep generating
     t_down = time.monotonic()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/health", timeout=1)
-    await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_down)))
-    assert up.stats["spooled"] > 0
+    await until(
+        f"{OUTAGE_SPOOLED} trajectories spooled",
+        lambda: up.stats["spooled"] >= OUTAGE_SPOOLED and time.monotonic() - t_down >= OUTAGE_S,
+        timeout=OUTAGE_S + 120,
+    )
     with contextlib.ExitStack() as stack:
         await asyncio.to_thread(
             stack.enter_context, env_server("--role", "trajectories", "--db", str(db), port=port)
         )
-        await asyncio.sleep(2)
+        delivered = up.stats["delivered"]
+        # the uploader finds the server back on its own (its next retry), before any flush
+        await until("a delivery after the outage", lambda: up.stats["delivered"] > delivered)
         stop.set()
         await task
         assert await up.flush(120)
