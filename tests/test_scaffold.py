@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 from conftest import REPO, env_server, free_port
-from launch_world import make_slime, make_world
+from launch_world import NVIDIA_SMI_8, fake_tools, make_slime, make_world
 from sglang_stub import SGLangStub, Turn
 
 from envs import scaffold
@@ -109,16 +109,18 @@ def test_prepare_dry_run_rollouts_eval_replay_and_ui(
     assert len(rows) == 12 and {r["metadata"]["env"] for r in rows} == {NAME}
     assert [t["function"]["name"] for t in rows[0]["tools"]] == ["submit_answer"]
 
-    # a training run, planned: run.sh --dry-run with this config and these tasks
+    # a training run, planned: run.sh --dry-run with this config and these tasks, on a machine
+    # whose nvidia-smi lists 8 GPUs
     world = make_world(tmp_path / "world")
+    gpus = fake_tools(tmp_path / "gpus", nvidia_smi=NVIDIA_SMI_8)
     slime = make_slime(tmp_path / "slime", "v0.3.1")
     plan = sh(
         "bash", str(REPO / "run.sh"), "--dry-run", "--model", str(world["model"]),
         "--config", str(config), "--task-data", str(tasks), "--slime-path", str(slime),
         "--megatron-path", str(world["megatron"]), "--ray-address", str(world["ray"]),
-        env=env,
+        env={**env, **gpus},
     )  # fmt: skip
-    assert plan.returncode == 0, plan.stderr
+    assert plan.returncode == 0, plan.stdout[:4000] + plan.stderr
     assert str(config.resolve()) in plan.stdout and "bridge.generate.generate" in plan.stdout
 
     def answer(req) -> Turn:  # a model that counts right
