@@ -16,6 +16,7 @@ Modules:
     webui     server-rendered pages: runs, a run's rollouts, one rollout (provenance, tripwires,
               drift, GRPO group with advantages), reward chart
     evals     evals in the store (`python -m tools.eval`): spec, models, episodes, report
+    eval_identity  whether two evals (or two models of one) are the same: the differing leaves
     evalui    the eval pages: the evals, one eval's model comparison, one task across models
     errors    StoreError, SpecMismatch (under envs.errors.EnvsError); ApiReason, the API's refusals
     static/   the pages' templates, stylesheet and script (no CDN)

@@ -28,9 +28,16 @@ import orjson
 
 from contract.trajectory_events import EventBatch
 from envs.trajectories.errors import SpecMismatch
+from envs.trajectories.eval_identity import (
+    IDENTITY_VERSION,
+    check_same_model,
+    describe_spec_mismatch,
+    identity_diffs,
+)
 from envs.trajectories.store import TrajectoryStore
 
 __all__ = [
+    "IDENTITY_VERSION",
     "SUPERSEDED",
     "EpisodeRow",
     "EvalModel",
@@ -43,8 +50,6 @@ __all__ = [
 
 SUPERSEDED = "superseded"
 """`<run>/superseded`: where an episode's rollout goes when a rerun replaces it."""
-IDENTITY_VERSION = 1
-"""Marks a stored model identity (`v`); models stored before it are compared by kind only."""
 MAX_PARTS = 16
 
 
@@ -217,7 +222,7 @@ class EvalRecords:
                 assert cur.lastrowid is not None  # set by every INSERT
                 eval_id = cur.lastrowid
             elif row["spec_hash"] != spec_hash:
-                raise SpecMismatch(_describe_mismatch(name, orjson.loads(row["spec"]), spec))
+                raise SpecMismatch(describe_spec_mismatch(name, orjson.loads(row["spec"]), spec))
             else:
                 eval_id = int(row["id"])
             conn.execute("COMMIT")
@@ -233,7 +238,7 @@ class EvalRecords:
         if found is None:
             return None
         if found["spec_hash"] != spec_hash:
-            raise SpecMismatch(_describe_mismatch(name, found["spec"], spec))
+            raise SpecMismatch(describe_spec_mismatch(name, found["spec"], spec))
         return int(found["id"])
 
     def check_models(self, eval_id: int, models: list[EvalModel]) -> None:
@@ -242,7 +247,7 @@ class EvalRecords:
         stored = {m.name: m for m in self.models(eval_id)}
         for m in models:
             if m.name in stored:
-                _check_same_model(stored[m.name], m)
+                check_same_model(stored[m.name], m)
 
     def add_models(self, eval_id: int, models: list[EvalModel]) -> None:
         """Add models the eval does not have yet; a model it has must have the same identity
@@ -264,7 +269,7 @@ class EvalRecords:
             position = len(have)
             for m in models:
                 if m.name in have:
-                    merged = _check_same_model(have[m.name], m)
+                    merged = check_same_model(have[m.name], m)
                     if merged != have[m.name].endpoint:
                         conn.execute(
                             "UPDATE eval_models SET endpoint = ? WHERE eval_id = ? AND model = ?",
@@ -442,67 +447,3 @@ def _supersede(conn: sqlite3.Connection, eval_id: int, rows: list[EpisodeRow], n
             ("rollout_tripwire_keys", "event_id"),
         ):
             conn.execute(f"UPDATE {table} SET run_id = ? WHERE {column} = ?", (runs[name], old[0]))
-
-
-def identity_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """`leaf old -> new` for each leaf where two model identities differ: every static leaf, and
-    the leaves of `served` (what the server reported) that both have."""
-    diffs = _diffs(
-        {k: v for k, v in old.items() if k != "served"},
-        {k: v for k, v in new.items() if k != "served"},
-        "",
-    )
-    s_old, s_new = old.get("served"), new.get("served")
-    if isinstance(s_old, dict) and isinstance(s_new, dict):
-        common = set(s_old) & set(s_new)
-        diffs += _diffs({k: s_old[k] for k in common}, {k: s_new[k] for k in common}, "served")
-    return diffs
-
-
-def _check_same_model(have: EvalModel, new: EvalModel) -> dict[str, Any]:
-    """The stored endpoint with what the server reports now merged in; SpecMismatch when the
-    stored model is another one (its kind, or any leaf of its identity, differs)."""
-    if have.kind != new.kind:
-        raise SpecMismatch(
-            f"model {have.name!r} of this eval is a {have.kind} model, not {new.kind}: give the "
-            "new one another name"
-        )
-    if have.endpoint.get("v") != IDENTITY_VERSION or new.endpoint.get("v") != IDENTITY_VERSION:
-        return have.endpoint  # stored before identities: its kind is all that can be compared
-    diffs = identity_diffs(have.endpoint, new.endpoint)
-    if diffs:
-        shown = "; ".join(diffs[:3]) + (f"; +{len(diffs) - 3} more" if len(diffs) > 3 else "")
-        raise SpecMismatch(
-            f"model {have.name} is not the model this eval evaluated ({shown}): its stored "
-            "episodes are of the other one; evaluate it under a new --name (or drop --name) or "
-            "give it another model name"
-        )
-    served = {**(have.endpoint.get("served") or {}), **(new.endpoint.get("served") or {})}
-    return {**have.endpoint, **({"served": served} if served else {})}
-
-
-def _diffs(old: Any, new: Any, path: str) -> list[str]:
-    """`path old -> new` for each leaf that differs (values shortened)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            d
-            for key in sorted(set(old) | set(new), key=str)
-            for d in _diffs(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
-        ]
-    if old == new:
-        return []
-    return [f"{path} {str(old)[:40]} -> {str(new)[:40]}"]
-
-
-def _describe_mismatch(name: str, old: dict[str, Any], new: dict[str, Any]) -> str:
-    """One line naming what differs between two specs."""
-    diffs = []
-    for key in ("k", "sampling", "solve_threshold", "settings"):
-        diffs += _diffs(old.get(key), new.get(key), key)
-    if old.get("tasks") != new.get("tasks"):
-        diffs.append(f"tasks ({len(old.get('tasks') or [])} -> {len(new.get('tasks') or [])})")
-    what = "; ".join(diffs[:3]) + (f"; +{len(diffs) - 3} more" if len(diffs) > 3 else "")
-    return (
-        f"eval {name!r} exists with another spec ({what or 'spec version'}): "
-        "rerun with its settings, or pick a new --name"
-    )
