@@ -27,7 +27,11 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     toolcalls        parse one assistant turn (Qwen3/Hermes): thinking, text, <tool_call> blocks
     rewards          the one place where per-turn tool rewards become a sample's scalar reward
     engine           token-in/token-out client for SGLang's /generate
-    env_client       ORS session clients: our env servers (lean HTTP), hosted OpenReward (SDK)
+    env_client       the env session for a task: hosted (env_hosted) or on our servers (env_local)
+    env_session      the EnvSession protocol, ToolResult, the retry policy, server pinning
+    env_local        a session on our env servers over lean HTTP + SSE (retries, resumable calls)
+    env_hosted       a session on a hosted OpenReward environment through the openreward SDK
+    ors_sse          ORS server-sent events (task_id, chunk*, end), incremental or in one piece
     http11           a small keep-alive HTTP/1.1 client for plain-http servers on the cluster
     errors           the error tree: BridgeError and its subclasses, each with its stdlib base
     trajectory       a finished episode as the bridge hands it to a trajectory sink, and its

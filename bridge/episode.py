@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from bridge import drift
 from bridge.chat import ChatRenderer
 from bridge.engine import EngineClient, EngineTurn
-from bridge.env_client import EnvSession
+from bridge.env_session import EnvSession
 from bridge.errors import EngineError, EnvFailure, LedgerError
 from bridge.rewards import RewardOutcome, reduce_rewards
 from bridge.slime_state import slime_aborted

@@ -11,7 +11,7 @@
         └── _NoResponse               (private) the connection died before any response byte
 
 Private control-flow signals, never raised out of their module, also derive from BridgeError:
-`env_client._Retryable`, `env_client._Resume`, `generate._SetupError`. At slime's hook
+`env_local._Retryable`, `env_local._Resume`, `generate._SetupError`. At slime's hook
 boundary none of these escapes: `bridge.generate.generate` turns every failure into sample data.
 A bad config is `contract.errors.ConfigError` (the contract's, shared by every part).
 """

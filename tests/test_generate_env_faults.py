@@ -202,7 +202,8 @@ async def test_full_server_503_is_retried(qwen3_tokenizer, gsm8k_server) -> None
 
 
 def test_retry_waits_for_the_servers_retry_after() -> None:
-    from bridge.env_client import RetryPolicy, _retry_after
+    from bridge.env_local import _retry_after
+    from bridge.env_session import RetryPolicy
 
     policy = RetryPolicy(backoff=0.2, backoff_max=2.0, retry_after_max=30.0)
     assert all(
