@@ -15,6 +15,10 @@ sink; plus W&B metrics hooks. The hooks, as slime's customization page gives the
 
 Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     generate         slime's custom generate hook; failures never raise into slime's rollout loop
+    play             one sample's episode tries: resumed or new, replayed when lost to the infra
+    outcome          an episode's outcome written into slime's Sample (METADATA_KEYS), placeholders
+    rollout_process  what a rollout process keeps between calls: config, renderers, engine clients
+    trajectory_handoff  finished episodes handed to the trajectory sink (never waits, never raises)
     episode          the multi-turn loop of one episode: task -> session -> turns -> model context;
                      one loop for every kind of model, only the model step differs (TokenModel here)
     partial          episodes suspended by slime's abort under --partial-rollout, resumed later

@@ -162,9 +162,9 @@ async def test_call_stream_broken_after_task_id_is_resumed_not_rerun(
 async def test_call_lost_before_acknowledgement_is_not_resent(
     qwen3_tokenizer, gsm8k_server, monkeypatch
 ) -> None:
-    import bridge.generate
+    import bridge.play
 
-    monkeypatch.setattr(bridge.generate, "EPISODE_ATTEMPTS", 1)  # this episode alone, no replay
+    monkeypatch.setattr(bridge.play, "EPISODE_ATTEMPTS", 1)  # this episode alone, no replay
     port, direct = gsm8k_server
     proxy = FaultProxy(port, "before_response")
     url = await proxy.start()
