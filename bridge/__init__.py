@@ -20,7 +20,9 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     rollout_process  what a rollout process keeps between calls: config, renderers, engine clients
     trajectory_handoff  finished episodes handed to the trajectory sink (never waits, never raises)
     episode          the multi-turn loop of one episode: task -> session -> turns -> model context;
-                     one loop for every kind of model, only the model step differs (TokenModel here)
+                     one loop for every kind of model, only the model step differs
+    model_step       the model's side of an episode: ModelTurn and the ModelStep protocol
+    token_model      TokenModel: the model step on SGLang's /generate, token-exact (what slime trains)
     partial          episodes suspended by slime's abort under --partial-rollout, resumed later
     slime_state      slime's rollout control state (its abort), read without importing slime
     filters          slime's dynamic-sampling filter: groups with an infra failure never train

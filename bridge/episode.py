@@ -8,8 +8,9 @@ session).
 
 The loop is the same for every kind of model; only the model step differs (`ModelStep`):
 
-- `TokenModel` (here, what slime trains): token ids in and out of SGLang's `/generate`, the chat
-  template's turns appended as token deltas, every token accounted in a `TokenLedger`;
+- `TokenModel` (bridge/token_model.py, what slime trains): token ids in and out of SGLang's
+  `/generate`, the chat template's turns appended as token deltas, every token accounted in a
+  `TokenLedger`;
 - the eval's chat model (`tools/eval/chat_model.py`): messages in and out of an
   OpenAI-compatible `/v1/chat/completions`, tool calls parsed by the server.
 
@@ -32,17 +33,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from bridge import drift
-from bridge.chat import ChatRenderer
-from bridge.engine import EngineClient, EngineTurn
 from bridge.env_session import EnvSession
 from bridge.errors import EngineError, EnvFailure, LedgerError
+from bridge.model_step import ModelStep, ModelTurn
 from bridge.rewards import RewardOutcome, reduce_rewards
 from bridge.slime_state import slime_aborted
 from bridge.tokens import TokenLedger
-from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCall, ToolCallError, parse_turn
+from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCall, ToolCallError
 from contract.env_report import EnvReport
 from contract.task import TaskMeta, ors_tool_to_openai
 from contract.vocab import INFRA_STOPS, EpisodeStatus, StopReason, ToolErrorKind
@@ -67,142 +66,6 @@ class Budget:
         if self.max_context_len:
             return self.max_context_len
         return prompt_len + (self.max_response_len or fallback_response_len)
-
-
-@dataclass
-class ModelTurn:
-    """One assistant turn as the loop sees it, whatever the kind of model."""
-
-    text: str
-    """What the model wrote (the decoded sampled tokens, or the message content)."""
-    finish_reason: str
-    """stop | length | abort"""
-    parsed: ParsedTurn | None = None
-    """Reasoning, visible content and tool calls in order; None when the turn was aborted."""
-    weight_version: str | None = None
-    """The policy weight version that sampled the turn, when the engine reports it."""
-
-
-class ModelStep(Protocol):
-    """The model's side of one episode: the only part that differs between kinds of model.
-
-    Lengths are in tokens as far as the model kind knows them (0 until known).
-    """
-
-    ledger: TokenLedger | None
-    """The episode's token ledger (token models), else None."""
-    drift: list[dict[str, Any]]
-    """Where the token context diverged (bridge/drift.py; token models), else empty."""
-
-    def start(self, prompt_text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Build the first context; returns the first chat messages (system, user)."""
-        ...
-
-    @property
-    def prompt_length(self) -> int: ...
-
-    @property
-    def context_length(self) -> int:
-        """Tokens in the context the next turn continues."""
-        ...
-
-    async def sample(self, params: dict[str, Any], known_tools: set[str]) -> ModelTurn:
-        """The next assistant turn; `params` are SGLang sampling params with this turn's
-        `max_new_tokens`. An aborted turn (finish_reason `abort`) leaves the context as it was,
-        so it can be re-sent. Raises EngineError (or LedgerError) when the model fails."""
-        ...
-
-    def append_tool_results(self, contents: list[str], limit: int) -> bool:
-        """Append the last turn's tool results (one per call, in order); False (and nothing
-        appended) when they would reach `limit` tokens."""
-        ...
-
-    def append_user(self, text: str, limit: int) -> bool:
-        """Like `append_tool_results`, for a user message (the nudge)."""
-        ...
-
-
-class TokenModel:
-    """SGLang's /generate, token-exact: the context is a token ledger that only ever appends."""
-
-    def __init__(
-        self,
-        engine: EngineClient,
-        renderer: ChatRenderer,
-        routing_key: str,
-        routed_experts: bool = False,
-    ) -> None:
-        self.engine = engine
-        self.renderer = renderer
-        self.routing_key = routing_key
-        self.routed_experts = routed_experts
-        self.ledger: TokenLedger | None = None
-        self.drift: list[dict[str, Any]] = []
-        self._turns = 0
-        self._last_text = ""
-
-    def start(self, prompt_text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        self.ledger = TokenLedger(self.renderer.prompt_ids(prompt_text, tools))
-        return self.renderer.prompt_messages(prompt_text)
-
-    @property
-    def prompt_length(self) -> int:
-        return len(self._ledger.prompt_ids)
-
-    @property
-    def context_length(self) -> int:
-        return len(self._ledger.ids)
-
-    @property
-    def _ledger(self) -> TokenLedger:
-        assert self.ledger is not None, "start() first"
-        return self.ledger
-
-    async def sample(self, params: dict[str, Any], known_tools: set[str]) -> ModelTurn:
-        ledger = self._ledger
-        sent_len = len(ledger.ids)
-        out = await self.engine.generate(
-            ledger.ids, params, self.routing_key, return_routed_experts=self.routed_experts
-        )
-        if out.aborted:  # the partial turn is dropped: the ledger stays as it was
-            return ModelTurn("", "abort", weight_version=out.weight_version)
-        ledger.check_context(sent_len, out.meta_info.get("prompt_tokens"))
-        if out.ids_mismatch:
-            ledger.drift_count += 1
-        self._turns += 1  # 1-based, as the episode counts its turns
-        self._describe_drift(sent_len, out)
-        text = self.renderer.decode(out.output_ids) if out.output_ids else ""
-        if out.output_ids:
-            ledger.add_sampled(out.output_ids, out.logprobs, text, out.meta_info)
-        self._last_text = text
-        parsed = parse_turn(text, known_tools, self.renderer.eos_text)
-        return ModelTurn(text, out.finish_reason, parsed, out.weight_version)
-
-    def _describe_drift(self, sent_len: int, out: EngineTurn) -> None:
-        """Say where this turn's context diverged, when it did (bridge/drift.py)."""
-        ledger, decode = self._ledger, self.renderer.tokenizer.decode
-        reported = out.meta_info.get("prompt_tokens")
-        if isinstance(reported, int) and reported != sent_len:
-            event = drift.prompt_mismatch(self._turns, ledger.ids[:sent_len], reported, decode)
-            drift.keep(self.drift, event)
-        if out.ids_mismatch and out.reported_ids is not None:
-            event = drift.output_mismatch(
-                self._turns, sent_len, out.output_ids, out.reported_ids, decode
-            )
-            drift.keep(self.drift, event)
-
-    def append_tool_results(self, contents: list[str], limit: int) -> bool:
-        return self._append(*self.renderer.tool_delta(contents, self._last_text), limit)
-
-    def append_user(self, text: str, limit: int) -> bool:
-        return self._append(*self.renderer.user_delta(text, self._last_text), limit)
-
-    def _append(self, ids: list[int], text: str, limit: int) -> bool:
-        ledger = self._ledger
-        if len(ledger.ids) + len(ids) >= limit:
-            return False
-        ledger.add_appended(ids, text)
-        return True
 
 
 @dataclass

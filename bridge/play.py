@@ -8,11 +8,12 @@ from typing import Any
 
 from bridge.chat import ChatRenderer
 from bridge.env_client import open_session
-from bridge.episode import Budget, Episode, EpisodeResult, TokenModel
+from bridge.episode import Budget, Episode, EpisodeResult
 from bridge.errors import SessionSetupError
 from bridge.rollout_process import engine_client
 from bridge.slime_state import slime_aborted
 from bridge.slime_types import SlimeArgs
+from bridge.token_model import TokenModel
 from contract.config import TrainConfig
 from contract.task import TaskMeta
 
