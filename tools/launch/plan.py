@@ -51,7 +51,13 @@ from tools.launch.job import (
 from tools.launch.model_args import resolve_model_args
 from tools.launch.modes import ModePlan, TrainMode, mode_plan, resolve_colocate
 from tools.launch.resume import LoadPlan, plan_load
-from tools.launch.slime_args import TrainInputs, check_emitted_flags, slime_train_args
+from tools.launch.slime_args import (
+    NEXT_FILTER_ENV,
+    TrainInputs,
+    check_emitted_flags,
+    slime_train_args,
+    user_dynamic_filter,
+)
 from tools.launch.slime_flags import supported_train_backends
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +146,7 @@ def build_plan(
     environ = dict(os.environ if environ is None else environ)
     checks: list[pre.Check] = []
     notes: list[str] = []
+    user_filter, extra = user_dynamic_filter(getattr(opts, "dynamic_filter", None), extra, environ)
     mode, colocate, load = _decide_mode_and_load(opts, notes)
     inputs = _check_inputs(opts, environ, checks, notes)
     src = _check_sources(opts, mode, checks)
@@ -194,6 +201,11 @@ def build_plan(
     env, secret_env, ray_start_env = _job_environment(
         opts, inputs.cfg, src, environ, vendor, view, train_config, job_wrapper, notes
     )
+    if user_filter is not None:  # the bridge's filter calls it on the groups it keeps
+        env[NEXT_FILTER_ENV] = user_filter
+        notes.append(
+            f"dynamic-sampling filter: the bridge's infra-failure filter, then {user_filter}"
+        )
     slime_dir = src.slime_path or Path("${SLIME_PATH}")
     script_path = run_dir / f"{sid}.sh"
     if extra:
