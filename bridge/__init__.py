@@ -22,7 +22,7 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     episode          the multi-turn loop of one episode: task -> session -> turns -> model context;
                      one loop for every kind of model, only the model step differs
     model_step       the model's side of an episode: ModelTurn and the ModelStep protocol
-    token_model      TokenModel: the model step on SGLang's /generate, token-exact (what slime trains)
+    token_model      TokenModel: the model step on SGLang's /generate, token-exact (slime trains it)
     partial          episodes suspended by slime's abort under --partial-rollout, resumed later
     slime_state      slime's rollout control state (its abort), read without importing slime
     filters          slime's dynamic-sampling filter: groups with an infra failure never train

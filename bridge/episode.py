@@ -51,6 +51,8 @@ ENGINE_ABORT_ATTEMPTS = 3
 """Tries per turn when the engine aborts a generation slime did not abort."""
 ENGINE_ABORT_BACKOFF = 0.5
 """Seconds before re-sending an engine-aborted turn (doubled each time)."""
+ABORT_POLL_S = 0.05
+"""How often a turn's tool calls look at slime's abort state while they run."""
 _STOP_ABORT = (StopReason.SLIME_ABORT, EpisodeStatus.ABORTED)
 
 
@@ -134,6 +136,9 @@ class Episode:
         self._known_tools: set[str] = set()
         self._started = False
         self._nudged = False
+        self._keep_on_abort = False
+        self._tools: asyncio.Task[list[str]] | None = None
+        """The turn's tool calls, still running when slime aborted a kept episode."""
 
     @property
     def ledger(self) -> TokenLedger | None:
@@ -147,6 +152,7 @@ class Episode:
         t0 = time.perf_counter()
         failure: str | None = None
         stop, status = StopReason.ENGINE_ERROR, EpisodeStatus.FAILED
+        self._keep_on_abort = keep_on_abort
         try:
             if not self._started and not self.aborted():  # no new episode once slime aborts
                 await self._open()
@@ -159,7 +165,7 @@ class Episode:
             suspended = keep_on_abort and stop == StopReason.SLIME_ABORT and self._started
             if not suspended:
                 t_close = time.perf_counter()
-                await asyncio.shield(self.session.close())
+                await asyncio.shield(self.close())
                 self.t_env += time.perf_counter() - t_close
             self.t_total += time.perf_counter() - t0
         reward = reduce_rewards(self.turn_rewards, self.env_finished, self.task.reward)
@@ -183,6 +189,14 @@ class Episode:
             engine_aborts=self.engine_aborts,
             suspended=suspended,
         )
+
+    async def close(self) -> None:
+        """Cancel tool calls still running and delete the env session."""
+        if self._tools is not None:
+            self._tools.cancel()
+            await asyncio.gather(self._tools, return_exceptions=True)
+            self._tools = None
+        await self.session.close()
 
     async def _open(self) -> None:
         t = time.perf_counter()
@@ -231,10 +245,40 @@ class Episode:
             "(finish_reason abort)"
         )
 
+    async def _tool_results(self, limit: int) -> tuple[StopReason, EpisodeStatus] | None:
+        """Wait for the turn's tool calls and append their results; the episode's end if it
+        ends here. slime's abort does not wait for them (issue 21.4): a kept episode leaves
+        them running with its session and waits for them when it resumes, otherwise they are
+        cancelled."""
+        task = self._tools
+        assert task is not None
+        while not task.done():
+            await asyncio.wait((task,), timeout=ABORT_POLL_S)
+            if not task.done() and self.aborted():
+                if not self._keep_on_abort:  # nobody will read their results
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    self._tools = None
+                return _STOP_ABORT
+        self._tools = None
+        contents = task.result()  # an env failure ends the episode here, as before
+        if self.env_finished:
+            return StopReason.ENV_FINISHED, EpisodeStatus.COMPLETED
+        if self.num_turns >= self.task.max_turns:
+            return StopReason.MAX_TURNS, EpisodeStatus.TRUNCATED
+        if not self.model.append_tool_results(contents, limit):
+            return StopReason.CONTEXT_BUDGET, EpisodeStatus.TRUNCATED
+        return None
+
     async def _loop(self) -> tuple[StopReason, EpisodeStatus]:
         model = self.model
         per_turn_cap = int(self.sampling_params.get("max_new_tokens") or 0) or None
         while True:
+            if self._tools is not None:  # a turn's calls, maybe from before a suspension
+                limit = self.budget.limit(model.prompt_length, per_turn_cap or 0)
+                end = await self._tool_results(limit)
+                if end is not None:
+                    return end
             if self.aborted():
                 return _STOP_ABORT
             if self.num_turns >= self.task.max_turns:
@@ -269,13 +313,7 @@ class Episode:
                     self.messages.append({"role": "user", "content": NUDGE_TEXT})
                     continue
                 return StopReason.NO_TOOL_CALL, EpisodeStatus.COMPLETED
-            contents = await self._execute(parsed.calls)
-            if self.env_finished:
-                return StopReason.ENV_FINISHED, EpisodeStatus.COMPLETED
-            if self.num_turns >= self.task.max_turns:
-                return StopReason.MAX_TURNS, EpisodeStatus.TRUNCATED
-            if not model.append_tool_results(contents, limit):
-                return StopReason.CONTEXT_BUDGET, EpisodeStatus.TRUNCATED
+            self._tools = asyncio.ensure_future(self._execute(parsed.calls))
 
     def _assistant_message(self, parsed: ParsedTurn) -> dict[str, Any]:
         """The turn as a chat message; every call gets the episode's id `call_<turn>_<i>`."""

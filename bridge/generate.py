@@ -113,7 +113,7 @@ async def _resumable(
         return None
     if not await episode.session.alive():
         log.info("partial rollout: the env session of %s is gone; restarting the episode", key)
-        await episode.session.close()
+        await episode.close()
         return None
     episode.sampling_params = params
     if mask_offpolicy(args) and episode.ledger is not None:
@@ -152,6 +152,8 @@ async def generate(
         play = Play(
             args, task, cfg, renderer, params, key, _context_budget(args, params, evaluation)
         )
+        # a suspended episode that could not be resumed starts over (issue 21.7: counted)
+        play.restarted = resumed is None and _is_aborted(sample) and bool(md.get("suspended"))
         result = await play.run(resumed, keep)
     except SessionSetupError as e:
         return fail_early(sample, str(e), renderer.eos_token_id, args)
@@ -165,7 +167,7 @@ async def generate(
         write_sample(args, sample, result, renderer, play)
     except Exception as e:  # e.g. slime's own Sample validation: report, do not crash the rollout
         if result.suspended and play.episode is not None:
-            await play.episode.session.close()
+            await play.episode.close()
         return fail_early(
             sample, f"cannot fill the sample: {type(e).__name__}: {e}", renderer.eos_token_id, args
         )

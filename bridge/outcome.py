@@ -49,6 +49,8 @@ METADATA_KEYS = (
     "episode_attempts",
     "retried_failures",
     "resumed",
+    "suspended",
+    "partial_restarts",
     "episode_key",
 )
 
@@ -90,6 +92,7 @@ def fail_early(
         turn_rewards=[],
         drift_count=0,
         weight_versions=[],
+        suspended=False,
     )
     sample.metadata = md
     warn_once(f"bridge: {message}")
@@ -157,6 +160,8 @@ def write_sample(
         episode_attempts=play.attempts,
         retried_failures=play.failures,
         resumed=int(md.get("resumed") or 0) + int(play.resumed),
+        suspended=result.suspended,
+        partial_restarts=int(md.get("partial_restarts") or 0) + int(play.restarted),
     )
     if result.env_report.checked:  # the env's verdict; bridge/metrics.py counts them
         md.update(

@@ -165,6 +165,7 @@ async def test_call_lost_before_acknowledgement_is_not_resent(
     import bridge.play
 
     monkeypatch.setattr(bridge.play, "EPISODE_ATTEMPTS", 1)  # this episode alone, no replay
+    monkeypatch.setenv(bridge.play.REPLAY_WINDOW_ENV, "0")
     port, direct = gsm8k_server
     proxy = FaultProxy(port, "before_response")
     url = await proxy.start()
