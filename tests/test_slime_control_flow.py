@@ -50,6 +50,8 @@ def test_infra_failure_never_enters_group_normalisation(
                         "--dynamic-sampling-filter-path",
                         "bridge.filters.drop_infra_failures",
                     ],
+                    # the lost episode's tries at once (bridge/play.py): it fails on every one
+                    "env": {"BRIDGE_REPLAY_WINDOW_S": "0"},
                     "set": {"sglang_router_ip": "127.0.0.1", "sglang_router_port": stub.port},
                 },
                 tmp_path,
