@@ -4,7 +4,7 @@ Each replica is our `python -m envs.server --role env` (bench/env_server.py's `s
 in its own process on 127.0.0.1, serving WhoDunIt. The SAME load drives both set-ups: the
 episodes of bench/env_server.py (open a session, then 6 tool calls: list_suspects ...
 submit_answer), all sessions opened first, then every call at once; each episode is pinned to
-one replica exactly as the bridge pins sessions (`bridge.env_client.pick_server` on its key).
+one replica exactly as the bridge pins sessions (`bridge.env_session.pick_server` on its key).
 The load runs in `--procs` separate processes with bench/env_server.py's lean client, so the
 generator is not the bottleneck. calls/s = tool calls / wall time of the call phase; "server CPU
 per call" sums the replicas' CPU, which is what a replica costs regardless of machine noise.
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from env_server import CALLS, REPO, LeanSession, cpu_seconds, start_server
 
-from bridge.env_client import pick_server
+from bridge.env_session import pick_server
 
 
 async def run_load(urls: list[str], episodes: int, rounds: int, offset: int) -> dict[str, Any]:

@@ -88,7 +88,8 @@ async def _baseline(tasks: list[Any], k: int, engine_url: str, concurrency: int)
     from bridge.chat import get_renderer
     from bridge.engine import EngineClient
     from bridge.env_client import close_shared_http, open_session
-    from bridge.episode import Budget, Episode, TokenModel
+    from bridge.episode import Budget, Episode
+    from bridge.token_model import TokenModel
     from tools.eval.spec import Sampling
 
     renderer = get_renderer(str(TOKENIZER_DIR), False, None)

@@ -15,8 +15,14 @@ sink; plus W&B metrics hooks. The hooks, as slime's customization page gives the
 
 Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     generate         slime's custom generate hook; failures never raise into slime's rollout loop
+    play             one sample's episode tries: resumed or new, replayed when lost to the infra
+    outcome          an episode's outcome written into slime's Sample (METADATA_KEYS), placeholders
+    rollout_process  what a rollout process keeps between calls: config, renderers, engine clients
+    trajectory_handoff  finished episodes handed to the trajectory sink (never waits, never raises)
     episode          the multi-turn loop of one episode: task -> session -> turns -> model context;
-                     one loop for every kind of model, only the model step differs (TokenModel here)
+                     one loop for every kind of model, only the model step differs
+    model_step       the model's side of an episode: ModelTurn and the ModelStep protocol
+    token_model      TokenModel: the model step on SGLang's /generate, token-exact (slime trains it)
     partial          episodes suspended by slime's abort under --partial-rollout, resumed later
     slime_state      slime's rollout control state (its abort), read without importing slime
     filters          slime's dynamic-sampling filter: groups with an infra failure never train
@@ -27,7 +33,11 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     toolcalls        parse one assistant turn (Qwen3/Hermes): thinking, text, <tool_call> blocks
     rewards          the one place where per-turn tool rewards become a sample's scalar reward
     engine           token-in/token-out client for SGLang's /generate
-    env_client       ORS session clients: our env servers (lean HTTP), hosted OpenReward (SDK)
+    env_client       the env session for a task: hosted (env_hosted) or on our servers (env_local)
+    env_session      the EnvSession protocol, ToolResult, the retry policy, server pinning
+    env_local        a session on our env servers over lean HTTP + SSE (retries, resumable calls)
+    env_hosted       a session on a hosted OpenReward environment through the openreward SDK
+    ors_sse          ORS server-sent events (task_id, chunk*, end), incremental or in one piece
     http11           a small keep-alive HTTP/1.1 client for plain-http servers on the cluster
     errors           the error tree: BridgeError and its subclasses, each with its stdlib base
     trajectory       a finished episode as the bridge hands it to a trajectory sink, and its

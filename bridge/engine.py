@@ -4,6 +4,14 @@ Every request sends `input_ids`, asks for logprobs and carries the session id as
 `X-SMG-Routing-Key` so a consistent-hashing router keeps a session on one engine. There is
 no read timeout: a generation takes as long as it takes (slime aborts it when it wants to).
 
+An outage of the router or an engine (HTTP 500/502/503/504: a worker killed under the router,
+`no_available_workers`; a connection dropped mid-request) is retried with backoff for up to
+`ENGINE_RETRY_S` (slime's own client retries 60 x 1 s) before it is an engine error (an
+address nothing listens on gets `CONNECT_TRIES` quick tries: a wrong URL, not an outage): a
+generation has no side effect, so re-sending it is safe, and the episode and its env session
+go on as if nothing happened (issue 21.5). slime's abort ends the wait at once (the turn comes
+back aborted).
+
 When slime asks for replay data (`--rollout-top-p` < 1 puts `custom_params.return_top_p_token_ids`
 into the sampling params; `--use-rollout-routing-replay` needs `return_routed_experts`), a turn
 that samples tokens without it is an engine error: it could not be trained.
@@ -12,6 +20,8 @@ that samples tokens without it is an engine error: it could not be trained.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +29,19 @@ import orjson
 
 from bridge.errors import EngineError, HTTP11Error
 from bridge.http11 import client_for_loop
+from bridge.slime_state import slime_aborted
 
 ROUTING_HEADER = "X-SMG-Routing-Key"
+ENGINE_RETRY_S = 60.0
+"""Seconds a router or engine outage is retried before the turn is an engine error."""
+ENGINE_BACKOFF_S = 0.25
+"""First wait before re-sending a request the router refused (doubled each time)."""
+ENGINE_BACKOFF_MAX_S = 2.0
+"""Longest wait between two tries."""
+CONNECT_TRIES = 4
+"""Tries when no connection can be made at all."""
+OUTAGE_STATUSES = frozenset({500, 502, 503, 504})
+"""What a router answers while a worker is down or none is available."""
 
 
 @dataclass
@@ -108,11 +129,14 @@ class EngineClient:
     """POSTs to `{base_url}/generate` over the event loop's keep-alive HTTP client."""
 
     def __init__(
-        self, base_url: str, connect_timeout: float = 30.0, connect_retries: int = 3
+        self,
+        base_url: str,
+        retry_s: float = ENGINE_RETRY_S,
+        aborted: Callable[[], bool] = slime_aborted,
     ) -> None:
         self.url = base_url.rstrip("/") + "/generate"
-        self._connect_timeout = connect_timeout
-        self._connect_retries = connect_retries
+        self.retry_s = retry_s
+        self._aborted = aborted
 
     async def generate(
         self,
@@ -134,21 +158,30 @@ class EngineClient:
         headers = {"Content-Type": "application/json"}
         if routing_key:
             headers[ROUTING_HEADER] = routing_key
+        start = time.monotonic()
+        deadline = start + self.retry_s
         attempt = 0
         while True:
             try:
                 resp = await client_for_loop().request("POST", self.url, payload, headers)
-                break
+                problem = None if resp.status not in OUTAGE_STATUSES else _status_line(resp)
             except HTTP11Error as e:
-                if e.connected:
-                    raise EngineError(f"engine {self.url} failed: {e}") from None
-                attempt += 1
-                if attempt > self._connect_retries:
+                if not e.connected and attempt + 1 >= CONNECT_TRIES:
                     raise EngineError(f"engine {self.url} unreachable: {e}") from None
-                await asyncio.sleep(0.2 * attempt)
+                problem = f"{'failed' if e.connected else 'unreachable'}: {e}"
+            if problem is None:
+                break
+            delay = min(ENGINE_BACKOFF_S * 2**attempt, ENGINE_BACKOFF_MAX_S)
+            if time.monotonic() + delay > deadline:
+                raise EngineError(
+                    f"engine {self.url} {problem} ({attempt + 1} tries in "
+                    f"{time.monotonic() - start:.0f} s)"
+                )
+            attempt += 1
+            if await self._sleep_unless_aborted(delay):
+                return EngineTurn([], [], "abort", {})  # slime aborts: the turn is dropped
         if resp.status != 200:
-            text = resp.body[:300].decode("utf-8", "replace").replace("\n", " ")
-            raise EngineError(f"engine {self.url} answered HTTP {resp.status}: {text}")
+            raise EngineError(f"engine {self.url} {_status_line(resp)}")
         try:
             body = orjson.loads(resp.body)
         except orjson.JSONDecodeError:
@@ -161,5 +194,23 @@ class EngineClient:
         check_replay_data(turn, wants_top_p_replay(sampling_params), return_routed_experts)
         return turn
 
+    async def _sleep_unless_aborted(self, seconds: float) -> bool:
+        """Wait `seconds`; True as soon as slime aborts."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._aborted():
+                return True
+            await asyncio.sleep(min(left, ABORT_POLL_S))
+        return self._aborted()
+
     async def close(self) -> None:
         """Connections belong to the loop's shared client (bridge.http11.close_loop_client)."""
+
+
+ABORT_POLL_S = 0.05
+"""How often a wait between tries looks at slime's abort state."""
+
+
+def _status_line(resp: Any) -> str:
+    text = resp.body[:300].decode("utf-8", "replace").replace("\n", " ")
+    return f"answered HTTP {resp.status}: {text}"

@@ -8,8 +8,9 @@ session).
 
 The loop is the same for every kind of model; only the model step differs (`ModelStep`):
 
-- `TokenModel` (here, what slime trains): token ids in and out of SGLang's `/generate`, the chat
-  template's turns appended as token deltas, every token accounted in a `TokenLedger`;
+- `TokenModel` (bridge/token_model.py, what slime trains): token ids in and out of SGLang's
+  `/generate`, the chat template's turns appended as token deltas, every token accounted in a
+  `TokenLedger`;
 - the eval's chat model (`tools/eval/chat_model.py`): messages in and out of an
   OpenAI-compatible `/v1/chat/completions`, tool calls parsed by the server.
 
@@ -32,17 +33,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from bridge import drift
-from bridge.chat import ChatRenderer
-from bridge.engine import EngineClient, EngineTurn
-from bridge.env_client import EnvSession
+from bridge.env_session import EnvSession
 from bridge.errors import EngineError, EnvFailure, LedgerError
+from bridge.model_step import ModelStep, ModelTurn
 from bridge.rewards import RewardOutcome, reduce_rewards
 from bridge.slime_state import slime_aborted
 from bridge.tokens import TokenLedger
-from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCall, ToolCallError, parse_turn
+from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCall, ToolCallError
 from contract.env_report import EnvReport
 from contract.task import TaskMeta, ors_tool_to_openai
 from contract.vocab import INFRA_STOPS, EpisodeStatus, StopReason, ToolErrorKind
@@ -52,6 +51,8 @@ ENGINE_ABORT_ATTEMPTS = 3
 """Tries per turn when the engine aborts a generation slime did not abort."""
 ENGINE_ABORT_BACKOFF = 0.5
 """Seconds before re-sending an engine-aborted turn (doubled each time)."""
+ABORT_POLL_S = 0.05
+"""How often a turn's tool calls look at slime's abort state while they run."""
 _STOP_ABORT = (StopReason.SLIME_ABORT, EpisodeStatus.ABORTED)
 
 
@@ -67,142 +68,6 @@ class Budget:
         if self.max_context_len:
             return self.max_context_len
         return prompt_len + (self.max_response_len or fallback_response_len)
-
-
-@dataclass
-class ModelTurn:
-    """One assistant turn as the loop sees it, whatever the kind of model."""
-
-    text: str
-    """What the model wrote (the decoded sampled tokens, or the message content)."""
-    finish_reason: str
-    """stop | length | abort"""
-    parsed: ParsedTurn | None = None
-    """Reasoning, visible content and tool calls in order; None when the turn was aborted."""
-    weight_version: str | None = None
-    """The policy weight version that sampled the turn, when the engine reports it."""
-
-
-class ModelStep(Protocol):
-    """The model's side of one episode: the only part that differs between kinds of model.
-
-    Lengths are in tokens as far as the model kind knows them (0 until known).
-    """
-
-    ledger: TokenLedger | None
-    """The episode's token ledger (token models), else None."""
-    drift: list[dict[str, Any]]
-    """Where the token context diverged (bridge/drift.py; token models), else empty."""
-
-    def start(self, prompt_text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Build the first context; returns the first chat messages (system, user)."""
-        ...
-
-    @property
-    def prompt_length(self) -> int: ...
-
-    @property
-    def context_length(self) -> int:
-        """Tokens in the context the next turn continues."""
-        ...
-
-    async def sample(self, params: dict[str, Any], known_tools: set[str]) -> ModelTurn:
-        """The next assistant turn; `params` are SGLang sampling params with this turn's
-        `max_new_tokens`. An aborted turn (finish_reason `abort`) leaves the context as it was,
-        so it can be re-sent. Raises EngineError (or LedgerError) when the model fails."""
-        ...
-
-    def append_tool_results(self, contents: list[str], limit: int) -> bool:
-        """Append the last turn's tool results (one per call, in order); False (and nothing
-        appended) when they would reach `limit` tokens."""
-        ...
-
-    def append_user(self, text: str, limit: int) -> bool:
-        """Like `append_tool_results`, for a user message (the nudge)."""
-        ...
-
-
-class TokenModel:
-    """SGLang's /generate, token-exact: the context is a token ledger that only ever appends."""
-
-    def __init__(
-        self,
-        engine: EngineClient,
-        renderer: ChatRenderer,
-        routing_key: str,
-        routed_experts: bool = False,
-    ) -> None:
-        self.engine = engine
-        self.renderer = renderer
-        self.routing_key = routing_key
-        self.routed_experts = routed_experts
-        self.ledger: TokenLedger | None = None
-        self.drift: list[dict[str, Any]] = []
-        self._turns = 0
-        self._last_text = ""
-
-    def start(self, prompt_text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        self.ledger = TokenLedger(self.renderer.prompt_ids(prompt_text, tools))
-        return self.renderer.prompt_messages(prompt_text)
-
-    @property
-    def prompt_length(self) -> int:
-        return len(self._ledger.prompt_ids)
-
-    @property
-    def context_length(self) -> int:
-        return len(self._ledger.ids)
-
-    @property
-    def _ledger(self) -> TokenLedger:
-        assert self.ledger is not None, "start() first"
-        return self.ledger
-
-    async def sample(self, params: dict[str, Any], known_tools: set[str]) -> ModelTurn:
-        ledger = self._ledger
-        sent_len = len(ledger.ids)
-        out = await self.engine.generate(
-            ledger.ids, params, self.routing_key, return_routed_experts=self.routed_experts
-        )
-        if out.aborted:  # the partial turn is dropped: the ledger stays as it was
-            return ModelTurn("", "abort", weight_version=out.weight_version)
-        ledger.check_context(sent_len, out.meta_info.get("prompt_tokens"))
-        if out.ids_mismatch:
-            ledger.drift_count += 1
-        self._turns += 1  # 1-based, as the episode counts its turns
-        self._describe_drift(sent_len, out)
-        text = self.renderer.decode(out.output_ids) if out.output_ids else ""
-        if out.output_ids:
-            ledger.add_sampled(out.output_ids, out.logprobs, text, out.meta_info)
-        self._last_text = text
-        parsed = parse_turn(text, known_tools, self.renderer.eos_text)
-        return ModelTurn(text, out.finish_reason, parsed, out.weight_version)
-
-    def _describe_drift(self, sent_len: int, out: EngineTurn) -> None:
-        """Say where this turn's context diverged, when it did (bridge/drift.py)."""
-        ledger, decode = self._ledger, self.renderer.tokenizer.decode
-        reported = out.meta_info.get("prompt_tokens")
-        if isinstance(reported, int) and reported != sent_len:
-            event = drift.prompt_mismatch(self._turns, ledger.ids[:sent_len], reported, decode)
-            drift.keep(self.drift, event)
-        if out.ids_mismatch and out.reported_ids is not None:
-            event = drift.output_mismatch(
-                self._turns, sent_len, out.output_ids, out.reported_ids, decode
-            )
-            drift.keep(self.drift, event)
-
-    def append_tool_results(self, contents: list[str], limit: int) -> bool:
-        return self._append(*self.renderer.tool_delta(contents, self._last_text), limit)
-
-    def append_user(self, text: str, limit: int) -> bool:
-        return self._append(*self.renderer.user_delta(text, self._last_text), limit)
-
-    def _append(self, ids: list[int], text: str, limit: int) -> bool:
-        ledger = self._ledger
-        if len(ledger.ids) + len(ids) >= limit:
-            return False
-        ledger.add_appended(ids, text)
-        return True
 
 
 @dataclass
@@ -271,6 +136,9 @@ class Episode:
         self._known_tools: set[str] = set()
         self._started = False
         self._nudged = False
+        self._keep_on_abort = False
+        self._tools: asyncio.Task[list[str]] | None = None
+        """The turn's tool calls, still running when slime aborted a kept episode."""
 
     @property
     def ledger(self) -> TokenLedger | None:
@@ -284,6 +152,7 @@ class Episode:
         t0 = time.perf_counter()
         failure: str | None = None
         stop, status = StopReason.ENGINE_ERROR, EpisodeStatus.FAILED
+        self._keep_on_abort = keep_on_abort
         try:
             if not self._started and not self.aborted():  # no new episode once slime aborts
                 await self._open()
@@ -296,7 +165,7 @@ class Episode:
             suspended = keep_on_abort and stop == StopReason.SLIME_ABORT and self._started
             if not suspended:
                 t_close = time.perf_counter()
-                await asyncio.shield(self.session.close())
+                await asyncio.shield(self.close())
                 self.t_env += time.perf_counter() - t_close
             self.t_total += time.perf_counter() - t0
         reward = reduce_rewards(
@@ -322,6 +191,14 @@ class Episode:
             engine_aborts=self.engine_aborts,
             suspended=suspended,
         )
+
+    async def close(self) -> None:
+        """Cancel tool calls still running and delete the env session."""
+        if self._tools is not None:
+            self._tools.cancel()
+            await asyncio.gather(self._tools, return_exceptions=True)
+            self._tools = None
+        await self.session.close()
 
     async def _open(self) -> None:
         t = time.perf_counter()
@@ -370,10 +247,40 @@ class Episode:
             "(finish_reason abort)"
         )
 
+    async def _tool_results(self, limit: int) -> tuple[StopReason, EpisodeStatus] | None:
+        """Wait for the turn's tool calls and append their results; the episode's end if it
+        ends here. slime's abort does not wait for them (issue 21.4): a kept episode leaves
+        them running with its session and waits for them when it resumes, otherwise they are
+        cancelled."""
+        task = self._tools
+        assert task is not None
+        while not task.done():
+            await asyncio.wait((task,), timeout=ABORT_POLL_S)
+            if not task.done() and self.aborted():
+                if not self._keep_on_abort:  # nobody will read their results
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    self._tools = None
+                return _STOP_ABORT
+        self._tools = None
+        contents = task.result()  # an env failure ends the episode here, as before
+        if self.env_finished:
+            return StopReason.ENV_FINISHED, EpisodeStatus.COMPLETED
+        if self.num_turns >= self.task.max_turns:
+            return StopReason.MAX_TURNS, EpisodeStatus.TRUNCATED
+        if not self.model.append_tool_results(contents, limit):
+            return StopReason.CONTEXT_BUDGET, EpisodeStatus.TRUNCATED
+        return None
+
     async def _loop(self) -> tuple[StopReason, EpisodeStatus]:
         model = self.model
         per_turn_cap = int(self.sampling_params.get("max_new_tokens") or 0) or None
         while True:
+            if self._tools is not None:  # a turn's calls, maybe from before a suspension
+                limit = self.budget.limit(model.prompt_length, per_turn_cap or 0)
+                end = await self._tool_results(limit)
+                if end is not None:
+                    return end
             if self.aborted():
                 return _STOP_ABORT
             if self.num_turns >= self.task.max_turns:
@@ -408,13 +315,7 @@ class Episode:
                     self.messages.append({"role": "user", "content": NUDGE_TEXT})
                     continue
                 return StopReason.NO_TOOL_CALL, EpisodeStatus.COMPLETED
-            contents = await self._execute(parsed.calls)
-            if self.env_finished:
-                return StopReason.ENV_FINISHED, EpisodeStatus.COMPLETED
-            if self.num_turns >= self.task.max_turns:
-                return StopReason.MAX_TURNS, EpisodeStatus.TRUNCATED
-            if not model.append_tool_results(contents, limit):
-                return StopReason.CONTEXT_BUDGET, EpisodeStatus.TRUNCATED
+            self._tools = asyncio.ensure_future(self._execute(parsed.calls))
 
     def _assistant_message(self, parsed: ParsedTurn) -> dict[str, Any]:
         """The turn as a chat message; every call gets the episode's id `call_<turn>_<i>`."""

@@ -6,12 +6,13 @@
     ├── EngineError      RuntimeError the engine unreachable, or an unusable answer
     ├── EnvFailure       RuntimeError the environment or the network failed past the retries
     ├── InfraOutageError RuntimeError every recent group lost to the infrastructure
+    ├── SessionSetupError             an env session that cannot even be described (no URL, secret)
     ├── DeliveryError                 a trajectory upload that did not land (`retry`)
     └── HTTP11Error                   bridge/http11.py's transport failure (`connected`)
         └── _NoResponse               (private) the connection died before any response byte
 
 Private control-flow signals, never raised out of their module, also derive from BridgeError:
-`env_client._Retryable`, `env_client._Resume`, `generate._SetupError`. At slime's hook
+`env_local._Retryable`, `env_local._Resume`. At slime's hook
 boundary none of these escapes: `bridge.generate.generate` turns every failure into sample data.
 A bad config is `contract.errors.ConfigError` (the contract's, shared by every part).
 """
@@ -26,6 +27,7 @@ __all__ = [
     "HTTP11Error",
     "InfraOutageError",
     "LedgerError",
+    "SessionSetupError",
     "TemplateError",
 ]
 
@@ -52,6 +54,10 @@ class EnvFailure(BridgeError, RuntimeError):
 
 class InfraOutageError(BridgeError, RuntimeError):
     """Every recent group was lost to the environment, the network or the engine."""
+
+
+class SessionSetupError(BridgeError):
+    """An env session could not even be described (no server URL, a missing secret)."""
 
 
 class DeliveryError(BridgeError):

@@ -7,9 +7,11 @@ False, so slime still logs its own metrics (response lengths, truncation, perf) 
 Read from each sample: `metadata["env"]` and `metadata["reward"]["max_reward"]` (the task,
 written by prepare_tasks.py), and the counters bridge/generate.py writes (its METADATA_KEYS):
 stop_reason, num_turns, num_tool_calls, tool_errors {kind: n}, drift_count, env_failure,
-engine_failure, episode_attempts, engine_aborts, bridge_timings {generate, env, total}
-(seconds), tripwires [names], tripwire_keys {name: key} and reward_parts {part: value}
-(`reward_parts/<part>`: the mean over the episodes that report the part). Samples without them (not
+engine_failure, episode_attempts, engine_aborts, resumed and partial_restarts (partial
+rollouts: suspended episodes resumed, or restarted because their session was lost),
+bridge_timings {generate, env, total} (seconds), tripwires [names], tripwire_keys {name: key} and
+reward_parts {part: value} (`reward_parts/<part>`: the mean over the episodes that report the
+part). Samples without them (not
 produced by the bridge) still count for reward and solve rate. Eval samples lost to the
 infrastructure are taken out before slime's eval/* (drop_eval_infra_failures).
 
@@ -140,7 +142,7 @@ def _group_metrics(
     out: dict[str, float] = {"episodes": float(n)}
     rewards, solved = [], 0
     turns, calls, drift, env_t, gen_t, env_per_call = [], [], [], [], [], []
-    env_fail = engine_fail = removed = retries = engine_aborts = 0
+    env_fail = engine_fail = removed = retries = engine_aborts = resumes = restarts = 0
     stop: dict[str, int] = defaultdict(int)
     status: dict[str, int] = defaultdict(int)
     errors: dict[str, int] = defaultdict(int)
@@ -164,6 +166,8 @@ def _group_metrics(
         env_fail += int(md.get("env_failure") or 0)
         retries += max(int(md.get("episode_attempts") or 1) - 1, 0)
         engine_aborts += int(md.get("engine_aborts") or 0)
+        resumes += int(md.get("resumed") or 0)
+        restarts += int(md.get("partial_restarts") or 0)
         engine_fail += int(md.get("engine_failure") or 0)
         for kind, count in (md.get("tool_errors") or {}).items():
             errors[str(kind)] += int(count)
@@ -198,6 +202,8 @@ def _group_metrics(
         out["engine_errors"] = float(engine_fail)
         out["episode_retries"] = float(retries)  # episodes replayed after an infra failure
         out["engine_aborts"] = float(engine_aborts)  # engine-side aborts, turns re-sent
+        out["partial_resumes"] = float(resumes)  # suspended episodes resumed (--partial-rollout)
+        out["partial_restarts"] = float(restarts)  # ... restarted: their env session was lost
         out["token_drift"] = sum(drift)
         for reason, count in stop.items():
             out[f"stop/{reason}"] = count / bridged

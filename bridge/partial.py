@@ -4,15 +4,21 @@ slime's abort returns an in-flight sample as ABORTED and, with `--partial-rollou
 and passes it to the generate function again in a later rollout. The bridge keeps the episode
 (env session, token ledger, messages, counters) here, keyed by the episode key it wrote into
 the sample, so the episode resumes at the turn where it stopped. An entry is used only when
-the sample comes back with exactly the tokens it left with; it expires after `SUSPEND_TTL_S`
-(below the env server's idle-session TTL), and expired or evicted episodes have their session
-deleted. Entries belong to one event loop (their HTTP connections do).
+the sample comes back with exactly the tokens it left with. Training, eval and saving between
+two rollouts can outlast the env server's idle-session TTL (900 s by default), so every
+suspended session is pinged each `$BRIDGE_KEEPALIVE_S` seconds (default `KEEPALIVE_S`, keep it
+below the server's TTL) while it waits; an entry expires only after `SUSPEND_TTL_S` (the run's
+length, in practice) or when more than `MAX_SUSPENDED` wait, and expired or evicted episodes
+have their session deleted. A session lost anyway (a server restart) makes the episode restart,
+counted in the sample (`partial_restarts`) and the rollout metrics. Entries belong to one event
+loop (their HTTP connections do; slime's loop runs between rollouts too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from collections import OrderedDict
@@ -24,10 +30,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUSPEND_TTL_S = 600.0
-"""Seconds a suspended episode is kept (the env server reaps sessions idle for 900 s by default)."""
+SUSPEND_TTL_S = 86400.0
+"""Seconds a suspended episode is kept: as long as a run waits (its session is kept alive)."""
 MAX_SUSPENDED = 8192
 """Suspended episodes kept per event loop; the oldest are dropped beyond it."""
+KEEPALIVE_S = 60.0
+"""Seconds between pings of a suspended episode's session ($BRIDGE_KEEPALIVE_S overrides)."""
+KEEPALIVE_ENV = "BRIDGE_KEEPALIVE_S"
+KEEPALIVE_CONCURRENCY = 64
+"""Pings in flight at once."""
+
+
+def keepalive_s() -> float:
+    """Seconds between pings of suspended sessions: $BRIDGE_KEEPALIVE_S, else KEEPALIVE_S."""
+    raw = os.environ.get(KEEPALIVE_ENV, "").strip()
+    try:
+        value = float(raw) if raw else KEEPALIVE_S
+    except ValueError:
+        log.warning("%s=%r is not a number; using %g s", KEEPALIVE_ENV, raw, KEEPALIVE_S)
+        return KEEPALIVE_S
+    return value if value > 0 else KEEPALIVE_S
 
 
 @dataclass
@@ -45,6 +67,7 @@ class SuspendedEpisodes:
         self.capacity = capacity
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._closing: set[asyncio.Task[Any]] = set()
+        self._keepalive: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -59,6 +82,24 @@ class SuspendedEpisodes:
         while len(self._entries) > self.capacity:
             _, entry = self._entries.popitem(last=False)
             self._discard(entry)
+        if self._keepalive is None or self._keepalive.done():
+            self._keepalive = asyncio.ensure_future(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        """Ping every waiting episode's session each keepalive_s() while any wait."""
+        limit = asyncio.Semaphore(KEEPALIVE_CONCURRENCY)
+
+        async def ping(entry: _Entry) -> None:
+            async with limit:
+                try:
+                    await entry.episode.session.alive()
+                except Exception as e:  # a lost session is found when the episode resumes
+                    log.debug("partial rollout: keepalive ping failed: %s", e)
+
+        while self._entries:
+            await asyncio.sleep(keepalive_s())
+            self._expire()
+            await asyncio.gather(*(ping(e) for e in list(self._entries.values())))
 
     def take(self, key: str, tokens: list[int]) -> Episode | None:
         """The suspended episode of `key`, if its sample came back unchanged and in time."""
@@ -85,7 +126,7 @@ class SuspendedEpisodes:
 
     def _discard(self, entry: _Entry) -> None:
         """Delete the episode's env session in the background."""
-        task = asyncio.ensure_future(entry.episode.session.close())
+        task = asyncio.ensure_future(entry.episode.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -93,7 +134,9 @@ class SuspendedEpisodes:
         """Delete every suspended episode's session (end of a run, tests)."""
         entries = list(self._entries.values())
         self._entries.clear()
-        await asyncio.gather(*(e.episode.session.close() for e in entries), *self._closing)
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        await asyncio.gather(*(e.episode.close() for e in entries), *self._closing)
 
 
 _REGISTRIES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SuspendedEpisodes] = (

@@ -11,8 +11,11 @@ dynamic-sampling filter / abort / partial-rollout buffer -> `RolloutManager._pos
 parallel state for one rank, and the actor's recomputed logprobs (the rollout logprobs are used).
 
 SPEC: {"scenario": "rollout" | "eval", "argv": [slime flags], "set": {attr: value},
-       "tasks": [prepare_tasks rows], "rollouts": [{"weight_version": str}], "env": {VAR: value},
-       "stub_url": ..., "eval": {...}}
+       "tasks": [prepare_tasks rows], "rollouts": [{"weight_version": str, "pause_s": float}],
+       "env": {VAR: value}, "stub_url": ..., "eval": {...}}
+   or {"scenario": "many", "runs": {name: SPEC}}: each rollout SPEC in turn, in this one process
+   (slime's import and Ray's start are most of a run's cost), with fresh slime state each.
+A rollout plan's `pause_s` waits that long before the rollout (the time training takes).
 """
 
 from __future__ import annotations
@@ -204,7 +207,7 @@ def run_rollouts(spec: dict[str, Any]) -> dict[str, Any]:
     args = slime_args(spec)
     data_source = RolloutDataSourceWithBuffer(args)
     timeline: dict[str, float] = {}
-    real_abort = sr.abort
+    real_abort = getattr(sr.abort, "__wrapped__", sr.abort)  # one wrapper, however many runs
 
     async def timed_abort(*a: Any, **k: Any) -> Any:  # measures, does not change slime's abort
         timeline.setdefault("abort_start", time.monotonic())
@@ -212,14 +215,20 @@ def run_rollouts(spec: dict[str, Any]) -> dict[str, Any]:
         timeline.setdefault("abort_end", time.monotonic())
         return out
 
+    timed_abort.__wrapped__ = real_abort
     sr.abort = timed_abort
+    drawn = _count_groups_drawn(data_source)
+    calls = _count_generate_calls()
     rollouts = []
     for rollout_id, plan in enumerate(spec.get("rollouts", [{}])):
         for k, v in plan.get("set", {}).items():
             setattr(args, k, v)
         if plan.get("weight_version"):
             _set_weight_version(spec["stub_url"], plan["weight_version"])
+        if plan.get("pause_s"):
+            time.sleep(plan["pause_s"])  # the time training would take between rollouts
         timeline.clear()
+        drawn[0] = calls[0] = 0
         t0 = time.monotonic()
         out = sr.generate_rollout(args, rollout_id, data_source, evaluation=False)
         t_end = time.monotonic()
@@ -231,6 +240,9 @@ def run_rollouts(spec: dict[str, Any]) -> dict[str, Any]:
             "abort_to_return": t_end - timeline["abort_start"] if timeline else None,
             "abort_started_at": timeline.get("abort_start"),
             "buffer": [_sample_view(s) for s in _flatten(list(data_source.buffer))],
+            "groups_drawn": drawn[0],
+            "generate_calls": calls[0],
+            "bridge_metrics": _bridge_metrics(samples),
         }
         if plan.get("train", True):
             result["train"] = _train(args, samples)
@@ -241,6 +253,70 @@ def run_rollouts(spec: dict[str, Any]) -> dict[str, Any]:
 
     run(close_clients())
     return {"rollouts": rollouts}
+
+
+def _count_groups_drawn(data_source: Any) -> list[int]:
+    """Counts the groups slime's rollout draws from its data source (buffer or dataset)."""
+    count = [0]
+    get_samples = data_source.get_samples
+
+    def counting(n: int) -> Any:
+        groups = get_samples(n)
+        count[0] += len(groups)
+        return groups
+
+    data_source.get_samples = counting
+    return count
+
+
+def _count_generate_calls() -> list[int]:
+    """Counts the calls slime makes to the bridge's generate hook (it loads it by name, and may
+    keep what it loaded: one wrapper, one counter, for every run of the process)."""
+    import functools
+
+    import bridge.generate
+
+    existing = getattr(bridge.generate.generate, "count", None)
+    if existing is not None:
+        return existing
+    count = [0]
+    hook = bridge.generate.generate
+
+    @functools.wraps(hook)
+    async def counting(*a: Any, **k: Any) -> Any:
+        count[0] += 1
+        return await hook(*a, **k)
+
+    counting.count = count  # type: ignore[attr-defined]
+    bridge.generate.generate = counting
+    return count
+
+
+def _bridge_metrics(samples: list[Any]) -> dict[str, float]:
+    """What bridge.metrics.log_rollout logs to W&B for these samples."""
+    from bridge.metrics import episode_metrics, flatten
+
+    return flatten(episode_metrics(samples), "rollout")
+
+
+def run_many(spec: dict[str, Any]) -> dict[str, Any]:
+    """Each rollout spec of `runs` in turn, with slime's per-rollout singletons reset between."""
+    import slime.rollout.sglang_rollout as sr
+
+    import bridge.filters
+
+    out = {}
+    for name, run_spec in spec["runs"].items():
+        saved = dict(os.environ)
+        os.environ.update(run_spec.get("env", {}))
+        sr.GenerateState._instances.pop(sr.GenerateState, None)
+        bridge.filters._consecutive[0] = 0
+        try:
+            out[name] = run_rollouts(run_spec)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    return {"runs": out}
 
 
 def run_eval(spec: dict[str, Any]) -> dict[str, Any]:
@@ -289,7 +365,8 @@ def main() -> int:
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        out = run_eval(spec) if spec["scenario"] == "eval" else run_rollouts(spec)
+        scenarios = {"eval": run_eval, "many": run_many, "rollout": run_rollouts}
+        out = scenarios[spec["scenario"]](spec)
     finally:
         ray.shutdown()
     print(json.dumps(out, default=str))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import bridge.env_client as env_client
+import bridge.env_local as env_local
 from bridge.env_client import open_session
 from bridge.http11 import close_loop_client
 from contract.task import TaskMeta
@@ -40,7 +40,7 @@ async def test_oversized_arguments_are_refused_before_sending(server_url) -> Non
 
 
 async def test_server_413_is_a_tool_error(server_url, monkeypatch) -> None:
-    monkeypatch.setattr(env_client, "MAX_CALL_BODY", 8 << 20)  # let it reach the server
+    monkeypatch.setattr(env_local, "MAX_CALL_BODY", 8 << 20)  # let it reach the server
     s = await _session(server_url)
     try:
         res = await s.call("calculator", {"expression": BIG})

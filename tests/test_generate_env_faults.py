@@ -163,9 +163,10 @@ async def test_call_stream_broken_after_task_id_is_resumed_not_rerun(
 async def test_call_lost_before_acknowledgement_is_not_resent(
     qwen3_tokenizer, gsm8k_server, monkeypatch
 ) -> None:
-    import bridge.generate
+    import bridge.play
 
-    monkeypatch.setattr(bridge.generate, "EPISODE_ATTEMPTS", 1)  # this episode alone, no replay
+    monkeypatch.setattr(bridge.play, "EPISODE_ATTEMPTS", 1)  # this episode alone, no replay
+    monkeypatch.setenv(bridge.play.REPLAY_WINDOW_ENV, "0")
     port, direct = gsm8k_server
     proxy = FaultProxy(port, "before_response")
     url = await proxy.start()
@@ -206,7 +207,8 @@ async def test_full_server_503_is_retried(qwen3_tokenizer, gsm8k_server) -> None
 
 
 def test_retry_waits_for_the_servers_retry_after() -> None:
-    from bridge.env_client import RetryPolicy, _retry_after
+    from bridge.env_local import _retry_after
+    from bridge.env_session import RetryPolicy
 
     policy = RetryPolicy(backoff=0.2, backoff_max=2.0, retry_after_max=30.0)
     assert all(

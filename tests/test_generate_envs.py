@@ -22,7 +22,7 @@ from generate_helpers import (
 from ors_episodes import sdk_server
 from sglang_stub import SGLangStub
 
-from bridge.env_client import pick_server
+from bridge.env_session import pick_server
 from bridge.sample import FallbackSample
 
 

@@ -40,7 +40,7 @@ from launch_world import (
 
 from tools.errors import LaunchError
 from tools.launch import prerequisites as pre
-from tools.launch.slime_args import MEGATRON_FLAGS, global_batch_size
+from tools.launch.slime_args import MEGATRON_FLAGS, global_batch_size, user_dynamic_filter
 from tools.launch.slime_flags import flag_choices, flags_in_source, supported_train_backends
 
 
@@ -138,6 +138,9 @@ def test_dry_run_megatron_defaults(world: dict, version: str) -> None:
     assert (d.flag("--actor-num-nodes"), d.flag("--actor-num-gpus-per-node")) == ("1", "8")
     assert d.flag("--num-gpus-per-node") == "8" and d.check("GPU layout").startswith("ok")
     assert "--use-fault-tolerance" not in d.train_argv and "--eval-interval" not in d.train_argv
+    # groups with an infra failure never train (issue 21.3: nothing else checks the wiring)
+    assert d.flag("--dynamic-sampling-filter-path") == "bridge.filters.drop_infra_failures"
+    assert "BRIDGE_NEXT_DYNAMIC_FILTER" not in d.env
     assert d.flag("--train-backend") == "megatron" and d.flag("--tensor-model-parallel-size") == "1"
     assert d.flag("--num-epoch") == "1"  # no --num-rollout: one epoch of the tasks
     assert (
@@ -319,6 +322,30 @@ def test_env_server_override_and_secrets_are_masked(world: dict) -> None:
     assert "--port 1 " in d.command("envs.server") + " "
     assert "secret-wandb-key" not in out.stdout and d.env["WANDB_API_KEY"] == "***"
     assert "--wandb-mode" not in d.train_argv and "WANDB_MODE" not in d.env
+
+
+def test_the_bridges_filter_is_wired_and_a_users_runs_after_it(world: dict) -> None:
+    """Issue 21.3: the bridge's infra-failure filter is slime's dynamic filter in every plan; a
+    user's own (after `--`, by run.sh's option, or in the environment) goes to the job's
+    runtime env for the bridge's filter to call, never replacing it."""
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    ours, theirs = "bridge.filters.drop_infra_failures", "my.filters.keep_hard"
+    flag = "--dynamic-sampling-filter-path"
+    plans = {
+        "after --": dry_run(world, slime, "--", flag, theirs, "--seed", "3"),
+        "option": dry_run(world, slime, "--dynamic-filter", theirs),
+        "environment": dry_run(world, slime, env={"BRIDGE_NEXT_DYNAMIC_FILTER": theirs}),
+    }
+    for name, d in plans.items():
+        given = [a for a in d.train_argv if a.startswith(flag)]
+        assert given == [flag] and d.flag(flag) == ours, name
+        runtime = json.loads(d.submit[d.submit.index("--runtime-env-json") + 1])["env_vars"]
+        assert runtime.get("BRIDGE_NEXT_DYNAMIC_FILTER") == theirs, name
+    assert plans["after --"].flag("--seed") == "3"  # the rest still reaches slime
+    line = refused(world, slime, "--dynamic-filter", "a.b", "--", flag, "c.d")
+    assert "two dynamic-sampling filters" in line
+    assert user_dynamic_filter(None, [f"{flag}={theirs}", "-x"], {}) == (theirs, ["-x"])
+    assert user_dynamic_filter(None, [flag, ours], {}) == (None, [])  # ours: nothing to chain
 
 
 def test_global_batch_size() -> None:

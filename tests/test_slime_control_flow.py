@@ -8,208 +8,16 @@ env server and the scripted SGLang stub. Skips (with the reason) without the ven
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import json
-import os
-import subprocess
-import sys
-import threading
-from pathlib import Path
-from typing import Any
-
 import pytest
-from aiohttp import ClientSession, web
-from conftest import REPO
 from sglang_stub import SGLangStub, Turn
-from slime_vendor import VERSIONS, missing_reason, slime_pythonpath
+from slime_loop import FAIL_MARKER, Gateway, Model, call, gsm8k_tasks, run_driver
+from slime_vendor import VERSIONS, missing_reason
 
 pytestmark = [
     pytest.mark.vendored,
     pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
     pytest.mark.timeout(900),  # one slime subprocess per test; minutes on a loaded 2-core machine
 ]
-
-TOKENIZER_DIR = str(REPO / ".cache" / "qwen3-tokenizer")
-FAIL_MARKER = "INJECTED_ENV_FAILURE"
-
-
-def call(name: str, args: dict[str, Any]) -> str:
-    return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(args)}}}\n</tool_call>'
-
-
-def gsm8k_tasks(n: int, url: str) -> list[dict[str, Any]]:
-    from envs.gsm8k import GSM8K
-
-    rows = GSM8K.load_split("train")
-    return [
-        {
-            "prompt": [{"role": "user", "content": "task"}],
-            "label": rows[i]["label"],
-            "metadata": {
-                "env": "gsm8k",
-                "env_server": [url],
-                "split": "train",
-                "index": i,
-                "max_turns": 6,
-            },
-        }
-        for i in range(n)
-    ]
-
-
-class EnvFaultProxy:
-    """A gateway in front of the real env server that answers 502 to every tool call whose
-    arguments carry FAIL_MARKER: an environment lost for exactly that episode, every retry."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.failed = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self.url = ""
-
-    def __enter__(self) -> EnvFaultProxy:
-        threading.Thread(target=self._run, daemon=True).start()
-        self._ready.wait(20)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._http.close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _start(self) -> None:
-        self._http = ClientSession()
-        app = web.Application(client_max_size=8 << 20)
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-    async def _forward(self, req: web.Request) -> web.StreamResponse:
-        body = await req.read()
-        if req.path.endswith("/call") and FAIL_MARKER.encode() in body:
-            self.failed += 1
-            return web.Response(status=502, text="bad gateway (injected)")
-        headers = {
-            k: v for k, v in req.headers.items() if k.lower() not in ("host", "content-length")
-        }
-        async with self._http.request(
-            req.method, self.upstream + req.path_qs, data=body, headers=headers
-        ) as up:
-            data = await up.read()
-            return web.Response(
-                status=up.status, body=data, content_type=up.content_type, charset=up.charset
-            )
-
-
-def run_driver(version: str, spec: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
-    """slime `version`'s real chain in a subprocess; returns the driver's JSON."""
-    task_file = tmp_path / "tasks.jsonl"
-    task_file.write_text("".join(json.dumps(r) + "\n" for r in spec.pop("tasks")))
-    # fmt: off
-    spec["argv"] = [
-        "--hf-checkpoint", TOKENIZER_DIR,
-        "--prompt-data", str(task_file),
-        "--input-key", "prompt", "--label-key", "label", "--metadata-key", "metadata",
-        "--custom-generate-function-path", "bridge.generate.generate",
-        "--rollout-max-response-len", "256",
-        "--advantage-estimator", "grpo",
-        *spec["argv"],
-    ]
-    # fmt: on
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(spec))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([*slime_pythonpath(version), str(REPO), str(REPO / "tests")]),
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("TRAIN_CONFIG", None)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "slime_driver.py"), str(spec_file)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-class Model:
-    """The engine's script, per routing key (one per sample): a key plays `special[i]` if it is
-    the i-th key to reach the engine, else a solving script for its own task (found in the
-    prompt)."""
-
-    def __init__(
-        self,
-        tok: Any,
-        tasks: list[dict[str, Any]],
-        special: list[list[Turn]] = (),
-        slow: tuple[int, ...] = (),
-        slow_version: str = "v1",
-        delay: float = 1.0,
-    ) -> None:
-        from envs.gsm8k import GSM8K
-
-        rows = GSM8K.load_split("train")
-        self.tok = tok
-        self.questions = [(rows[t["metadata"]["index"]]["question"], t["label"]) for t in tasks]
-        self.special = list(special)
-        self.slow, self.slow_version, self.delay = slow, slow_version, delay
-        self.stub: SGLangStub | None = None
-        self.queues: dict[str, list[Turn]] = {}
-        self.served: dict[str, int] = {}
-        self.keys: list[str] = []
-        self.lock = threading.Lock()
-
-    def script_for(self, req: Any) -> list[Turn]:
-        if self.special:
-            return list(self.special.pop(0))
-        text = self.tok.decode(req.input_ids)
-        i, label = next((i, lb) for i, (q, lb) in enumerate(self.questions) if q in text)
-        if i in self.slow:  # seven calculator turns, then the answer
-            calc = Turn.of_text(self.tok, call("calculator", {"expression": "1+1"}) + "<|im_end|>")
-            return [*[calc] * 7, *solve(self.tok, label)[1:]]
-        return solve(self.tok, label)
-
-    def __call__(self, req: Any) -> Turn:
-        key = req.routing_key or ""
-        with self.lock:
-            if key not in self.queues:
-                self.keys.append(key)
-                self.queues[key] = self.script_for(req)
-            q = self.queues[key]
-            turn = q.pop(0) if len(q) > 1 else q[0]
-        slow = self.stub is not None and self.stub.weight_version == self.slow_version
-        self.served[key] = self.served.get(key, 0) + 1
-        if slow and self.served[key] > 1 and key in self.slow_keys(req):  # turn 1 is quick
-            return dataclasses.replace(turn, delay=self.delay)
-        return turn
-
-    def slow_keys(self, req: Any) -> set[str]:
-        text = self.tok.decode(req.input_ids[:2000])
-        slow = any(self.questions[i][0] in text for i in self.slow)
-        return {req.routing_key or ""} if slow else set()
-
-
-def solve(tok: Any, label: str, first: list[Turn] | None = None) -> list[Turn]:
-    return [
-        *(first or []),
-        Turn.of_text(tok, call("calculator", {"expression": "6*7"}) + "<|im_end|>"),
-        Turn.of_text(tok, call("submit_answer", {"answer": label}) + "<|im_end|>"),
-    ]
 
 
 @pytest.mark.parametrize("version", list(VERSIONS))
@@ -221,7 +29,7 @@ def test_infra_failure_never_enters_group_normalisation(
     tok = qwen3_tokenizer
     tasks = gsm8k_tasks(3, server_url)
     fail = [Turn.of_text(tok, call("calculator", {"expression": FAIL_MARKER}) + "<|im_end|>")]
-    with EnvFaultProxy(server_url) as proxy:
+    with Gateway(server_url) as proxy:
         for t in tasks:
             t["metadata"]["env_server"] = [proxy.url]
         with SGLangStub(Model(tok, tasks, [fail]), tokenizer=tok) as stub:
@@ -240,6 +48,8 @@ def test_infra_failure_never_enters_group_normalisation(
                         "--dynamic-sampling-filter-path",
                         "bridge.filters.drop_infra_failures",
                     ],
+                    # the lost episode's tries at once (bridge/play.py): it fails on every one
+                    "env": {"BRIDGE_REPLAY_WINDOW_S": "0"},
                     "set": {"sglang_router_ip": "127.0.0.1", "sglang_router_port": stub.port},
                 },
                 tmp_path,

@@ -38,7 +38,7 @@ os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")
 import httpx
 import orjson
 
-from bridge.env_client import ToolResult
+from bridge.env_session import ToolResult
 from bridge.errors import EnvFailure
 from contract.env_report import PROVENANCE_KEY
 from contract.task import TaskMeta, blocks_to_text
@@ -200,7 +200,7 @@ class ReplaySession(Protocol):
 
 class InProcessSession:
     """The env class instantiated here, called through the SDK's tool dispatch; results become
-    the text the bridge would have shown the model (bridge/env_client.py does the same)."""
+    the text the bridge would have shown the model (bridge/env_local.py does the same)."""
 
     def __init__(self, task: TaskMeta) -> None:
         from envs.errors import UnknownEnvironment

@@ -4,7 +4,7 @@ calling.
 Messages go in and come out; the server renders its own chat template and parses the model's
 tool calls into `tool_calls` (vLLM, SGLang's OpenAI server, hosted APIs). The episode loop is the
 bridge's own (`bridge.episode.Episode`); this module is only the model's side of it
-(`bridge.episode.ModelStep`): each call's name and arguments are checked exactly like a
+(`bridge.model_step.ModelStep`): each call's name and arguments are checked exactly like a
 `<tool_call>` block (`bridge.toolcalls.check_call`), so malformed arguments, unknown tools and
 turns without a tool call count the same way for every kind of model.
 
@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import orjson
 
-from bridge.episode import ModelTurn
 from bridge.errors import EngineError
+from bridge.model_step import ModelTurn
 from bridge.tokens import TokenLedger
 from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCallError, check_call
 from contract.vocab import ToolErrorKind
@@ -284,7 +284,7 @@ def parse_choice(
 
 
 class ChatModel:
-    """The chat model's side of one episode (a `bridge.episode.ModelStep`)."""
+    """The chat model's side of one episode (a `bridge.model_step.ModelStep`)."""
 
     ledger: TokenLedger | None = None
 

@@ -22,9 +22,11 @@ from typing import Any
 from bridge.chat import ChatRenderer
 from bridge.engine import EngineClient
 from bridge.env_client import open_session
-from bridge.episode import Budget, Episode, EpisodeResult, ModelStep, TokenModel
+from bridge.episode import Budget, Episode, EpisodeResult
+from bridge.model_step import ModelStep
 from bridge.provenance import tokenizer_fingerprint
 from bridge.rewards import RewardOutcome
+from bridge.token_model import TokenModel
 from bridge.trajectory import EpisodeTokens, episode_trajectory
 from bridge.trajectory_codec import trajectory_events
 from contract.vocab import EpisodeStatus, StopReason

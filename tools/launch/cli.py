@@ -209,6 +209,17 @@ def _add_training(a: AddArgument) -> None:
     )
     a("--temperature", type=float, default=1.0, help="rollout sampling temperature (> 0)")
     a(
+        "--dynamic-filter",
+        default=None,
+        metavar="DOTTED.PATH",
+        help=(
+            "your own slime dynamic-sampling filter (e.g. slime.rollout.filter_hub."
+            "dynamic_sampling_filters.check_reward_nonzero_std): it runs after the bridge's "
+            "infra-failure filter, on the groups that one keeps; slime's "
+            "--dynamic-sampling-filter-path after `--` means the same"
+        ),
+    )
+    a(
         "--train-backend",
         choices=["megatron", "fsdp"],
         default="megatron",

@@ -54,10 +54,12 @@ from tools.launch.paths import absolute_options
 from tools.launch.replica_placement import check_replica_placement
 from tools.launch.resume import LoadPlan, plan_load
 from tools.launch.slime_args import (
+    NEXT_FILTER_ENV,
     TrainInputs,
     check_emitted_flags,
     slime_train_args,
     take_overrides,
+    user_dynamic_filter,
 )
 from tools.launch.slime_flags import supported_train_backends
 from tools.launch.slime_names import absolute_path_values
@@ -151,6 +153,7 @@ def build_plan(
     checks: list[pre.Check] = []
     notes: list[str] = []
     opts, extra = absolute_options(opts), absolute_path_values(extra)
+    user_filter, extra = user_dynamic_filter(getattr(opts, "dynamic_filter", None), extra, environ)
     mode, colocate = _decide_mode(opts)
     model = resolve_model(opts.model)
     opts.model = model.path  # every consumer gets the local directory
@@ -210,6 +213,11 @@ def build_plan(
     env, secret_env, ray_start_env = _job_environment(
         opts, inputs.cfg, src, environ, vendor, view, train_config, job_wrapper, notes
     )
+    if user_filter is not None:  # the bridge's filter calls it on the groups it keeps
+        env[NEXT_FILTER_ENV] = user_filter
+        notes.append(
+            f"dynamic-sampling filter: the bridge's infra-failure filter, then {user_filter}"
+        )
     slime_dir = src.slime_path or Path("${SLIME_PATH}")
     script_path = run_dir / f"{sid}.sh"
     if getattr(opts, "taken_from_slime_args", None):

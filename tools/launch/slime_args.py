@@ -25,9 +25,12 @@ GENERATE_HOOK = "bridge.generate.generate"
 ROLLOUT_LOG_HOOK = "bridge.metrics.log_rollout"
 EVAL_LOG_HOOK = "bridge.metrics.log_eval_rollout"
 # Groups with an episode lost to the env/network/engine are dropped and refilled
-# (bridge/filters.py); a user's own --dynamic-sampling-filter-path after `--` replaces it (chain it
-# via $BRIDGE_NEXT_DYNAMIC_FILTER instead).
+# (bridge/filters.py); a user's own filter (--dynamic-filter, or slime's
+# --dynamic-sampling-filter-path after `--`) runs after it: `user_dynamic_filter` takes it out of
+# slime's flags and the job's $BRIDGE_NEXT_DYNAMIC_FILTER carries it to the bridge's filter.
 INFRA_FILTER_HOOK = "bridge.filters.drop_infra_failures"
+FILTER_FLAG = "--dynamic-sampling-filter-path"
+NEXT_FILTER_ENV = "BRIDGE_NEXT_DYNAMIC_FILTER"
 
 # Megatron flags the launcher emits itself (slime parses its CLI with Megatron's parser).
 # tests/test_run_sh.py checks them against the Megatron parser of the commits slime pins.
@@ -161,7 +164,7 @@ def _rollout_flags(opts: argparse.Namespace) -> list[str]:
         ROLLOUT_LOG_HOOK,
         "--custom-eval-rollout-log-function-path",
         EVAL_LOG_HOOK,
-        "--dynamic-sampling-filter-path",
+        FILTER_FLAG,
         INFRA_FILTER_HOOK,
         "--rollout-batch-size",
         str(opts.rollout_batch_size),
@@ -336,3 +339,37 @@ def check_emitted_flags(
             f"all {len(set(emitted_flags(train_args)))} emitted flags are defined by this "
             "slime/Megatron"
         )
+
+
+def user_dynamic_filter(
+    option: str | None, extra: list[str], environ: dict[str, str]
+) -> tuple[str | None, list[str]]:
+    """The user's own dynamic-sampling filter (run.sh's --dynamic-filter, slime's
+    --dynamic-sampling-filter-path after `--`, or $BRIDGE_NEXT_DYNAMIC_FILTER), and `extra`
+    without it: slime keeps the last filter flag it is given, so the user's would replace the
+    bridge's. Two different ones are refused."""
+    named: list[str] = [option] if option else []
+    rest: list[str] = []
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if arg == FILTER_FLAG:
+            if i + 1 >= len(extra):
+                raise LaunchError(f"{FILTER_FLAG} after `--` needs a dotted path")
+            named.append(extra[i + 1])
+            i += 2
+            continue
+        if arg.startswith(FILTER_FLAG + "="):
+            named.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    if environ.get(NEXT_FILTER_ENV, "").strip():
+        named.append(environ[NEXT_FILTER_ENV].strip())
+    paths = {p.strip() for p in named if p.strip() and p.strip() != INFRA_FILTER_HOOK}
+    if len(paths) > 1:
+        raise LaunchError(
+            f"two dynamic-sampling filters given ({', '.join(sorted(paths))}); keep one "
+            "(it runs after the bridge's infra-failure filter)"
+        )
+    return (paths.pop() if paths else None), rest
