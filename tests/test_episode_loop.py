@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 import bridge.episode as episode_mod
-from bridge.env_client import ToolResult
-from bridge.episode import ENGINE_ABORT_ATTEMPTS, NUDGE_TEXT, Budget, Episode, ModelTurn
+from bridge.env_session import ToolResult
+from bridge.episode import ENGINE_ABORT_ATTEMPTS, NUDGE_TEXT, Budget, Episode
 from bridge.errors import EngineError, EnvFailure
+from bridge.model_step import ModelTurn
 from bridge.toolcalls import ParsedTurn, ToolCall, ToolCallError
 from contract.task import TaskMeta
 from contract.vocab import EpisodeStatus, StopReason, ToolErrorKind
