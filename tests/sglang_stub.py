@@ -221,7 +221,9 @@ class SGLangStub(BackgroundServer):
     Give exactly one of `script` (list of turns, or routing key -> turns) or `responder`.
     `tokenizer` (object or local path) lets replies carry decoded `text`. A responder may raise
     `EngineFault(status, message)` to answer an HTTP error on purpose (not recorded in `errors`);
-    an object responder with a `control(body) -> dict` method is driven by `POST /stub/control`.
+    an object responder with a `control(body) -> dict` method is driven by `POST /stub/control`,
+    and one with a `bind(stub)` method gets the stub. `server_args` gives `/server_info` its
+    SGLang defaults (by default read from SGLang, which imports it: pass `dict` to skip).
     """
 
     def __init__(
@@ -236,6 +238,7 @@ class SGLangStub(BackgroundServer):
         moe_layers: int = 2,
         moe_topk: int = 2,
         top_p_kept: int = 3,
+        server_args: Callable[[], dict[str, Any]] = server_args_defaults,
     ) -> None:
         if (responder is None) == (script is None):
             raise ValueError("give exactly one of responder or script")
@@ -262,9 +265,12 @@ class SGLangStub(BackgroundServer):
         self.server = _StubServer(
             self,
             weight_version=weight_version,
-            server_args=server_args_defaults,
+            server_args=server_args,
             on_refused=lambda m: self.errors.append(f"bad /generate request: {m}"),
         )
+        bind = getattr(self._responder, "bind", None)
+        if callable(bind):  # a responder object that needs the stub (weight version, tokenizer)
+            bind(self)
         super().__init__(port)
 
     name = "sglang-stub"

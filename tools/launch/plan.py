@@ -39,6 +39,7 @@ from tools.launch.env_servers import (
     episodes_in_flight,
     plan_env_servers,
 )
+from tools.launch.external_engines import check_engines, parse_engine_addrs
 from tools.launch.gpus import GpuVendor
 from tools.launch.job import (
     job_config,
@@ -50,6 +51,17 @@ from tools.launch.job import (
 )
 from tools.launch.model_args import resolve_model_args
 from tools.launch.modes import ModePlan, TrainMode, mode_plan, resolve_colocate
+from tools.launch.no_train import (
+    CPU_SITE,
+    ResumeMarker,
+    check_no_train_options,
+    cpu_head_cpus,
+    cpu_python,
+    cpu_ray,
+    idle_actor_layout,
+    no_train_flags,
+    plan_data_resume,
+)
 from tools.launch.resume import LoadPlan, plan_load
 from tools.launch.slime_args import TrainInputs, check_emitted_flags, slime_train_args
 from tools.launch.slime_flags import supported_train_backends
@@ -86,6 +98,8 @@ class LaunchPlan:
     change the config's env_server."""
     ray_start_env: dict[str, str] = field(default_factory=dict)
     """Extra environment of the Ray head run.sh starts (ROCm)."""
+    resume_marker: ResumeMarker | None = None
+    """--no-train resuming its data position: the --load directory written before the job."""
 
     @property
     def ok(self) -> bool:
@@ -140,33 +154,46 @@ def build_plan(
     environ = dict(os.environ if environ is None else environ)
     checks: list[pre.Check] = []
     notes: list[str] = []
-    mode, colocate, load = _decide_mode_and_load(opts, notes)
+    addrs = parse_engine_addrs(opts.engine_addrs) if opts.engine_addrs else []
+    mode, colocate, load = _decide_mode_and_load(opts, notes, external=bool(addrs))
     inputs = _check_inputs(opts, environ, checks, notes)
     src = _check_sources(opts, mode, checks)
+    run_name = inputs.cfg.run_name if inputs.cfg is not None else "slime-envs"
+    sid = submission_id()
+    run_dir = PROJECT_ROOT / "runs" / run_name
+    marker = None
+    if opts.no_train:
+        load, marker = plan_data_resume(opts, run_dir / f"{sid}.resume")
+        if load.note:
+            notes.append(load.note)
 
     ray_address, cluster_up, view = read_cluster(opts, probe, gpus, checks)
-    layout = fit_cluster_layout(opts, view, colocate, checks, notes)
+    engines = check_engines(addrs, checks, probe)
+    cpu_job = bool(opts.no_train and addrs) and not (view is not None and view.real_gpus)
+    if opts.no_train and addrs:
+        layout = idle_actor_layout()
+        _check_idle_actor_gpu(view, cpu_job, checks, notes)
+    else:
+        layout = fit_cluster_layout(opts, view, colocate, checks, notes, bool(addrs))
     vendor = gpu_vendor(opts, view, checks)
-    checks.append(pre.check_checkpoint(load.load, opts.model, from_load=load.load != opts.model))
+    checked = opts.model if marker else load.load
+    checks.append(pre.check_checkpoint(checked, opts.model, from_load=checked != opts.model))
     checks.append(pre.check_ray())
     ray_cmd = pre.ray_executable() or "ray"
-    model_args = _model_args(opts, load, src.slime_path, checks, notes)
+    model_args = [] if opts.no_train else _model_args(opts, load, src.slime_path, checks, notes)
 
-    on_ray = cluster_up and view is not None
-    env_plan = plan_env_servers(
-        opts,
-        inputs.cfg,
-        on_ray,
-        probe,
-        episodes_in_flight(opts, mode, layout, extra),
-        checks,
-        notes,
-    )
+    # a one-node cluster on this machine reaches loopback servers as run.sh does
+    on_ray = cluster_up and view is not None and not view.one_node_here
+    in_flight = episodes_in_flight(opts, mode, layout, extra, len(engines))
+    env_plan = plan_env_servers(opts, inputs.cfg, on_ray, probe, in_flight, checks, notes)
     if env_plan is not None and env_plan.placement is Placement.RAY:
         check_cluster_cpus(env_plan, layout, view, checks)
+    if cpu_job:
+        ray_cmd = cpu_ray(ray_cmd)
     ray_start = None if cluster_up else ray_head_cmd(ray_cmd, ray_address, view, layout)
+    if ray_start is not None and cpu_job:
+        ray_start += ["--num-cpus", str(cpu_head_cpus(layout, len(engines)))]
 
-    run_name = inputs.cfg.run_name if inputs.cfg is not None else "slime-envs"
     train_args = slime_train_args(
         opts,
         TrainInputs(
@@ -179,6 +206,8 @@ def build_plan(
             eval_interval=inputs.eval_interval,
             wandb_offline=not environ.get("WANDB_API_KEY"),
             wandb_group=opts.wandb_group or run_name,
+            engine_addrs=tuple(e.addr for e in engines),
+            no_train=tuple(no_train_flags(opts, marker)),
         ),
     )
     if src.backend_ok:  # flags of an unsupported backend are moot
@@ -186,18 +215,17 @@ def build_plan(
             train_args, model_args, opts.train_backend, src.slime_path, checks, notes
         )
 
-    sid = submission_id()
-    run_dir = PROJECT_ROOT / "runs" / run_name
     train_config, config_override, job_wrapper = job_config(
         opts, inputs.cfg, env_plan, run_dir / sid
     )
     env, secret_env, ray_start_env = _job_environment(
-        opts, inputs.cfg, src, environ, vendor, view, train_config, job_wrapper, notes
+        opts, inputs.cfg, src, environ, vendor, view, train_config, job_wrapper, notes, cpu_job
     )
     slime_dir = src.slime_path or Path("${SLIME_PATH}")
     script_path = run_dir / f"{sid}.sh"
     if extra:
         notes.append(f"passed to slime unchanged: {shlex.join(extra)}")
+    python = cpu_python(opts) if cpu_job and ray_start is not None else opts.python
     return LaunchPlan(
         checks=checks,
         notes=notes,
@@ -206,7 +234,7 @@ def build_plan(
         ray_address=ray_address,
         slime_dir=slime_dir,
         job_wrapper=job_wrapper,
-        train_cmd=[opts.python, str(slime_dir / src.modes.driver), *train_args, *extra],
+        train_cmd=[python, str(slime_dir / src.modes.driver), *train_args, *extra],
         train_script_path=script_path,
         submit_cmd=submit_command(ray_cmd, ray_address, sid, env, script_path),
         submission_id=sid,
@@ -214,20 +242,65 @@ def build_plan(
         secret_env=secret_env,
         config_override=config_override,
         ray_start_env=ray_start_env,
+        resume_marker=marker,
     )
 
 
+def _check_idle_actor_gpu(
+    view: ClusterView | None, cpu_job: bool, checks: list[pre.Check], notes: list[str]
+) -> None:
+    """--no-train with external engines: slime still reserves the idle actor's one GPU."""
+    if view is not None and view.on_ray and not view.gpu_nodes:
+        checks.append(
+            pre.Check(
+                "GPUs",
+                False,
+                f"{view.source} declares no GPU; slime's placement group reserves one for the "
+                "idle actor of a --no-train run (nothing runs on it)",
+                "start the Ray head with --num-gpus 1 (on a machine without GPUs it is a label)",
+            )
+        )
+    elif cpu_job:
+        checks.append(
+            pre.Check(
+                "GPUs",
+                True,
+                "none needed: the engines run elsewhere and nothing trains (slime's CPU import "
+                "shims go on the job's PYTHONPATH)",
+            )
+        )
+        if view is None:
+            notes.append(
+                "no GPU here: the Ray head run.sh starts declares 1 GPU for slime's idle actor "
+                "(a label; nothing runs on it)"
+            )
+    else:
+        checks.append(pre.Check("GPUs", True, "none needed: the engines run elsewhere"))
+
+
 def _decide_mode_and_load(
-    opts: argparse.Namespace, notes: list[str]
+    opts: argparse.Namespace, notes: list[str], external: bool = False
 ) -> tuple[TrainMode, bool, LoadPlan]:
     """The mode, whether it colocates, and the checkpoint to load; LaunchError for options that
-    cannot go together."""
+    cannot go together. `external`: the engines already run (--engine-addrs)."""
     mode = TrainMode(opts.mode)
-    try:
-        colocate = resolve_colocate(mode, opts.colocate)
-    except ModeError as e:
-        raise LaunchError(str(e)) from None
+    check_no_train_options(opts)
+    if external and opts.colocate:
+        raise LaunchError(
+            "--engine-addrs: the engines run elsewhere, so the actor cannot --colocate with them"
+        )
+    if opts.no_train:  # on GPUs slime gives the engines the colocated layout's GPUs (all)
+        colocate = not external
+    elif external:
+        colocate = False
+    else:
+        try:
+            colocate = resolve_colocate(mode, opts.colocate)
+        except ModeError as e:
+            raise LaunchError(str(e)) from None
     check_options(opts, mode)
+    if opts.no_train:  # its --load is decided with the data position (tools.launch.no_train)
+        return mode, colocate, LoadPlan(opts.model, opts.model)
     try:
         load = plan_load(opts.model, opts.load, opts.save, opts.resume)
     except ResumeError as e:
@@ -309,12 +382,16 @@ def _job_environment(
     train_config: Path,
     job_wrapper: list[str],
     notes: list[str],
+    cpu_job: bool = False,
 ) -> tuple[dict[str, str], list[str], dict[str, str]]:
     """The job's env_vars, which of them are secrets, and the environment of a Ray head run.sh
-    starts (ROCm's on AMD GPUs)."""
+    starts (ROCm's on AMD GPUs). `cpu_job`: no GPU anywhere, the CPU shims go first on the job's
+    PYTHONPATH."""
     if job_wrapper:  # replicas on a cluster network: guarded by a key of this job's
         environ.setdefault("ENV_SERVER_API_KEY", secrets.token_urlsafe(24))
     pythonpath = [str(PROJECT_ROOT)] + ([str(src.megatron_path)] if src.megatron_path else [])
+    if cpu_job:
+        pythonpath.insert(0, str(CPU_SITE))
     env, secret_env = job_env(
         pythonpath + src.modes.pythonpath,
         train_config,
@@ -396,6 +473,12 @@ def format_plan(plan: LaunchPlan) -> str:
     if plan.ray_start_cmd:
         env = "".join(f"{k}={shlex.quote(v)} " for k, v in plan.ray_start_env.items())
         out.append(env + shlex.join(plan.ray_start_cmd) + " &   # stopped on exit")
+    if plan.resume_marker is not None:
+        m = plan.resume_marker
+        out.append(
+            f"# write {m.path}/latest_checkpointed_iteration.txt ({m.last_rollout}) and link "
+            f"{m.path}/rollout -> {m.states} (the data position --load resumes)"
+        )
     out.append(f"# write {plan.train_script_path}:")
     out += ["    " + line for line in plan.train_script.splitlines()]
     masked_submit = list(plan.submit_cmd)
