@@ -244,7 +244,9 @@ def install_import_shims() -> None:
     if "import" in done:
         return
     done.add("import")
-    shims = {"transformers.models.auto.configuration_auto": _register_tolerates_duplicates}
+    shims: dict[str, Callable[[Any], None]] = {
+        "transformers.models.auto.configuration_auto": _register_tolerates_duplicates
+    }
     if _stand_in_if_absent("torchvision"):
         shims["transformers.utils.import_utils"] = _transformers_without_torchvision
     for module, shim in shims.items():
