@@ -267,8 +267,9 @@ def _add_checkpoints(a: AddArgument) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help=(
-            "continue the run in --save (default: when --save holds a checkpoint); "
-            "--no-resume starts from the base weights"
+            "continue the run in --save (default: when --save holds a checkpoint; with "
+            "--no-train, a saved data position: slime's next rollout after it); "
+            "--no-resume starts from the base weights (with --no-train: at rollout 0)"
         ),
     )
 
