@@ -115,30 +115,29 @@ def token_problems(
     """Every sample slime would train is token-exact with what the engine sent: every trained
     token (loss mask 1) is one the engine sampled for exactly that context, with its logprob.
     Without off-policy masking every sampled token is trained. With it
-    (`--mask-offpolicy-in-partial-rollout`), a sample that resumed after an engine abort has
-    every token sampled before the abort masked (slime also masks whatever else went back
-    through its buffer, so masked sampled tokens are allowed there)."""
+    (`--mask-offpolicy-in-partial-rollout`), a resumed sample has every token sampled by weights
+    older than its last turn's masked (its per-turn `weight_versions`); slime also masks
+    whatever else went back through its buffer, so masked sampled tokens are allowed there."""
     replies = _replies(exchanges)
-    aborts = [e["input_ids"] for e in exchanges if _finish(e) == "abort"]
     out = []
     for rid, samples in sorted(train.items()):
         for s in samples:
             name = f"rollout {rid} sample {s.get('index')}"
-            out += _sample_token_problems(name, s, replies, aborts, offpolicy_masked)
+            out += _sample_token_problems(name, s, replies, offpolicy_masked)
     return out
 
 
-def _finish(e: dict[str, Any]) -> str | None:
-    reason = e.get("finish_reason")
-    return reason.get("type") if isinstance(reason, dict) else None
+def _stale_turns(s: dict, turns: int, offpolicy_masked: bool) -> dict[int, str]:
+    """The turns of a resumed sample sampled by older weights than its last turn: their tokens
+    must be masked (only with off-policy masking)."""
+    versions = list(_md(s).get("weight_versions") or [])
+    if not offpolicy_masked or not _md(s).get("resumed") or len(versions) != turns:
+        return {}
+    return {i: str(v) for i, v in enumerate(versions) if v != versions[-1]}
 
 
 def _sample_token_problems(
-    name: str,
-    s: dict,
-    replies: dict[int, list[dict[str, Any]]],
-    aborts: list[list[int]],
-    offpolicy_masked: bool,
+    name: str, s: dict, replies: dict[int, list[dict[str, Any]]], offpolicy_masked: bool
 ) -> list[str]:
     mask = list(s.get("loss_mask") or [])
     lps = list(s.get("rollout_log_probs") or [])
@@ -150,22 +149,14 @@ def _sample_token_problems(
     turns = turns_of(s, replies)
     if not turns:
         return [f"{name}: no engine reply matches its tokens"]
-    tokens = list(s["tokens"])
-    prompt = len(tokens) - len(mask)
-    resumed_at = 0  # response position before which tokens were sampled before an engine abort
-    if offpolicy_masked and _md(s).get("resumed"):
-        cut = [len(a) for a in aborts if prompt < len(a) <= len(tokens) and tokens[: len(a)] == a]
-        resumed_at = max(cut, default=prompt) - prompt
+    stale = _stale_turns(s, len(turns), offpolicy_masked)
     sampled = [False] * len(mask)
-    for t in turns:
+    for n, t in enumerate(turns):
         for i, lp in enumerate(t["logprobs"]):
             j = t["start"] + i
             sampled[j] = True
-            if j < resumed_at and mask[j]:
-                return [
-                    f"{name}: token {j}, sampled before the engine abort it resumed after, "
-                    "is trained"
-                ]
+            if n in stale and mask[j]:
+                return [f"{name}: token {j}, sampled by older weights ({stale[n]}), is trained"]
             if mask[j] and not math.isclose(lps[j], lp, abs_tol=1e-5):
                 return [f"{name}: token {j} logprob {lps[j]} != the engine's {lp}"]
             if not mask[j] and not offpolicy_masked:
