@@ -18,9 +18,9 @@ every eval episode in the store (what the job's sink spooled at exit delivered a
 would), the faults fired, and run.sh's exit code 0 (slime's). Two of them are restarted after
 a lost save of their last rollout: the data position resumes (run.sh's --no-train resume).
 
-Cost: one world per module and worker (Ray head, engine, env server: ~30 s), then 60-125 s per
-run on two cores (most of it slime's fixed start: imports, actors, router; the high end with
-the machine loaded). CI runs two cells, three runs (CELLS); `pytest -m loop` runs them alone,
+Cost: one world per module and worker (Ray head, engine, env server: ~30 s), then 108-184 s per
+run on two cores at load 11 (the prototype measured 45-82 s at load 5; most of it is slime's
+fixed start: imports, actors, router). CI runs two cells, three runs (CELLS); `pytest -m loop` runs them alone,
 `pytest -m heavy_loop` the other four.
 """
 
