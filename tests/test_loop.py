@@ -20,8 +20,8 @@ a lost save of their last rollout: the data position resumes (run.sh's --no-trai
 
 Cost: one world per module and worker (Ray head, engine, env server: ~30 s), then 108-184 s per
 run on two cores at load 11 (the prototype measured 45-82 s at load 5; most of it is slime's
-fixed start: imports, actors, router). CI runs two cells, three runs (CELLS); `pytest -m loop` runs them alone,
-`pytest -m heavy_loop` the other four.
+fixed start: imports, actors, router). CI runs two cells, three runs (CELLS); `pytest -m loop`
+runs them alone, `pytest -m heavy_loop` the other four.
 """
 
 from __future__ import annotations
