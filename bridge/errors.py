@@ -7,13 +7,17 @@
     ├── EnvFailure       RuntimeError the environment or the network failed past the retries
     ├── InfraOutageError RuntimeError every recent group lost to the infrastructure
     ├── SessionSetupError             an env session that cannot even be described (no URL, secret)
+    ├── GroupDropped     RuntimeError fully-async: a sample lost too often; slime's worker drops
+    │                                 its group (the one exception raised into slime on purpose)
     ├── DeliveryError                 a trajectory upload that did not land (`retry`)
     └── HTTP11Error                   bridge/http11.py's transport failure (`connected`)
         └── _NoResponse               (private) the connection died before any response byte
 
 Private control-flow signals, never raised out of their module, also derive from BridgeError:
-`env_local._Retryable`, `env_local._Resume`. At slime's hook
-boundary none of these escapes: `bridge.generate.generate` turns every failure into sample data.
+`env_local._Retryable`, `env_local._Resume`. At slime's hook boundary none of these escapes but
+GroupDropped: `bridge.generate.generate` turns every failure into sample data, and in fully-async
+mode raises GroupDropped for a sample whose episode was lost `bridge.fully_async.MAX_REQUEUES`
+times (the only way to drop a group there).
 A bad config is `contract.errors.ConfigError` (the contract's, shared by every part).
 """
 
@@ -24,6 +28,7 @@ __all__ = [
     "DeliveryError",
     "EngineError",
     "EnvFailure",
+    "GroupDropped",
     "HTTP11Error",
     "InfraOutageError",
     "LedgerError",
@@ -58,6 +63,11 @@ class InfraOutageError(BridgeError, RuntimeError):
 
 class SessionSetupError(BridgeError):
     """An env session could not even be described (no server URL, a missing secret)."""
+
+
+class GroupDropped(BridgeError, RuntimeError):
+    """Fully-async: a sample's episode was lost to the infrastructure too many times in a row;
+    slime's worker drops its group (never trained, prompt not retried)."""
 
 
 class DeliveryError(BridgeError):

@@ -17,6 +17,9 @@ Under slime's control flow:
     ABORTED with no reward. With `--partial-rollout` the episode is suspended (bridge.partial)
     and resumes where it stopped when slime hands the sample back; everything sampled before
     is marked off-policy when `--mask-offpolicy-in-partial-rollout` is set.
+  * In fully-async mode slime's worker never runs the dynamic filter and never aborts: an infra
+    failure and an engine abort (a weight update) are handed back to the worker as ABORTED
+    samples, which it requeues (`bridge.fully_async` says how and why).
   * `evaluation=True` uses slime's eval budgets (`eval_max_context_len`, the eval
     `max_new_tokens`).
 """
@@ -32,16 +35,22 @@ from pydantic import ValidationError
 
 from bridge.episode import Budget, Episode
 from bridge.errors import SessionSetupError
+from bridge.fully_async import (
+    clear_requeues,
+    episode_kept,
+    hand_back_infra_failure,
+    note_worker_loop,
+)
 from bridge.outcome import METADATA_KEYS, fail_early, write_sample
 from bridge.partial import suspended_episodes
 from bridge.play import Play
 from bridge.rollout_process import cached_renderer, close_clients, train_config
-from bridge.slime_state import mask_offpolicy, partial_rollout
+from bridge.slime_state import fully_async, mask_offpolicy, partial_rollout
 from bridge.slime_types import SlimeArgs, SlimeSample
 from bridge.trajectory_handoff import set_trajectory_sink, submit_episode
 from contract.errors import ConfigError
 from contract.task import TaskMeta
-from contract.vocab import EpisodeStatus, StopReason
+from contract.vocab import HANDED_BACK_STOPS, EpisodeStatus
 
 __all__ = [
     "METADATA_KEYS",
@@ -125,6 +134,33 @@ async def generate(
     args: SlimeArgs, sample: SlimeSample, sampling_params: dict[str, Any], evaluation: bool = False
 ) -> SlimeSample:
     """Run one episode for `sample` and return it filled (slime's custom generate function)."""
+    hand_back = fully_async(args) and not evaluation
+    if hand_back:
+        note_worker_loop()
+    sample = await _episode_sample(args, sample, sampling_params, evaluation, hand_back)
+    if hand_back:
+        _keep_out_of_groups(args, sample)
+    return sample
+
+
+def _keep_out_of_groups(args: SlimeArgs, sample: SlimeSample) -> None:
+    """Fully-async: a sample lost to the infrastructure goes back to slime's worker."""
+    md = sample.metadata if isinstance(sample.metadata, dict) else {}
+    if md.get("infra_failure"):
+        hand_back_infra_failure(args, sample)
+    elif md.get("stop_reason") not in HANDED_BACK_STOPS:
+        episode_kept()
+        clear_requeues(sample)
+
+
+async def _episode_sample(
+    args: SlimeArgs,
+    sample: SlimeSample,
+    sampling_params: dict[str, Any],
+    evaluation: bool,
+    hand_back: bool,
+) -> SlimeSample:
+    """The episode played into `sample` (every failure written into it as data)."""
     try:
         md = task_metadata(sample)
         cfg = train_config()
@@ -146,13 +182,14 @@ async def generate(
         )
     params = dict(sampling_params)  # slime shares the eval dict between samples: never mutate it
     key = _episode_key(sample, md)
-    keep = partial_rollout(args) and not evaluation
+    keep = (partial_rollout(args) or hand_back) and not evaluation
     try:
         resumed = await _resumable(args, sample, key, params)
         play = Play(
             args, task, cfg, renderer, params, key, _context_budget(args, params, evaluation)
         )
         # a suspended episode that could not be resumed starts over (issue 21.7: counted)
+        play.hand_back_engine_aborts = hand_back
         play.restarted = resumed is None and _is_aborted(sample) and bool(md.get("suspended"))
         result = await play.run(resumed, keep)
     except SessionSetupError as e:
@@ -173,6 +210,6 @@ async def generate(
         )
     if result.suspended and play.episode is not None:
         suspended_episodes().put(key, play.episode, list(sample.tokens))
-    elif result.stop_reason != StopReason.SLIME_ABORT:
+    elif result.stop_reason not in HANDED_BACK_STOPS:
         submit_episode(cfg, args, sample, task, result, evaluation, renderer, params)
     return sample

@@ -22,7 +22,7 @@ from bridge.sample import (
 )
 from bridge.slime_types import SlimeArgs, SlimeSample
 from bridge.tokens import TokenLedger
-from contract.vocab import EpisodeStatus, StopReason
+from contract.vocab import HANDED_BACK_STOPS, EpisodeStatus, StopReason
 
 # Keys this function writes into sample.metadata (bridge/metrics.py reads them; keep stable).
 METADATA_KEYS = (
@@ -109,7 +109,7 @@ def write_sample(
 ) -> None:
     """Write the episode `result` into `sample` (the sample slime gets back from this call)."""
     ledger = result.ledger
-    aborted = result.stop_reason == StopReason.SLIME_ABORT
+    aborted = result.stop_reason in HANDED_BACK_STOPS
     if aborted:
         # back to slime unfinished: no reward; with --partial-rollout it comes back here later
         if ledger is not None:

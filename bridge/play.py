@@ -88,6 +88,8 @@ class Play:
         self.restarted = False
         """A suspended episode of this sample was lost (its session gone): it starts over."""
         self.failures: list[str] = []
+        self.hand_back_engine_aborts = False
+        """Fully-async mode: an engine abort ends the episode for slime's worker to requeue."""
         self.env_time = 0.0
         """Seconds spent on the environment during this call (slime's non_generation_time)."""
 
@@ -101,7 +103,14 @@ class Play:
             raise SessionSetupError(f"cannot open env session: {e}") from None
         routed_experts = bool(getattr(self.args, "use_rollout_routing_replay", False))
         model = TokenModel(engine_client(self.args), self.renderer, self.key, routed_experts)
-        return Episode(session, model, self.task, self.params, self.budget)
+        return Episode(
+            session,
+            model,
+            self.task,
+            self.params,
+            self.budget,
+            hand_back_engine_aborts=self.hand_back_engine_aborts,
+        )
 
     async def run(self, resumed: Episode | None, keep: bool) -> EpisodeResult:
         """The first try the environment does not lose, else the last one."""

@@ -230,6 +230,31 @@ def test_local_engine_starts_env_server_and_stops_it(tmp_path: Path, run_name: s
     assert all(r["stop_reason"] and r["status"] for r in got)
 
 
+def test_scripted_engine_plays_every_env_with_tool_calls_and_no_model(
+    tmp_path: Path, run_name: str
+) -> None:
+    """--engine scripted, the newcomer's smoke test: no model, no --model (the Qwen3 tokenizer
+    setup.sh --test fetched), tasks prepared and the env server started and stopped; every
+    episode calls tools until the environment ends it."""
+    port = free_port()
+    db = tmp_path / "store.db"
+    envs = "gsm8k,whodunit,haiku"
+    config = write_config(
+        tmp_path / "cfg.yaml", f"http://127.0.0.1:{port}", run_name, tmp_path / "spool", envs
+    )
+    out = run_sh(
+        "--engine", "scripted", "--config", str(config), "--num-tasks", "3", "--db", str(db)
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "starting tools.engines.scripted" in out.stdout and "3 episodes" in out.stdout
+    assert not port_open(port), "the env server it started must be stopped"
+    got = stored(db, run_name)
+    assert len(got) == 3
+    for r in got:
+        assert r["stop_reason"] == "env_finished" and r["status"] == "completed", r
+        assert r["num_turns"] >= 2 if r["env"] != "haiku" else r["num_turns"] >= 1, r
+
+
 def test_bad_input_one_line_errors(tmp_path: Path, run_name: str) -> None:
     config = write_config(
         tmp_path / "cfg.yaml", f"http://127.0.0.1:{free_port()}", run_name, tmp_path / "spool"
@@ -313,14 +338,14 @@ def test_missing_model_fails_first_with_the_offline_fix(tmp_path: Path, run_name
 def test_local_engine_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from tools import rollout_only
+    from tools import rollout_services
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
     )
-    with pytest.raises(rollout_only.RolloutOnlyError, match=r"pip install -e '\.\[local\]'"):
-        rollout_only.check_model(str(TOKENIZER_DIR), engine_local=True)
+    with pytest.raises(rollout_services.RolloutOnlyError, match=r"pip install -e '\.\[local\]'"):
+        rollout_services.check_model(str(TOKENIZER_DIR), engine_local=True)
 
 
 def test_tiny_model_without_a_tokenizer_is_one_line(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from tools.eval.tasks import (
     tasks_from_config,
     tasks_from_file,
 )
-from tools.rollout_only import check_model
+from tools.rollout_services import check_model
 
 __all__ = ["Plan", "episode_settings", "missing_jobs", "plan"]
 

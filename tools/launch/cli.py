@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     for group in (
         _add_inputs,
         _add_training,
+        _add_no_train,
         _add_gpus,
         _add_checkpoints,
         _add_metrics,
@@ -227,6 +228,36 @@ def _add_training(a: AddArgument) -> None:
     )
 
 
+def _add_no_train(a: AddArgument) -> None:
+    """Runs without training, engines that already run, slime's rollout dumps."""
+    a(
+        "--no-train",
+        action="store_true",
+        help=(
+            "slime's driver with --debug-rollout-only: its rollouts, eval, trajectories and W&B, "
+            "no training; with --engine-addrs it needs no GPU (the whole loop on a CPU machine)"
+        ),
+    )
+    a(
+        "--engine-addrs",
+        default=None,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help=(
+            "SGLang engines that already run (slime's --rollout-external-engine-addrs): no "
+            "rollout GPUs are planned; each must answer /server_info"
+        ),
+    )
+    a(
+        "--dump-rollouts",
+        default=None,
+        metavar="DIR",
+        help=(
+            "save slime's per-rollout samples (--save-debug-rollout-data): "
+            "DIR/rollout_<id>.pt and DIR/rollout_eval_<id>.pt"
+        ),
+    )
+
+
 def _add_gpus(a: AddArgument) -> None:
     """The GPU layout, the engines and their fault tolerance."""
     a(
@@ -304,8 +335,9 @@ def _add_checkpoints(a: AddArgument) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help=(
-            "continue the run in --save (default: when --save holds a checkpoint); "
-            "--no-resume starts from the base weights"
+            "continue the run in --save (default: when --save holds a checkpoint; with "
+            "--no-train, a saved data position: slime's next rollout after it); "
+            "--no-resume starts from the base weights (with --no-train: at rollout 0)"
         ),
     )
 

@@ -36,4 +36,6 @@ def main(argv: list[str] | None = None) -> int:
             if not c.ok:
                 print(f"run.sh: {c.line()}", file=sys.stderr)
         return 2
+    for note in plan.notes:  # what the plan decided for the user (resuming, servers reused...)
+        print(f"run.sh: note: {note}", flush=True)
     return execute(plan)
