@@ -9,6 +9,9 @@ Modules and packages:
     task_source     where prepare_tasks reads tasks (a local env class, a hosted env), and the one
                     reader of its JSONL rows
     replay          `python -m tools.replay ID`: re-execute a stored episode's tool calls, diff them
+    replay_source   where replay reads stored rollouts: the store's file or a server's JSON API
+    replay_session  a fresh session of a stored rollout's task: in-process, or on an env server
+    replay_compare  one stored rollout replayed and compared call by call: the replay's report
     errors          ToolsError and the tools' error types
 
 Floors (tests/test_layout.py): the tools may import `contract`, `envs` and `bridge`; nothing below
