@@ -12,12 +12,18 @@ sink; plus W&B metrics hooks. The hooks, as slime's customization page gives the
         def log_eval_rollout(rollout_id, args, data, extra_metrics) -> bool
     --dynamic-sampling-filter-path bridge.filters.drop_infra_failures
         def drop_infra_failures(args, samples, **kwargs) -> DynamicFilterOutput | bool
+    --rollout-function-path bridge.fully_async.generate_rollout_fully_async   (fully-async mode)
+        def generate_rollout_fully_async(args, rollout_id, data_source, evaluation=False)
+    --eval-function-path bridge.fully_async.eval_rollout                      (fully-async mode)
+        def eval_rollout(args, rollout_id, data_source=None, evaluation=True)
 
 Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     generate         slime's custom generate hook; failures never raise into slime's rollout loop
     episode          the multi-turn loop of one episode: task -> session -> turns -> model context;
                      one loop for every kind of model, only the model step differs (TokenModel here)
     partial          episodes suspended by slime's abort under --partial-rollout, resumed later
+    fully_async      slime's fully-async mode: infra failures and engine aborts handed back to its
+                     worker (requeued), a lasting outage stopped, eval on the worker's loop
     slime_state      slime's rollout control state (its abort), read without importing slime
     filters          slime's dynamic-sampling filter: groups with an infra failure never train
     tokens           token, loss-mask and logprob accounting for one episode

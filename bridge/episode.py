@@ -18,7 +18,9 @@ Check order, each turn:
   2. `max_turns`; 3. the remaining context budget (`context_budget`);
   4. the model's turn: an engine-side abort that slime did not ask for (engine restart, weight
      update pause) discards the partial turn and re-sends it, `ENGINE_ABORT_ATTEMPTS` times at
-     most, then fails as `engine_error`; an abort while slime aborts ends the episode as in 1;
+     most, then fails as `engine_error`; an abort while slime aborts ends the episode as in 1.
+     In fully-async mode (`hand_back_engine_aborts`) the turn is not re-sent: the episode stops
+     as `engine_abort` (status aborted), for slime's worker to requeue and resume;
   5. finish_reason `length` (`response_length`, or `context_budget` when the budget cut it);
   6. no tool call: nudge once or end (`no_tool_call`); 7. the tool calls; env finished
      (`env_finished`); `max_turns`; 8. the appended results must fit the budget
@@ -45,7 +47,7 @@ from bridge.tokens import TokenLedger
 from bridge.toolcalls import ParsedCall, ParsedTurn, ToolCall, ToolCallError, parse_turn
 from contract.env_report import EnvReport
 from contract.task import TaskMeta, ors_tool_to_openai
-from contract.vocab import INFRA_STOPS, EpisodeStatus, StopReason, ToolErrorKind
+from contract.vocab import HANDED_BACK_STOPS, INFRA_STOPS, EpisodeStatus, StopReason, ToolErrorKind
 
 NUDGE_TEXT = "You did not call a tool. Continue the task by calling one of the available tools."
 ENGINE_ABORT_ATTEMPTS = 3
@@ -53,6 +55,7 @@ ENGINE_ABORT_ATTEMPTS = 3
 ENGINE_ABORT_BACKOFF = 0.5
 """Seconds before re-sending an engine-aborted turn (doubled each time)."""
 _STOP_ABORT = (StopReason.SLIME_ABORT, EpisodeStatus.ABORTED)
+_STOP_ENGINE_ABORT = (StopReason.ENGINE_ABORT, EpisodeStatus.ABORTED)
 
 
 @dataclass
@@ -230,7 +233,7 @@ class EpisodeResult:
     engine_aborts: int = 0
     """Engine-side aborts slime did not ask for; their turns were re-sent."""
     suspended: bool = False
-    """Aborted by slime and kept (session open) for a partial rollout to resume."""
+    """Handed back to slime unfinished and kept (session open), to resume later."""
 
     @property
     def infra_failure(self) -> bool:
@@ -249,6 +252,7 @@ class Episode:
         sampling_params: dict[str, Any],
         budget: Budget,
         aborted: Callable[[], bool] = slime_aborted,
+        hand_back_engine_aborts: bool = False,
     ) -> None:
         self.session = session
         self.model = model
@@ -256,6 +260,9 @@ class Episode:
         self.sampling_params = sampling_params  # never mutated: each turn gets a copy
         self.budget = budget
         self.aborted = aborted
+        self.hand_back_engine_aborts = hand_back_engine_aborts
+        """Fully-async mode: an engine abort hands the sample back (`engine_abort`), unsent."""
+        self._engine_aborted = False
         self.messages: list[dict[str, Any]] = []
         self.turn_rewards: list[float | None] = []
         self.weight_versions: list[str | None] = []
@@ -279,8 +286,9 @@ class Episode:
 
     async def run(self, keep_on_abort: bool = False) -> EpisodeResult:
         """Play until the episode ends (or slime aborts); never raises for env or engine failures.
-        A suspended episode continues where it stopped. `keep_on_abort`: on slime's abort keep
-        the session for a later `run()`."""
+        A suspended episode continues where it stopped. `keep_on_abort`: when the episode is
+        handed back to slime (its abort, or an engine abort in fully-async mode) keep the session
+        for a later `run()`."""
         t0 = time.perf_counter()
         failure: str | None = None
         stop, status = StopReason.ENGINE_ERROR, EpisodeStatus.FAILED
@@ -293,7 +301,7 @@ class Episode:
         except (EngineError, LedgerError) as e:
             stop, status, failure = StopReason.ENGINE_ERROR, EpisodeStatus.FAILED, str(e)
         finally:
-            suspended = keep_on_abort and stop == StopReason.SLIME_ABORT and self._started
+            suspended = keep_on_abort and stop in HANDED_BACK_STOPS and self._started
             if not suspended:
                 t_close = time.perf_counter()
                 await asyncio.shield(self.session.close())
@@ -361,6 +369,9 @@ class Episode:
             if self.aborted():
                 return None  # slime's own abort: the partial turn is dropped, resumed later whole
             self.engine_aborts += 1
+            if self.hand_back_engine_aborts:
+                self._engine_aborted = True
+                return None  # fully-async: back to slime's worker, resumed on the new weights
             if attempt + 1 < ENGINE_ABORT_ATTEMPTS:
                 await asyncio.sleep(ENGINE_ABORT_BACKOFF * 2**attempt)
         raise EngineError(
@@ -382,9 +393,10 @@ class Episode:
             if remaining <= 0:
                 return StopReason.CONTEXT_BUDGET, EpisodeStatus.TRUNCATED
             params = self._turn_params(remaining, per_turn_cap)
+            self._engine_aborted = False
             turn = await self._sample_turn(params)
             if turn is None:
-                return _STOP_ABORT
+                return _STOP_ENGINE_ABORT if self._engine_aborted else _STOP_ABORT
             self.num_turns += 1
             self.weight_versions.append(turn.weight_version)
             parsed = turn.parsed

@@ -6,13 +6,17 @@
     ├── EngineError      RuntimeError the engine unreachable, or an unusable answer
     ├── EnvFailure       RuntimeError the environment or the network failed past the retries
     ├── InfraOutageError RuntimeError every recent group lost to the infrastructure
+    ├── GroupDropped     RuntimeError fully-async: a sample lost too often; slime's worker drops
+    │                                 its group (the one exception raised into slime on purpose)
     ├── DeliveryError                 a trajectory upload that did not land (`retry`)
     └── HTTP11Error                   bridge/http11.py's transport failure (`connected`)
         └── _NoResponse               (private) the connection died before any response byte
 
 Private control-flow signals, never raised out of their module, also derive from BridgeError:
 `env_client._Retryable`, `env_client._Resume`, `generate._SetupError`. At slime's hook
-boundary none of these escapes: `bridge.generate.generate` turns every failure into sample data.
+boundary none of these escapes but GroupDropped: `bridge.generate.generate` turns every failure
+into sample data, and in fully-async mode raises GroupDropped for a sample whose episode was lost
+`bridge.fully_async.MAX_REQUEUES` times (the only way to drop a group there).
 A bad config is `contract.errors.ConfigError` (the contract's, shared by every part).
 """
 
@@ -23,6 +27,7 @@ __all__ = [
     "DeliveryError",
     "EngineError",
     "EnvFailure",
+    "GroupDropped",
     "HTTP11Error",
     "InfraOutageError",
     "LedgerError",
@@ -52,6 +57,11 @@ class EnvFailure(BridgeError, RuntimeError):
 
 class InfraOutageError(BridgeError, RuntimeError):
     """Every recent group was lost to the environment, the network or the engine."""
+
+
+class GroupDropped(BridgeError, RuntimeError):
+    """Fully-async: a sample's episode was lost to the infrastructure too many times in a row;
+    slime's worker drops its group (never trained, prompt not retried)."""
 
 
 class DeliveryError(BridgeError):

@@ -17,6 +17,9 @@ Under slime's control flow:
     ABORTED with no reward. With `--partial-rollout` the episode is suspended (bridge.partial)
     and resumes where it stopped when slime hands the sample back; everything sampled before
     is marked off-policy when `--mask-offpolicy-in-partial-rollout` is set.
+  * In fully-async mode slime's worker never runs the dynamic filter and never aborts: an infra
+    failure and an engine abort (a weight update) are handed back to the worker as ABORTED
+    samples, which it requeues (`bridge.fully_async` says how and why).
   * `evaluation=True` uses slime's eval budgets (`eval_max_context_len`, the eval
     `max_new_tokens`).
 """
@@ -38,6 +41,12 @@ from bridge.engine import EngineClient
 from bridge.env_client import open_session
 from bridge.episode import Budget, Episode, EpisodeResult, TokenModel
 from bridge.errors import BridgeError
+from bridge.fully_async import (
+    clear_requeues,
+    episode_kept,
+    hand_back_infra_failure,
+    note_worker_loop,
+)
 from bridge.partial import suspended_episodes
 from bridge.provenance import tokenizer_fingerprint
 from bridge.sample import (
@@ -47,14 +56,14 @@ from bridge.sample import (
     status_value,
     zero_loss,
 )
-from bridge.slime_state import mask_offpolicy, partial_rollout, slime_aborted
+from bridge.slime_state import fully_async, mask_offpolicy, partial_rollout, slime_aborted
 from bridge.slime_types import SlimeArgs, SlimeSample
 from bridge.tokens import TokenLedger
 from bridge.trajectory import EpisodeTokens, episode_trajectory
 from contract.config import TrainConfig, config_from_env
 from contract.errors import ConfigError
 from contract.task import TaskMeta
-from contract.vocab import EpisodeStatus, StopReason
+from contract.vocab import HANDED_BACK_STOPS, EpisodeStatus, StopReason
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +304,33 @@ async def generate(
     args: SlimeArgs, sample: SlimeSample, sampling_params: dict[str, Any], evaluation: bool = False
 ) -> SlimeSample:
     """Run one episode for `sample` and return it filled (slime's custom generate function)."""
+    hand_back = fully_async(args) and not evaluation
+    if hand_back:
+        note_worker_loop()
+    sample = await _episode_sample(args, sample, sampling_params, evaluation, hand_back)
+    if hand_back:
+        _keep_out_of_groups(args, sample)
+    return sample
+
+
+def _keep_out_of_groups(args: SlimeArgs, sample: SlimeSample) -> None:
+    """Fully-async: a sample lost to the infrastructure goes back to slime's worker."""
+    md = sample.metadata if isinstance(sample.metadata, dict) else {}
+    if md.get("infra_failure"):
+        hand_back_infra_failure(args, sample)
+    elif md.get("stop_reason") not in HANDED_BACK_STOPS:
+        episode_kept()
+        clear_requeues(sample)
+
+
+async def _episode_sample(
+    args: SlimeArgs,
+    sample: SlimeSample,
+    sampling_params: dict[str, Any],
+    evaluation: bool,
+    hand_back: bool,
+) -> SlimeSample:
+    """The episode played into `sample` (every failure written into it as data)."""
     try:
         md = task_metadata(sample)
         cfg = train_config()
@@ -316,12 +352,13 @@ async def generate(
         )
     params = dict(sampling_params)  # slime shares the eval dict between samples: never mutate it
     key = _episode_key(sample, md)
-    keep = partial_rollout(args) and not evaluation
+    keep = (partial_rollout(args) or hand_back) and not evaluation
     try:
         resumed = await _resumable(args, sample, key, params)
         play = _Play(
             args, task, cfg, renderer, params, key, _context_budget(args, params, evaluation)
         )
+        play.hand_back_engine_aborts = hand_back
         result = await play.run(resumed, keep)
     except _SetupError as e:
         return _fail_early(sample, str(e), renderer.eos_token_id, args)
@@ -341,7 +378,7 @@ async def generate(
         )
     if result.suspended and play.episode is not None:
         suspended_episodes().put(key, play.episode, list(sample.tokens))
-    elif result.stop_reason != StopReason.SLIME_ABORT:
+    elif result.stop_reason not in HANDED_BACK_STOPS:
         _submit(cfg, args, sample, task, result, evaluation, renderer, params)
     return sample
 
@@ -369,6 +406,8 @@ class _Play:
         self.attempts = 0
         self.resumed = False
         self.failures: list[str] = []
+        self.hand_back_engine_aborts = False
+        """Fully-async mode: an engine abort ends the episode for slime's worker to requeue."""
         self.env_time = 0.0
         """Seconds spent on the environment during this call (slime's non_generation_time)."""
 
@@ -382,7 +421,14 @@ class _Play:
             raise _SetupError(f"cannot open env session: {e}") from None
         routed_experts = bool(getattr(self.args, "use_rollout_routing_replay", False))
         model = TokenModel(_engine(self.args), self.renderer, self.key, routed_experts)
-        return Episode(session, model, self.task, self.params, self.budget)
+        return Episode(
+            session,
+            model,
+            self.task,
+            self.params,
+            self.budget,
+            hand_back_engine_aborts=self.hand_back_engine_aborts,
+        )
 
     async def run(self, resumed: Episode | None, keep: bool) -> EpisodeResult:
         """The first try that is not lost to the infrastructure, else the last one."""
@@ -428,7 +474,7 @@ def _write_sample(
     play: _Play,
 ) -> None:
     ledger = result.ledger
-    aborted = result.stop_reason == StopReason.SLIME_ABORT
+    aborted = result.stop_reason in HANDED_BACK_STOPS
     if aborted:
         # back to slime unfinished: no reward; with --partial-rollout it comes back here later
         if ledger is not None:

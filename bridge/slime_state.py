@@ -31,6 +31,17 @@ def slime_aborted() -> bool:
     return bool(getattr(state, "aborted", False)) if state is not None else False
 
 
+FULLY_ASYNC_FUNCTION = "generate_rollout_fully_async"
+"""The name of slime's fully-async rollout function (v0.3+ `slime.rollout.fully_async_rollout`,
+v0.2.2's `examples/fully_async`) and of the bridge's wrapper around it (`bridge.fully_async`)."""
+
+
+def fully_async(args: Any) -> bool:
+    """slime runs its fully-async rollout worker (`--rollout-function-path ...fully_async...`)."""
+    path = getattr(args, "rollout_function_path", None)
+    return isinstance(path, str) and path.rpartition(".")[2] == FULLY_ASYNC_FUNCTION
+
+
 def partial_rollout(args: Any) -> bool:
     """slime keeps aborted samples and hands them back later (`--partial-rollout`)."""
     return bool(getattr(args, "partial_rollout", False))

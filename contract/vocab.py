@@ -22,6 +22,7 @@ from enum import Enum
 
 __all__ = [
     "FAILURE_STOPS",
+    "HANDED_BACK_STOPS",
     "INFRA_STOPS",
     "EpisodeStatus",
     "OrsReason",
@@ -58,6 +59,10 @@ class StopReason(Vocabulary):
     """The model wrote a turn without a tool call (after the one nudge, when the task nudges)."""
     SLIME_ABORT = "slime_abort"
     """slime aborted the rollout (its `GenerateState.aborted`); the sample goes back unfinished."""
+    ENGINE_ABORT = "engine_abort"
+    """In fully-async mode, the engine aborted a turn slime did not abort (a weight update pauses
+    the engines): the sample goes back unfinished, slime's worker requeues its group, and the
+    episode resumes on the new weights."""
     ENV_ERROR = "env_error"
     """The environment or the network failed past the retries (an infra failure)."""
     ENGINE_ERROR = "engine_error"
@@ -68,6 +73,8 @@ class StopReason(Vocabulary):
     """The episode raised inside the bridge itself (a bug), recorded instead of crashing."""
 
 
+HANDED_BACK_STOPS = frozenset({StopReason.SLIME_ABORT, StopReason.ENGINE_ABORT})
+"""Episodes handed back to slime unfinished (status aborted, no reward), to resume later."""
 INFRA_STOPS = frozenset({StopReason.ENV_ERROR, StopReason.ENGINE_ERROR})
 """Episodes lost to the environment, the network or the engine (never the model's doing)."""
 FAILURE_STOPS = frozenset(

@@ -1,8 +1,11 @@
-"""A scripted stand-in for an SGLang server: speaks `/generate` on 127.0.0.1, records every request.
+"""A scripted stand-in for an SGLang server: SGLang's API on 127.0.0.1, recording every request.
 
 The only stand-in the team rules allow is for the GPU inference engine; this is it. It answers
 from scripted token ids instead of a model, so bridge tests can pin down exactly what the model
-"said" each turn and assert exactly which context the bridge sent back.
+"said" each turn and assert exactly which context the bridge sent back. It is the project's
+engine server (`tools.engines.server`: one request/response schema, `tools.engines.sglang_api`,
+for every engine) with a scripted backend: requests are validated, aborted, paused and answered
+exactly as the CPU engines do.
 
 In-process (background thread with its own event loop):
 
@@ -34,7 +37,6 @@ or {"text": "...<|im_end|>"} when --tokenizer is given.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import inspect
 import json
 import sys
@@ -48,6 +50,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 from stub_server import BackgroundServer
+
+from tools.engines.server import EngineFault, EngineServer, GenerateCall
+from tools.engines.sglang_api import (
+    Generation,
+    abort_reason,
+    length_reason,
+    server_args_defaults,
+    stop_reason,
+)
 
 ROUTING_HEADER = "X-SMG-Routing-Key"
 FINISH_TYPES = ("stop", "length", "abort")
@@ -120,6 +131,17 @@ class StubRequest:
     received_at: float = field(default_factory=time.monotonic)
     weight_version: str = ""
     """The stub's weight version when the request arrived."""
+    reply: dict[str, Any] | None = None
+    """What the stub answered: output_ids, logprobs, finish_reason, weight_version."""
+
+    def exchange(self) -> dict[str, Any]:
+        """The request and its reply as JSON (`GET /stub/exchanges`)."""
+        return {
+            "input_ids": self.input_ids,
+            "routing_key": self.routing_key,
+            "received_at": self.received_at,
+            **(self.reply or {}),
+        }
 
     def header(self, name: str) -> str | None:
         """A request header by case-insensitive name."""
@@ -166,13 +188,12 @@ class _ScriptResponder:
 
 def _finish_reason(turn: Turn, ids: list[int], truncated_to: int | None) -> dict[str, Any]:
     if truncated_to is not None:
-        return {"type": "length", "length": truncated_to}
+        return length_reason(truncated_to)
     if turn.finish_reason == "stop":
-        matched = turn.matched if turn.matched is not None else (ids[-1] if ids else None)
-        return {"type": "stop", "matched": matched}
+        return stop_reason(turn.matched if turn.matched is not None else (ids[-1] if ids else None))
     if turn.finish_reason == "length":
-        return {"type": "length", "length": len(ids)}
-    return {"type": "abort", "message": "scripted abort"}
+        return length_reason(len(ids))
+    return abort_reason("scripted abort")
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -183,11 +204,26 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+class _StubServer(EngineServer):
+    """The engine server, with the stub's last word on each reply (`SGLangStub.edit_reply`)."""
+
+    def __init__(self, stub: SGLangStub, **kwargs: Any) -> None:
+        super().__init__(stub, **kwargs)
+        self.stub = stub
+
+    def response(self, call: GenerateCall, gen: Generation) -> dict[str, Any]:
+        return self.stub.edit_reply(call, super().response(call, gen))
+
+
 class SGLangStub(BackgroundServer):
-    """A scripted SGLang `/generate` server on 127.0.0.1; use as a context manager.
+    """A scripted SGLang server on 127.0.0.1; use as a context manager.
 
     Give exactly one of `script` (list of turns, or routing key -> turns) or `responder`.
-    `tokenizer` (object or local path) lets replies carry decoded `text`.
+    `tokenizer` (object or local path) lets replies carry decoded `text`. A responder may raise
+    `EngineFault(status, message)` to answer an HTTP error on purpose (not recorded in `errors`);
+    an object responder with a `control(body) -> dict` method is driven by `POST /stub/control`,
+    and one with a `bind(stub)` method gets the stub. `server_args` gives `/server_info` its
+    SGLang defaults (by default read from SGLang, which imports it: pass `dict` to skip).
     """
 
     def __init__(
@@ -202,6 +238,7 @@ class SGLangStub(BackgroundServer):
         moe_layers: int = 2,
         moe_topk: int = 2,
         top_p_kept: int = 3,
+        server_args: Callable[[], dict[str, Any]] = server_args_defaults,
     ) -> None:
         if (responder is None) == (script is None):
             raise ValueError("give exactly one of responder or script")
@@ -216,42 +253,49 @@ class SGLangStub(BackgroundServer):
 
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
         self.tokenizer = tokenizer
+        self.model_path = "sglang-stub"
+        self.vocab_size: int | None = None
         self.instant = instant
-        self.weight_version = weight_version
         self.moe_layers, self.moe_topk, self.top_p_kept = moe_layers, moe_topk, top_p_kept
         self.requests: list[StubRequest] = []
         self.errors: list[str] = []
         self.num_served = 0
         self.in_flight = 0
         self._last_ids: dict[str | None, list[int]] = {}
-        self._abort: asyncio.Event | None = None
+        self.server = _StubServer(
+            self,
+            weight_version=weight_version,
+            server_args=server_args,
+            on_refused=lambda m: self.errors.append(f"bad /generate request: {m}"),
+        )
+        bind = getattr(self._responder, "bind", None)
+        if callable(bind):  # a responder object that needs the stub (weight version, tokenizer)
+            bind(self)
         super().__init__(port)
 
-    # ------------------------------------------------------------------ lifecycle
     name = "sglang-stub"
+
+    @property
+    def weight_version(self) -> str:
+        """The version replies report; set it between requests to play a weight update."""
+        return self.server.weight_version
+
+    @weight_version.setter
+    def weight_version(self, value: str) -> None:
+        self.server.weight_version = value
 
     def requests_for(self, routing_key: str) -> list[StubRequest]:
         """Recorded requests that carried `routing_key`, in arrival order."""
         return [r for r in list(self.requests) if r.routing_key == routing_key]
 
-    async def _startup(self) -> None:
-        self._abort = asyncio.Event()  # bound to the serving loop
-        await super()._startup()
-
     # ------------------------------------------------------------------ HTTP
     def make_app(self) -> web.Application:
-        """The aiohttp application (also usable on a caller's own loop)."""
-        if self._abort is None:
-            self._abort = asyncio.Event()
-        app = web.Application(client_max_size=256 * 1024 * 1024)
-        app.router.add_post("/generate", self._handle_generate)
-        app.router.add_get("/health", self._handle_health)
-        app.router.add_get("/health_generate", self._handle_health)
-        app.router.add_post("/abort_request", self._handle_abort)
-        app.router.add_get("/v1/loads", self._handle_loads)
-        app.router.add_get("/workers", self._handle_workers)
-        app.router.add_get("/get_model_info", self._handle_model_info)
+        """The engine server's application, plus the stub's test controls."""
+        self.server.public_url = self.url if self._port is not None else ""
+        app = self.server.make_app()
         app.router.add_post("/stub_weight_version", self._handle_weight_version)
+        app.router.add_post("/stub/control", self._handle_control)
+        app.router.add_get("/stub/exchanges", self._handle_exchanges)
         return app
 
     async def _handle_weight_version(self, request: web.Request) -> web.Response:
@@ -260,88 +304,71 @@ class SGLangStub(BackgroundServer):
         self.weight_version = str(body["weight_version"])
         return _json({"weight_version": self.weight_version})
 
-    async def _handle_health(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+    async def _handle_control(self, request: web.Request) -> web.Response:
+        control = getattr(self._responder, "control", None)
+        if control is None:
+            return _json({"error": {"message": "this responder takes no control"}}, status=404)
+        return _json(control(orjson.loads(await request.read() or b"{}")))
 
-    async def _handle_loads(self, request: web.Request) -> web.Response:
-        return _json({"loads": [{"num_running_reqs": self.in_flight, "num_waiting_reqs": 0}]})
+    async def _handle_exchanges(self, request: web.Request) -> web.Response:
+        """Every recorded request with the reply it got (what the engine sent)."""
+        return _json([r.exchange() for r in list(self.requests)])
 
-    async def _handle_workers(self, request: web.Request) -> web.Response:
-        return _json({"workers": [{"url": self.url}]})
-
-    async def _handle_model_info(self, request: web.Request) -> web.Response:
-        return _json(
-            {
-                "model_path": "sglang-stub",
-                "tokenizer_path": None,
-                "is_generation": True,
-                "weight_version": self.weight_version,
-            }
-        )
-
-    async def _handle_abort(self, request: web.Request) -> web.Response:
-        """Abort every in-flight delayed turn (they answer finish_reason abort)."""
-        assert self._abort is not None
-        self._abort.set()
-        self._abort = asyncio.Event()
-        return web.Response(text="")
-
-    async def _handle_generate(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw)
-            if not isinstance(body, dict):
-                raise ValueError("body must be a JSON object")
-            input_ids = body.get("input_ids")
-            if not isinstance(input_ids, list) or not all(isinstance(t, int) for t in input_ids):
-                raise ValueError("input_ids must be a list of ints (the stub does not take text)")
-            params = body.get("sampling_params") or {}
-            if not isinstance(params, dict):
-                raise ValueError("sampling_params must be an object")
-        except (orjson.JSONDecodeError, ValueError) as e:
-            msg = f"bad /generate request: {e}"
-            self.errors.append(msg)
-            return _json({"error": {"message": msg}}, status=400)
+    # ------------------------------------------------------------------ the backend
+    async def generate(self, call: GenerateCall) -> Generation:
+        """Answer one call from the script (tools.engines.server.Backend)."""
         req = StubRequest(
-            input_ids=input_ids,
-            sampling_params=params,
-            headers=dict(request.headers),
-            body=body,
-            weight_version=self.weight_version,
+            input_ids=call.request.input_ids,
+            sampling_params=call.body.get("sampling_params") or {},
+            headers=dict(call.headers),
+            body=call.body,
+            weight_version=call.weight_version,
         )
         if not self.instant:
             self.requests.append(req)
         self.in_flight += 1
         try:
-            try:
-                turn = self._responder(req)
-                if self._async_responder or inspect.isawaitable(turn):
-                    turn = await turn  # type: ignore[misc]
-            except Exception as e:
-                msg = f"stub responder failed: {type(e).__name__}: {e}"
-                self.errors.append(msg)
-                return _json({"error": {"message": msg}}, status=500)
-            if not isinstance(turn, Turn):
-                msg = f"stub responder returned {type(turn).__name__}, expected Turn"
-                self.errors.append(msg)
-                return _json({"error": {"message": msg}}, status=500)
-            aborted = False
-            if turn.delay > 0 and not self.instant:
-                aborted = await self._wait_or_abort(turn.delay)
-            return _json(self._reply(req, turn, aborted))
+            turn = await self._turn(req)
+            aborted = call.cancel.is_set()
+            if turn.delay > 0 and not self.instant and not aborted:
+                aborted = await call.cancel.wait(turn.delay)
+            gen = self._generation(req, turn, aborted)
+            req.reply = {
+                "output_ids": gen.output_ids,
+                "logprobs": gen.logprobs,
+                "finish_reason": gen.finish_reason,
+                "weight_version": self.weight_version,
+            }
+            return gen
         finally:
             self.in_flight -= 1
             self.num_served += 1
 
-    async def _wait_or_abort(self, delay: float) -> bool:
-        assert self._abort is not None
-        try:
-            await asyncio.wait_for(self._abort.wait(), timeout=delay)
-            return True
-        except asyncio.TimeoutError:
-            return False
+    def flush_cache(self) -> None:
+        self._last_ids.clear()
 
-    def _reply(self, req: StubRequest, turn: Turn, aborted: bool) -> dict[str, Any]:
+    def edit_reply(self, call: GenerateCall, reply: dict[str, Any]) -> dict[str, Any]:
+        """The reply as sent; a subclass may break it on purpose (a drifting engine)."""
+        return reply
+
+    async def _turn(self, req: StubRequest) -> Turn:
+        try:
+            turn = self._responder(req)
+            if self._async_responder or inspect.isawaitable(turn):
+                turn = await turn  # type: ignore[misc]
+        except EngineFault:
+            raise
+        except Exception as e:
+            msg = f"stub responder failed: {type(e).__name__}: {e}"
+            self.errors.append(msg)
+            raise EngineFault(500, msg) from None
+        if not isinstance(turn, Turn):
+            msg = f"stub responder returned {type(turn).__name__}, expected Turn"
+            self.errors.append(msg)
+            raise EngineFault(500, msg)
+        return turn
+
+    def _generation(self, req: StubRequest, turn: Turn, aborted: bool) -> Generation:
         ids = [] if aborted else list(turn.output_ids)
         lps = (
             []
@@ -357,7 +384,7 @@ class SGLangStub(BackgroundServer):
         if budget is not None and len(ids) > budget:
             ids, lps, truncated_to = ids[:budget], lps[:budget], budget
         if aborted:
-            finish: dict[str, Any] = {"type": "abort", "message": "aborted by /abort_request"}
+            finish = abort_reason("aborted by /abort_request")
         else:
             finish = _finish_reason(turn, ids, truncated_to)
         key = req.routing_key
@@ -365,15 +392,14 @@ class SGLangStub(BackgroundServer):
         if not self.instant:
             cached = _common_prefix(self._last_ids.get(key, []), req.input_ids)
             self._last_ids[key] = req.input_ids + ids
-        meta: dict[str, Any] = {
-            "id": f"stub-{self.num_served}",
-            "finish_reason": finish,
-            "prompt_tokens": len(req.input_ids),
-            "completion_tokens": len(ids),
-            "cached_tokens": cached,
-            "output_token_logprobs": [[lp, t, None] for lp, t in zip(lps, ids, strict=False)],
-            "weight_version": self.weight_version,
-        }
+        text = self._text(turn, ids, req.sampling_params, truncated_to is not None or aborted)
+        return Generation(
+            ids, lps, finish, text, cached_tokens=cached, extra_meta=self._replay(req, ids)
+        )
+
+    def _replay(self, req: StubRequest, ids: list[int]) -> dict[str, Any]:
+        """Top-p replay arrays and routed experts, when the request asks for them."""
+        meta: dict[str, Any] = {}
         custom = req.sampling_params.get("custom_params")
         if isinstance(custom, dict) and custom.get("return_top_p_token_ids"):
             kept = [[t, *range(1, self.top_p_kept)] for t in ids]
@@ -385,11 +411,7 @@ class SGLangStub(BackgroundServer):
             rows = len(req.input_ids) + len(ids) - 1
             per_row = [(j % 7) + 1 for j in range(self.moe_layers * self.moe_topk)]
             meta["routed_experts"] = _b64_int32(per_row * rows)
-        return {
-            "text": self._text(turn, ids, req.sampling_params, truncated_to is not None or aborted),
-            "output_ids": ids,
-            "meta_info": meta,
-        }
+        return meta
 
     def _text(self, turn: Turn, ids: list[int], params: dict[str, Any], cut: bool) -> str:
         if turn.text is not None and not cut:

@@ -158,8 +158,7 @@ class DriftingStub(SGLangStub):
     """The stub, but turn 1 misreports prompt_tokens and turn 2's output_ids disagree with its
     output_token_logprobs at the third token: the two ways an engine can drift."""
 
-    def _reply(self, req: Any, turn: Turn, aborted: bool) -> dict[str, Any]:
-        reply = super()._reply(req, turn, aborted)
+    def edit_reply(self, call: Any, reply: dict[str, Any]) -> dict[str, Any]:
         n = len(self.requests)
         if n == 1:
             reply["meta_info"]["prompt_tokens"] += 2

@@ -141,7 +141,8 @@ def test_stub_responder_callable_and_bad_input() -> None:
         assert out["output_ids"] == [4]
         assert out["meta_info"]["finish_reason"]["type"] == "length"
         bad = httpx.post(f"{stub.url}/generate", content=b"{not json", timeout=5)
-        assert bad.status_code == 400 and "bad /generate request" in bad.text
+        assert bad.status_code == 400 and "not valid JSON" in bad.text
+        assert stub.errors and stub.errors[0].startswith("bad /generate request")
         text_in = httpx.post(f"{stub.url}/generate", json={"text": "hi"}, timeout=5)
         assert text_in.status_code == 400 and "input_ids" in text_in.text
         # Still serving after bad input.
@@ -342,7 +343,7 @@ def test_local_engine_ends_on_chat_end_tokens_by_default(tiny_qwen3_dir) -> None
     # An untrained model will not pick <|im_end|> on cue, so check the set the engine stops on.
     from transformers import AutoTokenizer
 
-    from tools.engines.local_engine import SamplingParams
+    from tools.engines.sglang_api import SamplingParams
 
     tok = AutoTokenizer.from_pretrained(str(tiny_qwen3_dir))
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -353,7 +354,7 @@ def test_local_engine_ends_on_chat_end_tokens_by_default(tiny_qwen3_dir) -> None
     assert engine.stop_ids(SamplingParams(stop_token_ids=(5,))) == engine_ids | {5}
     assert engine.stop_ids(SamplingParams(stop_token_ids=(5,), ignore_eos=True)) == {5}
     # A token from the end set ends generation even when the request names no stop ids.
-    from tools.engines.local_engine import GenerateRequest
+    from tools.engines.sglang_api import GenerateRequest
 
     prompt = tok.encode("Hello there", add_special_tokens=False)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
@@ -376,9 +377,9 @@ def _tokenizer(engine_url: str):
 
 
 def _engine(model_dir):
-    from tools.engines.local_engine import load_engine
+    from tools.engines.local_model import load_model
 
-    return load_engine(str(model_dir))
+    return load_model(str(model_dir))
 
 
 def test_local_engine_stop_string(engine_url, tiny_qwen3_dir, prompt_ids) -> None:
@@ -609,7 +610,8 @@ def test_bridge_engine_client_reads_local_engine_replies(engine_url, prompt_ids)
 def test_sampler_follows_the_filtered_distribution() -> None:
     import torch
 
-    from tools.engines.local_engine import SamplingParams, sample_next_token
+    from tools.engines.local_model import sample_next_token
+    from tools.engines.sglang_api import SamplingParams
 
     logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
     gen = torch.Generator().manual_seed(0)
@@ -642,7 +644,7 @@ def test_sampler_follows_the_filtered_distribution() -> None:
 def test_head_mask_matches_a_full_sort() -> None:
     import torch
 
-    from tools.engines.local_engine import _head_mask
+    from tools.engines.local_model import _head_mask
 
     gen = torch.Generator().manual_seed(3)
     for scale in (0.1, 1.0, 8.0):  # flat (the head must widen past 1024) to peaked

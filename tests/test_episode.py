@@ -363,7 +363,7 @@ async def test_cancellation_deletes_the_session(qwen3_tokenizer, server_url) -> 
             await task
         await asyncio.sleep(0.2)
         assert open_sessions(server_url) == 0
-        httpx.post(f"{stub.url}/abort_request", json={}, timeout=5)
+        httpx.post(f"{stub.url}/abort_request", json={"abort_all": True}, timeout=5)
 
 
 async def test_env_server_killed_mid_episode_fails_cleanly(qwen3_tokenizer, tmp_path) -> None:

@@ -166,7 +166,10 @@ def test_slimes_real_parse_args_accepts_every_plan(
     assert sync["custom_generate_function_path"] == "bridge.generate.generate"
     assert not asy["colocate"] and asy["rollout_num_gpus"] == 4 and asy["use_fault_tolerance"]
     assert asy["update_weights_interval"] == 2
-    assert fa["rollout_function_path"].endswith("fully_async_rollout.generate_rollout_fully_async")
+    # the bridge's wrapper of slime's fully-async rollout, and an eval function that works there
+    assert fa["rollout_function_path"] == "bridge.fully_async.generate_rollout_fully_async"
+    assert fa["eval_function_path"] == "bridge.fully_async.eval_rollout"
+    assert sync["eval_function_path"] == sync["rollout_function_path"]  # slime's default
     amd = parsed["amd"]
     assert amd["colocate"] and not amd["offload_train"] and not amd["offload_rollout"]
     assert parsed["resume"]["load"] == str(world["tmp"] / "ckpt")

@@ -313,14 +313,14 @@ def test_missing_model_fails_first_with_the_offline_fix(tmp_path: Path, run_name
 def test_local_engine_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from tools import rollout_only
+    from tools import rollout_services
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
     )
-    with pytest.raises(rollout_only.RolloutOnlyError, match=r"pip install -e '\.\[local\]'"):
-        rollout_only.check_model(str(TOKENIZER_DIR), engine_local=True)
+    with pytest.raises(rollout_services.RolloutOnlyError, match=r"pip install -e '\.\[local\]'"):
+        rollout_services.check_model(str(TOKENIZER_DIR), engine_local=True)
 
 
 def test_tiny_model_without_a_tokenizer_is_one_line(tmp_path: Path) -> None:

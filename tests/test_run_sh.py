@@ -147,6 +147,8 @@ def test_dry_run_megatron_defaults(world: dict, version: str) -> None:
     assert d.flag("--num-layers") == "36" and d.flag("--rotary-base") == "1000000"
     assert d.flag("--normalization") == "RMSNorm" and "--qk-layernorm" in d.train_argv
     assert d.flag("--wandb-mode") == "offline" and d.flag("--wandb-group") == "launch-test"
+    # slime's random group suffix calls wandb.util.generate_id, gone from wandb 0.31
+    assert "--disable-wandb-random-suffix" in d.train_argv
     assert d.train_argv[:2] == ["python3", str(slime.resolve() / "train.py")]
     # the Ray job: project on PYTHONPATH (before Megatron), TRAIN_CONFIG, runtime env == printed env
     assert d.env["PYTHONPATH"].split(":") == [str(REPO), str(world["megatron"].resolve())]
@@ -671,20 +673,31 @@ def test_fully_async_uses_slimes_rollout_worker(world: dict, version: str) -> No
     slime = make_slime(world["tmp"] / "slime", version)
     d = dry_run(world, slime, "--mode", "fully-async")
     assert d.train_argv[1] == str(slime.resolve() / "train_async.py")
+    # the bridge's wrapper around slime's worker (bridge/fully_async.py finds it in the job)
+    assert d.flag("--rollout-function-path") == "bridge.fully_async.generate_rollout_fully_async"
     if version == "v0.2.2":  # only as an example there, which the job gets on its PYTHONPATH
-        assert (
-            d.flag("--rollout-function-path") == "fully_async_rollout.generate_rollout_fully_async"
-        )
         assert d.env["PYTHONPATH"].split(":")[-1] == str(slime.resolve() / "examples/fully_async")
-    else:
-        assert (
-            d.flag("--rollout-function-path")
-            == "slime.rollout.fully_async_rollout.generate_rollout_fully_async"
-        )
+    assert "--eval-function-path" not in d.train_argv  # no eval data in this world
     # the worker keeps --sglang-server-concurrency (512) per engine in flight: 4 engines here,
     # so 2048 episodes -> 8 env-server replicas
     assert len([c for c in d.commands if "envs.server" in c]) == 8
     assert d.emitted_flags() - known_flags(version) == set()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "fully-async"])
+def test_fully_async_evaluates_with_the_bridges_eval_function(world: dict, mode: str) -> None:
+    """slime's fully-async rollout refuses evaluation and slime's own eval cannot share the
+    worker's loop (issue 21.8): with eval data, fully-async names the bridge's eval function; the
+    other modes keep slime's default (the rollout function)."""
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    eval_file = world["tasks"].with_name("eval_" + world["tasks"].name)
+    eval_file.write_text(world["tasks"].read_text())
+    d = dry_run(world, slime, "--mode", mode, "--eval-interval", "1")
+    assert d.flag("--eval-interval") == "1"
+    if mode == "fully-async":
+        assert d.flag("--eval-function-path") == "bridge.fully_async.eval_rollout"
+    else:
+        assert "--eval-function-path" not in d.train_argv
 
 
 def test_fully_async_refused_on_a_slime_without_it(world: dict) -> None:

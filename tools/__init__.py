@@ -3,8 +3,13 @@
 Modules and packages:
     launch/         `bash run.sh`: check prerequisites, start services, submit slime through Ray
     rollout_only    `bash run.sh --rollout-only`: the bridge on N tasks against an engine, no slime
+    rollout_services  what rollout-only starts: env servers, the CPU or the scripted engine
     eval/           `python -m tools.eval` (`bash run.sh --eval-only`): evaluate and compare models
-    engines/        inference engines for a machine without a GPU: the CPU engine and tiny model
+    engines/        inference engines for a machine without a GPU speaking SGLang's API: the CPU
+                    engine, the scripted engine, the tiny model
+    slime_cpu       the import shims slime's processes need on a machine without a GPU
+    cpu_site/       its `sitecustomize.py`: first on the PYTHONPATH of a `run.sh --no-train` job
+                    without a GPU, it installs the shims in every process of the job
     prepare_tasks   `python prepare_tasks.py`: the environments as slime's prompt JSONL
     task_source     where prepare_tasks reads tasks (a local env class, a hosted env), and the one
                     reader of its JSONL rows

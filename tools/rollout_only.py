@@ -2,13 +2,17 @@
 
     bash run.sh --rollout-only --engine-url http://HOST:PORT --model TOKENIZER_DIR --num-tasks N
     bash run.sh --rollout-only --engine local --model PATH --num-tasks N      (CPU, for debugging)
+    bash run.sh --rollout-only --engine scripted                  (no model: a smoke test, seconds)
 
 For environment authors without a GPU cluster: episodes run exactly as in training (same
 generate function, same samples, same trajectory sink), so they show up in the env server's
 web UI. Starts the env server when the config's env_server does not answer, and with
 `--engine local` a CPU Hugging Face model speaking SGLang's `/generate` format (needs
 `pip install -e '.[local]'`). A tiny offline model to try it with:
-`python -m tools.engines.tiny_model ./tiny-qwen3` (tools/engines/tiny_model.py).
+`python -m tools.engines.tiny_model ./tiny-qwen3` (tools/engines/tiny_model.py). `--engine
+scripted` starts the scripted engine (tools/engines/scripted.py): no model, a fixed player that
+makes real tool calls in each environment; `--model` defaults to the Qwen3 tokenizer
+`bash setup.sh --test` fetches. What it starts: tools/rollout_services.py.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,26 +30,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
 from bridge.metrics import ALL, episode_metrics, log_rollout
 from contract.config import TRAIN_CONFIG_ENV, TrainConfig, is_hosted, load_config
 from contract.errors import ConfigError
-from tools.engines.tiny_model import LOCAL_EXTRA
 from tools.errors import RolloutOnlyError, ServiceError, TaskSourceError
-from tools.launch.services import (
-    PROJECT_ROOT,
-    answers,
-    env_server_command,
-    free_port,
-    is_loopback,
-    local_engine_command,
-    managed_process,
+from tools.launch.services import PROJECT_ROOT, answers
+from tools.rollout_services import (
+    check_model,
+    config_for_run,
+    default_scripted_tokenizer,
+    env_servers,
+    start_engine,
+    start_env_servers,
 )
 from tools.task_source import read_task_rows
 
 EXIT_BAD_INPUT = 2
-TINY_DIR = "./tiny-qwen3"
 
 
 def parse_options(argv: list[str]) -> argparse.Namespace:
@@ -67,12 +66,14 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     )
     a(
         "--engine",
-        choices=["local"],
+        choices=["local", "scripted"],
         default=None,
         help=(
             "local: start tools.engines.local_engine (CPU Hugging Face model, for debugging) on a "
             "free port; needs pip install -e '.[local]'; a tiny offline model: "
-            "python -m tools.engines.tiny_model ./tiny-qwen3"
+            "python -m tools.engines.tiny_model ./tiny-qwen3. scripted: start the scripted "
+            "engine (no model: fixed tool calls in every environment, a smoke test in seconds; "
+            "--model defaults to .cache/qwen3-tokenizer)"
         ),
     )
     a(
@@ -133,7 +134,7 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     )
     opts = ap.parse_args(argv)
     if (opts.engine_url is None) == (opts.engine is None):
-        ap.error("give exactly one of --engine-url URL or --engine local")
+        ap.error("give exactly one of --engine-url URL or --engine local|scripted")
     if opts.engine == "local" and not opts.model:
         ap.error("--engine local needs --model PATH (a Hugging Face model directory)")
     if opts.engine_url and not opts.model:
@@ -327,103 +328,17 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _config_for_run(cfg: TrainConfig, config_path: str, env_url: str | None) -> str:
-    """The config file the bridge reads ($TRAIN_CONFIG): the user's, or a copy with --env-server."""
-    if env_url is None or env_url in cfg.env_server_urls:
-        return str(Path(config_path).resolve())
-    data = cfg.model_dump(mode="json")
-    data["env_server"] = env_url
-    out = PROJECT_ROOT / "runs" / cfg.run_name / "rollout_only_config.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(data, sort_keys=False))
-    return str(out)
-
-
-def _env_servers(cfg: TrainConfig, env_url: str | None) -> list[str]:
-    """Where the episodes' local envs are served: --env-server, else the config's env_server (which
-    the bridge prefers to the URLs a task row carries)."""
-    return [env_url] if env_url is not None else cfg.env_server_urls
-
-
-def _start_env_servers(
-    stack: contextlib.ExitStack, urls: list[str], opts: argparse.Namespace
-) -> bool:
-    """Start the loopback env servers in `urls` that do not answer (the first keeps the store); True
-    if the first one was started here."""
-    started_first = False
-    for u in urls:
-        if answers(u):
-            continue
-        if not is_loopback(u):
-            raise RolloutOnlyError(
-                f"env server {u} does not answer /health; start it there "
-                f"(python -m envs.server --config {opts.config} ...) or pass --env-server"
-            )
-        db = str(Path(opts.db).resolve())
-        Path(db).parent.mkdir(parents=True, exist_ok=True)
-        cmd = env_server_command(
-            opts.config, u, db, tokenizers=[opts.model] if opts.model else []
-        ) + ([] if u == urls[0] else ["--role", "env"])
-        print(f"rollout-only: starting env server at {u} (store: {db})", flush=True)
-        stack.enter_context(managed_process("env server", cmd, u))
-        started_first = started_first or u == urls[0]
-    return started_first
-
-
-def _start_engine(stack: contextlib.ExitStack, opts: argparse.Namespace) -> str:
-    """The /generate URL: --engine-url, or a tools.engines.local_engine started here on a free
-    port."""
-    if opts.engine != "local":
-        return opts.engine_url
-    url = f"http://127.0.0.1:{free_port()}"
-    print(
-        "rollout-only: starting tools.engines.local_engine on the CPU - a debugging engine, "
-        "one request at a time; not for training throughput",
-        flush=True,
-    )
-    stack.enter_context(
-        managed_process("local engine", local_engine_command(opts.model, url), url, timeout=600.0)
-    )
-    return url
-
-
-def check_model(model: str, engine_local: bool) -> None:
-    """The model (tokenizer, and the local engine's weights) loads offline: a directory with a
-    config.json, or a hub id already in the Hugging Face cache. Checked before anything starts."""
-    make = f"python -m tools.engines.tiny_model {TINY_DIR}"
-    if engine_local and importlib.util.find_spec("torch") is None:
-        raise RolloutOnlyError(f"--engine local needs torch: {LOCAL_EXTRA}")
-    p = Path(model).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file() and not (p / "tokenizer_config.json").is_file():
-            raise RolloutOnlyError(
-                f"--model {model} is not a Hugging Face model directory (no config.json)"
-            )
-        return
-    looks_like_path = model.startswith((".", "/", "~")) or p.exists() or model.count("/") != 1
-    if looks_like_path:
-        raise RolloutOnlyError(
-            f"--model {model}: no such directory; for a tiny offline test model: {make} "
-            f"&& bash run.sh --rollout-only --engine local --model {TINY_DIR} ..."
-        )
-    from huggingface_hub import try_to_load_from_cache
-
-    if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-        raise RolloutOnlyError(
-            f"--model {model} is neither a local directory nor in the Hugging Face cache: "
-            f"hf download {model} --local-dir ./{p.name} (needs the Hub), or offline: {make}"
-        )
-
-
 def run(opts: argparse.Namespace) -> int:
     """Prepare or read tasks, start what is missing, run the episodes, print the summary."""
+    if opts.engine == "scripted" and not opts.model:
+        opts.model = default_scripted_tokenizer()
     check_model(opts.model, opts.engine == "local")
     try:
         cfg = load_config(opts.config)
     except ConfigError as e:
         raise RolloutOnlyError(str(e)) from None
     env_url = opts.env_server.rstrip("/") if opts.env_server else None
-    os.environ[TRAIN_CONFIG_ENV] = _config_for_run(cfg, opts.config, env_url)
+    os.environ[TRAIN_CONFIG_ENV] = config_for_run(cfg, opts.config, env_url)
     if env_url is not None:
         cfg = load_config(os.environ[TRAIN_CONFIG_ENV])
     task_path = (
@@ -438,15 +353,15 @@ def run(opts: argparse.Namespace) -> int:
     rows = read_tasks(task_path, opts.num_tasks)
     needs_local = any(not is_hosted(str(r["metadata"].get("env", ""))) for r in rows)
 
-    urls = _env_servers(cfg, env_url)
+    urls = env_servers(cfg, env_url)
     url = urls[0]
     if opts.engine is None:  # a dead engine URL stops the run before any server starts
         slime_args(opts.engine_url, opts)
         if not answers(opts.engine_url, "/health", timeout=5.0):
             raise RolloutOnlyError(f"engine {opts.engine_url} does not answer /health")
     with contextlib.ExitStack() as stack:
-        started_server = _start_env_servers(stack, urls if needs_local else [], opts)
-        engine_url = _start_engine(stack, opts)
+        started_server = start_env_servers(stack, urls if needs_local else [], opts)
+        engine_url = start_engine(stack, opts)
         args = slime_args(engine_url, opts)
         samples = make_samples(rows, opts.n_samples)
         print(

@@ -51,7 +51,7 @@ from tools.launch.services import (
     local_engine_command,
     managed_process,
 )
-from tools.rollout_only import check_model
+from tools.rollout_services import check_model
 
 __all__ = ["Plan", "evaluate", "plan"]
 

@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     for group in (
         _add_inputs,
         _add_training,
+        _add_no_train,
         _add_gpus,
         _add_checkpoints,
         _add_metrics,
@@ -213,6 +214,36 @@ def _add_training(a: AddArgument) -> None:
         choices=["megatron", "fsdp"],
         default="megatron",
         help="fsdp exists in slime up to v0.2.2 only",
+    )
+
+
+def _add_no_train(a: AddArgument) -> None:
+    """Runs without training, engines that already run, slime's rollout dumps."""
+    a(
+        "--no-train",
+        action="store_true",
+        help=(
+            "slime's driver with --debug-rollout-only: its rollouts, eval, trajectories and W&B, "
+            "no training; with --engine-addrs it needs no GPU (the whole loop on a CPU machine)"
+        ),
+    )
+    a(
+        "--engine-addrs",
+        default=None,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help=(
+            "SGLang engines that already run (slime's --rollout-external-engine-addrs): no "
+            "rollout GPUs are planned; each must answer /server_info"
+        ),
+    )
+    a(
+        "--dump-rollouts",
+        default=None,
+        metavar="DIR",
+        help=(
+            "save slime's per-rollout samples (--save-debug-rollout-data): "
+            "DIR/rollout_<id>.pt and DIR/rollout_eval_<id>.pt"
+        ),
     )
 
 

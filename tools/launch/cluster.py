@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -36,6 +37,9 @@ class Node:
     vendor: GpuVendor | None
     """None on a node without GPUs."""
     head: bool = False
+    accelerator: str | None = None
+    """Ray's accelerator type of its GPUs; None when its GPUs are only a resource label (a head
+    started with --num-gpus on a machine without them)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,20 @@ class ClusterView:
     @property
     def gpu_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.gpus > 0]
+
+    @property
+    def one_node_here(self) -> bool:
+        """One node, and it is this machine (`ray start --head` here): the job's processes reach
+        servers on loopback as run.sh does."""
+        return len(self.nodes) == 1 and is_local_address(self.nodes[0].ip)
+
+    @property
+    def real_gpus(self) -> bool:
+        """Some node has GPUs that are more than a resource label: this machine's (found by its
+        tools), or on Ray a node that reports an accelerator type."""
+        if not self.on_ray:
+            return bool(self.gpu_nodes)
+        return any(n.accelerator for n in self.gpu_nodes)
 
     @property
     def total_gpus(self) -> int:
@@ -82,6 +100,17 @@ class ClusterView:
         )
         amd = any(n.vendor is GpuVendor.AMD for n in gpu_nodes)
         return f"{shape}{' (AMD)' if amd else ''} from {self.source}"
+
+
+def is_local_address(ip: str) -> bool:
+    """`ip` is an address of this machine (a socket can bind it)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((ip, 0))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def default_ray_address(environ: dict[str, str] | None = None) -> str:
@@ -141,6 +170,7 @@ def _node(record: dict) -> Node | None:
         cpus=int(float(res.get("CPU", 0) or 0)),
         vendor=vendor_of_accelerator(accel) if gpus else None,
         head=bool(record.get("is_head_node")),
+        accelerator=accel if gpus else None,
     )
 
 

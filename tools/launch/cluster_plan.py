@@ -65,11 +65,19 @@ def fit_cluster_layout(
     colocate: bool,
     checks: list[pre.Check],
     notes: list[str],
+    external_engines: bool = False,
 ) -> Layout:
     """The layout for the cluster; a MISSING check (and a best-effort layout to print) when none
-    fits."""
+    fits. `external_engines`: the engines run elsewhere (--engine-addrs), the actor takes the
+    GPUs."""
     req = LayoutRequest(
-        opts.actor_gpus, opts.rollout_gpus, colocate, opts.tp, opts.cp, opts.rollout_tp or opts.tp
+        opts.actor_gpus,
+        opts.rollout_gpus,
+        colocate,
+        opts.tp,
+        opts.cp,
+        opts.rollout_tp or opts.tp,
+        external_engines,
     )
     if view is None or not view.gpu_nodes:
         checks.append(pre.check_no_gpus(view.source if view is not None and view.on_ray else None))

@@ -139,9 +139,14 @@ def ray_plan(
 
 
 def episodes_in_flight(
-    opts: argparse.Namespace, mode: TrainMode, layout: Layout, extra: list[str]
+    opts: argparse.Namespace,
+    mode: TrainMode,
+    layout: Layout,
+    extra: list[str],
+    external_engines: int = 0,
 ) -> int:
-    """Concurrent episodes the job runs: a rollout's samples, or fully-async's pool."""
+    """Concurrent episodes the job runs: a rollout's samples, or fully-async's pool (per engine:
+    the layout's, or `external_engines` that already run)."""
     if (
         mode is TrainMode.FULLY_ASYNC
     ):  # slime keeps --sglang-server-concurrency per engine in flight
@@ -150,7 +155,7 @@ def episodes_in_flight(
             i = extra.index("--sglang-server-concurrency")
             with contextlib.suppress(IndexError, ValueError):
                 per_engine = int(extra[i + 1])
-        return per_engine * layout.engines
+        return per_engine * (external_engines or layout.engines)
     return opts.rollout_batch_size * opts.n_samples
 
 

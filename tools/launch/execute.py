@@ -23,6 +23,7 @@ from tools.errors import ServiceError
 from tools.launch.cluster import ray_dashboard_up
 from tools.launch.job import job_exit_code
 from tools.launch.model_source import download
+from tools.launch.no_train import write_resume_marker
 from tools.launch.plan import LaunchPlan
 from tools.launch.services import managed_process, parent_death_signal, stop
 
@@ -98,6 +99,8 @@ def execute(plan: LaunchPlan) -> int:
                 print(f"run.sh: env server up at {url}", flush=True)
             if plan.ray_start_cmd:
                 stack.enter_context(_ray_head(plan))
+            if plan.resume_marker is not None:
+                write_resume_marker(plan.resume_marker)
             plan.train_script_path.parent.mkdir(parents=True, exist_ok=True)
             plan.train_script_path.write_text(plan.train_script)
             print(f"run.sh: submitting Ray job {plan.submission_id}", flush=True)

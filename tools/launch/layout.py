@@ -32,6 +32,8 @@ class LayoutRequest:
     """Megatron context-parallel size."""
     engine_gpus: int = 1
     """GPUs per SGLang engine (--rollout-num-gpus-per-engine)."""
+    external_engines: bool = False
+    """The engines already run elsewhere (--engine-addrs): no rollout GPUs here."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Layout:
 
 def _split(total: int, per_node: int, nodes: int, req: LayoutRequest) -> tuple[int, int]:
     """(actor GPUs, rollout GPUs) for a request that may leave either open."""
+    if req.external_engines:
+        return req.actor_gpus or total, 0
     if req.colocate:
         both = req.actor_gpus or total
         return both, both
@@ -105,7 +109,7 @@ def fit_layout(gpus_per_node: list[int], req: LayoutRequest) -> Layout:
             "drop it or pass --no-colocate"
         )
     actor, rollout = _split(total, per_node, nodes, req)
-    if actor < 1 or (not req.colocate and rollout < 1):
+    if actor < 1 or (not req.colocate and not req.external_engines and rollout < 1):
         raise LayoutError(
             f"{total} GPU(s) cannot hold both the actor and the rollout engines; "
             "pass fewer --actor-gpus, --colocate, or use a larger cluster"
@@ -133,7 +137,8 @@ def fit_layout(gpus_per_node: list[int], req: LayoutRequest) -> Layout:
             + f" does not divide the actor's {actor_per_node} GPUs per node ({actor} in all); "
             "pick sizes that divide them"
         )
-    _check_engines(rollout, 0 if req.colocate else actor, per_node, req.engine_gpus)
+    if not req.external_engines:
+        _check_engines(rollout, 0 if req.colocate else actor, per_node, req.engine_gpus)
     return Layout(actor_nodes, actor_per_node, rollout, req.engine_gpus, per_node, req.colocate)
 
 

@@ -8,6 +8,10 @@
   keeps generations in flight across rollouts and puts ABORTED groups back into the data
   buffer. slime v0.3+ ships it as `slime.rollout.fully_async_rollout`; v0.2.2 only as
   `examples/fully_async/fully_async_rollout.py`, which the job then gets on its PYTHONPATH.
+  run.sh names the bridge's wrapper around it (`bridge.fully_async`: infra failures and engine
+  aborts handed back to the worker, a lasting outage stops the job) and, with eval data, the
+  bridge's eval function (slime's fully-async function refuses evaluation, and slime's own eval
+  cannot share the worker's event loop).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from bridge.fully_async import EVAL_FUNCTION, WRAPPER
 from tools.errors import ModeError
 
 
@@ -33,9 +38,10 @@ class TrainMode(str, Enum):
 
 
 FULLY_ASYNC_MODULE = "slime/rollout/fully_async_rollout.py"
-FULLY_ASYNC_FUNCTION = "slime.rollout.fully_async_rollout.generate_rollout_fully_async"
+FULLY_ASYNC_FUNCTION = WRAPPER
+"""The bridge's wrapper of slime's fully-async rollout (either of the two below)."""
+FULLY_ASYNC_EVAL_FUNCTION = EVAL_FUNCTION
 FULLY_ASYNC_EXAMPLE_DIR = "examples/fully_async"
-FULLY_ASYNC_EXAMPLE_FUNCTION = "fully_async_rollout.generate_rollout_fully_async"
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class ModePlan:
     driver: str
     flags: list[str] = field(default_factory=list)
     pythonpath: list[str] = field(default_factory=list)
+    eval_flags: list[str] = field(default_factory=list)
+    """Emitted with the eval flags (when there is eval data)."""
 
 
 def mode_plan(
@@ -66,15 +74,13 @@ def mode_plan(
     )
     if mode is TrainMode.ASYNC:
         return ModePlan("train_async.py", flags)
+    rollout = ["--rollout-function-path", FULLY_ASYNC_FUNCTION, *flags]
+    evals = ["--eval-function-path", FULLY_ASYNC_EVAL_FUNCTION]
     if slime_path is None or (slime_path / FULLY_ASYNC_MODULE).is_file():
-        return ModePlan("train_async.py", ["--rollout-function-path", FULLY_ASYNC_FUNCTION, *flags])
+        return ModePlan("train_async.py", rollout, eval_flags=evals)
     example = slime_path / FULLY_ASYNC_EXAMPLE_DIR
     if (example / "fully_async_rollout.py").is_file():
-        return ModePlan(
-            "train_async.py",
-            ["--rollout-function-path", FULLY_ASYNC_EXAMPLE_FUNCTION, *flags],
-            [str(example)],
-        )
+        return ModePlan("train_async.py", rollout, [str(example)], evals)
     raise ModeError(
         f"the slime at {slime_path} has no fully-async rollout ({FULLY_ASYNC_MODULE} or "
         f"{FULLY_ASYNC_EXAMPLE_DIR}/); use --mode async or a slime with it (v0.2.2+)"

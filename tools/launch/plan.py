@@ -38,6 +38,7 @@ from tools.launch.env_servers import (
     episodes_in_flight,
     plan_env_servers,
 )
+from tools.launch.external_engines import check_engines, parse_engine_addrs
 from tools.launch.gpus import GpuVendor
 from tools.launch.job import (
     job_config,
@@ -50,6 +51,18 @@ from tools.launch.job import (
 from tools.launch.model_args import resolve_model_args
 from tools.launch.model_source import resolve_model
 from tools.launch.modes import ModePlan, TrainMode, mode_plan, resolve_colocate
+from tools.launch.no_train import (
+    CPU_SITE,
+    ResumeMarker,
+    check_idle_actor_gpu,
+    check_no_train_options,
+    cpu_head_cpus,
+    cpu_python,
+    cpu_ray,
+    idle_actor_layout,
+    no_train_flags,
+    plan_data_resume,
+)
 from tools.launch.paths import absolute_options
 from tools.launch.replica_placement import check_replica_placement
 from tools.launch.resume import LoadPlan, plan_load
@@ -96,6 +109,8 @@ class LaunchPlan:
     """Extra environment of the Ray head run.sh starts (ROCm)."""
     model_download: tuple[str, str] | None = None
     """(Hub id, revision) downloaded into the Hugging Face cache before anything starts."""
+    resume_marker: ResumeMarker | None = None
+    """--no-train resuming its data position: the --load directory written before the job."""
 
     @property
     def ok(self) -> bool:
@@ -151,36 +166,51 @@ def build_plan(
     checks: list[pre.Check] = []
     notes: list[str] = []
     opts, extra = absolute_options(opts), absolute_path_values(extra)
-    mode, colocate = _decide_mode(opts)
+    addrs = parse_engine_addrs(opts.engine_addrs) if opts.engine_addrs else []
+    mode, colocate = _decide_mode(opts, external=bool(addrs))
     model = resolve_model(opts.model)
     opts.model = model.path  # every consumer gets the local directory
     load = _decide_load(opts, notes)
     inputs = _check_inputs(opts, environ, checks, notes)
     src = _check_sources(opts, mode, checks)
+    run_name = inputs.cfg.run_name if inputs.cfg is not None else "slime-envs"
+    sid = submission_id()
+    run_dir = PROJECT_ROOT / "runs" / run_name
+    marker = None
+    if opts.no_train:
+        load, marker = plan_data_resume(opts, run_dir / f"{sid}.resume")
+        if load.note:
+            notes.append(load.note)
 
     ray_address, cluster_up, view = read_cluster(opts, probe, gpus, checks)
-    layout = fit_cluster_layout(opts, view, colocate, checks, notes)
+    engines = check_engines(addrs, checks, probe)
+    cpu_job = bool(opts.no_train and addrs) and not (view is not None and view.real_gpus)
+    if opts.no_train and addrs:
+        layout = idle_actor_layout()
+        check_idle_actor_gpu(view, cpu_job, checks, notes)
+    else:
+        layout = fit_cluster_layout(opts, view, colocate, checks, notes, bool(addrs))
     vendor = gpu_vendor(opts, view, checks)
     checks += [model.check, *_checkpoint_checks(opts), pre.check_ray()]
     ray_cmd = pre.ray_executable() or "ray"
-    model_args = _model_args(opts, model.name, load, src.slime_path, checks, notes)
+    model_args = (
+        [] if opts.no_train else _model_args(opts, model.name, load, src.slime_path, checks, notes)
+    )
 
-    on_ray = cluster_up and view is not None
+    # a one-node cluster on this machine reaches loopback servers as run.sh does
+    on_ray = cluster_up and view is not None and not view.one_node_here
+    in_flight = episodes_in_flight(opts, mode, layout, extra, len(engines))
     env_plan = plan_env_servers(
-        opts,
-        inputs.cfg,
-        on_ray,
-        probe,
-        episodes_in_flight(opts, mode, layout, extra),
-        layout.gpus_used,
-        checks,
-        notes,
+        opts, inputs.cfg, on_ray, probe, in_flight, layout.gpus_used, checks, notes
     )
     if env_plan is not None and env_plan.placement is Placement.RAY:
         check_replica_placement(env_plan, layout.gpus_used, view, checks)
+    if cpu_job:
+        ray_cmd = cpu_ray(ray_cmd)
     ray_start = None if cluster_up else ray_head_cmd(ray_cmd, ray_address, view, layout)
+    if ray_start is not None and cpu_job:
+        ray_start += ["--num-cpus", str(cpu_head_cpus(layout, len(engines)))]
 
-    run_name = inputs.cfg.run_name if inputs.cfg is not None else "slime-envs"
     train_args = slime_train_args(
         opts,
         TrainInputs(
@@ -193,6 +223,8 @@ def build_plan(
             eval_interval=inputs.eval_interval,
             wandb_offline=not environ.get("WANDB_API_KEY"),
             wandb_group=opts.wandb_group or run_name,
+            engine_addrs=tuple(e.addr for e in engines),
+            no_train=tuple(no_train_flags(opts, marker)),
         ),
     )
     if src.backend_ok:  # flags of an unsupported backend are moot
@@ -202,13 +234,11 @@ def build_plan(
     train_args, replaced = take_overrides(train_args, extra, src.modes.flags)
     notes += [f"{r} replaced by yours after `--`" for r in replaced]
 
-    sid = submission_id()
-    run_dir = PROJECT_ROOT / "runs" / run_name
     train_config, config_override, job_wrapper = job_config(
         opts, inputs.cfg, env_plan, run_dir / sid
     )
     env, secret_env, ray_start_env = _job_environment(
-        opts, inputs.cfg, src, environ, vendor, view, train_config, job_wrapper, notes
+        opts, inputs.cfg, src, environ, vendor, view, train_config, job_wrapper, notes, cpu_job
     )
     slime_dir = src.slime_path or Path("${SLIME_PATH}")
     script_path = run_dir / f"{sid}.sh"
@@ -218,6 +248,7 @@ def build_plan(
         )
     if extra:
         notes.append(f"passed to slime: {shlex.join(extra)}")
+    python = cpu_python(opts) if cpu_job and ray_start is not None else opts.python
     return LaunchPlan(
         checks=checks,
         notes=notes,
@@ -226,7 +257,7 @@ def build_plan(
         ray_address=ray_address,
         slime_dir=slime_dir,
         job_wrapper=job_wrapper,
-        train_cmd=[opts.python, str(slime_dir / src.modes.driver), *train_args, *extra],
+        train_cmd=[python, str(slime_dir / src.modes.driver), *train_args, *extra],
         train_script_path=script_path,
         submit_cmd=submit_command(ray_cmd, ray_address, sid, env, script_path),
         submission_id=sid,
@@ -235,17 +266,28 @@ def build_plan(
         config_override=config_override,
         ray_start_env=ray_start_env,
         model_download=model.download,
+        resume_marker=marker,
     )
 
 
-def _decide_mode(opts: argparse.Namespace) -> tuple[TrainMode, bool]:
+def _decide_mode(opts: argparse.Namespace, external: bool = False) -> tuple[TrainMode, bool]:
     """The mode and whether it colocates; LaunchError for option values or combinations slime
-    cannot run."""
+    cannot run. `external`: the engines already run (--engine-addrs)."""
     mode = TrainMode(opts.mode)
-    try:
-        colocate = resolve_colocate(mode, opts.colocate)
-    except ModeError as e:
-        raise LaunchError(str(e)) from None
+    check_no_train_options(opts)
+    if external and opts.colocate:
+        raise LaunchError(
+            "--engine-addrs: the engines run elsewhere, so the actor cannot --colocate with them"
+        )
+    if opts.no_train:  # on GPUs slime gives the engines the colocated layout's GPUs (all)
+        colocate = not external
+    elif external:
+        colocate = False
+    else:
+        try:
+            colocate = resolve_colocate(mode, opts.colocate)
+        except ModeError as e:
+            raise LaunchError(str(e)) from None
     check_options(opts, mode)
     return mode, colocate
 
@@ -253,6 +295,8 @@ def _decide_mode(opts: argparse.Namespace) -> tuple[TrainMode, bool]:
 def _decide_load(opts: argparse.Namespace, notes: list[str]) -> LoadPlan:
     """The checkpoint to load and the reference weights (resuming from --save when it holds
     one)."""
+    if opts.no_train:  # its --load is decided with the data position (tools.launch.no_train)
+        return LoadPlan(opts.model, opts.model)
     try:
         load = plan_load(opts.model, opts.load, opts.save, opts.resume, opts.ref_load)
     except ResumeError as e:
@@ -341,12 +385,16 @@ def _job_environment(
     train_config: Path,
     job_wrapper: list[str],
     notes: list[str],
+    cpu_job: bool = False,
 ) -> tuple[dict[str, str], list[str], dict[str, str]]:
     """The job's env_vars, which of them are secrets, and the environment of a Ray head run.sh
-    starts (ROCm's on AMD GPUs)."""
+    starts (ROCm's on AMD GPUs). `cpu_job`: no GPU anywhere, the CPU shims go first on the job's
+    PYTHONPATH."""
     if job_wrapper:  # replicas on a cluster network: guarded by a key of this job's
         environ.setdefault("ENV_SERVER_API_KEY", secrets.token_urlsafe(24))
     pythonpath = [str(PROJECT_ROOT)] + ([str(src.megatron_path)] if src.megatron_path else [])
+    if cpu_job:
+        pythonpath.insert(0, str(CPU_SITE))
     env, secret_env = job_env(
         pythonpath + src.modes.pythonpath,
         train_config,
@@ -433,6 +481,12 @@ def format_plan(plan: LaunchPlan) -> str:
     if plan.ray_start_cmd:
         env = "".join(f"{k}={shlex.quote(v)} " for k, v in plan.ray_start_env.items())
         out.append(env + shlex.join(plan.ray_start_cmd) + " &   # stopped on exit")
+    if plan.resume_marker is not None:
+        m = plan.resume_marker
+        out.append(
+            f"# write {m.path}/latest_checkpointed_iteration.txt ({m.last_rollout}) and link "
+            f"{m.path}/rollout -> {m.states} (the data position --load resumes)"
+        )
     out.append(f"# write {plan.train_script_path}:")
     out += ["    " + line for line in plan.train_script.splitlines()]
     masked_submit = list(plan.submit_cmd)

@@ -1,4 +1,5 @@
-"""Local services run.sh starts when they are not already running: the env server, the CPU engine.
+"""Local services run.sh starts when they are not already running: the env server, the CPU
+engine, the scripted engine.
 
 `managed_process` starts a command, waits for its health URL, and always stops it again.
 """
@@ -102,6 +103,23 @@ def local_engine_command(model: str, url: str) -> list[str]:
         "tools.engines.local_engine",
         "--model",
         model,
+        "--host",
+        u.hostname or "127.0.0.1",
+        "--port",
+        str(u.port or 80),
+    ]
+
+
+def scripted_engine_command(tokenizer: str, url: str) -> list[str]:
+    """`python -m tools.engines.scripted` (no model: a fixed player of the environments) at
+    `url`."""
+    u = urlparse(url)
+    return [
+        sys.executable,
+        "-m",
+        "tools.engines.scripted",
+        "--tokenizer",
+        tokenizer,
         "--host",
         u.hostname or "127.0.0.1",
         "--port",

@@ -69,6 +69,10 @@ class TrainInputs:
     eval_interval: int | None
     wandb_offline: bool
     wandb_group: str
+    engine_addrs: tuple[str, ...] = ()
+    """--engine-addrs: engines that already run (slime launches none)."""
+    no_train: tuple[str, ...] = ()
+    """tools.launch.no_train's flags: --debug-rollout-only, the dumps, the resumed rollout id."""
 
 
 def global_batch_size(rollout_batch_size: int, n_samples: int, steps_per_rollout: int) -> int:
@@ -95,6 +99,7 @@ def slime_train_args(opts: argparse.Namespace, t: TrainInputs) -> list[str]:
         *_rollout_flags(opts),
         *_eval_flags(opts, t),
         # algorithm: GRPO with the clip-higher range, no KL term
+        *t.no_train,
         *["--advantage-estimator", "grpo", "--eps-clip", "0.2", "--eps-clip-high", "0.28"],
         *_optimizer_flags(opts),
         *_backend_flags(opts, t),
@@ -115,7 +120,9 @@ def _cluster_flags(opts: argparse.Namespace, t: TrainInputs) -> list[str]:
         "--rollout-num-gpus-per-engine",
         str(lay.engine_gpus),
     ]
-    if lay.colocate:
+    if t.engine_addrs:  # slime launches no engine: it reads theirs (/server_info)
+        args += ["--rollout-external-engine-addrs", *t.engine_addrs]
+    elif lay.colocate:
         args += ["--colocate", "--sglang-mem-fraction-static", str(opts.mem_fraction)]
         if t.vendor is GpuVendor.AMD:  # slime's AMD guide: no offloading when colocated on ROCm
             args += list(AMD_COLOCATE_FLAGS)
@@ -199,6 +206,7 @@ def _eval_flags(opts: argparse.Namespace, t: TrainInputs) -> list[str]:
         str(opts.max_response_len),
         "--eval-interval",
         str(t.eval_interval),
+        *t.mode.eval_flags,
     ]
 
 
@@ -257,9 +265,12 @@ def _backend_flags(opts: argparse.Namespace, t: TrainInputs) -> list[str]:
 
 
 def _wandb_flags(opts: argparse.Namespace, t: TrainInputs) -> list[str]:
+    """W&B under the group as given: slime's random group suffix calls wandb.util.generate_id,
+    which wandb 0.31 no longer has (every launch died in slime's init_tracking)."""
     if opts.no_wandb:
         return []
     args = ["--use-wandb", "--wandb-project", opts.wandb_project, "--wandb-group", t.wandb_group]
+    args.append("--disable-wandb-random-suffix")
     return args + (["--wandb-mode", "offline"] if t.wandb_offline else [])
 
 
