@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
+from contract.vocab import INFRA_STOPS
 from envs.trajectories import tripwires
 from envs.trajectories.advantages import group_advantages
 from envs.trajectories.store import RolloutFilter, SortKey, TrajectoryStore
@@ -285,16 +287,43 @@ def drift_events(meta: dict[str, Any]) -> list[dict[str, Any]]:
     return [d for d in drift if isinstance(d, dict)] if isinstance(drift, list) else []
 
 
-def group_view(
-    store: TrajectoryStore, rollout: dict[str, Any]
-) -> tuple[list[dict[str, Any]], int | None]:
-    """The GRPO group's members (each with its advantages) and this rollout's position in it."""
+@dataclass(frozen=True)
+class GroupView:
+    """A rollout's GRPO group: the samples that train (each with its advantage), those lost to
+    the infrastructure (shown apart: slime's filter drops them, so they are in no advantage),
+    and this rollout's position among all of them."""
+
+    trained: list[dict[str, Any]]
+    infra_failed: list[dict[str, Any]]
+    position: int | None
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        return [*self.trained, *self.infra_failed]
+
+
+def group_view(store: TrajectoryStore, rollout: dict[str, Any]) -> GroupView:
+    """The GRPO group of `rollout`, its infra-failed samples apart and out of the advantages."""
     members = store.group(rollout["run_id"], rollout["group_key"], limit=MAX_GROUP)
-    for m, adv in zip(members, group_advantages([m["reward"] for m in members]), strict=True):
+    infra = {s.value for s in INFRA_STOPS}
+    trained = [m for m in members if m["stop_reason"] not in infra]
+    failed = [m for m in members if m["stop_reason"] in infra]
+    for m, adv in zip(trained, group_advantages([m["reward"] for m in trained]), strict=True):
         m["advantage"], m["advantage_normalized"] = adv.centered, adv.normalized
+    for m in failed:
+        m["advantage"] = m["advantage_normalized"] = None
+    everyone = [*trained, *failed]
+    for m in everyone:
         m["current"] = m["event_id"] == rollout["event_id"]
-    position = next((i for i, m in enumerate(members, 1) if m["current"]), None)
-    return members, position
+    position = next((i for i, m in enumerate(everyone, 1) if m["current"]), None)
+    return GroupView(trained, failed, position)
+
+
+def failure_reason(meta: dict[str, Any]) -> str | None:
+    """Why the episode failed, as the bridge stored it (`metadata.extra.failure`)."""
+    extra = meta.get("extra")
+    failure = extra.get("failure") if isinstance(extra, dict) else None
+    return failure if isinstance(failure, str) and failure else None
 
 
 def _float_or_none(value: str | None) -> float | None:
@@ -439,11 +468,10 @@ def pages_router(
         meta = r["metadata"] if isinstance(r["metadata"], dict) else {}
         named = meta.get("tokenizer")
         tokenizer_name = named if isinstance(named, str) and named in allowed else default_tokenizer
-        group: list[dict[str, Any]] = []
-        position = None
+        view = GroupView([], [], None)
         if r["group_key"]:
-            group, position = group_view(store, r)
-            for g in group[:MAX_GROUP_SIDE_BY_SIDE]:
+            view = group_view(store, r)
+            for g in view.members[:MAX_GROUP_SIDE_BY_SIDE]:
                 g["conversation"] = [
                     m
                     for m in conversation(
@@ -464,10 +492,14 @@ def pages_router(
             conversation=conversation(r["messages"]),
             messages_cut=len(r["messages"]) < (r["num_messages"] or 0),
             tokens=token_view(r["tokens"], tokenizer_name),
-            group=group if len(group) > 1 else [],
-            group_side_by_side=group[:MAX_GROUP_SIDE_BY_SIDE] if len(group) > 1 else [],
-            group_size=len(group),
-            group_position=position,
+            group=view.trained if len(view.members) > 1 else [],
+            group_infra_failed=view.infra_failed if len(view.members) > 1 else [],
+            group_side_by_side=view.members[:MAX_GROUP_SIDE_BY_SIDE]
+            if len(view.members) > 1
+            else [],
+            group_size=len(view.members),
+            group_position=view.position,
+            failure=failure_reason(meta),
             provenance=provenance_rows(meta),
             tripwires=r.get("tripwires") or [],
             drift=drift_events(meta),
