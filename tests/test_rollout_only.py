@@ -340,3 +340,52 @@ def test_tiny_model_without_a_tokenizer_is_one_line(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "no Qwen3 tokenizer at" in out.stderr and "setup.sh --test" in out.stderr
+
+
+def test_permanent_env_errors_stop_the_run_before_any_episode(
+    tmp_path: Path, run_name: str, qwen3_tokenizer
+) -> None:
+    """An environment the server does not serve, or an env server that is another kind of
+    server, is said once before any episode (never retried per episode), exit 2."""
+    config = write_config(
+        tmp_path / "cfg.yaml", f"http://127.0.0.1:{free_port()}", run_name, tmp_path / "spool"
+    )
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"prompt": [], "metadata": {"env": "nope", "split": "train", "index": 0}}\n')
+    with (
+        env_server("--envs", "gsm8k") as url,
+        SGLangStub(lambda req: Turn.of_text(qwen3_tokenizer, "x<|im_end|>")) as stub,
+    ):
+        common = ["--engine-url", stub.url, "--model", str(TOKENIZER_DIR), "--config"]
+        common += [str(config), "--task-data", str(tasks), "--num-tasks", "1"]
+        out = run_sh(*common, "--env-server", url, timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert "unknown environment 'nope'" in out.stderr and "serves gsm8k" in out.stderr
+        out = run_sh(*common, "--env-server", stub.url, timeout=120)
+        assert out.returncode == 2 and "is not an ORS env server" in out.stderr, out.stderr
+        assert stub.requests == []  # no episode was tried
+
+
+def test_a_run_failing_for_one_infra_reason_stops_early_with_it(
+    tmp_path: Path, run_name: str
+) -> None:
+    """Most episodes lost to one engine error: the run stops after 8 of 20, says why, exit 2."""
+    from tools.engines.server import EngineFault
+
+    def broken(req) -> Turn:
+        raise EngineFault(500, "the engine ran out of memory")
+
+    with env_server("--envs", "gsm8k") as url:
+        config = write_config(tmp_path / "cfg.yaml", url, run_name, tmp_path / "spool", "gsm8k")
+        prepare(config, tmp_path / "tasks.jsonl", 10)
+        with SGLangStub(broken) as stub:
+            out = run_sh(
+                *("--engine-url", stub.url, "--model", str(TOKENIZER_DIR)),
+                *("--config", str(config), "--task-data", str(tmp_path / "tasks.jsonl")),
+                *("--num-tasks", "10", "--n-samples", "2", "--concurrency", "2"),
+                timeout=300,
+            )
+    assert out.returncode == 2, out.stdout + out.stderr
+    line = next(x for x in out.stderr.splitlines() if "stopped after" in x)
+    assert "stopped after 8 of 20 episodes: 8 failed" in line
+    assert "engine_error" in line and "the engine ran out of memory" in line

@@ -4,6 +4,8 @@ Modules and packages:
     launch/         `bash run.sh`: check prerequisites, start services, submit slime through Ray
     rollout_only    `bash run.sh --rollout-only`: the bridge on N tasks against an engine, no slime
     rollout_services  what rollout-only starts: env servers, the CPU or the scripted engine
+    rollout_failures  rollout-only's failures shown: envs checked before any episode, a run
+                    stopped early when most episodes fail for one infrastructure reason
     eval/           `python -m tools.eval` (`bash run.sh --eval-only`): evaluate and compare models
     engines/        inference engines for a machine without a GPU speaking SGLang's API: the CPU
                     engine, the scripted engine, the tiny model
