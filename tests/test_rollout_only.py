@@ -389,3 +389,21 @@ def test_a_run_failing_for_one_infra_reason_stops_early_with_it(
     line = next(x for x in out.stderr.splitlines() if "stopped after" in x)
     assert "stopped after 8 of 20 episodes: 8 failed" in line
     assert "engine_error" in line and "the engine ran out of memory" in line
+
+
+def test_tiny_model_takes_a_seed(tmp_path: Path, qwen3_tokenizer_dir) -> None:
+    """--seed draws other weights; one seed builds the same model; a directory is reused only
+    for the seed it was built with."""
+    pytest.importorskip("torch")
+    from tools.engines.tiny_model import main
+
+    def weights(d: Path) -> bytes:
+        return (d / "model.safetensors").read_bytes()
+
+    tok = ["--tokenizer", str(qwen3_tokenizer_dir)]
+    assert main([str(tmp_path / "a"), *tok, "--seed", "1"]) == 0
+    assert main([str(tmp_path / "b"), *tok, "--seed", "2"]) == 0
+    seed_1 = weights(tmp_path / "a")
+    assert seed_1 != weights(tmp_path / "b")
+    assert main([str(tmp_path / "a"), *tok, "--seed", "2"]) == 0  # rebuilt, not reused
+    assert weights(tmp_path / "a") == weights(tmp_path / "b") != seed_1
