@@ -110,7 +110,12 @@ def _configure(config_path: str) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rollout_id", nargs="?", help="the rollout to replay (its id in the store)")
+    p.add_argument(
+        "rollout_id",
+        nargs="?",
+        help="the rollout to replay: its id in the store (the number the web UI shows after "
+        "'#') or its event id (UUID)",
+    )
     p.add_argument("--run", help="replay rollouts of this run (name or id) instead")
     p.add_argument("--sample", type=int, default=10, help="with --run: how many rollouts [10]")
     p.add_argument("--seed", type=int, default=0, help="with --run: which rollouts are drawn [0]")

@@ -89,7 +89,8 @@ class StoreSource:
             raise ReplayError(str(e)) from None
 
     async def rollout(self, rollout_id: str) -> dict[str, Any]:
-        r = await asyncio.to_thread(self.store.get_rollout, rollout_event_id(rollout_id))
+        found = await asyncio.to_thread(self.store.event_id_of, rollout_event_id(rollout_id))
+        r = None if found is None else await asyncio.to_thread(self.store.get_rollout, found)
         if r is None:
             raise ReplayError(f"no rollout {rollout_id!r} in {self.store.path}")
         return r

@@ -457,11 +457,16 @@ def pages_router(
 
     @router.get("/rollouts/{event_id:path}", response_class=HTMLResponse)
     def rollout_page(event_id: str) -> HTMLResponse:
-        r = store.get_rollout(
-            event_id,
-            max_messages=MAX_PAGE_MESSAGES,
-            max_tokens=MAX_TOKEN_VIEW,
-            max_chars=MAX_PAGE_CHARS,
+        found = store.event_id_of(event_id)  # its event id, or its numeric id in the store
+        r = (
+            None
+            if found is None
+            else store.get_rollout(
+                found,
+                max_messages=MAX_PAGE_MESSAGES,
+                max_tokens=MAX_TOKEN_VIEW,
+                max_chars=MAX_PAGE_CHARS,
+            )
         )
         if r is None:
             return not_found(f"No rollout with id {event_id[:300]}.")
