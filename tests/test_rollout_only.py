@@ -343,10 +343,13 @@ def test_tiny_model_without_a_tokenizer_is_one_line(tmp_path: Path) -> None:
 
 
 def test_permanent_env_errors_stop_the_run_before_any_episode(
-    tmp_path: Path, run_name: str, qwen3_tokenizer
+    tmp_path: Path, run_name: str, qwen3_tokenizer, monkeypatch, capsys
 ) -> None:
     """An environment the server does not serve, or an env server that is another kind of
     server, is said once before any episode (never retried per episode), exit 2."""
+    from tools import rollout_only
+
+    monkeypatch.delenv("TRAIN_CONFIG", raising=False)  # run() sets it; restored after the test
     config = write_config(
         tmp_path / "cfg.yaml", f"http://127.0.0.1:{free_port()}", run_name, tmp_path / "spool"
     )
@@ -358,11 +361,11 @@ def test_permanent_env_errors_stop_the_run_before_any_episode(
     ):
         common = ["--engine-url", stub.url, "--model", str(TOKENIZER_DIR), "--config"]
         common += [str(config), "--task-data", str(tasks), "--num-tasks", "1"]
-        out = run_sh(*common, "--env-server", url, timeout=120)
-        assert out.returncode == 2, out.stderr
-        assert "unknown environment 'nope'" in out.stderr and "serves gsm8k" in out.stderr
-        out = run_sh(*common, "--env-server", stub.url, timeout=120)
-        assert out.returncode == 2 and "is not an ORS env server" in out.stderr, out.stderr
+        assert rollout_only.main([*common, "--env-server", url]) == 2
+        err = capsys.readouterr().err
+        assert "unknown environment 'nope'" in err and "serves gsm8k" in err
+        assert rollout_only.main([*common, "--env-server", stub.url]) == 2
+        assert "is not an ORS env server" in capsys.readouterr().err
         assert stub.requests == []  # no episode was tried
 
 
