@@ -349,7 +349,8 @@ def test_permanent_env_errors_stop_the_run_before_any_episode(
     server, is said once before any episode (never retried per episode), exit 2."""
     from tools import rollout_only
 
-    monkeypatch.delenv("TRAIN_CONFIG", raising=False)  # run() sets it; restored after the test
+    # run() sets TRAIN_CONFIG in this process: setenv first, so the test's end restores it
+    monkeypatch.setenv("TRAIN_CONFIG", "")
     config = write_config(
         tmp_path / "cfg.yaml", f"http://127.0.0.1:{free_port()}", run_name, tmp_path / "spool"
     )

@@ -19,7 +19,6 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,8 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from contract.vocab import INFRA_STOPS
 from envs.trajectories import tripwires
-from envs.trajectories.advantages import group_advantages
+from envs.trajectories.group_view import GroupView, failure_reason, group_view
 from envs.trajectories.store import RolloutFilter, SortKey, TrajectoryStore
 
 log = logging.getLogger(__name__)
@@ -48,7 +46,6 @@ CSP = (
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 MAX_TOKEN_VIEW = 32_768
 MAX_GROUP_SIDE_BY_SIDE = 16
-MAX_GROUP = 1024  # members read for the group's advantages
 # What one rollout page shows at most (the JSON API streams everything).
 MAX_PAGE_MESSAGES = 2_000
 MAX_PAGE_CHARS = 4_000_000  # message text on one page; later messages are cut short
@@ -285,45 +282,6 @@ def drift_events(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Where the token context diverged, as the bridge stored it (`metadata.drift`)."""
     drift = meta.get("drift")
     return [d for d in drift if isinstance(d, dict)] if isinstance(drift, list) else []
-
-
-@dataclass(frozen=True)
-class GroupView:
-    """A rollout's GRPO group: the samples that train (each with its advantage), those lost to
-    the infrastructure (shown apart: slime's filter drops them, so they are in no advantage),
-    and this rollout's position among all of them."""
-
-    trained: list[dict[str, Any]]
-    infra_failed: list[dict[str, Any]]
-    position: int | None
-
-    @property
-    def members(self) -> list[dict[str, Any]]:
-        return [*self.trained, *self.infra_failed]
-
-
-def group_view(store: TrajectoryStore, rollout: dict[str, Any]) -> GroupView:
-    """The GRPO group of `rollout`, its infra-failed samples apart and out of the advantages."""
-    members = store.group(rollout["run_id"], rollout["group_key"], limit=MAX_GROUP)
-    infra = {s.value for s in INFRA_STOPS}
-    trained = [m for m in members if m["stop_reason"] not in infra]
-    failed = [m for m in members if m["stop_reason"] in infra]
-    for m, adv in zip(trained, group_advantages([m["reward"] for m in trained]), strict=True):
-        m["advantage"], m["advantage_normalized"] = adv.centered, adv.normalized
-    for m in failed:
-        m["advantage"] = m["advantage_normalized"] = None
-    everyone = [*trained, *failed]
-    for m in everyone:
-        m["current"] = m["event_id"] == rollout["event_id"]
-    position = next((i for i, m in enumerate(everyone, 1) if m["current"]), None)
-    return GroupView(trained, failed, position)
-
-
-def failure_reason(meta: dict[str, Any]) -> str | None:
-    """Why the episode failed, as the bridge stored it (`metadata.extra.failure`)."""
-    extra = meta.get("extra")
-    failure = extra.get("failure") if isinstance(extra, dict) else None
-    return failure if isinstance(failure, str) and failure else None
 
 
 def _float_or_none(value: str | None) -> float | None:
