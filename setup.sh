@@ -32,10 +32,12 @@ if [ "$WITH_TEST" = 1 ]; then
   # The adapters' extras too: tests/test_adapter_*.py serve verifiers and OpenEnv environments.
   $VPY -m pip install -q -e ".[test,verifiers,openenv]"
   # slime's own rollout/conversion code on the CPU (tests/test_slime_control_flow.py, ../shared/vendor):
-  # SGLang without its GPU deps, plus what slime and SGLang import (see tests/slime_cpu/).
-  $VPY -m pip install -q --no-deps "sglang==0.5.15.post1" "sglang-router==0.3.2" "triton==3.9.0"
+  # what slime and SGLang import (see tests/slime_cpu/), then SGLang without its GPU deps. SGLang
+  # goes last and --no-deps: pip checks no requirements then, so it does not list the GPU
+  # packages SGLang declares and the CPU tests never import (a later install would).
   $VPY -m pip install -q psutil pybase64 ipython traitlets pyzmq partial-json-parser msgspec \
     sentencepiece setproctitle pillow pylatexenc dill
+  $VPY -m pip install -q --no-deps "sglang==0.5.15.post1" "sglang-router==0.3.2" "triton==3.9.0"
 else
   # The Hub (use_hub: true) needs: pip install -e '.[hub]'
   $VPY -m pip install -q -e .

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from bridge.tokens import TokenLedger
     from contract.task import TaskMeta
 
+INVOCATION = uuid.uuid4().hex[:12]
+"""This process's id (one rollout-only invocation, one training job's rollout process): GRPO
+groups are keyed by it, since slime's group indices start over in every process."""
+
 
 @dataclass
 class Trajectory:
@@ -49,7 +53,9 @@ class Trajectory:
     logprobs: list[float]  # response only
     timings: dict[str, float]  # seconds: generate, env, total, ...
     evaluation: bool = False
-    group_index: int | None = None  # GRPO group
+    group_index: int | None = None  # GRPO group (within its invocation)
+    invocation: str = field(default_factory=lambda: INVOCATION)
+    """The process that played it (INVOCATION): with group_index, one prompt's group."""
     sample_index: int | None = None
     rollout_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: float = field(default_factory=time.time)

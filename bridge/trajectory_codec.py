@@ -156,6 +156,7 @@ def trajectory_events(traj: Trajectory, environment_id: str | None = None) -> li
         "drift_count": traj.drift_count,
         "evaluation": traj.evaluation,
         "group_index": traj.group_index,
+        "invocation": traj.invocation,
         "sample_index": traj.sample_index,
         "index": traj.index,
         "timings": traj.timings,

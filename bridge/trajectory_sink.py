@@ -19,8 +19,9 @@ bridge/trajectory_uploader.py (batching, delivery, backoff, recovery), bridge/tr
 (the journal, spool, quarantine and rejected files). What only the trainer knows rides in the
 rollout event's `metadata`:
 reward, reward_reduction, turn_rewards, stop_reason, status, num_turns, num_tool_calls, tool_errors,
-drift_count, evaluation, group_index, sample_index, index, timings, prompt_length, token_ids,
-loss_mask, logprobs, extra (and `tokenizer` when the trajectory's extra names one), provenance,
+drift_count, evaluation, group_index, invocation (the process: with group_index, the GRPO group),
+sample_index, index, timings, prompt_length, token_ids, loss_mask, logprobs, extra (and
+`tokenizer` when the trajectory's extra names one), provenance,
 tripwires, tripwire_keys, drift. Tool results say in their metadata whether the env executed
 the call (`executed`: false for calls the bridge answered itself).
 """

@@ -29,6 +29,7 @@ ATTRS = (
     "offload_rollout",
     "use_fault_tolerance",
     "rollout_function_path",
+    "eval_function_path",
     "update_weights_interval",
     "load",
     "ref_load",

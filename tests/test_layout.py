@@ -191,3 +191,25 @@ def test_no_module_is_long_without_a_reason() -> None:
         if lines > MAX_LINES and "Long on purpose" not in doc:
             long.append(f"{f.relative_to(ROOT)}: {lines} lines")
     assert long == []
+
+
+def test_no_tracked_file_is_a_link_out_of_the_tree() -> None:
+    """A fresh clone elsewhere has nothing beside it: a tracked symlink to an absolute path or
+    out of the repository (a `.venv-main -> /work/main/.venv` once) points at nothing there."""
+    out = subprocess.run(
+        ["git", "ls-files", "-s"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    if out.returncode != 0:
+        pytest.skip(f"not a git checkout: {out.stderr.strip()[:200]}")
+    links = [
+        line.split("\t", 1)[1] for line in out.stdout.splitlines() if line.startswith("120000")
+    ]
+    outside = []
+    for name in links:
+        target = subprocess.run(
+            ["git", "cat-file", "-p", f":{name}"], cwd=ROOT, capture_output=True, text=True
+        ).stdout
+        resolved = (ROOT / name).parent / target
+        if Path(target).is_absolute() or not resolved.resolve().is_relative_to(ROOT.resolve()):
+            outside.append(f"{name} -> {target}")
+    assert outside == []

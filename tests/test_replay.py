@@ -105,7 +105,8 @@ def stored(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer) -> Iterato
         rows = httpx.get(f"{url}/api/runs/{run_id}/rollouts", timeout=10).json()["rollouts"]
         ids = {r["env"]: r["event_id"] for r in rows}
         assert sorted(ids) == ["gsm8k", "haiku", "whodunit"]
-        yield {"url": url, "db": db, "ids": ids, "run": "slime-envs"}
+        nums = {r["env"]: r["id"] for r in rows}
+        yield {"url": url, "db": db, "ids": ids, "nums": nums, "run": "slime-envs"}
 
 
 async def _replay(stored: dict[str, Any], env: str, url: str | None) -> replay.ReplayReport:
@@ -173,6 +174,21 @@ async def test_a_changed_task_is_noted(stored: dict[str, Any]) -> None:
     report = await replay.replay_rollout(rollout, None)
     assert any("env version differs" in n for n in report.notes)
     assert any("task spec differs" in n for n in report.notes)
+
+
+async def test_a_rollout_is_found_by_its_numeric_store_id_too(stored: dict[str, Any]) -> None:
+    """The id the API, the web UI ('#N') and --help call its id in the store, beside the UUID."""
+    num = str(stored["nums"]["haiku"])
+    api = replay.ApiSource(stored["url"], None)
+    try:
+        for source in (replay.StoreSource(str(stored["db"])), api):
+            assert (await source.rollout(num))["event_id"] == stored["ids"]["haiku"]
+            with pytest.raises(replay.ReplayError, match="no rollout '999999'"):
+                await source.rollout("999999")
+    finally:
+        await api.close()
+    page = httpx.get(f"{stored['url']}/rollouts/{num}", timeout=30)
+    assert page.status_code == 200 and "haiku" in page.text
 
 
 def test_cli_replays_by_id_and_by_run(stored: dict[str, Any]) -> None:

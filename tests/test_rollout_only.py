@@ -365,3 +365,74 @@ def test_tiny_model_without_a_tokenizer_is_one_line(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "no Qwen3 tokenizer at" in out.stderr and "setup.sh --test" in out.stderr
+
+
+def test_permanent_env_errors_stop_the_run_before_any_episode(
+    tmp_path: Path, run_name: str, qwen3_tokenizer, monkeypatch, capsys
+) -> None:
+    """An environment the server does not serve, or an env server that is another kind of
+    server, is said once before any episode (never retried per episode), exit 2."""
+    from tools import rollout_only
+
+    # run() sets TRAIN_CONFIG in this process: setenv first, so the test's end restores it
+    monkeypatch.setenv("TRAIN_CONFIG", "")
+    config = write_config(
+        tmp_path / "cfg.yaml", f"http://127.0.0.1:{free_port()}", run_name, tmp_path / "spool"
+    )
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"prompt": [], "metadata": {"env": "nope", "split": "train", "index": 0}}\n')
+    with (
+        env_server("--envs", "gsm8k") as url,
+        SGLangStub(lambda req: Turn.of_text(qwen3_tokenizer, "x<|im_end|>")) as stub,
+    ):
+        common = ["--engine-url", stub.url, "--model", str(TOKENIZER_DIR), "--config"]
+        common += [str(config), "--task-data", str(tasks), "--num-tasks", "1"]
+        assert rollout_only.main([*common, "--env-server", url]) == 2
+        err = capsys.readouterr().err
+        assert "unknown environment 'nope'" in err and "serves gsm8k" in err
+        assert rollout_only.main([*common, "--env-server", stub.url]) == 2
+        assert "is not an ORS env server" in capsys.readouterr().err
+        assert stub.requests == []  # no episode was tried
+
+
+def test_a_run_failing_for_one_infra_reason_stops_early_with_it(
+    tmp_path: Path, run_name: str
+) -> None:
+    """Most episodes lost to one engine error: the run stops after 8 of 20, says why, exit 2."""
+    from tools.engines.server import EngineFault
+
+    def broken(req) -> Turn:
+        raise EngineFault(500, "the engine ran out of memory")
+
+    with env_server("--envs", "gsm8k") as url:
+        config = write_config(tmp_path / "cfg.yaml", url, run_name, tmp_path / "spool", "gsm8k")
+        prepare(config, tmp_path / "tasks.jsonl", 10)
+        with SGLangStub(broken) as stub:
+            out = run_sh(
+                *("--engine-url", stub.url, "--model", str(TOKENIZER_DIR)),
+                *("--config", str(config), "--task-data", str(tmp_path / "tasks.jsonl")),
+                *("--num-tasks", "10", "--n-samples", "2", "--concurrency", "2"),
+                timeout=300,
+            )
+    assert out.returncode == 2, out.stdout + out.stderr
+    line = next(x for x in out.stderr.splitlines() if "stopped after" in x)
+    assert "stopped after 8 of 20 episodes: 8 failed" in line
+    assert "engine_error" in line and "the engine ran out of memory" in line
+
+
+def test_tiny_model_takes_a_seed(tmp_path: Path, qwen3_tokenizer_dir) -> None:
+    """--seed draws other weights; one seed builds the same model; a directory is reused only
+    for the seed it was built with."""
+    pytest.importorskip("torch")
+    from tools.engines.tiny_model import main
+
+    def weights(d: Path) -> bytes:
+        return (d / "model.safetensors").read_bytes()
+
+    tok = ["--tokenizer", str(qwen3_tokenizer_dir)]
+    assert main([str(tmp_path / "a"), *tok, "--seed", "1"]) == 0
+    assert main([str(tmp_path / "b"), *tok, "--seed", "2"]) == 0
+    seed_1 = weights(tmp_path / "a")
+    assert seed_1 != weights(tmp_path / "b")
+    assert main([str(tmp_path / "a"), *tok, "--seed", "2"]) == 0  # rebuilt, not reused
+    assert weights(tmp_path / "a") == weights(tmp_path / "b") != seed_1

@@ -264,7 +264,8 @@ async def test_sink_delivers_everything_with_token_data(traj_server: str, tmp_pa
     assert one["tokens"]["logprobs"] == pytest.approx(src.logprobs)
     assert one["reward_reduction"] == "sum" and one["metadata"]["turn_rewards"] == src.turn_rewards
     assert (
-        one["group_key"] == f"train:{src.group_index}" and one["num_messages"] == 13
+        one["group_key"] == f"train:{src.invocation}:{src.group_index}"
+        and one["num_messages"] == 13
     )  # 2 + 6 + 5 (no empty assistant text)
 
 

@@ -136,14 +136,14 @@ def test_group_view_shows_advantages_full_names_and_positions(ui, page, tmp_path
     expected = group_advantages(REWARDS)
     for i, adv in enumerate(expected):
         cells = rows.nth(i).locator("td").all_inner_texts()
-        assert cells[1] == "whodunit/train/2455"  # the whole name, not whodunit/train/2
+        assert cells[1].startswith("whodunit/train/2455 #")  # the whole name, and its id
         assert cells[2] == str(42 + i)
         assert cells[3] == f"{REWARDS[i]:.3f}"
         assert cells[4] == f"{adv.centered:.3f}" and cells[5] == f"{adv.normalized:.3f}"
     assert rows.nth(1).get_attribute("class") == "current"
     assert "duplicate_in_group" in rows.nth(0).inner_text()  # group wire, decided by the store
     heads = page.locator("#group .group-head a").all_inner_texts()
-    assert heads == ["whodunit/train/2455"] * 4
+    assert [h.split(" #")[0] for h in heads] == ["whodunit/train/2455"] * 4 and len(set(heads)) == 4
     assert "sample 2 of 4" in page.locator("#group .group-col.current").inner_text()
     shot(page, tmp_path, "group_advantages.png")
     assert page.problems == []

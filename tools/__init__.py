@@ -4,6 +4,8 @@ Modules and packages:
     launch/         `bash run.sh`: check prerequisites, start services, submit slime through Ray
     rollout_only    `bash run.sh --rollout-only`: the bridge on N tasks against an engine, no slime
     rollout_services  what rollout-only starts: env servers, the CPU or the scripted engine
+    rollout_failures  rollout-only's failures shown: envs checked before any episode, a run
+                    stopped early when most episodes fail for one infrastructure reason
     eval/           `python -m tools.eval` (`bash run.sh --eval-only`): evaluate and compare models
     engines/        inference engines for a machine without a GPU speaking SGLang's API: the CPU
                     engine, the scripted engine, the tiny model
@@ -14,6 +16,9 @@ Modules and packages:
     task_source     where prepare_tasks reads tasks (a local env class, a hosted env), and the one
                     reader of its JSONL rows
     replay          `python -m tools.replay ID`: re-execute a stored episode's tool calls, diff them
+    replay_source   where replay reads stored rollouts: the store's file or a server's JSON API
+    replay_session  a fresh session of a stored rollout's task: in-process, or on an env server
+    replay_compare  one stored rollout replayed and compared call by call: the replay's report
     errors          ToolsError and the tools' error types
 
 Floors (tests/test_layout.py): the tools may import `contract`, `envs` and `bridge`; nothing below

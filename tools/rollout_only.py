@@ -35,6 +35,7 @@ from contract.config import TRAIN_CONFIG_ENV, TrainConfig, is_hosted, load_confi
 from contract.errors import ConfigError
 from tools.errors import RolloutOnlyError, ServiceError, TaskSourceError
 from tools.launch.services import PROJECT_ROOT, answers
+from tools.rollout_failures import FailureWatch, check_envs_served
 from tools.rollout_services import (
     check_model,
     config_for_run,
@@ -250,30 +251,47 @@ async def run_episodes(
 ) -> float:
     """Run every sample through bridge.generate on one event loop; wait for trajectory delivery."""
     from bridge.generate import close_clients, generate
-    from bridge.trajectory_sink import get_sink
 
     sem = asyncio.Semaphore(concurrency)
-    done = 0
+    watch = FailureWatch(len(samples))
+    stopped: list[str] = []
 
     async def one(sample: Any) -> None:
-        nonlocal done
         async with sem:
             await generate(args, sample, params, evaluation=evaluation)
-        done += 1
+        if (message := watch.add(sample.metadata)) is not None and not stopped:
+            stopped.append(message)
+            for t in tasks:  # the episodes still playing (this one is done)
+                if t is not asyncio.current_task():
+                    t.cancel()
         print(
-            f"rollout-only: {done}/{len(samples)} episodes done",
+            f"rollout-only: {watch.done}/{len(samples)} episodes done",
             end="\r",
             flush=True,
             file=sys.stderr,
         )
 
     t0 = time.perf_counter()
+    tasks = [asyncio.ensure_future(one(s)) for s in samples]
     try:
-        await asyncio.gather(*(one(s) for s in samples))
+        await asyncio.wait(tasks)
     finally:
         await close_clients()
+    for t in tasks:
+        if not t.cancelled() and (e := t.exception()) is not None:
+            raise e
     elapsed = time.perf_counter() - t0
     print(file=sys.stderr)
+    await _deliver(cfg)
+    if stopped:
+        raise RolloutOnlyError(stopped[0])
+    return elapsed
+
+
+async def _deliver(cfg: TrainConfig) -> None:
+    """Wait for the trajectories to reach the store (or the spool), then close the sink."""
+    from bridge.trajectory_sink import get_sink
+
     sink = get_sink(cfg)
     flush = getattr(sink, "flush", None)
     if flush is not None and not await flush(60.0):
@@ -285,7 +303,6 @@ async def run_episodes(
     close = getattr(sink, "close", None)
     if close is not None:
         await close()
-    return elapsed
 
 
 def summary_rows(samples: list[Any]) -> list[dict[str, Any]]:
@@ -361,6 +378,10 @@ def run(opts: argparse.Namespace) -> int:
             raise RolloutOnlyError(f"engine {opts.engine_url} does not answer /health")
     with contextlib.ExitStack() as stack:
         started_server = start_env_servers(stack, urls if needs_local else [], opts)
+        local_envs = {str(r["metadata"].get("env", "")) for r in rows}
+        local_envs = {e for e in local_envs if not is_hosted(e)}
+        for u in urls if local_envs else []:  # permanent errors said once, before any episode
+            check_envs_served(u, local_envs)
         engine_url = start_engine(stack, opts)
         args = slime_args(engine_url, opts)
         samples = make_samples(rows, opts.n_samples)

@@ -12,6 +12,8 @@ Modules:
     packing   token arrays as packed binary, JSON values as text columns
     tripwires which rollouts tripped which tripwire (group wires matched as rollouts arrive)
     advantages GRPO advantages of a group's rewards, as slime computes them
+    group_view a rollout page's GRPO group: samples that train (with advantages), infra
+              failures apart; a failed rollout's reason
     api       TrajectoryService: the upload endpoints, a JSON API over the store, the web UI
     webui     server-rendered pages: runs, a run's rollouts, one rollout (provenance, tripwires,
               drift, GRPO group with advantages), reward chart

@@ -480,7 +480,10 @@ class TrajectoryService:
 
         @router.get("/rollouts/{event_id:path}")
         async def rollout(event_id: str) -> Response:
-            head = await anyio.to_thread.run_sync(store.rollout_head, event_id)
+            found = await anyio.to_thread.run_sync(store.event_id_of, event_id)
+            head = (
+                None if found is None else await anyio.to_thread.run_sync(store.rollout_head, found)
+            )
             if head is None:
                 return error(404, f"no rollout with id {event_id[:300]!r}", ApiReason.NOT_FOUND)
             return StreamingResponse(rollout_json(store, head), media_type="application/json")

@@ -129,10 +129,7 @@ class PreparedRollout:
             reward = float(reward)
         status = meta.get("status") if isinstance(meta.get("status"), str) else None
         turns = _int64_or_none(meta.get("num_turns"), "metadata.num_turns")
-        group = meta.get("group_index")
-        group_key = None
-        if group is not None:
-            group_key = f"{'eval' if meta.get('evaluation') else 'train'}:{group}"
+        group_key = _group_key(meta)
         task_index = meta.get("index")
         if not isinstance(task_index, int):
             task_index = (ev.get("rollout_info") or {}).get("task_index")
@@ -171,3 +168,17 @@ class PreparedRollout:
             prompt_length=prompt_length,
             complete=reward is not None and status is not None and turns is not None,
         )
+
+
+def _group_key(meta: dict[str, Any]) -> str | None:
+    """`train|eval:<invocation>:<group_index>`: one prompt's samples from one rollout step of one
+    process (slime's group indices start over in every process); `train|eval:<group_index>` for
+    senders that name no invocation."""
+    group = meta.get("group_index")
+    if group is None:
+        return None
+    kind = "eval" if meta.get("evaluation") else "train"
+    inv = meta.get("invocation")
+    if isinstance(inv, str) and inv and len(inv) <= 64 and ":" not in inv:
+        return f"{kind}:{inv}:{group}"
+    return f"{kind}:{group}"

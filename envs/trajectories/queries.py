@@ -167,6 +167,20 @@ class StoreQueries:
         out["tripwires"] = wires
         return out
 
+    def event_id_of(self, rollout: str) -> str | None:
+        """The event id of a rollout named by its event id or by its numeric id in the store."""
+        with self._read() as conn:
+            r = conn.execute(
+                "SELECT event_id FROM rollouts WHERE event_id = ? AND run_id IS NOT NULL",
+                (rollout,),
+            ).fetchone()
+            if r is None and rollout.isascii() and rollout.isdigit() and len(rollout) < 19:
+                r = conn.execute(
+                    "SELECT event_id FROM rollouts WHERE id = ? AND run_id IS NOT NULL",
+                    (int(rollout),),
+                ).fetchone()
+        return None if r is None else str(r["event_id"])
+
     def get_rollout(
         self,
         event_id: str,

@@ -59,9 +59,12 @@ def _pick_index(flt: RolloutFilter, sort: str, total: int) -> str:
     return _SORT_INDEX[sort]
 
 
+MAX_FAILURE_CHARS = 300  # of a failed rollout's reason, in lists
 LIST_COLUMNS = (
     "id, event_id, name, env, split, step, ts, status, stop_reason, reward, "
-    f"reward_reduction, num_turns, num_messages, group_key, task_index, {tripwires.LIST_COLUMN}"
+    f"reward_reduction, num_turns, num_messages, group_key, task_index, {tripwires.LIST_COLUMN}, "
+    "CASE WHEN json_valid(metadata) THEN substr(json_extract(metadata, '$.extra.failure'), 1, "
+    f"{MAX_FAILURE_CHARS}) END AS failure"
 )
 
 

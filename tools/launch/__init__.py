@@ -9,6 +9,7 @@ Modules (one data flow: options -> plan -> printed by --dry-run, or executed):
     paths           every path run.sh hands on is absolute (relative to where it was started)
     model_source    --model: a local directory, the Hugging Face cache, or a Hub download
     plan            build_plan: every check and command of a launch (LaunchPlan), format_plan
+    eval_plan       the eval files and interval a training run evaluates (--eval-data, prepared)
     execute         carry a plan out: env servers, Ray head, `ray job submit`; stop them on exit
     prerequisites   what run.sh needs before it can train, each found or named with its fix
     cluster_plan    where the job runs: the cluster read, the layout fitted, the vendor, the head

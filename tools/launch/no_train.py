@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.errors import LaunchError
+from tools.launch import prerequisites as pre
+from tools.launch.cluster import ClusterView
 from tools.launch.layout import Layout
 from tools.launch.resume import TRACKER, LoadPlan
 
@@ -172,3 +174,35 @@ def cpu_ray(ray_cmd: str) -> str:
     (its workers then run this Python, with the project's dependencies), else `ray_cmd`."""
     beside = Path(sys.executable).parent / "ray"
     return str(beside) if beside.is_file() else ray_cmd
+
+
+def check_idle_actor_gpu(
+    view: ClusterView | None, cpu_job: bool, checks: list[pre.Check], notes: list[str]
+) -> None:
+    """--no-train with external engines: slime still reserves the idle actor's one GPU."""
+    if view is not None and view.on_ray and not view.gpu_nodes:
+        checks.append(
+            pre.Check(
+                "GPUs",
+                False,
+                f"{view.source} declares no GPU; slime's placement group reserves one for the "
+                "idle actor of a --no-train run (nothing runs on it)",
+                "start the Ray head with --num-gpus 1 (on a machine without GPUs it is a label)",
+            )
+        )
+    elif cpu_job:
+        checks.append(
+            pre.Check(
+                "GPUs",
+                True,
+                "none needed: the engines run elsewhere and nothing trains (slime's CPU import "
+                "shims go on the job's PYTHONPATH)",
+            )
+        )
+        if view is None:
+            notes.append(
+                "no GPU here: the Ray head run.sh starts declares 1 GPU for slime's idle actor "
+                "(a label; nothing runs on it)"
+            )
+    else:
+        checks.append(pre.Check("GPUs", True, "none needed: the engines run elsewhere"))

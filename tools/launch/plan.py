@@ -29,7 +29,7 @@ from pathlib import Path
 from contract.config import TRAIN_CONFIG_ENV, TrainConfig
 from tools.errors import LaunchError, ModeError, ResumeError
 from tools.launch import prerequisites as pre
-from tools.launch.cli import DEFAULT_EVAL_INTERVAL, check_options
+from tools.launch.cli import check_options
 from tools.launch.cluster import ClusterView
 from tools.launch.cluster_plan import fit_cluster_layout, gpu_vendor, ray_head_cmd, read_cluster
 from tools.launch.env_servers import (
@@ -38,6 +38,7 @@ from tools.launch.env_servers import (
     episodes_in_flight,
     plan_env_servers,
 )
+from tools.launch.eval_plan import plan_eval
 from tools.launch.external_engines import check_engines, parse_engine_addrs
 from tools.launch.gpus import GpuVendor
 from tools.launch.job import (
@@ -54,6 +55,7 @@ from tools.launch.modes import ModePlan, TrainMode, mode_plan, resolve_colocate
 from tools.launch.no_train import (
     CPU_SITE,
     ResumeMarker,
+    check_idle_actor_gpu,
     check_no_train_options,
     cpu_head_cpus,
     cpu_python,
@@ -190,7 +192,7 @@ def build_plan(
     cpu_job = bool(opts.no_train and addrs) and not (view is not None and view.real_gpus)
     if opts.no_train and addrs:
         layout = idle_actor_layout()
-        _check_idle_actor_gpu(view, cpu_job, checks, notes)
+        check_idle_actor_gpu(view, cpu_job, checks, notes)
     else:
         layout = fit_cluster_layout(opts, view, colocate, checks, notes, bool(addrs))
     vendor = gpu_vendor(opts, view, checks)
@@ -278,38 +280,6 @@ def build_plan(
     )
 
 
-def _check_idle_actor_gpu(
-    view: ClusterView | None, cpu_job: bool, checks: list[pre.Check], notes: list[str]
-) -> None:
-    """--no-train with external engines: slime still reserves the idle actor's one GPU."""
-    if view is not None and view.on_ray and not view.gpu_nodes:
-        checks.append(
-            pre.Check(
-                "GPUs",
-                False,
-                f"{view.source} declares no GPU; slime's placement group reserves one for the "
-                "idle actor of a --no-train run (nothing runs on it)",
-                "start the Ray head with --num-gpus 1 (on a machine without GPUs it is a label)",
-            )
-        )
-    elif cpu_job:
-        checks.append(
-            pre.Check(
-                "GPUs",
-                True,
-                "none needed: the engines run elsewhere and nothing trains (slime's CPU import "
-                "shims go on the job's PYTHONPATH)",
-            )
-        )
-        if view is None:
-            notes.append(
-                "no GPU here: the Ray head run.sh starts declares 1 GPU for slime's idle actor "
-                "(a label; nothing runs on it)"
-            )
-    else:
-        checks.append(pre.Check("GPUs", True, "none needed: the engines run elsewhere"))
-
-
 def _decide_mode(opts: argparse.Namespace, external: bool = False) -> tuple[TrainMode, bool]:
     """The mode and whether it colocates; LaunchError for option values or combinations slime
     cannot run. `external`: the engines already run (--engine-addrs)."""
@@ -357,7 +327,7 @@ def _check_inputs(
     cfg_check, cfg = pre.check_config(opts.config)
     checks.append(cfg_check)
     checks.append(pre.check_task_file(opts.task_data, opts.config))
-    eval_data, eval_interval = _plan_eval(opts, checks, notes)
+    eval_data, eval_interval = plan_eval(opts, checks, notes)
     if cfg is not None:
         checks.append(pre.check_api_keys(cfg, environ))
     return _Inputs(cfg, eval_data, eval_interval)
@@ -447,40 +417,6 @@ def _job_environment(
         env.update(rocm_job)
         notes.append("AMD GPUs: ROCm environment and flags as slime's scripts/run-qwen3-4B-amd.sh")
     return env, secret_env, ray_start_env
-
-
-def default_eval_path(task_data: str) -> Path:
-    """Where prepare_tasks.py puts the eval rows of `task_data`: eval_<name> beside it."""
-    p = Path(task_data)
-    return p.with_name("eval_" + p.name)
-
-
-def _plan_eval(
-    opts: argparse.Namespace, checks: list[pre.Check], notes: list[str]
-) -> tuple[list[str], int | None]:
-    """The eval files and interval: --eval-data, else the prepared eval file when it exists."""
-    if opts.no_eval:
-        if opts.eval_data or opts.eval_interval is not None:
-            raise LaunchError("--no-eval contradicts --eval-data/--eval-interval: drop one")
-        return [], None
-    interval = opts.eval_interval or DEFAULT_EVAL_INTERVAL
-    if opts.eval_data:
-        for path in opts.eval_data:
-            checks.append(pre.check_task_file(path, opts.config, "eval task file", "--eval-output"))
-        return list(opts.eval_data), interval
-    default = default_eval_path(opts.task_data)
-    if default.is_file() and default.stat().st_size > 0:
-        notes.append(
-            f"eval: {default} every {interval} rollouts (prepared by prepare_tasks.py; "
-            "--no-eval skips it)"
-        )
-        return [str(default)], interval
-    if opts.eval_interval is not None:
-        raise LaunchError(
-            f"--eval-interval needs --eval-data FILE, or {default} (python prepare_tasks.py "
-            f"--config {opts.config} --output {opts.task_data} writes it)"
-        )
-    return [], None
 
 
 def _masked(plan: LaunchPlan, env: dict[str, str]) -> dict[str, str]:
