@@ -13,8 +13,11 @@ Modules:
     tripwires which rollouts tripped which tripwire (group wires matched as rollouts arrive)
     advantages GRPO advantages of a group's rewards, as slime computes them
     api       TrajectoryService: the upload endpoints, a JSON API over the store, the web UI
-    webui     server-rendered pages: runs, a run's rollouts, one rollout (provenance, tripwires,
-              drift, GRPO group with advantages), reward chart
+    webui     server-rendered pages: runs (paged), a run's rollouts, one rollout (provenance,
+              tripwires, drift, GRPO group with advantages)
+    chart     the reward chart of a run page (inline SVG)
+    formats   how pages show stored values (times, rewards; anything odd as text)
+    memory    giving memory back after large requests (young GC, malloc_trim; never a full GC)
     evals     evals in the store (`python -m tools.eval`): spec, models, episodes, report
     evalui    the eval pages: the evals, one eval's model comparison, one task across models
     errors    StoreError, SpecMismatch (under envs.errors.EnvsError); ApiReason, the API's refusals
