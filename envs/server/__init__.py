@@ -20,6 +20,7 @@ Modules:
     wire        the wire format: requests, JSON and SSE bodies, X-Secrets, typed body fields
     served      environment classes checked as the SDK server checks them, static answers cached
     sessions    the session table: live environment instances, idle reaping, sessions per client
+    fairness    the loop shared fairly between clients: one ahead of the others waits its turn
     budget      a per-call CPU budget for code on the event loop (SIGALRM ticker, GC excluded)
     connections slow, idle and greedy clients: header/body/send timeouts, header size cap,
                 connection caps for the server and per client

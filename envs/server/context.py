@@ -1,5 +1,6 @@
 """What every ORS handler reads: the served environments, the settings, the session table, the
-metrics and the call budget, with the lookups they share (which env, which session, which split).
+metrics, the call budget and the clients' fair shares, with the lookups they share (which env,
+which session, which split).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from openreward.environments.utils import run_user_callable
 from contract.vocab import OrsReason
 from envs.server.budget import BudgetExceeded, CallBudget
 from envs.server.errors import OrsError
+from envs.server.fairness import FairShare
 from envs.server.metrics import ServerMetrics
 from envs.server.served import ServedEnv
 from envs.server.sessions import Session, SessionTable
@@ -41,6 +43,7 @@ class OrsContext:
         self.sessions = sessions
         self.metrics = metrics
         self.budget = CallBudget(settings.tool_budget_s)
+        self.fair = FairShare(on_wait=metrics.record_fair_wait)
         self.creating: dict[str, str] = {}
         """Session id -> client of each /create running (they count against the caps)."""
         self.env_list_json = orjson.dumps(list(envs))

@@ -80,6 +80,7 @@ class ServerMetrics:
         self.sessions_reaped = 0
         self.sessions_deleted = 0
         self.sessions_over_budget = 0
+        self.fair_waits = 0
         self.calls: dict[tuple[str, str, str], int] = defaultdict(int)  # (env, tool, status) -> n
         self.errors: dict[str, int] = defaultdict(int)  # reason -> n
         self.latency: dict[str, _Histogram] = {}  # env -> histogram
@@ -94,6 +95,10 @@ class ServerMetrics:
         if hist is None:
             hist = self.latency[env] = _Histogram()
         hist.observe(seconds)
+
+    def record_fair_wait(self) -> None:
+        """A request that waited for its client's turn on the loop (fairness.py)."""
+        self.fair_waits += 1
 
     def record_error(self, reason: str) -> None:
         """A request refused before any tool ran (bad JSON, unknown session, ...)."""
@@ -122,6 +127,12 @@ class ServerMetrics:
             "Sessions ended after too many of their calls were stopped at the CPU budget.",
         )
         out.append(f"ors_sessions_over_budget_total {self.sessions_over_budget}")
+        family(
+            "ors_fair_waits_total",
+            "counter",
+            "Requests that waited while clients that had used less of the loop were served.",
+        )
+        out.append(f"ors_fair_waits_total {self.fair_waits}")
         family("ors_tool_calls_total", "counter", "Tool calls, by environment, tool and outcome.")
         for (env, tool, status), n in sorted(self.calls.items()):
             out.append(
