@@ -21,14 +21,18 @@ the client sees them. With 256 calls always in flight, mean latency ~= 256 / cal
 Targets: server CPU per call >= 10x lower than the stock server's; p99 at 256 episodes in
 flight within 2x of 256 / calls-per-second (the latency of a fair queue at that rate).
 
-`--attack` (issue 13) measures instead what an attacker costs a well-behaved client: our server
-with all three environments, the p99 of a lean client's episodes (`--episodes`, 32 by default
-here) without and then with `--attackers` connections sending the worst inputs we know for
-every tool of every env (tests/adversarial.py: the 29-character calculator expression that
-once froze the server, 1 MiB arguments, answers like 1e10000000, ...); goal: ratio < 2x. It
-also prints what a per-call budget costs against a process pool for tool calls (the design
+`--attack` (issues 13, 22) measures instead what an attacker costs a well-behaved client: our
+server with all three environments, the p99 of a lean client's episodes (`--episodes`, 32 by
+default here) and the server's RSS, quiet and then under each attack of bench/attacks.py (the
+worst inputs of every tool, maximal calls back to back, task listings, grabbing every session
+slot, bodies a byte at a time, answers never read, 900 KiB arguments in one session), sent from
+127.0.0.2 so the per-client limits apply; targets: p99 ratio < 2x and RSS ratio < 2x for each.
+It also prints what a per-call budget costs against a process pool for tool calls (the design
 choice in envs/server/budget.py). GSM8K data is the bundled copy unless $GSM8K_DATA_DIR names
 another.
+
+Long on purpose: one script drives both servers (and the attacks of bench/attacks.py) from
+one load generator, so that every figure is measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ uvicorn.run(Server([WhoDunIt]).app, host="127.0.0.1", port=int(sys.argv[1]), loo
 """
 
 
-def wait_health(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def wait_health(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
     wait_http(f"{url}/health", proc, timeout)
 
 
@@ -104,7 +108,12 @@ def start_server(kind: str, envs: str = ENV_NAME) -> tuple[str, subprocess.Popen
         args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     url = f"http://127.0.0.1:{port}"
-    wait_health(url, proc)
+    try:
+        wait_health(url, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return url, proc
 
 
@@ -349,57 +358,14 @@ def drive(
     }
 
 
-# ---------------------------------------------------------------- attack (issue 13)
+# ---------------------------------------------------------------- attacks (issues 13, 22)
 
 
-async def run_attack(url: str, attackers: int) -> dict[str, Any]:
-    """Send the worst known inputs for every tool of every env, `attackers` at a time, until
-    SIGTERM; then the statuses seen."""
-    import signal
-
-    import aiohttp
-
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from adversarial import WORST_INPUTS
-
-    plan = [(env, tool, args) for env, items in WORST_INPUTS.items() for tool, args, _ in items]
-    bodies = [(env, json.dumps({"name": tool, "input": args}).encode()) for env, tool, args in plan]
-    statuses: dict[int, int] = {}
-    errors = 0
-
-    async def one(k: int, http: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        i = k
-        while not stop.is_set():
-            env, body = bodies[i % len(bodies)]
-            sid = {"X-Session-ID": f"attack-{k}-{i}"}
-            try:
-                async with http.post(
-                    f"{url}/create",
-                    json={"env_name": env, "split": "train", "index": i % 50},
-                    headers=sid,
-                ) as r:
-                    await r.read()
-                async with http.post(
-                    f"{url}/{env}/call",
-                    data=body,
-                    headers={**sid, "Content-Type": "application/json"},
-                ) as r:
-                    await r.read()
-                    statuses[r.status] = statuses.get(r.status, 0) + 1
-                async with http.post(f"{url}/delete", headers=sid) as r:
-                    await r.read()
-            except aiohttp.ClientError:
-                errors += 1
-            i += attackers
-
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        await asyncio.gather(*(one(k, http) for k in range(attackers)))
-    return {"statuses": statuses, "errors": errors, "calls": sum(statuses.values())}
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def budget_costs(n: int = 20_000) -> dict[str, float]:
@@ -418,7 +384,11 @@ def budget_costs(n: int = 20_000) -> dict[str, float]:
         return (time.process_time() - t) / n
 
     bare = asyncio.run(with_budget(None))
-    budgeted = asyncio.run(with_budget(CallBudget(1.0)))
+    budget = CallBudget(1.0)
+    try:
+        budgeted = asyncio.run(with_budget(budget))
+    finally:
+        budget.close()  # its SIGALRM ticker would kill this process at exit (rc 142)
     with concurrent.futures.ProcessPoolExecutor(1) as pool:
         pool.submit(int, 1).result()
         t, m = time.process_time(), 2000
@@ -433,64 +403,91 @@ def budget_costs(n: int = 20_000) -> dict[str, float]:
     }
 
 
+def _attacked_run(
+    url: str, pid: int, kind: str, attackers: int, episodes: int, rounds: int
+) -> tuple[dict[str, Any], float, dict[str, Any]]:
+    """The well-behaved client's run while `kind` attacks; the server's peak RSS meanwhile; what
+    the attacker saw."""
+    import threading
+
+    attacker = subprocess.Popen(
+        [sys.executable, __file__, "--_attack", url, "--kind", kind, "--attackers", str(attackers)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    peak = [rss_mb(pid)]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], rss_mb(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        time.sleep(3)  # let the attack reach full speed
+        run = drive(url, pid, episodes, rounds, "lean", 1)
+    finally:
+        done.set()
+        sampler.join()
+        attacker.terminate()
+        out, _ = attacker.communicate(timeout=300)
+    lines = out.strip().splitlines()
+    return run, peak[0], json.loads(lines[-1]) if lines else {}
+
+
 def attack_bench(a: argparse.Namespace) -> None:
-    """A well-behaved client's p99 without and with an attacker: see the module docstring."""
+    """Per attack: a well-behaved client's p99 and the server's RSS, quiet then attacked."""
+    from bench.attacks import ATTACKS, DEFAULT_ATTACKERS
+
     episodes = a.episodes if a.episodes != 256 else 32
+    kinds = a.attacks.split(",") if a.attacks else list(ATTACKS)
     url, proc = start_server("ours", envs="gsm8k,whodunit,haiku")
-    results: dict[str, list[dict[str, Any]]] = {"quiet": [], "attacked": []}
-    attack_stats: list[dict[str, Any]] = []
+    rows = []
     try:
         drive(url, proc.pid, min(16, episodes), 1, "lean", 1)  # warm-up
-        for _ in range(a.repeat):
-            results["quiet"].append(drive(url, proc.pid, episodes, a.rounds, "lean", 1))
-            attacker = subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--_attack",
-                    url,
-                    "--attackers",
-                    str(a.attackers),
-                ],
-                cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            time.sleep(3)  # let the attack reach full speed
-            results["attacked"].append(drive(url, proc.pid, episodes, a.rounds, "lean", 1))
-            attacker.terminate()
-            out, _ = attacker.communicate(timeout=120)
-            lines = out.strip().splitlines()
-            if lines:
-                attack_stats.append(json.loads(lines[-1]))
+        for kind in kinds:
+            attackers = a.attackers or DEFAULT_ATTACKERS.get(kind, 4)
+            for _ in range(a.repeat):
+                quiet = drive(url, proc.pid, episodes, a.rounds, "lean", 1)
+                idle = rss_mb(proc.pid)
+                attacked, peak, seen = _attacked_run(
+                    url, proc.pid, kind, attackers, episodes, a.rounds
+                )
+                rows.append((kind, attackers, quiet, attacked, idle, peak, seen))
         alive = proc.poll() is None
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    quiet, attacked = _median_by_p99(results["quiet"]), _median_by_p99(results["attacked"])
     print(
         f"attack benchmark: our server (gsm8k, whodunit, haiku), {episodes} well-behaved whodunit "
-        f"episodes x {len(CALLS)} calls, {a.rounds} rounds, {a.repeat} runs each; {a.attackers} "
-        f"attacker connections; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        f"episodes x {len(CALLS)} calls, {a.rounds} rounds, from 127.0.0.1; each attack from "
+        f"127.0.0.2; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
-    for label, runs in results.items():
-        for i, r in enumerate(runs, 1):
-            print(
-                f"  {label:<9} run {i}: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                f"{r['calls_per_s']:.0f} calls/s, {r['errors']} errors"
-            )
-    for i, st in enumerate(attack_stats, 1):
-        server_errors = sum(n for code, n in st["statuses"].items() if int(code) >= 500)
-        print(
-            f"  attacker run {i}: {st['calls']} worst-input calls, statuses {st['statuses']}, "
-            f"{server_errors} 5xx, {st['errors']} connection errors"
-        )
-    ratio = attacked["p99_ms"] / quiet["p99_ms"]
     print(
-        f"well-behaved p99: {quiet['p99_ms']:.1f} ms quiet, {attacked['p99_ms']:.1f} ms attacked: "
-        f"ratio {ratio:.2f}x (goal < 2x: {'met' if ratio < 2 else 'NOT met'}); "
-        f"server alive after: {alive}"
+        f"{'attack':<15} {'conns':>5} {'quiet p99':>10} {'attacked p99':>13} {'p99 ratio':>9} "
+        f"{'idle RSS':>9} {'peak RSS':>9} {'RSS ratio':>9}  attacker saw"
+    )
+    misses = []
+    for kind, attackers, quiet, attacked, idle, peak, seen in rows:
+        ratio, rss_ratio = attacked["p99_ms"] / quiet["p99_ms"], peak / idle
+        server_errors = sum(n for code, n in seen.get("statuses", {}).items() if int(code) >= 500)
+        print(
+            f"{kind:<15} {attackers:>5} {quiet['p99_ms']:>8.1f}ms {attacked['p99_ms']:>11.1f}ms "
+            f"{ratio:>8.2f}x {idle:>7.0f}MB {peak:>7.0f}MB {rss_ratio:>8.2f}x  "
+            f"{seen.get('calls', 0)} answers {seen.get('statuses', {})}, {server_errors} 5xx, "
+            f"{seen.get('errors', 0)} connection errors; well-behaved errors "
+            f"{attacked['errors']}"
+            + (f" ({attacked['first_error'][:80]})" if attacked["errors"] else "")
+        )
+        if (ratio >= 2 or rss_ratio >= 2) and kind not in misses:
+            misses.append(kind)
+    print(
+        "targets (p99 ratio < 2x, RSS ratio < 2x): "
+        + (f"NOT met for {', '.join(misses)}" if misses else "met for every attack")
+        + f"; server alive after: {alive}"
     )
     costs = budget_costs()
     print(
@@ -528,14 +525,25 @@ def main() -> None:
         action="store_true",
         help="measure a well-behaved client's p99 without and with an attacker (see above)",
     )
-    p.add_argument("--attackers", type=int, default=4, help="attacker connections (--attack)")
+    p.add_argument(
+        "--attacks", default="", help="comma-separated attacks of --attack (default: all)"
+    )
+    p.add_argument(
+        "--attackers",
+        type=int,
+        default=0,
+        help="attacker connections per attack (--attack; default: each attack's own)",
+    )
+    p.add_argument("--kind", help=argparse.SUPPRESS)
     p.add_argument("--_attack", help=argparse.SUPPRESS)
     p.add_argument("--_load", help=argparse.SUPPRESS)
     p.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._attack:
-        print(json.dumps(asyncio.run(run_attack(a._attack, a.attackers))))
+        from bench.attacks import run
+
+        print(json.dumps(asyncio.run(run(a._attack, a.kind, a.attackers))))
         return
     if a.attack:
         attack_bench(a)

@@ -11,10 +11,20 @@
    p99 < 1 ms) and end-to-end delivery.
 4. Server memory while 20 clients read one 63 MB rollout, 8 rounds, half of them slow readers
    who leave early (goal: RSS afterwards within 2x of idle; once 165 MB -> 6.3 GB).
+5. Linear ingest (issue 22): 8,000 twins (rollouts of one GRPO group reporting the same group
+   tripwire key) and 4,000 rollout_updates of one rollout, 100 per request (goal: each in
+   seconds; once 409 s and 76 s). Linearity: a request's time at the end over at the start
+   (1.0 is linear). An unrelated upload (one 20-turn rollout of another run) meanwhile: its p99
+   over its p99 on the quiet server (goal < 2x: never blocked behind them).
+6. The runs index of 100,000 runs (goal: a page in < 300 ms; once 4.6 s and 26 MB for the whole
+   list). Baseline: the whole list, in-process (what the index answered before it paged).
 
     .venv/bin/python bench/trajectories.py [--rollouts 2000] [--list-rows 100000]
 
 Numbers on a shared 2-core machine are noisy; the load generator shares the cores with the server.
+
+Long on purpose: one script runs every scenario side by side with its baseline, as one
+benchmark run; each section is one banner.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 # bench/ holds scripts named like the packages (bench/bridge.py); keep it off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
+
+from typing import Any  # noqa: E402
 
 from bench.procs import free_port  # noqa: E402
 from bridge.trajectory import Trajectory  # noqa: E402
@@ -75,7 +87,7 @@ class Server:
             cwd=REPO,
             env=env,
         )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
@@ -85,6 +97,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise SystemExit("bench: server exited during startup")
             time.sleep(0.2)
+        self.proc.kill()
+        self.proc.wait()
         raise SystemExit("bench: server did not start")
 
     def cpu_seconds(self) -> dict[str, float]:
@@ -567,6 +581,194 @@ def bench_memory(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         server.stop()
 
 
+def twin_events(i: int, run: str = "twins") -> list[dict]:
+    """A rollout of GRPO group 0 reporting the same group tripwire key as every other."""
+    rid = f"twin-{i}"
+    return [
+        {
+            "eventType": "rollout",
+            "eventId": rid,
+            "timestamp": 1_700_000_000_000 + i,
+            "runName": run,
+            "environment": "haiku",
+            "metadata": {
+                "reward": 1.0,
+                "status": "completed",
+                "num_turns": 1,
+                "group_index": 0,
+                "tripwires": [],
+                "tripwire_keys": {"duplicate_in_group": "the same poem"},
+            },
+        },
+        {
+            "eventType": "message",
+            "eventId": f"{rid}-0",
+            "timestamp": 1_700_000_000_000 + i,
+            "index": 0,
+            "rolloutEventId": rid,
+            "type": "tool_call",
+            "name": "submit_haiku",
+            "content": '{"poem": "an old silent pond"}',
+        },
+    ]
+
+
+def update_event(rid: str, i: int) -> dict:
+    """A rollout_update adding one 1 KB key to the rollout's info."""
+    return {
+        "eventType": "rollout_update",
+        "eventId": rid,
+        "timestamp": 1_700_000_000_000 + i,
+        "rollout_info": {f"step_{i}": "x" * 1000},
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+def _post_timed(client: httpx.Client, url: str, body: bytes) -> float:
+    t = time.perf_counter()
+    r = client.post(
+        f"{url}/v1/rollouts", content=body, headers={"content-type": "application/json"}
+    )
+    if r.status_code != 200:
+        raise SystemExit(f"bench: upload failed: {r.status_code} {r.text[:200]}")
+    return time.perf_counter() - t
+
+
+def _unrelated_uploads(url: str, stop: Any, out: list[float]) -> None:
+    """One 20-turn rollout of another run every 50 ms until `stop` is set; latencies in `out`."""
+    with httpx.Client(timeout=600) as c:
+        i = 0
+        while not stop.is_set():
+            events = trajectory_events(twenty_turn_trajectory(i, 20, False, run="unrelated"))
+            out.append(_post_timed(c, url, orjson.dumps({"events": events})))
+            i += 1
+            stop.wait(0.05)
+
+
+def bench_linear(args: argparse.Namespace, tmp: Path) -> list[str]:
+    import threading
+
+    server = Server(tmp / "linear.db")
+    lines = []
+    try:
+        quiet: list[float] = []
+        stop = threading.Event()
+        t = threading.Thread(target=_unrelated_uploads, args=(server.url, stop, quiet))
+        t.start()
+        time.sleep(5)
+        stop.set()
+        t.join()
+        quiet_p99 = _percentile(quiet, 0.99)
+        lines.append(
+            f"  unrelated upload on the quiet server: p50 {_percentile(quiet, 0.5) * 1000:.1f} ms,"
+            f" p99 {quiet_p99 * 1000:.1f} ms ({len(quiet)} uploads)"
+        )
+        twins = [
+            orjson.dumps({"events": [e for i in range(k, k + 100) for e in twin_events(i)]})
+            for k in range(0, args.twins, 100)
+        ]
+        first = twin_events(0, run="updates")
+        updates = [
+            orjson.dumps({"events": [update_event("twin-0-u", i) for i in range(k, k + 100)]})
+            for k in range(0, args.updates, 100)
+        ]
+        for label, bodies, setup in (
+            (f"{args.twins:,} twins", twins, None),
+            (f"{args.updates:,} updates of one rollout", updates, first),
+        ):
+            with httpx.Client(timeout=3600) as c:
+                if setup is not None:
+                    setup[0]["eventId"] = "twin-0-u"
+                    setup[1]["rolloutEventId"] = "twin-0-u"
+                    _post_timed(c, server.url, orjson.dumps({"events": setup}))
+                during: list[float] = []
+                stop = threading.Event()
+                t = threading.Thread(target=_unrelated_uploads, args=(server.url, stop, during))
+                t.start()
+                t0 = time.perf_counter()
+                times = [_post_timed(c, server.url, b) for b in bodies]
+                total = time.perf_counter() - t0
+                stop.set()
+                t.join()
+            tenth = max(1, len(times) // 10)
+            early, late = sum(times[:tenth]) / tenth, sum(times[-tenth:]) / tenth
+            p99 = _percentile(during, 0.99)
+            lines.append(
+                f"  {label}, 100 per request: {total:.1f} s "
+                f"({'in seconds' if total < 60 else 'NOT in seconds'}); "
+                f"a request {early * 1000:.0f} ms in the first tenth, {late * 1000:.0f} ms in the "
+                f"last: linearity {late / early:.2f}x (1.0 linear)"
+            )
+            lines.append(
+                f"    unrelated upload meanwhile: p99 {p99 * 1000:.1f} ms, max "
+                f"{max(during, default=0) * 1000:.1f} ms = {p99 / quiet_p99:.2f}x quiet p99 "
+                f"({'met' if p99 < 2 * quiet_p99 else 'NOT met'}: < 2x; {len(during)} uploads)"
+            )
+    finally:
+        server.stop()
+    return lines
+
+
+def fill_runs(db: Path, n: int) -> None:
+    """`n` runs of one rollout each, written straight into the store."""
+    store = TrajectoryStore(db)
+    for start in range(0, n, 5000):
+        events = [
+            {
+                "eventType": "rollout",
+                "eventId": f"run-rollout-{i}",
+                "timestamp": 1_700_000_000_000 + i,
+                "runName": f"run-{i:06d}",
+                "environment": ["gsm8k", "whodunit", "haiku"][i % 3],
+                "metadata": {"reward": (i % 10) / 10, "status": "completed"},
+            }
+            for i in range(start, min(n, start + 5000))
+        ]
+        store.write(EventBatch.model_validate({"events": events}).events)
+    store.stop()
+
+
+def bench_runs_index(args: argparse.Namespace, tmp: Path) -> list[str]:
+    db = tmp / "runs.db"
+    t0 = time.perf_counter()
+    fill_runs(db, args.runs)
+    lines = [f"  (filled {args.runs:,} runs in {time.perf_counter() - t0:.1f}s)"]
+    store = TrajectoryStore(db)
+    t = time.perf_counter()
+    everything = orjson.dumps({"runs": store.list_runs()})
+    whole_ms = (time.perf_counter() - t) * 1000
+    store.stop()
+    server = Server(db)
+    try:
+        with httpx.Client(timeout=120) as c:
+            s, w, page = timed_get(c, f"{server.url}/api/runs", reps=15)
+            size = len(c.get(f"{server.url}/api/runs").content)
+            deep_cursor = page["next"]
+            for _ in range(50):
+                deep_cursor = c.get(f"{server.url}/api/runs", params={"after": deep_cursor}).json()[
+                    "next"
+                ]
+            s_deep, _, _ = timed_get(c, f"{server.url}/api/runs", {"after": deep_cursor}, reps=15)
+            _, w_html, _ = timed_get(c, f"{server.url}/", reps=7)
+        lines.append(
+            f"  /api/runs first page: {s:.1f} ms server time (wall {w:.1f} ms), {size / 1e3:.0f} KB"
+            f" = {s / LIST_TARGET_MS:.3f}x the {LIST_TARGET_MS:.0f} ms budget; 51 pages deep: "
+            f"{s_deep:.1f} ms; the runs page (HTML): {w_html:.1f} ms wall"
+        )
+        lines.append(
+            f"  baseline: the whole list (what the index answered before), in-process: "
+            f"{whole_ms:.0f} ms, {len(everything) / 1e6:.1f} MB = {whole_ms / max(s, 1e-3):.0f}x "
+            "the page's time"
+        )
+    finally:
+        server.stop()
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rollouts", type=int, default=2000, help="rollouts to ingest per scenario")
@@ -588,6 +790,11 @@ def main() -> None:
     p.add_argument("--memory-readers", type=int, default=20)
     p.add_argument("--memory-rounds", type=int, default=8)
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--twins", type=int, default=8000, help="twins for the linear-ingest section")
+    p.add_argument("--updates", type=int, default=4000, help="updates of one rollout (same)")
+    p.add_argument("--skip-linear", action="store_true")
+    p.add_argument("--runs", type=int, default=100_000, help="runs for the runs-index section")
+    p.add_argument("--skip-runs", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-traj-") as d:
         tmp = Path(d)
@@ -644,6 +851,17 @@ def main() -> None:
                 "server "
                 f"process: RSS {m['fresh']:.0f} MB -> {m['uploaded']:.0f} MB"
             )
+        if not args.skip_linear:
+            print(
+                "Linear ingest: group tripwires and rollout updates cost what they add "
+                "(goal: each in seconds; an unrelated upload within 2x of its quiet p99)"
+            )
+            for line in bench_linear(args, tmp):
+                print(line)
+        if not args.skip_runs:
+            print(f"Runs index of {args.runs:,} runs (goal: a page < {LIST_TARGET_MS:.0f} ms)")
+            for line in bench_runs_index(args, tmp):
+                print(line)
         if not args.skip_list:
             print(
                 f"Rollout list of a {args.list_rows:,}-rollout run (target < "

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from contract.env_report import group_tripwires
-from contract.vocab import ToolErrorKind
+from contract.vocab import SERVER_TOOL_ERRORS, ToolErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,11 @@ def _group_metrics(
         out["tool_calls_mean"] = statistics.fmean(calls)
         out["tool_calls_total"] = sum(calls)
         out["parse_errors"] = float(errors.get(ToolErrorKind.PARSE_ERROR.value, 0))
-        out["tool_errors_total"] = float(sum(errors.values()))
+        # the model's tool errors; calls the env server stopped at its budget are its own count
+        out["tool_errors_total"] = float(
+            sum(n for kind, n in errors.items() if kind not in SERVER_TOOL_ERRORS)
+        )
+        out["server_stopped_calls"] = float(errors.get(ToolErrorKind.BUDGET_EXCEEDED.value, 0))
         for kind, count in errors.items():
             out[f"tool_errors/{kind}"] = float(count)
         out["env_errors"] = float(env_fail)

@@ -244,12 +244,14 @@ def _without_token_arrays(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_unit(line: bytes) -> bool:
-    """Whether a spool line is a whole request unit ({"events": [...]}); torn lines are not."""
+    """Whether a spool line is a whole request unit ({"events": [{...}, ...]}); torn lines and
+    lines of another shape are not."""
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(obj, dict) and isinstance(obj.get("events"), list)
+    events = obj.get("events") if isinstance(obj, dict) else None
+    return isinstance(events, list) and all(isinstance(e, dict) for e in events)
 
 
 def journal_line(traj: Trajectory) -> bytes:

@@ -602,21 +602,26 @@ class TrajectoryUploader:
 
     def _recover_journal(self, path: Path) -> None:
         """A dead process's journal: its episodes become spool lines (the server ignores the
-        ones it already has), unreadable lines are quarantined, and the journal goes."""
+        ones it already has), and the journal goes. A line that cannot become a unit, whatever
+        its shape (torn, not a trajectory, a trajectory whose fields hold the wrong types), is
+        quarantined: one such line once made every pass fail and blocked the whole spool."""
         try:
             lines = read_lines(path)
         except OSError as e:
             log.error("trajectory sink: cannot read journal %s: %s", path, e)
             return
         units, bad = [], []
+        why = ""
         for line in lines:
             try:
                 traj = trajectory_from_journal(line)
                 units.append(encode_line(trajectory_events(traj, self._env_ids.get(traj.env))))
-            except (ValueError, TypeError):
+            except Exception as e:
                 bad.append(line)
-        self.stats["quarantined"] += quarantine(self.spool.dir, bad, f"torn lines in {path.name}")
-        if self.spool.append(units) == len(units):
+                why = why or f"{type(e).__name__}: {e}"[:200]
+        kept = quarantine(self.spool.dir, bad, f"unreadable lines in {path.name}: {why}")
+        self.stats["quarantined"] += kept
+        if kept == len(bad) and self.spool.append(units) == len(units):
             self.stats["recovered"] += len(units)
             path.unlink(missing_ok=True)
             if units:
@@ -626,7 +631,8 @@ class TrajectoryUploader:
                     len(units),
                     path.name,
                 )
-        # else: the disk is full; the journal stays and is recovered on a later pass
+        # else: the disk is full; the journal stays and is recovered on a later pass (lines
+        # already spooled or quarantined again are harmless: the server ignores duplicates)
 
     async def _drain_overflow(self) -> bool:
         """Spool the overflow if the disk has room again, else deliver it; True when empty."""

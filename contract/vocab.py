@@ -24,6 +24,7 @@ __all__ = [
     "FAILURE_STOPS",
     "HANDED_BACK_STOPS",
     "INFRA_STOPS",
+    "SERVER_TOOL_ERRORS",
     "EpisodeStatus",
     "OrsReason",
     "StopReason",
@@ -116,6 +117,13 @@ class ToolErrorKind(Vocabulary):
     """A call written after the environment had finished the episode; not executed."""
     TOO_LARGE = "too_large"
     """The call's body is over the env server's limit; refused before it is sent, or by a 413."""
+    BUDGET_EXCEEDED = "budget_exceeded"
+    """The env server stopped the call at its CPU budget: the server's fact, never the model's
+    (the input is not blamed, the environment's state is as it was before the call)."""
+
+
+SERVER_TOOL_ERRORS = frozenset({ToolErrorKind.BUDGET_EXCEEDED})
+"""Tool errors that are the server's doing, not the model's (not in W&B's `tool_errors_total`)."""
 
 
 class OrsReason(Vocabulary):
@@ -168,14 +176,23 @@ class OrsReason(Vocabulary):
     CONNECTION_REFUSED = "connection_refused"
     """408, 431 or 503 from the connection guard: headers too slow or too large, or every
     connection busy (connections.py)."""
+    JSON_TOO_DEEP = "json_too_deep"
+    """400: a body nested deeper than the server accepts (refused before anything reads it)."""
+    BUDGET_EXCEEDED = "budget_exceeded"
+    """503 with Retry-After: the request's work (loading a task, listing tasks) was stopped at
+    its CPU budget."""
+    SESSION_OVER_BUDGET = "session_over_budget"
+    """410: the session was ended after too many of its calls were stopped at their budget."""
+    CLIENT_LIMIT = "client_limit"
+    """429 with Retry-After: this client (its peer address) holds its share of the sessions."""
 
 
 class ToolRefusal(Vocabulary):
     """Why an environment refused one tool call: the `reason` of an `ok: false` call result.
 
     The first five are the `openreward` SDK's own (an environment's tool raises them); the server
-    answers each with its HTTP status (`status`) and the client counts each as a `ToolErrorKind`
-    (`error_kind`), so the two sides read one table.
+    answers each with its HTTP status (`status`, for clients that do not ask for SSE) and the
+    client counts each as a `ToolErrorKind` (`error_kind`), so the two sides read one table.
     """
 
     NOT_FOUND = "not_found"
@@ -190,6 +207,8 @@ class ToolRefusal(Vocabulary):
     """The episode was already over."""
     TOO_LARGE = "too_large"
     """The call's body is over the server's limit (a 413, as the client reports it)."""
+    BUDGET_EXCEEDED = "budget_exceeded"
+    """The server stopped the call at its CPU budget; the environment's state is unchanged."""
 
     @property
     def status(self) -> int:
@@ -209,6 +228,7 @@ _REFUSAL_STATUS = {
     ToolRefusal.BAD_INPUT_SHAPE: 400,
     ToolRefusal.EPISODE_FINISHED: 409,
     ToolRefusal.TOO_LARGE: 413,
+    ToolRefusal.BUDGET_EXCEEDED: 503,
 }
 _REFUSAL_KINDS = {
     ToolRefusal.NOT_FOUND: ToolErrorKind.UNKNOWN_TOOL,
@@ -217,4 +237,5 @@ _REFUSAL_KINDS = {
     ToolRefusal.BAD_INPUT_SHAPE: ToolErrorKind.INVALID_ARGUMENTS,
     ToolRefusal.EPISODE_FINISHED: ToolErrorKind.ENV_REJECTED,
     ToolRefusal.TOO_LARGE: ToolErrorKind.TOO_LARGE,
+    ToolRefusal.BUDGET_EXCEEDED: ToolErrorKind.BUDGET_EXCEEDED,
 }

@@ -21,7 +21,7 @@
         └── SpecMismatch    ValueError    an eval of that name exists with another spec
 
     BaseException
-    └── server.budget.BudgetExceeded      a tool call over its time budget; a BaseException
+    └── server.budget.BudgetExceeded      a call over its CPU budget; a BaseException
                                           on purpose, so env code's `except Exception` cannot
                                           swallow it
 

@@ -11,6 +11,12 @@ that raises is logged and reported as the wire `tripwire_check_failed`.
 
 It hooks the SDK's tool dispatch (`Environment._call_tool`), which the SDK's own server, this
 project's server and `python -m envs play` all go through, so no tool can forget to report.
+
+What a session keeps of its calls is bounded in bytes: a call's arguments and metadata are kept
+whole until the checks of that call have run, then cut to MAX_RECORD_BYTES (long strings and
+long lists shortened: a 1 MiB argument once stayed with its session for every call); past
+MAX_RECORDED_CALLS records, the first call of each tool and the latest half are kept. What was
+cut is counted (`calls_cut` per session, `records_cut()` per process).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
+import orjson
 from openreward.environments import Environment
 
 from contract.env_report import (
@@ -34,6 +41,47 @@ from envs.tripwires import CallRecord, Tripwire, Verdict, declared
 log = logging.getLogger(__name__)
 
 CHECK_FAILED = "tripwire_check_failed"
+# What a session keeps of each earlier call (arguments and metadata as JSON), and how many calls.
+MAX_RECORD_BYTES = 4096
+MAX_RECORDED_CALLS = 512
+_CUT_STRING_CHARS = 512
+_CUT_ITEMS = 32
+_CUT_DEPTH = 6
+_records_cut = [0]
+
+
+def records_cut() -> int:
+    """Call records cut or dropped in this process so far (the server's metrics report it)."""
+    return _records_cut[0]
+
+
+def _cut(value: Any, depth: int = 0) -> Any:
+    """A JSON-like value with long strings, long containers and deep nesting shortened."""
+    if isinstance(value, str):
+        if len(value) <= _CUT_STRING_CHARS:
+            return value
+        return f"{value[:_CUT_STRING_CHARS]}... ({len(value)} characters)"
+    if depth >= _CUT_DEPTH and isinstance(value, (dict, list, tuple)):
+        return f"({type(value).__name__} of {len(value)})"
+    if isinstance(value, dict):
+        items = list(value.items())
+        out = {str(k)[:_CUT_STRING_CHARS]: _cut(v, depth + 1) for k, v in items[:_CUT_ITEMS]}
+        if len(items) > _CUT_ITEMS:
+            out["..."] = f"{len(items) - _CUT_ITEMS} more"
+        return out
+    if isinstance(value, (list, tuple)):
+        kept = [_cut(v, depth + 1) for v in value[:_CUT_ITEMS]]
+        if len(value) > _CUT_ITEMS:
+            kept.append(f"... {len(value) - _CUT_ITEMS} more")
+        return kept
+    return value
+
+
+def _over(value: Any) -> bool:
+    try:
+        return len(orjson.dumps(value, default=str)) > MAX_RECORD_BYTES
+    except (TypeError, ValueError):  # not JSON (too deep, odd keys): cut it
+        return True
 
 
 class ReportingEnvironment(Environment):
@@ -81,9 +129,8 @@ class ReportingEnvironment(Environment):
             return res
         out = result.output
         metadata = dict(out.metadata or {})
-        self.episode_calls.append(
-            CallRecord(name, dict(input), out.reward, out.finished, out.metadata)
-        )
+        calls = self.episode_calls
+        calls.append(CallRecord(name, dict(input), out.reward, out.finished, out.metadata))
         metadata[PROVENANCE_KEY] = self.provenance()
         if REWARD_PARTS_KEY in metadata:
             parts = reward_parts(metadata.pop(REWARD_PARTS_KEY))
@@ -95,7 +142,42 @@ class ReportingEnvironment(Environment):
             metadata[TRIPWIRES_KEY] = verdict.tripped
             metadata[TRIPWIRE_KEYS_KEY] = verdict.keys
         out.metadata = metadata
+        self._bound_records(calls)
         return res
+
+    @property
+    def calls_cut(self) -> int:
+        """Call records of this session cut or dropped to bound its memory."""
+        return int(self.__dict__.get("_calls_cut", 0))
+
+    def _bound_records(self, calls: list[CallRecord]) -> None:
+        """Cut the newest record (its checks have run) and drop old ones past the cap."""
+        last = calls[-1]
+        cut = 0
+        long_args, long_meta = _over(last.arguments), _over(last.metadata)
+        if long_args or long_meta:
+            calls[-1] = CallRecord(
+                last.name,
+                _cut(last.arguments) if long_args else last.arguments,
+                last.reward,
+                last.finished,
+                _cut(last.metadata) if long_meta else last.metadata,
+            )
+            cut += 1
+        if len(calls) > MAX_RECORDED_CALLS:
+            keep_from = len(calls) - MAX_RECORDED_CALLS // 2
+            seen: set[str] = set()
+            first_of_each = []
+            for i, c in enumerate(calls[:keep_from]):
+                if c.name not in seen:
+                    seen.add(c.name)
+                    first_of_each.append(i)
+            kept = [calls[i] for i in first_of_each] + calls[keep_from:]
+            cut += len(calls) - len(kept)
+            calls[:] = kept
+        if cut:
+            self.__dict__["_calls_cut"] = self.calls_cut + cut
+            _records_cut[0] += cut
 
     def _verdict(self) -> Verdict:
         try:

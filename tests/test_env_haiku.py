@@ -178,6 +178,18 @@ def test_configure_and_specs() -> None:
         Haiku.list_tasks("dev")
 
 
+def test_a_task_spec_cannot_make_every_submission_expensive() -> None:
+    """A client's task spec is bounded: every submission is scored against its topic and
+    prompt, and a 60,000-character topic made each one cost ~0.5 s of the server's CPU."""
+    with pytest.raises(ValueError, match="at most 200 characters"):
+        Haiku(task_spec={"topic": "moonlight pond frog " * 3000})
+    with pytest.raises(ValueError, match="at most 100 words"):
+        Haiku(task_spec={"topic": "a pond", "words": ["pond"] * 101})
+    with pytest.raises(ValueError, match="at most 100 words"):
+        Haiku(task_spec={"topic": "a pond", "words": ["p" * 65]})
+    assert Haiku(task_spec={"topic": "moonlight on a pond", "words": ["moon", "pond"]}).topic
+
+
 # ---------------------------------------------------------------- revisions (in-process)
 
 

@@ -52,8 +52,13 @@ def events_for(
 
 
 def run_id(url: str, name: str) -> int:
-    runs = httpx.get(f"{url}/api/runs").json()["runs"]
-    return next(r["id"] for r in runs if r["name"] == name)
+    cursor = None
+    while True:
+        page = httpx.get(f"{url}/api/runs", params={"after": cursor} if cursor else {}).json()
+        found = [r["id"] for r in page["runs"] if r["name"] == name]
+        if found or page["next"] is None:
+            return found[0]
+        cursor = page["next"]
 
 
 def test_stock_sdk_uploads_to_our_server(traj_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -518,3 +523,85 @@ def test_reading_large_rollouts_keeps_memory_bounded(tmp_path: Path) -> None:
         after = _rss_mb(proc.pid)
     assert after < 2 * idle, f"RSS idle {idle:.0f} MB, peak {peak:.0f} MB, after {after:.0f} MB"
     assert peak < idle + 500, f"RSS idle {idle:.0f} MB, peak {peak:.0f} MB, after {after:.0f} MB"
+
+
+# ---------------------------------------------------------------- what stored data cannot break
+
+
+def test_the_runs_index_pages_over_the_api_and_the_ui(traj_server: str) -> None:
+    """100,000 runs once made the runs index 4.6 s and 26 MB: it answers a page at a time."""
+    events = [e for i in range(230) for e in events_for(f"paged-{i:03d}", n=0)[1]]
+    assert httpx.post(f"{traj_server}/v1/rollouts", json={"events": events}).status_code == 200
+    names: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 100, **({"after": cursor} if cursor else {})}
+        page = httpx.get(f"{traj_server}/api/runs", params=params).json()
+        assert len(page["runs"]) <= 100 and page["total"] >= 230
+        names += [r["name"] for r in page["runs"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert len(names) == len(set(names)) and {f"paged-{i:03d}" for i in range(230)} <= set(names)
+    first = httpx.get(f"{traj_server}/")
+    assert first.status_code == 200 and first.text.count('class="run-link"') == 100
+    older = first.text.split('id="next" href="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+    second = httpx.get(f"{traj_server}{older}")
+    assert second.status_code == 200 and 'id="first"' in second.text
+    assert httpx.get(f"{traj_server}/api/runs", params={"after": "x"}).status_code == 422
+    assert httpx.get(f"{traj_server}/", params={"after": "x"}).status_code == 400
+
+
+def _weird_rollout(run: str, group: int, meta: dict, content: str) -> tuple[str, list[dict]]:
+    rid, evs = events_for(run, n=1)
+    evs[0]["metadata"] = {"reward": 0.5, "group_index": group, **meta}
+    evs[1].update(type="tool_call", name="calculator", content=content)
+    return rid, evs
+
+
+def test_pages_never_5xx_on_stored_content(traj_server: str) -> None:
+    """Tool arguments nested past the parser's recursion (a 500 for that rollout's page and for
+    every clean rollout of its GRPO group), per-turn rewards that are not numbers: what cannot
+    be pretty-printed is shown as text."""
+    deep = "[" * 3000 + "1" + "]" * 3000
+    rollouts = [
+        _weird_rollout("stored-odd", 5, {}, deep),
+        _weird_rollout("stored-odd", 5, {}, '{"expression": "2+2"}'),  # clean, same group
+        _weird_rollout("stored-odd", 6, {"turn_rewards": ["a", None, {"x": 1}]}, "{}"),
+        _weird_rollout("stored-odd", 7, {"timings": {"total": "x"}, "raw_reward": [1]}, "{}"),
+    ]
+    events = [e for _, evs in rollouts for e in evs]
+    assert httpx.post(f"{traj_server}/v1/rollouts", json={"events": events}).status_code == 200
+    for rid, _ in rollouts:
+        for path in (f"/rollouts/{rid}", f"/api/rollouts/{rid}"):
+            r = httpx.get(f"{traj_server}{path}", timeout=60)
+            assert r.status_code == 200, (path, r.status_code, r.text[:300])
+    page = httpx.get(f"{traj_server}/rollouts/{rollouts[0][0]}").text
+    assert "[[[[" in page  # shown as the text it is
+    run = run_id(traj_server, "stored-odd")
+    assert httpx.get(f"{traj_server}/runs/{run}").status_code == 200
+
+
+def test_the_memory_trimmer_never_runs_a_full_collection() -> None:
+    """A full collection walks every live object of the process (the sessions' envs too) while
+    holding the GIL: run in the trimmer after each large upload, it stalled the event loop."""
+    import gc
+    import threading
+
+    from envs.trajectories import memory
+
+    generations: list[int] = []
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "start" and threading.current_thread().name == "malloc-trim":
+            generations.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        memory.release_memory_soon()
+        deadline = time.monotonic() + 30
+        while not generations and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        gc.callbacks.remove(seen)
+    assert generations and max(generations) < 2, generations

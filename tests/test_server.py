@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -632,18 +633,18 @@ def test_unusable_trajectory_db_fails_at_startup_in_one_line(tmp_path: Path) -> 
 
 def test_a_runaway_tool_is_stopped_by_its_budget_and_the_episode_goes_on() -> None:
     """A tool that never returns (and swallows exceptions) costs its 0.3 s budget, not the
-    server."""
+    server; the stop is the server's fact (503 `budget_exceeded` to a plain-JSON client)."""
     with probe_server(tool_budget_s=0.3) as (u, _):
         sid = {"X-Session-ID": "spin-1"}
         _create(u, "spin-1")
         call = lambda name, inp: httpx.post(
             f"{u}/probe/call", json={"name": name, "input": inp}, headers=sid, timeout=60
         )
-        body = _assert_ors_error(call("spin", {}), 422, "input_validation")
-        assert "spin was stopped" in body["error"] and "0.3 s budget" in body["error"]
+        body = _assert_ors_error(call("spin", {}), 503, "budget_exceeded")
+        assert "the server stopped spin" in body["error"] and "0.3 s of CPU" in body["error"]
         # steps that each yield to the loop add up against the same budget
-        body = _assert_ors_error(call("busy_steps", {"seconds": 5.0}), 422, "input_validation")
-        assert "busy_steps was stopped" in body["error"]
+        body = _assert_ors_error(call("busy_steps", {"seconds": 5.0}), 503, "budget_exceeded")
+        assert "the server stopped busy_steps" in body["error"]
         assert call("busy_steps", {"seconds": 0.01}).json()["ok"] is True
         assert call("echo", {"text": "alive"}).json()["output"]["blocks"][0]["text"] == "alive"
         metrics = httpx.get(f"{u}/metrics").text
@@ -876,10 +877,10 @@ def _limited_fds(n: int) -> Any:
 
 
 @contextlib.contextmanager
-def _server_with_fd_limit(*extra: str, fds: int = 512) -> Iterator[str]:
+def _server_with_fd_limit(*extra: str, fds: int = 512, envs: str = "whodunit") -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "envs.server", "--role", "env", "--envs", "whodunit"]
+    args = [sys.executable, "-m", "envs.server", "--role", "env", "--envs", envs]
     proc = subprocess.Popen(
         [*args, "--port", str(port), *extra],
         cwd=REPO,
@@ -988,7 +989,8 @@ def test_header_and_body_timeouts_and_header_size() -> None:
 def test_connection_cap_refuses_clearly_when_every_connection_is_busy() -> None:
     import socket
 
-    with _server_with_fd_limit("--max-connections", "20") as url:
+    cap = ("--max-connections", "20", "--max-connections-per-client", "20")
+    with _server_with_fd_limit(*cap) as url:
         port = int(url.rsplit(":", 1)[1])
         busy = []
         for i in range(20):  # requests whose bodies have not finished: every connection is busy
@@ -1006,3 +1008,130 @@ def test_connection_cap_refuses_clearly_when_every_connection_is_busy() -> None:
             s.close()
         time.sleep(0.5)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def _wait_for(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _open_bodies(port: int, n: int, source: str = "127.0.0.1") -> list[Any]:
+    """`n` connections whose request bodies have begun and not ended."""
+    import socket
+
+    socks = []
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+        s.sendall(
+            b"POST /create HTTP/1.1\r\nHost: x\r\nX-Session-ID: t%d\r\n"
+            b"Content-Length: 1000\r\n\r\n{" % i
+        )
+        socks.append(s)
+    return socks
+
+
+def test_a_body_sent_a_byte_at_a_time_cannot_hold_a_connection_slot() -> None:
+    """Connections that keep a request body alive with a byte now and then: once, new clients got
+    503 for as long as the trickle went on. A body that crawls is evicted for a new client (and
+    closed past --body-timeout however often its bytes arrive)."""
+    cap = ("--max-connections", "16", "--max-connections-per-client", "16")
+    with _server_with_fd_limit(*cap) as url:
+        port = int(url.rsplit(":", 1)[1])
+        socks = _open_bodies(port, 16)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            while not stop.wait(0.5):
+                for s in socks:
+                    try:
+                        s.send(b" ")
+                    except OSError:
+                        pass
+
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        try:
+
+            def served() -> bool:
+                try:
+                    return httpx.get(f"{url}/list_environments", timeout=5).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            assert _wait_for(served, 15), "a new client was refused while bodies trickled in"
+            metrics = httpx.get(f"{url}/metrics", timeout=5).text
+            assert 'ors_connections_closed_total{why="evicted_slow_body"}' in metrics
+        finally:
+            stop.set()
+            t.join(5)
+            for s in socks:
+                s.close()
+
+
+def test_one_client_cannot_take_every_connection() -> None:
+    """A client (its peer address) holds at most 3/4 of --max-connections: with its requests all
+    in flight, another client is still served at once."""
+    with _server_with_fd_limit("--max-connections", "16") as url:
+        port = int(url.rsplit(":", 1)[1])
+        greedy = _open_bodies(port, 16, source="127.0.0.2")
+        try:
+            r = httpx.get(f"{url}/list_environments", timeout=10)
+            assert r.status_code == 200, r.text
+            assert 'why="refused"} 4' in httpx.get(f"{url}/metrics", timeout=10).text
+        finally:
+            for s in greedy:
+                s.close()
+
+
+def test_a_client_that_does_not_read_its_answer_is_dropped(tmp_path: Path) -> None:
+    """Slow readers of a large answer held it (a streamed rollout keeps its page) for as long as
+    they kept the connection: an answer that does not drain for --send-timeout seconds is
+    dropped with its connection."""
+    import socket
+
+    db = str(tmp_path / "t.db")
+    with env_server("--role", "trajectories", "--db", db, "--send-timeout", "1") as url:
+        port = int(url.rsplit(":", 1)[1])
+        rid = "unread-1"
+        events: list[dict[str, Any]] = [
+            {"eventType": "rollout", "eventId": rid, "timestamp": 1, "runName": "unread"}
+        ]
+        for i in range(24):  # 12 MB: more than the kernel's socket buffers hold
+            events.append(
+                {
+                    "eventType": "message",
+                    "eventId": f"{rid}-{i}",
+                    "timestamp": 1,
+                    "index": i,
+                    "rolloutEventId": rid,
+                    "type": "tool_result",
+                    "content": "y" * (512 << 10),
+                }
+            )
+        r = httpx.post(f"{url}/v1/rollouts", json={"events": events}, timeout=120)
+        assert r.status_code == 200, r.text
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /api/rollouts/%s HTTP/1.1\r\nHost: x\r\n\r\n" % rid.encode())
+
+        def dropped() -> bool:
+            text = httpx.get(f"{url}/metrics", timeout=5).text
+            return 'ors_connections_closed_total{why="send_timeout"} 1' in text
+
+        try:
+            assert _wait_for(dropped, 30), "the unread answer was kept"
+            got = 0
+            s.settimeout(10)
+            try:
+                while chunk := s.recv(1 << 16):
+                    got += len(chunk)
+            except (ConnectionResetError, TimeoutError):
+                pass
+            assert got < 12 << 20
+        finally:
+            s.close()

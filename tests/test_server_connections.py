@@ -64,3 +64,38 @@ def test_a_413_answered_early_keeps_the_connection_usable(server_url: str, tail_
         status, _, body = _read_response(sock)
         assert status == 200, body[:300]
         assert b"2+3 = 5" in body
+
+
+def _fair_waits(url: str) -> int:
+    metrics = httpx.get(f"{url}/metrics").text.splitlines()
+    return int(
+        next(line for line in metrics if line.startswith("ors_fair_waits_total ")).split()[1]
+    )
+
+
+def test_a_body_sent_slowly_by_one_client_never_holds_back_another(server_url: str) -> None:
+    """Another client's request that waits on its own body is not a request that wants the loop:
+    a client ahead of it on the fair share (envs/server/fairness.py) goes on. Once, 5 such
+    bodies of 1,000 bytes from 127.0.0.2 held each call of 127.0.0.1 for 10 s (MAX_WAIT_S)."""
+    host, port = server_url.removeprefix("http://").split(":")
+    sid = {"X-Session-ID": "fair-good"}
+    create = {"env_name": "gsm8k", "split": "train", "index": 0}
+    assert httpx.post(f"{server_url}/create", json=create, headers=sid).is_success
+    waits = _fair_waits(server_url)
+    slow = []
+    for k in range(3):  # another client: a /create whose body never comes
+        sock = socket.create_connection(
+            (host, int(port)), timeout=30, source_address=("127.0.0.2", 0)
+        )
+        sock.sendall(_request("/create", b"{", f"fair-slow-{k}", length=1000))
+        slow.append(sock)
+    try:
+        heavy = {"name": "calculator", "input": {"expression": "((((1/3)**64+1)**64)**64)**64"}}
+        with httpx.Client(timeout=5) as c:  # a wait for the slow client would be 10 s
+            for _ in range(8):  # each >= 10 ms of loop: this client gets ahead of the other
+                r = c.post(f"{server_url}/gsm8k/call", json=heavy, headers=sid)
+                assert r.status_code == 200, r.text
+        assert _fair_waits(server_url) == waits
+    finally:
+        for sock in slow:
+            sock.close()

@@ -394,3 +394,134 @@ def test_cursor_codec() -> None:
     assert decode_cursor("0.25~12") == (0.25, 12)
     with pytest.raises(ValueError):
         decode_cursor("inf~3")
+
+
+# ---------------------------------------------------------------- linear ingest
+
+
+def _twin(i: int) -> list:
+    """A rollout of GRPO group 0 whose group tripwire key is the same as every other's."""
+    return EventBatch.model_validate(
+        {
+            "events": [
+                {
+                    "eventType": "rollout",
+                    "eventId": f"twin-{i}",
+                    "timestamp": 1_700_000_000_000 + i,
+                    "runName": "twins",
+                    "metadata": {
+                        "reward": 1.0,
+                        "group_index": 0,
+                        "tripwires": [],
+                        "tripwire_keys": {"duplicate_in_group": "same-poem"},
+                    },
+                }
+            ]
+        }
+    ).events
+
+
+def _vm_steps(conn: sqlite3.Connection, work) -> int:
+    """SQLite virtual-machine instructions `work()` runs on `conn` (a count, not a clock)."""
+    steps = [0]
+
+    def tick() -> int:
+        steps[0] += 1
+        return 0
+
+    conn.set_progress_handler(tick, 10)
+    try:
+        work()
+    finally:
+        conn.set_progress_handler(None, 0)
+    return steps[0]
+
+
+def test_a_twin_costs_the_same_however_many_came_before(tmp_path: Path) -> None:
+    """Group tripwires cost O(new data): the 400th twin of a key does the work of the 20th
+    (each used to trip every earlier twin again: 8,000 twins took 409 s and blocked every
+    upload behind them)."""
+    from envs.trajectories.writer import Writer
+
+    store = TrajectoryStore(tmp_path / "t.db")
+    conn = connect(store.path)
+    writer = Writer(conn)
+
+    def add(i: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        writer.apply(_twin(i))
+        conn.execute("COMMIT")
+
+    steps = {}
+    for i in range(401):
+        steps[i] = _vm_steps(conn, lambda i=i: add(i))
+    assert steps[400] < 2 * steps[20], (steps[20], steps[400])
+    assert store.tripwire_counts(store.run_id_by_name("twins")) == {"duplicate_in_group": 401}
+    conn.close()
+    store.stop()
+
+
+def test_an_update_costs_its_own_size_and_updates_merge_in_order(tmp_path: Path) -> None:
+    """A rollout_update is stored at the cost of its own size, however large the rollout's info
+    has grown (4,000 updates of one rollout took 76 s when each rewrote the growing info);
+    reading merges them in order, null deleting a key."""
+    from envs.trajectories.writer import Writer
+
+    store = TrajectoryStore(tmp_path / "t.db")
+    rid, events = rollout_events(rid="upd-1")
+    store.write(events)
+    conn = connect(store.path)
+    conn.execute("PRAGMA wal_autocheckpoint=0")  # the WAL grows by what each commit writes
+    writer = Writer(conn)
+    wal = Path(f"{store.path}-wal")
+
+    def update(info: dict) -> int:
+        before = wal.stat().st_size if wal.exists() else 0
+        conn.execute("BEGIN IMMEDIATE")
+        writer.apply(
+            EventBatch.model_validate(
+                {
+                    "events": [
+                        {
+                            "eventType": "rollout_update",
+                            "eventId": rid,
+                            "timestamp": 1,
+                            "rollout_info": info,
+                        }
+                    ]
+                }
+            ).events
+        )
+        conn.execute("COMMIT")
+        return wal.stat().st_size - before
+
+    written = [update({f"k{i}": "x" * 2000}) for i in range(300)]
+    assert written[299] <= 2 * written[20] + 8192, (written[20], written[299])
+    update({"k0": None, "k1": {"nested": True}})
+    info = store.get_rollout(rid)["rollout_info"]
+    assert "k0" not in info and info["k1"] == {"nested": True} and info["k299"] == "x" * 2000
+    assert len(info) == 299
+    conn.close()
+    store.stop()
+
+
+def test_the_runs_index_pages(tmp_path: Path) -> None:
+    store = TrajectoryStore(tmp_path / "t.db")
+    for i in range(230):
+        store.write(rollout_events(run=f"run-{i:03d}", ts=1_700_000_000_000 + i)[1])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.runs_page(100, cursor)
+        assert len(page.runs) <= 100 and page.total == 230
+        seen += [r["name"] for r in page.runs]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 230
+    updated = {r["name"]: r["updated_at"] for r in store.list_runs()}
+    assert [updated[n] for n in seen] == sorted(updated.values(), reverse=True)
+    assert page.runs[-1]["rollouts"] == 1 and page.runs[-1]["mean_reward"] == 0.5
+    with pytest.raises(ValueError):
+        store.runs_page(100, "not-a-cursor")
+    store.stop()

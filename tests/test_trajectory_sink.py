@@ -509,6 +509,37 @@ async def test_torn_lines_are_quarantined_and_never_stall_delivery(
     assert [p.name for p in spool.glob("*.jsonl")] == [f"quarantine-{os.getpid()}.jsonl"]
 
 
+async def test_a_journal_line_of_any_shape_is_quarantined_and_never_blocks_the_spool(
+    traj_server: str, tmp_path: Path
+) -> None:
+    """Journal lines that parse but are not trajectories one can send (a trajectory whose
+    messages are numbers, whose timings are a list, a JSON list): each once made every spool
+    pass fail, so nothing after it was ever delivered. Each is set aside; the rest arrive."""
+    from bridge.trajectory_codec import journal_line
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    pid = _dead_pid()
+    good = [journal_line(make_trajectory(i, run="shape-run")) for i in range(3)]
+    fields = json.loads(good[0])
+    wrong = [
+        json.dumps({**fields, "rollout_id": "wrong-1", "messages": [5, 6]}).encode(),
+        json.dumps({**fields, "rollout_id": "wrong-2", "timings": [1, 2]}).encode(),
+        json.dumps({**fields, "rollout_id": "wrong-3", "extra": "not a dict"}).encode(),
+        b"[1, 2, 3]",
+    ]
+    (spool / f"shape-run-cccc0000.{pid}.journal.jsonl").write_bytes(
+        b"\n".join([good[0], *wrong[:2], good[1], *wrong[2:], good[2]]) + b"\n"
+    )
+    up = TrajectoryUploader(traj_server, str(spool), "shape-run", settings=FAST)
+    assert await up.flush(60), up.stats
+    await up.close()
+    assert {r["task_index"] for r in run_rollouts(traj_server, "shape-run")} == {0, 1, 2}
+    assert up.stats["quarantined"] == 4 and up.stats["recovered"] == 3
+    quarantined = (spool / f"quarantine-{os.getpid()}.jsonl").read_bytes().splitlines()
+    assert sorted(quarantined) == sorted(wrong)
+
+
 FULL_DISK_CHILD = """
 import asyncio, json, logging, os, resource, signal, sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})

@@ -19,6 +19,7 @@ from contract.trajectory_events import EventBatch
 from contract.vocab import (
     FAILURE_STOPS,
     INFRA_STOPS,
+    SERVER_TOOL_ERRORS,
     EpisodeStatus,
     OrsReason,
     StopReason,
@@ -89,8 +90,11 @@ def test_the_sdk_refusals_are_one_table_for_server_and_client() -> None:
     assert sdk_reasons
     assert sdk_reasons <= {r.value for r in ToolRefusal}
     for refusal in ToolRefusal:
-        assert 400 <= refusal.status < 500
         assert isinstance(refusal.error_kind, ToolErrorKind)
+        if refusal.error_kind in SERVER_TOOL_ERRORS:  # the server's doing: a 5xx, never a 4xx
+            assert refusal.status == 503
+        else:
+            assert 400 <= refusal.status < 500
 
 
 def test_an_ors_error_body_carries_the_plain_reason() -> None:

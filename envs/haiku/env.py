@@ -75,6 +75,12 @@ PROMPT = (
 )
 
 DUPLICATE_IN_GROUP = "duplicate_in_group"
+# Bounds of a task spec a client sends: every submission is scored against the topic and the
+# prompt, so a 60,000-character topic made each one cost ~0.5 s of CPU (the bundled topics are
+# at most 37 characters, their word lists 13 words).
+MAX_TOPIC_CHARS = 200
+MAX_TOPIC_WORDS = 100
+MAX_WORD_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -181,11 +187,18 @@ class Haiku(ReportingEnvironment):
         topic = task_spec.get("topic")
         if not isinstance(topic, str) or not topic.strip():
             raise ValueError("a haiku task_spec needs 'topic' (a non-empty string)")
+        if len(topic) > MAX_TOPIC_CHARS:
+            raise ValueError(f"a haiku topic is at most {MAX_TOPIC_CHARS} characters")
         listed = task_spec.get("words")
         if listed is None:
             listed = topic_table().get(topic.strip(), ())
         if not isinstance(listed, (list, tuple)) or not all(isinstance(w, str) for w in listed):
             raise ValueError("a haiku task_spec's 'words' must be a list of strings")
+        if len(listed) > MAX_TOPIC_WORDS or any(len(w) > MAX_WORD_CHARS for w in listed):
+            raise ValueError(
+                f"a haiku task_spec's 'words' are at most {MAX_TOPIC_WORDS} words of at most "
+                f"{MAX_WORD_CHARS} characters"
+            )
         self.topic = topic.strip()
         self.accepted = topic_words(self.topic, list(listed))
         self.max_revisions = self._options.max_revisions

@@ -14,13 +14,16 @@ Modules:
     lifecycle   a session's life: /create_session, /create (toolsets), /ping, /delete
     catalog     session-free answers: environments, version, metrics, splits, tools, tasks
     session_views  a session's prompt, messages and task tools
-    calls       tool calls and score_group under the call budget
+    calls       tool calls and score_group under the call budget; stopped calls leave no trace
+    rollback    an environment's state before a call, put back when the server stops the call
     streaming   answering a call: SSE (task_id, keepalives, result) or plain JSON; resume
     wire        the wire format: requests, JSON and SSE bodies, X-Secrets, typed body fields
     served      environment classes checked as the SDK server checks them, static answers cached
-    sessions    the session table: live environment instances, idle reaping, the session cap
-    budget      a per-call time budget for tool code on the event loop (SIGALRM ticker)
-    connections slow and idle clients: header/body timeouts, header size cap, connection cap
+    sessions    the session table: live environment instances, idle reaping, sessions per client
+    fairness    the loop shared fairly between clients: one ahead of the others waits its turn
+    budget      a per-call CPU budget for code on the event loop (SIGALRM ticker, GC excluded)
+    connections slow, idle and greedy clients: header/body/send timeouts, header size cap,
+                connection caps for the server and per client
     openapi     the OpenAPI schema of every route (`GET /openapi.json`)
     metrics     counters and a latency histogram, rendered as Prometheus text (`GET /metrics`);
                 CallStatus, the labels of a tool call's outcome
@@ -29,9 +32,11 @@ Modules:
 Hardening: bad input gets a typed 4xx in the ORS error shape
 `{"ok": false, "error": msg, "reason": kind, "detail": msg}` (`detail` is what the stock client
 shows); an exception inside an environment fails that call only; idle sessions are reaped;
-`--max-sessions` answers 503 with Retry-After; `--api-key` guards everything but /health; a
-tool call's code gets `--tool-budget` seconds of the event loop; slow clients time out and
-connections are capped; toolsets only when the env class lists them in `session_toolsets`.
+`--max-sessions` answers 503 with Retry-After and one client holds at most 3/4 of them;
+`--api-key` guards everything but /health; a call's code gets `--tool-budget` seconds of CPU on
+the event loop (a stopped call is the server's `budget_exceeded`, never the model's fault);
+slow clients time out and connections are capped, per client too; toolsets only when the env
+class lists them in `session_toolsets`.
 
 Wire details beyond the SDK server: tool-level refusals (not_found, input_validation,
 episode_finished) travel inside the SSE result exactly as the SDK sends them (the stock client

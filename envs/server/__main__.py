@@ -16,6 +16,7 @@ from openreward.environments import Environment
 
 from envs.server.app import (
     DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_STOPPED_CALLS,
     ServerSettings,
     TrajectoryServiceLike,
     create_app,
@@ -148,12 +149,32 @@ def _build_arg_parser() -> argparse.ArgumentParser:
         help=f"cap on open sessions (503 + Retry-After beyond; default {DEFAULT_MAX_SESSIONS})",
     )
     p.add_argument(
+        "--max-sessions-per-client",
+        type=int,
+        default=None,
+        help=(
+            "cap on the sessions one client (peer address) holds (429 + Retry-After beyond; "
+            "default 3/4 of --max-sessions, so one client cannot take every slot)"
+        ),
+    )
+    p.add_argument(
         "--tool-budget",
         type=float,
         default=DEFAULT_TOOL_BUDGET_S,
         help=(
-            "seconds a tool call's own code may hold the event loop before it is stopped "
-            f"with an error to the model (default {DEFAULT_TOOL_BUDGET_S:g})"
+            "seconds of CPU a call's own code may use on the event loop (a tool call, loading "
+            "or listing tasks) before the server stops it; a stopped tool call is the server's "
+            "fact, answered as budget_exceeded with the env's state unchanged "
+            f"(default {DEFAULT_TOOL_BUDGET_S:g})"
+        ),
+    )
+    p.add_argument(
+        "--max-stopped-calls",
+        type=int,
+        default=DEFAULT_MAX_STOPPED_CALLS,
+        help=(
+            "calls of one session stopped at the budget before the session is ended "
+            f"(410 session_over_budget; default {DEFAULT_MAX_STOPPED_CALLS})"
         ),
     )
     p.add_argument(
@@ -166,6 +187,15 @@ def _build_arg_parser() -> argparse.ArgumentParser:
         help=(
             "cap on open client connections; beyond it idle ones are closed, else new ones get "
             "503 (default: 8192, or what the open-files limit allows)"
+        ),
+    )
+    p.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=None,
+        help=(
+            "cap on the connections one client (peer address) holds; beyond it its own idle "
+            "ones are closed, else its new ones get 503 (default 3/4 of --max-connections)"
         ),
     )
     p.add_argument(
@@ -182,8 +212,17 @@ def _build_arg_parser() -> argparse.ArgumentParser:
         type=float,
         default=ConnectionLimits.body_timeout_s,
         help=(
-            "seconds a request body may stall before the connection is closed "
-            f"(default {ConnectionLimits.body_timeout_s:g})"
+            "seconds a request body may stall (or, past them, crawl below 16 KiB/s) before "
+            f"the connection is closed (default {ConnectionLimits.body_timeout_s:g})"
+        ),
+    )
+    p.add_argument(
+        "--send-timeout",
+        type=float,
+        default=ConnectionLimits.send_timeout_s,
+        help=(
+            "seconds an answer may wait for a client that reads none of it before the "
+            f"connection is dropped (default {ConnectionLimits.send_timeout_s:g})"
         ),
     )
     p.add_argument(
@@ -216,10 +255,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail("--session-ttl must be positive")
     if args.max_sessions < 1:
         _fail("--max-sessions must be at least 1")
+    for flag in ("max_sessions_per_client", "max_connections_per_client"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            _fail(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.max_stopped_calls < 1:
+        _fail("--max-stopped-calls must be at least 1")
     if not args.tool_budget > 0:
         _fail("--tool-budget must be positive")
-    if not (args.header_timeout > 0 and args.body_timeout > 0):
-        _fail("--header-timeout and --body-timeout must be positive")
+    if not (args.header_timeout > 0 and args.body_timeout > 0 and args.send_timeout > 0):
+        _fail("--header-timeout, --body-timeout and --send-timeout must be positive")
     if args.max_connections is not None and args.max_connections < 1:
         _fail("--max-connections must be at least 1")
     check_port_free(args.host, args.port)
@@ -248,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         api_key=args.api_key or None,
         session_ttl_s=args.session_ttl,
         max_sessions=args.max_sessions,
+        max_sessions_per_client=args.max_sessions_per_client,
         tool_budget_s=args.tool_budget,
+        max_stopped_calls=args.max_stopped_calls,
         log_requests=args.log_level == "debug",
     )
     try:
@@ -277,7 +323,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     limits = ConnectionLimits(
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
+        send_timeout_s=args.send_timeout,
         max_connections=default_max_connections(args.max_connections or 8192),
+        max_connections_per_client=args.max_connections_per_client,
     )
     if args.max_connections is not None and limits.max_connections < args.max_connections:
         log.warning(
@@ -290,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         loop="uvloop" if have("uvloop") else "asyncio",
-        http=guarded_protocol(limits),
+        http=guarded_protocol(limits, app.state.metrics.connections_closed),
         access_log=False,
         log_level=args.log_level,
         timeout_keep_alive=75,

@@ -41,6 +41,9 @@ MAX_CREATE_BODY_BYTES = 64 << 10
 # Open sessions per process unless --max-sessions says otherwise (a training run keeps about
 # rollout batch x n-samples episodes open; 4096 sessions of the largest spec stay under 300 MB).
 DEFAULT_MAX_SESSIONS = 4096
+# A session whose calls keep hitting the budget is ended after this many (a client could
+# otherwise repeat a maximal call forever: every stop costs the server a whole budget).
+DEFAULT_MAX_STOPPED_CALLS = 3
 
 
 class TrajectoryServiceLike(Protocol):
@@ -59,12 +62,26 @@ class ServerSettings:
     api_key: str | None = None
     session_ttl_s: float = 900.0
     max_sessions: int | None = DEFAULT_MAX_SESSIONS
+    # Sessions one client (peer address) may hold; None: 3/4 of max_sessions, rounded up.
+    max_sessions_per_client: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     max_create_body_bytes: int = MAX_CREATE_BODY_BYTES
-    # Time a tool call's own code may hold the event loop (envs/server/budget.py).
+    # CPU time a call's own code may use on the event loop (envs/server/budget.py).
     tool_budget_s: float = DEFAULT_TOOL_BUDGET_S
+    # Calls of one session stopped at that budget before the session is ended.
+    max_stopped_calls: int = DEFAULT_MAX_STOPPED_CALLS
     retry_after_s: int = 5
     log_requests: bool = False  # one debug line per request
+
+    @property
+    def client_session_cap(self) -> int | None:
+        """Sessions one client may hold: its own setting, else 3/4 of the server's cap, rounded
+        up (a quarter stays free for the others)."""
+        if self.max_sessions_per_client is not None:
+            return self.max_sessions_per_client
+        if self.max_sessions is None:
+            return None
+        return self.max_sessions - self.max_sessions // 4
 
 
 def memoize_tool_introspection() -> None:

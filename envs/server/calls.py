@@ -3,6 +3,12 @@
 Tool calls run through the SDK's Environment machinery (`Environment._call_tool`: input
 validation, per-tool locks, the episode-finished latch), or the session's toolset when it has
 one. A refused call's message is for the model: it is cut to MAX_TOOL_ERROR_CHARS.
+
+A call stopped at its CPU budget (budget.py) is the server's fact: it is answered with the
+refusal `budget_exceeded` (not `input_validation`: the model's input is not blamed), and the
+environment's state is put back as it was before the call (rollback.py), so a stopped
+`submit_answer` neither finishes the episode nor spends the answer. Stopped calls count against
+their session: the `max_stopped_calls`-th ends it (later requests: 410 `session_over_budget`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from openreward.environments import Environment
 from openreward.environments import environment as sdk_environment
 from openreward.environments.session import call_session_tool
@@ -24,11 +31,12 @@ from openreward.environments.types import (
 from openreward.environments.utils import run_user_callable
 from pydantic import BaseModel, ValidationError
 
-from contract.vocab import OrsReason
+from contract.vocab import OrsReason, ToolRefusal
 from envs.server.budget import BudgetExceeded
 from envs.server.context import OrsContext
 from envs.server.errors import OrsError, ToolCrashed
 from envs.server.metrics import CallStatus
+from envs.server.rollback import StateSnapshot
 from envs.server.sessions import Session
 from envs.server.streaming import CallOutcome, resume, run_and_answer
 from envs.server.wire import Request
@@ -85,32 +93,18 @@ async def run_call(
             )
             return checked.model_dump_json(), CallStatus.INPUT_VALIDATION
         tool_input = checked
+    snapshot = StateSnapshot(s.env)
     try:
         if s.toolset is None:
             res = await ctx.budget.run(s.env._call_tool(name, tool_input))
         else:
             res = await ctx.budget.run(call_session_tool(s.env, s.toolset, name, tool_input))
     except BudgetExceeded:
+        snapshot.restore()
         ctx.metrics.record_call(
             s.env_name, tool, CallStatus.BUDGET_EXCEEDED, time.perf_counter() - t0
         )
-        log.warning(
-            "%s tool %r exceeded its %.3gs budget and was stopped (session %s)",
-            s.env_name,
-            tool,
-            ctx.budget.limit_s,
-            s.sid,
-        )
-        res = RunToolOutput(
-            RunToolError(
-                reason="input_validation",
-                error=(
-                    f"{tool} was stopped: it computed for longer than its "
-                    f"{ctx.budget.limit_s:g} s budget on this input; use a simpler input"
-                ),
-            )
-        )
-        return res.model_dump_json(), CallStatus.INPUT_VALIDATION
+        return await _stopped(ctx, s, tool), ToolRefusal.BUDGET_EXCEEDED
     except Exception as e:
         ctx.metrics.record_call(s.env_name, tool, OrsReason.ENV_ERROR, time.perf_counter() - t0)
         log.warning(
@@ -123,6 +117,33 @@ async def run_call(
         root.error = f"{root.error[:MAX_TOOL_ERROR_CHARS]}... (cut)"
     ctx.metrics.record_call(s.env_name, tool, reason or CallStatus.OK, time.perf_counter() - t0)
     return res.model_dump_json(), reason
+
+
+async def _stopped(ctx: OrsContext, s: Session, tool: str) -> str:
+    """The answer to a call stopped at its budget (the env's state already put back); the
+    session's `max_stopped_calls`-th stopped call ends the session."""
+    s.stopped_calls += 1
+    limit = ctx.settings.max_stopped_calls
+    log.warning(
+        "%s tool %r used more than its %.3g s of CPU and was stopped (session %s, %d of %d)",
+        s.env_name,
+        tool,
+        ctx.budget.limit_s,
+        s.sid,
+        s.stopped_calls,
+        limit,
+    )
+    error = (
+        f"the server stopped {tool}: it used more than its {ctx.budget.limit_s:g} s of CPU. "
+        "This is the server's limit, not a fault of the call; the environment is as it was "
+        "before it."
+    )
+    if s.stopped_calls >= limit:
+        await ctx.sessions.remove(s.sid, why=OrsReason.SESSION_OVER_BUDGET)
+        error += f" The session had {s.stopped_calls} calls stopped and is closed."
+    return orjson.dumps(
+        {"ok": False, "error": error, "reason": ToolRefusal.BUDGET_EXCEEDED}
+    ).decode()
 
 
 async def score_group(ctx: OrsContext, req: Request) -> None:
@@ -157,9 +178,12 @@ async def score_group(ctx: OrsContext, req: Request) -> None:
                     f"{len(payload.candidates)} candidates"
                 )
         except BudgetExceeded:
+            s.stopped_calls += 1
+            if s.stopped_calls >= ctx.settings.max_stopped_calls:
+                await ctx.sessions.remove(s.sid, why=OrsReason.SESSION_OVER_BUDGET)
             raise ToolCrashed(
-                f"score_group was stopped: it computed for longer than its "
-                f"{ctx.budget.limit_s:g} s budget"
+                f"the server stopped score_group: it used more than its "
+                f"{ctx.budget.limit_s:g} s of CPU"
             ) from None
         except Exception as e:
             raise ToolCrashed(f"{type(e).__name__}: {e}") from None

@@ -1,6 +1,10 @@
 """What the server and its environments offer, session-free: the environment list, the version,
 the metrics, each environment's splits and tools, and its tasks (`/tasks`, `/num_tasks`,
 `/task`, `/task_range`).
+
+A split's task list is listed once and kept as JSON (served.py `TaskListing`): a listing
+request then costs a join of bytes, not a rebuild of every task spec. The environment's own
+coroutines (loading a task, listing one) run under the call budget (503 `budget_exceeded`).
 """
 
 from __future__ import annotations
@@ -9,12 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from openreward._version import __version__ as SDK_VERSION
-from openreward.environments.utils import run_user_callable
+from openreward.environments import Environment
 
 from contract.vocab import OrsReason
 from envs.server.context import OrsContext
 from envs.server.errors import OrsError
-from envs.server.served import ServedEnv
+from envs.server.served import ServedEnv, TaskListing
 from envs.server.wire import Request, body_field, dumps, send_body
 
 __all__ = [
@@ -58,18 +62,22 @@ async def tools(ctx: OrsContext, req: Request) -> bytes:
 
 
 async def tasks(ctx: OrsContext, req: Request) -> bytes:
-    """POST /{env}/tasks: every task of a split."""
+    """POST /{env}/tasks: every task of a split (listed once, then served from its JSON)."""
     served = ctx.env_for(req)
     split = ctx.split(served, await req.json_object(ctx.settings.max_body_bytes))
-    listed = await _class_call(served, served.cls.list_tasks, split)
-    return dumps({"tasks": list(listed), "env_name": served.name})
+    listing = await _listing(ctx, served, split)
+    return _tasks_body(listing.array(), served)
 
 
 async def num_tasks(ctx: OrsContext, req: Request) -> bytes:
     """POST /{env}/num_tasks: how many tasks a split has."""
     served = ctx.env_for(req)
     split = ctx.split(served, await req.json_object(ctx.settings.max_body_bytes))
-    return dumps({"num_tasks": await _class_call(served, served.cls.num_tasks, split)})
+    if served.cls.num_tasks.__func__ is not Environment.num_tasks.__func__:
+        n = await _class_call(ctx, served, served.cls.num_tasks, split)
+    else:
+        n = len(await _listing(ctx, served, split))
+    return dumps({"num_tasks": n})
 
 
 async def task(ctx: OrsContext, req: Request) -> bytes:
@@ -78,24 +86,51 @@ async def task(ctx: OrsContext, req: Request) -> bytes:
     obj = await req.json_object(ctx.settings.max_body_bytes)
     split = ctx.split(served, obj)
     index = body_field(obj, "index", int)
-    found = await _class_call(served, served.cls.get_task, split, index)
+    found = await _class_call(ctx, served, served.cls.get_task, split, index)
     return dumps({"task": found, "env_name": served.name})
 
 
 async def task_range(ctx: OrsContext, req: Request) -> bytes:
-    """POST /{env}/task_range: the tasks [start, stop) of a split."""
+    """POST /{env}/task_range: the tasks [start, stop) of a split, with Python's slice rules
+    (from the split's JSON when the class lists its tasks; else as the class answers)."""
     served = ctx.env_for(req)
     obj = await req.json_object(ctx.settings.max_body_bytes)
     split = ctx.split(served, obj)
     start = body_field(obj, "start", int, required=False)
     stop = body_field(obj, "stop", int, required=False)
-    listed = await _class_call(served, served.cls.get_task_range, split, start, stop)
+    if served.cls.get_task_range.__func__ is Environment.get_task_range.__func__:
+        try:
+            listing = await _listing(ctx, served, split)
+        except OrsError as e:
+            if e.reason != OrsReason.NOT_SUPPORTED:
+                raise
+        else:
+            lo, hi, _ = slice(start, stop).indices(len(listing))
+            return _tasks_body(listing.array(lo, max(lo, hi)), served)
+    listed = await _class_call(ctx, served, served.cls.get_task_range, split, start, stop)
     return dumps({"tasks": list(listed), "env_name": served.name})
 
 
-async def _class_call(served: ServedEnv, fn: Callable[..., Any], *args: Any) -> Any:
+def _tasks_body(array: bytes, served: ServedEnv) -> bytes:
+    return b'{"tasks":' + array + b',"env_name":' + dumps(served.name) + b"}"
+
+
+async def _listing(ctx: OrsContext, served: ServedEnv, split: str) -> TaskListing:
+    """A split's task list as JSON, made once (the SDK caches the list on the class)."""
+    listing = served.task_lists.get(split)
+    if listing is None:
+        listed = await _class_call(ctx, served, served.cls._list_tasks_cached, split)
+        listing = served.task_lists.setdefault(split, TaskListing(listed, dumps))
+    return listing
+
+
+async def _class_call(
+    ctx: OrsContext, served: ServedEnv, fn: Callable[..., Any], *args: Any
+) -> Any:
     try:
-        return await run_user_callable(fn, *args)
+        return await ctx.class_call(served, fn, *args)
+    except OrsError:
+        raise
     except IndexError:
         raise OrsError(400, OrsReason.INVALID_INDEX, f"{served.name}: index out of range") from None
     except NotImplementedError:

@@ -1,4 +1,5 @@
-"""Slow and idle clients: header and body timeouts, a header size cap and a connection cap.
+"""Slow, idle and greedy clients: header, body and send timeouts, a header size cap, connection
+caps for the server and for each client.
 
 uvicorn has no header-read timeout: 21,000 connections that trickled their headers once made
 98% of new connections fail. `guarded_protocol(limits)` returns uvicorn's httptools protocol
@@ -7,14 +8,21 @@ with, per connection:
 - a header deadline: a request's headers must be complete `header_timeout_s` after the
   connection opened (or after its first byte, on a kept-alive connection), however slowly
   they trickle in; past it the connection gets a 408 and is closed;
-- a body timeout: a request body that stops arriving for `body_timeout_s` closes the connection
-  (the handler sees a disconnect);
+- a body deadline: a body that stops arriving for `body_timeout_s`, or that arrives slower than
+  MIN_BODY_BYTES_PER_S on average once `body_timeout_s` have passed, closes the connection (the
+  handler sees a disconnect): a byte every 20 s once kept a connection in its body for ever;
+- a send deadline: an answer whose bytes stop draining to the client for `send_timeout_s`
+  (a client that does not read) aborts the connection and frees what it held;
 - a header size cap: headers over `max_header_bytes` get a 431 (checked per received chunk
   while the headers are incomplete, and once when they end);
 - a connection cap: when `max_connections` are open, a new connection first evicts the oldest
-  one that is not in a request (idle keep-alive, or still sending headers), so slow or idle
-  clients cannot lock well-behaved ones out; when every connection is mid-request, the new one
-  is refused at once with a 503 and Retry-After.
+  one that is not in a request (idle keep-alive, or still sending headers), else the oldest
+  whose body is arriving slower than MIN_BODY_BYTES_PER_S, so slow or idle clients cannot lock
+  well-behaved ones out; when every connection is mid-request, the new one is refused at once
+  with a 503 and Retry-After;
+- a cap per client (its peer address): one client holds at most `max_connections_per_client`
+  (default 3/4 of the cap, rounded up); beyond it, its own oldest idle or slow connection is
+  evicted, else its new one is refused, so the last quarter always stays for the others.
 
 Deadlines are attributes checked by one sweep a second (a quarter of the shortest timeout when
 that is shorter), not a timer per request: a request costs a few attribute writes.
@@ -26,6 +34,7 @@ import asyncio
 import logging
 import resource
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +49,11 @@ log = logging.getLogger(__name__)
 
 # Descriptors kept free for everything but client connections (database, logs, subprocesses).
 RESERVED_FDS = 256
+# The slowest a request body may arrive on average (past its first body_timeout_s), and the
+# rate under which a connection in its body may be evicted for a new one (once in it for
+# SLOW_BODY_GRACE_S).
+MIN_BODY_BYTES_PER_S = 16 * 1024
+SLOW_BODY_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -48,13 +62,22 @@ class ConnectionLimits:
 
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    send_timeout_s: float = 30.0
     max_header_bytes: int = 64 * 1024
     max_connections: int = 4096
+    max_connections_per_client: int | None = None
     retry_after_s: int = 1
 
     @property
     def sweep_s(self) -> float:
-        return min(1.0, self.header_timeout_s / 4, self.body_timeout_s / 4)
+        return min(1.0, self.header_timeout_s / 4, self.body_timeout_s / 4, self.send_timeout_s / 4)
+
+    @property
+    def client_cap(self) -> int:
+        """Connections one client may hold: its own setting, else 3/4 of the cap, rounded up."""
+        if self.max_connections_per_client is not None:
+            return self.max_connections_per_client
+        return self.max_connections - self.max_connections // 4
 
 
 def default_max_connections(wanted: int = 8192) -> int:
@@ -88,9 +111,14 @@ def _response(status: bytes, message: str, extra: bytes = b"") -> bytes:
 _IDLE, _HEADERS, _BODY, _BUSY = "idle", "headers", "body", "busy"
 
 
-def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with `limits` enforced (pass it as `uvicorn.run(http=...)`)."""
+def guarded_protocol(
+    limits: ConnectionLimits, closed: Counter[str] | None = None
+) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with `limits` enforced (pass it as `uvicorn.run(http=...)`);
+    `closed` counts the connections it closes or refuses, by why."""
     sweeper: list[asyncio.TimerHandle] = []
+    per_client: Counter[str] = Counter()
+    counts: Counter[str] = closed if closed is not None else Counter()
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -100,41 +128,80 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._deadline = self._since + limits.header_timeout_s  # 0.0: none
             self._header_bytes = 0  # raw bytes of chunks that ended before the headers did
             self._chunk = 0  # bytes in the chunk being parsed
+            self._body_bytes = 0  # of the request whose body is arriving
+            self._peer = ""
+            self._unsent = 0  # bytes waiting to be sent at the last sweep
+            self._stalled_since = 0.0  # when they stopped draining (0.0: they drain)
 
         # -- connection lifetime
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._peer = self.client[0] if self.client else "unknown"
             if not sweeper:
                 sweeper.append(self.loop.call_later(limits.sweep_s, _sweep, self.connections))
-            if len(self.connections) > limits.max_connections and not self._evict():
-                self.connections.discard(self)
-                transport.write(
-                    _response(
-                        b"503 Service Unavailable",
-                        f"server is at its limit of {limits.max_connections} connections",
-                        b"retry-after: " + str(limits.retry_after_s).encode() + b"\r\n",
-                    )
-                )
-                transport.close()
+            if per_client[self._peer] >= limits.client_cap and not self._evict(self._peer):
+                self._refuse(f"this client holds {limits.client_cap} connections, its limit")
+                return
+            if len(self.connections) > limits.max_connections and not self._evict(None):
+                self._refuse(f"server is at its limit of {limits.max_connections} connections")
+                return
+            per_client[self._peer] += 1
 
-        def _evict(self) -> bool:
-            """Close the oldest connection not in a request; False when there is none."""
+        def _refuse(self, message: str) -> None:
+            counts["refused"] += 1
+            self.connections.discard(self)
+            self._peer = ""  # not counted for its client
+            self.transport.write(
+                _response(
+                    b"503 Service Unavailable",
+                    message,
+                    b"retry-after: " + str(limits.retry_after_s).encode() + b"\r\n",
+                )
+            )
+            self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._peer:
+                per_client[self._peer] -= 1
+                if per_client[self._peer] <= 0:
+                    del per_client[self._peer]
+                self._peer = ""
+            super().connection_lost(exc)
+
+        def _evictable(self, now: float) -> int:
+            """0: not evictable; 1: idle or sending headers; 2: a body arriving too slowly."""
+            if self._phase in (_IDLE, _HEADERS):
+                return 1
+            if self._phase == _BODY:
+                age = now - self._since
+                if age > SLOW_BODY_GRACE_S and self._body_bytes < age * MIN_BODY_BYTES_PER_S:
+                    return 2
+            return 0
+
+        def _evict(self, peer: str | None) -> bool:
+            """Close the oldest idle connection (of `peer`, or of anyone), else the oldest slow
+            body; False when there is none."""
+            now = time.monotonic()
             victim: GuardedHttpToolsProtocol | None = None
+            best = (3, 0.0)
             for conn in self.connections:
                 # only our own protocol has a phase (an upgraded websocket never idles here)
                 if not isinstance(conn, GuardedHttpToolsProtocol) or conn is self:
                     continue
-                if conn._phase not in (_IDLE, _HEADERS):
+                if peer is not None and conn._peer != peer:
                     continue
-                if victim is None or conn._since < victim._since:
-                    victim = conn
+                kind = conn._evictable(now)
+                if kind and (kind, conn._since) < best:
+                    victim, best = conn, (kind, conn._since)
             if victim is None:
                 log.warning(
-                    "connection cap (%d) reached with every connection in a request: refusing",
-                    limits.max_connections,
+                    "connection cap (%d%s) reached with every connection in a request: refusing",
+                    limits.client_cap if peer is not None else limits.max_connections,
+                    f" for {peer}" if peer is not None else "",
                 )
                 return False
+            counts["evicted_slow_body" if best[0] == 2 else "evicted_idle"] += 1
             victim._phase, victim._deadline = _BUSY, 0.0  # never picked twice
             victim.transport.close()
             return True
@@ -145,6 +212,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if self.transport.is_closing():
                 return
             if self._phase in (_IDLE, _HEADERS):
+                counts["header_timeout"] += 1
                 self.transport.write(
                     _response(
                         b"408 Request Timeout",
@@ -152,11 +220,29 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     )
                 )
             elif self._phase == _BODY:
-                log.info(
-                    "closing a connection whose request body stalled for %g s",
-                    limits.body_timeout_s,
-                )
+                counts["body_timeout"] += 1
+                log.info("closing a connection whose request body stalled or crawled")
             self.transport.close()
+
+        def check_send(self, now: float) -> None:
+            """The sweep's look at what waits to be sent: abort a client that stopped reading."""
+            try:
+                unsent = self.transport.get_write_buffer_size()
+            except Exception:  # a transport already gone
+                return
+            if unsent == 0:
+                self._unsent, self._stalled_since = 0, 0.0
+            elif self._stalled_since == 0.0 or unsent < self._unsent:
+                self._unsent, self._stalled_since = unsent, now
+            elif now - self._stalled_since > limits.send_timeout_s:
+                counts["send_timeout"] += 1
+                log.info(
+                    "aborting a connection whose client read none of %d bytes for %g s",
+                    unsent,
+                    limits.send_timeout_s,
+                )
+                self._unsent, self._deadline = 0, 0.0
+                self.transport.abort()
 
         # -- parser events
 
@@ -175,6 +261,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def _too_large(self) -> None:
             self._deadline = 0.0
             if not self.transport.is_closing():
+                counts["headers_too_large"] += 1
                 self.transport.write(
                     _response(
                         b"431 Request Header Fields Too Large",
@@ -200,7 +287,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 self._too_large()
                 return
             now = time.monotonic()
-            self._phase, self._since = _BODY, now
+            self._phase, self._since, self._body_bytes = _BODY, now, 0
             self._deadline = now + limits.body_timeout_s
             self._header_bytes = 0
             super().on_headers_complete()
@@ -208,8 +295,15 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def on_body(self, body: bytes) -> None:
             if self.transport.is_closing():  # refused above: no request to feed
                 return
-            self._deadline = time.monotonic() + limits.body_timeout_s
+            self._body_bytes += len(body)
+            self._deadline = self._body_deadline(time.monotonic())
             super().on_body(body)
+
+        def _body_deadline(self, now: float) -> float:
+            """The next chunk within body_timeout_s, and on average no slower than
+            MIN_BODY_BYTES_PER_S past the first body_timeout_s."""
+            crawl = self._since + limits.body_timeout_s + self._body_bytes / MIN_BODY_BYTES_PER_S
+            return min(now + limits.body_timeout_s, crawl)
 
         def on_message_complete(self) -> None:
             cycle = getattr(self, "cycle", None)
@@ -226,7 +320,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if self._phase == _BODY:
                 # The rest of this request's body is still arriving (the answer came first): it
                 # is body, not the next request's headers, and it may stall like any body.
-                self._deadline = time.monotonic() + limits.body_timeout_s
+                self._deadline = self._body_deadline(time.monotonic())
             else:
                 self._phase, self._since, self._deadline = _IDLE, time.monotonic(), 0.0
 
@@ -238,6 +332,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 deadline = getattr(conn, "_deadline", 0.0)
                 if deadline and now > deadline:
                     conn.expire(now)
+                check = getattr(conn, "check_send", None)
+                if check is not None:
+                    check(now)
         finally:
             sweeper[0] = loop.call_later(limits.sweep_s, _sweep, connections)
 

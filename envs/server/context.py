@@ -1,16 +1,21 @@
 """What every ORS handler reads: the served environments, the settings, the session table, the
-metrics and the call budget, with the lookups they share (which env, which session, which split).
+metrics, the call budget and the clients' fair shares, with the lookups they share (which env,
+which session, which split).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from openreward.environments.utils import run_user_callable
 
 from contract.vocab import OrsReason
-from envs.server.budget import CallBudget
+from envs.server.budget import BudgetExceeded, CallBudget
 from envs.server.errors import OrsError
+from envs.server.fairness import FairShare
 from envs.server.metrics import ServerMetrics
 from envs.server.served import ServedEnv
 from envs.server.sessions import Session, SessionTable
@@ -38,8 +43,9 @@ class OrsContext:
         self.sessions = sessions
         self.metrics = metrics
         self.budget = CallBudget(settings.tool_budget_s)
-        self.creating: set[str] = set()
-        """Session ids whose /create is running (they count against the session cap)."""
+        self.fair = FairShare(on_wait=metrics.record_fair_wait)
+        self.creating: dict[str, str] = {}
+        """Session id -> client of each /create running (they count against the caps)."""
         self.env_list_json = orjson.dumps(list(envs))
 
     def unknown_env(self, name: str) -> OrsError:
@@ -70,11 +76,18 @@ class OrsContext:
         s = self.sessions.get(sid)
         if s is None:
             why = self.sessions.ended_reason(sid)
-            if why == "expired":
+            if why == OrsReason.SESSION_EXPIRED:
                 raise OrsError(
                     410,
-                    OrsReason.SESSION_EXPIRED,
+                    why,
                     f"session {sid} was idle longer than {self.sessions.ttl_s:g}s and was closed",
+                )
+            if why == OrsReason.SESSION_OVER_BUDGET:
+                raise OrsError(
+                    410,
+                    why,
+                    f"session {sid} was closed after {self.settings.max_stopped_calls} of its "
+                    "calls were stopped at their CPU budget",
                 )
             if why is not None:
                 raise OrsError(410, OrsReason.SESSION_DELETED, f"session {sid} was deleted")
@@ -90,6 +103,23 @@ class OrsContext:
                 f"session {sid} is a {s.env_name!r} session, not {req.env.name!r}",
             )
         return s
+
+    async def class_call(self, served: ServedEnv, fn: Callable[..., Any], *args: Any) -> Any:
+        """An environment class's method (list, load a task): a coroutine runs under the call
+        budget (503 `budget_exceeded` when stopped), a plain function in a thread as the SDK
+        runs it."""
+        if not inspect.iscoroutinefunction(fn):
+            return await run_user_callable(fn, *args)
+        try:
+            return await self.budget.run(fn(*args))
+        except BudgetExceeded:
+            raise OrsError(
+                503,
+                OrsReason.BUDGET_EXCEEDED,
+                f"{served.name}.{getattr(fn, '__name__', 'call')} used more than its "
+                f"{self.budget.limit_s:g} s of CPU and was stopped",
+                [(b"retry-after", str(self.settings.retry_after_s).encode())],
+            ) from None
 
     def split(self, served: ServedEnv, obj: dict[str, Any]) -> str:
         """The body's `split`, one the environment has."""

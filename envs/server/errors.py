@@ -6,7 +6,7 @@
     └── ToolCrashed      an exception escaped an environment's tool (the message names its type)
 
     BaseException
-    └── budget.BudgetExceeded   a tool call over its time budget (never caught by env code)
+    └── budget.BudgetExceeded   a call over its CPU budget (never caught by env code)
 
 The reasons (`contract.vocab.OrsReason` for requests, `ToolRefusal` for tool calls) are the
 contract's, shared with the client. `OrsError.body()` is the ORS error shape

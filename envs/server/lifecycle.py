@@ -2,7 +2,9 @@
 optional toolset), `/ping` and `/delete`.
 
 `/create` is bounded: its body by `max_create_body_bytes`, the open sessions by `max_sessions`
-(503 with Retry-After beyond), toolsets to those the env class lists in `session_toolsets`.
+(503 with Retry-After beyond) and those of one client (its peer address) by
+`max_sessions_per_client` (429 with Retry-After: one client cannot take every slot), toolsets to
+those the env class lists in `session_toolsets`.
 """
 
 from __future__ import annotations
@@ -54,14 +56,7 @@ async def create(ctx: OrsContext, req: Request) -> bytes:
         raise OrsError(
             400, OrsReason.SESSION_EXISTS, f"Session already exists: {sid}"
         )  # 400 as the SDK server
-    limit = ctx.settings.max_sessions
-    if limit is not None and len(ctx.sessions) + len(ctx.creating) >= limit:
-        raise OrsError(
-            503,
-            OrsReason.TOO_MANY_SESSIONS,
-            f"server is at its limit of {limit} open sessions",
-            [(b"retry-after", str(ctx.settings.retry_after_s).encode())],
-        )
+    _check_caps(ctx, req.client)
     env_name = body_field(obj, "env_name", str, required=False)
     if env_name is not None:
         served = ctx.envs.get(env_name.lower())
@@ -76,7 +71,7 @@ async def create(ctx: OrsContext, req: Request) -> bytes:
     secrets = parse_secrets(req.headers.get(b"x-secrets"))
     toolset_name = body_field(obj, "toolset_name", str, required=False)
 
-    ctx.creating.add(sid)
+    ctx.creating[sid] = req.client
     try:
         if task_spec is None:
             task_spec = await _indexed_task(ctx, served, obj)
@@ -88,10 +83,35 @@ async def create(ctx: OrsContext, req: Request) -> bytes:
             )
         env = await _instantiate(served, task_spec, secrets, has_index)
         toolset = await _set_up(served, env, toolset_name)
-        ctx.sessions.add(Session(sid=sid, env_name=served.name, env=env, toolset=toolset))
+        session = Session(sid, served.name, env, toolset=toolset, client=req.client)
+        ctx.sessions.add(session)
     finally:
-        ctx.creating.discard(sid)
+        del ctx.creating[sid]
     return dumps({"sid": sid})
+
+
+def _check_caps(ctx: OrsContext, client: str) -> None:
+    """503 when the server holds its `max_sessions`; 429 when this client holds its share."""
+    retry = [(b"retry-after", str(ctx.settings.retry_after_s).encode())]
+    limit = ctx.settings.max_sessions
+    if limit is not None and len(ctx.sessions) + len(ctx.creating) >= limit:
+        raise OrsError(
+            503,
+            OrsReason.TOO_MANY_SESSIONS,
+            f"server is at its limit of {limit} open sessions",
+            retry,
+        )
+    share = ctx.settings.client_session_cap
+    if share is not None:
+        held = ctx.sessions.held_by(client) + sum(c == client for c in ctx.creating.values())
+        if held >= share:
+            raise OrsError(
+                429,
+                OrsReason.CLIENT_LIMIT,
+                f"this client ({client}) holds {held} sessions, its limit on this server; "
+                "delete finished sessions first",
+                retry,
+            )
 
 
 async def _indexed_task(ctx: OrsContext, served: ServedEnv, obj: dict[str, Any]) -> Any:
@@ -99,7 +119,9 @@ async def _indexed_task(ctx: OrsContext, served: ServedEnv, obj: dict[str, Any])
     split = ctx.split(served, obj)
     index = body_field(obj, "index", int)
     try:
-        return await run_user_callable(served.cls.get_task, split, index)
+        return await ctx.class_call(served, served.cls.get_task, split, index)
+    except OrsError:
+        raise
     except IndexError:
         raise OrsError(
             400, OrsReason.INVALID_INDEX, f"{served.name} split {split!r} has no task {index}"
@@ -192,5 +214,5 @@ async def ping(ctx: OrsContext, req: Request) -> bytes:
 async def delete(ctx: OrsContext, req: Request) -> bytes:
     """POST /delete (and /delete_session): end the session and tear its environment down."""
     sid = req.sid()
-    await ctx.sessions.remove(sid, why="deleted")
+    await ctx.sessions.remove(sid)
     return dumps({"sid": sid})

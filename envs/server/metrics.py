@@ -8,9 +8,10 @@ clients (tool names) are bounded by the caller, never taken raw.
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from contract.vocab import Vocabulary
+from envs.reporting import records_cut
 
 
 class CallStatus(Vocabulary):
@@ -23,7 +24,7 @@ class CallStatus(Vocabulary):
     """The input was refused before or by the tool (the SDK's reason, also the server's when it
     cuts a call short)."""
     BUDGET_EXCEEDED = "budget_exceeded"
-    """The call computed past its time budget and was stopped (budget.py)."""
+    """The call used more than its CPU budget and was stopped (budget.py): the server's fact."""
 
 
 # Seconds. Tool calls on the local envs take well under a millisecond; the tail matters.
@@ -78,9 +79,12 @@ class ServerMetrics:
         self.sessions_created: dict[str, int] = defaultdict(int)  # env -> n
         self.sessions_reaped = 0
         self.sessions_deleted = 0
+        self.sessions_over_budget = 0
+        self.fair_waits = 0
         self.calls: dict[tuple[str, str, str], int] = defaultdict(int)  # (env, tool, status) -> n
         self.errors: dict[str, int] = defaultdict(int)  # reason -> n
         self.latency: dict[str, _Histogram] = {}  # env -> histogram
+        self.connections_closed: Counter[str] = Counter()  # why -> n (connections.py)
 
     def record_call(self, env: str, tool: str, status: str, seconds: float) -> None:
         """One finished tool call; `status` is a CallStatus or an error reason."""
@@ -91,6 +95,10 @@ class ServerMetrics:
         if hist is None:
             hist = self.latency[env] = _Histogram()
         hist.observe(seconds)
+
+    def record_fair_wait(self) -> None:
+        """A request that waited for its client's turn on the loop (fairness.py)."""
+        self.fair_waits += 1
 
     def record_error(self, reason: str) -> None:
         """A request refused before any tool ran (bad JSON, unknown session, ...)."""
@@ -113,6 +121,18 @@ class ServerMetrics:
         out.append(f"ors_sessions_reaped_total {self.sessions_reaped}")
         family("ors_sessions_deleted_total", "counter", "Sessions deleted by their client.")
         out.append(f"ors_sessions_deleted_total {self.sessions_deleted}")
+        family(
+            "ors_sessions_over_budget_total",
+            "counter",
+            "Sessions ended after too many of their calls were stopped at the CPU budget.",
+        )
+        out.append(f"ors_sessions_over_budget_total {self.sessions_over_budget}")
+        family(
+            "ors_fair_waits_total",
+            "counter",
+            "Requests that waited while clients that had used less of the loop were served.",
+        )
+        out.append(f"ors_fair_waits_total {self.fair_waits}")
         family("ors_tool_calls_total", "counter", "Tool calls, by environment, tool and outcome.")
         for (env, tool, status), n in sorted(self.calls.items()):
             out.append(
@@ -121,6 +141,19 @@ class ServerMetrics:
         family("ors_errors_total", "counter", "Refused requests and failed tool calls, by reason.")
         for reason, n in sorted(self.errors.items()):
             out.append(f"ors_errors_total{_labels(('reason',), (reason,))} {n}")
+        family(
+            "ors_call_records_cut_total",
+            "counter",
+            "Call records sessions keep for their checks, cut or dropped to bound memory.",
+        )
+        out.append(f"ors_call_records_cut_total {records_cut()}")
+        family(
+            "ors_connections_closed_total",
+            "counter",
+            "Connections the guard closed or refused: timeouts, evictions, caps.",
+        )
+        for why, n in sorted(self.connections_closed.items()):
+            out.append(f"ors_connections_closed_total{_labels(('why',), (why,))} {n}")
         family("ors_tool_call_seconds", "histogram", "Tool call latency inside the server.")
         for env, h in sorted(self.latency.items()):
             cumulative = 0

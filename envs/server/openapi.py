@@ -44,6 +44,26 @@ def _body(properties: dict[str, Any], required: Iterable[str] = ()) -> dict[str,
     }
 
 
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Bodies the server must refuse at the door (400 json_too_deep), for fuzzers' example phase: a
+# task spec nested 300 deep once made every tool call of its session a 500. 40 levels is past
+# the server's limit (wire.MAX_JSON_DEPTH, 32) and within what schemathesis can copy (300 made
+# it stop on "Recursion limit reached").
+TOO_DEEP = _nested(40)
+
+
+def _with_examples(body: dict[str, Any], **examples: Any) -> dict[str, Any]:
+    content = body["content"]["application/json"]
+    content["examples"] = {name: {"value": value} for name, value in examples.items()}
+    return body
+
+
 def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema or {}}}}
 
@@ -59,9 +79,13 @@ def _sse(description: str) -> dict[str, Any]:
 
 
 _ERRORS = {
-    "4XX": _json("refused: the ORS error shape", {"$ref": _REF.format(model="OrsError")}),
+    "4XX": _json(
+        "refused: the ORS error shape (429: this client's share of sessions; Retry-After)",
+        {"$ref": _REF.format(model="OrsError")},
+    ),
     "503": _json(
-        "at the session or connection limit (Retry-After)", {"$ref": _REF.format(model="OrsError")}
+        "at the session or connection limit, or work stopped at its CPU budget (Retry-After)",
+        {"$ref": _REF.format(model="OrsError")},
     ),
 }
 _SESSION = {
@@ -141,13 +165,16 @@ def ors_paths(env_names: list[str], split_names: list[str]) -> dict[str, Any]:
             _op(
                 "call a tool: SSE (task_id, chunk*, end) with Accept: text/event-stream, else JSON",
                 _sse("RunToolOutput"),
-                _body(
-                    {
-                        "name": {"type": "string"},
-                        "input": {"type": "object"},
-                        "task_id": {"type": "string"},
-                    },
-                    ["name"],
+                _with_examples(
+                    _body(
+                        {
+                            "name": {"type": "string"},
+                            "input": {"type": "object"},
+                            "task_id": {"type": "string"},
+                        },
+                        ["name"],
+                    ),
+                    nested_too_deep={"name": "calculator", "input": {"x": TOO_DEEP}},
                 ),
                 [_SESSION],
             ),
@@ -178,14 +205,19 @@ def ors_paths(env_names: list[str], split_names: list[str]) -> dict[str, Any]:
         paths[f"/{{env}}/{action}"] = {method: {**op, "parameters": [env_param, *op["parameters"]]}}
         bare = {**op, "parameters": [*op["parameters"], _DEPLOYMENT]}
         paths[f"/{action}"] = {method: {**bare, "operationId": f"bare_{action}"}}
-    create = _body(
-        {
-            "env_name": {"type": "string", "enum": env_names} if env_names else {"type": "string"},
-            "split": split,
-            "index": index,
-            "task_spec": {"type": "object"},
-            "toolset_name": {"type": "string"},
-        }
+    create = _with_examples(
+        _body(
+            {
+                "env_name": (
+                    {"type": "string", "enum": env_names} if env_names else {"type": "string"}
+                ),
+                "split": split,
+                "index": index,
+                "task_spec": {"type": "object"},
+                "toolset_name": {"type": "string"},
+            }
+        ),
+        nested_too_deep={"task_spec": {"question": "2+2?", "label": "4", "x": TOO_DEEP}},
     )
     root = {
         "/health": ("get", _op("liveness (no key needed)", _json("status"))),

@@ -3,7 +3,8 @@
 The ORS paths never touch FastAPI's per-request machinery; anything else (the trajectory
 service's routers) falls through to the wrapped app. Every request but `/health` must carry the
 server's X-API-Key when it has one. A path is resolved through the route table (routes.py) to
-a typed handler; an ORS-looking mistake (a wrong method, an unknown env) is refused here.
+a typed handler, run in its client's fair share of the loop (fairness.py); an ORS-looking
+mistake (a wrong method, an unknown env) is refused here.
 Whatever a handler raises becomes an answer: an OrsError its typed status, anything else a
 logged 500; the server keeps serving.
 """
@@ -97,6 +98,8 @@ class OrsRouter:
             await self.app(scope, receive, send)
             return
         req = Request(scope, receive, send, headers)
+        fair = self.ctx.fair  # waiting on the client's bytes is not wanting the loop
+        req.receive, req.send = fair.io(req.client, receive), fair.io(req.client, send)
         if self.ctx.settings.log_requests:
             await self._handle_logged(req, resolved, path)
         else:
@@ -141,7 +144,7 @@ class OrsRouter:
             if isinstance(resolved, OrsError):
                 raise resolved
             req.env = resolved.env
-            body = await resolved.route.handler(self.ctx, req)
+            body = await self.ctx.fair.run(req.client, resolved.route.handler(self.ctx, req))
             if body is not None:
                 await send_body(send, 200, body)
         except OrsError as e:

@@ -7,8 +7,9 @@ allows: the session, the client's X-Deployment header or the first environment p
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from envs.server import calls, catalog, lifecycle, session_views
 from envs.server.context import OrsContext
@@ -16,7 +17,7 @@ from envs.server.wire import Request
 
 __all__ = ["ENV_ACTIONS", "ROOT_ACTIONS", "Handler", "Route"]
 
-Handler = Callable[[OrsContext, Request], Awaitable[bytes | None]]
+Handler = Callable[[OrsContext, Request], Coroutine[Any, Any, bytes | None]]
 """An ORS handler: the body of a 200 answer, or None when it answered itself (SSE, text)."""
 
 

@@ -1,16 +1,44 @@
 """Environment classes checked the way the SDK server checks them, with their static answers
-precomputed."""
+precomputed: splits and tools at startup, each split's task list as JSON on first use (the SDK
+caches a class's task list too, so it does not change while the server runs)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from openreward.environments import Environment
 from openreward.environments.types import Split
 
-__all__ = ["ServedEnv", "named_envs", "serve_env"]
+__all__ = ["ServedEnv", "TaskListing", "named_envs", "serve_env"]
+
+
+class TaskListing:
+    """A split's task list as JSON: each task's bytes once, joined per answer (a range costs a
+    join of its tasks, the whole list one cached body)."""
+
+    __slots__ = ("_all", "tasks")
+
+    def __init__(self, tasks: Sequence[Any], encode: Callable[[Any], bytes]) -> None:
+        self.tasks = [encode(t) for t in tasks]
+        self._all: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def array(self, start: int = 0, stop: int | None = None) -> bytes:
+        """The JSON array of tasks[start:stop] (indices already resolved)."""
+        if start == 0 and (stop is None or stop >= len(self.tasks)):
+            if self._all is None:
+                self._all = b"[" + b",".join(self.tasks) + b"]"
+            return self._all
+        return b"[" + b",".join(self.tasks[start:stop]) + b"]"
+
+    def task(self, index: int) -> bytes:
+        """One task's JSON (IndexError outside the list, as a list index)."""
+        return self.tasks[index]
 
 
 @dataclass(frozen=True)
@@ -25,6 +53,8 @@ class ServedEnv:
     tools_json: bytes
     # True when /task_tools equals /tools for every session (no per-task tools).
     static_task_tools: bool
+    # split -> its task list as JSON, made on the first listing request (catalog.py).
+    task_lists: dict[str, TaskListing] = field(default_factory=dict, compare=False)
 
 
 def _split_dict(split: str | Split) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The env server's session table: live environment instances, idle reaping and the session cap.
+"""The env server's session table: live environment instances, idle reaping, sessions per client.
 
 State is per process on purpose: clients pin each session to one server URL, so several
 server processes can run side by side without sharing anything.
@@ -16,6 +16,7 @@ from typing import Any
 from openreward.environments import Environment
 from openreward.environments.utils import run_user_callable
 
+from contract.vocab import OrsReason
 from envs.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,12 @@ class Session:
     env_name: str
     env: Environment
     toolset: Any | None = None
+    client: str = ""
+    """Who opened it (the peer address): sessions per client are capped."""
     last_seen: float = field(default_factory=time.monotonic)
     active_calls: int = 0
+    stopped_calls: int = 0
+    """Calls of this session the server stopped at their budget (too many end the session)."""
     # task_id -> outcome of a running or finished call, oldest first (bounded).
     calls: OrderedDict[str, asyncio.Future[Any]] = field(default_factory=OrderedDict)
 
@@ -59,7 +64,8 @@ class SessionTable:
         self.max_sessions = max_sessions
         self.metrics = metrics
         self._live: dict[str, Session] = {}
-        self._ended: OrderedDict[str, str] = OrderedDict()
+        self._ended: OrderedDict[str, OrsReason] = OrderedDict()
+        self._per_client: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -71,33 +77,46 @@ class SessionTable:
             s.last_seen = time.monotonic()
         return s
 
-    def ended_reason(self, sid: str) -> str | None:
-        """Why a session that no longer exists ended ("deleted" or "expired"), if we remember it."""
+    def ended_reason(self, sid: str) -> OrsReason | None:
+        """Why a session that no longer exists ended, if we remember it."""
         return self._ended.get(sid)
 
     def exists(self, sid: str) -> bool:
         return sid in self._live
+
+    def held_by(self, client: str) -> int:
+        """How many live sessions `client` opened."""
+        return self._per_client.get(client, 0)
 
     def is_full(self) -> bool:
         return self.max_sessions is not None and len(self._live) >= self.max_sessions
 
     def add(self, session: Session) -> None:
         self._live[session.sid] = session
+        self._per_client[session.client] = self._per_client.get(session.client, 0) + 1
         self._ended.pop(session.sid, None)
         self.metrics.sessions_open = len(self._live)
         self.metrics.sessions_created[session.env_name] += 1
 
-    async def remove(self, sid: str, why: str = "deleted") -> bool:
-        """End a session and tear its environment down; False if it was not live."""
+    async def remove(self, sid: str, why: OrsReason = OrsReason.SESSION_DELETED) -> bool:
+        """End a session (`why`: SESSION_DELETED, SESSION_EXPIRED or SESSION_OVER_BUDGET) and
+        tear its environment down; False if it was not live."""
         s = self._live.pop(sid, None)
         if s is None:
             return False
+        left = self._per_client[s.client] - 1
+        if left:
+            self._per_client[s.client] = left
+        else:
+            del self._per_client[s.client]
         self._ended[sid] = why
         while len(self._ended) > ENDED_SESSIONS_REMEMBERED:
             self._ended.popitem(last=False)
         self.metrics.sessions_open = len(self._live)
-        if why == "expired":
+        if why == OrsReason.SESSION_EXPIRED:
             self.metrics.sessions_reaped += 1
+        elif why == OrsReason.SESSION_OVER_BUDGET:
+            self.metrics.sessions_over_budget += 1
         else:
             self.metrics.sessions_deleted += 1
         if type(s.env).teardown is Environment.teardown:
@@ -121,9 +140,9 @@ class SessionTable:
         while True:
             await asyncio.sleep(interval)
             for sid in self.idle_sessions(time.monotonic()):
-                await self.remove(sid, why="expired")
+                await self.remove(sid, why=OrsReason.SESSION_EXPIRED)
 
     async def close_all(self) -> None:
         """Tear down every live session (server shutdown)."""
         for sid in list(self._live):
-            await self.remove(sid, why="deleted")
+            await self.remove(sid)

@@ -1,4 +1,8 @@
-"""The ORS wire format: requests, JSON and SSE bodies, secrets, typed body fields."""
+"""The ORS wire format: requests, JSON and SSE bodies, secrets, typed body fields.
+
+A request body is bounded before anything reads it: in bytes (413), in object members (413) and
+in nesting depth (400 `json_too_deep`).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ __all__ = [
     "Request",
     "body_field",
     "dumps",
+    "nested_deeper",
     "parse_secrets",
     "send_body",
     "sse_event",
@@ -31,9 +36,13 @@ __all__ = [
 SSE_CHUNK_CHARS = 8192
 # Session ids are kept (and remembered after they end): a UUID is 36 characters.
 MAX_SESSION_ID_CHARS = 128
-# Object members in one body (counted as '":' in bodies over 64 KiB): parsing 50,000 keys
-# takes ~10 ms on the event loop; no ORS request or tool input needs anywhere near this many.
+# Object members (counted as '":') or containers (as '{' and '[') in one body over 64 KiB:
+# parsing 50,000 keys takes ~10 ms on the event loop; no ORS request or tool input needs anywhere
+# near this many.
 MAX_JSON_MEMBERS = 10_000
+# Nesting depth of a body's JSON: a deeper task spec once made every tool call of its session a
+# 500 (its hash could not serialise it); no ORS request or tool input is nested anywhere near it.
+MAX_JSON_DEPTH = 32
 
 
 def _json_default(obj: Any) -> Any:
@@ -149,6 +158,13 @@ class Request:
             )
         return raw.decode("latin-1")
 
+    @property
+    def client(self) -> str:
+        """Who sent it: the peer address (the X-API-Key is one key shared by every client of a
+        server, so it cannot tell them apart)."""
+        peer = self.scope.get("client")
+        return str(peer[0]) if peer else "unknown"
+
     def wants_sse(self) -> bool:
         return b"text/event-stream" in self.headers.get(b"accept", b"")
 
@@ -184,11 +200,12 @@ class Request:
             raise OrsError(
                 400, OrsReason.BAD_JSON, "request body must be a JSON object, got an empty body"
             )
-        if len(raw) > 64 << 10 and raw.count(b'":') > MAX_JSON_MEMBERS:
+        brackets = raw.count(b"{") + raw.count(b"[")
+        if len(raw) > 64 << 10 and max(raw.count(b'":'), brackets) > MAX_JSON_MEMBERS:
             raise OrsError(
                 413,
                 OrsReason.BODY_TOO_LARGE,
-                f"request body has over {MAX_JSON_MEMBERS} JSON object members",
+                f"request body has over {MAX_JSON_MEMBERS} JSON object members or containers",
             )
         try:
             obj = orjson.loads(raw)
@@ -200,7 +217,26 @@ class Request:
                 OrsReason.BAD_JSON,
                 f"request body must be a JSON object, got {type(obj).__name__}",
             )
+        # Only a body with that many brackets can be that deep (the count is a scan in C).
+        if brackets > MAX_JSON_DEPTH and nested_deeper(obj, MAX_JSON_DEPTH):
+            raise OrsError(
+                400,
+                OrsReason.JSON_TOO_DEEP,
+                f"request body is nested deeper than {MAX_JSON_DEPTH} levels",
+            )
         return obj
+
+
+def nested_deeper(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value has containers nested deeper than `limit` (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if type(node) is dict else node
+        stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
+    return False
 
 
 def body_field(obj: dict[str, Any], key: str, kind: type, required: bool = True) -> Any:

@@ -15,8 +15,11 @@ Modules:
     group_view a rollout page's GRPO group: samples that train (with advantages), infra
               failures apart; a failed rollout's reason
     api       TrajectoryService: the upload endpoints, a JSON API over the store, the web UI
-    webui     server-rendered pages: runs, a run's rollouts, one rollout (provenance, tripwires,
-              drift, GRPO group with advantages), reward chart
+    webui     server-rendered pages: runs (paged), a run's rollouts, one rollout (provenance,
+              tripwires, drift, GRPO group with advantages)
+    chart     the reward chart of a run page (inline SVG)
+    formats   how pages show stored values (times, rewards; anything odd as text)
+    memory    giving memory back after large requests (young GC, malloc_trim; never a full GC)
     evals     evals in the store (`python -m tools.eval`): spec, models, episodes, report
     eval_identity  whether two evals (or two models of one) are the same: the differing leaves
     evalui    the eval pages: the evals, one eval's model comparison, one task across models

@@ -17,12 +17,8 @@ Mounted by `envs.server` (`create_app(..., services=[TrajectoryService(db)])`):
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import dataclasses
-import gc
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Annotated, Any, TypeVar
@@ -37,7 +33,8 @@ from pydantic import TypeAdapter, ValidationError
 from contract.trajectory_events import Event, EventBatch, IngestResult, Rejected
 from envs.trajectories.errors import ApiReason
 from envs.trajectories.evalui import eval_api_router, eval_pages_router
-from envs.trajectories.store import READ_CONNECTIONS, RolloutFilter, TrajectoryStore
+from envs.trajectories.memory import release_memory_soon, tune_malloc
+from envs.trajectories.store import READ_CONNECTIONS, RUNS_PAGE, RolloutFilter, TrajectoryStore
 from envs.trajectories.webui import pages_router
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -231,74 +228,13 @@ async def rollout_json(store: TrajectoryStore, head: dict[str, Any]) -> AsyncIte
             for start in range(0, n, TOKEN_SLICE):
                 items = await _read(store.token_slice, info, column, start, TOKEN_SLICE)
                 body = orjson.dumps(items)[1:-1]  # NaN logprobs become null
+                del items
                 yield body if start == 0 else b"," + body
+                del body
             yield b"]"
         yield b"}}"
     finally:
         release_memory_soon()
-
-
-def release_memory_soon() -> None:
-    """Collect garbage and hand freed heap memory back to the OS shortly after a large request
-    or response (3.5 GB once stayed after slow readers of large rollouts had left)."""
-    _TRIMMER.request()
-
-
-class _Trimmer:
-    """One daemon thread that runs gc.collect() and malloc_trim(0) half a second after the last
-    request for it."""
-
-    DELAY_S = 0.5
-
-    def __init__(self) -> None:
-        self._wanted = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def request(self) -> None:
-        self._wanted.set()
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            self._wanted.wait()
-            while self._wanted.is_set():  # wait until requests stop for DELAY_S
-                self._wanted.clear()
-                time.sleep(self.DELAY_S)
-            # Cancelled streams leave reference cycles (frames holding a page) that the server's
-            # relaxed GC thresholds (envs/server/__main__.py) would keep for minutes; with the
-            # startup objects frozen this is a few thousand objects, well under a millisecond.
-            gc.collect()
-            if _libc is not None:
-                _libc.malloc_trim(0)
-
-
-_TRIMMER = _Trimmer()
-
-
-def _glibc() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim, libc.mallopt  # noqa: B018 (glibc only)
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_libc = _glibc()
-_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
-
-
-def tune_malloc() -> None:
-    """Make glibc return large buffers to the OS when they are freed (a fixed mmap threshold:
-    the default one rises after each large free until multi-MB buffers stay in the heap) and
-    keep the number of per-thread heaps small."""
-    if _libc is not None:
-        _libc.mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
-        _libc.mallopt(_M_ARENA_MAX, 2)
 
 
 class TrajectoryService:
@@ -408,9 +344,15 @@ class TrajectoryService:
         store = self.store
 
         @router.get("/runs")
-        def runs() -> JsonResponse:
+        def runs(
+            after: str | None = None, limit: int = Query(RUNS_PAGE, ge=1, le=500)
+        ) -> JsonResponse:
             t = time.perf_counter()
-            return _timed({"runs": store.list_runs()}, t)
+            try:
+                page = store.runs_page(limit, after)
+            except ValueError as e:
+                return error(422, str(e), ApiReason.BAD_QUERY)
+            return _timed({"runs": page.runs, "total": page.total, "next": page.next_cursor}, t)
 
         @router.get("/runs/{run_id}")
         def run(run_id: RunId) -> JsonResponse:

@@ -15,18 +15,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.trajectories import tripwires
-from envs.trajectories.packing import json_value
+from envs.trajectories.packing import json_text, json_value
 from envs.trajectories.read_pool import read_blob
 from envs.trajectories.rollout_list import (
     LIST_COLUMNS,
+    PAGE_SIZE_MAX,
     RolloutFilter,
     RolloutPage,
     SortKey,
+    decode_cursor,
+    encode_cursor,
     list_rollouts,
 )
 
-__all__ = ["JSON_COLUMNS", "MESSAGE_COLUMNS", "StoreQueries", "TokenInfo"]
+__all__ = [
+    "JSON_COLUMNS",
+    "MESSAGE_COLUMNS",
+    "RUNS_PAGE",
+    "RunsPage",
+    "StoreQueries",
+    "TokenInfo",
+    "merge_patch",
+]
 
+RUNS_PAGE = 100
 MESSAGE_PAGE = 256
 MESSAGE_PAGE_BYTES = 1 << 20
 CUT_CHARS = 2_000  # what a message cut by `messages(max_chars=...)` keeps at least
@@ -39,40 +51,44 @@ class StoreQueries:
         raise NotImplementedError
 
     def list_runs(self) -> list[dict[str, Any]]:
-        """Every run with its env mix, rollout count, mean reward and last update (newest first)."""
+        """Every run with its env mix, rollout count, mean reward and last update (newest first).
+
+        All of them at once (tools, tests); the API and the pages read `runs_page`."""
         with self._read() as conn:
-            runs = {
-                r["id"]: {
-                    "id": r["id"],
-                    "name": r["name"],
-                    "created_at": r["created_at"],
-                    "updated_at": r["updated_at"],
-                    "rollouts": 0,
-                    "reward_n": 0,
-                    "reward_sum": 0.0,
-                    "envs": {},
-                }
-                for r in conn.execute("SELECT id, name, created_at, updated_at FROM runs")
-            }
+            rows = conn.execute("SELECT id, name, created_at, updated_at FROM runs").fetchall()
             stats = conn.execute(
                 "SELECT run_id, env, n, reward_n, reward_sum FROM run_env_stats WHERE n > 0"
             ).fetchall()
-        for s in stats:
-            run = runs.get(s["run_id"])
-            if run is None:
-                continue
-            run["rollouts"] += s["n"]
-            run["reward_n"] += s["reward_n"]
-            run["reward_sum"] += s["reward_sum"]
-            run["envs"][s["env"]] = s["n"]
-        out = []
-        for run in runs.values():
-            n = run.pop("reward_n")
-            total = run.pop("reward_sum")
-            run["mean_reward"] = _mean(total, n)
-            out.append(run)
+        out = _run_summaries(rows, stats)
         out.sort(key=lambda r: r["updated_at"], reverse=True)
         return out
+
+    def runs_page(self, limit: int = RUNS_PAGE, after: str | None = None) -> RunsPage:
+        """One page of runs (as list_runs gives them), newest update first, keyset-paginated on
+        (updated_at, id): 100,000 runs once made the runs index 4.6 s and 26 MB."""
+        limit = max(1, min(int(limit), PAGE_SIZE_MAX))
+        where, args = "", []
+        if after is not None:
+            value, rid = decode_cursor(after)
+            where, args = "WHERE (updated_at, id) < (?, ?)", [value, rid]
+        with self._read() as conn:
+            total = int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+            rows = conn.execute(
+                f"SELECT id, name, created_at, updated_at FROM runs {where} "
+                "ORDER BY updated_at DESC, id DESC LIMIT ?",
+                [*args, limit + 1],
+            ).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            ids = [r["id"] for r in rows]
+            stats = conn.execute(
+                "SELECT run_id, env, n, reward_n, reward_sum FROM run_env_stats "
+                f"WHERE n > 0 AND run_id IN ({','.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+        last = rows[-1] if rows else None
+        cursor = encode_cursor(last["updated_at"], last["id"]) if more and last else None
+        return RunsPage(_run_summaries(rows, stats), total, cursor)
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         """One run's summary (as in list_runs) plus its run_info and per-env stats."""
@@ -160,8 +176,19 @@ class StoreQueries:
             if r is None or r["run_id"] is None:
                 return None
             wires = tripwires.of_rollout(conn, event_id)
+            updates = [
+                u[0]
+                for u in conn.execute(
+                    "SELECT info FROM rollout_updates WHERE event_id = ? ORDER BY id", (event_id,)
+                )
+            ]
         out = dict(r)
         out.pop("reward_key", None)
+        if updates:
+            info = json_value(out["rollout_info"])
+            for patch in updates:
+                info = merge_patch(info, json_value(patch))
+            out["rollout_info"] = json_text(info)
         for key in JSON_COLUMNS:
             out[f"{key}_json"] = out.pop(key)
         out["tripwires"] = wires
@@ -355,6 +382,57 @@ class StoreQueries:
                 t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
                 for t in ("runs", "rollouts", "messages", "rollout_tokens")
             }
+
+
+@dataclass
+class RunsPage:
+    """One page of the runs index, and the cursor of the next (None on the last page)."""
+
+    runs: list[dict[str, Any]]
+    total: int
+    next_cursor: str | None
+
+
+def _run_summaries(rows: list[sqlite3.Row], stats: list[sqlite3.Row]) -> list[dict[str, Any]]:
+    """Runs with their env mix, rollout count and mean reward, in the order of `rows`."""
+    runs: dict[int, dict[str, Any]] = {
+        r["id"]: {
+            "id": r["id"],
+            "name": r["name"],
+            "created_at": r["created_at"],
+            "updated_at": r["updated_at"],
+            "rollouts": 0,
+            "reward_n": 0,
+            "reward_sum": 0.0,
+            "envs": {},
+        }
+        for r in rows
+    }
+    for s in stats:
+        run = runs.get(s["run_id"])
+        if run is None:
+            continue
+        run["rollouts"] += s["n"]
+        run["reward_n"] += s["reward_n"]
+        run["reward_sum"] += s["reward_sum"]
+        run["envs"][s["env"]] = s["n"]
+    for run in runs.values():
+        run["mean_reward"] = _mean(run.pop("reward_sum"), run.pop("reward_n"))
+    return list(runs.values())
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """`patch` applied to `target` as a JSON merge patch (RFC 7396, SQLite's json_patch): objects
+    merge key by key, null deletes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
 
 def _mean(total: float, n: float) -> float | None:

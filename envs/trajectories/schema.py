@@ -13,7 +13,7 @@ from envs.trajectories.errors import StoreError
 
 __all__ = ["SCHEMA_VERSION", "StoreError", "connect", "migrate", "schema_version"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 _MIGRATIONS: dict[int, str] = {
@@ -296,6 +296,18 @@ CREATE TABLE eval_episodes (
     created_at REAL NOT NULL,
     PRIMARY KEY (eval_id, model, env, task, sample)
 ) WITHOUT ROWID;
+""",
+    # v5: linear ingest and a paged runs index. A rollout_update is appended as it came (merged
+    # onto the rollout's info when read) instead of rewriting the growing info on every update:
+    # 4,000 updates of one rollout once took 76 s. The runs index pages on (updated_at, id).
+    5: """
+CREATE TABLE rollout_updates (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    info TEXT NOT NULL
+);
+CREATE INDEX rollout_updates_event ON rollout_updates(event_id, id);
+CREATE INDEX runs_updated ON runs(updated_at, id);
 """,
 }
 

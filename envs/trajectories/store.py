@@ -23,7 +23,7 @@ from pathlib import Path
 
 from contract.trajectory_events import Event, IngestResult
 from envs.trajectories.errors import StoreError
-from envs.trajectories.queries import JSON_COLUMNS, StoreQueries, TokenInfo
+from envs.trajectories.queries import JSON_COLUMNS, RUNS_PAGE, RunsPage, StoreQueries, TokenInfo
 from envs.trajectories.read_pool import READ_CONNECTIONS, ReadPool
 from envs.trajectories.rollout_list import (
     PAGE_SIZE_MAX,
@@ -40,8 +40,10 @@ __all__ = [
     "JSON_COLUMNS",
     "PAGE_SIZE_MAX",
     "READ_CONNECTIONS",
+    "RUNS_PAGE",
     "RolloutFilter",
     "RolloutPage",
+    "RunsPage",
     "SortKey",
     "TokenInfo",
     "TrajectoryStore",

@@ -47,13 +47,17 @@ def record(
     metadata: Mapping[str, Any],
 ) -> None:
     """Store a new rollout's tripped wires and group keys; trip group wires it shares with
-    others."""
+    others.
+
+    Costs the same for the 8,000th twin of a key as for the second (8,000 twins once took 409 s):
+    when two or more earlier rollouts share the key they have tripped already, so only a lone
+    earlier twin needs tripping too."""
     rows = [(event_id, w, run_id) for w in _names(metadata.get("tripwires"))]
     keys = _keys(metadata.get("tripwire_keys")) if group_key is not None else {}
     for wire, key in keys.items():
         twins = conn.execute(
             "SELECT event_id FROM rollout_tripwire_keys WHERE run_id = ? AND group_key = ? "
-            "AND wire = ? AND key = ? AND event_id <> ?",
+            "AND wire = ? AND key = ? AND event_id <> ? LIMIT 2",
             (run_id, group_key, wire, key, event_id),
         ).fetchall()
         conn.execute(
@@ -61,7 +65,9 @@ def record(
             (run_id, group_key, wire, key, event_id),
         )
         if twins:
-            rows += [(event_id, wire, run_id)] + [(t[0], wire, run_id) for t in twins]
+            rows.append((event_id, wire, run_id))
+            if len(twins) == 1:
+                rows.append((twins[0][0], wire, run_id))
     if rows:
         conn.executemany("INSERT OR IGNORE INTO rollout_tripwires VALUES (?, ?, ?)", rows)
 

@@ -13,13 +13,11 @@ CDN), and are served with a Content-Security-Policy that forbids inline and fore
 from __future__ import annotations
 
 import functools
-import html
 import json
 import logging
 import math
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -30,9 +28,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from envs.trajectories import tripwires
+from envs.trajectories.chart import reward_chart_svg
 from envs.trajectories.evals import share_text
+from envs.trajectories.formats import fmt_reward, fmt_time
 from envs.trajectories.group_view import GroupView, failure_reason, group_view
-from envs.trajectories.store import RolloutFilter, SortKey, TrajectoryStore
+from envs.trajectories.store import RUNS_PAGE, RolloutFilter, SortKey, TrajectoryStore
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 MAX_TOKEN_VIEW = 32_768
 MAX_GROUP_SIDE_BY_SIDE = 16
 # What one rollout page shows at most (the JSON API streams everything).
@@ -54,105 +53,16 @@ MAX_GROUP_MESSAGES = 200
 MAX_GROUP_CHARS = 200_000
 
 
-def _fmt_time(ts: float | None) -> str:
-    if not ts:
-        return ""
-    try:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    except (ValueError, OverflowError, OSError):  # out of datetime's range: show the number
-        return f"{ts:.0f} s"
-
-
-def _fmt_reward(r: float | None) -> str:
-    return "—" if r is None else f"{r:.3f}"
-
-
 def _templates() -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(STATIC_DIR / "templates")),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
-    env.filters["time"] = _fmt_time
+    env.filters["time"] = fmt_time
     env.filters["pathpart"] = lambda v: quote(str(v), safe="")  # ids with / ? # in links
-    env.filters["reward"] = _fmt_reward
+    env.filters["reward"] = fmt_reward
     env.filters["pct"] = share_text
     return env
-
-
-# ---------------------------------------------------------------- chart
-
-
-def reward_chart_svg(series: dict[str, Any], width: int = 760, height: int = 260) -> str:
-    """Mean reward per env over time as an inline SVG; every label is escaped."""
-    pad_l, pad_r, pad_t, pad_b = 48, 130, 16, 34
-    lines = series.get("series") or {}
-    if not lines:
-        return (
-            f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" '
-            'role="img" aria-label="no rewards yet"><text x="10" y="35">No rewards '
-            "yet.</text></svg>"
-        )
-    t0, t1 = float(series["t0"]), float(series["t1"])
-    values = [p[1] for pts in lines.values() for p in pts]
-    lo, hi = min(0.0, min(values)), max(1.0, max(values))
-    if hi - lo < 1e-9:
-        hi = lo + 1.0
-    span = max(t1 - t0, 1e-9)
-    pw, ph = width - pad_l - pad_r, height - pad_t - pad_b
-
-    def x(t: float) -> float:
-        return pad_l + (pw * (t - t0) / span if t1 > t0 else pw / 2)
-
-    def y(v: float) -> float:
-        return pad_t + ph * (1 - (v - lo) / (hi - lo))
-
-    out = [
-        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="mean reward over time per '
-        'environment">'
-    ]
-    for i in range(5):
-        v = lo + (hi - lo) * i / 4
-        out.append(
-            f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
-            'stroke="#e5e7eb"/>'
-        )
-        out.append(
-            f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" '
-            f'fill="#555">{v:.2f}</text>'
-        )
-    out.append(
-        f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{pad_t + ph}" y2="{pad_t + ph}" stroke="#999"/>'
-    )
-    out.append(
-        f'<text x="{pad_l}" y="{height - 8}" font-size="11" '
-        f'fill="#555">{html.escape(_fmt_time(t0))}</text>'
-    )
-    out.append(
-        f'<text x="{pad_l + pw}" y="{height - 8}" font-size="11" fill="#555" text-anchor="end">'
-        f"{html.escape(_fmt_time(t1))} UTC</text>"
-    )
-    for i, (env, pts) in enumerate(sorted(lines.items())):
-        color = PALETTE[i % len(PALETTE)]
-        coords = " ".join(f"{x(p[0]):.1f},{y(p[1]):.1f}" for p in pts)
-        out.append(
-            f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}">'
-            f"<title>{html.escape(env)}</title></polyline>"
-        )
-        for p in pts:
-            out.append(
-                f'<circle cx="{x(p[0]):.1f}" cy="{y(p[1]):.1f}" r="2.5" fill="{color}">'
-                f"<title>{html.escape(env)}: {p[1]:.3f} (n={int(p[2])})</title></circle>"
-            )
-        ly = pad_t + 14 + 18 * i
-        out.append(
-            f'<rect x="{pad_l + pw + 12}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
-        )
-        out.append(
-            f'<text x="{pad_l + pw + 26}" y="{ly}" font-size="12">{html.escape(env[:18])}</text>'
-        )
-    out.append("</svg>")
-    return "".join(out)
 
 
 # ---------------------------------------------------------------- token view
@@ -215,12 +125,13 @@ def token_view(tokens: dict[str, Any] | None, tokenizer_name: str | None) -> dic
 
 
 def _pretty_json(text: str | None) -> tuple[str, bool]:
-    """(pretty JSON, parsed?) for tool arguments."""
+    """(pretty JSON, parsed?) for tool arguments; what cannot be pretty-printed (not JSON,
+    nested past the parser's recursion: once a 500 for the page and its group) is the text."""
     if text is None:
         return "", False
     try:
         return json.dumps(json.loads(text), indent=2, ensure_ascii=False), True
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return text, False
 
 
@@ -332,14 +243,25 @@ def pages_router(
         )
 
     @router.get("/", response_class=HTMLResponse)
-    def runs_page() -> HTMLResponse:
-        runs = store.list_runs()
-        for r in runs:
+    def runs_page(after: str | None = None) -> HTMLResponse:
+        try:
+            pg = store.runs_page(RUNS_PAGE, after)
+        except ValueError as e:
+            return page("error.html", status=400, title="Bad page", message=str(e))
+        for r in pg.runs:
             total = sum(r["envs"].values()) or 1
             r["mix"] = [
                 (env, n, n / total) for env, n in sorted(r["envs"].items(), key=lambda kv: -kv[1])
             ]
-        return page("runs.html", title="Runs", runs=runs)
+        next_link = "/?" + urlencode({"after": pg.next_cursor}) if pg.next_cursor else None
+        return page(
+            "runs.html",
+            title="Runs",
+            runs=pg.runs,
+            total=pg.total,
+            first_page=after is None,
+            next_link=next_link,
+        )
 
     @router.get("/runs/{run_id}/chart.svg")
     def chart(run_id: str) -> Response:

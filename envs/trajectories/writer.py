@@ -134,7 +134,7 @@ class Writer:
                 touched_runs.add(rid)
             else:
                 event_id, info = item
-                self._update_rollout(event_id, info, now)
+                self._update_rollout(event_id, info)
                 result.updates += 1
         for event_id in touched:
             run = self._refresh_rollout(event_id, now)
@@ -175,12 +175,11 @@ class Writer:
         except (TypeError, ValueError, OverflowError) as e:
             log.warning("rollout %s: token arrays not stored: %s", event_id, e)
 
-    def _update_rollout(self, event_id: str, info: str | None, now: float) -> None:
+    def _update_rollout(self, event_id: str, info: str | None) -> None:
+        """Append a rollout_update as it came (read merges them in order): its cost is its own
+        size, whatever the rollout's info has grown to."""
         self.conn.execute(
-            "INSERT INTO rollouts(event_id, rollout_info, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(event_id) DO UPDATE SET updated_at = excluded.updated_at, "
-            "rollout_info = json_patch(IFNULL(rollouts.rollout_info, '{}'), excluded.rollout_info)",
-            (event_id, info, now),
+            "INSERT INTO rollout_updates(event_id, info) VALUES (?, ?)", (event_id, info or "{}")
         )
 
     def _refresh_rollout(self, event_id: str, now: float) -> int | None:
