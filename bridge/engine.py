@@ -20,6 +20,8 @@ that samples tokens without it is an engine error: it could not be trained.
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +35,9 @@ from bridge.slime_state import slime_aborted
 
 ROUTING_HEADER = "X-SMG-Routing-Key"
 ENGINE_RETRY_S = 60.0
-"""Seconds a router or engine outage is retried before the turn is an engine error."""
+"""Seconds a router or engine outage is retried before the turn is an engine error
+($BRIDGE_ENGINE_RETRY_S overrides)."""
+ENGINE_RETRY_ENV = "BRIDGE_ENGINE_RETRY_S"
 ENGINE_BACKOFF_S = 0.25
 """First wait before re-sending a request the router refused (doubled each time)."""
 ENGINE_BACKOFF_MAX_S = 2.0
@@ -125,17 +129,26 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
     )
 
 
+def engine_retry_s() -> float:
+    """$BRIDGE_ENGINE_RETRY_S, else ENGINE_RETRY_S (a bad or negative value: the default)."""
+    try:
+        value = float(os.environ.get(ENGINE_RETRY_ENV, ENGINE_RETRY_S))
+    except ValueError:
+        return ENGINE_RETRY_S
+    return value if math.isfinite(value) and value >= 0 else ENGINE_RETRY_S
+
+
 class EngineClient:
     """POSTs to `{base_url}/generate` over the event loop's keep-alive HTTP client."""
 
     def __init__(
         self,
         base_url: str,
-        retry_s: float = ENGINE_RETRY_S,
+        retry_s: float | None = None,
         aborted: Callable[[], bool] = slime_aborted,
     ) -> None:
         self.url = base_url.rstrip("/") + "/generate"
-        self.retry_s = retry_s
+        self.retry_s = engine_retry_s() if retry_s is None else retry_s
         self._aborted = aborted
 
     async def generate(

@@ -195,7 +195,7 @@ def _probe_script(ns: Namespace, w: Path, tasks: Path, episodes: int, dashboard:
     metrics = ns.wrap([py, "-c", METRICS_PROBE])
     return (
         "set -e\n"
-        f"{shlex.join(where)} > {w / 'actors.json'}\nps -eo args > {w / 'ps.txt'}\n"
+        f"{shlex.join(where)} > {w / 'actors.json'}\nps -ww -eo args > {w / 'ps.txt'}\n"
         f"{shlex.join(stub)} &\nSTUB=$!\ntrap 'kill $STUB 2>/dev/null' EXIT\n{shlex.join(wait)}\n"
         f'{shlex.join(rollout)} --config "$TRAIN_CONFIG" > {w / "result.json"}\n'
         f'{shlex.join(metrics)} "$TRAIN_CONFIG" > {w / "metrics.json"}\n'

@@ -72,8 +72,10 @@ def prepare(config: Path, out: Path, n: int) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def run_sh(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TRAIN_CONFIG"}
+def run_sh(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRAIN_CONFIG"} | (env or {})
     return subprocess.run(
         ["bash", str(REPO / "run.sh"), "--rollout-only", *args],
         cwd=REPO,
@@ -413,6 +415,8 @@ def test_a_run_failing_for_one_infra_reason_stops_early_with_it(
                 *("--config", str(config), "--task-data", str(tmp_path / "tasks.jsonl")),
                 *("--num-tasks", "10", "--n-samples", "2", "--concurrency", "2"),
                 timeout=300,
+                # the engine's outage is retried 1 s per turn, not 60 (a lasting one here)
+                env={"BRIDGE_ENGINE_RETRY_S": "1"},
             )
     assert out.returncode == 2, out.stdout + out.stderr
     line = next(x for x in out.stderr.splitlines() if "stopped after" in x)

@@ -58,7 +58,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr
     path = os.pathsep.join([str(site), str(REPO)])
-    env = {k: v for k, v in os.environ.items() if k != "TRAIN_CONFIG"}
+    # the project's own pytest has none of our plugins: our PYTEST_ADDOPTS (CI's --randomly-seed)
+    # stays out of its runs
+    env = {k: v for k, v in os.environ.items() if k not in ("TRAIN_CONFIG", "PYTEST_ADDOPTS")}
     return {"root": root, "dir": project, "env": {**env, "PYTHONPATH": path}}
 
 

@@ -63,7 +63,7 @@ def test_a_stopped_call_is_the_servers_fact_and_leaves_no_trace(probe: str) -> N
     """A call over its CPU budget is answered `budget_exceeded` (not `input_validation`): the
     client counts it as the server's, and the env is as it was: a stopped submission neither
     finishes the episode nor spends the answer."""
-    from bridge.env_client import _tool_result
+    from bridge.env_local import _tool_result
 
     assert _create(probe, "stop-1").status_code == 200
     res = _call(probe, "stop-1", "submit", {"answer": "spin"})

@@ -27,6 +27,9 @@ from slime_vendor import VERSIONS, missing_reason
 
 pytestmark = [
     pytest.mark.vendored,
+    # one worker runs the module: its driver runs are module-scoped fixtures, set up once (under
+    # CI's `--dist loadgroup`; `--dist load` set them up again on every worker that got a test)
+    pytest.mark.xdist_group("slime_seams"),
     pytest.mark.timeout(900),  # the module's one driver run is set up in the first test
     pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
 ]

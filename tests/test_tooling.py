@@ -73,7 +73,8 @@ def ci_run(tmp_path: Path, fail_at: str) -> tuple[int, list[str]]:
         ("ruff check", 1),
         ("ruff format", 2),
         ("mypy", 3),
-        ("-m vendored", 4),
+        ("envs check", 4),
+        ("-m vendored", 5),
     ],
 )
 def test_ci_stops_at_the_first_failing_check_before_any_test(
@@ -82,9 +83,9 @@ def test_ci_stops_at_the_first_failing_check_before_any_test(
     code, calls = ci_run(tmp_path, fail_at)
     assert code != 0
     assert len(calls) == ran and fail_at in calls[-1], calls
-    steps = ["-m ruff check .", "-m ruff format --check .", "-m mypy", "-m pytest"]
+    steps = ["-m ruff check .", "-m ruff format --check .", "-m mypy", "-m envs check", "-m pytest"]
     assert [next(s for s in steps if c.startswith(s)) for c in calls] == steps[:ran]
-    if ran == 4:  # the vendored tests: in parallel (pyproject's -n auto), the 20 slowest printed
+    if ran == 5:  # the vendored tests: in parallel (pyproject's -n auto), the 20 slowest printed
         assert "--durations=20" in calls[-1] and "--randomly-seed=" in calls[-1]
 
 

@@ -10,6 +10,7 @@ ToolsError                                the root
 ├── TaskSourceError                       an environment whose tasks cannot be read
 ├── RolloutOnlyError                      a `run.sh --rollout-only` run that cannot start
 ├── RequestError       ValueError         a /generate request the CPU engine cannot serve
+├── EngineFault                           a backend's deliberate HTTP error, answered as its status
 ├── TinyModelError                        the tiny model cannot be built here
 ├── ReplayError                           `python -m tools.replay` cannot run
 └── EvalError          ValueError         an eval that cannot run as asked (eval/)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "ClusterError",
+    "EngineFault",
     "EvalError",
     "LaunchError",
     "LayoutError",
@@ -84,3 +86,11 @@ class EvalError(ToolsError, ValueError):
 
 class ReplayError(ToolsError):
     """The replay cannot run (no such rollout, unreachable server, unknown env); one line."""
+
+
+class EngineFault(ToolsError):
+    """A backend's deliberate HTTP error (the tests' fault injection): answered as `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -48,7 +48,9 @@ class CallOutcome:
 
     @property
     def crashed(self) -> bool:
-        return self.status >= 500
+        """A 5xx that is not the server stopping the call at its budget (503 budget_exceeded: the
+        budget check's finding, not a raise out of the tool)."""
+        return self.status >= 500 and not (self.status == 503 and self.reason == BUDGET_STATUS)
 
     def observed(self) -> tuple[Any, ...]:
         """What the model and the trainer see of this call (metadata aside)."""

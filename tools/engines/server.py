@@ -35,7 +35,7 @@ from tools.engines.sglang_api import (
     server_args_defaults,
     server_info,
 )
-from tools.errors import RequestError
+from tools.errors import EngineFault, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,6 @@ class Cancel:
         except asyncio.TimeoutError:
             return False
         return True
-
-
-class EngineFault(Exception):
-    """A backend's deliberate HTTP error (the tests' fault injection): answered as `status`."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
