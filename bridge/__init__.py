@@ -39,6 +39,7 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     toolcalls        parse one assistant turn (Qwen3/Hermes): thinking, text, <tool_call> blocks
     rewards          the one place where per-turn tool rewards become a sample's scalar reward
     engine           token-in/token-out client for SGLang's /generate
+    env_seconds      the $BRIDGE_* durations (replay window, engine retry, keepalive), one parser
     env_client       the env session for a task: hosted (env_hosted) or on our servers (env_local)
     env_session      the EnvSession protocol, ToolResult, the retry policy, server pinning
     env_local        a session on our env servers over lean HTTP + SSE (retries, resumable calls)

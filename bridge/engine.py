@@ -20,8 +20,6 @@ that samples tokens without it is an engine error: it could not be trained.
 from __future__ import annotations
 
 import asyncio
-import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from bridge.env_seconds import env_seconds
 from bridge.errors import EngineError, HTTP11Error
 from bridge.http11 import client_for_loop
 from bridge.slime_state import slime_aborted
@@ -130,12 +129,8 @@ def parse_generate_response(body: dict[str, Any]) -> EngineTurn:
 
 
 def engine_retry_s() -> float:
-    """$BRIDGE_ENGINE_RETRY_S, else ENGINE_RETRY_S (a bad or negative value: the default)."""
-    try:
-        value = float(os.environ.get(ENGINE_RETRY_ENV, ENGINE_RETRY_S))
-    except ValueError:
-        return ENGINE_RETRY_S
-    return value if math.isfinite(value) and value >= 0 else ENGINE_RETRY_S
+    """$BRIDGE_ENGINE_RETRY_S, else ENGINE_RETRY_S (a bad value: the default)."""
+    return env_seconds(ENGINE_RETRY_ENV, ENGINE_RETRY_S)
 
 
 class EngineClient:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from bridge.env_seconds import env_seconds
 
 if TYPE_CHECKING:
     from bridge.episode import Episode
@@ -43,13 +44,7 @@ KEEPALIVE_CONCURRENCY = 64
 
 def keepalive_s() -> float:
     """Seconds between pings of suspended sessions: $BRIDGE_KEEPALIVE_S, else KEEPALIVE_S."""
-    raw = os.environ.get(KEEPALIVE_ENV, "").strip()
-    try:
-        value = float(raw) if raw else KEEPALIVE_S
-    except ValueError:
-        log.warning("%s=%r is not a number; using %g s", KEEPALIVE_ENV, raw, KEEPALIVE_S)
-        return KEEPALIVE_S
-    return value if value > 0 else KEEPALIVE_S
+    return env_seconds(KEEPALIVE_ENV, KEEPALIVE_S, positive=True)
 
 
 @dataclass

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from typing import Any
 
 from bridge.chat import ChatRenderer
 from bridge.env_client import open_session
+from bridge.env_seconds import env_seconds
 from bridge.episode import Budget, Episode, EpisodeResult
 from bridge.errors import SessionSetupError
 from bridge.rollout_process import engine_client
@@ -48,12 +48,7 @@ ABORT_POLL_S = 0.05
 
 def replay_window_s() -> float:
     """$BRIDGE_REPLAY_WINDOW_S, else REPLAY_WINDOW_S (a bad value: the default)."""
-    raw = os.environ.get(REPLAY_WINDOW_ENV, "").strip()
-    try:
-        value = float(raw) if raw else REPLAY_WINDOW_S
-    except ValueError:
-        return REPLAY_WINDOW_S
-    return value if value >= 0 else REPLAY_WINDOW_S
+    return env_seconds(REPLAY_WINDOW_ENV, REPLAY_WINDOW_S)
 
 
 def replay_delay(tries: int, since_loss: float, window: float) -> float | None:
