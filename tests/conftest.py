@@ -61,6 +61,19 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return workers
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked `long(minutes)` first, the longest first; the rest keep their (shuffled)
+    order. Under `--dist loadscope` a module is one unit of work, handed out in this order: a
+    module of many minutes that started last would run on alone after the others are done."""
+
+    def minutes(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("long")
+        return float(mark.args[0]) if mark is not None and mark.args else 0.0
+
+    items.sort(key=lambda item: -minutes(item))  # stable: same-length modules stay as shuffled
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

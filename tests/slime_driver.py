@@ -13,7 +13,7 @@ parallel state for one rank, and the actor's recomputed logprobs (the rollout lo
 SPEC: {"scenario": "rollout" | "eval", "argv": [slime flags], "set": {attr: value},
        "tasks": [prepare_tasks rows], "rollouts": [{"weight_version": str, "pause_s": float}],
        "env": {VAR: value}, "stub_url": ..., "eval": {...}}
-   or {"scenario": "many", "runs": {name: SPEC}}: each rollout SPEC in turn, in this one process
+   or {"scenario": "many", "runs": {name: SPEC}}: each SPEC in turn, in this one process
    (slime's import and Ray's start are most of a run's cost), with fresh slime state each.
 A rollout plan's `pause_s` waits that long before the rollout (the time training takes).
 """
@@ -312,7 +312,7 @@ def run_many(spec: dict[str, Any]) -> dict[str, Any]:
         sr.GenerateState._instances.pop(sr.GenerateState, None)
         bridge.filters._consecutive[0] = 0
         try:
-            out[name] = run_rollouts(run_spec)
+            out[name] = SCENARIOS[run_spec.get("scenario", "rollout")](run_spec)
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -358,6 +358,10 @@ def run_eval(spec: dict[str, Any]) -> dict[str, Any]:
     return {"samples": [_sample_view(s) for s in done], "logged": logged}
 
 
+SCENARIOS = {"eval": run_eval, "rollout": run_rollouts}
+"""What one SPEC runs, by its "scenario"."""
+
+
 def main() -> int:
     spec = json.loads(Path(sys.argv[1]).read_text())
     os.environ.update(spec.get("env", {}))
@@ -365,8 +369,7 @@ def main() -> int:
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        scenarios = {"eval": run_eval, "many": run_many, "rollout": run_rollouts}
-        out = scenarios[spec["scenario"]](spec)
+        out = {**SCENARIOS, "many": run_many}[spec["scenario"]](spec)
     finally:
         ray.shutdown()
     print(json.dumps(out, default=str))

@@ -193,8 +193,9 @@ def run_driver(version: str, spec: dict[str, Any], tmp_path: Path) -> dict[str, 
 def run_driver_many(
     version: str, specs: dict[str, dict[str, Any]], tmp_path: Path
 ) -> dict[str, dict[str, Any]]:
-    """Several rollout specs through slime `version` in ONE driver process (slime's import and
-    Ray's start are most of a run's cost), each with fresh slime state; outputs by name."""
+    """Several specs (rollouts or eval) through slime `version` in ONE driver process (slime's
+    import and Ray's start are most of a run's cost), each with fresh slime state; outputs by
+    name."""
     runs = {name: driver_spec(spec, tmp_path / name) for name, spec in specs.items()}
     out = run_driver(version, {"scenario": "many", "runs": runs, "tasks": [], "argv": []}, tmp_path)
     return out["runs"]

@@ -46,6 +46,7 @@ from netns import Namespace, netns_unavailable, network_namespace
 from ray_cluster import RayCluster, ray_available, ray_cluster
 
 pytestmark = [
+    pytest.mark.long(3),
     pytest.mark.skipif(
         not ray_available(), reason="needs ray[default] in this Python (test extra)"
     ),

@@ -13,6 +13,8 @@ import pytest
 from conftest import REPO, free_port, run_process
 from sglang_stub import SGLangStub, StubRequest, Turn, default_logprob
 
+pytestmark = pytest.mark.long(2)
+
 
 def _generate(
     url: str,

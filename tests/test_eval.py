@@ -24,6 +24,8 @@ from sglang_stub import SGLangStub
 
 from tools.eval.__main__ import main
 
+pytestmark = pytest.mark.long(2)
+
 
 @pytest.fixture(scope="module")
 def gsm8k_server(tmp_path_factory: pytest.TempPathFactory):

@@ -41,6 +41,7 @@ from launch_world import (
 from tools.launch.slime_flags import SGLANG_FLAGS, read_flag_list, slime_checkout_flags
 
 pytestmark = [
+    pytest.mark.long(2),
     pytest.mark.vendored,
     pytest.mark.skipif(vendor_missing() is not None, reason=str(vendor_missing())),
 ]

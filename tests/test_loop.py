@@ -44,6 +44,7 @@ from loop_world import BATCH, N_SAMPLES, Cell, LoopWorld, deliver_spool, loop_wo
 from slime_vendor import missing_reason
 
 pytestmark = [
+    pytest.mark.long(10),
     pytest.mark.vendored,
     pytest.mark.loop,
     pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),

@@ -12,6 +12,8 @@ from ors_episodes import ON_TOPIC_HAIKU
 
 from envs.play import parse_tool_call, tool_signature
 
+pytestmark = pytest.mark.long(2)
+
 
 def play(*args: str, stdin: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(

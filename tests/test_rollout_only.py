@@ -21,6 +21,8 @@ import pytest
 from conftest import REPO, env_server, free_port
 from sglang_stub import SGLangStub, Turn
 
+pytestmark = pytest.mark.long(4)
+
 TOKENIZER_DIR = REPO / ".cache" / "qwen3-tokenizer"
 
 

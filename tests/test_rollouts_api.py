@@ -13,6 +13,8 @@ import httpx
 import pytest
 from conftest import env_server
 
+pytestmark = pytest.mark.long(2)
+
 
 @pytest.fixture(scope="module")
 def traj_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -43,6 +43,8 @@ from tools.launch import prerequisites as pre
 from tools.launch.slime_args import MEGATRON_FLAGS, global_batch_size, user_dynamic_filter
 from tools.launch.slime_flags import flag_choices, flags_in_source, supported_train_backends
 
+pytestmark = pytest.mark.long(5)
+
 
 @pytest.fixture
 def world(tmp_path: Path) -> dict[str, Path | str]:

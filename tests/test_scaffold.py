@@ -30,6 +30,8 @@ from sglang_stub import SGLangStub, Turn
 from envs import scaffold
 from envs.scaffold import write_project
 
+pytestmark = pytest.mark.long(3)
+
 TOKENIZER = REPO / ".cache" / "qwen3-tokenizer"
 NAME = "letter_tally"
 

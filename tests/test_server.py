@@ -29,6 +29,8 @@ from openreward.api.errors import ToolCallError
 from openreward.environments import Environment, TextBlock, ToolOutput, tool
 from pydantic import BaseModel
 
+pytestmark = pytest.mark.long(4)
+
 # ---------------------------------------------------------------- the probe environment
 
 

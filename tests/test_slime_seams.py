@@ -26,10 +26,8 @@ from slime_loop import run_driver_many as run_many
 from slime_vendor import VERSIONS, missing_reason
 
 pytestmark = [
+    pytest.mark.long(4),
     pytest.mark.vendored,
-    # one worker runs the module: its driver runs are module-scoped fixtures, set up once (under
-    # CI's `--dist loadgroup`; `--dist load` set them up again on every worker that got a test)
-    pytest.mark.xdist_group("slime_seams"),
     pytest.mark.timeout(900),  # the module's one driver run is set up in the first test
     pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
 ]

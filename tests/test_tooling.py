@@ -1,11 +1,12 @@
 """The tooling that keeps the style, run for what it does: `.ci/run` stops at a lint or type error
-before any test runs, ruff exempts no long line, mypy (with no arguments, as CI runs it) checks
-every package and is strict for the contract and the plugin only, and CI's vendored check finds a
-vendored test that ran nowhere.
+before any test runs and runs the README's test command once with the vendored sources named,
+ruff exempts no long line, mypy (with no arguments, as CI runs it) checks every package and is
+strict for the contract and the plugin only, CI's vendored check finds a test that ran nowhere,
+and the vendored tests skip with the reason where the sources are missing.
 
-`.ci/run` runs here in a scratch copy whose `setup.sh` does nothing and whose `.venv/bin/python`
-records each command and fails the one the test picks; the real checkers run on scratch files
-with the project's own pyproject.toml.
+`.ci/run` runs here in a scratch copy whose `setup.sh` only puts a `.venv/bin/python` in place
+that records each command and fails the one the test picks; the real checkers run on scratch
+files with the project's own pyproject.toml.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -21,61 +23,59 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 RECORDER = """#!/usr/bin/env bash
-echo "$*" >> "$(dirname "$0")/../../calls.log"
+echo "$* | ${PYTEST_ADDOPTS:-} | ${SLIME_VENDOR_DIR:-}" >> "$CALLS_LOG"
 case "$*" in *"$FAIL_AT"*) exit 1 ;; esac
 """
-
-
+SETUP = """[ -e .venv/bin/python ] || { mkdir -p .venv/bin && cp "$RECORDER" .venv/bin/python; }
+"""
 README = """# scratch
 
 ## Two commands
 
 ```bash
-echo main-job
+echo x > tasks.jsonl; echo x > eval_tasks.jsonl; echo 'run.sh: MISSING  gpu -> fix: y'; exit 2
 ```
 
 ```bash
-echo tests
+bash setup.sh --test && .venv/bin/python -m pytest -q
 ```
 """
 
 
 def ci_run(tmp_path: Path, fail_at: str) -> tuple[int, list[str]]:
     """Run `.ci/run` in a scratch repository; the recorded python fails the command containing
-    `fail_at`. Returns the exit status and the python commands it ran, in order."""
-    (tmp_path / ".ci").mkdir()
-    shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
-    (tmp_path / "setup.sh").write_text("echo setup\n")
-    (tmp_path / "README.md").write_text(README)
-    (tmp_path / ".gitignore").write_text(".venv/\ncalls.log\n")
-    git = ["git", "-C", str(tmp_path), "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    `fail_at`. Returns the exit status and the python commands it ran, in order, each as
+    "ARGS | $PYTEST_ADDOPTS | $SLIME_VENDOR_DIR"."""
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    shutil.copy(REPO / ".ci" / "run", repo / ".ci" / "run")
+    (repo / "setup.sh").write_text(SETUP)
+    (repo / "README.md").write_text(README)
+    (repo / ".gitignore").write_text(".venv/\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "scratch"], check=True)
-    python = tmp_path / ".venv" / "bin" / "python"
-    python.parent.mkdir(parents=True)
-    python.write_text(RECORDER)
-    python.chmod(0o755)
+    recorder = tmp_path / "recorder"
+    recorder.write_text(RECORDER)
+    recorder.chmod(0o755)
+    log = tmp_path / "calls.log"
     out = subprocess.run(
-        ["bash", str(tmp_path / ".ci" / "run")],
-        env={**os.environ, "FAIL_AT": fail_at},
+        ["bash", str(repo / ".ci" / "run")],
+        env={**os.environ, "FAIL_AT": fail_at, "RECORDER": str(recorder), "CALLS_LOG": str(log)},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    log = tmp_path / "calls.log"
     return out.returncode, log.read_text().splitlines() if log.exists() else []
+
+
+STEPS = ["-m ruff check .", "-m ruff format --check .", "-m mypy", "-m envs check", "-m pytest"]
 
 
 @pytest.mark.parametrize(
     ("fail_at", "ran"),
-    [
-        ("ruff check", 1),
-        ("ruff format", 2),
-        ("mypy", 3),
-        ("envs check", 4),
-        ("-m vendored", 5),
-    ],
+    [("ruff check", 1), ("ruff format", 2), ("mypy", 3), ("envs check", 4), ("-m pytest", 5)],
 )
 def test_ci_stops_at_the_first_failing_check_before_any_test(
     tmp_path: Path, fail_at: str, ran: int
@@ -83,10 +83,25 @@ def test_ci_stops_at_the_first_failing_check_before_any_test(
     code, calls = ci_run(tmp_path, fail_at)
     assert code != 0
     assert len(calls) == ran and fail_at in calls[-1], calls
-    steps = ["-m ruff check .", "-m ruff format --check .", "-m mypy", "-m envs check", "-m pytest"]
-    assert [next(s for s in steps if c.startswith(s)) for c in calls] == steps[:ran]
-    if ran == 5:  # the vendored tests: in parallel (pyproject's -n auto), the 20 slowest printed
-        assert "--durations=20" in calls[-1] and "--randomly-seed=" in calls[-1]
+    assert [next(s for s in STEPS if c.startswith(s)) for c in calls] == STEPS[:ran]
+
+
+def test_ci_runs_the_readme_test_command_once_with_the_vendored_sources(tmp_path: Path) -> None:
+    """One test session, in the fresh clone: in parallel (pyproject's -n auto), in a random order
+    whose seed is printed, the 20 slowest printed, ../shared/vendor named for the vendored tests;
+    then the vendored check reads its report."""
+    code, calls = ci_run(tmp_path, "no command fails")
+    assert code == 0, calls
+    assert [next((s for s in STEPS if c.startswith(s)), c.split()[0]) for c in calls] == [
+        *STEPS,
+        str(tmp_path / "repo" / ".ci" / "vendored_check.py"),
+    ]
+    args, addopts, vendor = calls[4].split(" | ")
+    assert args == "-m pytest -q"
+    assert "--durations=20" in addopts and "--randomly-seed=" in addopts
+    assert vendor == str(tmp_path / "shared" / "vendor")
+    report = addopts.split("--junitxml=")[1].split()[0]
+    assert calls[5].split(" | ")[0].endswith(f"vendored_check.py {report}")
 
 
 def test_ruff_exempts_no_long_line(tmp_path: Path) -> None:
@@ -137,32 +152,62 @@ PASS = '<testcase classname="tests.test_a" name="{}"/>'
 VENDOR_SKIP = "vendored slime sources not found in /x (set SLIME_VENDOR_DIR): missing y"
 
 
-def test_the_vendored_check_finds_a_vendored_test_that_ran_nowhere(tmp_path: Path) -> None:
-    vendored, fresh = tmp_path / "vendored.xml", tmp_path / "fresh.xml"
-    vendored.write_text(JUNIT.format(PASS.format("test_marked")))
-    fresh.write_text(
+def test_the_vendored_check_finds_a_test_that_ran_nowhere(tmp_path: Path) -> None:
+    report = tmp_path / "tests.xml"
+    report.write_text(
         JUNIT.format(
-            SKIP.format("test_marked", VENDOR_SKIP)
-            + SKIP.format("test_unmarked", VENDOR_SKIP)
+            PASS.format("test_ran")
+            + SKIP.format("test_unrun", VENDOR_SKIP)
             + SKIP.format("test_other", "no second network namespace")
-            + PASS.format("test_plain")
         )
     )
 
-    def check(*args: Path) -> subprocess.CompletedProcess[str]:
+    def check(path: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, str(REPO / ".ci" / "vendored_check.py"), *map(str, args)],
+            [sys.executable, str(REPO / ".ci" / "vendored_check.py"), str(path)],
             capture_output=True,
             text=True,
             timeout=60,
         )
 
-    out = check(vendored, fresh)
+    out = check(report)
     assert out.returncode == 1
     assert out.stderr.splitlines() == [
-        "vendored_check: tests.test_a::test_unmarked skipped without the vendored sources and did "
-        "not pass in `pytest -m vendored` (mark it @pytest.mark.vendored)"
+        "vendored_check: tests.test_a::test_unrun was skipped for want of slime's vendored "
+        "sources: it ran nowhere (is ../shared/vendor complete?)"
     ]
-    fresh.write_text(JUNIT.format(SKIP.format("test_marked", VENDOR_SKIP)))
-    assert check(vendored, fresh).returncode == 0
-    assert check(vendored, tmp_path / "absent.xml").returncode == 2
+    report.write_text(JUNIT.format(PASS.format("test_ran") + SKIP.format("test_other", "no")))
+    assert check(report).returncode == 0
+    assert check(tmp_path / "absent.xml").returncode == 2
+
+
+def test_vendored_tests_skip_with_the_reason_where_the_sources_are_missing(tmp_path: Path) -> None:
+    """A fresh clone with nothing beside it: every test marked `vendored` skips, naming the
+    folder it looked in and $SLIME_VENDOR_DIR; none fails and none runs."""
+    here = Path(__file__).name
+    modules = [
+        str(f)
+        for f in sorted((REPO / "tests").glob("test_*.py"))
+        if f.name != here and "pytest.mark.vendored" in f.read_text()
+    ]
+    assert len(modules) >= 5, modules
+    report = tmp_path / "report.xml"
+    args = ["-q", "-n0", "-p", "no:randomly", "-p", "no:cacheprovider"]
+    args += ["-m", "vendored and not heavy_loop"]  # heavy_loop cells skip for their own reason
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", *args, f"--junitxml={report}", *modules],
+        env={**os.environ, "SLIME_VENDOR_DIR": str(tmp_path / "none"), "PYTEST_ADDOPTS": ""},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:]
+    cases = list(ET.parse(report).iter("testcase"))
+    reasons = [case.find("skipped") for case in cases]
+    assert cases and all(r is not None for r in reasons), out.stdout[-3000:]
+    for r in reasons:
+        message = r.get("message") or ""
+        assert f"not found in {tmp_path / 'none'}" in message and "SLIME_VENDOR_DIR" in message
+    summary = out.stdout.strip().splitlines()[-1]
+    assert " passed" not in summary and " failed" not in summary, summary
