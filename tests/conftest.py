@@ -61,6 +61,31 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return workers
 
 
+SPLIT_BY_PARAMETER = {
+    "test_loop.py": "each cell is minutes of slime's whole loop",
+    "test_slime_control_flow.py": "one slime driver run per version",
+}
+"""Modules whose tests go to the workers in parts, one per parameter id ([v0.3.1-sync], ...),
+instead of whole: a part's tests share its module-scoped fixtures (set up once per part), and
+the parts run at once on different workers instead of one after another on one."""
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope` (pyproject's addopts), except the modules of SPLIT_BY_PARAMETER."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module, _, test = nodeid.partition("::")
+            if Path(module).name in SPLIT_BY_PARAMETER and test.endswith("]"):
+                return f"{module}[{test.rsplit('[', 1)[1]}"
+            return str(super()._split_scope(nodeid))
+
+    return Scheduling(config, log)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules marked `long(minutes)` first, the longest first; the rest keep their (shuffled)

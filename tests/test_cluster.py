@@ -121,10 +121,10 @@ def test_two_nodes_of_eight_from_rays_view(world: dict, version: str) -> None:
 
 
 @pytest.mark.vendored
+@pytest.mark.skipif(real_parse_missing() is not None, reason=str(real_parse_missing()))
 def test_two_nodes_parse_with_slimes_real_parse_args(world: dict) -> None:
-    """The 2 x 8 plans (sync colocated, async split) as slime main's own parse_args reads them."""
-    if reason := real_parse_missing():
-        pytest.skip(reason)
+    """The 2 x 8 plans (sync colocated, async split) as slime main's own parse_args reads them.
+    (Skips before its fixture starts the cluster.)"""
     slime = unpack_vendored(VENDORED["main"])
     meg = str(unpack_vendored(VENDORED_MEGATRON))
     plans = {
