@@ -89,8 +89,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules marked `long(minutes)` first, the longest first; the rest keep their (shuffled)
-    order. Under `--dist loadscope` a module is one unit of work, handed out in this order: a
-    module of many minutes that started last would run on alone after the others are done."""
+    order. Under `--dist loadscope` a module is one unit of work, handed out in this order (with
+    pyproject's `--no-loadscope-reorder`: xdist's own reorder hands out the units with the most
+    tests first, and a whole-loop cell is a unit of one test): a module of many minutes that
+    started last would run on alone after the others are done."""
 
     def minutes(item: pytest.Item) -> float:
         mark = item.get_closest_marker("long")
