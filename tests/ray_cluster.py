@@ -134,6 +134,9 @@ def _start(nodes: list[dict], node_ip: str | None, tmp: Path, timeout: float) ->
             logs,
             timeout,
         )
+        # The dashboard answers before the head's raylet has registered: a caller reading the
+        # nodes then (run.sh's check) would find none alive.
+        _wait("Ray head node", lambda: len(cluster.alive_nodes()) == 1, procs, logs, timeout)
         # One worker at a time, each retried alone: a raylet gets 30 s to register with the
         # GCS, which several starting at once on a loaded machine can miss.
         for i, spec in enumerate(nodes[1:], 1):
