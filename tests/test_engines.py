@@ -96,7 +96,7 @@ def test_stub_scripted_abort_and_abort_request() -> None:
 
 def test_stub_keyed_scripts_serve_concurrent_sessions() -> None:
     n = 64
-    script = {f"s{i}": [Turn([i, 1000 + i], delay=0.05), Turn([2000 + i])] for i in range(n)}
+    script = {f"s{i}": [Turn([i, 1000 + i], delay=0.5), Turn([2000 + i])] for i in range(n)}
 
     async def episode(client: httpx.AsyncClient, url: str, i: int) -> list[list[int]]:
         got = []
@@ -126,8 +126,9 @@ def test_stub_keyed_scripts_serve_concurrent_sessions() -> None:
         second = stub.requests_for(f"s{i}")[1]
         assert second.input_ids == [i, i, 1000 + i]
         assert second.routing_key == f"s{i}"
-    # 64 sessions each waited 50 ms concurrently, not one after another (3.2 s).
-    assert elapsed < 3.0
+    # 64 sessions each waited 0.5 s concurrently, not one after another (32 s); the margin is for
+    # a loaded machine.
+    assert elapsed < 16
 
 
 def test_stub_responder_callable_and_bad_input() -> None:
