@@ -1,7 +1,8 @@
 """Helpers for the tests that run slime's REAL rollout loop with the bridge
 (tests/slime_driver.py in a subprocess per slime version): GSM8K task rows, the scripted
 engine's per-episode scripts (`Model`), a gateway that puts faults between the bridge and a
-real server (`Gateway`), and `run_driver`.
+real server (`Gateway`), the servers of a driver run's scenarios (`DriverScenarios`), and
+`run_driver` / `run_driver_many`.
 
 Used by tests/test_slime_control_flow.py, tests/test_slime_seams.py and bench/abort.py.
 """
@@ -9,6 +10,7 @@ Used by tests/test_slime_control_flow.py, tests/test_slime_seams.py and bench/ab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -188,6 +190,32 @@ def run_driver(version: str, spec: dict[str, Any], tmp_path: Path) -> dict[str, 
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def router(server: SGLangStub | Gateway) -> dict[str, Any]:
+    """The driver's `set` for slime's router address: `server` stands in for the router."""
+    return {"sglang_router_ip": "127.0.0.1", "sglang_router_port": server.port}
+
+
+class DriverScenarios:
+    """The servers of the scenarios that one driver run plays (`run_driver_many`), started
+    before it and kept open in `stack` for the checks: `specs` by scenario name go to the
+    driver; `stubs` holds each scenario's engine stand-in."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok = tok
+        self.stack = contextlib.ExitStack()
+        self.specs: dict[str, dict[str, Any]] = {}
+        self.stubs: dict[str, SGLangStub] = {}
+
+    def engine(self, name: str, model: Model, weight_version: str = "default") -> SGLangStub:
+        """The scripted engine that plays `model` for scenario `name`."""
+        stub = self.stack.enter_context(
+            SGLangStub(model, tokenizer=self.tok, weight_version=weight_version)
+        )
+        model.stub = stub
+        self.stubs[name] = stub
+        return stub
 
 
 def run_driver_many(

@@ -10,12 +10,20 @@ check its parts. Skips (with the reason) without the vendored sources.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import pytest
-from sglang_stub import SGLangStub, Turn
-from slime_loop import FAIL_MARKER, Gateway, Model, call, gsm8k_tasks, run_driver_many
+from sglang_stub import Turn
+from slime_loop import (
+    FAIL_MARKER,
+    DriverScenarios,
+    Gateway,
+    Model,
+    call,
+    gsm8k_tasks,
+    router,
+    run_driver_many,
+)
 from slime_vendor import VERSIONS, missing_reason
 
 pytestmark = [
@@ -26,28 +34,13 @@ pytestmark = [
 ]
 
 
-def router(stub: SGLangStub) -> dict[str, Any]:
-    return {"sglang_router_ip": "127.0.0.1", "sglang_router_port": stub.port}
-
-
-class Scenarios:
-    """Each scenario's engine stand-in and gateway, started before the driver and kept for the
-    checks: `specs` go to the driver, `seen` holds what the servers saw."""
+class Scenarios(DriverScenarios):
+    """The control flow's scenarios; `gates` holds each scenario's gateway, if it has one."""
 
     def __init__(self, tok: Any, server_url: str, version: str) -> None:
-        self.tok, self.server_url, self.version = tok, server_url, version
-        self.stack = contextlib.ExitStack()
-        self.specs: dict[str, dict[str, Any]] = {}
-        self.stubs: dict[str, SGLangStub] = {}
+        super().__init__(tok)
+        self.server_url, self.version = server_url, version
         self.gates: dict[str, Gateway] = {}
-
-    def engine(self, name: str, model: Model, weight_version: str = "default") -> SGLangStub:
-        stub = self.stack.enter_context(
-            SGLangStub(model, tokenizer=self.tok, weight_version=weight_version)
-        )
-        model.stub = stub
-        self.stubs[name] = stub
-        return stub
 
     def infra_failure(self) -> None:
         """Group 0 has one episode whose env is lost on every try."""

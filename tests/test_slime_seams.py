@@ -11,7 +11,6 @@ fault. Skips (with the reason) without the vendored sources.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,17 @@ from typing import Any
 import pytest
 from conftest import env_server
 from launch_world import VENDORED, dry_run, make_world, unpack_vendored
-from sglang_stub import SGLangStub, Turn
-from slime_loop import FAIL_MARKER, Gateway, Model, Outage, call, gsm8k_tasks
+from sglang_stub import Turn
+from slime_loop import (
+    FAIL_MARKER,
+    DriverScenarios,
+    Gateway,
+    Model,
+    Outage,
+    call,
+    gsm8k_tasks,
+    router,
+)
 from slime_loop import run_driver_many as run_many
 from slime_vendor import VERSIONS, missing_reason
 
@@ -57,10 +65,6 @@ def rollout_argv(batch: int, n: int, over: int, *more: str) -> list[str]:
     ]
 
 
-def router(stub: SGLangStub | Gateway) -> dict[str, Any]:
-    return {"sglang_router_ip": "127.0.0.1", "sglang_router_port": stub.port}
-
-
 def on(url: str, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for t in tasks:
         t["metadata"]["env_server"] = [url]
@@ -82,22 +86,14 @@ def planned_filter(version: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
     return flags, env
 
 
-class Scenarios:
-    """Every scenario's servers, started before the driver and kept for the assertions."""
+class Scenarios(DriverScenarios):
+    """The seams' scenarios; `seen` holds what each scenario's run.sh plan or gateway saw."""
 
     def __init__(self, tok: Any, server_url: str, ttl_url: str, version: str, tmp: Path) -> None:
-        self.tok, self.server_url, self.ttl_url = tok, server_url, ttl_url
+        super().__init__(tok)
+        self.server_url, self.ttl_url = server_url, ttl_url
         self.version, self.tmp = version, tmp
-        self.stack = contextlib.ExitStack()
-        self.specs: dict[str, dict[str, Any]] = {}
         self.seen: dict[str, Any] = {}
-
-    def engine(self, model: Model, weight_version: str = "default") -> SGLangStub:
-        stub = self.stack.enter_context(
-            SGLangStub(model, tokenizer=self.tok, weight_version=weight_version)
-        )
-        model.stub = stub
-        return stub
 
     def user_filter(self) -> None:
         """21.3: group 0 loses an episode to the env, group 1 solves both (zero std), group 2
@@ -107,7 +103,7 @@ class Scenarios:
         fail = [
             Turn.of_text(self.tok, call("calculator", {"expression": FAIL_MARKER}) + "<|im_end|>")
         ]
-        stub = self.engine(Model(self.tok, tasks, [fail], wrong=(2,)))
+        stub = self.engine("user_filter", Model(self.tok, tasks, [fail], wrong=(2,)))
         flags, env = planned_filter(self.version, self.tmp / "plan")
         self.seen["user_filter"] = {"flags": flags, "env": env}
         self.specs["user_filter"] = {
@@ -123,7 +119,7 @@ class Scenarios:
         name = "slow_tool_partial" if partial else "slow_tool"
         gate = self.stack.enter_context(Gateway(self.server_url, slow_s=SLOW_TOOL_S))
         tasks = on(gate.url, gsm8k_tasks(2, gate.url))
-        stub = self.engine(Model(self.tok, tasks, slow_tool=(1,)))
+        stub = self.engine(name, Model(self.tok, tasks, slow_tool=(1,)))
         more = ["--partial-rollout"] if partial else []
         rollouts: list[dict[str, Any]] = [{"train": False}]
         if partial:
@@ -139,7 +135,7 @@ class Scenarios:
     def engine_outage(self) -> None:
         """21.5: the router answers 500, then 503 no_available_workers, for 3 s mid-episode."""
         tasks = gsm8k_tasks(2, self.server_url)
-        stub = self.engine(Model(self.tok, tasks))
+        stub = self.engine("engine_outage", Model(self.tok, tasks))
         gate = self.stack.enter_context(
             Gateway(stub.url, outage=Outage("/generate", OUTAGE_S, after=2))
         )
@@ -156,7 +152,7 @@ class Scenarios:
             Gateway(self.server_url, outage=Outage("/call", OUTAGE_S, after=2))
         )
         tasks = on(gate.url, gsm8k_tasks(2, gate.url))
-        stub = self.engine(Model(self.tok, tasks))
+        stub = self.engine("env_outage", Model(self.tok, tasks))
         self.seen["env_outage"] = gate
         self.specs["env_outage"] = {
             "tasks": tasks,
@@ -170,7 +166,8 @@ class Scenarios:
         name = f"ttl_keepalive_{keepalive_s:g}"
         tasks = on(self.ttl_url, gsm8k_tasks(2, self.ttl_url))
         tasks[1]["metadata"]["max_turns"] = 12
-        stub = self.engine(Model(self.tok, tasks, slow=(1,), delay=0.5), weight_version="v1")
+        model = Model(self.tok, tasks, slow=(1,), delay=0.5)
+        stub = self.engine(name, model, weight_version="v1")
         self.specs[name] = {
             "tasks": tasks,
             "argv": rollout_argv(
