@@ -9,6 +9,7 @@ import pytest
 from openreward.api.errors import ToolCallError
 from ors_episodes import ors_session, play_whodunit, sdk_server
 
+import envs.whodunit.scoring as scoring
 from envs.whodunit import (
     LOCATION_POOL,
     MOTIVE_POOL,
@@ -183,6 +184,23 @@ def test_scoring_partial_credit_quarters_and_thirds() -> None:
         three, {"who": "ADA FINCH", "what": "The Letter Opener", "where": "nowhere"}
     )[0] == pytest.approx(2 / 3)
     assert score_answer(three, {"who": "Ada", "what": "letter", "where": "libraries"})[0] == 0.0
+
+
+def test_an_answer_longer_than_any_name_is_wrong_unnormalized(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worst-inputs attack sent 300 KB names: normalizing each held the server's loop 13 ms.
+    A part over MAX_ANSWER_CHARS is wrong without being normalized, even one that would normalize to
+    the listed name; one within the bound still matches."""
+    three = {"who": "Ada Finch", "what": "letter opener", "where": "library"}
+    normalized: list[str | None] = []
+    real = scoring.normalize_name
+    monkeypatch.setattr(scoring, "normalize_name", lambda t: normalized.append(t) or real(t))
+    padded = "Ada Finch" + " " * scoring.MAX_ANSWER_CHARS
+    parts = score_answer(three, {**three, "who": padded})[1]
+    assert parts == {"who": False, "what": True, "where": True} and padded not in normalized
+    fits = "Ada Finch" + " " * (scoring.MAX_ANSWER_CHARS - len("Ada Finch"))
+    assert score_answer(three, {**three, "who": fits})[1]["who"]
 
 
 def test_normalize_name() -> None:
