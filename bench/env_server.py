@@ -27,6 +27,9 @@ default here) and the server's RSS, quiet and then under each attack of bench/at
 worst inputs of every tool, maximal calls back to back, task listings, grabbing every session
 slot, bodies a byte at a time, answers never read, 900 KiB arguments in one session), sent from
 127.0.0.2 so the per-client limits apply; targets: p99 ratio < 2x and RSS ratio < 2x for each.
+`--attacker-nice 19` runs the attacker at low priority: on 2 cores its own CPU (a full core at
+full speed) otherwise comes out of the server's and the measuring client's, which a remote
+attacker's does not; it sent as many calls niced as not (4,300-4,700 budget-hog calls a run).
 It also prints what a per-call budget costs against a process pool for tool calls (the design
 choice in envs/server/budget.py). GSM8K data is the bundled copy unless $GSM8K_DATA_DIR names
 another.
@@ -404,14 +407,15 @@ def budget_costs(n: int = 20_000) -> dict[str, float]:
 
 
 def _attacked_run(
-    url: str, pid: int, kind: str, attackers: int, episodes: int, rounds: int
+    url: str, pid: int, kind: str, attackers: int, episodes: int, rounds: int, nice: int = 0
 ) -> tuple[dict[str, Any], float, dict[str, Any]]:
-    """The well-behaved client's run while `kind` attacks; the server's peak RSS meanwhile; what
-    the attacker saw."""
+    """The well-behaved client's run while `kind` attacks (its process at niceness `nice`); the
+    server's peak RSS meanwhile; what the attacker saw."""
     import threading
 
+    attack = [sys.executable, __file__, "--_attack", url, "--kind", kind]
     attacker = subprocess.Popen(
-        [sys.executable, __file__, "--_attack", url, "--kind", kind, "--attackers", str(attackers)],
+        [*(["nice", "-n", str(nice)] if nice else []), *attack, "--attackers", str(attackers)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
@@ -454,7 +458,7 @@ def attack_bench(a: argparse.Namespace) -> None:
                 quiet = drive(url, proc.pid, episodes, a.rounds, "lean", 1)
                 idle = rss_mb(proc.pid)
                 attacked, peak, seen = _attacked_run(
-                    url, proc.pid, kind, attackers, episodes, a.rounds
+                    url, proc.pid, kind, attackers, episodes, a.rounds, a.attacker_nice
                 )
                 rows.append((kind, attackers, quiet, attacked, idle, peak, seen))
         alive = proc.poll() is None
@@ -464,7 +468,8 @@ def attack_bench(a: argparse.Namespace) -> None:
     print(
         f"attack benchmark: our server (gsm8k, whodunit, haiku), {episodes} well-behaved whodunit "
         f"episodes x {len(CALLS)} calls, {a.rounds} rounds, from 127.0.0.1; each attack from "
-        f"127.0.0.2; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        f"127.0.0.2{f' at niceness {a.attacker_nice}' if a.attacker_nice else ''}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
     print(
         f"{'attack':<15} {'conns':>5} {'quiet p99':>10} {'attacked p99':>13} {'p99 ratio':>9} "
@@ -533,6 +538,13 @@ def main() -> None:
         type=int,
         default=0,
         help="attacker connections per attack (--attack; default: each attack's own)",
+    )
+    p.add_argument(
+        "--attacker-nice",
+        type=int,
+        default=0,
+        help="run the attacker at this niceness (--attack): a remote attacker's CPU is its own, "
+        "here it shares the cores with the server and the measuring client; its calls are printed",
     )
     p.add_argument("--kind", help=argparse.SUPPRESS)
     p.add_argument("--_attack", help=argparse.SUPPRESS)
