@@ -99,3 +99,61 @@ def test_a_body_sent_slowly_by_one_client_never_holds_back_another(server_url: s
     finally:
         for sock in slow:
             sock.close()
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.events: list[str] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.events.append("write")
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+        self.events.append("close")
+
+    def abort(self) -> None:
+        self.closing = True
+        self.events.append("abort")
+
+    def get_write_buffer_size(self) -> int:
+        return 5
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+def test_an_answers_writes_in_one_loop_turn_leave_as_one_send() -> None:
+    """uvicorn writes an answer's head and body separately (two sends, each a syscall); the
+    server's transport joins the writes of one loop turn, flushes them before a close, drops
+    them on an abort, and counts them as unsent meanwhile."""
+    import asyncio
+
+    from envs.server.connections import _CoalescedWrites
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        raw = _RecordingTransport()
+        t = _CoalescedWrites(raw, loop)  # type: ignore[arg-type]
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        t.write(b"body")
+        assert raw.writes == [] and t.get_write_buffer_size() == 5 + 23
+        await asyncio.sleep(0)
+        assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        t.write(b"last")
+        t.close()
+        assert raw.events == ["write", "write", "close"] and raw.writes[-1] == b"last"
+        raw2 = _RecordingTransport()
+        t2 = _CoalescedWrites(raw2, loop)  # type: ignore[arg-type]
+        t2.write(b"never")
+        t2.abort()
+        await asyncio.sleep(0)
+        assert raw2.events == ["abort"] and t2.get_extra_info("peername") == "info:peername"
+
+    asyncio.run(scenario())

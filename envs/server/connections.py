@@ -111,6 +111,48 @@ def _response(status: bytes, message: str, extra: bytes = b"") -> bytes:
 _IDLE, _HEADERS, _BODY, _BUSY = "idle", "headers", "body", "busy"
 
 
+class _CoalescedWrites:
+    """A transport whose writes within one turn of the loop go out as one: uvicorn writes an
+    answer's status line and headers, then its body, each a send (a syscall, which on loopback
+    also runs the receiver's TCP path); joined they are one. The bytes leave at the end of the
+    loop's turn (`call_soon`), before anything else this connection does: `close` and `abort`,
+    and the send deadline's `get_write_buffer_size`, see them. `bench/env_server.py` measures
+    the server's CPU per call."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def guarded_protocol(
     limits: ConnectionLimits, closed: Counter[str] | None = None
 ) -> type[HttpToolsProtocol]:
@@ -137,6 +179,7 @@ def guarded_protocol(
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.transport = _CoalescedWrites(transport, self.loop)  # type: ignore[assignment]
             self._peer = self.client[0] if self.client else "unknown"
             if not sweeper:
                 sweeper.append(self.loop.call_later(limits.sweep_s, _sweep, self.connections))
