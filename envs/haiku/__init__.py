@@ -65,13 +65,14 @@ from envs.haiku.relevance import (
 )
 from envs.haiku.syllables import (
     TARGET,
+    SyllableTable,
     analyze,
-    cmu_dictionary,
     estimate_syllables,
     line_syllables,
     line_words,
     poem_lines,
     structure_score,
+    syllable_table,
     word_syllables,
 )
 from envs.haiku.topics import (
@@ -102,9 +103,9 @@ __all__ = [
     "HaikuOptions",
     "PoemInput",
     "Score",
+    "SyllableTable",
     "analyze",
     "chat_completions_url",
-    "cmu_dictionary",
     "copy_reason",
     "estimate_syllables",
     "judge_client",
@@ -120,6 +121,7 @@ __all__ = [
     "read_topics",
     "stem",
     "structure_score",
+    "syllable_table",
     "topic_split",
     "topic_words",
     "word_syllables",

@@ -17,7 +17,13 @@ from contract.env_report import REWARD_PARTS_KEY
 from envs.errors import JudgeError
 from envs.haiku.judge import JUDGE_URL_ENV, judge_style
 from envs.haiku.relevance import copy_reason, on_topic_words, poem_fingerprint, topic_words
-from envs.haiku.syllables import analyze, cmu_dictionary, line_words, loaded_cmu
+from envs.haiku.syllables import (
+    SyllableTable,
+    analyze,
+    line_words,
+    loaded_syllable_table,
+    syllable_table,
+)
 from envs.haiku.topics import (
     HUB_DATASET,
     TOPICS_FILE,
@@ -210,7 +216,7 @@ class Haiku(ReportingEnvironment):
         """Load the topics and the syllable dictionary now (e.g. at server start), not on first
         use."""
         cls.topics()
-        cmu_dictionary()
+        syllable_table()
 
     @staticmethod
     def judge_enabled() -> bool:
@@ -227,9 +233,9 @@ class Haiku(ReportingEnvironment):
     async def get_prompt(self) -> list[TextBlock]:
         return [TextBlock(text=self._prompt_text())]
 
-    def score(self, poem: str, cmu: dict[str, list[list[str]]]) -> Score:
+    def score(self, poem: str, table: SyllableTable) -> Score:
         """Structure, topic words, copying and the content score of one poem (no judge)."""
-        lines, counts, structure = analyze(poem, cmu)
+        lines, counts, structure = analyze(poem, table)
         words = line_words(" ".join(lines))
         if self._prompt_words is None:
             self._prompt_words = line_words(self._prompt_text())
@@ -243,9 +249,9 @@ class Haiku(ReportingEnvironment):
     async def submit_haiku(self, params: PoemInput) -> ToolOutput:
         """Submit a haiku (three lines, 5-7-5 syllables, on the topic). Returns syllables per line
         and a score."""
-        loaded = loaded_cmu()
-        cmu = loaded if loaded is not None else await _load_cmu_off_loop()
-        s = self.score(params.poem[:MAX_POEM_CHARS], cmu)
+        loaded = loaded_syllable_table()
+        table = loaded if loaded is not None else await _load_table_off_loop()
+        s = self.score(params.poem[:MAX_POEM_CHARS], table)
         self.submissions += 1
         reward, style, judge_error = s.content, None, None
         if self.judge_enabled():
@@ -351,5 +357,5 @@ def _task(split: str, index: int, topic: str) -> dict[str, Any]:
     }
 
 
-async def _load_cmu_off_loop() -> dict[str, list[list[str]]]:
-    return await asyncio.to_thread(cmu_dictionary)
+async def _load_table_off_loop() -> SyllableTable:
+    return await asyncio.to_thread(syllable_table)
