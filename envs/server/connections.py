@@ -131,6 +131,10 @@ class _CoalescedWrites:
             self._loop.call_soon(self._flush)
         self._pending.append(data)
 
+    def writelines(self, chunks: Any) -> None:
+        for data in chunks:
+            self.write(data)
+
     def _flush(self) -> None:
         if self._pending:
             data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
