@@ -27,6 +27,10 @@ default here) and the server's RSS, quiet and then under each attack of bench/at
 worst inputs of every tool, maximal calls back to back, task listings, grabbing every session
 slot, bodies a byte at a time, answers never read, 900 KiB arguments in one session), sent from
 127.0.0.2 so the per-client limits apply; targets: p99 ratio < 2x and RSS ratio < 2x for each.
+Each run's row is printed; the verdict compares the p99 of an attack's quiet runs pooled with
+that of its attacked runs pooled (`--repeat` runs of 576 calls each): one run's p99 is its 6th
+slowest call, and quiet runs alone spread 2x (5.6-12.1 ms on 16 cores), so a verdict on any one
+run's ratio would mostly judge that noise. RSS is judged on the worst run.
 `--attacker-nice 19` runs the attacker at low priority: on 2 cores its own CPU (a full core at
 full speed) otherwise comes out of the server's and the measuring client's, which a remote
 attacker's does not; it sent as many calls niced as not (4,300-4,700 budget-hog calls a run).
@@ -358,10 +362,17 @@ def drive(
         "client_cpu_us": sum(r["client_cpu"] for r in results) / len(lat) * 1e6,
         "errors": len(errors),
         "first_error": errors[0] if errors else "",
+        "latencies": lat,
     }
 
 
 # ---------------------------------------------------------------- attacks (issues 13, 22)
+
+
+def p99_ms(latencies: list[float]) -> float:
+    """The 99th percentile of latencies in seconds, in ms (the same rank as drive's)."""
+    lat = sorted(latencies)
+    return lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
 
 
 def rss_mb(pid: int) -> float:
@@ -475,7 +486,6 @@ def attack_bench(a: argparse.Namespace) -> None:
         f"{'attack':<15} {'conns':>5} {'quiet p99':>10} {'attacked p99':>13} {'p99 ratio':>9} "
         f"{'idle RSS':>9} {'peak RSS':>9} {'RSS ratio':>9}  attacker saw"
     )
-    misses = []
     for kind, attackers, quiet, attacked, idle, peak, seen in rows:
         ratio, rss_ratio = attacked["p99_ms"] / quiet["p99_ms"], peak / idle
         server_errors = sum(n for code, n in seen.get("statuses", {}).items() if int(code) >= 500)
@@ -487,10 +497,27 @@ def attack_bench(a: argparse.Namespace) -> None:
             f"{attacked['errors']}"
             + (f" ({attacked['first_error'][:80]})" if attacked["errors"] else "")
         )
-        if (ratio >= 2 or rss_ratio >= 2) and kind not in misses:
+    quiet_p99s = [row[2]["p99_ms"] for row in rows]
+    print(
+        f"pooled over the {a.repeat} run(s) of each attack ({len(rows[0][2]['latencies'])} calls "
+        f"a run; one run's p99 is its {len(rows[0][2]['latencies']) // 100 or 1} slowest: the "
+        f"quiet runs' p99 alone spread {min(quiet_p99s):.1f}-{max(quiet_p99s):.1f} ms here)"
+    )
+    misses = []
+    for kind in dict.fromkeys(row[0] for row in rows):
+        mine = [row for row in rows if row[0] == kind]
+        quiet_p99 = p99_ms([x for row in mine for x in row[2]["latencies"]])
+        attacked_p99 = p99_ms([x for row in mine for x in row[3]["latencies"]])
+        ratio = attacked_p99 / quiet_p99
+        rss_ratio = max(row[5] / row[4] for row in mine)
+        print(
+            f"{kind:<15} pooled p99 {quiet_p99:>6.1f}ms quiet, {attacked_p99:>6.1f}ms attacked: "
+            f"{ratio:.2f}x; RSS ratio (worst run) {rss_ratio:.2f}x"
+        )
+        if ratio >= 2 or rss_ratio >= 2:
             misses.append(kind)
     print(
-        "targets (p99 ratio < 2x, RSS ratio < 2x): "
+        "targets (pooled p99 ratio < 2x, worst RSS ratio < 2x): "
         + (f"NOT met for {', '.join(misses)}" if misses else "met for every attack")
         + f"; server alive after: {alive}"
     )
@@ -499,10 +526,6 @@ def attack_bench(a: argparse.Namespace) -> None:
         f"per-call cost of bounding tool code: budget {costs['budget_us']:.1f} us CPU, "
         f"process-pool round trip {costs['pool_us']:.0f} us CPU (parent + worker)"
     )
-
-
-def _median_by_p99(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2]
 
 
 def main() -> None:
