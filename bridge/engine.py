@@ -20,6 +20,7 @@ that samples tokens without it is an engine error: it could not be trained.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ CONNECT_TRIES = 4
 """Tries when no connection can be made at all."""
 OUTAGE_STATUSES = frozenset({500, 502, 503, 504})
 """What a router answers while a worker is down or none is available."""
+RETRY_TALLY = re.compile(r" \(\d+ tries in \d+ s\)$")
+"""How an engine outage's message ends: the tries and seconds it took, which vary from one
+episode to the next for the same outage (tools.rollout_failures groups reasons without it)."""
 
 
 @dataclass

@@ -426,6 +426,26 @@ def test_a_run_failing_for_one_infra_reason_stops_early_with_it(
     assert "engine_error" in line and "the engine ran out of memory" in line
 
 
+def test_one_engine_outage_is_one_reason_whatever_its_tries() -> None:
+    """The same outage ends episodes after 2 or 3 tries (load decides): still one reason."""
+    from tools.rollout_failures import FailureWatch
+
+    watch = FailureWatch(total=20)
+    for tries in (3, 2, 3, 3, 2, 3, 3, 2):
+        stop = watch.add(
+            {
+                "infra_failure": True,
+                "stop_reason": "engine_error",
+                "failure_message": f"engine http://e/generate answered HTTP 500: oom ({tries} "
+                "tries in 1 s)",
+            }
+        )
+    assert stop == (
+        "stopped after 8 of 20 episodes: 8 failed for one infrastructure reason "
+        "(engine_error: engine http://e/generate answered HTTP 500: oom)"
+    )
+
+
 def test_tiny_model_takes_a_seed(tmp_path: Path, qwen3_tokenizer_dir) -> None:
     """--seed draws other weights; one seed builds the same model; a directory is reused only
     for the seed it was built with."""

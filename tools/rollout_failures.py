@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from bridge.engine import RETRY_TALLY
 from tools.errors import RolloutOnlyError
 
 EARLY_LOOK = 8
@@ -67,7 +68,8 @@ def _names(r: httpx.Response) -> list[str] | None:
 @dataclass
 class FailureWatch:
     """Counts finished episodes by infrastructure failure; says when the run should stop: once
-    min(EARLY_LOOK, total) episodes are done and more than half of them failed for one reason."""
+    min(EARLY_LOOK, total) episodes are done and more than half of them failed for one reason
+    (its stop reason and message; an engine outage's message without its tally of tries)."""
 
     total: int
     done: int = 0
@@ -77,7 +79,8 @@ class FailureWatch:
         """Count one finished episode (its sample's metadata); the stop message, or None."""
         self.done += 1
         if metadata.get("infra_failure"):
-            message = str(metadata.get("failure_message") or "no message")[:MAX_REASON_CHARS]
+            message = RETRY_TALLY.sub("", str(metadata.get("failure_message") or "no message"))
+            message = message[:MAX_REASON_CHARS]
             self.by_reason[f"{metadata.get('stop_reason')}: {message}"] += 1
         return self.stop_message()
 
