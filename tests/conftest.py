@@ -17,13 +17,17 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from forked_server import ForkedServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,7 +112,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
+def wait_http(
+    url: str,
+    timeout: float = 180.0,
+    proc: subprocess.Popen | ForkedServer | None = None,
+) -> None:
     """Poll `url` until it answers 200; fail early if `proc` dies. The bound is generous: parallel
     workers on a loaded 2-core machine start a server in tens of seconds, not the usual few."""
     deadline = time.monotonic() + timeout
@@ -153,11 +161,22 @@ def run_process(
 def env_server(
     *extra: str, port: int | None = None, env: dict[str, str] | None = None
 ) -> Iterator[str]:
-    """`python -m envs.server` on 127.0.0.1:<free port>; yields its base URL."""
+    """`python -m envs.server` on 127.0.0.1:<free port>; yields its base URL.
+
+    Forked from the worker's preloaded server process (tests/forked_server.py), or started as
+    the command when `env` changes its environment."""
+    import forked_server  # here: tests/test_isolation.py runs this file alone as a conftest
+
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "envs.server", "--host", "127.0.0.1", "--port", str(port), *extra]
-    with run_process(args, f"{base}/health", env=env):
+    argv = ["--host", "127.0.0.1", "--port", str(port), *extra]
+    if env is None and forked_server.enabled():
+        with tempfile.TemporaryDirectory(prefix="env-server-") as logs:
+            with forked_server.forked_env_server(argv, Path(logs) / "server.log") as proc:
+                wait_http(f"{base}/health", proc=proc)
+                yield base
+        return
+    with run_process([sys.executable, "-m", "envs.server", *argv], f"{base}/health", env=env):
         yield base
 
 
