@@ -1,5 +1,6 @@
-"""The tooling that keeps the style, run for what it does: `.ci/run` stops at a lint or type error
-before any test runs and runs the README's test command once with the vendored sources named,
+"""The tooling that keeps the style, run for what it does: `.ci/run` stops at a lint error before
+any test runs, fails after the tests on a type or conformance error (those run beside them), and
+runs the README's test command once with the vendored sources named,
 ruff exempts no long line, mypy (with no arguments, as CI runs it) checks every package and is
 strict for the contract and the plugin only, CI's vendored check finds a test that ran nowhere,
 and the vendored tests skip with the reason where the sources are missing.
@@ -42,10 +43,10 @@ bash setup.sh --test && .venv/bin/python -m pytest -q
 """
 
 
-def ci_run(tmp_path: Path, fail_at: str) -> tuple[int, list[str]]:
+def ci_run(tmp_path: Path, fail_at: str) -> tuple[int, list[str], str]:
     """Run `.ci/run` in a scratch repository; the recorded python fails the command containing
-    `fail_at`. Returns the exit status and the python commands it ran, in order, each as
-    "ARGS | $PYTEST_ADDOPTS | $SLIME_VENDOR_DIR"."""
+    `fail_at`. Returns the exit status, the python commands it ran, in order, each as
+    "ARGS | $PYTEST_ADDOPTS | $SLIME_VENDOR_DIR", and what it printed."""
     repo = tmp_path / "repo"
     (repo / ".ci").mkdir(parents=True)
     shutil.copy(REPO / ".ci" / "run", repo / ".ci" / "run")
@@ -67,41 +68,65 @@ def ci_run(tmp_path: Path, fail_at: str) -> tuple[int, list[str]]:
         text=True,
         timeout=60,
     )
-    return out.returncode, log.read_text().splitlines() if log.exists() else []
+    calls = log.read_text().splitlines() if log.exists() else []
+    return out.returncode, calls, out.stdout + out.stderr
 
 
-STEPS = ["-m ruff check .", "-m ruff format --check .", "-m mypy", "-m envs check", "-m pytest"]
+LINT = ["-m ruff check .", "-m ruff format --check ."]
+BESIDE = ["-m mypy", "-m envs check", "-m pytest"]
+"""Run at once, after lint: the README's test command, and mypy then the conformance check."""
+VENDORED_CHECK = ".ci/vendored_check.py"
 
 
-@pytest.mark.parametrize(
-    ("fail_at", "ran"),
-    [("ruff check", 1), ("ruff format", 2), ("mypy", 3), ("envs check", 4), ("-m pytest", 5)],
-)
-def test_ci_stops_at_the_first_failing_check_before_any_test(
-    tmp_path: Path, fail_at: str, ran: int
-) -> None:
-    code, calls = ci_run(tmp_path, fail_at)
+def step(call: str) -> str:
+    args = call.split(" | ")[0]
+    return next((s for s in [*LINT, *BESIDE] if args.startswith(s)), args.split()[0])
+
+
+@pytest.mark.parametrize("fail_at", ["ruff check", "ruff format"])
+def test_ci_stops_at_a_lint_error_before_any_test(tmp_path: Path, fail_at: str) -> None:
+    code, calls, _ = ci_run(tmp_path, fail_at)
     assert code != 0
-    assert len(calls) == ran and fail_at in calls[-1], calls
-    assert [next(s for s in STEPS if c.startswith(s)) for c in calls] == STEPS[:ran]
+    assert fail_at in calls[-1], calls
+    assert [step(c) for c in calls] == LINT[: len(calls)]
+
+
+@pytest.mark.parametrize(("fail_at", "name"), [("mypy", "mypy"), ("envs check", "envs-check")])
+def test_ci_fails_after_the_tests_on_a_type_or_conformance_error_beside_them(
+    tmp_path: Path, fail_at: str, name: str
+) -> None:
+    """mypy and the conformance check run beside the tests (both always run); one failing
+    fails CI after the tests, with its output, and before the vendored check."""
+    code, calls, out = ci_run(tmp_path, fail_at)
+    assert code != 0
+    assert [step(c) for c in calls[:2]] == LINT
+    assert sorted(step(c) for c in calls[2:]) == sorted(BESIDE), calls
+    assert f".ci/run: failed: {name}" in out and f"-- {name} (ran in" in out
+
+
+def test_ci_stops_when_a_test_fails(tmp_path: Path) -> None:
+    code, calls, _ = ci_run(tmp_path, "-m pytest")
+    assert code != 0
+    assert "-m pytest" in [step(c) for c in calls]
+    assert not any(VENDORED_CHECK in c for c in calls), calls
 
 
 def test_ci_runs_the_readme_test_command_once_with_the_vendored_sources(tmp_path: Path) -> None:
     """One test session, in the fresh clone: in parallel (pyproject's -n auto), in a random order
     whose seed is printed, the 20 slowest printed, ../shared/vendor named for the vendored tests;
     then the vendored check reads its report."""
-    code, calls = ci_run(tmp_path, "no command fails")
+    code, calls, _ = ci_run(tmp_path, "no command fails")
     assert code == 0, calls
-    assert [next((s for s in STEPS if c.startswith(s)), c.split()[0]) for c in calls] == [
-        *STEPS,
-        str(tmp_path / "repo" / ".ci" / "vendored_check.py"),
-    ]
-    args, addopts, vendor = calls[4].split(" | ")
+    assert [step(c) for c in calls[:2]] == LINT
+    assert sorted(step(c) for c in calls[2:5]) == sorted(BESIDE)
+    assert [step(c) for c in calls[5:]] == [VENDORED_CHECK], calls
+    test_command = next(c for c in calls if step(c) == "-m pytest")
+    args, addopts, vendor = test_command.split(" | ")
     assert args == "-m pytest -q"
     assert "--durations=20" in addopts and "--randomly-seed=" in addopts
     assert vendor == str(tmp_path / "shared" / "vendor")
     report = addopts.split("--junitxml=")[1].split()[0]
-    assert calls[5].split(" | ")[0].endswith(f"vendored_check.py {report}")
+    assert calls[5].split(" | ")[0] == f"{VENDORED_CHECK} {report}"
 
 
 def test_ruff_exempts_no_long_line(tmp_path: Path) -> None:
