@@ -774,6 +774,41 @@ def test_bodies_with_very_many_members_are_refused(probe_url: str) -> None:
     assert r.status_code == 200 and len(r.json()["output"]["blocks"][0]["text"]) == 100_000
 
 
+def test_the_member_count_before_parsing_refuses_exactly_what_its_rule_says() -> None:
+    """Counted in one pass, the rule is unchanged: a body over 64 KiB with over MAX_JSON_MEMBERS
+    '":' or '{' + '[' is refused; colons inside strings alone never are."""
+    import orjson
+
+    from envs.server.errors import OrsError
+    from envs.server.wire import MAX_JSON_MEMBERS as M
+    from envs.server.wire import count_containers_or_refuse
+
+    def rule(raw: bytes) -> bool:
+        counts = (raw.count(b'":'), raw.count(b"{") + raw.count(b"["))
+        return len(raw) > 64 << 10 and max(counts) > M
+
+    pad = "x" * 70_000
+    bodies = [
+        {"t": pad + ":" * (3 * M)},  # colons in a string only
+        {"t": pad + '":' * (M + 1)},  # escaped quotes before colons: counted as members
+        {"t": pad, **{f"k{i}": i for i in range(M + 1)}},  # members
+        {"t": pad, "l": [[]] * (M + 1)},  # containers
+        {"l": [[]] * (M + 1)},  # containers, but under 64 KiB
+        {"t": pad, "l": [[]] * (M // 2), "c": ":" * M},  # over M marks, under M of each kind
+        {"t": pad, **{f"k{i}": i for i in range(M // 2)}, "l": [{}] * (M // 2)},
+        {"name": "calculator", "input": {"expression": "1+1"}},
+    ]
+    for body in bodies:
+        raw = orjson.dumps(body)
+        try:
+            brackets = count_containers_or_refuse(raw)
+        except OrsError as e:
+            assert rule(raw) and e.status == 413, len(raw)
+        else:
+            assert not rule(raw) and brackets == raw.count(b"{") + raw.count(b"["), len(raw)
+    assert sum(rule(orjson.dumps(b)) for b in bodies) == 3  # the cases above cover both sides
+
+
 def test_default_session_cap() -> None:
     from envs.server.__main__ import _build_arg_parser
     from envs.server.app import ServerSettings

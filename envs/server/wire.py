@@ -40,6 +40,8 @@ MAX_SESSION_ID_CHARS = 128
 # parsing 50,000 keys takes ~10 ms on the event loop; no ORS request or tool input needs anywhere
 # near this many.
 MAX_JSON_MEMBERS = 10_000
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(b"{[:")))
+"""Every byte but '{', '[' and ':' (deleted in one pass to count those three)."""
 # Nesting depth of a body's JSON: a deeper task spec once made every tool call of its session a
 # 500 (its hash could not serialise it); no ORS request or tool input is nested anywhere near it.
 MAX_JSON_DEPTH = 32
@@ -200,13 +202,7 @@ class Request:
             raise OrsError(
                 400, OrsReason.BAD_JSON, "request body must be a JSON object, got an empty body"
             )
-        brackets = raw.count(b"{") + raw.count(b"[")
-        if len(raw) > 64 << 10 and max(raw.count(b'":'), brackets) > MAX_JSON_MEMBERS:
-            raise OrsError(
-                413,
-                OrsReason.BODY_TOO_LARGE,
-                f"request body has over {MAX_JSON_MEMBERS} JSON object members or containers",
-            )
+        brackets = count_containers_or_refuse(raw)
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
@@ -225,6 +221,24 @@ class Request:
                 f"request body is nested deeper than {MAX_JSON_DEPTH} levels",
             )
         return obj
+
+
+def count_containers_or_refuse(raw: bytes) -> int:
+    """The '{' and '[' bytes of a body (a bound on its containers); a 413 when a body over 64 KiB
+    has over MAX_JSON_MEMBERS object members (counted as '":') or containers, before parsing it.
+
+    One pass in C keeps the three marks; the two-byte count, a slower scan, runs only when they
+    are that many (a colon stands in every '":'): 0.3 ms for a 1 MiB body instead of 1.6."""
+    marks = raw.translate(None, _NOT_MARKS)
+    brackets = marks.count(b"{") + marks.count(b"[")
+    if len(raw) > 64 << 10 and len(marks) > MAX_JSON_MEMBERS:
+        if max(raw.count(b'":'), brackets) > MAX_JSON_MEMBERS:
+            raise OrsError(
+                413,
+                OrsReason.BODY_TOO_LARGE,
+                f"request body has over {MAX_JSON_MEMBERS} JSON object members or containers",
+            )
+    return brackets
 
 
 def nested_deeper(value: Any, limit: int) -> bool:
