@@ -311,6 +311,12 @@ async def run_load(
     }
 
 
+def p99_ms(latencies: list[float]) -> float:
+    """The 99th percentile of latencies in seconds, in ms."""
+    lat = sorted(latencies)
+    return lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+
+
 def drive(
     url: str, server_pid: int, episodes: int, rounds: int, client: str, procs: int
 ) -> dict[str, Any]:
@@ -355,7 +361,7 @@ def drive(
         "calls": len(lat),
         "calls_per_s": len(lat) / call_wall,
         "p50_ms": lat[len(lat) // 2] * 1000,
-        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        "p99_ms": p99_ms(lat),
         "sessions_per_s": sum(r["sessions"] for r in results) / open_wall,
         # CPU the server process burned per tool call during the call phase: robust to machine noise
         "server_cpu_us": max(r["server_cpu"] for r in results) / len(lat) * 1e6,
@@ -367,12 +373,6 @@ def drive(
 
 
 # ---------------------------------------------------------------- attacks (issues 13, 22)
-
-
-def p99_ms(latencies: list[float]) -> float:
-    """The 99th percentile of latencies in seconds, in ms (the same rank as drive's)."""
-    lat = sorted(latencies)
-    return lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
 
 
 def rss_mb(pid: int) -> float:

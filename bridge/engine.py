@@ -47,8 +47,14 @@ CONNECT_TRIES = 4
 OUTAGE_STATUSES = frozenset({500, 502, 503, 504})
 """What a router answers while a worker is down or none is available."""
 RETRY_TALLY = re.compile(r" \(\d+ tries in \d+ s\)$")
-"""How an engine outage's message ends: the tries and seconds it took, which vary from one
-episode to the next for the same outage (tools.rollout_failures groups reasons without it)."""
+"""How an engine outage's message ends (`retry_tally`): the tries and seconds it took, which vary
+from one episode to the next for the same outage (tools.rollout_failures groups reasons without
+it)."""
+
+
+def retry_tally(tries: int, seconds: float) -> str:
+    """The end of an engine outage's message, as RETRY_TALLY matches it."""
+    return f" ({tries} tries in {seconds:.0f} s)"
 
 
 @dataclass
@@ -185,10 +191,8 @@ class EngineClient:
                 break
             delay = min(ENGINE_BACKOFF_S * 2**attempt, ENGINE_BACKOFF_MAX_S)
             if time.monotonic() + delay > deadline:
-                raise EngineError(
-                    f"engine {self.url} {problem} ({attempt + 1} tries in "
-                    f"{time.monotonic() - start:.0f} s)"
-                )
+                tally = retry_tally(attempt + 1, time.monotonic() - start)
+                raise EngineError(f"engine {self.url} {problem}{tally}")
             attempt += 1
             if await self._sleep_unless_aborted(delay):
                 return EngineTurn([], [], "abort", {})  # slime aborts: the turn is dropped

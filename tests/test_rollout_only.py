@@ -428,6 +428,7 @@ def test_a_run_failing_for_one_infra_reason_stops_early_with_it(
 
 def test_one_engine_outage_is_one_reason_whatever_its_tries() -> None:
     """The same outage ends episodes after 2 or 3 tries (load decides): still one reason."""
+    from bridge.engine import retry_tally
     from tools.rollout_failures import FailureWatch
 
     watch = FailureWatch(total=20)
@@ -436,8 +437,8 @@ def test_one_engine_outage_is_one_reason_whatever_its_tries() -> None:
             {
                 "infra_failure": True,
                 "stop_reason": "engine_error",
-                "failure_message": f"engine http://e/generate answered HTTP 500: oom ({tries} "
-                "tries in 1 s)",
+                "failure_message": "engine http://e/generate answered HTTP 500: oom"
+                + retry_tally(tries, 1.2),
             }
         )
     assert stop == (

@@ -231,13 +231,16 @@ def count_containers_or_refuse(raw: bytes) -> int:
     are that many (a colon stands in every '":'): 0.3 ms for a 1 MiB body instead of 1.6."""
     marks = raw.translate(None, _NOT_MARKS)
     brackets = marks.count(b"{") + marks.count(b"[")
-    if len(raw) > 64 << 10 and len(marks) > MAX_JSON_MEMBERS:
-        if max(raw.count(b'":'), brackets) > MAX_JSON_MEMBERS:
-            raise OrsError(
-                413,
-                OrsReason.BODY_TOO_LARGE,
-                f"request body has over {MAX_JSON_MEMBERS} JSON object members or containers",
-            )
+    if (
+        len(raw) > 64 << 10
+        and len(marks) > MAX_JSON_MEMBERS
+        and max(raw.count(b'":'), brackets) > MAX_JSON_MEMBERS
+    ):
+        raise OrsError(
+            413,
+            OrsReason.BODY_TOO_LARGE,
+            f"request body has over {MAX_JSON_MEMBERS} JSON object members or containers",
+        )
     return brackets
 
 

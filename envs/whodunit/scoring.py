@@ -35,11 +35,11 @@ def score_answer(
 ) -> tuple[float, dict[str, bool]]:
     """Fraction of correct components (1/3 each, or 1/4 each when a motive is asked) and per-part
     results."""
-    parts = {k: _names(submitted.get(k), v) for k, v in answer.items()}
+    parts = {k: _same_name(submitted.get(k), v) for k, v in answer.items()}
     return sum(parts.values()) / len(parts), parts
 
 
-def _names(given: str | None, listed: str) -> bool:
+def _same_name(given: str | None, listed: str) -> bool:
     if given is not None and len(given) > MAX_ANSWER_CHARS:
         return False
     return normalize_name(given) == normalize_name(listed)
