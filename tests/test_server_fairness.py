@@ -1,5 +1,5 @@
 """The loop shared between clients (envs/server/fairness.py): a client that has held the loop
-longer than another waits while that one is served, never while the loop would idle, one
+more than another lately waits while that one is served, never while the loop would idle, one
 request at a time, and never longer than MAX_WAIT_S. In-process, no server: well under a second.
 
 What it guards shows in `bench/env_server.py --attack --attacks budget-hog`: before the fair
@@ -113,17 +113,68 @@ def test_a_wait_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     asyncio.run(main())
 
 
-def test_a_returning_client_saved_up_no_credit() -> None:
+def pause(fair: FairShare, name: str, seconds: float) -> None:
+    """As if `name` had sent nothing for `seconds`: its recent use decays, it goes inactive."""
+    c = fair._clients[name]
+    c.stamp -= seconds
+    c.last_seen -= seconds
+
+
+def test_a_client_that_held_the_loop_lately_waits_for_one_back_from_a_pause() -> None:
+    """The attacker that never pauses against a rollout client between bursts: with use counted
+    since each became active, the two would be level and split the loop evenly."""
+
     async def main() -> None:
         fair = FairShare()
-        await fair.run("late", busy(0.0))
-        fair._clients["late"].last_seen -= 10 * fairness.IDLE_S  # then a long pause
+        await fair.run("rollout", busy(0.03))
+        pause(fair, "rollout", 5 * fairness.HALF_LIFE_S)
+        await fair.run("hog", busy(0.06))
+        started: list[str] = []
+        gates = [asyncio.Event(), asyncio.Event()]
+        rollout = asyncio.create_task(fair.run("rollout", held(gates[0], started, "rollout")))
+        await settle()
+        hog = asyncio.create_task(fair.run("hog", held(gates[1], started, "hog")))
+        await settle()
+        assert started == ["rollout"] and fair.waits == 1
+        gates[0].set()
+        await rollout
+        await settle()
+        assert started == ["rollout", "hog"]
+        gates[1].set()
+        await hog
+
+    asyncio.run(main())
+
+
+def test_use_long_past_counts_for_nothing() -> None:
+    async def main() -> None:
+        fair = FairShare()
+        await fair.run("b", busy(0.0))
+        await fair.run("hog", busy(0.06))
+        fair._clients["hog"].stamp -= 20 * fairness.HALF_LIFE_S  # its use long ago; b still active
+        assert fair._clients["hog"].recent(time.monotonic()) < 0.001
+        never = asyncio.Event()
+        b = asyncio.create_task(fair.run("b", held(never, [], "b")))
+        await settle()
+        assert await fair.run("hog", busy(0.0)) == "busy"
+        assert fair.waits == 0
+        b.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_new_client_starts_level_with_the_lowest_active_one() -> None:
+    """A new address gets no head start over the clients already served, nor a handicap."""
+
+    async def main() -> None:
+        fair = FairShare()
         await fair.run("b", busy(0.03))
         await fair.run("hog", busy(0.06))
-        await fair.run("late", busy(0.0))  # back: level with the slowest active client, b
-        clocks = {name: c.clock for name, c in fair._clients.items()}
-        assert clocks["late"] == pytest.approx(clocks["b"], abs=0.01)
-        assert clocks["late"] > 0.02
+        await fair.run("new", busy(0.0))
+        now = time.monotonic()
+        recent = {name: c.recent(now) for name, c in fair._clients.items()}
+        assert recent["new"] == pytest.approx(recent["b"], abs=0.01)
+        assert 0.02 < recent["new"] < recent["hog"] - 0.02
 
     asyncio.run(main())
 
@@ -146,5 +197,41 @@ def test_a_request_waiting_on_its_clients_network_holds_no_one_back() -> None:
         assert await fair.run("hog", busy(0.0)) == "busy"
         assert fair.waits == 0
         slow.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_client_waiting_for_one_back_from_a_pause_is_not_starved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The price of counting recent use: while the returning client keeps the loop busy, the one
+    that held it before waits, until their recent use is level (about a half-life), not until
+    MAX_WAIT_S."""
+    monkeypatch.setattr(fairness, "HALF_LIFE_S", 0.2)
+
+    async def main() -> None:
+        fair = FairShare()
+        await fair.run("rollout", busy(0.0))
+        pause(fair, "rollout", 2.0)
+        await fair.run("hog", busy(0.2))
+        stop = asyncio.Event()
+
+        async def call() -> None:  # holds the loop 4 ms, then lets it go once
+            await busy(0.004)
+            await asyncio.sleep(0)
+
+        async def rollout() -> None:  # back to back, 2 in flight: the loop is never free
+            deadline = time.monotonic() + 3.0
+            while not stop.is_set() and time.monotonic() < deadline:
+                await fair.run("rollout", call())
+
+        workers = [asyncio.create_task(rollout()) for _ in range(2)]
+        await asyncio.sleep(0)  # both in flight
+        t = time.monotonic()
+        assert await fair.run("hog", busy(0.0)) == "busy"
+        waited = time.monotonic() - t
+        stop.set()
+        await asyncio.gather(*workers)
+        assert 0.05 < waited < 1.0, waited
 
     asyncio.run(main())

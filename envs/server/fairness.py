@@ -1,20 +1,28 @@
-"""The event loop shared fairly between clients: one that has used more than the others waits
-while they are being served.
+"""The event loop shared fairly between clients: one that has used more of it lately than the
+others waits while they are being served.
 
 Every ORS request runs inline on the one event loop, so a client that sends expensive calls back
 to back (each within its budget) takes the loop from everyone: one connection with a heavy task
-spec once pushed a well-behaved client's p50 from 1.5 ms to 270 ms. `FairShare` keeps a virtual
-clock per client (its peer address): how long its requests have held the loop, metered step by
-step (each `send` of the request's coroutine; the time the loop was held is what the others
-waited, so it is wall time, unlike the call budget's CPU time, which must not blame a call for a
-busy machine). A request of a client whose clock is more than QUANTUM_S ahead of the slowest
-other active client (a request in flight, or one within IDLE_S) waits while another client has
-a request in flight that is not waiting on its own network (a body sent slowly, an answer not
-read: `io`), or this one already has a request running: so the client ahead keeps one
-request at a time on a loop the others leave idle (the loop never idles while one waits), and
-a newcomer's request waits at most for that one request's step. A client alone on the server
-never waits, one that comes back after a pause starts level with the others (no credit is saved
-up), and a wait is bounded by MAX_WAIT_S.
+spec once pushed a well-behaved client's p50 from 1.5 ms to 270 ms. `FairShare` keeps per client
+(its peer address) how long its requests have held the loop lately: metered step by step (each
+`send` of the request's coroutine; the time the loop was held is what the others waited, so it is
+wall time, unlike the call budget's CPU time, which must not blame a call for a busy machine),
+decaying with a half-life of HALF_LIFE_S. A request of a client whose recent use is more than
+QUANTUM_S above the lowest of the other active clients' (a request in flight, or one within
+IDLE_S) waits while another client has a request in flight that is not waiting on its own network
+(a body sent slowly, an answer not read: `io`), or this one already has a request running: so
+the client ahead keeps one request at a time on a loop the others leave idle (the loop never idles
+while one waits), and another's request waits at most for that one request's step.
+
+Recent, not total: a client that has held the loop for the last seconds (an attacker, a trainer
+that never pauses) waits for one that comes back from a pause (a rollout client between bursts)
+until their recent use is level, at most about a half-life's worth of loop; with totals since
+each became active, the two would split the loop evenly, and a client that alone keeps the loop
+busy (32 episodes' calls back to back) would see its calls take twice as long. What a returning
+client has is only the others' recent use (it decays too), never credit saved up over a long
+pause. A client never seen before starts level with the lowest active one, so a new address
+gets no head start over the clients already served. A client alone on the server never waits,
+and a wait is bounded by MAX_WAIT_S.
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ R = TypeVar("R")
 P = ParamSpec("P")
 
 QUANTUM_S = 0.01
-"""How far a client's CPU may run ahead of the slowest other active client's."""
+"""How far a client's recent use of the loop may run ahead of the lowest other active client's."""
+HALF_LIFE_S = 1.0
+"""Recent use halves every this many seconds."""
 IDLE_S = 1.0
 """A client with nothing in flight for this long no longer counts as active."""
 MAX_WAIT_S = 10.0
@@ -41,8 +51,10 @@ MAX_WAIT_S = 10.0
 
 @dataclass
 class _Client:
-    clock: float = 0.0
-    """Seconds its requests have held the loop (virtual: levelled when it comes back)."""
+    used: float = 0.0
+    """Seconds its requests have held the loop, decayed to `stamp` (see `recent`)."""
+    stamp: float = 0.0
+    """When `used` was last decayed (time.monotonic)."""
     in_flight: int = 0
     """Requests inside `run`, waiting or running."""
     io: int = 0
@@ -54,12 +66,19 @@ class _Client:
     """The client's typical request, seconds of loop (a moving average)."""
     last_seen: float = 0.0
 
-    def ahead(self) -> float:
-        return self.clock + self.running * self.cost
+    def recent(self, now: float) -> float:
+        """Its use of the loop lately: each second held counts half as much HALF_LIFE_S later."""
+        return self.used * 0.5 ** ((now - self.stamp) / HALF_LIFE_S)
+
+    def charge(self, seconds: float, now: float) -> None:
+        self.used, self.stamp = self.recent(now) + seconds, now
+
+    def ahead(self, now: float) -> float:
+        return self.recent(now) + self.running * self.cost
 
 
 class FairShare:
-    """Per-client virtual clocks; `run(client, coro)` runs a request in the client's turn."""
+    """Each client's recent use of the loop; `run(client, coro)` runs a request in its turn."""
 
     def __init__(self, on_wait: Callable[[], None] | None = None) -> None:
         self._clients: dict[str, _Client] = {}
@@ -78,9 +97,10 @@ class FairShare:
         others_in_flight = False
         for other in self._clients.values():
             if other is not me and self._active(other, now):
-                floor = other.clock if floor is None else min(floor, other.clock)
+                used = other.recent(now)
+                floor = used if floor is None else min(floor, used)
                 others_in_flight = others_in_flight or other.in_flight > other.io
-        if floor is None or me.ahead() <= floor + QUANTUM_S:
+        if floor is None or me.ahead(now) <= floor + QUANTUM_S:
             return False
         return others_in_flight or me.running > 0
 
@@ -105,12 +125,10 @@ class FairShare:
         """Run a request's coroutine in `client`'s turn, charging it the loop time it holds."""
         now = time.monotonic()
         c = self._clients.get(client)
-        if c is None:
+        if c is None:  # never seen (or forgotten): level with the lowest active client
             self._forget_quiet(now)
-            c = self._clients[client] = _Client()
-        if not self._active(c, now):  # back from a pause: level with the others
-            clocks = [o.clock for o in self._clients.values() if self._active(o, now)]
-            c.clock = max(c.clock, min(clocks)) if clocks else c.clock
+            active = [o.recent(now) for o in self._clients.values() if self._active(o, now)]
+            c = self._clients[client] = _Client(used=min(active, default=0.0), stamp=now)
         c.in_flight += 1
         try:
             if self._must_wait(c, now):
@@ -121,7 +139,7 @@ class FairShare:
                 return await metered
             finally:
                 c.running -= 1
-                c.clock += metered.used
+                c.charge(metered.used, time.monotonic())
                 c.cost += (metered.used - c.cost) / 8
         finally:
             c.in_flight -= 1
@@ -147,7 +165,8 @@ class FairShare:
                 w.set_result(None)
 
     def _forget_quiet(self, now: float) -> None:
-        """Drop clients quiet for long (their clocks are levelled on return anyway)."""
+        """Drop the inactive clients when there are many (one that comes back starts level with the
+        lowest active one, as a new one does)."""
         if len(self._clients) > 1024:
             for name in [n for n, c in self._clients.items() if not self._active(c, now)]:
                 del self._clients[name]
