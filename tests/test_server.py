@@ -901,6 +901,38 @@ async def test_create_app_mounts_services_and_runs_their_lifespan() -> None:
     assert svc.events == ["start", "stop"]
 
 
+async def test_the_time_an_answer_takes_to_send_is_charged_to_its_client() -> None:
+    """A cached 2 MB task listing costs next to nothing to look up and ~2 ms to send: the send
+    runs in the client's fair share (fairness.py), so a client listing again and again is seen
+    as using the loop, not as idle."""
+    from envs.server.app import ServerSettings, create_app
+
+    app = create_app({"probe": Probe}, ServerSettings())
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/probe/tools",
+        "headers": [],
+        "client": ("10.0.0.9", 5000),
+        "query_string": b"",
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def costly_send(msg: dict[str, Any]) -> None:  # a transport copying a large answer
+        sent.append(msg)
+        if msg["type"] == "http.response.body":
+            end = time.perf_counter() + 0.03
+            while time.perf_counter() < end:
+                pass
+
+    await app(scope, receive, costly_send)
+    assert sent[0]["status"] == 200 and b"boom" in sent[1]["body"]
+    assert app.ctx.fair._clients["10.0.0.9"].recent(time.monotonic()) >= 0.025
+
+
 # ---------------------------------------------------------------- slow clients (issue 13)
 
 
