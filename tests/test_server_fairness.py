@@ -71,6 +71,30 @@ def test_the_client_ahead_waits_while_another_is_served_and_no_longer() -> None:
     asyncio.run(main())
 
 
+def test_the_client_ahead_lets_in_a_request_read_in_the_same_turn_of_the_loop() -> None:
+    """Requests read in one turn of the loop start in the next, the ahead client's first: it
+    yields before deciding, so the other's request is in flight by then and goes first."""
+
+    async def main() -> None:
+        fair = FairShare()
+        await fair.run("b", busy(0.0))
+        await fair.run("hog", busy(0.05))
+        started: list[str] = []
+        gates = [asyncio.Event(), asyncio.Event()]
+        hog = asyncio.create_task(fair.run("hog", held(gates[0], started, "hog")))
+        b = asyncio.create_task(fair.run("b", held(gates[1], started, "b")))  # same turn, after
+        await settle()
+        assert started == ["b"] and fair.waits == 1
+        gates[1].set()
+        await b
+        await settle()
+        assert started == ["b", "hog"]
+        gates[0].set()
+        await hog
+
+    asyncio.run(main())
+
+
 def test_the_client_ahead_runs_one_request_at_a_time_while_others_are_active() -> None:
     async def main() -> None:
         fair = FairShare()

@@ -12,7 +12,9 @@ QUANTUM_S above the lowest of the other active clients' (a request in flight, or
 IDLE_S) waits while another client has a request in flight that is not waiting on its own network
 (a body sent slowly, an answer not read: `io`), or this one already has a request running: so
 the client ahead keeps one request at a time on a loop the others leave idle (the loop never idles
-while one waits), and another's request waits at most for that one request's step.
+while one waits), and another's request waits at most for that one request's step. Before it
+decides, a request of the client ahead yields LET_IN_TURNS turns of the loop: the others'
+requests read in the same turn start only in the next, and would not count as in flight yet.
 
 Recent, not total: a client that has held the loop for the last seconds (an attacker, a trainer
 that never pauses) waits for one that comes back from a pause (a rollout client between bursts)
@@ -45,6 +47,10 @@ HALF_LIFE_S = 1.0
 """Recent use halves every this many seconds."""
 IDLE_S = 1.0
 """A client with nothing in flight for this long no longer counts as active."""
+LET_IN_TURNS = 2
+"""Turns of the loop a request of a client ahead yields before it decides whether to wait: one
+in which the others' requests already sent are read (their tasks created), one in which they
+start (and count as in flight)."""
 MAX_WAIT_S = 10.0
 """The longest a request waits for its turn (then it runs anyway)."""
 
@@ -90,9 +96,9 @@ class FairShare:
     def _active(self, c: _Client, now: float) -> bool:
         return c.in_flight > 0 or now - c.last_seen < IDLE_S
 
-    def _must_wait(self, me: _Client, now: float) -> bool:
-        """Whether `me` is ahead of an active client while the loop is wanted by another (a
-        request of theirs in flight) or already serves one of mine."""
+    def _standing(self, me: _Client, now: float) -> tuple[bool, bool]:
+        """Whether `me` is ahead of an active client, and whether another client has a request
+        in flight that wants the loop (not waiting on its network)."""
         floor = None
         others_in_flight = False
         for other in self._clients.values():
@@ -100,9 +106,13 @@ class FairShare:
                 used = other.recent(now)
                 floor = used if floor is None else min(floor, used)
                 others_in_flight = others_in_flight or other.in_flight > other.io
-        if floor is None or me.ahead(now) <= floor + QUANTUM_S:
-            return False
-        return others_in_flight or me.running > 0
+        return floor is not None and me.ahead(now) > floor + QUANTUM_S, others_in_flight
+
+    def _must_wait(self, me: _Client, now: float) -> bool:
+        """Whether `me` is ahead of an active client while the loop is wanted by another (a
+        request of theirs in flight) or already serves one of mine."""
+        ahead, others_in_flight = self._standing(me, now)
+        return ahead and (others_in_flight or me.running > 0)
 
     def io(self, client: str, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         """`fn` (an ASGI receive or send) as time the client's request waits on its network:
@@ -131,8 +141,13 @@ class FairShare:
             c = self._clients[client] = _Client(used=min(active, default=0.0), stamp=now)
         c.in_flight += 1
         try:
-            if self._must_wait(c, now):
-                await self._wait_turn(c)
+            if self._standing(c, now)[0]:
+                # Others' requests read in this turn of the loop start in the next one; until
+                # they do, they are not in flight: let them in before deciding.
+                for _ in range(LET_IN_TURNS):
+                    await asyncio.sleep(0)
+                if self._must_wait(c, time.monotonic()):
+                    await self._wait_turn(c)
             metered = Metered(coro)
             c.running += 1
             try:
