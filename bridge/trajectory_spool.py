@@ -241,6 +241,18 @@ class Spool:
             claimed.append(target)
         return claimed
 
+    def held_by_live_processes(self) -> int:
+        """How many of this stem's open files (spool, journal) another live process holds."""
+        me = os.getpid()
+        return sum(
+            1
+            for _, m in self._files()
+            if m["stem"].startswith(f"{self.stem}-")
+            and m["state"] in ("active", "claimed", "journal", "recovering")
+            and int(m["pid"]) != me
+            and _pid_alive(int(m["pid"]))
+        )
+
     def pending_files(self) -> bool:
         """Whether the dir holds files this process would deliver or recover (its own active
         spool file included)."""

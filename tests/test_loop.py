@@ -14,9 +14,10 @@ takes 50 ms a turn, so slime's over-sampling abort (sync, async) finds episodes 
 Each run must show, from slime's own dumps, the trajectory store and the engine's record: the
 rollouts and eval points, every trained sample token-exact with what the engine sent, no
 infra-failed (or unfinished) sample in any group slime normalises, every trained sample and
-every eval episode in the store (what the job's sink spooled at exit delivered as the next run
-would), the faults fired, and run.sh's exit code 0 (slime's). Two of them are restarted after
-a lost save of their last rollout: the data position resumes (run.sh's --no-train resume).
+every eval episode in the store when run.sh returns (what the job's sink left on disk delivered
+by run.sh after the job), the faults fired, and run.sh's exit code 0 (slime's). Two of them are
+restarted after a lost save of their last rollout: the data position resumes (run.sh's
+--no-train resume).
 
 Cost: one world per module and worker (Ray head, engine, env server: ~30 s), then 108-184 s per
 run on two cores at load 11 (the prototype measured 45-82 s at load 5; most of it is slime's
@@ -113,12 +114,15 @@ def cell_problems(cell: Cell, world: LoopWorld, rollout_ids: list[int]) -> list[
 
 
 def store_check(cell: Cell, world: LoopWorld, n_eval: int) -> list[str]:
-    """The store gets every trained sample and every eval episode: those the job delivered, and
-    those its sink spooled at exit, delivered as the next run would (tests/loop_world.py)."""
-    stats = deliver_spool(cell.config)
-    print(f"loop {cell.version} {cell.mode}: trajectories left in the job's spool: {stats}")
+    """The store gets every trained sample and every eval episode when run.sh returns: those the
+    job delivered, and those its sink left on disk, which run.sh delivers after the job
+    (tools/launch/leftovers.py). The next run (tests/loop_world.py) finds none left."""
     train, _ = load_dumps(cell.dump)
-    return store_problems(stored_rollouts(world.db, cell.run_name), train, n_eval)
+    problems = store_problems(stored_rollouts(world.db, cell.run_name), train, n_eval)
+    stats = deliver_spool(cell.config)
+    if stats["delivered"] or stats["recovered"]:
+        problems.append(f"run.sh left trajectories in the job's spool: {stats}")
+    return problems
 
 
 def fault_problems(cell: Cell) -> list[str]:

@@ -581,6 +581,121 @@ def test_execute_starts_env_server_health_checked_and_stops_it(world: dict) -> N
         shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
 
 
+LEAVES_TRAJECTORIES = """
+import asyncio, os, signal, sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+from test_trajectory_sink import make_trajectory
+from bridge.trajectory_sink import make_sink
+from contract.config import load_config
+cfg = load_config(os.environ["TRAIN_CONFIG"])
+async def main():
+    sink = make_sink(cfg)
+    for i in range(12):
+        sink.submit(make_trajectory(i, run=cfg.run_name))
+    os.kill(os.getpid(), signal.SIGKILL)  # in its journal, not sent: a rollout worker killed
+asyncio.run(main())
+"""
+
+
+def test_the_trajectories_a_job_leaves_are_delivered_before_its_env_server_stops(
+    world: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fully-async rollout worker is killed with the job, its last episodes in its sink's
+    journal: run.sh delivers them to the store its env server keeps before stopping it, so
+    the store holds the whole run when run.sh returns (tools/launch/leftovers.py)."""
+    import shutil
+    import sqlite3
+    import sys
+
+    from tools.launch.cli import parse_options
+    from tools.launch.execute import execute
+    from tools.launch.plan import build_plan
+
+    slime = make_slime(world["tmp"] / "slime", "v0.3.1")
+    run_name = f"launch-leftovers-{world['port']}"
+    world["config"].write_text(world["config"].read_text().replace("launch-test", run_name))
+    db = world["tmp"] / "store.db"
+    opts, extra = parse_options(
+        base_args(world, slime, "--env-server", f"http://127.0.0.1:{free_port()}", "--db", str(db))
+    )
+    plan = build_plan(opts, extra)
+    plan.ray_start_cmd = None  # no Ray here: the job is the worker, run while the server is up
+    script = LEAVES_TRAJECTORIES.format(repo=str(REPO), tests=str(REPO / "tests"))
+    plan.submit_cmd = ["env", *(f"{k}={v}" for k, v in plan.job_env.items())]
+    plan.submit_cmd += [f"PYTHONPATH={REPO}", sys.executable, "-c", script]
+    try:
+        assert execute(plan) != 0  # the worker was killed
+        out = capsys.readouterr().out
+        assert "run.sh: delivered 12 trajectories the job left in" in out, out
+        assert "(12 recovered from the journals of its processes)" in out, out
+        with sqlite3.connect(db) as conn:
+            (stored,) = conn.execute(
+                "SELECT count(*) FROM rollouts JOIN runs ON runs.id = rollouts.run_id "
+                "WHERE runs.name = ?",
+                (run_name,),
+            ).fetchone()
+        assert stored == 12
+        from tools.launch.leftovers import deliver_leftovers
+
+        assert deliver_leftovers(plan.job_env["TRAIN_CONFIG"]) is None  # none left for the next
+    finally:
+        shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
+
+
+def test_leftovers_wait_for_the_next_run_when_their_server_is_down(world: dict) -> None:
+    """Replicas started inside the job stop with it: run.sh does not spend a minute retrying a
+    server that is gone; the journal stays for the next run that reaches one."""
+    import sys
+    import time
+
+    from tools.launch.leftovers import deliver_leftovers
+
+    script = LEAVES_TRAJECTORIES.format(repo=str(REPO), tests=str(REPO / "tests"))
+    env = {**os.environ, "TRAIN_CONFIG": str(world["config"]), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=120)
+    assert done.returncode == -9
+    t = time.monotonic()
+    said = deliver_leftovers(world["config"])
+    assert said is not None and "is down, the next run sends them" in said, said
+    assert time.monotonic() - t < 15
+    spool = world["tmp"] / "runs" / "spool"
+    assert [p.name.rsplit(".", 2)[1] for p in spool.glob("*.jsonl")] == ["journal"]
+
+
+def test_leftovers_of_a_worker_still_being_killed_are_waited_for(world: dict) -> None:
+    """On a Ray cluster run.sh did not start, the job's actors are killed after its driver
+    exits, not at once: a journal a live process holds is not taken; run.sh waits for it."""
+    import sys
+    import threading
+    import time
+
+    from tools.launch.leftovers import deliver_leftovers
+
+    slow_death = LEAVES_TRAJECTORIES.format(repo=str(REPO), tests=str(REPO / "tests")).replace(
+        "    os.kill(", "    import time; time.sleep(2); os.kill("
+    )
+    db = world["tmp"] / "store.db"
+    with env_server("--role", "trajectories", "--db", str(db)) as url:
+        config = world["tmp"] / "served.yaml"
+        config.write_text(
+            world["config"].read_text().replace(f"127.0.0.1:{world['port']}", url[7:])
+        )
+        env = {**os.environ, "TRAIN_CONFIG": str(config), "PYTHONPATH": str(REPO)}
+        worker = subprocess.Popen([sys.executable, "-c", slow_death], env=env)
+        spool = world["tmp"] / "runs" / "spool"
+        deadline = time.monotonic() + 60
+        while not list(spool.glob("*.journal.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.poll() is None  # its journal is there, it is alive
+        reaper = threading.Thread(target=worker.wait)  # as Ray's raylet reaps its workers
+        reaper.start()
+        said = deliver_leftovers(config)
+        reaper.join(timeout=30)
+        assert worker.returncode == -9
+        assert said is not None and said.startswith("delivered 12 trajectories"), said
+        assert "(12 recovered" in said and "still alive" not in said, said
+
+
 def test_several_env_servers_one_trajectory_store(world: dict) -> None:
     slime = make_slime(world["tmp"] / "slime", "v0.3.1")
     p1, p2 = free_port(), free_port()

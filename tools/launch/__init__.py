@@ -11,6 +11,7 @@ Modules (one data flow: options -> plan -> printed by --dry-run, or executed):
     plan            build_plan: every check and command of a launch (LaunchPlan), format_plan
     eval_plan       the eval files and interval a training run evaluates (--eval-data, prepared)
     execute         carry a plan out: env servers, Ray head, `ray job submit`; stop them on exit
+    leftovers       after the job: deliver the trajectories its sink left on disk to the store
     prerequisites   what run.sh needs before it can train, each found or named with its fix
     cluster_plan    where the job runs: the cluster read, the layout fitted, the vendor, the head
     gpus            this machine's GPUs (nvidia-smi, amd-smi, rocm-smi) and what AMD changes

@@ -2,7 +2,9 @@
 start the env servers and the Ray head it needs, submit slime's driver with `ray job submit`,
 and stop what it started on exit (Ctrl-C and SIGTERM included; the Ray head it started is
 stopped, never `ray stop`). What it starts also dies with it when run.sh is killed outright
-(the parent-death signal). Its exit code is the job's: the driver's own, as Ray recorded it."""
+(the parent-death signal). Once the job is over (not after a Ctrl-C), the trajectories its sink
+left on disk are delivered before the env servers stop (tools/launch/leftovers.py). Its exit
+code is the job's: the driver's own, as Ray recorded it."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from contract.config import TRAIN_CONFIG_ENV
 from tools.errors import ServiceError
 from tools.launch.cluster import ray_dashboard_up
 from tools.launch.job import job_exit_code
+from tools.launch.leftovers import deliver_leftovers
 from tools.launch.model_source import download
 from tools.launch.no_train import write_resume_marker
 from tools.launch.plan import LaunchPlan
@@ -66,6 +69,19 @@ def _ray_head(plan: LaunchPlan) -> Iterator[subprocess.Popen]:
         print("run.sh: Ray head stopped", flush=True)
 
 
+def _deliver_leftovers(plan: LaunchPlan, job_over: list[bool]) -> None:
+    """The trajectories the job's sink left in its spool, delivered once the job is over (not
+    after a Ctrl-C); one line says how many (tools/launch/leftovers.py)."""
+    if not job_over:
+        return
+    try:
+        said = deliver_leftovers(plan.job_env[TRAIN_CONFIG_ENV])
+    except Exception as e:  # the job's result stands; the spool stays for the next run
+        said = f"could not deliver the job's spooled trajectories: {type(e).__name__}: {e}"
+    if said:
+        print(f"run.sh: {said}", flush=True)
+
+
 def _download_model(repo_id: str, revision: str) -> None:
     """The plan's Hub model into the Hugging Face cache (huggingface_hub's progress bars)."""
     print(f"run.sh: downloading {repo_id} (revision {revision[:12]}) from the Hub", flush=True)
@@ -97,6 +113,9 @@ def execute(plan: LaunchPlan) -> int:
                 stack.enter_context(managed_process("env server", cmd, url, die_with_parent=True))
                 stack.callback(print, f"run.sh: env server {url} stopped", flush=True)
                 print(f"run.sh: env server up at {url}", flush=True)
+            job_over: list[bool] = []
+            # after the Ray head (if it is ours) stops, before the env servers do
+            stack.callback(_deliver_leftovers, plan, job_over)
             if plan.ray_start_cmd:
                 stack.enter_context(_ray_head(plan))
             if plan.resume_marker is not None:
@@ -106,6 +125,7 @@ def execute(plan: LaunchPlan) -> int:
             print(f"run.sh: submitting Ray job {plan.submission_id}", flush=True)
             try:
                 submitted = subprocess.run(plan.submit_cmd).returncode
+                job_over.append(True)
                 return job_exit_code(plan.ray_address, plan.submission_id, submitted)
             except KeyboardInterrupt:
                 if not plan.ray_start_cmd:  # a cluster we did not start keeps running: stop our job

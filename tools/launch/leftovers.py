@@ -1,0 +1,83 @@
+"""The trajectories a training job's sink left on disk, delivered by run.sh once the job is over.
+
+The bridge's sink journals every episode before `submit()` returns and spools what it has not
+delivered; what slime's processes had not sent when they ended (the last episodes of a
+fully-async rollout worker, killed with the job) waits in `trajectories.spool_dir` for the next
+process that uses it. run.sh is that process: after the job, with the Ray head it started
+stopped (its workers gone, their journals free to take; on a cluster it did not start, once the
+processes holding this run's files have ended, LIVE_WAIT_S at most) and its env server still up,
+it delivers them, so the store holds the whole run when run.sh returns. Env-server replicas
+that ran inside the job are gone by then: what they would have stored waits for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from bridge.trajectory_sink import make_sink
+from bridge.trajectory_spool import Spool
+from bridge.trajectory_uploader import TrajectoryUploader
+from contract.config import load_config
+from contract.errors import ConfigError
+
+__all__ = ["deliver_leftovers"]
+
+LIVE_WAIT_S = 15.0
+"""How long to wait for the job's processes that still hold spool or journal files to end (Ray
+kills a job's actors once its driver has exited, not at once)."""
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=5.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def deliver_leftovers(config_path: str | Path, timeout_s: float = 60.0) -> str | None:
+    """Deliver what the job's sink left in its spool dir (its spool files and the journals of
+    its dead processes) to the config's trajectory target; a one-line account, None when
+    nothing was left. What cannot be delivered within `timeout_s` stays for the next run."""
+    try:
+        cfg = load_config(config_path)
+    except ConfigError:
+        return None
+    t = cfg.trajectories
+    if not t.enabled:
+        return None
+    spool = Spool(t.spool_dir, cfg.run_name)
+    deadline = time.monotonic() + LIVE_WAIT_S
+    while spool.held_by_live_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the job's workers on a cluster run.sh did not start, being killed
+    held = spool.held_by_live_processes()
+    if not spool.pending_files():
+        return f"{held} trajectory files of live processes stay in {t.spool_dir}" if held else None
+    sink = make_sink(cfg)
+    if not isinstance(sink, TrajectoryUploader):
+        return None
+    if not sink.hosted and not _up(sink.url):  # in-job replicas stop with the job
+        return (
+            f"the job left trajectories in {t.spool_dir}; {sink.url} is down, the next run "
+            "sends them"
+        )
+
+    async def deliver() -> bool:
+        return await sink.close(timeout=timeout_s)
+
+    delivered_all = asyncio.run(deliver())
+    stats = sink.stats
+    line = (
+        f"delivered {stats['delivered']} trajectories the job left in {t.spool_dir} "
+        f"({stats['recovered']} recovered from the journals of its processes"
+        + (f", {stats['duplicates']} the store already had" if stats["duplicates"] else "")
+        + ")"
+    )
+    if not delivered_all:
+        line += "; the rest stay there for the next run"
+    if held:
+        line += f"; {held} files of processes still alive stay there"
+    return line
