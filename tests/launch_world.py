@@ -365,3 +365,29 @@ def slime_parse_args(plans: dict[str, list[str]], version: str, world: dict) -> 
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, (out.stdout[-2000:], out.stderr[-3000:])
     return json.loads(line[len("RESULT ") :])
+
+
+_LEAVES_TRAJECTORIES = """
+import asyncio, os, signal, sys, time
+sys.path[:0] = [{repo!r}, {tests!r}]
+from test_trajectory_sink import make_trajectory
+from bridge.trajectory_sink import make_sink
+from contract.config import load_config
+cfg = load_config(os.environ["TRAIN_CONFIG"])
+async def main():
+    sink = make_sink(cfg)
+    for i in range({n}):
+        sink.submit(make_trajectory(i, run=cfg.run_name))
+    time.sleep({dies_after_s})
+    os.kill(os.getpid(), signal.SIGKILL)  # in its journal, not sent: a rollout worker killed
+asyncio.run(main())
+"""
+
+
+def leaves_trajectories(n: int = 12, dies_after_s: float = 0.0) -> str:
+    """Python source of a rollout worker killed with its job: it submits `n` episodes to the
+    sink of $TRAIN_CONFIG (journaled before submit() returns), then dies by SIGKILL after
+    `dies_after_s`, none of them sent (tools/launch/leftovers.py delivers them)."""
+    return _LEAVES_TRAJECTORIES.format(
+        repo=str(REPO), tests=str(REPO / "tests"), n=n, dies_after_s=dies_after_s
+    )

@@ -32,6 +32,7 @@ from launch_world import (
     base_args,
     dry_run,
     known_flags,
+    leaves_trajectories,
     line_for,
     make_slime,
     make_world,
@@ -194,13 +195,20 @@ def _probe_script(ns: Namespace, w: Path, tasks: Path, episodes: int, dashboard:
     rollout += ["--model", str(TOKENIZER_DIR), "--task-data", str(tasks), "--num-tasks"]
     rollout += [str(episodes // 2), "--n-samples", "2", "--json"]
     metrics = ns.wrap([py, "-c", METRICS_PROBE])
+    killed = ns.wrap([py, "-c", leaves_trajectories(LEFT_BEHIND)])
     return (
         "set -e\n"
         f"{shlex.join(where)} > {w / 'actors.json'}\nps -ww -eo args > {w / 'ps.txt'}\n"
         f"{shlex.join(stub)} &\nSTUB=$!\ntrap 'kill $STUB 2>/dev/null' EXIT\n{shlex.join(wait)}\n"
         f'{shlex.join(rollout)} --config "$TRAIN_CONFIG" > {w / "result.json"}\n'
         f'{shlex.join(metrics)} "$TRAIN_CONFIG" > {w / "metrics.json"}\n'
+        f"{shlex.join(killed)} || true\n"  # a worker killed with its episodes in its journal
     )
+
+
+LEFT_BEHIND = 5
+"""Episodes a worker of the job leaves in its journal (killed): the job's entrypoint delivers
+them to replica 0's store before the replicas stop (tools/launch/leftovers.py)."""
 
 
 # Run on this host during the job: the node of each live env-server replica actor (Ray's state API).
@@ -297,7 +305,8 @@ def test_env_servers_on_ray_serve_another_host_and_stop_with_the_job(
     # ... spread over both replicas (sessions pinned per server), each guarded by the job's key
     assert [m["url"] for m in metrics] == urls and sum(m["sessions"] for m in metrics) == episodes
     assert all(m["sessions"] > 0 for m in metrics) and {m["unkeyed"] for m in metrics} == {401}
-    # ... and every trajectory reached the one store replica 0 keeps
+    # ... and every trajectory reached the one store replica 0 keeps, those a killed worker left
+    # in its journal too
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         stored = con.execute(
@@ -306,7 +315,7 @@ def test_env_servers_on_ray_serve_another_host_and_stop_with_the_job(
         ).fetchone()[0]
     finally:
         con.close()
-    assert stored == episodes
+    assert stored == episodes + LEFT_BEHIND
     # the job is over: the replicas are gone
     for u in urls:
         p = urlparse(u)

@@ -26,6 +26,7 @@ from launch_world import (
     dry_run,
     fake_tools,
     known_flags,
+    leaves_trajectories,
     line_for,
     make_slime,
     make_world,
@@ -581,22 +582,6 @@ def test_execute_starts_env_server_health_checked_and_stops_it(world: dict) -> N
         shutil.rmtree(REPO / "runs" / run_name, ignore_errors=True)
 
 
-LEAVES_TRAJECTORIES = """
-import asyncio, os, signal, sys
-sys.path[:0] = [{repo!r}, {tests!r}]
-from test_trajectory_sink import make_trajectory
-from bridge.trajectory_sink import make_sink
-from contract.config import load_config
-cfg = load_config(os.environ["TRAIN_CONFIG"])
-async def main():
-    sink = make_sink(cfg)
-    for i in range(12):
-        sink.submit(make_trajectory(i, run=cfg.run_name))
-    os.kill(os.getpid(), signal.SIGKILL)  # in its journal, not sent: a rollout worker killed
-asyncio.run(main())
-"""
-
-
 def test_the_trajectories_a_job_leaves_are_delivered_before_its_env_server_stops(
     world: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -620,7 +605,7 @@ def test_the_trajectories_a_job_leaves_are_delivered_before_its_env_server_stops
     )
     plan = build_plan(opts, extra)
     plan.ray_start_cmd = None  # no Ray here: the job is the worker, run while the server is up
-    script = LEAVES_TRAJECTORIES.format(repo=str(REPO), tests=str(REPO / "tests"))
+    script = leaves_trajectories()
     plan.submit_cmd = ["env", *(f"{k}={v}" for k, v in plan.job_env.items())]
     plan.submit_cmd += [f"PYTHONPATH={REPO}", sys.executable, "-c", script]
     try:
@@ -650,7 +635,7 @@ def test_leftovers_wait_for_the_next_run_when_their_server_is_down(world: dict) 
 
     from tools.launch.leftovers import deliver_leftovers
 
-    script = LEAVES_TRAJECTORIES.format(repo=str(REPO), tests=str(REPO / "tests"))
+    script = leaves_trajectories()
     env = {**os.environ, "TRAIN_CONFIG": str(world["config"]), "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", script], env=env, timeout=120)
     assert done.returncode == -9
@@ -671,9 +656,7 @@ def test_leftovers_of_a_worker_still_being_killed_are_waited_for(world: dict) ->
 
     from tools.launch.leftovers import deliver_leftovers
 
-    slow_death = LEAVES_TRAJECTORIES.format(repo=str(REPO), tests=str(REPO / "tests")).replace(
-        "    os.kill(", "    import time; time.sleep(2); os.kill("
-    )
+    slow_death = leaves_trajectories(dies_after_s=2.0)
     db = world["tmp"] / "store.db"
     with env_server("--role", "trajectories", "--db", str(db)) as url:
         config = world["tmp"] / "served.yaml"

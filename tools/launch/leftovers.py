@@ -6,8 +6,9 @@ fully-async rollout worker, killed with the job) waits in `trajectories.spool_di
 process that uses it. run.sh is that process: after the job, with the Ray head it started
 stopped (its workers gone, their journals free to take; on a cluster it did not start, once the
 processes holding this run's files have ended, LIVE_WAIT_S at most) and its env server still up,
-it delivers them, so the store holds the whole run when run.sh returns. Env-server replicas
-that ran inside the job are gone by then: what they would have stored waits for the next run.
+it delivers them, so the store holds the whole run when run.sh returns. With env-server replicas
+on a Ray cluster (tools/launch/ray_job.py), the job's entrypoint does the same before they stop,
+for the spool on its node; a spool on another node waits for the next run there.
 """
 
 from __future__ import annotations

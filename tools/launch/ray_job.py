@@ -15,7 +15,9 @@ runs the job's entrypoint (a driver, normally on the head node), and:
    bridge sends it), and their token view may load the model's `--tokenizer`.
 2. writes OUT, the config with `env_server: [their URLs]`. The job's TRAIN_CONFIG names OUT, so
    the bridge pins each session to one replica and sends every trajectory to replica 0.
-3. runs the command after `--` (slime's driver) and exits with its code. The replicas stop
+3. runs the command after `--` (slime's driver) and exits with its code; before the replicas
+   stop, it delivers the trajectories the job's sink left on this node's disk
+   (tools/launch/leftovers.py; other nodes' wait for the next run there). The replicas stop
    when it ends or fails, when the job is stopped (SIGTERM), and, since this driver owns the
    actors, when it dies: Ray then kills the actors and their servers die with them. The command
    dies with this process too (SIGKILL on its parent's death, even a `kill -9`): slime's driver
@@ -41,6 +43,7 @@ from contract.config import TRAIN_CONFIG_ENV, load_config
 from contract.errors import ConfigError
 from tools.errors import ClusterError, ServiceError
 from tools.launch.env_servers import replica_command
+from tools.launch.leftovers import deliver_leftovers
 from tools.launch.replica_placement import NodeRoom, place_replicas
 from tools.launch.services import (
     free_port,
@@ -269,6 +272,17 @@ def run_child(cmd: list[str]) -> int:
             signal.signal(s, h)
 
 
+def _deliver_leftovers(job_config: Path) -> None:
+    """What the job's sink left on this node's disk, delivered while replica 0 (the store) is
+    still up (tools/launch/leftovers.py); other nodes' spools wait for their next run."""
+    try:
+        said = deliver_leftovers(job_config)
+    except Exception as e:  # the job's result stands; the spool stays for the next run
+        said = f"could not deliver the job's spooled trajectories: {type(e).__name__}: {e}"
+    if said:
+        print(f"ray_job: {said}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts, cmd = parse_options(sys.argv[1:] if argv is None else argv)
     try:
@@ -292,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         write_job_config(opts.config, urls, out)
         os.environ[TRAIN_CONFIG_ENV] = str(out)
         print(f"ray_job: wrote {out}; running {' '.join(cmd[:2])} ...", flush=True)
-        return run_child(cmd)
+        code = run_child(cmd)
+        _deliver_leftovers(out)
+        return code
     finally:
         stop_replicas(actors)
         print("ray_job: env server replicas stopped", flush=True)
