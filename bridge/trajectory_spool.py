@@ -46,6 +46,8 @@ _NAME = re.compile(
     r"^(?P<stem>[\w.-]+?)\.(?P<pid>\d+)\.(?P<state>active|ready|claimed|journal|recovering)\.jsonl$"
 )
 _SPOOL_STATES = ("active", "ready", "claimed")
+_LIVE_OWNED = ("active", "claimed", "journal", "recovering")
+"""States of a file its writing process owns while it lives."""
 _OPEN_IN_THIS_PROCESS: set[str] = set()
 _OPEN_LOCK = threading.Lock()
 # One "cannot write" line per this many seconds per directory (a full disk fails every write).
@@ -201,8 +203,7 @@ class Spool:
         state, pid = m["state"], int(m["pid"])
         if state not in states or _is_open_here(path):
             return False
-        live_owned = state in ("active", "claimed", "journal", "recovering")
-        return not (live_owned and pid != os.getpid() and _pid_alive(pid))
+        return not (state in _LIVE_OWNED and pid != os.getpid() and _pid_alive(pid))
 
     def claim(self) -> list[Path]:
         """Take every deliverable spool file in the dir (ours and those left by dead processes)."""
@@ -248,7 +249,7 @@ class Spool:
             1
             for _, m in self._files()
             if m["stem"].startswith(f"{self.stem}-")
-            and m["state"] in ("active", "claimed", "journal", "recovering")
+            and m["state"] in _LIVE_OWNED
             and int(m["pid"]) != me
             and _pid_alive(int(m["pid"]))
         )

@@ -24,7 +24,7 @@ from contract.config import TRAIN_CONFIG_ENV
 from tools.errors import ServiceError
 from tools.launch.cluster import ray_dashboard_up
 from tools.launch.job import job_exit_code
-from tools.launch.leftovers import deliver_leftovers
+from tools.launch.leftovers import report_leftovers
 from tools.launch.model_source import download
 from tools.launch.no_train import write_resume_marker
 from tools.launch.plan import LaunchPlan
@@ -72,14 +72,8 @@ def _ray_head(plan: LaunchPlan) -> Iterator[subprocess.Popen]:
 def _deliver_leftovers(plan: LaunchPlan, job_over: list[bool]) -> None:
     """The trajectories the job's sink left in its spool, delivered once the job is over (not
     after a Ctrl-C); one line says how many (tools/launch/leftovers.py)."""
-    if not job_over:
-        return
-    try:
-        said = deliver_leftovers(plan.job_env[TRAIN_CONFIG_ENV])
-    except Exception as e:  # the job's result stands; the spool stays for the next run
-        said = f"could not deliver the job's spooled trajectories: {type(e).__name__}: {e}"
-    if said:
-        print(f"run.sh: {said}", flush=True)
+    if job_over:
+        report_leftovers(plan.job_env[TRAIN_CONFIG_ENV], "run.sh")
 
 
 def _download_model(repo_id: str, revision: str) -> None:

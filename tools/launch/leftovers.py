@@ -17,26 +17,18 @@ import asyncio
 import time
 from pathlib import Path
 
-import httpx
-
 from bridge.trajectory_sink import make_sink
 from bridge.trajectory_spool import Spool
 from bridge.trajectory_uploader import TrajectoryUploader
 from contract.config import load_config
 from contract.errors import ConfigError
+from tools.launch.services import answers
 
-__all__ = ["deliver_leftovers"]
+__all__ = ["deliver_leftovers", "report_leftovers"]
 
 LIVE_WAIT_S = 15.0
 """How long to wait for the job's processes that still hold spool or journal files to end (Ray
 kills a job's actors once its driver has exited, not at once)."""
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url.rstrip('/')}/health", timeout=5.0).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def deliver_leftovers(config_path: str | Path, timeout_s: float = 60.0) -> str | None:
@@ -60,7 +52,7 @@ def deliver_leftovers(config_path: str | Path, timeout_s: float = 60.0) -> str |
     sink = make_sink(cfg)
     if not isinstance(sink, TrajectoryUploader):
         return None
-    if not sink.hosted and not _up(sink.url):  # in-job replicas stop with the job
+    if not sink.hosted and not answers(sink.url, timeout=5.0):  # in-job replicas stop with the job
         return (
             f"the job left trajectories in {t.spool_dir}; {sink.url} is down, the next run "
             "sends them"
@@ -82,3 +74,14 @@ def deliver_leftovers(config_path: str | Path, timeout_s: float = 60.0) -> str |
     if held:
         line += f"; {held} files of processes still alive stay there"
     return line
+
+
+def report_leftovers(config_path: str | Path, who: str) -> None:
+    """`deliver_leftovers`, its line printed as `who: …`; an error is printed, never raised (the
+    job's result stands, the spool stays for the next run)."""
+    try:
+        said = deliver_leftovers(config_path)
+    except Exception as e:
+        said = f"could not deliver the job's spooled trajectories: {type(e).__name__}: {e}"
+    if said:
+        print(f"{who}: {said}", flush=True)

@@ -43,7 +43,7 @@ from contract.config import TRAIN_CONFIG_ENV, load_config
 from contract.errors import ConfigError
 from tools.errors import ClusterError, ServiceError
 from tools.launch.env_servers import replica_command
-from tools.launch.leftovers import deliver_leftovers
+from tools.launch.leftovers import report_leftovers
 from tools.launch.replica_placement import NodeRoom, place_replicas
 from tools.launch.services import (
     free_port,
@@ -272,17 +272,6 @@ def run_child(cmd: list[str]) -> int:
             signal.signal(s, h)
 
 
-def _deliver_leftovers(job_config: Path) -> None:
-    """What the job's sink left on this node's disk, delivered while replica 0 (the store) is
-    still up (tools/launch/leftovers.py); other nodes' spools wait for their next run."""
-    try:
-        said = deliver_leftovers(job_config)
-    except Exception as e:  # the job's result stands; the spool stays for the next run
-        said = f"could not deliver the job's spooled trajectories: {type(e).__name__}: {e}"
-    if said:
-        print(f"ray_job: {said}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     opts, cmd = parse_options(sys.argv[1:] if argv is None else argv)
     try:
@@ -307,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[TRAIN_CONFIG_ENV] = str(out)
         print(f"ray_job: wrote {out}; running {' '.join(cmd[:2])} ...", flush=True)
         code = run_child(cmd)
-        _deliver_leftovers(out)
+        report_leftovers(out, "ray_job")  # while replica 0 (the store) is still up
         return code
     finally:
         stop_replicas(actors)
