@@ -55,6 +55,7 @@ Modules (one data flow: task -> session -> turns -> sample -> trajectory):
     trajectory_codec finished episodes as OpenReward rollout events; journal and spool lines
     trajectory_uploader  episodes -> journal -> batches -> a server, spooled to disk meanwhile
     trajectory_spool the sink's files: a journal of submitted episodes, a spool of undelivered ones
+    owned_files      which process owns a spool file: the one holding its lock (across hosts)
     metrics          slime's rollout-log hooks: per-environment episode metrics to W&B
 
 Floors: the plugin imports only `contract` (the config schema, vocabularies, task metadata, report

@@ -1,7 +1,8 @@
 """The trajectory sink's files: a journal of submitted episodes and a spool of undelivered requests.
 
-Files in `spool_dir` carry the pid of the process that writes them; a file left by a dead
-process is taken over by the next process that uses the directory:
+Files in `spool_dir` carry the pid of the process that writes them, and its lock while it owns
+them (bridge/owned_files.py: the dir may be shared by the nodes of a cluster, where a pid says
+nothing); a file whose owner died is taken over by the next process that uses the directory:
 
     {run}-{id}.{pid}.journal.jsonl     every episode handed to submit(), one JSON line each,
                                        written before submit() returns (the OS page cache
@@ -31,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.owned_files import OWNED
+
 __all__ = [
     "Journal",
     "JournalSegment",
@@ -47,24 +50,10 @@ _NAME = re.compile(
 )
 _SPOOL_STATES = ("active", "ready", "claimed")
 _LIVE_OWNED = ("active", "claimed", "journal", "recovering")
-"""States of a file its writing process owns while it lives."""
-_OPEN_IN_THIS_PROCESS: set[str] = set()
-_OPEN_LOCK = threading.Lock()
+"""States of a file its writing process owns (and holds the lock of) while it lives."""
 # One "cannot write" line per this many seconds per directory (a full disk fails every write).
 _WARN_EVERY_S = 10.0
 _last_warning: dict[str, float] = {}
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _warn_write_failed(what: Path, e: OSError) -> None:
@@ -74,19 +63,6 @@ def _warn_write_failed(what: Path, e: OSError) -> None:
         _last_warning[key] = now
         full = " (disk full)" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
         log.error("trajectory sink: cannot write %s%s: %s", what, full, e)
-
-
-def _is_open_here(path: Path) -> bool:
-    with _OPEN_LOCK:
-        return str(path) in _OPEN_IN_THIS_PROCESS
-
-
-def _mark_open(path: Path, is_open: bool) -> None:
-    with _OPEN_LOCK:
-        if is_open:
-            _OPEN_IN_THIS_PROCESS.add(str(path))
-        else:
-            _OPEN_IN_THIS_PROCESS.discard(str(path))
 
 
 def append_lines(path: Path, lines: Sequence[bytes], sync: bool = True) -> int:
@@ -100,6 +76,16 @@ def append_lines(path: Path, lines: Sequence[bytes], sync: bool = True) -> int:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as e:
         _warn_write_failed(path, e)
+        return 0
+    try:
+        return _write_lines(fd, path, lines, sync)
+    finally:
+        os.close(fd)
+
+
+def _write_lines(fd: int, path: Path, lines: Sequence[bytes], sync: bool = True) -> int:
+    """`append_lines` through an open descriptor (appending) of `path`."""
+    if not lines:
         return 0
     written = 0
     try:
@@ -123,14 +109,14 @@ def append_lines(path: Path, lines: Sequence[bytes], sync: bool = True) -> int:
                 os.ftruncate(fd, good)
             except OSError:
                 pass
-    finally:
-        os.close(fd)
+    except OSError as e:  # fstat
+        _warn_write_failed(path, e)
     return written
 
 
 def read_lines(path: Path) -> list[bytes]:
-    """The non-empty lines of a file."""
-    return [line for line in path.read_bytes().splitlines() if line.strip()]
+    """The non-empty lines of a file (one this process owns: read through its descriptor)."""
+    return [line for line in OWNED.read(path).splitlines() if line.strip()]
 
 
 def quarantine(directory: Path, lines: Sequence[bytes], why: str) -> int:
@@ -150,7 +136,8 @@ def quarantine(directory: Path, lines: Sequence[bytes], why: str) -> int:
 
 
 class Spool:
-    """Append-only JSONL files of undelivered request units, shared safely between processes."""
+    """Append-only JSONL files of undelivered request units, shared safely between processes
+    (and hosts: whoever holds a file's lock owns it)."""
 
     def __init__(self, directory: str | os.PathLike[str], stem: str) -> None:
         self.dir = Path(directory)
@@ -165,30 +152,37 @@ class Spool:
             return 0
         with self._lock:
             if self._active is None:
+                path = self.dir / f"{self.stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.active.jsonl"
                 try:
                     self.dir.mkdir(parents=True, exist_ok=True)
+                    OWNED.create(path, self)
                 except OSError as e:
-                    _warn_write_failed(self.dir, e)
+                    _warn_write_failed(path, e)
                     return 0
-                self._active = (
-                    self.dir / f"{self.stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.active.jsonl"
-                )
-                _mark_open(self._active, True)
-            return append_lines(self._active, lines)
+                self._active = path
+            fd = OWNED.fd(self._active)
+            assert fd is not None, "the active spool file is owned here until sealed"
+            return _write_lines(fd, self._active, lines)
 
     def seal(self) -> None:
-        """Hand the active file to the deliverers (rename to .ready)."""
+        """Hand the active file to the deliverers (rename to .ready, lock released)."""
         with self._lock:
             active, self._active = self._active, None
             if active is None:
                 return
-            _mark_open(active, False)
             try:
-                active.rename(
-                    active.with_name(active.name.replace(".active.jsonl", ".ready.jsonl"))
+                OWNED.release(
+                    active,
+                    rename_to=active.with_name(
+                        active.name.replace(".active.jsonl", ".ready.jsonl")
+                    ),
                 )
             except FileNotFoundError:
                 pass
+
+    def done(self, path: Path) -> None:
+        """A claimed file (or recovered journal) is delivered: delete it."""
+        OWNED.release(path, delete=True)
 
     def _files(self) -> list[tuple[Path, re.Match[str]]]:
         try:
@@ -197,68 +191,56 @@ class Spool:
             return []
         return [(p, m) for p in paths if (m := _NAME.match(p.name)) is not None]
 
-    def _takeable(self, path: Path, m: re.Match[str], states: tuple[str, ...]) -> bool:
-        """A file in one of `states` this process may deliver: not open here, not another
-        live process's active or claimed file, journal or recovery."""
-        state, pid = m["state"], int(m["pid"])
-        if state not in states or _is_open_here(path):
-            return False
-        return not (state in _LIVE_OWNED and pid != os.getpid() and _pid_alive(pid))
+    def _take(self, states: tuple[str, ...], into: str) -> list[Path]:
+        """Take the files in `states` no live process owns (renamed to `into` state, owned by
+        this spool), with those this spool already holds in that state."""
+        taken = []
+        me = os.getpid()
+        for path, m in self._files():
+            if m["state"] not in states:
+                continue
+            holder = OWNED.owner(path)
+            if holder is not None:
+                if holder is self and m["state"] == into:
+                    taken.append(path)  # ours from an earlier pass
+                continue
+            target = path.with_name(f"{m['stem']}.{me}.{into}.jsonl")
+            if OWNED.take(path, target, int(m["pid"]), self):
+                taken.append(target)
+        return taken
 
     def claim(self) -> list[Path]:
         """Take every deliverable spool file in the dir (ours and those left by dead processes)."""
         self.seal()
-        claimed = []
-        me = os.getpid()
-        for path, m in self._files():
-            if not self._takeable(path, m, _SPOOL_STATES):
-                continue
-            if m["state"] == "claimed" and int(m["pid"]) == me:
-                claimed.append(path)  # ours from an earlier pass
-                continue
-            target = path.with_name(f"{m['stem']}.{me}.claimed.jsonl")
-            try:
-                path.rename(target)
-            except OSError:
-                continue
-            claimed.append(target)
-        return claimed
+        return self._take(_SPOOL_STATES, "claimed")
 
     def claim_journals(self) -> list[Path]:
         """Take the journals of dead processes (and closed journals of this one) to recover."""
-        claimed = []
-        me = os.getpid()
-        for path, m in self._files():
-            if not self._takeable(path, m, ("journal", "recovering")):
-                continue
-            if m["state"] == "recovering" and int(m["pid"]) == me:
-                claimed.append(path)
-                continue
-            target = path.with_name(f"{m['stem']}.{me}.recovering.jsonl")
-            try:
-                path.rename(target)
-            except OSError:
-                continue
-            claimed.append(target)
-        return claimed
+        return self._take(("journal", "recovering"), "recovering")
+
+    def _held_elsewhere(self, path: Path, m: re.Match[str]) -> bool:
+        return m["state"] in _LIVE_OWNED and OWNED.held_elsewhere(path, int(m["pid"]))
 
     def held_by_live_processes(self) -> int:
-        """How many of this stem's open files (spool, journal) another live process holds."""
-        me = os.getpid()
+        """How many of this stem's open files (spool, journal) other live processes hold, on
+        this host or another one sharing the dir."""
         return sum(
             1
-            for _, m in self._files()
-            if m["stem"].startswith(f"{self.stem}-")
-            and m["state"] in _LIVE_OWNED
-            and int(m["pid"]) != me
-            and _pid_alive(int(m["pid"]))
+            for p, m in self._files()
+            if m["stem"].startswith(f"{self.stem}-") and self._held_elsewhere(p, m)
         )
 
     def pending_files(self) -> bool:
         """Whether the dir holds files this process would deliver or recover (its own active
         spool file included)."""
         states = (*_SPOOL_STATES, "journal", "recovering")
-        return any(p == self._active or self._takeable(p, m, states) for p, m in self._files())
+        for p, m in self._files():
+            if m["state"] not in states:
+                continue
+            holder = OWNED.owner(p)
+            if holder is self or (holder is None and not self._held_elsewhere(p, m)):
+                return True
+        return False
 
 
 @dataclass(eq=False)
@@ -280,7 +262,7 @@ class Journal:
         self.dir = Path(directory)
         self.stem = re.sub(r"[^\w.-]", "_", stem)[:60] or "spool"
         self._active: JournalSegment | None = None
-        self._fd = -1
+        self._fd = -1  # the active segment's descriptor (owned: bridge/owned_files.py)
         self._waiting: set[JournalSegment] = set()  # sealed, with episodes still pending
         self.failed = 0  # episodes that could not be journaled (logged)
 
@@ -332,21 +314,19 @@ class Journal:
         self._seal()
         for seg in list(self._waiting):
             self._waiting.discard(seg)
-            _mark_open(seg.path, False)
+            OWNED.release(seg.path)
 
     def _drop(self, seg: JournalSegment) -> None:
         self._waiting.discard(seg)
         try:
-            seg.path.unlink()
+            OWNED.release(seg.path, delete=True)
         except OSError:
             pass
-        _mark_open(seg.path, False)
 
     def _open(self) -> JournalSegment:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"{self.stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.journal.jsonl"
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        _mark_open(path, True)
+        self._fd = OWNED.create(path, self)
         self._active = JournalSegment(path)
         return self._active
 
@@ -354,9 +334,7 @@ class Journal:
         seg, self._active = self._active, None
         if seg is None:
             return
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._fd = -1  # still owned (and locked) until its episodes settle
         seg.sealed = True
         if seg.pending <= 0:
             self._drop(seg)

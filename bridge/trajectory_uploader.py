@@ -582,7 +582,7 @@ class TrajectoryUploader:
                     self._note_failure(str(e))
                     return True
                 await self._deliver_one_by_one([_Unit(line, None) for line in lines], str(e))
-            path.unlink(missing_ok=True)
+            self.spool.done(path)
         return bool(self._overflow) or self.spool.pending_files()
 
     def _readable_units(self, path: Path) -> list[bytes] | None:
@@ -623,7 +623,7 @@ class TrajectoryUploader:
         self.stats["quarantined"] += kept
         if kept == len(bad) and self.spool.append(units) == len(units):
             self.stats["recovered"] += len(units)
-            path.unlink(missing_ok=True)
+            self.spool.done(path)
             if units:
                 log.warning(
                     "trajectory sink: recovered %d trajectories from %s (a process that stopped "

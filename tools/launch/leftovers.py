@@ -8,7 +8,9 @@ stopped (its workers gone, their journals free to take; on a cluster it did not 
 processes holding this run's files have ended, LIVE_WAIT_S at most) and its env server still up,
 it delivers them, so the store holds the whole run when run.sh returns. With env-server replicas
 on a Ray cluster (tools/launch/ray_job.py), the job's entrypoint does the same before they stop,
-for the spool on its node; a spool on another node waits for the next run there.
+for the spool it sees: on the shared filesystem (the default, beside the config) that includes the
+files of every node's dead processes (a file's owner holds its lock: bridge/owned_files.py); a
+spool dir on another node's local disk waits for the next run there.
 """
 
 from __future__ import annotations

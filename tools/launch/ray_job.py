@@ -16,12 +16,12 @@ runs the job's entrypoint (a driver, normally on the head node), and:
 2. writes OUT, the config with `env_server: [their URLs]`. The job's TRAIN_CONFIG names OUT, so
    the bridge pins each session to one replica and sends every trajectory to replica 0.
 3. runs the command after `--` (slime's driver) and exits with its code; before the replicas
-   stop, it delivers the trajectories the job's sink left on this node's disk
-   (tools/launch/leftovers.py; other nodes' wait for the next run there). The replicas stop
-   when it ends or fails, when the job is stopped (SIGTERM), and, since this driver owns the
-   actors, when it dies: Ray then kills the actors and their servers die with them. The command
-   dies with this process too (SIGKILL on its parent's death, even a `kill -9`): slime's driver
-   never outlives the job's entrypoint.
+   stop, it delivers the trajectories the job's sink left in the spool dir
+   (tools/launch/leftovers.py; on the shared filesystem, those of every node's dead processes).
+   The replicas stop when it ends or fails, when the job is stopped (SIGTERM), and, since this
+   driver owns the actors, when it dies: Ray then kills the actors and their servers die with
+   them. The command dies with this process too (SIGKILL on its parent's death, even a
+   `kill -9`): slime's driver never outlives the job's entrypoint.
 """
 
 from __future__ import annotations
