@@ -114,6 +114,14 @@ def _write_lines(fd: int, path: Path, lines: Sequence[bytes], sync: bool = True)
     return written
 
 
+def _deleted(fd: int | None) -> bool:
+    """Whether the file behind `fd` has no name left."""
+    try:
+        return fd is None or os.fstat(fd).st_nlink == 0
+    except OSError:
+        return True
+
+
 def read_lines(path: Path) -> list[bytes]:
     """The non-empty lines of a file (one this process owns: read through its descriptor)."""
     return [line for line in OWNED.read(path).splitlines() if line.strip()]
@@ -151,6 +159,9 @@ class Spool:
         if not lines:
             return 0
         with self._lock:
+            if self._active is not None and _deleted(OWNED.fd(self._active)):
+                OWNED.release(self._active)  # removed under us (the dir cleared): start anew
+                self._active = None
             if self._active is None:
                 path = self.dir / f"{self.stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.active.jsonl"
                 try:

@@ -243,3 +243,16 @@ def test_without_file_locks_the_pid_decides_on_this_host(
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_an_active_spool_file_removed_under_its_writer_is_started_again(tmp_path: Path) -> None:
+    """The writer keeps its spool file open (to hold its lock): when the file is removed under
+    it (the spool dir cleared by hand), the next units go to a new file, not a deleted one."""
+    spool = Spool(tmp_path / "spool", "cleared")
+    assert spool.append([b'{"a": 1}']) == 1
+    for p in (tmp_path / "spool").iterdir():
+        p.unlink()
+    assert spool.append([b'{"a": 2}']) == 1
+    [left] = (tmp_path / "spool").iterdir()
+    assert left.read_bytes() == b'{"a": 2}\n'
+    spool.seal()
