@@ -11,9 +11,10 @@ nothing); a file whose owner died is taken over by the next process that uses th
     {run}-{id}.{pid}.recovering.jsonl  a dead process's journal being turned into spool lines
     {run}-{id}.{pid}.active.jsonl      request units waiting for the server (fsynced)
     {run}-{id}.{pid}.ready|claimed.jsonl  sealed, or being delivered
-    quarantine-{pid}.jsonl             lines that cannot be read (torn by a crash or a full
+    quarantine-{host}-{pid}.jsonl      lines that cannot be read (torn by a crash or a full
                                        disk): set aside, never retried, never blocking the rest
-    rejected-{pid}.jsonl               (the sink) units the server refused as invalid
+    rejected-{host}-{pid}.jsonl        (the sink) units the server refused as invalid
+                                       (the host too: two nodes' processes can share a pid)
 
 A write that fails (a full disk) never raises into the sink: `Spool.append` and `Journal.record`
 say what was written, cut a partly written line off again, and log the failure.
@@ -25,6 +26,7 @@ import errno
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -39,6 +41,7 @@ __all__ = [
     "JournalSegment",
     "Spool",
     "append_lines",
+    "process_file",
     "quarantine",
     "read_lines",
 ]
@@ -127,11 +130,18 @@ def read_lines(path: Path) -> list[bytes]:
     return [line for line in OWNED.read(path).splitlines() if line.strip()]
 
 
+def process_file(directory: Path, kind: str) -> Path:
+    """This process's own file of `kind` in `directory`, named by host and pid: a file only it
+    appends to, even in a dir other nodes share (their processes may have the same pid)."""
+    host = re.sub(r"[^\w.-]", "_", socket.gethostname())[:64] or "host"
+    return directory / f"{kind}-{host}-{os.getpid()}.jsonl"
+
+
 def quarantine(directory: Path, lines: Sequence[bytes], why: str) -> int:
-    """Set unreadable lines aside in quarantine-{pid}.jsonl; returns how many were kept there."""
+    """Set unreadable lines aside in quarantine-{host}-{pid}.jsonl; how many were kept there."""
     if not lines:
         return 0
-    path = directory / f"quarantine-{os.getpid()}.jsonl"
+    path = process_file(directory, "quarantine")
     kept = append_lines(path, lines)
     log.error(
         "trajectory sink: %d unreadable line(s) set aside in %s (%s)%s",

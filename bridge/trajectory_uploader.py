@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 import weakref
@@ -37,6 +36,7 @@ from bridge.trajectory_spool import (
     JournalSegment,
     Spool,
     append_lines,
+    process_file,
     quarantine,
     read_lines,
 )
@@ -500,7 +500,7 @@ class TrajectoryUploader:
             self.spool.dir.mkdir(parents=True, exist_ok=True)
         except OSError:
             pass
-        path = self.spool.dir / f"rejected-{os.getpid()}.jsonl"
+        path = process_file(self.spool.dir, "rejected")
         n = append_lines(path, [u.line for u in units])
         self.stats["rejected"] += n
         self._settle(units[:n])

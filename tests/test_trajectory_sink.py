@@ -22,6 +22,7 @@ from conftest import REPO, env_server, free_port
 from bridge.trajectory import Trajectory
 from bridge.trajectory_codec import encode_line, trajectory_events
 from bridge.trajectory_sink import DisabledSink, get_sink
+from bridge.trajectory_spool import process_file
 from bridge.trajectory_uploader import SinkSettings, TrajectoryUploader
 from contract.config import parse_config
 
@@ -504,9 +505,9 @@ async def test_torn_lines_are_quarantined_and_never_stall_delivery(
     stored = {r["task_index"] for r in run_rollouts(traj_server, "torn-run")}
     assert stored == {0, 1, 3, 10, 11, 12}
     assert up.stats["quarantined"] == 4 and up.stats["recovered"] == 3
-    quarantined = (spool / f"quarantine-{os.getpid()}.jsonl").read_bytes().splitlines()
+    quarantined = process_file(spool, "quarantine").read_bytes().splitlines()
     assert sorted(quarantined) == sorted([torn, b"garbage", units[4][:-1], journaled[0][:40]])
-    assert [p.name for p in spool.glob("*.jsonl")] == [f"quarantine-{os.getpid()}.jsonl"]
+    assert [p.name for p in spool.glob("*.jsonl")] == [process_file(spool, "quarantine").name]
 
 
 async def test_a_journal_line_of_any_shape_is_quarantined_and_never_blocks_the_spool(
@@ -536,7 +537,7 @@ async def test_a_journal_line_of_any_shape_is_quarantined_and_never_blocks_the_s
     await up.close()
     assert {r["task_index"] for r in run_rollouts(traj_server, "shape-run")} == {0, 1, 2}
     assert up.stats["quarantined"] == 4 and up.stats["recovered"] == 3
-    quarantined = (spool / f"quarantine-{os.getpid()}.jsonl").read_bytes().splitlines()
+    quarantined = process_file(spool, "quarantine").read_bytes().splitlines()
     assert sorted(quarantined) == sorted(wrong)
 
 
