@@ -38,6 +38,12 @@ def _unshare() -> list[str]:
     return ["unshare", "--pid", "--fork", "--mount-proc"]
 
 
+def in_own_pid_namespace(argv: list[str]) -> list[str]:
+    """`argv` as a command that runs it in a new pid namespace (not as its init: it can be
+    killed, or kill itself, like any process); its pid there is small (2), alive here."""
+    return [*_unshare(), "sh", "-c", '"$@"; exit $?', "sh", *argv]
+
+
 def pid_dead_here() -> int:
     """A pid no process on this host has (from the top of the pid range, checked now)."""
     top = int(Path("/proc/sys/kernel/pid_max").read_text())
