@@ -23,6 +23,7 @@ say what was written, cut a partly written line off again, and log the failure.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bridge.owned_files import OWNED
 
@@ -44,6 +46,7 @@ __all__ = [
     "process_file",
     "quarantine",
     "read_lines",
+    "spool_area",
 ]
 
 log = logging.getLogger(__name__)
@@ -128,6 +131,20 @@ def _deleted(fd: int | None) -> bool:
 def read_lines(path: Path) -> list[bytes]:
     """The non-empty lines of a file (one this process owns: read through its descriptor)."""
     return [line for line in OWNED.read(path).splitlines() if line.strip()]
+
+
+def spool_area(spool_dir: str | os.PathLike[str], hosted_url: str | None = None) -> Path:
+    """The folder of a sink's files: `spool_dir` itself for this project's env servers (any of
+    them: their ports change from run to run, the store stays), a folder of its own in it for
+    each hosted target (`openreward-<host>-<hash of the URL>`), so that what was meant for a
+    hosted account is never delivered to a local store by the next local run, nor a local
+    run's episodes uploaded to a hosted account."""
+    if hosted_url is None:
+        return Path(spool_dir)
+    url = hosted_url.rstrip("/")
+    host = re.sub(r"[^\w.-]", "_", urlsplit(url).hostname or "host")[:60]
+    digest = hashlib.sha256(url.encode()).hexdigest()[:10]
+    return Path(spool_dir) / f"openreward-{host}-{digest}"
 
 
 def process_file(directory: Path, kind: str) -> Path:

@@ -39,6 +39,7 @@ from bridge.trajectory_spool import (
     process_file,
     quarantine,
     read_lines,
+    spool_area,
 )
 
 __all__ = ["HOSTED_SETTINGS", "LIVE_UPLOADERS", "SinkSettings", "TrajectoryUploader"]
@@ -110,8 +111,9 @@ class TrajectoryUploader:
         self.api_key = api_key
         self.hosted = hosted
         self.settings = settings or (HOSTED_SETTINGS if hosted else SinkSettings())
-        self.spool = Spool(spool_dir, run_name)
-        self.journal = Journal(spool_dir, run_name)
+        area = spool_area(spool_dir, self.url if hosted else None)
+        self.spool = Spool(area, run_name)
+        self.journal = Journal(area, run_name)
         self.stats = {
             "submitted": 0,
             "delivered": 0,

@@ -466,6 +466,70 @@ async def test_hosted_target_speaks_to_openreward_api_url(
     assert r["environment_id"] == "local:GeneralReasoning/WhoDunIt"
 
 
+LEFT_BY_A_KILLED_RUN = """
+import os, signal, sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+from test_trajectory_sink import make_trajectory
+from bridge.trajectory_uploader import TrajectoryUploader
+up = TrajectoryUploader({url!r}, {spool!r}, {run!r}, api_key="k-1", hosted={hosted!r})
+for i in range({n}):
+    up.submit(make_trajectory(i, run={run!r}))  # no loop: spooled at once
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_run(spool: Path, url: str, run: str, n: int, hosted: bool) -> None:
+    code = LEFT_BY_A_KILLED_RUN.format(
+        repo=str(REPO),
+        tests=str(REPO / "tests"),
+        url=url,
+        spool=str(spool),
+        run=run,
+        n=n,
+        hosted=hosted,
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == -9, done.stderr[-2000:]
+
+
+def _deliver(url: str, spool: Path, run: str, hosted: bool) -> dict[str, int]:
+    async def go() -> dict[str, int]:
+        up = TrajectoryUploader(url, str(spool), run, api_key="k-1", hosted=hosted, settings=FAST)
+        assert await up.flush(60)
+        await up.close()
+        return up.stats
+
+    return asyncio.run(go())
+
+
+def test_a_spool_dir_shared_by_a_local_and_a_hosted_target_delivers_each_to_its_own(
+    traj_server: str, tmp_path: Path
+) -> None:
+    """A run uploading to a hosted account and a run storing locally, both killed, one spool dir
+    (the config's folder). Before, the next local run's sink took the hosted run's episodes into
+    the local store, and the next hosted run uploaded the local run's to the account (with its
+    key). Now each hosted target has its own folder in the spool dir."""
+    spool, port = tmp_path / "spool", free_port()
+    hosted = f"http://127.0.0.1:{port}"  # down while the runs play, as a hosted API can be
+    _killed_run(spool, hosted, "to-hosted", 4, hosted=True)
+    _killed_run(spool, "http://127.0.0.1:9", "to-local", 3, hosted=False)
+    assert _deliver(traj_server, spool, "next-local", hosted=False)["delivered"] == 3
+    assert run_rollouts(traj_server, "to-hosted") == []
+    assert len(run_rollouts(traj_server, "to-local")) == 3
+    with env_server("--role", "trajectories", "--db", str(tmp_path / "h.db"), port=port):
+        assert _deliver(hosted, spool, "next-hosted", hosted=True)["delivered"] == 4
+        assert len(run_rollouts(hosted, "to-hosted")) == 4
+        assert run_rollouts(hosted, "to-local") == []
+    assert [p.name for p in spool.rglob("*.jsonl")] == []
+
+
 # ---------------------------------------------------------------- losing nothing (issue 13)
 
 

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from bridge.trajectory_sink import make_sink
-from bridge.trajectory_spool import Spool
 from bridge.trajectory_uploader import TrajectoryUploader
 from contract.config import load_config
 from contract.errors import ConfigError
@@ -41,23 +40,19 @@ def deliver_leftovers(config_path: str | Path, timeout_s: float = 60.0) -> str |
         cfg = load_config(config_path)
     except ConfigError:
         return None
-    t = cfg.trajectories
-    if not t.enabled:
-        return None
-    spool = Spool(t.spool_dir, cfg.run_name)
+    sink = make_sink(cfg)
+    if not isinstance(sink, TrajectoryUploader):
+        return None  # trajectories disabled
+    spool = sink.spool  # the folder of the config's target (bridge/trajectory_spool.spool_area)
     deadline = time.monotonic() + LIVE_WAIT_S
     while spool.held_by_live_processes() and time.monotonic() < deadline:
         time.sleep(0.2)  # the job's workers on a cluster run.sh did not start, being killed
     held = spool.held_by_live_processes()
     if not spool.pending_files():
-        return f"{held} trajectory files of live processes stay in {t.spool_dir}" if held else None
-    sink = make_sink(cfg)
-    if not isinstance(sink, TrajectoryUploader):
-        return None
+        return f"{held} trajectory files of live processes stay in {spool.dir}" if held else None
     if not sink.hosted and not answers(sink.url, timeout=5.0):  # in-job replicas stop with the job
         return (
-            f"the job left trajectories in {t.spool_dir}; {sink.url} is down, the next run "
-            "sends them"
+            f"the job left trajectories in {spool.dir}; {sink.url} is down, the next run sends them"
         )
 
     async def deliver() -> bool:
@@ -66,7 +61,7 @@ def deliver_leftovers(config_path: str | Path, timeout_s: float = 60.0) -> str |
     delivered_all = asyncio.run(deliver())
     stats = sink.stats
     line = (
-        f"delivered {stats['delivered']} trajectories the job left in {t.spool_dir} "
+        f"delivered {stats['delivered']} trajectories the job left in {spool.dir} "
         f"({stats['recovered']} recovered from the journals of its processes"
         + (f", {stats['duplicates']} the store already had" if stats["duplicates"] else "")
         + ")"
