@@ -11,7 +11,8 @@ process takes a file over only after taking its lock.
 POSIX locks belong to a process and go when it closes *any* descriptor of the file, so this
 process never opens a file it owns but through the one descriptor kept here (`read`, `write`):
 every probe and take checks the registry first, under one lock. They are not inherited by
-forked children (a child holding the descriptor does not keep a dead parent's file alive).
+forked children (a child holding the descriptor does not keep a dead parent's file alive, and a
+child owns none of its parent's files: it forgets them).
 On a filesystem without locks the pid in the file's name decides, for this host only (logged
 once per directory).
 """
@@ -160,18 +161,27 @@ class OwnedFiles:
 
     def release(self, path: Path, delete: bool = False, rename_to: Path | None = None) -> None:
         """Give up `path` (deleted, or renamed to `rename_to`, first): its lock goes with the
-        descriptor."""
+        descriptor. A file this process does not own is left as it is (an object a forked child
+        inherited must not move its parent's files)."""
         with self._lock:
             held = self._fds.pop(str(path), None)
+            if held is None:
+                return
             try:
                 if delete:
                     path.unlink(missing_ok=True)
                 elif rename_to is not None:
                     path.rename(rename_to)
             finally:
-                if held is not None:
-                    os.close(held[0])
+                os.close(held[0])
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: it holds none of its parent's locks, so it owns none of its files
+        (their descriptors stay open, for objects it inherited that still write to them)."""
+        self._fds = {}
+        self._lock = threading.RLock()
 
 
 OWNED = OwnedFiles()
 """This process's owned files (one registry: a lock is per process, not per sink)."""
+os.register_at_fork(after_in_child=OWNED.forget_after_fork)

@@ -166,24 +166,32 @@ FORKED = """
 import os, sys, time
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 from test_trajectory_sink import make_trajectory
+from bridge.trajectory_spool import Spool
 from bridge.trajectory_uploader import TrajectoryUploader
 
 up = TrajectoryUploader("http://127.0.0.1:9", {spool!r}, "forked")
 up.submit(make_trajectory(0, run="forked"))  # no loop: spooled at once, journal settled
+read, write = os.pipe()
 if os.fork() == 0:  # a child keeps the parent's descriptors open (a fork-started worker)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)  # but not the test's pipes
+    # the parent's journal and spool file: its own to the parent, not the child's
+    os.write(write, str(Spool({spool!r}, "forked").held_by_live_processes()).encode())
+    up.spool.seal()  # an inherited sink closing: it must not move the parent's files
+    up.journal.close()
     time.sleep(60)
     os._exit(0)
-print("forked", flush=True)
+print("child sees the parent holding", os.read(read, 16).decode(), flush=True)
 os._exit(0)  # the parent dies; its child lives on
 """
 
 
 def test_a_forked_child_does_not_keep_a_dead_writers_files(store: str, tmp_path: Path) -> None:
     """A lock belongs to the process: a child forked with the descriptors open does not hold
-    it, so the dead parent's spool file is delivered while the child still runs."""
+    it, so the dead parent's spool file is delivered while the child still runs; and the child
+    owns none of its parent's files (they are the live parent's; its inherited sink leaves them
+    where they are)."""
     spool = tmp_path / "spool"
     code = FORKED.format(repo=str(REPO), tests=str(REPO / "tests"), spool=str(spool))
     proc = subprocess.Popen(
@@ -197,7 +205,7 @@ def test_a_forked_child_does_not_keep_a_dead_writers_files(store: str, tmp_path:
     )
     try:
         out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0 and out.strip() == "forked", err[-2000:]
+        assert proc.returncode == 0 and out.strip() == "child sees the parent holding 2", err
         os.killpg(proc.pid, 0)  # the child lives on, holding the dead parent's descriptors
         assert Spool(spool, "forked").held_by_live_processes() == 0
         stats = deliver(store, spool, "forked")
