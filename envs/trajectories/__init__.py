@@ -4,6 +4,7 @@ Modules:
     events    the rollout-upload wire events (`POST /v1/rollouts`), validated into plain dicts
     schema    the SQLite schema: versioned migrations and the connection every user opens
     store     the store: submit() to the writer, the query methods to read
+    host_guard one machine at a time on a store (SQLite's WAL): another machine's open is refused
     event_rows what the upload events become as rows (checked before any write)
     writer    the single writer thread: group commit, savepoint per batch; WAL checkpoints
     queries   the reads: runs, one rollout (messages, token arrays), groups, reward series

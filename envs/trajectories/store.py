@@ -10,7 +10,8 @@ Data model (what the OpenReward rollout-upload events become):
 The schema and its migrations live in `schema.py`, the upload events in `events.py`, their rows
 in `event_rows.py`. Writes go through `submit()` to the single writer thread (`writer.py`),
 which commits several request batches in one transaction (group commit); reads
-(`queries.py`, `rollout_list.py`) share a fixed pool of connections (`read_pool.py`, WAL).
+(`queries.py`, `rollout_list.py`) share a fixed pool of connections (`read_pool.py`, WAL). The
+processes that use one store must run on one machine (`host_guard.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from contract.trajectory_events import Event, IngestResult
+from envs.trajectories import host_guard
 from envs.trajectories.errors import StoreError
 from envs.trajectories.queries import JSON_COLUMNS, RUNS_PAGE, RunsPage, StoreQueries, TokenInfo
 from envs.trajectories.read_pool import READ_CONNECTIONS, ReadPool
@@ -61,24 +63,39 @@ class TrajectoryStore(StoreQueries):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot open trajectory database {self.path}: {e}") from None
+        host_guard.hold(self.path)  # StoreError when another machine has it open
+        self._guarded = True
+        try:
             conn = connect(self.path)
             try:
                 migrate(conn)
             finally:
                 conn.close()
         except (OSError, sqlite3.Error) as e:
+            self._unguard()
             raise StoreError(f"cannot open trajectory database {self.path}: {e}") from None
+        except BaseException:
+            self._unguard()
+            raise
         self._readers = ReadPool(self.path, READ_CONNECTIONS)
         self._writer = WriterThread(self.path)
+
+    def _unguard(self) -> None:
+        if self._guarded:
+            self._guarded = False
+            host_guard.release(self.path)
 
     def start(self) -> None:
         """Start the writer thread (idempotent)."""
         self._writer.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish queued writes and stop the writer thread."""
+        """Finish queued writes, stop the writer thread, and close the store."""
         self._writer.stop(timeout)
         self._readers.close()
+        self._unguard()
 
     def submit(self, events: list[Event]) -> Future[IngestResult]:
         """Queue one batch for the writer; the future resolves to its IngestResult once
