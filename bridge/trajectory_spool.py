@@ -16,6 +16,9 @@ nothing); a file whose owner died is taken over by the next process that uses th
     rejected-{host}-{pid}.jsonl        (the sink) units the server refused as invalid
                                        (the host too: two nodes' processes can share a pid)
 
+A hosted target's files sit in a folder of their own in `spool_dir` (`spool_area`), so that only
+a sink with that target delivers them.
+
 A write that fails (a full disk) never raises into the sink: `Spool.append` and `Journal.record`
 say what was written, cut a partly written line off again, and log the failure.
 """
