@@ -115,20 +115,22 @@ class OwnedFiles:
             os.close(fd)
             return False
 
-    def held_elsewhere(self, path: Path, pid: int) -> bool:
-        """Whether another live process owns `path` (False when this one does, or it went)."""
+    def probe(self, path: Path, pid: int) -> str:
+        """What `path` is to this process: "ours" (owned here), "held" (another live process
+        owns it), "free" (no live owner: this process may take it), or "out of reach" (gone, or
+        not this process's to open: another user's file in a shared dir)."""
         with self._lock:
             if str(path) in self._fds:
-                return False
+                return "ours"
             try:
                 fd = os.open(path, os.O_RDWR)
             except OSError:
-                return False
+                return "out of reach"
             try:
                 free = self._try_lock(fd, path)
                 if free is None:
-                    return pid_alive(pid)
-                return not free
+                    free = not pid_alive(pid)
+                return "free" if free else "held"
             finally:
                 os.close(fd)  # drops the probe's lock with it
 

@@ -259,27 +259,26 @@ class Spool:
         """Take the journals of dead processes (and closed journals of this one) to recover."""
         return self._take(("journal", "recovering"), "recovering")
 
-    def _held_elsewhere(self, path: Path, m: re.Match[str]) -> bool:
-        return m["state"] in _LIVE_OWNED and OWNED.held_elsewhere(path, int(m["pid"]))
-
     def held_by_live_processes(self) -> int:
         """How many of this stem's open files (spool, journal) other live processes hold, on
         this host or another one sharing the dir."""
         return sum(
             1
             for p, m in self._files()
-            if m["stem"].startswith(f"{self.stem}-") and self._held_elsewhere(p, m)
+            if m["stem"].startswith(f"{self.stem}-")
+            and m["state"] in _LIVE_OWNED
+            and OWNED.probe(p, int(m["pid"])) == "held"
         )
 
     def pending_files(self) -> bool:
         """Whether the dir holds files this process would deliver or recover (its own active
-        spool file included)."""
+        spool file included; not another user's files, which it cannot take)."""
         states = (*_SPOOL_STATES, "journal", "recovering")
         for p, m in self._files():
             if m["state"] not in states:
                 continue
             holder = OWNED.owner(p)
-            if holder is self or (holder is None and not self._held_elsewhere(p, m)):
+            if holder is self or (holder is None and OWNED.probe(p, int(m["pid"])) == "free"):
                 return True
         return False
 

@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -264,3 +265,62 @@ def test_an_active_spool_file_removed_under_its_writer_is_started_again(tmp_path
     [left] = (tmp_path / "spool").iterdir()
     assert left.read_bytes() == b'{"a": 2}\n'
     spool.seal()
+
+
+ANOTHER_USER = """
+import asyncio, sys, time
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+from test_trajectory_sink import FAST, make_trajectory
+from bridge.trajectory_uploader import TrajectoryUploader
+
+async def main():
+    up = TrajectoryUploader({url!r}, {spool!r}, "mine", settings=FAST)
+    up.submit(make_trajectory(0, run="mine"))
+    t = time.monotonic()
+    ok = await up.flush(20)
+    await up.close()
+    print(ok, round(time.monotonic() - t, 1), up.stats["delivered"], flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_another_users_files_in_a_shared_dir_do_not_hold_up_a_flush(
+    store: str, tmp_path: Path
+) -> None:
+    """Another user's dead run left a spool file (mode 644, theirs) in a dir both write to.
+    Before, this user's sink counted it as its own to deliver, could not take it, and every
+    flush waited out its whole timeout (20 s here) and said not everything was delivered. (This
+    user is root without the capability to override file permissions: `setpriv`.)"""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux), to drop the right to open any file")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    theirs = spool / f"their-run-aaaa0000.{_dead_pid()}.active.jsonl"
+    theirs.write_bytes(b'{"kind": "left by another user"}\n')
+    os.chown(theirs, 65534, 65534)
+    theirs.chmod(0o644)
+    code = ANOTHER_USER.format(
+        repo=str(REPO), tests=str(REPO / "tests"), url=store, spool=str(spool)
+    )
+    no_override = "--bounding-set=-dac_override,-dac_read_search,-fowner"
+    done = subprocess.run(
+        ["setpriv", no_override, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ok, took, delivered = done.stdout.split()
+    assert ok == "True" and float(took) < 10 and delivered == "1", done.stdout
+    assert len(run_rollouts(store, "mine")) == 1
+    assert theirs.exists()  # theirs to deliver
+
+
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
