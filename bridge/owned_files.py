@@ -9,8 +9,8 @@ NFS lock manager across hosts) drops the lock when the process dies, however it 
 process takes a file over only after taking its lock.
 
 POSIX locks belong to a process and go when it closes *any* descriptor of the file, so this
-process never opens a file it owns but through the one descriptor kept here (`read`, `write`):
-every probe and take checks the registry first, under one lock. They are not inherited by
+process never opens a file it owns but through the one descriptor kept here (`fd` for writing,
+`read`): every probe and take checks the registry first, under one lock. They are not inherited by
 forked children (a child holding the descriptor does not keep a dead parent's file alive, and a
 child owns none of its parent's files: it forgets them).
 On a filesystem without locks the pid in the file's name decides, for this host only (logged
