@@ -11,9 +11,11 @@ Every process with the store open holds a shared POSIX lock on byte 0 of `<db>.h
 user of an idle store writes its machine there (its kernel's boot id, which containers of one
 machine share, and its hostname, for people). A process of another machine finds the lock held
 and another boot id, and is refused. Locks go with their process however it ends (on NFS, with
-the lock manager's lease). A filesystem without locks turns the guard off (logged once per
-store). POSIX locks belong to the process, and closing any descriptor of the file drops them,
-so one descriptor per store file is kept here for the whole process, counted.
+the lock manager's lease; NFSv3 keeps a crashed client's locks until it is back, and the error
+says to delete `<db>.host` then: a new file has no locks). A filesystem without locks turns the
+guard off (logged once per store). POSIX locks belong to the process, and closing any
+descriptor of the file drops them, so one descriptor per store file is kept here for the whole
+process, counted.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def _join(fd: int, db: Path) -> None:
             raise StoreError(
                 f"{db} is open on another machine ({where}): SQLite's WAL works only among the "
                 "processes of one machine, so use the web UI it serves there, or wait until its "
-                "processes close the store"
+                f"processes close the store (if that machine crashed and its lock outlived it, "
+                f"delete {_sidecar(db)})"
             )
         fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _USERS)  # beside the other users
     finally:
