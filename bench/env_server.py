@@ -31,6 +31,10 @@ Each run's row is printed; the verdict compares the p99 of an attack's quiet run
 that of its attacked runs pooled (`--repeat` runs of 576 calls each): one run's p99 is its 6th
 slowest call, and quiet runs alone spread 2x (5.6-12.1 ms on 16 cores), so a verdict on any one
 run's ratio would mostly judge that noise. RSS is judged on the worst run.
+`--control` also runs each attack against a second server process while the well-behaved
+client stays on the first, and prints that ratio beside the verdict: what the attacker's load
+alone costs the client on this machine (on 2 cores, task listings sent by another process at
+full speed cost it ~2x; the verdict stays the one above).
 `--attacker-nice 19` runs the attacker at low priority: on 2 cores its own CPU (a full core at
 full speed) otherwise comes out of the server's and the measuring client's, which a remote
 attacker's does not; it sent as many calls niced as not (4,300-4,700 budget-hog calls a run).
@@ -418,13 +422,21 @@ def budget_costs(n: int = 20_000) -> dict[str, float]:
 
 
 def _attacked_run(
-    url: str, pid: int, kind: str, attackers: int, episodes: int, rounds: int, nice: int = 0
+    url: str,
+    pid: int,
+    kind: str,
+    attackers: int,
+    episodes: int,
+    rounds: int,
+    nice: int = 0,
+    target: str | None = None,
 ) -> tuple[dict[str, Any], float, dict[str, Any]]:
-    """The well-behaved client's run while `kind` attacks (its process at niceness `nice`); the
-    server's peak RSS meanwhile; what the attacker saw."""
+    """The well-behaved client's run while `kind` attacks (its process at niceness `nice`) this
+    server, or the server at `target` (the control); the server's peak RSS meanwhile; what the
+    attacker saw."""
     import threading
 
-    attack = [sys.executable, __file__, "--_attack", url, "--kind", kind, "--attackers"]
+    attack = [sys.executable, __file__, "--_attack", target or url, "--kind", kind, "--attackers"]
     attacker = subprocess.Popen(
         [*(["nice", "-n", str(nice)] if nice else []), *attack, str(attackers)],
         cwd=REPO,
@@ -460,7 +472,9 @@ def attack_bench(a: argparse.Namespace) -> None:
     episodes = a.episodes if a.episodes != 256 else 32
     kinds = a.attacks.split(",") if a.attacks else list(ATTACKS)
     url, proc = start_server("ours", envs="gsm8k,whodunit,haiku")
+    other = start_server("ours", envs="gsm8k,whodunit,haiku") if a.control else None
     rows = []
+    elsewhere: dict[str, list[dict[str, Any]]] = {}
     try:
         drive(url, proc.pid, min(16, episodes), 1, "lean", 1)  # warm-up
         for kind in kinds:
@@ -472,10 +486,17 @@ def attack_bench(a: argparse.Namespace) -> None:
                     url, proc.pid, kind, attackers, episodes, a.rounds, a.attacker_nice
                 )
                 rows.append((kind, attackers, quiet, attacked, idle, peak, seen))
+                if other is not None:
+                    control, _, _ = _attacked_run(
+                        url, proc.pid, kind, attackers, episodes, a.rounds, a.attacker_nice,
+                        target=other[0],
+                    )  # fmt: skip
+                    elsewhere.setdefault(kind, []).append(control)
         alive = proc.poll() is None
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for p in (proc, *([other[1]] if other else [])):
+            p.terminate()
+            p.wait(timeout=10)
     print(
         f"attack benchmark: our server (gsm8k, whodunit, haiku), {episodes} well-behaved whodunit "
         f"episodes x {len(CALLS)} calls, {a.rounds} rounds, from 127.0.0.1; each attack from "
@@ -510,9 +531,13 @@ def attack_bench(a: argparse.Namespace) -> None:
         attacked_p99 = p99_ms([x for row in mine for x in row[3]["latencies"]])
         ratio = attacked_p99 / quiet_p99
         rss_ratio = max(row[5] / row[4] for row in mine)
+        floor = ""
+        if kind in elsewhere:
+            away = p99_ms([x for run in elsewhere[kind] for x in run["latencies"]])
+            floor = f"; attacking a second server process instead: {away / quiet_p99:.2f}x"
         print(
             f"{kind:<15} pooled p99 {quiet_p99:>6.1f}ms quiet, {attacked_p99:>6.1f}ms attacked: "
-            f"{ratio:.2f}x; RSS ratio (worst run) {rss_ratio:.2f}x"
+            f"{ratio:.2f}x; RSS ratio (worst run) {rss_ratio:.2f}x{floor}"
         )
         if ratio >= 2 or rss_ratio >= 2:
             misses.append(kind)
@@ -568,6 +593,13 @@ def main() -> None:
         default=0,
         help="run the attacker at this niceness (--attack): a remote attacker's CPU is its own, "
         "here it shares the cores with the server and the measuring client; its calls are printed",
+    )
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="(--attack) also run each attack against a second server process while the "
+        "well-behaved client stays on the first: what the attacker's load costs that client on "
+        "this machine with our server out of its way (the floor of the ratio here)",
     )
     p.add_argument("--kind", help=argparse.SUPPRESS)
     p.add_argument("--_attack", help=argparse.SUPPRESS)
