@@ -584,8 +584,9 @@ class TrajectoryUploader:
                     self._note_failure(str(e))
                     return True
                 await self._deliver_one_by_one([_Unit(line, None) for line in lines], str(e))
-            self.spool.done(path)
-        return bool(self._overflow) or self.spool.pending_files()
+            await asyncio.to_thread(self.spool.done, path)
+        # off the loop: each file is probed for its lock (a round trip to an NFS server)
+        return bool(self._overflow) or await asyncio.to_thread(self.spool.pending_files)
 
     def _readable_units(self, path: Path) -> list[bytes] | None:
         """A claimed spool file's whole units; torn lines are quarantined. None if unreadable."""
