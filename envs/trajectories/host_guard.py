@@ -102,9 +102,9 @@ def _join(fd: int, db: Path) -> None:
             where = theirs[1] if len(theirs) > 1 else "another machine"
             raise StoreError(
                 f"{db} is open on another machine ({where}): SQLite's WAL works only among the "
-                "processes of one machine, so use the web UI it serves there, or wait until its "
-                f"processes close the store (if that machine crashed and its lock outlived it, "
-                f"delete {_sidecar(db)})"
+                "processes of one machine: use the web UI it serves there, another database "
+                "file here, or wait until its processes close the store (if that machine "
+                f"crashed and its lock outlived it, delete {_sidecar(db)})"
             )
         fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _USERS)  # beside the other users
     finally:
