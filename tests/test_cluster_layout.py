@@ -373,3 +373,48 @@ def test_the_driver_dies_when_its_wrapper_is_killed(tmp_path: Path) -> None:
             wrapper.wait()
         if pid_file.is_file() and Path(f"/proc/{pid_file.read_text()}").exists():
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_store_on_a_network_filesystem_is_named_in_a_cluster_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster the default store (runs/trajectories.db in the project directory) sits on
+    the shared filesystem: the plan says so, and what that means (one machine at a time)."""
+    import argparse
+
+    from contract.config import parse_config
+    from tools.launch import filesystems
+    from tools.launch.env_servers import plan_env_servers
+    from tools.launch.filesystems import network_filesystem
+
+    shared = tmp_path / "shared"
+    spaced = tmp_path / "my share"
+    for d in (shared, spaced, shared / "scratch"):
+        d.mkdir()
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        f"40 22 0:50 / {shared} rw,relatime shared:30 - nfs4 head:/export rw,vers=4.2\n"
+        f"41 22 0:51 / {str(spaced).replace(' ', chr(92) + '040')} rw - lustre mds@tcp:/fs rw\n"
+        f"42 40 0:52 / {shared}/scratch rw - tmpfs tmpfs rw\n"
+    )
+    monkeypatch.setattr(filesystems, "MOUNTINFO", table)
+    db = shared / "runs" / "trajectories.db"  # not made yet: its folder's filesystem counts
+    assert network_filesystem(db) == "nfs4"
+    assert network_filesystem(spaced / "t.db") == "lustre"
+    assert network_filesystem(shared / "scratch" / "t.db") is None  # a local mount inside it
+    assert network_filesystem(tmp_path / "elsewhere.db") is None
+
+    opts = argparse.Namespace(
+        env_server=None, env_servers=2, env_server_cpus=1.0, db=str(db), model="m", config="c"
+    )
+    cfg = parse_config({"environments": {"gsm8k": {}}, "env_server": "http://127.0.0.1:8080"})
+    notes: list[str] = []
+    plan = plan_env_servers(opts, cfg, True, False, 64, 0, [], notes)
+    assert plan is not None
+    [line] = [n for n in notes if "trajectory store" in n]
+    assert f"{db} is on nfs4, shared by the nodes" in line and "--db /local/path" in line
+    notes.clear()
+    opts.db = str(tmp_path / "elsewhere.db")
+    plan_env_servers(opts, cfg, True, False, 64, 0, [], notes)
+    assert not [n for n in notes if "trajectory store" in n]

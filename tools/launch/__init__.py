@@ -20,6 +20,7 @@ Modules (one data flow: options -> plan -> printed by --dry-run, or executed):
     modes           --mode sync|async|fully-async: slime's driver and its flags
     resume          which checkpoint --load names given what --save holds (--resume/--no-resume)
     env_servers     the job's env servers: running ones, replicas here, or replicas on Ray
+    filesystems     whether a path is on a network filesystem (the store's, on a cluster)
     replica_placement  the node of each env-server replica on a Ray cluster, decided up front
     job             the Ray job: its id, environment, TRAIN_CONFIG, script and submit command
     slime_args      the flags run.sh gives slime's driver, checked against the checkout

@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 from contract.config import TrainConfig, is_hosted
 from tools.errors import LaunchError
 from tools.launch import prerequisites as pre
+from tools.launch.filesystems import network_filesystem
 from tools.launch.layout import Layout
 from tools.launch.modes import TrainMode
 from tools.launch.services import answers, env_server_command, free_port, is_loopback
@@ -213,5 +214,13 @@ def plan_env_servers(
         notes.append(
             f"env_server {', '.join(loopback)} is loopback, which other nodes do not reach: the "
             f"job starts {replicas} replica(s) on the Ray cluster instead"
+        )
+    shared = network_filesystem(opts.db)
+    if shared:
+        notes.append(
+            f"the trajectory store {opts.db} is on {shared}, shared by the nodes: replica 0 keeps "
+            "it, and a web UI, eval or replay of another machine is refused while the job runs "
+            "(SQLite's WAL stays with one machine); a local disk of the head node is faster and "
+            "safer: --db /local/path/trajectories.db"
         )
     return ray_plan(replicas, opts.env_server_cpus, opts.db, [opts.model], gpu_bundles)
