@@ -75,6 +75,12 @@ class OwnedFiles:
                 )
             return None
 
+    def _owner_gone(self, fd: int, path: Path, pid: int) -> bool:
+        """Whether no live process owns the file open at `fd` (its lock taken here, now); on a
+        filesystem without locks, whether `pid` is dead on this host."""
+        free = self._try_lock(fd, path)
+        return not pid_alive(pid) if free is None else free
+
     def create(self, path: Path, owner: object) -> int:
         """Create `path`, owned by `owner` here; its descriptor (read-write, appending). The
         file is locked before it appears under its name, so no other process can take it."""
@@ -102,10 +108,7 @@ class OwnedFiles:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND)
             except OSError:
                 return False
-            free = self._try_lock(fd, path)
-            if free is None:
-                free = not pid_alive(pid)
-            if free:
+            if self._owner_gone(fd, path, pid):
                 self._fds[str(target)] = (fd, owner)
                 try:
                     os.rename(path, target)
@@ -127,10 +130,7 @@ class OwnedFiles:
             except OSError:
                 return "out of reach"
             try:
-                free = self._try_lock(fd, path)
-                if free is None:
-                    free = not pid_alive(pid)
-                return "free" if free else "held"
+                return "free" if self._owner_gone(fd, path, pid) else "held"
             finally:
                 os.close(fd)  # drops the probe's lock with it
 

@@ -123,6 +123,17 @@ def _write_lines(fd: int, path: Path, lines: Sequence[bytes], sync: bool = True)
     return written
 
 
+def _name_part(text: str, limit: int, default: str) -> str:
+    """`text` as it may stand in a spool file's name (letters, digits, `_.-`), at most `limit`
+    characters."""
+    return re.sub(r"[^\w.-]", "_", text)[:limit] or default
+
+
+def _new_file(directory: Path, stem: str, state: str) -> Path:
+    """A new file of this process in `directory`: `{stem}-{id}.{pid}.{state}.jsonl`."""
+    return directory / f"{stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.{state}.jsonl"
+
+
 def _deleted(fd: int | None) -> bool:
     """Whether the file behind `fd` has no name left."""
     try:
@@ -145,7 +156,7 @@ def spool_area(spool_dir: str | os.PathLike[str], hosted_url: str | None = None)
     if hosted_url is None:
         return Path(spool_dir)
     url = hosted_url.rstrip("/")
-    host = re.sub(r"[^\w.-]", "_", urlsplit(url).hostname or "host")[:60]
+    host = _name_part(urlsplit(url).hostname or "", 60, "host")
     digest = hashlib.sha256(url.encode()).hexdigest()[:10]
     return Path(spool_dir) / f"openreward-{host}-{digest}"
 
@@ -153,7 +164,7 @@ def spool_area(spool_dir: str | os.PathLike[str], hosted_url: str | None = None)
 def process_file(directory: Path, kind: str) -> Path:
     """This process's own file of `kind` in `directory`, named by host and pid: a file only it
     appends to, even in a dir other nodes share (their processes may have the same pid)."""
-    host = re.sub(r"[^\w.-]", "_", socket.gethostname())[:64] or "host"
+    host = _name_part(socket.gethostname(), 64, "host")
     return directory / f"{kind}-{host}-{os.getpid()}.jsonl"
 
 
@@ -179,7 +190,7 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str], stem: str) -> None:
         self.dir = Path(directory)
-        self.stem = re.sub(r"[^\w.-]", "_", stem)[:60] or "spool"
+        self.stem = _name_part(stem, 60, "spool")
         self._active: Path | None = None
         self._lock = threading.Lock()
 
@@ -193,7 +204,7 @@ class Spool:
                 OWNED.release(self._active)  # removed under us (the dir cleared): start anew
                 self._active = None
             if self._active is None:
-                path = self.dir / f"{self.stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.active.jsonl"
+                path = _new_file(self.dir, self.stem, "active")
                 try:
                     self.dir.mkdir(parents=True, exist_ok=True)
                     OWNED.create(path, self)
@@ -300,7 +311,7 @@ class Journal:
 
     def __init__(self, directory: str | os.PathLike[str], stem: str) -> None:
         self.dir = Path(directory)
-        self.stem = re.sub(r"[^\w.-]", "_", stem)[:60] or "spool"
+        self.stem = _name_part(stem, 60, "spool")
         self._active: JournalSegment | None = None
         self._fd = -1  # the active segment's descriptor (owned: bridge/owned_files.py)
         self._waiting: set[JournalSegment] = set()  # sealed, with episodes still pending
@@ -365,7 +376,7 @@ class Journal:
 
     def _open(self) -> JournalSegment:
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"{self.stem}-{uuid.uuid4().hex[:8]}.{os.getpid()}.journal.jsonl"
+        path = _new_file(self.dir, self.stem, "journal")
         self._fd = OWNED.create(path, self)
         self._active = JournalSegment(path)
         return self._active

@@ -45,9 +45,8 @@ def deliver_leftovers(config_path: str | Path, timeout_s: float = 60.0) -> str |
         return None  # trajectories disabled
     spool = sink.spool  # the folder of the config's target (bridge/trajectory_spool.spool_area)
     deadline = time.monotonic() + LIVE_WAIT_S
-    while spool.held_by_live_processes() and time.monotonic() < deadline:
+    while (held := spool.held_by_live_processes()) and time.monotonic() < deadline:
         time.sleep(0.2)  # the job's workers on a cluster run.sh did not start, being killed
-    held = spool.held_by_live_processes()
     if not spool.pending_files():
         return f"{held} trajectory files of live processes stay in {spool.dir}" if held else None
     if not sink.hosted and not answers(sink.url, timeout=5.0):  # in-job replicas stop with the job
