@@ -499,7 +499,10 @@ def _killed_run(spool: Path, url: str, run: str, n: int, hosted: bool) -> None:
     assert done.returncode == -9, done.stderr[-2000:]
 
 
-def _deliver(url: str, spool: Path, run: str, hosted: bool) -> dict[str, int]:
+def deliver_spool(url: str, spool: Path, run: str, hosted: bool = False) -> dict[str, int]:
+    """One sink delivering what it may take from `spool` (as run.sh's leftovers, the job's
+    entrypoint, or the next run do); its stats."""
+
     async def go() -> dict[str, int]:
         up = TrajectoryUploader(url, str(spool), run, api_key="k-1", hosted=hosted, settings=FAST)
         assert await up.flush(60)
@@ -520,11 +523,11 @@ def test_a_spool_dir_shared_by_a_local_and_a_hosted_target_delivers_each_to_its_
     hosted = f"http://127.0.0.1:{port}"  # down while the runs play, as a hosted API can be
     _killed_run(spool, hosted, "to-hosted", 4, hosted=True)
     _killed_run(spool, "http://127.0.0.1:9", "to-local", 3, hosted=False)
-    assert _deliver(traj_server, spool, "next-local", hosted=False)["delivered"] == 3
+    assert deliver_spool(traj_server, spool, "next-local", hosted=False)["delivered"] == 3
     assert run_rollouts(traj_server, "to-hosted") == []
     assert len(run_rollouts(traj_server, "to-local")) == 3
     with env_server("--role", "trajectories", "--db", str(tmp_path / "h.db"), port=port):
-        assert _deliver(hosted, spool, "next-hosted", hosted=True)["delivered"] == 4
+        assert deliver_spool(hosted, spool, "next-hosted", hosted=True)["delivered"] == 4
         assert len(run_rollouts(hosted, "to-hosted")) == 4
         assert run_rollouts(hosted, "to-local") == []
     assert [p.name for p in spool.rglob("*.jsonl")] == []
@@ -533,7 +536,7 @@ def test_a_spool_dir_shared_by_a_local_and_a_hosted_target_delivers_each_to_its_
 # ---------------------------------------------------------------- losing nothing (issue 13)
 
 
-def _dead_pid() -> int:
+def dead_pid() -> int:
     """The pid of a process that has exited (as a crashed trainer's would be)."""
     proc = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -553,7 +556,7 @@ async def test_torn_lines_are_quarantined_and_never_stall_delivery(
 
     spool = tmp_path / "spool"
     spool.mkdir()
-    pid = _dead_pid()
+    pid = dead_pid()
     units = [encode_line(trajectory_events(make_trajectory(i, run="torn-run"))) for i in range(6)]
     torn = units[2][: len(units[2]) // 2]
     (spool / f"torn-run-aaaa0000.{pid}.active.jsonl").write_bytes(
@@ -584,7 +587,7 @@ async def test_a_journal_line_of_any_shape_is_quarantined_and_never_blocks_the_s
 
     spool = tmp_path / "spool"
     spool.mkdir()
-    pid = _dead_pid()
+    pid = dead_pid()
     good = [journal_line(make_trajectory(i, run="shape-run")) for i in range(3)]
     fields = json.loads(good[0])
     wrong = [

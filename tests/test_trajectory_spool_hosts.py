@@ -8,7 +8,6 @@ alive by its pid on the judging host."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
@@ -25,11 +24,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, env_server
 from pidns import pid_dead_here, pid_namespace_unavailable, python_in_pid_namespace
-from test_trajectory_sink import FAST, run_rollouts
+from test_trajectory_sink import dead_pid, deliver_spool, run_rollouts
 
 from bridge import owned_files
 from bridge.trajectory_spool import Spool
-from bridge.trajectory_uploader import TrajectoryUploader
 
 WRITER = """
 import asyncio, os, signal, sys
@@ -105,19 +103,6 @@ class Writer:
             self.proc.wait(timeout=30)
 
 
-def deliver(url: str, spool: Path, run: str) -> dict[str, int]:
-    """One sink on this host delivering what it may take from the dir (as run.sh's leftovers,
-    the job's entrypoint, or the next run do); its stats."""
-
-    async def go() -> dict[str, int]:
-        up = TrajectoryUploader(url, str(spool), run, settings=FAST)
-        assert await up.flush(60)
-        await up.close()
-        return up.stats
-
-    return asyncio.run(go())
-
-
 def test_a_live_writer_on_another_host_keeps_its_journal(
     other_host: None, store: str, tmp_path: Path
 ) -> None:
@@ -129,14 +114,14 @@ def test_a_live_writer_on_another_host_keeps_its_journal(
     try:
         writer.submit(0, 5)
         assert Spool(spool, run).held_by_live_processes() == 1  # run.sh's leftovers wait for it
-        taken = deliver(store, spool, run)
+        taken = deliver_spool(store, spool, run)
         assert taken["recovered"] == 0 and run_rollouts(store, run) == []
         writer.submit(5, 10)
         writer.die()
     finally:
         writer.stop()
     assert Spool(spool, run).held_by_live_processes() == 0
-    stats = deliver(store, spool, run)
+    stats = deliver_spool(store, spool, run)
     assert stats["recovered"] == 10, stats
     assert sorted(r["task_index"] for r in run_rollouts(store, run)) == list(range(10))
     assert sorted(p.name for p in spool.iterdir()) == []
@@ -156,7 +141,7 @@ def test_a_dead_writer_whose_pid_is_alive_here_is_recovered(
             writer.die()
         finally:
             writer.stop()
-        stats = deliver(store, spool, run)  # while the pid is alive here
+        stats = deliver_spool(store, spool, run)  # while the pid is alive here
     finally:
         alive_here.kill()
         alive_here.wait()
@@ -211,7 +196,7 @@ def test_a_forked_child_does_not_keep_a_dead_writers_files(store: str, tmp_path:
         assert proc.returncode == 0 and out.strip() == "child sees the parent holding 2", err
         os.killpg(proc.pid, 0)  # the child lives on, holding the dead parent's descriptors
         assert Spool(spool, "forked").held_by_live_processes() == 0
-        stats = deliver(store, spool, "forked")
+        stats = deliver_spool(store, spool, "forked")
         assert stats["delivered"] == 1 and len(run_rollouts(store, "forked")) == 1
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -232,16 +217,9 @@ def test_without_file_locks_the_pid_decides_on_this_host(
     spool.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        dead = subprocess.run(
-            [sys.executable, "-c", "import os; print(os.getpid())"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        dead_pid = int(dead.stdout)
         unit = json.dumps({"x": 1}).encode()
         (spool / f"nolock-a.{sleeper.pid}.active.jsonl").write_bytes(unit + b"\n")
-        (spool / f"nolock-b.{dead_pid}.active.jsonl").write_bytes(unit + b"\n")
+        (spool / f"nolock-b.{dead_pid()}.active.jsonl").write_bytes(unit + b"\n")
         s = Spool(spool, "nolock")
         with caplog.at_level(logging.WARNING, logger="bridge.owned_files"):
             assert s.held_by_live_processes() == 1
@@ -298,7 +276,7 @@ def test_another_users_files_in_a_shared_dir_do_not_hold_up_a_flush(
         pytest.skip("needs root and setpriv (util-linux), to drop the right to open any file")
     spool = tmp_path / "spool"
     spool.mkdir()
-    theirs = spool / f"their-run-aaaa0000.{_dead_pid()}.active.jsonl"
+    theirs = spool / f"their-run-aaaa0000.{dead_pid()}.active.jsonl"
     theirs.write_bytes(b'{"kind": "left by another user"}\n')
     os.chown(theirs, 65534, 65534)
     theirs.chmod(0o644)
@@ -319,13 +297,6 @@ def test_another_users_files_in_a_shared_dir_do_not_hold_up_a_flush(
     assert ok == "True" and float(took) < 10 and delivered == "1", done.stdout
     assert len(run_rollouts(store, "mine")) == 1
     assert theirs.exists()  # theirs to deliver
-
-
-def _dead_pid() -> int:
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    return int(done.stdout)
 
 
 KILLED_WRITER = """
@@ -396,7 +367,7 @@ def test_writers_killed_at_random_while_two_sinks_take_over_lose_nothing(
         for p in (*writers, *takers):
             if p.poll() is None:
                 p.kill()
-    deliver(store, spool, "deliverer")  # the next run
+    deliver_spool(store, spool, "deliverer")  # the next run
     stored = [r["task_index"] for r in run_rollouts(store, "churn")]
     # a writer killed between submit() and its print: one episode stored that it did not report
     assert len(stored) == len(set(stored)) and journaled <= set(stored), (
