@@ -205,15 +205,18 @@ def run_cell(
     save: Path | None = None,
     run_name: str | None = None,
     faults: dict[str, Any] | None = None,
+    env_server: str | list[str] | None = None,
+    run_sh_args: tuple[str, ...] = (),
 ) -> Cell:
     """`bash run.sh --no-train --engine-addrs ENGINE --mode MODE ...` with eval after every
     rollout and slime's dumps, against the session's world; the engine's and the env server's
-    faults set first (`faults`: tests/loop_engine.py's control body)."""
+    faults set first (`faults`: tests/loop_engine.py's control body). `env_server` replaces the
+    config's (the fault proxy); `run_sh_args` go to run.sh before slime's flags."""
     slime, megatron = slime_checkout(version)
     run_name = run_name or f"loop-{version}-{mode}-{uuid.uuid4().hex[:6]}"
     config = tmp / f"{run_name}.yaml"
     data = yaml.safe_load((REPO / "train_config.yaml").read_text())
-    data.update(env_server=world.proxy.url, run_name=run_name)
+    data.update(env_server=env_server or world.proxy.url, run_name=run_name)
     config.write_text(yaml.safe_dump(data))
     dump = tmp / f"{run_name}-dump"
     world.control(reset=True, **(faults or {}))
@@ -231,6 +234,7 @@ def run_cell(
         *("--rollout-batch-size", str(BATCH), "--n-samples", str(N_SAMPLES)),
         *("--ray-address", world.ray, "--python", sys.executable, "--no-wandb"),
         *("--dump-rollouts", str(dump)),
+        *run_sh_args,
         *(("--save", str(save), "--save-interval", "1") if save is not None else ()),
         "--",
         "--sglang-server-concurrency",

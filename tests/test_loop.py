@@ -17,22 +17,26 @@ infra-failed (or unfinished) sample in any group slime normalises, every trained
 every eval episode in the store when run.sh returns (what the job's sink left on disk delivered
 by run.sh after the job), the faults fired, and run.sh's exit code 0 (slime's). Two of them are
 restarted after a lost save of their last rollout: the data position resumes (run.sh's
---no-train resume).
+--no-train resume). Those runs use the world's env server, which run.sh finds running; one more
+(main, fully-async) finds none and runs against the replicas run.sh starts and stops itself.
 
 Cost: one world per module and worker (Ray head, engine, env server: ~30 s), then 108-184 s per
 run on two cores at load 11 (the prototype measured 45-82 s at load 5; most of it is slime's
-fixed start: imports, actors, router). CI runs two cells, three runs (CELLS); `pytest -m loop`
-runs them alone, `pytest -m heavy_loop` the other four.
+fixed start: imports, actors, router). CI runs two cells, three runs (CELLS), and the run on
+run.sh's own env servers; `pytest -m loop` runs them alone, `pytest -m heavy_loop` the other four.
 """
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import free_port
 from loop_checks import (
     infra_problems,
     load_dumps,
@@ -43,6 +47,8 @@ from loop_checks import (
 )
 from loop_world import BATCH, N_SAMPLES, Cell, LoopWorld, deliver_spool, loop_world, run_cell
 from slime_vendor import missing_reason
+
+from contract.config import load_config
 
 pytestmark = [
     pytest.mark.long(10),
@@ -215,3 +221,38 @@ def test_slimes_loop_through_run_sh(
     problems = resume_problems(cell, again)
     problems += cell_problems(again, world, [ROLLOUTS - 1])
     assert not problems, "\n".join(problems)
+
+
+def test_slimes_loop_with_the_env_servers_run_sh_starts(world: LoopWorld, tmp_path: Path) -> None:
+    """A first run's path: no env server answers at the config's address, so run.sh starts the
+    replicas itself (`--env-servers 2`, replica 0 keeping the store `--db`); slime's fully-async
+    driver plays its rollouts and evals against them with the engine's faults; when the job ends
+    (its rollout worker killed with its last episodes in its journal), run.sh delivers them to
+    replica 0 and only then stops the replicas. Every other cell runs against a server run.sh
+    found running, which it neither starts nor stops."""
+    db = tmp_path / "own-store" / "trajectories.db"
+    cell = run_cell(
+        world,
+        "main",
+        "fully-async",
+        tmp_path,
+        num_rollout=ROLLOUTS,
+        slime_flags=PARTIAL,
+        faults=FAULTS,
+        env_server=f"http://127.0.0.1:{free_port()}",
+        run_sh_args=("--env-servers", "2", "--db", str(db)),
+    )
+    print(f"loop main fully-async, run.sh's env servers: {cell.seconds:.1f} s, {cell.engine}")
+    started = re.findall(r"run\.sh: env server up at http://127\.0\.0\.1:(\d+)", cell.log)
+    assert len(started) == 2, cell.tail()
+    problems = cell_problems(cell, world, list(range(ROLLOUTS)))
+    assert not problems, "\n".join(problems)
+    train, _ = load_dumps(cell.dump)
+    problems = store_problems(stored_rollouts(db, cell.run_name), train, eval_episodes("", 3))
+    problems += [p for p in fault_problems(cell) if "engine" in p] + fully_async_problems(cell)
+    assert not problems, "\n".join(problems)
+    for port in started:  # stopped with the job
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(port))) != 0, f"replica on {port} still up"
+    left = list(Path(load_config(cell.config).trajectories.spool_dir).glob("**/*.jsonl"))
+    assert not left, f"run.sh left trajectories in the job's spool: {left}"
