@@ -8,6 +8,7 @@ plans against a real multi-node Ray cluster are in tests/test_cluster.py.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -247,8 +248,8 @@ def test_replica_restarts_its_server_on_the_same_url_and_stops(tmp_path: Path) -
         assert answers(url)
         first = replica.pid()
         os.kill(first, signal.SIGKILL)  # the server dies under the job
-        assert _wait(lambda: replica.pid() != first and answers(url)), "not restarted"
-        assert replica.restarts == 1
+        assert _wait(lambda: replica.restarts == 1), "not restarted"
+        assert replica.pid() != first and answers(url)
     finally:
         replica.stop()
     assert not answers(url)
@@ -287,6 +288,65 @@ def test_replica_server_dies_with_the_process_that_started_it(tmp_path: Path) ->
         if host.poll() is None:
             host.kill()
             host.wait()
+
+
+HEALTH_SERVER = (
+    "import http.server, sys\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers(); self.wfile.write(b'ok')\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+)
+"""A service answering /health on the port it is given (what SupervisedService watches)."""
+
+
+def test_a_supervised_service_comes_back_after_a_crash_and_stays_down_when_stopped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """run.sh's env servers (and ray_job's): killed -9 (the OOM killer), restarted on the same
+    URL, also when the port is busy for a while (it tries again each second); stopped on purpose
+    (SIGTERM, or Ctrl-C reaching the process group), left down."""
+    import signal
+    import socket
+    import sys
+
+    from conftest import free_port
+
+    from tools.launch.services import SupervisedService, answers
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    service = SupervisedService(
+        "test service", [sys.executable, "-c", HEALTH_SERVER, str(port)], url
+    )
+    service.start()
+    try:
+        first = service.pid()
+        assert first is not None and answers(url)
+        with socket.socket() as squatter:  # the port is taken while it is down
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            os.kill(first, signal.SIGKILL)
+            assert _wait(lambda: _bound(squatter, port), 10.0)
+            squatter.listen()
+            assert _wait(lambda: "trying again" in capsys.readouterr().out, 30.0)
+        assert _wait(lambda: service.restarts == 1), "not restarted"
+        assert service.pid() != first and answers(url)
+        second = service.pid()
+        assert second is not None
+        os.kill(second, signal.SIGTERM)  # stopped on purpose
+        assert _wait(lambda: "was stopped (-15); not restarting it" in capsys.readouterr().out)
+        assert service.pid() == second and not answers(url) and service.restarts == 1
+    finally:
+        service.stop()
+
+
+def _bound(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
 
 
 def _zombie(pid: str) -> bool:

@@ -28,12 +28,18 @@ run.sh's own env servers; `pytest -m loop` runs them alone, `pytest -m heavy_loo
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 from conftest import free_port
@@ -226,11 +232,16 @@ def test_slimes_loop_through_run_sh(
 def test_slimes_loop_with_the_env_servers_run_sh_starts(world: LoopWorld, tmp_path: Path) -> None:
     """A first run's path: no env server answers at the config's address, so run.sh starts the
     replicas itself (`--env-servers 2`, replica 0 keeping the store `--db`); slime's fully-async
-    driver plays its rollouts and evals against them with the engine's faults; when the job ends
-    (its rollout worker killed with its last episodes in its journal), run.sh delivers them to
-    replica 0 and only then stops the replicas. Every other cell runs against a server run.sh
-    found running, which it neither starts nor stops."""
+    driver plays its rollouts and evals against them with the engine's faults, and replica 1 is
+    killed -9 once episodes are in flight: run.sh restarts it on its URL, and no episode fails to
+    reach it after that (without the restart, every episode pinned to it failed for the rest of
+    the run, each after ~8 s of replays). When the job ends, run.sh delivers what its sink left
+    and stops the replicas. Every other cell runs against a server run.sh found running."""
     db = tmp_path / "own-store" / "trajectories.db"
+    config = tmp_path / f"loop-replicas-{os.getpid()}.yaml"
+    killed: dict[str, Any] = {}
+    killer = threading.Thread(target=_kill_replica_1, args=(world, config, killed), daemon=True)
+    killer.start()
     cell = run_cell(
         world,
         "main",
@@ -239,13 +250,18 @@ def test_slimes_loop_with_the_env_servers_run_sh_starts(world: LoopWorld, tmp_pa
         num_rollout=ROLLOUTS,
         slime_flags=PARTIAL,
         faults=FAULTS,
+        run_name=config.stem,
         env_server=f"http://127.0.0.1:{free_port()}",
         run_sh_args=("--env-servers", "2", "--db", str(db)),
     )
-    print(f"loop main fully-async, run.sh's env servers: {cell.seconds:.1f} s, {cell.engine}")
+    killer.join(timeout=5)
+    print(f"loop main fully-async, run.sh's env servers: {cell.seconds:.1f} s, {killed}")
     started = re.findall(r"run\.sh: env server up at http://127\.0\.0\.1:(\d+)", cell.log)
     assert len(started) == 2, cell.tail()
+    assert killed.get("back_at"), f"replica 1 was not back after its kill: {killed}\n{cell.tail()}"
+    assert f"{killed['url']} exited (-9); restarting it there" in cell.log
     problems = cell_problems(cell, world, list(range(ROLLOUTS)))
+    problems += _unreachable_after(cell.log, killed["url"], killed["back_at"] + 2)
     assert not problems, "\n".join(problems)
     train, _ = load_dumps(cell.dump)
     problems = store_problems(stored_rollouts(db, cell.run_name), train, eval_episodes("", 3))
@@ -256,3 +272,48 @@ def test_slimes_loop_with_the_env_servers_run_sh_starts(world: LoopWorld, tmp_pa
             assert s.connect_ex(("127.0.0.1", int(port))) != 0, f"replica on {port} still up"
     left = list(Path(load_config(cell.config).trajectories.spool_dir).glob("**/*.jsonl"))
     assert not left, f"run.sh left trajectories in the job's spool: {left}"
+
+
+def _kill_replica_1(world: LoopWorld, config: Path, out: dict[str, Any]) -> None:
+    """Once run.sh's replica 1 (`--role env`, serving `config`) runs and the engine has answered
+    a turn, kill it -9; record its URL and when it answers /health again (at most 120 s)."""
+    deadline = time.monotonic() + 600
+    pid = None
+    while time.monotonic() < deadline and pid is None:
+        found = subprocess.run(
+            ["pgrep", "-f", f"{config} .*--role env"], capture_output=True, text=True
+        ).stdout.split()
+        if found and world.control().get("count", 0) > 0:
+            pid = int(found[0])
+        else:
+            time.sleep(0.5)
+    if pid is None:
+        return
+    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    port = cmd[cmd.index(b"--port") + 1].decode()
+    out["url"] = f"http://127.0.0.1:{port}"
+    os.kill(pid, signal.SIGKILL)
+    out["killed_at"] = time.time()
+    until = time.monotonic() + 120
+    while time.monotonic() < until:
+        try:
+            if httpx.get(f"{out['url']}/health", timeout=2).status_code == 200:
+                out["back_at"] = time.time()
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+
+
+def _unreachable_after(log: str, url: str, since: float) -> list[str]:
+    """The bridge's lines (slime's log, stamped to the second) saying an episode could not
+    connect to `url` at or after `since` (epoch seconds)."""
+    out = []
+    stamp = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] play\.py")
+    for line in log.splitlines():
+        m = stamp.search(line)
+        if m and f"on {url} failed: cannot connect" in line:
+            at = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+            if at >= since:
+                out.append(f"after the restart: {line.strip()[:300]}")
+    return out

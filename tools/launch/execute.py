@@ -1,10 +1,12 @@
 """Carry out a launch plan: download the model when the plan says so, write the job's config,
 start the env servers and the Ray head it needs, submit slime's driver with `ray job submit`,
 and stop what it started on exit (Ctrl-C and SIGTERM included; the Ray head it started is
-stopped, never `ray stop`). What it starts also dies with it when run.sh is killed outright
-(the parent-death signal). Once the job is over (not after a Ctrl-C), the trajectories its sink
-left on disk are delivered before the env servers stop (tools/launch/leftovers.py). Its exit
-code is the job's: the driver's own, as Ray recorded it."""
+stopped, never `ray stop`). An env server it started that crashes or is killed during the run is
+restarted on its URL (tools/launch/services.py: SupervisedService). What it starts also dies
+with it when run.sh is killed outright (the parent-death signal). Once the job is over (not
+after a Ctrl-C), the trajectories its sink left on disk are delivered before the env servers
+stop (tools/launch/leftovers.py). Its exit code is the job's: the driver's own, as Ray recorded
+it."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from tools.launch.leftovers import report_leftovers
 from tools.launch.model_source import download
 from tools.launch.no_train import write_resume_marker
 from tools.launch.plan import LaunchPlan
-from tools.launch.services import managed_process, parent_death_signal, stop
+from tools.launch.services import parent_death_signal, stop, supervised_process
 
 RAY_HEAD_TIMEOUT = 180.0
 
@@ -104,7 +106,7 @@ def execute(plan: LaunchPlan) -> int:
             for url, cmd in plan.env_servers:
                 print(f"run.sh: starting env server: {shlex.join(cmd)}", flush=True)
                 Path(cmd[cmd.index("--db") + 1]).parent.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(managed_process("env server", cmd, url, die_with_parent=True))
+                stack.enter_context(supervised_process("env server", cmd, url))
                 stack.callback(print, f"run.sh: env server {url} stopped", flush=True)
                 print(f"run.sh: env server up at {url}", flush=True)
             job_over: list[bool] = []

@@ -32,7 +32,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,25 +45,22 @@ from tools.launch.env_servers import replica_command
 from tools.launch.leftovers import report_leftovers
 from tools.launch.replica_placement import NodeRoom, place_replicas
 from tools.launch.services import (
+    SupervisedService,
     free_port,
     http_url,
     is_loopback,
     parent_death_signal,
-    start_process,
-    stop,
-    wait_until_up,
 )
 
 START_ATTEMPTS = 3
-WATCH_INTERVAL = 1.0
 
 
 class EnvServerReplica:
     """One env-server process on the node Ray placed this actor on.
 
-    A watchdog restarts the server on the same URL if it exits (sessions it held are lost; the
-    bridge counts those episodes as env failures); it stops with the actor, and dies with the
-    actor's process even when that is killed outright.
+    It is restarted on the same URL if it crashes or is killed (`SupervisedService`: the sessions
+    it held are lost; the bridge counts those episodes as env failures); it stops with the actor,
+    and dies with the actor's process even when that is killed outright.
     """
 
     def __init__(
@@ -73,12 +69,11 @@ class EnvServerReplica:
         self._config, self._db, self._index, self._timeout = config, db, index, timeout
         self._tokenizers = list(tokenizers)
         self._name = f"env server replica {index}"
-        self._cmd: list[str] = []
-        self._url = ""
-        self._proc: subprocess.Popen | None = None
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self.restarts = 0
+        self._service: SupervisedService | None = None
+
+    @property
+    def restarts(self) -> int:
+        return self._service.restarts if self._service is not None else 0
 
     def start(self, host: str | None = None) -> str:
         """Start the server on `host` (default: this node's IP, as Ray knows it) and a free port;
@@ -89,52 +84,26 @@ class EnvServerReplica:
             host = ray.util.get_node_ip_address()
         last: Exception | None = None
         for _ in range(START_ATTEMPTS):  # a port can be taken between probing and binding it
-            self._url = http_url(host, free_port(host))
-            self._cmd = replica_command(
-                self._config, self._url, self._db, self._index, self._tokenizers
-            )
+            url = http_url(host, free_port(host))
+            cmd = replica_command(self._config, url, self._db, self._index, self._tokenizers)
+            # The parent-death signal follows the thread that forks: the actor's task thread
+            # here, the service's watchdog for a restart; both live as long as the actor.
+            service = SupervisedService(self._name, cmd, url, self._timeout, prefix="ray_job")
             try:
-                self._spawn()
+                service.start()
             except ServiceError as e:
                 last = e
                 continue
-            threading.Thread(target=self._watch, name=f"{self._name}-watchdog", daemon=True).start()
-            return self._url
+            self._service = service
+            return url
         raise ServiceError(f"{self._name} on {host}: {last}")
 
-    def _spawn(self) -> None:
-        # The parent-death signal follows the thread that forks: the actor's task thread, or the
-        # watchdog for a restart; both live as long as the actor.
-        self._proc = start_process(self._cmd, die_with_parent=True)
-        try:
-            wait_until_up(self._name, self._url, self._proc, self._timeout)
-        except ServiceError:
-            stop(self._proc)
-            raise
-
-    def _watch(self) -> None:
-        while not self._stopping.wait(WATCH_INTERVAL):
-            with self._lock:  # never restart behind stop()'s back
-                if self._stopping.is_set() or self._proc is None or self._proc.poll() is None:
-                    continue
-                code = self._proc.returncode
-                print(
-                    f"ray_job: {self._name} exited ({code}); restarting at {self._url}", flush=True
-                )
-                self.restarts += 1
-                try:
-                    self._spawn()
-                except ServiceError as e:  # try again on the next tick
-                    print(f"ray_job: {e}", flush=True)
-
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._service.pid() if self._service is not None else None
 
     def stop(self) -> None:
-        self._stopping.set()
-        with self._lock:
-            if self._proc is not None:
-                stop(self._proc)
+        if self._service is not None:
+            self._service.stop()
 
 
 def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -1,7 +1,9 @@
 """Local services run.sh starts when they are not already running: the env server, the CPU
 engine, the scripted engine.
 
-`managed_process` starts a command, waits for its health URL, and always stops it again.
+`managed_process` starts a command, waits for its health URL, and always stops it again;
+`SupervisedService` also restarts it on its URL when it crashes or is killed (the env servers of a
+run: run.sh's on this machine, ray_job's on a cluster).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -212,3 +215,102 @@ def managed_process(
         stop(proc)
         if out is not None:
             out.close()
+
+
+STOPPED_ON_PURPOSE = frozenset({0, -signal.SIGINT, -signal.SIGTERM})
+"""Exit codes of a service that was stopped, not one that crashed: a clean exit, Ctrl-C (which
+reaches the whole process group, the services too), SIGTERM."""
+WATCH_INTERVAL_S = 1.0
+
+
+class SupervisedService:
+    """A service process, restarted on the same URL and command when it crashes or is killed
+    (SIGKILL, the OOM killer, an exception, a segfault), until `stop()`. One stopped on purpose
+    (STOPPED_ON_PURPOSE) stays down. Each restart prints one line under `prefix`; what the process
+    held in memory (an env server's sessions) is lost, and its clients count those as failures.
+
+    The first start runs in the calling thread, restarts in a watchdog thread; with
+    `die_with_parent` each process also dies with the thread that started it, and both live until
+    `stop()` (or the process's death)."""
+
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        url: str,
+        timeout: float = 120.0,
+        prefix: str = "run.sh",
+        die_with_parent: bool = True,
+    ) -> None:
+        self.name, self.cmd, self.url, self.timeout = name, cmd, url, timeout
+        self.prefix, self.die_with_parent = prefix, die_with_parent
+        self.restarts = 0  # times it came back up after a crash
+        self._proc: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start it and wait for `url`/health (ServiceError if it does not answer), then watch."""
+        self._spawn()
+        threading.Thread(target=self._watch, name=f"{self.name}-watchdog", daemon=True).start()
+
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def stop(self) -> None:
+        """Stop it for good (the watchdog first, so it restarts nothing behind this)."""
+        self._stopping.set()
+        with self._lock:
+            if self._proc is not None:
+                stop(self._proc)
+
+    def _spawn(self) -> None:
+        self._proc = start_process(self.cmd, die_with_parent=self.die_with_parent)
+        try:
+            wait_until_up(self.name, self.url, self._proc, self.timeout)
+        except ServiceError:
+            stop(self._proc)
+            raise
+
+    def _watch(self) -> None:
+        down = False  # a restart failed: try again on the next tick
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                proc = self._proc
+                if not down:
+                    if proc is None or proc.poll() is None:
+                        continue
+                    if proc.returncode in STOPPED_ON_PURPOSE:
+                        print(
+                            f"{self.prefix}: {self.name} at {self.url} was stopped "
+                            f"({proc.returncode}); not restarting it",
+                            flush=True,
+                        )
+                        return
+                    print(
+                        f"{self.prefix}: {self.name} at {self.url} exited ({proc.returncode}); "
+                        "restarting it there (the sessions it held are lost)",
+                        flush=True,
+                    )
+                try:
+                    self._spawn()
+                    self.restarts += 1
+                    down = False
+                except ServiceError as e:
+                    print(f"{self.prefix}: {e}; trying again", flush=True)
+                    down = True
+
+
+@contextlib.contextmanager
+def supervised_process(
+    name: str, cmd: list[str], url: str, timeout: float = 120.0, prefix: str = "run.sh"
+) -> Iterator[SupervisedService]:
+    """A `SupervisedService` started (health-checked) for the block, stopped after it."""
+    service = SupervisedService(name, cmd, url, timeout, prefix)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
