@@ -232,15 +232,16 @@ def test_slimes_loop_through_run_sh(
 def test_slimes_loop_with_the_env_servers_run_sh_starts(world: LoopWorld, tmp_path: Path) -> None:
     """A first run's path: no env server answers at the config's address, so run.sh starts the
     replicas itself (`--env-servers 2`, replica 0 keeping the store `--db`); slime's fully-async
-    driver plays its rollouts and evals against them with the engine's faults, and replica 1 is
-    killed -9 once episodes are in flight: run.sh restarts it on its URL, and no episode fails to
-    reach it after that (without the restart, every episode pinned to it failed for the rest of
-    the run, each after ~8 s of replays). When the job ends, run.sh delivers what its sink left
-    and stops the replicas. Every other cell runs against a server run.sh found running."""
+    driver plays its rollouts and evals against them with the engine's faults, and replica 0
+    (sessions and the store) is killed -9 once episodes are in flight: run.sh restarts it on its
+    URL, no episode fails to reach it after that (without the restart, every episode pinned to it
+    failed for the rest of the run, each after ~8 s of replays), and the store loses nothing.
+    When the job ends, run.sh delivers what its sink left and stops the replicas. Every other
+    cell runs against a server run.sh found running."""
     db = tmp_path / "own-store" / "trajectories.db"
     config = tmp_path / f"loop-replicas-{os.getpid()}.yaml"
     killed: dict[str, Any] = {}
-    killer = threading.Thread(target=_kill_replica_1, args=(world, config, killed), daemon=True)
+    killer = threading.Thread(target=_kill_replica_0, args=(world, config, killed), daemon=True)
     killer.start()
     cell = run_cell(
         world,
@@ -258,14 +259,16 @@ def test_slimes_loop_with_the_env_servers_run_sh_starts(world: LoopWorld, tmp_pa
     print(f"loop main fully-async, run.sh's env servers: {cell.seconds:.1f} s, {killed}")
     started = re.findall(r"run\.sh: env server up at http://127\.0\.0\.1:(\d+)", cell.log)
     assert len(started) == 2, cell.tail()
-    assert killed.get("back_at"), f"replica 1 was not back after its kill: {killed}\n{cell.tail()}"
+    assert killed.get("back_at"), f"replica 0 was not back after its kill: {killed}\n{cell.tail()}"
     assert f"{killed['url']} exited (-9); restarting it there" in cell.log
     problems = cell_problems(cell, world, list(range(ROLLOUTS)))
     problems += _unreachable_after(cell.log, killed["url"], killed["back_at"] + 2)
     assert not problems, "\n".join(problems)
     train, _ = load_dumps(cell.dump)
     problems = store_problems(stored_rollouts(db, cell.run_name), train, eval_episodes("", 3))
-    problems += [p for p in fault_problems(cell) if "engine" in p] + fully_async_problems(cell)
+    # (whether an engine-aborted sample resumed in slime's worker is the main-fully-async cell's
+    # check: here the kill replays episodes from their start, aborted ones included)
+    problems += [p for p in fault_problems(cell) if "engine" in p]
     assert not problems, "\n".join(problems)
     for port in started:  # stopped with the job
         with socket.socket() as s:
@@ -274,22 +277,27 @@ def test_slimes_loop_with_the_env_servers_run_sh_starts(world: LoopWorld, tmp_pa
     assert not left, f"run.sh left trajectories in the job's spool: {left}"
 
 
-def _kill_replica_1(world: LoopWorld, config: Path, out: dict[str, Any]) -> None:
-    """Once run.sh's replica 1 (`--role env`, serving `config`) runs and the engine has answered
-    a turn, kill it -9; record its URL and when it answers /health again (at most 120 s)."""
+def _kill_replica_0(world: LoopWorld, config: Path, out: dict[str, Any]) -> None:
+    """Once run.sh's replica 0 (the env server of `config` that keeps the store: no `--role`)
+    runs and the engine has answered a turn, kill it -9; record its URL and when it answers
+    /health again (at most 120 s)."""
     deadline = time.monotonic() + 600
     pid = None
     while time.monotonic() < deadline and pid is None:
-        found = subprocess.run(
-            ["pgrep", "-f", f"{config} .*--role env"], capture_output=True, text=True
-        ).stdout.split()
+        found = [
+            int(p)
+            for p in subprocess.run(
+                ["pgrep", "-f", f"envs.server --config {config} "], capture_output=True, text=True
+            ).stdout.split()
+            if (cmd := _cmdline(int(p))) and b"--role" not in cmd
+        ]
         if found and world.control().get("count", 0) > 0:
-            pid = int(found[0])
+            pid = found[0]
         else:
             time.sleep(0.5)
     if pid is None:
         return
-    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    cmd = _cmdline(pid).split(b"\0")
     port = cmd[cmd.index(b"--port") + 1].decode()
     out["url"] = f"http://127.0.0.1:{port}"
     os.kill(pid, signal.SIGKILL)
@@ -303,6 +311,13 @@ def _kill_replica_1(world: LoopWorld, config: Path, out: dict[str, Any]) -> None
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
 
 
 def _unreachable_after(log: str, url: str, since: float) -> list[str]:
