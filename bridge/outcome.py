@@ -52,6 +52,7 @@ METADATA_KEYS = (
     "resumed",
     "suspended",
     "partial_restarts",
+    "offpolicy_tokens",
     "episode_key",
 )
 
@@ -163,6 +164,9 @@ def write_sample(
         resumed=int(md.get("resumed") or 0) + int(play.resumed),
         suspended=result.suspended,
         partial_restarts=int(md.get("partial_restarts") or 0) + int(play.restarted),
+        # response tokens sampled before the last partial-rollout resume, masked off-policy with
+        # --mask-offpolicy-in-partial-rollout (slime's rule: what the response held at the resume)
+        offpolicy_tokens=ledger.offpolicy_len if ledger is not None else 0,
         reward_parts=dict(result.reward.parts),
     )
     if result.env_report.checked:  # the env's verdict; bridge/metrics.py counts them

@@ -127,13 +127,23 @@ def token_problems(
     return out
 
 
-def _stale_turns(s: dict, turns: int, offpolicy_masked: bool) -> dict[int, str]:
-    """The turns of a resumed sample sampled by older weights than its last turn: their tokens
-    must be masked (only with off-policy masking)."""
-    versions = list(_md(s).get("weight_versions") or [])
-    if not offpolicy_masked or not _md(s).get("resumed") or len(versions) != turns:
+def _stale_turns(s: dict, turns: list[dict[str, Any]], offpolicy_masked: bool) -> dict[int, str]:
+    """The turns of a resumed sample that must be masked (only with off-policy masking): those
+    sampled before its resume (slime's rule: the response as it stood then; the bridge records
+    its length, `offpolicy_tokens`), and any other turn sampled by older weights than its last
+    turn's unless an engine abort moved the weights on mid-episode (sync mode re-sends that turn
+    in place, after the resume)."""
+    md = _md(s)
+    versions = list(md.get("weight_versions") or [])
+    if not offpolicy_masked or not md.get("resumed") or len(versions) != len(turns):
         return {}
-    return {i: str(v) for i, v in enumerate(versions) if v != versions[-1]}
+    before = int(md.get("offpolicy_tokens") or 0)
+    moved_mid_episode = int(md.get("engine_aborts") or 0) > 0
+    return {
+        i: str(v)
+        for i, v in enumerate(versions)
+        if turns[i]["start"] < before or (v != versions[-1] and not moved_mid_episode)
+    }
 
 
 def _sample_token_problems(
@@ -149,14 +159,15 @@ def _sample_token_problems(
     turns = turns_of(s, replies)
     if not turns:
         return [f"{name}: no engine reply matches its tokens"]
-    stale = _stale_turns(s, len(turns), offpolicy_masked)
+    stale = _stale_turns(s, turns, offpolicy_masked)
     sampled = [False] * len(mask)
     for n, t in enumerate(turns):
         for i, lp in enumerate(t["logprobs"]):
             j = t["start"] + i
             sampled[j] = True
             if n in stale and mask[j]:
-                return [f"{name}: token {j}, sampled by older weights ({stale[n]}), is trained"]
+                why = f"sampled before the resume or by stale weights ({stale[n]})"
+                return [f"{name}: token {j}, {why}, is trained"]
             if mask[j] and not math.isclose(lps[j], lp, abs_tol=1e-5):
                 return [f"{name}: token {j} logprob {lps[j]} != the engine's {lp}"]
             if not mask[j] and not offpolicy_masked:
