@@ -308,7 +308,6 @@ def test_a_supervised_service_comes_back_after_a_crash_and_stays_down_when_stopp
     URL, also when the port is busy for a while (it tries again each second); stopped on purpose
     (SIGTERM, or Ctrl-C reaching the process group), left down."""
     import signal
-    import socket
     import sys
 
     from conftest import free_port

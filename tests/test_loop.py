@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -39,10 +38,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
-from conftest import free_port
+from conftest import free_port, wait_http
+from launch_world import port_open
 from loop_checks import (
     infra_problems,
     load_dumps,
@@ -271,8 +270,7 @@ def test_slimes_loop_with_the_env_servers_run_sh_starts(world: LoopWorld, tmp_pa
     problems += [p for p in fault_problems(cell) if "engine" in p]
     assert not problems, "\n".join(problems)
     for port in started:  # stopped with the job
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", int(port))) != 0, f"replica on {port} still up"
+        assert not port_open(int(port)), f"replica on {port} still up"
     left = list(Path(load_config(cell.config).trajectories.spool_dir).glob("**/*.jsonl"))
     assert not left, f"run.sh left trajectories in the job's spool: {left}"
 
@@ -302,15 +300,11 @@ def _kill_replica_0(world: LoopWorld, config: Path, out: dict[str, Any]) -> None
     out["url"] = f"http://127.0.0.1:{port}"
     os.kill(pid, signal.SIGKILL)
     out["killed_at"] = time.time()
-    until = time.monotonic() + 120
-    while time.monotonic() < until:
-        try:
-            if httpx.get(f"{out['url']}/health", timeout=2).status_code == 200:
-                out["back_at"] = time.time()
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    try:
+        wait_http(f"{out['url']}/health", timeout=120)
+    except TimeoutError:
+        return
+    out["back_at"] = time.time()
 
 
 def _cmdline(pid: int) -> bytes:

@@ -207,14 +207,34 @@ def managed_process(
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(log_path, "ab")
-    proc = start_process(cmd, out, die_with_parent=die_with_parent)
     try:
-        wait_until_up(name, url, proc, timeout)
-        yield proc
+        proc = start_healthy(name, cmd, url, timeout, out, die_with_parent)
+        try:
+            yield proc
+        finally:
+            stop(proc)
     finally:
-        stop(proc)
         if out is not None:
             out.close()
+
+
+def start_healthy(
+    name: str,
+    cmd: list[str],
+    url: str,
+    timeout: float,
+    stdout: IO[bytes] | None = None,
+    die_with_parent: bool = False,
+) -> subprocess.Popen:
+    """`cmd` started and answering `url`/health; ServiceError (the process stopped) if it does
+    not within `timeout`."""
+    proc = start_process(cmd, stdout, die_with_parent=die_with_parent)
+    try:
+        wait_until_up(name, url, proc, timeout)
+    except ServiceError:
+        stop(proc)
+        raise
+    return proc
 
 
 STOPPED_ON_PURPOSE = frozenset({0, -signal.SIGINT, -signal.SIGTERM})
@@ -229,21 +249,14 @@ class SupervisedService:
     (STOPPED_ON_PURPOSE) stays down. Each restart prints one line under `prefix`; what the process
     held in memory (an env server's sessions) is lost, and its clients count those as failures.
 
-    The first start runs in the calling thread, restarts in a watchdog thread; with
-    `die_with_parent` each process also dies with the thread that started it, and both live until
-    `stop()` (or the process's death)."""
+    The first start runs in the calling thread, restarts in a watchdog thread; each process also
+    dies with the thread that started it (the parent-death signal), and both live until `stop()`
+    (or this process's death)."""
 
     def __init__(
-        self,
-        name: str,
-        cmd: list[str],
-        url: str,
-        timeout: float = 120.0,
-        prefix: str = "run.sh",
-        die_with_parent: bool = True,
+        self, name: str, cmd: list[str], url: str, timeout: float = 120.0, prefix: str = "run.sh"
     ) -> None:
-        self.name, self.cmd, self.url, self.timeout = name, cmd, url, timeout
-        self.prefix, self.die_with_parent = prefix, die_with_parent
+        self.name, self.cmd, self.url, self.timeout, self.prefix = name, cmd, url, timeout, prefix
         self.restarts = 0  # times it came back up after a crash
         self._proc: subprocess.Popen | None = None
         self._stopping = threading.Event()
@@ -265,12 +278,8 @@ class SupervisedService:
                 stop(self._proc)
 
     def _spawn(self) -> None:
-        self._proc = start_process(self.cmd, die_with_parent=self.die_with_parent)
-        try:
-            wait_until_up(self.name, self.url, self._proc, self.timeout)
-        except ServiceError:
-            stop(self._proc)
-            raise
+        proc = start_healthy(self.name, self.cmd, self.url, self.timeout, die_with_parent=True)
+        self._proc = proc
 
     def _watch(self) -> None:
         down = False  # a restart failed: try again on the next tick
